@@ -1,0 +1,162 @@
+#include "arrays.hpp"
+
+#include <cstdint>
+
+namespace siglayer::bindings {
+
+namespace {
+
+// numpy.matrix and numpy.ma.MaskedArray, looked up once.
+struct Subclasses {
+    py::object ndarray, matrix, masked;
+};
+
+const Subclasses& subclasses() {
+    static const Subclasses s = [] {
+        py::module_ np = py::module_::import("numpy");
+        return Subclasses{np.attr("ndarray"), np.attr("matrix"),
+                          py::module_::import("numpy.ma").attr("MaskedArray")};
+    }();
+    return s;
+}
+
+std::string type_name(py::handle h) {
+    py::handle type = py::type::handle_of(h);
+    std::string module = py::str(type.attr("__module__"));
+    std::string name = py::str(type.attr("__qualname__"));
+    return module == "builtins" ? name : module + "." + name;
+}
+
+bool native_byte_order(char order) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return order != '>';
+#else
+    return order != '<';
+#endif
+}
+
+}  // namespace
+
+std::string shape_of(const py::array& a) {
+    std::string s = "(";
+    for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+        if (d > 0) s += ", ";
+        s += std::to_string(a.shape(d));
+    }
+    return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+std::string dtype_of(const py::array& a) { return py::str(a.dtype()); }
+
+py::array as_array(py::handle h, const char* name) {
+    const Subclasses& s = subclasses();
+    if (h.get_type().is(s.ndarray)) return py::reinterpret_borrow<py::array>(h);
+    if (!py::isinstance(h, s.ndarray)) {
+        throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
+                             (h.is_none() ? std::string("None") : type_name(h)));
+    }
+    if (py::isinstance(h, s.matrix) || py::isinstance(h, s.masked)) {
+        throw py::type_error(std::string(name) + " must be a plain numpy.ndarray, got " +
+                             type_name(h) + "; convert it with np.asarray(" + name +
+                             ") (masks are not supported)");
+    }
+    return py::reinterpret_borrow<py::array>(h);
+}
+
+int float_type_num(const py::array& a, const char* name) {
+    const py::dtype dt = a.dtype();
+    const int num = dt.num();
+    if ((num == py::detail::npy_api::NPY_FLOAT_ || num == py::detail::npy_api::NPY_DOUBLE_) &&
+        native_byte_order(dt.byteorder())) {
+        return num;
+    }
+    throw py::type_error(std::string(name) + " has dtype " + dtype_of(a) +
+                         "; siglayer computes in float32 or float64 (native byte order) and "
+                         "never converts silently: pass " + name + ".astype(np.float32) or " +
+                         name + ".astype(np.float64)");
+}
+
+void require_same_dtype(std::initializer_list<std::pair<const char*, const py::array*>> arrays) {
+    const int first = arrays.begin()->second->dtype().num();
+    bool same = true;
+    for (const auto& [name, a] : arrays) same = same && a->dtype().num() == first;
+    if (same) return;
+    std::string msg = "all arrays of one call must share one dtype; got";
+    bool comma = false;
+    for (const auto& [name, a] : arrays) {
+        msg += std::string(comma ? ", " : " ") + name + " " + dtype_of(*a);
+        comma = true;
+    }
+    throw py::type_error(msg);
+}
+
+template <class T>
+MatrixView<T> matrix_view(const py::array& a, const char* name) {
+    const auto item = static_cast<py::ssize_t>(sizeof(T));
+    for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+        if (a.strides(d) % item != 0) {
+            throw py::value_error(std::string(name) + " has strides that are not a whole number "
+                                  "of elements; pass np.ascontiguousarray(" + name + ")");
+        }
+    }
+    if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) != 0) {
+        throw py::value_error(std::string(name) + " is not aligned to its item size; pass "
+                              "np.ascontiguousarray(" + name + ")");
+    }
+    MatrixView<T> m;
+    m.data = static_cast<const T*>(a.data());
+    if (a.ndim() == 1) {
+        m.rows = 1;
+        m.cols = a.shape(0);
+        m.row_stride = 0;
+        m.col_stride = a.strides(0) / item;
+    } else {
+        m.rows = a.shape(0);
+        m.cols = a.shape(1);
+        m.row_stride = a.strides(0) / item;
+        m.col_stride = a.strides(1) / item;
+    }
+    return m;
+}
+
+template <class T>
+VectorView<T> vector_view(const py::array& a, const char* name) {
+    const MatrixView<T> m = matrix_view<T>(a, name);
+    return {m.data, m.cols, m.col_stride};
+}
+
+template <class T>
+T* output_buffer(const py::array& a, const char* name, const std::vector<py::ssize_t>& shape) {
+    bool shape_ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+    for (std::size_t d = 0; shape_ok && d < shape.size(); ++d) shape_ok = a.shape(d) == shape[d];
+    if (!shape_ok) {
+        std::string expected = "(";
+        for (std::size_t d = 0; d < shape.size(); ++d)
+            expected += (d ? ", " : "") + std::to_string(shape[d]);
+        expected += shape.size() == 1 ? ",)" : ")";
+        throw py::value_error(std::string(name) + " has shape " + shape_of(a) + ", expected " +
+                              expected);
+    }
+    if (a.dtype().num() != py::dtype::of<T>().num() ||
+        !native_byte_order(a.dtype().byteorder())) {
+        throw py::type_error(std::string(name) + " has dtype " + dtype_of(a) + ", expected " +
+                             std::string(py::str(py::dtype::of<T>())) +
+                             " (the dtype of the inputs)");
+    }
+    if (!(a.flags() & py::array::c_style)) {
+        throw py::value_error(std::string(name) + " must be C-contiguous (strides " +
+                              std::string(py::str(py::tuple(a.attr("strides")))) + ")");
+    }
+    if (!a.writeable()) throw py::value_error(std::string(name) + " is read-only");
+    return static_cast<T*>(const_cast<void*>(a.data()));
+}
+
+template MatrixView<float> matrix_view<float>(const py::array&, const char*);
+template MatrixView<double> matrix_view<double>(const py::array&, const char*);
+template VectorView<float> vector_view<float>(const py::array&, const char*);
+template VectorView<double> vector_view<double>(const py::array&, const char*);
+template float* output_buffer<float>(const py::array&, const char*, const std::vector<py::ssize_t>&);
+template double* output_buffer<double>(const py::array&, const char*,
+                                       const std::vector<py::ssize_t>&);
+
+}  // namespace siglayer::bindings

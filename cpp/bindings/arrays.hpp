@@ -1,0 +1,53 @@
+// NumPy arrays -> the core's views, with every check naming the argument.
+// Nothing here copies or casts: an array the core cannot take is an error.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "../siglayer/views.hpp"
+
+namespace siglayer::bindings {
+
+namespace py = pybind11;
+
+std::string shape_of(const py::array& a);
+std::string dtype_of(const py::array& a);
+
+// The argument as an ndarray. TypeError for anything else, and for np.matrix and
+// masked arrays (whose semantics the core would silently ignore).
+py::array as_array(py::handle h, const char* name);
+
+// NPY_FLOAT or NPY_DOUBLE for a native-byte-order float32/float64 array;
+// TypeError naming the argument otherwise.
+int float_type_num(const py::array& a, const char* name);
+
+// TypeError unless every array has the same dtype as the first.
+void require_same_dtype(std::initializer_list<std::pair<const char*, const py::array*>> arrays);
+
+// The one place where a dtype picks the template: calls f(float{}) or f(double{}).
+template <class F>
+decltype(auto) dispatch_dtype(int type_num, F&& f) {
+    if (type_num == py::detail::npy_api::NPY_FLOAT_) return f(float{});
+    return f(double{});
+}
+
+// Element strides of a 2-D (or 1-D) array; ValueError if a stride is not a whole
+// number of elements or the data is misaligned.
+template <class T>
+MatrixView<T> matrix_view(const py::array& a, const char* name);
+
+template <class T>
+VectorView<T> vector_view(const py::array& a, const char* name);
+
+// A caller-supplied output buffer: ndarray, dtype T, C-contiguous, writeable, and of
+// the expected shape; ValueError/TypeError naming the argument otherwise.
+template <class T>
+T* output_buffer(const py::array& a, const char* name, const std::vector<py::ssize_t>& shape);
+
+void register_layer(py::module_& m);
+void register_info(py::module_& m);
+
+}  // namespace siglayer::bindings

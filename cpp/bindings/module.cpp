@@ -1,0 +1,17 @@
+// The extension module siglayer._core: assembles the register_* pieces.
+#include <pybind11/pybind11.h>
+
+#include "../siglayer/blas.hpp"
+#include "arrays.hpp"
+
+#ifndef SIGLAYER_VERSION
+#define SIGLAYER_VERSION "0+unknown"
+#endif
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "siglayer's compiled core; use the siglayer package instead.";
+    siglayer::blas::init();
+    siglayer::bindings::register_layer(m);
+    siglayer::bindings::register_info(m);
+    m.attr("__version__") = SIGLAYER_VERSION;
+}

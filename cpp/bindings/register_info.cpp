@@ -1,0 +1,38 @@
+// Threads, BLAS backend and instruction-set information.
+#include <omp.h>
+#include <pybind11/pybind11.h>
+
+#include "../siglayer/blas.hpp"
+#include "../siglayer/kernels.hpp"
+#include "arrays.hpp"
+
+namespace siglayer::bindings {
+
+void register_info(py::module_& m) {
+    m.def(
+        "set_num_threads",
+        [](int n) {
+            if (n < 1) throw py::value_error("n must be >= 1, got " + std::to_string(n));
+            omp_set_num_threads(n);
+            blas::set_num_threads(n);
+        },
+        py::arg("n"), "Threads for both the OpenMP sweeps and the BLAS.");
+    m.def("get_num_threads", [] { return omp_get_max_threads(); });
+    m.def("blas_num_threads", [] { return blas::get_num_threads(); });
+    m.def("config", [] {
+        py::dict d;
+        d["blas"] = blas::backend_name();
+        d["blas_details"] = blas::backend_details();
+        d["blas_int_bits"] = blas::max_int() > 2147483647LL ? 64 : 32;
+        d["simd"] = kernels::active_isa();
+        d["simd_available"] = kernels::available_isas();
+        d["openmp"] = _OPENMP;
+        d["compiler"] = __VERSION__;
+        return d;
+    });
+    m.def(
+        "select_isa", [](const std::string& name) { kernels::select_isa(name); },
+        py::arg("name"), "Force 'avx512', 'avx2' or 'baseline' kernels (tests, benchmarks).");
+}
+
+}  // namespace siglayer::bindings

@@ -1,0 +1,139 @@
+// forward, backward and sigmoid: arrays in, GIL released, core computes.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include "../siglayer/layer.hpp"
+#include "arrays.hpp"
+
+namespace siglayer::bindings {
+
+namespace {
+
+void require_ndim(const py::array& a, const char* name, py::ssize_t ndim, const char* meaning) {
+    if (a.ndim() != ndim) {
+        throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D " +
+                              meaning + ", got shape " + shape_of(a));
+    }
+}
+
+// b may be (n_out,) or (1, n_out).
+void require_bias_shape(const py::array& b) {
+    if (b.ndim() == 1 || (b.ndim() == 2 && b.shape(0) == 1)) return;
+    throw py::value_error("b must have shape (n_out,) or (1, n_out), got shape " + shape_of(b));
+}
+
+template <class T>
+VectorView<T> bias_view(const py::array& b) {
+    if (b.ndim() == 1) return vector_view<T>(b, "b");
+    const MatrixView<T> m = matrix_view<T>(b, "b");
+    return {m.data, m.cols, m.col_stride};
+}
+
+template <class T>
+py::array make_or_check(py::handle given, const char* name, std::vector<py::ssize_t> shape,
+                        T*& data) {
+    py::array a = given.is_none() ? py::array(py::array_t<T>(shape)) : as_array(given, name);
+    data = output_buffer<T>(a, name, shape);
+    return a;
+}
+
+// x is (n, n_in), W is (n_in, n_out), b is (n_out,) or (1, n_out); returns out (n, n_out).
+py::array forward(py::handle x_h, py::handle W_h, py::handle b_h, py::handle out_h) {
+    const py::array x = as_array(x_h, "x"), W = as_array(W_h, "W"), b = as_array(b_h, "b");
+    const int type_num = float_type_num(x, "x");
+    float_type_num(W, "W");
+    float_type_num(b, "b");
+    require_same_dtype({{"x", &x}, {"W", &W}, {"b", &b}});
+    require_ndim(x, "x", 2, "(n, n_in)");
+    require_ndim(W, "W", 2, "(n_in, n_out)");
+    require_bias_shape(b);
+    return dispatch_dtype(type_num, [&](auto zero) {
+        using T = decltype(zero);
+        const MatrixView<T> xv = matrix_view<T>(x, "x"), Wv = matrix_view<T>(W, "W");
+        const VectorView<T> bv = bias_view<T>(b);
+        check_forward(xv, Wv, bv);
+        T* out_data = nullptr;
+        py::array out = make_or_check<T>(out_h, "out", {x.shape(0), W.shape(1)}, out_data);
+        {
+            // Only raw pointers cross this line: no Python object is touched without the GIL.
+            py::gil_scoped_release release;
+            siglayer::forward<T>({out_data, xv.rows, Wv.cols}, xv, Wv, bv);
+        }
+        return out;
+    });
+}
+
+// dout and out are (n, n_out), x is (n, n_in), W is (n_in, n_out).
+// Returns (dx or None, dW, db).
+py::tuple backward(py::handle dout_h, py::handle x_h, py::handle W_h, py::handle out_h,
+                   bool need_dx, py::handle dx_h, py::handle dW_h, py::handle db_h) {
+    const py::array dout = as_array(dout_h, "dout"), x = as_array(x_h, "x"),
+                    W = as_array(W_h, "W"), out = as_array(out_h, "out");
+    const int type_num = float_type_num(dout, "dout");
+    float_type_num(x, "x");
+    float_type_num(W, "W");
+    float_type_num(out, "out");
+    require_same_dtype({{"dout", &dout}, {"x", &x}, {"W", &W}, {"out", &out}});
+    require_ndim(dout, "dout", 2, "(n, n_out)");
+    require_ndim(x, "x", 2, "(n, n_in)");
+    require_ndim(W, "W", 2, "(n_in, n_out)");
+    require_ndim(out, "out", 2, "(n, n_out)");
+    if (!need_dx && !dx_h.is_none())
+        throw py::value_error("dx was given but need_dx=False; drop one of them");
+    return dispatch_dtype(type_num, [&](auto zero) {
+        using T = decltype(zero);
+        const MatrixView<T> doutv = matrix_view<T>(dout, "dout"), xv = matrix_view<T>(x, "x"),
+                            Wv = matrix_view<T>(W, "W"), outv = matrix_view<T>(out, "out");
+        check_backward(doutv, xv, Wv, outv);
+        const py::ssize_t n = x.shape(0), n_in = x.shape(1), n_out = W.shape(1);
+        T *dx_data = nullptr, *dW_data = nullptr, *db_data = nullptr;
+        py::object dx = py::none();
+        if (need_dx) dx = make_or_check<T>(dx_h, "dx", {n, n_in}, dx_data);
+        py::array dW = make_or_check<T>(dW_h, "dW", {n_in, n_out}, dW_data);
+        py::array db = make_or_check<T>(db_h, "db", {n_out}, db_data);
+        {
+            py::gil_scoped_release release;
+            siglayer::backward<T>({dx_data, n, n_in}, {dW_data, n_in, n_out}, db_data, doutv, xv,
+                                  Wv, outv);
+        }
+        return py::make_tuple(dx, dW, db);
+    });
+}
+
+// Elementwise sigma of a C-contiguous array, into a fresh array or out=.
+py::array sigmoid(py::handle z_h, py::handle out_h) {
+    const py::array z = as_array(z_h, "z");
+    const int type_num = float_type_num(z, "z");
+    if (!(z.flags() & py::array::c_style))
+        throw py::value_error("z must be C-contiguous, got strides " +
+                              std::string(py::str(py::tuple(z.attr("strides")))));
+    return dispatch_dtype(type_num, [&](auto zero) {
+        using T = decltype(zero);
+        std::vector<py::ssize_t> shape(z.shape(), z.shape() + z.ndim());
+        T* y = nullptr;
+        py::array result = make_or_check<T>(out_h, "out", shape, y);
+        const T* zp = static_cast<const T*>(z.data());
+        const index_t count = z.size();
+        {
+            py::gil_scoped_release release;
+            siglayer::sigmoid<T>(y, zp, count);
+        }
+        return result;
+    });
+}
+
+}  // namespace
+
+void register_layer(py::module_& m) {
+    m.def("forward", &forward, py::arg("x"), py::arg("W"), py::arg("b"),
+          py::arg("out") = py::none(),
+          "out = sigmoid(x @ W + b) for 2-D x; see siglayer.forward for the full API.");
+    m.def("backward", &backward, py::arg("dout"), py::arg("x"), py::arg("W"), py::arg("out"),
+          py::arg("need_dx") = true, py::arg("dx") = py::none(), py::arg("dW") = py::none(),
+          py::arg("db") = py::none(),
+          "(dx, dW, db) for 2-D arrays; see siglayer.backward for the full API.");
+    m.def("sigmoid", &sigmoid, py::arg("z"), py::arg("out") = py::none(),
+          "Elementwise 1 / (1 + exp(-z)) with the vectorized kernel in use.");
+}
+
+}  // namespace siglayer::bindings

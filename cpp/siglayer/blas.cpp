@@ -1,0 +1,133 @@
+// BLAS adapter. Exactly one of SIGLAYER_BLAS_SCIPY_OPENBLAS, SIGLAYER_BLAS_MKL or
+// SIGLAYER_BLAS_SYSTEM is defined by CMakeLists.txt.
+#include "blas.hpp"
+
+#include <omp.h>
+
+#include <climits>
+#include <cstddef>
+#include <string>
+
+#if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
+#include <cblas.h>  // from scipy-openblas32: every symbol carries a scipy_ prefix
+#define SIGLAYER_CBLAS(name) scipy_cblas_##name
+#elif defined(SIGLAYER_BLAS_MKL)
+#include <mkl.h>
+#define SIGLAYER_CBLAS(name) cblas_##name
+#else
+#include <cblas.h>
+#define SIGLAYER_CBLAS(name) cblas_##name
+// A system CBLAS may be OpenBLAS, BLIS, FlexiBLAS, ...: thread control is looked
+// up as weak symbols so that whichever one is there gets used.
+extern "C" {
+void openblas_set_num_threads(int) __attribute__((weak));
+int openblas_get_num_threads(void) __attribute__((weak));
+char* openblas_get_config(void) __attribute__((weak));
+}
+#endif
+
+namespace siglayer::blas {
+
+namespace {
+
+CBLAS_TRANSPOSE to_cblas(Op op) { return op == Op::N ? CblasNoTrans : CblasTrans; }
+
+#if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
+// OpenBLAS hands its parallel jobs to this callback instead of waking its own
+// pthreads. Running them on our OpenMP team means one pool serves both the GEMMs
+// and the elementwise sweeps, so idle BLAS threads never spin against our sweeps.
+// The level-3 jobs wait on each other's packed panels, so all of them must run
+// at once: one team thread per job.
+void run_blas_jobs_on_openmp(int /*sync*/, openblas_dojob_callback dojob, int numjobs,
+                             size_t jobdata_elsize, void* jobdata, int dojob_data) {
+    char* base = static_cast<char*>(jobdata);
+#pragma omp parallel num_threads(numjobs)
+    {
+        const int team = omp_get_num_threads();
+        for (int job = omp_get_thread_num(); job < numjobs; job += team) {
+            dojob(job, base + static_cast<size_t>(job) * jobdata_elsize, dojob_data);
+        }
+    }
+}
+
+// OpenBLAS's default handler prints and carries on; ours stays silent because
+// every size was validated before the call (see max_int()).
+void quiet_xerbla(const char*, const blasint*, size_t) {}
+#endif
+
+}  // namespace
+
+template <>
+void gemm<float>(Op op_a, Op op_b, index_t M, index_t N, index_t K, float alpha, const float* A,
+                 index_t lda, const float* B, index_t ldb, float beta, float* C, index_t ldc) {
+    SIGLAYER_CBLAS(sgemm)(CblasRowMajor, to_cblas(op_a), to_cblas(op_b), M, N, K, alpha, A, lda, B,
+                          ldb, beta, C, ldc);
+}
+
+template <>
+void gemm<double>(Op op_a, Op op_b, index_t M, index_t N, index_t K, double alpha,
+                  const double* A, index_t lda, const double* B, index_t ldb, double beta,
+                  double* C, index_t ldc) {
+    SIGLAYER_CBLAS(dgemm)(CblasRowMajor, to_cblas(op_a), to_cblas(op_b), M, N, K, alpha, A, lda,
+                          B, ldb, beta, C, ldc);
+}
+
+index_t max_int() {
+#if defined(SIGLAYER_BLAS_MKL)
+    return sizeof(MKL_INT) == 8 ? LLONG_MAX : INT_MAX;
+#else
+    return sizeof(blasint) == 8 ? LLONG_MAX : INT_MAX;
+#endif
+}
+
+void set_num_threads(int n) {
+#if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
+    scipy_openblas_set_num_threads(n);
+#elif defined(SIGLAYER_BLAS_MKL)
+    mkl_set_num_threads(n);
+#else
+    if (openblas_set_num_threads) openblas_set_num_threads(n);
+#endif
+}
+
+int get_num_threads() {
+#if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
+    return scipy_openblas_get_num_threads();
+#elif defined(SIGLAYER_BLAS_MKL)
+    return mkl_get_max_threads();
+#else
+    return openblas_get_num_threads ? openblas_get_num_threads() : omp_get_max_threads();
+#endif
+}
+
+std::string backend_name() {
+#if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
+    return "scipy-openblas32";
+#elif defined(SIGLAYER_BLAS_MKL)
+    return "mkl";
+#else
+    return openblas_get_config ? "system (OpenBLAS)" : "system";
+#endif
+}
+
+std::string backend_details() {
+#if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
+    return std::string(scipy_openblas_get_config()) + " core=" + scipy_openblas_get_corename();
+#elif defined(SIGLAYER_BLAS_MKL)
+    MKLVersion v;
+    mkl_get_version(&v);
+    return "MKL " + std::to_string(v.MajorVersion) + "." + std::to_string(v.UpdateVersion) +
+           " (" + v.Processor + ")";
+#else
+    return openblas_get_config ? std::string(openblas_get_config()) : std::string("CBLAS");
+#endif
+}
+
+void init() {
+#if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
+    scipy_openblas_set_threads_callback_function(run_blas_jobs_on_openmp);
+    scipy_openblas_set_xerbla(quiet_xerbla);
+#endif
+}
+
+}  // namespace siglayer::blas

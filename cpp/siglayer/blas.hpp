@@ -1,0 +1,34 @@
+// The one adapter between the core and whichever BLAS the build chose
+// (scipy-openblas32, a system CBLAS found by FindBLAS, or MKL).
+#pragma once
+
+#include <string>
+
+#include "views.hpp"
+
+namespace siglayer::blas {
+
+enum class Op { N, T };
+
+// C (M x N, row-major, leading dimension ldc) = alpha * op(A) * op(B) + beta * C,
+// where op(A) is M x K and op(B) is K x N, both row-major with leading dims lda, ldb.
+// Every size must already be checked to fit the BLAS integer (see max_int()).
+template <class T>
+void gemm(Op op_a, Op op_b, index_t M, index_t N, index_t K, T alpha, const T* A, index_t lda,
+          const T* B, index_t ldb, T beta, T* C, index_t ldc);
+
+// Largest dimension or leading dimension the BLAS integer can hold.
+index_t max_int();
+
+void set_num_threads(int n);
+int get_num_threads();
+
+// "scipy-openblas 0.3.34 (OpenBLAS ... Haswell)", "MKL 2026.2", ...
+std::string backend_name();
+std::string backend_details();
+
+// One-time setup: route the BLAS's own threads through our OpenMP pool where the
+// backend allows it, and replace its error handler so it never prints or exits.
+void init();
+
+}  // namespace siglayer::blas

@@ -1,0 +1,110 @@
+#include "kernels.hpp"
+
+#include <atomic>
+
+namespace siglayer::kernels {
+
+// Each copy of kernels_isa.cpp defines table<T>() in its own namespace.
+#define SIGLAYER_DECLARE_ISA(isa)        \
+    namespace isa {                      \
+    template <class T>                   \
+    Table<T> table();                    \
+    extern template Table<float> table<float>();   \
+    extern template Table<double> table<double>(); \
+    }
+SIGLAYER_DECLARE_ISA(baseline)
+#if defined(SIGLAYER_HAVE_X86_ISAS)
+SIGLAYER_DECLARE_ISA(avx2)
+SIGLAYER_DECLARE_ISA(avx512)
+#endif
+#undef SIGLAYER_DECLARE_ISA
+
+namespace {
+
+enum class Isa { baseline, avx2, avx512 };
+
+bool cpu_has(Isa isa) {
+#if defined(SIGLAYER_HAVE_X86_ISAS)
+    __builtin_cpu_init();
+    switch (isa) {
+        case Isa::avx512:
+            return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+        case Isa::avx2:
+            return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        case Isa::baseline:
+            return true;
+    }
+    return false;
+#else
+    return isa == Isa::baseline;
+#endif
+}
+
+Isa best_isa() {
+    if (cpu_has(Isa::avx512)) return Isa::avx512;
+    if (cpu_has(Isa::avx2)) return Isa::avx2;
+    return Isa::baseline;
+}
+
+std::atomic<Isa> current{best_isa()};
+
+const char* isa_name(Isa isa) {
+    switch (isa) {
+        case Isa::avx512: return "avx512";
+        case Isa::avx2: return "avx2";
+        case Isa::baseline: return "baseline";
+    }
+    return "?";
+}
+
+template <class T>
+struct Tables {
+    Table<T> baseline_table = baseline::table<T>();
+#if defined(SIGLAYER_HAVE_X86_ISAS)
+    Table<T> avx2_table = avx2::table<T>();
+    Table<T> avx512_table = avx512::table<T>();
+#endif
+    const Table<T>& get(Isa isa) const {
+#if defined(SIGLAYER_HAVE_X86_ISAS)
+        if (isa == Isa::avx512) return avx512_table;
+        if (isa == Isa::avx2) return avx2_table;
+#endif
+        return baseline_table;
+    }
+};
+
+}  // namespace
+
+template <class T>
+const Table<T>& active() {
+    static const Tables<T> tables;
+    return tables.get(current.load(std::memory_order_relaxed));
+}
+
+template const Table<float>& active<float>();
+template const Table<double>& active<double>();
+
+std::string active_isa() { return isa_name(current.load()); }
+
+std::string available_isas() {
+    std::string names;
+    for (Isa isa : {Isa::avx512, Isa::avx2, Isa::baseline}) {
+        if (!cpu_has(isa)) continue;
+        if (!names.empty()) names += ",";
+        names += isa_name(isa);
+    }
+    return names;
+}
+
+void select_isa(const std::string& name) {
+    for (Isa isa : {Isa::avx512, Isa::avx2, Isa::baseline}) {
+        if (name != isa_name(isa)) continue;
+        if (!cpu_has(isa)) throw InvalidArgument("isa: this CPU cannot run '" + name + "'");
+        current.store(isa);
+        return;
+    }
+    throw InvalidArgument("isa: expected one of avx512, avx2, baseline, got '" + name + "'");
+}
+
+}  // namespace siglayer::kernels

@@ -1,0 +1,156 @@
+// Elementwise kernels, written as plain loops that the compiler vectorizes.
+// kernels_isa.cpp includes this once per instruction set (baseline, AVX2, AVX-512),
+// each time inside its own namespace, so the three copies never mix at link time.
+// Keep this file free of standard-library templates: an AVX-512 instantiation of
+// an inline library function could be picked by the linker for baseline code.
+#pragma once
+
+#include <cstdint>
+
+#include "views.hpp"
+
+namespace siglayer::kernels_detail {
+
+template <class T>
+struct Consts;
+
+// exp(x) for x <= 0 is computed as 2^k * p(r) with x = k*ln2 + r, |r| <= ln2/2, and p
+// the Taylor polynomial of exp whose remainder is below a tenth of an ulp on that range.
+template <>
+struct Consts<float> {
+    using Bits = std::uint32_t;
+    static constexpr float shift = 0x1.8p23f;  // adding it rounds |v| < 2^22 to an integer
+    static constexpr float log2e = 0x1.715476p+0f;
+    static constexpr float ln2_hi = 0x1.63p-1f;  // 9 significant bits: k * ln2_hi is exact
+    static constexpr float ln2_lo = -0x1.bd0106p-13f;
+    // Past this, exp(-a) < 2^-150 and sigma(-a) rounds to 0 (sigma(a) to 1).
+    static constexpr float clamp = 104.0f;
+    static constexpr int mantissa_bits = 23;
+    static constexpr Bits exponent_bias = 127;
+    static constexpr int degree = 7;
+    static constexpr float poly[8] = {1.0f,         1.0f,          0.5f,          1.0f / 6,
+                                      1.0f / 24,    1.0f / 120,    1.0f / 720,    1.0f / 5040};
+};
+
+template <>
+struct Consts<double> {
+    using Bits = std::uint64_t;
+    static constexpr double shift = 0x1.8p52;
+    static constexpr double log2e = 0x1.71547652b82fep+0;
+    static constexpr double ln2_hi = 0x1.62e42fee00000p-1;  // trailing zeros: k * ln2_hi exact
+    static constexpr double ln2_lo = 0x1.a39ef35793c76p-33;
+    static constexpr double clamp = 746.0;  // exp(-746) < 2^-1075
+    static constexpr int mantissa_bits = 52;
+    static constexpr Bits exponent_bias = 1023;
+    static constexpr int degree = 13;
+    static constexpr double poly[14] = {1.0,
+                                        1.0,
+                                        1.0 / 2,
+                                        1.0 / 6,
+                                        1.0 / 24,
+                                        1.0 / 120,
+                                        1.0 / 720,
+                                        1.0 / 5040,
+                                        1.0 / 40320,
+                                        1.0 / 362880,
+                                        1.0 / 3628800,
+                                        1.0 / 39916800,
+                                        1.0 / 479001600,
+                                        1.0 / 6227020800};
+};
+
+template <class T>
+inline T fused_mul_add(T a, T b, T c) {
+#if defined(__FMA__) || defined(__aarch64__)
+    if constexpr (sizeof(T) == 4) {
+        return __builtin_fmaf(a, b, c);
+    } else {
+        return __builtin_fma(a, b, c);
+    }
+#else
+    return a * b + c;
+#endif
+}
+
+template <class T>
+inline typename Consts<T>::Bits to_bits(T v) {
+    return __builtin_bit_cast(typename Consts<T>::Bits, v);
+}
+
+template <class T>
+inline T from_bits(typename Consts<T>::Bits v) {
+    return __builtin_bit_cast(T, v);
+}
+
+// 2^k for an integral value kf with -(bias - 1) <= k <= 0, read back out of kf + shift.
+template <class T>
+inline T pow2_of_integral(T kf) {
+    using C = Consts<T>;
+    using Bits = typename C::Bits;
+    const Bits k_plus_bias = to_bits<T>(kf + C::shift) - to_bits<T>(C::shift) + C::exponent_bias;
+    return from_bits<T>(k_plus_bias << C::mantissa_bits);
+}
+
+// sigma(z) = 1 / (1 + e^-z), evaluated from t = e^-|z| <= 1 so that nothing overflows:
+// sigma(z) = 1 / (1 + t) for z >= 0 and t / (1 + t) for z < 0.
+// Exact at +-0 (0.5), +-inf (1 and 0) and NaN (NaN); subnormal results for very negative z.
+template <class T>
+inline T sigmoid_one(T z) {
+    using C = Consts<T>;
+    const T a_raw = z < T(0) ? -z : z;
+    const T a = a_raw < C::clamp ? a_raw : C::clamp;  // NaN compares false and becomes clamp
+    const T x = -a;
+    const T kf = (x * C::log2e + C::shift) - C::shift;  // round(x / ln2), in [-bias-24, 0]
+    T r = fused_mul_add(kf, -C::ln2_hi, x);
+    r = fused_mul_add(kf, -C::ln2_lo, r);
+    T p = C::poly[C::degree];
+    for (int i = C::degree - 1; i >= 0; --i) p = fused_mul_add(p, r, C::poly[i]);
+    // 2^k in two halves so that a subnormal result is rounded only once, at the end.
+    const T k_half = (kf * T(0.5) + C::shift) - C::shift;
+    const T t = (p * pow2_of_integral(k_half)) * pow2_of_integral(kf - k_half);
+    const T numerator = z < T(0) ? t : T(1);
+    const T result = numerator / (T(1) + t);
+    return z != z ? z : result;
+}
+
+// y[i] = sigma(z[i]) for i < count. y may be z.
+template <class T>
+inline void sigmoid(T* y, const T* z, index_t count) {
+#pragma omp simd
+    for (index_t i = 0; i < count; ++i) y[i] = sigmoid_one(z[i]);
+}
+
+// out is rows x cols with row stride ld; b has cols entries.
+// out[i, j] = sigma(out[i, j] + b[j]), in place.
+template <class T>
+inline void bias_sigmoid_rows(T* out, index_t ld, const T* b, index_t rows, index_t cols) {
+    for (index_t i = 0; i < rows; ++i) {
+        T* row = out + i * ld;
+#pragma omp simd
+        for (index_t j = 0; j < cols; ++j) row[j] = sigmoid_one(row[j] + b[j]);
+    }
+}
+
+// dout, out and dZ are rows x cols with row strides ld_dout, ld_out, ld_dZ; db has cols entries.
+// dZ[i, j] = dout[i, j] * out[i, j] * (1 - out[i, j]);  db[j] = sum over i of dZ[i, j],
+// summed in row order, so db does not depend on how columns are split between threads.
+template <class T>
+inline void dz_colsum(T* dZ, index_t ld_dZ, T* db, const T* dout, index_t ld_dout, const T* out,
+                      index_t ld_out, index_t rows, index_t cols) {
+#pragma omp simd
+    for (index_t j = 0; j < cols; ++j) db[j] = T(0);
+    for (index_t i = 0; i < rows; ++i) {
+        const T* dout_row = dout + i * ld_dout;
+        const T* out_row = out + i * ld_out;
+        T* dZ_row = dZ + i * ld_dZ;
+#pragma omp simd
+        for (index_t j = 0; j < cols; ++j) {
+            const T o = out_row[j];
+            const T dz = (dout_row[j] * o) * (T(1) - o);
+            dZ_row[j] = dz;
+            db[j] += dz;
+        }
+    }
+}
+
+}  // namespace siglayer::kernels_detail

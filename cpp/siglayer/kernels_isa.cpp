@@ -1,0 +1,35 @@
+// Compiled once per instruction set; SIGLAYER_ISA names the copy (see CMakeLists.txt).
+#include "kernels.hpp"
+#include "kernels_impl.hpp"
+
+#ifndef SIGLAYER_ISA
+#error "SIGLAYER_ISA must name the instruction set this copy is compiled for"
+#endif
+
+namespace siglayer::kernels::SIGLAYER_ISA {
+
+template <class T>
+static void sigmoid(T* y, const T* z, index_t count) {
+    kernels_detail::sigmoid(y, z, count);
+}
+
+template <class T>
+static void bias_sigmoid_rows(T* out, index_t ld, const T* b, index_t rows, index_t cols) {
+    kernels_detail::bias_sigmoid_rows(out, ld, b, rows, cols);
+}
+
+template <class T>
+static void dz_colsum(T* dZ, index_t ld_dZ, T* db, const T* dout, index_t ld_dout, const T* out,
+                      index_t ld_out, index_t rows, index_t cols) {
+    kernels_detail::dz_colsum(dZ, ld_dZ, db, dout, ld_dout, out, ld_out, rows, cols);
+}
+
+template <class T>
+Table<T> table() {
+    return Table<T>{&sigmoid<T>, &bias_sigmoid_rows<T>, &dz_colsum<T>};
+}
+
+template Table<float> table<float>();
+template Table<double> table<double>();
+
+}  // namespace siglayer::kernels::SIGLAYER_ISA

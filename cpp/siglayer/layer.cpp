@@ -1,0 +1,302 @@
+#include "layer.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "blas.hpp"
+#include "kernels.hpp"
+#include "scratch.hpp"
+
+namespace siglayer {
+
+namespace {
+
+// Below this many elements an elementwise sweep runs on one thread: waking the
+// team costs more than it saves.
+constexpr index_t kParallelElements = 1 << 15;
+
+// A matrix as BLAS takes it: op(stored) is the logical matrix, stored row-major with
+// leading dimension ld.
+template <class T>
+struct BlasOperand {
+    const T* data;
+    blas::Op op;
+    index_t ld;
+};
+
+blas::Op flip(blas::Op op) { return op == blas::Op::N ? blas::Op::T : blas::Op::N; }
+
+// C-ordered (unit column stride) or F-ordered (unit row stride) views go to BLAS as
+// they are, through the transpose flag; anything else is packed once into scratch.
+template <class T>
+BlasOperand<T> blas_operand(const MatrixView<T>& m, Scratch::Slot slot) {
+    const index_t rows = m.rows, cols = m.cols;
+    const bool unit_cols = m.col_stride == 1 || cols <= 1;
+    const bool unit_rows = m.row_stride == 1 || rows <= 1;
+    if (unit_cols && (rows <= 1 || m.row_stride >= std::max<index_t>(1, cols))) {
+        return {m.data, blas::Op::N, rows <= 1 ? std::max<index_t>(1, cols) : m.row_stride};
+    }
+    if (unit_rows && (cols <= 1 || m.col_stride >= std::max<index_t>(1, rows))) {
+        return {m.data, blas::Op::T, cols <= 1 ? std::max<index_t>(1, rows) : m.col_stride};
+    }
+    T* packed = Scratch::for_this_thread().get<T>(slot, static_cast<std::size_t>(rows * cols));
+    for (index_t i = 0; i < rows; ++i)
+        for (index_t j = 0; j < cols; ++j)
+            packed[i * cols + j] = m.data[i * m.row_stride + j * m.col_stride];
+    return {packed, blas::Op::N, cols};
+}
+
+// A view with unit column stride (row stride >= cols) as a pointer and row stride,
+// packing anything else; the elementwise sweeps read rows contiguously.
+template <class T>
+const T* row_major(const MatrixView<T>& m, Scratch::Slot slot, index_t& ld) {
+    if ((m.col_stride == 1 || m.cols <= 1) && (m.rows <= 1 || m.row_stride >= m.cols)) {
+        ld = m.rows <= 1 ? m.cols : m.row_stride;
+        return m.data;
+    }
+    T* packed =
+        Scratch::for_this_thread().get<T>(slot, static_cast<std::size_t>(m.rows * m.cols));
+    for (index_t i = 0; i < m.rows; ++i)
+        for (index_t j = 0; j < m.cols; ++j)
+            packed[i * m.cols + j] = m.data[i * m.row_stride + j * m.col_stride];
+    ld = m.cols;
+    return packed;
+}
+
+// [first, last) byte addresses a view can touch; empty views touch nothing.
+struct Extent {
+    std::uintptr_t first = 0, last = 0;
+};
+
+template <class T>
+Extent extent(const T* data, index_t rows, index_t cols, index_t row_stride, index_t col_stride) {
+    if (rows == 0 || cols == 0) return {};
+    std::int64_t lo = 0, hi = 0;
+    for (std::int64_t step : {(rows - 1) * row_stride, (cols - 1) * col_stride}) {
+        if (step < 0) lo += step; else hi += step;
+    }
+    const auto base = reinterpret_cast<std::uintptr_t>(data);
+    return {base + lo * static_cast<std::int64_t>(sizeof(T)),
+            base + (hi + 1) * static_cast<std::int64_t>(sizeof(T))};
+}
+
+template <class T>
+Extent extent(const MatrixView<T>& m) {
+    return extent(m.data, m.rows, m.cols, m.row_stride, m.col_stride);
+}
+template <class T>
+Extent extent(const OutMatrix<T>& m) {
+    return extent<T>(m.data, m.rows, m.cols, m.cols, 1);
+}
+template <class T>
+Extent extent(const VectorView<T>& v) {
+    return extent(v.data, 1, v.size, 0, v.stride);
+}
+
+bool overlaps(const Extent& a, const Extent& b) {
+    return a.first < a.last && b.first < b.last && a.first < b.last && b.first < a.last;
+}
+
+void require(bool ok, const std::string& message) {
+    if (!ok) throw InvalidArgument(message);
+}
+
+void require_blas_size(const char* name, index_t value) {
+    require(value <= blas::max_int(),
+            std::string(name) + " = " + std::to_string(value) +
+                " exceeds the BLAS integer range (" + std::to_string(blas::max_int()) +
+                "); split the problem");
+}
+
+template <class T>
+void require_blas_operand(const char* name, const BlasOperand<T>& op) {
+    require_blas_size((std::string(name) + " leading dimension").c_str(), op.ld);
+}
+
+// Splits [0, count) into `parts` contiguous ranges whose starts are multiples of
+// `align`; part p is [begin, end).
+void split_range(index_t count, int parts, int p, index_t align, index_t& begin, index_t& end) {
+    const index_t blocks = (count + align - 1) / align;
+    const index_t b0 = blocks * p / parts, b1 = blocks * (p + 1) / parts;
+    begin = std::min(count, b0 * align);
+    end = std::min(count, b1 * align);
+}
+
+int threads_for(index_t elements) {
+    return elements >= kParallelElements ? omp_get_max_threads() : 1;
+}
+
+}  // namespace
+
+template <class T>
+void check_forward(MatrixView<T> x, MatrixView<T> W, VectorView<T> b) {
+    require(W.rows == x.cols, "W has shape " + shape_str(W.rows, W.cols) + " but x has " +
+                                  std::to_string(x.cols) + " features (shape " +
+                                  shape_str(x.rows, x.cols) + ")");
+    require(b.size == W.cols, "b has " + std::to_string(b.size) + " entries but W has shape " +
+                                  shape_str(W.rows, W.cols));
+}
+
+template <class T>
+void check_backward(MatrixView<T> dout, MatrixView<T> x, MatrixView<T> W, MatrixView<T> out) {
+    const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
+    require(W.rows == n_in, "W has shape " + shape_str(W.rows, W.cols) + " but x has " +
+                                std::to_string(n_in) + " features (shape " +
+                                shape_str(n, n_in) + ")");
+    require(out.rows == n && out.cols == n_out,
+            "out has shape " + shape_str(out.rows, out.cols) + ", expected " +
+                shape_str(n, n_out) + " from x " + shape_str(n, n_in) + " and W " +
+                shape_str(n_in, n_out));
+    require(dout.rows == n && dout.cols == n_out,
+            "dout has shape " + shape_str(dout.rows, dout.cols) + ", expected " +
+                shape_str(n, n_out) + " (the shape of out)");
+}
+
+template <class T>
+void forward(OutMatrix<T> out, MatrixView<T> x, MatrixView<T> W, VectorView<T> b) {
+    check_forward(x, W, b);
+    const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
+    require(out.rows == n && out.cols == n_out,
+            "out has shape " + shape_str(out.rows, out.cols) + ", expected " +
+                shape_str(n, n_out));
+    require(!(n > 0 && n_out > 0 && out.data == nullptr), "out: null pointer");
+    for (auto [name, input] : {std::pair{"x", extent(x)}, std::pair{"W", extent(W)},
+                               std::pair{"b", extent(b)}}) {
+        require(!overlaps(extent(out), input),
+                std::string("out overlaps ") + name + "; pass a separate buffer");
+    }
+    for (auto [name, value] : {std::pair{"n", n}, std::pair{"n_in", n_in}, std::pair{"n_out", n_out}})
+        require_blas_size(name, value);
+    if (n == 0 || n_out == 0) return;
+
+    const T* bias = b.data;
+    if (b.stride != 1) {
+        T* packed = Scratch::for_this_thread().get<T>(Scratch::b_packed, n_out);
+        for (index_t j = 0; j < n_out; ++j) packed[j] = b.data[j * b.stride];
+        bias = packed;
+    }
+    if (n_in == 0) {
+        std::fill(out.data, out.data + n * n_out, T(0));
+    } else {
+        const BlasOperand<T> xo = blas_operand(x, Scratch::x_packed);
+        const BlasOperand<T> Wo = blas_operand(W, Scratch::W_packed);
+        require_blas_operand("x", xo);
+        require_blas_operand("W", Wo);
+        blas::gemm<T>(xo.op, Wo.op, n, n_out, n_in, T(1), xo.data, xo.ld, Wo.data, Wo.ld, T(0),
+                      out.data, n_out);
+    }
+    const auto& kernel = kernels::active<T>();
+    const index_t rows_per_block = std::max<index_t>(1, 4096 / n_out);
+    const index_t blocks = (n + rows_per_block - 1) / rows_per_block;
+#pragma omp parallel for schedule(static) num_threads(threads_for(n * n_out))
+    for (index_t blk = 0; blk < blocks; ++blk) {
+        const index_t i0 = blk * rows_per_block;
+        const index_t rows = std::min(rows_per_block, n - i0);
+        kernel.bias_sigmoid_rows(out.data + i0 * n_out, n_out, bias, rows, n_out);
+    }
+}
+
+template <class T>
+void backward(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dout, MatrixView<T> x,
+              MatrixView<T> W, MatrixView<T> out) {
+    check_backward(dout, x, W, out);
+    const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
+    require(dW.rows == n_in && dW.cols == n_out,
+            "dW has shape " + shape_str(dW.rows, dW.cols) + ", expected " +
+                shape_str(n_in, n_out));
+    const bool need_dx = dx.data != nullptr;
+    require(!need_dx || (dx.rows == n && dx.cols == n_in),
+            "dx has shape " + shape_str(dx.rows, dx.cols) + ", expected " + shape_str(n, n_in));
+    require(!(n_in > 0 && n_out > 0 && dW.data == nullptr), "dW: null pointer");
+    require(!(n_out > 0 && db == nullptr), "db: null pointer");
+    const Extent db_extent = extent<T>(db, 1, n_out, 0, 1);
+    const std::pair<const char*, Extent> outputs[] = {
+        {"dx", need_dx ? extent(dx) : Extent{}}, {"dW", extent(dW)}, {"db", db_extent}};
+    const std::pair<const char*, Extent> inputs[] = {
+        {"dout", extent(dout)}, {"x", extent(x)}, {"W", extent(W)}, {"out", extent(out)}};
+    for (const auto& [oname, o] : outputs) {
+        for (const auto& [iname, i] : inputs)
+            require(!overlaps(o, i), std::string(oname) + " overlaps " + iname +
+                                         "; pass a separate buffer");
+        for (const auto& [other, e] : outputs)
+            require(oname == other || !overlaps(o, e),
+                    std::string(oname) + " overlaps " + other + "; pass separate buffers");
+    }
+    for (auto [name, value] : {std::pair{"n", n}, std::pair{"n_in", n_in}, std::pair{"n_out", n_out}})
+        require_blas_size(name, value);
+
+    if (n == 0 || n_out == 0) {
+        // Sums over an empty batch are zero; with no outputs there is no gradient to pass back.
+        std::fill(dW.data, dW.data + n_in * n_out, T(0));
+        std::fill(db, db + n_out, T(0));
+        if (need_dx) std::fill(dx.data, dx.data + n * n_in, T(0));
+        return;
+    }
+
+    Scratch& scratch = Scratch::for_this_thread();
+    T* dZ = scratch.get<T>(Scratch::dZ, static_cast<std::size_t>(n * n_out));
+    index_t ld_dout = 0, ld_out = 0;
+    const T* dout_rows = row_major(dout, Scratch::dout_packed, ld_dout);
+    const T* out_rows = row_major(out, Scratch::out_packed, ld_out);
+    const auto& kernel = kernels::active<T>();
+    // Columns are split between threads and each column is summed in row order, so db
+    // is bitwise the same for any thread count.
+    const int threads = std::min<index_t>(threads_for(n * n_out), (n_out + 15) / 16);
+#pragma omp parallel num_threads(threads)
+    {
+        index_t j0 = 0, j1 = 0;
+        split_range(n_out, omp_get_num_threads(), omp_get_thread_num(), 16, j0, j1);
+        if (j1 > j0)
+            kernel.dz_colsum(dZ + j0, n_out, db + j0, dout_rows + j0, ld_dout, out_rows + j0,
+                             ld_out, n, j1 - j0);
+    }
+    if (n_in == 0) return;
+
+    const BlasOperand<T> xo = blas_operand(x, Scratch::x_packed);
+    require_blas_operand("x", xo);
+    // dW = x^T . dZ: the batch index is summed over, which is why x^T stands on the left.
+    blas::gemm<T>(flip(xo.op), blas::Op::N, n_in, n_out, n, T(1), xo.data, xo.ld, dZ, n_out, T(0),
+                  dW.data, n_out);
+    if (need_dx) {
+        const BlasOperand<T> Wo = blas_operand(W, Scratch::W_packed);
+        require_blas_operand("W", Wo);
+        blas::gemm<T>(blas::Op::N, flip(Wo.op), n, n_in, n_out, T(1), dZ, n_out, Wo.data, Wo.ld,
+                      T(0), dx.data, n_in);
+    }
+}
+
+template <class T>
+void sigmoid(T* y, const T* z, index_t count) {
+    const auto& kernel = kernels::active<T>();
+    constexpr index_t block = 1 << 14;
+    const index_t blocks = (count + block - 1) / block;
+#pragma omp parallel for schedule(static) num_threads(threads_for(count))
+    for (index_t blk = 0; blk < blocks; ++blk) {
+        const index_t i0 = blk * block;
+        kernel.sigmoid(y + i0, z + i0, std::min(block, count - i0));
+    }
+}
+
+#define SIGLAYER_INSTANTIATE_CHECKS(T)                                                       \
+    template void check_forward<T>(MatrixView<T>, MatrixView<T>, VectorView<T>);            \
+    template void check_backward<T>(MatrixView<T>, MatrixView<T>, MatrixView<T>, MatrixView<T>);
+SIGLAYER_INSTANTIATE_CHECKS(float)
+SIGLAYER_INSTANTIATE_CHECKS(double)
+#undef SIGLAYER_INSTANTIATE_CHECKS
+
+template void forward<float>(OutMatrix<float>, MatrixView<float>, MatrixView<float>,
+                             VectorView<float>);
+template void forward<double>(OutMatrix<double>, MatrixView<double>, MatrixView<double>,
+                              VectorView<double>);
+template void backward<float>(OutMatrix<float>, OutMatrix<float>, float*, MatrixView<float>,
+                              MatrixView<float>, MatrixView<float>, MatrixView<float>);
+template void backward<double>(OutMatrix<double>, OutMatrix<double>, double*,
+                               MatrixView<double>, MatrixView<double>, MatrixView<double>,
+                               MatrixView<double>);
+template void sigmoid<float>(float*, const float*, index_t);
+template void sigmoid<double>(double*, const double*, index_t);
+
+}  // namespace siglayer

@@ -1,0 +1,49 @@
+// Per-thread scratch memory that grows to the largest size seen and is then reused,
+// so a training loop with fixed shapes allocates nothing after its first step.
+#pragma once
+
+#include <cstddef>
+#include <cstdlib>
+#include <new>
+
+namespace siglayer {
+
+class Scratch {
+public:
+    enum Slot { dZ, x_packed, W_packed, b_packed, dout_packed, out_packed, slot_count };
+
+    // A 64-byte-aligned buffer of at least count elements of T in the given slot.
+    template <class T>
+    T* get(Slot slot, std::size_t count) {
+        Buffer& buf = buffers_[slot];
+        const std::size_t bytes = count * sizeof(T) + 64;
+        if (buf.bytes < bytes) {
+            std::free(buf.data);
+            buf.data = nullptr;
+            buf.bytes = 0;
+            buf.data = std::aligned_alloc(64, round_up(bytes));
+            if (buf.data == nullptr) throw std::bad_alloc();
+            buf.bytes = round_up(bytes);
+        }
+        return static_cast<T*>(buf.data);
+    }
+
+    static Scratch& for_this_thread() {
+        thread_local Scratch scratch;
+        return scratch;
+    }
+
+    ~Scratch() {
+        for (Buffer& buf : buffers_) std::free(buf.data);
+    }
+
+private:
+    struct Buffer {
+        void* data = nullptr;
+        std::size_t bytes = 0;
+    };
+    static std::size_t round_up(std::size_t bytes) { return (bytes + 63) / 64 * 64; }
+    Buffer buffers_[slot_count];
+};
+
+}  // namespace siglayer

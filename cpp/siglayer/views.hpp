@@ -1,0 +1,49 @@
+// Plain descriptions of the arrays the core works on. No ownership, no Python.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace siglayer {
+
+using index_t = std::int64_t;
+
+// A rows x cols matrix: element (i, j) is data[i * row_stride + j * col_stride].
+// Strides are in elements and may be anything (zero, negative, huge); the core
+// decides whether BLAS can take the layout as it is or a packed copy is needed.
+template <class T>
+struct MatrixView {
+    const T* data = nullptr;
+    index_t rows = 0;
+    index_t cols = 0;
+    index_t row_stride = 0;
+    index_t col_stride = 1;
+};
+
+// A writable C-contiguous rows x cols matrix (row stride == cols).
+template <class T>
+struct OutMatrix {
+    T* data = nullptr;
+    index_t rows = 0;
+    index_t cols = 0;
+};
+
+// A vector of n elements: element j is data[j * stride].
+template <class T>
+struct VectorView {
+    const T* data = nullptr;
+    index_t size = 0;
+    index_t stride = 1;
+};
+
+// Thrown for a violated precondition; the bindings turn it into ValueError.
+struct InvalidArgument : std::invalid_argument {
+    using std::invalid_argument::invalid_argument;
+};
+
+inline std::string shape_str(index_t rows, index_t cols) {
+    return "(" + std::to_string(rows) + ", " + std::to_string(cols) + ")";
+}
+
+}  // namespace siglayer
