@@ -21,6 +21,7 @@
 // up as weak symbols so that whichever one is there gets used.
 extern "C" {
 void openblas_set_num_threads(int) __attribute__((weak));
+int openblas_set_num_threads_local(int) __attribute__((weak));
 int openblas_get_num_threads(void) __attribute__((weak));
 char* openblas_get_config(void) __attribute__((weak));
 }
@@ -33,23 +34,6 @@ namespace {
 CBLAS_TRANSPOSE to_cblas(Op op) { return op == Op::N ? CblasNoTrans : CblasTrans; }
 
 #if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
-// OpenBLAS hands its parallel jobs to this callback instead of waking its own
-// pthreads. Running them on our OpenMP team means one pool serves both the GEMMs
-// and the elementwise sweeps, so idle BLAS threads never spin against our sweeps.
-// The level-3 jobs wait on each other's packed panels, so all of them must run
-// at once: one team thread per job.
-void run_blas_jobs_on_openmp(int /*sync*/, openblas_dojob_callback dojob, int numjobs,
-                             size_t jobdata_elsize, void* jobdata, int dojob_data) {
-    char* base = static_cast<char*>(jobdata);
-#pragma omp parallel num_threads(numjobs)
-    {
-        const int team = omp_get_num_threads();
-        for (int job = omp_get_thread_num(); job < numjobs; job += team) {
-            dojob(job, base + static_cast<size_t>(job) * jobdata_elsize, dojob_data);
-        }
-    }
-}
-
 // OpenBLAS's default handler prints and carries on; ours stays silent because
 // every size was validated before the call (see max_int()).
 void quiet_xerbla(const char*, const blasint*, size_t) {}
@@ -80,9 +64,29 @@ index_t max_int() {
 #endif
 }
 
+// The scipy-openblas copy is private to siglayer and set to one thread once, in init().
+SingleThreaded::SingleThreaded() {
+#if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
+    previous_ = 1;
+#elif defined(SIGLAYER_BLAS_MKL)
+    previous_ = mkl_set_num_threads_local(1);
+#else
+    previous_ = openblas_set_num_threads_local ? openblas_set_num_threads_local(1) : 0;
+#endif
+}
+
+SingleThreaded::~SingleThreaded() {
+#if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
+#elif defined(SIGLAYER_BLAS_MKL)
+    mkl_set_num_threads_local(previous_);
+#else
+    if (openblas_set_num_threads_local) openblas_set_num_threads_local(previous_);
+#endif
+}
+
 void set_num_threads(int n) {
 #if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
-    scipy_openblas_set_num_threads(n);
+    (void)n;  // stays at one thread: the parallelism is siglayer's own (see SingleThreaded)
 #elif defined(SIGLAYER_BLAS_MKL)
     mkl_set_num_threads(n);
 #else
@@ -125,7 +129,7 @@ std::string backend_details() {
 
 void init() {
 #if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
-    scipy_openblas_set_threads_callback_function(run_blas_jobs_on_openmp);
+    scipy_openblas_set_num_threads(1);
     scipy_openblas_set_xerbla(quiet_xerbla);
 #endif
 }

@@ -20,6 +20,21 @@ void gemm(Op op_a, Op op_b, index_t M, index_t N, index_t K, T alpha, const T* A
 // Largest dimension or leading dimension the BLAS integer can hold.
 index_t max_int();
 
+// While alive, BLAS calls from this thread run on this thread alone. The core splits
+// the products between its own OpenMP threads, each calling BLAS on its slab, so no
+// thread ever waits on another inside a product (a busy-wait there stalls for a whole
+// scheduler tick when another library's idle pool spins on one of the two cores).
+class SingleThreaded {
+public:
+    SingleThreaded();
+    ~SingleThreaded();
+    SingleThreaded(const SingleThreaded&) = delete;
+    SingleThreaded& operator=(const SingleThreaded&) = delete;
+
+private:
+    int previous_;
+};
+
 void set_num_threads(int n);
 int get_num_threads();
 

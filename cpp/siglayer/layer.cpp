@@ -125,6 +125,43 @@ void split_range(index_t count, int parts, int p, index_t align, index_t& begin,
     end = std::min(count, b1 * align);
 }
 
+// Threads for a product of m x n outputs with inner length k: one below about a
+// million multiply-adds (waking a second thread costs more than it saves), and never
+// more than there are 16-wide blocks to share.
+int threads_for_gemm(index_t m, index_t n, index_t k) {
+    const double work = static_cast<double>(m) * n * std::max<index_t>(k, 1);
+    if (work < 1 << 20) return 1;
+    const index_t blocks = (std::max(m, n) + 15) / 16;
+    return static_cast<int>(std::min<index_t>(omp_get_max_threads(), std::max<index_t>(1, blocks)));
+}
+
+// The part of an m x n output this OpenMP thread owns: rows [i0, i1) x cols [j0, j1).
+// Split along the longer side, in 16-wide pieces.
+struct Block {
+    index_t i0, i1, j0, j1;
+    index_t rows() const { return i1 - i0; }
+    index_t cols() const { return j1 - j0; }
+    bool empty() const { return i1 <= i0 || j1 <= j0; }
+};
+
+Block block_of_thread(index_t m, index_t n) {
+    const int parts = omp_get_num_threads(), p = omp_get_thread_num();
+    Block blk{0, m, 0, n};
+    if (m >= n) split_range(m, parts, p, 16, blk.i0, blk.i1);
+    else split_range(n, parts, p, 16, blk.j0, blk.j1);
+    return blk;
+}
+
+// op(A) restricted to rows from i0 on, and op(B) to columns from j0 on.
+template <class T>
+const T* row_offset(const BlasOperand<T>& a, index_t i0) {
+    return a.op == blas::Op::N ? a.data + i0 * a.ld : a.data + i0;
+}
+template <class T>
+const T* col_offset(const BlasOperand<T>& b, index_t j0) {
+    return b.op == blas::Op::N ? b.data + j0 : b.data + j0 * b.ld;
+}
+
 int threads_for(index_t elements) {
     return elements >= kParallelElements ? omp_get_max_threads() : 1;
 }
@@ -178,24 +215,32 @@ void forward(OutMatrix<T> out, MatrixView<T> x, MatrixView<T> W, VectorView<T> b
         for (index_t j = 0; j < n_out; ++j) packed[j] = b.data[j * b.stride];
         bias = packed;
     }
-    if (n_in == 0) {
-        std::fill(out.data, out.data + n * n_out, T(0));
-    } else {
-        const BlasOperand<T> xo = blas_operand(x, Scratch::x_packed);
-        const BlasOperand<T> Wo = blas_operand(W, Scratch::W_packed);
+    BlasOperand<T> xo{}, Wo{};
+    if (n_in > 0) {
+        xo = blas_operand(x, Scratch::x_packed);
+        Wo = blas_operand(W, Scratch::W_packed);
         require_blas_operand("x", xo);
         require_blas_operand("W", Wo);
-        blas::gemm<T>(xo.op, Wo.op, n, n_out, n_in, T(1), xo.data, xo.ld, Wo.data, Wo.ld, T(0),
-                      out.data, n_out);
     }
     const auto& kernel = kernels::active<T>();
-    const index_t rows_per_block = std::max<index_t>(1, 4096 / n_out);
-    const index_t blocks = (n + rows_per_block - 1) / rows_per_block;
-#pragma omp parallel for schedule(static) num_threads(threads_for(n * n_out))
-    for (index_t blk = 0; blk < blocks; ++blk) {
-        const index_t i0 = blk * rows_per_block;
-        const index_t rows = std::min(rows_per_block, n - i0);
-        kernel.bias_sigmoid_rows(out.data + i0 * n_out, n_out, bias, rows, n_out);
+    // Each thread computes its slab of out = x . W and applies bias + sigma to it while
+    // it is still in cache; no thread waits on another until the region ends.
+#pragma omp parallel num_threads(threads_for_gemm(n, n_out, n_in))
+    {
+        blas::SingleThreaded single;
+        const Block blk = block_of_thread(n, n_out);
+        if (!blk.empty()) {
+            T* out_blk = out.data + blk.i0 * n_out + blk.j0;
+            if (n_in == 0) {
+                for (index_t i = 0; i < blk.rows(); ++i)
+                    std::fill(out_blk + i * n_out, out_blk + i * n_out + blk.cols(), T(0));
+            } else {
+                blas::gemm<T>(xo.op, Wo.op, blk.rows(), blk.cols(), n_in, T(1),
+                              row_offset(xo, blk.i0), xo.ld, col_offset(Wo, blk.j0), Wo.ld, T(0),
+                              out_blk, n_out);
+            }
+            kernel.bias_sigmoid_rows(out_blk, n_out, bias + blk.j0, blk.rows(), blk.cols());
+        }
     }
 }
 
@@ -241,30 +286,42 @@ void backward(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dout, Matri
     index_t ld_dout = 0, ld_out = 0;
     const T* dout_rows = row_major(dout, Scratch::dout_packed, ld_dout);
     const T* out_rows = row_major(out, Scratch::out_packed, ld_out);
+    BlasOperand<T> xo{}, Wo{};
+    if (n_in > 0) {
+        xo = blas_operand(x, Scratch::x_packed);
+        Wo = blas_operand(W, Scratch::W_packed);
+        require_blas_operand("x", xo);
+        require_blas_operand("W", Wo);
+    }
     const auto& kernel = kernels::active<T>();
-    // Columns are split between threads and each column is summed in row order, so db
-    // is bitwise the same for any thread count.
-    const int threads = std::min<index_t>(threads_for(n * n_out), (n_out + 15) / 16);
+    const int threads = threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1));
 #pragma omp parallel num_threads(threads)
     {
+        blas::SingleThreaded single;
+        // Phase 1, split by columns: dZ, db and dW = x^T . dZ for this thread's columns.
+        // Each column of db is summed in row order, so db is bitwise the same for any
+        // thread count; dW's columns need only this thread's columns of dZ.
         index_t j0 = 0, j1 = 0;
         split_range(n_out, omp_get_num_threads(), omp_get_thread_num(), 16, j0, j1);
-        if (j1 > j0)
+        if (j1 > j0) {
             kernel.dz_colsum(dZ + j0, n_out, db + j0, dout_rows + j0, ld_dout, out_rows + j0,
                              ld_out, n, j1 - j0);
-    }
-    if (n_in == 0) return;
-
-    const BlasOperand<T> xo = blas_operand(x, Scratch::x_packed);
-    require_blas_operand("x", xo);
-    // dW = x^T . dZ: the batch index is summed over, which is why x^T stands on the left.
-    blas::gemm<T>(flip(xo.op), blas::Op::N, n_in, n_out, n, T(1), xo.data, xo.ld, dZ, n_out, T(0),
-                  dW.data, n_out);
-    if (need_dx) {
-        const BlasOperand<T> Wo = blas_operand(W, Scratch::W_packed);
-        require_blas_operand("W", Wo);
-        blas::gemm<T>(blas::Op::N, flip(Wo.op), n, n_in, n_out, T(1), dZ, n_out, Wo.data, Wo.ld,
-                      T(0), dx.data, n_in);
+            // The batch index i is summed over: dW[k, l] = sum_i x[i, k] dZ[i, l],
+            // which is why x^T stands on the left.
+            if (n_in > 0)
+                blas::gemm<T>(flip(xo.op), blas::Op::N, n_in, j1 - j0, n, T(1), xo.data, xo.ld,
+                              dZ + j0, n_out, T(0), dW.data + j0, n_out);
+        }
+        // Phase 2, split by rows: dx = dZ . W^T needs every column of dZ.
+        if (need_dx && n_in > 0) {
+#pragma omp barrier
+            index_t i0 = 0, i1 = 0;
+            split_range(n, omp_get_num_threads(), omp_get_thread_num(), 1, i0, i1);
+            if (i1 > i0)
+                blas::gemm<T>(blas::Op::N, flip(Wo.op), i1 - i0, n_in, n_out, T(1),
+                              dZ + i0 * n_out, n_out, Wo.data, Wo.ld, T(0),
+                              dx.data + i0 * n_in, n_in);
+        }
     }
 }
 

@@ -1,0 +1,58 @@
+"""Interleaved timing: the contenders take turns, so drift on a shared machine hits all
+of them alike, and the median of many rounds is what gets reported.
+
+Before each contender's turn the process sleeps briefly. NumPy's OpenBLAS threads spin
+for tens of milliseconds after a call, and OpenMP threads spin too; on a 2-core machine a
+spinning pool left over from the previous contender steals a core from the next one and
+can stall it for whole scheduler ticks. The pause lets every pool fall asleep, so each
+contender is timed as it runs in a program that calls only it. Each turn then starts
+with a warm-up of ``warmup_seconds`` of calls: a pool woken from sleep can land on its
+caller's core and share it until the kernel migrates it (one stall of a few ms), which
+is not the steady state of a loop that calls the contender over and over.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+__all__ = ["interleaved_medians"]
+
+
+def interleaved_medians(
+    contenders: Mapping[str, Callable[[], object]],
+    *,
+    rounds: int = 31,
+    min_round_seconds: float = 2e-3,
+    settle_seconds: float = 0.1,
+    warmup_seconds: float = 0.02,
+) -> dict[str, float]:
+    """Median seconds per call of each contender.
+
+    Each round calls every contender in turn, each as many times as it takes to fill
+    ``min_round_seconds`` (calibrated once on the slowest), after a ``settle_seconds``
+    pause and ``warmup_seconds`` of untimed calls (see the module docstring).
+    """
+    for fn in contenders.values():
+        fn()
+    slowest = 0.0
+    for fn in contenders.values():
+        t0 = time.perf_counter()
+        fn()
+        slowest = max(slowest, time.perf_counter() - t0)
+    calls = max(1, int(min_round_seconds / max(slowest, 1e-7)))
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            time.sleep(settle_seconds)
+            warm_until = time.perf_counter() + warmup_seconds
+            fn()
+            while time.perf_counter() < warm_until:
+                fn()
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / calls)
+    return {name: float(np.median(s)) for name, s in samples.items()}
