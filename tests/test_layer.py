@@ -1,0 +1,205 @@
+"""forward and backward against the NumPy reference, finite differences and a hand case."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import DTYPES, EPS, assert_within, make_problem, product_bound
+
+import siglayer
+from siglayer import reference
+
+# (shape of x, n_out): tiny, primes, large-ish, zero-size, batch dimensions, 1-D x.
+SHAPES = [
+    ((1, 1), 1),
+    ((7, 13), 5),
+    ((64, 33), 17),
+    ((300, 257), 129),
+    ((1031, 67), 3),
+    ((3, 70), 600),
+    ((0, 4), 3),
+    ((5, 0), 3),
+    ((5, 4), 0),
+    ((2, 3, 5), 4),
+    ((2, 0, 3, 5), 4),
+    ((6,), 4),
+]
+SHAPE_IDS = ["x" + "x".join(map(str, s)) + f"-out{o}" for s, o in SHAPES]
+
+
+def forward_bound(x: np.ndarray, W: np.ndarray, b: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """sigma' <= 1/4 scales the error of x @ W + b; sigma itself adds a few ulp of out."""
+    n_in = W.shape[0]
+    x2 = np.abs(x.reshape(math.prod(x.shape[:-1]), n_in))
+    z_bound = product_bound(x2, np.abs(W), n_in + 1, x.dtype) + 2 * EPS[x.dtype] * np.abs(b)
+    return 0.25 * z_bound.reshape(want.shape) + 4 * EPS[x.dtype] * np.abs(want)
+
+
+def check_backward(dout, x, W, out, got) -> None:
+    """Feed siglayer's own out to the reference, so dZ agrees exactly; the products then
+    differ only by summation order, within product_bound."""
+    want = reference.backward(dout, x, W, out)
+    n_in, n_out = W.shape
+    rows = math.prod(x.shape[:-1])
+    dZ = np.abs((dout * out * (1 - out)).reshape(rows, n_out))
+    x2 = np.abs(x.reshape(rows, n_in))
+    assert_within(got[1], want[1], product_bound(x2.T, dZ, rows, x.dtype), "dW")
+    assert_within(got[2], want[2], product_bound(np.ones((1, rows)), dZ, rows, x.dtype)[0], "db")
+    dx_bound = product_bound(dZ, np.abs(W).T, n_out, x.dtype).reshape(x.shape)
+    assert_within(got[0], want[0], dx_bound, "dx")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize(("shape_x", "n_out"), SHAPES, ids=SHAPE_IDS)
+def test_matches_reference(rng, threads, dtype, shape_x, n_out):
+    x, W, b, dout = make_problem(rng, shape_x, n_out, dtype)
+    out = siglayer.forward(x, W, b)
+    assert out.shape == (*shape_x[:-1], n_out) and out.dtype == np.dtype(dtype)
+    assert_within(out, reference.forward(x, W, b), forward_bound(x, W, b, out), "out")
+    check_backward(dout, x, W, out, siglayer.backward(dout, x, W, out))
+
+
+def _layouts(a: np.ndarray) -> dict[str, np.ndarray]:
+    """The same 2-D values in C order, F order, as a strided view, transposed view and
+    a view with negative strides."""
+    big = np.zeros((a.shape[0] * 2, a.shape[1] * 3), a.dtype)
+    big[::2, ::3] = a
+    return {
+        "C": np.ascontiguousarray(a),
+        "F": np.asfortranarray(a),
+        "strided": big[::2, ::3],
+        "Tview": np.ascontiguousarray(a.T).T,
+        "negative": np.ascontiguousarray(a[::-1, ::-1])[::-1, ::-1],
+    }
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("layout", ["C", "F", "strided", "Tview", "negative"])
+def test_memory_layouts(rng, threads, dtype, layout):
+    x, W, b, dout = make_problem(rng, (37, 23), 19, dtype)
+    out_ref = siglayer.forward(x, W, b)
+    grads_ref = siglayer.backward(dout, x, W, out_ref)
+    xl, Wl, doutl = _layouts(x)[layout], _layouts(W)[layout], _layouts(dout)[layout]
+    outl = _layouts(out_ref)[layout]
+    bl = np.repeat(b, 2)[::2]  # a strided bias
+    out = siglayer.forward(xl, Wl, bl)
+    assert_within(out, reference.forward(x, W, b), forward_bound(x, W, b, out), "out")
+    got = siglayer.backward(doutl, xl, Wl, outl)
+    check_backward(dout, x, W, out_ref, got)
+    for g, r in zip(got, grads_ref):
+        assert_within(g, r, product_bound(np.ones((1, 1)), np.ones((1, 1)), 64, dtype)[0, 0] * 10, "layout")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_bias_as_row(rng, dtype):
+    x, W, b, _ = make_problem(rng, (9, 4), 6, dtype)
+    np.testing.assert_array_equal(siglayer.forward(x, W, b[None, :]), siglayer.forward(x, W, b))
+
+
+def test_hand_computed():
+    """z = 1*0.5 + 2*(-0.25) + 0 = 0, so out = 1/2 and dZ = 1 * 1/2 * 1/2 = 1/4; all exact."""
+    x = np.array([[1.0, 2.0]])
+    W = np.array([[0.5], [-0.25]])
+    b = np.array([0.0])
+    out = siglayer.forward(x, W, b)
+    assert out.tolist() == [[0.5]]
+    dx, dW, db = siglayer.backward(np.array([[1.0]]), x, W, out)
+    assert dW.tolist() == [[0.25], [0.5]]  # x^T . dZ
+    assert db.tolist() == [0.25]
+    assert dx.tolist() == [[0.125, -0.0625]]  # dZ . W^T
+
+
+def test_hand_computed_batch_sums_rows():
+    """Two rows with z = 0 and z = ln 3: out = 1/2 and 3/4; dW sums x[i] * dZ[i] over rows."""
+    x = np.array([[1.0], [2.0]])
+    W = np.array([[math.log(3)]])
+    b = np.array([-math.log(3)])
+    out = siglayer.forward(x, W, b)
+    np.testing.assert_allclose(out, [[0.5], [0.75]], rtol=1e-15, atol=1e-16)
+    dx, dW, db = siglayer.backward(np.ones((2, 1)), x, W, out)
+    # dZ = [1/4, 3/16]; dW = 1 * 1/4 + 2 * 3/16 = 5/8; db = 7/16.
+    np.testing.assert_allclose(dW, [[0.625]], rtol=1e-15)
+    np.testing.assert_allclose(db, [0.4375], rtol=1e-15)
+    np.testing.assert_allclose(dx, [[0.25 * W[0, 0]], [0.1875 * W[0, 0]]], rtol=1e-15)
+
+
+@pytest.mark.parametrize("shape_x", [(6, 5), (2, 3, 5)], ids=["2d", "batch"])
+def test_finite_differences(rng, shape_x):
+    """L = sum(G * out); central differences of L in float64 against backward."""
+    x, W, b, G = make_problem(rng, shape_x, 4, np.float64)
+
+    def loss(x_, W_, b_):
+        return float(np.sum(G * siglayer.forward(x_, W_, b_)))
+
+    out = siglayer.forward(x, W, b)
+    dx, dW, db = siglayer.backward(G, x, W, out)
+    h = 1e-6
+    for name, param, grad in (("x", x, dx), ("W", W, dW), ("b", b, db)):
+        numeric = np.zeros_like(param)
+        for idx in np.ndindex(param.shape):
+            plus, minus = param.copy(), param.copy()
+            plus[idx] += h
+            minus[idx] -= h
+            args = {"x": x, "W": W, "b": b}
+            hi = loss(**{**{k + "_": v for k, v in args.items()}, name + "_": plus})
+            lo = loss(**{**{k + "_": v for k, v in args.items()}, name + "_": minus})
+            numeric[idx] = (hi - lo) / (2 * h)
+        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-9, err_msg=name)
+
+
+def test_need_dx_false(rng):
+    x, W, b, dout = make_problem(rng, (8, 5), 3, np.float64)
+    out = siglayer.forward(x, W, b)
+    dx, dW, db = siglayer.backward(dout, x, W, out, need_dx=False)
+    assert dx is None
+    _, dW_full, db_full = siglayer.backward(dout, x, W, out)
+    np.testing.assert_array_equal(dW, dW_full)
+    np.testing.assert_array_equal(db, db_full)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape_x", [(10, 6), (2, 5, 6)], ids=["2d", "batch"])
+def test_out_buffers_are_used_and_returned(rng, dtype, shape_x):
+    x, W, b, dout = make_problem(rng, shape_x, 3, dtype)
+    out = np.full((*shape_x[:-1], 3), np.nan, dtype)
+    assert siglayer.forward(x, W, b, out=out) is out
+    np.testing.assert_array_equal(out, siglayer.forward(x, W, b))
+    dx, dW, db = (np.full(s, np.nan, dtype) for s in (x.shape, W.shape, (3,)))
+    got = siglayer.backward(dout, x, W, out, dx=dx, dW=dW, db=db)
+    assert got[0] is dx and got[1] is dW and got[2] is db
+    for g, r in zip(got, siglayer.backward(dout, x, W, out)):
+        np.testing.assert_array_equal(g, r)
+
+
+def test_gradients_are_fresh_not_accumulated(rng):
+    x, W, b, dout = make_problem(rng, (4, 3), 2, np.float64)
+    out = siglayer.forward(x, W, b)
+    dW = np.full(W.shape, 123.0)
+    siglayer.backward(dout, x, W, out, dW=dW)
+    np.testing.assert_array_equal(dW, siglayer.backward(dout, x, W, out)[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_special_values_propagate(dtype):
+    """sigma(+inf) = 1, sigma(-inf) = 0, sigma(NaN) = NaN, and no warnings (they are errors)."""
+    x = np.array([[1.0], [1.0], [1.0], [1.0], [1.0]], dtype)
+    W = np.array([[1.0]], dtype)
+    for z, want in ((np.inf, 1.0), (-np.inf, 0.0), (np.nan, np.nan), (1e4, 1.0), (-1e4, 0.0)):
+        out = siglayer.forward(x[:1], W, np.array([z], dtype))
+        np.testing.assert_array_equal(out, [[want]])
+    big = siglayer.forward(np.array([[1.0]], dtype), np.array([[1.0]], dtype), np.array([-100.0], dtype))
+    np.testing.assert_array_equal(big, reference.forward(np.array([[1.0]], dtype), np.array([[1.0]], dtype), np.array([-100.0], dtype)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_repeatable_bitwise(rng, threads, dtype):
+    x, W, b, dout = make_problem(rng, (333, 129), 77, dtype)
+    first = siglayer.forward(x, W, b)
+    grads = siglayer.backward(dout, x, W, first)
+    for _ in range(3):
+        again = siglayer.forward(x, W, b)
+        np.testing.assert_array_equal(again, first)
+        for g, r in zip(siglayer.backward(dout, x, W, again), grads):
+            np.testing.assert_array_equal(g, r)
