@@ -14,8 +14,8 @@ namespace siglayer::kernels_detail {
 template <class T>
 struct Consts;
 
-// exp(x) for x <= 0 is computed as 2^k * p(r) with x = k*ln2 + r, |r| <= ln2/2, and p
-// the Taylor polynomial of exp whose remainder is below a tenth of an ulp on that range.
+// exp(x) for x <= 0 is computed as 2^k * p(r) with x = k*ln2 + r, |r| <= ln2/2, and p a
+// polynomial whose error is well below an ulp on that range.
 template <>
 struct Consts<float> {
     using Bits = std::uint32_t;
@@ -27,9 +27,13 @@ struct Consts<float> {
     static constexpr float clamp = 104.0f;
     static constexpr int mantissa_bits = 23;
     static constexpr Bits exponent_bias = 127;
-    static constexpr int degree = 7;
-    static constexpr float poly[8] = {1.0f,         1.0f,          0.5f,          1.0f / 6,
-                                      1.0f / 24,    1.0f / 120,    1.0f / 720,    1.0f / 5040};
+    // Only the AVX-512 kernel evaluates in float (the portable one goes through double):
+    // a degree-6 fit of e^r with constant and linear terms pinned to 1, relative error
+    // 1.7e-8 (0.29 ulp) on |r| <= ln2/2 (fitted by iteratively reweighted least squares).
+    static constexpr int degree = 6;
+    static constexpr float poly[7] = {1.0f,           1.0f,           0x1.fffffcp-2f,
+                                      0x1.55541ap-3f, 0x1.55582p-5f,  0x1.126792p-7f,
+                                      0x1.6ae852p-10f};
 };
 
 template <>
@@ -42,7 +46,7 @@ struct Consts<double> {
     static constexpr double clamp = 746.0;  // exp(-746) < 2^-1075
     static constexpr int mantissa_bits = 52;
     static constexpr Bits exponent_bias = 1023;
-    static constexpr int degree = 13;
+    static constexpr int degree = 13;  // Taylor: remainder < 1e-17 relative
     static constexpr double poly[14] = {1.0,
                                         1.0,
                                         1.0 / 2,

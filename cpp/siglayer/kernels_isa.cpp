@@ -6,16 +6,23 @@
 #error "SIGLAYER_ISA must name the instruction set this copy is compiled for"
 #endif
 
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#include "kernels_avx512.hpp"
+#define SIGLAYER_SIGMOID_KERNELS kernels_detail::avx512
+#else
+#define SIGLAYER_SIGMOID_KERNELS kernels_detail
+#endif
+
 namespace siglayer::kernels::SIGLAYER_ISA {
 
 template <class T>
 static void sigmoid(T* y, const T* z, index_t count) {
-    kernels_detail::sigmoid(y, z, count);
+    SIGLAYER_SIGMOID_KERNELS::sigmoid(y, z, count);
 }
 
 template <class T>
 static void bias_sigmoid_rows(T* out, index_t ld, const T* b, index_t rows, index_t cols) {
-    kernels_detail::bias_sigmoid_rows(out, ld, b, rows, cols);
+    SIGLAYER_SIGMOID_KERNELS::bias_sigmoid_rows(out, ld, b, rows, cols);
 }
 
 template <class T>
