@@ -100,12 +100,14 @@ bool overlaps(const Extent& a, const Extent& b) {
     return a.first < a.last && b.first < b.last && a.first < b.last && b.first < a.last;
 }
 
-void require(bool ok, const std::string& message) {
-    if (!ok) throw InvalidArgument(message);
-}
+// The message is built only when the check fails: these checks run on every call.
+#define SIGLAYER_REQUIRE(ok, message) \
+    do {                              \
+        if (!(ok)) throw InvalidArgument(message); \
+    } while (false)
 
 void require_blas_size(const char* name, index_t value) {
-    require(value <= blas::max_int(),
+    SIGLAYER_REQUIRE(value <= blas::max_int(),
             std::string(name) + " = " + std::to_string(value) +
                 " exceeds the BLAS integer range (" + std::to_string(blas::max_int()) +
                 "); split the problem");
@@ -113,7 +115,19 @@ void require_blas_size(const char* name, index_t value) {
 
 template <class T>
 void require_blas_operand(const char* name, const BlasOperand<T>& op) {
-    require_blas_size((std::string(name) + " leading dimension").c_str(), op.ld);
+    if (op.ld > blas::max_int()) require_blas_size((std::string(name) + " leading dimension").c_str(), op.ld);
+}
+
+// Runs body() on `threads` OpenMP threads, or directly when one is enough: even a
+// one-thread parallel region costs a noticeable part of a small layer's time.
+template <class Body>
+void run_parallel(int threads, const Body& body) {
+    if (threads <= 1) {
+        body();
+        return;
+    }
+#pragma omp parallel num_threads(threads)
+    body();
 }
 
 // Splits [0, count) into `parts` contiguous ranges whose starts are multiples of
@@ -170,24 +184,24 @@ int threads_for(index_t elements) {
 
 template <class T>
 void check_forward(MatrixView<T> x, MatrixView<T> W, VectorView<T> b) {
-    require(W.rows == x.cols, "W has shape " + shape_str(W.rows, W.cols) + " but x has " +
+    SIGLAYER_REQUIRE(W.rows == x.cols, "W has shape " + shape_str(W.rows, W.cols) + " but x has " +
                                   std::to_string(x.cols) + " features (shape " +
                                   shape_str(x.rows, x.cols) + ")");
-    require(b.size == W.cols, "b has " + std::to_string(b.size) + " entries but W has shape " +
+    SIGLAYER_REQUIRE(b.size == W.cols, "b has " + std::to_string(b.size) + " entries but W has shape " +
                                   shape_str(W.rows, W.cols));
 }
 
 template <class T>
 void check_backward(MatrixView<T> dout, MatrixView<T> x, MatrixView<T> W, MatrixView<T> out) {
     const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
-    require(W.rows == n_in, "W has shape " + shape_str(W.rows, W.cols) + " but x has " +
+    SIGLAYER_REQUIRE(W.rows == n_in, "W has shape " + shape_str(W.rows, W.cols) + " but x has " +
                                 std::to_string(n_in) + " features (shape " +
                                 shape_str(n, n_in) + ")");
-    require(out.rows == n && out.cols == n_out,
+    SIGLAYER_REQUIRE(out.rows == n && out.cols == n_out,
             "out has shape " + shape_str(out.rows, out.cols) + ", expected " +
                 shape_str(n, n_out) + " from x " + shape_str(n, n_in) + " and W " +
                 shape_str(n_in, n_out));
-    require(dout.rows == n && dout.cols == n_out,
+    SIGLAYER_REQUIRE(dout.rows == n && dout.cols == n_out,
             "dout has shape " + shape_str(dout.rows, dout.cols) + ", expected " +
                 shape_str(n, n_out) + " (the shape of out)");
 }
@@ -196,13 +210,13 @@ template <class T>
 void forward(OutMatrix<T> out, MatrixView<T> x, MatrixView<T> W, VectorView<T> b) {
     check_forward(x, W, b);
     const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
-    require(out.rows == n && out.cols == n_out,
+    SIGLAYER_REQUIRE(out.rows == n && out.cols == n_out,
             "out has shape " + shape_str(out.rows, out.cols) + ", expected " +
                 shape_str(n, n_out));
-    require(!(n > 0 && n_out > 0 && out.data == nullptr), "out: null pointer");
+    SIGLAYER_REQUIRE(!(n > 0 && n_out > 0 && out.data == nullptr), "out: null pointer");
     for (auto [name, input] : {std::pair{"x", extent(x)}, std::pair{"W", extent(W)},
                                std::pair{"b", extent(b)}}) {
-        require(!overlaps(extent(out), input),
+        SIGLAYER_REQUIRE(!overlaps(extent(out), input),
                 std::string("out overlaps ") + name + "; pass a separate buffer");
     }
     for (auto [name, value] : {std::pair{"n", n}, std::pair{"n_in", n_in}, std::pair{"n_out", n_out}})
@@ -225,8 +239,7 @@ void forward(OutMatrix<T> out, MatrixView<T> x, MatrixView<T> W, VectorView<T> b
     const auto& kernel = kernels::active<T>();
     // Each thread computes its slab of out = x . W and applies bias + sigma to it while
     // it is still in cache; no thread waits on another until the region ends.
-#pragma omp parallel num_threads(threads_for_gemm(n, n_out, n_in))
-    {
+    run_parallel(threads_for_gemm(n, n_out, n_in), [&] {
         blas::SingleThreaded single;
         const Block blk = block_of_thread(n, n_out);
         if (!blk.empty()) {
@@ -241,7 +254,7 @@ void forward(OutMatrix<T> out, MatrixView<T> x, MatrixView<T> W, VectorView<T> b
             }
             kernel.bias_sigmoid_rows(out_blk, n_out, bias + blk.j0, blk.rows(), blk.cols());
         }
-    }
+    });
 }
 
 template <class T>
@@ -249,14 +262,14 @@ void backward(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dout, Matri
               MatrixView<T> W, MatrixView<T> out) {
     check_backward(dout, x, W, out);
     const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
-    require(dW.rows == n_in && dW.cols == n_out,
+    SIGLAYER_REQUIRE(dW.rows == n_in && dW.cols == n_out,
             "dW has shape " + shape_str(dW.rows, dW.cols) + ", expected " +
                 shape_str(n_in, n_out));
     const bool need_dx = dx.data != nullptr;
-    require(!need_dx || (dx.rows == n && dx.cols == n_in),
+    SIGLAYER_REQUIRE(!need_dx || (dx.rows == n && dx.cols == n_in),
             "dx has shape " + shape_str(dx.rows, dx.cols) + ", expected " + shape_str(n, n_in));
-    require(!(n_in > 0 && n_out > 0 && dW.data == nullptr), "dW: null pointer");
-    require(!(n_out > 0 && db == nullptr), "db: null pointer");
+    SIGLAYER_REQUIRE(!(n_in > 0 && n_out > 0 && dW.data == nullptr), "dW: null pointer");
+    SIGLAYER_REQUIRE(!(n_out > 0 && db == nullptr), "db: null pointer");
     const Extent db_extent = extent<T>(db, 1, n_out, 0, 1);
     const std::pair<const char*, Extent> outputs[] = {
         {"dx", need_dx ? extent(dx) : Extent{}}, {"dW", extent(dW)}, {"db", db_extent}};
@@ -264,10 +277,10 @@ void backward(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dout, Matri
         {"dout", extent(dout)}, {"x", extent(x)}, {"W", extent(W)}, {"out", extent(out)}};
     for (const auto& [oname, o] : outputs) {
         for (const auto& [iname, i] : inputs)
-            require(!overlaps(o, i), std::string(oname) + " overlaps " + iname +
+            SIGLAYER_REQUIRE(!overlaps(o, i), std::string(oname) + " overlaps " + iname +
                                          "; pass a separate buffer");
         for (const auto& [other, e] : outputs)
-            require(oname == other || !overlaps(o, e),
+            SIGLAYER_REQUIRE(oname == other || !overlaps(o, e),
                     std::string(oname) + " overlaps " + other + "; pass separate buffers");
     }
     for (auto [name, value] : {std::pair{"n", n}, std::pair{"n_in", n_in}, std::pair{"n_out", n_out}})
@@ -295,8 +308,7 @@ void backward(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dout, Matri
     }
     const auto& kernel = kernels::active<T>();
     const int threads = threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1));
-#pragma omp parallel num_threads(threads)
-    {
+    run_parallel(threads, [&] {
         blas::SingleThreaded single;
         // Phase 1, split by columns: dZ, db and dW = x^T . dZ for this thread's columns.
         // Each column of db is summed in row order, so db is bitwise the same for any
@@ -322,7 +334,7 @@ void backward(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dout, Matri
                               dZ + i0 * n_out, n_out, Wo.data, Wo.ld, T(0),
                               dx.data + i0 * n_in, n_in);
         }
-    }
+    });
 }
 
 template <class T>
