@@ -203,3 +203,31 @@ def test_repeatable_bitwise(rng, threads, dtype):
         np.testing.assert_array_equal(again, first)
         for g, r in zip(siglayer.backward(dout, x, W, again), grads):
             np.testing.assert_array_equal(g, r)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_preallocated_training_step_allocates_nothing(rng, threads, dtype):
+    """With out=, dx=, dW=, db= buffers a step allocates no array after warm-up: the peak
+    traced memory over 200 steps stays below the size of the smallest array involved."""
+    import tracemalloc
+
+    x, W, b, dout = make_problem(rng, (64, 48), 32, dtype)
+    out, dx, dW, db = np.empty((64, 32), dtype), np.empty_like(x), np.empty_like(W), np.empty_like(b)
+
+    def step() -> None:
+        siglayer.forward(x, W, b, out=out)
+        siglayer.backward(dout, x, W, out, dx=dx, dW=dW, db=db)
+
+    step()
+    tracemalloc.start()
+    try:
+        step()
+        start, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in range(200):
+            step()
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert current - start <= 0
+    assert peak - start < db.nbytes, f"a step allocated {peak - start} bytes"
