@@ -29,24 +29,32 @@ struct BlasOperand {
 
 blas::Op flip(blas::Op op) { return op == blas::Op::N ? blas::Op::T : blas::Op::N; }
 
+// A C-contiguous copy of m in this thread's scratch slot.
+template <class T>
+const T* pack(const MatrixView<T>& m, Scratch::Slot slot) {
+    T* packed =
+        Scratch::for_this_thread().get<T>(slot, static_cast<std::size_t>(m.rows * m.cols));
+    for (index_t i = 0; i < m.rows; ++i)
+        for (index_t j = 0; j < m.cols; ++j)
+            packed[i * m.cols + j] = m.data[i * m.row_stride + j * m.col_stride];
+    return packed;
+}
+
 // C-ordered (unit column stride) or F-ordered (unit row stride) views go to BLAS as
-// they are, through the transpose flag; anything else is packed once into scratch.
+// they are, through the transpose flag; anything else (other strides, zero or negative
+// strides, a leading dimension beyond the BLAS integer) is packed once into scratch.
+// The caller has checked that rows and cols fit the BLAS integer.
 template <class T>
 BlasOperand<T> blas_operand(const MatrixView<T>& m, Scratch::Slot slot) {
     const index_t rows = m.rows, cols = m.cols;
-    const bool unit_cols = m.col_stride == 1 || cols <= 1;
-    const bool unit_rows = m.row_stride == 1 || rows <= 1;
-    if (unit_cols && (rows <= 1 || m.row_stride >= std::max<index_t>(1, cols))) {
-        return {m.data, blas::Op::N, rows <= 1 ? std::max<index_t>(1, cols) : m.row_stride};
-    }
-    if (unit_rows && (cols <= 1 || m.col_stride >= std::max<index_t>(1, rows))) {
-        return {m.data, blas::Op::T, cols <= 1 ? std::max<index_t>(1, rows) : m.col_stride};
-    }
-    T* packed = Scratch::for_this_thread().get<T>(slot, static_cast<std::size_t>(rows * cols));
-    for (index_t i = 0; i < rows; ++i)
-        for (index_t j = 0; j < cols; ++j)
-            packed[i * cols + j] = m.data[i * m.row_stride + j * m.col_stride];
-    return {packed, blas::Op::N, cols};
+    const auto fits = [](index_t ld, index_t min_ld) { return ld >= min_ld && ld <= blas::max_int(); };
+    const index_t ld_n = rows <= 1 ? std::max<index_t>(1, cols) : m.row_stride;
+    if ((m.col_stride == 1 || cols <= 1) && fits(ld_n, std::max<index_t>(1, cols)))
+        return {m.data, blas::Op::N, ld_n};
+    const index_t ld_t = cols <= 1 ? std::max<index_t>(1, rows) : m.col_stride;
+    if ((m.row_stride == 1 || rows <= 1) && fits(ld_t, std::max<index_t>(1, rows)))
+        return {m.data, blas::Op::T, ld_t};
+    return {pack(m, slot), blas::Op::N, std::max<index_t>(1, cols)};
 }
 
 // A view with unit column stride (row stride >= cols) as a pointer and row stride,
@@ -57,13 +65,8 @@ const T* row_major(const MatrixView<T>& m, Scratch::Slot slot, index_t& ld) {
         ld = m.rows <= 1 ? m.cols : m.row_stride;
         return m.data;
     }
-    T* packed =
-        Scratch::for_this_thread().get<T>(slot, static_cast<std::size_t>(m.rows * m.cols));
-    for (index_t i = 0; i < m.rows; ++i)
-        for (index_t j = 0; j < m.cols; ++j)
-            packed[i * m.cols + j] = m.data[i * m.row_stride + j * m.col_stride];
     ld = m.cols;
-    return packed;
+    return pack(m, slot);
 }
 
 // [first, last) byte addresses a view can touch; empty views touch nothing.
@@ -111,11 +114,6 @@ void require_blas_size(const char* name, index_t value) {
             std::string(name) + " = " + std::to_string(value) +
                 " exceeds the BLAS integer range (" + std::to_string(blas::max_int()) +
                 "); split the problem");
-}
-
-template <class T>
-void require_blas_operand(const char* name, const BlasOperand<T>& op) {
-    if (op.ld > blas::max_int()) require_blas_size((std::string(name) + " leading dimension").c_str(), op.ld);
 }
 
 // Runs body() on `threads` OpenMP threads, or directly when one is enough: even a
@@ -233,8 +231,6 @@ void forward(OutMatrix<T> out, MatrixView<T> x, MatrixView<T> W, VectorView<T> b
     if (n_in > 0) {
         xo = blas_operand(x, Scratch::x_packed);
         Wo = blas_operand(W, Scratch::W_packed);
-        require_blas_operand("x", xo);
-        require_blas_operand("W", Wo);
     }
     const auto& kernel = kernels::active<T>();
     // Each thread computes its slab of out = x . W and applies bias + sigma to it while
@@ -303,8 +299,6 @@ void backward(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dout, Matri
     if (n_in > 0) {
         xo = blas_operand(x, Scratch::x_packed);
         Wo = blas_operand(W, Scratch::W_packed);
-        require_blas_operand("x", xo);
-        require_blas_operand("W", Wo);
     }
     const auto& kernel = kernels::active<T>();
     const int threads = threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1));
