@@ -46,7 +46,9 @@ std::string shape_of(const py::array& a) {
     return s + (a.ndim() == 1 ? ",)" : ")");
 }
 
-std::string dtype_of(const py::array& a) { return py::str(a.dtype()); }
+std::string dtype_of(const py::array& a) {
+    return py::str(a.dtype());
+}
 
 py::array as_array(py::handle h, const char* name) {
     const Subclasses& s = subclasses();
@@ -72,8 +74,8 @@ int float_type_num(const py::array& a, const char* name) {
     }
     throw py::type_error(std::string(name) + " has dtype " + dtype_of(a) +
                          "; siglayer computes in float32 or float64 (native byte order) and "
-                         "never converts silently: pass " + name + ".astype(np.float32) or " +
-                         name + ".astype(np.float64)");
+                         "never converts silently: pass " +
+                         name + ".astype(np.float32) or " + name + ".astype(np.float64)");
 }
 
 void require_same_dtype(std::initializer_list<std::pair<const char*, const py::array*>> arrays) {
@@ -95,13 +97,17 @@ MatrixView<T> matrix_view(const py::array& a, const char* name) {
     const auto item = static_cast<py::ssize_t>(sizeof(T));
     for (py::ssize_t d = 0; d < a.ndim(); ++d) {
         if (a.strides(d) % item != 0) {
-            throw py::value_error(std::string(name) + " has strides that are not a whole number "
-                                  "of elements; pass np.ascontiguousarray(" + name + ")");
+            throw py::value_error(std::string(name) +
+                                  " has strides that are not a whole number "
+                                  "of elements; pass np.ascontiguousarray(" +
+                                  name + ")");
         }
     }
     if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) != 0) {
-        throw py::value_error(std::string(name) + " is not aligned to its item size; pass "
-                              "np.ascontiguousarray(" + name + ")");
+        throw py::value_error(std::string(name) +
+                              " is not aligned to its item size; pass "
+                              "np.ascontiguousarray(" +
+                              name + ")");
     }
     MatrixView<T> m;
     m.data = static_cast<const T*>(a.data());
@@ -137,8 +143,7 @@ T* output_buffer(const py::array& a, const char* name, const std::vector<py::ssi
         throw py::value_error(std::string(name) + " has shape " + shape_of(a) + ", expected " +
                               expected);
     }
-    if (a.dtype().num() != py::dtype::of<T>().num() ||
-        !native_byte_order(a.dtype().byteorder())) {
+    if (a.dtype().num() != py::dtype::of<T>().num() || !native_byte_order(a.dtype().byteorder())) {
         throw py::type_error(std::string(name) + " has dtype " + dtype_of(a) + ", expected " +
                              std::string(py::str(py::dtype::of<T>())) +
                              " (the dtype of the inputs)");
@@ -155,7 +160,8 @@ template MatrixView<float> matrix_view<float>(const py::array&, const char*);
 template MatrixView<double> matrix_view<double>(const py::array&, const char*);
 template VectorView<float> vector_view<float>(const py::array&, const char*);
 template VectorView<double> vector_view<double>(const py::array&, const char*);
-template float* output_buffer<float>(const py::array&, const char*, const std::vector<py::ssize_t>&);
+template float* output_buffer<float>(const py::array&, const char*,
+                                     const std::vector<py::ssize_t>&);
 template double* output_buffer<double>(const py::array&, const char*,
                                        const std::vector<py::ssize_t>&);
 

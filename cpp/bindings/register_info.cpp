@@ -31,8 +31,8 @@ void register_info(py::module_& m) {
         return d;
     });
     m.def(
-        "select_isa", [](const std::string& name) { kernels::select_isa(name); },
-        py::arg("name"), "Force 'avx512', 'avx2' or 'baseline' kernels (tests, benchmarks).");
+        "select_isa", [](const std::string& name) { kernels::select_isa(name); }, py::arg("name"),
+        "Force 'avx512', 'avx2' or 'baseline' kernels (tests, benchmarks).");
 }
 
 }  // namespace siglayer::bindings

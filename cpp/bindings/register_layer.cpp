@@ -67,8 +67,8 @@ py::array forward(py::handle x_h, py::handle W_h, py::handle b_h, py::handle out
 // Returns (dx or None, dW, db).
 py::tuple backward(py::handle dout_h, py::handle x_h, py::handle W_h, py::handle out_h,
                    bool need_dx, py::handle dx_h, py::handle dW_h, py::handle db_h) {
-    const py::array dout = as_array(dout_h, "dout"), x = as_array(x_h, "x"),
-                    W = as_array(W_h, "W"), out = as_array(out_h, "out");
+    const py::array dout = as_array(dout_h, "dout"), x = as_array(x_h, "x"), W = as_array(W_h, "W"),
+                    out = as_array(out_h, "out");
     const int type_num = float_type_num(dout, "dout");
     float_type_num(x, "x");
     float_type_num(W, "W");

@@ -31,7 +31,9 @@ namespace siglayer::blas {
 
 namespace {
 
-CBLAS_TRANSPOSE to_cblas(Op op) { return op == Op::N ? CblasNoTrans : CblasTrans; }
+CBLAS_TRANSPOSE to_cblas(Op op) {
+    return op == Op::N ? CblasNoTrans : CblasTrans;
+}
 
 #if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
 // OpenBLAS's default handler prints and carries on; ours stays silent because
@@ -49,11 +51,10 @@ void gemm<float>(Op op_a, Op op_b, index_t M, index_t N, index_t K, float alpha,
 }
 
 template <>
-void gemm<double>(Op op_a, Op op_b, index_t M, index_t N, index_t K, double alpha,
-                  const double* A, index_t lda, const double* B, index_t ldb, double beta,
-                  double* C, index_t ldc) {
-    SIGLAYER_CBLAS(dgemm)(CblasRowMajor, to_cblas(op_a), to_cblas(op_b), M, N, K, alpha, A, lda,
-                          B, ldb, beta, C, ldc);
+void gemm<double>(Op op_a, Op op_b, index_t M, index_t N, index_t K, double alpha, const double* A,
+                  index_t lda, const double* B, index_t ldb, double beta, double* C, index_t ldc) {
+    SIGLAYER_CBLAS(dgemm)(CblasRowMajor, to_cblas(op_a), to_cblas(op_b), M, N, K, alpha, A, lda, B,
+                          ldb, beta, C, ldc);
 }
 
 index_t max_int() {
@@ -120,8 +121,8 @@ std::string backend_details() {
 #elif defined(SIGLAYER_BLAS_MKL)
     MKLVersion v;
     mkl_get_version(&v);
-    return "MKL " + std::to_string(v.MajorVersion) + "." + std::to_string(v.UpdateVersion) +
-           " (" + v.Processor + ")";
+    return "MKL " + std::to_string(v.MajorVersion) + "." + std::to_string(v.UpdateVersion) + " (" +
+           v.Processor + ")";
 #else
     return openblas_get_config ? std::string(openblas_get_config()) : std::string("CBLAS");
 #endif

@@ -5,10 +5,10 @@
 namespace siglayer::kernels {
 
 // Each copy of kernels_isa.cpp defines table<T>() in its own namespace.
-#define SIGLAYER_DECLARE_ISA(isa)        \
-    namespace isa {                      \
-    template <class T>                   \
-    Table<T> table();                    \
+#define SIGLAYER_DECLARE_ISA(isa)                  \
+    namespace isa {                                \
+    template <class T>                             \
+    Table<T> table();                              \
     extern template Table<float> table<float>();   \
     extern template Table<double> table<double>(); \
     }
@@ -51,9 +51,12 @@ std::atomic<Isa> current{best_isa()};
 
 const char* isa_name(Isa isa) {
     switch (isa) {
-        case Isa::avx512: return "avx512";
-        case Isa::avx2: return "avx2";
-        case Isa::baseline: return "baseline";
+        case Isa::avx512:
+            return "avx512";
+        case Isa::avx2:
+            return "avx2";
+        case Isa::baseline:
+            return "baseline";
     }
     return "?";
 }
@@ -85,7 +88,9 @@ const Table<T>& active() {
 template const Table<float>& active<float>();
 template const Table<double>& active<double>();
 
-std::string active_isa() { return isa_name(current.load()); }
+std::string active_isa() {
+    return isa_name(current.load());
+}
 
 std::string available_isas() {
     std::string names;

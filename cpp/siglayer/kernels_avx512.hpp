@@ -53,7 +53,9 @@ struct Ops<__m512> {
         return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     }
     static __m512 scalef(__m512 a, __m512 k) { return _mm512_scalef_ps(a, k); }
-    static __m512 maskz_scalef(Mask m, __m512 a, __m512 k) { return _mm512_maskz_scalef_ps(m, a, k); }
+    static __m512 maskz_scalef(Mask m, __m512 a, __m512 k) {
+        return _mm512_maskz_scalef_ps(m, a, k);
+    }
     static __m512 rcp(__m512 v) { return _mm512_rcp14_ps(v); }
     static Mask less(__m512 a, __m512 b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
     static __m512 blend(Mask m, __m512 if_false, __m512 if_true) {
@@ -94,15 +96,15 @@ struct Ops<__m512d> {
     }
 };
 
-// float32 carries the low parts to stay within its 2-ulp budget; float64 has a 4-ulp budget and is bound by its longer polynomial, so it divides
-// num / (1 + t) directly (under 2.5 ulp measured).
+// float32 carries the low parts to stay within its 2-ulp budget; float64 has a 4-ulp budget and is
+// bound by its longer polynomial, so it divides num / (1 + t) directly (under 2.5 ulp measured).
 template <class V, bool Compensated = std::is_same_v<V, __m512>>
 inline V sigmoid_vec(V z) {
     using O = Ops<V>;
     using C = Consts<typename O::T>;
     const V one = O::set1(1), zero = O::set1(0);
     const V x = O::max(O::set1(-C::clamp), O::negative_abs(z));  // -|z|, NaN kept
-    const V kf = O::round(O::mul(x, O::set1(C::log2e)));       // e^x = 2^kf * e^r
+    const V kf = O::round(O::mul(x, O::set1(C::log2e)));         // e^x = 2^kf * e^r
     V r = O::fnmadd(kf, O::set1(C::ln2_hi), x);
     r = O::fnmadd(kf, O::set1(C::ln2_lo), r);
     V q = O::set1(C::poly[C::degree]);

@@ -31,9 +31,8 @@ struct Consts<float> {
     // a degree-6 fit of e^r with constant and linear terms pinned to 1, relative error
     // 1.7e-8 (0.29 ulp) on |r| <= ln2/2 (fitted by iteratively reweighted least squares).
     static constexpr int degree = 6;
-    static constexpr float poly[7] = {1.0f,           1.0f,           0x1.fffffcp-2f,
-                                      0x1.55541ap-3f, 0x1.55582p-5f,  0x1.126792p-7f,
-                                      0x1.6ae852p-10f};
+    static constexpr float poly[7] = {1.0f,          1.0f,           0x1.fffffcp-2f, 0x1.55541ap-3f,
+                                      0x1.55582p-5f, 0x1.126792p-7f, 0x1.6ae852p-10f};
 };
 
 template <>
@@ -120,7 +119,9 @@ inline T sigmoid_in(T z) {
 }
 
 // float64: computed in double, max error measured by tests/test_sigmoid_accuracy.py.
-inline double sigmoid_one(double z) { return sigmoid_in<double>(z); }
+inline double sigmoid_one(double z) {
+    return sigmoid_in<double>(z);
+}
 
 // float32: computed in double and rounded once, so the error stays near half an ulp
 // (a float-only evaluation reached 2.3 ulp, over the 2-ulp budget). Exact 2^k, e^-|z|
@@ -152,9 +153,9 @@ inline void bias_sigmoid_rows(T* out, index_t ld, const T* b, index_t rows, inde
 // dZ[i, j] = dout[i, j] * out[i, j] * (1 - out[i, j]);  db[j] = sum over i of dZ[i, j],
 // summed in row order, so db does not depend on how columns are split between threads.
 template <class T>
-inline void dz_colsum(T* __restrict dZ, index_t ld_dZ, T* __restrict db,
-                      const T* __restrict dout, index_t ld_dout, const T* __restrict out,
-                      index_t ld_out, index_t rows, index_t cols) {
+inline void dz_colsum(T* __restrict dZ, index_t ld_dZ, T* __restrict db, const T* __restrict dout,
+                      index_t ld_dout, const T* __restrict out, index_t ld_out, index_t rows,
+                      index_t cols) {
 #pragma omp simd
     for (index_t j = 0; j < cols; ++j) db[j] = T(0);
     for (index_t i = 0; i < rows; ++i) {

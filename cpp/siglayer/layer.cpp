@@ -27,13 +27,14 @@ struct BlasOperand {
     index_t ld;
 };
 
-blas::Op flip(blas::Op op) { return op == blas::Op::N ? blas::Op::T : blas::Op::N; }
+blas::Op flip(blas::Op op) {
+    return op == blas::Op::N ? blas::Op::T : blas::Op::N;
+}
 
 // A C-contiguous copy of m in this thread's scratch slot.
 template <class T>
 const T* pack(const MatrixView<T>& m, Scratch::Slot slot) {
-    T* packed =
-        Scratch::for_this_thread().get<T>(slot, static_cast<std::size_t>(m.rows * m.cols));
+    T* packed = Scratch::for_this_thread().get<T>(slot, static_cast<std::size_t>(m.rows * m.cols));
     for (index_t i = 0; i < m.rows; ++i)
         for (index_t j = 0; j < m.cols; ++j)
             packed[i * m.cols + j] = m.data[i * m.row_stride + j * m.col_stride];
@@ -47,7 +48,9 @@ const T* pack(const MatrixView<T>& m, Scratch::Slot slot) {
 template <class T>
 BlasOperand<T> blas_operand(const MatrixView<T>& m, Scratch::Slot slot) {
     const index_t rows = m.rows, cols = m.cols;
-    const auto fits = [](index_t ld, index_t min_ld) { return ld >= min_ld && ld <= blas::max_int(); };
+    const auto fits = [](index_t ld, index_t min_ld) {
+        return ld >= min_ld && ld <= blas::max_int();
+    };
     const index_t ld_n = rows <= 1 ? std::max<index_t>(1, cols) : m.row_stride;
     if ((m.col_stride == 1 || cols <= 1) && fits(ld_n, std::max<index_t>(1, cols)))
         return {m.data, blas::Op::N, ld_n};
@@ -79,7 +82,10 @@ Extent extent(const T* data, index_t rows, index_t cols, index_t row_stride, ind
     if (rows == 0 || cols == 0) return {};
     std::int64_t lo = 0, hi = 0;
     for (std::int64_t step : {(rows - 1) * row_stride, (cols - 1) * col_stride}) {
-        if (step < 0) lo += step; else hi += step;
+        if (step < 0)
+            lo += step;
+        else
+            hi += step;
     }
     const auto base = reinterpret_cast<std::uintptr_t>(data);
     return {base + lo * static_cast<std::int64_t>(sizeof(T)),
@@ -104,16 +110,16 @@ bool overlaps(const Extent& a, const Extent& b) {
 }
 
 // The message is built only when the check fails: these checks run on every call.
-#define SIGLAYER_REQUIRE(ok, message) \
-    do {                              \
+#define SIGLAYER_REQUIRE(ok, message)              \
+    do {                                           \
         if (!(ok)) throw InvalidArgument(message); \
     } while (false)
 
 void require_blas_size(const char* name, index_t value) {
-    SIGLAYER_REQUIRE(value <= blas::max_int(),
-            std::string(name) + " = " + std::to_string(value) +
-                " exceeds the BLAS integer range (" + std::to_string(blas::max_int()) +
-                "); split the problem");
+    SIGLAYER_REQUIRE(value <= blas::max_int(), std::string(name) + " = " + std::to_string(value) +
+                                                   " exceeds the BLAS integer range (" +
+                                                   std::to_string(blas::max_int()) +
+                                                   "); split the problem");
 }
 
 // Runs body() on `threads` OpenMP threads, or directly when one is enough: even a
@@ -159,8 +165,10 @@ struct Block {
 Block block_of_thread(index_t m, index_t n) {
     const int parts = omp_get_num_threads(), p = omp_get_thread_num();
     Block blk{0, m, 0, n};
-    if (m >= n) split_range(m, parts, p, 16, blk.i0, blk.i1);
-    else split_range(n, parts, p, 16, blk.j0, blk.j1);
+    if (m >= n)
+        split_range(m, parts, p, 16, blk.i0, blk.i1);
+    else
+        split_range(n, parts, p, 16, blk.j0, blk.j1);
     return blk;
 }
 
@@ -183,41 +191,42 @@ int threads_for(index_t elements) {
 template <class T>
 void check_forward(MatrixView<T> x, MatrixView<T> W, VectorView<T> b) {
     SIGLAYER_REQUIRE(W.rows == x.cols, "W has shape " + shape_str(W.rows, W.cols) + " but x has " +
-                                  std::to_string(x.cols) + " features (shape " +
-                                  shape_str(x.rows, x.cols) + ")");
-    SIGLAYER_REQUIRE(b.size == W.cols, "b has " + std::to_string(b.size) + " entries but W has shape " +
-                                  shape_str(W.rows, W.cols));
+                                           std::to_string(x.cols) + " features (shape " +
+                                           shape_str(x.rows, x.cols) + ")");
+    SIGLAYER_REQUIRE(b.size == W.cols, "b has " + std::to_string(b.size) +
+                                           " entries but W has shape " + shape_str(W.rows, W.cols));
 }
 
 template <class T>
 void check_backward(MatrixView<T> dout, MatrixView<T> x, MatrixView<T> W, MatrixView<T> out) {
     const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
     SIGLAYER_REQUIRE(W.rows == n_in, "W has shape " + shape_str(W.rows, W.cols) + " but x has " +
-                                std::to_string(n_in) + " features (shape " +
-                                shape_str(n, n_in) + ")");
+                                         std::to_string(n_in) + " features (shape " +
+                                         shape_str(n, n_in) + ")");
     SIGLAYER_REQUIRE(out.rows == n && out.cols == n_out,
-            "out has shape " + shape_str(out.rows, out.cols) + ", expected " +
-                shape_str(n, n_out) + " from x " + shape_str(n, n_in) + " and W " +
-                shape_str(n_in, n_out));
+                     "out has shape " + shape_str(out.rows, out.cols) + ", expected " +
+                         shape_str(n, n_out) + " from x " + shape_str(n, n_in) + " and W " +
+                         shape_str(n_in, n_out));
     SIGLAYER_REQUIRE(dout.rows == n && dout.cols == n_out,
-            "dout has shape " + shape_str(dout.rows, dout.cols) + ", expected " +
-                shape_str(n, n_out) + " (the shape of out)");
+                     "dout has shape " + shape_str(dout.rows, dout.cols) + ", expected " +
+                         shape_str(n, n_out) + " (the shape of out)");
 }
 
 template <class T>
 void forward(OutMatrix<T> out, MatrixView<T> x, MatrixView<T> W, VectorView<T> b) {
     check_forward(x, W, b);
     const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
-    SIGLAYER_REQUIRE(out.rows == n && out.cols == n_out,
-            "out has shape " + shape_str(out.rows, out.cols) + ", expected " +
-                shape_str(n, n_out));
+    SIGLAYER_REQUIRE(
+        out.rows == n && out.cols == n_out,
+        "out has shape " + shape_str(out.rows, out.cols) + ", expected " + shape_str(n, n_out));
     SIGLAYER_REQUIRE(!(n > 0 && n_out > 0 && out.data == nullptr), "out: null pointer");
-    for (auto [name, input] : {std::pair{"x", extent(x)}, std::pair{"W", extent(W)},
-                               std::pair{"b", extent(b)}}) {
+    for (auto [name, input] :
+         {std::pair{"x", extent(x)}, std::pair{"W", extent(W)}, std::pair{"b", extent(b)}}) {
         SIGLAYER_REQUIRE(!overlaps(extent(out), input),
-                std::string("out overlaps ") + name + "; pass a separate buffer");
+                         std::string("out overlaps ") + name + "; pass a separate buffer");
     }
-    for (auto [name, value] : {std::pair{"n", n}, std::pair{"n_in", n_in}, std::pair{"n_out", n_out}})
+    for (auto [name, value] :
+         {std::pair{"n", n}, std::pair{"n_in", n_in}, std::pair{"n_out", n_out}})
         require_blas_size(name, value);
     if (n == 0 || n_out == 0) return;
 
@@ -258,12 +267,13 @@ void backward(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dout, Matri
               MatrixView<T> W, MatrixView<T> out) {
     check_backward(dout, x, W, out);
     const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
-    SIGLAYER_REQUIRE(dW.rows == n_in && dW.cols == n_out,
-            "dW has shape " + shape_str(dW.rows, dW.cols) + ", expected " +
-                shape_str(n_in, n_out));
+    SIGLAYER_REQUIRE(
+        dW.rows == n_in && dW.cols == n_out,
+        "dW has shape " + shape_str(dW.rows, dW.cols) + ", expected " + shape_str(n_in, n_out));
     const bool need_dx = dx.data != nullptr;
-    SIGLAYER_REQUIRE(!need_dx || (dx.rows == n && dx.cols == n_in),
-            "dx has shape " + shape_str(dx.rows, dx.cols) + ", expected " + shape_str(n, n_in));
+    SIGLAYER_REQUIRE(
+        !need_dx || (dx.rows == n && dx.cols == n_in),
+        "dx has shape " + shape_str(dx.rows, dx.cols) + ", expected " + shape_str(n, n_in));
     SIGLAYER_REQUIRE(!(n_in > 0 && n_out > 0 && dW.data == nullptr), "dW: null pointer");
     SIGLAYER_REQUIRE(!(n_out > 0 && db == nullptr), "db: null pointer");
     const Extent db_extent = extent<T>(db, 1, n_out, 0, 1);
@@ -274,12 +284,13 @@ void backward(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dout, Matri
     for (const auto& [oname, o] : outputs) {
         for (const auto& [iname, i] : inputs)
             SIGLAYER_REQUIRE(!overlaps(o, i), std::string(oname) + " overlaps " + iname +
-                                         "; pass a separate buffer");
+                                                  "; pass a separate buffer");
         for (const auto& [other, e] : outputs)
             SIGLAYER_REQUIRE(oname == other || !overlaps(o, e),
-                    std::string(oname) + " overlaps " + other + "; pass separate buffers");
+                             std::string(oname) + " overlaps " + other + "; pass separate buffers");
     }
-    for (auto [name, value] : {std::pair{"n", n}, std::pair{"n_in", n_in}, std::pair{"n_out", n_out}})
+    for (auto [name, value] :
+         {std::pair{"n", n}, std::pair{"n_in", n_in}, std::pair{"n_out", n_out}})
         require_blas_size(name, value);
 
     if (n == 0 || n_out == 0) {
@@ -324,9 +335,8 @@ void backward(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dout, Matri
             index_t i0 = 0, i1 = 0;
             split_range(n, omp_get_num_threads(), omp_get_thread_num(), 1, i0, i1);
             if (i1 > i0)
-                blas::gemm<T>(blas::Op::N, flip(Wo.op), i1 - i0, n_in, n_out, T(1),
-                              dZ + i0 * n_out, n_out, Wo.data, Wo.ld, T(0),
-                              dx.data + i0 * n_in, n_in);
+                blas::gemm<T>(blas::Op::N, flip(Wo.op), i1 - i0, n_in, n_out, T(1), dZ + i0 * n_out,
+                              n_out, Wo.data, Wo.ld, T(0), dx.data + i0 * n_in, n_in);
         }
     });
 }
@@ -343,8 +353,8 @@ void sigmoid(T* y, const T* z, index_t count) {
     }
 }
 
-#define SIGLAYER_INSTANTIATE_CHECKS(T)                                                       \
-    template void check_forward<T>(MatrixView<T>, MatrixView<T>, VectorView<T>);            \
+#define SIGLAYER_INSTANTIATE_CHECKS(T)                                           \
+    template void check_forward<T>(MatrixView<T>, MatrixView<T>, VectorView<T>); \
     template void check_backward<T>(MatrixView<T>, MatrixView<T>, MatrixView<T>, MatrixView<T>);
 SIGLAYER_INSTANTIATE_CHECKS(float)
 SIGLAYER_INSTANTIATE_CHECKS(double)
@@ -356,9 +366,8 @@ template void forward<double>(OutMatrix<double>, MatrixView<double>, MatrixView<
                               VectorView<double>);
 template void backward<float>(OutMatrix<float>, OutMatrix<float>, float*, MatrixView<float>,
                               MatrixView<float>, MatrixView<float>, MatrixView<float>);
-template void backward<double>(OutMatrix<double>, OutMatrix<double>, double*,
-                               MatrixView<double>, MatrixView<double>, MatrixView<double>,
-                               MatrixView<double>);
+template void backward<double>(OutMatrix<double>, OutMatrix<double>, double*, MatrixView<double>,
+                               MatrixView<double>, MatrixView<double>, MatrixView<double>);
 template void sigmoid<float>(float*, const float*, index_t);
 template void sigmoid<double>(double*, const double*, index_t);
 
