@@ -6,9 +6,9 @@
 #error "SIGLAYER_ISA must name the instruction set this copy is compiled for"
 #endif
 
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
-#include "kernels_avx512.hpp"
-#define SIGLAYER_SIGMOID_KERNELS kernels_detail::avx512
+#if defined(__AVX2__) && defined(__FMA__)
+#include "kernels_simd.hpp"
+#define SIGLAYER_SIGMOID_KERNELS kernels_detail::simd
 #else
 #define SIGLAYER_SIGMOID_KERNELS kernels_detail
 #endif
