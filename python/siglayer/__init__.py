@@ -12,6 +12,7 @@ from ._api import backward, forward
 from ._compare import ErrorStats, compare
 from ._config import get_num_threads, set_num_threads, show_config
 from ._core import __version__
+from ._derivation import GradcheckErrors, gradcheck, jacobian
 
 __all__ = [
     "__version__",
@@ -23,4 +24,7 @@ __all__ = [
     "set_num_threads",
     "get_num_threads",
     "show_config",
+    "jacobian",
+    "gradcheck",
+    "GradcheckErrors",
 ]

@@ -2,7 +2,8 @@
 
 ``check`` (the default) compares siglayer with the NumPy reference on a few sizes in
 both dtypes, printing the errors, then prints a short timing table against NumPy.
-Exit status 1 on any mismatch.
+Exit status 1 on any mismatch. ``explain`` prints a small worked example of the
+derivation of backward (docs/derivation.md), exit status 1 if its numbers disagree.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 import numpy as np
 
-from . import _api, _compare, _config, reference
+from . import _api, _compare, _config, _derivation, reference
 from ._timing import interleaved_medians
 
 CHECK_SIZES = [(1, 1, 1), (7, 13, 5), (32, 64, 32), (64, 256, 128), (256, 512, 512)]
@@ -87,9 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     check_p = sub.add_parser("check", help="compare with the NumPy reference and time (default)")
     check_p.add_argument("--no-timing", action="store_true", help="skip the timing table")
+    sub.add_parser("explain", help="a worked example: the Jacobian of W contracted vs backward")
     args = parser.parse_args(argv)
     if args.command in (None, "check"):
         return check(timing=not getattr(args, "no_timing", False))
+    if args.command == "explain":
+        return _derivation.explain()
     parser.error(f"unknown command {args.command}")
     return 2
 
