@@ -13,5 +13,6 @@ PYBIND11_MODULE(_core, m) {
     siglayer::blas::init();
     siglayer::bindings::register_layer(m);
     siglayer::bindings::register_info(m);
+    siglayer::bindings::register_optim(m);
     m.attr("__version__") = SIGLAYER_VERSION;
 }

@@ -1,4 +1,5 @@
-// forward, backward and sigmoid: arrays in, GIL released, core computes.
+// forward, backward, backward_from_preactivation and sigmoid: arrays in, GIL released,
+// core computes.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -100,6 +101,40 @@ py::tuple backward(py::handle dout_h, py::handle x_h, py::handle W_h, py::handle
     });
 }
 
+// dZ is (n, n_out), x is (n, n_in), W is (n_in, n_out). Returns (dx or None, dW, db).
+py::tuple backward_from_preactivation(py::handle dZ_h, py::handle x_h, py::handle W_h,
+                                      bool need_dx, py::handle dx_h, py::handle dW_h,
+                                      py::handle db_h) {
+    const py::array dZ = as_array(dZ_h, "dZ"), x = as_array(x_h, "x"), W = as_array(W_h, "W");
+    const int type_num = float_type_num(dZ, "dZ");
+    float_type_num(x, "x");
+    float_type_num(W, "W");
+    require_same_dtype({{"dZ", &dZ}, {"x", &x}, {"W", &W}});
+    require_ndim(dZ, "dZ", 2, "(n, n_out)");
+    require_ndim(x, "x", 2, "(n, n_in)");
+    require_ndim(W, "W", 2, "(n_in, n_out)");
+    if (!need_dx && !dx_h.is_none())
+        throw py::value_error("dx was given but need_dx=False; drop one of them");
+    return dispatch_dtype(type_num, [&](auto zero) {
+        using T = decltype(zero);
+        const MatrixView<T> dZv = matrix_view<T>(dZ, "dZ"), xv = matrix_view<T>(x, "x"),
+                            Wv = matrix_view<T>(W, "W");
+        check_backward_from_preactivation(dZv, xv, Wv);
+        const py::ssize_t n = x.shape(0), n_in = x.shape(1), n_out = W.shape(1);
+        T *dx_data = nullptr, *dW_data = nullptr, *db_data = nullptr;
+        py::object dx = py::none();
+        if (need_dx) dx = make_or_check<T>(dx_h, "dx", {n, n_in}, dx_data);
+        py::array dW = make_or_check<T>(dW_h, "dW", {n_in, n_out}, dW_data);
+        py::array db = make_or_check<T>(db_h, "db", {n_out}, db_data);
+        {
+            py::gil_scoped_release release;
+            siglayer::backward_from_preactivation<T>({dx_data, n, n_in}, {dW_data, n_in, n_out},
+                                                     db_data, dZv, xv, Wv);
+        }
+        return py::make_tuple(dx, dW, db);
+    });
+}
+
 // Elementwise sigma of a C-contiguous array, into a fresh array or out=.
 py::array sigmoid(py::handle z_h, py::handle out_h) {
     const py::array z = as_array(z_h, "z");
@@ -132,6 +167,11 @@ void register_layer(py::module_& m) {
           py::arg("need_dx") = true, py::arg("dx") = py::none(), py::arg("dW") = py::none(),
           py::arg("db") = py::none(),
           "(dx, dW, db) for 2-D arrays; see siglayer.backward for the full API.");
+    m.def("backward_from_preactivation", &backward_from_preactivation, py::arg("dZ"),
+          py::arg("x"), py::arg("W"), py::arg("need_dx") = true, py::arg("dx") = py::none(),
+          py::arg("dW") = py::none(), py::arg("db") = py::none(),
+          "(dx, dW, db) from dZ, the gradient w.r.t. x @ W + b, for 2-D arrays; see "
+          "siglayer.backward_from_preactivation.");
     m.def("sigmoid", &sigmoid, py::arg("z"), py::arg("out") = py::none(),
           "Elementwise 1 / (1 + exp(-z)) with the vectorized kernel in use.");
 }

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <utility>
 
 #include "blas.hpp"
 #include "kernels.hpp"
@@ -186,6 +188,71 @@ int threads_for(index_t elements) {
     return elements >= kParallelElements ? omp_get_max_threads() : 1;
 }
 
+// The checks every backward entry point makes on its outputs dx (n, n_in; data may be
+// null), dW (n_in, n_out) and db (n_out,): shapes, null pointers, no overlap with an
+// input or another output, sizes within the BLAS integer. An empty batch or n_out == 0
+// has zero gradients (sums over nothing), written here; returns false when nothing is
+// left to compute.
+template <class T>
+bool check_gradient_outputs(OutMatrix<T> dx, OutMatrix<T> dW, T* db, index_t n, index_t n_in,
+                            index_t n_out,
+                            std::initializer_list<std::pair<const char*, Extent>> inputs) {
+    SIGLAYER_REQUIRE(
+        dW.rows == n_in && dW.cols == n_out,
+        "dW has shape " + shape_str(dW.rows, dW.cols) + ", expected " + shape_str(n_in, n_out));
+    const bool need_dx = dx.data != nullptr;
+    SIGLAYER_REQUIRE(
+        !need_dx || (dx.rows == n && dx.cols == n_in),
+        "dx has shape " + shape_str(dx.rows, dx.cols) + ", expected " + shape_str(n, n_in));
+    SIGLAYER_REQUIRE(!(n_in > 0 && n_out > 0 && dW.data == nullptr), "dW: null pointer");
+    SIGLAYER_REQUIRE(!(n_out > 0 && db == nullptr), "db: null pointer");
+    const Extent db_extent = extent<T>(db, 1, n_out, 0, 1);
+    const std::pair<const char*, Extent> outputs[] = {
+        {"dx", need_dx ? extent(dx) : Extent{}}, {"dW", extent(dW)}, {"db", db_extent}};
+    for (const auto& [oname, o] : outputs) {
+        for (const auto& [iname, i] : inputs)
+            SIGLAYER_REQUIRE(!overlaps(o, i), std::string(oname) + " overlaps " + iname +
+                                                  "; pass a separate buffer");
+        for (const auto& [other, e] : outputs)
+            SIGLAYER_REQUIRE(oname == other || !overlaps(o, e),
+                             std::string(oname) + " overlaps " + other + "; pass separate buffers");
+    }
+    for (auto [name, value] :
+         {std::pair{"n", n}, std::pair{"n_in", n_in}, std::pair{"n_out", n_out}})
+        require_blas_size(name, value);
+
+    if (n == 0 || n_out == 0) {
+        // Sums over an empty batch are zero; with no outputs there is no gradient to pass back.
+        std::fill(dW.data, dW.data + n_in * n_out, T(0));
+        std::fill(db, db + n_out, T(0));
+        if (need_dx) std::fill(dx.data, dx.data + n * n_in, T(0));
+        return false;
+    }
+    return true;
+}
+
+// db[j] = sum over rows i of dZ[i, j] for the columns [j0, j1), each column summed in
+// row order (so db does not depend on how the columns are split between threads).
+// dZ is a BlasOperand: op N is row-major with leading dimension ld, op T column-major.
+template <class T>
+void column_sums(T* db, const BlasOperand<T>& dZ, index_t rows, index_t j0, index_t j1) {
+    if (dZ.op == blas::Op::N) {
+        std::fill(db + j0, db + j1, T(0));
+        for (index_t i = 0; i < rows; ++i) {
+            const T* row = dZ.data + i * dZ.ld;
+#pragma omp simd
+            for (index_t j = j0; j < j1; ++j) db[j] += row[j];
+        }
+    } else {
+        for (index_t j = j0; j < j1; ++j) {
+            const T* col = dZ.data + j * dZ.ld;
+            T sum = T(0);
+            for (index_t i = 0; i < rows; ++i) sum += col[i];
+            db[j] = sum;
+        }
+    }
+}
+
 }  // namespace
 
 template <class T>
@@ -267,39 +334,13 @@ void backward(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dout, Matri
               MatrixView<T> W, MatrixView<T> out) {
     check_backward(dout, x, W, out);
     const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
-    SIGLAYER_REQUIRE(
-        dW.rows == n_in && dW.cols == n_out,
-        "dW has shape " + shape_str(dW.rows, dW.cols) + ", expected " + shape_str(n_in, n_out));
     const bool need_dx = dx.data != nullptr;
-    SIGLAYER_REQUIRE(
-        !need_dx || (dx.rows == n && dx.cols == n_in),
-        "dx has shape " + shape_str(dx.rows, dx.cols) + ", expected " + shape_str(n, n_in));
-    SIGLAYER_REQUIRE(!(n_in > 0 && n_out > 0 && dW.data == nullptr), "dW: null pointer");
-    SIGLAYER_REQUIRE(!(n_out > 0 && db == nullptr), "db: null pointer");
-    const Extent db_extent = extent<T>(db, 1, n_out, 0, 1);
-    const std::pair<const char*, Extent> outputs[] = {
-        {"dx", need_dx ? extent(dx) : Extent{}}, {"dW", extent(dW)}, {"db", db_extent}};
-    const std::pair<const char*, Extent> inputs[] = {
-        {"dout", extent(dout)}, {"x", extent(x)}, {"W", extent(W)}, {"out", extent(out)}};
-    for (const auto& [oname, o] : outputs) {
-        for (const auto& [iname, i] : inputs)
-            SIGLAYER_REQUIRE(!overlaps(o, i), std::string(oname) + " overlaps " + iname +
-                                                  "; pass a separate buffer");
-        for (const auto& [other, e] : outputs)
-            SIGLAYER_REQUIRE(oname == other || !overlaps(o, e),
-                             std::string(oname) + " overlaps " + other + "; pass separate buffers");
-    }
-    for (auto [name, value] :
-         {std::pair{"n", n}, std::pair{"n_in", n_in}, std::pair{"n_out", n_out}})
-        require_blas_size(name, value);
-
-    if (n == 0 || n_out == 0) {
-        // Sums over an empty batch are zero; with no outputs there is no gradient to pass back.
-        std::fill(dW.data, dW.data + n_in * n_out, T(0));
-        std::fill(db, db + n_out, T(0));
-        if (need_dx) std::fill(dx.data, dx.data + n * n_in, T(0));
+    if (!check_gradient_outputs(dx, dW, db, n, n_in, n_out,
+                                {{"dout", extent(dout)},
+                                 {"x", extent(x)},
+                                 {"W", extent(W)},
+                                 {"out", extent(out)}}))
         return;
-    }
 
     Scratch& scratch = Scratch::for_this_thread();
     T* dZ = scratch.get<T>(Scratch::dZ, static_cast<std::size_t>(n * n_out));
@@ -342,6 +383,60 @@ void backward(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dout, Matri
 }
 
 template <class T>
+void check_backward_from_preactivation(MatrixView<T> dZ, MatrixView<T> x, MatrixView<T> W) {
+    const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
+    SIGLAYER_REQUIRE(W.rows == n_in, "W has shape " + shape_str(W.rows, W.cols) + " but x has " +
+                                         std::to_string(n_in) + " features (shape " +
+                                         shape_str(n, n_in) + ")");
+    SIGLAYER_REQUIRE(dZ.rows == n && dZ.cols == n_out,
+                     "dZ has shape " + shape_str(dZ.rows, dZ.cols) + ", expected " +
+                         shape_str(n, n_out) + " from x " + shape_str(n, n_in) + " and W " +
+                         shape_str(n_in, n_out));
+}
+
+template <class T>
+void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dZ,
+                                 MatrixView<T> x, MatrixView<T> W) {
+    check_backward_from_preactivation(dZ, x, W);
+    const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
+    const bool need_dx = dx.data != nullptr;
+    if (!check_gradient_outputs(dx, dW, db, n, n_in, n_out,
+                                {{"dZ", extent(dZ)}, {"x", extent(x)}, {"W", extent(W)}}))
+        return;
+
+    // C- or F-ordered dZ goes to BLAS and to the column sums as it is; other layouts are
+    // packed once (the dZ slot is free: no sweep writes a dZ here).
+    const BlasOperand<T> dZo = blas_operand(dZ, Scratch::dZ);
+    BlasOperand<T> xo{}, Wo{};
+    if (n_in > 0) {
+        xo = blas_operand(x, Scratch::x_packed);
+        Wo = blas_operand(W, Scratch::W_packed);
+    }
+    run_parallel(threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1)), [&] {
+        blas::SingleThreaded single;
+        // Split by columns: db and dW = x^T . dZ for this thread's columns of dZ. The batch
+        // index i is summed over: dW[k, l] = sum_i x[i, k] dZ[i, l], so x^T stands on the left.
+        index_t j0 = 0, j1 = 0;
+        split_range(n_out, omp_get_num_threads(), omp_get_thread_num(), 16, j0, j1);
+        if (j1 > j0) {
+            column_sums(db, dZo, n, j0, j1);
+            if (n_in > 0)
+                blas::gemm<T>(flip(xo.op), dZo.op, n_in, j1 - j0, n, T(1), xo.data, xo.ld,
+                              col_offset(dZo, j0), dZo.ld, T(0), dW.data + j0, n_out);
+        }
+        // Split by rows: dx = dZ . W^T. No barrier: dZ is an input, complete from the start.
+        if (need_dx && n_in > 0) {
+            index_t i0 = 0, i1 = 0;
+            split_range(n, omp_get_num_threads(), omp_get_thread_num(), 1, i0, i1);
+            if (i1 > i0)
+                blas::gemm<T>(dZo.op, flip(Wo.op), i1 - i0, n_in, n_out, T(1),
+                              row_offset(dZo, i0), dZo.ld, Wo.data, Wo.ld, T(0),
+                              dx.data + i0 * n_in, n_in);
+        }
+    });
+}
+
+template <class T>
 void sigmoid(T* y, const T* z, index_t count) {
     const auto& kernel = kernels::active<T>();
     constexpr index_t block = 1 << 14;
@@ -368,6 +463,16 @@ template void backward<float>(OutMatrix<float>, OutMatrix<float>, float*, Matrix
                               MatrixView<float>, MatrixView<float>, MatrixView<float>);
 template void backward<double>(OutMatrix<double>, OutMatrix<double>, double*, MatrixView<double>,
                                MatrixView<double>, MatrixView<double>, MatrixView<double>);
+template void check_backward_from_preactivation<float>(MatrixView<float>, MatrixView<float>,
+                                                       MatrixView<float>);
+template void check_backward_from_preactivation<double>(MatrixView<double>, MatrixView<double>,
+                                                        MatrixView<double>);
+template void backward_from_preactivation<float>(OutMatrix<float>, OutMatrix<float>, float*,
+                                                 MatrixView<float>, MatrixView<float>,
+                                                 MatrixView<float>);
+template void backward_from_preactivation<double>(OutMatrix<double>, OutMatrix<double>, double*,
+                                                  MatrixView<double>, MatrixView<double>,
+                                                  MatrixView<double>);
 template void sigmoid<float>(float*, const float*, index_t);
 template void sigmoid<double>(double*, const double*, index_t);
 

@@ -28,6 +28,19 @@ template <class T>
 void backward(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dout, MatrixView<T> x,
               MatrixView<T> W, MatrixView<T> out);
 
+// dZ is (n, n_out), the gradient with respect to the pre-activation x . W + b; x is
+// (n, n_in), W is (n_in, n_out). The backward pass without the dZ sweep, for a loss whose
+// gradient with respect to the pre-activation is known directly (binary cross-entropy
+// fused with the sigmoid: dZ = (out - y) / N, no division by out * (1 - out)):
+//   dW (n_in, n_out) = x^T . dZ,   db (n_out,) = sum over rows of dZ,   dx (n, n_in) = dZ . W^T.
+// Same contract as backward: dx.data may be null, gradients are overwritten, no output
+// may overlap an input or another output, db is bitwise independent of the thread count.
+template <class T>
+void check_backward_from_preactivation(MatrixView<T> dZ, MatrixView<T> x, MatrixView<T> W);
+template <class T>
+void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dZ,
+                                 MatrixView<T> x, MatrixView<T> W);
+
 // Apply sigma elementwise: y[i] = sigma(z[i]) (y may equal z). Exposed for the accuracy
 // tests and the sigmoid benchmark.
 template <class T>

@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 
 from . import _core
 
-__all__ = ["forward", "backward"]
+__all__ = ["forward", "backward", "backward_from_preactivation"]
 
 _ndarray = np.ndarray
 Array = NDArray[np.floating]
@@ -167,6 +167,91 @@ def backward(
     dx_r, dW_r, db_r = _core.backward(
         dout.reshape(rows, n_out), x.reshape(rows, n_in), W, out.reshape(rows, n_out),
         need_dx, dx2, dW, db,
+    )
+    if dx_r is not None:
+        dx_r = dx if dx is not None else dx_r.reshape(x.shape)
+    return dx_r, dW_r, db_r
+
+
+def backward_from_preactivation(
+    dZ: Array,
+    x: Array,
+    W: Array,
+    *,
+    need_dx: bool = True,
+    dx: Array | None = None,
+    dW: Array | None = None,
+    db: Array | None = None,
+) -> tuple[Array | None, Array, Array]:
+    """Backward pass from dZ, the gradient with respect to the pre-activation ``x @ W + b``.
+
+    The same products as :func:`backward` without its first step (dZ = dout * out *
+    (1 - out)): dW = x.T @ dZ, db = dZ summed over the rows, dx = dZ @ W.T. Use it when
+    the loss gives dZ directly, as binary cross-entropy fused with the sigmoid does:
+    dZ = (out - y) / N, with no division by out * (1 - out), which is 0 where the
+    sigmoid saturates (see :mod:`siglayer.losses`).
+
+    Parameters
+    ----------
+    dZ : ndarray, shape (..., n_out)
+        Gradient of the loss with respect to ``x @ W + b``.
+    x : ndarray, shape (..., n_in)
+        The forward pass's input.
+    W : ndarray, shape (n_in, n_out)
+        The forward pass's weights.
+    need_dx : bool, default True
+        Compute dx (one product fewer without it).
+    dx, dW, db : ndarray, optional
+        C-contiguous, writeable buffers for the results, of shapes x.shape,
+        (n_in, n_out) and (n_out,); they must not overlap an input or each other.
+
+    All arrays share one dtype, float32 or float64. C- and F-ordered dZ is used as it
+    is; other layouts are copied once into scratch memory. Gradients are overwritten,
+    never accumulated; db is bitwise the same for any thread count.
+
+    Returns
+    -------
+    (dx, dW, db) : tuple of ndarray (dx is None when ``need_dx=False``)
+
+    Raises
+    ------
+    TypeError
+        A non-array argument, an unsupported dtype, or mixed dtypes.
+    ValueError
+        Shapes that do not fit together, or an unusable buffer.
+
+    Examples
+    --------
+    >>> import numpy as np, siglayer
+    >>> x = np.ones((2, 3)); W = np.zeros((3, 1)); dZ = np.full((2, 1), 0.5)
+    >>> dx, dW, db = siglayer.backward_from_preactivation(dZ, x, W)
+    >>> dW.ravel(), db  # two rows, each adding 0.5 * x = 0.5
+    (array([1., 1., 1.]), array([1.]))
+    """
+    if type(x) is _ndarray and x.ndim == 2 and type(dZ) is _ndarray and dZ.ndim == 2:
+        return _core.backward_from_preactivation(  # type: ignore[no-any-return]
+            dZ, x, W, need_dx, dx, dW, db
+        )
+    if not (isinstance(dZ, _ndarray) and isinstance(x, _ndarray) and isinstance(W, _ndarray)):
+        return _core.backward_from_preactivation(  # type: ignore[no-any-return]
+            dZ, x, W, need_dx, dx, dW, db
+        )  # raises the TypeError naming the argument
+    if x.ndim == 0:
+        raise ValueError("x must have shape (..., n_in), got a 0-d array")
+    if W.ndim != 2:
+        raise ValueError(f"W must be 2-D (n_in, n_out), got shape {W.shape}")
+    n_in, n_out = W.shape
+    if x.shape[-1] != n_in:
+        raise ValueError(f"W has shape {W.shape} but x has {x.shape[-1]} features (shape {x.shape})")
+    lead = x.shape[:-1]
+    if dZ.shape != (*lead, n_out):
+        raise ValueError(
+            f"dZ has shape {dZ.shape}, expected {(*lead, n_out)} from x {x.shape} and W {W.shape}"
+        )
+    rows = math.prod(lead)
+    dx2 = _as_2d_buffer(dx, "dx", x.shape) if dx is not None else None
+    dx_r, dW_r, db_r = _core.backward_from_preactivation(
+        dZ.reshape(rows, n_out), x.reshape(rows, n_in), W, need_dx, dx2, dW, db
     )
     if dx_r is not None:
         dx_r = dx if dx is not None else dx_r.reshape(x.shape)

@@ -1,0 +1,40 @@
+"""Output buffers reused across calls with the same shapes, so a training loop with a
+fixed batch size allocates nothing after its first step."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["BufferCache"]
+
+# A loop alternates between few shapes (the batch size, the last short batch of an
+# epoch, an evaluation batch); a handful covers them without holding on to many.
+_MAX_SHAPES = 4
+
+
+class BufferCache:
+    """Zero-initialised C-contiguous arrays of one dtype, one per requested shape.
+
+    ``get(shape)`` returns the same array for the same shape until more than a few
+    distinct shapes have been requested, when the oldest is dropped (dropped arrays stay
+    valid for whoever still holds them; they are just no longer reused).
+    """
+
+    __slots__ = ("_arrays", "_dtype")
+
+    def __init__(self, dtype: np.dtype[np.floating]) -> None:
+        self._dtype = dtype
+        self._arrays: dict[tuple[int, ...], NDArray[np.floating]] = {}
+
+    def get(self, shape: tuple[int, ...]) -> NDArray[np.floating]:
+        array = self._arrays.get(shape)
+        if array is None:
+            if len(self._arrays) >= _MAX_SHAPES:
+                del self._arrays[next(iter(self._arrays))]
+            array = np.zeros(shape, self._dtype)
+            self._arrays[shape] = array
+        return array
+
+    def clear(self) -> None:
+        self._arrays.clear()

@@ -1,0 +1,325 @@
+"""Losses for sigmoid outputs: mean squared error and binary cross-entropy.
+
+Binary cross-entropy is fused with the sigmoid of the last layer. With out = sigmoid(Z)
+and mean reduction over N elements,
+
+    L = -(1/N) * sum(y * log(out) + (1 - y) * log(1 - out)),
+    dL/dout = (out - y) / (out * (1 - out)) / N,
+    dL/dZ = dL/dout * out * (1 - out) = (out - y) / N.
+
+The gradient with respect to out divides by out * (1 - out), which is 0 once the
+sigmoid saturates (out rounds to exactly 0 or 1 for |Z| beyond about 17 in float32 and
+37 in float64): inf or NaN, or a vanishing product, in the chain rule. The fused dL/dZ
+is always finite and exact, so :class:`BCELoss` gives dZ and the network takes it through
+``backward_from_preactivation``, skipping the sigmoid's derivative.
+
+The loss *value* from probabilities needs log(out) and log(1 - out), which are -inf at
+saturation. Two ways to keep it finite:
+
+- From logits (exact): with Z available, y*log(sigmoid(Z)) + (1-y)*log(1-sigmoid(Z)) =
+  -(max(Z, 0) - Z*y + log1p(exp(-|Z|))), finite for every finite Z and accurate to a few
+  ulp (:func:`bce_with_logits_loss`; ``BCELoss(..., logits=Z)``;
+  :meth:`siglayer.SigmoidLayer.preactivation` recomputes Z).
+- From probabilities (bounded): each log is clamped to >= -100, the convention of
+  torch.nn.BCELoss, so a saturated wrong output costs 100 instead of infinity
+  (:func:`bce_loss`). The value then matches torch.nn.BCELoss, and is exact wherever the
+  clamp is not reached; the training gradient never depends on it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ._buffers import BufferCache
+
+__all__ = [
+    "mse_loss",
+    "mse_grad",
+    "bce_loss",
+    "bce_with_logits_loss",
+    "bce_grad_preactivation",
+    "MSELoss",
+    "BCELoss",
+]
+
+Array = NDArray[np.floating]
+Reduction = Literal["mean", "sum"]
+_ndarray = np.ndarray
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# torch.nn.BCELoss clamps each log term to >= -100; we use the same bound so that the
+# values agree where outputs saturate.
+LOG_CLAMP = -100.0
+
+
+def _check_pair(pred: object, y: object, pred_name: str) -> None:
+    """Both float32/float64 ndarrays of one dtype and one shape, or a clear error."""
+    for name, a in ((pred_name, pred), ("y", y)):
+        if not isinstance(a, _ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+        if a.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} has dtype {a.dtype}; losses take float32 or float64")
+    assert isinstance(pred, _ndarray) and isinstance(y, _ndarray)
+    if y.dtype != pred.dtype:
+        raise TypeError(f"y has dtype {y.dtype} but {pred_name} has {pred.dtype}; pass "
+                        f"y.astype(np.{pred.dtype.name}) (nothing is converted silently)")
+    if y.shape != pred.shape:
+        raise ValueError(f"y has shape {y.shape} but {pred_name} has shape {pred.shape}")
+
+
+def _divisor(size: int, reduction: str) -> int:
+    if reduction == "mean":
+        if size == 0:
+            raise ValueError("the mean loss of an empty batch is undefined; use "
+                             "reduction='sum' or skip the batch")
+        return size
+    if reduction == "sum":
+        return 1
+    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
+def mse_loss(out: Array, y: Array, *, reduction: Reduction = "mean") -> float:
+    """Mean (or sum) of (out - y)**2 over all elements.
+
+    Parameters
+    ----------
+    out, y : ndarray, same shape and dtype (float32 or float64)
+    reduction : 'mean' (over all N elements, as torch.nn.MSELoss) or 'sum'
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from siglayer.losses import mse_loss
+    >>> mse_loss(np.array([0.5, 1.0]), np.array([0.0, 1.0]))
+    0.125
+    """
+    _check_pair(out, y, "out")
+    n = _divisor(out.size, reduction)
+    diff = out - y
+    return float(np.vdot(diff, diff)) / n
+
+
+def mse_grad(out: Array, y: Array, *, reduction: Reduction = "mean",
+             dout: Array | None = None) -> Array:
+    """dL/dout of :func:`mse_loss`: 2 * (out - y) / N (N = 1 for reduction='sum').
+
+    ``dout``, if given, is a C-contiguous buffer of out's shape and dtype to write into;
+    it is returned.
+    """
+    _check_pair(out, y, "out")
+    n = _divisor(out.size, reduction)
+    if dout is None:
+        dout = np.empty_like(out)
+    else:
+        _check_buffer(dout, "dout", out)
+    np.subtract(out, y, out=dout)
+    np.multiply(dout, 2, out=dout)
+    np.divide(dout, n, out=dout)
+    return dout
+
+
+def bce_loss(out: Array, y: Array, *, reduction: Reduction = "mean") -> float:
+    """Binary cross-entropy from probabilities, each log clamped to >= -100.
+
+    -(1/N) sum(y log(out) + (1 - y) log(1 - out)), with log(1 - out) evaluated as
+    log1p(-out). Finite for every out in [0, 1], including exactly 0 and 1 (see the
+    module docstring); equals torch.nn.BCELoss. Targets y are usually 0 or 1; other
+    values give the formula's value.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from siglayer.losses import bce_loss
+    >>> round(bce_loss(np.array([0.5]), np.array([1.0])), 6)  # log 2
+    0.693147
+    >>> bce_loss(np.array([1.0]), np.array([0.0]))  # saturated and wrong: clamped
+    100.0
+    """
+    _check_pair(out, y, "out")
+    n = _divisor(out.size, reduction)
+    scratch = (np.empty_like(out), np.empty_like(out), np.empty_like(out))
+    return _bce_sum(out, y, *scratch) / n
+
+
+def _bce_sum(out: Array, y: Array, log_p: Array, log_q: Array, tmp: Array) -> float:
+    """-sum(y log(out) + (1 - y) log(1 - out)) with clamped logs, in three scratch arrays.
+
+    (1 - y) * log_q is formed as log_q - y * log_q: exact for y in {0, 1}, and no
+    temporary array is allocated.
+    """
+    with np.errstate(divide="ignore"):  # log(0) = -inf, clamped next
+        np.log(out, out=log_p)
+        np.negative(out, out=log_q)
+        np.log1p(log_q, out=log_q)
+    np.maximum(log_p, LOG_CLAMP, out=log_p)
+    np.maximum(log_q, LOG_CLAMP, out=log_q)
+    np.multiply(log_p, y, out=log_p)
+    np.multiply(log_q, y, out=tmp)
+    np.subtract(log_q, tmp, out=log_q)
+    np.add(log_p, log_q, out=log_p)
+    return -float(log_p.sum())
+
+
+def bce_with_logits_loss(z: Array, y: Array, *, reduction: Reduction = "mean") -> float:
+    """Binary cross-entropy of sigmoid(z), computed from the logits z.
+
+    Each term is max(z, 0) - z * y + log1p(exp(-|z|)): no overflow, finite for every
+    finite z, exact where the sigmoid has saturated. Equals torch.nn.BCEWithLogitsLoss.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from siglayer.losses import bce_with_logits_loss
+    >>> bce_with_logits_loss(np.array([300.0]), np.array([0.0]))  # sigmoid(300) == 1.0
+    300.0
+    """
+    _check_pair(z, y, "z")
+    n = _divisor(z.size, reduction)
+    terms = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+    return float(terms.sum()) / n
+
+
+def bce_grad_preactivation(out: Array, y: Array, *, reduction: Reduction = "mean",
+                           dZ: Array | None = None) -> Array:
+    """dL/dZ of binary cross-entropy through the sigmoid out = sigmoid(Z): (out - y) / N.
+
+    Finite and exact for every out in [0, 1] (no division by out * (1 - out)). Feed it to
+    ``backward_from_preactivation`` of the layer that produced out. ``dZ``, if given, is
+    a C-contiguous buffer of out's shape and dtype to write into; it is returned.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from siglayer.losses import bce_grad_preactivation
+    >>> bce_grad_preactivation(np.array([1.0, 0.25]), np.array([0.0, 0.0]))
+    array([0.5  , 0.125])
+    """
+    _check_pair(out, y, "out")
+    n = _divisor(out.size, reduction)
+    if dZ is None:
+        dZ = np.empty_like(out)
+    else:
+        _check_buffer(dZ, "dZ", out)
+    np.subtract(out, y, out=dZ)
+    np.divide(dZ, n, out=dZ)
+    return dZ
+
+
+def _check_buffer(buf: object, name: str, like: Array) -> None:
+    if not isinstance(buf, _ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(buf).__name__}")
+    if buf.shape != like.shape:
+        raise ValueError(f"{name} has shape {buf.shape}, expected {like.shape}")
+    if buf.dtype != like.dtype:
+        raise TypeError(f"{name} has dtype {buf.dtype}, expected {like.dtype}")
+    if not buf.flags.c_contiguous or not buf.flags.writeable:
+        raise ValueError(f"{name} must be a C-contiguous, writeable array")
+
+
+class _Loss:
+    """Loss value on call, gradient from :meth:`backward`, buffers reused per shape."""
+
+    _grad_name = "grad"
+
+    def __init__(self, *, reduction: Reduction = "mean") -> None:
+        _divisor(1, reduction)  # validates
+        self.reduction: Reduction = reduction
+        self._caches: dict[tuple[np.dtype[np.floating], int], BufferCache] = {}
+        self._grad: Array | None = None
+
+    def _buffer(self, like: Array, slot: int) -> Array:
+        """Buffer number ``slot`` (the gradient is 0, scratch arrays follow) of like's shape."""
+        cache = self._caches.get((like.dtype, slot))
+        if cache is None:
+            cache = self._caches[like.dtype, slot] = BufferCache(like.dtype)
+        return cache.get(like.shape)
+
+    def backward(self) -> Array:
+        """The gradient of the last call's loss (a buffer reused by the next call)."""
+        if self._grad is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before the loss: call "
+                               f"loss_fn(out, y) first")
+        return self._grad
+
+
+class MSELoss(_Loss):
+    """Mean squared error; ``backward()`` gives dL/dout for the network's ``backward``.
+
+    Parameters
+    ----------
+    reduction : 'mean' (over all elements, default) or 'sum'
+
+    Examples
+    --------
+    >>> import numpy as np, siglayer
+    >>> net = siglayer.Sequential(siglayer.SigmoidLayer(3, 2, seed=0))
+    >>> loss_fn = siglayer.losses.MSELoss()
+    >>> out = net(np.ones((4, 3), np.float32))
+    >>> loss = loss_fn(out, np.zeros((4, 2), np.float32))
+    >>> _ = net.backward(loss_fn.backward())
+    """
+
+    def __call__(self, out: Array, y: Array) -> float:
+        """The loss (a float); computes the gradient that :meth:`backward` returns."""
+        _check_pair(out, y, "out")
+        n = _divisor(out.size, self.reduction)
+        dout = self._buffer(out, 0)
+        np.subtract(out, y, out=dout)
+        loss = float(np.vdot(dout, dout)) / n
+        np.multiply(dout, 2, out=dout)
+        np.divide(dout, n, out=dout)
+        self._grad = dout
+        return loss
+
+
+class BCELoss(_Loss):
+    """Binary cross-entropy fused with the sigmoid of the last layer.
+
+    Calling it returns the loss; :meth:`backward` returns dZ = (out - y) / N, the gradient
+    with respect to the last layer's *pre-activation*, for
+    ``net.backward_from_preactivation``: not for ``net.backward``, which would apply the
+    sigmoid's derivative a second time.
+
+    Parameters
+    ----------
+    reduction : 'mean' (over all elements, default, as torch.nn.BCELoss) or 'sum'
+
+    Notes
+    -----
+    The value is finite even where out is exactly 0 or 1. By default it is computed
+    from out with each log clamped to >= -100 (torch.nn.BCELoss's convention); pass
+    ``logits=Z`` (e.g. ``net[-1].preactivation()``) for the exact value from logits. The
+    gradient is (out - y) / N either way. See :mod:`siglayer.losses`.
+
+    Examples
+    --------
+    >>> import numpy as np, siglayer
+    >>> net = siglayer.Sequential(siglayer.SigmoidLayer(3, 2, seed=0))
+    >>> loss_fn = siglayer.losses.BCELoss()
+    >>> out = net(np.ones((4, 3), np.float32))
+    >>> loss = loss_fn(out, np.zeros((4, 2), np.float32))
+    >>> _ = net.backward_from_preactivation(loss_fn.backward())
+    """
+
+    def __call__(self, out: Array, y: Array, *, logits: Array | None = None) -> float:
+        """The loss (a float); computes the dZ that :meth:`backward` returns."""
+        _check_pair(out, y, "out")
+        n = _divisor(out.size, self.reduction)
+        if logits is None:
+            loss = _bce_sum(out, y, self._buffer(out, 1), self._buffer(out, 2),
+                            self._buffer(out, 3)) / n
+        else:
+            _check_pair(logits, y, "logits")
+            loss = bce_with_logits_loss(logits, y, reduction=self.reduction)
+        dZ = self._buffer(out, 0)
+        np.subtract(out, y, out=dZ)
+        np.divide(dZ, n, out=dZ)
+        self._grad = dZ
+        return loss

@@ -1,0 +1,524 @@
+"""Layer objects for training loops: :class:`SigmoidLayer`, :class:`Sequential`, and saving
+and loading their parameters.
+
+A layer owns its weights and the gradients that its backward pass fills, and reuses its
+output and gradient buffers from one call to the next, so that a training loop with a
+fixed batch size allocates nothing after its first step::
+
+    net = siglayer.Sequential(siglayer.SigmoidLayer(64, 32, seed=0),
+                              siglayer.SigmoidLayer(32, 10, seed=1))
+    loss_fn = siglayer.losses.BCELoss()
+    optimizer = siglayer.optim.Adam(net.parameters(), lr=1e-2)
+    for x, y in batches:
+        out = net(x)                                       # (n, 10)
+        loss = loss_fn(out, y)                             # float
+        net.backward_from_preactivation(loss_fn.backward())
+        optimizer.step()
+
+Reused buffers mean that a result is overwritten by the next call that produces one of
+the same shape: keep ``out.copy()`` if you need a result for longer.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import DTypeLike, NDArray
+
+from . import _api, _core
+from ._buffers import BufferCache
+
+__all__ = ["Parameter", "Layer", "SigmoidLayer", "Sequential", "save_parameters", "load_parameters"]
+
+Array = NDArray[np.floating]
+_ndarray = np.ndarray
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class Parameter(NamedTuple):
+    """A trainable array and the array that the backward pass writes its gradient into.
+
+    Attributes
+    ----------
+    name : str
+        ``"W"`` or ``"b"`` for a layer; ``"0.W"``, ``"1.b"``, ... in a :class:`Sequential`
+        (the keys used by :func:`save_parameters`).
+    value : ndarray
+        The parameter itself; optimizers update it in place.
+    grad : ndarray, same shape and dtype
+        Its gradient, overwritten (not accumulated) by each backward pass.
+    """
+
+    name: str
+    value: Array
+    grad: Array
+
+
+@runtime_checkable
+class Layer(Protocol):
+    """What :class:`Sequential` needs from a layer (SigmoidLayer implements it)."""
+
+    n_in: int
+    n_out: int
+    dtype: np.dtype[np.floating]
+
+    def forward(self, x: Array) -> Array: ...
+
+    def backward(self, dout: Array, *, need_dx: bool = True) -> Array | None: ...
+
+    def parameters(self) -> list[Parameter]: ...
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _float_dtype(dtype: DTypeLike) -> np.dtype[np.floating]:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
+    if dt not in _FLOAT_DTYPES or not dt.isnative:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+class SigmoidLayer:
+    """A dense layer followed by a sigmoid, ``out = sigmoid(x @ W + b)``, with its own
+    weights, gradients and buffers.
+
+    Parameters
+    ----------
+    n_in, n_out : int
+        Input and output features, each >= 1.
+    dtype : float32 or float64, default float32
+        The precision of the parameters and of every array the layer takes; inputs of
+        another dtype are refused (TypeError), never converted.
+    seed : int, numpy.random.Generator or None
+        Seed of the initialisation: W is Glorot-uniform, drawn from
+        U(-sqrt(6 / (n_in + n_out)), +sqrt(6 / (n_in + n_out))) in float64 and rounded to
+        ``dtype``; b is zero. The same seed gives bitwise the same W.
+
+    Attributes
+    ----------
+    W : ndarray, shape (n_in, n_out)
+        Weights (note: ``torch.nn.Linear`` stores its weight as (n_out, n_in)).
+    b : ndarray, shape (n_out,)
+        Bias.
+    dW, db : ndarray, shapes of W and b
+        Gradients, overwritten by each :meth:`backward`.
+
+    W, b, dW and db are writeable arrays: change them in place (``layer.W[...] = values``);
+    they cannot be rebound, because optimizers hold references to these very arrays.
+
+    Notes
+    -----
+    **Buffers are reused.** :meth:`forward` writes into a buffer owned by the layer, one
+    per input shape, and returns that buffer; the next forward with the same input shape
+    overwrites it. Likewise the dx returned by :meth:`backward`. Call ``.copy()`` on a
+    result you want to keep past the next call.
+
+    **What backward uses.** forward keeps references (not copies) to its input x and its
+    output; backward computes the gradients of the *last* forward from them. Do not change
+    x in place between forward and backward.
+
+    Examples
+    --------
+    >>> import numpy as np, siglayer
+    >>> layer = siglayer.SigmoidLayer(3, 2, seed=0)
+    >>> x = np.ones((4, 3), np.float32)
+    >>> out = layer(x)                              # (4, 2), float32
+    >>> dx = layer.backward(np.ones_like(out))      # fills layer.dW, layer.db
+    >>> layer.dW.shape, dx.shape
+    ((3, 2), (4, 3))
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        *,
+        dtype: DTypeLike = np.float32,
+        seed: int | np.random.Generator | None = None,
+    ) -> None:
+        self.n_in = _positive_int(n_in, "n_in")
+        self.n_out = _positive_int(n_out, "n_out")
+        self.dtype = _float_dtype(dtype)
+        if seed is not None and not isinstance(seed, (numbers.Integral, np.random.Generator)):
+            raise TypeError(f"seed must be an int, a numpy.random.Generator or None, got "
+                            f"{type(seed).__name__}")
+        rng = np.random.default_rng(seed)
+        limit = math.sqrt(6.0 / (self.n_in + self.n_out))
+        self._W = rng.uniform(-limit, limit, size=(self.n_in, self.n_out)).astype(self.dtype)
+        self._b = np.zeros(self.n_out, self.dtype)
+        self._dW = np.zeros_like(self._W)
+        self._db = np.zeros_like(self._b)
+        self._outputs = BufferCache(self.dtype)
+        self._input_grads = BufferCache(self.dtype)
+        self._x: Array | None = None
+        self._out: Array | None = None
+
+    # The four arrays are properties without setters: rebinding one would silently detach
+    # it from an optimizer that holds the old array.
+    @property
+    def W(self) -> Array:
+        return self._W
+
+    @W.setter
+    def W(self, value: object) -> None:
+        raise AttributeError("W cannot be rebound (optimizers hold the array); assign in "
+                             "place: layer.W[...] = values")
+
+    @property
+    def b(self) -> Array:
+        return self._b
+
+    @b.setter
+    def b(self, value: object) -> None:
+        raise AttributeError("b cannot be rebound (optimizers hold the array); assign in "
+                             "place: layer.b[...] = values")
+
+    @property
+    def dW(self) -> Array:
+        return self._dW
+
+    @property
+    def db(self) -> Array:
+        return self._db
+
+    def __repr__(self) -> str:
+        return f"SigmoidLayer(n_in={self.n_in}, n_out={self.n_out}, dtype={self.dtype.name})"
+
+    def forward(self, x: Array) -> Array:
+        """``sigmoid(x @ W + b)``, kept for the next :meth:`backward`.
+
+        Parameters
+        ----------
+        x : ndarray, shape (..., n_in), dtype of the layer
+            Any memory layout; it is referenced, not copied, until the next forward.
+
+        Returns
+        -------
+        ndarray, shape (..., n_out)
+            The layer's output buffer for this input shape, overwritten by the next
+            forward with the same input shape.
+
+        Raises
+        ------
+        TypeError
+            x is not an ndarray, or has another dtype than the layer.
+        ValueError
+            x does not have n_in features.
+        """
+        if type(x) is not _ndarray or x.dtype != self.dtype or x.ndim == 0 or \
+                x.shape[-1] != self.n_in:
+            self._check_input(x)
+        out = self._outputs.get((*x.shape[:-1], self.n_out))
+        try:
+            if x.ndim == 2:
+                _core.forward(x, self._W, self._b, out)
+            else:
+                _api.forward(x, self._W, self._b, out=out)
+        except ValueError as exc:
+            if "out overlaps x" in str(exc):
+                raise ValueError(
+                    "x shares memory with this layer's output buffer (the result of an "
+                    "earlier call); a layer keeps one forward at a time: pass x.copy()"
+                ) from None
+            raise
+        self._x = x
+        self._out = out
+        return out
+
+    __call__ = forward
+
+    def backward(self, dout: Array, *, need_dx: bool = True) -> Array | None:
+        """Gradients from ``dout = dL/dout`` of the last :meth:`forward`.
+
+        Fills :attr:`dW` and :attr:`db` (overwriting them) and returns dx.
+
+        Parameters
+        ----------
+        dout : ndarray, shape of the last forward's output, dtype of the layer
+        need_dx : bool, default True
+            Compute dx (the first layer of a network needs none: one product fewer).
+
+        Returns
+        -------
+        ndarray of the shape of the last x, or None
+            dx = dZ @ W.T with dZ = dout * out * (1 - out); the layer's buffer for this
+            shape, overwritten by the next backward with the same shape.
+
+        Raises
+        ------
+        RuntimeError
+            No forward has been run yet.
+        TypeError
+            dout is not an ndarray or has another dtype.
+        ValueError
+            dout's shape differs from the last forward's output.
+        """
+        x, out = self._saved("backward")
+        if type(dout) is not _ndarray or dout.shape != out.shape:
+            self._check_gradient(dout, "dout", out.shape)
+        dx = self._input_grads.get(x.shape) if _need_dx(need_dx) else None
+        if x.ndim == 2:
+            _core.backward(dout, x, self._W, out, need_dx, dx, self._dW, self._db)
+        else:
+            _api.backward(dout, x, self._W, out, need_dx=need_dx, dx=dx, dW=self._dW, db=self._db)
+        return dx
+
+    def backward_from_preactivation(self, dZ: Array, *, need_dx: bool = True) -> Array | None:
+        """Gradients from ``dZ = dL/dZ``, Z = x @ W + b of the last :meth:`forward`.
+
+        For a loss that gives the gradient with respect to the pre-activation directly
+        (binary cross-entropy fused with this sigmoid: dZ = (out - y) / N, see
+        :class:`siglayer.losses.BCELoss`); the sigmoid's derivative is not applied.
+        Fills :attr:`dW` and :attr:`db` and returns dx = dZ @ W.T.
+
+        Parameters, returns and errors are those of :meth:`backward`, with dZ in place of
+        dout.
+        """
+        x, out = self._saved("backward_from_preactivation")
+        if type(dZ) is not _ndarray or dZ.shape != out.shape:
+            self._check_gradient(dZ, "dZ", out.shape)
+        dx = self._input_grads.get(x.shape) if _need_dx(need_dx) else None
+        if x.ndim == 2:
+            _core.backward_from_preactivation(dZ, x, self._W, need_dx, dx, self._dW, self._db)
+        else:
+            _api.backward_from_preactivation(dZ, x, self._W, need_dx=need_dx, dx=dx,
+                                             dW=self._dW, db=self._db)
+        return dx
+
+    def preactivation(self) -> Array:
+        """Z = x @ W + b of the last forward, recomputed (one extra product; a new array).
+
+        Useful for an exact loss from logits where the sigmoid output has saturated to 0
+        or 1 (see :class:`siglayer.losses.BCELoss`).
+        """
+        x, _ = self._saved("preactivation")
+        return np.asarray(x @ self._W + self._b)
+
+    def parameters(self) -> list[Parameter]:
+        """``[Parameter("W", W, dW), Parameter("b", b, db)]``."""
+        return [Parameter("W", self._W, self._dW), Parameter("b", self._b, self._db)]
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Save W and b to an .npz file; see :func:`save_parameters`."""
+        save_parameters(self.parameters(), path)
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        """Load W and b in place from an .npz file; see :func:`load_parameters`."""
+        load_parameters(self.parameters(), path)
+
+    def _saved(self, what: str) -> tuple[Array, Array]:
+        if self._x is None or self._out is None:
+            raise RuntimeError(f"{what} called before any forward: run layer.forward(x) first")
+        return self._x, self._out
+
+    def _check_input(self, x: object) -> None:
+        if not isinstance(x, _ndarray):
+            raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"x has dtype {x.dtype} but this layer computes in {self.dtype}; "
+                            f"pass x.astype(np.{self.dtype.name}) (nothing is converted "
+                            f"silently)")
+        if x.ndim == 0 or x.shape[-1] != self.n_in:
+            raise ValueError(f"x has shape {x.shape}, expected (..., {self.n_in}) for a layer "
+                             f"with n_in={self.n_in}")
+
+    def _check_gradient(self, grad: object, name: str, expected: tuple[int, ...]) -> None:
+        if not isinstance(grad, _ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(grad).__name__}")
+        if grad.shape != expected:
+            raise ValueError(f"{name} has shape {grad.shape} but the last forward produced "
+                             f"{expected}; backward needs the gradient of that output")
+
+
+def _need_dx(need_dx: object) -> bool:
+    if not isinstance(need_dx, bool):
+        raise TypeError(f"need_dx must be a bool, got {type(need_dx).__name__}")
+    return need_dx
+
+
+class Sequential:
+    """Layers applied one after the other, with backward through the whole stack.
+
+    Parameters
+    ----------
+    *layers : SigmoidLayer (or any :class:`Layer`)
+        At least one; layer i's n_out must equal layer i+1's n_in and all share one
+        dtype. A layer may appear only once (it keeps the state of one forward).
+
+    Examples
+    --------
+    >>> import numpy as np, siglayer
+    >>> net = siglayer.Sequential(siglayer.SigmoidLayer(4, 3, seed=0),
+    ...                           siglayer.SigmoidLayer(3, 2, seed=1))
+    >>> out = net(np.ones((5, 4), np.float32))
+    >>> net.backward(np.ones_like(out)) is None      # the first layer computes no dx
+    True
+    >>> [p.name for p in net.parameters()]
+    ['0.W', '0.b', '1.W', '1.b']
+    """
+
+    def __init__(self, *layers: Layer) -> None:
+        if not layers:
+            raise ValueError("Sequential needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layer {i} is a {type(layer).__name__}, not a layer (it needs "
+                                f"n_in, n_out, dtype, forward, backward and parameters)")
+        for i, (a, b) in enumerate(zip(layers, layers[1:])):
+            if a.n_out != b.n_in:
+                raise ValueError(f"layer {i + 1} takes {b.n_in} inputs but layer {i} gives "
+                                 f"{a.n_out} outputs")
+            if a.dtype != b.dtype:
+                raise TypeError(f"layer {i} computes in {a.dtype} but layer {i + 1} in {b.dtype}")
+        if len({id(layer) for layer in layers}) != len(layers):
+            raise ValueError("the same layer object appears twice; create separate layers")
+        self.layers: tuple[Layer, ...] = tuple(layers)
+
+    @property
+    def n_in(self) -> int:
+        return self.layers[0].n_in
+
+    @property
+    def n_out(self) -> int:
+        return self.layers[-1].n_out
+
+    @property
+    def dtype(self) -> np.dtype[np.floating]:
+        return self.layers[0].dtype
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> Layer:
+        return self.layers[i]
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def __repr__(self) -> str:
+        inner = ",\n".join(f"  {layer!r}" for layer in self.layers)
+        return f"Sequential(\n{inner}\n)"
+
+    def forward(self, x: Array) -> Array:
+        """The output of the last layer, shape (..., n_out): the last layer's buffer,
+        overwritten by the next forward of the same input shape (see :class:`SigmoidLayer`)."""
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dout: Array, *, need_dx: bool = False) -> Array | None:
+        """Fill every layer's gradients from ``dout = dL/dout`` of the last forward.
+
+        Returns the gradient with respect to the network's input when ``need_dx=True``,
+        else None (the first layer then skips that product).
+        """
+        grad: Array | None = dout
+        for i in range(len(self.layers) - 1, -1, -1):
+            assert grad is not None
+            grad = self.layers[i].backward(grad, need_dx=i > 0 or need_dx)
+        return grad
+
+    def backward_from_preactivation(self, dZ: Array, *, need_dx: bool = False) -> Array | None:
+        """As :meth:`backward`, from dZ, the gradient with respect to the *last* layer's
+        pre-activation (what :class:`siglayer.losses.BCELoss` gives)."""
+        last = self.layers[-1]
+        if not hasattr(last, "backward_from_preactivation"):
+            raise TypeError(f"the last layer ({type(last).__name__}) has no "
+                            f"backward_from_preactivation")
+        n = len(self.layers)
+        grad: Array | None = last.backward_from_preactivation(dZ, need_dx=n > 1 or need_dx)
+        for i in range(n - 2, -1, -1):
+            assert grad is not None
+            grad = self.layers[i].backward(grad, need_dx=i > 0 or need_dx)
+        return grad
+
+    def parameters(self) -> list[Parameter]:
+        """Every layer's parameters, named ``"<layer index>.<name>"``: "0.W", "0.b", ..."""
+        return [Parameter(f"{i}.{p.name}", p.value, p.grad)
+                for i, layer in enumerate(self.layers) for p in layer.parameters()]
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Save every parameter to an .npz file; see :func:`save_parameters`."""
+        save_parameters(self.parameters(), path)
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        """Load every parameter in place from an .npz file; see :func:`load_parameters`."""
+        load_parameters(self.parameters(), path)
+
+
+def save_parameters(parameters: Sequence[Parameter], path: str | os.PathLike[str]) -> None:
+    """Write the parameters' values to ``path`` as an uncompressed .npz, keyed by name.
+
+    The file is written exactly at ``path`` (no ".npz" is appended), through a temporary
+    file in the same folder that replaces ``path`` only once complete. Values are stored
+    bit for bit: :func:`load_parameters` restores them exactly.
+
+    Examples
+    --------
+    >>> import siglayer, tempfile, os
+    >>> net = siglayer.Sequential(siglayer.SigmoidLayer(2, 2, seed=0))
+    >>> path = os.path.join(tempfile.mkdtemp(), "net.npz")
+    >>> net.save(path); net.load(path)
+    """
+    names = [p.name for p in parameters]
+    if len(set(names)) != len(names):
+        raise ValueError(f"parameter names must be unique, got {names}")
+    target = os.fspath(path)
+    tmp = f"{target}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **{p.name: p.value for p in parameters})  # type: ignore[arg-type]
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_parameters(parameters: Sequence[Parameter], path: str | os.PathLike[str]) -> None:
+    """Copy the arrays stored at ``path`` into the parameters' values, in place.
+
+    Every check runs before anything is written, so a failed load changes nothing.
+
+    Raises
+    ------
+    ValueError
+        The file's names differ from the parameters' (missing or unexpected entries), or
+        an array's shape differs.
+    TypeError
+        An array's dtype differs (nothing is converted silently).
+    """
+    with np.load(os.fspath(path), allow_pickle=False) as data:
+        stored = set(data.files)
+        expected = {p.name for p in parameters}
+        if stored != expected:
+            missing = sorted(expected - stored)
+            unexpected = sorted(stored - expected)
+            raise ValueError(f"{os.fspath(path)} does not match these parameters: missing "
+                             f"{missing}, unexpected {unexpected}")
+        arrays = {name: data[name] for name in expected}
+    for p in parameters:
+        a = arrays[p.name]
+        if a.shape != p.value.shape:
+            raise ValueError(f"{p.name}: the file holds shape {a.shape}, the parameter has "
+                             f"{p.value.shape}")
+        if a.dtype != p.value.dtype:
+            raise TypeError(f"{p.name}: the file holds dtype {a.dtype}, the parameter has "
+                            f"{p.value.dtype} (nothing is converted silently)")
+    for p in parameters:
+        np.copyto(p.value, arrays[p.name])
