@@ -1,0 +1,371 @@
+"""SigmoidLayer and Sequential: initialisation, forward/backward against the reference and
+finite differences, buffer reuse (no allocation in steady state), errors, save/load."""
+
+from __future__ import annotations
+
+import gc
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+from conftest import DTYPES, EPS, assert_within, product_bound
+
+import siglayer
+from siglayer import reference
+from siglayer.losses import BCELoss, MSELoss, bce_loss, mse_loss
+
+DTYPE_IDS = [np.dtype(d).name for d in DTYPES]
+
+
+def out_bound(x: np.ndarray, W: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """sigma' <= 1/4 scales the error of x @ W + b; sigma itself adds a few ulp of out."""
+    n_in = W.shape[0]
+    x2 = np.abs(x.reshape(-1, n_in))
+    z = product_bound(x2, np.abs(W), n_in + 1, x.dtype) + 2 * EPS[x.dtype] * np.abs(b)
+    return 0.25 * z.reshape(out.shape) + 4 * EPS[x.dtype] * np.abs(out)
+
+
+# ---------------------------------------------------------------- initialisation
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_glorot_uniform_init(dtype):
+    layer = siglayer.SigmoidLayer(300, 200, dtype=dtype, seed=7)
+    limit = math.sqrt(6 / 500)
+    assert layer.W.shape == (300, 200) and layer.b.shape == (200,)
+    assert layer.W.dtype == layer.b.dtype == layer.dW.dtype == layer.db.dtype == np.dtype(dtype)
+    assert np.abs(layer.W).max() <= limit
+    # U(-a, a) has mean 0 and variance a^2/3; with 60000 draws both sit within 5 standard
+    # errors (the variance's sampling variance is 4 a^4 / 45 / N).
+    n = layer.W.size
+    assert abs(layer.W.mean()) < 5 * limit / math.sqrt(3 * n)
+    assert abs(layer.W.var() - limit**2 / 3) < 5 * limit**2 * math.sqrt(4 / 45 / n)
+    np.testing.assert_array_equal(layer.b, 0)
+    np.testing.assert_array_equal(layer.dW, 0)
+    np.testing.assert_array_equal(layer.db, 0)
+    assert all(a.flags.writeable and a.flags.c_contiguous for a in (layer.W, layer.b))
+
+
+def test_seed_reproducible():
+    a = siglayer.SigmoidLayer(5, 4, seed=3)
+    b = siglayer.SigmoidLayer(5, 4, seed=3)
+    c = siglayer.SigmoidLayer(5, 4, seed=4)
+    np.testing.assert_array_equal(a.W, b.W)
+    assert not np.array_equal(a.W, c.W)
+    # A Generator is accepted; float64 W is the float64 draw that float32 W rounds.
+    w64 = siglayer.SigmoidLayer(5, 4, dtype=np.float64, seed=np.random.default_rng(3)).W
+    np.testing.assert_array_equal(w64.astype(np.float32), a.W)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        ((0, 3), {}, ValueError, "n_in must be >= 1"),
+        ((3, -1), {}, ValueError, "n_out must be >= 1"),
+        ((2.5, 3), {}, TypeError, "n_in must be an int"),
+        ((True, 3), {}, TypeError, "n_in must be an int"),
+        ((2, 3), {"dtype": np.float16}, TypeError, "float32 or float64"),
+        ((2, 3), {"dtype": np.int32}, TypeError, "float32 or float64"),
+        ((2, 3), {"dtype": "nonsense"}, TypeError, "float32 or float64"),
+        ((2, 3), {"seed": "abc"}, TypeError, "seed must be"),
+    ],
+)
+def test_bad_construction(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        siglayer.SigmoidLayer(*args, **kwargs)
+
+
+def test_parameters_cannot_be_rebound_but_change_in_place():
+    layer = siglayer.SigmoidLayer(3, 2, dtype=np.float64, seed=0)
+    W = layer.W
+    with pytest.raises(AttributeError, match="in place"):
+        layer.W = np.zeros((3, 2))
+    with pytest.raises(AttributeError, match="in place"):
+        layer.b = np.zeros(2)
+    layer.W[...] = 0
+    layer.b[...] = 1
+    assert layer.W is W
+    np.testing.assert_array_equal(layer(np.ones((2, 3))), reference.sigmoid(np.ones((2, 2))))
+
+
+# ---------------------------------------------------------------- forward / backward
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape_x", [(17, 12), (4, 3, 12), (12,)], ids=["2d", "3d", "1d"])
+def test_layer_matches_reference(rng, dtype, shape_x):
+    layer = siglayer.SigmoidLayer(12, 5, dtype=dtype, seed=1)
+    layer.b[...] = rng.standard_normal(5)
+    x = rng.standard_normal(shape_x).astype(dtype)
+    x_before = x.copy()
+    out = layer(x)
+    want = reference.forward(x, layer.W, layer.b)
+    assert_within(out, want, out_bound(x, layer.W, layer.b, out), "out")
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx = layer.backward(dout)
+    want_dx, want_dW, want_db = reference.backward(dout, x, layer.W, out)
+    rows = math.prod(shape_x[:-1])
+    dZ = np.abs((dout * out * (1 - out)).reshape(rows, 5))
+    x2 = np.abs(x.reshape(rows, 12))
+    assert_within(layer.dW, want_dW, product_bound(x2.T, dZ, rows, dtype), "dW")
+    assert_within(layer.db, want_db, product_bound(np.ones((1, rows)), dZ, rows, dtype)[0], "db")
+    assert_within(dx, want_dx, product_bound(dZ, np.abs(layer.W).T, 5, dtype).reshape(x.shape),
+                  "dx")
+    np.testing.assert_array_equal(x, x_before)
+
+
+def test_backward_from_preactivation_and_need_dx(rng):
+    layer = siglayer.SigmoidLayer(6, 4, dtype=np.float64, seed=2)
+    x = rng.standard_normal((9, 6))
+    layer(x)
+    dZ = rng.standard_normal((9, 4))
+    assert layer.backward_from_preactivation(dZ, need_dx=False) is None
+    np.testing.assert_allclose(layer.dW, x.T @ dZ, rtol=1e-13)
+    np.testing.assert_allclose(layer.db, dZ.sum(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(layer.backward_from_preactivation(dZ), dZ @ layer.W.T, rtol=1e-13)
+    np.testing.assert_allclose(layer.preactivation(), x @ layer.W + layer.b, rtol=1e-15)
+    layer.dW[...] = 99
+    assert layer.backward(np.ones((9, 4)), need_dx=False) is None
+    assert not (layer.dW == 99).any()  # overwritten, not accumulated
+
+
+def test_buffers_are_reused_and_overwritten(rng):
+    """The documented contract: one output buffer per input shape, reused."""
+    layer = siglayer.SigmoidLayer(4, 3, dtype=np.float64, seed=0)
+    x1, x2 = rng.standard_normal((5, 4)), rng.standard_normal((5, 4))
+    out1 = layer(x1)
+    kept = out1.copy()
+    out2 = layer(x2)
+    assert out2 is out1  # same buffer ...
+    assert not np.array_equal(out1, kept)  # ... so the earlier result is overwritten
+    np.testing.assert_array_equal(out1, reference.forward(x2, layer.W, layer.b))
+    short = layer(x1[:2])  # another batch size: another buffer, the first untouched
+    assert short is not out1
+    np.testing.assert_array_equal(out1, reference.forward(x2, layer.W, layer.b))
+    assert layer(x1) is out1
+    dx1 = layer.backward(np.ones((5, 3)))
+    assert layer.backward(np.ones((5, 3))) is dx1
+
+
+def test_layer_errors(rng):
+    layer = siglayer.SigmoidLayer(4, 3, seed=0)
+    with pytest.raises(RuntimeError, match="before any forward"):
+        layer.backward(np.ones((2, 3), np.float32))
+    with pytest.raises(RuntimeError, match="before any forward"):
+        layer.backward_from_preactivation(np.ones((2, 3), np.float32))
+    with pytest.raises(TypeError, match=r"x has dtype float64 but this layer computes in float32"):
+        layer(np.ones((2, 4)))
+    with pytest.raises(TypeError, match="x must be a numpy.ndarray, got list"):
+        layer([[1.0] * 4])
+    with pytest.raises(ValueError, match=r"x has shape \(2, 5\), expected \(..., 4\)"):
+        layer(np.ones((2, 5), np.float32))
+    with pytest.raises(ValueError, match="expected"):
+        layer(np.array(1.0, np.float32))
+    layer(np.ones((2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"dout has shape \(3, 3\) but the last forward produced "
+                                         r"\(2, 3\)"):
+        layer.backward(np.ones((3, 3), np.float32))
+    with pytest.raises(ValueError, match="dZ has shape"):
+        layer.backward_from_preactivation(np.ones((2, 4), np.float32))
+    with pytest.raises(TypeError, match="share one dtype"):
+        layer.backward(np.ones((2, 3)))
+    with pytest.raises(TypeError, match="need_dx must be a bool"):
+        layer.backward(np.ones((2, 3), np.float32), need_dx=1)  # type: ignore[arg-type]
+    square = siglayer.SigmoidLayer(3, 3, seed=0)
+    out = square(np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match="shares memory with this layer's output buffer"):
+        square(out)
+    np.testing.assert_array_equal(square(out.copy()).shape, (2, 3))
+
+
+# ---------------------------------------------------------------- Sequential
+
+
+def make_net(dtype=np.float64, sizes=(6, 5, 4, 3), seed=0):
+    rng = np.random.default_rng(seed)
+    layers = [siglayer.SigmoidLayer(a, b, dtype=dtype, seed=rng) for a, b in zip(sizes, sizes[1:])]
+    for layer in layers:
+        layer.b[...] = rng.standard_normal(layer.n_out)
+    return siglayer.Sequential(*layers)
+
+
+def test_sequential_matches_composed_reference(rng):
+    net = make_net()
+    x = rng.standard_normal((7, 6))
+    dout = rng.standard_normal((7, 3))
+    out = net(x)
+    hs = [x]
+    for layer in net:
+        hs.append(reference.forward(hs[-1], layer.W, layer.b))
+    np.testing.assert_allclose(out, hs[-1], rtol=1e-14)
+    assert net.backward(dout) is None  # the first layer computes no dx by default
+    grad = dout
+    for i in range(len(net) - 1, -1, -1):
+        dx, dW, db = reference.backward(grad, hs[i], net[i].W, hs[i + 1])
+        np.testing.assert_allclose(net[i].dW, dW, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(net[i].db, db, rtol=1e-12, atol=1e-15)
+        grad = dx
+    np.testing.assert_allclose(net.backward(dout, need_dx=True), grad, rtol=1e-12, atol=1e-15)
+
+
+def _loss_and_grads(net, loss_name, x, y):
+    out = net(x)
+    if loss_name == "mse":
+        loss_fn = MSELoss()
+        loss = loss_fn(out, y)
+        dx = net.backward(loss_fn.backward(), need_dx=True)
+    else:
+        loss_fn = BCELoss()
+        loss = loss_fn(out, y)
+        dx = net.backward_from_preactivation(loss_fn.backward(), need_dx=True)
+    return loss, [p.grad.copy() for p in net.parameters()], dx.copy()
+
+
+@pytest.mark.parametrize("loss_name", ["mse", "bce"])
+def test_network_gradients_match_finite_differences(rng, loss_name):
+    """The whole chain (loss, fused or not, through three layers) against central
+    differences in float64: error O(h^2) ~ 1e-10 against gradients of order 1e-2."""
+    net = make_net()
+    x = rng.standard_normal((5, 6))
+    y = (rng.random((5, 3)) > 0.5).astype(np.float64)
+    loss_of = (lambda o: mse_loss(o, y)) if loss_name == "mse" else (lambda o: bce_loss(o, y))
+    _, grads, dx = _loss_and_grads(net, loss_name, x, y)
+    h = 1e-6
+    for p, g in zip(net.parameters(), grads):
+        flat = p.value.reshape(-1)
+        numeric = np.empty(flat.size)
+        for k in range(flat.size):
+            saved = flat[k]
+            flat[k] = saved + h
+            up = loss_of(net(x))
+            flat[k] = saved - h
+            down = loss_of(net(x))
+            flat[k] = saved
+            numeric[k] = (up - down) / (2 * h)
+        np.testing.assert_allclose(g.reshape(-1), numeric, rtol=1e-6, atol=1e-9, err_msg=p.name)
+    numeric_dx = np.empty(x.size)
+    xf = x.reshape(-1)
+    for k in range(xf.size):
+        saved = xf[k]
+        xf[k] = saved + h
+        up = loss_of(net(x))
+        xf[k] = saved - h
+        down = loss_of(net(x))
+        xf[k] = saved
+        numeric_dx[k] = (up - down) / (2 * h)
+    np.testing.assert_allclose(dx.reshape(-1), numeric_dx, rtol=1e-6, atol=1e-9)
+
+
+def test_sequential_parameters_and_errors():
+    a, b = siglayer.SigmoidLayer(4, 3, seed=0), siglayer.SigmoidLayer(3, 2, seed=1)
+    net = siglayer.Sequential(a, b)
+    params = net.parameters()
+    assert [p.name for p in params] == ["0.W", "0.b", "1.W", "1.b"]
+    assert params[0].value is a.W and params[0].grad is a.dW and params[3].grad is b.db
+    assert (net.n_in, net.n_out, net.dtype, len(net), net[1]) == (4, 2, np.float32, 2, b)
+    assert "SigmoidLayer(n_in=4, n_out=3" in repr(net)
+    with pytest.raises(ValueError, match="at least one layer"):
+        siglayer.Sequential()
+    with pytest.raises(ValueError, match="layer 1 takes 4 inputs but layer 0 gives 3 outputs"):
+        siglayer.Sequential(a, siglayer.SigmoidLayer(4, 2))
+    with pytest.raises(TypeError, match="layer 0 computes in float32 but layer 1 in float64"):
+        siglayer.Sequential(a, siglayer.SigmoidLayer(3, 2, dtype=np.float64))
+    with pytest.raises(ValueError, match="appears twice"):
+        sq = siglayer.SigmoidLayer(3, 3)
+        siglayer.Sequential(sq, sq)
+    with pytest.raises(TypeError, match="not a layer"):
+        siglayer.Sequential(a, "relu")  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="before any forward"):
+        net.backward(np.ones((2, 2), np.float32))
+
+
+# ---------------------------------------------------------------- no allocation
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_steady_state_training_allocates_nothing(rng, optimizer):
+    """After warm-up, 300 steps of forward, loss, backward and optimizer step allocate no
+    array memory: tracemalloc (which sees NumPy's data allocations) shows a peak below half
+    the smallest per-batch buffer (out of the last layer, 128 x 16 float32 = 8 KiB), and
+    no growth at the end beyond a few live Python ints (the step counter). Small Python
+    objects (tuples, floats) come and go in between, about 1.3 KiB at peak."""
+    net = siglayer.Sequential(siglayer.SigmoidLayer(64, 32, seed=0),
+                              siglayer.SigmoidLayer(32, 16, seed=1))
+    x = rng.random((128, 64), dtype=np.float32)
+    y = (rng.random((128, 16)) > 0.5).astype(np.float32)
+    loss_fn = BCELoss()
+    opt = (siglayer.optim.SGD(net.parameters(), lr=0.1, momentum=0.9) if optimizer == "sgd"
+           else siglayer.optim.Adam(net.parameters(), lr=1e-3))
+
+    def step():
+        out = net(x)
+        loss_fn(out, y)
+        net.backward_from_preactivation(loss_fn.backward())
+        opt.step()
+
+    for _ in range(5):
+        step()
+    smallest_buffer = 128 * 16 * 4
+    gc.collect()
+    tracemalloc.start()
+    try:
+        # Warm-up under tracing too: interpreter caches filled once are not per-step costs.
+        for _ in range(20):
+            step()
+        start, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in range(300):
+            step()
+        end, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - start < smallest_buffer // 2, f"peak grew by {peak - start} bytes"
+    assert end - start < 512, f"{end - start} bytes more allocated after 300 steps"
+
+
+# ---------------------------------------------------------------- save / load
+
+
+def test_save_load_exact_round_trip(tmp_path, rng):
+    net = make_net(np.float32)
+    path = tmp_path / "model"  # no suffix: the file is written exactly there
+    net.save(path)
+    assert path.exists() and not (tmp_path / "model.npz").exists()
+    saved = [p.value.copy() for p in net.parameters()]
+    for p in net.parameters():
+        p.value[...] = rng.standard_normal(p.value.shape)
+    net.load(str(path))
+    for p, want in zip(net.parameters(), saved):
+        assert p.value.tobytes() == want.tobytes()
+    other = make_net(np.float32, seed=5)
+    other.load(path)
+    x = rng.random((3, 6), dtype=np.float32)
+    np.testing.assert_array_equal(other(x), net(x).copy())
+    layer = net[0]
+    layer.save(tmp_path / "layer.npz")
+    fresh = siglayer.SigmoidLayer(6, 5, seed=9)
+    fresh.load(tmp_path / "layer.npz")
+    np.testing.assert_array_equal(fresh.W, layer.W)
+    with np.load(tmp_path / "model", allow_pickle=False) as data:
+        assert sorted(data.files) == ["0.W", "0.b", "1.W", "1.b", "2.W", "2.b"]
+
+
+def test_load_errors_change_nothing(tmp_path):
+    net = make_net(np.float32)
+    before = [p.value.copy() for p in net.parameters()]
+    wrong_sizes = make_net(np.float32, sizes=(6, 5, 4, 2))
+    wrong_sizes.save(tmp_path / "sizes.npz")
+    with pytest.raises(ValueError, match=r"2.W: the file holds shape \(4, 2\), the parameter has "
+                                         r"\(4, 3\)"):
+        net.load(tmp_path / "sizes.npz")
+    make_net(np.float64).save(tmp_path / "f64.npz")
+    with pytest.raises(TypeError, match="the file holds dtype float64"):
+        net.load(tmp_path / "f64.npz")
+    make_net(np.float32, sizes=(6, 5, 3)).save(tmp_path / "short.npz")
+    with pytest.raises(ValueError, match=r"missing \['2.W', '2.b'\], unexpected \[\]"):
+        net.load(tmp_path / "short.npz")
+    for p, want in zip(net.parameters(), before):
+        np.testing.assert_array_equal(p.value, want)
+    with pytest.raises(FileNotFoundError):
+        net.load(tmp_path / "absent.npz")
