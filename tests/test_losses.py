@@ -1,0 +1,230 @@
+"""Losses: values against hand formulas and torch.nn, gradients against finite differences
+and torch autograd, finiteness where the sigmoid saturates to exactly 0 or 1."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import DTYPES, EPS
+
+import siglayer
+from siglayer import losses
+
+DTYPE_IDS = [np.dtype(d).name for d in DTYPES]
+
+
+def random_case(rng, dtype, shape=(6, 5)):
+    out = rng.uniform(0.01, 0.99, shape).astype(dtype)
+    y = (rng.random(shape) > 0.5).astype(dtype)
+    return out, y
+
+
+# ---------------------------------------------------------------- MSE
+
+
+def test_mse_hand_values():
+    out = np.array([[0.5, 1.0], [0.0, 0.25]])
+    y = np.array([[0.0, 1.0], [1.0, 0.25]])
+    assert losses.mse_loss(out, y) == (0.25 + 0 + 1 + 0) / 4
+    assert losses.mse_loss(out, y, reduction="sum") == 1.25
+    np.testing.assert_array_equal(losses.mse_grad(out, y), [[0.25, 0], [-0.5, 0]])
+    fn = losses.MSELoss()
+    assert fn(out, y) == 0.3125
+    np.testing.assert_array_equal(fn.backward(), [[0.25, 0], [-0.5, 0]])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_mse_grad_matches_finite_differences(rng, reduction):
+    out, y = random_case(rng, np.float64)
+    grad = losses.mse_grad(out, y, reduction=reduction)
+    h = 1e-6
+    numeric = np.empty(out.size)
+    for k in range(out.size):
+        e = np.zeros(out.size)
+        e[k] = h
+        e = e.reshape(out.shape)
+        numeric[k] = (losses.mse_loss(out + e, y, reduction=reduction)
+                      - losses.mse_loss(out - e, y, reduction=reduction)) / (2 * h)
+    np.testing.assert_allclose(grad.reshape(-1), numeric, rtol=1e-7, atol=1e-10)
+
+
+# ---------------------------------------------------------------- BCE values
+
+
+def bce_by_hand(out: np.ndarray, y: np.ndarray) -> float:
+    """The textbook formula in float64, for unsaturated outputs."""
+    o, t = out.astype(np.float64), y.astype(np.float64)
+    return float(-np.mean(t * np.log(o) + (1 - t) * np.log(1 - o)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_bce_matches_textbook_formula(rng, dtype):
+    out, y = random_case(rng, dtype)
+    # Each term is a log of a value in [0.01, 0.99] rounded to dtype: relative error a
+    # few eps of the term, |log| <= 4.6 so 1/out * eps <= 100 eps absolute per term.
+    tol = 200 * EPS[np.dtype(dtype)]
+    assert losses.bce_loss(out, y) == pytest.approx(bce_by_hand(out, y), abs=tol)
+    assert losses.BCELoss()(out, y) == pytest.approx(bce_by_hand(out, y), abs=tol)
+    assert losses.bce_loss(out, y, reduction="sum") == pytest.approx(
+        bce_by_hand(out, y) * out.size, rel=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_bce_finite_when_saturated(dtype):
+    out = np.array([0.0, 1.0, 1.0, 0.0, 0.5], dtype)
+    y = np.array([1.0, 0.0, 1.0, 0.0, 1.0], dtype)
+    # Wrong and saturated: each log clamped at -100 (torch.nn.BCELoss); right and
+    # saturated: exactly 0; the last term is log 2.
+    want = (100 + 100 + 0 + 0 + math.log(2)) / 5
+    got = losses.bce_loss(out, y)
+    assert math.isfinite(got)
+    assert got == pytest.approx(want, rel=4 * EPS[np.dtype(dtype)])
+    fn = losses.BCELoss()
+    assert fn(out, y) == pytest.approx(want, rel=4 * EPS[np.dtype(dtype)])
+    dZ = fn.backward()
+    assert np.isfinite(dZ).all()
+    np.testing.assert_array_equal(dZ, (out - y) / 5)
+
+
+def test_bce_with_logits_exact_beyond_saturation():
+    z = np.array([-1000.0, 1000.0, 40.0, -40.0, 0.0])
+    y = np.array([1.0, 0.0, 1.0, 1.0, 0.0])
+    # softplus(-z) for y = 1, softplus(z) for y = 0: 1000, 1000, ~4e-18, 40 + ~4e-18, log 2.
+    want = (1000 + 1000 + math.exp(-40) + 40 + math.exp(-40) + math.log(2)) / 5
+    assert losses.bce_with_logits_loss(z, y) == pytest.approx(want, rel=1e-15)
+    out = siglayer.reference.sigmoid(z)
+    assert out[1] == 1.0 and out[0] == 0.0  # saturated: the probabilities lose it
+    assert losses.BCELoss()(out, y, logits=z) == pytest.approx(want, rel=1e-15)
+
+
+# ---------------------------------------------------------------- fused gradient
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_fused_gradient_is_out_minus_y_over_n(rng, dtype):
+    out, y = random_case(rng, dtype)
+    dZ = losses.bce_grad_preactivation(out, y)
+    assert dZ.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(dZ, (out - y) / out.size)
+    buf = np.empty_like(out)
+    assert losses.bce_grad_preactivation(out, y, dZ=buf, reduction="sum") is buf
+    np.testing.assert_array_equal(buf, out - y)
+
+
+def test_fused_gradient_matches_finite_differences_in_logits(rng):
+    """dZ is the derivative of the loss with respect to the logits z, out = sigmoid(z)."""
+    z = rng.standard_normal((4, 3)) * 3
+    y = (rng.random((4, 3)) > 0.5).astype(np.float64)
+    dZ = losses.bce_grad_preactivation(siglayer.reference.sigmoid(z), y)
+    h = 1e-6
+    numeric = np.empty(z.size)
+    for k in range(z.size):
+        e = np.zeros(z.size)
+        e[k] = h
+        e = e.reshape(z.shape)
+        numeric[k] = (losses.bce_with_logits_loss(z + e, y)
+                      - losses.bce_with_logits_loss(z - e, y)) / (2 * h)
+    np.testing.assert_allclose(dZ.reshape(-1), numeric, rtol=1e-7, atol=1e-11)
+
+
+def test_saturated_network_still_learns():
+    """A layer driven into saturation (out exactly 0 or 1, wrong): through the sigmoid's
+    derivative the gradient would be 0 and nothing would move; the fused gradient is
+    (out - y) / N, finite and large, and one step reduces the loss."""
+    layer = siglayer.SigmoidLayer(2, 1, dtype=np.float64, seed=0)
+    layer.W[...] = [[60.0], [-60.0]]
+    net = siglayer.Sequential(layer)
+    x = np.array([[1.0, 0.0], [0.0, 1.0]])
+    y = np.array([[0.0], [1.0]])
+    out = net(x)
+    assert out[0, 0] == 1.0 and out[1, 0] < 1e-20  # saturated and wrong
+    fn = losses.BCELoss()
+    before = fn(out, y, logits=layer.preactivation())
+    assert before == pytest.approx(60.0)
+    net.backward_from_preactivation(fn.backward())
+    assert np.isfinite(layer.dW).all() and np.abs(layer.dW).max() == pytest.approx(0.5)
+    through_sigmoid = siglayer.backward(np.ones_like(out), x, layer.W, out)[1]
+    assert np.abs(through_sigmoid).max() < 1e-20  # the vanishing gradient the fusion avoids
+    siglayer.optim.SGD(net.parameters(), lr=10.0).step()
+    after = fn(net(x), y, logits=layer.preactivation())
+    assert after < before - 1
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("out", "y", "error", "match"),
+    [
+        (np.zeros(3), np.zeros(4), ValueError, r"y has shape \(4,\) but out has shape \(3,\)"),
+        (np.zeros(3, np.float32), np.zeros(3), TypeError, "y has dtype float64 but out has float32"),
+        (np.zeros(3), [0.0, 0.0, 0.0], TypeError, "y must be a numpy.ndarray, got list"),
+        (np.zeros(3, np.int64), np.zeros(3, np.int64), TypeError, "out has dtype int64"),
+        (np.zeros(0), np.zeros(0), ValueError, "empty batch"),
+    ],
+    ids=["shape", "dtype", "list", "int", "empty"],
+)
+@pytest.mark.parametrize("fn", ["mse_loss", "bce_loss", "bce_grad_preactivation", "MSELoss",
+                                "BCELoss"])
+def test_bad_input(fn, out, y, error, match):
+    call = getattr(losses, fn)
+    if fn[0].isupper():
+        call = call()
+    with pytest.raises(error, match=match):
+        call(out, y)
+
+
+def test_other_errors():
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+        losses.BCELoss(reduction="none")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="reduction must be"):
+        losses.mse_loss(np.zeros(2), np.zeros(2), reduction="avg")  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="before the loss"):
+        losses.BCELoss().backward()
+    with pytest.raises(ValueError, match="logits has shape"):
+        losses.BCELoss()(np.zeros(2), np.zeros(2), logits=np.zeros(3))
+    with pytest.raises(ValueError, match=r"dZ has shape \(3,\), expected \(2,\)"):
+        losses.bce_grad_preactivation(np.zeros(2), np.zeros(2), dZ=np.zeros(3))
+    assert losses.mse_loss(np.zeros(0), np.zeros(0), reduction="sum") == 0.0
+
+
+# ---------------------------------------------------------------- torch
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_bce_matches_torch(rng, dtype):
+    torch = pytest.importorskip("torch")
+    # Probabilities including exact 0 and 1 (clamped by both) and values near them.
+    out = rng.uniform(0, 1, (8, 10)).astype(dtype)
+    out.reshape(-1)[:6] = [0, 1, 1e-30, 1 - 1e-7, 0, 1]
+    y = (rng.random((8, 10)) > 0.5).astype(dtype)
+    want = torch.nn.BCELoss()(torch.from_numpy(out), torch.from_numpy(y)).item()
+    # torch evaluates log(1 - out) where we use log1p(-out): near out = 0 these differ by
+    # up to eps / (1 - out) relatively, i.e. a few eps per term on these values.
+    tol = 64 * EPS[np.dtype(dtype)] * max(1.0, want)
+    assert losses.bce_loss(out, y) == pytest.approx(want, abs=tol)
+    assert losses.BCELoss()(out, y) == pytest.approx(want, abs=tol)
+    want_sum = torch.nn.BCELoss(reduction="sum")(torch.from_numpy(out), torch.from_numpy(y))
+    assert losses.bce_loss(out, y, reduction="sum") == pytest.approx(want_sum.item(),
+                                                                    abs=tol * out.size)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_bce_with_logits_and_fused_gradient_match_torch(rng, dtype):
+    torch = pytest.importorskip("torch")
+    z = (rng.standard_normal((8, 10)) * 10).astype(dtype)
+    z.reshape(-1)[:4] = [200, -200, 50, -50]
+    y = (rng.random((8, 10)) > 0.5).astype(dtype)
+    zt = torch.from_numpy(z.copy()).requires_grad_()
+    loss_t = torch.nn.BCEWithLogitsLoss()(zt, torch.from_numpy(y))
+    loss_t.backward()
+    eps = EPS[np.dtype(dtype)]
+    assert losses.bce_with_logits_loss(z, y) == pytest.approx(loss_t.item(), rel=16 * eps)
+    out = siglayer.reference.sigmoid(z)
+    fn = losses.BCELoss()
+    assert fn(out, y, logits=z) == pytest.approx(loss_t.item(), rel=16 * eps)
+    # torch's gradient is (sigmoid(z) - y) / N with its own sigmoid: equal up to the
+    # rounding of the two sigmoids (an ulp of values <= 1) and of the division.
+    np.testing.assert_allclose(fn.backward(), zt.grad.numpy(), rtol=0, atol=4 * eps / z.size)

@@ -1,0 +1,267 @@
+"""SGD and Adam (update loop in C++) against the NumPy formulas in siglayer.reference and
+against torch.optim."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import DTYPES, EPS
+
+import siglayer
+from siglayer import _core, reference
+from siglayer.nn import Parameter
+from siglayer.optim import SGD, Adam
+
+DTYPE_IDS = [np.dtype(d).name for d in DTYPES]
+SHAPES = [(7, 5), (5,), (1,), (300, 300)]  # the last is past the OpenMP threshold
+
+
+def make_params(rng, dtype, shapes=SHAPES):
+    return [Parameter(f"p{i}", rng.standard_normal(s).astype(dtype),
+                      np.zeros(s, dtype)) for i, s in enumerate(shapes)]
+
+
+def assert_close_after_steps(got, want, dtype, steps, what):
+    """The core and the reference evaluate the same expression in the same precision; allow
+    a few ulps per step of the values' magnitude (reordering by the compiler)."""
+    eps = EPS[np.dtype(dtype)]
+    scale = np.abs(want) + 1
+    np.testing.assert_array_less(np.abs(got - want), 4 * steps * eps * scale + 1e-300,
+                                 err_msg=what)
+
+
+SGD_CONFIGS = {
+    "plain": {},
+    "momentum": {"momentum": 0.9},
+    "dampening": {"momentum": 0.8, "dampening": 0.3},
+    "nesterov": {"momentum": 0.9, "nesterov": True},
+    "weight_decay": {"momentum": 0.5, "weight_decay": 0.01},
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("config", list(SGD_CONFIGS), ids=list(SGD_CONFIGS))
+def test_sgd_matches_numpy_reference(rng, threads, dtype, config):
+    opts = SGD_CONFIGS[config]
+    params = make_params(rng, dtype)
+    expected = [p.value.copy() for p in params]
+    velocities = [np.zeros_like(v) for v in expected]
+    opt = SGD(params, lr=0.05, **opts)
+    for step in range(5):
+        for p in params:
+            p.grad[...] = rng.standard_normal(p.grad.shape)
+        opt.step()
+        for p, value, v in zip(params, expected, velocities):
+            reference.sgd_step(value, p.grad, v, lr=0.05, first_step=step == 0, **opts)
+    for p, value in zip(params, expected):
+        assert_close_after_steps(p.value, value, dtype, 5, p.name)
+    assert opt.steps == 5
+
+
+ADAM_CONFIGS = {
+    "default": {},
+    "l2": {"weight_decay": 0.05},
+    "adamw": {"weight_decay": 0.05, "decoupled_weight_decay": True},
+    "betas": {"betas": (0.5, 0.9), "eps": 1e-3},
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("config", list(ADAM_CONFIGS), ids=list(ADAM_CONFIGS))
+def test_adam_matches_numpy_reference(rng, threads, dtype, config):
+    opts = dict(ADAM_CONFIGS[config])
+    betas = opts.pop("betas", (0.9, 0.999))
+    params = make_params(rng, dtype)
+    expected = [p.value.copy() for p in params]
+    moments = [(np.zeros_like(v), np.zeros_like(v)) for v in expected]
+    opt = Adam(params, lr=0.01, betas=betas, **opts)
+    for step in range(1, 6):
+        for p in params:
+            p.grad[...] = rng.standard_normal(p.grad.shape)
+        opt.step()
+        for p, value, (m, v) in zip(params, expected, moments):
+            reference.adam_step(value, p.grad, m, v, step=step, lr=0.01, beta1=betas[0],
+                                beta2=betas[1], **opts)
+    for p, value, (m, v), m_got, v_got in zip(params, expected, moments, opt.exp_avgs,
+                                              opt.exp_avg_sqs):
+        assert_close_after_steps(p.value, value, dtype, 5, p.name)
+        assert_close_after_steps(m_got, m, dtype, 5, p.name + " exp_avg")
+        assert_close_after_steps(v_got, v, dtype, 5, p.name + " exp_avg_sq")
+
+
+def test_first_adam_step_by_hand():
+    """Step 1 with bias correction: m_hat = g, v_hat = g^2, so the step is lr * g / (|g| + eps)."""
+    p = Parameter("p", np.array([1.0, -2.0, 0.0]), np.array([0.5, -3.0, 0.0]))
+    Adam([p], lr=0.1, eps=1e-8).step()
+    np.testing.assert_allclose(p.value, [1.0 - 0.1 * 0.5 / (0.5 + 1e-8),
+                                         -2.0 + 0.1 * 3.0 / (3.0 + 1e-8), 0.0], rtol=1e-14)
+
+
+def test_updates_are_bitwise_independent_of_threads(rng):
+    """Elementwise updates: splitting a large array between threads changes no bit."""
+    results = []
+    before = siglayer.get_num_threads()
+    try:
+        for threads in (1, 2):
+            siglayer.set_num_threads(threads)
+            params = make_params(np.random.default_rng(1), np.float32, [(400, 400)])
+            params[0].grad[...] = 0.1
+            opt = Adam(params, lr=0.01)
+            for _ in range(3):
+                opt.step()
+            results.append(params[0].value.copy())
+    finally:
+        siglayer.set_num_threads(before)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_optimizer_trains_a_network(rng):
+    net = siglayer.Sequential(siglayer.SigmoidLayer(8, 6, seed=0), siglayer.SigmoidLayer(6, 2, seed=1))
+    x = rng.random((32, 8), dtype=np.float32)
+    y = np.stack([x[:, 0] > 0.5, x[:, 1] > x[:, 2]], axis=1).astype(np.float32)
+    loss_fn = siglayer.losses.BCELoss()
+    opt = Adam(net.parameters(), lr=0.05)
+    first = None
+    for _ in range(200):
+        loss = loss_fn(net(x), y)
+        first = loss if first is None else first
+        net.backward_from_preactivation(loss_fn.backward())
+        opt.step()
+    assert loss < 0.5 * first
+
+
+# ---------------------------------------------------------------- torch.optim
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "opts"),
+    [
+        pytest.param(SGD, "SGD", {"lr": 0.1}, id="sgd"),
+        pytest.param(SGD, "SGD", {"lr": 0.1, "momentum": 0.9, "dampening": 0.2,
+                                  "weight_decay": 0.01}, id="sgd-momentum-dampening-wd"),
+        pytest.param(SGD, "SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True},
+                     id="sgd-nesterov"),
+        pytest.param(Adam, "Adam", {"lr": 0.01}, id="adam"),
+        pytest.param(Adam, "Adam", {"lr": 0.01, "weight_decay": 0.1, "betas": (0.8, 0.99)},
+                     id="adam-l2"),
+        pytest.param(Adam, "AdamW", {"lr": 0.01, "weight_decay": 0.1}, id="adamw"),
+    ],
+)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_matches_torch_optim(rng, dtype, ours, theirs, opts):
+    torch = pytest.importorskip("torch")
+    values = [rng.standard_normal(s).astype(dtype) for s in [(6, 4), (4,)]]
+    params = [Parameter(f"p{i}", v.copy(), np.zeros_like(v)) for i, v in enumerate(values)]
+    tparams = [torch.nn.Parameter(torch.from_numpy(v.copy())) for v in values]
+    if theirs == "AdamW":
+        ours_opts = {**opts, "decoupled_weight_decay": True}
+    else:
+        ours_opts = opts
+    opt = ours(params, **ours_opts)
+    topt = getattr(torch.optim, theirs)(tparams, **opts)
+    for _ in range(6):
+        for p, tp in zip(params, tparams):
+            g = rng.standard_normal(p.grad.shape).astype(dtype)
+            p.grad[...] = g
+            tp.grad = torch.from_numpy(g.copy())
+        opt.step()
+        topt.step()
+    # torch forms the same quantities with other roundings (lerp for the first moment,
+    # addcmul for the second): they agree to a few ulps per step of the values.
+    eps = EPS[np.dtype(dtype)]
+    for p, tp in zip(params, tparams):
+        want = tp.detach().numpy()
+        np.testing.assert_allclose(p.value, want, rtol=0, atol=64 * eps * (np.abs(want).max() + 1))
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_hyperparameter_errors():
+    p = [Parameter("p", np.zeros(3), np.zeros(3))]
+    for bad, match in [({"lr": -1.0}, "lr must be finite and >= 0"),
+                       ({"lr": float("nan")}, "lr must be finite"),
+                       ({"lr": 0.1, "momentum": -0.5}, "momentum must be"),
+                       ({"lr": 0.1, "nesterov": True}, "nesterov momentum needs momentum > 0"),
+                       ({"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "nesterov": True},
+                        "dampening == 0")]:
+        with pytest.raises(ValueError, match=match):
+            SGD(p, **bad)
+    with pytest.raises(TypeError, match="lr must be a number"):
+        SGD(p, lr="0.1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"betas\[1\] must be finite and in \[0.0, 1.0\)"):
+        Adam(p, betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="eps must be"):
+        Adam(p, eps=-1e-8)
+    opt = Adam(p, lr=0.1)
+    opt.lr = 0.5
+    assert opt.lr == 0.5
+    with pytest.raises(ValueError, match="lr must be"):
+        opt.lr = float("inf")
+
+
+def test_parameter_errors():
+    net = siglayer.Sequential(siglayer.SigmoidLayer(3, 2, seed=0))
+    with pytest.raises(TypeError, match=r"pass sequential.parameters\(\)"):
+        SGD(net, lr=0.1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="empty parameter list"):
+        SGD([], lr=0.1)
+    with pytest.raises(TypeError, match=r"params\[0\] must be a siglayer.Parameter"):
+        SGD([(np.zeros(3), np.zeros(3))], lr=0.1)  # type: ignore[list-item]
+    read_only = np.zeros(3)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="p: value is read-only"):
+        SGD([Parameter("p", read_only, np.zeros(3))], lr=0.1)
+    with pytest.raises(ValueError, match="p: value must be C-contiguous"):
+        SGD([Parameter("p", np.zeros((3, 4))[:, ::2], np.zeros((3, 2)))], lr=0.1)
+    with pytest.raises(ValueError, match=r"grad is float64 \(4,\) but value is float64 \(3,\)"):
+        SGD([Parameter("p", np.zeros(3), np.zeros(4))], lr=0.1)
+    with pytest.raises(TypeError, match="value has dtype int64"):
+        SGD([Parameter("p", np.zeros(3, np.int64), np.zeros(3, np.int64))], lr=0.1)
+    shared = np.zeros(6)
+    with pytest.raises(ValueError, match=r"parameters 0 \(a\) and 1 \(b\) share memory"):
+        SGD([Parameter("a", shared[:4], np.zeros(4)), Parameter("b", shared[3:], np.zeros(3))],
+            lr=0.1)
+    with pytest.raises(ValueError, match="value and grad share memory"):
+        SGD([Parameter("p", shared, shared)], lr=0.1)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error", "match"),
+    [
+        (lambda a: a.update(grads=a["grads"][:1]), ValueError, "grads has 1 entries, expected 2"),
+        (lambda a: a["grads"].__setitem__(1, np.zeros(4, np.float32)), TypeError,
+         r"grads\[1\] has dtype float32, expected float64"),
+        (lambda a: a["grads"].__setitem__(1, np.zeros(5)), ValueError,
+         r"grads\[1\] has shape \(5,\), expected \(4,\)"),
+        (lambda a: a["velocities"].__setitem__(0, a["params"][0]), ValueError,
+         r"params\[0\] overlaps velocities\[0\]"),
+        (lambda a: a["velocities"].__setitem__(0, None), ValueError,
+         r"velocities\[0\] is None but momentum"),
+        (lambda a: a["params"].__setitem__(1, "x"), TypeError,
+         r"params\[1\] must be a numpy.ndarray, got str"),
+        (lambda a: a["params"].__setitem__(1, np.zeros(8)[::2]), ValueError,
+         r"params\[1\] must be C-contiguous"),
+        (lambda a: a.update(params=np.zeros(3)), TypeError, "params must be a list"),
+    ],
+    ids=["length", "dtype", "shape", "overlap", "missing-state", "not-array", "strided",
+         "not-list"],
+)
+def test_core_entry_point_checks_every_array(mutate, error, match):
+    """The binding validates each call (never a crash, nothing written on error)."""
+    args = {"params": [np.ones(3), np.ones(4)], "grads": [np.ones(3), np.ones(4)],
+            "velocities": [np.zeros(3), np.zeros(4)]}
+    mutate(args)
+    snapshot = [a.copy() for a in args["params"] if isinstance(a, np.ndarray)] \
+        if isinstance(args["params"], list) else []
+    with pytest.raises(error, match=match):
+        _core.sgd_step(args["params"], args["grads"], args["velocities"], 0.1, 0.9, 0.0, 0.0,
+                       False, False)
+    for before, after in zip(snapshot, [a for a in args["params"] if isinstance(a, np.ndarray)]):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_adam_core_rejects_bad_step():
+    with pytest.raises(ValueError, match="step must be >= 1"):
+        _core.adam_step([np.ones(2)], [np.ones(2)], [np.zeros(2)], [np.zeros(2)], 0.1, 0.9, 0.999,
+                        1e-8, 0.0, False, 0)

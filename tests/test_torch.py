@@ -1,0 +1,188 @@
+"""siglayer.torch: gradcheck, agreement with nn.Linear + torch.sigmoid (values, gradients,
+a training run), requires-grad subsets, layouts, and every unsupported input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import siglayer
+
+torch = pytest.importorskip("torch")
+from siglayer.torch import SigmoidLinear, sigmoid_linear  # noqa: E402
+
+
+def tensors(seed, shape_x=(6, 5), n_out=4, dtype=torch.float64, requires_grad=True):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape_x, generator=g, dtype=dtype)
+    W = torch.randn(shape_x[-1], n_out, generator=g, dtype=dtype) / shape_x[-1] ** 0.5
+    b = torch.randn(n_out, generator=g, dtype=dtype)
+    return [t.requires_grad_(requires_grad) for t in (x, W, b)]
+
+
+@pytest.mark.parametrize(
+    "shape_x", [(6, 5), (2, 3, 5), (5,), (0, 5)], ids=["2d", "3d", "1d", "empty"])
+def test_gradcheck_float64(shape_x):
+    x, W, b = tensors(0, shape_x)
+    assert torch.autograd.gradcheck(sigmoid_linear, (x, W, b))
+
+
+def test_gradcheck_non_contiguous_inputs():
+    x, W, b = tensors(1, (5, 8))
+    # A transposed x, a column-strided W and a strided b: read through their strides.
+    xt = x.detach().T.contiguous().T.requires_grad_()
+    Wt = torch.randn(8, 8, dtype=torch.float64)[:, ::2].requires_grad_()
+    bt = torch.randn(8, dtype=torch.float64)[::2].requires_grad_()
+    assert not (xt.is_contiguous() or Wt.is_contiguous() or bt.is_contiguous())
+    assert torch.autograd.gradcheck(sigmoid_linear, (xt, Wt, bt))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_matches_linear_and_sigmoid(dtype):
+    x, W, b = tensors(2, (33, 17), 9, dtype)
+    linear = torch.nn.Linear(17, 9, dtype=dtype)
+    with torch.no_grad():
+        linear.weight.copy_(W.T)
+        linear.bias.copy_(b)
+    x2 = x.detach().clone().requires_grad_()
+    out = sigmoid_linear(x, W, b)
+    want = torch.sigmoid(linear(x2))
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-14}
+    torch.testing.assert_close(out, want, **tol)
+    grad = torch.randn(33, 9, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    out.backward(grad)
+    want.backward(grad)
+    torch.testing.assert_close(x.grad, x2.grad, **tol)
+    torch.testing.assert_close(W.grad, linear.weight.grad.T, **tol)
+    torch.testing.assert_close(b.grad, linear.bias.grad, **tol)
+
+
+def test_training_run_matches_linear_and_sigmoid():
+    """Forty Adam steps of a two-layer network, once with SigmoidLinear, once with
+    nn.Linear + nn.Sigmoid from the same weights: the same losses and weights."""
+    torch.manual_seed(0)
+    reference_net = torch.nn.Sequential(torch.nn.Linear(10, 8), torch.nn.Sigmoid(),
+                                        torch.nn.Linear(8, 3), torch.nn.Sigmoid())
+    net = torch.nn.Sequential(SigmoidLinear.from_linear(reference_net[0]),
+                              SigmoidLinear.from_linear(reference_net[2]))
+    x = torch.rand(64, 10)
+    y = (x[:, :3] > 0.5).float()
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    ref_opt = torch.optim.Adam(reference_net.parameters(), lr=0.05)
+    losses, ref_losses = [], []
+    for _ in range(40):
+        for model, optimizer, record in ((net, opt, losses), (reference_net, ref_opt, ref_losses)):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            record.append(loss.item())
+    assert ref_losses[-1] < 0.5 * ref_losses[0]  # it did train
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    torch.testing.assert_close(net[0].W, reference_net[0].weight.T, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(net[1].b, reference_net[2].bias, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("needs", ["x", "W", "b", "xW", "none"])
+def test_requires_grad_subsets(needs):
+    x, W, b = tensors(4, requires_grad=False)
+    for name, t in zip("xWb", (x, W, b)):
+        t.requires_grad_(name in needs)
+    out = sigmoid_linear(x, W, b)
+    if needs == "none":
+        assert not out.requires_grad and out.grad_fn is None
+        return
+    out.sum().backward()  # an expanded (stride 0) upstream gradient
+    dZ = (out * (1 - out)).detach()
+    want = {"x": dZ @ W.detach().T, "W": x.detach().T @ dZ, "b": dZ.sum(0)}
+    for name, t in zip("xWb", (x, W, b)):
+        if name in needs:
+            torch.testing.assert_close(t.grad, want[name], rtol=1e-12, atol=1e-14)
+        else:
+            assert t.grad is None
+
+
+def test_no_grad_and_inference_mode():
+    x, W, b = tensors(5)
+    with torch.no_grad():
+        assert sigmoid_linear(x, W, b).grad_fn is None
+    with torch.inference_mode():
+        out = sigmoid_linear(x.detach(), W.detach(), b.detach())
+    torch.testing.assert_close(out, torch.sigmoid(x @ W + b).detach())
+
+
+def test_in_place_change_before_backward_is_detected():
+    x, W, b = tensors(6)
+    out = sigmoid_linear(x, W, b)
+    out.mul_(2)  # backward needs the original out
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_double_backward_is_refused():
+    x, W, b = tensors(7)
+    out = sigmoid_linear(x, W, b)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        ({"x": torch.zeros(6, 5, device="meta")}, ValueError,
+         "x is on meta; siglayer.torch runs on CPU tensors only"),
+        ({"W": torch.zeros(5, 4, dtype=torch.float16)}, TypeError, "W has dtype torch.float16"),
+        ({"x": torch.zeros(6, 5, dtype=torch.bfloat16)}, TypeError, "x has dtype torch.bfloat16"),
+        ({"b": torch.zeros(4, dtype=torch.int64)}, TypeError, "b has dtype torch.int64"),
+        ({"x": torch.zeros(6, 5, dtype=torch.float32)}, TypeError,
+         "must share one dtype; got x torch.float32, W torch.float64"),
+        ({"x": torch.zeros(6, 5, dtype=torch.float64).to_sparse()}, TypeError,
+         "x has layout torch.sparse_coo"),
+        ({"x": np.zeros((6, 5))}, TypeError, "x must be a torch.Tensor, got ndarray"),
+        ({"x": torch.zeros(6, 7, dtype=torch.float64)}, ValueError,
+         r"x has shape \(6, 7\), expected \(..., 5\)"),
+        ({"b": torch.zeros(3, dtype=torch.float64)}, ValueError, r"b has shape \(3,\)"),
+        ({"W": torch.zeros(5, dtype=torch.float64)}, ValueError, "W must be 2-D"),
+    ],
+    ids=["device", "float16", "bfloat16", "int", "mixed", "sparse", "numpy", "x-shape",
+         "b-shape", "W-1d"],
+)
+def test_unsupported_inputs(change, error, match):
+    x, W, b = tensors(8)
+    args = {"x": x, "W": W, "b": b, **change}
+    with pytest.raises(error, match=match):
+        sigmoid_linear(args["x"], args["W"], args["b"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_tensor_is_refused():
+    x, W, b = tensors(9)
+    with pytest.raises(ValueError, match="on cuda"):
+        sigmoid_linear(x.cuda(), W, b)
+
+
+def test_module():
+    layer = SigmoidLinear(7, 3, seed=0)
+    np.testing.assert_array_equal(layer.W.detach().numpy(),
+                                  siglayer.SigmoidLayer(7, 3, seed=0).W)
+    assert layer.W.shape == (7, 3) and layer.b.shape == (3,)
+    assert [n for n, _ in layer.named_parameters()] == ["W", "b"]
+    assert "W: (n_in, n_out)" in repr(layer)
+    torch.manual_seed(1)
+    a = SigmoidLinear(7, 3, dtype=torch.float64)
+    torch.manual_seed(1)
+    b = SigmoidLinear(7, 3, dtype=torch.float64)
+    torch.testing.assert_close(a.W, b.W, rtol=0, atol=0)
+    assert a.W.abs().max() <= (6 / 10) ** 0.5
+    x = torch.rand(4, 7, dtype=torch.float64)
+    torch.testing.assert_close(a(x), torch.sigmoid(x @ a.W + a.b))
+    linear = torch.nn.Linear(7, 3, bias=False)
+    from_linear = SigmoidLinear.from_linear(linear)
+    torch.testing.assert_close(from_linear.W, linear.weight.T)
+    assert (from_linear.b == 0).all()
+    with pytest.raises(TypeError, match="dtype must be torch.float32 or torch.float64"):
+        SigmoidLinear(3, 2, dtype=torch.float16)
+    with pytest.raises(ValueError, match="n_out must be >= 1"):
+        SigmoidLinear(3, 0)
+    with pytest.raises(TypeError, match="linear must be a torch.nn.Linear"):
+        SigmoidLinear.from_linear(torch.nn.Conv1d(1, 1, 1))  # type: ignore[arg-type]
