@@ -228,3 +228,40 @@ def test_bce_with_logits_and_fused_gradient_match_torch(rng, dtype):
     # torch's gradient is (sigmoid(z) - y) / N with its own sigmoid: equal up to the
     # rounding of the two sigmoids (an ulp of values <= 1) and of the division.
     np.testing.assert_allclose(fn.backward(), zt.grad.numpy(), rtol=0, atol=4 * eps / z.size)
+
+
+def test_nan_output_gives_nan_loss():
+    out = np.array([0.5, np.nan])
+    y = np.array([1.0, 0.0])
+    assert math.isnan(losses.bce_loss(out, y)) and math.isnan(losses.mse_loss(out, y))
+    assert math.isnan(losses.BCELoss()(out, y))
+
+
+def test_non_contiguous_inputs_give_the_same_values(rng):
+    out, y = random_case(rng, np.float64, (6, 10))
+    want = (losses.bce_loss(out, y), losses.mse_loss(out, y))
+    out_f = np.asfortranarray(out)
+    y_view = np.zeros((6, 20))[:, ::2]
+    y_view[...] = y
+    assert losses.bce_loss(out_f, y_view) == want[0]
+    assert losses.mse_loss(out_f, y_view) == want[1]
+    fn = losses.BCELoss()
+    assert fn(out_f, y_view) == want[0]
+    np.testing.assert_array_equal(fn.backward(), (out - y) / out.size)
+
+
+@pytest.mark.parametrize("core", ["bce_sigmoid", "mse"])
+def test_core_entry_points_check_their_arrays(core):
+    fn = getattr(siglayer._core, core)
+    out, y = np.full(4, 0.5), np.zeros(4)
+    with pytest.raises(ValueError, match="overlaps out"):
+        fn(out, y, out, 4.0)
+    with pytest.raises(ValueError, match="out must be C-contiguous"):
+        fn(np.zeros(8)[::2], y, np.zeros(4), 4.0)
+    with pytest.raises(ValueError, match="divisor must be > 0"):
+        fn(out, y, np.zeros(4), 0.0)
+    with pytest.raises(TypeError, match="share one dtype"):
+        fn(out, y.astype(np.float32), np.zeros(4), 4.0)
+    with pytest.raises(ValueError, match="has shape"):
+        fn(out, y, np.zeros(5), 4.0)
+    np.testing.assert_array_equal(out, 0.5)

@@ -50,5 +50,6 @@ T* output_buffer(const py::array& a, const char* name, const std::vector<py::ssi
 void register_layer(py::module_& m);
 void register_info(py::module_& m);
 void register_optim(py::module_& m);
+void register_losses(py::module_& m);
 
 }  // namespace siglayer::bindings

@@ -14,5 +14,6 @@ PYBIND11_MODULE(_core, m) {
     siglayer::bindings::register_layer(m);
     siglayer::bindings::register_info(m);
     siglayer::bindings::register_optim(m);
+    siglayer::bindings::register_losses(m);
     m.attr("__version__") = SIGLAYER_VERSION;
 }

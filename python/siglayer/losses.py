@@ -33,6 +33,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from . import _core
 from ._buffers import BufferCache
 
 __all__ = [
@@ -51,8 +52,13 @@ _ndarray = np.ndarray
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 # torch.nn.BCELoss clamps each log term to >= -100; we use the same bound so that the
-# values agree where outputs saturate.
+# values agree where outputs saturate (the compiled core applies it).
 LOG_CLAMP = -100.0
+
+
+def _contiguous(a: Array) -> Array:
+    """a itself when C-contiguous (the training loop's case), else a C-ordered copy."""
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
 def _check_pair(pred: object, y: object, pred_name: str) -> None:
@@ -102,8 +108,8 @@ def mse_loss(out: Array, y: Array, *, reduction: Reduction = "mean") -> float:
     """
     _check_pair(out, y, "out")
     n = _divisor(out.size, reduction)
-    diff = out - y
-    return float(np.vdot(diff, diff)) / n
+    out, y = _contiguous(out), _contiguous(y)
+    return float(_core.mse(out, y, np.empty_like(out), n)) / n
 
 
 def mse_grad(out: Array, y: Array, *, reduction: Reduction = "mean",
@@ -119,9 +125,7 @@ def mse_grad(out: Array, y: Array, *, reduction: Reduction = "mean",
         dout = np.empty_like(out)
     else:
         _check_buffer(dout, "dout", out)
-    np.subtract(out, y, out=dout)
-    np.multiply(dout, 2, out=dout)
-    np.divide(dout, n, out=dout)
+    _core.mse(_contiguous(out), _contiguous(y), dout, n)
     return dout
 
 
@@ -131,7 +135,7 @@ def bce_loss(out: Array, y: Array, *, reduction: Reduction = "mean") -> float:
     -(1/N) sum(y log(out) + (1 - y) log(1 - out)), with log(1 - out) evaluated as
     log1p(-out). Finite for every out in [0, 1], including exactly 0 and 1 (see the
     module docstring); equals torch.nn.BCELoss. Targets y are usually 0 or 1; other
-    values give the formula's value.
+    values give the formula's value. One pass in the compiled core, summed in float64.
 
     Examples
     --------
@@ -144,27 +148,8 @@ def bce_loss(out: Array, y: Array, *, reduction: Reduction = "mean") -> float:
     """
     _check_pair(out, y, "out")
     n = _divisor(out.size, reduction)
-    scratch = (np.empty_like(out), np.empty_like(out), np.empty_like(out))
-    return _bce_sum(out, y, *scratch) / n
-
-
-def _bce_sum(out: Array, y: Array, log_p: Array, log_q: Array, tmp: Array) -> float:
-    """-sum(y log(out) + (1 - y) log(1 - out)) with clamped logs, in three scratch arrays.
-
-    (1 - y) * log_q is formed as log_q - y * log_q: exact for y in {0, 1}, and no
-    temporary array is allocated.
-    """
-    with np.errstate(divide="ignore"):  # log(0) = -inf, clamped next
-        np.log(out, out=log_p)
-        np.negative(out, out=log_q)
-        np.log1p(log_q, out=log_q)
-    np.maximum(log_p, LOG_CLAMP, out=log_p)
-    np.maximum(log_q, LOG_CLAMP, out=log_q)
-    np.multiply(log_p, y, out=log_p)
-    np.multiply(log_q, y, out=tmp)
-    np.subtract(log_q, tmp, out=log_q)
-    np.add(log_p, log_q, out=log_p)
-    return -float(log_p.sum())
+    out, y = _contiguous(out), _contiguous(y)
+    return float(_core.bce_sigmoid(out, y, np.empty_like(out), n)) / n
 
 
 def bce_with_logits_loss(z: Array, y: Array, *, reduction: Reduction = "mean") -> float:
@@ -235,7 +220,7 @@ class _Loss:
         self._grad: Array | None = None
 
     def _buffer(self, like: Array, slot: int) -> Array:
-        """Buffer number ``slot`` (the gradient is 0, scratch arrays follow) of like's shape."""
+        """Buffer number ``slot`` (0: the gradient) of like's shape and dtype."""
         cache = self._caches.get((like.dtype, slot))
         if cache is None:
             cache = self._caches[like.dtype, slot] = BufferCache(like.dtype)
@@ -271,10 +256,7 @@ class MSELoss(_Loss):
         _check_pair(out, y, "out")
         n = _divisor(out.size, self.reduction)
         dout = self._buffer(out, 0)
-        np.subtract(out, y, out=dout)
-        loss = float(np.vdot(dout, dout)) / n
-        np.multiply(dout, 2, out=dout)
-        np.divide(dout, n, out=dout)
+        loss = float(_core.mse(_contiguous(out), _contiguous(y), dout, n)) / n
         self._grad = dout
         return loss
 
@@ -312,14 +294,12 @@ class BCELoss(_Loss):
         """The loss (a float); computes the dZ that :meth:`backward` returns."""
         _check_pair(out, y, "out")
         n = _divisor(out.size, self.reduction)
-        if logits is None:
-            loss = _bce_sum(out, y, self._buffer(out, 1), self._buffer(out, 2),
-                            self._buffer(out, 3)) / n
-        else:
+        if logits is not None:
             _check_pair(logits, y, "logits")
-            loss = bce_with_logits_loss(logits, y, reduction=self.reduction)
         dZ = self._buffer(out, 0)
-        np.subtract(out, y, out=dZ)
-        np.divide(dZ, n, out=dZ)
+        # One pass writes dZ = (out - y) / n and sums the clamped logs.
+        loss = float(_core.bce_sigmoid(_contiguous(out), _contiguous(y), dZ, n)) / n
+        if logits is not None:
+            loss = bce_with_logits_loss(logits, y, reduction=self.reduction)
         self._grad = dZ
         return loss

@@ -1,0 +1,246 @@
+"""Training steps per second of the digits network (64 -> 32 -> 10, sigmoid, binary
+cross-entropy, Adam), with siglayer against the same network in plain NumPy and in
+PyTorch, measured in one process with interleaved rounds.
+
+    pip install ".[examples,torch]"
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_training.py
+
+One step is what a training loop does per mini-batch: forward through both layers, the
+loss value and its gradient, backward, and the optimizer's update. Every contender
+starts from the same weights; before timing, the script asserts that all of them compute
+the same loss on the first batch and the same weights after the first step.
+
+Contenders:
+  siglayer          siglayer.Sequential + losses.BCELoss (fused) + optim.Adam
+  numpy             the same math in plain NumPy (siglayer.reference's layer and Adam
+                    formulas: x @ W + b, a stable sigmoid, x.T @ dZ, ...)
+  torch             nn.Linear -> nn.Sigmoid -> nn.Linear, nn.BCEWithLogitsLoss (the usual
+                    fused form), torch.optim.Adam, autograd
+  torch+siglayer    the torch loop with siglayer.torch.SigmoidLinear layers (nn.BCELoss on
+                    its sigmoid outputs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+from collections.abc import Callable
+
+import numpy as np
+
+import siglayer
+from siglayer import reference
+from siglayer._timing import interleaved_medians
+from siglayer.losses import BCELoss
+
+N_IN, N_HIDDEN, N_OUT = 64, 32, 10
+LR = 0.01
+
+
+def digits_batches(batch_size: int, dtype: type = np.float32) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The digits images scaled to [0, 1] with one-hot targets, as contiguous batches."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(dtype)
+    y = np.zeros((len(x), N_OUT), dtype)
+    y[np.arange(len(x)), digits.target] = 1
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = x[order], y[order]
+    count = len(x) // batch_size  # whole batches only: every step has the same shape
+    return [(np.ascontiguousarray(x[i * batch_size:(i + 1) * batch_size]),
+             np.ascontiguousarray(y[i * batch_size:(i + 1) * batch_size])) for i in range(count)]
+
+
+def initial_weights(seed: int = 0) -> list[np.ndarray]:
+    """[W1, b1, W2, b2] as siglayer initialises them (Glorot-uniform W, zero b)."""
+    rng = np.random.default_rng(seed)
+    layers = [siglayer.SigmoidLayer(N_IN, N_HIDDEN, seed=rng),
+              siglayer.SigmoidLayer(N_HIDDEN, N_OUT, seed=rng)]
+    return [a.copy() for layer in layers for a in (layer.W, layer.b)]
+
+
+class Trainer:
+    """One contender: ``step()`` trains on the next batch and returns nothing;
+    ``first_step()`` runs one step on batch 0 and returns its loss."""
+
+    def __init__(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self.batches = batches
+        self.next = 0
+
+    def step(self) -> None:
+        x, y = self.batches[self.next]
+        self.next = (self.next + 1) % len(self.batches)
+        self.train_on(x, y)
+
+    def first_step(self) -> float:
+        return self.train_on(*self.batches[0])
+
+    def train_on(self, x: np.ndarray, y: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def weights(self) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+class SiglayerTrainer(Trainer):
+    def __init__(self, batches, weights):
+        super().__init__(batches)
+        self.net = siglayer.Sequential(siglayer.SigmoidLayer(N_IN, N_HIDDEN),
+                                       siglayer.SigmoidLayer(N_HIDDEN, N_OUT))
+        for p, w in zip(self.net.parameters(), weights):
+            p.value[...] = w
+        self.loss_fn = BCELoss()
+        self.optimizer = siglayer.optim.Adam(self.net.parameters(), lr=LR)
+
+    def train_on(self, x, y):
+        loss = self.loss_fn(self.net(x), y)
+        self.net.backward_from_preactivation(self.loss_fn.backward())
+        self.optimizer.step()
+        return loss
+
+    def weights(self):
+        return [p.value for p in self.net.parameters()]
+
+
+class NumpyTrainer(Trainer):
+    def __init__(self, batches, weights):
+        super().__init__(batches)
+        self.params = [w.copy() for w in weights]
+        self.moments = [(np.zeros_like(w), np.zeros_like(w)) for w in weights]
+        self.t = 0
+
+    def train_on(self, x, y):
+        W1, b1, W2, b2 = self.params
+        h = reference.forward(x, W1, b1)
+        out = reference.forward(h, W2, b2)
+        n = out.size
+        # Binary cross-entropy with each log clamped at -100, and its fused gradient.
+        log_p = np.maximum(np.log(np.maximum(out, 0)), -100)
+        log_q = np.maximum(np.log1p(-out), -100)
+        loss = -float(np.sum(y * log_p + (1 - y) * log_q)) / n
+        dZ2 = (out - y) / out.dtype.type(n)
+        dh, dW2, db2 = reference.backward_from_preactivation(dZ2, h, W2)
+        _, dW1, db1 = reference.backward(dh, x, W1, h, need_dx=False)
+        self.t += 1
+        for p, g, (m, v) in zip(self.params, (dW1, db1, dW2, db2), self.moments):
+            reference.adam_step(p, g, m, v, step=self.t, lr=LR)
+        return loss
+
+    def weights(self):
+        return self.params
+
+
+class TorchTrainer(Trainer):
+    def __init__(self, batches, weights, *, siglayer_layers: bool):
+        import torch
+
+        super().__init__([(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches])
+        W1, b1, W2, b2 = (torch.from_numpy(w.copy()) for w in weights)
+        if siglayer_layers:
+            from siglayer.torch import SigmoidLinear
+
+            layers = [SigmoidLinear(N_IN, N_HIDDEN), SigmoidLinear(N_HIDDEN, N_OUT)]
+            with torch.no_grad():
+                for layer, W, b in zip(layers, (W1, W2), (b1, b2)):
+                    layer.W.copy_(W)
+                    layer.b.copy_(b)
+            self.model = torch.nn.Sequential(*layers)
+            self.loss_fn = torch.nn.BCELoss()
+        else:
+            first, second = torch.nn.Linear(N_IN, N_HIDDEN), torch.nn.Linear(N_HIDDEN, N_OUT)
+            with torch.no_grad():  # nn.Linear stores W transposed: (n_out, n_in)
+                for layer, W, b in zip((first, second), (W1, W2), (b1, b2)):
+                    layer.weight.copy_(W.T)
+                    layer.bias.copy_(b)
+            # The last sigmoid lives in the loss: BCEWithLogitsLoss, the fused form.
+            self.model = torch.nn.Sequential(first, torch.nn.Sigmoid(), second)
+            self.loss_fn = torch.nn.BCEWithLogitsLoss()
+        self.siglayer_layers = siglayer_layers
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LR)
+
+    def train_on(self, x, y):
+        import torch
+
+        if isinstance(x, np.ndarray):
+            x, y = torch.from_numpy(x), torch.from_numpy(y)
+        self.optimizer.zero_grad()
+        loss = self.loss_fn(self.model(x), y)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def weights(self):
+        params = [p.detach().numpy() for p in self.model.parameters()]
+        if not self.siglayer_layers:
+            params[0], params[2] = params[0].T, params[2].T
+        return params
+
+
+def check_agreement(trainers: dict[str, Trainer]) -> float:
+    """Same loss on the first batch, same weights after the first step, for all."""
+    losses = {name: t.first_step() for name, t in trainers.items()}
+    first = next(iter(losses.values()))
+    for name, loss in losses.items():
+        # float32 sums of 320 terms in different orders: a few float32 ulps apart.
+        assert math.isclose(loss, first, rel_tol=1e-5), f"first-step loss: {losses}"
+        for got, want in zip(trainers[name].weights(), next(iter(trainers.values())).weights()):
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=name)
+    return first
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
+    parser.add_argument("--rounds", type=int, default=31)
+    parser.add_argument("--no-torch", action="store_true", help="siglayer and NumPy only")
+    args = parser.parse_args(argv)
+
+    have_torch = False
+    if not args.no_torch:
+        try:
+            import torch  # noqa: F401
+
+            have_torch = True
+        except ImportError:
+            print("torch is not installed: timing siglayer and NumPy only")
+    weights = initial_weights()
+    config = siglayer.show_config
+    print(f"digits network {N_IN} -> {N_HIDDEN} -> {N_OUT}, sigmoid, binary cross-entropy, "
+          f"Adam (lr {LR}), float32; one step = forward, loss, backward, update")
+    print(f"siglayer {siglayer.__version__} ({siglayer._config.config()['blas']}, "
+          f"{siglayer.get_num_threads()} threads), numpy {np.__version__}"
+          + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if have_torch
+             else "") + f", Python {platform.python_version()}")
+    del config
+    rows = []
+    for batch_size in args.batch_sizes:
+        batches = digits_batches(batch_size)
+        trainers: dict[str, Trainer] = {
+            "siglayer": SiglayerTrainer(batches, weights),
+            "numpy": NumpyTrainer(batches, weights),
+        }
+        if have_torch:
+            trainers["torch"] = TorchTrainer(batches, weights, siglayer_layers=False)
+            trainers["torch+siglayer"] = TorchTrainer(batches, weights, siglayer_layers=True)
+        loss = check_agreement(trainers)
+        contenders: dict[str, Callable[[], object]] = {n: t.step for n, t in trainers.items()}
+        seconds = interleaved_medians(contenders, rounds=args.rounds)
+        rows.append((batch_size, loss, seconds))
+
+    names = list(rows[0][2])
+    print(f"\nsteps per second (median of {args.rounds} interleaved rounds; higher is better)")
+    header = f"{'batch':>5}  {'first loss':>10}  " + "  ".join(f"{n:>14}" for n in names)
+    header += "  " + "  ".join(f"{'vs ' + n:>10}" for n in names[1:])
+    print(header)
+    for batch_size, loss, seconds in rows:
+        line = f"{batch_size:>5}  {loss:>10.6f}  "
+        line += "  ".join(f"{1 / seconds[n]:>14,.0f}" for n in names)
+        line += "  " + "  ".join(f"{seconds[n] / seconds['siglayer']:>9.2f}x" for n in names[1:])
+        print(line)
+    print("('vs X': siglayer's steps per second over X's)")
+
+
+if __name__ == "__main__":
+    main()
