@@ -38,7 +38,8 @@ N_IN, N_HIDDEN, N_OUT = 64, 32, 10
 LR = 0.01
 
 
-def digits_batches(batch_size: int, dtype: type = np.float32) -> list[tuple[np.ndarray, np.ndarray]]:
+def digits_batches(batch_size: int, dtype: type = np.float32
+                   ) -> list[tuple[np.ndarray, np.ndarray]]:
     """The digits images scaled to [0, 1] with one-hot targets, as contiguous batches."""
     from sklearn.datasets import load_digits
 
@@ -89,7 +90,7 @@ class SiglayerTrainer(Trainer):
         super().__init__(batches)
         self.net = siglayer.Sequential(siglayer.SigmoidLayer(N_IN, N_HIDDEN),
                                        siglayer.SigmoidLayer(N_HIDDEN, N_OUT))
-        for p, w in zip(self.net.parameters(), weights):
+        for p, w in zip(self.net.parameters(), weights, strict=True):
             p.value[...] = w
         self.loss_fn = BCELoss()
         self.optimizer = siglayer.optim.Adam(self.net.parameters(), lr=LR)
@@ -124,7 +125,7 @@ class NumpyTrainer(Trainer):
         dh, dW2, db2 = reference.backward_from_preactivation(dZ2, h, W2)
         _, dW1, db1 = reference.backward(dh, x, W1, h, need_dx=False)
         self.t += 1
-        for p, g, (m, v) in zip(self.params, (dW1, db1, dW2, db2), self.moments):
+        for p, g, (m, v) in zip(self.params, (dW1, db1, dW2, db2), self.moments, strict=True):
             reference.adam_step(p, g, m, v, step=self.t, lr=LR)
         return loss
 
@@ -143,7 +144,7 @@ class TorchTrainer(Trainer):
 
             layers = [SigmoidLinear(N_IN, N_HIDDEN), SigmoidLinear(N_HIDDEN, N_OUT)]
             with torch.no_grad():
-                for layer, W, b in zip(layers, (W1, W2), (b1, b2)):
+                for layer, W, b in zip(layers, (W1, W2), (b1, b2), strict=True):
                     layer.W.copy_(W)
                     layer.b.copy_(b)
             self.model = torch.nn.Sequential(*layers)
@@ -151,7 +152,7 @@ class TorchTrainer(Trainer):
         else:
             first, second = torch.nn.Linear(N_IN, N_HIDDEN), torch.nn.Linear(N_HIDDEN, N_OUT)
             with torch.no_grad():  # nn.Linear stores W transposed: (n_out, n_in)
-                for layer, W, b in zip((first, second), (W1, W2), (b1, b2)):
+                for layer, W, b in zip((first, second), (W1, W2), (b1, b2), strict=True):
                     layer.weight.copy_(W.T)
                     layer.bias.copy_(b)
             # The last sigmoid lives in the loss: BCEWithLogitsLoss, the fused form.
@@ -181,11 +182,12 @@ class TorchTrainer(Trainer):
 def check_agreement(trainers: dict[str, Trainer]) -> float:
     """Same loss on the first batch, same weights after the first step, for all."""
     losses = {name: t.first_step() for name, t in trainers.items()}
-    first = next(iter(losses.values()))
+    first = losses["siglayer"]
+    expected = trainers["siglayer"].weights()
     for name, loss in losses.items():
         # float32 sums of 320 terms in different orders: a few float32 ulps apart.
         assert math.isclose(loss, first, rel_tol=1e-5), f"first-step loss: {losses}"
-        for got, want in zip(trainers[name].weights(), next(iter(trainers.values())).weights()):
+        for got, want in zip(trainers[name].weights(), expected, strict=True):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=name)
     return first
 
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     have_torch = False
     if not args.no_torch:
         try:
-            import torch  # noqa: F401
+            import torch
 
             have_torch = True
         except ImportError:

@@ -38,7 +38,8 @@ class History:
     seconds: float = 0.0
 
 
-def load_digits_split(seed: int, dtype: type = np.float32) -> tuple[NDArray, NDArray, NDArray, NDArray]:
+def load_digits_split(seed: int, dtype: type = np.float32
+                      ) -> tuple[NDArray, NDArray, NDArray, NDArray]:
     """(x_train, labels_train, x_test, labels_test): pixels scaled to [0, 1]."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -69,7 +70,8 @@ def build_network(seed: int, hidden: int = 32, dtype: type = np.float32) -> sigl
 def evaluate(net: siglayer.Sequential, x: NDArray, labels: NDArray) -> tuple[float, float]:
     """(mean binary cross-entropy, accuracy) of the network on x."""
     out = net(x)
-    return bce_loss(out, one_hot(labels, x.dtype.type)), float(np.mean(out.argmax(axis=1) == labels))
+    accuracy = float(np.mean(out.argmax(axis=1) == labels))
+    return bce_loss(out, one_hot(labels, x.dtype.type)), accuracy
 
 
 def train(epochs: int, seed: int, *, batch_size: int = 32, lr: float = 0.01,

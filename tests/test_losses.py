@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import DTYPES, EPS
 
 import siglayer
+from conftest import DTYPES, EPS
 from siglayer import losses
 
 DTYPE_IDS = [np.dtype(d).name for d in DTYPES]
@@ -159,7 +159,8 @@ def test_saturated_network_still_learns():
     ("out", "y", "error", "match"),
     [
         (np.zeros(3), np.zeros(4), ValueError, r"y has shape \(4,\) but out has shape \(3,\)"),
-        (np.zeros(3, np.float32), np.zeros(3), TypeError, "y has dtype float64 but out has float32"),
+        (np.zeros(3, np.float32), np.zeros(3), TypeError,
+         "y has dtype float64 but out has float32"),
         (np.zeros(3), [0.0, 0.0, 0.0], TypeError, "y must be a numpy.ndarray, got list"),
         (np.zeros(3, np.int64), np.zeros(3, np.int64), TypeError, "out has dtype int64"),
         (np.zeros(0), np.zeros(0), ValueError, "empty batch"),

@@ -4,14 +4,15 @@ finite differences, buffer reuse (no allocation in steady state), errors, save/l
 from __future__ import annotations
 
 import gc
+import itertools
 import math
 import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import DTYPES, EPS, assert_within, product_bound
 
 import siglayer
+from conftest import DTYPES, EPS, assert_within, product_bound
 from siglayer import reference
 from siglayer.losses import BCELoss, MSELoss, bce_loss, mse_loss
 
@@ -156,7 +157,7 @@ def test_layer_errors(rng):
         layer.backward_from_preactivation(np.ones((2, 3), np.float32))
     with pytest.raises(TypeError, match=r"x has dtype float64 but this layer computes in float32"):
         layer(np.ones((2, 4)))
-    with pytest.raises(TypeError, match="x must be a numpy.ndarray, got list"):
+    with pytest.raises(TypeError, match=r"x must be a numpy\.ndarray, got list"):
         layer([[1.0] * 4])
     with pytest.raises(ValueError, match=r"x has shape \(2, 5\), expected \(..., 4\)"):
         layer(np.ones((2, 5), np.float32))
@@ -184,7 +185,8 @@ def test_layer_errors(rng):
 
 def make_net(dtype=np.float64, sizes=(6, 5, 4, 3), seed=0):
     rng = np.random.default_rng(seed)
-    layers = [siglayer.SigmoidLayer(a, b, dtype=dtype, seed=rng) for a, b in zip(sizes, sizes[1:])]
+    layers = [siglayer.SigmoidLayer(a, b, dtype=dtype, seed=rng)
+              for a, b in itertools.pairwise(sizes)]
     for layer in layers:
         layer.b[...] = rng.standard_normal(layer.n_out)
     return siglayer.Sequential(*layers)
@@ -232,7 +234,7 @@ def test_network_gradients_match_finite_differences(rng, loss_name):
     loss_of = (lambda o: mse_loss(o, y)) if loss_name == "mse" else (lambda o: bce_loss(o, y))
     _, grads, dx = _loss_and_grads(net, loss_name, x, y)
     h = 1e-6
-    for p, g in zip(net.parameters(), grads):
+    for p, g in zip(net.parameters(), grads, strict=True):
         flat = p.value.reshape(-1)
         numeric = np.empty(flat.size)
         for k in range(flat.size):
@@ -336,7 +338,7 @@ def test_save_load_exact_round_trip(tmp_path, rng):
     for p in net.parameters():
         p.value[...] = rng.standard_normal(p.value.shape)
     net.load(str(path))
-    for p, want in zip(net.parameters(), saved):
+    for p, want in zip(net.parameters(), saved, strict=True):
         assert p.value.tobytes() == want.tobytes()
     other = make_net(np.float32, seed=5)
     other.load(path)
@@ -365,7 +367,7 @@ def test_load_errors_change_nothing(tmp_path):
     make_net(np.float32, sizes=(6, 5, 3)).save(tmp_path / "short.npz")
     with pytest.raises(ValueError, match=r"missing \['2.W', '2.b'\], unexpected \[\]"):
         net.load(tmp_path / "short.npz")
-    for p, want in zip(net.parameters(), before):
+    for p, want in zip(net.parameters(), before, strict=True):
         np.testing.assert_array_equal(p.value, want)
     with pytest.raises(FileNotFoundError):
         net.load(tmp_path / "absent.npz")

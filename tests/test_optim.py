@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DTYPES, EPS
 
 import siglayer
+from conftest import DTYPES, EPS
 from siglayer import _core, reference
 from siglayer.nn import Parameter
 from siglayer.optim import SGD, Adam
@@ -51,9 +51,9 @@ def test_sgd_matches_numpy_reference(rng, threads, dtype, config):
         for p in params:
             p.grad[...] = rng.standard_normal(p.grad.shape)
         opt.step()
-        for p, value, v in zip(params, expected, velocities):
+        for p, value, v in zip(params, expected, velocities, strict=True):
             reference.sgd_step(value, p.grad, v, lr=0.05, first_step=step == 0, **opts)
-    for p, value in zip(params, expected):
+    for p, value in zip(params, expected, strict=True):
         assert_close_after_steps(p.value, value, dtype, 5, p.name)
     assert opt.steps == 5
 
@@ -79,11 +79,11 @@ def test_adam_matches_numpy_reference(rng, threads, dtype, config):
         for p in params:
             p.grad[...] = rng.standard_normal(p.grad.shape)
         opt.step()
-        for p, value, (m, v) in zip(params, expected, moments):
+        for p, value, (m, v) in zip(params, expected, moments, strict=True):
             reference.adam_step(value, p.grad, m, v, step=step, lr=0.01, beta1=betas[0],
                                 beta2=betas[1], **opts)
     for p, value, (m, v), m_got, v_got in zip(params, expected, moments, opt.exp_avgs,
-                                              opt.exp_avg_sqs):
+                                              opt.exp_avg_sqs, strict=True):
         assert_close_after_steps(p.value, value, dtype, 5, p.name)
         assert_close_after_steps(m_got, m, dtype, 5, p.name + " exp_avg")
         assert_close_after_steps(v_got, v, dtype, 5, p.name + " exp_avg_sq")
@@ -116,7 +116,8 @@ def test_updates_are_bitwise_independent_of_threads(rng):
 
 
 def test_optimizer_trains_a_network(rng):
-    net = siglayer.Sequential(siglayer.SigmoidLayer(8, 6, seed=0), siglayer.SigmoidLayer(6, 2, seed=1))
+    net = siglayer.Sequential(siglayer.SigmoidLayer(8, 6, seed=0),
+                              siglayer.SigmoidLayer(6, 2, seed=1))
     x = rng.random((32, 8), dtype=np.float32)
     y = np.stack([x[:, 0] > 0.5, x[:, 1] > x[:, 2]], axis=1).astype(np.float32)
     loss_fn = siglayer.losses.BCELoss()
@@ -160,7 +161,7 @@ def test_matches_torch_optim(rng, dtype, ours, theirs, opts):
     opt = ours(params, **ours_opts)
     topt = getattr(torch.optim, theirs)(tparams, **opts)
     for _ in range(6):
-        for p, tp in zip(params, tparams):
+        for p, tp in zip(params, tparams, strict=True):
             g = rng.standard_normal(p.grad.shape).astype(dtype)
             p.grad[...] = g
             tp.grad = torch.from_numpy(g.copy())
@@ -169,7 +170,7 @@ def test_matches_torch_optim(rng, dtype, ours, theirs, opts):
     # torch forms the same quantities with other roundings (lerp for the first moment,
     # addcmul for the second): they agree to a few ulps per step of the values.
     eps = EPS[np.dtype(dtype)]
-    for p, tp in zip(params, tparams):
+    for p, tp in zip(params, tparams, strict=True):
         want = tp.detach().numpy()
         np.testing.assert_allclose(p.value, want, rtol=0, atol=64 * eps * (np.abs(want).max() + 1))
 
@@ -252,12 +253,12 @@ def test_core_entry_point_checks_every_array(mutate, error, match):
     args = {"params": [np.ones(3), np.ones(4)], "grads": [np.ones(3), np.ones(4)],
             "velocities": [np.zeros(3), np.zeros(4)]}
     mutate(args)
-    snapshot = [a.copy() for a in args["params"] if isinstance(a, np.ndarray)] \
-        if isinstance(args["params"], list) else []
+    params = [a for a in args["params"] if isinstance(a, np.ndarray)]
+    snapshot = [a.copy() for a in params]
     with pytest.raises(error, match=match):
         _core.sgd_step(args["params"], args["grads"], args["velocities"], 0.1, 0.9, 0.0, 0.0,
                        False, False)
-    for before, after in zip(snapshot, [a for a in args["params"] if isinstance(a, np.ndarray)]):
+    for before, after in zip(snapshot, params, strict=True):
         np.testing.assert_array_equal(before, after)
 
 

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_within, product_bound
 
 import siglayer
+from conftest import DTYPES, assert_within, product_bound
 from siglayer import reference
 
 SHAPES = [((1, 1), 1), ((7, 13), 5), ((64, 33), 17), ((300, 257), 129), ((3, 70), 600),
@@ -43,7 +43,7 @@ def test_matches_reference(rng, threads, dtype, shape_x, n_out):
     dZ, x, W = make(rng, shape_x, n_out, dtype)
     copies = [a.copy() for a in (dZ, x, W)]
     check(siglayer.backward_from_preactivation(dZ, x, W), dZ, x, W)
-    for before, after in zip(copies, (dZ, x, W)):
+    for before, after in zip(copies, (dZ, x, W), strict=True):
         np.testing.assert_array_equal(before, after)  # inputs never modified
 
 
@@ -72,7 +72,7 @@ def test_agrees_with_backward_through_the_sigmoid(rng):
     out = siglayer.forward(x, W, b)
     via_dout = siglayer.backward(dout, x, W, out)
     via_dZ = siglayer.backward_from_preactivation(dout * out * (1 - out), x, W)
-    for a, c in zip(via_dout, via_dZ):
+    for a, c in zip(via_dout, via_dZ, strict=True):
         np.testing.assert_allclose(a, c, rtol=1e-13, atol=1e-15)
 
 

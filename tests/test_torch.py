@@ -28,7 +28,7 @@ def test_gradcheck_float64(shape_x):
 
 
 def test_gradcheck_non_contiguous_inputs():
-    x, W, b = tensors(1, (5, 8))
+    x = tensors(1, (5, 8))[0]
     # A transposed x, a column-strided W and a strided b: read through their strides.
     xt = x.detach().T.contiguous().T.requires_grad_()
     Wt = torch.randn(8, 8, dtype=torch.float64)[:, ::2].requires_grad_()
@@ -86,7 +86,7 @@ def test_training_run_matches_linear_and_sigmoid():
 @pytest.mark.parametrize("needs", ["x", "W", "b", "xW", "none"])
 def test_requires_grad_subsets(needs):
     x, W, b = tensors(4, requires_grad=False)
-    for name, t in zip("xWb", (x, W, b)):
+    for name, t in zip("xWb", (x, W, b), strict=True):
         t.requires_grad_(name in needs)
     out = sigmoid_linear(x, W, b)
     if needs == "none":
@@ -95,7 +95,7 @@ def test_requires_grad_subsets(needs):
     out.sum().backward()  # an expanded (stride 0) upstream gradient
     dZ = (out * (1 - out)).detach()
     want = {"x": dZ @ W.detach().T, "W": x.detach().T @ dZ, "b": dZ.sum(0)}
-    for name, t in zip("xWb", (x, W, b)):
+    for name, t in zip("xWb", (x, W, b), strict=True):
         if name in needs:
             torch.testing.assert_close(t.grad, want[name], rtol=1e-12, atol=1e-14)
         else:
@@ -180,9 +180,9 @@ def test_module():
     from_linear = SigmoidLinear.from_linear(linear)
     torch.testing.assert_close(from_linear.W, linear.weight.T)
     assert (from_linear.b == 0).all()
-    with pytest.raises(TypeError, match="dtype must be torch.float32 or torch.float64"):
+    with pytest.raises(TypeError, match=r"dtype must be torch\.float32 or torch\.float64"):
         SigmoidLinear(3, 2, dtype=torch.float16)
     with pytest.raises(ValueError, match="n_out must be >= 1"):
         SigmoidLinear(3, 0)
-    with pytest.raises(TypeError, match="linear must be a torch.nn.Linear"):
+    with pytest.raises(TypeError, match=r"linear must be a torch\.nn\.Linear"):
         SigmoidLinear.from_linear(torch.nn.Conv1d(1, 1, 1))  # type: ignore[arg-type]

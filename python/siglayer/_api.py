@@ -233,16 +233,17 @@ def backward_from_preactivation(
             dZ, x, W, need_dx, dx, dW, db
         )
     if not (isinstance(dZ, _ndarray) and isinstance(x, _ndarray) and isinstance(W, _ndarray)):
-        return _core.backward_from_preactivation(  # type: ignore[no-any-return]
-            dZ, x, W, need_dx, dx, dW, db
-        )  # raises the TypeError naming the argument
+        # The core raises the TypeError naming the argument.
+        return _core.backward_from_preactivation(dZ, x, W, need_dx, dx, dW, db)
     if x.ndim == 0:
         raise ValueError("x must have shape (..., n_in), got a 0-d array")
     if W.ndim != 2:
         raise ValueError(f"W must be 2-D (n_in, n_out), got shape {W.shape}")
     n_in, n_out = W.shape
     if x.shape[-1] != n_in:
-        raise ValueError(f"W has shape {W.shape} but x has {x.shape[-1]} features (shape {x.shape})")
+        raise ValueError(
+            f"W has shape {W.shape} but x has {x.shape[-1]} features (shape {x.shape})"
+        )
     lead = x.shape[:-1]
     if dZ.shape != (*lead, n_out):
         raise ValueError(

@@ -37,13 +37,13 @@ from . import _core
 from ._buffers import BufferCache
 
 __all__ = [
-    "mse_loss",
-    "mse_grad",
+    "BCELoss",
+    "MSELoss",
+    "bce_grad_preactivation",
     "bce_loss",
     "bce_with_logits_loss",
-    "bce_grad_preactivation",
-    "MSELoss",
-    "BCELoss",
+    "mse_grad",
+    "mse_loss",
 ]
 
 Array = NDArray[np.floating]

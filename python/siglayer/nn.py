@@ -21,11 +21,12 @@ the same shape: keep ``out.copy()`` if you need a result for longer.
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import os
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, cast, runtime_checkable
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
@@ -33,7 +34,7 @@ from numpy.typing import DTypeLike, NDArray
 from . import _api, _core
 from ._buffers import BufferCache
 
-__all__ = ["Parameter", "Layer", "SigmoidLayer", "Sequential", "save_parameters", "load_parameters"]
+__all__ = ["Layer", "Parameter", "Sequential", "SigmoidLayer", "load_parameters", "save_parameters"]
 
 Array = NDArray[np.floating]
 _ndarray = np.ndarray
@@ -89,7 +90,7 @@ def _float_dtype(dtype: DTypeLike) -> np.dtype[np.floating]:
         raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
     if dt not in _FLOAT_DTYPES or not dt.isnative:
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
+    return cast("np.dtype[np.floating]", dt)
 
 
 class SigmoidLayer:
@@ -378,7 +379,7 @@ class Sequential:
             if not isinstance(layer, Layer):
                 raise TypeError(f"layer {i} is a {type(layer).__name__}, not a layer (it needs "
                                 f"n_in, n_out, dtype, forward, backward and parameters)")
-        for i, (a, b) in enumerate(zip(layers, layers[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(layers)):
             if a.n_out != b.n_in:
                 raise ValueError(f"layer {i + 1} takes {b.n_in} inputs but layer {i} gives "
                                  f"{a.n_out} outputs")

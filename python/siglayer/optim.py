@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from . import _core
 from .nn import Parameter
 
-__all__ = ["Optimizer", "SGD", "Adam"]
+__all__ = ["SGD", "Adam", "Optimizer"]
 
 Array = NDArray[np.floating]
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))

@@ -135,7 +135,8 @@ def adam_step(
     dtype = param.dtype.type
     if weight_decay != 0 and decoupled_weight_decay:
         param *= dtype(1 - lr * weight_decay)
-    g = grad + dtype(weight_decay) * param if weight_decay != 0 and not decoupled_weight_decay else grad
+    l2 = weight_decay != 0 and not decoupled_weight_decay
+    g = grad + dtype(weight_decay) * param if l2 else grad
     exp_avg[...] = dtype(beta1) * exp_avg + dtype(1 - beta1) * g
     exp_avg_sq[...] = dtype(beta2) * exp_avg_sq + dtype(1 - beta2) * (g * g)
     step_size = dtype(lr / (1 - beta1**step))

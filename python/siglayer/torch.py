@@ -40,7 +40,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 
 from . import _api
 
-__all__ = ["sigmoid_linear", "SigmoidLinear", "SigmoidLinearFunction"]
+__all__ = ["SigmoidLinear", "SigmoidLinearFunction", "sigmoid_linear"]
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -73,7 +73,7 @@ class SigmoidLinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: FunctionCtx, x: torch.Tensor, W: torch.Tensor,  # type: ignore[override]
+    def forward(ctx: FunctionCtx, x: torch.Tensor, W: torch.Tensor,
                 b: torch.Tensor) -> torch.Tensor:
         out = torch.empty((*x.shape[:-1], W.shape[1]), dtype=x.dtype)
         _api.forward(_numpy(x), _numpy(W), _numpy(b), out=out.numpy())
@@ -83,7 +83,7 @@ class SigmoidLinearFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor
                  ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         # Autograd runs backward with grad mode on only for create_graph=True. The kernels'
         # gradients are not differentiable; returning them anyway would silently drop
@@ -155,7 +155,7 @@ def sigmoid_linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.T
     if b.dim() != 1 or b.shape[0] != W.shape[1]:
         raise ValueError(f"b has shape {tuple(b.shape)}, expected ({W.shape[1]},) for W of "
                          f"shape {tuple(W.shape)}")
-    result = SigmoidLinearFunction.apply(x, W, b)
+    result = SigmoidLinearFunction.apply(x, W, b)  # type: ignore[no-untyped-call]
     assert isinstance(result, torch.Tensor)
     return result
 
