@@ -102,9 +102,8 @@ py::tuple backward(py::handle dout_h, py::handle x_h, py::handle W_h, py::handle
 }
 
 // dZ is (n, n_out), x is (n, n_in), W is (n_in, n_out). Returns (dx or None, dW, db).
-py::tuple backward_from_preactivation(py::handle dZ_h, py::handle x_h, py::handle W_h,
-                                      bool need_dx, py::handle dx_h, py::handle dW_h,
-                                      py::handle db_h) {
+py::tuple backward_from_preactivation(py::handle dZ_h, py::handle x_h, py::handle W_h, bool need_dx,
+                                      py::handle dx_h, py::handle dW_h, py::handle db_h) {
     const py::array dZ = as_array(dZ_h, "dZ"), x = as_array(x_h, "x"), W = as_array(W_h, "W");
     const int type_num = float_type_num(dZ, "dZ");
     float_type_num(x, "x");
@@ -167,8 +166,8 @@ void register_layer(py::module_& m) {
           py::arg("need_dx") = true, py::arg("dx") = py::none(), py::arg("dW") = py::none(),
           py::arg("db") = py::none(),
           "(dx, dW, db) for 2-D arrays; see siglayer.backward for the full API.");
-    m.def("backward_from_preactivation", &backward_from_preactivation, py::arg("dZ"),
-          py::arg("x"), py::arg("W"), py::arg("need_dx") = true, py::arg("dx") = py::none(),
+    m.def("backward_from_preactivation", &backward_from_preactivation, py::arg("dZ"), py::arg("x"),
+          py::arg("W"), py::arg("need_dx") = true, py::arg("dx") = py::none(),
           py::arg("dW") = py::none(), py::arg("db") = py::none(),
           "(dx, dW, db) from dZ, the gradient w.r.t. x @ W + b, for 2-D arrays; see "
           "siglayer.backward_from_preactivation.");

@@ -57,9 +57,10 @@ void register_losses(py::module_& m) {
     m.def(
         "bce_sigmoid",
         [](py::handle out, py::handle y, py::handle dZ, double divisor) {
-            return run(out, y, dZ, divisor, "dZ", [](auto* g, auto* o, auto* t, index_t n, double d) {
-                return losses::bce_sigmoid(g, o, t, n, d);
-            });
+            return run(out, y, dZ, divisor, "dZ",
+                       [](auto* g, auto* o, auto* t, index_t n, double d) {
+                           return losses::bce_sigmoid(g, o, t, n, d);
+                       });
         },
         py::arg("out"), py::arg("y"), py::arg("dZ"), py::arg("divisor"),
         "Writes dZ = (out - y) / divisor and returns the summed binary cross-entropy (logs "
@@ -67,10 +68,10 @@ void register_losses(py::module_& m) {
     m.def(
         "mse",
         [](py::handle out, py::handle y, py::handle dout, double divisor) {
-            return run(out, y, dout, divisor, "dout", [](auto* g, auto* o, auto* t, index_t n,
-                                                          double d) {
-                return losses::mse(g, o, t, n, d);
-            });
+            return run(out, y, dout, divisor, "dout",
+                       [](auto* g, auto* o, auto* t, index_t n, double d) {
+                           return losses::mse(g, o, t, n, d);
+                       });
         },
         py::arg("out"), py::arg("y"), py::arg("dout"), py::arg("divisor"),
         "Writes dout = 2 (out - y) / divisor and returns the summed squared error; see "

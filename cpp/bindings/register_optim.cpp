@@ -32,7 +32,8 @@ std::vector<py::handle> as_list(py::handle seq, const char* name, std::size_t ex
     std::vector<py::handle> items;
     items.reserve(s.size());
     // Borrowed: the list (held by the caller for the whole call) keeps them alive.
-    for (std::size_t i = 0; i < s.size(); ++i) items.push_back(PySequence_Fast_GET_ITEM(seq.ptr(), i));
+    for (std::size_t i = 0; i < s.size(); ++i)
+        items.push_back(PySequence_Fast_GET_ITEM(seq.ptr(), i));
     return items;
 }
 
@@ -63,11 +64,11 @@ py::array array_arg(py::handle h, Name name, const py::array* like, bool writeab
     static const py::handle ndarray =
         py::object(py::module_::import("numpy").attr("ndarray")).release();
     const py::array a = py::type::handle_of(h).is(ndarray) ? py::reinterpret_borrow<py::array>(h)
-                                                 : as_array(h, name.str().c_str());
-    const bool ok = is_float_native(a) && (like == nullptr || (same_shape(a, *like) &&
-                                                               a.dtype().num() ==
-                                                                   like->dtype().num())) &&
-                    (a.flags() & py::array::c_style) && (!writeable || a.writeable());
+                                                           : as_array(h, name.str().c_str());
+    const bool ok =
+        is_float_native(a) &&
+        (like == nullptr || (same_shape(a, *like) && a.dtype().num() == like->dtype().num())) &&
+        (a.flags() & py::array::c_style) && (!writeable || a.writeable());
     if (ok) return a;
     const std::string n = name.str();
     float_type_num(a, n.c_str());
@@ -131,7 +132,7 @@ void run_tasks(const Tasks& all, const Run& run) {
 // optimizer.)
 template <std::size_t S>
 Tasks gather(py::handle params_h, py::handle grads_h,
-                         const std::pair<const char*, py::handle> (&states)[S]) {
+             const std::pair<const char*, py::handle> (&states)[S]) {
     static_assert(S <= 2, "Task holds two state arrays");
     const std::vector<py::handle> params = as_list(params_h, "params", -1);
     const std::vector<py::handle> grads = as_list(grads_h, "grads", params.size());
@@ -144,7 +145,10 @@ Tasks gather(py::handle params_h, py::handle grads_h,
     for (std::size_t i = 0; i < params.size(); ++i) {
         py::array param = array_arg(params[i], {"params", i}, nullptr, true);
         const py::array grad = array_arg(grads[i], {"grads", i}, &param, false);
-        Task task{param.dtype().num(), param.mutable_data(), grad.data(), {nullptr, nullptr},
+        Task task{param.dtype().num(),
+                  param.mutable_data(),
+                  grad.data(),
+                  {nullptr, nullptr},
                   static_cast<index_t>(param.size())};
         std::pair<Name, Span> spans[2 + S] = {{{"params", i}, span_of(param)},
                                               {{"grads", i}, span_of(grad)}};
@@ -198,10 +202,10 @@ void adam_step(py::handle params, py::handle grads, py::handle exp_avgs, py::han
                                   std::to_string(i) + "] must be arrays, got None");
     }
     const optim::AdamOptions options{lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay};
-    run_tasks(tasks, [&](auto* param, const auto* grad, auto* exp_avg, auto* exp_avg_sq,
-                         index_t count) {
-        optim::adam_step(param, grad, exp_avg, exp_avg_sq, count, options, step);
-    });
+    run_tasks(tasks,
+              [&](auto* param, const auto* grad, auto* exp_avg, auto* exp_avg_sq, index_t count) {
+                  optim::adam_step(param, grad, exp_avg, exp_avg_sq, count, options, step);
+              });
 }
 
 }  // namespace
@@ -212,9 +216,9 @@ void register_optim(py::module_& m) {
           py::arg("nesterov"), py::arg("first_step"),
           "One SGD update of every params[i] in place; see siglayer.optim.SGD.");
     m.def("adam_step", &adam_step, py::arg("params"), py::arg("grads"), py::arg("exp_avgs"),
-          py::arg("exp_avg_sqs"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
-          py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled_weight_decay"),
-          py::arg("step"), "One Adam update of every params[i] in place; see siglayer.optim.Adam.");
+          py::arg("exp_avg_sqs"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+          py::arg("weight_decay"), py::arg("decoupled_weight_decay"), py::arg("step"),
+          "One Adam update of every params[i] in place; see siglayer.optim.Adam.");
 }
 
 }  // namespace siglayer::bindings

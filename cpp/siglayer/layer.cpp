@@ -335,11 +335,9 @@ void backward(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dout, Matri
     check_backward(dout, x, W, out);
     const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
     const bool need_dx = dx.data != nullptr;
-    if (!check_gradient_outputs(dx, dW, db, n, n_in, n_out,
-                                {{"dout", extent(dout)},
-                                 {"x", extent(x)},
-                                 {"W", extent(W)},
-                                 {"out", extent(out)}}))
+    if (!check_gradient_outputs(
+            dx, dW, db, n, n_in, n_out,
+            {{"dout", extent(dout)}, {"x", extent(x)}, {"W", extent(W)}, {"out", extent(out)}}))
         return;
 
     Scratch& scratch = Scratch::for_this_thread();
@@ -429,9 +427,8 @@ void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<T> dW, T* db, Matrix
             index_t i0 = 0, i1 = 0;
             split_range(n, omp_get_num_threads(), omp_get_thread_num(), 1, i0, i1);
             if (i1 > i0)
-                blas::gemm<T>(dZo.op, flip(Wo.op), i1 - i0, n_in, n_out, T(1),
-                              row_offset(dZo, i0), dZo.ld, Wo.data, Wo.ld, T(0),
-                              dx.data + i0 * n_in, n_in);
+                blas::gemm<T>(dZo.op, flip(Wo.op), i1 - i0, n_in, n_out, T(1), row_offset(dZo, i0),
+                              dZo.ld, Wo.data, Wo.ld, T(0), dx.data + i0 * n_in, n_in);
         }
     });
 }

@@ -37,8 +37,8 @@ void for_ranges(index_t count, const Update& update) {
 template <class T>
 void sgd_step(T* param, const T* grad, T* velocity, index_t count, const SGDOptions& options,
               bool first_step) {
-    const T lr = T(options.lr), momentum = T(options.momentum),
-            damp = T(1) - T(options.dampening), decay = T(options.weight_decay);
+    const T lr = T(options.lr), momentum = T(options.momentum), damp = T(1) - T(options.dampening),
+            decay = T(options.weight_decay);
     const bool use_decay = options.weight_decay != 0;
     if (options.momentum == 0) {
         for_ranges(count, [&](index_t begin, index_t end) {
@@ -95,10 +95,9 @@ void adam_step(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, index_t count
 }
 
 template void sgd_step<float>(float*, const float*, float*, index_t, const SGDOptions&, bool);
-template void sgd_step<double>(double*, const double*, double*, index_t, const SGDOptions&,
-                               bool);
-template void adam_step<float>(float*, const float*, float*, float*, index_t,
-                               const AdamOptions&, index_t);
+template void sgd_step<double>(double*, const double*, double*, index_t, const SGDOptions&, bool);
+template void adam_step<float>(float*, const float*, float*, float*, index_t, const AdamOptions&,
+                               index_t);
 template void adam_step<double>(double*, const double*, double*, double*, index_t,
                                 const AdamOptions&, index_t);
 
