@@ -2,8 +2,14 @@
 cross-entropy, Adam), with siglayer against the same network in plain NumPy and in
 PyTorch, measured in one process with interleaved rounds.
 
-    pip install ".[examples,torch]"
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_training.py
+    pip install ".[examples,torch,bench]"
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_training.py --threads 1
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_training.py   # defaults
+
+``--threads N`` runs every library on N threads (siglayer, PyTorch, NumPy's BLAS through
+threadpoolctl). Layers this small run on one thread in siglayer whatever the setting;
+PyTorch uses its whole pool, whose barriers stall badly when other processes compete for
+the cores, so on a shared machine ``--threads 1`` gives the stable comparison.
 
 One step is what a training loop does per mini-batch: forward through both layers, the
 loss value and its gradient, backward, and the optimizer's update. Every contender
@@ -118,8 +124,9 @@ class NumpyTrainer(Trainer):
         out = reference.forward(h, W2, b2)
         n = out.size
         # Binary cross-entropy with each log clamped at -100, and its fused gradient.
-        log_p = np.maximum(np.log(np.maximum(out, 0)), -100)
-        log_q = np.maximum(np.log1p(-out), -100)
+        with np.errstate(divide="ignore"):  # log(0) = -inf where out saturates; clamped
+            log_p = np.maximum(np.log(out), -100)
+            log_q = np.maximum(np.log1p(-out), -100)
         loss = -float(np.sum(y * log_p + (1 - y) * log_q)) / n
         dZ2 = (out - y) / out.dtype.type(n)
         dh, dW2, db2 = reference.backward_from_preactivation(dZ2, h, W2)
@@ -197,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
     parser.add_argument("--rounds", type=int, default=31)
     parser.add_argument("--no-torch", action="store_true", help="siglayer and NumPy only")
+    parser.add_argument("--threads", type=int, help="threads for every library (default: "
+                        "each library's own default)")
     args = parser.parse_args(argv)
 
     have_torch = False
@@ -207,15 +216,20 @@ def main(argv: list[str] | None = None) -> None:
             have_torch = True
         except ImportError:
             print("torch is not installed: timing siglayer and NumPy only")
+    if args.threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        siglayer.set_num_threads(args.threads)
+        if have_torch:
+            torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads, user_api="blas")
     weights = initial_weights()
-    config = siglayer.show_config
     print(f"digits network {N_IN} -> {N_HIDDEN} -> {N_OUT}, sigmoid, binary cross-entropy, "
           f"Adam (lr {LR}), float32; one step = forward, loss, backward, update")
     print(f"siglayer {siglayer.__version__} ({siglayer._config.config()['blas']}, "
           f"{siglayer.get_num_threads()} threads), numpy {np.__version__}"
           + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if have_torch
              else "") + f", Python {platform.python_version()}")
-    del config
     rows = []
     for batch_size in args.batch_sizes:
         batches = digits_batches(batch_size)
