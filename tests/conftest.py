@@ -16,13 +16,18 @@ import pytest
 
 import siglayer
 
-EPS = {np.dtype(np.float32): float(np.finfo(np.float32).eps), np.dtype(np.float64): float(np.finfo(np.float64).eps)}
+EPS = {
+    np.dtype(np.float32): float(np.finfo(np.float32).eps),
+    np.dtype(np.float64): float(np.finfo(np.float64).eps),
+}
 DTYPES = [np.float32, np.float64]
 
 
 def product_bound(abs_a: np.ndarray, abs_b: np.ndarray, k: int, dtype: np.dtype) -> np.ndarray:
     """Allowed |siglayer - reference| for a product of inner length k (see module doc)."""
-    return 2 * (k + 4) * EPS[np.dtype(dtype)] * (abs_a.astype(np.float64) @ abs_b.astype(np.float64))
+    return (
+        2 * (k + 4) * EPS[np.dtype(dtype)] * (abs_a.astype(np.float64) @ abs_b.astype(np.float64))
+    )
 
 
 def assert_within(got: np.ndarray, want: np.ndarray, bound: np.ndarray | float, what: str) -> None:
@@ -54,3 +59,11 @@ def threads(request: pytest.FixtureRequest):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20261127)
+
+
+@pytest.fixture
+def restore_threads():
+    """Leaves siglayer's thread count as it found it."""
+    before = siglayer.get_num_threads()
+    yield
+    siglayer.set_num_threads(before)

@@ -13,8 +13,12 @@ from siglayer import __main__ as cli
 
 def test_main_job_runs_and_reports_matches():
     # --no-timing keeps the suite fast; the timing table is exercised below on one size.
-    result = subprocess.run([sys.executable, "-m", "siglayer", "check", "--no-timing"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "siglayer", "check", "--no-timing"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "all results match the reference" in result.stdout
     assert result.stdout.count(" ok") == 2 * len(cli.CHECK_SIZES)

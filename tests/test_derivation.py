@@ -100,7 +100,10 @@ def test_jacobian_entries_match_finite_differences():
             out_down = siglayer.forward(**{**params, name: down})
             slope = (out_up - out_down) / (2 * h)  # (n, n_out)
             np.testing.assert_allclose(
-                J[(slice(None), slice(None), *index)], slope, rtol=0, atol=1e-9,
+                J[(slice(None), slice(None), *index)],
+                slope,
+                rtol=0,
+                atol=1e-9,
                 err_msg=f"J_{name}[:, :, {index}]",
             )
 
@@ -160,11 +163,17 @@ JACOBIAN_BAD = {
     "x-int": ({"x": _x.astype(np.int64)}, TypeError, r"x has dtype int64"),
     "W-float16": ({"W": _W.astype(np.float16)}, TypeError, r"W has dtype float16"),
     "W-list": ({"W": _W.tolist()}, TypeError, r"W must be a numpy\.ndarray"),
-    "mixed": ({"W": _W.astype(np.float32)}, TypeError,
-              r"share one dtype; got x float64, W float32"),
+    "mixed": (
+        {"W": _W.astype(np.float32)},
+        TypeError,
+        r"share one dtype; got x float64, W float32",
+    ),
     "x-matrix": ({"x": _x.view(np.matrix)}, TypeError, r"x must be a plain numpy\.ndarray"),
-    "inner-mismatch": ({"x": np.ones((4, 5))}, ValueError,
-                       r"W has shape \(3, 2\) but x has 5 features \(shape \(4, 5\)\)"),
+    "inner-mismatch": (
+        {"x": np.ones((4, 5))},
+        ValueError,
+        r"W has shape \(3, 2\) but x has 5 features \(shape \(4, 5\)\)",
+    ),
     "b-size": ({"b": np.ones(3)}, ValueError, r"b has 3 entries but W has shape \(3, 2\)"),
     "W-1d": ({"W": _W[:, 0]}, ValueError, r"W must be 2-D \(n_in, n_out\)"),
 }
@@ -186,8 +195,11 @@ GRADCHECK_TOL = {np.dtype(np.float64): 1e-7, np.dtype(np.float32): 1e-4}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize(("shape_x", "n_out"), GRADCHECK_SHAPES,
-                         ids=[f"x{'x'.join(map(str, s))}-out{o}" for s, o in GRADCHECK_SHAPES])
+@pytest.mark.parametrize(
+    ("shape_x", "n_out"),
+    GRADCHECK_SHAPES,
+    ids=[f"x{'x'.join(map(str, s))}-out{o}" for s, o in GRADCHECK_SHAPES],
+)
 def test_gradcheck_passes(dtype, shape_x, n_out):
     rng = np.random.default_rng(len(shape_x) * 100 + shape_x[-1] * 10 + n_out)
     x = rng.standard_normal(shape_x).astype(dtype)
@@ -251,12 +263,21 @@ GRADCHECK_BAD = {
     "x-list": ({"x": [[1.0, 2.0, 3.0]]}, TypeError, r"x must be a numpy\.ndarray, got list"),
     "x-int": ({"x": _x.astype(np.int32)}, TypeError, r"x has dtype int32"),
     "mixed": ({"b": _b.astype(np.float32)}, TypeError, r"share one dtype"),
-    "dout-shape": ({"dout": np.ones((4, 3))}, ValueError,
-                   r"dout has shape \(4, 3\), expected \(4, 2\)"),
-    "dout-dtype": ({"dout": _G.astype(np.float32)}, TypeError,
-                   r"share one dtype; got dout float32"),
-    "inner-mismatch": ({"W": np.ones((5, 2))}, ValueError,
-                       r"W has shape \(5, 2\) but x has 3 features"),
+    "dout-shape": (
+        {"dout": np.ones((4, 3))},
+        ValueError,
+        r"dout has shape \(4, 3\), expected \(4, 2\)",
+    ),
+    "dout-dtype": (
+        {"dout": _G.astype(np.float32)},
+        TypeError,
+        r"share one dtype; got dout float32",
+    ),
+    "inner-mismatch": (
+        {"W": np.ones((5, 2))},
+        ValueError,
+        r"W has shape \(5, 2\) but x has 3 features",
+    ),
 }
 
 
@@ -330,8 +351,9 @@ def side_by_side(lines: list[str], left: str, right: str, occurrence: int = 0):
 
 
 def test_explain_prints_matching_numbers():
-    result = subprocess.run([sys.executable, "-m", "siglayer", "explain"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "siglayer", "explain"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "every contraction equals backward" in result.stdout
@@ -371,8 +393,9 @@ def test_explain_exits_nonzero_on_a_mismatch(monkeypatch, capsys, which):
     captured = capsys.readouterr()
     assert "MISMATCH" in captured.err
     name = which.split("-")[0]
-    verdicts = re.findall(rf"^{name}: contraction of J_{name[1:]} vs backward.*  (\w+)$",
-                          captured.out, flags=re.M)
+    verdicts = re.findall(
+        rf"^{name}: contraction of J_{name[1:]} vs backward.*  (\w+)$", captured.out, flags=re.M
+    )
     assert verdicts == ["MISMATCH", "MISMATCH"]  # for G = ones and for the random G
     for other in {"dx", "dW", "db"} - {name}:
         assert re.findall(rf"^{other}: .*  (\w+)$", captured.out, flags=re.M) == ["equal"] * 2

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import DTYPES, EPS, assert_within, make_problem, product_bound
 
 import siglayer
+from conftest import DTYPES, EPS, assert_within, make_problem, product_bound
 from siglayer import reference
 
 # (shape of x, n_out): tiny, primes, large-ish, zero-size, batch dimensions, 1-D x.
@@ -88,8 +88,10 @@ def test_memory_layouts(rng, threads, dtype, layout):
     assert_within(out, reference.forward(x, W, b), forward_bound(x, W, b, out), "out")
     got = siglayer.backward(doutl, xl, Wl, outl)
     check_backward(dout, x, W, out_ref, got)
-    for g, r in zip(got, grads_ref):
-        assert_within(g, r, product_bound(np.ones((1, 1)), np.ones((1, 1)), 64, dtype)[0, 0] * 10, "layout")
+    for g, r in zip(got, grads_ref, strict=True):
+        assert_within(
+            g, r, product_bound(np.ones((1, 1)), np.ones((1, 1)), 64, dtype)[0, 0] * 10, "layout"
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -169,7 +171,7 @@ def test_out_buffers_are_used_and_returned(rng, dtype, shape_x):
     dx, dW, db = (np.full(s, np.nan, dtype) for s in (x.shape, W.shape, (3,)))
     got = siglayer.backward(dout, x, W, out, dx=dx, dW=dW, db=db)
     assert got[0] is dx and got[1] is dW and got[2] is db
-    for g, r in zip(got, siglayer.backward(dout, x, W, out)):
+    for g, r in zip(got, siglayer.backward(dout, x, W, out), strict=True):
         np.testing.assert_array_equal(g, r)
 
 
@@ -189,8 +191,15 @@ def test_special_values_propagate(dtype):
     for z, want in ((np.inf, 1.0), (-np.inf, 0.0), (np.nan, np.nan), (1e4, 1.0), (-1e4, 0.0)):
         out = siglayer.forward(x[:1], W, np.array([z], dtype))
         np.testing.assert_array_equal(out, [[want]])
-    big = siglayer.forward(np.array([[1.0]], dtype), np.array([[1.0]], dtype), np.array([-100.0], dtype))
-    np.testing.assert_array_equal(big, reference.forward(np.array([[1.0]], dtype), np.array([[1.0]], dtype), np.array([-100.0], dtype)))
+    big = siglayer.forward(
+        np.array([[1.0]], dtype), np.array([[1.0]], dtype), np.array([-100.0], dtype)
+    )
+    np.testing.assert_array_equal(
+        big,
+        reference.forward(
+            np.array([[1.0]], dtype), np.array([[1.0]], dtype), np.array([-100.0], dtype)
+        ),
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -201,7 +210,7 @@ def test_repeatable_bitwise(rng, threads, dtype):
     for _ in range(3):
         again = siglayer.forward(x, W, b)
         np.testing.assert_array_equal(again, first)
-        for g, r in zip(siglayer.backward(dout, x, W, again), grads):
+        for g, r in zip(siglayer.backward(dout, x, W, again), grads, strict=True):
             np.testing.assert_array_equal(g, r)
 
 
@@ -212,7 +221,12 @@ def test_preallocated_training_step_allocates_nothing(rng, threads, dtype):
     import tracemalloc
 
     x, W, b, dout = make_problem(rng, (64, 48), 32, dtype)
-    out, dx, dW, db = np.empty((64, 32), dtype), np.empty_like(x), np.empty_like(W), np.empty_like(b)
+    out, dx, dW, db = (
+        np.empty((64, 32), dtype),
+        np.empty_like(x),
+        np.empty_like(W),
+        np.empty_like(b),
+    )
 
     def step() -> None:
         siglayer.forward(x, W, b, out=out)

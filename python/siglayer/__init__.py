@@ -1,12 +1,47 @@
 """siglayer: forward and backward of a dense layer followed by a sigmoid, on the CPU.
 
-out = sigmoid(x @ W + b), with x (..., n_in), W (n_in, n_out), b (n_out,).
-The compiled core runs the three matrix products through BLAS and the elementwise
-work in vectorized OpenMP sweeps; ``siglayer.reference`` is the same math in NumPy.
+out = sigmoid(x @ W + b), with x (..., n_in), W (n_in, n_out), b (n_out,), in float32
+or float64. The compiled core runs the three matrix products through BLAS and the
+elementwise work in vectorized OpenMP sweeps; ``siglayer.reference`` is the same math
+in plain NumPy, and ``siglayer.compare`` measures the one against the other.
+
+Functions
+---------
+forward(x, W, b, *, out=None)
+    ``sigmoid(x @ W + b)``.
+backward(dout, x, W, out, *, need_dx=True, dx=None, dW=None, db=None)
+    ``(dx, dW, db)`` from the upstream gradient ``dout``.
+backward_from_preactivation(dZ, x, W, *, need_dx=True, dx=None, dW=None, db=None)
+    The same from ``dZ``, the gradient with respect to ``x @ W + b``.
+compare(...)
+    Max errors of siglayer against ``siglayer.reference`` (``ErrorStats``).
+set_num_threads(n), get_num_threads()
+    The size of siglayer's thread pool.
+show_config()
+    Version, BLAS backend, threads and SIMD level.
+jacobian(x, W, b), gradcheck(x, W, b, ...)
+    The full Jacobians of out, and ``backward`` against finite differences
+    (``GradcheckErrors``): the derivation, checkable.
 
 For training loops: ``SigmoidLayer`` and ``Sequential`` (layer objects that own their
-weights, gradients and buffers), ``siglayer.losses`` and ``siglayer.optim``; for
-PyTorch, ``siglayer.torch`` (imported on its own, only when torch is installed).
+weights, gradients and buffers; ``Parameter``, ``save_parameters``,
+``load_parameters``), ``siglayer.losses`` and ``siglayer.optim``; for PyTorch,
+``siglayer.torch`` (imported on its own, only when torch is installed).
+
+The user guide is docs/guide.md in the source distribution; ``python -m siglayer``
+checks the installation against the NumPy reference and times both.
+
+Examples
+--------
+>>> import numpy as np, siglayer
+>>> rng = np.random.default_rng(0)
+>>> x = rng.standard_normal((64, 32), dtype=np.float32)
+>>> W = rng.standard_normal((32, 16), dtype=np.float32)
+>>> b = np.zeros(16, np.float32)
+>>> out = siglayer.forward(x, W, b)
+>>> dx, dW, db = siglayer.backward(np.ones_like(out), x, W, out)
+>>> out.shape, dx.shape, dW.shape, db.shape, dW.dtype
+((64, 16), (64, 32), (32, 16), (16,), dtype('float32'))
 """
 
 from __future__ import annotations

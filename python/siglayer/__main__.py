@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _api, _compare, _config, _derivation, reference
 from ._timing import interleaved_medians
+from ._typing import Float
 
 CHECK_SIZES = [(1, 1, 1), (7, 13, 5), (32, 64, 32), (64, 256, 128), (256, 512, 512)]
 TIMING_SIZES = [(32, 64, 32), (64, 256, 128), (256, 512, 512), (1024, 1024, 1024)]
@@ -32,7 +33,11 @@ def check(*, timing: bool = True) -> int:
     """Print errors against the reference (and timings); return the exit status."""
     print(_header())
     print("\nsiglayer vs siglayer.reference: max abs error (norm-wise relative error)")
-    print(f"{'dtype':8} {'n':>5} {'n_in':>5} {'n_out':>5}  " + "".join(f"{k:>22}" for k in ("out", "dx", "dW", "db")) + "  status")
+    print(
+        f"{'dtype':8} {'n':>5} {'n_in':>5} {'n_out':>5}  "
+        + "".join(f"{k:>22}" for k in ("out", "dx", "dW", "db"))
+        + "  status"
+    )
     failures = 0
     for dtype in (np.float32, np.float64):
         tol = _compare.TOLERANCE[np.dtype(dtype)]
@@ -41,17 +46,22 @@ def check(*, timing: bool = True) -> int:
             ok = all(e.max_rel <= tol for e in errors.values())
             failures += not ok
             cells = "".join(f"{e.max_abs:>11.2e} ({e.max_rel:.1e})" for e in errors.values())
-            print(f"{np.dtype(dtype).name:8} {n:>5} {n_in:>5} {n_out:>5}  {cells}  {'ok' if ok else 'MISMATCH'}")
-    print(f"tolerance on the relative error: float32 {_compare.TOLERANCE[np.dtype(np.float32)]:.0e}, "
-          f"float64 {_compare.TOLERANCE[np.dtype(np.float64)]:.0e}")
+            status = "ok" if ok else "MISMATCH"
+            print(f"{np.dtype(dtype).name:8} {n:>5} {n_in:>5} {n_out:>5}  {cells}  {status}")
+    print(
+        f"tolerance on the relative error: float32 {_compare.TOLERANCE[np.dtype(np.float32)]:.0e}, "
+        f"float64 {_compare.TOLERANCE[np.dtype(np.float64)]:.0e}"
+    )
     if timing:
         print("\nforward + backward (with dx), median time per call, interleaved runs")
         print(f"{'dtype':8} {'(n, n_in, n_out)':>20} {'numpy':>12} {'siglayer':>12} {'speedup':>8}")
         for dtype in (np.float32, np.float64):
             for size in TIMING_SIZES:
                 t = _time_pair(size, dtype)
-                print(f"{np.dtype(dtype).name:8} {str(size):>20} {_fmt(t['numpy'])} {_fmt(t['siglayer'])} "
-                      f"{t['numpy'] / t['siglayer']:>7.2f}x")
+                print(
+                    f"{np.dtype(dtype).name:8} {size!s:>20} {_fmt(t['numpy'])} "
+                    f"{_fmt(t['siglayer'])} {t['numpy'] / t['siglayer']:>7.2f}x"
+                )
     if failures:
         print(f"\n{failures} size(s) MISMATCH the reference", file=sys.stderr)
         return 1
@@ -63,7 +73,7 @@ def _fmt(seconds: float) -> str:
     return f"{seconds * 1e6:>10.1f}us" if seconds < 1e-2 else f"{seconds * 1e3:>10.2f}ms"
 
 
-def _time_pair(size: tuple[int, int, int], dtype: type) -> dict[str, float]:
+def _time_pair(size: tuple[int, int, int], dtype: type[Float]) -> dict[str, float]:
     n, n_in, n_out = size
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, n_in)).astype(dtype)
@@ -83,8 +93,11 @@ def _time_pair(size: tuple[int, int, int], dtype: type) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m siglayer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m siglayer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command")
     check_p = sub.add_parser("check", help="compare with the NumPy reference and time (default)")
     check_p.add_argument("--no-timing", action="store_true", help="skip the timing table")

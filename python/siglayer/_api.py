@@ -9,48 +9,66 @@ caller passed, so that error messages show them.
 from __future__ import annotations
 
 import math
+from typing import Literal, overload
 
 import numpy as np
 from numpy.typing import NDArray
 
 from . import _core
+from ._typing import Float
 
-__all__ = ["forward", "backward", "backward_from_preactivation"]
+__all__ = ["backward", "backward_from_preactivation", "forward"]
 
 _ndarray = np.ndarray
-Array = NDArray[np.floating]
 
 
-def forward(x: Array, W: Array, b: Array, *, out: Array | None = None) -> Array:
+def forward(
+    x: NDArray[Float], W: NDArray[Float], b: NDArray[Float], *, out: NDArray[Float] | None = None
+) -> NDArray[Float]:
     """Forward pass of a dense layer followed by a sigmoid: ``sigmoid(x @ W + b)``.
 
     Parameters
     ----------
-    x : ndarray, shape (..., n_in)
-        Inputs; leading dimensions are batch dimensions, as in ``torch.nn.Linear``.
-        A 1-D x is one sample and gives a 1-D result.
-    W : ndarray, shape (n_in, n_out)
-        Weights.
-    b : ndarray, shape (n_out,) or (1, n_out)
+    x : ndarray, float32 or float64, shape (..., n_in)
+        Inputs, one row per sample. Leading dimensions are batch dimensions, as in
+        ``torch.nn.Linear``; a 1-D x is one sample and gives a 1-D result.
+    W : ndarray, x's dtype, shape (n_in, n_out)
+        Weights (note: ``torch.nn.Linear.weight`` is the transpose, (n_out, n_in)).
+    b : ndarray, x's dtype, shape (n_out,) or (1, n_out)
         Bias.
-    out : ndarray, shape (..., n_out), optional
-        C-contiguous, writeable buffer for the result; it must not overlap an input.
-
-    All arrays share one dtype, float32 or float64; nothing is converted silently.
-    C- or F-ordered 2-D inputs are used without a copy; other strided views are
-    copied once into scratch memory.
+    out : ndarray, x's dtype, shape (..., n_out), optional
+        Buffer for the result: C-contiguous, writeable, of the inputs' dtype and not
+        overlapping any input. Without it a new array is returned.
 
     Returns
     -------
-    ndarray, shape (..., n_out)
-        ``out`` itself when given, else a new array.
+    ndarray, shape (..., n_out), dtype of the inputs
+        ``out`` itself when given, else a new C-contiguous array. Keep it: ``backward``
+        takes it instead of recomputing the sigmoid.
 
     Raises
     ------
     TypeError
-        A non-array argument, an unsupported dtype, or mixed dtypes.
+        An argument that is not a ``numpy.ndarray`` (lists, scalars, ``np.matrix``,
+        masked arrays), a dtype other than float32/float64 (native byte order), or
+        arrays of mixed dtypes. Nothing is converted silently: call ``.astype`` first.
     ValueError
-        Shapes that do not fit together, or an unusable ``out``.
+        Shapes that do not fit together, strides that are not a whole number of
+        elements, or an unusable ``out`` (wrong shape, not C-contiguous, read-only,
+        overlapping an input). A failed call writes nothing into ``out``.
+
+    See Also
+    --------
+    backward : the gradients, from this function's result.
+    siglayer.reference.forward : the same computation in plain NumPy.
+
+    Notes
+    -----
+    All arrays share one dtype, float32 or float64, and the result has it too. C- or
+    F-ordered 2-D inputs reach BLAS without a copy; other strided views are copied
+    once into scratch memory. Inputs are never modified. The sigmoid is evaluated
+    stably: exactly 1 at +inf, 0 at -inf, NaN at NaN, with no overflow warning.
+    Large problems run on ``siglayer.get_num_threads()`` threads.
 
     Examples
     --------
@@ -59,103 +77,170 @@ def forward(x: Array, W: Array, b: Array, *, out: Array | None = None) -> Array:
     >>> siglayer.forward(x, W, b)
     array([[0.5, 0.5, 0.5, 0.5],
            [0.5, 0.5, 0.5, 0.5]])
+
+    Batch dimensions and float32:
+
+    >>> x = np.ones((5, 2, 3), np.float32); W = np.zeros((3, 4), np.float32)
+    >>> out = siglayer.forward(x, W, np.zeros(4, np.float32))
+    >>> out.shape, out.dtype
+    ((5, 2, 4), dtype('float32'))
     """
     if type(x) is _ndarray and x.ndim == 2:
-        return _core.forward(x, W, b, out)  # type: ignore[no-any-return]
+        return _core.forward(x, W, b, out)
     if not isinstance(x, _ndarray) or x.ndim == 0:
         if isinstance(x, _ndarray):
             raise ValueError("x must have shape (..., n_in), got a 0-d array")
         return _core.forward(x, W, b, out)  # raises the TypeError naming x
     n_in = x.shape[-1]
     if isinstance(W, _ndarray) and W.ndim == 2 and W.shape[0] != n_in:
-        raise ValueError(
-            f"W has shape {W.shape} but x has {n_in} features (shape {x.shape})"
-        )
-    lead = x.shape[:-1]
+        raise ValueError(f"W has shape {W.shape} but x has {n_in} features (shape {x.shape})")
+    lead: tuple[int, ...] = x.shape[:-1]
     rows = math.prod(lead)
     x2 = x.reshape(rows, n_in)
     if out is None:
         result = _core.forward(x2, W, b, None)
-        return result.reshape(*lead, result.shape[1])  # type: ignore[no-any-return]
+        return result.reshape(*lead, result.shape[1])
     n_out = W.shape[1] if isinstance(W, _ndarray) and W.ndim == 2 else -1
     out2 = _as_2d_buffer(out, "out", (*lead, n_out))
     _core.forward(x2, W, b, out2)
     return out
 
 
+# need_dx=True (the default) gives a dx, need_dx=False gives None, a bool either.
+@overload
 def backward(
-    dout: Array,
-    x: Array,
-    W: Array,
-    out: Array,
+    dout: NDArray[Float],
+    x: NDArray[Float],
+    W: NDArray[Float],
+    out: NDArray[Float],
+    *,
+    need_dx: Literal[True] = True,
+    dx: NDArray[Float] | None = None,
+    dW: NDArray[Float] | None = None,
+    db: NDArray[Float] | None = None,
+) -> tuple[NDArray[Float], NDArray[Float], NDArray[Float]]: ...
+@overload
+def backward(
+    dout: NDArray[Float],
+    x: NDArray[Float],
+    W: NDArray[Float],
+    out: NDArray[Float],
+    *,
+    need_dx: Literal[False],
+    dx: None = None,
+    dW: NDArray[Float] | None = None,
+    db: NDArray[Float] | None = None,
+) -> tuple[None, NDArray[Float], NDArray[Float]]: ...
+@overload
+def backward(
+    dout: NDArray[Float],
+    x: NDArray[Float],
+    W: NDArray[Float],
+    out: NDArray[Float],
+    *,
+    need_dx: bool,
+    dx: NDArray[Float] | None = None,
+    dW: NDArray[Float] | None = None,
+    db: NDArray[Float] | None = None,
+) -> tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]]: ...
+def backward(
+    dout: NDArray[Float],
+    x: NDArray[Float],
+    W: NDArray[Float],
+    out: NDArray[Float],
     *,
     need_dx: bool = True,
-    dx: Array | None = None,
-    dW: Array | None = None,
-    db: Array | None = None,
-) -> tuple[Array | None, Array, Array]:
-    """Backward pass: gradients of a loss L from the upstream gradient dout = dL/dout.
+    dx: NDArray[Float] | None = None,
+    dW: NDArray[Float] | None = None,
+    db: NDArray[Float] | None = None,
+) -> tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]]:
+    """Backward pass: the gradients of a loss L from the upstream gradient dout = dL/dout.
 
-    With dZ = dout * out * (1 - out) (the gradient with respect to x @ W + b):
+    With dZ = dout * out * (1 - out), the gradient with respect to the pre-activation
+    Z = x @ W + b:
 
     - dW = x.T @ dZ, shape (n_in, n_out): every row of the batch contributes, and the
-      sum over rows is exactly the matrix product with x.T on the left
-      (see docs/derivation.md);
+      sum over the rows is exactly the matrix product with x.T on the left
+      (docs/derivation.md derives it);
     - db = dZ summed over the rows, shape (n_out,);
-    - dx = dZ @ W.T, shape of x, or None when ``need_dx=False`` (one GEMM fewer; the
-      first layer of a network needs no dx).
+    - dx = dZ @ W.T, the shape of x, or None when ``need_dx=False`` (one matrix
+      product fewer; the first layer of a network needs no dx).
+
+    Leading batch dimensions of x, dout and out are flattened into rows: dW and db sum
+    over all of them.
 
     Parameters
     ----------
-    dout : ndarray, shape (..., n_out)
-        Upstream gradient.
-    x : ndarray, shape (..., n_in)
-        The forward pass's input.
-    W : ndarray, shape (n_in, n_out)
-        The forward pass's weights.
-    out : ndarray, shape (..., n_out)
-        The forward pass's result; the sigmoid is never recomputed.
+    dout : ndarray, float32 or float64, shape (..., n_out)
+        Upstream gradient dL/dout.
+    x : ndarray, dout's dtype, shape (..., n_in)
+        The input of the forward pass.
+    W : ndarray, dout's dtype, shape (n_in, n_out)
+        The weights of the forward pass.
+    out : ndarray, dout's dtype, shape (..., n_out)
+        The result of the forward pass; the sigmoid is never recomputed.
     need_dx : bool, default True
-        Compute dx.
+        Compute dx. With False, dx is returned as None and must not be given.
     dx, dW, db : ndarray, optional
-        C-contiguous, writeable buffers for the results (shapes as above).
-
-    Gradients are returned fresh (or written into the given buffers), never
-    accumulated into existing values. All arrays share one dtype, float32 or float64.
+        Buffers for the results, shapes as above: C-contiguous, writeable, of the
+        inputs' dtype, not overlapping an input or each other.
 
     Returns
     -------
-    (dx, dW, db) : tuple of ndarray (dx may be None)
+    dx : ndarray, shape (..., n_in), or None
+        dL/dx; None when ``need_dx=False``. The ``dx`` buffer itself when given.
+    dW : ndarray, shape (n_in, n_out)
+        dL/dW. The ``dW`` buffer itself when given.
+    db : ndarray, shape (n_out,)
+        dL/db. The ``db`` buffer itself when given.
+
+    All three have the inputs' dtype (float32 or float64). They are written fresh,
+    never accumulated into a buffer's previous contents; db is bitwise independent of
+    the number of threads.
 
     Raises
     ------
     TypeError
-        A non-array argument, an unsupported dtype, or mixed dtypes.
+        An argument that is not a ``numpy.ndarray``, a dtype other than
+        float32/float64, or arrays of mixed dtypes (nothing is converted silently).
     ValueError
-        Shapes that do not fit together, or an unusable buffer.
+        Shapes that do not fit together (dout and out must be x's batch shape by
+        n_out), an unusable buffer, or ``dx`` given with ``need_dx=False``. A failed
+        call writes nothing into the buffers.
+
+    See Also
+    --------
+    forward : computes ``out``.
+    siglayer.reference.backward : the same computation in plain NumPy.
 
     Examples
     --------
     >>> import numpy as np, siglayer
     >>> x = np.ones((2, 3)); W = np.zeros((3, 1)); b = np.zeros(1)
-    >>> out = siglayer.forward(x, W, b)
+    >>> out = siglayer.forward(x, W, b)  # sigmoid(0) = 0.5 everywhere
     >>> dx, dW, db = siglayer.backward(np.ones((2, 1)), x, W, out)
-    >>> dW.ravel()  # each of the 2 rows adds 1 * 0.5 * 0.5 * x = 0.25
+    >>> dW.ravel()  # each of the 2 rows adds 1 * 0.5 * (1 - 0.5) * x = 0.25
     array([0.5, 0.5, 0.5])
+    >>> db
+    array([0.5])
+    >>> siglayer.backward(np.ones((2, 1)), x, W, out, need_dx=False)[0] is None
+    True
     """
     if type(x) is _ndarray and x.ndim == 2 and type(dout) is _ndarray and dout.ndim == 2:
-        return _core.backward(dout, x, W, out, need_dx, dx, dW, db)  # type: ignore[no-any-return]
+        return _core.backward(dout, x, W, out, need_dx, dx, dW, db)
     arrays = {"dout": dout, "x": x, "W": W, "out": out}
     if not all(isinstance(a, _ndarray) for a in arrays.values()):
-        return _core.backward(dout, x, W, out, need_dx, dx, dW, db)  # type: ignore[no-any-return]
+        return _core.backward(dout, x, W, out, need_dx, dx, dW, db)  # raises the TypeError
     if x.ndim == 0:
         raise ValueError("x must have shape (..., n_in), got a 0-d array")
     if W.ndim != 2:
         raise ValueError(f"W must be 2-D (n_in, n_out), got shape {W.shape}")
     n_in, n_out = W.shape
     if x.shape[-1] != n_in:
-        raise ValueError(f"W has shape {W.shape} but x has {x.shape[-1]} features (shape {x.shape})")
-    lead = x.shape[:-1]
+        raise ValueError(
+            f"W has shape {W.shape} but x has {x.shape[-1]} features (shape {x.shape})"
+        )
+    lead: tuple[int, ...] = x.shape[:-1]
     for name in ("out", "dout"):
         if arrays[name].shape != (*lead, n_out):
             raise ValueError(
@@ -165,24 +250,63 @@ def backward(
     rows = math.prod(lead)
     dx2 = _as_2d_buffer(dx, "dx", x.shape) if dx is not None else None
     dx_r, dW_r, db_r = _core.backward(
-        dout.reshape(rows, n_out), x.reshape(rows, n_in), W, out.reshape(rows, n_out),
-        need_dx, dx2, dW, db,
+        dout.reshape(rows, n_out),
+        x.reshape(rows, n_in),
+        W,
+        out.reshape(rows, n_out),
+        need_dx,
+        dx2,
+        dW,
+        db,
     )
     if dx_r is not None:
         dx_r = dx if dx is not None else dx_r.reshape(x.shape)
     return dx_r, dW_r, db_r
 
 
+@overload
 def backward_from_preactivation(
-    dZ: Array,
-    x: Array,
-    W: Array,
+    dZ: NDArray[Float],
+    x: NDArray[Float],
+    W: NDArray[Float],
+    *,
+    need_dx: Literal[True] = True,
+    dx: NDArray[Float] | None = None,
+    dW: NDArray[Float] | None = None,
+    db: NDArray[Float] | None = None,
+) -> tuple[NDArray[Float], NDArray[Float], NDArray[Float]]: ...
+@overload
+def backward_from_preactivation(
+    dZ: NDArray[Float],
+    x: NDArray[Float],
+    W: NDArray[Float],
+    *,
+    need_dx: Literal[False],
+    dx: None = None,
+    dW: NDArray[Float] | None = None,
+    db: NDArray[Float] | None = None,
+) -> tuple[None, NDArray[Float], NDArray[Float]]: ...
+@overload
+def backward_from_preactivation(
+    dZ: NDArray[Float],
+    x: NDArray[Float],
+    W: NDArray[Float],
+    *,
+    need_dx: bool,
+    dx: NDArray[Float] | None = None,
+    dW: NDArray[Float] | None = None,
+    db: NDArray[Float] | None = None,
+) -> tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]]: ...
+def backward_from_preactivation(
+    dZ: NDArray[Float],
+    x: NDArray[Float],
+    W: NDArray[Float],
     *,
     need_dx: bool = True,
-    dx: Array | None = None,
-    dW: Array | None = None,
-    db: Array | None = None,
-) -> tuple[Array | None, Array, Array]:
+    dx: NDArray[Float] | None = None,
+    dW: NDArray[Float] | None = None,
+    db: NDArray[Float] | None = None,
+) -> tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]]:
     """Backward pass from dZ, the gradient with respect to the pre-activation ``x @ W + b``.
 
     The same products as :func:`backward` without its first step (dZ = dout * out *
@@ -193,11 +317,11 @@ def backward_from_preactivation(
 
     Parameters
     ----------
-    dZ : ndarray, shape (..., n_out)
+    dZ : ndarray, float32 or float64, shape (..., n_out)
         Gradient of the loss with respect to ``x @ W + b``.
-    x : ndarray, shape (..., n_in)
+    x : ndarray, dZ's dtype, shape (..., n_in)
         The forward pass's input.
-    W : ndarray, shape (n_in, n_out)
+    W : ndarray, dZ's dtype, shape (n_in, n_out)
         The forward pass's weights.
     need_dx : bool, default True
         Compute dx (one product fewer without it).
@@ -211,7 +335,10 @@ def backward_from_preactivation(
 
     Returns
     -------
-    (dx, dW, db) : tuple of ndarray (dx is None when ``need_dx=False``)
+    dx : ndarray, shape (..., n_in), or None
+        None when ``need_dx=False``; the ``dx`` buffer itself when given.
+    dW : ndarray, shape (n_in, n_out)
+    db : ndarray, shape (n_out,)
 
     Raises
     ------
@@ -229,9 +356,7 @@ def backward_from_preactivation(
     (array([1., 1., 1.]), array([1.]))
     """
     if type(x) is _ndarray and x.ndim == 2 and type(dZ) is _ndarray and dZ.ndim == 2:
-        return _core.backward_from_preactivation(  # type: ignore[no-any-return]
-            dZ, x, W, need_dx, dx, dW, db
-        )
+        return _core.backward_from_preactivation(dZ, x, W, need_dx, dx, dW, db)
     if not (isinstance(dZ, _ndarray) and isinstance(x, _ndarray) and isinstance(W, _ndarray)):
         # The core raises the TypeError naming the argument.
         return _core.backward_from_preactivation(dZ, x, W, need_dx, dx, dW, db)
@@ -244,7 +369,7 @@ def backward_from_preactivation(
         raise ValueError(
             f"W has shape {W.shape} but x has {x.shape[-1]} features (shape {x.shape})"
         )
-    lead = x.shape[:-1]
+    lead: tuple[int, ...] = x.shape[:-1]
     if dZ.shape != (*lead, n_out):
         raise ValueError(
             f"dZ has shape {dZ.shape}, expected {(*lead, n_out)} from x {x.shape} and W {W.shape}"
@@ -259,7 +384,7 @@ def backward_from_preactivation(
     return dx_r, dW_r, db_r
 
 
-def _as_2d_buffer(buf: object, name: str, shape: tuple[int, ...]) -> Array:
+def _as_2d_buffer(buf: NDArray[Float], name: str, shape: tuple[int, ...]) -> NDArray[Float]:
     """A caller's output buffer of the given N-d shape as a 2-D view (never a copy)."""
     if not isinstance(buf, _ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(buf).__name__}")

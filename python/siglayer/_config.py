@@ -4,21 +4,68 @@ from __future__ import annotations
 
 import platform
 import sys
-from typing import Any, TextIO
+from typing import TextIO, TypedDict
 
 import numpy as np
 
 from . import _core
 
-__all__ = ["set_num_threads", "get_num_threads", "show_config", "config"]
+__all__ = ["Config", "config", "get_num_threads", "set_num_threads", "show_config"]
+
+
+class Config(TypedDict):
+    """What ``show_config`` prints, in this order."""
+
+    version: str
+    blas: str
+    blas_details: str
+    blas_int_bits: int
+    simd: str
+    simd_available: str
+    openmp: int
+    compiler: str
+    threads: int
+    blas_threads: int
+    numpy: str
+    python: str
+    machine: str
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads for both the BLAS products and the OpenMP sweeps.
+    """Use ``n`` threads for the large products and sweeps of forward and backward.
 
-    Like ``omp_set_num_threads``, the OpenMP part applies to calls made from the
-    calling thread (and threads started by it afterwards). Small problems run on one
-    thread whatever this says. Raises ValueError for n < 1.
+    siglayer runs one OpenMP pool; with the default BLAS each of its threads calls a
+    single-threaded BLAS on its own slab of each product, so this one number governs
+    all of siglayer's threads. With a system or MKL BLAS the BLAS's own thread count
+    is set to ``n`` as well.
+
+    Parameters
+    ----------
+    n : int
+        Number of threads, at least 1.
+
+    Raises
+    ------
+    TypeError
+        n is not an integer (``bool`` included).
+    ValueError
+        n < 1.
+
+    Notes
+    -----
+    Like ``omp_set_num_threads``, this applies to calls made from the calling thread
+    (and threads it starts afterwards). Problems below about 10**6 multiply-adds run
+    on one thread whatever this says. ``threadpoolctl.threadpool_limits`` sets the same
+    OpenMP pool (docs/guide.md, "Threads").
+
+    Examples
+    --------
+    >>> import siglayer
+    >>> before = siglayer.get_num_threads()
+    >>> siglayer.set_num_threads(1)
+    >>> siglayer.get_num_threads()
+    1
+    >>> siglayer.set_num_threads(before)
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
@@ -26,24 +73,72 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
-    """Threads siglayer uses for large problems (the OpenMP pool's size)."""
+    """Number of threads siglayer uses for large problems.
+
+    This is the size of the OpenMP pool as the calling thread sees it
+    (``omp_get_max_threads()``): the ``OMP_NUM_THREADS`` environment variable or the
+    number of CPUs by default, then whatever ``set_num_threads`` or
+    ``threadpoolctl.threadpool_limits`` last set.
+
+    Returns
+    -------
+    int
+        At least 1.
+
+    Examples
+    --------
+    >>> import siglayer
+    >>> siglayer.get_num_threads() >= 1
+    True
+    """
     return int(_core.get_num_threads())
 
 
-def config() -> dict[str, Any]:
-    """Version, BLAS backend, threads and SIMD level, as a dict."""
-    info: dict[str, Any] = {"version": _core.__version__}
-    info.update(_core.config())
-    info["threads"] = get_num_threads()
-    info["blas_threads"] = int(_core.blas_num_threads())
-    info["numpy"] = np.__version__
-    info["python"] = platform.python_version()
-    info["machine"] = platform.machine()
-    return info
+def config() -> Config:
+    """Version, BLAS backend, threads and SIMD level, as a dict (see ``show_config``)."""
+    core = _core.config()
+    return {
+        "version": _core.__version__,
+        "blas": core["blas"],
+        "blas_details": core["blas_details"],
+        "blas_int_bits": core["blas_int_bits"],
+        "simd": core["simd"],
+        "simd_available": core["simd_available"],
+        "openmp": core["openmp"],
+        "compiler": core["compiler"],
+        "threads": get_num_threads(),
+        "blas_threads": int(_core.blas_num_threads()),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
 
 
 def show_config(file: TextIO | None = None) -> None:
-    """Print version, BLAS backend and version, threads and the SIMD level in use."""
+    """Print the version, BLAS backend, threads and SIMD level in use, one per line.
+
+    The lines are: ``version`` (``siglayer.__version__``), ``blas`` (the backend
+    compiled in: scipy-openblas32, mkl or system), ``blas_details`` (its own
+    configuration string), ``blas_int_bits`` (32: each matrix dimension must fit in a
+    32-bit int), ``simd`` (the elementwise kernels in use) and ``simd_available``,
+    ``openmp`` (the OpenMP version date), ``compiler``, ``threads``
+    (``get_num_threads()``), ``blas_threads`` (the BLAS's own pool: 1 for the default
+    backend, whose parallelism is siglayer's OpenMP pool), then the versions of NumPy
+    and Python and the machine.
+
+    Parameters
+    ----------
+    file : text stream, optional
+        Where to print; ``sys.stdout`` by default.
+
+    Examples
+    --------
+    >>> import io, siglayer
+    >>> text = io.StringIO()
+    >>> siglayer.show_config(text)
+    >>> text.getvalue().splitlines()[0] == f"        version: {siglayer.__version__}"
+    True
+    """
     out = sys.stdout if file is None else file
     for key, value in config().items():
         print(f"{key:>15}: {value}", file=out)

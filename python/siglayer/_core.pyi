@@ -1,0 +1,144 @@
+# Types of the compiled module siglayer._core (cpp/bindings/*.cpp). Keep in step with the
+# m.def(...) calls there: tests/test_typing.py checks that every function defined by the
+# module is declared here with the same parameter names.
+#
+# At run time the functions accept any object and raise TypeError/ValueError naming the
+# argument; the types below describe the calls that succeed: floating-point arrays (the
+# core takes float32 and float64), one dtype per call, and results of that dtype.
+
+from collections.abc import Sequence
+from typing import Literal, TypedDict, TypeVar, overload
+
+import numpy as np
+from numpy.typing import NDArray
+
+_Float = TypeVar("_Float", bound=np.floating)
+
+__version__: str
+
+class CoreConfig(TypedDict):
+    blas: str
+    blas_details: str
+    blas_int_bits: Literal[32, 64]
+    simd: str
+    simd_available: str
+    openmp: int
+    compiler: str
+
+# x (n, n_in), W (n_in, n_out), b (n_out,) or (1, n_out) -> out (n, n_out).
+def forward(
+    x: NDArray[_Float],
+    W: NDArray[_Float],
+    b: NDArray[_Float],
+    out: NDArray[_Float] | None = None,
+) -> NDArray[_Float]: ...
+
+# dout, out (n, n_out), x (n, n_in), W (n_in, n_out) -> (dx (n, n_in) or None, dW, db).
+@overload
+def backward(
+    dout: NDArray[_Float],
+    x: NDArray[_Float],
+    W: NDArray[_Float],
+    out: NDArray[_Float],
+    need_dx: Literal[True] = True,
+    dx: NDArray[_Float] | None = None,
+    dW: NDArray[_Float] | None = None,
+    db: NDArray[_Float] | None = None,
+) -> tuple[NDArray[_Float], NDArray[_Float], NDArray[_Float]]: ...
+@overload
+def backward(
+    dout: NDArray[_Float],
+    x: NDArray[_Float],
+    W: NDArray[_Float],
+    out: NDArray[_Float],
+    need_dx: Literal[False],
+    dx: None = None,
+    dW: NDArray[_Float] | None = None,
+    db: NDArray[_Float] | None = None,
+) -> tuple[None, NDArray[_Float], NDArray[_Float]]: ...
+@overload
+def backward(
+    dout: NDArray[_Float],
+    x: NDArray[_Float],
+    W: NDArray[_Float],
+    out: NDArray[_Float],
+    need_dx: bool,
+    dx: NDArray[_Float] | None = None,
+    dW: NDArray[_Float] | None = None,
+    db: NDArray[_Float] | None = None,
+) -> tuple[NDArray[_Float] | None, NDArray[_Float], NDArray[_Float]]: ...
+
+# dZ (n, n_out), x (n, n_in), W (n_in, n_out) -> (dx (n, n_in) or None, dW, db).
+@overload
+def backward_from_preactivation(
+    dZ: NDArray[_Float],
+    x: NDArray[_Float],
+    W: NDArray[_Float],
+    need_dx: Literal[True] = True,
+    dx: NDArray[_Float] | None = None,
+    dW: NDArray[_Float] | None = None,
+    db: NDArray[_Float] | None = None,
+) -> tuple[NDArray[_Float], NDArray[_Float], NDArray[_Float]]: ...
+@overload
+def backward_from_preactivation(
+    dZ: NDArray[_Float],
+    x: NDArray[_Float],
+    W: NDArray[_Float],
+    need_dx: Literal[False],
+    dx: None = None,
+    dW: NDArray[_Float] | None = None,
+    db: NDArray[_Float] | None = None,
+) -> tuple[None, NDArray[_Float], NDArray[_Float]]: ...
+@overload
+def backward_from_preactivation(
+    dZ: NDArray[_Float],
+    x: NDArray[_Float],
+    W: NDArray[_Float],
+    need_dx: bool,
+    dx: NDArray[_Float] | None = None,
+    dW: NDArray[_Float] | None = None,
+    db: NDArray[_Float] | None = None,
+) -> tuple[NDArray[_Float] | None, NDArray[_Float], NDArray[_Float]]: ...
+
+# Losses over C-contiguous out and y of one shape and dtype: write the gradient into dZ
+# (dout), a buffer of that shape, and return the summed loss (the caller divides).
+def bce_sigmoid(
+    out: NDArray[_Float], y: NDArray[_Float], dZ: NDArray[_Float], divisor: float
+) -> float: ...
+def mse(
+    out: NDArray[_Float], y: NDArray[_Float], dout: NDArray[_Float], divisor: float
+) -> float: ...
+
+# Optimizer updates of every params[i] in place; state lists run parallel to params.
+def sgd_step(
+    params: Sequence[NDArray[np.floating]],
+    grads: Sequence[NDArray[np.floating]],
+    velocities: Sequence[NDArray[np.floating] | None],
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    first_step: bool,
+) -> None: ...
+def adam_step(
+    params: Sequence[NDArray[np.floating]],
+    grads: Sequence[NDArray[np.floating]],
+    exp_avgs: Sequence[NDArray[np.floating]],
+    exp_avg_sqs: Sequence[NDArray[np.floating]],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    step: int,
+) -> None: ...
+
+# Elementwise sigmoid of a C-contiguous array of any shape.
+def sigmoid(z: NDArray[_Float], out: NDArray[_Float] | None = None) -> NDArray[_Float]: ...
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
+def blas_num_threads() -> int: ...
+def config() -> CoreConfig: ...
+def select_isa(name: Literal["avx512", "avx2", "baseline"]) -> None: ...

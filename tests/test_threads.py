@@ -1,0 +1,103 @@
+"""Threads as threadpoolctl sees them: siglayer's BLAS and OpenMP pool, and their limits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import siglayer
+from siglayer import _core
+
+PACKAGE_DIR = Path(siglayer.__file__).resolve().parent
+SCIPY_OPENBLAS = _core.config()["blas"] == "scipy-openblas32"
+
+
+def _siglayer_openmp_pools(n_threads: int) -> list[dict[str, object]]:
+    """The OpenMP runtimes whose pool size is what siglayer.get_num_threads() reports."""
+    siglayer.set_num_threads(n_threads)
+    return [
+        info
+        for info in threadpool_info()
+        if info["user_api"] == "openmp" and info["num_threads"] == n_threads
+    ]
+
+
+@pytest.mark.skipif(not SCIPY_OPENBLAS, reason="the private BLAS of the default build")
+def test_threadpoolctl_sees_siglayers_private_openblas():
+    ours = [
+        info
+        for info in threadpool_info()
+        if info["user_api"] == "blas" and Path(info["filepath"]).resolve().parent == PACKAGE_DIR
+    ]
+    assert len(ours) == 1, threadpool_info()
+    (blas,) = ours
+    assert blas["internal_api"] == "openblas"
+    assert blas["prefix"] == "libscipy_openblas"
+    assert str(blas["version"]) in _core.config()["blas_details"]
+    # One thread by design: siglayer's OpenMP threads each call it on their own slab.
+    assert blas["num_threads"] == 1 == _core.blas_num_threads()
+
+
+def test_threadpoolctl_sees_siglayers_openmp_pool(restore_threads):
+    # A pool that follows siglayer.set_num_threads to 3 and to 1 is the one siglayer uses.
+    pools_at_3 = {info["filepath"] for info in _siglayer_openmp_pools(3)}
+    pools_at_1 = {info["filepath"] for info in _siglayer_openmp_pools(1)}
+    assert pools_at_3 & pools_at_1, threadpool_info()
+    assert all(
+        info["internal_api"] == "openmp"
+        for info in threadpool_info()
+        if info["filepath"] in pools_at_3
+    )
+
+
+def test_threadpool_limits_one_makes_siglayer_single_threaded(restore_threads):
+    siglayer.set_num_threads(3)
+    with threadpool_limits(limits=1):
+        assert siglayer.get_num_threads() == 1
+        assert all(info["num_threads"] == 1 for info in threadpool_info())
+    assert siglayer.get_num_threads() == 3
+    if SCIPY_OPENBLAS:
+        assert _core.blas_num_threads() == 1  # restored to its designed value too
+
+
+def test_threadpool_limits_on_openmp_alone(restore_threads):
+    siglayer.set_num_threads(3)
+    with threadpool_limits(limits=2, user_api="openmp"):
+        assert siglayer.get_num_threads() == 2
+    assert siglayer.get_num_threads() == 3
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+def test_threadpool_limits_one_starts_no_worker_thread():
+    """In a fresh process: under threadpool_limits(1) a large forward and backward start
+    no thread at all; with 2 threads the same calls start OpenMP's second thread."""
+    script = textwrap.dedent(
+        """
+        import os, numpy as np, siglayer
+        from threadpoolctl import threadpool_limits
+        threads = lambda: len(os.listdir("/proc/self/task"))
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((256, 512)); W = rng.standard_normal((512, 512)) / 23
+        b = np.zeros(512)
+        siglayer.set_num_threads(2)
+        before = threads()
+        with threadpool_limits(limits=1):
+            out = siglayer.forward(x, W, b)
+            siglayer.backward(out, x, W, out)
+        limited = threads()
+        out = siglayer.forward(x, W, b)
+        siglayer.backward(out, x, W, out)
+        print(before, limited, threads())
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    before, limited, unlimited = map(int, result.stdout.split())
+    assert limited == before, result.stdout
+    assert unlimited == before + 1, result.stdout

@@ -1,0 +1,62 @@
+"""The types a user of siglayer sees, checked by mypy (not run by pytest).
+
+CI runs ``mypy --strict tests/typecheck_api.py``: each assert_type below must hold, and
+the lines marked ``type: ignore[...]`` must still be errors (warn_unused_ignores), so
+the stubs cannot silently loosen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+from typing_extensions import assert_type
+
+import siglayer
+
+x32: NDArray[np.float32] = np.zeros((4, 3), np.float32)
+W32: NDArray[np.float32] = np.zeros((3, 2), np.float32)
+b32: NDArray[np.float32] = np.zeros(2, np.float32)
+x64: NDArray[np.float64] = np.zeros((4, 3))
+W64: NDArray[np.float64] = np.zeros((3, 2))
+b64: NDArray[np.float64] = np.zeros(2)
+
+# The dtype of the inputs is the dtype of the results.
+out32 = siglayer.forward(x32, W32, b32)
+assert_type(out32, NDArray[np.float32])
+out64 = siglayer.forward(x64, W64, b64, out=np.empty((4, 2)))
+assert_type(out64, NDArray[np.float64])
+
+# backward: dx is an array by default, None with need_dx=False, either with a bool.
+assert_type(
+    siglayer.backward(out32, x32, W32, out32),
+    tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]],
+)
+assert_type(
+    siglayer.backward(out64, x64, W64, out64, need_dx=False),
+    tuple[None, NDArray[np.float64], NDArray[np.float64]],
+)
+need: bool = bool(x64.size)
+assert_type(
+    siglayer.backward(out64, x64, W64, out64, need_dx=need),
+    tuple[NDArray[np.float64] | None, NDArray[np.float64], NDArray[np.float64]],
+)
+assert_type(siglayer.reference.forward(x32, W32, b32), NDArray[np.float32])
+
+# Floating-point arrays only: an integer array is a type error (and a TypeError at run
+# time). Mixing float32 and float64, or float16, is refused at run time only: the dtype
+# variable is bound by np.floating, so arrays typed NDArray[np.floating] are accepted.
+x_int: NDArray[np.int64] = np.zeros((4, 3), np.int64)
+siglayer.forward(x_int, W64, b64)  # type: ignore[type-var]
+assert_type(
+    siglayer.backward_from_preactivation(out32, x32, W32, need_dx=False),
+    tuple[None, NDArray[np.float32], NDArray[np.float32]],
+)
+x_any_float: NDArray[np.floating] = x64
+assert_type(siglayer.forward(x_any_float, W64, b64), NDArray[np.floating])
+
+assert_type(siglayer.compare(n=4)["out"], siglayer.ErrorStats)
+assert_type(siglayer.compare(n=4)["dW"].max_rel, float)
+assert_type(siglayer.get_num_threads(), int)
+assert_type(siglayer.set_num_threads(2), None)
+assert_type(siglayer.show_config(), None)
+assert_type(siglayer.__version__, str)
