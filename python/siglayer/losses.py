@@ -118,6 +118,23 @@ def mse_grad(out: Array, y: Array, *, reduction: Reduction = "mean",
 
     ``dout``, if given, is a C-contiguous buffer of out's shape and dtype to write into;
     it is returned.
+
+    Parameters
+    ----------
+    out, y : ndarray, same shape and dtype (float32 or float64)
+    reduction : 'mean' or 'sum'
+    dout : ndarray, out's shape and dtype, optional
+
+    Returns
+    -------
+    ndarray, out's shape and dtype
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from siglayer.losses import mse_grad
+    >>> mse_grad(np.array([0.5, 1.0]), np.array([0.0, 1.0]))
+    array([0.5, 0. ])
     """
     _check_pair(out, y, "out")
     n = _divisor(out.size, reduction)
@@ -136,6 +153,16 @@ def bce_loss(out: Array, y: Array, *, reduction: Reduction = "mean") -> float:
     log1p(-out). Finite for every out in [0, 1], including exactly 0 and 1 (see the
     module docstring); equals torch.nn.BCELoss. Targets y are usually 0 or 1; other
     values give the formula's value. One pass in the compiled core, summed in float64.
+
+    Parameters
+    ----------
+    out, y : ndarray, same shape and dtype (float32 or float64)
+        Probabilities in [0, 1] and targets.
+    reduction : 'mean' (over all N elements) or 'sum'
+
+    Returns
+    -------
+    float
 
     Examples
     --------
@@ -158,6 +185,16 @@ def bce_with_logits_loss(z: Array, y: Array, *, reduction: Reduction = "mean") -
     Each term is max(z, 0) - z * y + log1p(exp(-|z|)): no overflow, finite for every
     finite z, exact where the sigmoid has saturated. Equals torch.nn.BCEWithLogitsLoss.
 
+    Parameters
+    ----------
+    z, y : ndarray, same shape and dtype (float32 or float64)
+        Logits (pre-activations) and targets.
+    reduction : 'mean' (over all N elements) or 'sum'
+
+    Returns
+    -------
+    float
+
     Examples
     --------
     >>> import numpy as np
@@ -178,6 +215,17 @@ def bce_grad_preactivation(out: Array, y: Array, *, reduction: Reduction = "mean
     Finite and exact for every out in [0, 1] (no division by out * (1 - out)). Feed it to
     ``backward_from_preactivation`` of the layer that produced out. ``dZ``, if given, is
     a C-contiguous buffer of out's shape and dtype to write into; it is returned.
+
+    Parameters
+    ----------
+    out, y : ndarray, same shape and dtype (float32 or float64)
+        The sigmoid's output and the targets.
+    reduction : 'mean' (N = out.size) or 'sum' (N = 1)
+    dZ : ndarray, out's shape and dtype, optional
+
+    Returns
+    -------
+    ndarray, out's shape and dtype
 
     Examples
     --------

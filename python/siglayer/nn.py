@@ -53,6 +53,13 @@ class Parameter(NamedTuple):
         The parameter itself; optimizers update it in place.
     grad : ndarray, same shape and dtype
         Its gradient, overwritten (not accumulated) by each backward pass.
+
+    Examples
+    --------
+    >>> import siglayer
+    >>> layer = siglayer.SigmoidLayer(3, 2, seed=0)
+    >>> [(p.name, p.value.shape, p.grad.shape) for p in layer.parameters()]
+    [('W', (3, 2), (3, 2)), ('b', (2,), (2,))]
     """
 
     name: str
@@ -470,6 +477,18 @@ def save_parameters(parameters: Sequence[Parameter], path: str | os.PathLike[str
     file in the same folder that replaces ``path`` only once complete. Values are stored
     bit for bit: :func:`load_parameters` restores them exactly.
 
+    Parameters
+    ----------
+    parameters : sequence of Parameter
+        Usually ``net.parameters()``; their names must be unique.
+    path : str or os.PathLike
+        The file to write (replaced if it exists).
+
+    Raises
+    ------
+    ValueError
+        Two parameters with one name.
+
     Examples
     --------
     >>> import siglayer, tempfile, os
@@ -496,6 +515,14 @@ def load_parameters(parameters: Sequence[Parameter], path: str | os.PathLike[str
 
     Every check runs before anything is written, so a failed load changes nothing.
 
+    Parameters
+    ----------
+    parameters : sequence of Parameter
+        The parameters to fill, e.g. ``net.parameters()`` of a network of the same
+        shape as the one saved.
+    path : str or os.PathLike
+        A file written by :func:`save_parameters`.
+
     Raises
     ------
     ValueError
@@ -503,6 +530,17 @@ def load_parameters(parameters: Sequence[Parameter], path: str | os.PathLike[str
         an array's shape differs.
     TypeError
         An array's dtype differs (nothing is converted silently).
+
+    Examples
+    --------
+    >>> import numpy as np, siglayer, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "layer.npz")
+    >>> trained = siglayer.SigmoidLayer(2, 2, seed=0)
+    >>> siglayer.save_parameters(trained.parameters(), path)
+    >>> fresh = siglayer.SigmoidLayer(2, 2, seed=1)
+    >>> siglayer.load_parameters(fresh.parameters(), path)
+    >>> bool(np.array_equal(fresh.W, trained.W))
+    True
     """
     with np.load(os.fspath(path), allow_pickle=False) as data:
         stored = set(data.files)

@@ -48,6 +48,14 @@ class Optimizer:
         parameters may share memory.
     lr : float >= 0
         Learning rate; may be changed between steps (``optimizer.lr = 0.01``).
+
+    Examples
+    --------
+    >>> import siglayer
+    >>> net = siglayer.Sequential(siglayer.SigmoidLayer(4, 2, seed=0))
+    >>> opt = siglayer.optim.SGD(net.parameters(), lr=0.1)
+    >>> isinstance(opt, siglayer.optim.Optimizer), opt.lr, opt.steps
+    (True, 0.1, 0)
     """
 
     def __init__(self, params: Iterable[Parameter], lr: float) -> None:
@@ -78,6 +86,7 @@ class Optimizer:
         self._lr = _hyper(value, "lr")
 
     def step(self) -> None:
+        """Update every parameter in place from its current gradient (in subclasses)."""
         raise NotImplementedError
 
 
