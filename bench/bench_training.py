@@ -44,8 +44,9 @@ N_IN, N_HIDDEN, N_OUT = 64, 32, 10
 LR = 0.01
 
 
-def digits_batches(batch_size: int, dtype: type = np.float32
-                   ) -> list[tuple[np.ndarray, np.ndarray]]:
+def digits_batches(
+    batch_size: int, dtype: type = np.float32
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """The digits images scaled to [0, 1] with one-hot targets, as contiguous batches."""
     from sklearn.datasets import load_digits
 
@@ -56,15 +57,22 @@ def digits_batches(batch_size: int, dtype: type = np.float32
     order = np.random.default_rng(0).permutation(len(x))
     x, y = x[order], y[order]
     count = len(x) // batch_size  # whole batches only: every step has the same shape
-    return [(np.ascontiguousarray(x[i * batch_size:(i + 1) * batch_size]),
-             np.ascontiguousarray(y[i * batch_size:(i + 1) * batch_size])) for i in range(count)]
+    return [
+        (
+            np.ascontiguousarray(x[i * batch_size : (i + 1) * batch_size]),
+            np.ascontiguousarray(y[i * batch_size : (i + 1) * batch_size]),
+        )
+        for i in range(count)
+    ]
 
 
 def initial_weights(seed: int = 0) -> list[np.ndarray]:
     """[W1, b1, W2, b2] as siglayer initialises them (Glorot-uniform W, zero b)."""
     rng = np.random.default_rng(seed)
-    layers = [siglayer.SigmoidLayer(N_IN, N_HIDDEN, seed=rng),
-              siglayer.SigmoidLayer(N_HIDDEN, N_OUT, seed=rng)]
+    layers = [
+        siglayer.SigmoidLayer(N_IN, N_HIDDEN, seed=rng),
+        siglayer.SigmoidLayer(N_HIDDEN, N_OUT, seed=rng),
+    ]
     return [a.copy() for layer in layers for a in (layer.W, layer.b)]
 
 
@@ -94,8 +102,9 @@ class Trainer:
 class SiglayerTrainer(Trainer):
     def __init__(self, batches, weights):
         super().__init__(batches)
-        self.net = siglayer.Sequential(siglayer.SigmoidLayer(N_IN, N_HIDDEN),
-                                       siglayer.SigmoidLayer(N_HIDDEN, N_OUT))
+        self.net = siglayer.Sequential(
+            siglayer.SigmoidLayer(N_IN, N_HIDDEN), siglayer.SigmoidLayer(N_HIDDEN, N_OUT)
+        )
         for p, w in zip(self.net.parameters(), weights, strict=True):
             p.value[...] = w
         self.loss_fn = BCELoss()
@@ -204,8 +213,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
     parser.add_argument("--rounds", type=int, default=31)
     parser.add_argument("--no-torch", action="store_true", help="siglayer and NumPy only")
-    parser.add_argument("--threads", type=int, help="threads for every library (default: "
-                        "each library's own default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="threads for every library (default: each library's own default)",
+    )
     args = parser.parse_args(argv)
 
     have_torch = False
@@ -224,12 +236,16 @@ def main(argv: list[str] | None = None) -> None:
             torch.set_num_threads(args.threads)
         threadpool_limits(args.threads, user_api="blas")
     weights = initial_weights()
-    print(f"digits network {N_IN} -> {N_HIDDEN} -> {N_OUT}, sigmoid, binary cross-entropy, "
-          f"Adam (lr {LR}), float32; one step = forward, loss, backward, update")
-    print(f"siglayer {siglayer.__version__} ({siglayer._config.config()['blas']}, "
-          f"{siglayer.get_num_threads()} threads), numpy {np.__version__}"
-          + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if have_torch
-             else "") + f", Python {platform.python_version()}")
+    print(
+        f"digits network {N_IN} -> {N_HIDDEN} -> {N_OUT}, sigmoid, binary cross-entropy, "
+        f"Adam (lr {LR}), float32; one step = forward, loss, backward, update"
+    )
+    print(
+        f"siglayer {siglayer.__version__} ({siglayer._config.config()['blas']}, "
+        f"{siglayer.get_num_threads()} threads), numpy {np.__version__}"
+        + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if have_torch else "")
+        + f", Python {platform.python_version()}"
+    )
     rows = []
     for batch_size in args.batch_sizes:
         batches = digits_batches(batch_size)

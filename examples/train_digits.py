@@ -38,8 +38,9 @@ class History:
     seconds: float = 0.0
 
 
-def load_digits_split(seed: int, dtype: type = np.float32
-                      ) -> tuple[NDArray, NDArray, NDArray, NDArray]:
+def load_digits_split(
+    seed: int, dtype: type = np.float32
+) -> tuple[NDArray, NDArray, NDArray, NDArray]:
     """(x_train, labels_train, x_test, labels_test): pixels scaled to [0, 1]."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -48,7 +49,8 @@ def load_digits_split(seed: int, dtype: type = np.float32
     x = (digits.data / 16.0).astype(dtype)  # (1797, 64); pixel values are 0..16
     labels = digits.target.astype(np.int64)
     x_train, x_test, l_train, l_test = train_test_split(
-        x, labels, test_size=0.25, random_state=seed, stratify=labels)
+        x, labels, test_size=0.25, random_state=seed, stratify=labels
+    )
     return np.ascontiguousarray(x_train), l_train, np.ascontiguousarray(x_test), l_test
 
 
@@ -74,8 +76,9 @@ def evaluate(net: siglayer.Sequential, x: NDArray, labels: NDArray) -> tuple[flo
     return bce_loss(out, one_hot(labels, x.dtype.type)), accuracy
 
 
-def train(epochs: int, seed: int, *, batch_size: int = 32, lr: float = 0.01,
-          verbose: bool = True) -> History:
+def train(
+    epochs: int, seed: int, *, batch_size: int = 32, lr: float = 0.01, verbose: bool = True
+) -> History:
     x_train, l_train, x_test, l_test = load_digits_split(seed)
     y_train = one_hot(l_train)
     net = build_network(seed)
@@ -89,8 +92,8 @@ def train(epochs: int, seed: int, *, batch_size: int = 32, lr: float = 0.01,
         order = rng.permutation(len(x_train))
         x_epoch, y_epoch = x_train[order], y_train[order]
         for i in range(0, len(x_epoch), batch_size):
-            out = net(x_epoch[i:i + batch_size])
-            loss_fn(out, y_epoch[i:i + batch_size])
+            out = net(x_epoch[i : i + batch_size])
+            loss_fn(out, y_epoch[i : i + batch_size])
             net.backward_from_preactivation(loss_fn.backward())
             optimizer.step()
         history.steps += -(-len(x_epoch) // batch_size)
@@ -101,9 +104,12 @@ def train(epochs: int, seed: int, *, batch_size: int = 32, lr: float = 0.01,
         history.train_accuracy.append(train_acc)
         history.test_accuracy.append(test_acc)
         if verbose:
-            print(f"epoch {epoch:3d}/{epochs}  train loss {train_loss:.4f}  acc {train_acc:6.1%}"
-                  f"  |  test loss {test_loss:.4f}  acc {test_acc:6.1%}"
-                  f"  |  {time.perf_counter() - start:5.2f} s", flush=True)
+            print(
+                f"epoch {epoch:3d}/{epochs}  train loss {train_loss:.4f}  acc {train_acc:6.1%}"
+                f"  |  test loss {test_loss:.4f}  acc {test_acc:6.1%}"
+                f"  |  {time.perf_counter() - start:5.2f} s",
+                flush=True,
+            )
     history.seconds = time.perf_counter() - start
     return history
 
@@ -143,9 +149,11 @@ def main(argv: list[str] | None = None) -> History:
     if args.epochs < 1:
         parser.error("--epochs must be >= 1")
     history = train(args.epochs, args.seed, batch_size=args.batch_size, lr=args.lr)
-    print(f"test accuracy {history.test_accuracy[-1]:.1%} after {args.epochs} epochs, "
-          f"{history.steps} steps in {history.seconds:.2f} s "
-          f"({history.steps / history.seconds:,.0f} steps/s including evaluation)")
+    print(
+        f"test accuracy {history.test_accuracy[-1]:.1%} after {args.epochs} epochs, "
+        f"{history.steps} steps in {history.seconds:.2f} s "
+        f"({history.steps / history.seconds:,.0f} steps/s including evaluation)"
+    )
     if args.plot:
         plot(history, args.plot)
         print(f"curves saved to {args.plot}")

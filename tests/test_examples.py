@@ -43,8 +43,13 @@ def test_a_few_epochs_already_learn(train_digits, capsys):
     assert len(history.test_accuracy) == 5
     assert history.test_accuracy[-1] >= 0.88
     out = capsys.readouterr().out
-    assert [line.split()[1] for line in out.splitlines() if line.startswith("epoch")] == \
-        ["1/5", "2/5", "3/5", "4/5", "5/5"]
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("epoch")] == [
+        "1/5",
+        "2/5",
+        "3/5",
+        "4/5",
+        "5/5",
+    ]
     assert "test accuracy" in out and "steps/s" in out
 
 
@@ -53,7 +58,10 @@ def test_command_line_and_plot(tmp_path):
     png = tmp_path / "curves.png"
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--epochs", "3", "--seed", "1", "--plot", str(png)],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("\nepoch") + result.stdout.startswith("epoch") == 3
     assert f"curves saved to {png}" in result.stdout

@@ -45,8 +45,10 @@ def test_mse_grad_matches_finite_differences(rng, reduction):
         e = np.zeros(out.size)
         e[k] = h
         e = e.reshape(out.shape)
-        numeric[k] = (losses.mse_loss(out + e, y, reduction=reduction)
-                      - losses.mse_loss(out - e, y, reduction=reduction)) / (2 * h)
+        numeric[k] = (
+            losses.mse_loss(out + e, y, reduction=reduction)
+            - losses.mse_loss(out - e, y, reduction=reduction)
+        ) / (2 * h)
     np.testing.assert_allclose(grad.reshape(-1), numeric, rtol=1e-7, atol=1e-10)
 
 
@@ -68,7 +70,8 @@ def test_bce_matches_textbook_formula(rng, dtype):
     assert losses.bce_loss(out, y) == pytest.approx(bce_by_hand(out, y), abs=tol)
     assert losses.BCELoss()(out, y) == pytest.approx(bce_by_hand(out, y), abs=tol)
     assert losses.bce_loss(out, y, reduction="sum") == pytest.approx(
-        bce_by_hand(out, y) * out.size, rel=tol)
+        bce_by_hand(out, y) * out.size, rel=tol
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -124,8 +127,9 @@ def test_fused_gradient_matches_finite_differences_in_logits(rng):
         e = np.zeros(z.size)
         e[k] = h
         e = e.reshape(z.shape)
-        numeric[k] = (losses.bce_with_logits_loss(z + e, y)
-                      - losses.bce_with_logits_loss(z - e, y)) / (2 * h)
+        numeric[k] = (
+            losses.bce_with_logits_loss(z + e, y) - losses.bce_with_logits_loss(z - e, y)
+        ) / (2 * h)
     np.testing.assert_allclose(dZ.reshape(-1), numeric, rtol=1e-7, atol=1e-11)
 
 
@@ -159,16 +163,21 @@ def test_saturated_network_still_learns():
     ("out", "y", "error", "match"),
     [
         (np.zeros(3), np.zeros(4), ValueError, r"y has shape \(4,\) but out has shape \(3,\)"),
-        (np.zeros(3, np.float32), np.zeros(3), TypeError,
-         "y has dtype float64 but out has float32"),
+        (
+            np.zeros(3, np.float32),
+            np.zeros(3),
+            TypeError,
+            "y has dtype float64 but out has float32",
+        ),
         (np.zeros(3), [0.0, 0.0, 0.0], TypeError, "y must be a numpy.ndarray, got list"),
         (np.zeros(3, np.int64), np.zeros(3, np.int64), TypeError, "out has dtype int64"),
         (np.zeros(0), np.zeros(0), ValueError, "empty batch"),
     ],
     ids=["shape", "dtype", "list", "int", "empty"],
 )
-@pytest.mark.parametrize("fn", ["mse_loss", "bce_loss", "bce_grad_preactivation", "MSELoss",
-                                "BCELoss"])
+@pytest.mark.parametrize(
+    "fn", ["mse_loss", "bce_loss", "bce_grad_preactivation", "MSELoss", "BCELoss"]
+)
 def test_bad_input(fn, out, y, error, match):
     call = getattr(losses, fn)
     if fn[0].isupper():
@@ -208,8 +217,9 @@ def test_bce_matches_torch(rng, dtype):
     assert losses.bce_loss(out, y) == pytest.approx(want, abs=tol)
     assert losses.BCELoss()(out, y) == pytest.approx(want, abs=tol)
     want_sum = torch.nn.BCELoss(reduction="sum")(torch.from_numpy(out), torch.from_numpy(y))
-    assert losses.bce_loss(out, y, reduction="sum") == pytest.approx(want_sum.item(),
-                                                                    abs=tol * out.size)
+    assert losses.bce_loss(out, y, reduction="sum") == pytest.approx(
+        want_sum.item(), abs=tol * out.size
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

@@ -111,8 +111,9 @@ def test_layer_matches_reference(rng, dtype, shape_x):
     x2 = np.abs(x.reshape(rows, 12))
     assert_within(layer.dW, want_dW, product_bound(x2.T, dZ, rows, dtype), "dW")
     assert_within(layer.db, want_db, product_bound(np.ones((1, rows)), dZ, rows, dtype)[0], "db")
-    assert_within(dx, want_dx, product_bound(dZ, np.abs(layer.W).T, 5, dtype).reshape(x.shape),
-                  "dx")
+    assert_within(
+        dx, want_dx, product_bound(dZ, np.abs(layer.W).T, 5, dtype).reshape(x.shape), "dx"
+    )
     np.testing.assert_array_equal(x, x_before)
 
 
@@ -164,8 +165,11 @@ def test_layer_errors(rng):
     with pytest.raises(ValueError, match="expected"):
         layer(np.array(1.0, np.float32))
     layer(np.ones((2, 4), np.float32))
-    with pytest.raises(ValueError, match=r"dout has shape \(3, 3\) but the last forward produced "
-                                         r"\(2, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"dout has shape \(3, 3\) but the last forward produced "
+        r"\(2, 3\)",
+    ):
         layer.backward(np.ones((3, 3), np.float32))
     with pytest.raises(ValueError, match="dZ has shape"):
         layer.backward_from_preactivation(np.ones((2, 4), np.float32))
@@ -185,8 +189,9 @@ def test_layer_errors(rng):
 
 def make_net(dtype=np.float64, sizes=(6, 5, 4, 3), seed=0):
     rng = np.random.default_rng(seed)
-    layers = [siglayer.SigmoidLayer(a, b, dtype=dtype, seed=rng)
-              for a, b in itertools.pairwise(sizes)]
+    layers = [
+        siglayer.SigmoidLayer(a, b, dtype=dtype, seed=rng) for a, b in itertools.pairwise(sizes)
+    ]
     for layer in layers:
         layer.b[...] = rng.standard_normal(layer.n_out)
     return siglayer.Sequential(*layers)
@@ -292,13 +297,17 @@ def test_steady_state_training_allocates_nothing(rng, optimizer):
     the smallest per-batch buffer (out of the last layer, 128 x 16 float32 = 8 KiB), and
     no growth at the end beyond a few live Python ints (the step counter). Small Python
     objects (tuples, floats) come and go in between, about 1.3 KiB at peak."""
-    net = siglayer.Sequential(siglayer.SigmoidLayer(64, 32, seed=0),
-                              siglayer.SigmoidLayer(32, 16, seed=1))
+    net = siglayer.Sequential(
+        siglayer.SigmoidLayer(64, 32, seed=0), siglayer.SigmoidLayer(32, 16, seed=1)
+    )
     x = rng.random((128, 64), dtype=np.float32)
     y = (rng.random((128, 16)) > 0.5).astype(np.float32)
     loss_fn = BCELoss()
-    opt = (siglayer.optim.SGD(net.parameters(), lr=0.1, momentum=0.9) if optimizer == "sgd"
-           else siglayer.optim.Adam(net.parameters(), lr=1e-3))
+    opt = (
+        siglayer.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        if optimizer == "sgd"
+        else siglayer.optim.Adam(net.parameters(), lr=1e-3)
+    )
 
     def step():
         out = net(x)
@@ -358,8 +367,11 @@ def test_load_errors_change_nothing(tmp_path):
     before = [p.value.copy() for p in net.parameters()]
     wrong_sizes = make_net(np.float32, sizes=(6, 5, 4, 2))
     wrong_sizes.save(tmp_path / "sizes.npz")
-    with pytest.raises(ValueError, match=r"2.W: the file holds shape \(4, 2\), the parameter has "
-                                         r"\(4, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"2.W: the file holds shape \(4, 2\), the parameter has "
+        r"\(4, 3\)",
+    ):
         net.load(tmp_path / "sizes.npz")
     make_net(np.float64).save(tmp_path / "f64.npz")
     with pytest.raises(TypeError, match="the file holds dtype float64"):

@@ -17,8 +17,10 @@ SHAPES = [(7, 5), (5,), (1,), (300, 300)]  # the last is past the OpenMP thresho
 
 
 def make_params(rng, dtype, shapes=SHAPES):
-    return [Parameter(f"p{i}", rng.standard_normal(s).astype(dtype),
-                      np.zeros(s, dtype)) for i, s in enumerate(shapes)]
+    return [
+        Parameter(f"p{i}", rng.standard_normal(s).astype(dtype), np.zeros(s, dtype))
+        for i, s in enumerate(shapes)
+    ]
 
 
 def assert_close_after_steps(got, want, dtype, steps, what):
@@ -26,8 +28,7 @@ def assert_close_after_steps(got, want, dtype, steps, what):
     a few ulps per step of the values' magnitude (reordering by the compiler)."""
     eps = EPS[np.dtype(dtype)]
     scale = np.abs(want) + 1
-    np.testing.assert_array_less(np.abs(got - want), 4 * steps * eps * scale + 1e-300,
-                                 err_msg=what)
+    np.testing.assert_array_less(np.abs(got - want), 4 * steps * eps * scale + 1e-300, err_msg=what)
 
 
 SGD_CONFIGS = {
@@ -80,10 +81,12 @@ def test_adam_matches_numpy_reference(rng, threads, dtype, config):
             p.grad[...] = rng.standard_normal(p.grad.shape)
         opt.step()
         for p, value, (m, v) in zip(params, expected, moments, strict=True):
-            reference.adam_step(value, p.grad, m, v, step=step, lr=0.01, beta1=betas[0],
-                                beta2=betas[1], **opts)
-    for p, value, (m, v), m_got, v_got in zip(params, expected, moments, opt.exp_avgs,
-                                              opt.exp_avg_sqs, strict=True):
+            reference.adam_step(
+                value, p.grad, m, v, step=step, lr=0.01, beta1=betas[0], beta2=betas[1], **opts
+            )
+    for p, value, (m, v), m_got, v_got in zip(
+        params, expected, moments, opt.exp_avgs, opt.exp_avg_sqs, strict=True
+    ):
         assert_close_after_steps(p.value, value, dtype, 5, p.name)
         assert_close_after_steps(m_got, m, dtype, 5, p.name + " exp_avg")
         assert_close_after_steps(v_got, v, dtype, 5, p.name + " exp_avg_sq")
@@ -93,8 +96,9 @@ def test_first_adam_step_by_hand():
     """Step 1 with bias correction: m_hat = g, v_hat = g^2, so the step is lr * g / (|g| + eps)."""
     p = Parameter("p", np.array([1.0, -2.0, 0.0]), np.array([0.5, -3.0, 0.0]))
     Adam([p], lr=0.1, eps=1e-8).step()
-    np.testing.assert_allclose(p.value, [1.0 - 0.1 * 0.5 / (0.5 + 1e-8),
-                                         -2.0 + 0.1 * 3.0 / (3.0 + 1e-8), 0.0], rtol=1e-14)
+    np.testing.assert_allclose(
+        p.value, [1.0 - 0.1 * 0.5 / (0.5 + 1e-8), -2.0 + 0.1 * 3.0 / (3.0 + 1e-8), 0.0], rtol=1e-14
+    )
 
 
 def test_updates_are_bitwise_independent_of_threads(rng):
@@ -116,8 +120,9 @@ def test_updates_are_bitwise_independent_of_threads(rng):
 
 
 def test_optimizer_trains_a_network(rng):
-    net = siglayer.Sequential(siglayer.SigmoidLayer(8, 6, seed=0),
-                              siglayer.SigmoidLayer(6, 2, seed=1))
+    net = siglayer.Sequential(
+        siglayer.SigmoidLayer(8, 6, seed=0), siglayer.SigmoidLayer(6, 2, seed=1)
+    )
     x = rng.random((32, 8), dtype=np.float32)
     y = np.stack([x[:, 0] > 0.5, x[:, 1] > x[:, 2]], axis=1).astype(np.float32)
     loss_fn = siglayer.losses.BCELoss()
@@ -138,13 +143,17 @@ def test_optimizer_trains_a_network(rng):
     ("ours", "theirs", "opts"),
     [
         pytest.param(SGD, "SGD", {"lr": 0.1}, id="sgd"),
-        pytest.param(SGD, "SGD", {"lr": 0.1, "momentum": 0.9, "dampening": 0.2,
-                                  "weight_decay": 0.01}, id="sgd-momentum-dampening-wd"),
-        pytest.param(SGD, "SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True},
-                     id="sgd-nesterov"),
+        pytest.param(
+            SGD,
+            "SGD",
+            {"lr": 0.1, "momentum": 0.9, "dampening": 0.2, "weight_decay": 0.01},
+            id="sgd-momentum-dampening-wd",
+        ),
+        pytest.param(SGD, "SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True}, id="sgd-nesterov"),
         pytest.param(Adam, "Adam", {"lr": 0.01}, id="adam"),
-        pytest.param(Adam, "Adam", {"lr": 0.01, "weight_decay": 0.1, "betas": (0.8, 0.99)},
-                     id="adam-l2"),
+        pytest.param(
+            Adam, "Adam", {"lr": 0.01, "weight_decay": 0.1, "betas": (0.8, 0.99)}, id="adam-l2"
+        ),
         pytest.param(Adam, "AdamW", {"lr": 0.01, "weight_decay": 0.1}, id="adamw"),
     ],
 )
@@ -180,12 +189,13 @@ def test_matches_torch_optim(rng, dtype, ours, theirs, opts):
 
 def test_hyperparameter_errors():
     p = [Parameter("p", np.zeros(3), np.zeros(3))]
-    for bad, match in [({"lr": -1.0}, "lr must be finite and >= 0"),
-                       ({"lr": float("nan")}, "lr must be finite"),
-                       ({"lr": 0.1, "momentum": -0.5}, "momentum must be"),
-                       ({"lr": 0.1, "nesterov": True}, "nesterov momentum needs momentum > 0"),
-                       ({"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "nesterov": True},
-                        "dampening == 0")]:
+    for bad, match in [
+        ({"lr": -1.0}, "lr must be finite and >= 0"),
+        ({"lr": float("nan")}, "lr must be finite"),
+        ({"lr": 0.1, "momentum": -0.5}, "momentum must be"),
+        ({"lr": 0.1, "nesterov": True}, "nesterov momentum needs momentum > 0"),
+        ({"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "nesterov": True}, "dampening == 0"),
+    ]:
         with pytest.raises(ValueError, match=match):
             SGD(p, **bad)
     with pytest.raises(TypeError, match="lr must be a number"):
@@ -221,8 +231,10 @@ def test_parameter_errors():
         SGD([Parameter("p", np.zeros(3, np.int64), np.zeros(3, np.int64))], lr=0.1)
     shared = np.zeros(6)
     with pytest.raises(ValueError, match=r"parameters 0 \(a\) and 1 \(b\) share memory"):
-        SGD([Parameter("a", shared[:4], np.zeros(4)), Parameter("b", shared[3:], np.zeros(3))],
-            lr=0.1)
+        SGD(
+            [Parameter("a", shared[:4], np.zeros(4)), Parameter("b", shared[3:], np.zeros(3))],
+            lr=0.1,
+        )
     with pytest.raises(ValueError, match="value and grad share memory"):
         SGD([Parameter("p", shared, shared)], lr=0.1)
 
@@ -231,38 +243,79 @@ def test_parameter_errors():
     ("mutate", "error", "match"),
     [
         (lambda a: a.update(grads=a["grads"][:1]), ValueError, "grads has 1 entries, expected 2"),
-        (lambda a: a["grads"].__setitem__(1, np.zeros(4, np.float32)), TypeError,
-         r"grads\[1\] has dtype float32, expected float64"),
-        (lambda a: a["grads"].__setitem__(1, np.zeros(5)), ValueError,
-         r"grads\[1\] has shape \(5,\), expected \(4,\)"),
-        (lambda a: a["velocities"].__setitem__(0, a["params"][0]), ValueError,
-         r"params\[0\] overlaps velocities\[0\]"),
-        (lambda a: a["velocities"].__setitem__(0, None), ValueError,
-         r"velocities\[0\] is None but momentum"),
-        (lambda a: a["params"].__setitem__(1, "x"), TypeError,
-         r"params\[1\] must be a numpy.ndarray, got str"),
-        (lambda a: a["params"].__setitem__(1, np.zeros(8)[::2]), ValueError,
-         r"params\[1\] must be C-contiguous"),
+        (
+            lambda a: a["grads"].__setitem__(1, np.zeros(4, np.float32)),
+            TypeError,
+            r"grads\[1\] has dtype float32, expected float64",
+        ),
+        (
+            lambda a: a["grads"].__setitem__(1, np.zeros(5)),
+            ValueError,
+            r"grads\[1\] has shape \(5,\), expected \(4,\)",
+        ),
+        (
+            lambda a: a["velocities"].__setitem__(0, a["params"][0]),
+            ValueError,
+            r"params\[0\] overlaps velocities\[0\]",
+        ),
+        (
+            lambda a: a["velocities"].__setitem__(0, None),
+            ValueError,
+            r"velocities\[0\] is None but momentum",
+        ),
+        (
+            lambda a: a["params"].__setitem__(1, "x"),
+            TypeError,
+            r"params\[1\] must be a numpy.ndarray, got str",
+        ),
+        (
+            lambda a: a["params"].__setitem__(1, np.zeros(8)[::2]),
+            ValueError,
+            r"params\[1\] must be C-contiguous",
+        ),
         (lambda a: a.update(params=np.zeros(3)), TypeError, "params must be a list"),
     ],
-    ids=["length", "dtype", "shape", "overlap", "missing-state", "not-array", "strided",
-         "not-list"],
+    ids=[
+        "length",
+        "dtype",
+        "shape",
+        "overlap",
+        "missing-state",
+        "not-array",
+        "strided",
+        "not-list",
+    ],
 )
 def test_core_entry_point_checks_every_array(mutate, error, match):
     """The binding validates each call (never a crash, nothing written on error)."""
-    args = {"params": [np.ones(3), np.ones(4)], "grads": [np.ones(3), np.ones(4)],
-            "velocities": [np.zeros(3), np.zeros(4)]}
+    args = {
+        "params": [np.ones(3), np.ones(4)],
+        "grads": [np.ones(3), np.ones(4)],
+        "velocities": [np.zeros(3), np.zeros(4)],
+    }
     mutate(args)
     params = [a for a in args["params"] if isinstance(a, np.ndarray)]
     snapshot = [a.copy() for a in params]
     with pytest.raises(error, match=match):
-        _core.sgd_step(args["params"], args["grads"], args["velocities"], 0.1, 0.9, 0.0, 0.0,
-                       False, False)
+        _core.sgd_step(
+            args["params"], args["grads"], args["velocities"], 0.1, 0.9, 0.0, 0.0, False, False
+        )
     for before, after in zip(snapshot, params, strict=True):
         np.testing.assert_array_equal(before, after)
 
 
 def test_adam_core_rejects_bad_step():
     with pytest.raises(ValueError, match="step must be >= 1"):
-        _core.adam_step([np.ones(2)], [np.ones(2)], [np.zeros(2)], [np.zeros(2)], 0.1, 0.9, 0.999,
-                        1e-8, 0.0, False, 0)
+        _core.adam_step(
+            [np.ones(2)],
+            [np.ones(2)],
+            [np.zeros(2)],
+            [np.zeros(2)],
+            0.1,
+            0.9,
+            0.999,
+            1e-8,
+            0.0,
+            False,
+            0,
+        )

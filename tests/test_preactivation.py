@@ -11,8 +11,18 @@ import siglayer
 from conftest import DTYPES, assert_within, product_bound
 from siglayer import reference
 
-SHAPES = [((1, 1), 1), ((7, 13), 5), ((64, 33), 17), ((300, 257), 129), ((3, 70), 600),
-          ((0, 4), 3), ((5, 0), 3), ((5, 4), 0), ((2, 3, 5), 4), ((6,), 4)]
+SHAPES = [
+    ((1, 1), 1),
+    ((7, 13), 5),
+    ((64, 33), 17),
+    ((300, 257), 129),
+    ((3, 70), 600),
+    ((0, 4), 3),
+    ((5, 0), 3),
+    ((5, 4), 0),
+    ((2, 3, 5), 4),
+    ((6,), 4),
+]
 SHAPE_IDS = ["x" + "x".join(map(str, s)) + f"-out{o}" for s, o in SHAPES]
 
 
@@ -50,8 +60,12 @@ def test_matches_reference(rng, threads, dtype, shape_x, n_out):
 def _layouts(a: np.ndarray) -> dict[str, np.ndarray]:
     big = np.zeros((a.shape[0] * 2, a.shape[1] * 3), a.dtype)
     big[::2, ::3] = a
-    return {"C": np.ascontiguousarray(a), "F": np.asfortranarray(a), "strided": big[::2, ::3],
-            "negative": np.ascontiguousarray(a[::-1, ::-1])[::-1, ::-1]}
+    return {
+        "C": np.ascontiguousarray(a),
+        "F": np.asfortranarray(a),
+        "strided": big[::2, ::3],
+        "negative": np.ascontiguousarray(a[::-1, ::-1])[::-1, ::-1],
+    }
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -114,8 +128,16 @@ def test_db_bitwise_independent_of_threads(rng):
         ({"dW": np.zeros((2, 5))}, ValueError, r"dW has shape \(2, 5\)"),
         ({"db": np.zeros(2, np.float32)}, TypeError, "db has dtype float32"),
     ],
-    ids=["dZ-rows", "dZ-dtype", "dZ-list", "dZ-int", "W-shape", "dx-without-need", "dW-shape",
-         "db-dtype"],
+    ids=[
+        "dZ-rows",
+        "dZ-dtype",
+        "dZ-list",
+        "dZ-int",
+        "W-shape",
+        "dx-without-need",
+        "dW-shape",
+        "db-dtype",
+    ],
 )
 def test_bad_input(kwargs, error, match):
     args = {"dZ": np.zeros((3, 2)), "x": np.zeros((3, 5)), "W": np.zeros((5, 2))}
@@ -134,6 +156,7 @@ def test_output_overlapping_an_input_is_refused():
         siglayer.backward_from_preactivation(dZ, x, W, dW=W)
     buf = np.zeros(20)
     with pytest.raises(ValueError, match="overlaps"):
-        siglayer.backward_from_preactivation(dZ, x, W, dx=buf[:15].reshape(3, 5),
-                                             dW=buf[10:20].reshape(5, 2))
+        siglayer.backward_from_preactivation(
+            dZ, x, W, dx=buf[:15].reshape(3, 5), dW=buf[10:20].reshape(5, 2)
+        )
     np.testing.assert_array_equal(buf, 0)  # nothing half-written

@@ -21,7 +21,8 @@ def tensors(seed, shape_x=(6, 5), n_out=4, dtype=torch.float64, requires_grad=Tr
 
 
 @pytest.mark.parametrize(
-    "shape_x", [(6, 5), (2, 3, 5), (5,), (0, 5)], ids=["2d", "3d", "1d", "empty"])
+    "shape_x", [(6, 5), (2, 3, 5), (5,), (0, 5)], ids=["2d", "3d", "1d", "empty"]
+)
 def test_gradcheck_float64(shape_x):
     x, W, b = tensors(0, shape_x)
     assert torch.autograd.gradcheck(sigmoid_linear, (x, W, b))
@@ -61,10 +62,12 @@ def test_training_run_matches_linear_and_sigmoid():
     """Forty Adam steps of a two-layer network, once with SigmoidLinear, once with
     nn.Linear + nn.Sigmoid from the same weights: the same losses and weights."""
     torch.manual_seed(0)
-    reference_net = torch.nn.Sequential(torch.nn.Linear(10, 8), torch.nn.Sigmoid(),
-                                        torch.nn.Linear(8, 3), torch.nn.Sigmoid())
-    net = torch.nn.Sequential(SigmoidLinear.from_linear(reference_net[0]),
-                              SigmoidLinear.from_linear(reference_net[2]))
+    reference_net = torch.nn.Sequential(
+        torch.nn.Linear(10, 8), torch.nn.Sigmoid(), torch.nn.Linear(8, 3), torch.nn.Sigmoid()
+    )
+    net = torch.nn.Sequential(
+        SigmoidLinear.from_linear(reference_net[0]), SigmoidLinear.from_linear(reference_net[2])
+    )
     x = torch.rand(64, 10)
     y = (x[:, :3] > 0.5).float()
     opt = torch.optim.Adam(net.parameters(), lr=0.05)
@@ -129,23 +132,45 @@ def test_double_backward_is_refused():
 @pytest.mark.parametrize(
     ("change", "error", "match"),
     [
-        ({"x": torch.zeros(6, 5, device="meta")}, ValueError,
-         "x is on meta; siglayer.torch runs on CPU tensors only"),
+        (
+            {"x": torch.zeros(6, 5, device="meta")},
+            ValueError,
+            "x is on meta; siglayer.torch runs on CPU tensors only",
+        ),
         ({"W": torch.zeros(5, 4, dtype=torch.float16)}, TypeError, "W has dtype torch.float16"),
         ({"x": torch.zeros(6, 5, dtype=torch.bfloat16)}, TypeError, "x has dtype torch.bfloat16"),
         ({"b": torch.zeros(4, dtype=torch.int64)}, TypeError, "b has dtype torch.int64"),
-        ({"x": torch.zeros(6, 5, dtype=torch.float32)}, TypeError,
-         "must share one dtype; got x torch.float32, W torch.float64"),
-        ({"x": torch.zeros(6, 5, dtype=torch.float64).to_sparse()}, TypeError,
-         "x has layout torch.sparse_coo"),
+        (
+            {"x": torch.zeros(6, 5, dtype=torch.float32)},
+            TypeError,
+            "must share one dtype; got x torch.float32, W torch.float64",
+        ),
+        (
+            {"x": torch.zeros(6, 5, dtype=torch.float64).to_sparse()},
+            TypeError,
+            "x has layout torch.sparse_coo",
+        ),
         ({"x": np.zeros((6, 5))}, TypeError, "x must be a torch.Tensor, got ndarray"),
-        ({"x": torch.zeros(6, 7, dtype=torch.float64)}, ValueError,
-         r"x has shape \(6, 7\), expected \(..., 5\)"),
+        (
+            {"x": torch.zeros(6, 7, dtype=torch.float64)},
+            ValueError,
+            r"x has shape \(6, 7\), expected \(..., 5\)",
+        ),
         ({"b": torch.zeros(3, dtype=torch.float64)}, ValueError, r"b has shape \(3,\)"),
         ({"W": torch.zeros(5, dtype=torch.float64)}, ValueError, "W must be 2-D"),
     ],
-    ids=["device", "float16", "bfloat16", "int", "mixed", "sparse", "numpy", "x-shape",
-         "b-shape", "W-1d"],
+    ids=[
+        "device",
+        "float16",
+        "bfloat16",
+        "int",
+        "mixed",
+        "sparse",
+        "numpy",
+        "x-shape",
+        "b-shape",
+        "W-1d",
+    ],
 )
 def test_unsupported_inputs(change, error, match):
     x, W, b = tensors(8)
@@ -163,8 +188,7 @@ def test_cuda_tensor_is_refused():
 
 def test_module():
     layer = SigmoidLinear(7, 3, seed=0)
-    np.testing.assert_array_equal(layer.W.detach().numpy(),
-                                  siglayer.SigmoidLayer(7, 3, seed=0).W)
+    np.testing.assert_array_equal(layer.W.detach().numpy(), siglayer.SigmoidLayer(7, 3, seed=0).W)
     assert layer.W.shape == (7, 3) and layer.b.shape == (3,)
     assert [n for n, _ in layer.named_parameters()] == ["W", "b"]
     assert "W: (n_in, n_out)" in repr(layer)

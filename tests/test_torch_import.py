@@ -9,14 +9,17 @@ import sys
 
 def test_clear_import_error_without_torch():
     """Runs whether or not torch is installed: a process where `import torch` fails."""
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "import siglayer\n"
-            "try:\n"
-            "    import siglayer.torch\n"
-            "except ImportError as e:\n"
-            "    print('ImportError:', e)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import siglayer\n"
+        "try:\n"
+        "    import siglayer.torch\n"
+        "except ImportError as e:\n"
+        "    print('ImportError:', e)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "ImportError: siglayer.torch needs PyTorch" in result.stdout
     assert "pip install 'siglayer[torch]'" in result.stdout

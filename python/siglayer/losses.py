@@ -70,8 +70,10 @@ def _check_pair(pred: object, y: object, pred_name: str) -> None:
             raise TypeError(f"{name} has dtype {a.dtype}; losses take float32 or float64")
     assert isinstance(pred, _ndarray) and isinstance(y, _ndarray)
     if y.dtype != pred.dtype:
-        raise TypeError(f"y has dtype {y.dtype} but {pred_name} has {pred.dtype}; pass "
-                        f"y.astype(np.{pred.dtype.name}) (nothing is converted silently)")
+        raise TypeError(
+            f"y has dtype {y.dtype} but {pred_name} has {pred.dtype}; pass "
+            f"y.astype(np.{pred.dtype.name}) (nothing is converted silently)"
+        )
     if y.shape != pred.shape:
         raise ValueError(f"y has shape {y.shape} but {pred_name} has shape {pred.shape}")
 
@@ -79,8 +81,10 @@ def _check_pair(pred: object, y: object, pred_name: str) -> None:
 def _divisor(size: int, reduction: str) -> int:
     if reduction == "mean":
         if size == 0:
-            raise ValueError("the mean loss of an empty batch is undefined; use "
-                             "reduction='sum' or skip the batch")
+            raise ValueError(
+                "the mean loss of an empty batch is undefined; use "
+                "reduction='sum' or skip the batch"
+            )
         return size
     if reduction == "sum":
         return 1
@@ -112,8 +116,9 @@ def mse_loss(out: Array, y: Array, *, reduction: Reduction = "mean") -> float:
     return float(_core.mse(out, y, np.empty_like(out), n)) / n
 
 
-def mse_grad(out: Array, y: Array, *, reduction: Reduction = "mean",
-             dout: Array | None = None) -> Array:
+def mse_grad(
+    out: Array, y: Array, *, reduction: Reduction = "mean", dout: Array | None = None
+) -> Array:
     """dL/dout of :func:`mse_loss`: 2 * (out - y) / N (N = 1 for reduction='sum').
 
     ``dout``, if given, is a C-contiguous buffer of out's shape and dtype to write into;
@@ -208,8 +213,9 @@ def bce_with_logits_loss(z: Array, y: Array, *, reduction: Reduction = "mean") -
     return float(terms.sum()) / n
 
 
-def bce_grad_preactivation(out: Array, y: Array, *, reduction: Reduction = "mean",
-                           dZ: Array | None = None) -> Array:
+def bce_grad_preactivation(
+    out: Array, y: Array, *, reduction: Reduction = "mean", dZ: Array | None = None
+) -> Array:
     """dL/dZ of binary cross-entropy through the sigmoid out = sigmoid(Z): (out - y) / N.
 
     Finite and exact for every out in [0, 1] (no division by out * (1 - out)). Feed it to
@@ -277,8 +283,9 @@ class _Loss:
     def backward(self) -> Array:
         """The gradient of the last call's loss (a buffer reused by the next call)."""
         if self._grad is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before the loss: call "
-                               f"loss_fn(out, y) first")
+            raise RuntimeError(
+                f"{type(self).__name__}.backward called before the loss: call loss_fn(out, y) first"
+            )
         return self._grad
 
 

@@ -162,8 +162,9 @@ class SigmoidLayer:
         self.n_out = _positive_int(n_out, "n_out")
         self.dtype = _float_dtype(dtype)
         if seed is not None and not isinstance(seed, (numbers.Integral, np.random.Generator)):
-            raise TypeError(f"seed must be an int, a numpy.random.Generator or None, got "
-                            f"{type(seed).__name__}")
+            raise TypeError(
+                f"seed must be an int, a numpy.random.Generator or None, got {type(seed).__name__}"
+            )
         rng = np.random.default_rng(seed)
         limit = math.sqrt(6.0 / (self.n_in + self.n_out))
         self._W = rng.uniform(-limit, limit, size=(self.n_in, self.n_out)).astype(self.dtype)
@@ -183,8 +184,10 @@ class SigmoidLayer:
 
     @W.setter
     def W(self, value: object) -> None:
-        raise AttributeError("W cannot be rebound (optimizers hold the array); assign in "
-                             "place: layer.W[...] = values")
+        raise AttributeError(
+            "W cannot be rebound (optimizers hold the array); assign in "
+            "place: layer.W[...] = values"
+        )
 
     @property
     def b(self) -> Array:
@@ -192,8 +195,10 @@ class SigmoidLayer:
 
     @b.setter
     def b(self, value: object) -> None:
-        raise AttributeError("b cannot be rebound (optimizers hold the array); assign in "
-                             "place: layer.b[...] = values")
+        raise AttributeError(
+            "b cannot be rebound (optimizers hold the array); assign in "
+            "place: layer.b[...] = values"
+        )
 
     @property
     def dW(self) -> Array:
@@ -227,8 +232,12 @@ class SigmoidLayer:
         ValueError
             x does not have n_in features.
         """
-        if type(x) is not _ndarray or x.dtype != self.dtype or x.ndim == 0 or \
-                x.shape[-1] != self.n_in:
+        if (
+            type(x) is not _ndarray
+            or x.dtype != self.dtype
+            or x.ndim == 0
+            or x.shape[-1] != self.n_in
+        ):
             self._check_input(x)
         out = self._outputs.get((*x.shape[:-1], self.n_out))
         try:
@@ -303,8 +312,9 @@ class SigmoidLayer:
         if x.ndim == 2:
             _core.backward_from_preactivation(dZ, x, self._W, need_dx, dx, self._dW, self._db)
         else:
-            _api.backward_from_preactivation(dZ, x, self._W, need_dx=need_dx, dx=dx,
-                                             dW=self._dW, db=self._db)
+            _api.backward_from_preactivation(
+                dZ, x, self._W, need_dx=need_dx, dx=dx, dW=self._dW, db=self._db
+            )
         return dx
 
     def preactivation(self) -> Array:
@@ -337,19 +347,25 @@ class SigmoidLayer:
         if not isinstance(x, _ndarray):
             raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
         if x.dtype != self.dtype:
-            raise TypeError(f"x has dtype {x.dtype} but this layer computes in {self.dtype}; "
-                            f"pass x.astype(np.{self.dtype.name}) (nothing is converted "
-                            f"silently)")
+            raise TypeError(
+                f"x has dtype {x.dtype} but this layer computes in {self.dtype}; "
+                f"pass x.astype(np.{self.dtype.name}) (nothing is converted "
+                f"silently)"
+            )
         if x.ndim == 0 or x.shape[-1] != self.n_in:
-            raise ValueError(f"x has shape {x.shape}, expected (..., {self.n_in}) for a layer "
-                             f"with n_in={self.n_in}")
+            raise ValueError(
+                f"x has shape {x.shape}, expected (..., {self.n_in}) for a layer "
+                f"with n_in={self.n_in}"
+            )
 
     def _check_gradient(self, grad: object, name: str, expected: tuple[int, ...]) -> None:
         if not isinstance(grad, _ndarray):
             raise TypeError(f"{name} must be a numpy.ndarray, got {type(grad).__name__}")
         if grad.shape != expected:
-            raise ValueError(f"{name} has shape {grad.shape} but the last forward produced "
-                             f"{expected}; backward needs the gradient of that output")
+            raise ValueError(
+                f"{name} has shape {grad.shape} but the last forward produced "
+                f"{expected}; backward needs the gradient of that output"
+            )
 
 
 def _need_dx(need_dx: object) -> bool:
@@ -384,12 +400,15 @@ class Sequential:
             raise ValueError("Sequential needs at least one layer")
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
-                raise TypeError(f"layer {i} is a {type(layer).__name__}, not a layer (it needs "
-                                f"n_in, n_out, dtype, forward, backward and parameters)")
+                raise TypeError(
+                    f"layer {i} is a {type(layer).__name__}, not a layer (it needs "
+                    f"n_in, n_out, dtype, forward, backward and parameters)"
+                )
         for i, (a, b) in enumerate(itertools.pairwise(layers)):
             if a.n_out != b.n_in:
-                raise ValueError(f"layer {i + 1} takes {b.n_in} inputs but layer {i} gives "
-                                 f"{a.n_out} outputs")
+                raise ValueError(
+                    f"layer {i + 1} takes {b.n_in} inputs but layer {i} gives {a.n_out} outputs"
+                )
             if a.dtype != b.dtype:
                 raise TypeError(f"layer {i} computes in {a.dtype} but layer {i + 1} in {b.dtype}")
         if len({id(layer) for layer in layers}) != len(layers):
@@ -447,8 +466,9 @@ class Sequential:
         pre-activation (what :class:`siglayer.losses.BCELoss` gives)."""
         last = self.layers[-1]
         if not hasattr(last, "backward_from_preactivation"):
-            raise TypeError(f"the last layer ({type(last).__name__}) has no "
-                            f"backward_from_preactivation")
+            raise TypeError(
+                f"the last layer ({type(last).__name__}) has no backward_from_preactivation"
+            )
         n = len(self.layers)
         grad: Array | None = last.backward_from_preactivation(dZ, need_dx=n > 1 or need_dx)
         for i in range(n - 2, -1, -1):
@@ -458,8 +478,11 @@ class Sequential:
 
     def parameters(self) -> list[Parameter]:
         """Every layer's parameters, named ``"<layer index>.<name>"``: "0.W", "0.b", ..."""
-        return [Parameter(f"{i}.{p.name}", p.value, p.grad)
-                for i, layer in enumerate(self.layers) for p in layer.parameters()]
+        return [
+            Parameter(f"{i}.{p.name}", p.value, p.grad)
+            for i, layer in enumerate(self.layers)
+            for p in layer.parameters()
+        ]
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Save every parameter to an .npz file; see :func:`save_parameters`."""
@@ -548,16 +571,21 @@ def load_parameters(parameters: Sequence[Parameter], path: str | os.PathLike[str
         if stored != expected:
             missing = sorted(expected - stored)
             unexpected = sorted(stored - expected)
-            raise ValueError(f"{os.fspath(path)} does not match these parameters: missing "
-                             f"{missing}, unexpected {unexpected}")
+            raise ValueError(
+                f"{os.fspath(path)} does not match these parameters: missing "
+                f"{missing}, unexpected {unexpected}"
+            )
         arrays = {name: data[name] for name in expected}
     for p in parameters:
         a = arrays[p.name]
         if a.shape != p.value.shape:
-            raise ValueError(f"{p.name}: the file holds shape {a.shape}, the parameter has "
-                             f"{p.value.shape}")
+            raise ValueError(
+                f"{p.name}: the file holds shape {a.shape}, the parameter has {p.value.shape}"
+            )
         if a.dtype != p.value.dtype:
-            raise TypeError(f"{p.name}: the file holds dtype {a.dtype}, the parameter has "
-                            f"{p.value.dtype} (nothing is converted silently)")
+            raise TypeError(
+                f"{p.name}: the file holds dtype {a.dtype}, the parameter has "
+                f"{p.value.dtype} (nothing is converted silently)"
+            )
     for p in parameters:
         np.copyto(p.value, arrays[p.name])

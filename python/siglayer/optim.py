@@ -60,8 +60,10 @@ class Optimizer:
 
     def __init__(self, params: Iterable[Parameter], lr: float) -> None:
         if hasattr(params, "parameters") and not isinstance(params, (list, tuple)):
-            raise TypeError(f"params must be an iterable of Parameter; pass "
-                            f"{type(params).__name__.lower()}.parameters()")
+            raise TypeError(
+                f"params must be an iterable of Parameter; pass "
+                f"{type(params).__name__.lower()}.parameters()"
+            )
         self.params: list[Parameter] = list(params)
         if not self.params:
             raise ValueError("the optimizer got an empty parameter list")
@@ -70,8 +72,10 @@ class Optimizer:
         for i, p in enumerate(self.params):
             for j in range(i):
                 if np.shares_memory(p.value, self.params[j].value):
-                    raise ValueError(f"parameters {j} ({self.params[j].name}) and {i} "
-                                     f"({p.name}) share memory; each must be updated once")
+                    raise ValueError(
+                        f"parameters {j} ({self.params[j].name}) and {i} "
+                        f"({p.name}) share memory; each must be updated once"
+                    )
         self._values = [p.value for p in self.params]
         self._grads = [p.grad for p in self.params]
         self.lr = lr
@@ -92,22 +96,24 @@ class Optimizer:
 
 def _check_parameter(p: object, i: int) -> None:
     if not isinstance(p, Parameter):
-        raise TypeError(f"params[{i}] must be a siglayer.Parameter (from net.parameters()), "
-                        f"got {type(p).__name__}")
+        raise TypeError(
+            f"params[{i}] must be a siglayer.Parameter (from net.parameters()), "
+            f"got {type(p).__name__}"
+        )
     v, g = p.value, p.grad
     for what, a in (("value", v), ("grad", g)):
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{p.name}: {what} must be a numpy.ndarray, got {type(a).__name__}")
         if a.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"{p.name}: {what} has dtype {a.dtype}; optimizers update float32 "
-                            f"or float64")
+            raise TypeError(
+                f"{p.name}: {what} has dtype {a.dtype}; optimizers update float32 or float64"
+            )
         if not a.flags.c_contiguous:
             raise ValueError(f"{p.name}: {what} must be C-contiguous")
     if not v.flags.writeable:
         raise ValueError(f"{p.name}: value is read-only")
     if g.shape != v.shape or g.dtype != v.dtype:
-        raise ValueError(f"{p.name}: grad is {g.dtype} {g.shape} but value is {v.dtype} "
-                         f"{v.shape}")
+        raise ValueError(f"{p.name}: grad is {g.dtype} {g.shape} but value is {v.dtype} {v.shape}")
     if np.shares_memory(v, g):
         raise ValueError(f"{p.name}: value and grad share memory")
 
@@ -136,9 +142,16 @@ class SGD(Optimizer):
     >>> opt.step()   # after net.backward(...) has filled the gradients
     """
 
-    def __init__(self, params: Iterable[Parameter], lr: float, *, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0,
-                 nesterov: bool = False) -> None:
+    def __init__(
+        self,
+        params: Iterable[Parameter],
+        lr: float,
+        *,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
         super().__init__(params, lr)
         self.momentum = _hyper(momentum, "momentum")
         self.dampening = _hyper(dampening, "dampening")
@@ -154,8 +167,17 @@ class SGD(Optimizer):
 
     def step(self) -> None:
         """Update every parameter in place from its current gradient."""
-        _core.sgd_step(self._values, self._grads, self.velocities, self._lr, self.momentum,
-                       self.dampening, self.weight_decay, self.nesterov, self.steps == 0)
+        _core.sgd_step(
+            self._values,
+            self._grads,
+            self.velocities,
+            self._lr,
+            self.momentum,
+            self.dampening,
+            self.weight_decay,
+            self.nesterov,
+            self.steps == 0,
+        )
         self.steps += 1
 
 
@@ -190,14 +212,23 @@ class Adam(Optimizer):
     >>> opt.step()
     """
 
-    def __init__(self, params: Iterable[Parameter], lr: float = 1e-3, *,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, decoupled_weight_decay: bool = False) -> None:
+    def __init__(
+        self,
+        params: Iterable[Parameter],
+        lr: float = 1e-3,
+        *,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decoupled_weight_decay: bool = False,
+    ) -> None:
         super().__init__(params, lr)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas must be a pair of floats, got {betas!r}")
-        self.betas = (_hyper(betas[0], "betas[0]", below=1.0),
-                      _hyper(betas[1], "betas[1]", below=1.0))
+        self.betas = (
+            _hyper(betas[0], "betas[0]", below=1.0),
+            _hyper(betas[1], "betas[1]", below=1.0),
+        )
         self.eps = _hyper(eps, "eps")
         self.weight_decay = _hyper(weight_decay, "weight_decay")
         if not isinstance(decoupled_weight_decay, bool):
@@ -208,7 +239,17 @@ class Adam(Optimizer):
 
     def step(self) -> None:
         """Update every parameter in place from its current gradient."""
-        _core.adam_step(self._values, self._grads, self.exp_avgs, self.exp_avg_sqs, self._lr,
-                        self.betas[0], self.betas[1], self.eps, self.weight_decay,
-                        self.decoupled_weight_decay, self.steps + 1)
+        _core.adam_step(
+            self._values,
+            self._grads,
+            self.exp_avgs,
+            self.exp_avg_sqs,
+            self._lr,
+            self.betas[0],
+            self.betas[1],
+            self.eps,
+            self.weight_decay,
+            self.decoupled_weight_decay,
+            self.steps + 1,
+        )
         self.steps += 1

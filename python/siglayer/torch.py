@@ -49,15 +49,19 @@ def _check_tensor(t: object, name: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cpu":
-        raise ValueError(f"{name} is on {t.device}; siglayer.torch runs on CPU tensors only: "
-                         f"pass {name}.cpu(), or use torch.nn.Linear + torch.sigmoid on "
-                         f"{t.device.type}")
+        raise ValueError(
+            f"{name} is on {t.device}; siglayer.torch runs on CPU tensors only: "
+            f"pass {name}.cpu(), or use torch.nn.Linear + torch.sigmoid on "
+            f"{t.device.type}"
+        )
     if t.layout != torch.strided:
         raise TypeError(f"{name} has layout {t.layout}; pass a dense tensor ({name}.to_dense())")
     if t.dtype not in _DTYPES:
-        raise TypeError(f"{name} has dtype {t.dtype}; siglayer computes in torch.float32 or "
-                        f"torch.float64 and never converts silently: pass {name}.float() or "
-                        f"{name}.double()")
+        raise TypeError(
+            f"{name} has dtype {t.dtype}; siglayer computes in torch.float32 or "
+            f"torch.float64 and never converts silently: pass {name}.float() or "
+            f"{name}.double()"
+        )
     return t
 
 
@@ -73,8 +77,9 @@ class SigmoidLinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: FunctionCtx, x: torch.Tensor, W: torch.Tensor,
-                b: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: FunctionCtx, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor
+    ) -> torch.Tensor:
         out = torch.empty((*x.shape[:-1], W.shape[1]), dtype=x.dtype)
         _api.forward(_numpy(x), _numpy(W), _numpy(b), out=out.numpy())
         # Saving out lets backward skip recomputing the sigmoid; autograd's version
@@ -83,8 +88,9 @@ class SigmoidLinearFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor
-                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    def backward(
+        ctx: Any, grad_out: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         # Autograd runs backward with grad mode on only for create_graph=True. The kernels'
         # gradients are not differentiable; returning them anyway would silently drop
         # every second-order term (a gradient penalty would lose its dependence on W).
@@ -101,8 +107,16 @@ class SigmoidLinearFunction(torch.autograd.Function):
         # The core always computes dW and db together (db is a by-product of dW's sweep).
         dW = torch.empty(W.shape, dtype=W.dtype)
         db = torch.empty(W.shape[1], dtype=W.dtype)
-        _api.backward(_numpy(grad_out), _numpy(x), _numpy(W), _numpy(out), need_dx=need_x,
-                      dx=None if dx is None else dx.numpy(), dW=dW.numpy(), db=db.numpy())
+        _api.backward(
+            _numpy(grad_out),
+            _numpy(x),
+            _numpy(W),
+            _numpy(out),
+            need_dx=need_x,
+            dx=None if dx is None else dx.numpy(),
+            dW=dW.numpy(),
+            db=db.numpy(),
+        )
         return dx, dW if need_W else None, db if need_b else None
 
 
@@ -145,16 +159,21 @@ def sigmoid_linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.T
     for name, t in (("x", x), ("W", W), ("b", b)):
         _check_tensor(t, name)
     if not x.dtype == W.dtype == b.dtype:
-        raise TypeError(f"x, W and b must share one dtype; got x {x.dtype}, W {W.dtype}, "
-                        f"b {b.dtype}")
+        raise TypeError(
+            f"x, W and b must share one dtype; got x {x.dtype}, W {W.dtype}, b {b.dtype}"
+        )
     if W.dim() != 2:
         raise ValueError(f"W must be 2-D (n_in, n_out), got shape {tuple(W.shape)}")
     if x.dim() == 0 or x.shape[-1] != W.shape[0]:
-        raise ValueError(f"x has shape {tuple(x.shape)}, expected (..., {W.shape[0]}) for W "
-                         f"of shape {tuple(W.shape)} (n_in, n_out)")
+        raise ValueError(
+            f"x has shape {tuple(x.shape)}, expected (..., {W.shape[0]}) for W "
+            f"of shape {tuple(W.shape)} (n_in, n_out)"
+        )
     if b.dim() != 1 or b.shape[0] != W.shape[1]:
-        raise ValueError(f"b has shape {tuple(b.shape)}, expected ({W.shape[1]},) for W of "
-                         f"shape {tuple(W.shape)}")
+        raise ValueError(
+            f"b has shape {tuple(b.shape)}, expected ({W.shape[1]},) for W of "
+            f"shape {tuple(W.shape)}"
+        )
     result = SigmoidLinearFunction.apply(x, W, b)  # type: ignore[no-untyped-call]
     assert isinstance(result, torch.Tensor)
     return result
@@ -191,8 +210,9 @@ class SigmoidLinear(torch.nn.Module):
     torch.Size([5, 10])
     """
 
-    def __init__(self, n_in: int, n_out: int, *, dtype: torch.dtype = torch.float32,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self, n_in: int, n_out: int, *, dtype: torch.dtype = torch.float32, seed: int | None = None
+    ) -> None:
         super().__init__()
         for name, v in (("n_in", n_in), ("n_out", n_out)):
             if isinstance(v, bool) or not isinstance(v, int):
