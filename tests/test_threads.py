@@ -101,3 +101,31 @@ def test_threadpool_limits_one_starts_no_worker_thread():
     before, limited, unlimited = map(int, result.stdout.split())
     assert limited == before, result.stdout
     assert unlimited == before + 1, result.stdout
+
+
+@pytest.mark.skipif(not SCIPY_OPENBLAS, reason="the private BLAS of the default build")
+def test_raising_the_blas_limit_does_not_oversubscribe():
+    """threadpool_limits(2) also raises siglayer's private OpenBLAS to 2 threads; siglayer
+    puts it back to one before it splits a product between its own threads, so no BLAS
+    call runs inside an OpenMP region with threads of its own (OpenBLAS would warn
+    "Detect OpenMP Loop" on stderr). Run in a subprocess to read that stderr."""
+    code = textwrap.dedent(
+        """
+        import numpy as np, siglayer
+        from threadpoolctl import threadpool_limits, threadpool_info
+        from pathlib import Path
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((512, 256)); W = rng.standard_normal((256, 384))
+        b = rng.standard_normal(384)
+        with threadpool_limits(2):
+            out = siglayer.forward(x, W, b)
+            ours = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"
+                    and Path(i["filepath"]).resolve().parent == Path(siglayer.__file__).resolve().parent]
+        assert np.allclose(out, siglayer.reference.forward(x, W, b), rtol=1e-12, atol=1e-15)
+        print(ours)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[1]"
+    assert "OpenMP Loop" not in result.stderr

@@ -66,6 +66,12 @@ index_t max_int() {
 }
 
 // The scipy-openblas copy is private to siglayer and set to one thread once, in init().
+void claim_single_threaded() {
+#if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
+    if (scipy_openblas_get_num_threads() != 1) scipy_openblas_set_num_threads(1);
+#endif
+}
+
 SingleThreaded::SingleThreaded() {
 #if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
     previous_ = 1;

@@ -24,6 +24,11 @@ index_t max_int();
 // the products between its own OpenMP threads, each calling BLAS on its slab, so no
 // thread ever waits on another inside a product (a busy-wait there stalls for a whole
 // scheduler tick when another library's idle pool spins on one of the two cores).
+// Call on the calling thread before a parallel region that uses SingleThreaded: undoes a
+// change of the private scipy-openblas copy's thread count made from outside (e.g. by
+// threadpoolctl's threadpool_limits(2)), which would make every slab spawn BLAS threads.
+void claim_single_threaded();
+
 class SingleThreaded {
 public:
     SingleThreaded();

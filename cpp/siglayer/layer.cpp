@@ -128,6 +128,7 @@ void require_blas_size(const char* name, index_t value) {
 // one-thread parallel region costs a noticeable part of a small layer's time.
 template <class Body>
 void run_parallel(int threads, const Body& body) {
+    blas::claim_single_threaded();
     if (threads <= 1) {
         body();
         return;
