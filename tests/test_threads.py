@@ -125,7 +125,9 @@ def test_raising_the_blas_limit_does_not_oversubscribe():
         print(ours)
         """
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[1]"
     assert "OpenMP Loop" not in result.stderr
