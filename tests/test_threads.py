@@ -114,13 +114,14 @@ def test_raising_the_blas_limit_does_not_oversubscribe():
         import numpy as np, siglayer
         from threadpoolctl import threadpool_limits, threadpool_info
         from pathlib import Path
+        here = Path(siglayer.__file__).resolve().parent
         rng = np.random.default_rng(0)
         x = rng.standard_normal((512, 256)); W = rng.standard_normal((256, 384))
         b = rng.standard_normal(384)
         with threadpool_limits(2):
             out = siglayer.forward(x, W, b)
-            ours = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"
-                    and Path(i["filepath"]).resolve().parent == Path(siglayer.__file__).resolve().parent]
+            ours = [i["num_threads"] for i in threadpool_info()
+                    if i["user_api"] == "blas" and Path(i["filepath"]).resolve().parent == here]
         assert np.allclose(out, siglayer.reference.forward(x, W, b), rtol=1e-12, atol=1e-15)
         print(ours)
         """
