@@ -51,5 +51,6 @@ void register_layer(py::module_& m);
 void register_info(py::module_& m);
 void register_optim(py::module_& m);
 void register_losses(py::module_& m);
+void register_blas(py::module_& m);
 
 }  // namespace siglayer::bindings

@@ -15,5 +15,6 @@ PYBIND11_MODULE(_core, m) {
     siglayer::bindings::register_info(m);
     siglayer::bindings::register_optim(m);
     siglayer::bindings::register_losses(m);
+    siglayer::bindings::register_blas(m);
     m.attr("__version__") = SIGLAYER_VERSION;
 }

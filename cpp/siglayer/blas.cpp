@@ -91,6 +91,28 @@ SingleThreaded::~SingleThreaded() {
 #endif
 }
 
+OwnThreads::OwnThreads(int n) {
+#if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
+    // Process-wide, unlike the others: back to one thread when done (see init()).
+    previous_ = 1;
+    scipy_openblas_set_num_threads(n);
+#elif defined(SIGLAYER_BLAS_MKL)
+    previous_ = mkl_set_num_threads_local(n);
+#else
+    previous_ = openblas_set_num_threads_local ? openblas_set_num_threads_local(n) : 0;
+#endif
+}
+
+OwnThreads::~OwnThreads() {
+#if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
+    scipy_openblas_set_num_threads(previous_);
+#elif defined(SIGLAYER_BLAS_MKL)
+    mkl_set_num_threads_local(previous_);
+#else
+    if (openblas_set_num_threads_local) openblas_set_num_threads_local(previous_);
+#endif
+}
+
 void set_num_threads(int n) {
 #if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
     (void)n;  // stays at one thread: the parallelism is siglayer's own (see SingleThreaded)

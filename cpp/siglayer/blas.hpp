@@ -40,6 +40,20 @@ private:
     int previous_;
 };
 
+// While alive, BLAS calls from this thread run on n threads of the BLAS's own pool,
+// the way a program that just calls the BLAS would run them. Only the bare product
+// (gemm.hpp, the benchmarks' GEMM floor) uses this, to compare with the core's split.
+class OwnThreads {
+public:
+    explicit OwnThreads(int n);
+    ~OwnThreads();
+    OwnThreads(const OwnThreads&) = delete;
+    OwnThreads& operator=(const OwnThreads&) = delete;
+
+private:
+    int previous_;
+};
+
 void set_num_threads(int n);
 int get_num_threads();
 

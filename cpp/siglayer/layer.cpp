@@ -10,6 +10,7 @@
 
 #include "blas.hpp"
 #include "kernels.hpp"
+#include "partition.hpp"
 #include "scratch.hpp"
 
 namespace siglayer {
@@ -19,19 +20,6 @@ namespace {
 // Below this many elements an elementwise sweep runs on one thread: waking the
 // team costs more than it saves.
 constexpr index_t kParallelElements = 1 << 15;
-
-// A matrix as BLAS takes it: op(stored) is the logical matrix, stored row-major with
-// leading dimension ld.
-template <class T>
-struct BlasOperand {
-    const T* data;
-    blas::Op op;
-    index_t ld;
-};
-
-blas::Op flip(blas::Op op) {
-    return op == blas::Op::N ? blas::Op::T : blas::Op::N;
-}
 
 // A C-contiguous copy of m in this thread's scratch slot.
 template <class T>
@@ -122,67 +110,6 @@ void require_blas_size(const char* name, index_t value) {
                                                    " exceeds the BLAS integer range (" +
                                                    std::to_string(blas::max_int()) +
                                                    "); split the problem");
-}
-
-// Runs body() on `threads` OpenMP threads, or directly when one is enough: even a
-// one-thread parallel region costs a noticeable part of a small layer's time.
-template <class Body>
-void run_parallel(int threads, const Body& body) {
-    blas::claim_single_threaded();
-    if (threads <= 1) {
-        body();
-        return;
-    }
-#pragma omp parallel num_threads(threads)
-    body();
-}
-
-// Splits [0, count) into `parts` contiguous ranges whose starts are multiples of
-// `align`; part p is [begin, end).
-void split_range(index_t count, int parts, int p, index_t align, index_t& begin, index_t& end) {
-    const index_t blocks = (count + align - 1) / align;
-    const index_t b0 = blocks * p / parts, b1 = blocks * (p + 1) / parts;
-    begin = std::min(count, b0 * align);
-    end = std::min(count, b1 * align);
-}
-
-// Threads for a product of m x n outputs with inner length k: one below about a
-// million multiply-adds (waking a second thread costs more than it saves), and never
-// more than there are 16-wide blocks to share.
-int threads_for_gemm(index_t m, index_t n, index_t k) {
-    const double work = static_cast<double>(m) * n * std::max<index_t>(k, 1);
-    if (work < 1 << 20) return 1;
-    const index_t blocks = (std::max(m, n) + 15) / 16;
-    return static_cast<int>(std::min<index_t>(omp_get_max_threads(), std::max<index_t>(1, blocks)));
-}
-
-// The part of an m x n output this OpenMP thread owns: rows [i0, i1) x cols [j0, j1).
-// Split along the longer side, in 16-wide pieces.
-struct Block {
-    index_t i0, i1, j0, j1;
-    index_t rows() const { return i1 - i0; }
-    index_t cols() const { return j1 - j0; }
-    bool empty() const { return i1 <= i0 || j1 <= j0; }
-};
-
-Block block_of_thread(index_t m, index_t n) {
-    const int parts = omp_get_num_threads(), p = omp_get_thread_num();
-    Block blk{0, m, 0, n};
-    if (m >= n)
-        split_range(m, parts, p, 16, blk.i0, blk.i1);
-    else
-        split_range(n, parts, p, 16, blk.j0, blk.j1);
-    return blk;
-}
-
-// op(A) restricted to rows from i0 on, and op(B) to columns from j0 on.
-template <class T>
-const T* row_offset(const BlasOperand<T>& a, index_t i0) {
-    return a.op == blas::Op::N ? a.data + i0 * a.ld : a.data + i0;
-}
-template <class T>
-const T* col_offset(const BlasOperand<T>& b, index_t j0) {
-    return b.op == blas::Op::N ? b.data + j0 : b.data + j0 * b.ld;
 }
 
 int threads_for(index_t elements) {

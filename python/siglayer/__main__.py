@@ -4,6 +4,8 @@
 both dtypes, printing the errors, then prints a short timing table against NumPy.
 Exit status 1 on any mismatch. ``explain`` prints a small worked example of the
 derivation of backward (docs/derivation.md), exit status 1 if its numbers disagree.
+``bench`` times siglayer against NumPy, the GEMM floor and PyTorch (see
+siglayer._bench), exit status 1 if a contender's result disagrees with the reference.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 
 import numpy as np
 
-from . import _api, _compare, _config, _derivation, reference
+from . import _api, _bench, _compare, _config, _derivation, reference
 from ._timing import interleaved_medians
 from ._typing import Float
 
@@ -102,11 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     check_p = sub.add_parser("check", help="compare with the NumPy reference and time (default)")
     check_p.add_argument("--no-timing", action="store_true", help="skip the timing table")
     sub.add_parser("explain", help="a worked example: the Jacobian of W contracted vs backward")
+    bench_p = sub.add_parser(
+        "bench", help="time siglayer against NumPy, the GEMM floor and PyTorch",
+        description=_bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _bench.add_arguments(bench_p)
     args = parser.parse_args(argv)
     if args.command in (None, "check"):
         return check(timing=not getattr(args, "no_timing", False))
     if args.command == "explain":
         return _derivation.explain()
+    if args.command == "bench":
+        return _bench.main(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -1,0 +1,40 @@
+#include "gemm.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+
+#include "partition.hpp"
+
+namespace siglayer {
+
+template <class T>
+void gemm(GemmThreading threading, blas::Op op_a, blas::Op op_b, index_t M, index_t N, index_t K,
+          const T* A, index_t lda, const T* B, index_t ldb, T* C, index_t ldc) {
+    if (M == 0 || N == 0) return;
+    if (K == 0) {
+        for (index_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
+        return;
+    }
+    if (threading == GemmThreading::blas) {
+        blas::OwnThreads threads(omp_get_max_threads());
+        blas::gemm<T>(op_a, op_b, M, N, K, T(1), A, lda, B, ldb, T(0), C, ldc);
+        return;
+    }
+    const BlasOperand<T> a{A, op_a, lda}, b{B, op_b, ldb};
+    // The layer's split (partition.hpp): the same thread count, blocks and BLAS calls.
+    run_parallel(threads_for_gemm(M, N, K), [&] {
+        blas::SingleThreaded single;
+        const Block blk = block_of_thread(M, N);
+        if (!blk.empty())
+            blas::gemm<T>(op_a, op_b, blk.rows(), blk.cols(), K, T(1), row_offset(a, blk.i0), lda,
+                          col_offset(b, blk.j0), ldb, T(0), C + blk.i0 * ldc + blk.j0, ldc);
+    });
+}
+
+template void gemm<float>(GemmThreading, blas::Op, blas::Op, index_t, index_t, index_t,
+                          const float*, index_t, const float*, index_t, float*, index_t);
+template void gemm<double>(GemmThreading, blas::Op, blas::Op, index_t, index_t, index_t,
+                           const double*, index_t, const double*, index_t, double*, index_t);
+
+}  // namespace siglayer
