@@ -1,0 +1,94 @@
+"""pytest-benchmark for siglayer: a group per size, dtype and pass holding siglayer, the
+NumPy reference, the GEMM floor and PyTorch (when installed).
+
+    pytest bench --benchmark-enable                     # time everything (several minutes)
+    pytest bench --benchmark-enable --sizes T,L --dtypes float32 --threads 2
+    pytest bench                                        # run each once and check results
+
+The project's pytest configuration passes --benchmark-disable (the default run collects
+only tests/), so without --benchmark-enable every benchmark runs once and is checked.
+On a machine whose OpenBLAS is pinned by OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, unset
+them for the benchmark command only: `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE ...`.
+The contenders and the check live in siglayer._bench, shared with `python -m siglayer bench`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from siglayer import _bench
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("siglayer benchmarks")
+    group.addoption("--sizes", default=",".join(_bench.SIZES),
+                    help=f"comma-separated sizes from {','.join(_bench.SIZES)}")
+    group.addoption("--dtypes", default=",".join(_bench.DTYPES), help="float32,float64")
+    group.addoption("--threads", type=int, default=None,
+                    help="threads for siglayer, NumPy's BLAS and PyTorch")
+
+
+def _option_list(config: pytest.Config, name: str, allowed: list[str]) -> list[str]:
+    values = [v.strip() for v in config.getoption(name).split(",") if v.strip()]
+    unknown = [v for v in values if v not in allowed]
+    if unknown or not values:
+        raise pytest.UsageError(f"--{name}: unknown {unknown}; choose from {','.join(allowed)}")
+    return values
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # One flat parameter list, so the items of a group run one after the other and the
+    # group's problem and reference are computed once (see the `group` fixture).
+    if "case" in metafunc.fixturenames:
+        sizes = _option_list(metafunc.config, "sizes", list(_bench.SIZES))
+        dtypes = _option_list(metafunc.config, "dtypes", list(_bench.DTYPES))
+        contenders = getattr(metafunc.module, "CONTENDERS", _bench.CONTENDERS)
+        cases = [(s, d, p, c) for s in sizes for d in dtypes for p in _bench.PASSES
+                 for c in contenders]
+        metafunc.parametrize("case", cases, ids=["-".join(c) for c in cases])
+
+
+@pytest.fixture(scope="session")
+def torch() -> ModuleType | None:
+    return _bench.import_torch()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def threads(pytestconfig: pytest.Config, torch: ModuleType | None) -> Iterator[int]:
+    """The same thread count for every contender, for the whole session."""
+    count = pytestconfig.getoption("threads")
+    count = _bench._config.get_num_threads() if count is None else count
+    with _bench.limit_threads(count, torch):
+        yield count
+
+
+class _GroupCache:
+    """The last group's problem and reference: one group in memory at a time."""
+
+    key: tuple[str, str] | None = None
+    value: tuple[_bench.Problem, _bench.Result] | None = None
+
+    @classmethod
+    def get(cls, size: str, dtype: str) -> tuple[_bench.Problem, _bench.Result]:
+        if cls.key != (size, dtype) or cls.value is None:
+            cls.value = None  # free the previous group first
+            problem = _bench.make_problem(size, dtype)
+            cls.value = (problem, _bench.reference_results(problem))
+            cls.key = (size, dtype)
+        return cls.value
+
+
+@pytest.fixture
+def group(case: tuple[str, str, str, str]) -> tuple[_bench.Problem, _bench.Result]:
+    """(problem, reference results) of this case's size and dtype, computed once."""
+    return _GroupCache.get(case[0], case[1])
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_json: dict
+                                 ) -> None:
+    output_json["siglayer"] = _bench._config.config()
+    output_json["siglayer"]["cpu"] = _bench.cpu_model()

@@ -1,0 +1,108 @@
+"""python -m siglayer bench: its contenders compute the right thing, mismatches are caught,
+and the table, sigmoid line and plot come out. No timing is asserted here (bench/ times)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import siglayer
+from siglayer import __main__ as cli
+from siglayer import _bench, _core
+
+TORCH = _bench.import_torch()
+CONTENDERS = [c for c in _bench.CONTENDERS if c != "torch" or TORCH is not None]
+
+
+@pytest.mark.parametrize("contender", CONTENDERS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("size", ["T", "S"])
+def test_contenders_match_the_reference(threads, size, dtype, contender):
+    p = _bench.make_problem(size, dtype)
+    ref = _bench.reference_results(p)
+    calls = _bench.make_contender(contender, p, ref, TORCH)
+    assert set(calls) == set(_bench.PASSES)
+    for pass_, call in calls.items():
+        for _ in range(2):  # a second call through reused buffers is checked too
+            result = call()
+            _bench.check(f"{contender} {pass_}", result, ref)
+        expected = {"out", "dx", "dW", "db"} if pass_ == "forward_backward" else {"out"}
+        if contender.startswith("floor"):
+            expected = {"z", "dW", "dx"} if pass_ == "forward_backward" else {"z"}
+        assert set(result) == expected
+
+
+def test_check_catches_wrong_results():
+    p = _bench.make_problem("T", "float32")
+    ref = _bench.reference_results(p)
+    good = {"out": ref["out"].copy(), "dW": ref["dW"].copy()}
+    _bench.check("good", good, ref)
+    with pytest.raises(AssertionError, match="out differs from the reference"):
+        _bench.check("biasless", {"out": _bench.reference.sigmoid(ref["z"])}, ref)
+    with pytest.raises(AssertionError, match="dW differs"):
+        _bench.check("stale", {"dW": np.zeros_like(ref["dW"])}, ref)
+    with pytest.raises(AssertionError, match="dtype float64"):
+        _bench.check("upcast", {"out": ref["out"].astype(np.float64)}, ref)
+    with pytest.raises(AssertionError, match="shape"):
+        _bench.check("transposed", {"dW": ref["dW"].T.copy()}, ref)
+
+
+def test_bench_prints_the_table(capsys):
+    status = cli.main(["bench", "--sizes", "T", "--dtypes", "float32", "--rounds", "1",
+                       "--no-torch", "--no-sigmoid", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert status == 0
+    config = siglayer._config.config()
+    assert f"BLAS {config['blas']}" in out and "1 threads" in out and "CPU:" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("T ")]
+    assert [r[:3] for r in rows] == [["T", "float32", "fwd"], ["T", "float32", "fwd+bwd"]]
+    for r in rows:
+        # siglayer, numpy, floor, torch ('-'), then sig/numpy, sig/floor, sig/torch ('-').
+        assert r[6] == "-" and r[9] == "-"
+        assert float(r[7]) > 0 and float(r[8]) > 0
+    assert siglayer.get_num_threads() == config["threads"]  # restored
+
+
+def test_bench_stops_on_a_mismatch(monkeypatch, capsys):
+    real = siglayer._api.forward
+
+    def wrong_forward(x, W, b, *, out=None):
+        return real(x, W, b, out=out) + 1e-3
+
+    monkeypatch.setattr(_bench._api, "forward", wrong_forward)
+    status = cli.main(["bench", "--sizes", "T", "--dtypes", "float64", "--rounds", "1",
+                       "--no-torch", "--no-sigmoid"])
+    assert status == 1
+    assert "MISMATCH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [["--sizes", "Q"], ["--dtypes", "float16"], ["--rounds", "0"],
+                                 ["--threads", "0"]])
+def test_bench_rejects_bad_options(bad):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", *bad])
+
+
+def test_sigmoid_throughput_checks_then_times():
+    blas_threads = _core.blas_num_threads()
+    rates = _bench.sigmoid_throughput(TORCH, rounds=1)
+    assert set(rates) == {"float32", "float64"}
+    for r in rates.values():
+        assert {"siglayer", "numpy"} <= set(r) and all(v > 0 for v in r.values())
+    assert _core.blas_num_threads() == blas_threads
+
+
+def test_sigmoid_check_catches_an_inaccurate_sigmoid():
+    z = np.linspace(-5, 5, 101, dtype=np.float32)
+    _bench.check_sigmoid(_core.sigmoid(z), z)
+    with pytest.raises(AssertionError, match="exceeds 4 ulp"):
+        _bench.check_sigmoid(_core.sigmoid(z) * np.float32(1 + 1e-6), z)
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = [_bench.Row(size, dtype, pass_, 3, {"siglayer": 1.0, "numpy": 2.0, "floor": 0.9})
+            for size in ("T", "L") for dtype in ("float32", "float64") for pass_ in _bench.PASSES]
+    path = tmp_path / "speedup.png"
+    _bench.plot(rows, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
