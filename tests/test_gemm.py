@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_within, product_bound
 
+from conftest import DTYPES, assert_within, product_bound
 from siglayer import _core
 
 # (M, N, K): one thread below ~2**20 multiply-adds, so the last two shapes are split
@@ -67,7 +67,7 @@ def test_bad_arguments_are_named():
         _core.gemm(a, b.astype(np.float32))
     with pytest.raises(TypeError, match="A has dtype int64"):
         _core.gemm(np.ones((4, 3), np.int64), b)
-    with pytest.raises(TypeError, match="A must be a numpy.ndarray, got list"):
+    with pytest.raises(TypeError, match=r"A must be a numpy\.ndarray, got list"):
         _core.gemm([[1.0]], b)
     with pytest.raises(ValueError, match=r"op\(A\) has shape \(4, 3\) but op\(B\) has shape "
                                          r"\(2, 3\)"):

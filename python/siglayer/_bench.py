@@ -40,19 +40,21 @@ from . import _api, _compare, _config, _core, reference
 from ._timing import interleaved_medians
 
 __all__ = [
-    "SIZES",
+    "CONTENDERS",
+    "DEFAULT_SIZES",
     "DTYPES",
     "PASSES",
-    "CONTENDERS",
+    "SIZES",
     "Problem",
-    "make_problem",
-    "reference_results",
-    "make_contender",
     "check",
     "limit_threads",
-    "sigmoid_throughput",
-    "run",
     "main",
+    "make_contender",
+    "make_problem",
+    "reference_results",
+    "run",
+    "sigmoid_calls",
+    "sigmoid_throughput",
 ]
 
 Array = NDArray[Any]
@@ -72,6 +74,8 @@ DTYPES: dict[str, type[np.floating[Any]]] = {"float32": np.float32, "float64": n
 PASSES = ("forward", "forward_backward")
 PASS_LABELS = {"forward": "fwd", "forward_backward": "fwd+bwd"}
 CONTENDERS = ("siglayer", "siglayer_buffers", "numpy", "floor", "floor_blas", "torch")
+# The default run stays near two minutes; XL alone takes about as long again.
+DEFAULT_SIZES = ("T", "S", "M", "L", "N")
 SIGMOID_VALUES = 1 << 20
 
 
@@ -116,7 +120,7 @@ def make_problem(size: str, dtype: str | type, seed: int = 0) -> Problem:
 def reference_results(p: Problem) -> Result:
     """What every contender is checked against, computed once per group with
     siglayer.reference: out, dx, dW, db, and the pre-activation product z = x·W and
-    dZ = dout ⊙ out ⊙ (1 − out) that the GEMM floor starts from."""
+    dZ = dout ⊙ out ⊙ (1 - out) that the GEMM floor starts from."""
     out = reference.forward(p.x, p.W, p.b)
     dx, dW, db = reference.backward(p.dout, p.x, p.W, out)
     assert dx is not None
@@ -282,7 +286,7 @@ def limit_threads(threads: int, torch: ModuleType | None = None) -> Iterator[str
     note = ""
     with contextlib.ExitStack() as stack:
         try:
-            import threadpoolctl
+            import threadpoolctl  # type: ignore[import-untyped]
         except ImportError:
             note = "numpy's BLAS threads not limited (pip install threadpoolctl)"
         else:
@@ -353,8 +357,31 @@ def check_sigmoid(got: Array, z: Array) -> None:
     )
 
 
+def sigmoid_calls(z: Array, torch: ModuleType | None) -> dict[str, Callable[[], Array]]:
+    """sigma(z) by siglayer's kernel, NumPy's reference and PyTorch (when given), each
+    a call without arguments returning the result (siglayer and PyTorch into a buffer
+    allocated here, as a sweep over a preallocated activation would)."""
+    y = np.empty_like(z)
+
+    def with_siglayer() -> Array:
+        return _core.sigmoid(z, y)  # type: ignore[no-any-return]
+
+    def with_numpy() -> Array:
+        return reference.sigmoid(z)
+
+    calls: dict[str, Callable[[], Array]] = {"siglayer": with_siglayer, "numpy": with_numpy}
+    if torch is not None:
+        zt, yt = torch.from_numpy(z), torch.from_numpy(np.empty_like(z))
+
+        def with_torch() -> Array:
+            return torch.sigmoid(zt, out=yt).numpy()  # type: ignore[no-any-return]
+
+        calls["torch"] = with_torch
+    return calls
+
+
 def sigmoid_throughput(
-    torch: ModuleType | None, *, rounds: int = 15
+    torch: ModuleType | None, *, rounds: int = 9
 ) -> dict[str, dict[str, float]]:
     """G values/s on one thread for 2**20 values: {dtype: {contender: rate}}.
 
@@ -365,14 +392,7 @@ def sigmoid_throughput(
     with limit_threads(1, torch):
         for dtype_name, dtype in DTYPES.items():
             z = _sigmoid_input(np.dtype(dtype))
-            y = np.empty_like(z)
-            calls: dict[str, Callable[[], Array]] = {
-                "siglayer": lambda z=z, y=y: _core.sigmoid(z, y),
-                "numpy": lambda z=z: reference.sigmoid(z),
-            }
-            if torch is not None:
-                zt, yt = torch.from_numpy(z), torch.from_numpy(np.empty_like(z))
-                calls["torch"] = lambda zt=zt, yt=yt: torch.sigmoid(zt, out=yt).numpy()
+            calls = sigmoid_calls(z, torch)
             for call in calls.values():
                 check_sigmoid(call(), z)
             medians = interleaved_medians(calls, rounds=rounds)
@@ -548,14 +568,14 @@ def plot(rows: Sequence[Row], path: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     colors = {"numpy": "tab:blue", "floor": "tab:gray", "torch": "tab:orange"}
     labels = {"numpy": "vs NumPy", "floor": "vs GEMM floor", "torch": "vs PyTorch"}
-    for ax, pass_ in zip(axes, PASSES):
+    for ax, pass_ in zip(axes, PASSES, strict=True):
         for other, color in colors.items():
             for dtype, style in (("float32", "-"), ("float64", "--")):
                 points = [(sizes.index(r.size), 1 / ratio) for r in rows
                           if r.pass_ == pass_ and r.dtype == dtype
                           and (ratio := r.ratio(other)) is not None]
                 if points:
-                    xs, ys = zip(*points)
+                    xs, ys = zip(*points, strict=True)
                     ax.plot(xs, ys, style, marker="o", color=color,
                             label=f"{labels[other]} ({dtype})")
         ax.axhline(1.0, color="black", linewidth=0.8)
@@ -584,8 +604,9 @@ def _names(text: str, allowed: Sequence[str], what: str) -> list[str]:
 
 def add_arguments(parser: Any) -> None:
     """The options of ``python -m siglayer bench``."""
-    parser.add_argument("--sizes", default=",".join(SIZES),
-                        help=f"comma-separated sizes from {','.join(SIZES)} (default: all)")
+    parser.add_argument("--sizes", default=",".join(DEFAULT_SIZES),
+                        help=f"comma-separated sizes from {','.join(SIZES)}, or 'all' "
+                             f"(default: {','.join(DEFAULT_SIZES)}; XL adds about 2 minutes)")
     parser.add_argument("--dtypes", default="float32,float64", help="float32, float64 or both")
     parser.add_argument("--rounds", type=int, default=7,
                         help="interleaved rounds per size and dtype (fewer for sizes whose "
@@ -608,7 +629,7 @@ def add_arguments(parser: Any) -> None:
 
 def main(args: Any) -> int:
     """Run the benchmark for parsed ``args``; the exit status (1 on a mismatch)."""
-    sizes = _names(args.sizes, list(SIZES), "sizes")
+    sizes = list(SIZES) if args.sizes == "all" else _names(args.sizes, list(SIZES), "sizes")
     dtypes = _names(args.dtypes, list(DTYPES), "dtypes")
     if args.rounds < 1:
         raise SystemExit("--rounds must be >= 1")
