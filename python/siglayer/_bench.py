@@ -74,7 +74,7 @@ DTYPES: dict[str, type[np.floating[Any]]] = {"float32": np.float32, "float64": n
 PASSES = ("forward", "forward_backward")
 PASS_LABELS = {"forward": "fwd", "forward_backward": "fwd+bwd"}
 CONTENDERS = ("siglayer", "siglayer_buffers", "numpy", "floor", "floor_blas", "torch")
-# The default run stays near two minutes; XL alone takes about as long again.
+# The default run stays near two minutes; XL alone takes two to three minutes more.
 DEFAULT_SIZES = ("T", "S", "M", "L", "N")
 SIGMOID_VALUES = 1 << 20
 
@@ -606,7 +606,7 @@ def add_arguments(parser: Any) -> None:
     """The options of ``python -m siglayer bench``."""
     parser.add_argument("--sizes", default=",".join(DEFAULT_SIZES),
                         help=f"comma-separated sizes from {','.join(SIZES)}, or 'all' "
-                             f"(default: {','.join(DEFAULT_SIZES)}; XL adds about 2 minutes)")
+                             f"(default: {','.join(DEFAULT_SIZES)}; XL adds 2 to 3 minutes)")
     parser.add_argument("--dtypes", default="float32,float64", help="float32, float64 or both")
     parser.add_argument("--rounds", type=int, default=7,
                         help="interleaved rounds per size and dtype (fewer for sizes whose "
