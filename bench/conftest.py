@@ -25,11 +25,15 @@ from siglayer import _bench
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("siglayer benchmarks")
-    group.addoption("--sizes", default=",".join(_bench.SIZES),
-                    help=f"comma-separated sizes from {','.join(_bench.SIZES)}")
+    group.addoption(
+        "--sizes",
+        default=",".join(_bench.SIZES),
+        help=f"comma-separated sizes from {','.join(_bench.SIZES)}",
+    )
     group.addoption("--dtypes", default=",".join(_bench.DTYPES), help="float32,float64")
-    group.addoption("--threads", type=int, default=None,
-                    help="threads for siglayer, NumPy's BLAS and PyTorch")
+    group.addoption(
+        "--threads", type=int, default=None, help="threads for siglayer, NumPy's BLAS and PyTorch"
+    )
 
 
 def _option_list(config: pytest.Config, name: str, allowed: list[str]) -> list[str]:
@@ -47,8 +51,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         sizes = _option_list(metafunc.config, "sizes", list(_bench.SIZES))
         dtypes = _option_list(metafunc.config, "dtypes", list(_bench.DTYPES))
         contenders = getattr(metafunc.module, "CONTENDERS", _bench.CONTENDERS)
-        cases = [(s, d, p, c) for s in sizes for d in dtypes for p in _bench.PASSES
-                 for c in contenders]
+        cases = [
+            (s, d, p, c) for s in sizes for d in dtypes for p in _bench.PASSES for c in contenders
+        ]
         metafunc.parametrize("case", cases, ids=["-".join(c) for c in cases])
 
 
@@ -88,7 +93,6 @@ def group(case: tuple[str, str, str, str]) -> tuple[_bench.Problem, _bench.Resul
     return _GroupCache.get(case[0], case[1])
 
 
-def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_json: dict
-                                 ) -> None:
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_json: dict) -> None:
     output_json["siglayer"] = _bench._config.config()
     output_json["siglayer"]["cpu"] = _bench.cpu_model()

@@ -48,8 +48,21 @@ def test_check_catches_wrong_results():
 
 
 def test_bench_prints_the_table(capsys):
-    status = cli.main(["bench", "--sizes", "T", "--dtypes", "float32", "--rounds", "1",
-                       "--no-torch", "--no-sigmoid", "--threads", "1"])
+    status = cli.main(
+        [
+            "bench",
+            "--sizes",
+            "T",
+            "--dtypes",
+            "float32",
+            "--rounds",
+            "1",
+            "--no-torch",
+            "--no-sigmoid",
+            "--threads",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     assert status == 0
     config = siglayer._config.config()
@@ -70,14 +83,26 @@ def test_bench_stops_on_a_mismatch(monkeypatch, capsys):
         return real(x, W, b, out=out) + 1e-3
 
     monkeypatch.setattr(_bench._api, "forward", wrong_forward)
-    status = cli.main(["bench", "--sizes", "T", "--dtypes", "float64", "--rounds", "1",
-                       "--no-torch", "--no-sigmoid"])
+    status = cli.main(
+        [
+            "bench",
+            "--sizes",
+            "T",
+            "--dtypes",
+            "float64",
+            "--rounds",
+            "1",
+            "--no-torch",
+            "--no-sigmoid",
+        ]
+    )
     assert status == 1
     assert "MISMATCH" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("bad", [["--sizes", "Q"], ["--dtypes", "float16"], ["--rounds", "0"],
-                                 ["--threads", "0"]])
+@pytest.mark.parametrize(
+    "bad", [["--sizes", "Q"], ["--dtypes", "float16"], ["--rounds", "0"], ["--threads", "0"]]
+)
 def test_bench_rejects_bad_options(bad):
     with pytest.raises(SystemExit):
         cli.main(["bench", *bad])
@@ -101,8 +126,12 @@ def test_sigmoid_check_catches_an_inaccurate_sigmoid():
 
 def test_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
-    rows = [_bench.Row(size, dtype, pass_, 3, {"siglayer": 1.0, "numpy": 2.0, "floor": 0.9})
-            for size in ("T", "L") for dtype in ("float32", "float64") for pass_ in _bench.PASSES]
+    rows = [
+        _bench.Row(size, dtype, pass_, 3, {"siglayer": 1.0, "numpy": 2.0, "floor": 0.9})
+        for size in ("T", "L")
+        for dtype in ("float32", "float64")
+        for pass_ in _bench.PASSES
+    ]
     path = tmp_path / "speedup.png"
     _bench.plot(rows, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -21,8 +21,11 @@ def _stored(a: np.ndarray, trans: bool, layout: str) -> np.ndarray:
 
 @pytest.mark.parametrize("threading", ["slabs", "blas"])
 @pytest.mark.parametrize("layout", ["C", "F"])
-@pytest.mark.parametrize(("trans_a", "trans_b"), [(False, False), (True, False), (False, True),
-                                                  (True, True)], ids=["NN", "TN", "NT", "TT"])
+@pytest.mark.parametrize(
+    ("trans_a", "trans_b"),
+    [(False, False), (True, False), (False, True), (True, True)],
+    ids=["NN", "TN", "NT", "TT"],
+)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_matches_numpy(rng, threads, shape, dtype, trans_a, trans_b, layout, threading):
@@ -35,8 +38,7 @@ def test_matches_numpy(rng, threads, shape, dtype, trans_a, trans_b, layout, thr
     C = _core.gemm(A, B, trans_a, trans_b, None, threading)
     assert C.shape == (M, N) and C.dtype == np.dtype(dtype) and C.flags.c_contiguous
     want = a.astype(np.float64) @ b.astype(np.float64)
-    assert_within(C.astype(np.float64), want, product_bound(np.abs(a), np.abs(b), K, dtype),
-                  "C")
+    assert_within(C.astype(np.float64), want, product_bound(np.abs(a), np.abs(b), K, dtype), "C")
     np.testing.assert_array_equal(A, A_before)
     np.testing.assert_array_equal(B, B_before)
     # The BLAS's thread setting is back where it was ('blas' raises it for one call).
@@ -49,8 +51,12 @@ def test_writes_into_out(rng, dtype):
     b = rng.standard_normal((17, 9)).astype(dtype)
     out = np.full((33, 9), np.nan, dtype)
     assert _core.gemm(a, b, out=out) is out
-    assert_within(out.astype(np.float64), a.astype(np.float64) @ b,
-                  product_bound(np.abs(a), np.abs(b), 17, dtype), "out")
+    assert_within(
+        out.astype(np.float64),
+        a.astype(np.float64) @ b,
+        product_bound(np.abs(a), np.abs(b), 17, dtype),
+        "out",
+    )
 
 
 @pytest.mark.parametrize("threading", ["slabs", "blas"])
@@ -69,8 +75,11 @@ def test_bad_arguments_are_named():
         _core.gemm(np.ones((4, 3), np.int64), b)
     with pytest.raises(TypeError, match=r"A must be a numpy\.ndarray, got list"):
         _core.gemm([[1.0]], b)
-    with pytest.raises(ValueError, match=r"op\(A\) has shape \(4, 3\) but op\(B\) has shape "
-                                         r"\(2, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"op\(A\) has shape \(4, 3\) but op\(B\) has shape "
+        r"\(2, 3\)",
+    ):
         _core.gemm(a, b, trans_b=True)
     with pytest.raises(ValueError, match="A must be 2-D"):
         _core.gemm(np.ones(3), b)

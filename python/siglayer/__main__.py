@@ -105,8 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     check_p.add_argument("--no-timing", action="store_true", help="skip the timing table")
     sub.add_parser("explain", help="a worked example: the Jacobian of W contracted vs backward")
     bench_p = sub.add_parser(
-        "bench", help="time siglayer against NumPy, the GEMM floor and PyTorch",
-        description=_bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "bench",
+        help="time siglayer against NumPy, the GEMM floor and PyTorch",
+        description=_bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _bench.add_arguments(bench_p)
     args = parser.parse_args(argv)
     if args.command in (None, "check"):

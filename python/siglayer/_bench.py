@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -204,7 +204,7 @@ def _numpy(p: Problem) -> dict[str, Call]:
     return {"forward": forward, "forward_backward": forward_backward}
 
 
-def _floor(p: Problem, ref: Result, *, threading: str) -> dict[str, Call]:
+def _floor(p: Problem, ref: Result, *, threading: Literal["slabs", "blas"]) -> dict[str, Call]:
     x, W = p.x, p.W
     dZ = ref["dZ"]
     z, dW, dx = np.empty_like(ref["z"]), np.empty_like(W), np.empty_like(x)
@@ -235,8 +235,7 @@ def _torch(p: Problem, torch: ModuleType) -> dict[str, Call]:
     def forward_backward() -> Result:
         out = torch.sigmoid(torch.addmm(bg, xg, Wg))
         dx, dW, db = torch.autograd.grad(out, (xg, Wg, bg), dout)
-        return {"out": out.detach().numpy(), "dx": dx.numpy(), "dW": dW.numpy(),
-                "db": db.numpy()}
+        return {"out": out.detach().numpy(), "dx": dx.numpy(), "dW": dW.numpy(), "db": db.numpy()}
 
     return {"forward": forward, "forward_backward": forward_backward}
 
@@ -364,7 +363,7 @@ def sigmoid_calls(z: Array, torch: ModuleType | None) -> dict[str, Callable[[], 
     y = np.empty_like(z)
 
     def with_siglayer() -> Array:
-        return _core.sigmoid(z, y)  # type: ignore[no-any-return]
+        return _core.sigmoid(z, y)
 
     def with_numpy() -> Array:
         return reference.sigmoid(z)
@@ -380,9 +379,7 @@ def sigmoid_calls(z: Array, torch: ModuleType | None) -> dict[str, Callable[[], 
     return calls
 
 
-def sigmoid_throughput(
-    torch: ModuleType | None, *, rounds: int = 9
-) -> dict[str, dict[str, float]]:
+def sigmoid_throughput(torch: ModuleType | None, *, rounds: int = 9) -> dict[str, dict[str, float]]:
     """G values/s on one thread for 2**20 values: {dtype: {contender: rate}}.
 
     Contenders: siglayer's kernel (``_core.sigmoid``), NumPy's ``reference.sigmoid``
@@ -442,12 +439,16 @@ def header(
 ) -> str:
     """Threads, BLAS backend, CPU and versions: the first lines of the table."""
     c = _config.config()
-    torch_part = f"torch {torch.__version__} ({threads} threads)" if torch is not None else (
-        "torch not installed"
+    torch_part = (
+        f"torch {torch.__version__} ({threads} threads)"
+        if torch is not None
+        else ("torch not installed")
     )
-    env = [f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-                                            "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-           if k in os.environ]
+    env = [
+        f"{k}={os.environ[k]}"
+        for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+        if k in os.environ
+    ]
     lines = [
         f"siglayer {c['version']}, {threads} threads: BLAS {c['blas']} ({c['blas_details']}), "
         f"SIMD {c['simd']}{', with out=/dx=/dW=/db= buffers' if buffers else ''}",
@@ -494,14 +495,14 @@ def run(
     names = [c for c in contenders if c != "torch" or torch is not None]
     rows: list[Row] = []
     with limit_threads(threads, torch) as note:
-        print(header(threads, torch, rounds, note, buffers="siglayer_buffers" in names),
-              file=out)
+        print(header(threads, torch, rounds, note, buffers="siglayer_buffers" in names), file=out)
         floor_label = {"slabs": "floor", "blas": "floor(blas)", "best": "floor(best)"}[floor]
         print(
             f"\n{'size':4} {'dtype':7} {'pass':7} {'siglayer':>10} {'numpy':>10} "
             f"{floor_label:>10} {'torch':>10} {'sig/numpy':>10} {'sig/floor':>10} "
             f"{'sig/torch':>10} {'rounds':>6}",
-            file=out, flush=True,
+            file=out,
+            flush=True,
         )
         for size in sizes:
             for dtype in dtypes:
@@ -517,12 +518,14 @@ def run(
                         check(f"{name} {pass_} {size} {dtype}", result, ref)
                         calls[f"{name}:{pass_}"] = call
                 del ref
-                group_rounds = max(min_rounds, min(
-                    rounds, int(group_seconds / _estimate_round_seconds(seconds))))
+                group_rounds = max(
+                    min_rounds, min(rounds, int(group_seconds / _estimate_round_seconds(seconds)))
+                )
                 medians = interleaved_medians(calls, rounds=group_rounds)
                 for pass_ in PASSES:
-                    times = {k.split(":")[0]: v for k, v in medians.items()
-                             if k.endswith(":" + pass_)}
+                    times = {
+                        k.split(":")[0]: v for k, v in medians.items() if k.endswith(":" + pass_)
+                    }
                     if "siglayer_buffers" in times and "siglayer" not in times:
                         times["siglayer"] = times.pop("siglayer_buffers")
                     floor_time = _floor_time(times, floor)
@@ -534,12 +537,16 @@ def run(
                     rows.append(row)
                     print(
                         f"{size:4} {dtype:7} {PASS_LABELS[pass_]:7} "
-                        + "".join(_fmt_time(times.get(k)) + " "
-                                  for k in ("siglayer", "numpy", "floor", "torch"))
-                        + "".join(_fmt_ratio(row.ratio(k)) + " "
-                                  for k in ("numpy", "floor", "torch"))
+                        + "".join(
+                            _fmt_time(times.get(k)) + " "
+                            for k in ("siglayer", "numpy", "floor", "torch")
+                        )
+                        + "".join(
+                            _fmt_ratio(row.ratio(k)) + " " for k in ("numpy", "floor", "torch")
+                        )
                         + f"{group_rounds:>6}",
-                        file=out, flush=True,
+                        file=out,
+                        flush=True,
                     )
     rates = None
     if sigmoid:
@@ -571,16 +578,20 @@ def plot(rows: Sequence[Row], path: str) -> None:
     for ax, pass_ in zip(axes, PASSES, strict=True):
         for other, color in colors.items():
             for dtype, style in (("float32", "-"), ("float64", "--")):
-                points = [(sizes.index(r.size), 1 / ratio) for r in rows
-                          if r.pass_ == pass_ and r.dtype == dtype
-                          and (ratio := r.ratio(other)) is not None]
+                points = [
+                    (sizes.index(r.size), 1 / ratio)
+                    for r in rows
+                    if r.pass_ == pass_
+                    and r.dtype == dtype
+                    and (ratio := r.ratio(other)) is not None
+                ]
                 if points:
                     xs, ys = zip(*points, strict=True)
-                    ax.plot(xs, ys, style, marker="o", color=color,
-                            label=f"{labels[other]} ({dtype})")
+                    ax.plot(
+                        xs, ys, style, marker="o", color=color, label=f"{labels[other]} ({dtype})"
+                    )
         ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_xticks(range(len(sizes)),
-                      [f"{s}\n{SIZES[s]}" for s in sizes], fontsize=8)
+        ax.set_xticks(range(len(sizes)), [f"{s}\n{SIZES[s]}" for s in sizes], fontsize=8)
         ax.set_yscale("log")
         ax.set_title({"forward": "forward", "forward_backward": "forward + backward (dx)"}[pass_])
         ax.set_xlabel("size (n, n_in, n_out)")
@@ -604,27 +615,52 @@ def _names(text: str, allowed: Sequence[str], what: str) -> list[str]:
 
 def add_arguments(parser: Any) -> None:
     """The options of ``python -m siglayer bench``."""
-    parser.add_argument("--sizes", default=",".join(DEFAULT_SIZES),
-                        help=f"comma-separated sizes from {','.join(SIZES)}, or 'all' "
-                             f"(default: {','.join(DEFAULT_SIZES)}; XL adds 2 to 3 minutes)")
+    parser.add_argument(
+        "--sizes",
+        default=",".join(DEFAULT_SIZES),
+        help=f"comma-separated sizes from {','.join(SIZES)}, or 'all' "
+        f"(default: {','.join(DEFAULT_SIZES)}; XL adds 2 to 3 minutes)",
+    )
     parser.add_argument("--dtypes", default="float32,float64", help="float32, float64 or both")
-    parser.add_argument("--rounds", type=int, default=7,
-                        help="interleaved rounds per size and dtype (fewer for sizes whose "
-                             "round takes long, see --group-seconds; default 7)")
-    parser.add_argument("--group-seconds", type=float, default=8.0,
-                        help="time a size/dtype may take before its rounds drop toward 3")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads for siglayer, NumPy's BLAS and PyTorch "
-                             "(default: siglayer's current setting)")
-    parser.add_argument("--floor", choices=("slabs", "blas", "best"), default="slabs",
-                        help="GEMM floor: products split as the layer splits them (slabs), "
-                             "one call on the BLAS's own threads (blas), or the faster")
-    parser.add_argument("--buffers", action="store_true",
-                        help="time siglayer with preallocated out=/dx=/dW=/db= buffers")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=7,
+        help="interleaved rounds per size and dtype (fewer for sizes whose "
+        "round takes long, see --group-seconds; default 7)",
+    )
+    parser.add_argument(
+        "--group-seconds",
+        type=float,
+        default=8.0,
+        help="time a size/dtype may take before its rounds drop toward 3",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for siglayer, NumPy's BLAS and PyTorch (default: siglayer's current setting)",
+    )
+    parser.add_argument(
+        "--floor",
+        choices=("slabs", "blas", "best"),
+        default="slabs",
+        help="GEMM floor: products split as the layer splits them (slabs), "
+        "one call on the BLAS's own threads (blas), or the faster",
+    )
+    parser.add_argument(
+        "--buffers",
+        action="store_true",
+        help="time siglayer with preallocated out=/dx=/dW=/db= buffers",
+    )
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     parser.add_argument("--no-sigmoid", action="store_true", help="skip the sigmoid line")
-    parser.add_argument("--plot", metavar="FILE.png", default=None,
-                        help="draw speedup against size (needs matplotlib)")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        default=None,
+        help="draw speedup against size (needs matplotlib)",
+    )
 
 
 def main(args: Any) -> int:
@@ -638,13 +674,22 @@ def main(args: Any) -> int:
     torch = None if args.no_torch else import_torch()
     contenders = ["siglayer_buffers" if args.buffers else "siglayer", "numpy"]
     contenders += {"slabs": ["floor"], "blas": ["floor_blas"], "best": ["floor", "floor_blas"]}[
-        args.floor]
+        args.floor
+    ]
     contenders.append("torch")
     try:
-        rows, _ = run(sizes, dtypes, rounds=args.rounds, min_rounds=min(3, args.rounds),
-                      group_seconds=args.group_seconds, threads=args.threads,
-                      contenders=contenders, floor=args.floor,
-                      sigmoid=not args.no_sigmoid, torch=torch)
+        rows, _ = run(
+            sizes,
+            dtypes,
+            rounds=args.rounds,
+            min_rounds=min(3, args.rounds),
+            group_seconds=args.group_seconds,
+            threads=args.threads,
+            contenders=contenders,
+            floor=args.floor,
+            sigmoid=not args.no_sigmoid,
+            torch=torch,
+        )
     except AssertionError as exc:
         print(f"MISMATCH, nothing timed for this group: {exc}", file=sys.stderr)
         return 1
