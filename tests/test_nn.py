@@ -141,10 +141,13 @@ def test_buffers_are_reused_and_overwritten(rng):
     out2 = layer(x2)
     assert out2 is out1  # same buffer ...
     assert not np.array_equal(out1, kept)  # ... so the earlier result is overwritten
-    np.testing.assert_array_equal(out1, reference.forward(x2, layer.W, layer.b))
+    # Bitwise against the functional API (the same kernels): the NumPy reference may round
+    # differently in the last bit with another BLAS (MKL).
+    second = siglayer.forward(x2, layer.W, layer.b)
+    np.testing.assert_array_equal(out1, second)
     short = layer(x1[:2])  # another batch size: another buffer, the first untouched
     assert short is not out1
-    np.testing.assert_array_equal(out1, reference.forward(x2, layer.W, layer.b))
+    np.testing.assert_array_equal(out1, second)
     assert layer(x1) is out1
     dx1 = layer.backward(np.ones((5, 3)))
     assert layer.backward(np.ones((5, 3))) is dx1

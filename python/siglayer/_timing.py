@@ -32,17 +32,19 @@ def interleaved_medians(
     """Median seconds per call of each contender.
 
     Each round calls every contender in turn, each as many times as it takes to fill
-    ``min_round_seconds`` (calibrated once on the slowest), after a ``settle_seconds``
-    pause and ``warmup_seconds`` of untimed calls (see the module docstring).
+    ``min_round_seconds`` (calibrated per contender, on its fastest of three calls), after
+    a ``settle_seconds`` pause and ``warmup_seconds`` of untimed calls (see the module
+    docstring).
     """
-    for fn in contenders.values():
+    calls: dict[str, int] = {}
+    for name, fn in contenders.items():
         fn()
-    slowest = 0.0
-    for fn in contenders.values():
-        t0 = time.perf_counter()
-        fn()
-        slowest = max(slowest, time.perf_counter() - t0)
-    calls = max(1, int(min_round_seconds / max(slowest, 1e-7)))
+        fastest = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            fastest = min(fastest, time.perf_counter() - t0)
+        calls[name] = max(1, int(min_round_seconds / max(fastest, 1e-7)))
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, fn in contenders.items():
@@ -52,7 +54,7 @@ def interleaved_medians(
             while time.perf_counter() < warm_until:
                 fn()
             t0 = time.perf_counter()
-            for _ in range(calls):
+            for _ in range(calls[name]):
                 fn()
-            samples[name].append((time.perf_counter() - t0) / calls)
+            samples[name].append((time.perf_counter() - t0) / calls[name])
     return {name: float(np.median(s)) for name, s in samples.items()}
