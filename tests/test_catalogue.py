@@ -1,0 +1,395 @@
+"""The catalogue of bad calls: every one raises a TypeError or ValueError whose message
+names the offending argument, never crashes, and leaves every input and every
+caller-supplied buffer exactly as it was.
+
+Each case builds its arguments afresh from a small valid problem (x (4, 3), W (3, 2),
+b (2,), float64) and changes one thing. The cases are grouped by what they break:
+argument types, dtypes, array subclasses, shapes, output buffers, overlaps, strides and
+alignment, and sizes beyond the BLAS integer range (zero-stride views: no memory
+needed). The layouts that are *accepted* (zero and negative strides on inputs, huge
+row strides) are checked against the reference at the end; see docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import mmap
+import re
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import as_strided
+
+import siglayer
+from siglayer import reference
+
+f32, f64 = np.float32, np.float64
+INT_MAX = 2**31 - 1  # the BLAS integer of scipy-openblas32
+
+Args = dict[str, Any]
+# A case: builder(problem) -> (function name, keyword arguments, extra arrays to watch),
+# the exception type, the argument the message must name, and a regex for the message.
+Builder = Callable[[Args], tuple[str, Args, list[np.ndarray]]]
+
+
+def problem(dtype: type = f64, n: int = 4, n_in: int = 3, n_out: int = 2) -> Args:
+    """A valid small problem; out is siglayer's own forward result."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, n_in)).astype(dtype)
+    W = rng.standard_normal((n_in, n_out)).astype(dtype)
+    b = rng.standard_normal(n_out).astype(dtype)
+    return {"x": x, "W": W, "b": b, "out": siglayer.forward(x, W, b),
+            "dout": rng.standard_normal((n, n_out)).astype(dtype)}
+
+
+def fwd(p: Args, watch: list[np.ndarray] | None = None, **change: Any):
+    args = {"x": p["x"], "W": p["W"], "b": p["b"], **change}
+    return "forward", args, watch or []
+
+
+def bwd(p: Args, watch: list[np.ndarray] | None = None, **change: Any):
+    args = {"dout": p["dout"], "x": p["x"], "W": p["W"], "out": p["out"], **change}
+    return "backward", args, watch or []
+
+
+def filled(shape: tuple[int, ...], dtype: type = f64) -> np.ndarray:
+    """A caller's buffer holding a sentinel, so any write into it shows."""
+    return np.full(shape, 7.0, dtype)
+
+
+def readonly(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+def zero_stride(shape: tuple[int, ...], source: np.ndarray) -> np.ndarray:
+    """A read-only view of shape `shape` in which every element is source[0]."""
+    return as_strided(source, shape=shape, strides=(0,) * len(shape), writeable=False)
+
+
+def misaligned(shape: tuple[int, ...], dtype: type = f64) -> np.ndarray:
+    """A C-contiguous, writeable array whose data pointer is one byte off alignment."""
+    count = int(np.prod(shape))
+    raw = np.zeros(count * np.dtype(dtype).itemsize + 1, np.uint8)
+    a = raw[1:].view(dtype).reshape(shape)
+    a[...] = 7.0
+    return a
+
+
+def shared_then(p: Args, name: str, dtype: type = f64):
+    """A backing array of 32 elements, the problem's `name` copied to its start."""
+    backing = np.zeros(32, dtype)
+    view = backing[: p[name].size].reshape(p[name].shape)
+    view[...] = p[name]
+    return backing, view
+
+
+def _huge(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    source = np.array([0.5], f32)
+    return source, zero_stride(shape, source)
+
+
+def huge_forward(n: int, n_in: int, n_out: int, with_out: bool = False) -> Builder:
+    """forward on zero-stride float32 views; any allocation or packing copy of a size
+    proportional to them would be impossible (MemoryError) instead of the ValueError."""
+
+    def build(p: Args):
+        sx, x = _huge((n, n_in))
+        sW, W = _huge((n_in, n_out))
+        sb, b = _huge((n_out,))
+        extra = {"out": np.zeros((2, 2), f32)} if with_out else {}
+        return "forward", {"x": x, "W": W, "b": b, **extra}, [sx, sW, sb]
+
+    return build
+
+
+def huge_backward(n: int, n_in: int, n_out: int) -> Builder:
+    def build(p: Args):
+        sources, views = zip(*(_huge(s) for s in ((n, n_out), (n, n_in), (n_in, n_out), (n, n_out))))
+        args = dict(zip(("dout", "x", "W", "out"), views))
+        return "backward", args, list(sources)
+
+    return build
+
+
+BIG = 2**40  # a companion dimension that makes any proportional allocation impossible
+
+CASES: dict[str, tuple[Builder, type[Exception], str, str]] = {
+    # -- Not an array at all ------------------------------------------------------------
+    "x-list": (lambda p: fwd(p, x=p["x"].tolist()), TypeError, "x", r"x must be a numpy\.ndarray, got list"),
+    "x-ragged-list": (lambda p: fwd(p, x=[[1.0, 2.0, 3.0], [4.0]]), TypeError, "x", r"got list"),
+    "x-None": (lambda p: fwd(p, x=None), TypeError, "x", r"x must be a numpy\.ndarray, got None"),
+    "x-memoryview": (lambda p: fwd(p, x=memoryview(p["x"])), TypeError, "x", r"got memoryview"),
+    "W-python-float": (lambda p: fwd(p, W=2.0), TypeError, "W", r"W must be a numpy\.ndarray, got float"),
+    "b-tuple": (lambda p: fwd(p, b=(1.0, 2.0)), TypeError, "b", r"got tuple"),
+    "b-python-int": (lambda p: fwd(p, b=0), TypeError, "b", r"got int"),
+    "dout-None": (lambda p: bwd(p, dout=None), TypeError, "dout", r"dout must be a numpy\.ndarray, got None"),
+    "dout-python-float": (lambda p: bwd(p, dout=1.0), TypeError, "dout", r"got float"),
+    "bwd-out-list": (lambda p: bwd(p, out=p["out"].tolist()), TypeError, "out", r"out must be a numpy\.ndarray"),
+    "bwd-W-None-batched": (lambda p: bwd(p, x=p["x"][None], dout=p["dout"][None], out=p["out"][None], W=None),
+                           TypeError, "W", r"W must be a numpy\.ndarray, got None"),
+    # W is checked before out= is sized from it (it used to read "expected (1, 4, -1)").
+    "W-None-batched-with-out": (lambda p: fwd(p, x=p["x"][None], W=None, out=filled((1, 4, 2))),
+                                TypeError, "W", r"W must be a numpy\.ndarray, got None"),
+    "W-1d-batched-with-out": (lambda p: fwd(p, x=p["x"][None], W=p["W"][:, 0], out=filled((1, 4, 2))),
+                              ValueError, "W", r"W must be 2-D"),
+    # -- Unsupported dtypes: never converted ---------------------------------------------
+    "x-int64": (lambda p: fwd(p, x=p["x"].astype(np.int64)), TypeError, "x", r"x has dtype int64"),
+    "W-float16": (lambda p: fwd(p, W=p["W"].astype(np.float16)), TypeError, "W", r"W has dtype float16"),
+    "x-longdouble": (lambda p: fwd(p, x=p["x"].astype(np.longdouble)), TypeError, "x", r"x has dtype float(128|96|64)"),
+    "x-complex128": (lambda p: fwd(p, x=p["x"].astype(complex)), TypeError, "x", r"x has dtype complex128"),
+    "b-bool": (lambda p: fwd(p, b=p["b"] > 0), TypeError, "b", r"b has dtype bool"),
+    "x-object": (lambda p: fwd(p, x=p["x"].astype(object)), TypeError, "x", r"x has dtype object"),
+    "dout-object": (lambda p: bwd(p, dout=p["dout"].astype(object)), TypeError, "dout", r"dout has dtype object"),
+    "x-str": (lambda p: fwd(p, x=np.full((4, 3), "a")), TypeError, "x", r"x has dtype <U1"),
+    "x-big-endian": (lambda p: fwd(p, x=p["x"].astype(">f8")), TypeError, "x", r"x has dtype >f8"),
+    "bwd-out-int32": (lambda p: bwd(p, out=p["out"].astype(np.int32)), TypeError, "out", r"out has dtype int32"),
+    # -- Mixed dtypes ---------------------------------------------------------------------
+    "mixed-W-float32": (lambda p: fwd(p, W=p["W"].astype(f32)), TypeError, "W",
+                        r"share one dtype; got x float64, W float32, b float64"),
+    "mixed-b-float32": (lambda p: fwd(p, b=p["b"].astype(f32)), TypeError, "b", r"b float32"),
+    "mixed-dout-float32": (lambda p: bwd(p, dout=p["dout"].astype(f32)), TypeError, "dout",
+                           r"share one dtype; got dout float32, x float64"),
+    "mixed-bwd-out-float32": (lambda p: bwd(p, out=p["out"].astype(f32)), TypeError, "out", r"out float32"),
+    "mixed-batched-x-float32": (lambda p: fwd(p, x=p["x"][None].astype(f32)), TypeError, "x", r"x float32, W float64"),
+    # -- Array subclasses whose meaning the core would ignore ----------------------------
+    "x-matrix": (lambda p: fwd(p, x=p["x"].view(np.matrix)), TypeError, "x", r"x must be a plain numpy\.ndarray, got numpy\.matrix"),
+    "W-masked": (lambda p: fwd(p, W=np.ma.masked_array(p["W"])), TypeError, "W", r"W must be a plain .*MaskedArray"),
+    "b-masked": (lambda p: fwd(p, b=np.ma.masked_array(p["b"], mask=[True, False])), TypeError, "b", r"MaskedArray"),
+    "x-masked-batched": (lambda p: fwd(p, x=np.ma.masked_array(p["x"][None])), TypeError, "x", r"MaskedArray"),
+    "dout-matrix": (lambda p: bwd(p, dout=p["dout"].view(np.matrix)), TypeError, "dout", r"numpy\.matrix"),
+    "out-buffer-matrix": (lambda p: fwd(p, out=filled((4, 2)).view(np.matrix)), TypeError, "out", r"numpy\.matrix"),
+    "dW-buffer-masked": (lambda p: bwd(p, dW=np.ma.masked_array(filled((3, 2)))), TypeError, "dW", r"MaskedArray"),
+    # -- Shapes ---------------------------------------------------------------------------
+    "x-0d": (lambda p: fwd(p, x=np.array(1.0)), ValueError, "x", r"x must have shape \(\.\.\., n_in\), got a 0-d"),
+    "W-1d": (lambda p: fwd(p, W=p["W"][:, 0]), ValueError, "W", r"W must be 2-D \(n_in, n_out\), got shape \(3,\)"),
+    "W-3d": (lambda p: fwd(p, W=p["W"][None]), ValueError, "W", r"W must be 2-D .*\(1, 3, 2\)"),
+    "b-2d": (lambda p: fwd(p, b=np.ones((2, 2))), ValueError, "b", r"b must have shape \(n_out,\) or \(1, n_out\), got shape \(2, 2\)"),
+    "b-0d": (lambda p: fwd(p, b=np.array(0.0)), ValueError, "b", r"got shape \(\)"),
+    "b-3d": (lambda p: fwd(p, b=np.ones((1, 1, 2))), ValueError, "b", r"got shape \(1, 1, 2\)"),
+    "b-size": (lambda p: fwd(p, b=np.ones(3)), ValueError, "b", r"b has 3 entries but W has shape \(3, 2\)"),
+    "x-features": (lambda p: fwd(p, x=np.ones((2, 5))), ValueError, "x",
+                   r"W has shape \(3, 2\) but x has 5 features \(shape \(2, 5\)\)"),
+    "x-features-batched": (lambda p: fwd(p, x=np.ones((2, 2, 5))), ValueError, "x", r"x has 5 features \(shape \(2, 2, 5\)\)"),
+    "bwd-x-0d": (lambda p: bwd(p, x=np.array(1.0), dout=p["dout"][None]), ValueError, "x", r"x must have shape"),
+    "bwd-x-features": (lambda p: bwd(p, x=np.ones((4, 5))), ValueError, "x", r"W has shape \(3, 2\) but x has 5 features"),
+    "bwd-W-1d-batched": (lambda p: bwd(p, x=p["x"][None], dout=p["dout"][None], out=p["out"][None], W=p["W"][:, 0]),
+                         ValueError, "W", r"W must be 2-D"),
+    "dout-shape": (lambda p: bwd(p, dout=np.ones((4, 3))), ValueError, "dout", r"dout has shape \(4, 3\), expected \(4, 2\)"),
+    "dout-0d": (lambda p: bwd(p, dout=np.array(1.0)), ValueError, "dout", r"dout has shape \(\), expected \(4, 2\)"),
+    "dout-batch-mismatch": (lambda p: bwd(p, x=p["x"].reshape(2, 2, 3), out=p["out"].reshape(2, 2, 2),
+                                          dout=p["dout"].reshape(1, 4, 2)), ValueError, "dout", r"dout has shape \(1, 4, 2\)"),
+    "bwd-out-shape": (lambda p: bwd(p, out=np.ones((5, 2))), ValueError, "out", r"out has shape \(5, 2\), expected \(4, 2\)"),
+    # -- need_dx --------------------------------------------------------------------------
+    "need_dx-None": (lambda p: bwd(p, need_dx=None), TypeError, "need_dx", r"need_dx must be a bool, got None"),
+    "need_dx-str": (lambda p: bwd(p, need_dx="no"), TypeError, "need_dx", r"need_dx must be a bool, got str"),
+    "need_dx-array": (lambda p: bwd(p, need_dx=np.array([True, False])), TypeError, "need_dx", r"got numpy\.ndarray"),
+    # -- Output buffers (each holds a sentinel that must survive) -------------------------
+    "out-shape": (lambda p: fwd(p, out=filled((4, 3))), ValueError, "out", r"out has shape \(4, 3\), expected \(4, 2\)"),
+    "out-too-small": (lambda p: fwd(p, out=filled((3, 2))), ValueError, "out", r"out has shape \(3, 2\), expected \(4, 2\)"),
+    "out-flat": (lambda p: fwd(p, out=filled((8,))), ValueError, "out", r"out has shape \(8,\)"),
+    "out-flattened-batch": (lambda p: fwd(p, x=p["x"].reshape(2, 2, 3), out=filled((4, 2))),
+                            ValueError, "out", r"out has shape \(4, 2\), expected \(2, 2, 2\)"),
+    "out-0d": (lambda p: fwd(p, out=np.array(7.0)), ValueError, "out", r"out has shape \(\)"),
+    "out-list": (lambda p: fwd(p, out=[[0.0, 0.0]] * 4), TypeError, "out", r"out must be a numpy\.ndarray, got list"),
+    "out-float32": (lambda p: fwd(p, out=filled((4, 2), f32)), TypeError, "out", r"out has dtype float32, expected float64"),
+    "out-big-endian": (lambda p: fwd(p, out=filled((4, 2)).astype(">f8")), TypeError, "out", r"out has dtype >f8"),
+    "out-F-order": (lambda p: fwd(p, out=np.asfortranarray(filled((4, 2)))), ValueError, "out", r"out must be C-contiguous"),
+    "out-strided": (lambda p: fwd(p, out=filled((4, 4))[:, ::2]), ValueError, "out", r"out must be C-contiguous"),
+    "out-negative-strides": (lambda p: fwd(p, out=filled((4, 2))[::-1]), ValueError, "out", r"out must be C-contiguous"),
+    "out-zero-strides": (lambda p: (lambda s: fwd(p, out=as_strided(s, (4, 2), (0, 0)), watch=[s]))(filled((1,))),
+                         ValueError, "out", r"out must be C-contiguous"),
+    "out-read-only": (lambda p: fwd(p, out=readonly(filled((4, 2)))), ValueError, "out", r"out is read-only"),
+    "out-misaligned": (lambda p: fwd(p, out=misaligned((4, 2))), ValueError, "out", r"out is not aligned"),
+    "dx-misaligned": (lambda p: bwd(p, dx=misaligned((4, 3))), ValueError, "dx", r"dx is not aligned"),
+    "dW-shape": (lambda p: bwd(p, dW=filled((2, 3))), ValueError, "dW", r"dW has shape \(2, 3\), expected \(3, 2\)"),
+    "db-shape": (lambda p: bwd(p, db=filled((1, 2))), ValueError, "db", r"db has shape \(1, 2\), expected \(2,\)"),
+    "dx-shape-batched": (lambda p: bwd(p, x=p["x"][None], dout=p["dout"][None], out=p["out"][None], dx=filled((4, 3))),
+                         ValueError, "dx", r"dx has shape \(4, 3\), expected \(1, 4, 3\)"),
+    "dx-float32": (lambda p: bwd(p, dx=filled((4, 3), f32)), TypeError, "dx", r"dx has dtype float32"),
+    "dW-list": (lambda p: bwd(p, dW=[[0.0] * 2] * 3), TypeError, "dW", r"dW must be a numpy\.ndarray, got list"),
+    "dx-without-need_dx": (lambda p: bwd(p, dx=filled((4, 3)), need_dx=False), ValueError, "dx",
+                           r"dx was given but need_dx=False"),
+    "dW-read-only": (lambda p: bwd(p, dW=readonly(filled((3, 2)))), ValueError, "dW", r"dW is read-only"),
+    "db-read-only": (lambda p: bwd(p, db=readonly(filled((2,)))), ValueError, "db", r"db is read-only"),
+    "dx-F-order": (lambda p: bwd(p, dx=np.asfortranarray(filled((4, 3)))), ValueError, "dx", r"dx must be C-contiguous"),
+    "db-strided": (lambda p: bwd(p, db=filled((4,))[::2]), ValueError, "db", r"db must be C-contiguous"),
+    # -- A buffer that overlaps an input or another buffer -------------------------------
+    "out-is-x": (lambda p: (lambda x: fwd(p, x=x, W=np.ones((2, 2)), out=x))(filled((4, 2))),
+                 ValueError, "out", r"out overlaps x"),
+    "out-partly-overlaps-x": (lambda p: (lambda s, x: fwd(p, x=x, out=s[10:18].reshape(4, 2), watch=[s]))(*shared_then(p, "x")),
+                              ValueError, "out", r"out overlaps x"),
+    "out-overlaps-last-element-of-x": (lambda p: (lambda s, x: fwd(p, x=x, out=s[11:19].reshape(4, 2), watch=[s]))(*shared_then(p, "x")),
+                                       ValueError, "out", r"out overlaps x"),
+    "out-overlaps-negative-strided-x": (lambda p: (lambda s: fwd(p, x=s[11::-1].reshape(4, 3), out=s[:8].reshape(4, 2), watch=[s]))(
+                                            np.arange(32.0)), ValueError, "out", r"out overlaps x"),
+    "out-contains-W": (lambda p: (lambda s, W: fwd(p, W=W, out=s[:8].reshape(4, 2), watch=[s]))(*shared_then(p, "W")),
+                       ValueError, "out", r"out overlaps W"),
+    "out-overlaps-b": (lambda p: (lambda s, b: fwd(p, b=b, out=s[1:9].reshape(4, 2), watch=[s]))(*shared_then(p, "b")),
+                       ValueError, "out", r"out overlaps b"),
+    "out-overlaps-x-batched": (lambda p: (lambda x: fwd(p, x=x, W=np.ones((3, 3)), b=np.ones(3), out=x))(filled((2, 2, 3))),
+                               ValueError, "out", r"out overlaps x"),
+    "dW-is-W": (lambda p: bwd(p, dW=p["W"]), ValueError, "dW", r"dW overlaps W"),
+    "dx-partly-overlaps-x": (lambda p: (lambda s, x: bwd(p, x=x, dx=s[9:21].reshape(4, 3), watch=[s]))(*shared_then(p, "x")),
+                             ValueError, "dx", r"dx overlaps x"),
+    "dx-overlaps-bwd-out": (lambda p: (lambda s, out: bwd(p, out=out, dx=s[6:18].reshape(4, 3), watch=[s]))(*shared_then(p, "out")),
+                            ValueError, "dx", r"dx overlaps out"),
+    "db-overlaps-dout": (lambda p: (lambda s, dout: bwd(p, dout=dout, db=s[7:9], watch=[s]))(*shared_then(p, "dout")),
+                         ValueError, "db", r"db overlaps dout"),
+    "dW-overlaps-db": (lambda p: (lambda s: bwd(p, dW=s[:6].reshape(3, 2), db=s[5:7], watch=[s]))(filled((32,))),
+                       ValueError, "dW", r"dW overlaps db"),
+    "dx-overlaps-dW": (lambda p: (lambda s: bwd(p, dx=s[:12].reshape(4, 3), dW=s[11:17].reshape(3, 2), watch=[s]))(filled((32,))),
+                       ValueError, "dx", r"dx overlaps dW"),
+    # -- Strides and alignment the core cannot take ---------------------------------------
+    "x-misaligned": (lambda p: fwd(p, x=misaligned((4, 3))), ValueError, "x", r"x is not aligned"),
+    "W-misaligned": (lambda p: fwd(p, W=misaligned((3, 2))), ValueError, "W", r"W is not aligned"),
+    "x-stride-not-whole-elements": (lambda p: fwd(p, x=np.zeros((4, 3), dtype=[("a", f64), ("c", f32)])["a"]),
+                                    ValueError, "x", r"x has strides that are not a whole number of elements"),
+    "dout-stride-not-whole-elements": (lambda p: bwd(p, dout=np.zeros((4, 2), dtype=[("a", f64), ("c", f32)])["a"]),
+                                       ValueError, "dout", r"dout has strides that are not a whole number"),
+    # -- Beyond the BLAS integer range: refused before any allocation or packing copy -----
+    "fwd-n_in-over-int32": (huge_forward(2**20, INT_MAX + 1, 2), ValueError, "n_in", r"n_in = 2147483648 exceeds the BLAS integer range"),
+    "fwd-n-over-int32": (huge_forward(BIG, 3, 2**20), ValueError, "n", r"\bn = 1099511627776 exceeds"),
+    "fwd-n_out-over-int32": (huge_forward(2**20, 3, INT_MAX + 1), ValueError, "n_out", r"n_out = 2147483648 exceeds"),
+    "fwd-n_in-over-int32-with-out": (huge_forward(2, BIG, 2, with_out=True), ValueError, "n_in", r"n_in = 1099511627776 exceeds"),
+    "fwd-batch-rows-over-int32": (lambda p: (lambda s, x: ("forward", {"x": x, "W": np.ones((3, 2), f32), "b": np.ones(2, f32)}, [s]))(
+                                      *_huge((2**20, 2**20, 3))), ValueError, "n", r"\bn = 1099511627776 exceeds"),
+    "bwd-n_in-over-int32": (huge_backward(2**20, INT_MAX + 1, 2**20), ValueError, "n_in", r"n_in = 2147483648 exceeds"),
+    "bwd-n-over-int32": (huge_backward(BIG, 2**20, 3), ValueError, "n", r"\bn = 1099511627776 exceeds"),
+    "bwd-n_out-over-int32": (huge_backward(2**20, 3, INT_MAX + 1), ValueError, "n_out", r"n_out = 2147483648 exceeds"),
+}
+
+
+def _snapshot(a: np.ndarray) -> tuple[bytes, bool]:
+    return np.array(a, copy=True, subok=False).tobytes(), bool(a.flags.writeable)
+
+
+def _watched(args: Args, watch: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Every array whose memory the call could touch: the arguments (unless they are
+    huge zero-stride views, watched through their source instead) and the extras."""
+    arrays = {k: v for k, v in args.items() if isinstance(v, np.ndarray) and v.size <= 10**6}
+    arrays.update({f"watch{i}": w for i, w in enumerate(watch)})
+    return arrays
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_call(case: str) -> None:
+    build, error, argument, match = CASES[case]
+    func, args, watch = build(problem())
+    arrays = _watched(args, watch)
+    before = {k: _snapshot(v) for k, v in arrays.items()}
+    tracemalloc.start()
+    try:
+        with pytest.raises(error) as raised:
+            getattr(siglayer, func)(**args)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    message = str(raised.value)
+    assert re.search(match, message), f"message {message!r} does not match {match!r}"
+    assert re.search(rf"(?<![\w.]){re.escape(argument)}\b", message), f"{argument!r} not named in {message!r}"
+    for name, array in arrays.items():
+        assert _snapshot(array) == before[name], f"{name} changed by a failing call"
+    # Python-side allocations (NumPy's included) stay small: nothing was sized by the
+    # bad argument.
+    assert peak < 1 << 20, f"{peak} bytes allocated before refusing"
+
+
+def test_catalogue_size() -> None:
+    """The issue asks for at least 40 distinct bad calls (dict keys are distinct)."""
+    assert len(CASES) >= 40
+
+
+def test_set_num_threads_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
+        siglayer.set_num_threads(0)
+    with pytest.raises(ValueError, match="n must be >= 1, got -3"):
+        siglayer.set_num_threads(-3)
+    with pytest.raises(TypeError, match="n must be an int, got float"):
+        siglayer.set_num_threads(1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="n must be an int, got NoneType"):
+        siglayer.set_num_threads(None)  # type: ignore[arg-type]
+
+
+# -- Accepted layouts: computed, and equal to the reference -------------------------------
+
+
+def _reference_check(x, W, b, dout, got_out, got_grads, dtype) -> None:
+    eps = float(np.finfo(dtype).eps)
+    want_out = reference.forward(np.asarray(x), np.asarray(W), np.asarray(b))
+    np.testing.assert_allclose(got_out, want_out, rtol=64 * eps, atol=64 * eps)
+    want = reference.backward(np.asarray(dout), np.asarray(x), np.asarray(W), got_out)
+    for name, got, ref in zip(("dx", "dW", "db"), got_grads, want):
+        scale = max(1.0, float(np.abs(ref).max(initial=0)))
+        np.testing.assert_allclose(got, ref, rtol=0, atol=256 * eps * scale, err_msg=name)
+
+
+ACCEPTED_LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    # Broadcast (zero-stride) inputs are read-only views; they are packed, not refused.
+    "zero-stride-rows": lambda a: np.broadcast_to(a[:1], a.shape),
+    "zero-stride-all": lambda a: np.broadcast_to(a[:1, :1], a.shape),
+    "negative-rows": lambda a: np.ascontiguousarray(a[::-1])[::-1],
+    "negative-both": lambda a: np.ascontiguousarray(a[::-1, ::-1])[::-1, ::-1],
+    "negative-F": lambda a: np.asfortranarray(a[::-1])[::-1],
+    "read-only": lambda a: readonly(a.copy()),
+}
+
+
+@pytest.mark.parametrize("dtype", [f32, f64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("layout", list(ACCEPTED_LAYOUTS))
+def test_accepted_input_layouts(layout: str, dtype: type) -> None:
+    """Zero and negative strides on inputs are accepted and give the reference result
+    (outputs, by contrast, must be C-contiguous: see the catalogue above)."""
+    p = problem(dtype, n=9, n_in=7, n_out=5)
+    make = ACCEPTED_LAYOUTS[layout]
+    x, W, dout = make(p["x"]), make(p["W"]), make(p["dout"])
+    b = make(p["b"][None])[0]  # the bias with the same kind of stride
+    out = siglayer.forward(x, W, b)
+    grads = siglayer.backward(dout, x, W, make(out))
+    _reference_check(x, W, b, dout, out, grads, dtype)
+
+
+def _sparse_zeros(nbytes: int) -> np.ndarray:
+    """nbytes of zeros backed by untouched private pages (MAP_NORESERVE): no memory is
+    committed until written. Skips where the kernel refuses the mapping."""
+    no_reserve = getattr(mmap, "MAP_NORESERVE", 0x4000)
+    try:
+        buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | no_reserve)
+    except (OSError, OverflowError) as e:
+        pytest.skip(f"cannot map {nbytes} bytes: {e}")
+    return np.frombuffer(buffer, np.uint8)
+
+
+def test_row_stride_beyond_blas_range_is_packed() -> None:
+    """Small views into a huge array: their row (or column) strides do not fit the BLAS
+    integer, so they are packed (they used to be refused with '... leading dimension
+    exceeds the BLAS integer range')."""
+    row = INT_MAX + 65  # elements per row of the huge parent, 3 rows: 25.8 GB of address space
+    parent = _sparse_zeros(3 * row * 4).view(f32).reshape(3, row)
+    rng = np.random.default_rng(1)
+    parent[:, :32] = rng.standard_normal((3, 32))  # touches three pages
+    x = parent[:2, :8]  # C-like, row stride 2^31 + 64
+    W = parent[:, 8:16].T  # (8, 3), F-like, column stride 2^31 + 64
+    b = parent[0, 16:19]
+    dout = parent[:2, 19:22]
+    out = siglayer.forward(x, W, b)
+    parent[:2, 22:25] = out
+    grads = siglayer.backward(dout, x, W, parent[:2, 22:25])
+    _reference_check(x, W, b, dout, out, grads, f32)
+
+
+def test_adjacent_buffers_are_accepted() -> None:
+    """Overlap is judged on the bytes each array can touch: neighbours in one buffer are fine."""
+    p = problem()
+    shared = np.zeros(12 + 8 + 6 + 2 + 12)
+    x = shared[:12].reshape(4, 3)
+    x[...] = p["x"]
+    out = shared[12:20].reshape(4, 2)
+    assert siglayer.forward(x, p["W"], p["b"], out=out) is out
+    np.testing.assert_array_equal(out, p["out"])
+    dW, db, dx = shared[20:26].reshape(3, 2), shared[26:28], shared[28:].reshape(4, 3)
+    got = siglayer.backward(p["dout"], x, p["W"], out, dx=dx, dW=dW, db=db)
+    for g, r in zip(got, siglayer.backward(p["dout"], p["x"], p["W"], p["out"])):
+        np.testing.assert_array_equal(g, r)
