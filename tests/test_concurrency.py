@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from conftest import make_problem
 
 import siglayer
+from conftest import make_problem
 
 PYTHON_THREADS = 8
 ROUNDS = 20  # each worker runs every task this many times, in its own order

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_problem
 
 import siglayer
+from conftest import make_problem
 
 # Large enough for a two-thread team (>= 2^20 multiply-adds), several 16-column blocks.
 SHAPES = [((333, 129), 77), ((1031, 67), 33), ((70, 300), 1000), ((2, 64, 100), 48)]
