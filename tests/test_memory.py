@@ -18,7 +18,19 @@ import pytest
 
 import siglayer
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux /proc")
+
+
+def _asan_loaded() -> bool:
+    if not os.path.exists("/proc/self/maps"):
+        return False
+    with open("/proc/self/maps") as f:
+        return any("libasan" in line for line in f)
+
+
+# Under AddressSanitizer (.ci/sanitize.sh) freed memory sits in a quarantine on purpose,
+# so resident memory grows; the other checks still apply.
+CHECK_RSS = not _asan_loaded()
 
 ITERATIONS = 4000  # forward + backward pairs, 5 of each per iteration
 
@@ -100,7 +112,7 @@ def test_many_calls_do_not_grow_memory() -> None:
     # shows in the counts, a leaked Python object of any size in the traced memory.
     assert [sys.getrefcount(a) for a in inputs] == refcounts
     assert traced_growth < 64 << 10, f"traced Python memory grew by {traced_growth} bytes"
-    assert rss_growth < 2 << 20, f"RSS grew by {rss_growth} bytes over {ITERATIONS} iterations"
+    assert rss_growth < 2 << 20 or not CHECK_RSS, f"RSS grew by {rss_growth} bytes over {ITERATIONS} iterations"
 
 
 def test_short_lived_threads_leave_nothing_behind() -> None:
@@ -134,4 +146,4 @@ def test_short_lived_threads_leave_nothing_behind() -> None:
         time.sleep(0.05)
     assert os_threads() <= threads_before, "OS threads left behind by finished Python threads"
     # Each thread's scratch is >= 256 kB here: a leak would be >= 38 MB.
-    assert rss_growth < 8 << 20, f"RSS grew by {rss_growth} bytes over 150 threads"
+    assert rss_growth < 8 << 20 or not CHECK_RSS, f"RSS grew by {rss_growth} bytes over 150 threads"
