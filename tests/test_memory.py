@@ -32,7 +32,7 @@ def _asan_loaded() -> bool:
 # so resident memory grows; the other checks still apply.
 CHECK_RSS = not _asan_loaded()
 
-ITERATIONS = 4000  # forward + backward pairs, 5 of each per iteration
+ITERATIONS = 4000  # each: 4 forward + backward pairs and 2 failing calls
 
 
 def rss_bytes() -> int:
