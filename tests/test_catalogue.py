@@ -806,8 +806,7 @@ def _sparse_zeros(nbytes: int) -> np.ndarray:
 
 def test_row_stride_beyond_blas_range_is_packed() -> None:
     """Small views into a huge array: their row (or column) strides do not fit the BLAS
-    integer, so they are packed (they used to be refused with '... leading dimension
-    exceeds the BLAS integer range')."""
+    integer, so they are packed, not refused (x, W, b and both inputs of backward)."""
     row = INT_MAX + 65  # elements per row of the huge parent, 3 rows: 25.8 GB of address space
     parent = _sparse_zeros(3 * row * 4).view(f32).reshape(3, row)
     rng = np.random.default_rng(1)
