@@ -112,7 +112,9 @@ def test_many_calls_do_not_grow_memory() -> None:
     # shows in the counts, a leaked Python object of any size in the traced memory.
     assert [sys.getrefcount(a) for a in inputs] == refcounts
     assert traced_growth < 64 << 10, f"traced Python memory grew by {traced_growth} bytes"
-    assert rss_growth < 2 << 20 or not CHECK_RSS, f"RSS grew by {rss_growth} bytes over {ITERATIONS} iterations"
+    assert rss_growth < 2 << 20 or not CHECK_RSS, (
+        f"RSS grew by {rss_growth} bytes over {ITERATIONS} iterations"
+    )
 
 
 def test_short_lived_threads_leave_nothing_behind() -> None:
