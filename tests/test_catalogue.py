@@ -2,8 +2,10 @@
 names the offending argument, never crashes, and leaves every input and every
 caller-supplied buffer exactly as it was.
 
-Each case builds its arguments afresh from a small valid problem (x (4, 3), W (3, 2),
-b (2,), float64) and changes one thing. The cases are grouped by what they break:
+The calls go to forward, backward and backward_from_preactivation with their
+out=/dx=/dW=/db= buffers, and to the layer objects (SigmoidLayer, its forward and
+backward, Sequential). Each case builds its arguments afresh from a small valid problem
+(x (4, 3), W (3, 2), b (2,), float64) and changes one thing. The cases are grouped by what they break:
 argument types, dtypes, array subclasses, shapes, output buffers, overlaps, strides and
 alignment, and sizes beyond the BLAS integer range (zero-stride views: no memory
 needed). The layouts that are *accepted* (zero and negative strides on inputs, huge
@@ -31,9 +33,10 @@ f32, f64 = np.float32, np.float64
 INT_MAX = 2**31 - 1  # the BLAS integer of scipy-openblas32
 
 Args = dict[str, Any]
-# A case: builder(problem) -> (function name, keyword arguments, extra arrays to watch),
-# the exception type, the argument the message must name, and a regex for the message.
-Builder = Callable[[Args], tuple[str, Args, list[np.ndarray]]]
+# A case: builder(problem) -> (function name in siglayer or a callable, keyword arguments,
+# extra arrays to watch), the exception type, the argument the message must name, and a
+# regex for the message.
+Builder = Callable[[Args], tuple[str | Callable[..., Any], Args, list[np.ndarray]]]
 
 
 def problem(dtype: type = f64, n: int = 4, n_in: int = 3, n_out: int = 2) -> Args:
@@ -85,7 +88,11 @@ def misaligned(shape: tuple[int, ...], dtype: type = f64) -> np.ndarray:
     return a
 
 
-INPUTS = {"forward": ("x", "W", "b"), "backward": ("dout", "x", "W", "out")}
+INPUTS = {
+    "forward": ("x", "W", "b"),
+    "backward": ("dout", "x", "W", "out"),
+    "backward_from_preactivation": ("dZ", "x", "W"),
+}
 
 
 def shared(func: str, **placements: tuple[int, tuple[int, ...]]) -> Builder:
@@ -98,10 +105,12 @@ def shared(func: str, **placements: tuple[int, tuple[int, ...]]) -> Builder:
         change = {}
         for name, (start, shape) in placements.items():
             view = backing[start : start + math.prod(shape)].reshape(shape)
-            if name in INPUTS[func] and p[name].shape == shape:
-                view[...] = p[name]
+            source = p["dout" if name == "dZ" else name] if name in INPUTS[func] else None
+            if source is not None and source.shape == shape:
+                view[...] = source
             change[name] = view
-        return (fwd if func == "forward" else bwd)(p, watch=[backing], **change)
+        build_call = {"forward": fwd, "backward": bwd, "backward_from_preactivation": bfp}[func]
+        return build_call(p, watch=[backing], **change)
 
     return build
 
@@ -702,6 +711,271 @@ CASES: dict[str, tuple[Builder, type[Exception], str, str]] = {
 }
 
 
+# -- backward_from_preactivation: dZ in place of dout and out ------------------------------
+
+
+def bfp(p: Args, watch: list[np.ndarray] | None = None, **change: Any):
+    args = {"dZ": p["dout"], "x": p["x"], "W": p["W"], **change}
+    return "backward_from_preactivation", args, watch or []
+
+
+def huge_bfp(n: int, n_in: int, n_out: int) -> Builder:
+    def build(p: Args):
+        shapes = {"dZ": (n, n_out), "x": (n, n_in), "W": (n_in, n_out)}
+        pairs = {name: _huge(shape) for name, shape in shapes.items()}
+        args = {name: view for name, (_, view) in pairs.items()}
+        return "backward_from_preactivation", args, [source for source, _ in pairs.values()]
+
+    return build
+
+
+CASES.update(
+    {
+        "bfp-dZ-None": (
+            lambda p: bfp(p, dZ=None),
+            TypeError,
+            "dZ",
+            r"dZ must be a numpy\.ndarray, got None",
+        ),
+        "bfp-dZ-int64": (
+            lambda p: bfp(p, dZ=p["dout"].astype(np.int64)),
+            TypeError,
+            "dZ",
+            r"dZ has dtype int64",
+        ),
+        "bfp-mixed-x-float32": (
+            lambda p: bfp(p, x=p["x"].astype(f32)),
+            TypeError,
+            "x",
+            r"x float32",
+        ),
+        "bfp-dZ-shape": (
+            lambda p: bfp(p, dZ=np.ones((4, 3))),
+            ValueError,
+            "dZ",
+            r"dZ has shape \(4, 3\), expected \(4, 2\)",
+        ),
+        "bfp-dZ-batch-mismatch": (
+            lambda p: bfp(p, x=p["x"].reshape(2, 2, 3), dZ=p["dout"].reshape(1, 4, 2)),
+            ValueError,
+            "dZ",
+            r"dZ has shape \(1, 4, 2\)",
+        ),
+        "bfp-need_dx-None": (
+            lambda p: bfp(p, need_dx=None),
+            TypeError,
+            "need_dx",
+            r"need_dx must be a bool, got None",
+        ),
+        "bfp-dx-read-only": (
+            lambda p: bfp(p, dx=readonly(filled((4, 3)))),
+            ValueError,
+            "dx",
+            r"dx is read-only",
+        ),
+        "bfp-dW-overlaps-x": (
+            shared("backward_from_preactivation", x=(0, (4, 3)), dW=(10, (3, 2))),
+            ValueError,
+            "dW",
+            r"dW overlaps x",
+        ),
+        "bfp-n_in-over-int32": (
+            huge_bfp(2**20, INT_MAX + 1, 2**20),
+            ValueError,
+            "n_in",
+            r"n_in = 2147483648 exceeds",
+        ),
+    }
+)
+
+
+# -- Layer objects: SigmoidLayer and Sequential ----------------------------------------------
+
+
+def layer_after_forward(p: Args, n_in: int = 3, n_out: int = 2):
+    """A float64 layer that has run one forward on the problem's x (so backward is valid),
+    and the arrays a failing call must leave alone: parameters, gradients, last output."""
+    layer = siglayer.SigmoidLayer(n_in, n_out, dtype=f64, seed=0)
+    out = layer.forward(p["x"] if n_in == 3 else np.ones((4, n_in)))
+    layer.backward(np.ones_like(out))
+    return layer, [layer.W, layer.b, layer.dW, layer.db, out]
+
+
+def on_layer(method: str, n_in: int = 3, n_out: int = 2, **args: Any) -> Builder:
+    """layer.<method>(**args), where an arg given as a callable is built from the problem."""
+
+    def build(p: Args):
+        layer, watch = layer_after_forward(p, n_in, n_out)
+        built = {k: (v(p) if callable(v) else v) for k, v in args.items()}
+        return getattr(layer, method), built, watch
+
+    return build
+
+
+def forward_own_output(p: Args):
+    """A square layer fed its own output buffer: the result would overwrite its input."""
+    layer, watch = layer_after_forward(p, 3, 3)
+    return layer.forward, {"x": watch[-1]}, watch
+
+
+def sequential(*layer_specs: tuple[int, int, type] | str) -> Builder:
+    """Sequential(*layers) from (n_in, n_out, dtype) specs; "same" repeats the last layer."""
+
+    def build(p: Args):
+        layers: list[Any] = []
+        for spec in layer_specs:
+            if spec == "same":
+                layers.append(layers[-1])
+            elif isinstance(spec, tuple):
+                layers.append(siglayer.SigmoidLayer(spec[0], spec[1], dtype=spec[2], seed=0))
+            else:
+                layers.append(spec)
+        return (lambda layers: siglayer.Sequential(*layers)), {"layers": layers}, []
+
+    return build
+
+
+def sequential_forward(p: Args):
+    net = siglayer.Sequential(
+        siglayer.SigmoidLayer(3, 4, dtype=f64, seed=0),
+        siglayer.SigmoidLayer(4, 2, dtype=f64, seed=1),
+    )
+    watch = [a for q in net.parameters() for a in (q.value, q.grad)]
+    return net.forward, {"x": np.ones((4, 5))}, watch
+
+
+CASES.update(
+    {
+        "layer-n_in-zero": (
+            lambda p: (siglayer.SigmoidLayer, {"n_in": 0, "n_out": 2}, []),
+            ValueError,
+            "n_in",
+            r"n_in must be >= 1, got 0",
+        ),
+        "layer-n_out-float": (
+            lambda p: (siglayer.SigmoidLayer, {"n_in": 3, "n_out": 2.0}, []),
+            TypeError,
+            "n_out",
+            r"n_out must be an int, got float",
+        ),
+        "layer-dtype-int32": (
+            lambda p: (siglayer.SigmoidLayer, {"n_in": 3, "n_out": 2, "dtype": np.int32}, []),
+            TypeError,
+            "dtype",
+            r"dtype must be float32 or float64, got int32",
+        ),
+        "layer-seed-str": (
+            lambda p: (siglayer.SigmoidLayer, {"n_in": 3, "n_out": 2, "seed": "0"}, []),
+            TypeError,
+            "seed",
+            r"seed must be an int",
+        ),
+        "layer-forward-x-list": (
+            on_layer("forward", x=lambda p: p["x"].tolist()),
+            TypeError,
+            "x",
+            r"x must be a numpy\.ndarray, got list",
+        ),
+        "layer-forward-x-float32": (
+            on_layer("forward", x=lambda p: p["x"].astype(f32)),
+            TypeError,
+            "x",
+            r"x has dtype float32 but this layer computes in float64",
+        ),
+        "layer-forward-x-features": (
+            on_layer("forward", x=np.ones((4, 5))),
+            ValueError,
+            "x",
+            r"x has shape \(4, 5\), expected \(\.\.\., 3\)",
+        ),
+        "layer-forward-x-0d": (
+            on_layer("forward", x=np.array(1.0)),
+            ValueError,
+            "x",
+            r"x has shape \(\)",
+        ),
+        "layer-forward-x-matrix": (
+            on_layer("forward", x=lambda p: p["x"].view(np.matrix)),
+            TypeError,
+            "x",
+            r"numpy\.matrix",
+        ),
+        "layer-forward-own-output": (
+            forward_own_output,
+            ValueError,
+            "x",
+            r"x shares memory with this layer's output buffer",
+        ),
+        "layer-backward-dout-list": (
+            on_layer("backward", dout=[[1.0, 1.0]] * 4),
+            TypeError,
+            "dout",
+            r"dout must be a numpy\.ndarray, got list",
+        ),
+        "layer-backward-dout-shape": (
+            on_layer("backward", dout=np.ones((4, 3))),
+            ValueError,
+            "dout",
+            r"dout has shape \(4, 3\) but the last forward produced \(4, 2\)",
+        ),
+        "layer-backward-dout-float32": (
+            on_layer("backward", dout=np.ones((4, 2), f32)),
+            TypeError,
+            "dout",
+            r"dout float32",
+        ),
+        "layer-backward-need_dx-None": (
+            on_layer("backward", dout=np.ones((4, 2)), need_dx=None),
+            TypeError,
+            "need_dx",
+            r"need_dx must be a bool",
+        ),
+        "layer-bfp-dZ-shape": (
+            on_layer("backward_from_preactivation", dZ=np.ones((2, 2))),
+            ValueError,
+            "dZ",
+            r"dZ has shape \(2, 2\) but the last forward produced \(4, 2\)",
+        ),
+        "sequential-empty": (
+            sequential(),
+            ValueError,
+            "layer",
+            r"Sequential needs at least one layer",
+        ),
+        "sequential-not-a-layer": (
+            sequential((3, 2, f64), "dense"),
+            TypeError,
+            "layer",
+            r"layer 1 is a str, not a layer",
+        ),
+        "sequential-sizes": (
+            sequential((3, 2, f64), (4, 2, f64)),
+            ValueError,
+            "layer",
+            r"layer 1 takes 4 inputs but layer 0 gives 2 outputs",
+        ),
+        "sequential-mixed-dtypes": (
+            sequential((3, 2, f32), (2, 2, f64)),
+            TypeError,
+            "layer",
+            r"layer 0 computes in float32 but layer 1 in float64",
+        ),
+        "sequential-same-layer-twice": (
+            sequential((2, 2, f64), "same"),
+            ValueError,
+            "layer",
+            r"the same layer object appears twice",
+        ),
+        "sequential-forward-x-features": (
+            sequential_forward,
+            ValueError,
+            "x",
+            r"x has shape \(4, 5\)",
+        ),
+    }
+)
+
+
 def _snapshot(a: np.ndarray) -> tuple[bytes, bool]:
     return np.array(a, copy=True, subok=False).tobytes(), bool(a.flags.writeable)
 
@@ -723,7 +997,7 @@ def test_bad_call(case: str) -> None:
     tracemalloc.start()
     try:
         with pytest.raises(error) as raised:
-            getattr(siglayer, func)(**args)
+            (getattr(siglayer, func) if isinstance(func, str) else func)(**args)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
