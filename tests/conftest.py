@@ -75,9 +75,16 @@ def backward_bounds(
     """Allowed errors of (dx, dW, db) given the same out on both sides: dZ then agrees
     exactly (both compute (dout * out) * (1 - out)), and the products differ only by
     summation order, within product_bound."""
+    return gradient_bounds(dout * out * (1 - out), x, W)
+
+
+def gradient_bounds(
+    dZ: np.ndarray, x: np.ndarray, W: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Allowed errors of (dx, dW, db) = (dZ @ W.T, x.T @ dZ, dZ summed over rows)."""
     n_in, n_out = W.shape
     rows = math.prod(x.shape[:-1])
-    dZ = np.abs((dout * out * (1 - out)).reshape(rows, n_out))
+    dZ = np.abs(dZ.reshape(rows, n_out))
     x2 = np.abs(x.reshape(rows, n_in))
     dW = product_bound(x2.T, dZ, rows, x.dtype)
     db = product_bound(np.ones((1, rows)), dZ, rows, x.dtype)[0]

@@ -1,5 +1,6 @@
 """Property-based tests: random shapes, dtypes, memory layouts and values against
-siglayer.reference, with the error bounds of conftest.py.
+siglayer.reference, with the error bounds of conftest.py, for forward, backward and
+backward_from_preactivation.
 
 Shapes run from 0 to 65 per dimension with up to two leading batch dimensions; every
 array gets its own layout (C, F, strided, negative strides, zero strides); values are
@@ -19,7 +20,7 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 import siglayer
-from conftest import assert_within, backward_bounds, forward_bound
+from conftest import assert_within, backward_bounds, forward_bound, gradient_bounds
 from siglayer import reference
 
 LAYOUTS = ["C", "F", "strided", "negative", "zero-stride"]
@@ -141,6 +142,17 @@ def check(p: Problem) -> None:
     if p.need_dx:
         assert dx is not None
         assert_within(dx, want_dx, dx_bound, "dx")
+
+    # From the pre-activation, with dout standing in for dZ (specials included).
+    dx, dW, db = siglayer.backward_from_preactivation(dout, x, W, need_dx=p.need_dx, **buffers)
+    with np.errstate(all="ignore"):
+        want_dx, want_dW, want_db = reference.backward_from_preactivation(dout, x, W)
+        dx_bound, dW_bound, db_bound = gradient_bounds(dout, x, W)
+    assert_within(dW, want_dW, dW_bound, "dW from dZ")
+    assert_within(db, want_db, db_bound, "db from dZ")
+    if p.need_dx:
+        assert dx is not None
+        assert_within(dx, want_dx, dx_bound, "dx from dZ")
 
     for a, kept in zip((x, W, b, dout), inputs, strict=True):
         np.testing.assert_array_equal(a, kept, err_msg="an input changed")
