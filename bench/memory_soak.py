@@ -2,9 +2,11 @@
 every 10^5 calls, and the growth per 10^5 calls fitted over the run.
 
 The mix is that of tests/test_memory.py: float32 and float64, fresh outputs and
-caller buffers, a strided (packed) input, batch dimensions, need_dx=False, 1-D x and
-two calls that fail; optionally every 1000th iteration runs in a new Python thread
-(its own scratch and OpenMP team). Linux only (/proc/self/statm).
+caller buffers, a strided (packed) input, batch dimensions, need_dx=False, 1-D x, two
+calls that fail, a call big enough for the OpenMP team, and a training step of a
+two-layer network (loss, backward from the pre-activation, Adam); optionally every
+1000th iteration runs in a new Python thread (its own scratch and OpenMP team). Linux
+only (/proc/self/statm).
 
     python bench/memory_soak.py [--calls 1000000] [--thread-churn]
 """
@@ -20,7 +22,9 @@ import numpy as np
 
 import siglayer
 
-PAIRS_PER_ITERATION = 5  # forward + backward pairs (plus two failing calls)
+# forward + backward pairs per iteration: 4 functional, 1 for a two-thread team, 2 layers
+# of a training step (plus two failing calls and an optimizer step)
+PAIRS_PER_ITERATION = 7
 CHECKPOINT = 100_000  # pairs
 
 
@@ -39,6 +43,18 @@ def make_iteration():
     b64 = rng.standard_normal(20)
     xb = rng.standard_normal((3, 16, 40))
     out, dx, dW, db = np.empty((96, 20)), np.empty((96, 40)), np.empty((40, 20)), np.empty(20)
+    net = siglayer.Sequential(
+        siglayer.SigmoidLayer(40, 24, dtype=np.float64, seed=0),
+        siglayer.SigmoidLayer(24, 8, dtype=np.float64, seed=1),
+    )
+    loss_fn = siglayer.losses.BCELoss()
+    optimizer = siglayer.optim.Adam(net.parameters(), lr=1e-3)
+    # Six batch sizes: more than a layer keeps buffers for.
+    batches = [
+        (rng.standard_normal((m, 40)), (rng.random((m, 8)) < 0.5).astype(np.float64))
+        for m in range(8, 14)
+    ]
+    steps = [0]
 
     def iteration() -> None:
         o = siglayer.forward(x32, W32, b32)
@@ -57,9 +73,14 @@ def make_iteration():
             siglayer.forward(x32, W64, b64)
         except TypeError:
             pass
-        # The fifth pair: just big enough for a two-thread OpenMP team.
+        # Just big enough for a two-thread OpenMP team.
         bo = siglayer.forward(big_x, big_W, big_b)
         siglayer.backward(bo, big_x, big_W, bo, need_dx=False)
+        x_batch, y_batch = batches[steps[0] % len(batches)]
+        steps[0] += 1
+        loss_fn(net(x_batch), y_batch)
+        net.backward_from_preactivation(loss_fn.backward())
+        optimizer.step()
 
     big_x = rng.standard_normal((128, 96)).astype(np.float32)
     big_W = rng.standard_normal((96, 96)).astype(np.float32)
@@ -86,18 +107,19 @@ def main() -> None:
     print(f"{'calls':>10} {'RSS MiB':>9} {'since start KiB':>16} {'s':>6}")
     start_rss, start_time = rss_bytes(), time.perf_counter()
     points: list[tuple[int, int]] = [(0, start_rss)]
-    iterations = args.calls // PAIRS_PER_ITERATION
-    per_checkpoint = CHECKPOINT // PAIRS_PER_ITERATION
-    for i in range(1, iterations + 1):
+    calls, next_checkpoint, i = 0, CHECKPOINT, 0
+    while calls < args.calls:
+        i += 1
         if args.thread_churn and i % 1000 == 0:
             t = threading.Thread(target=iteration)
             t.start()
             t.join()
         else:
             iteration()
-        if i % per_checkpoint == 0:
+        calls += PAIRS_PER_ITERATION
+        if calls >= next_checkpoint:
+            next_checkpoint += CHECKPOINT
             rss = rss_bytes()
-            calls = i * PAIRS_PER_ITERATION
             points.append((calls, rss))
             print(
                 f"{calls:>10} {rss / 2**20:>9.1f} {(rss - start_rss) / 1024:>16.0f} "
@@ -108,11 +130,11 @@ def main() -> None:
     # per-thread arenas fill up), so the slope is fitted from the first checkpoint on.
     settled = points[1:]
     if len(settled) >= 2:
-        calls, rss = (np.array(v, dtype=np.float64) for v in zip(*settled, strict=True))
-        slope = np.polyfit(calls, rss, 1)[0] * CHECKPOINT
+        at, rss_at = (np.array(v, dtype=np.float64) for v in zip(*settled, strict=True))
+        slope = np.polyfit(at, rss_at, 1)[0] * CHECKPOINT
         print(
             f"growth per 10^5 calls after the first 10^5 (least squares, {len(settled)} points): "
-            f"{slope / 1024:.1f} KiB; total over the run {(rss[-1] - start_rss) / 1024:.0f} KiB"
+            f"{slope / 1024:.1f} KiB; total over the run {(rss_at[-1] - start_rss) / 1024:.0f} KiB"
         )
 
 

@@ -32,7 +32,7 @@ def _asan_loaded() -> bool:
 # so resident memory grows; the other checks still apply.
 CHECK_RSS = not _asan_loaded()
 
-ITERATIONS = 4000  # each: 4 forward + backward pairs and 2 failing calls
+ITERATIONS = 4000  # each: 4 forward + backward pairs, 2 failing calls, 1 training step
 
 
 def rss_bytes() -> int:
@@ -47,7 +47,8 @@ def os_threads() -> int:
 
 def make_workload(seed: int = 0):
     """One iteration: fresh outputs, caller buffers, a packed (strided) layout, batch
-    dimensions, need_dx=False, and a call that fails inside the core."""
+    dimensions, need_dx=False, calls that fail inside the core, and a training step of
+    a two-layer network with a loss and an optimizer."""
     rng = np.random.default_rng(seed)
     x32 = rng.standard_normal((64, 48)).astype(np.float32)
     W32 = rng.standard_normal((48, 24)).astype(np.float32)
@@ -63,6 +64,19 @@ def make_workload(seed: int = 0):
         "db": np.empty(20),
     }
     inputs = [x32, W32, b32, x64, W64, b64, xb]
+    # A training step with the layer objects; six batch sizes, more than a layer keeps
+    # buffers for, so buffers are also dropped and made again.
+    net = siglayer.Sequential(
+        siglayer.SigmoidLayer(40, 24, dtype=np.float64, seed=0),
+        siglayer.SigmoidLayer(24, 8, dtype=np.float64, seed=1),
+    )
+    loss_fn = siglayer.losses.BCELoss()
+    optimizer = siglayer.optim.Adam(net.parameters(), lr=1e-3)
+    batches = [
+        (rng.standard_normal((m, 40)), rng.random((m, 8)) < 0.5) for m in (8, 9, 10, 11, 12, 13)
+    ]
+    batches = [(x, y.astype(np.float64)) for x, y in batches]
+    step_count = [0]
 
     def iteration() -> None:
         out = siglayer.forward(x32, W32, b32)
@@ -89,6 +103,11 @@ def make_workload(seed: int = 0):
             pass
         out_1d = siglayer.forward(x64[0], W64, b64)
         siglayer.backward(out_1d, x64[0], W64, out_1d)
+        x_batch, y_batch = batches[step_count[0] % len(batches)]
+        step_count[0] += 1
+        loss_fn(net(x_batch), y_batch)
+        net.backward_from_preactivation(loss_fn.backward())
+        optimizer.step()
 
     return iteration, inputs
 
