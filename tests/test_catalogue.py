@@ -4,12 +4,13 @@ caller-supplied buffer exactly as it was.
 
 The calls go to forward, backward and backward_from_preactivation with their
 out=/dx=/dW=/db= buffers, and to the layer objects (SigmoidLayer, its forward and
-backward, Sequential). Each case builds its arguments afresh from a small valid problem
-(x (4, 3), W (3, 2), b (2,), float64) and changes one thing. The cases are grouped by what they break:
-argument types, dtypes, array subclasses, shapes, output buffers, overlaps, strides and
-alignment, and sizes beyond the BLAS integer range (zero-stride views: no memory
-needed). The layouts that are *accepted* (zero and negative strides on inputs, huge
-row strides) are checked against the reference at the end; see docs/reliability.md.
+backward, Sequential). Each case builds its arguments afresh from a small valid
+problem (x (4, 3), W (3, 2), b (2,), float64) and changes one thing. The cases are
+grouped by what they break: argument types, dtypes, array subclasses, shapes, output
+buffers, overlaps, strides and alignment, and sizes beyond the BLAS integer range
+(zero-stride views: no memory needed). The layouts that are *accepted* (zero and
+negative strides on inputs, huge row strides) are checked against the reference at the
+end; see docs/reliability.md.
 """
 
 from __future__ import annotations

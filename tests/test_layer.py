@@ -10,7 +10,6 @@ import pytest
 import siglayer
 from conftest import (
     DTYPES,
-    EPS,
     assert_within,
     backward_bounds,
     forward_bound,
