@@ -10,11 +10,22 @@ with the reduction length and cannot be met by a wrong result of any size.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import siglayer
+
+# Hypothesis: by default ("ci") a bounded and reproducible run (the same examples every
+# time, nothing written to .hypothesis/); SIGLAYER_HYPOTHESIS_PROFILE=long searches
+# longer, at random, and keeps failing examples in the local database.
+settings.register_profile(
+    "ci", max_examples=100, deadline=None, derandomize=True, database=None, print_blob=True
+)
+settings.register_profile("long", max_examples=5000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("SIGLAYER_HYPOTHESIS_PROFILE", "ci"))
 
 EPS = {
     np.dtype(np.float32): float(np.finfo(np.float32).eps),
@@ -31,12 +42,54 @@ def product_bound(abs_a: np.ndarray, abs_b: np.ndarray, k: int, dtype: np.dtype)
 
 
 def assert_within(got: np.ndarray, want: np.ndarray, bound: np.ndarray | float, what: str) -> None:
+    """|got - want| <= bound where want is finite; where it is NaN or +-inf, got is the same."""
     assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
     assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
-    err = np.abs(got.astype(np.float64) - want.astype(np.float64))
-    # Tiny absolute floor for subnormal noise only.
-    ok = err <= np.asarray(bound) + 1e-300
+    finite = np.isfinite(want)
+    nan_ok = np.isnan(got) == np.isnan(want)
+    assert nan_ok.all(), f"{what}: NaN at {np.argwhere(~nan_ok)[:5].tolist()} in one result only"
+    inf = np.isinf(want)
+    assert (got[inf] == want[inf]).all(), f"{what}: an infinity differs"
+    got64, want64 = got.astype(np.float64)[finite], want.astype(np.float64)[finite]
+    bound = np.broadcast_to(np.asarray(bound, np.float64), want.shape)[finite]
+    err = np.abs(got64 - want64)
+    # Tiny absolute floor for subnormal noise only. A NaN error (got infinite where want
+    # is finite) or NaN bound fails.
+    ok = err <= bound + 1e-300
     assert ok.all(), f"{what}: max error {err.max():.3e}, worst excess {(err - bound).max():.3e}"
+
+
+def forward_bound(x: np.ndarray, W: np.ndarray, b: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Allowed |out - reference| for out = sigma(x @ W + b): sigma' <= 1/4 scales the error
+    of x @ W + b, and sigma itself adds a few ulp of out."""
+    n_in = W.shape[0]
+    x2 = np.abs(x.reshape(math.prod(x.shape[:-1]), n_in))
+    eps = EPS[x.dtype]
+    z_bound = product_bound(x2, np.abs(W), n_in + 1, x.dtype) + 2 * eps * np.abs(b.reshape(-1))
+    return 0.25 * z_bound.reshape(want.shape) + 4 * eps * np.abs(want)
+
+
+def backward_bounds(
+    dout: np.ndarray, x: np.ndarray, W: np.ndarray, out: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Allowed errors of (dx, dW, db) given the same out on both sides: dZ then agrees
+    exactly (both compute (dout * out) * (1 - out)), and the products differ only by
+    summation order, within product_bound."""
+    return gradient_bounds(dout * out * (1 - out), x, W)
+
+
+def gradient_bounds(
+    dZ: np.ndarray, x: np.ndarray, W: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Allowed errors of (dx, dW, db) = (dZ @ W.T, x.T @ dZ, dZ summed over rows)."""
+    n_in, n_out = W.shape
+    rows = math.prod(x.shape[:-1])
+    dZ = np.abs(dZ.reshape(rows, n_out))
+    x2 = np.abs(x.reshape(rows, n_in))
+    dW = product_bound(x2.T, dZ, rows, x.dtype)
+    db = product_bound(np.ones((1, rows)), dZ, rows, x.dtype)[0]
+    dx = product_bound(dZ, np.abs(W).T, n_out, x.dtype).reshape(x.shape)
+    return dx, dW, db
 
 
 def make_problem(rng: np.random.Generator, shape_x: tuple[int, ...], n_out: int, dtype: type):

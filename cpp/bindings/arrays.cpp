@@ -65,6 +65,14 @@ py::array as_array(py::handle h, const char* name) {
     return py::reinterpret_borrow<py::array>(h);
 }
 
+bool as_bool(py::handle h, const char* name) {
+    if (h.ptr() == Py_True) return true;
+    if (h.ptr() == Py_False) return false;
+    if (py::isinstance(h, py::module_::import("numpy").attr("bool_"))) return h.cast<bool>();
+    throw py::type_error(std::string(name) + " must be a bool, got " +
+                         (h.is_none() ? std::string("None") : type_name(h)));
+}
+
 int float_type_num(const py::array& a, const char* name) {
     const py::dtype dt = a.dtype();
     const int num = dt.num();
@@ -153,6 +161,12 @@ T* output_buffer(const py::array& a, const char* name, const std::vector<py::ssi
                               std::string(py::str(py::tuple(a.attr("strides")))) + ")");
     }
     if (!a.writeable()) throw py::value_error(std::string(name) + " is read-only");
+    // NumPy calls a buffer at an odd address C-contiguous too; the kernels need T-aligned
+    // stores (a misaligned T* is undefined behaviour even where the CPU tolerates it).
+    if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) != 0)
+        throw py::value_error(std::string(name) +
+                              " is not aligned to its item size; pass an "
+                              "array from np.empty");
     return static_cast<T*>(const_cast<void*>(a.data()));
 }
 

@@ -20,6 +20,10 @@ std::string dtype_of(const py::array& a);
 // masked arrays (whose semantics the core would silently ignore).
 py::array as_array(py::handle h, const char* name);
 
+// True or False (a Python or NumPy bool); TypeError naming the argument for anything
+// else, None included.
+bool as_bool(py::handle h, const char* name);
+
 // NPY_FLOAT or NPY_DOUBLE for a native-byte-order float32/float64 array;
 // TypeError naming the argument otherwise.
 int float_type_num(const py::array& a, const char* name);

@@ -67,7 +67,10 @@ py::array forward(py::handle x_h, py::handle W_h, py::handle b_h, py::handle out
 // dout and out are (n, n_out), x is (n, n_in), W is (n_in, n_out).
 // Returns (dx or None, dW, db).
 py::tuple backward(py::handle dout_h, py::handle x_h, py::handle W_h, py::handle out_h,
-                   bool need_dx, py::handle dx_h, py::handle dW_h, py::handle db_h) {
+                   py::handle need_dx_h, py::handle dx_h, py::handle dW_h, py::handle db_h) {
+    // Taken as an object: pybind11's bool conversion would read None as False and
+    // report any other type with a dump of every argument.
+    const bool need_dx = as_bool(need_dx_h, "need_dx");
     const py::array dout = as_array(dout_h, "dout"), x = as_array(x_h, "x"), W = as_array(W_h, "W"),
                     out = as_array(out_h, "out");
     const int type_num = float_type_num(dout, "dout");
@@ -102,8 +105,10 @@ py::tuple backward(py::handle dout_h, py::handle x_h, py::handle W_h, py::handle
 }
 
 // dZ is (n, n_out), x is (n, n_in), W is (n_in, n_out). Returns (dx or None, dW, db).
-py::tuple backward_from_preactivation(py::handle dZ_h, py::handle x_h, py::handle W_h, bool need_dx,
-                                      py::handle dx_h, py::handle dW_h, py::handle db_h) {
+py::tuple backward_from_preactivation(py::handle dZ_h, py::handle x_h, py::handle W_h,
+                                      py::handle need_dx_h, py::handle dx_h, py::handle dW_h,
+                                      py::handle db_h) {
+    const bool need_dx = as_bool(need_dx_h, "need_dx");  // see backward
     const py::array dZ = as_array(dZ_h, "dZ"), x = as_array(x_h, "x"), W = as_array(W_h, "W");
     const int type_num = float_type_num(dZ, "dZ");
     float_type_num(x, "x");

@@ -112,13 +112,21 @@ void require_blas_size(const char* name, index_t value) {
                                                    "); split the problem");
 }
 
+// Part of the shape checks, so that it runs before the bindings allocate outputs and
+// before anything is packed: sizes that do not fit are refused, never truncated.
+void require_blas_sizes(index_t n, index_t n_in, index_t n_out) {
+    for (auto [name, value] :
+         {std::pair{"n", n}, std::pair{"n_in", n_in}, std::pair{"n_out", n_out}})
+        require_blas_size(name, value);
+}
+
 int threads_for(index_t elements) {
     return elements >= kParallelElements ? omp_get_max_threads() : 1;
 }
 
 // The checks every backward entry point makes on its outputs dx (n, n_in; data may be
 // null), dW (n_in, n_out) and db (n_out,): shapes, null pointers, no overlap with an
-// input or another output, sizes within the BLAS integer. An empty batch or n_out == 0
+// input or another output (sizes were checked with the shapes). An empty batch or n_out == 0
 // has zero gradients (sums over nothing), written here; returns false when nothing is
 // left to compute.
 template <class T>
@@ -145,9 +153,6 @@ bool check_gradient_outputs(OutMatrix<T> dx, OutMatrix<T> dW, T* db, index_t n, 
             SIGLAYER_REQUIRE(oname == other || !overlaps(o, e),
                              std::string(oname) + " overlaps " + other + "; pass separate buffers");
     }
-    for (auto [name, value] :
-         {std::pair{"n", n}, std::pair{"n_in", n_in}, std::pair{"n_out", n_out}})
-        require_blas_size(name, value);
 
     if (n == 0 || n_out == 0) {
         // Sums over an empty batch are zero; with no outputs there is no gradient to pass back.
@@ -190,6 +195,7 @@ void check_forward(MatrixView<T> x, MatrixView<T> W, VectorView<T> b) {
                                            shape_str(x.rows, x.cols) + ")");
     SIGLAYER_REQUIRE(b.size == W.cols, "b has " + std::to_string(b.size) +
                                            " entries but W has shape " + shape_str(W.rows, W.cols));
+    require_blas_sizes(x.rows, x.cols, W.cols);
 }
 
 template <class T>
@@ -205,6 +211,7 @@ void check_backward(MatrixView<T> dout, MatrixView<T> x, MatrixView<T> W, Matrix
     SIGLAYER_REQUIRE(dout.rows == n && dout.cols == n_out,
                      "dout has shape " + shape_str(dout.rows, dout.cols) + ", expected " +
                          shape_str(n, n_out) + " (the shape of out)");
+    require_blas_sizes(n, n_in, n_out);
 }
 
 template <class T>
@@ -220,9 +227,6 @@ void forward(OutMatrix<T> out, MatrixView<T> x, MatrixView<T> W, VectorView<T> b
         SIGLAYER_REQUIRE(!overlaps(extent(out), input),
                          std::string("out overlaps ") + name + "; pass a separate buffer");
     }
-    for (auto [name, value] :
-         {std::pair{"n", n}, std::pair{"n_in", n_in}, std::pair{"n_out", n_out}})
-        require_blas_size(name, value);
     if (n == 0 || n_out == 0) return;
 
     const T* bias = b.data;
@@ -318,6 +322,7 @@ void check_backward_from_preactivation(MatrixView<T> dZ, MatrixView<T> x, Matrix
                      "dZ has shape " + shape_str(dZ.rows, dZ.cols) + ", expected " +
                          shape_str(n, n_out) + " from x " + shape_str(n, n_in) + " and W " +
                          shape_str(n_in, n_out));
+    require_blas_sizes(n, n_in, n_out);
 }
 
 template <class T>

@@ -5,8 +5,9 @@
 
 namespace siglayer {
 
-// Shape checks alone (InvalidArgument naming the argument), for callers that want
-// them before allocating outputs; forward and backward run them too.
+// Shape checks alone, including the BLAS integer range (InvalidArgument naming the
+// argument), for callers that want them before allocating outputs; forward and
+// backward run them too.
 // x is (n, n_in), W is (n_in, n_out), b is (n_out,).
 template <class T>
 void check_forward(MatrixView<T> x, MatrixView<T> W, VectorView<T> b);

@@ -100,8 +100,10 @@ def forward(
     if out is None:
         result = _core.forward(x2, W, b, None)
         return result.reshape(*lead, result.shape[1])
-    n_out = W.shape[1] if isinstance(W, _ndarray) and W.ndim == 2 else -1
-    out2 = _as_2d_buffer(out, "out", (*lead, n_out))
+    if not (isinstance(W, _ndarray) and W.ndim == 2):
+        # out= is sized from W, so W's own error comes first (the core raises it).
+        return _core.forward(x2, W, b, None)
+    out2 = _as_2d_buffer(out, "out", (*lead, W.shape[1]))
     _core.forward(x2, W, b, out2)
     return out
 

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The test suite against a build with AddressSanitizer and UndefinedBehaviorSanitizer.
+#
+# Builds siglayer with -DSIGLAYER_SANITIZE=ON (-fsanitize=address,undefined
+# -fno-sanitize-recover=all) into a throwaway virtual environment and build directory,
+# then runs pytest with the sanitizer runtimes preloaded into Python (the interpreter
+# itself is not instrumented, so ASan's runtime must be loaded before anything else).
+# Any report fails the run: ASan and UBSan both halt on the first error, and the log is
+# searched for reports as well. Extra arguments go to pytest.
+#
+# PYTHONMALLOC=malloc: every Python object becomes a malloc block, so ASan also catches a
+# use-after-free or overflow of an object the binding mishandles, and LeakSanitizer sees
+# the whole object graph.
+#
+# Leaks: LeakSanitizer checks at exit (detect_leaks=1), in pytest and in the processes
+# the tests start. CPython does not free everything at exit; .ci/lsan.supp suppresses
+# leaks allocated by the interpreter's own object allocators (NumPy's module state,
+# tracemalloc's table), which no allocation by siglayer's C++ code goes through. Leaked
+# Python references are caught by tests/test_memory.py instead (its RSS checks are
+# skipped here: ASan's quarantine keeps freed memory resident on purpose).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$PWD"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+python3 -m venv "$work/venv"
+# shellcheck disable=SC1091
+source "$work/venv/bin/activate"
+python -m pip install -q --upgrade pip
+# build-dir: never share CMake's cache with the normal build in build/.
+pip install -q -C cmake.define.SIGLAYER_SANITIZE=ON -C cmake.build-type=RelWithDebInfo \
+    -C build-dir="$work/build" ".[test]"
+
+cxx="${CXX:-c++}"
+preload="$("$cxx" -print-file-name=libasan.so) $("$cxx" -print-file-name=libubsan.so)"
+for lib in $preload; do
+    [[ -e "$lib" ]] || { echo "sanitize.sh: $lib not found (needs $cxx's ASan/UBSan)" >&2; exit 1; }
+done
+
+log="$work/pytest.log"
+status=0
+# Run from outside the source tree so that `import siglayer` is the sanitized install.
+(cd "$work" && \
+ LD_PRELOAD="$preload" PYTHONMALLOC=malloc \
+ ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=1:strict_init_order=1:check_initialization_order=1" \
+ LSAN_OPTIONS="suppressions=$root/.ci/lsan.supp:print_suppressions=0" \
+ UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
+ python -m pytest -p no:cacheprovider -q "$root/tests" --rootdir="$root" -c "$root/pyproject.toml" "$@") \
+    2>&1 | tee "$log" || status=$?
+
+if grep -qE "ERROR: (Address|Leak)Sanitizer|runtime error:|SUMMARY: (Address|UndefinedBehavior|Leak)Sanitizer" "$log"; then
+    echo "sanitize.sh: sanitizer reports above" >&2
+    exit 1
+fi
+if [[ $status -ne 0 ]]; then
+    echo "sanitize.sh: pytest failed under the sanitizers (exit $status)" >&2
+    exit "$status"
+fi
+echo "sanitize.sh: test suite passed under ASan + UBSan with no reports"

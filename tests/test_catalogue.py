@@ -1,0 +1,1111 @@
+"""The catalogue of bad calls: every one raises a TypeError or ValueError whose message
+names the offending argument, never crashes, and leaves every input and every
+caller-supplied buffer exactly as it was.
+
+The calls go to forward, backward and backward_from_preactivation with their
+out=/dx=/dW=/db= buffers, and to the layer objects (SigmoidLayer, its forward and
+backward, Sequential). Each case builds its arguments afresh from a small valid
+problem (x (4, 3), W (3, 2), b (2,), float64) and changes one thing. The cases are
+grouped by what they break: argument types, dtypes, array subclasses, shapes, output
+buffers, overlaps, strides and alignment, and sizes beyond the BLAS integer range
+(zero-stride views: no memory needed). The layouts that are *accepted* (zero and
+negative strides on inputs, huge row strides) are checked against the reference at the
+end; see docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import re
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import as_strided
+
+import siglayer
+from conftest import assert_within, backward_bounds, forward_bound
+from siglayer import reference
+
+f32, f64 = np.float32, np.float64
+INT_MAX = 2**31 - 1  # the BLAS integer of scipy-openblas32
+
+Args = dict[str, Any]
+# A case: builder(problem) -> (function name in siglayer or a callable, keyword arguments,
+# extra arrays to watch), the exception type, the argument the message must name, and a
+# regex for the message.
+Builder = Callable[[Args], tuple[str | Callable[..., Any], Args, list[np.ndarray]]]
+
+
+def problem(dtype: type = f64, n: int = 4, n_in: int = 3, n_out: int = 2) -> Args:
+    """A valid small problem; out is siglayer's own forward result."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, n_in)).astype(dtype)
+    W = rng.standard_normal((n_in, n_out)).astype(dtype)
+    b = rng.standard_normal(n_out).astype(dtype)
+    return {
+        "x": x,
+        "W": W,
+        "b": b,
+        "out": siglayer.forward(x, W, b),
+        "dout": rng.standard_normal((n, n_out)).astype(dtype),
+    }
+
+
+def fwd(p: Args, watch: list[np.ndarray] | None = None, **change: Any):
+    args = {"x": p["x"], "W": p["W"], "b": p["b"], **change}
+    return "forward", args, watch or []
+
+
+def bwd(p: Args, watch: list[np.ndarray] | None = None, **change: Any):
+    args = {"dout": p["dout"], "x": p["x"], "W": p["W"], "out": p["out"], **change}
+    return "backward", args, watch or []
+
+
+def filled(shape: tuple[int, ...], dtype: type = f64) -> np.ndarray:
+    """A caller's buffer holding a sentinel, so any write into it shows."""
+    return np.full(shape, 7.0, dtype)
+
+
+def readonly(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+def zero_stride(shape: tuple[int, ...], source: np.ndarray) -> np.ndarray:
+    """A read-only view of shape `shape` in which every element is source[0]."""
+    return as_strided(source, shape=shape, strides=(0,) * len(shape), writeable=False)
+
+
+def misaligned(shape: tuple[int, ...], dtype: type = f64) -> np.ndarray:
+    """A C-contiguous, writeable array whose data pointer is one byte off alignment."""
+    count = int(np.prod(shape))
+    raw = np.zeros(count * np.dtype(dtype).itemsize + 1, np.uint8)
+    a = raw[1:].view(dtype).reshape(shape)
+    a[...] = 7.0
+    return a
+
+
+INPUTS = {
+    "forward": ("x", "W", "b"),
+    "backward": ("dout", "x", "W", "out"),
+    "backward_from_preactivation": ("dZ", "x", "W"),
+}
+
+
+def shared(func: str, **placements: tuple[int, tuple[int, ...]]) -> Builder:
+    """Arguments as views of one 32-element array: name=(first element, shape). Inputs
+    get the problem's values (or the arbitrary ones below them, for shapes of their own),
+    buffers keep the sentinel."""
+
+    def build(p: Args):
+        backing = filled((32,))
+        change = {}
+        for name, (start, shape) in placements.items():
+            view = backing[start : start + math.prod(shape)].reshape(shape)
+            source = p["dout" if name == "dZ" else name] if name in INPUTS[func] else None
+            if source is not None and source.shape == shape:
+                view[...] = source
+            change[name] = view
+        build_call = {"forward": fwd, "backward": bwd, "backward_from_preactivation": bfp}[func]
+        return build_call(p, watch=[backing], **change)
+
+    return build
+
+
+def negative_x_under_out(p: Args):
+    """x read backwards from element 11 down to 0; out covers elements 0 to 7."""
+    backing = np.arange(32.0)
+    return fwd(p, x=backing[11::-1].reshape(4, 3), out=backing[:8].reshape(4, 2), watch=[backing])
+
+
+def zero_stride_out(p: Args):
+    source = filled((1,))
+    return fwd(p, out=as_strided(source, (4, 2), (0, 0)), watch=[source])
+
+
+def _huge(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    source = np.array([0.5], f32)
+    return source, zero_stride(shape, source)
+
+
+def huge_forward(n: int, n_in: int, n_out: int, with_out: bool = False) -> Builder:
+    """forward on zero-stride float32 views; any allocation or packing copy of a size
+    proportional to them would be impossible (MemoryError) instead of the ValueError."""
+
+    def build(p: Args):
+        sx, x = _huge((n, n_in))
+        sW, W = _huge((n_in, n_out))
+        sb, b = _huge((n_out,))
+        extra = {"out": np.zeros((2, 2), f32)} if with_out else {}
+        return "forward", {"x": x, "W": W, "b": b, **extra}, [sx, sW, sb]
+
+    return build
+
+
+def huge_batched_forward(p: Args):
+    """x (2^20, 2^20, 3): 2^40 rows once the batch dimensions are flattened."""
+    source, x = _huge((2**20, 2**20, 3))
+    return "forward", {"x": x, "W": np.ones((3, 2), f32), "b": np.ones(2, f32)}, [source]
+
+
+def huge_backward(n: int, n_in: int, n_out: int) -> Builder:
+    def build(p: Args):
+        shapes = {"dout": (n, n_out), "x": (n, n_in), "W": (n_in, n_out), "out": (n, n_out)}
+        pairs = {name: _huge(shape) for name, shape in shapes.items()}
+        args = {name: view for name, (_, view) in pairs.items()}
+        sources = [source for source, _ in pairs.values()]
+        return "backward", args, sources
+
+    return build
+
+
+BIG = 2**40  # a companion dimension that makes any proportional allocation impossible
+
+CASES: dict[str, tuple[Builder, type[Exception], str, str]] = {
+    # -- Not an array at all ------------------------------------------------------------
+    "x-list": (
+        lambda p: fwd(p, x=p["x"].tolist()),
+        TypeError,
+        "x",
+        r"x must be a numpy\.ndarray, got list",
+    ),
+    "x-ragged-list": (lambda p: fwd(p, x=[[1.0, 2.0, 3.0], [4.0]]), TypeError, "x", r"got list"),
+    "x-None": (lambda p: fwd(p, x=None), TypeError, "x", r"x must be a numpy\.ndarray, got None"),
+    "x-memoryview": (lambda p: fwd(p, x=memoryview(p["x"])), TypeError, "x", r"got memoryview"),
+    "W-python-float": (
+        lambda p: fwd(p, W=2.0),
+        TypeError,
+        "W",
+        r"W must be a numpy\.ndarray, got float",
+    ),
+    "b-tuple": (lambda p: fwd(p, b=(1.0, 2.0)), TypeError, "b", r"got tuple"),
+    "b-python-int": (lambda p: fwd(p, b=0), TypeError, "b", r"got int"),
+    "dout-None": (
+        lambda p: bwd(p, dout=None),
+        TypeError,
+        "dout",
+        r"dout must be a numpy\.ndarray, got None",
+    ),
+    "dout-python-float": (lambda p: bwd(p, dout=1.0), TypeError, "dout", r"got float"),
+    "bwd-out-list": (
+        lambda p: bwd(p, out=p["out"].tolist()),
+        TypeError,
+        "out",
+        r"out must be a numpy\.ndarray",
+    ),
+    "bwd-W-None-batched": (
+        lambda p: bwd(p, x=p["x"][None], dout=p["dout"][None], out=p["out"][None], W=None),
+        TypeError,
+        "W",
+        r"W must be a numpy\.ndarray, got None",
+    ),
+    # W is checked before out= is sized from it (it used to read "expected (1, 4, -1)").
+    "W-None-batched-with-out": (
+        lambda p: fwd(p, x=p["x"][None], W=None, out=filled((1, 4, 2))),
+        TypeError,
+        "W",
+        r"W must be a numpy\.ndarray, got None",
+    ),
+    "W-1d-batched-with-out": (
+        lambda p: fwd(p, x=p["x"][None], W=p["W"][:, 0], out=filled((1, 4, 2))),
+        ValueError,
+        "W",
+        r"W must be 2-D",
+    ),
+    # -- Unsupported dtypes: never converted ---------------------------------------------
+    "x-int64": (lambda p: fwd(p, x=p["x"].astype(np.int64)), TypeError, "x", r"x has dtype int64"),
+    "W-float16": (
+        lambda p: fwd(p, W=p["W"].astype(np.float16)),
+        TypeError,
+        "W",
+        r"W has dtype float16",
+    ),
+    "x-longdouble": (
+        lambda p: fwd(p, x=p["x"].astype(np.longdouble)),
+        TypeError,
+        "x",
+        r"x has dtype float(128|96|64)",
+    ),
+    "x-complex128": (
+        lambda p: fwd(p, x=p["x"].astype(complex)),
+        TypeError,
+        "x",
+        r"x has dtype complex128",
+    ),
+    "b-bool": (lambda p: fwd(p, b=p["b"] > 0), TypeError, "b", r"b has dtype bool"),
+    "x-object": (lambda p: fwd(p, x=p["x"].astype(object)), TypeError, "x", r"x has dtype object"),
+    "dout-object": (
+        lambda p: bwd(p, dout=p["dout"].astype(object)),
+        TypeError,
+        "dout",
+        r"dout has dtype object",
+    ),
+    "x-str": (lambda p: fwd(p, x=np.full((4, 3), "a")), TypeError, "x", r"x has dtype <U1"),
+    "x-big-endian": (lambda p: fwd(p, x=p["x"].astype(">f8")), TypeError, "x", r"x has dtype >f8"),
+    "bwd-out-int32": (
+        lambda p: bwd(p, out=p["out"].astype(np.int32)),
+        TypeError,
+        "out",
+        r"out has dtype int32",
+    ),
+    # -- Mixed dtypes ---------------------------------------------------------------------
+    "mixed-W-float32": (
+        lambda p: fwd(p, W=p["W"].astype(f32)),
+        TypeError,
+        "W",
+        r"share one dtype; got x float64, W float32, b float64",
+    ),
+    "mixed-b-float32": (lambda p: fwd(p, b=p["b"].astype(f32)), TypeError, "b", r"b float32"),
+    "mixed-dout-float32": (
+        lambda p: bwd(p, dout=p["dout"].astype(f32)),
+        TypeError,
+        "dout",
+        r"share one dtype; got dout float32, x float64",
+    ),
+    "mixed-bwd-out-float32": (
+        lambda p: bwd(p, out=p["out"].astype(f32)),
+        TypeError,
+        "out",
+        r"out float32",
+    ),
+    "mixed-batched-x-float32": (
+        lambda p: fwd(p, x=p["x"][None].astype(f32)),
+        TypeError,
+        "x",
+        r"x float32, W float64",
+    ),
+    # -- Array subclasses whose meaning the core would ignore ----------------------------
+    "x-matrix": (
+        lambda p: fwd(p, x=p["x"].view(np.matrix)),
+        TypeError,
+        "x",
+        r"x must be a plain numpy\.ndarray, got numpy\.matrix",
+    ),
+    "W-masked": (
+        lambda p: fwd(p, W=np.ma.masked_array(p["W"])),
+        TypeError,
+        "W",
+        r"W must be a plain .*MaskedArray",
+    ),
+    "b-masked": (
+        lambda p: fwd(p, b=np.ma.masked_array(p["b"], mask=[True, False])),
+        TypeError,
+        "b",
+        r"MaskedArray",
+    ),
+    "x-masked-batched": (
+        lambda p: fwd(p, x=np.ma.masked_array(p["x"][None])),
+        TypeError,
+        "x",
+        r"MaskedArray",
+    ),
+    "dout-matrix": (
+        lambda p: bwd(p, dout=p["dout"].view(np.matrix)),
+        TypeError,
+        "dout",
+        r"numpy\.matrix",
+    ),
+    "out-buffer-matrix": (
+        lambda p: fwd(p, out=filled((4, 2)).view(np.matrix)),
+        TypeError,
+        "out",
+        r"numpy\.matrix",
+    ),
+    "dW-buffer-masked": (
+        lambda p: bwd(p, dW=np.ma.masked_array(filled((3, 2)))),
+        TypeError,
+        "dW",
+        r"MaskedArray",
+    ),
+    # -- Shapes ---------------------------------------------------------------------------
+    "x-0d": (
+        lambda p: fwd(p, x=np.array(1.0)),
+        ValueError,
+        "x",
+        r"x must have shape \(\.\.\., n_in\), got a 0-d",
+    ),
+    "W-1d": (
+        lambda p: fwd(p, W=p["W"][:, 0]),
+        ValueError,
+        "W",
+        r"W must be 2-D \(n_in, n_out\), got shape \(3,\)",
+    ),
+    "W-3d": (lambda p: fwd(p, W=p["W"][None]), ValueError, "W", r"W must be 2-D .*\(1, 3, 2\)"),
+    "b-2d": (
+        lambda p: fwd(p, b=np.ones((2, 2))),
+        ValueError,
+        "b",
+        r"b must have shape \(n_out,\) or \(1, n_out\), got shape \(2, 2\)",
+    ),
+    "b-0d": (lambda p: fwd(p, b=np.array(0.0)), ValueError, "b", r"got shape \(\)"),
+    "b-3d": (lambda p: fwd(p, b=np.ones((1, 1, 2))), ValueError, "b", r"got shape \(1, 1, 2\)"),
+    "b-size": (
+        lambda p: fwd(p, b=np.ones(3)),
+        ValueError,
+        "b",
+        r"b has 3 entries but W has shape \(3, 2\)",
+    ),
+    "x-features": (
+        lambda p: fwd(p, x=np.ones((2, 5))),
+        ValueError,
+        "x",
+        r"W has shape \(3, 2\) but x has 5 features \(shape \(2, 5\)\)",
+    ),
+    "x-features-batched": (
+        lambda p: fwd(p, x=np.ones((2, 2, 5))),
+        ValueError,
+        "x",
+        r"x has 5 features \(shape \(2, 2, 5\)\)",
+    ),
+    "bwd-x-0d": (
+        lambda p: bwd(p, x=np.array(1.0), dout=p["dout"][None]),
+        ValueError,
+        "x",
+        r"x must have shape",
+    ),
+    "bwd-x-features": (
+        lambda p: bwd(p, x=np.ones((4, 5))),
+        ValueError,
+        "x",
+        r"W has shape \(3, 2\) but x has 5 features",
+    ),
+    "bwd-W-1d-batched": (
+        lambda p: bwd(p, x=p["x"][None], dout=p["dout"][None], out=p["out"][None], W=p["W"][:, 0]),
+        ValueError,
+        "W",
+        r"W must be 2-D",
+    ),
+    "dout-shape": (
+        lambda p: bwd(p, dout=np.ones((4, 3))),
+        ValueError,
+        "dout",
+        r"dout has shape \(4, 3\), expected \(4, 2\)",
+    ),
+    "dout-0d": (
+        lambda p: bwd(p, dout=np.array(1.0)),
+        ValueError,
+        "dout",
+        r"dout has shape \(\), expected \(4, 2\)",
+    ),
+    "dout-batch-mismatch": (
+        lambda p: bwd(
+            p,
+            x=p["x"].reshape(2, 2, 3),
+            out=p["out"].reshape(2, 2, 2),
+            dout=p["dout"].reshape(1, 4, 2),
+        ),
+        ValueError,
+        "dout",
+        r"dout has shape \(1, 4, 2\)",
+    ),
+    "bwd-out-shape": (
+        lambda p: bwd(p, out=np.ones((5, 2))),
+        ValueError,
+        "out",
+        r"out has shape \(5, 2\), expected \(4, 2\)",
+    ),
+    # -- need_dx --------------------------------------------------------------------------
+    "need_dx-None": (
+        lambda p: bwd(p, need_dx=None),
+        TypeError,
+        "need_dx",
+        r"need_dx must be a bool, got None",
+    ),
+    "need_dx-str": (
+        lambda p: bwd(p, need_dx="no"),
+        TypeError,
+        "need_dx",
+        r"need_dx must be a bool, got str",
+    ),
+    "need_dx-array": (
+        lambda p: bwd(p, need_dx=np.array([True, False])),
+        TypeError,
+        "need_dx",
+        r"got numpy\.ndarray",
+    ),
+    # -- Output buffers (each holds a sentinel that must survive) -------------------------
+    "out-shape": (
+        lambda p: fwd(p, out=filled((4, 3))),
+        ValueError,
+        "out",
+        r"out has shape \(4, 3\), expected \(4, 2\)",
+    ),
+    "out-too-small": (
+        lambda p: fwd(p, out=filled((3, 2))),
+        ValueError,
+        "out",
+        r"out has shape \(3, 2\), expected \(4, 2\)",
+    ),
+    "out-flat": (lambda p: fwd(p, out=filled((8,))), ValueError, "out", r"out has shape \(8,\)"),
+    "out-flattened-batch": (
+        lambda p: fwd(p, x=p["x"].reshape(2, 2, 3), out=filled((4, 2))),
+        ValueError,
+        "out",
+        r"out has shape \(4, 2\), expected \(2, 2, 2\)",
+    ),
+    "out-0d": (lambda p: fwd(p, out=np.array(7.0)), ValueError, "out", r"out has shape \(\)"),
+    "out-list": (
+        lambda p: fwd(p, out=[[0.0, 0.0]] * 4),
+        TypeError,
+        "out",
+        r"out must be a numpy\.ndarray, got list",
+    ),
+    "out-float32": (
+        lambda p: fwd(p, out=filled((4, 2), f32)),
+        TypeError,
+        "out",
+        r"out has dtype float32, expected float64",
+    ),
+    "out-big-endian": (
+        lambda p: fwd(p, out=filled((4, 2)).astype(">f8")),
+        TypeError,
+        "out",
+        r"out has dtype >f8",
+    ),
+    "out-F-order": (
+        lambda p: fwd(p, out=np.asfortranarray(filled((4, 2)))),
+        ValueError,
+        "out",
+        r"out must be C-contiguous",
+    ),
+    "out-strided": (
+        lambda p: fwd(p, out=filled((4, 4))[:, ::2]),
+        ValueError,
+        "out",
+        r"out must be C-contiguous",
+    ),
+    "out-negative-strides": (
+        lambda p: fwd(p, out=filled((4, 2))[::-1]),
+        ValueError,
+        "out",
+        r"out must be C-contiguous",
+    ),
+    "out-zero-strides": (
+        zero_stride_out,
+        ValueError,
+        "out",
+        r"out must be C-contiguous",
+    ),
+    "out-read-only": (
+        lambda p: fwd(p, out=readonly(filled((4, 2)))),
+        ValueError,
+        "out",
+        r"out is read-only",
+    ),
+    "out-misaligned": (
+        lambda p: fwd(p, out=misaligned((4, 2))),
+        ValueError,
+        "out",
+        r"out is not aligned",
+    ),
+    "dx-misaligned": (
+        lambda p: bwd(p, dx=misaligned((4, 3))),
+        ValueError,
+        "dx",
+        r"dx is not aligned",
+    ),
+    "dW-shape": (
+        lambda p: bwd(p, dW=filled((2, 3))),
+        ValueError,
+        "dW",
+        r"dW has shape \(2, 3\), expected \(3, 2\)",
+    ),
+    "db-shape": (
+        lambda p: bwd(p, db=filled((1, 2))),
+        ValueError,
+        "db",
+        r"db has shape \(1, 2\), expected \(2,\)",
+    ),
+    "dx-shape-batched": (
+        lambda p: bwd(
+            p, x=p["x"][None], dout=p["dout"][None], out=p["out"][None], dx=filled((4, 3))
+        ),
+        ValueError,
+        "dx",
+        r"dx has shape \(4, 3\), expected \(1, 4, 3\)",
+    ),
+    "dx-float32": (
+        lambda p: bwd(p, dx=filled((4, 3), f32)),
+        TypeError,
+        "dx",
+        r"dx has dtype float32",
+    ),
+    "dW-list": (
+        lambda p: bwd(p, dW=[[0.0] * 2] * 3),
+        TypeError,
+        "dW",
+        r"dW must be a numpy\.ndarray, got list",
+    ),
+    "dx-without-need_dx": (
+        lambda p: bwd(p, dx=filled((4, 3)), need_dx=False),
+        ValueError,
+        "dx",
+        r"dx was given but need_dx=False",
+    ),
+    "dW-read-only": (
+        lambda p: bwd(p, dW=readonly(filled((3, 2)))),
+        ValueError,
+        "dW",
+        r"dW is read-only",
+    ),
+    "db-read-only": (
+        lambda p: bwd(p, db=readonly(filled((2,)))),
+        ValueError,
+        "db",
+        r"db is read-only",
+    ),
+    "dx-F-order": (
+        lambda p: bwd(p, dx=np.asfortranarray(filled((4, 3)))),
+        ValueError,
+        "dx",
+        r"dx must be C-contiguous",
+    ),
+    "db-strided": (
+        lambda p: bwd(p, db=filled((4,))[::2]),
+        ValueError,
+        "db",
+        r"db must be C-contiguous",
+    ),
+    # -- A buffer that overlaps an input or another buffer -------------------------------
+    # shared(func, name=(start, shape)): arguments placed at element offsets of one array.
+    "out-is-x": (
+        shared("forward", x=(0, (4, 2)), W=(8, (2, 2)), b=(12, (2,)), out=(0, (4, 2))),
+        ValueError,
+        "out",
+        r"out overlaps x",
+    ),
+    "out-partly-overlaps-x": (
+        shared("forward", x=(0, (4, 3)), out=(10, (4, 2))),
+        ValueError,
+        "out",
+        r"out overlaps x",
+    ),
+    "out-overlaps-last-element-of-x": (
+        shared("forward", x=(0, (4, 3)), out=(11, (4, 2))),
+        ValueError,
+        "out",
+        r"out overlaps x",
+    ),
+    "out-overlaps-negative-strided-x": (
+        negative_x_under_out,
+        ValueError,
+        "out",
+        r"out overlaps x",
+    ),
+    "out-contains-W": (
+        shared("forward", W=(1, (3, 2)), out=(0, (4, 2))),
+        ValueError,
+        "out",
+        r"out overlaps W",
+    ),
+    "out-overlaps-b": (
+        shared("forward", b=(0, (2,)), out=(1, (4, 2))),
+        ValueError,
+        "out",
+        r"out overlaps b",
+    ),
+    "out-overlaps-x-batched": (
+        shared("forward", x=(0, (2, 2, 3)), W=(12, (3, 3)), b=(21, (3,)), out=(0, (2, 2, 3))),
+        ValueError,
+        "out",
+        r"out overlaps x",
+    ),
+    "dW-is-W": (lambda p: bwd(p, dW=p["W"]), ValueError, "dW", r"dW overlaps W"),
+    "dx-partly-overlaps-x": (
+        shared("backward", x=(0, (4, 3)), dx=(9, (4, 3))),
+        ValueError,
+        "dx",
+        r"dx overlaps x",
+    ),
+    "dx-overlaps-bwd-out": (
+        shared("backward", out=(0, (4, 2)), dx=(6, (4, 3))),
+        ValueError,
+        "dx",
+        r"dx overlaps out",
+    ),
+    "db-overlaps-dout": (
+        shared("backward", dout=(0, (4, 2)), db=(7, (2,))),
+        ValueError,
+        "db",
+        r"db overlaps dout",
+    ),
+    "dW-overlaps-db": (
+        shared("backward", dW=(0, (3, 2)), db=(5, (2,))),
+        ValueError,
+        "dW",
+        r"dW overlaps db",
+    ),
+    "dx-overlaps-dW": (
+        shared("backward", dx=(0, (4, 3)), dW=(11, (3, 2))),
+        ValueError,
+        "dx",
+        r"dx overlaps dW",
+    ),
+    # -- Strides and alignment the core cannot take ---------------------------------------
+    "x-misaligned": (lambda p: fwd(p, x=misaligned((4, 3))), ValueError, "x", r"x is not aligned"),
+    "W-misaligned": (lambda p: fwd(p, W=misaligned((3, 2))), ValueError, "W", r"W is not aligned"),
+    "x-stride-not-whole-elements": (
+        lambda p: fwd(p, x=np.zeros((4, 3), dtype=[("a", f64), ("c", f32)])["a"]),
+        ValueError,
+        "x",
+        r"x has strides that are not a whole number of elements",
+    ),
+    "dout-stride-not-whole-elements": (
+        lambda p: bwd(p, dout=np.zeros((4, 2), dtype=[("a", f64), ("c", f32)])["a"]),
+        ValueError,
+        "dout",
+        r"dout has strides that are not a whole number",
+    ),
+    # -- Beyond the BLAS integer range: refused before any allocation or packing copy -----
+    "fwd-n_in-over-int32": (
+        huge_forward(2**20, INT_MAX + 1, 2),
+        ValueError,
+        "n_in",
+        r"n_in = 2147483648 exceeds the BLAS integer range",
+    ),
+    "fwd-n-over-int32": (
+        huge_forward(BIG, 3, 2**20),
+        ValueError,
+        "n",
+        r"\bn = 1099511627776 exceeds",
+    ),
+    "fwd-n_out-over-int32": (
+        huge_forward(2**20, 3, INT_MAX + 1),
+        ValueError,
+        "n_out",
+        r"n_out = 2147483648 exceeds",
+    ),
+    "fwd-n_in-over-int32-with-out": (
+        huge_forward(2, BIG, 2, with_out=True),
+        ValueError,
+        "n_in",
+        r"n_in = 1099511627776 exceeds",
+    ),
+    "fwd-batch-rows-over-int32": (
+        huge_batched_forward,
+        ValueError,
+        "n",
+        r"\bn = 1099511627776 exceeds",
+    ),
+    "bwd-n_in-over-int32": (
+        huge_backward(2**20, INT_MAX + 1, 2**20),
+        ValueError,
+        "n_in",
+        r"n_in = 2147483648 exceeds",
+    ),
+    "bwd-n-over-int32": (
+        huge_backward(BIG, 2**20, 3),
+        ValueError,
+        "n",
+        r"\bn = 1099511627776 exceeds",
+    ),
+    "bwd-n_out-over-int32": (
+        huge_backward(2**20, 3, INT_MAX + 1),
+        ValueError,
+        "n_out",
+        r"n_out = 2147483648 exceeds",
+    ),
+}
+
+
+# -- backward_from_preactivation: dZ in place of dout and out ------------------------------
+
+
+def bfp(p: Args, watch: list[np.ndarray] | None = None, **change: Any):
+    args = {"dZ": p["dout"], "x": p["x"], "W": p["W"], **change}
+    return "backward_from_preactivation", args, watch or []
+
+
+def huge_bfp(n: int, n_in: int, n_out: int) -> Builder:
+    def build(p: Args):
+        shapes = {"dZ": (n, n_out), "x": (n, n_in), "W": (n_in, n_out)}
+        pairs = {name: _huge(shape) for name, shape in shapes.items()}
+        args = {name: view for name, (_, view) in pairs.items()}
+        return "backward_from_preactivation", args, [source for source, _ in pairs.values()]
+
+    return build
+
+
+CASES.update(
+    {
+        "bfp-dZ-None": (
+            lambda p: bfp(p, dZ=None),
+            TypeError,
+            "dZ",
+            r"dZ must be a numpy\.ndarray, got None",
+        ),
+        "bfp-dZ-int64": (
+            lambda p: bfp(p, dZ=p["dout"].astype(np.int64)),
+            TypeError,
+            "dZ",
+            r"dZ has dtype int64",
+        ),
+        "bfp-mixed-x-float32": (
+            lambda p: bfp(p, x=p["x"].astype(f32)),
+            TypeError,
+            "x",
+            r"x float32",
+        ),
+        "bfp-dZ-shape": (
+            lambda p: bfp(p, dZ=np.ones((4, 3))),
+            ValueError,
+            "dZ",
+            r"dZ has shape \(4, 3\), expected \(4, 2\)",
+        ),
+        "bfp-dZ-batch-mismatch": (
+            lambda p: bfp(p, x=p["x"].reshape(2, 2, 3), dZ=p["dout"].reshape(1, 4, 2)),
+            ValueError,
+            "dZ",
+            r"dZ has shape \(1, 4, 2\)",
+        ),
+        "bfp-need_dx-None": (
+            lambda p: bfp(p, need_dx=None),
+            TypeError,
+            "need_dx",
+            r"need_dx must be a bool, got None",
+        ),
+        "bfp-dx-read-only": (
+            lambda p: bfp(p, dx=readonly(filled((4, 3)))),
+            ValueError,
+            "dx",
+            r"dx is read-only",
+        ),
+        "bfp-dW-overlaps-x": (
+            shared("backward_from_preactivation", x=(0, (4, 3)), dW=(10, (3, 2))),
+            ValueError,
+            "dW",
+            r"dW overlaps x",
+        ),
+        "bfp-n_in-over-int32": (
+            huge_bfp(2**20, INT_MAX + 1, 2**20),
+            ValueError,
+            "n_in",
+            r"n_in = 2147483648 exceeds",
+        ),
+    }
+)
+
+
+# -- Layer objects: SigmoidLayer and Sequential ----------------------------------------------
+
+
+def layer_after_forward(p: Args, n_in: int = 3, n_out: int = 2):
+    """A float64 layer that has run one forward on the problem's x (so backward is valid),
+    and the arrays a failing call must leave alone: parameters, gradients, last output."""
+    layer = siglayer.SigmoidLayer(n_in, n_out, dtype=f64, seed=0)
+    out = layer.forward(p["x"] if n_in == 3 else np.ones((4, n_in)))
+    layer.backward(np.ones_like(out))
+    return layer, [layer.W, layer.b, layer.dW, layer.db, out]
+
+
+def on_layer(method: str, n_in: int = 3, n_out: int = 2, **args: Any) -> Builder:
+    """layer.<method>(**args), where an arg given as a callable is built from the problem."""
+
+    def build(p: Args):
+        layer, watch = layer_after_forward(p, n_in, n_out)
+        built = {k: (v(p) if callable(v) else v) for k, v in args.items()}
+        return getattr(layer, method), built, watch
+
+    return build
+
+
+def forward_own_output(p: Args):
+    """A square layer fed its own output buffer: the result would overwrite its input."""
+    layer, watch = layer_after_forward(p, 3, 3)
+    return layer.forward, {"x": watch[-1]}, watch
+
+
+def sequential(*layer_specs: tuple[int, int, type] | str) -> Builder:
+    """Sequential(*layers) from (n_in, n_out, dtype) specs; "same" repeats the last layer."""
+
+    def build(p: Args):
+        layers: list[Any] = []
+        for spec in layer_specs:
+            if spec == "same":
+                layers.append(layers[-1])
+            elif isinstance(spec, tuple):
+                layers.append(siglayer.SigmoidLayer(spec[0], spec[1], dtype=spec[2], seed=0))
+            else:
+                layers.append(spec)
+        return (lambda layers: siglayer.Sequential(*layers)), {"layers": layers}, []
+
+    return build
+
+
+def sequential_forward(p: Args):
+    net = siglayer.Sequential(
+        siglayer.SigmoidLayer(3, 4, dtype=f64, seed=0),
+        siglayer.SigmoidLayer(4, 2, dtype=f64, seed=1),
+    )
+    watch = [a for q in net.parameters() for a in (q.value, q.grad)]
+    return net.forward, {"x": np.ones((4, 5))}, watch
+
+
+CASES.update(
+    {
+        "layer-n_in-zero": (
+            lambda p: (siglayer.SigmoidLayer, {"n_in": 0, "n_out": 2}, []),
+            ValueError,
+            "n_in",
+            r"n_in must be >= 1, got 0",
+        ),
+        "layer-n_out-float": (
+            lambda p: (siglayer.SigmoidLayer, {"n_in": 3, "n_out": 2.0}, []),
+            TypeError,
+            "n_out",
+            r"n_out must be an int, got float",
+        ),
+        "layer-dtype-int32": (
+            lambda p: (siglayer.SigmoidLayer, {"n_in": 3, "n_out": 2, "dtype": np.int32}, []),
+            TypeError,
+            "dtype",
+            r"dtype must be float32 or float64, got int32",
+        ),
+        "layer-seed-str": (
+            lambda p: (siglayer.SigmoidLayer, {"n_in": 3, "n_out": 2, "seed": "0"}, []),
+            TypeError,
+            "seed",
+            r"seed must be an int",
+        ),
+        "layer-forward-x-list": (
+            on_layer("forward", x=lambda p: p["x"].tolist()),
+            TypeError,
+            "x",
+            r"x must be a numpy\.ndarray, got list",
+        ),
+        "layer-forward-x-float32": (
+            on_layer("forward", x=lambda p: p["x"].astype(f32)),
+            TypeError,
+            "x",
+            r"x has dtype float32 but this layer computes in float64",
+        ),
+        "layer-forward-x-features": (
+            on_layer("forward", x=np.ones((4, 5))),
+            ValueError,
+            "x",
+            r"x has shape \(4, 5\), expected \(\.\.\., 3\)",
+        ),
+        "layer-forward-x-0d": (
+            on_layer("forward", x=np.array(1.0)),
+            ValueError,
+            "x",
+            r"x has shape \(\)",
+        ),
+        "layer-forward-x-matrix": (
+            on_layer("forward", x=lambda p: p["x"].view(np.matrix)),
+            TypeError,
+            "x",
+            r"numpy\.matrix",
+        ),
+        "layer-forward-own-output": (
+            forward_own_output,
+            ValueError,
+            "x",
+            r"x shares memory with this layer's output buffer",
+        ),
+        "layer-backward-dout-list": (
+            on_layer("backward", dout=[[1.0, 1.0]] * 4),
+            TypeError,
+            "dout",
+            r"dout must be a numpy\.ndarray, got list",
+        ),
+        "layer-backward-dout-shape": (
+            on_layer("backward", dout=np.ones((4, 3))),
+            ValueError,
+            "dout",
+            r"dout has shape \(4, 3\) but the last forward produced \(4, 2\)",
+        ),
+        "layer-backward-dout-float32": (
+            on_layer("backward", dout=np.ones((4, 2), f32)),
+            TypeError,
+            "dout",
+            r"dout float32",
+        ),
+        "layer-backward-need_dx-None": (
+            on_layer("backward", dout=np.ones((4, 2)), need_dx=None),
+            TypeError,
+            "need_dx",
+            r"need_dx must be a bool",
+        ),
+        "layer-bfp-dZ-shape": (
+            on_layer("backward_from_preactivation", dZ=np.ones((2, 2))),
+            ValueError,
+            "dZ",
+            r"dZ has shape \(2, 2\) but the last forward produced \(4, 2\)",
+        ),
+        "sequential-empty": (
+            sequential(),
+            ValueError,
+            "layer",
+            r"Sequential needs at least one layer",
+        ),
+        "sequential-not-a-layer": (
+            sequential((3, 2, f64), "dense"),
+            TypeError,
+            "layer",
+            r"layer 1 is a str, not a layer",
+        ),
+        "sequential-sizes": (
+            sequential((3, 2, f64), (4, 2, f64)),
+            ValueError,
+            "layer",
+            r"layer 1 takes 4 inputs but layer 0 gives 2 outputs",
+        ),
+        "sequential-mixed-dtypes": (
+            sequential((3, 2, f32), (2, 2, f64)),
+            TypeError,
+            "layer",
+            r"layer 0 computes in float32 but layer 1 in float64",
+        ),
+        "sequential-same-layer-twice": (
+            sequential((2, 2, f64), "same"),
+            ValueError,
+            "layer",
+            r"the same layer object appears twice",
+        ),
+        "sequential-forward-x-features": (
+            sequential_forward,
+            ValueError,
+            "x",
+            r"x has shape \(4, 5\)",
+        ),
+    }
+)
+
+
+def _snapshot(a: np.ndarray) -> tuple[bytes, bool]:
+    return np.array(a, copy=True, subok=False).tobytes(), bool(a.flags.writeable)
+
+
+def _watched(args: Args, watch: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Every array whose memory the call could touch: the arguments (unless they are
+    huge zero-stride views, watched through their source instead) and the extras."""
+    arrays = {k: v for k, v in args.items() if isinstance(v, np.ndarray) and v.size <= 10**6}
+    arrays.update({f"watch{i}": w for i, w in enumerate(watch)})
+    return arrays
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_call(case: str) -> None:
+    build, error, argument, match = CASES[case]
+    func, args, watch = build(problem())
+    arrays = _watched(args, watch)
+    before = {k: _snapshot(v) for k, v in arrays.items()}
+    tracemalloc.start()
+    try:
+        with pytest.raises(error) as raised:
+            (getattr(siglayer, func) if isinstance(func, str) else func)(**args)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    message = str(raised.value)
+    assert re.search(match, message), f"message {message!r} does not match {match!r}"
+    assert re.search(rf"(?<![\w.]){re.escape(argument)}\b", message), (
+        f"{argument!r} not named in {message!r}"
+    )
+    for name, array in arrays.items():
+        assert _snapshot(array) == before[name], f"{name} changed by a failing call"
+    # Python-side allocations (NumPy's included) stay small: nothing was sized by the
+    # bad argument.
+    assert peak < 1 << 20, f"{peak} bytes allocated before refusing"
+
+
+def test_catalogue_size() -> None:
+    """The issue asks for at least 40 distinct bad calls (dict keys are distinct)."""
+    assert len(CASES) >= 40
+
+
+def test_set_num_threads_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
+        siglayer.set_num_threads(0)
+    with pytest.raises(ValueError, match="n must be >= 1, got -3"):
+        siglayer.set_num_threads(-3)
+    with pytest.raises(TypeError, match="n must be an int, got float"):
+        siglayer.set_num_threads(1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="n must be an int, got NoneType"):
+        siglayer.set_num_threads(None)  # type: ignore[arg-type]
+
+
+# -- Accepted layouts: computed, and equal to the reference -------------------------------
+
+
+def _reference_check(x, W, b, dout, got_out, got_grads) -> None:
+    x, W, b, dout = (np.asarray(a) for a in (x, W, b, dout))
+    want_out = reference.forward(x, W, b)
+    assert_within(got_out, want_out, forward_bound(x, W, b, want_out), "out")
+    want = reference.backward(dout, x, W, got_out)
+    bounds = backward_bounds(dout, x, W, got_out)
+    for name, got, ref, bound in zip(("dx", "dW", "db"), got_grads, want, bounds, strict=True):
+        assert_within(got, ref, bound, name)
+
+
+ACCEPTED_LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    # Broadcast (zero-stride) inputs are read-only views; they are packed, not refused.
+    "zero-stride-rows": lambda a: np.broadcast_to(a[:1], a.shape),
+    "zero-stride-all": lambda a: np.broadcast_to(a[:1, :1], a.shape),
+    "negative-rows": lambda a: np.ascontiguousarray(a[::-1])[::-1],
+    "negative-both": lambda a: np.ascontiguousarray(a[::-1, ::-1])[::-1, ::-1],
+    "negative-F": lambda a: np.asfortranarray(a[::-1])[::-1],
+    "read-only": lambda a: readonly(a.copy()),
+}
+
+
+@pytest.mark.parametrize("dtype", [f32, f64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("layout", list(ACCEPTED_LAYOUTS))
+def test_accepted_input_layouts(layout: str, dtype: type) -> None:
+    """Zero and negative strides on inputs are accepted and give the reference result
+    (outputs, by contrast, must be C-contiguous: see the catalogue above)."""
+    p = problem(dtype, n=9, n_in=7, n_out=5)
+    make = ACCEPTED_LAYOUTS[layout]
+    x, W, dout = make(p["x"]), make(p["W"]), make(p["dout"])
+    b = make(p["b"][None])[0]  # the bias with the same kind of stride
+    out = siglayer.forward(x, W, b)
+    grads = siglayer.backward(dout, x, W, make(out))
+    _reference_check(x, W, b, dout, out, grads)
+
+
+def _sparse_zeros(nbytes: int) -> np.ndarray:
+    """nbytes of zeros backed by untouched private pages (MAP_NORESERVE): no memory is
+    committed until written. Skips where the kernel refuses the mapping."""
+    no_reserve = getattr(mmap, "MAP_NORESERVE", 0x4000)
+    try:
+        buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | no_reserve)
+    except (OSError, OverflowError) as e:
+        pytest.skip(f"cannot map {nbytes} bytes: {e}")
+    return np.frombuffer(buffer, np.uint8)
+
+
+def test_row_stride_beyond_blas_range_is_packed() -> None:
+    """Small views into a huge array: their row (or column) strides do not fit the BLAS
+    integer, so they are packed, not refused (x, W, b and both inputs of backward)."""
+    row = INT_MAX + 65  # elements per row of the huge parent, 3 rows: 25.8 GB of address space
+    parent = _sparse_zeros(3 * row * 4).view(f32).reshape(3, row)
+    rng = np.random.default_rng(1)
+    parent[:, :32] = rng.standard_normal((3, 32))  # touches three pages
+    x = parent[:2, :8]  # C-like, row stride 2^31 + 64
+    W = parent[:, 8:16].T  # (8, 3), F-like, column stride 2^31 + 64
+    b = parent[0, 16:19]
+    dout = parent[:2, 19:22]
+    out = siglayer.forward(x, W, b)
+    parent[:2, 22:25] = out
+    grads = siglayer.backward(dout, x, W, parent[:2, 22:25])
+    _reference_check(x, W, b, dout, out, grads)
+
+
+def test_adjacent_buffers_are_accepted() -> None:
+    """Overlap is judged on the bytes each array can touch: neighbours in one buffer are fine."""
+    p = problem()
+    shared = np.zeros(12 + 8 + 6 + 2 + 12)
+    x = shared[:12].reshape(4, 3)
+    x[...] = p["x"]
+    out = shared[12:20].reshape(4, 2)
+    assert siglayer.forward(x, p["W"], p["b"], out=out) is out
+    np.testing.assert_array_equal(out, p["out"])
+    dW, db, dx = shared[20:26].reshape(3, 2), shared[26:28], shared[28:].reshape(4, 3)
+    got = siglayer.backward(p["dout"], x, p["W"], out, dx=dx, dW=dW, db=db)
+    for g, r in zip(got, siglayer.backward(p["dout"], p["x"], p["W"], p["out"]), strict=True):
+        np.testing.assert_array_equal(g, r)

@@ -1,0 +1,160 @@
+"""Many Python threads calling forward and backward at once.
+
+The binding releases the GIL around the core, so these calls really overlap: each one
+packs into its own thread's scratch and runs its own OpenMP team. Every result must be
+bitwise the result of the same call made alone, and the whole run must finish within a
+time limit (a deadlock fails the test instead of hanging the suite: the workers are
+daemon threads).
+
+OpenMP's thread count is per calling thread (a new Python thread starts from the
+default, not from the value set in the main thread), so every worker sets the count
+the sequential reference was computed with: results depend on it (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+import siglayer
+from conftest import make_problem
+
+PYTHON_THREADS = 8
+ROUNDS = 20  # each worker runs every task this many times, in its own order
+TIME_LIMIT = 120.0  # seconds; the run takes about a second
+
+
+@dataclass
+class Task:
+    name: str
+    x: np.ndarray
+    W: np.ndarray
+    b: np.ndarray
+    dout: np.ndarray
+    use_buffers: bool
+    want: tuple[np.ndarray, ...] = field(default_factory=tuple)
+
+    def run(self) -> tuple[np.ndarray, ...]:
+        if not self.use_buffers:
+            out = siglayer.forward(self.x, self.W, self.b)
+            dx, dW, db = siglayer.backward(self.dout, self.x, self.W, out)
+            assert dx is not None
+            return out, dx, dW, db
+        dtype = self.x.dtype
+        out = np.full((*self.x.shape[:-1], self.W.shape[1]), np.nan, dtype)
+        dx, dW, db = (np.full(s, np.nan, dtype) for s in (self.x.shape, self.W.shape, self.b.shape))
+        siglayer.forward(self.x, self.W, self.b, out=out)
+        siglayer.backward(self.dout, self.x, self.W, out, dx=dx, dW=dW, db=db)
+        return out, dx, dW, db
+
+
+def make_tasks() -> list[Task]:
+    """Shapes from tiny to large enough for a two-thread team, both dtypes, C/F/strided
+    layouts, batch dimensions, a zero-size batch, fresh and caller-supplied buffers."""
+    rng = np.random.default_rng(7)
+    specs = [
+        ((1, 1), 1, np.float64, "C"),
+        ((7, 13), 5, np.float32, "C"),
+        ((64, 33), 17, np.float64, "F"),
+        ((300, 257), 129, np.float32, "C"),
+        ((300, 257), 129, np.float64, "strided"),
+        ((1031, 67), 33, np.float32, "F"),
+        ((3, 70), 600, np.float64, "C"),
+        ((4, 16, 40), 24, np.float32, "strided"),
+        ((0, 9), 4, np.float32, "C"),
+        ((129, 515), 64, np.float64, "C"),
+    ]
+    tasks = []
+    for i, (shape, n_out, dtype, layout) in enumerate(specs):
+        x, W, b, dout = make_problem(rng, shape, n_out, dtype)
+        if layout == "F":
+            x, W, dout = (np.asfortranarray(a) for a in (x, W, dout))
+        elif layout == "strided":
+            x, W, dout = (np.repeat(a, 2, axis=-1)[..., ::2] for a in (x, W, dout))
+        name = f"{np.dtype(dtype).name}-x{'x'.join(map(str, shape))}-out{n_out}-{layout}"
+        tasks.append(Task(name, x, W, b, dout, use_buffers=i % 2 == 1))
+    return tasks
+
+
+def bad_call() -> None:
+    """A call that fails inside the core, interleaved with the good ones."""
+    x = np.ones((5, 3))
+    with pytest.raises(ValueError, match="W has shape"):
+        siglayer.forward(x, np.ones((4, 2)), np.ones(2))
+
+
+@pytest.mark.parametrize("omp_threads", [1, 2], ids=lambda t: f"omp{t}")
+def test_threads_give_sequential_results(omp_threads: int) -> None:
+    tasks = make_tasks()
+    before = siglayer.get_num_threads()
+    siglayer.set_num_threads(omp_threads)
+    try:
+        for task in tasks:
+            task.want = task.run()
+    finally:
+        siglayer.set_num_threads(before)
+    inputs = [tuple(a.copy() for a in (t.x, t.W, t.b, t.dout)) for t in tasks]
+
+    start = threading.Barrier(PYTHON_THREADS)
+    failures: list[str] = []
+    calls = [0] * PYTHON_THREADS
+
+    def worker(index: int) -> None:
+        try:
+            siglayer.set_num_threads(omp_threads)  # this thread's own OpenMP setting
+            order = np.random.default_rng(index).permutation(len(tasks))
+            start.wait()
+            for _ in range(ROUNDS):
+                for k in order:
+                    got = tasks[k].run()
+                    for name, g, w in zip(
+                        ("out", "dx", "dW", "db"), got, tasks[k].want, strict=True
+                    ):
+                        if g.tobytes() != w.tobytes():
+                            failures.append(f"thread {index}: {tasks[k].name} {name} differs")
+                    calls[index] += 2
+                bad_call()
+        except BaseException as e:  # report anything, including a failed pytest.raises
+            failures.append(f"thread {index}: {type(e).__name__}: {e}")
+
+    workers = [
+        threading.Thread(target=worker, args=(i,), daemon=True) for i in range(PYTHON_THREADS)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(TIME_LIMIT)
+    hung = [i for i, w in enumerate(workers) if w.is_alive()]
+    assert not hung, f"threads {hung} still running after {TIME_LIMIT} s: deadlock or starvation"
+    assert not failures, "\n".join(failures[:20])
+    assert sum(calls) == PYTHON_THREADS * ROUNDS * len(tasks) * 2
+    for task, kept in zip(tasks, inputs, strict=True):
+        for a, k in zip((task.x, task.W, task.b, task.dout), kept, strict=True):
+            np.testing.assert_array_equal(a, k, err_msg=f"{task.name}: an input changed")
+
+
+def test_set_num_threads_is_per_thread() -> None:
+    """The OpenMP thread count belongs to the calling thread: what the main thread sets
+    does not reach a thread started afterwards (it starts from the default), and what a
+    worker sets does not come back."""
+    before = siglayer.get_num_threads()
+    seen: list[int] = []
+
+    def worker() -> None:
+        seen.append(siglayer.get_num_threads())
+        siglayer.set_num_threads(3)
+        seen.append(siglayer.get_num_threads())
+
+    try:
+        siglayer.set_num_threads(1)
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join(30)
+        default = seen[0]
+        assert seen == [default, 3]
+        assert siglayer.get_num_threads() == 1
+    finally:
+        siglayer.set_num_threads(before)
