@@ -1020,10 +1020,12 @@ def test_catalogue_size() -> None:
 
 
 def test_set_num_threads_rejects_bad_values() -> None:
-    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"n must be between 1 and 2\*\*31 - 1, got 0"):
         siglayer.set_num_threads(0)
-    with pytest.raises(ValueError, match="n must be >= 1, got -3"):
+    with pytest.raises(ValueError, match=r"n must be between 1 and 2\*\*31 - 1, got -3"):
         siglayer.set_num_threads(-3)
+    with pytest.raises(ValueError, match=r"n must be between 1 and 2\*\*31 - 1, got 10{12}"):
+        siglayer.set_num_threads(10**12)
     with pytest.raises(TypeError, match="n must be an int, got float"):
         siglayer.set_num_threads(1.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="n must be an int, got NoneType"):

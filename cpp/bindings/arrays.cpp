@@ -52,7 +52,7 @@ std::string dtype_of(const py::array& a) {
 
 py::array as_array(py::handle h, const char* name) {
     const Subclasses& s = subclasses();
-    if (h.get_type().is(s.ndarray)) return py::reinterpret_borrow<py::array>(h);
+    if (py::type::handle_of(h).is(s.ndarray)) return py::reinterpret_borrow<py::array>(h);
     if (!py::isinstance(h, s.ndarray)) {
         throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
                              (h.is_none() ? std::string("None") : type_name(h)));

@@ -49,12 +49,13 @@ def set_num_threads(n: int) -> None:
     TypeError
         n is not an integer (``bool`` included).
     ValueError
-        n < 1.
+        n < 1, or n > 2**31 - 1.
 
     Notes
     -----
     Like ``omp_set_num_threads``, this applies to calls made from the calling thread
-    (and threads it starts afterwards). Problems below about 10**6 multiply-adds run
+    only: a thread started later begins with the OpenMP default (``OMP_NUM_THREADS`` or
+    the number of CPUs), so call it in each worker thread that should differ. Problems below about 10**6 multiply-adds run
     on one thread whatever this says. ``threadpoolctl.threadpool_limits`` sets the same
     OpenMP pool (docs/guide.md, "Threads").
 
@@ -69,6 +70,8 @@ def set_num_threads(n: int) -> None:
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
+    if not 1 <= n <= 2**31 - 1:
+        raise ValueError(f"n must be between 1 and 2**31 - 1, got {n}")
     _core.set_num_threads(int(n))
 
 
