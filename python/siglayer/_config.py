@@ -56,8 +56,9 @@ def set_num_threads(n: int) -> None:
     Like ``omp_set_num_threads``, this applies to calls made from the calling thread
     only: a thread started later begins with the OpenMP default (``OMP_NUM_THREADS`` or
     the number of CPUs), so call it in each worker thread that should differ. Problems
-    below about 10**6 multiply-adds run on one thread whatever this says. ``threadpoolctl.threadpool_limits`` sets the same
-    OpenMP pool (docs/guide.md, "Threads").
+    below about 10**6 multiply-adds run on one thread whatever this says.
+    ``threadpoolctl.threadpool_limits`` sets the same OpenMP pool (docs/guide.md,
+    "Threads").
 
     Examples
     --------
