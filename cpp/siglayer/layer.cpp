@@ -186,6 +186,28 @@ void column_sums(T* db, const BlasOperand<T>& dZ, index_t rows, index_t j0, inde
     }
 }
 
+// This thread's share of dW = x^T . dZ and, when dx.data is set, of dx = dZ . W^T, each
+// output split between the threads like forward's (block_of_thread). dZ is (n, n_out)
+// and complete; x is (n, n_in), W is (n_in, n_out). The batch index i is what dW sums
+// over: dW[k, l] = sum_i x[i, k] dZ[i, l], which is why x^T stands on the left.
+template <class T>
+void gradient_products(OutMatrix<T> dx, OutMatrix<T> dW, const BlasOperand<T>& xo,
+                       const BlasOperand<T>& Wo, const BlasOperand<T>& dZo, index_t n) {
+    const index_t n_in = dW.rows, n_out = dW.cols;
+    if (n_in == 0 || n_out == 0 || n == 0) return;
+    const BlasOperand<T> xT{xo.data, flip(xo.op), xo.ld};
+    const Block w = block_of_thread(n_in, n_out);
+    if (!w.empty())
+        blas::gemm<T>(xT.op, dZo.op, w.rows(), w.cols(), n, T(1), row_offset(xT, w.i0), xT.ld,
+                      col_offset(dZo, w.j0), dZo.ld, T(0), dW.data + w.i0 * n_out + w.j0, n_out);
+    if (dx.data == nullptr) return;
+    const BlasOperand<T> WT{Wo.data, flip(Wo.op), Wo.ld};
+    const Block d = block_of_thread(n, n_in);
+    if (!d.empty())
+        blas::gemm<T>(dZo.op, WT.op, d.rows(), d.cols(), n_out, T(1), row_offset(dZo, d.i0), dZo.ld,
+                      col_offset(WT, d.j0), WT.ld, T(0), dx.data + d.i0 * n_in + d.j0, n_in);
+}
+
 }  // namespace
 
 template <class T>
@@ -266,7 +288,6 @@ void backward(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dout, Matri
               MatrixView<T> W, MatrixView<T> out) {
     check_backward(dout, x, W, out);
     const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
-    const bool need_dx = dx.data != nullptr;
     if (!check_gradient_outputs(
             dx, dW, db, n, n_in, n_out,
             {{"dout", extent(dout)}, {"x", extent(x)}, {"W", extent(W)}, {"out", extent(out)}}))
@@ -286,29 +307,16 @@ void backward(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dout, Matri
     const int threads = threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1));
     run_parallel(threads, [&] {
         blas::SingleThreaded single;
-        // Phase 1, split by columns: dZ, db and dW = x^T . dZ for this thread's columns.
-        // Each column of db is summed in row order, so db is bitwise the same for any
-        // thread count; dW's columns need only this thread's columns of dZ.
+        // Phase 1, split by columns: dZ and db. Each column of db is summed in row order,
+        // so db is bitwise the same for any thread count.
         index_t j0 = 0, j1 = 0;
         split_range(n_out, omp_get_num_threads(), omp_get_thread_num(), 16, j0, j1);
-        if (j1 > j0) {
+        if (j1 > j0)
             kernel.dz_colsum(dZ + j0, n_out, db + j0, dout_rows + j0, ld_dout, out_rows + j0,
                              ld_out, n, j1 - j0);
-            // The batch index i is summed over: dW[k, l] = sum_i x[i, k] dZ[i, l],
-            // which is why x^T stands on the left.
-            if (n_in > 0)
-                blas::gemm<T>(flip(xo.op), blas::Op::N, n_in, j1 - j0, n, T(1), xo.data, xo.ld,
-                              dZ + j0, n_out, T(0), dW.data + j0, n_out);
-        }
-        // Phase 2, split by rows: dx = dZ . W^T needs every column of dZ.
-        if (need_dx && n_in > 0) {
+        // Phase 2: the products need all of dZ.
 #pragma omp barrier
-            index_t i0 = 0, i1 = 0;
-            split_range(n, omp_get_num_threads(), omp_get_thread_num(), 1, i0, i1);
-            if (i1 > i0)
-                blas::gemm<T>(blas::Op::N, flip(Wo.op), i1 - i0, n_in, n_out, T(1), dZ + i0 * n_out,
-                              n_out, Wo.data, Wo.ld, T(0), dx.data + i0 * n_in, n_in);
-        }
+        gradient_products(dx, dW, xo, Wo, BlasOperand<T>{dZ, blas::Op::N, n_out}, n);
     });
 }
 
@@ -330,7 +338,6 @@ void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<T> dW, T* db, Matrix
                                  MatrixView<T> x, MatrixView<T> W) {
     check_backward_from_preactivation(dZ, x, W);
     const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
-    const bool need_dx = dx.data != nullptr;
     if (!check_gradient_outputs(dx, dW, db, n, n_in, n_out,
                                 {{"dZ", extent(dZ)}, {"x", extent(x)}, {"W", extent(W)}}))
         return;
@@ -345,24 +352,11 @@ void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<T> dW, T* db, Matrix
     }
     run_parallel(threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1)), [&] {
         blas::SingleThreaded single;
-        // Split by columns: db and dW = x^T . dZ for this thread's columns of dZ. The batch
-        // index i is summed over: dW[k, l] = sum_i x[i, k] dZ[i, l], so x^T stands on the left.
+        // db by columns (see backward); no barrier: dZ is an input, complete from the start.
         index_t j0 = 0, j1 = 0;
         split_range(n_out, omp_get_num_threads(), omp_get_thread_num(), 16, j0, j1);
-        if (j1 > j0) {
-            column_sums(db, dZo, n, j0, j1);
-            if (n_in > 0)
-                blas::gemm<T>(flip(xo.op), dZo.op, n_in, j1 - j0, n, T(1), xo.data, xo.ld,
-                              col_offset(dZo, j0), dZo.ld, T(0), dW.data + j0, n_out);
-        }
-        // Split by rows: dx = dZ . W^T. No barrier: dZ is an input, complete from the start.
-        if (need_dx && n_in > 0) {
-            index_t i0 = 0, i1 = 0;
-            split_range(n, omp_get_num_threads(), omp_get_thread_num(), 1, i0, i1);
-            if (i1 > i0)
-                blas::gemm<T>(dZo.op, flip(Wo.op), i1 - i0, n_in, n_out, T(1), row_offset(dZo, i0),
-                              dZo.ld, Wo.data, Wo.ld, T(0), dx.data + i0 * n_in, n_in);
-        }
+        if (j1 > j0) column_sums(db, dZo, n, j0, j1);
+        gradient_products(dx, dW, xo, Wo, dZo, n);
     });
 }
 
