@@ -208,32 +208,39 @@ void gradient_products(OutMatrix<T> dx, OutMatrix<T> dW, const BlasOperand<T>& x
                       col_offset(WT, d.j0), WT.ld, T(0), dx.data + d.i0 * n_in + d.j0, n_in);
 }
 
+// W must take x's features; then the three sizes must fit the BLAS integer.
+template <class T>
+void check_x_and_W(const MatrixView<T>& x, const MatrixView<T>& W) {
+    SIGLAYER_REQUIRE(W.rows == x.cols, "W has shape " + shape_str(W.rows, W.cols) + " but x has " +
+                                           std::to_string(x.cols) + " features (shape " +
+                                           shape_str(x.rows, x.cols) + ")");
+    require_blas_sizes(x.rows, x.cols, W.cols);
+}
+
+// An (n, n_out) argument of backward: out, dout or dZ.
+template <class T>
+void check_output_shaped(const char* name, const MatrixView<T>& m, const MatrixView<T>& x,
+                         const MatrixView<T>& W) {
+    SIGLAYER_REQUIRE(m.rows == x.rows && m.cols == W.cols,
+                     std::string(name) + " has shape " + shape_str(m.rows, m.cols) + ", expected " +
+                         shape_str(x.rows, W.cols) + " from x " + shape_str(x.rows, x.cols) +
+                         " and W " + shape_str(W.rows, W.cols));
+}
+
 }  // namespace
 
 template <class T>
 void check_forward(MatrixView<T> x, MatrixView<T> W, VectorView<T> b) {
-    SIGLAYER_REQUIRE(W.rows == x.cols, "W has shape " + shape_str(W.rows, W.cols) + " but x has " +
-                                           std::to_string(x.cols) + " features (shape " +
-                                           shape_str(x.rows, x.cols) + ")");
+    check_x_and_W(x, W);
     SIGLAYER_REQUIRE(b.size == W.cols, "b has " + std::to_string(b.size) +
                                            " entries but W has shape " + shape_str(W.rows, W.cols));
-    require_blas_sizes(x.rows, x.cols, W.cols);
 }
 
 template <class T>
 void check_backward(MatrixView<T> dout, MatrixView<T> x, MatrixView<T> W, MatrixView<T> out) {
-    const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
-    SIGLAYER_REQUIRE(W.rows == n_in, "W has shape " + shape_str(W.rows, W.cols) + " but x has " +
-                                         std::to_string(n_in) + " features (shape " +
-                                         shape_str(n, n_in) + ")");
-    SIGLAYER_REQUIRE(out.rows == n && out.cols == n_out,
-                     "out has shape " + shape_str(out.rows, out.cols) + ", expected " +
-                         shape_str(n, n_out) + " from x " + shape_str(n, n_in) + " and W " +
-                         shape_str(n_in, n_out));
-    SIGLAYER_REQUIRE(dout.rows == n && dout.cols == n_out,
-                     "dout has shape " + shape_str(dout.rows, dout.cols) + ", expected " +
-                         shape_str(n, n_out) + " (the shape of out)");
-    require_blas_sizes(n, n_in, n_out);
+    check_x_and_W(x, W);
+    check_output_shaped("out", out, x, W);
+    check_output_shaped("dout", dout, x, W);
 }
 
 template <class T>
@@ -322,15 +329,8 @@ void backward(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dout, Matri
 
 template <class T>
 void check_backward_from_preactivation(MatrixView<T> dZ, MatrixView<T> x, MatrixView<T> W) {
-    const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
-    SIGLAYER_REQUIRE(W.rows == n_in, "W has shape " + shape_str(W.rows, W.cols) + " but x has " +
-                                         std::to_string(n_in) + " features (shape " +
-                                         shape_str(n, n_in) + ")");
-    SIGLAYER_REQUIRE(dZ.rows == n && dZ.cols == n_out,
-                     "dZ has shape " + shape_str(dZ.rows, dZ.cols) + ", expected " +
-                         shape_str(n, n_out) + " from x " + shape_str(n, n_in) + " and W " +
-                         shape_str(n_in, n_out));
-    require_blas_sizes(n, n_in, n_out);
+    check_x_and_W(x, W);
+    check_output_shaped("dZ", dZ, x, W);
 }
 
 template <class T>
