@@ -230,40 +230,11 @@ def backward(
     """
     if type(x) is _ndarray and x.ndim == 2 and type(dout) is _ndarray and dout.ndim == 2:
         return _core.backward(dout, x, W, out, need_dx, dx, dW, db)
-    arrays = {"dout": dout, "x": x, "W": W, "out": out}
-    if not all(isinstance(a, _ndarray) for a in arrays.values()):
+    if not all(isinstance(a, _ndarray) for a in (dout, x, W, out)):
         return _core.backward(dout, x, W, out, need_dx, dx, dW, db)  # raises the TypeError
-    if x.ndim == 0:
-        raise ValueError("x must have shape (..., n_in), got a 0-d array")
-    if W.ndim != 2:
-        raise ValueError(f"W must be 2-D (n_in, n_out), got shape {W.shape}")
-    n_in, n_out = W.shape
-    if x.shape[-1] != n_in:
-        raise ValueError(
-            f"W has shape {W.shape} but x has {x.shape[-1]} features (shape {x.shape})"
-        )
-    lead: tuple[int, ...] = x.shape[:-1]
-    for name in ("out", "dout"):
-        if arrays[name].shape != (*lead, n_out):
-            raise ValueError(
-                f"{name} has shape {arrays[name].shape}, expected {(*lead, n_out)} "
-                f"from x {x.shape} and W {W.shape}"
-            )
-    rows = math.prod(lead)
-    dx2 = _as_2d_buffer(dx, "dx", x.shape) if dx is not None else None
-    dx_r, dW_r, db_r = _core.backward(
-        dout.reshape(rows, n_out),
-        x.reshape(rows, n_in),
-        W,
-        out.reshape(rows, n_out),
-        need_dx,
-        dx2,
-        dW,
-        db,
-    )
-    if dx_r is not None:
-        dx_r = dx if dx is not None else dx_r.reshape(x.shape)
-    return dx_r, dW_r, db_r
+    x2, (out2, dout2), dx2 = _flatten_batch(x, W, {"out": out, "dout": dout}, dx)
+    dx_r, dW_r, db_r = _core.backward(dout2, x2, W, out2, need_dx, dx2, dW, db)
+    return _batch_shaped(dx_r, dx, x.shape), dW_r, db_r
 
 
 @overload
@@ -359,9 +330,25 @@ def backward_from_preactivation(
     """
     if type(x) is _ndarray and x.ndim == 2 and type(dZ) is _ndarray and dZ.ndim == 2:
         return _core.backward_from_preactivation(dZ, x, W, need_dx, dx, dW, db)
-    if not (isinstance(dZ, _ndarray) and isinstance(x, _ndarray) and isinstance(W, _ndarray)):
+    if not all(isinstance(a, _ndarray) for a in (dZ, x, W)):
         # The core raises the TypeError naming the argument.
         return _core.backward_from_preactivation(dZ, x, W, need_dx, dx, dW, db)
+    x2, (dZ2,), dx2 = _flatten_batch(x, W, {"dZ": dZ}, dx)
+    dx_r, dW_r, db_r = _core.backward_from_preactivation(dZ2, x2, W, need_dx, dx2, dW, db)
+    return _batch_shaped(dx_r, dx, x.shape), dW_r, db_r
+
+
+def _flatten_batch(
+    x: NDArray[Float],
+    W: NDArray[Float],
+    per_row: dict[str, NDArray[Float]],
+    dx: NDArray[Float] | None,
+) -> tuple[NDArray[Float], list[NDArray[Float]], NDArray[Float] | None]:
+    """x (..., n_in) and the (..., n_out) arrays of a backward call as 2-D rows.
+
+    The shapes are checked here, on what the caller passed, so that the messages show
+    them; the core checks dtypes and everything else on the flattened arrays.
+    """
     if x.ndim == 0:
         raise ValueError("x must have shape (..., n_in), got a 0-d array")
     if W.ndim != 2:
@@ -372,18 +359,25 @@ def backward_from_preactivation(
             f"W has shape {W.shape} but x has {x.shape[-1]} features (shape {x.shape})"
         )
     lead: tuple[int, ...] = x.shape[:-1]
-    if dZ.shape != (*lead, n_out):
-        raise ValueError(
-            f"dZ has shape {dZ.shape}, expected {(*lead, n_out)} from x {x.shape} and W {W.shape}"
-        )
+    for name, a in per_row.items():
+        if a.shape != (*lead, n_out):
+            raise ValueError(
+                f"{name} has shape {a.shape}, expected {(*lead, n_out)} "
+                f"from x {x.shape} and W {W.shape}"
+            )
     rows = math.prod(lead)
     dx2 = _as_2d_buffer(dx, "dx", x.shape) if dx is not None else None
-    dx_r, dW_r, db_r = _core.backward_from_preactivation(
-        dZ.reshape(rows, n_out), x.reshape(rows, n_in), W, need_dx, dx2, dW, db
-    )
-    if dx_r is not None:
-        dx_r = dx if dx is not None else dx_r.reshape(x.shape)
-    return dx_r, dW_r, db_r
+    flat = [a.reshape(rows, n_out) for a in per_row.values()]
+    return x.reshape(rows, n_in), flat, dx2
+
+
+def _batch_shaped(
+    dx_r: NDArray[Float] | None, dx: NDArray[Float] | None, shape: tuple[int, ...]
+) -> NDArray[Float] | None:
+    """The core's 2-D dx in x's shape: the caller's own buffer when one was given."""
+    if dx_r is None:
+        return None
+    return dx if dx is not None else dx_r.reshape(shape)
 
 
 def _as_2d_buffer(buf: NDArray[Float], name: str, shape: tuple[int, ...]) -> NDArray[Float]:
