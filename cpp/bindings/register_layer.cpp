@@ -64,6 +64,29 @@ py::array forward(py::handle x_h, py::handle W_h, py::handle b_h, py::handle out
     });
 }
 
+// dx (or None), dW and db of a backward call: the caller's buffers, checked, or new
+// arrays. dx is (n, n_in), dW is (n_in, n_out), db is (n_out,).
+template <class T>
+struct GradientBuffers {
+    // py::object, not py::array: a default-constructed py::array allocates an empty array.
+    py::object dx = py::none(), dW, db;
+    T *dx_data = nullptr, *dW_data = nullptr, *db_data = nullptr;
+    py::ssize_t n, n_in, n_out;
+
+    GradientBuffers(bool need_dx, py::handle dx_h, py::handle dW_h, py::handle db_h, py::ssize_t n_,
+                    py::ssize_t n_in_, py::ssize_t n_out_)
+        : n(n_), n_in(n_in_), n_out(n_out_) {
+        if (!need_dx && !dx_h.is_none())
+            throw py::value_error("dx was given but need_dx=False; drop one of them");
+        if (need_dx) dx = make_or_check<T>(dx_h, "dx", {n, n_in}, dx_data);
+        dW = make_or_check<T>(dW_h, "dW", {n_in, n_out}, dW_data);
+        db = make_or_check<T>(db_h, "db", {n_out}, db_data);
+    }
+    OutMatrix<T> dx_out() const { return {dx_data, n, n_in}; }
+    OutMatrix<T> dW_out() const { return {dW_data, n_in, n_out}; }
+    py::tuple result() const { return py::make_tuple(dx, dW, db); }
+};
+
 // dout and out are (n, n_out), x is (n, n_in), W is (n_in, n_out).
 // Returns (dx or None, dW, db).
 py::tuple backward(py::handle dout_h, py::handle x_h, py::handle W_h, py::handle out_h,
@@ -82,25 +105,17 @@ py::tuple backward(py::handle dout_h, py::handle x_h, py::handle W_h, py::handle
     require_ndim(x, "x", 2, "(n, n_in)");
     require_ndim(W, "W", 2, "(n_in, n_out)");
     require_ndim(out, "out", 2, "(n, n_out)");
-    if (!need_dx && !dx_h.is_none())
-        throw py::value_error("dx was given but need_dx=False; drop one of them");
     return dispatch_dtype(type_num, [&](auto zero) {
         using T = decltype(zero);
         const MatrixView<T> doutv = matrix_view<T>(dout, "dout"), xv = matrix_view<T>(x, "x"),
                             Wv = matrix_view<T>(W, "W"), outv = matrix_view<T>(out, "out");
         check_backward(doutv, xv, Wv, outv);
-        const py::ssize_t n = x.shape(0), n_in = x.shape(1), n_out = W.shape(1);
-        T *dx_data = nullptr, *dW_data = nullptr, *db_data = nullptr;
-        py::object dx = py::none();
-        if (need_dx) dx = make_or_check<T>(dx_h, "dx", {n, n_in}, dx_data);
-        py::array dW = make_or_check<T>(dW_h, "dW", {n_in, n_out}, dW_data);
-        py::array db = make_or_check<T>(db_h, "db", {n_out}, db_data);
+        GradientBuffers<T> g(need_dx, dx_h, dW_h, db_h, x.shape(0), x.shape(1), W.shape(1));
         {
             py::gil_scoped_release release;
-            siglayer::backward<T>({dx_data, n, n_in}, {dW_data, n_in, n_out}, db_data, doutv, xv,
-                                  Wv, outv);
+            siglayer::backward<T>(g.dx_out(), g.dW_out(), g.db_data, doutv, xv, Wv, outv);
         }
-        return py::make_tuple(dx, dW, db);
+        return g.result();
     });
 }
 
@@ -117,25 +132,18 @@ py::tuple backward_from_preactivation(py::handle dZ_h, py::handle x_h, py::handl
     require_ndim(dZ, "dZ", 2, "(n, n_out)");
     require_ndim(x, "x", 2, "(n, n_in)");
     require_ndim(W, "W", 2, "(n_in, n_out)");
-    if (!need_dx && !dx_h.is_none())
-        throw py::value_error("dx was given but need_dx=False; drop one of them");
     return dispatch_dtype(type_num, [&](auto zero) {
         using T = decltype(zero);
         const MatrixView<T> dZv = matrix_view<T>(dZ, "dZ"), xv = matrix_view<T>(x, "x"),
                             Wv = matrix_view<T>(W, "W");
         check_backward_from_preactivation(dZv, xv, Wv);
-        const py::ssize_t n = x.shape(0), n_in = x.shape(1), n_out = W.shape(1);
-        T *dx_data = nullptr, *dW_data = nullptr, *db_data = nullptr;
-        py::object dx = py::none();
-        if (need_dx) dx = make_or_check<T>(dx_h, "dx", {n, n_in}, dx_data);
-        py::array dW = make_or_check<T>(dW_h, "dW", {n_in, n_out}, dW_data);
-        py::array db = make_or_check<T>(db_h, "db", {n_out}, db_data);
+        GradientBuffers<T> g(need_dx, dx_h, dW_h, db_h, x.shape(0), x.shape(1), W.shape(1));
         {
             py::gil_scoped_release release;
-            siglayer::backward_from_preactivation<T>({dx_data, n, n_in}, {dW_data, n_in, n_out},
-                                                     db_data, dZv, xv, Wv);
+            siglayer::backward_from_preactivation<T>(g.dx_out(), g.dW_out(), g.db_data, dZv, xv,
+                                                     Wv);
         }
-        return py::make_tuple(dx, dW, db);
+        return g.result();
     });
 }
 
