@@ -10,6 +10,8 @@ import pytest
 import siglayer
 from conftest import (
     DTYPES,
+    SHAPE_IDS,
+    SHAPES,
     assert_within,
     backward_bounds,
     forward_bound,
@@ -17,23 +19,6 @@ from conftest import (
     product_bound,
 )
 from siglayer import reference
-
-# (shape of x, n_out): tiny, primes, large-ish, zero-size, batch dimensions, 1-D x.
-SHAPES = [
-    ((1, 1), 1),
-    ((7, 13), 5),
-    ((64, 33), 17),
-    ((300, 257), 129),
-    ((1031, 67), 3),
-    ((3, 70), 600),
-    ((0, 4), 3),
-    ((5, 0), 3),
-    ((5, 4), 0),
-    ((2, 3, 5), 4),
-    ((2, 0, 3, 5), 4),
-    ((6,), 4),
-]
-SHAPE_IDS = ["x" + "x".join(map(str, s)) + f"-out{o}" for s, o in SHAPES]
 
 
 def check_backward(dout, x, W, out, got) -> None:

@@ -8,22 +8,8 @@ import numpy as np
 import pytest
 
 import siglayer
-from conftest import DTYPES, assert_within, product_bound
+from conftest import DTYPES, SHAPE_IDS, SHAPES, assert_within, product_bound
 from siglayer import reference
-
-SHAPES = [
-    ((1, 1), 1),
-    ((7, 13), 5),
-    ((64, 33), 17),
-    ((300, 257), 129),
-    ((3, 70), 600),
-    ((0, 4), 3),
-    ((5, 0), 3),
-    ((5, 4), 0),
-    ((2, 3, 5), 4),
-    ((6,), 4),
-]
-SHAPE_IDS = ["x" + "x".join(map(str, s)) + f"-out{o}" for s, o in SHAPES]
 
 
 def make(rng: np.random.Generator, shape_x: tuple[int, ...], n_out: int, dtype: type):
