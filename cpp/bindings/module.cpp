@@ -2,6 +2,7 @@
 #include <pybind11/pybind11.h>
 
 #include "../siglayer/blas.hpp"
+#include "../siglayer/threads.hpp"
 #include "arrays.hpp"
 
 #ifndef SIGLAYER_VERSION
@@ -11,6 +12,7 @@
 PYBIND11_MODULE(_core, m) {
     m.doc() = "siglayer's compiled core; use the siglayer package instead.";
     siglayer::blas::init();
+    siglayer::threads::init();
     siglayer::bindings::register_layer(m);
     siglayer::bindings::register_info(m);
     siglayer::bindings::register_optim(m);

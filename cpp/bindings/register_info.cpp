@@ -4,6 +4,7 @@
 
 #include "../siglayer/blas.hpp"
 #include "../siglayer/kernels.hpp"
+#include "../siglayer/threads.hpp"
 #include "arrays.hpp"
 
 namespace siglayer::bindings {
@@ -27,9 +28,19 @@ void register_info(py::module_& m) {
         d["simd"] = kernels::active_isa();
         d["simd_available"] = kernels::available_isas();
         d["openmp"] = _OPENMP;
+        d["openmp_runtime"] = threads::runtime_description();
         d["compiler"] = __VERSION__;
         return d;
     });
+    // Registered by the package with os.register_at_fork (threads.hpp says why). The GIL
+    // stays held: before_fork waits only for regions running without it.
+    m.def("before_fork", &threads::before_fork);
+    m.def("after_fork_in_parent", &threads::after_fork_in_parent);
+    m.def("after_fork_in_child", &threads::after_fork_in_child);
+    m.def(
+        "set_tiles_per_thread", [](int n) { threads::set_tiles_per_thread(n); }, py::arg("n"),
+        "Tiles of each product per thread (1: a fixed split); for benchmarks.");
+    m.def("tiles_per_thread", [] { return threads::tiles_per_thread(); });
     m.def(
         "select_isa", [](const std::string& name) { kernels::select_isa(name); }, py::arg("name"),
         "Force 'avx512', 'avx2' or 'baseline' kernels (tests, benchmarks).");

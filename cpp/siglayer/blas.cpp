@@ -46,15 +46,15 @@ void quiet_xerbla(const char*, const blasint*, size_t) {}
 template <>
 void gemm<float>(Op op_a, Op op_b, index_t M, index_t N, index_t K, float alpha, const float* A,
                  index_t lda, const float* B, index_t ldb, float beta, float* C, index_t ldc) {
-    SIGLAYER_CBLAS(sgemm)(CblasRowMajor, to_cblas(op_a), to_cblas(op_b), M, N, K, alpha, A, lda, B,
-                          ldb, beta, C, ldc);
+    SIGLAYER_CBLAS(sgemm)
+    (CblasRowMajor, to_cblas(op_a), to_cblas(op_b), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 template <>
 void gemm<double>(Op op_a, Op op_b, index_t M, index_t N, index_t K, double alpha, const double* A,
                   index_t lda, const double* B, index_t ldb, double beta, double* C, index_t ldc) {
-    SIGLAYER_CBLAS(dgemm)(CblasRowMajor, to_cblas(op_a), to_cblas(op_b), M, N, K, alpha, A, lda, B,
-                          ldb, beta, C, ldc);
+    SIGLAYER_CBLAS(dgemm)
+    (CblasRowMajor, to_cblas(op_a), to_cblas(op_b), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 index_t max_int() {

@@ -22,13 +22,14 @@ void gemm(GemmThreading threading, blas::Op op_a, blas::Op op_b, index_t M, inde
         return;
     }
     const BlasOperand<T> a{A, op_a, lda}, b{B, op_b, ldb};
-    // The layer's split (partition.hpp): the same thread count, blocks and BLAS calls.
+    // The layer's split (partition.hpp): the same thread count, tiles and BLAS calls.
     run_parallel(threads_for_gemm(M, N, K), [&] {
         blas::SingleThreaded single;
-        const Block blk = block_of_thread(M, N);
-        if (!blk.empty())
+        const Tiling tiles(M, N, omp_get_num_threads());
+        for_each_tile({&tiles}, [&](const Tiling&, const Block& blk) {
             blas::gemm<T>(op_a, op_b, blk.rows(), blk.cols(), K, T(1), row_offset(a, blk.i0), lda,
                           col_offset(b, blk.j0), ldb, T(0), C + blk.i0 * ldc + blk.j0, ldc);
+        });
     });
 }
 

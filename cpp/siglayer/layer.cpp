@@ -12,6 +12,7 @@
 #include "kernels.hpp"
 #include "partition.hpp"
 #include "scratch.hpp"
+#include "threads.hpp"
 
 namespace siglayer {
 
@@ -186,8 +187,8 @@ void column_sums(T* db, const BlasOperand<T>& dZ, index_t rows, index_t j0, inde
     }
 }
 
-// This thread's share of dW = x^T . dZ and, when dx.data is set, of dx = dZ . W^T, each
-// output split between the threads like forward's (block_of_thread). dZ is (n, n_out)
+// Inside a parallel region: dW = x^T . dZ and, when dx.data is set, dx = dZ . W^T, both
+// cut into tiles that the team takes one at a time (partition.hpp). dZ is (n, n_out)
 // and complete; x is (n, n_in), W is (n_in, n_out). The batch index i is what dW sums
 // over: dW[k, l] = sum_i x[i, k] dZ[i, l], which is why x^T stands on the left.
 template <class T>
@@ -196,16 +197,20 @@ void gradient_products(OutMatrix<T> dx, OutMatrix<T> dW, const BlasOperand<T>& x
     const index_t n_in = dW.rows, n_out = dW.cols;
     if (n_in == 0 || n_out == 0 || n == 0) return;
     const BlasOperand<T> xT{xo.data, flip(xo.op), xo.ld};
-    const Block w = block_of_thread(n_in, n_out);
-    if (!w.empty())
-        blas::gemm<T>(xT.op, dZo.op, w.rows(), w.cols(), n, T(1), row_offset(xT, w.i0), xT.ld,
-                      col_offset(dZo, w.j0), dZo.ld, T(0), dW.data + w.i0 * n_out + w.j0, n_out);
-    if (dx.data == nullptr) return;
     const BlasOperand<T> WT{Wo.data, flip(Wo.op), Wo.ld};
-    const Block d = block_of_thread(n, n_in);
-    if (!d.empty())
-        blas::gemm<T>(dZo.op, WT.op, d.rows(), d.cols(), n_out, T(1), row_offset(dZo, d.i0), dZo.ld,
-                      col_offset(WT, d.j0), WT.ld, T(0), dx.data + d.i0 * n_in + d.j0, n_in);
+    const int team = omp_get_num_threads();
+    const Tiling dW_tiles(n_in, n_out, team);
+    const Tiling dx_tiles = dx.data ? Tiling(n, n_in, team) : Tiling();
+    for_each_tile({&dW_tiles, &dx_tiles}, [&](const Tiling& tiling, const Block& t) {
+        if (&tiling == &dW_tiles)
+            blas::gemm<T>(xT.op, dZo.op, t.rows(), t.cols(), n, T(1), row_offset(xT, t.i0), xT.ld,
+                          col_offset(dZo, t.j0), dZo.ld, T(0), dW.data + t.i0 * n_out + t.j0,
+                          n_out);
+        else
+            blas::gemm<T>(dZo.op, WT.op, t.rows(), t.cols(), n_out, T(1), row_offset(dZo, t.i0),
+                          dZo.ld, col_offset(WT, t.j0), WT.ld, T(0), dx.data + t.i0 * n_in + t.j0,
+                          n_in);
+    });
 }
 
 // W must take x's features; then the three sizes must fit the BLAS integer.
@@ -270,12 +275,12 @@ void forward(OutMatrix<T> out, MatrixView<T> x, MatrixView<T> W, VectorView<T> b
         Wo = blas_operand(W, Scratch::W_packed);
     }
     const auto& kernel = kernels::active<T>();
-    // Each thread computes its slab of out = x . W and applies bias + sigma to it while
-    // it is still in cache; no thread waits on another until the region ends.
+    // Each tile of out = x . W gets bias + sigma while it is still in cache; no thread
+    // waits on another until the region ends.
     run_parallel(threads_for_gemm(n, n_out, n_in), [&] {
         blas::SingleThreaded single;
-        const Block blk = block_of_thread(n, n_out);
-        if (!blk.empty()) {
+        const Tiling tiles(n, n_out, omp_get_num_threads());
+        for_each_tile({&tiles}, [&](const Tiling&, const Block& blk) {
             T* out_blk = out.data + blk.i0 * n_out + blk.j0;
             if (n_in == 0) {
                 for (index_t i = 0; i < blk.rows(); ++i)
@@ -286,7 +291,7 @@ void forward(OutMatrix<T> out, MatrixView<T> x, MatrixView<T> W, VectorView<T> b
                               out_blk, n_out);
             }
             kernel.bias_sigmoid_rows(out_blk, n_out, bias + blk.j0, blk.rows(), blk.cols());
-        }
+        });
     });
 }
 
@@ -314,13 +319,13 @@ void backward(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dout, Matri
     const int threads = threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1));
     run_parallel(threads, [&] {
         blas::SingleThreaded single;
-        // Phase 1, split by columns: dZ and db. Each column of db is summed in row order,
-        // so db is bitwise the same for any thread count.
-        index_t j0 = 0, j1 = 0;
-        split_range(n_out, omp_get_num_threads(), omp_get_thread_num(), 16, j0, j1);
-        if (j1 > j0)
-            kernel.dz_colsum(dZ + j0, n_out, db + j0, dout_rows + j0, ld_dout, out_rows + j0,
-                             ld_out, n, j1 - j0);
+        // Phase 1, tiles of whole columns: dZ and db. Each column of db is summed in row
+        // order, so db is bitwise the same for any thread count.
+        const Tiling columns(1, n_out, omp_get_num_threads());
+        for_each_tile({&columns}, [&](const Tiling&, const Block& c) {
+            kernel.dz_colsum(dZ + c.j0, n_out, db + c.j0, dout_rows + c.j0, ld_dout,
+                             out_rows + c.j0, ld_out, n, c.cols());
+        });
         // Phase 2: the products need all of dZ.
 #pragma omp barrier
         gradient_products(dx, dW, xo, Wo, BlasOperand<T>{dZ, blas::Op::N, n_out}, n);
@@ -353,9 +358,9 @@ void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<T> dW, T* db, Matrix
     run_parallel(threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1)), [&] {
         blas::SingleThreaded single;
         // db by columns (see backward); no barrier: dZ is an input, complete from the start.
-        index_t j0 = 0, j1 = 0;
-        split_range(n_out, omp_get_num_threads(), omp_get_thread_num(), 16, j0, j1);
-        if (j1 > j0) column_sums(db, dZo, n, j0, j1);
+        const Tiling columns(1, n_out, omp_get_num_threads());
+        for_each_tile({&columns},
+                      [&](const Tiling&, const Block& c) { column_sums(db, dZo, n, c.j0, c.j1); });
         gradient_products(dx, dW, xo, Wo, dZo, n);
     });
 }
@@ -365,11 +370,19 @@ void sigmoid(T* y, const T* z, index_t count) {
     const auto& kernel = kernels::active<T>();
     constexpr index_t block = 1 << 14;
     const index_t blocks = (count + block - 1) / block;
-#pragma omp parallel for schedule(static) num_threads(threads_for(count))
-    for (index_t blk = 0; blk < blocks; ++blk) {
+    const auto sweep = [&](index_t blk) {
         const index_t i0 = blk * block;
         kernel.sigmoid(y + i0, z + i0, std::min(block, count - i0));
+    };
+    if (threads_for(count) == 1) {
+        for (index_t blk = 0; blk < blocks; ++blk) sweep(blk);
+        return;
     }
+    const int threads = threads_for(count);  // the calling thread's count, not the leader's
+    threads::lead([&] {
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (index_t blk = 0; blk < blocks; ++blk) sweep(blk);
+    });
 }
 
 #define SIGLAYER_INSTANTIATE_CHECKS(T)                                           \

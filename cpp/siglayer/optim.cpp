@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "threads.hpp"
+
 namespace siglayer::optim {
 
 namespace {
@@ -21,15 +23,18 @@ void for_ranges(index_t count, const Update& update) {
         update(index_t(0), count);
         return;
     }
-#pragma omp parallel
-    {
-        const index_t parts = omp_get_num_threads(), p = omp_get_thread_num();
-        // Ranges start on 16-element boundaries so no two threads share a cache line.
-        const index_t blocks = (count + 15) / 16;
-        const index_t begin = std::min(count, blocks * p / parts * 16);
-        const index_t end = std::min(count, blocks * (p + 1) / parts * 16);
-        if (end > begin) update(begin, end);
-    }
+    const int threads = omp_get_max_threads();  // the calling thread's count
+    threads::lead([&] {
+#pragma omp parallel num_threads(threads)
+        {
+            const index_t parts = omp_get_num_threads(), p = omp_get_thread_num();
+            // Ranges start on 16-element boundaries so no two threads share a cache line.
+            const index_t blocks = (count + 15) / 16;
+            const index_t begin = std::min(count, blocks * p / parts * 16);
+            const index_t end = std::min(count, blocks * (p + 1) / parts * 16);
+            if (end > begin) update(begin, end);
+        }
+    });
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // How a matrix product is shared between the OpenMP threads of one parallel region:
-// each thread owns one block of the output and calls single-threaded BLAS on it.
+// the output is cut into tiles, and each thread calls single-threaded BLAS on the tiles
+// it takes.
 // Used by the layer (layer.cpp) and by the bare product (gemm.cpp) that the
 // benchmarks take as the GEMM floor, so both split the work the same way.
 #pragma once
@@ -7,8 +8,10 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <initializer_list>
 
 #include "blas.hpp"
+#include "threads.hpp"
 #include "views.hpp"
 
 namespace siglayer {
@@ -35,8 +38,10 @@ void run_parallel(int threads, const Body& body) {
         body();
         return;
     }
+    threads::lead([&] {
 #pragma omp parallel num_threads(threads)
-    body();
+        body();
+    });
 }
 
 // Splits [0, count) into `parts` contiguous ranges whose starts are multiples of
@@ -59,8 +64,7 @@ inline int threads_for_gemm(index_t m, index_t n, index_t k) {
     return static_cast<int>(std::min<index_t>(omp_get_max_threads(), std::max<index_t>(1, blocks)));
 }
 
-// The part of an m x n output this OpenMP thread owns: rows [i0, i1) x cols [j0, j1).
-// Split along the longer side, in 16-wide pieces.
+// A part of an m x n output: rows [i0, i1) x cols [j0, j1).
 struct Block {
     index_t i0, i1, j0, j1;
     index_t rows() const { return i1 - i0; }
@@ -68,14 +72,53 @@ struct Block {
     bool empty() const { return i1 <= i0 || j1 <= j0; }
 };
 
-inline Block block_of_thread(index_t m, index_t n) {
-    const int parts = omp_get_num_threads(), p = omp_get_thread_num();
-    Block blk{0, m, 0, n};
-    if (m >= n)
-        split_range(m, parts, p, 16, blk.i0, blk.i1);
-    else
-        split_range(n, parts, p, 16, blk.j0, blk.j1);
-    return blk;
+// An m x n output cut along its longer side into `pieces` tiles of whole 16-wide blocks.
+// The tiles are handed out to the team one at a time (for_each_tile): a thread that
+// shares its core with another library's spinning thread takes fewer tiles, and the
+// call waits for the slowest tile instead of the slowest thread's fixed half. The tiles
+// depend on the sizes and the team size only, never on which thread runs which.
+struct Tiling {
+    index_t m = 0, n = 0, pieces = 0;
+
+    Tiling() = default;
+    Tiling(index_t m_, index_t n_, int threads) : m(m_), n(n_) {
+        const index_t blocks = (std::max(m, n) + 15) / 16;
+        if (m == 0 || n == 0)
+            pieces = 0;
+        else if (threads <= 1)
+            pieces = 1;  // one BLAS call: on one thread, nobody could take a tile over
+        else
+            pieces = std::min<index_t>(blocks, index_t(threads) * threads::tiles_per_thread());
+    }
+    Block tile(index_t t) const {
+        Block blk{0, m, 0, n};
+        if (m >= n)
+            split_range(m, int(pieces), int(t), 16, blk.i0, blk.i1);
+        else
+            split_range(n, int(pieces), int(t), 16, blk.j0, blk.j1);
+        return blk;
+    }
+};
+
+// Inside a parallel region: body(tile) for every tile of the tilings, in order (the
+// larger product first where the caller lists it first), each tile run by whichever
+// thread asks next. No barrier at the end.
+template <class Body>
+void for_each_tile(std::initializer_list<const Tiling*> tilings, const Body& body) {
+    index_t total = 0;
+    for (const Tiling* t : tilings) total += t->pieces;
+    const auto run = [&](index_t k) {
+        for (const Tiling* t : tilings) {
+            if (k < t->pieces) return body(*t, t->tile(k));
+            k -= t->pieces;
+        }
+    };
+    if (omp_get_num_threads() == 1) {  // run_parallel's direct call: no worksharing needed
+        for (index_t k = 0; k < total; ++k) run(k);
+        return;
+    }
+#pragma omp for schedule(dynamic, 1) nowait
+    for (index_t k = 0; k < total; ++k) run(k);
 }
 
 // op(A) restricted to rows from i0 on, and op(B) to columns from j0 on.

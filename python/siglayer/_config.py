@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from typing import TextIO, TypedDict
@@ -11,6 +12,18 @@ import numpy as np
 from . import _core
 
 __all__ = ["Config", "config", "get_num_threads", "set_num_threads", "show_config"]
+
+
+# A child forked after a parallel call would otherwise wait forever for the parent's
+# OpenMP workers: before os.fork (multiprocessing, concurrent.futures, servers that
+# pre-fork) siglayer waits for its running calls and releases its pool; parent and
+# child start fresh pools at their next call (cpp/siglayer/threads.hpp, and
+# docs/reliability.md, "Worker processes").
+os.register_at_fork(
+    before=_core.before_fork,
+    after_in_parent=_core.after_fork_in_parent,
+    after_in_child=_core.after_fork_in_child,
+)
 
 
 class Config(TypedDict):
@@ -23,6 +36,7 @@ class Config(TypedDict):
     simd: str
     simd_available: str
     openmp: int
+    openmp_runtime: str
     compiler: str
     threads: int
     blas_threads: int
@@ -109,6 +123,7 @@ def config() -> Config:
         "simd": core["simd"],
         "simd_available": core["simd_available"],
         "openmp": core["openmp"],
+        "openmp_runtime": core["openmp_runtime"],
         "compiler": core["compiler"],
         "threads": get_num_threads(),
         "blas_threads": int(_core.blas_num_threads()),
@@ -125,7 +140,8 @@ def show_config(file: TextIO | None = None) -> None:
     compiled in: scipy-openblas32, mkl or system), ``blas_details`` (its own
     configuration string), ``blas_int_bits`` (32: each matrix dimension must fit in a
     32-bit int), ``simd`` (the elementwise kernels in use) and ``simd_available``,
-    ``openmp`` (the OpenMP version date), ``compiler``, ``threads``
+    ``openmp`` (the OpenMP version date), ``openmp_runtime`` (``intel (libiomp5)`` with
+    how long idle workers spin, or ``compiler``), ``compiler``, ``threads``
     (``get_num_threads()``), ``blas_threads`` (the BLAS's own pool: 1 for the default
     backend, whose parallelism is siglayer's OpenMP pool), then the versions of NumPy
     and Python and the machine.

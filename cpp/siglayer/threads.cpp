@@ -1,0 +1,174 @@
+#include "threads.hpp"
+
+#include <omp.h>
+
+#include <atomic>
+#include <cctype>
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+#include <shared_mutex>
+#include <thread>
+#include <vector>
+
+#if defined(SIGLAYER_OPENMP_INTEL)
+// libiomp5's extension; declared here because GCC's omp.h is the header we compile with.
+extern "C" {
+void kmp_set_blocktime(int milliseconds);
+int kmp_get_blocktime(void);
+}
+#endif
+
+namespace siglayer::threads {
+
+namespace {
+
+// Shared by running regions, exclusive across a fork (see before_fork()). Replaced, not
+// unlocked, in a child: glibc's rwlock records its writer by thread id, which the forking
+// thread does not keep in the child, so an unlock there would be taken for a reader's.
+std::atomic<std::shared_mutex*> regions_mutex{new std::shared_mutex};
+
+std::shared_mutex& regions() {
+    return *regions_mutex.load(std::memory_order_acquire);
+}
+
+// Set by the first region that may start worker threads, cleared when a fork released them.
+std::atomic<bool> pool_started{false};
+
+std::atomic<int> tiles{4};
+
+// Whether the runtime recreates its pool in a forked child by itself (libiomp5 with
+// KMP_INIT_AT_FORK not false, see init()). Then before_fork must not release the pool
+// too: a pool released in a child of such a fork leaves a lock that libiomp5's own
+// handler waits for at the next fork (a fork inside a forked worker hung).
+bool runtime_handles_fork = false;
+
+// The thread that imported siglayer (in a forked child: the thread that forked).
+std::thread::id home_thread;
+
+#if defined(SIGLAYER_OPENMP_INTEL)
+// Read once: the environment is the user's, and their KMP_BLOCKTIME wins over ours.
+const bool user_chose_blocktime = std::getenv("KMP_BLOCKTIME") != nullptr;
+#endif
+
+// The block time is an ICV of the thread that leads a region.
+void set_idle_spin() {
+#if defined(SIGLAYER_OPENMP_INTEL)
+    if (!user_chose_blocktime) kmp_set_blocktime(kIdleSpinMilliseconds);
+#endif
+}
+
+// A long-lived thread that leads the regions handed to it, one at a time.
+struct Leader {
+    std::mutex mutex;
+    std::condition_variable wake, finished;
+    const std::function<void()>* job = nullptr;
+
+    void loop() {
+        set_idle_spin();
+        std::unique_lock<std::mutex> lock(mutex);
+        for (;;) {
+            wake.wait(lock, [&] { return job != nullptr; });
+            (*job)();
+            job = nullptr;
+            finished.notify_one();
+        }
+    }
+
+    void run(const std::function<void()>& region) {
+        std::unique_lock<std::mutex> lock(mutex);
+        job = &region;
+        wake.notify_one();
+        finished.wait(lock, [&] { return job == nullptr; });
+    }
+};
+
+struct Leaders {
+    std::mutex mutex;
+    std::vector<Leader*> idle;
+};
+Leaders* leaders_ptr = new Leaders;
+
+Leaders& leaders() {
+    return *leaders_ptr;
+}
+
+}  // namespace
+
+void init() {
+    home_thread = std::this_thread::get_id();
+#if defined(SIGLAYER_OPENMP_INTEL)
+    // Initializes the runtime now, so that the KMP_INIT_AT_FORK it reads is the one read
+    // here; it accepts these spellings of false (and any case).
+    (void)omp_get_max_threads();
+    std::string value = std::getenv("KMP_INIT_AT_FORK") ? std::getenv("KMP_INIT_AT_FORK") : "";
+    for (char& c : value) c = char(std::tolower(static_cast<unsigned char>(c)));
+    runtime_handles_fork =
+        !(value == "0" || value == "f" || value == "false" || value == ".false." || value == "n" ||
+          value == "no" || value == "off" || value == "disable" || value == "disabled");
+#endif
+}
+
+void before_fork() {
+    regions().lock();
+    if (!runtime_handles_fork && pool_started.exchange(false))
+        omp_pause_resource_all(omp_pause_hard);
+}
+
+void after_fork_in_parent() {
+    regions().unlock();
+}
+
+// The child has one thread, the one that forked: it becomes the home thread. The old
+// mutex is left behind, locked, and so are the leaders, whose threads the child lacks.
+void after_fork_in_child() {
+    regions_mutex.store(new std::shared_mutex, std::memory_order_release);
+    leaders_ptr = new Leaders;
+    home_thread = std::this_thread::get_id();
+}
+
+void lead(const std::function<void()>& region) {
+    std::shared_lock<std::shared_mutex> fork_lock(regions());
+    pool_started.store(true, std::memory_order_relaxed);
+    if (std::this_thread::get_id() == home_thread) {
+        thread_local bool spin_set = (set_idle_spin(), true);
+        (void)spin_set;
+        region();
+        return;
+    }
+    Leader* leader = nullptr;
+    {
+        std::lock_guard<std::mutex> lock(leaders().mutex);
+        if (!leaders().idle.empty()) {
+            leader = leaders().idle.back();
+            leaders().idle.pop_back();
+        }
+    }
+    if (leader == nullptr) {
+        leader = new Leader;  // lives as long as the process (or until a fork forgets it)
+        std::thread(&Leader::loop, leader).detach();
+    }
+    leader->run(region);
+    std::lock_guard<std::mutex> lock(leaders().mutex);
+    leaders().idle.push_back(leader);
+}
+
+int tiles_per_thread() {
+    return tiles.load(std::memory_order_relaxed);
+}
+
+void set_tiles_per_thread(int n) {
+    tiles.store(n < 1 ? 1 : n, std::memory_order_relaxed);
+}
+
+std::string runtime_description() {
+#if defined(SIGLAYER_OPENMP_INTEL)
+    set_idle_spin();
+    return "intel (libiomp5), idle spin " + std::to_string(kmp_get_blocktime()) + " ms" +
+           (user_chose_blocktime ? " (KMP_BLOCKTIME)" : "");
+#else
+    return "compiler";
+#endif
+}
+
+}  // namespace siglayer::threads

@@ -1,0 +1,51 @@
+// How siglayer's OpenMP pool behaves in a process it shares with other libraries and
+// with the processes it forks.
+#pragma once
+
+#include <functional>
+#include <string>
+
+namespace siglayer::threads {
+
+// Milliseconds an idle worker of ours keeps spinning after a parallel region before it
+// sleeps. Long enough that back-to-back siglayer calls (and backward's barrier) find the
+// team awake; short enough that the next library's threads get both cores soon after.
+// With the runtime's default (200 ms for libiomp5, ~300k pause loops for libgomp) the
+// spinning workers halved NumPy's and PyTorch's next products on a 2-core machine.
+constexpr int kIdleSpinMilliseconds = 1;
+
+// Around a fork (the package calls these from os.register_at_fork hooks): before_fork
+// waits until no siglayer region runs, then releases the OpenMP pool
+// (omp_pause_resource_all(omp_pause_hard)); the after_fork functions let regions start
+// again, each process with a fresh pool at its next region. Without this
+// a child forked after a parallel region waits forever for worker threads that exist
+// only in the parent: libgomp never recreates them, and libiomp5 does so only while
+// KMP_INIT_AT_FORK is not FALSE, which scikit-learn's and joblib's imports set. (Not a
+// pthread_atfork handler: libiomp5's own prepare handler, which runs first when it was
+// registered last, holds the locks the pause needs.)
+// init() runs once, at import, and decides whether before_fork needs to release the
+// pool (libiomp5 recreates it in the child by itself unless KMP_INIT_AT_FORK is false).
+void init();
+void before_fork();
+void after_fork_in_parent();
+void after_fork_in_child();
+
+// Runs region(), code that opens one OpenMP parallel region, while holding off a fork
+// (see before_fork). The region is led by a thread whose team lives as long as the
+// process: the thread that imported siglayer runs it itself; any other calling thread
+// hands it to one of a few long-lived leader threads (one per concurrent caller) and
+// waits. libiomp5 keeps the team of every thread that ever led a region until the
+// process ends, so short-lived calling threads would each leave an idle worker behind.
+// The leading thread's idle spin is set unless the user chose one (KMP_BLOCKTIME).
+void lead(const std::function<void()>& region);
+
+// Tiles of each product per thread of the team (partition.hpp). One is a fixed split,
+// the fastest when the cores are ours alone; more lets an unslowed thread take over
+// the work of one slowed by another library's pool. Settable for the benchmarks only.
+int tiles_per_thread();
+void set_tiles_per_thread(int tiles);
+
+// "intel (libiomp5), idle spin 1 ms", or "compiler" for the compiler's own runtime.
+std::string runtime_description();
+
+}  // namespace siglayer::threads

@@ -1,0 +1,163 @@
+"""siglayer in worker processes: fork after use, a fork inside a forked worker,
+forkserver and spawn.
+
+GCC's OpenMP runtime (libgomp) has no fork handler: a child forked after the parent ran
+a parallel region waits forever for the parent's worker threads, which do not exist in
+the child. siglayer links LLVM/Intel's runtime (libiomp5), which gives a child a fresh
+pool (docs/reliability.md, "Worker processes").
+
+Each scenario runs as its own Python script in a new session, killed with its whole
+process group when it outlives TIME_LIMIT: a regression fails here instead of hanging
+the suite. The parent uses a two-thread team before it starts workers; every worker's
+forward and backward must be bitwise equal to the parent's (same thread count, same
+call), and each worker reports the thread count it ran with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+TIME_LIMIT = 20.0  # seconds; each scenario takes one to three seconds
+
+# Shared by every scenario: the problem is large enough for a two-thread team in both
+# forward and backward (siglayer goes parallel above ~10^6 multiply-adds).
+PRELUDE = """
+import json, multiprocessing as mp, sys
+import numpy as np
+import siglayer
+
+siglayer.set_num_threads(2)
+rng = np.random.default_rng(3)
+x = rng.standard_normal((1024, 512)).astype(np.float32)
+W = (rng.standard_normal((512, 256)) / 16).astype(np.float32)
+b = rng.standard_normal(256).astype(np.float32)
+dout = rng.standard_normal((1024, 256)).astype(np.float32)
+
+def layer(_=None):
+    siglayer.set_num_threads(2)
+    out = siglayer.forward(x, W, b)
+    dx, dW, db = siglayer.backward(dout, x, W, out)
+    return siglayer.get_num_threads(), [a.tobytes() for a in (out, dx, dW, db)]
+
+def same(results, want):
+    return all(threads == 2 and arrays == want for threads, arrays in results)
+"""
+
+SCENARIOS = {
+    # The parent has run two-thread regions; then a fork pool of two workers.
+    "fork_after_use": """
+if __name__ == "__main__":
+    _, want = layer()
+    with mp.get_context("fork").Pool(2) as pool:
+        results = pool.map(layer, range(4))
+    print(json.dumps({"ok": same(results, want), "workers": len(results)}))
+""",
+    # A forked worker process uses siglayer, then forks a pool of its own (pool workers
+    # are daemons and may not have children, so the outer workers are plain Processes).
+    "nested_fork": """
+def worker_with_pool(queue):
+    layer()
+    with mp.get_context("fork").Pool(2) as pool:
+        queue.put(pool.map(layer, range(2)))
+
+if __name__ == "__main__":
+    _, want = layer()
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    workers = [ctx.Process(target=worker_with_pool, args=(queue,)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    results = [r for _ in workers for r in queue.get()]
+    for w in workers:
+        w.join()
+    print(json.dumps({"ok": same(results, want), "workers": len(results)}))
+""",
+    # Plain os.fork, the way servers such as gunicorn pre-fork, with the result through a pipe.
+    "os_fork": """
+import os, pickle
+if __name__ == "__main__":
+    _, want = layer()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        with os.fdopen(write_end, "wb") as f:
+            pickle.dump(layer(), f)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        result = pickle.load(f)
+    os.waitpid(pid, 0)
+    print(json.dumps({"ok": same([result], want), "workers": 1}))
+""",
+    # KMP_INIT_AT_FORK=FALSE arriving after siglayer was imported, as when scikit-learn
+    # or joblib is imported after siglayer.
+    "fork_after_late_kmp_setting": """
+import os
+if __name__ == "__main__":
+    os.environ["KMP_INIT_AT_FORK"] = "FALSE"
+    _, want = layer()
+    with mp.get_context("fork").Pool(2) as pool:
+        results = pool.map(layer, range(4))
+    print(json.dumps({"ok": same(results, want), "workers": len(results)}))
+""",
+    "forkserver": """
+if __name__ == "__main__":
+    _, want = layer()
+    with mp.get_context("forkserver").Pool(2) as pool:
+        results = pool.map(layer, range(4))
+    print(json.dumps({"ok": same(results, want), "workers": len(results)}))
+""",
+    "spawn": """
+if __name__ == "__main__":
+    _, want = layer()
+    with mp.get_context("spawn").Pool(2) as pool:
+        results = pool.map(layer, range(4))
+    print(json.dumps({"ok": same(results, want), "workers": len(results)}))
+""",
+}
+
+
+def run_bounded(script: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Runs script in its own session; on timeout kills its whole process group."""
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=TIME_LIMIT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"{script.stem}: no answer within {TIME_LIMIT:.0f} s (a worker hangs)")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+# scikit-learn's and joblib's imports put KMP_INIT_AT_FORK=FALSE into os.environ, which
+# turns off libiomp5's own fork handler in this process and in every process it starts.
+ENVIRONMENTS = {"default": {}, "KMP_INIT_AT_FORK=FALSE": {"KMP_INIT_AT_FORK": "FALSE"}}
+
+
+@pytest.mark.parametrize("environment", list(ENVIRONMENTS))
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_workers_match_parent(scenario: str, environment: str, tmp_path: Path) -> None:
+    script = tmp_path / f"{scenario}.py"
+    script.write_text(textwrap.dedent(PRELUDE) + textwrap.dedent(SCENARIOS[scenario]))
+    env = {k: v for k, v in os.environ.items() if k != "KMP_INIT_AT_FORK"}
+    done = run_bounded(script, env | ENVIRONMENTS[environment])
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["workers"] >= 1
+    assert report["ok"], f"{scenario}: a worker's results differ from the parent's"
