@@ -435,7 +435,13 @@ def _floor_time(times: dict[str, float], floor: str) -> float | None:
 
 
 def header(
-    threads: int, torch: ModuleType | None, rounds: int, note: str, *, buffers: bool = False
+    threads: int,
+    torch: ModuleType | None,
+    rounds: int,
+    note: str,
+    *,
+    buffers: bool = False,
+    settle: bool = True,
 ) -> str:
     """Threads, BLAS backend, CPU and versions: the first lines of the table."""
     c = _config.config()
@@ -454,8 +460,13 @@ def header(
         f"SIMD {c['simd']}{', with out=/dx=/dW=/db= buffers' if buffers else ''}",
         f"CPU: {cpu_model()}; Python {c['python']}",
         f"numpy {c['numpy']} ({numpy_blas()}); {torch_part}",
-        f"medians of up to {rounds} interleaved rounds (settle pause + warm-up before each "
-        "turn); ratios are siglayer's time over the other's: < 1 means siglayer is faster",
+        f"medians of up to {rounds} interleaved rounds "
+        + (
+            "(settle pause + warm-up before each turn)"
+            if settle
+            else "(contenders back to back, no pause)"
+        )
+        + "; ratios are siglayer's time over the other's: < 1 means siglayer is faster",
     ]
     if env:
         lines.append("environment: " + " ".join(env))
@@ -464,9 +475,11 @@ def header(
     return "\n".join(lines)
 
 
-def _estimate_round_seconds(call_seconds: Sequence[float]) -> float:
+def _estimate_round_seconds(call_seconds: Sequence[float], settle: bool) -> float:
     # interleaved_medians' turn: a settle pause, at least one warm-up call (or 20 ms
-    # of them) and the timed calls (at least one, or 2 ms of them).
+    # of them) and the timed calls (at least one, or 2 ms of them); or the timed calls alone.
+    if not settle:
+        return sum(max(2e-3, t) for t in call_seconds)
     return sum(0.1 + max(0.02, t) + max(2e-3, t) for t in call_seconds)
 
 
@@ -483,11 +496,14 @@ def run(
     sigmoid: bool = True,
     torch: ModuleType | None = None,
     file: Any = None,
+    settle: bool = True,
 ) -> tuple[list[Row], dict[str, dict[str, float]] | None]:
     """Time every contender on every size and dtype; print the table as it goes.
 
     Each group (size, dtype) gets ``rounds`` interleaved rounds, fewer (but at least
-    ``min_rounds``) when one round would push the group past ``group_seconds``.
+    ``min_rounds``) when one round would push the group past ``group_seconds``. With
+    ``settle=False`` the contenders run back to back, each right after the previous one,
+    with no pause for the pools to fall asleep (the view of a script that mixes them).
     Raises AssertionError if a contender's result does not match the reference.
     """
     out = sys.stdout if file is None else file
@@ -495,7 +511,12 @@ def run(
     names = [c for c in contenders if c != "torch" or torch is not None]
     rows: list[Row] = []
     with limit_threads(threads, torch) as note:
-        print(header(threads, torch, rounds, note, buffers="siglayer_buffers" in names), file=out)
+        print(
+            header(
+                threads, torch, rounds, note, buffers="siglayer_buffers" in names, settle=settle
+            ),
+            file=out,
+        )
         floor_label = {"slabs": "floor", "blas": "floor(blas)", "best": "floor(best)"}[floor]
         print(
             f"\n{'size':4} {'dtype':7} {'pass':7} {'siglayer':>10} {'numpy':>10} "
@@ -519,9 +540,11 @@ def run(
                         calls[f"{name}:{pass_}"] = call
                 del ref
                 group_rounds = max(
-                    min_rounds, min(rounds, int(group_seconds / _estimate_round_seconds(seconds)))
+                    min_rounds,
+                    min(rounds, int(group_seconds / _estimate_round_seconds(seconds, settle))),
                 )
-                medians = interleaved_medians(calls, rounds=group_rounds)
+                pause = {} if settle else {"settle_seconds": 0.0, "warmup_seconds": 0.0}
+                medians = interleaved_medians(calls, rounds=group_rounds, **pause)
                 for pass_ in PASSES:
                     times = {
                         k.split(":")[0]: v for k, v in medians.items() if k.endswith(":" + pass_)
@@ -617,9 +640,9 @@ def add_arguments(parser: Any) -> None:
     """The options of ``python -m siglayer bench``."""
     parser.add_argument(
         "--sizes",
-        default=",".join(DEFAULT_SIZES),
+        default=None,
         help=f"comma-separated sizes from {','.join(SIZES)}, or 'all' "
-        f"(default: {','.join(DEFAULT_SIZES)}; XL adds 2 to 3 minutes)",
+        f"(default: {','.join(DEFAULT_SIZES)}, with --mixed M,L,N; XL adds 2 to 3 minutes)",
     )
     parser.add_argument("--dtypes", default="float32,float64", help="float32, float64 or both")
     parser.add_argument(
@@ -653,6 +676,13 @@ def add_arguments(parser: Any) -> None:
         action="store_true",
         help="time siglayer with preallocated out=/dx=/dW=/db= buffers",
     )
+    parser.add_argument(
+        "--mixed",
+        action="store_true",
+        help="run the contenders back to back with no settle pause, then time each "
+        "library's step right after each other library's; exit status 2 if a "
+        "composition target is missed",
+    )
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     parser.add_argument("--no-sigmoid", action="store_true", help="skip the sigmoid line")
     parser.add_argument(
@@ -665,7 +695,8 @@ def add_arguments(parser: Any) -> None:
 
 def main(args: Any) -> int:
     """Run the benchmark for parsed ``args``; the exit status (1 on a mismatch)."""
-    sizes = list(SIZES) if args.sizes == "all" else _names(args.sizes, list(SIZES), "sizes")
+    sizes_text = args.sizes or ("M,L,N" if args.mixed else ",".join(DEFAULT_SIZES))
+    sizes = list(SIZES) if sizes_text == "all" else _names(sizes_text, list(SIZES), "sizes")
     dtypes = _names(args.dtypes, list(DTYPES), "dtypes")
     if args.rounds < 1:
         raise SystemExit("--rounds must be >= 1")
@@ -689,11 +720,24 @@ def main(args: Any) -> int:
             floor=args.floor,
             sigmoid=not args.no_sigmoid,
             torch=torch,
+            settle=not args.mixed,
         )
+        misses: list[str] = []
+        if args.mixed:
+            from . import _mixed
+
+            threads = _config.get_num_threads() if args.threads is None else args.threads
+            with limit_threads(threads, torch):
+                misses = _mixed.run(
+                    sizes, dtypes, rounds=args.rounds, torch=torch, file=sys.stdout
+                )
     except AssertionError as exc:
         print(f"MISMATCH, nothing timed for this group: {exc}", file=sys.stderr)
         return 1
     if args.plot:
         plot(rows, args.plot)
         print(f"plot written to {args.plot}")
+    if misses:
+        print("\ncomposition targets missed:\n  " + "\n  ".join(misses))
+        return 2
     return 0
