@@ -51,9 +51,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         sizes = _option_list(metafunc.config, "sizes", list(_bench.SIZES))
         dtypes = _option_list(metafunc.config, "dtypes", list(_bench.DTYPES))
         contenders = getattr(metafunc.module, "CONTENDERS", _bench.CONTENDERS)
-        cases = [
-            (s, d, p, c) for s in sizes for d in dtypes for p in _bench.PASSES for c in contenders
-        ]
+        passes = getattr(metafunc.module, "PASSES", _bench.PASSES)
+        cases = [(s, d, p, c) for s in sizes for d in dtypes for p in passes for c in contenders]
         metafunc.parametrize("case", cases, ids=["-".join(c) for c in cases])
 
 
