@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -132,3 +133,27 @@ def test_raising_the_blas_limit_does_not_oversubscribe():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[1]"
     assert "OpenMP Loop" not in result.stderr
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_siglayer_isa_switch_picks_the_kernels_at_import(isa):
+    """SIGLAYER_ISA, read at import, forces an instruction set the CPU has; one it lacks
+    or a misspelt name fails the import with an error that names the variable."""
+    code = "import siglayer; print(siglayer._config.config()['simd'])"
+    env = dict(os.environ, SIGLAYER_ISA=isa)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if isa in siglayer._config.config()["simd_available"].split(","):
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == isa
+    else:
+        assert done.returncode != 0
+        assert "SIGLAYER_ISA='" + isa + "'" in done.stderr and "cannot run" in done.stderr
+
+
+def test_siglayer_isa_switch_rejects_unknown_names():
+    env = dict(os.environ, SIGLAYER_ISA="sse9")
+    done = subprocess.run(
+        [sys.executable, "-c", "import siglayer"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    assert "SIGLAYER_ISA='sse9'" in done.stderr and "expected one of" in done.stderr

@@ -728,9 +728,7 @@ def main(args: Any) -> int:
 
             threads = _config.get_num_threads() if args.threads is None else args.threads
             with limit_threads(threads, torch):
-                misses = _mixed.run(
-                    sizes, dtypes, rounds=args.rounds, torch=torch, file=sys.stdout
-                )
+                misses = _mixed.run(sizes, dtypes, rounds=args.rounds, torch=torch, file=sys.stdout)
     except AssertionError as exc:
         print(f"MISMATCH, nothing timed for this group: {exc}", file=sys.stderr)
         return 1

@@ -14,6 +14,16 @@ from . import _core
 __all__ = ["Config", "config", "get_num_threads", "set_num_threads", "show_config"]
 
 
+# SIGLAYER_ISA=avx2 (or avx512, baseline) picks the elementwise kernels at import instead
+# of the best the CPU has: to measure the AVX2 path on an AVX-512 machine, or to rule the
+# vector kernels out. A CPU that cannot run the choice, or a misspelt one, fails the import
+# with a ValueError that names the variable.
+if os.environ.get("SIGLAYER_ISA"):
+    try:
+        _core.select_isa(os.environ["SIGLAYER_ISA"])
+    except ValueError as exc:
+        raise ValueError(f"SIGLAYER_ISA={os.environ['SIGLAYER_ISA']!r}: {exc}") from None
+
 # A child forked after a parallel call would otherwise wait forever for the parent's
 # OpenMP workers: before os.fork (multiprocessing, concurrent.futures, servers that
 # pre-fork) siglayer waits for its running calls and releases its pool; parent and
