@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from typing import TextIO, TypedDict
+from typing import Any, TextIO, TypedDict, cast
 
 import numpy as np
 
@@ -20,7 +20,7 @@ __all__ = ["Config", "config", "get_num_threads", "set_num_threads", "show_confi
 # with a ValueError that names the variable.
 if os.environ.get("SIGLAYER_ISA"):
     try:
-        _core.select_isa(os.environ["SIGLAYER_ISA"])
+        _core.select_isa(cast(Any, os.environ["SIGLAYER_ISA"]))  # the core checks the name
     except ValueError as exc:
         raise ValueError(f"SIGLAYER_ISA={os.environ['SIGLAYER_ISA']!r}: {exc}") from None
 
