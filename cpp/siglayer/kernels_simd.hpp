@@ -193,6 +193,26 @@ template <class T>
 using Vec = std::conditional_t<sizeof(T) == 4, __m256, __m256d>;
 #endif
 
+// e^r - 1 for r = x - kf ln2, |r| <= ln2/2 (kf integral): ln2 in two parts, then
+// r + r^2 Q(r) with Q(r) = (c2 + c3 r) + r^2 (c4 + c5 r) + ...: Horner in r^2 over pairs of
+// coefficients, which halves the chain of dependent FMAs of plain Horner for one more multiply
+// (r^2) and one fewer at the end; the sigmoid is bound by the latency of its chain.
+template <class V>
+inline V expm1_reduced(V x, V kf) {
+    using O = Ops<V>;
+    using C = Consts<typename O::T>;
+    static_assert(C::poly[1] == 1, "the linear term is added as r itself");
+    V r = O::fnmadd(kf, O::set1(C::ln2_hi), x);
+    r = O::fnmadd(kf, O::set1(C::ln2_lo), r);
+    const V r2 = O::mul(r, r);
+    constexpr int top = C::degree;
+    V q = top % 2 == 0 ? O::set1(C::poly[top])
+                       : O::fmadd(O::set1(C::poly[top]), r, O::set1(C::poly[top - 1]));
+    for (int i = top % 2 == 0 ? top - 2 : top - 3; i >= 2; i -= 2)
+        q = O::fmadd(q, r2, O::fmadd(O::set1(C::poly[i + 1]), r, O::set1(C::poly[i])));
+    return O::fmadd(q, r2, r);
+}
+
 // sigma(z) from t = e^-|z| (see sigmoid_in in kernels_impl.hpp), carrying the rounding
 // errors that dominate a plain float evaluation (2.3 ulp) as low parts:
 //   e^r = p + p_lo with p = 1 + q rounded (Fast2Sum, exact as |q| < 1),
@@ -211,11 +231,7 @@ inline V sigmoid_vec(V z) {
     const V one = O::set1(1), zero = O::set1(0);
     const V x = O::max(O::set1(-C::clamp), O::negative_abs(z));  // -|z|, NaN kept
     const V kf = O::round(O::mul(x, O::set1(C::log2e)));         // e^x = 2^kf * e^r
-    V r = O::fnmadd(kf, O::set1(C::ln2_hi), x);
-    r = O::fnmadd(kf, O::set1(C::ln2_lo), r);
-    V q = O::set1(C::poly[C::degree]);
-    for (int i = C::degree - 1; i >= 1; --i) q = O::fmadd(q, r, O::set1(C::poly[i]));
-    q = O::mul(q, r);  // e^r - 1
+    const V q = expm1_reduced(x, kf);
     const V p = O::add(one, q);
     if constexpr (!Compensated) {
         const V t = O::scalef(p, kf);
