@@ -1,8 +1,11 @@
 // Hand-vectorized sigmoid for AVX-512 and AVX2 (+FMA), included by the avx512 and avx2
 // copies of kernels_isa.cpp. The portable loops in kernels_impl.hpp are the reference.
-// Ops<V> wraps one vector type's instructions; sigmoid_vec is written once over them.
+// Ops<V> wraps one vector type's instructions; the sigmoid is written once over them, in two
+// halves, and Ops<V>::has_scalef picks how e^x = 2^k e^r is put together.
 // AVX-512 brings two instructions the compiler would not emit from portable code:
 // vscalefps/pd (p * 2^k with one rounding, subnormal results included) and vrcp14.
+// AVX2 has neither; emulating vscalef cost it more than the rest of the sigmoid, so its
+// 2^k comes out of the bits of the rounded k instead (see sigmoid_first_half).
 #pragma once
 
 #if !defined(__AVX2__) || !defined(__FMA__)
@@ -25,6 +28,7 @@ template <>
 struct Ops<__m512> {
     using T = float;
     static constexpr int lanes = 16;
+    static constexpr bool has_scalef = true;
     using Mask = __mmask16;
     static __m512 set1(float v) { return _mm512_set1_ps(v); }
     static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
@@ -58,6 +62,7 @@ template <>
 struct Ops<__m512d> {
     using T = double;
     static constexpr int lanes = 8;
+    static constexpr bool has_scalef = true;
     using Mask = __mmask8;
     static __m512d set1(double v) { return _mm512_set1_pd(v); }
     static __m512d load(const double* p) { return _mm512_loadu_pd(p); }
@@ -96,7 +101,9 @@ template <>
 struct Ops<__m256> {
     using T = float;
     static constexpr int lanes = 8;
-    using Mask = __m256;  // all-ones lanes where true
+    static constexpr bool has_scalef = false;
+    // Lanes whose sign bit is set: all that vblendvps and vmaskmovps read, so any vector is a mask.
+    using Mask = __m256;
     static __m256 set1(float v) { return _mm256_set1_ps(v); }
     static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
     static __m256 load(const float* p, Mask m) {
@@ -118,25 +125,11 @@ struct Ops<__m256> {
     static __m256 div(__m256 a, __m256 b) { return _mm256_div_ps(a, b); }
     static __m256 fmadd(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
     static __m256 fnmadd(__m256 a, __m256 b, __m256 c) { return _mm256_fnmadd_ps(a, b, c); }
-    static __m256 round(__m256 v) {
-        return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    }
-    // a * 2^k for integral k in [-150, 0], in two halves so that a subnormal result is
-    // rounded once, at the end (AVX2 has no vscalef). A NaN k only meets a NaN a.
-    static __m256 scalef(__m256 a, __m256 k) {
-        const __m256i ki = _mm256_cvtps_epi32(k);
-        const __m256i k1 = _mm256_srai_epi32(ki, 1);
-        const __m256i k2 = _mm256_sub_epi32(ki, k1);
-        const __m256i bias = _mm256_set1_epi32(127);
-        const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k1, bias), 23));
-        const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k2, bias), 23));
-        return _mm256_mul_ps(_mm256_mul_ps(a, s1), s2);
-    }
-    static __m256 maskz_scalef(Mask m, __m256 a, __m256 k) {
-        return _mm256_and_ps(m, scalef(a, k));
+    // The low 9 bits of v's bit pattern moved into the exponent field (sign bit 0).
+    static __m256 low_bits_to_exponent(__m256 v) {
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(v), 23));
     }
     static __m256 rcp(__m256 v) { return _mm256_rcp_ps(v); }  // 1.5 * 2^-12 relative
-    static Mask less(__m256 a, __m256 b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
     static __m256 blend(Mask m, __m256 if_false, __m256 if_true) {
         return _mm256_blendv_ps(if_false, if_true, m);
     }
@@ -146,7 +139,8 @@ template <>
 struct Ops<__m256d> {
     using T = double;
     static constexpr int lanes = 4;
-    using Mask = __m256d;
+    static constexpr bool has_scalef = false;
+    using Mask = __m256d;  // as for __m256
     static __m256d set1(double v) { return _mm256_set1_pd(v); }
     static __m256d load(const double* p) { return _mm256_loadu_pd(p); }
     static __m256d load(const double* p, Mask m) {
@@ -168,22 +162,10 @@ struct Ops<__m256d> {
     static __m256d div(__m256d a, __m256d b) { return _mm256_div_pd(a, b); }
     static __m256d fmadd(__m256d a, __m256d b, __m256d c) { return _mm256_fmadd_pd(a, b, c); }
     static __m256d fnmadd(__m256d a, __m256d b, __m256d c) { return _mm256_fnmadd_pd(a, b, c); }
-    static __m256d round(__m256d v) {
-        return _mm256_round_pd(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    // The low 12 bits of v's bit pattern moved into the exponent field and the sign bit.
+    static __m256d low_bits_to_exponent(__m256d v) {
+        return _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(v), 52));
     }
-    // a * 2^k for integral k in [-1077, 0], in two halves (see Ops<__m256>::scalef).
-    static __m256d scalef(__m256d a, __m256d k) {
-        const __m128i ki = _mm256_cvtpd_epi32(k);
-        const __m128i k1 = _mm_srai_epi32(ki, 1);
-        const __m128i k2 = _mm_sub_epi32(ki, k1);
-        const __m128i bias = _mm_set1_epi32(1023);
-        const __m256d s1 = _mm256_castsi256_pd(
-            _mm256_slli_epi64(_mm256_cvtepi32_epi64(_mm_add_epi32(k1, bias)), 52));
-        const __m256d s2 = _mm256_castsi256_pd(
-            _mm256_slli_epi64(_mm256_cvtepi32_epi64(_mm_add_epi32(k2, bias)), 52));
-        return _mm256_mul_pd(_mm256_mul_pd(a, s1), s2);
-    }
-    static Mask less(__m256d a, __m256d b) { return _mm256_cmp_pd(a, b, _CMP_LT_OQ); }
     static __m256d blend(Mask m, __m256d if_false, __m256d if_true) {
         return _mm256_blendv_pd(if_false, if_true, m);
     }
@@ -213,42 +195,102 @@ inline V expm1_reduced(V x, V kf) {
     return O::fmadd(q, r2, r);
 }
 
-// sigma(z) from t = e^-|z| (see sigmoid_in in kernels_impl.hpp), carrying the rounding
-// errors that dominate a plain float evaluation (2.3 ulp) as low parts:
+// sigma(z) from t = e^-|z| (see sigmoid_in in kernels_impl.hpp), in two halves: the first
+// reduces |z| and evaluates the polynomial, the second divides. NaN propagates through max (NaN in
+// its second operand is returned) to the result; +-inf and +-0 come out exact; subnormal results
+// are rounded once.
+
+// AVX-512: e^-|z| = 2^kf (1 + q), as vscalef takes it.
+template <class V>
+struct ScalefHalf {
+    V z, q, kf;
+};
+
+// AVX2: e^-|z| itself (two registers to carry: AVX2 has 16).
+template <class V>
+struct ExpHalf {
+    V z, t;
+};
+
+// AVX2 rounds x log2e to k with fma(x, log2e, shift), shift = 1.5 * 2^mantissa_bits + bias + 64:
+// the sum is an integer, so k + bias + 64 (> 0) sits in the low bits of its bit pattern, and
+// moved into the exponent field they make 2^(k + 64), normal for every k down to the clamp, with
+// no rounding or conversion instruction. t = 2^-64 (2^(k + 64) (1 + q)) is rounded once by the
+// fma, and once more, by the exact * 2^-64, only if subnormal.
+template <class V>
+inline auto sigmoid_first_half(V z) {
+    using O = Ops<V>;
+    using T = typename O::T;
+    using C = Consts<T>;
+    const V x = O::max(O::set1(-C::clamp), O::negative_abs(z));  // -|z|, NaN kept
+    if constexpr (O::has_scalef) {
+        const V kf = O::round(O::mul(x, O::set1(C::log2e)));  // e^x = 2^kf * e^r
+        return ScalefHalf<V>{z, expm1_reduced(x, kf), kf};
+    } else {
+        const V shift = O::set1(C::shift + T(C::exponent_bias + 64));
+        const V shifted = O::fmadd(x, O::set1(C::log2e), shift);
+        const V q = expm1_reduced(x, O::sub(shifted, shift));
+        const V scale = O::low_bits_to_exponent(shifted);
+        return ExpHalf<V>{z, O::mul(O::fmadd(q, scale, scale), O::set1(T(0x1p-64)))};
+    }
+}
+
+// Carries the rounding errors that dominate a plain float evaluation (2.3 ulp) as low parts:
 //   e^r = p + p_lo with p = 1 + q rounded (Fast2Sum, exact as |q| < 1),
 //   t = 2^k p + 2^k p_lo = t + t_lo,    1 + t ~ s + s_lo (Fast2Sum, |t| <= 1),
 //   sigma = (num + num_lo) / (s + s_lo) ~ y + (num_lo - y s_lo) / s,  y = num / s,
-// with num = 1 (z >= 0) or t (z < 0). The correction is below an ulp, so the 2^-14
-// accuracy of vrcp14 (or AVX2's 12-bit vrcpps) for 1 / s is plenty. Measured on this CPU (tests/,
-// bench/): 1.6 ulp at ~4 G values/s per core; also correcting the division's own rounding (residual
-// num - y s) gave 1.2 ulp but 10% fewer values/s, and no correction 2.4 ulp. NaN propagates through
-// max (NaN in its second operand is returned) to the result;
-// +-inf and +-0 come out exact; subnormal results are rounded once, by vscalef.
+// with num = 1 (z >= 0) or t (z < 0). t_lo matters where sigma ~ t (z < 0); for z >= 0 its
+// weight in 1 / (1 + t) is <= 1/4 of half an ulp of t, so it is left out of s_lo. The correction
+// is below an ulp, so the 2^-14 accuracy of vrcp14 for 1 / s is plenty. Measured on an AVX-512
+// CPU (tests/, bench/) before the refit of Consts<float>::poly: 1.6 ulp at ~4 G values/s per
+// core; also correcting the division's own rounding (residual num - y s) gave 1.2 ulp but 10%
+// fewer values/s, and no correction 2.4 ulp.
+// float64 has a 4-ulp budget and is bound by its longer polynomial, so it divides num / (1 + t)
+// directly (under 2.5 ulp measured).
 template <class V, bool Compensated = sizeof(typename Ops<V>::T) == 4>
-inline V sigmoid_vec(V z) {
+inline V sigmoid_second_half(const ScalefHalf<V>& h) {
     using O = Ops<V>;
-    using C = Consts<typename O::T>;
-    const V one = O::set1(1), zero = O::set1(0);
-    const V x = O::max(O::set1(-C::clamp), O::negative_abs(z));  // -|z|, NaN kept
-    const V kf = O::round(O::mul(x, O::set1(C::log2e)));         // e^x = 2^kf * e^r
-    const V q = expm1_reduced(x, kf);
-    const V p = O::add(one, q);
+    const V one = O::set1(1);
+    const auto negative = O::less(h.z, O::set1(0));
+    const V p = O::add(one, h.q);
+    const V t = O::scalef(p, h.kf);
     if constexpr (!Compensated) {
-        const V t = O::scalef(p, kf);
-        return O::div(O::blend(O::less(z, zero), one, t), O::add(one, t));
+        return O::div(O::blend(negative, one, t), O::add(one, t));
     } else {
-        const V p_lo = O::add(O::sub(one, p), q);
-        const V t = O::scalef(p, kf);
+        const V p_lo = O::add(O::sub(one, p), h.q);
         const V s = O::add(one, t);
         const V s_lo = O::add(O::sub(one, s), t);
-        const auto negative = O::less(z, zero);
         const V num = O::blend(negative, one, t);
-        // t_lo matters where sigma ~ t (z < 0); for z >= 0 its weight in 1 / (1 + t) is <= 1/4
-        // of half an ulp of t, so it is left out of s_lo.
-        const V num_lo = O::maskz_scalef(negative, p_lo, kf);
+        const V num_lo = O::maskz_scalef(negative, p_lo, h.kf);
         const V y = O::div(num, s);
         return O::fmadd(O::fnmadd(y, s_lo, num_lo), O::rcp(s), y);
     }
+}
+
+// AVX2 (Zen 3) is bound by the latency of its chain and by its FMA ports rather than by the
+// division, and every instruction counts. With t rounded once (see sigmoid_first_half), s_lo is
+// the one correction float32 needs to stay within 2 ulp: sigma ~ y - y s_lo / s, 1 / s from the
+// 12-bit vrcpps. Measured on Zen 3 over every float32: 1.97 ulp; carrying t_lo as well gave
+// 1.4 ulp but 25% fewer values/s (a third register per vector to carry between the halves).
+// float64 divides num / (1 + t) directly, as above.
+template <class V, bool Compensated = sizeof(typename Ops<V>::T) == 4>
+inline V sigmoid_second_half(const ExpHalf<V>& h) {
+    using O = Ops<V>;
+    const V one = O::set1(1);
+    const V s = O::add(one, h.t);
+    // The sign bit of z picks num (see Ops::Mask): -0 takes t = 1, for 1/2 all the same.
+    const V y = O::div(O::blend(h.z, one, h.t), s);
+    if constexpr (!Compensated) {
+        return y;
+    } else {
+        const V s_lo = O::add(O::sub(one, s), h.t);
+        return O::fnmadd(y, O::mul(s_lo, O::rcp(s)), y);
+    }
+}
+
+template <class V>
+inline V sigmoid_vec(V z) {
+    return sigmoid_second_half(sigmoid_first_half(z));
 }
 
 // y[i] = sigma(z[i]) for i < count. y may be z.
