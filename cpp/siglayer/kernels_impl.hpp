@@ -1,6 +1,9 @@
 // Elementwise kernels, written as plain loops that the compiler vectorizes.
-// kernels_isa.cpp includes this once per instruction set (baseline, AVX2, AVX-512),
-// each time inside its own namespace, so the three copies never mix at link time.
+// kernels_isa.cpp includes this once per instruction set (baseline, AVX2, AVX-512), and
+// everything here lies in a namespace named by that instruction set (SIGLAYER_ISA), so the
+// copies have different mangled names and the linker can never pick one ISA's copy of an
+// inline function for another's caller (as it could if they shared one name, e.g. in a build
+// that does not inline them).
 // Keep this file free of standard-library templates: an AVX-512 instantiation of
 // an inline library function could be picked by the linker for baseline code.
 #pragma once
@@ -9,7 +12,11 @@
 
 #include "views.hpp"
 
-namespace siglayer::kernels_detail {
+#ifndef SIGLAYER_ISA
+#error "kernels_impl.hpp is compiled once per instruction set; SIGLAYER_ISA names the copy"
+#endif
+
+namespace siglayer::kernels_detail::SIGLAYER_ISA {
 
 template <class T>
 struct Consts;
@@ -174,4 +181,4 @@ inline void dz_colsum(T* __restrict dZ, index_t ld_dZ, T* __restrict db, const T
     }
 }
 
-}  // namespace siglayer::kernels_detail
+}  // namespace siglayer::kernels_detail::SIGLAYER_ISA

@@ -18,7 +18,9 @@
 
 #include "kernels_impl.hpp"
 
-namespace siglayer::kernels_detail::simd {
+// Inside the ISA's namespace, as kernels_impl.hpp (whose Consts this uses): the AVX2 and
+// AVX-512 copies of sigmoid<float> and the rest never share a mangled name.
+namespace siglayer::kernels_detail::SIGLAYER_ISA::simd {
 
 template <class V>
 struct Ops;
@@ -297,8 +299,7 @@ inline V sigmoid_vec(V z) {
 // Software-pipelined: each step starts e^-|z| of two vectors, then finishes the two before, so
 // the core has four independent chains of half the length in flight instead of one whole one
 // (Zen 3, AVX2: 1.1-1.2x values/s; three or four vectors a step were slower). All loads of a
-// step come before its stores. Everything here is named by V, so the AVX2 and AVX-512 copies
-// never share a symbol (the lambda included).
+// step come before its stores.
 template <class V, bool Bias>
 inline void sigmoid_span(typename Ops<V>::T* y, const typename Ops<V>::T* z,
                          const typename Ops<V>::T* b, index_t count) {
@@ -350,4 +351,4 @@ inline void bias_sigmoid_rows(T* out, index_t ld, const T* b, index_t rows, inde
     }
 }
 
-}  // namespace siglayer::kernels_detail::simd
+}  // namespace siglayer::kernels_detail::SIGLAYER_ISA::simd
