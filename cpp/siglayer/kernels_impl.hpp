@@ -34,7 +34,8 @@ struct Consts<float> {
     static constexpr float clamp = 104.0f;
     static constexpr int mantissa_bits = 23;
     static constexpr Bits exponent_bias = 127;
-    // Only the AVX-512 and AVX2 kernels evaluate in float (the portable one goes through double):
+    // Only the AVX-512 kernel evaluates this in float (the portable one goes through double, AVX2
+    // uses a table, see Exp2Eighths in kernels_simd.hpp):
     // a degree-6 fit of e^r with constant and linear terms pinned to 1, relative error 3.8e-9
     // (0.064 ulp) on |r| <= ln2/2 with the coefficients rounded to float (fitted by iteratively
     // reweighted least squares on the relative error, checked in 40-digit arithmetic).

@@ -14,6 +14,7 @@
 
 #include <immintrin.h>
 
+#include <cstdint>
 #include <type_traits>
 
 #include "kernels_impl.hpp"
@@ -31,6 +32,7 @@ struct Ops<__m512> {
     using T = float;
     static constexpr int lanes = 16;
     static constexpr bool has_scalef = true;
+    static constexpr bool has_table8 = false;
     using Mask = __mmask16;
     static __m512 set1(float v) { return _mm512_set1_ps(v); }
     static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
@@ -65,6 +67,7 @@ struct Ops<__m512d> {
     using T = double;
     static constexpr int lanes = 8;
     static constexpr bool has_scalef = true;
+    static constexpr bool has_table8 = false;
     using Mask = __mmask8;
     static __m512d set1(double v) { return _mm512_set1_pd(v); }
     static __m512d load(const double* p) { return _mm512_loadu_pd(p); }
@@ -135,6 +138,21 @@ struct Ops<__m256> {
     static __m256 blend(Mask m, __m256 if_false, __m256 if_true) {
         return _mm256_blendv_ps(if_false, if_true, m);
     }
+    // float32 on AVX2 takes e^x as 2^(n/8) e^r (see sigmoid_first_half).
+    static constexpr bool has_table8 = true;
+    // table[j] in each lane, j the low 3 bits of that lane of idx (vpermps, vpermd).
+    static __m256 lookup(const float* table, __m256 idx) {
+        return _mm256_permutevar8x32_ps(_mm256_load_ps(table), _mm256_castps_si256(idx));
+    }
+    static __m256 lookup(const std::uint32_t* table, __m256 idx) {
+        const __m256i t = _mm256_load_si256(reinterpret_cast<const __m256i*>(table));
+        return _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(t, _mm256_castps_si256(idx)));
+    }
+    // The bit patterns of a and b added as 32-bit integers; a's shifted left by 20 first.
+    static __m256 add_bits_shifted20(__m256 a, __m256 b) {
+        const __m256i a20 = _mm256_slli_epi32(_mm256_castps_si256(a), 20);
+        return _mm256_castsi256_ps(_mm256_add_epi32(a20, _mm256_castps_si256(b)));
+    }
 };
 
 template <>
@@ -171,11 +189,34 @@ struct Ops<__m256d> {
     static __m256d blend(Mask m, __m256d if_false, __m256d if_true) {
         return _mm256_blendv_pd(if_false, if_true, m);
     }
+    static constexpr bool has_table8 = false;
 };
 
 template <class T>
 using Vec = std::conditional_t<sizeof(T) == 4, __m256, __m256d>;
 #endif
+
+// e^x = 2^(n/8) e^r for float32 on AVX2: n = round(8 x log2e) = 8k + j (0 <= j < 8),
+// r = x - n ln2/8, |r| <= ln2/16, where a degree-4 polynomial is good to 1.9e-10 relative
+// (0.003 ulp; fitted as Consts<float>::poly was, coefficients rounded to float). 2^(j/8)
+// rounded to float is off by up to 0.54 ulp, so the rest of it, d[j] = 2^(j/8) /
+// float(2^(j/8)) - 1, is added to e^r - 1 (the product d (e^r - 1) left out is below 0.03 ulp).
+// Only the AVX2 copy uses it (AVX-512 has vscalef).
+struct Exp2Eighths {
+    static constexpr float shift = 0x1.8p23f + 8 * 64;  // rounds to n, leaves n + 512 in the low bits
+    static constexpr float log2e_8 = 0x1.715476p+3f;     // 8 log2(e)
+    static constexpr float ln2_8_hi = 0x1.63p-4f;        // 9 significant bits: n ln2_8_hi exact
+    static constexpr float ln2_8_lo = -0x1.bd0106p-16f;
+    static constexpr float poly[3] = {0x1p-1f, 0x1.555c76p-3f, 0x1.554842p-5f};  // c2, c3, c4
+    // The bit patterns of float(2^(j/8)) less j << 20: added to (n + 512) << 20, whose bits
+    // 20..22 hold j, they give 2^(k + 64) float(2^(j/8)).
+    alignas(32) static constexpr std::uint32_t bits[8] = {
+        0x3f800000u, 0x3f7b95c2u, 0x3f7837f0u, 0x3f75fed7u,
+        0x3f7504f3u, 0x3f75672au, 0x3f7744fdu, 0x3f7ac0c7u};
+    alignas(32) static constexpr float d[8] = {0.0f,           -0x1.9c0c22p-27f, 0x1.125002p-25f,
+                                               -0x1.0a3550p-25f, 0x1.26055cp-26f, 0x1.67a1cap-28f,
+                                               -0x1.f9c304p-27f, -0x1.a5217cp-28f};
+};
 
 // e^r - 1 for r = x - kf ln2, |r| <= ln2/2 (kf integral): ln2 in two parts, then
 // r + r^2 Q(r) with Q(r) = (c2 + c3 r) + r^2 (c4 + c5 r) + ...: Horner in r^2 over pairs of
@@ -208,7 +249,7 @@ struct ScalefHalf {
     V z, q, kf;
 };
 
-// AVX2: e^-|z| itself (two registers to carry: AVX2 has 16).
+// AVX2: 2^64 e^-|z| (see below; two registers to carry: AVX2 has 16).
 template <class V>
 struct ExpHalf {
     V z, t;
@@ -217,23 +258,64 @@ struct ExpHalf {
 // AVX2 rounds x log2e to k with fma(x, log2e, shift), shift = 1.5 * 2^mantissa_bits + bias + 64:
 // the sum is an integer, so k + bias + 64 (> 0) sits in the low bits of its bit pattern, and
 // moved into the exponent field they make 2^(k + 64), normal for every k down to the clamp, with
-// no rounding or conversion instruction. t = 2^-64 (2^(k + 64) (1 + q)) is rounded once by the
-// fma, and once more, by the exact * 2^-64, only if subnormal.
+// no rounding or conversion instruction. ExpHalf::t = 2^64 e^-|z| = 2^(k + 64) (1 + q) is
+// rounded once, by the fma, and is never scaled back: the second half works in units of 2^-64
+// (num / (1 + t) = 2^64 num / (2^64 + 2^64 t)), so a subnormal sigma is rounded once, by the
+// division. float32 (Ops::has_table8) does the same with n = 8k + j in place of k (Exp2Eighths).
+
+// float32, AVX2: x = -|z| reduced, r = x - n ln2/8, and x 8 log2e + Exp2Eighths::shift, whose
+// low bits hold n + 512. Split from the rest of e^x so that the loop can pipeline it (sigmoid_span).
+template <class V>
+struct Reduced {
+    V z, r, shifted;
+};
+
+template <class V>
+inline Reduced<V> sigmoid_reduce(V z) {
+    using O = Ops<V>;
+    using E = Exp2Eighths;
+    const V x = O::max(O::set1(-Consts<float>::clamp), O::negative_abs(z));  // -|z|, NaN kept
+    const V shift = O::set1(E::shift);
+    const V shifted = O::fmadd(x, O::set1(E::log2e_8), shift);
+    const V nf = O::sub(shifted, shift);
+    V r = O::fnmadd(nf, O::set1(E::ln2_8_hi), x);
+    r = O::fnmadd(nf, O::set1(E::ln2_8_lo), r);
+    return Reduced<V>{z, r, shifted};
+}
+
+// 2^64 e^x = 2^(k + 64) 2^(j/8) e^r: the table entry with the exponent added in its bits, and
+// e^r - 1 + d[j] = r + d[j] + r^2 (c2 + c3 r + c4 r^2).
+template <class V>
+inline ExpHalf<V> sigmoid_exp(const Reduced<V>& a) {
+    using O = Ops<V>;
+    using E = Exp2Eighths;
+    const V scale = O::add_bits_shifted20(a.shifted, O::lookup(E::bits, a.shifted));
+    const V r2 = O::mul(a.r, a.r);
+    V u = O::fmadd(O::set1(E::poly[1]), a.r, O::set1(E::poly[0]));
+    u = O::fmadd(O::set1(E::poly[2]), r2, u);
+    const V q = O::fmadd(u, r2, O::add(a.r, O::lookup(E::d, a.shifted)));
+    return ExpHalf<V>{a.z, O::fmadd(q, scale, scale)};
+}
+
 template <class V>
 inline auto sigmoid_first_half(V z) {
     using O = Ops<V>;
     using T = typename O::T;
     using C = Consts<T>;
-    const V x = O::max(O::set1(-C::clamp), O::negative_abs(z));  // -|z|, NaN kept
-    if constexpr (O::has_scalef) {
-        const V kf = O::round(O::mul(x, O::set1(C::log2e)));  // e^x = 2^kf * e^r
-        return ScalefHalf<V>{z, expm1_reduced(x, kf), kf};
+    if constexpr (O::has_table8) {
+        return sigmoid_exp(sigmoid_reduce(z));
     } else {
-        const V shift = O::set1(C::shift + T(C::exponent_bias + 64));
-        const V shifted = O::fmadd(x, O::set1(C::log2e), shift);
-        const V q = expm1_reduced(x, O::sub(shifted, shift));
-        const V scale = O::low_bits_to_exponent(shifted);
-        return ExpHalf<V>{z, O::mul(O::fmadd(q, scale, scale), O::set1(T(0x1p-64)))};
+        const V x = O::max(O::set1(-C::clamp), O::negative_abs(z));  // -|z|, NaN kept
+        if constexpr (O::has_scalef) {
+            const V kf = O::round(O::mul(x, O::set1(C::log2e)));  // e^x = 2^kf * e^r
+            return ScalefHalf<V>{z, expm1_reduced(x, kf), kf};
+        } else {
+            const V shift = O::set1(C::shift + T(C::exponent_bias + 64));
+            const V shifted = O::fmadd(x, O::set1(C::log2e), shift);
+            const V q = expm1_reduced(x, O::sub(shifted, shift));
+            const V scale = O::low_bits_to_exponent(shifted);
+            return ExpHalf<V>{z, O::fmadd(q, scale, scale)};
+        }
     }
 }
 
@@ -278,7 +360,8 @@ inline V sigmoid_second_half(const ScalefHalf<V>& h) {
 template <class V, bool Compensated = sizeof(typename Ops<V>::T) == 4>
 inline V sigmoid_second_half(const ExpHalf<V>& h) {
     using O = Ops<V>;
-    const V one = O::set1(1);
+    using T = typename O::T;
+    const V one = O::set1(T(0x1p64));  // 1 in the scale of h.t
     const V s = O::add(one, h.t);
     // The sign bit of z picks num (see Ops::Mask): -0 takes t = 1, for 1/2 all the same.
     const V y = O::div(O::blend(h.z, one, h.t), s);
@@ -298,8 +381,8 @@ inline V sigmoid_vec(V z) {
 // y[i] = sigma(z[i] + b[i]) for i < count, or sigma(z[i]) without Bias (b unused). y may be z.
 // Software-pipelined: each step starts e^-|z| of two vectors, then finishes the two before, so
 // the core has four independent chains of half the length in flight instead of one whole one
-// (Zen 3, AVX2: 1.1-1.2x values/s; three or four vectors a step were slower). All loads of a
-// step come before its stores.
+// (Zen 3, AVX2: 1.1-1.2x values/s; three or four vectors a step were slower); float32 on AVX2
+// goes through three stages instead. All loads of a step come before its stores.
 template <class V, bool Bias>
 inline void sigmoid_span(typename Ops<V>::T* y, const typename Ops<V>::T* z,
                          const typename Ops<V>::T* b, index_t count) {
@@ -312,7 +395,24 @@ inline void sigmoid_span(typename Ops<V>::T* y, const typename Ops<V>::T* z,
             return O::load(z + i);
     };
     index_t i = 0;
-    if (count >= 2 * lanes) {
+    if constexpr (O::has_table8) {
+        // Three stages, one vector a step: reduce vector i, finish e^x of vector i - 1 and
+        // divide for vector i - 2 (Zen 3: 1.06x values/s over two stages on two vectors a step).
+        if (count >= 2 * lanes) {
+            auto a = sigmoid_reduce(load(0));
+            auto h = sigmoid_exp(a);
+            a = sigmoid_reduce(load(lanes));
+            for (i = 2 * lanes; i + lanes <= count; i += lanes) {
+                const auto next_a = sigmoid_reduce(load(i));
+                const auto next_h = sigmoid_exp(a);
+                O::store(y + i - 2 * lanes, sigmoid_second_half(h));
+                a = next_a;
+                h = next_h;
+            }
+            O::store(y + i - 2 * lanes, sigmoid_second_half(h));
+            O::store(y + i - lanes, sigmoid_second_half(sigmoid_exp(a)));
+        }
+    } else if (count >= 2 * lanes) {
         auto h0 = sigmoid_first_half(load(0));
         auto h1 = sigmoid_first_half(load(lanes));
         for (i = 2 * lanes; i + 2 * lanes <= count; i += 2 * lanes) {
