@@ -8,9 +8,9 @@
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include "kernels_simd.hpp"
-#define SIGLAYER_SIGMOID_KERNELS kernels_detail::simd
+#define SIGLAYER_SIGMOID_KERNELS kernels_detail::SIGLAYER_ISA::simd
 #else
-#define SIGLAYER_SIGMOID_KERNELS kernels_detail
+#define SIGLAYER_SIGMOID_KERNELS kernels_detail::SIGLAYER_ISA
 #endif
 
 namespace siglayer::kernels::SIGLAYER_ISA {
@@ -28,7 +28,7 @@ static void bias_sigmoid_rows(T* out, index_t ld, const T* b, index_t rows, inde
 template <class T>
 static void dz_colsum(T* dZ, index_t ld_dZ, T* db, const T* dout, index_t ld_dout, const T* out,
                       index_t ld_out, index_t rows, index_t cols) {
-    kernels_detail::dz_colsum(dZ, ld_dZ, db, dout, ld_dout, out, ld_out, rows, cols);
+    kernels_detail::SIGLAYER_ISA::dz_colsum(dZ, ld_dZ, db, dout, ld_dout, out, ld_out, rows, cols);
 }
 
 template <class T>
