@@ -35,7 +35,7 @@ std::shared_mutex& regions() {
 // Set by the first region that may start worker threads, cleared when a fork released them.
 std::atomic<bool> pool_started{false};
 
-std::atomic<int> tiles{4};
+std::atomic<int> tiles{1};
 
 // Whether the runtime recreates its pool in a forked child by itself (libiomp5 with
 // KMP_INIT_AT_FORK not false, see init()). Then before_fork must not release the pool

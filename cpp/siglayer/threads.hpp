@@ -39,9 +39,13 @@ void after_fork_in_child();
 // The leading thread's idle spin is set unless the user chose one (KMP_BLOCKTIME).
 void lead(const std::function<void()>& region);
 
-// Tiles of each product per thread of the team (partition.hpp). One is a fixed split,
-// the fastest when the cores are ours alone; more lets an unslowed thread take over
-// the work of one slowed by another library's pool. Settable for the benchmarks only.
+// Tiles of each product per thread of the team (partition.hpp); settable for the
+// benchmarks. One (the default): each thread takes one tile, or both when the other
+// thread starts late. More let a thread take over the work of one slowed by another
+// library's spinning pool, but each tile is a BLAS call that packs its operands again:
+// on the Zen 3 machine 2 and 4 tiles per thread made fwd+bwd 5-11 % and 10-18 % slower
+// alone (M, L, N), and did not help beside NumPy, whose spinning thread leaves both of
+// ours on one core (docs/reliability.md, "Threads beside other libraries").
 int tiles_per_thread();
 void set_tiles_per_thread(int tiles);
 
