@@ -72,11 +72,11 @@ struct Block {
     bool empty() const { return i1 <= i0 || j1 <= j0; }
 };
 
-// An m x n output cut along its longer side into `pieces` tiles of whole 16-wide blocks.
-// The tiles are handed out to the team one at a time (for_each_tile): a thread that
-// shares its core with another library's spinning thread takes fewer tiles, and the
-// call waits for the slowest tile instead of the slowest thread's fixed half. The tiles
-// depend on the sizes and the team size only, never on which thread runs which.
+// An m x n output cut along its longer side into `pieces` tiles of whole 16-wide blocks,
+// threads::tiles_per_thread() per thread (one by default; threads.hpp says why). The
+// tiles are handed out to the team one at a time (for_each_tile), so a thread that
+// starts late finds its tile taken. The tiles depend on the sizes and the team size
+// only, never on which thread runs which.
 struct Tiling {
     index_t m = 0, n = 0, pieces = 0;
 
