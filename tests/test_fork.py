@@ -49,16 +49,20 @@ def layer(_=None):
 
 def same(results, want):
     return all(threads == 2 and arrays == want for threads, arrays in results)
+
+# The parent's own results, then four calls in a pool of two workers of `method`.
+def pool_of(method):
+    _, want = layer()
+    with mp.get_context(method).Pool(2) as pool:
+        results = pool.map(layer, range(4))
+    print(json.dumps({"ok": same(results, want), "workers": len(results)}))
 """
 
 SCENARIOS = {
     # The parent has run two-thread regions; then a fork pool of two workers.
     "fork_after_use": """
 if __name__ == "__main__":
-    _, want = layer()
-    with mp.get_context("fork").Pool(2) as pool:
-        results = pool.map(layer, range(4))
-    print(json.dumps({"ok": same(results, want), "workers": len(results)}))
+    pool_of("fork")
 """,
     # A forked worker process uses siglayer, then forks a pool of its own (pool workers
     # are daemons and may not have children, so the outer workers are plain Processes).
@@ -104,24 +108,15 @@ if __name__ == "__main__":
 import os
 if __name__ == "__main__":
     os.environ["KMP_INIT_AT_FORK"] = "FALSE"
-    _, want = layer()
-    with mp.get_context("fork").Pool(2) as pool:
-        results = pool.map(layer, range(4))
-    print(json.dumps({"ok": same(results, want), "workers": len(results)}))
+    pool_of("fork")
 """,
     "forkserver": """
 if __name__ == "__main__":
-    _, want = layer()
-    with mp.get_context("forkserver").Pool(2) as pool:
-        results = pool.map(layer, range(4))
-    print(json.dumps({"ok": same(results, want), "workers": len(results)}))
+    pool_of("forkserver")
 """,
     "spawn": """
 if __name__ == "__main__":
-    _, want = layer()
-    with mp.get_context("spawn").Pool(2) as pool:
-        results = pool.map(layer, range(4))
-    print(json.dumps({"ok": same(results, want), "workers": len(results)}))
+    pool_of("spawn")
 """,
 }
 
