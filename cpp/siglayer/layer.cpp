@@ -12,7 +12,6 @@
 #include "kernels.hpp"
 #include "partition.hpp"
 #include "scratch.hpp"
-#include "threads.hpp"
 
 namespace siglayer {
 
@@ -370,18 +369,13 @@ void sigmoid(T* y, const T* z, index_t count) {
     const auto& kernel = kernels::active<T>();
     constexpr index_t block = 1 << 14;
     const index_t blocks = (count + block - 1) / block;
-    const auto sweep = [&](index_t blk) {
-        const index_t i0 = blk * block;
-        kernel.sigmoid(y + i0, z + i0, std::min(block, count - i0));
-    };
-    if (threads_for(count) == 1) {
-        for (index_t blk = 0; blk < blocks; ++blk) sweep(blk);
-        return;
-    }
-    const int threads = threads_for(count);  // the calling thread's count, not the leader's
-    threads::lead([&] {
-#pragma omp parallel for schedule(static) num_threads(threads)
-        for (index_t blk = 0; blk < blocks; ++blk) sweep(blk);
+    run_parallel(threads_for(count), [&] {
+        index_t first = 0, last = 0;
+        split_range(blocks, omp_get_num_threads(), omp_get_thread_num(), 1, first, last);
+        for (index_t blk = first; blk < last; ++blk) {
+            const index_t i0 = blk * block;
+            kernel.sigmoid(y + i0, z + i0, std::min(block, count - i0));
+        }
     });
 }
 

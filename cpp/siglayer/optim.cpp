@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "threads.hpp"
+#include "partition.hpp"
 
 namespace siglayer::optim {
 
@@ -19,21 +19,12 @@ constexpr index_t kParallelElements = 1 << 16;
 // OpenMP threads when the array is large. Each element is touched by one thread only.
 template <class Update>
 void for_ranges(index_t count, const Update& update) {
-    if (count < kParallelElements || omp_get_max_threads() == 1) {
-        update(index_t(0), count);
-        return;
-    }
-    const int threads = omp_get_max_threads();  // the calling thread's count
-    threads::lead([&] {
-#pragma omp parallel num_threads(threads)
-        {
-            const index_t parts = omp_get_num_threads(), p = omp_get_thread_num();
-            // Ranges start on 16-element boundaries so no two threads share a cache line.
-            const index_t blocks = (count + 15) / 16;
-            const index_t begin = std::min(count, blocks * p / parts * 16);
-            const index_t end = std::min(count, blocks * (p + 1) / parts * 16);
-            if (end > begin) update(begin, end);
-        }
+    const int threads = count < kParallelElements ? 1 : omp_get_max_threads();
+    run_parallel(threads, [&] {
+        // Ranges start on 16-element boundaries so no two threads share a cache line.
+        index_t begin = 0, end = 0;
+        split_range(count, omp_get_num_threads(), omp_get_thread_num(), 16, begin, end);
+        if (end > begin) update(begin, end);
     });
 }
 
