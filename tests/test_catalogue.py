@@ -793,10 +793,10 @@ CASES.update(
 # -- Layer objects: SigmoidLayer and Sequential ----------------------------------------------
 
 
-def layer_after_forward(p: Args, n_in: int = 3, n_out: int = 2):
+def layer_after_forward(p: Args, n_in: int = 3, n_out: int = 2, reuse_buffers: bool = False):
     """A float64 layer that has run one forward on the problem's x (so backward is valid),
     and the arrays a failing call must leave alone: parameters, gradients, last output."""
-    layer = siglayer.SigmoidLayer(n_in, n_out, dtype=f64, seed=0)
+    layer = siglayer.SigmoidLayer(n_in, n_out, dtype=f64, seed=0, reuse_buffers=reuse_buffers)
     out = layer.forward(p["x"] if n_in == 3 else np.ones((4, n_in)))
     layer.backward(np.ones_like(out))
     return layer, [layer.W, layer.b, layer.dW, layer.db, out]
@@ -813,9 +813,24 @@ def on_layer(method: str, n_in: int = 3, n_out: int = 2, **args: Any) -> Builder
     return build
 
 
+def bce_gradient(p: Args):
+    """BCELoss().backward() for the layer's (4, 2) output: a dL/dZ."""
+    loss_fn = siglayer.losses.BCELoss()
+    loss_fn(np.full((4, 2), 0.5), np.ones((4, 2)))
+    return loss_fn.backward()
+
+
+def mse_gradient(p: Args):
+    """MSELoss().backward() for the layer's (4, 2) output: a dL/dout."""
+    loss_fn = siglayer.losses.MSELoss()
+    loss_fn(np.full((4, 2), 0.5), np.ones((4, 2)))
+    return loss_fn.backward()
+
+
 def forward_own_output(p: Args):
-    """A square layer fed its own output buffer: the result would overwrite its input."""
-    layer, watch = layer_after_forward(p, 3, 3)
+    """A square layer (reuse_buffers=True) fed its own output buffer: the result would
+    overwrite its input."""
+    layer, watch = layer_after_forward(p, 3, 3, reuse_buffers=True)
     return layer.forward, {"x": watch[-1]}, watch
 
 
@@ -907,6 +922,18 @@ CASES.update(
             "x",
             r"x shares memory with this layer's output buffer",
         ),
+        "layer-backward-bce-gradient": (
+            on_layer("backward", dout=bce_gradient),
+            TypeError,
+            "dout",
+            r"dout is dL/dZ.*backward_from_preactivation",
+        ),
+        "layer-backward_from_preactivation-mse-gradient": (
+            on_layer("backward_from_preactivation", dZ=mse_gradient),
+            TypeError,
+            "dZ",
+            r"dZ is dL/dout.*pass it to backward\(",
+        ),
         "layer-backward-dout-list": (
             on_layer("backward", dout=[[1.0, 1.0]] * 4),
             TypeError,
@@ -923,7 +950,9 @@ CASES.update(
             on_layer("backward", dout=np.ones((4, 2), f32)),
             TypeError,
             "dout",
-            r"dout float32",
+            # Names only what the user passed (not the layer's saved x and out).
+            r"^dout has dtype float32 but this layer computes in float64; pass "
+            r"dout\.astype\(np\.float64\)",
         ),
         "layer-backward-need_dx-None": (
             on_layer("backward", dout=np.ones((4, 2)), need_dx=None),

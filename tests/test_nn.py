@@ -80,14 +80,104 @@ def test_bad_construction(args, kwargs, error, match):
 def test_parameters_cannot_be_rebound_but_change_in_place():
     layer = siglayer.SigmoidLayer(3, 2, dtype=np.float64, seed=0)
     W = layer.W
-    with pytest.raises(AttributeError, match="in place"):
-        layer.W = np.zeros((3, 2))
-    with pytest.raises(AttributeError, match="in place"):
-        layer.b = np.zeros(2)
+    for name in ("W", "b", "dW", "db"):
+        before = getattr(layer, name).copy()
+        with pytest.raises(AttributeError, match="in place"):
+            setattr(layer, name, np.zeros_like(before))
+        with pytest.raises(AttributeError, match="cannot be rebound"):
+            setattr(layer, name, 3.0)
+        np.testing.assert_array_equal(getattr(layer, name), before)  # nothing changed
     layer.W[...] = 0
     layer.b[...] = 1
     assert layer.W is W
     np.testing.assert_array_equal(layer(np.ones((2, 3))), reference.sigmoid(np.ones((2, 2))))
+
+
+PLAIN = {
+    "+=": np.add,
+    "-=": np.subtract,
+    "*=": np.multiply,
+    "/=": np.true_divide,
+    "//=": np.floor_divide,
+    "%=": np.mod,
+    "**=": np.power,
+}
+
+
+@pytest.mark.parametrize("name", ["W", "b", "dW", "db"])
+@pytest.mark.parametrize("op", list(PLAIN))
+def test_in_place_operators_apply_exactly_once(rng, name, op):
+    """``layer.W -= lr * layer.dW`` (and every other augmented assignment on a parameter or
+    a gradient) changes the array once, keeps it the same object and raises nothing: the
+    statement is run through Python's own augmented assignment, property setter included."""
+    layer = siglayer.SigmoidLayer(4, 3, dtype=np.float64, seed=0)
+    layer(rng.random((5, 4)))
+    layer.backward(rng.standard_normal((5, 3)))
+    for a in (layer.W, layer.b, layer.dW, layer.db):
+        a[...] = rng.random(a.shape) + 0.5  # positive, so that ** and // are defined
+    held = getattr(layer, name)
+    operand = rng.random(held.shape) + 0.5
+    want = PLAIN[op](held, operand)
+    namespace = {"layer": layer, "operand": operand}
+    exec(f"layer.{name} {op} operand", namespace)  # the user's statement, verbatim
+    assert getattr(layer, name) is held
+    np.testing.assert_array_equal(held, want)
+    # The same through a Parameter, as in `for p in net.parameters(): p.value -= ...`.
+    param = next(p for p in layer.parameters() if name in (p.name, "d" + p.name))
+    attr = "value" if name == param.name else "grad"
+    want = PLAIN[op](held, operand)
+    exec(f"param.{attr} {op} operand", {"param": param, "operand": operand})
+    assert getattr(param, attr) is held
+    np.testing.assert_array_equal(held, want)
+
+
+def test_parameter_unpacks_and_refuses_rebinding():
+    layer = siglayer.SigmoidLayer(3, 2, seed=0)
+    name, value, grad = layer.parameters()[0]
+    assert name == "W" and value is layer.W and grad is layer.dW
+    p = layer.parameters()[1]
+    with pytest.raises(AttributeError, match="cannot be rebound"):
+        p.value = np.zeros(2, np.float32)
+    with pytest.raises(AttributeError):
+        p.name = "c"  # type: ignore[misc]
+    assert repr(p) == "Parameter(name='b', shape=(2,), dtype=float32)"
+
+
+def test_fresh_output_per_call(rng):
+    """``preds = [net(xb) for xb in batches]`` keeps every batch's result (it used to return
+    the same buffer N times, all holding the last batch); likewise dx from backward."""
+    net = siglayer.Sequential(
+        siglayer.SigmoidLayer(6, 5, dtype=np.float64, seed=0),
+        siglayer.SigmoidLayer(5, 3, dtype=np.float64, seed=1),
+    )
+    batches = [rng.standard_normal((4, 6)) for _ in range(3)]
+    preds = [net(xb) for xb in batches]
+    for xb, pred in zip(batches, preds, strict=True):
+        want = siglayer.forward(siglayer.forward(xb, net[0].W, net[0].b), net[1].W, net[1].b)
+        np.testing.assert_array_equal(pred, want)
+    layer = net[0]
+    dxs = []
+    for xb in batches:
+        layer(xb)
+        dxs.append(layer.backward(np.ones((4, 5))))
+    for xb, dx in zip(batches, dxs, strict=True):
+        out = siglayer.forward(xb, layer.W, layer.b)
+        np.testing.assert_array_equal(dx, siglayer.backward(np.ones((4, 5)), xb, layer.W, out)[0])
+
+
+def test_out_and_dx_buffers(rng):
+    layer = siglayer.SigmoidLayer(4, 3, dtype=np.float64, seed=0)
+    x = rng.standard_normal((5, 4))
+    out = np.empty((5, 3))
+    assert layer(x, out=out) is out
+    np.testing.assert_array_equal(out, siglayer.forward(x, layer.W, layer.b))
+    dx = np.empty((5, 4))
+    assert layer.backward(np.ones((5, 3)), dx=dx) is dx
+    np.testing.assert_array_equal(dx, siglayer.backward(np.ones((5, 3)), x, layer.W, out)[0])
+    with pytest.raises(ValueError, match="out"):
+        layer(x, out=np.empty((5, 4)))
+    with pytest.raises(ValueError, match="dx"):
+        layer.backward(np.ones((5, 3)), need_dx=False, dx=dx)
 
 
 # ---------------------------------------------------------------- forward / backward
@@ -133,8 +223,8 @@ def test_backward_from_preactivation_and_need_dx(rng):
 
 
 def test_buffers_are_reused_and_overwritten(rng):
-    """The documented contract: one output buffer per input shape, reused."""
-    layer = siglayer.SigmoidLayer(4, 3, dtype=np.float64, seed=0)
+    """The opt-in contract of reuse_buffers=True: one output buffer per input shape."""
+    layer = siglayer.SigmoidLayer(4, 3, dtype=np.float64, seed=0, reuse_buffers=True)
     x1, x2 = rng.standard_normal((5, 4)), rng.standard_normal((5, 4))
     out1 = layer(x1)
     kept = out1.copy()
@@ -176,11 +266,13 @@ def test_layer_errors(rng):
         layer.backward(np.ones((3, 3), np.float32))
     with pytest.raises(ValueError, match="dZ has shape"):
         layer.backward_from_preactivation(np.ones((2, 4), np.float32))
-    with pytest.raises(TypeError, match="share one dtype"):
+    with pytest.raises(TypeError, match=r"^dout has dtype float64 but this layer computes in"):
         layer.backward(np.ones((2, 3)))
+    with pytest.raises(TypeError, match=r"^dZ has dtype float64 but this layer computes in"):
+        layer.backward_from_preactivation(np.ones((2, 3)))
     with pytest.raises(TypeError, match="need_dx must be a bool"):
         layer.backward(np.ones((2, 3), np.float32), need_dx=1)  # type: ignore[arg-type]
-    square = siglayer.SigmoidLayer(3, 3, seed=0)
+    square = siglayer.SigmoidLayer(3, 3, seed=0, reuse_buffers=True)
     out = square(np.ones((2, 3), np.float32))
     with pytest.raises(ValueError, match="shares memory with this layer's output buffer"):
         square(out)
@@ -295,17 +387,18 @@ def test_sequential_parameters_and_errors():
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_steady_state_training_allocates_nothing(rng, optimizer):
-    """After warm-up, 300 steps of forward, loss, backward and optimizer step allocate no
-    array memory: tracemalloc (which sees NumPy's data allocations) shows a peak below half
-    the smallest per-batch buffer (out of the last layer, 128 x 16 float32 = 8 KiB), and
+    """With reuse_buffers=True on the layers and the loss, after warm-up, 300 steps of
+    forward, loss, backward and optimizer step allocate no array memory: tracemalloc (which
+    sees NumPy's data allocations) shows a peak below half the smallest per-batch buffer (out of the last layer, 128 x 16 float32 = 8 KiB), and
     no growth at the end beyond a few live Python ints (the step counter). Small Python
     objects (tuples, floats) come and go in between, about 1.3 KiB at peak."""
     net = siglayer.Sequential(
-        siglayer.SigmoidLayer(64, 32, seed=0), siglayer.SigmoidLayer(32, 16, seed=1)
+        siglayer.SigmoidLayer(64, 32, seed=0, reuse_buffers=True),
+        siglayer.SigmoidLayer(32, 16, seed=1, reuse_buffers=True),
     )
     x = rng.random((128, 64), dtype=np.float32)
     y = (rng.random((128, 16)) > 0.5).astype(np.float32)
-    loss_fn = BCELoss()
+    loss_fn = BCELoss(reuse_buffers=True)
     opt = (
         siglayer.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
         if optimizer == "sgd"
@@ -386,3 +479,62 @@ def test_load_errors_change_nothing(tmp_path):
         np.testing.assert_array_equal(p.value, want)
     with pytest.raises(FileNotFoundError):
         net.load(tmp_path / "absent.npz")
+
+
+# ---------------------------------------------------------------- loss gradient kinds
+
+
+@pytest.mark.parametrize("target", ["sequential", "layer", "functional"])
+def test_a_loss_gradient_is_refused_by_the_wrong_backward(rng, target):
+    """BCELoss gives dL/dZ and MSELoss dL/dout; each fed to the other backward used to
+    run, giving finite, wrong gradients (sigma' applied twice or not at all). Now a
+    TypeError that names the right method, raised before any gradient changes."""
+    net = make_net()
+    x = rng.standard_normal((7, 6))
+    out = net(x)
+    y = (rng.random(out.shape) > 0.5).astype(out.dtype)
+    bce, mse = BCELoss(), MSELoss()
+    bce(out, y)
+    mse(out, y)
+    last = net[-1]
+    before = [p.grad.copy() for p in net.parameters()]
+    calls = {
+        "sequential": (net.backward, net.backward_from_preactivation),
+        "layer": (last.backward, last.backward_from_preactivation),
+        "functional": (
+            lambda g: siglayer.backward(g, last._x, last.W, out),
+            lambda g: siglayer.backward_from_preactivation(g, last._x, last.W),
+        ),
+    }[target]
+    backward, from_preactivation = calls
+    for gradient in (bce.backward(), 0.5 * bce.backward(), np.clip(bce.backward(), -1, 1)):
+        with pytest.raises(TypeError, match=r"dL/dZ.*backward_from_preactivation"):
+            backward(gradient)
+    for gradient in (mse.backward(), mse.backward() * 2):
+        with pytest.raises(TypeError, match=r"dL/dout.*pass it to backward\("):
+            from_preactivation(gradient)
+    for b, p in zip(before, net.parameters(), strict=True):
+        np.testing.assert_array_equal(p.grad, b)  # nothing was written
+    # The right pairings, and plain arrays in either, still work.
+    backward(mse.backward())
+    from_preactivation(bce.backward())
+    backward(np.asarray(bce.backward()).copy())
+
+
+def test_right_pairing_matches_the_reference(rng):
+    """BCELoss + backward_from_preactivation and MSELoss + backward give the reference's
+    gradients of the losses (by finite differences in test_network_gradients_...; here
+    against the closed forms, to tie the kinds to the math)."""
+    layer = siglayer.SigmoidLayer(5, 3, dtype=np.float64, seed=3)
+    x = rng.standard_normal((8, 5))
+    y = (rng.random((8, 3)) > 0.5).astype(np.float64)
+    out = layer(x)
+    bce = BCELoss()
+    bce(out, y)
+    layer.backward_from_preactivation(bce.backward())
+    np.testing.assert_allclose(layer.dW, x.T @ ((out - y) / out.size), rtol=1e-12)
+    mse = MSELoss()
+    mse(out, y)
+    layer.backward(mse.backward())
+    dZ = 2 * (out - y) / out.size * out * (1 - out)
+    np.testing.assert_allclose(layer.dW, x.T @ dZ, rtol=1e-12)

@@ -319,3 +319,115 @@ def test_adam_core_rejects_bad_step():
             False,
             0,
         )
+
+
+# ---------------------------------------------------------------- resume, zero_grad, repr
+
+RESUME_CONFIGS = {
+    "sgd": (SGD, {"lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
+    "sgd-plain": (SGD, {"lr": 0.2}),
+    "adam": (Adam, {"lr": 1e-2, "weight_decay": 1e-3}),
+    "adamw": (Adam, {"lr": 1e-2, "betas": (0.8, 0.99), "decoupled_weight_decay": True}),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("config", list(RESUME_CONFIGS))
+def test_resumed_training_is_bitwise_uninterrupted_training(tmp_path, dtype, config):
+    """Train 12 steps straight; or train 5, save the parameters (save_parameters) and the
+    optimizer (state_dict, through pickle), build everything anew, load, train 7 more:
+    bitwise the same weights and optimizer state."""
+    import pickle
+
+    kind, opts = RESUME_CONFIGS[config]
+    data = np.random.default_rng(5)
+    batches = [
+        (data.random((16, 8)).astype(dtype), (data.random((16, 3)) > 0.5).astype(dtype))
+        for _ in range(12)
+    ]
+
+    def fresh():
+        net = siglayer.Sequential(
+            siglayer.SigmoidLayer(8, 6, dtype=dtype, seed=0),
+            siglayer.SigmoidLayer(6, 3, dtype=dtype, seed=1),
+        )
+        return net, kind(net.parameters(), **opts), siglayer.losses.BCELoss()
+
+    def train(net, opt, loss_fn, steps):
+        for x, y in steps:
+            loss_fn(net(x), y)
+            net.backward_from_preactivation(loss_fn.backward())
+            opt.step()
+
+    net, opt, loss_fn = fresh()
+    train(net, opt, loss_fn, batches)
+
+    net1, opt1, loss1 = fresh()
+    train(net1, opt1, loss1, batches[:5])
+    net1.save(tmp_path / "net.npz")
+    (tmp_path / "opt.pkl").write_bytes(pickle.dumps(opt1.state_dict()))
+    del net1, opt1
+
+    net2, opt2, loss2 = fresh()
+    opt2.lr = 123.0  # overwritten by the load
+    net2.load(tmp_path / "net.npz")
+    opt2.load_state_dict(pickle.loads((tmp_path / "opt.pkl").read_bytes()))
+    assert opt2.steps == 5 and opt2.lr == opts["lr"]
+    train(net2, opt2, loss2, batches[5:])
+
+    for p, q in zip(net.parameters(), net2.parameters(), strict=True):
+        np.testing.assert_array_equal(p.value, q.value, err_msg=p.name)
+    want, got = opt.state_dict(), opt2.state_dict()
+    assert got["steps"] == want["steps"] == 12 and got["hyper"] == want["hyper"]
+    for name, arrays in want["state"].items():
+        for a, b in zip(arrays, got["state"][name], strict=True):
+            assert (a is None and b is None) or np.array_equal(a, b)
+
+
+def test_state_dict_is_a_copy_and_load_checks_first(rng):
+    params = make_params(rng, np.float64, [(3, 2), (2,)])
+    opt = Adam(params, lr=0.1)
+    for p in params:
+        p.grad[...] = 1.0
+    opt.step()
+    state = opt.state_dict()
+    m = state["state"]["exp_avgs"][0].copy()
+    opt.step()
+    np.testing.assert_array_equal(state["state"]["exp_avgs"][0], m)  # not a live view
+
+    other = Adam(make_params(rng, np.float64, [(3, 2), (2,)]), lr=0.5)
+    snapshot = other.state_dict()
+    with pytest.raises(TypeError, match="state is from SGD"):
+        other.load_state_dict(SGD(make_params(rng, np.float64, [(3, 2), (2,)]), 0.1).state_dict())
+    with pytest.raises(ValueError, match="this optimizer has"):
+        other.load_state_dict(Adam(make_params(rng, np.float64, [(3, 3), (2,)])).state_dict())
+    bad = opt.state_dict()
+    bad["hyper"]["eps"] = -1.0
+    with pytest.raises(ValueError, match="eps"):
+        other.load_state_dict(bad)
+    with pytest.raises(TypeError, match="state_dict"):
+        other.load_state_dict([1, 2])  # type: ignore[arg-type]
+    after = other.state_dict()  # every failed load changed nothing
+    assert after["steps"] == snapshot["steps"] and after["hyper"] == snapshot["hyper"]
+    with pytest.raises(ValueError, match="momentum"):
+        SGD(make_params(rng, np.float64, [(3, 2)]), 0.1).load_state_dict(
+            SGD(make_params(rng, np.float64, [(3, 2)]), 0.1, momentum=0.9).state_dict()
+        )
+
+
+def test_zero_grad_and_repr(rng):
+    params = make_params(rng, np.float32, [(3, 2), (2,)])
+    for p in params:
+        p.grad[...] = 7
+    opt = SGD(params, lr=0.1, momentum=0.9)
+    opt.zero_grad()
+    assert all((p.grad == 0).all() for p in params)
+    assert repr(opt) == (
+        "SGD(2 parameters, lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0, "
+        "nesterov=False, steps=0)"
+    )
+    assert repr(Adam(params)).startswith("Adam(2 parameters, lr=0.001, betas=(0.9, 0.999)")
+    assert repr(siglayer.losses.BCELoss()) == "BCELoss(reduction='mean')"
+    assert repr(siglayer.losses.MSELoss(reduction="sum", reuse_buffers=True)) == (
+        "MSELoss(reduction='sum', reuse_buffers=True)"
+    )

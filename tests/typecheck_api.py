@@ -60,3 +60,24 @@ assert_type(siglayer.get_num_threads(), int)
 assert_type(siglayer.set_num_threads(2), None)
 assert_type(siglayer.show_config(), None)
 assert_type(siglayer.__version__, str)
+
+# Layers carry their dtype: layer(x) of a float32 layer is a float32 array.
+layer32 = siglayer.SigmoidLayer(3, 2)
+assert_type(layer32, siglayer.SigmoidLayer[np.float32])
+assert_type(layer32(x32), NDArray[np.float32])
+assert_type(layer32.W, NDArray[np.float32])
+layer64 = siglayer.SigmoidLayer(3, 2, dtype=np.float64)
+assert_type(layer64(x64), NDArray[np.float64])
+# backward: an array by default and with need_dx=True, None with need_dx=False.
+assert_type(layer32.backward(out32), NDArray[np.float32])
+assert_type(layer32.backward(out32, need_dx=False), None)
+assert_type(layer32.backward(out32, need_dx=need), NDArray[np.float32] | None)
+assert_type(layer32.backward_from_preactivation(out32, need_dx=False), None)
+net = siglayer.Sequential(layer32)
+assert_type(net.backward(out32), None)
+assert_type(net.backward(out32, need_dx=True), NDArray[np.float32])
+# In-place updates type-check; the setters take arrays only.
+layer32.W -= 0.1 * layer32.dW
+layer32.W = 3.0  # type: ignore[assignment]
+layer32.W = x_int  # type: ignore[assignment]
+assert_type(siglayer.show_config(mode="dicts"), dict[str, object])

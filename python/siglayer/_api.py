@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _core
+from ._gradients import refuse_kind
 from ._typing import Float
 
 __all__ = ["backward", "backward_from_preactivation", "forward"]
@@ -230,6 +231,7 @@ def backward(
     """
     if type(x) is _ndarray and x.ndim == 2 and type(dout) is _ndarray and dout.ndim == 2:
         return _core.backward(dout, x, W, out, need_dx, dx, dW, db)
+    refuse_kind(dout, "dout", "backward")
     if not all(isinstance(a, _ndarray) for a in (dout, x, W, out)):
         return _core.backward(dout, x, W, out, need_dx, dx, dW, db)  # raises the TypeError
     x2, (out2, dout2), dx2 = _flatten_batch(x, W, {"out": out, "dout": dout}, dx)
@@ -330,6 +332,7 @@ def backward_from_preactivation(
     """
     if type(x) is _ndarray and x.ndim == 2 and type(dZ) is _ndarray and dZ.ndim == 2:
         return _core.backward_from_preactivation(dZ, x, W, need_dx, dx, dW, db)
+    refuse_kind(dZ, "dZ", "backward_from_preactivation")
     if not all(isinstance(a, _ndarray) for a in (dZ, x, W)):
         # The core raises the TypeError naming the argument.
         return _core.backward_from_preactivation(dZ, x, W, need_dx, dx, dW, db)

@@ -1,5 +1,6 @@
-"""Output buffers reused across calls with the same shapes, so a training loop with a
-fixed batch size allocates nothing after its first step."""
+"""Output buffers reused across calls with the same shapes, for layers and losses built
+with ``reuse_buffers=True``: a training loop with a fixed batch size then allocates
+nothing after its first step."""
 
 from __future__ import annotations
 
@@ -21,10 +22,13 @@ class BufferCache:
     valid for whoever still holds them; they are just no longer reused).
     """
 
-    __slots__ = ("_arrays", "_dtype")
+    __slots__ = ("_arrays", "_dtype", "_kind")
 
-    def __init__(self, dtype: np.dtype[np.floating]) -> None:
+    def __init__(
+        self, dtype: np.dtype[np.floating], *, kind: type[NDArray[np.floating]] = np.ndarray
+    ) -> None:
         self._dtype = dtype
+        self._kind = kind
         self._arrays: dict[tuple[int, ...], NDArray[np.floating]] = {}
 
     def get(self, shape: tuple[int, ...]) -> NDArray[np.floating]:
@@ -33,6 +37,8 @@ class BufferCache:
             if len(self._arrays) >= _MAX_SHAPES:
                 del self._arrays[next(iter(self._arrays))]
             array = np.zeros(shape, self._dtype)
+            if self._kind is not np.ndarray:
+                array = array.view(self._kind)
             self._arrays[shape] = array
         return array
 

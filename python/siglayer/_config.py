@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from typing import Any, TextIO, TypedDict, cast
+from typing import Any, Literal, TextIO, TypedDict, cast, overload
 
 import numpy as np
 
@@ -143,8 +143,15 @@ def config() -> Config:
     }
 
 
-def show_config(file: TextIO | None = None) -> None:
-    """Print the version, BLAS backend, threads and SIMD level in use, one per line.
+@overload
+def show_config(file: TextIO | None = None, *, mode: Literal["stdout"] = "stdout") -> None: ...
+@overload
+def show_config(file: None = None, *, mode: Literal["dicts"]) -> dict[str, object]: ...
+def show_config(
+    file: TextIO | None = None, *, mode: Literal["stdout", "dicts"] = "stdout"
+) -> dict[str, object] | None:
+    """Print the version, BLAS backend, threads and SIMD level in use, one per line; or,
+    with ``mode="dicts"`` (as ``numpy.show_config``), return them as a dict.
 
     The lines are: ``version`` (``siglayer.__version__``), ``blas`` (the backend
     compiled in: scipy-openblas32, mkl or system), ``blas_details`` (its own
@@ -160,6 +167,12 @@ def show_config(file: TextIO | None = None) -> None:
     ----------
     file : text stream, optional
         Where to print; ``sys.stdout`` by default.
+    mode : "stdout" (default) or "dicts"
+        "dicts": print nothing and return a new dict of the same keys and values.
+
+    Returns
+    -------
+    None, or with ``mode="dicts"`` a dict of str to str or int.
 
     Examples
     --------
@@ -168,7 +181,16 @@ def show_config(file: TextIO | None = None) -> None:
     >>> siglayer.show_config(text)
     >>> text.getvalue().splitlines()[0] == f"        version: {siglayer.__version__}"
     True
+    >>> siglayer.show_config(mode="dicts")["version"] == siglayer.__version__
+    True
     """
+    if mode == "dicts":
+        if file is not None:
+            raise ValueError("show_config(mode='dicts') returns the dict; it takes no file")
+        return dict(config())
+    if mode != "stdout":
+        raise ValueError(f"mode must be 'stdout' or 'dicts', got {mode!r}")
     out = sys.stdout if file is None else file
     for key, value in config().items():
         print(f"{key:>15}: {value}", file=out)
+    return None

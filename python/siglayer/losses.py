@@ -35,10 +35,13 @@ from numpy.typing import NDArray
 
 from . import _core
 from ._buffers import BufferCache
+from ._gradients import OutputGradient, PreactivationGradient
 
 __all__ = [
     "BCELoss",
     "MSELoss",
+    "OutputGradient",
+    "PreactivationGradient",
     "bce_grad_preactivation",
     "bce_loss",
     "bce_with_logits_loss",
@@ -121,8 +124,9 @@ def mse_grad(
 ) -> Array:
     """dL/dout of :func:`mse_loss`: 2 * (out - y) / N (N = 1 for reduction='sum').
 
-    ``dout``, if given, is a C-contiguous buffer of out's shape and dtype to write into;
-    it is returned.
+    Without ``dout``, a new :class:`OutputGradient` (an ndarray that ``backward`` takes
+    and ``backward_from_preactivation`` refuses). ``dout``, if given, is a C-contiguous
+    buffer of out's shape and dtype to write into; it is returned as it is.
 
     Parameters
     ----------
@@ -139,12 +143,12 @@ def mse_grad(
     >>> import numpy as np
     >>> from siglayer.losses import mse_grad
     >>> mse_grad(np.array([0.5, 1.0]), np.array([0.0, 1.0]))
-    array([0.5, 0. ])
+    OutputGradient([0.5, 0. ])
     """
     _check_pair(out, y, "out")
     n = _divisor(out.size, reduction)
     if dout is None:
-        dout = np.empty_like(out)
+        dout = _new(OutputGradient, out)
     else:
         _check_buffer(dout, "dout", out)
     _core.mse(_contiguous(out), _contiguous(y), dout, n)
@@ -219,8 +223,9 @@ def bce_grad_preactivation(
     """dL/dZ of binary cross-entropy through the sigmoid out = sigmoid(Z): (out - y) / N.
 
     Finite and exact for every out in [0, 1] (no division by out * (1 - out)). Feed it to
-    ``backward_from_preactivation`` of the layer that produced out. ``dZ``, if given, is
-    a C-contiguous buffer of out's shape and dtype to write into; it is returned.
+    ``backward_from_preactivation`` of the layer that produced out. Without ``dZ``, a new
+    :class:`PreactivationGradient` (which ``backward`` refuses). ``dZ``, if given, is a
+    C-contiguous buffer of out's shape and dtype to write into; it is returned as it is.
 
     Parameters
     ----------
@@ -238,12 +243,12 @@ def bce_grad_preactivation(
     >>> import numpy as np
     >>> from siglayer.losses import bce_grad_preactivation
     >>> bce_grad_preactivation(np.array([1.0, 0.25]), np.array([0.0, 0.0]))
-    array([0.5  , 0.125])
+    PreactivationGradient([0.5  , 0.125])
     """
     _check_pair(out, y, "out")
     n = _divisor(out.size, reduction)
     if dZ is None:
-        dZ = np.empty_like(out)
+        dZ = _new(PreactivationGradient, out)
     else:
         _check_buffer(dZ, "dZ", out)
     np.subtract(out, y, out=dZ)
@@ -262,26 +267,42 @@ def _check_buffer(buf: object, name: str, like: Array) -> None:
         raise ValueError(f"{name} must be a C-contiguous, writeable array")
 
 
+def _new(kind: type[Array], like: Array) -> Array:
+    """A new C-contiguous array of like's shape and dtype, of the gradient class ``kind``."""
+    new: Array = np.ndarray.__new__(kind, like.shape, like.dtype)
+    return new
+
+
 class _Loss:
-    """Loss value on call, gradient from :meth:`backward`, buffers reused per shape."""
+    """Loss value on call, gradient from :meth:`backward`."""
 
-    _grad_name = "grad"
+    _kind: type[Array] = OutputGradient
 
-    def __init__(self, *, reduction: Reduction = "mean") -> None:
+    def __init__(self, *, reduction: Reduction = "mean", reuse_buffers: bool = False) -> None:
         _divisor(1, reduction)  # validates
+        if not isinstance(reuse_buffers, bool):
+            raise TypeError(f"reuse_buffers must be a bool, got {type(reuse_buffers).__name__}")
         self.reduction: Reduction = reduction
-        self._caches: dict[tuple[np.dtype[np.floating], int], BufferCache] = {}
+        self.reuse_buffers = reuse_buffers
+        self._caches: dict[np.dtype[np.floating], BufferCache] = {}
         self._grad: Array | None = None
 
-    def _buffer(self, like: Array, slot: int) -> Array:
-        """Buffer number ``slot`` (0: the gradient) of like's shape and dtype."""
-        cache = self._caches.get((like.dtype, slot))
+    def __repr__(self) -> str:
+        reuse = ", reuse_buffers=True" if self.reuse_buffers else ""
+        return f"{type(self).__name__}(reduction={self.reduction!r}{reuse})"
+
+    def _gradient_buffer(self, like: Array) -> Array:
+        """A new gradient array of like's shape and dtype, or the reused one."""
+        if not self.reuse_buffers:
+            return _new(self._kind, like)
+        cache = self._caches.get(like.dtype)
         if cache is None:
-            cache = self._caches[like.dtype, slot] = BufferCache(like.dtype)
+            cache = self._caches[like.dtype] = BufferCache(like.dtype, kind=self._kind)
         return cache.get(like.shape)
 
     def backward(self) -> Array:
-        """The gradient of the last call's loss (a buffer reused by the next call)."""
+        """The gradient of the last call's loss: a new array per call (with
+        ``reuse_buffers=True``, a buffer overwritten by the next call of the same shape)."""
         if self._grad is None:
             raise RuntimeError(
                 f"{type(self).__name__}.backward called before the loss: call loss_fn(out, y) first"
@@ -295,6 +316,12 @@ class MSELoss(_Loss):
     Parameters
     ----------
     reduction : 'mean' (over all elements, default) or 'sum'
+    reuse_buffers : bool, default False
+        True: the gradient is written into one buffer per shape, overwritten by the next
+        call (no allocation in a loop with a fixed batch size).
+
+    The gradient is an :class:`OutputGradient`: ``backward_from_preactivation`` refuses
+    it with a TypeError instead of skipping the sigmoid's derivative.
 
     Examples
     --------
@@ -310,7 +337,7 @@ class MSELoss(_Loss):
         """The loss (a float); computes the gradient that :meth:`backward` returns."""
         _check_pair(out, y, "out")
         n = _divisor(out.size, self.reduction)
-        dout = self._buffer(out, 0)
+        dout = self._gradient_buffer(out)
         loss = float(_core.mse(_contiguous(out), _contiguous(y), dout, n)) / n
         self._grad = dout
         return loss
@@ -321,12 +348,15 @@ class BCELoss(_Loss):
 
     Calling it returns the loss; :meth:`backward` returns dZ = (out - y) / N, the gradient
     with respect to the last layer's *pre-activation*, for
-    ``net.backward_from_preactivation``: not for ``net.backward``, which would apply the
-    sigmoid's derivative a second time.
+    ``net.backward_from_preactivation``. It is a :class:`PreactivationGradient`:
+    ``net.backward``, which would apply the sigmoid's derivative a second time, refuses
+    it with a TypeError.
 
     Parameters
     ----------
     reduction : 'mean' (over all elements, default, as torch.nn.BCELoss) or 'sum'
+    reuse_buffers : bool, default False
+        As for :class:`MSELoss`.
 
     Notes
     -----
@@ -345,13 +375,15 @@ class BCELoss(_Loss):
     >>> _ = net.backward_from_preactivation(loss_fn.backward())
     """
 
+    _kind = PreactivationGradient
+
     def __call__(self, out: Array, y: Array, *, logits: Array | None = None) -> float:
         """The loss (a float); computes the dZ that :meth:`backward` returns."""
         _check_pair(out, y, "out")
         n = _divisor(out.size, self.reduction)
         if logits is not None:
             _check_pair(logits, y, "logits")
-        dZ = self._buffer(out, 0)
+        dZ = self._gradient_buffer(out)
         # One pass writes dZ = (out - y) / n and sums the clamped logs.
         loss = float(_core.bce_sigmoid(_contiguous(out), _contiguous(y), dZ, n)) / n
         if logits is not None:

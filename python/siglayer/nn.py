@@ -1,9 +1,7 @@
 """Layer objects for training loops: :class:`SigmoidLayer`, :class:`Sequential`, and saving
 and loading their parameters.
 
-A layer owns its weights and the gradients that its backward pass fills, and reuses its
-output and gradient buffers from one call to the next, so that a training loop with a
-fixed batch size allocates nothing after its first step::
+A layer owns its weights and the gradients that its backward pass fills::
 
     net = siglayer.Sequential(siglayer.SigmoidLayer(64, 32, seed=0),
                               siglayer.SigmoidLayer(32, 10, seed=1))
@@ -15,8 +13,10 @@ fixed batch size allocates nothing after its first step::
         net.backward_from_preactivation(loss_fn.backward())
         optimizer.step()
 
-Reused buffers mean that a result is overwritten by the next call that produces one of
-the same shape: keep ``out.copy()`` if you need a result for longer.
+Every call returns a new array, as NumPy and PyTorch do, so ``[net(x) for x in batches]``
+holds every batch's output. A loop that wants to allocate nothing after its first step
+builds its layers with ``reuse_buffers=True``: each layer then returns its own buffer,
+overwritten by the next call with the same shapes.
 """
 
 from __future__ import annotations
@@ -26,13 +26,15 @@ import math
 import numbers
 import os
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple, Protocol, cast, runtime_checkable
+from typing import Any, Generic, Literal, Protocol, cast, overload, runtime_checkable
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from . import _api, _core
 from ._buffers import BufferCache
+from ._gradients import refuse_kind
+from ._typing import Float
 
 __all__ = ["Layer", "Parameter", "Sequential", "SigmoidLayer", "load_parameters", "save_parameters"]
 
@@ -41,8 +43,26 @@ _ndarray = np.ndarray
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-class Parameter(NamedTuple):
+def _same_array(owner: str, name: str, current: object, value: object) -> None:
+    """Accept ``value`` only if it is the array already held (what ``a -= b`` hands back).
+
+    ``layer.W -= lr * layer.dW`` first updates W in place, then assigns the very same
+    array back; that assignment must succeed, or the update would be applied and then
+    reported as an error. A different object is refused before anything changes.
+    """
+    if value is current:
+        return
+    raise AttributeError(
+        f"{owner}.{name} cannot be rebound to another object (got {type(value).__name__}; "
+        f"optimizers hold the array itself): change it in place, e.g. "
+        f"{owner}.{name}[...] = values or {owner}.{name} -= step"
+    )
+
+
+class Parameter:
     """A trainable array and the array that the backward pass writes its gradient into.
+
+    ``Parameter(name, value, grad)``; unpacks as ``name, value, grad = p``.
 
     Attributes
     ----------
@@ -54,30 +74,68 @@ class Parameter(NamedTuple):
     grad : ndarray, same shape and dtype
         Its gradient, overwritten (not accumulated) by each backward pass.
 
+    ``value`` and ``grad`` cannot be rebound to other arrays (the layer and the
+    optimizers hold these very arrays), but every in-place operator works:
+    ``p.value -= lr * p.grad`` and ``p.grad *= 0.5`` change the arrays exactly once.
+
     Examples
     --------
     >>> import siglayer
     >>> layer = siglayer.SigmoidLayer(3, 2, seed=0)
     >>> [(p.name, p.value.shape, p.grad.shape) for p in layer.parameters()]
     [('W', (3, 2), (3, 2)), ('b', (2,), (2,))]
+    >>> for p in layer.parameters():
+    ...     p.value -= 0.1 * p.grad                      # a plain SGD step
     """
 
-    name: str
-    value: Array
-    grad: Array
+    __slots__ = ("_grad", "_name", "_value")
+
+    def __init__(self, name: str, value: Array, grad: Array) -> None:
+        self._name = name
+        self._value = value
+        self._grad = grad
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def value(self) -> Array:
+        return self._value
+
+    @value.setter
+    def value(self, value: Array) -> None:
+        _same_array("parameter", "value", self._value, value)
+
+    @property
+    def grad(self) -> Array:
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Array) -> None:
+        _same_array("parameter", "grad", self._grad, value)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self._name, self._value, self._grad))
+
+    def __repr__(self) -> str:
+        v = self._value
+        return f"Parameter(name={self._name!r}, shape={v.shape}, dtype={v.dtype})"
 
 
 @runtime_checkable
-class Layer(Protocol):
+class Layer(Protocol[Float]):
     """What :class:`Sequential` needs from a layer (SigmoidLayer implements it)."""
 
     n_in: int
     n_out: int
-    dtype: np.dtype[np.floating]
 
-    def forward(self, x: Array) -> Array: ...
+    @property
+    def dtype(self) -> np.dtype[Float]: ...
 
-    def backward(self, dout: Array, *, need_dx: bool = True) -> Array | None: ...
+    def forward(self, x: NDArray[Float]) -> NDArray[Float]: ...
+
+    def backward(self, dout: NDArray[Float], *, need_dx: bool = True) -> NDArray[Float] | None: ...
 
     def parameters(self) -> list[Parameter]: ...
 
@@ -100,9 +158,9 @@ def _float_dtype(dtype: DTypeLike) -> np.dtype[np.floating]:
     return cast("np.dtype[np.floating]", dt)
 
 
-class SigmoidLayer:
+class SigmoidLayer(Generic[Float]):
     """A dense layer followed by a sigmoid, ``out = sigmoid(x @ W + b)``, with its own
-    weights, gradients and buffers.
+    weights and gradients.
 
     Parameters
     ----------
@@ -115,6 +173,11 @@ class SigmoidLayer:
         Seed of the initialisation: W is Glorot-uniform, drawn from
         U(-sqrt(6 / (n_in + n_out)), +sqrt(6 / (n_in + n_out))) in float64 and rounded to
         ``dtype``; b is zero. The same seed gives bitwise the same W.
+    reuse_buffers : bool, default False
+        False: every forward and backward returns a new array. True: the layer returns
+        its own buffer for each shape (a few shapes are kept), overwritten by the next
+        call with the same shape, so a loop with a fixed batch size allocates nothing
+        after its first step; keep ``out.copy()`` of a result you need for longer.
 
     Attributes
     ----------
@@ -125,19 +188,16 @@ class SigmoidLayer:
     dW, db : ndarray, shapes of W and b
         Gradients, overwritten by each :meth:`backward`.
 
-    W, b, dW and db are writeable arrays: change them in place (``layer.W[...] = values``);
-    they cannot be rebound, because optimizers hold references to these very arrays.
+    W, b, dW and db are writeable arrays that change in place: ``layer.W -= lr *
+    layer.dW``, ``layer.dW *= 0.5`` and ``layer.W[...] = values`` all work. They cannot be
+    rebound to other arrays (AttributeError, before anything changes), because
+    optimizers hold references to these very arrays.
 
     Notes
     -----
-    **Buffers are reused.** :meth:`forward` writes into a buffer owned by the layer, one
-    per input shape, and returns that buffer; the next forward with the same input shape
-    overwrites it. Likewise the dx returned by :meth:`backward`. Call ``.copy()`` on a
-    result you want to keep past the next call.
-
     **What backward uses.** forward keeps references (not copies) to its input x and its
     output; backward computes the gradients of the *last* forward from them. Do not change
-    x in place between forward and backward.
+    x or the output in place between forward and backward.
 
     Examples
     --------
@@ -148,8 +208,39 @@ class SigmoidLayer:
     >>> dx = layer.backward(np.ones_like(out))      # fills layer.dW, layer.db
     >>> layer.dW.shape, dx.shape
     ((3, 2), (4, 3))
+    >>> layer.W -= 0.1 * layer.dW                    # an in-place update
     """
 
+    @overload
+    def __init__(
+        self: SigmoidLayer[np.float32],
+        n_in: int,
+        n_out: int,
+        *,
+        dtype: type[np.float32] | np.dtype[np.float32] | Literal["float32"] = ...,
+        seed: int | np.random.Generator | None = ...,
+        reuse_buffers: bool = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: SigmoidLayer[np.float64],
+        n_in: int,
+        n_out: int,
+        *,
+        dtype: type[np.float64] | type[float] | np.dtype[np.float64] | Literal["float64"],
+        seed: int | np.random.Generator | None = ...,
+        reuse_buffers: bool = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: SigmoidLayer[np.floating],
+        n_in: int,
+        n_out: int,
+        *,
+        dtype: DTypeLike,
+        seed: int | np.random.Generator | None = ...,
+        reuse_buffers: bool = ...,
+    ) -> None: ...
     def __init__(
         self,
         n_in: int,
@@ -157,99 +248,121 @@ class SigmoidLayer:
         *,
         dtype: DTypeLike = np.float32,
         seed: int | np.random.Generator | None = None,
+        reuse_buffers: bool = False,
     ) -> None:
         self.n_in = _positive_int(n_in, "n_in")
         self.n_out = _positive_int(n_out, "n_out")
-        self.dtype = _float_dtype(dtype)
+        self._dtype = _float_dtype(dtype)
         if seed is not None and not isinstance(seed, (numbers.Integral, np.random.Generator)):
             raise TypeError(
                 f"seed must be an int, a numpy.random.Generator or None, got {type(seed).__name__}"
             )
+        if not isinstance(reuse_buffers, bool):
+            raise TypeError(f"reuse_buffers must be a bool, got {type(reuse_buffers).__name__}")
+        self.reuse_buffers = reuse_buffers
         rng = np.random.default_rng(seed)
         limit = math.sqrt(6.0 / (self.n_in + self.n_out))
-        self._W = rng.uniform(-limit, limit, size=(self.n_in, self.n_out)).astype(self.dtype)
-        self._b = np.zeros(self.n_out, self.dtype)
+        W = rng.uniform(-limit, limit, size=(self.n_in, self.n_out)).astype(self._dtype)
+        self._W = cast("NDArray[Float]", W)
+        self._b = cast("NDArray[Float]", np.zeros(self.n_out, self._dtype))
         self._dW = np.zeros_like(self._W)
         self._db = np.zeros_like(self._b)
-        self._outputs = BufferCache(self.dtype)
-        self._input_grads = BufferCache(self.dtype)
-        self._x: Array | None = None
-        self._out: Array | None = None
+        self._outputs = BufferCache(self._dtype)
+        self._input_grads = BufferCache(self._dtype)
+        self._x: NDArray[Float] | None = None
+        self._out: NDArray[Float] | None = None
 
-    # The four arrays are properties without setters: rebinding one would silently detach
-    # it from an optimizer that holds the old array.
     @property
-    def W(self) -> Array:
+    def dtype(self) -> np.dtype[Float]:
+        return cast("np.dtype[Float]", self._dtype)
+
+    # Setters that take back only the array already held: an in-place operator
+    # (layer.W -= step) assigns it back and must succeed; rebinding to another array
+    # would silently detach it from an optimizer holding the old one, so it is refused.
+    @property
+    def W(self) -> NDArray[Float]:
         return self._W
 
     @W.setter
-    def W(self, value: object) -> None:
-        raise AttributeError(
-            "W cannot be rebound (optimizers hold the array); assign in "
-            "place: layer.W[...] = values"
-        )
+    def W(self, value: NDArray[Float]) -> None:
+        _same_array("layer", "W", self._W, value)
 
     @property
-    def b(self) -> Array:
+    def b(self) -> NDArray[Float]:
         return self._b
 
     @b.setter
-    def b(self, value: object) -> None:
-        raise AttributeError(
-            "b cannot be rebound (optimizers hold the array); assign in "
-            "place: layer.b[...] = values"
-        )
+    def b(self, value: NDArray[Float]) -> None:
+        _same_array("layer", "b", self._b, value)
 
     @property
-    def dW(self) -> Array:
+    def dW(self) -> NDArray[Float]:
         return self._dW
 
+    @dW.setter
+    def dW(self, value: NDArray[Float]) -> None:
+        _same_array("layer", "dW", self._dW, value)
+
     @property
-    def db(self) -> Array:
+    def db(self) -> NDArray[Float]:
         return self._db
 
-    def __repr__(self) -> str:
-        return f"SigmoidLayer(n_in={self.n_in}, n_out={self.n_out}, dtype={self.dtype.name})"
+    @db.setter
+    def db(self, value: NDArray[Float]) -> None:
+        _same_array("layer", "db", self._db, value)
 
-    def forward(self, x: Array) -> Array:
+    def __repr__(self) -> str:
+        reuse = ", reuse_buffers=True" if self.reuse_buffers else ""
+        return (
+            f"SigmoidLayer(n_in={self.n_in}, n_out={self.n_out}, dtype={self._dtype.name}{reuse})"
+        )
+
+    def forward(self, x: NDArray[Float], *, out: NDArray[Float] | None = None) -> NDArray[Float]:
         """``sigmoid(x @ W + b)``, kept for the next :meth:`backward`.
 
         Parameters
         ----------
         x : ndarray, shape (..., n_in), dtype of the layer
             Any memory layout; it is referenced, not copied, until the next forward.
+        out : ndarray, shape (..., n_out), dtype of the layer, optional
+            A C-contiguous, writeable buffer for the result, not overlapping x.
 
         Returns
         -------
         ndarray, shape (..., n_out)
-            The layer's output buffer for this input shape, overwritten by the next
-            forward with the same input shape.
+            ``out`` when given; else a new array, or with ``reuse_buffers=True`` the
+            layer's buffer for this shape (overwritten by the next forward of the shape).
 
         Raises
         ------
         TypeError
             x is not an ndarray, or has another dtype than the layer.
         ValueError
-            x does not have n_in features.
+            x does not have n_in features, or ``out`` is unusable.
         """
         if (
             type(x) is not _ndarray
-            or x.dtype != self.dtype
+            or x.dtype != self._dtype
             or x.ndim == 0
             or x.shape[-1] != self.n_in
         ):
             self._check_input(x)
-        out = self._outputs.get((*x.shape[:-1], self.n_out))
+        own = out is None and self.reuse_buffers
+        if out is None:
+            shape = (*x.shape[:-1], self.n_out)
+            fresh = self._outputs.get(shape) if own else np.empty(shape, self._dtype)
+            out = cast("NDArray[Float]", fresh)
         try:
             if x.ndim == 2:
                 _core.forward(x, self._W, self._b, out)
             else:
                 _api.forward(x, self._W, self._b, out=out)
         except ValueError as exc:
-            if "out overlaps x" in str(exc):
+            if own and "out overlaps x" in str(exc):
                 raise ValueError(
                     "x shares memory with this layer's output buffer (the result of an "
-                    "earlier call); a layer keeps one forward at a time: pass x.copy()"
+                    "earlier call, reuse_buffers=True); a layer keeps one forward at a "
+                    "time: pass x.copy()"
                 ) from None
             raise
         self._x = x
@@ -258,7 +371,23 @@ class SigmoidLayer:
 
     __call__ = forward
 
-    def backward(self, dout: Array, *, need_dx: bool = True) -> Array | None:
+    @overload
+    def backward(
+        self,
+        dout: NDArray[Float],
+        *,
+        need_dx: Literal[True] = ...,
+        dx: NDArray[Float] | None = ...,
+    ) -> NDArray[Float]: ...
+    @overload
+    def backward(self, dout: NDArray[Float], *, need_dx: Literal[False]) -> None: ...
+    @overload
+    def backward(
+        self, dout: NDArray[Float], *, need_dx: bool = ..., dx: NDArray[Float] | None = ...
+    ) -> NDArray[Float] | None: ...
+    def backward(
+        self, dout: NDArray[Float], *, need_dx: bool = True, dx: NDArray[Float] | None = None
+    ) -> NDArray[Float] | None:
         """Gradients from ``dout = dL/dout`` of the last :meth:`forward`.
 
         Fills :attr:`dW` and :attr:`db` (overwriting them) and returns dx.
@@ -266,49 +395,74 @@ class SigmoidLayer:
         Parameters
         ----------
         dout : ndarray, shape of the last forward's output, dtype of the layer
+            Not dL/dZ: :meth:`siglayer.losses.BCELoss.backward`'s gradient goes to
+            :meth:`backward_from_preactivation` (given here, it is a TypeError).
         need_dx : bool, default True
             Compute dx (the first layer of a network needs none: one product fewer).
+        dx : ndarray, shape of the last x, optional
+            A C-contiguous, writeable buffer for dx (with ``need_dx=True``).
 
         Returns
         -------
         ndarray of the shape of the last x, or None
-            dx = dZ @ W.T with dZ = dout * out * (1 - out); the layer's buffer for this
-            shape, overwritten by the next backward with the same shape.
+            dx = dZ @ W.T with dZ = dout * out * (1 - out): ``dx`` when given, else a
+            new array (the layer's buffer for the shape with ``reuse_buffers=True``).
 
         Raises
         ------
         RuntimeError
             No forward has been run yet.
         TypeError
-            dout is not an ndarray or has another dtype.
+            dout is not an ndarray, has another dtype, or is a loss's dL/dZ.
         ValueError
             dout's shape differs from the last forward's output.
         """
         x, out = self._saved("backward")
-        if type(dout) is not _ndarray or dout.shape != out.shape:
+        if type(dout) is not _ndarray or dout.shape != out.shape or dout.dtype != self._dtype:
+            refuse_kind(dout, "dout", "backward")
             self._check_gradient(dout, "dout", out.shape)
-        dx = self._input_grads.get(x.shape) if _need_dx(need_dx) else None
+        dx = self._dx_buffer(x, need_dx, dx)
         if x.ndim == 2:
             _core.backward(dout, x, self._W, out, need_dx, dx, self._dW, self._db)
         else:
             _api.backward(dout, x, self._W, out, need_dx=need_dx, dx=dx, dW=self._dW, db=self._db)
         return dx
 
-    def backward_from_preactivation(self, dZ: Array, *, need_dx: bool = True) -> Array | None:
+    @overload
+    def backward_from_preactivation(
+        self,
+        dZ: NDArray[Float],
+        *,
+        need_dx: Literal[True] = ...,
+        dx: NDArray[Float] | None = ...,
+    ) -> NDArray[Float]: ...
+    @overload
+    def backward_from_preactivation(
+        self, dZ: NDArray[Float], *, need_dx: Literal[False]
+    ) -> None: ...
+    @overload
+    def backward_from_preactivation(
+        self, dZ: NDArray[Float], *, need_dx: bool, dx: NDArray[Float] | None = ...
+    ) -> NDArray[Float] | None: ...
+    def backward_from_preactivation(
+        self, dZ: NDArray[Float], *, need_dx: bool = True, dx: NDArray[Float] | None = None
+    ) -> NDArray[Float] | None:
         """Gradients from ``dZ = dL/dZ``, Z = x @ W + b of the last :meth:`forward`.
 
         For a loss that gives the gradient with respect to the pre-activation directly
         (binary cross-entropy fused with this sigmoid: dZ = (out - y) / N, see
-        :class:`siglayer.losses.BCELoss`); the sigmoid's derivative is not applied.
+        :class:`siglayer.losses.BCELoss`); the sigmoid's derivative is not applied, and a
+        dL/dout from :class:`siglayer.losses.MSELoss` is refused (TypeError).
         Fills :attr:`dW` and :attr:`db` and returns dx = dZ @ W.T.
 
         Parameters, returns and errors are those of :meth:`backward`, with dZ in place of
         dout.
         """
         x, out = self._saved("backward_from_preactivation")
-        if type(dZ) is not _ndarray or dZ.shape != out.shape:
+        if type(dZ) is not _ndarray or dZ.shape != out.shape or dZ.dtype != self._dtype:
+            refuse_kind(dZ, "dZ", "backward_from_preactivation")
             self._check_gradient(dZ, "dZ", out.shape)
-        dx = self._input_grads.get(x.shape) if _need_dx(need_dx) else None
+        dx = self._dx_buffer(x, need_dx, dx)
         if x.ndim == 2:
             _core.backward_from_preactivation(dZ, x, self._W, need_dx, dx, self._dW, self._db)
         else:
@@ -317,14 +471,14 @@ class SigmoidLayer:
             )
         return dx
 
-    def preactivation(self) -> Array:
+    def preactivation(self) -> NDArray[Float]:
         """Z = x @ W + b of the last forward, recomputed (one extra product; a new array).
 
         Useful for an exact loss from logits where the sigmoid output has saturated to 0
         or 1 (see :class:`siglayer.losses.BCELoss`).
         """
         x, _ = self._saved("preactivation")
-        return np.asarray(x @ self._W + self._b)
+        return cast("NDArray[Float]", np.asarray(x @ self._W + self._b))
 
     def parameters(self) -> list[Parameter]:
         """``[Parameter("W", W, dW), Parameter("b", b, db)]``."""
@@ -338,18 +492,27 @@ class SigmoidLayer:
         """Load W and b in place from an .npz file; see :func:`load_parameters`."""
         load_parameters(self.parameters(), path)
 
-    def _saved(self, what: str) -> tuple[Array, Array]:
+    def _saved(self, what: str) -> tuple[NDArray[Float], NDArray[Float]]:
         if self._x is None or self._out is None:
             raise RuntimeError(f"{what} called before any forward: run layer.forward(x) first")
         return self._x, self._out
 
+    def _dx_buffer(
+        self, x: NDArray[Float], need_dx: object, dx: NDArray[Float] | None
+    ) -> NDArray[Float] | None:
+        if not _need_dx(need_dx) or dx is not None:
+            return dx  # the core refuses a dx with need_dx=False
+        if self.reuse_buffers:
+            return cast("NDArray[Float]", self._input_grads.get(x.shape))
+        return np.empty(x.shape, self._dtype)
+
     def _check_input(self, x: object) -> None:
         if not isinstance(x, _ndarray):
             raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
-        if x.dtype != self.dtype:
+        if x.dtype != self._dtype:
             raise TypeError(
-                f"x has dtype {x.dtype} but this layer computes in {self.dtype}; "
-                f"pass x.astype(np.{self.dtype.name}) (nothing is converted "
+                f"x has dtype {x.dtype} but this layer computes in {self._dtype}; "
+                f"pass x.astype(np.{self._dtype.name}) (nothing is converted "
                 f"silently)"
             )
         if x.ndim == 0 or x.shape[-1] != self.n_in:
@@ -361,6 +524,11 @@ class SigmoidLayer:
     def _check_gradient(self, grad: object, name: str, expected: tuple[int, ...]) -> None:
         if not isinstance(grad, _ndarray):
             raise TypeError(f"{name} must be a numpy.ndarray, got {type(grad).__name__}")
+        if grad.dtype != self._dtype:
+            raise TypeError(
+                f"{name} has dtype {grad.dtype} but this layer computes in {self._dtype}; "
+                f"pass {name}.astype(np.{self._dtype.name}) (nothing is converted silently)"
+            )
         if grad.shape != expected:
             raise ValueError(
                 f"{name} has shape {grad.shape} but the last forward produced "
@@ -374,7 +542,7 @@ def _need_dx(need_dx: object) -> bool:
     return need_dx
 
 
-class Sequential:
+class Sequential(Generic[Float]):
     """Layers applied one after the other, with backward through the whole stack.
 
     Parameters
@@ -395,7 +563,7 @@ class Sequential:
     ['0.W', '0.b', '1.W', '1.b']
     """
 
-    def __init__(self, *layers: Layer) -> None:
+    def __init__(self, *layers: Layer[Float]) -> None:
         if not layers:
             raise ValueError("Sequential needs at least one layer")
         for i, layer in enumerate(layers):
@@ -413,7 +581,7 @@ class Sequential:
                 raise TypeError(f"layer {i} computes in {a.dtype} but layer {i + 1} in {b.dtype}")
         if len({id(layer) for layer in layers}) != len(layers):
             raise ValueError("the same layer object appears twice; create separate layers")
-        self.layers: tuple[Layer, ...] = tuple(layers)
+        self.layers: tuple[Layer[Float], ...] = tuple(layers)
 
     @property
     def n_in(self) -> int:
@@ -424,56 +592,83 @@ class Sequential:
         return self.layers[-1].n_out
 
     @property
-    def dtype(self) -> np.dtype[np.floating]:
+    def dtype(self) -> np.dtype[Float]:
         return self.layers[0].dtype
 
     def __len__(self) -> int:
         return len(self.layers)
 
-    def __getitem__(self, i: int) -> Layer:
+    def __getitem__(self, i: int) -> Layer[Float]:
         return self.layers[i]
 
-    def __iter__(self) -> Iterator[Layer]:
+    def __iter__(self) -> Iterator[Layer[Float]]:
         return iter(self.layers)
 
     def __repr__(self) -> str:
         inner = ",\n".join(f"  {layer!r}" for layer in self.layers)
         return f"Sequential(\n{inner}\n)"
 
-    def forward(self, x: Array) -> Array:
-        """The output of the last layer, shape (..., n_out): the last layer's buffer,
-        overwritten by the next forward of the same input shape (see :class:`SigmoidLayer`)."""
+    def forward(self, x: NDArray[Float]) -> NDArray[Float]:
+        """The output of the last layer, shape (..., n_out): a new array (the last
+        layer's buffer if it was built with ``reuse_buffers=True``)."""
         for layer in self.layers:
             x = layer.forward(x)
         return x
 
     __call__ = forward
 
-    def backward(self, dout: Array, *, need_dx: bool = False) -> Array | None:
+    @overload
+    def backward(self, dout: NDArray[Float], *, need_dx: Literal[False] = ...) -> None: ...
+    @overload
+    def backward(self, dout: NDArray[Float], *, need_dx: Literal[True]) -> NDArray[Float]: ...
+    @overload
+    def backward(self, dout: NDArray[Float], *, need_dx: bool) -> NDArray[Float] | None: ...
+    def backward(self, dout: NDArray[Float], *, need_dx: bool = False) -> NDArray[Float] | None:
         """Fill every layer's gradients from ``dout = dL/dout`` of the last forward.
 
         Returns the gradient with respect to the network's input when ``need_dx=True``,
-        else None (the first layer then skips that product).
+        else None (the first layer then skips that product). A loss's dL/dZ
+        (:meth:`siglayer.losses.BCELoss.backward`) is refused with a TypeError: it goes
+        to :meth:`backward_from_preactivation`.
         """
-        grad: Array | None = dout
+        refuse_kind(dout, "dout", "backward")
+        need = _need_dx(need_dx)
+        grad: NDArray[Float] | None = dout
         for i in range(len(self.layers) - 1, -1, -1):
             assert grad is not None
-            grad = self.layers[i].backward(grad, need_dx=i > 0 or need_dx)
+            grad = self.layers[i].backward(grad, need_dx=i > 0 or need)
         return grad
 
-    def backward_from_preactivation(self, dZ: Array, *, need_dx: bool = False) -> Array | None:
+    @overload
+    def backward_from_preactivation(
+        self, dZ: NDArray[Float], *, need_dx: Literal[False] = ...
+    ) -> None: ...
+    @overload
+    def backward_from_preactivation(
+        self, dZ: NDArray[Float], *, need_dx: Literal[True]
+    ) -> NDArray[Float]: ...
+    @overload
+    def backward_from_preactivation(
+        self, dZ: NDArray[Float], *, need_dx: bool
+    ) -> NDArray[Float] | None: ...
+    def backward_from_preactivation(
+        self, dZ: NDArray[Float], *, need_dx: bool = False
+    ) -> NDArray[Float] | None:
         """As :meth:`backward`, from dZ, the gradient with respect to the *last* layer's
-        pre-activation (what :class:`siglayer.losses.BCELoss` gives)."""
+        pre-activation (what :class:`siglayer.losses.BCELoss` gives); a loss's dL/dout
+        (:meth:`siglayer.losses.MSELoss.backward`) is refused with a TypeError."""
+        refuse_kind(dZ, "dZ", "backward_from_preactivation")
+        need = _need_dx(need_dx)
         last = self.layers[-1]
         if not hasattr(last, "backward_from_preactivation"):
             raise TypeError(
                 f"the last layer ({type(last).__name__}) has no backward_from_preactivation"
             )
         n = len(self.layers)
-        grad: Array | None = last.backward_from_preactivation(dZ, need_dx=n > 1 or need_dx)
+        grad: NDArray[Float] | None = last.backward_from_preactivation(dZ, need_dx=n > 1 or need)
         for i in range(n - 2, -1, -1):
             assert grad is not None
-            grad = self.layers[i].backward(grad, need_dx=i > 0 or need_dx)
+            grad = self.layers[i].backward(grad, need_dx=i > 0 or need)
         return grad
 
     def parameters(self) -> list[Parameter]:

@@ -6,13 +6,17 @@ call into the compiled core for all parameters; arrays of 65536 elements or more
 split between the OpenMP threads (``siglayer.set_num_threads``).
 
 Gradients are read from each :class:`~siglayer.Parameter`'s ``grad`` array, which the
-backward pass overwrites: there is no ``zero_grad`` to call.
+backward pass overwrites (not accumulates): ``zero_grad()`` exists for PyTorch habits and
+for code that adds into the gradients itself, but a plain loop does not need it.
+``state_dict()`` / ``load_state_dict()`` save and restore an optimizer mid-training, so
+that a resumed run continues bitwise as if it had not stopped.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -89,9 +93,131 @@ class Optimizer:
     def lr(self, value: float) -> None:
         self._lr = _hyper(value, "lr")
 
+    # Names of the per-parameter state lists (subclasses) and of the hyperparameters that
+    # state_dict() records.
+    _state_names: tuple[str, ...] = ()
+    _hyper_names: tuple[str, ...] = ("lr",)
+
     def step(self) -> None:
         """Update every parameter in place from its current gradient (in subclasses)."""
         raise NotImplementedError
+
+    def zero_grad(self) -> None:
+        """Set every parameter's gradient to zero, in place.
+
+        Not needed before a backward pass, which overwrites the gradients; for code that
+        accumulates into them itself (``p.grad += ...``).
+        """
+        for g in self._grads:
+            g.fill(0)
+
+    def __repr__(self) -> str:
+        hyper = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._hyper_names)
+        return f"{type(self).__name__}({len(self.params)} parameters, {hyper}, steps={self.steps})"
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs besides the parameters themselves: copies.
+
+        Returns
+        -------
+        dict
+            ``{"type": class name, "steps": int, "hyper": {name: value},
+            "params": [(name, shape, dtype str)], "state": {list name: [ndarray or
+            None per parameter]}}``: plain Python and NumPy objects (picklable, and
+            ``np.savez``-able after flattening), independent of later steps.
+
+        Examples
+        --------
+        >>> import siglayer
+        >>> net = siglayer.Sequential(siglayer.SigmoidLayer(4, 2, seed=0))
+        >>> opt = siglayer.optim.Adam(net.parameters(), lr=1e-2)
+        >>> opt.step()
+        >>> state = opt.state_dict()
+        >>> state["steps"], sorted(state["state"])
+        (1, ['exp_avg_sqs', 'exp_avgs'])
+        >>> opt2 = siglayer.optim.Adam(net.parameters())
+        >>> opt2.load_state_dict(state); opt2.steps, opt2.lr
+        (1, 0.01)
+        """
+        return {
+            "type": type(self).__name__,
+            "steps": self.steps,
+            "hyper": {k: getattr(self, k) for k in self._hyper_names},
+            "params": [(p.name, p.value.shape, p.value.dtype.str) for p in self.params],
+            "state": {
+                name: [None if a is None else a.copy() for a in getattr(self, name)]
+                for name in self._state_names
+            },
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, for the same kind of optimizer over
+        parameters of the same names, shapes and dtypes (parameter values are restored
+        separately, e.g. with :func:`siglayer.load_parameters`).
+
+        Every check runs before anything changes; the state arrays are copied in.
+
+        Raises
+        ------
+        TypeError
+            ``state`` is not a mapping, or comes from another kind of optimizer.
+        ValueError
+            Its parameters, state lists or arrays do not match this optimizer's.
+        """
+        if not isinstance(state, Mapping) or not {
+            "type",
+            "steps",
+            "hyper",
+            "params",
+            "state",
+        } <= set(state):
+            raise TypeError("state must be a dict returned by Optimizer.state_dict()")
+        if state["type"] != type(self).__name__:
+            raise TypeError(
+                f"state is from {state['type']}, this optimizer is {type(self).__name__}"
+            )
+        mine = [(p.name, p.value.shape, p.value.dtype.str) for p in self.params]
+        theirs = [(n, tuple(s), d) for n, s, d in state["params"]]
+        if theirs != mine:
+            raise ValueError(f"state is for parameters {theirs}, this optimizer has {mine}")
+        if set(state["state"]) != set(self._state_names):
+            raise ValueError(
+                f"state holds {sorted(state['state'])}, expected {sorted(self._state_names)}"
+            )
+        for name in self._state_names:
+            for i, (mine_a, theirs_a) in enumerate(
+                zip(getattr(self, name), state["state"][name], strict=True)
+            ):
+                if (mine_a is None) != (theirs_a is None) or (
+                    mine_a is not None
+                    and (
+                        not isinstance(theirs_a, np.ndarray)
+                        or theirs_a.shape != mine_a.shape
+                        or theirs_a.dtype != mine_a.dtype
+                    )
+                ):
+                    raise ValueError(
+                        f"state['state']['{name}'][{i}] does not match parameter "
+                        f"{self.params[i].name} (or the hyperparameters differ: "
+                        f"{state['hyper']})"
+                    )
+        steps = state["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"state['steps'] must be an int >= 0, got {steps!r}")
+        old = {k: getattr(self, k) for k in self._hyper_names}
+        try:
+            self._set_hyper(state["hyper"])
+        except (TypeError, ValueError):
+            self._set_hyper(old)
+            raise
+        for name in self._state_names:
+            for mine_a, theirs_a in zip(getattr(self, name), state["state"][name], strict=True):
+                if mine_a is not None:
+                    np.copyto(mine_a, theirs_a)
+        self.steps = steps
+
+    def _set_hyper(self, hyper: Mapping[str, Any]) -> None:
+        self.lr = hyper["lr"]
 
 
 def _check_parameter(p: object, i: int) -> None:
@@ -165,6 +291,25 @@ class SGD(Optimizer):
             np.zeros_like(v) if self.momentum != 0 else None for v in self._values
         ]
 
+    _state_names = ("velocities",)
+    _hyper_names = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+
+    def _set_hyper(self, hyper: Mapping[str, Any]) -> None:
+        momentum = _hyper(hyper["momentum"], "momentum")
+        if (momentum != 0) != (self.momentum != 0):
+            raise ValueError(
+                f"state has momentum={momentum}, this optimizer {self.momentum}: with and "
+                f"without momentum keep different state"
+            )
+        nesterov = hyper["nesterov"]
+        if not isinstance(nesterov, bool):
+            raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
+        self.lr = hyper["lr"]
+        self.momentum = momentum
+        self.dampening = _hyper(hyper["dampening"], "dampening")
+        self.weight_decay = _hyper(hyper["weight_decay"], "weight_decay")
+        self.nesterov = nesterov
+
     def step(self) -> None:
         """Update every parameter in place from its current gradient."""
         _core.sgd_step(
@@ -236,6 +381,25 @@ class Adam(Optimizer):
         self.decoupled_weight_decay = decoupled_weight_decay
         self.exp_avgs: list[Array] = [np.zeros_like(v) for v in self._values]
         self.exp_avg_sqs: list[Array] = [np.zeros_like(v) for v in self._values]
+
+    _state_names = ("exp_avgs", "exp_avg_sqs")
+    _hyper_names = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay")
+
+    def _set_hyper(self, hyper: Mapping[str, Any]) -> None:
+        betas = hyper["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair of floats, got {betas!r}")
+        decoupled = hyper["decoupled_weight_decay"]
+        if not isinstance(decoupled, bool):
+            raise TypeError("decoupled_weight_decay must be a bool")
+        self.lr = hyper["lr"]
+        self.betas = (
+            _hyper(betas[0], "betas[0]", below=1.0),
+            _hyper(betas[1], "betas[1]", below=1.0),
+        )
+        self.eps = _hyper(hyper["eps"], "eps")
+        self.weight_decay = _hyper(hyper["weight_decay"], "weight_decay")
+        self.decoupled_weight_decay = decoupled
 
     def step(self) -> None:
         """Update every parameter in place from its current gradient."""
