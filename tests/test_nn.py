@@ -389,9 +389,10 @@ def test_sequential_parameters_and_errors():
 def test_steady_state_training_allocates_nothing(rng, optimizer):
     """With reuse_buffers=True on the layers and the loss, after warm-up, 300 steps of
     forward, loss, backward and optimizer step allocate no array memory: tracemalloc (which
-    sees NumPy's data allocations) shows a peak below half the smallest per-batch buffer (out of the last layer, 128 x 16 float32 = 8 KiB), and
-    no growth at the end beyond a few live Python ints (the step counter). Small Python
-    objects (tuples, floats) come and go in between, about 1.3 KiB at peak."""
+    sees NumPy's data allocations) shows a peak below half the smallest per-batch buffer
+    (out of the last layer, 128 x 16 float32 = 8 KiB), and no growth at the end beyond a
+    few live Python ints (the step counter). Small Python objects (tuples, floats) come
+    and go in between, about 1.3 KiB at peak."""
     net = siglayer.Sequential(
         siglayer.SigmoidLayer(64, 32, seed=0, reuse_buffers=True),
         siglayer.SigmoidLayer(32, 16, seed=1, reuse_buffers=True),
