@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -53,3 +54,27 @@ def test_show_config_names_backend_and_simd(capsys):
 def test_unknown_command(bad):
     with pytest.raises(SystemExit):
         cli.main(bad)
+
+
+def test_quick_form_checks_without_timing(capsys):
+    assert cli.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "all results match the reference" in out and "speedup" not in out
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["check", "--help"], ["bench", "--help"]])
+def test_help_names_no_private_module(argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: python -m siglayer" in out
+    assert not re.search(r"\bsiglayer\._|\b_(core|bench|mixed|timing|api)\b", out), out
+
+
+def test_timing_says_how_long_before_it_starts(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "TIMING_SIZES", [(8, 4, 3)])
+    cli.check(timing=True)
+    out = capsys.readouterr().out
+    announce = out.index(f"about {cli.TIMING_SECONDS} s")
+    assert announce < out.index("(8, 4, 3)") and "--quick" in out[announce:]
