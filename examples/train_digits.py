@@ -6,7 +6,7 @@ the 10 outputs is a one-vs-rest classifier (is this digit a 3?) trained with bin
 cross-entropy fused with the last sigmoid; the predicted digit is the most confident
 output. Adam, mini-batches of 32.
 
-    pip install "siglayer[examples]"
+    pip install ".[examples]"                            # from the source checkout
     python examples/train_digits.py                      # about a second
     python examples/train_digits.py --epochs 40 --seed 1 --plot curves.png
 """

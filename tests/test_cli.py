@@ -78,3 +78,12 @@ def test_timing_says_how_long_before_it_starts(monkeypatch, capsys):
     out = capsys.readouterr().out
     announce = out.index(f"about {cli.TIMING_SECONDS} s")
     assert announce < out.index("(8, 4, 3)") and "--quick" in out[announce:]
+
+
+def test_docs_command_lists_the_installed_documentation(capsys):
+    assert cli.main(["docs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    pages = {line.strip().rsplit("/", 1)[-1]: line.strip() for line in lines[1:]}
+    assert {"guide.md", "derivation.md", "reliability.md"} <= set(pages)
+    with open(pages["guide.md"], encoding="utf-8") as f:
+        assert f.read().startswith("# siglayer user guide")

@@ -28,8 +28,10 @@ weights, gradients and buffers; ``Parameter``, ``save_parameters``,
 ``load_parameters``), ``siglayer.losses`` and ``siglayer.optim``; for PyTorch,
 ``siglayer.torch`` (imported on its own, only when torch is installed).
 
-The user guide is docs/guide.md in the source distribution; ``python -m siglayer``
-checks the installation against the NumPy reference and times both.
+The user guide (guide.md), the derivation of the gradients (derivation.md) and the
+reliability notes (reliability.md) are installed with the package, in the ``docs``
+folder next to this file: ``python -m siglayer docs`` prints where. ``python -m
+siglayer`` checks the installation against the NumPy reference and times both.
 
 Examples
 --------

@@ -3,7 +3,8 @@
 ``check`` (the default) compares siglayer with the NumPy reference on a few sizes in
 both dtypes, printing the errors, then prints a short timing table against NumPy.
 Exit status 1 on any mismatch. ``explain`` prints a small worked example of the
-derivation of backward, exit status 1 if its numbers disagree. ``bench`` times siglayer
+derivation of backward, exit status 1 if its numbers disagree. ``docs`` prints where the
+installed documentation is. ``bench`` times siglayer
 against NumPy, the GEMM floor and PyTorch, exit status 1 if a contender's result
 disagrees with the reference.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from importlib import resources
 
 import numpy as np
 
@@ -95,6 +97,22 @@ def check(*, timing: bool = True) -> int:
     return 0
 
 
+def docs() -> int:
+    """Print the installed documentation files; exit status 1 if they are missing."""
+    folder = resources.files("siglayer") / "docs"  # the installed copy, editable installs too
+    pages = sorted(
+        (p for p in folder.iterdir() if p.name.endswith(".md")) if folder.is_dir() else [],
+        key=lambda p: p.name,
+    )
+    if not pages:
+        print(f"no documentation found in {folder} (an incomplete install?)", file=sys.stderr)
+        return 1
+    print(f"siglayer's documentation, installed with the package in {folder}:")
+    for page in pages:
+        print(f"  {page}")
+    return 0
+
+
 def _fmt(seconds: float) -> str:
     return f"{seconds * 1e6:>10.1f}us" if seconds < 1e-3 else f"{seconds * 1e3:>10.2f}ms"
 
@@ -138,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-timing", "--quick", action="store_true", help="skip the timing table"
     )
     sub.add_parser("explain", help="a worked example: the Jacobian of W contracted vs backward")
+    sub.add_parser("docs", help="print where the installed documentation is")
     bench_p = sub.add_parser(
         "bench",
         help="time siglayer against NumPy, the GEMM floor and PyTorch (minutes)",
@@ -150,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         return check(timing=not (args.quick or getattr(args, "no_timing", False)))
     if args.command == "explain":
         return _derivation.explain()
+    if args.command == "docs":
+        return docs()
     if args.command == "bench":
         return _bench.main(args)
     parser.error(f"unknown command {args.command}")

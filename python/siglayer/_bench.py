@@ -588,9 +588,7 @@ def plot(rows: Sequence[Row], path: str) -> None:
     try:
         import matplotlib
     except ImportError as exc:
-        raise SystemExit(
-            "--plot needs matplotlib: pip install 'siglayer[plot]' (or matplotlib)"
-        ) from exc
+        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
