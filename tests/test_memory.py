@@ -68,13 +68,14 @@ def make_workload(seed: int = 0):
         "db": np.empty(20),
     }
     inputs = [x32, W32, b32, x64, W64, b64, xb]
-    # A training step with the layer objects; six batch sizes, more than a layer keeps
-    # buffers for, so buffers are also dropped and made again.
+    # A training step with the layer objects: the first layer and the loss reuse buffers,
+    # for six batch sizes, more than they keep buffers for, so buffers are also dropped and
+    # made again; the second layer returns fresh arrays (the default).
     net = siglayer.Sequential(
-        siglayer.SigmoidLayer(40, 24, dtype=np.float64, seed=0),
+        siglayer.SigmoidLayer(40, 24, dtype=np.float64, seed=0, reuse_buffers=True),
         siglayer.SigmoidLayer(24, 8, dtype=np.float64, seed=1),
     )
-    loss_fn = siglayer.losses.BCELoss()
+    loss_fn = siglayer.losses.BCELoss(reuse_buffers=True)
     optimizer = siglayer.optim.Adam(net.parameters(), lr=1e-3)
     batches = [
         (rng.standard_normal((m, 40)), rng.random((m, 8)) < 0.5) for m in (8, 9, 10, 11, 12, 13)
