@@ -17,6 +17,7 @@ import pytest
 from hypothesis import settings
 
 import siglayer
+from siglayer._dtypes import FLOAT_DTYPES
 
 # Hypothesis: by default ("ci") a bounded and reproducible run (the same examples every
 # time, nothing written to .hypothesis/); SIGLAYER_HYPOTHESIS_PROFILE=long searches
@@ -27,11 +28,9 @@ settings.register_profile(
 settings.register_profile("long", max_examples=5000, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("SIGLAYER_HYPOTHESIS_PROFILE", "ci"))
 
-EPS = {
-    np.dtype(np.float32): float(np.finfo(np.float32).eps),
-    np.dtype(np.float64): float(np.finfo(np.float64).eps),
-}
-DTYPES = [np.float32, np.float64]
+# Every per-dtype table of the tests is keyed by the package's one list of dtypes.
+DTYPES = [dt.type for dt in FLOAT_DTYPES]
+EPS = {dt: float(np.finfo(dt).eps) for dt in FLOAT_DTYPES}
 
 
 def product_bound(abs_a: np.ndarray, abs_b: np.ndarray, k: int, dtype: np.dtype) -> np.ndarray:

@@ -18,7 +18,8 @@ from conftest import (
     make_problem,
     product_bound,
 )
-from siglayer import reference
+from siglayer import _core, reference
+from siglayer._dtypes import FLOAT_DTYPES
 
 
 def check_backward(dout, x, W, out, got) -> None:
@@ -224,3 +225,29 @@ def test_preallocated_training_step_allocates_nothing(rng, threads, dtype):
         tracemalloc.stop()
     assert current - start <= 0
     assert peak - start < db.nbytes, f"a step allocated {peak - start} bytes"
+
+
+# ---------------------------------------------------------------- the one dtype list
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.float16, np.int32, np.complex64, np.longdouble], ids=lambda d: np.dtype(d).name
+)
+def test_an_unknown_dtype_reaching_the_dispatch_raises_type_error(dtype):
+    """The dispatch names every supported dtype and refuses the rest (it used to run any
+    other as float64); probed with no dtype check in front of it."""
+    with pytest.raises(TypeError, match=r"^a: no kernel for NumPy type number \d+; siglayer"):
+        _core.dispatch_probe(np.zeros(3, dtype))
+
+
+def test_the_dispatch_lists_exactly_the_package_dtypes():
+    assert [_core.dispatch_probe(np.zeros(1, dt)) for dt in FLOAT_DTYPES] == [
+        dt.name for dt in FLOAT_DTYPES
+    ]
+
+
+def test_an_overlap_is_told_apart_by_its_class(rng):
+    x = rng.standard_normal((4, 4))
+    with pytest.raises(_core.OverlapError, match="out overlaps x"):
+        siglayer.forward(x, np.eye(4), np.zeros(4), out=x)
+    assert issubclass(_core.OverlapError, ValueError)

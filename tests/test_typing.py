@@ -41,8 +41,8 @@ def _runtime_functions() -> dict[str, list[tuple[str, bool]]]:
     functions = {}
     for name in dir(_core):
         obj = getattr(_core, name)
-        if name.startswith("_") or not callable(obj):
-            continue
+        if name.startswith("_") or not callable(obj) or isinstance(obj, type):
+            continue  # exception classes (OverlapError) are checked with the attributes
         signature = re.match(rf"{name}\((.*)\) ->", obj.__doc__.splitlines()[0])
         assert signature, f"no signature line in _core.{name}.__doc__"
         params = re.findall(r"(?:^|, )(\w+): [^,=]+?( = [^,]+)?(?=, \w+:|$)", signature[1])
@@ -61,6 +61,9 @@ def test_stub_declares_the_module_attributes():
     tree = ast.parse((PACKAGE_DIR / "_core.pyi").read_text())
     declared = {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign)}
     assert "__version__" in declared and isinstance(_core.__version__, str)
+    classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+    runtime = {n for n in dir(_core) if isinstance(getattr(_core, n), type)}
+    assert runtime <= classes, f"exception classes missing from the stub: {runtime - classes}"
 
 
 def test_config_keys_match_the_stub():

@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "../siglayer/dtypes.hpp"
 #include "../siglayer/views.hpp"
 
 namespace siglayer::bindings {
@@ -31,11 +32,21 @@ int float_type_num(const py::array& a, const char* name);
 // TypeError unless every array has the same dtype as the first.
 void require_same_dtype(std::initializer_list<std::pair<const char*, const py::array*>> arrays);
 
-// The one place where a dtype picks the template: calls f(float{}) or f(double{}).
+// The one place where a dtype picks the template: f(float{}) for float32, f(double{}) for
+// float64 (the list of cpp/siglayer/dtypes.hpp), and a TypeError naming the argument
+// for any other dtype, so that no dtype ever runs as another.
 template <class F>
-decltype(auto) dispatch_dtype(int type_num, F&& f) {
-    if (type_num == py::detail::npy_api::NPY_FLOAT_) return f(float{});
-    return f(double{});
+decltype(auto) dispatch_dtype(int type_num, const char* name, F&& f) {
+    switch (type_num) {
+        case py::detail::npy_api::NPY_FLOAT_:
+            return f(float{});
+        case py::detail::npy_api::NPY_DOUBLE_:
+            return f(double{});
+        default:
+            throw py::type_error(std::string(name) + ": no kernel for NumPy type number " +
+                                 std::to_string(type_num) + "; siglayer computes in " +
+                                 DType<float>::name + " and " + DType<double>::name);
+    }
 }
 
 // Element strides of a 2-D (or 1-D) array; ValueError if a stride is not a whole

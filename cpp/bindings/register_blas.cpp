@@ -5,22 +5,22 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "../siglayer/checks.hpp"
 #include "../siglayer/gemm.hpp"
+#include "../siglayer/operands.hpp"
 #include "arrays.hpp"
 
 namespace siglayer::bindings {
 
 namespace {
 
-// A 2-D view BLAS takes as it is: op(data) with leading dimension ld is `trans` of the
-// stored matrix. C order keeps the flag, F order flips it; other layouts are refused
-// (this is a benchmark primitive: it never copies).
+// A 2-D array as BLAS takes it without a copy (the core's unpacked_operand): op(data)
+// with leading dimension ld is `trans` of the stored matrix; rows and cols are those of
+// op(stored). Other layouts are refused: this is a benchmark primitive, it never copies.
 template <class T>
 struct Operand {
-    const T* data;
-    blas::Op op;
-    index_t ld;
-    index_t rows, cols;  // of op(stored), the logical matrix
+    BlasOperand<T> blas;
+    index_t rows, cols;
 };
 
 template <class T>
@@ -28,37 +28,15 @@ Operand<T> operand(const py::array& a, const char* name, bool trans) {
     if (a.ndim() != 2)
         throw py::value_error(std::string(name) + " must be 2-D, got shape " + shape_of(a));
     const MatrixView<T> m = matrix_view<T>(a, name);
-    const blas::Op want = trans ? blas::Op::T : blas::Op::N;
-    const index_t rows = trans ? m.cols : m.rows, cols = trans ? m.rows : m.cols;
-    if ((m.col_stride == 1 || m.cols <= 1) && (m.rows <= 1 || m.row_stride >= m.cols))
-        return {m.data, want, m.rows <= 1 ? std::max<index_t>(1, m.cols) : m.row_stride, rows,
-                cols};
-    if ((m.row_stride == 1 || m.rows <= 1) && (m.cols <= 1 || m.col_stride >= m.rows)) {
-        const blas::Op flipped = trans ? blas::Op::N : blas::Op::T;
-        return {m.data, flipped, m.cols <= 1 ? std::max<index_t>(1, m.rows) : m.col_stride, rows,
-                cols};
+    BlasOperand<T> o{};
+    if (!unpacked_operand(m, o)) {
+        throw py::value_error(std::string(name) +
+                              " must be C- or F-contiguous in its rows or columns (strides " +
+                              std::string(py::str(py::tuple(a.attr("strides")))) +
+                              "); pass np.ascontiguousarray(" + name + ")");
     }
-    throw py::value_error(std::string(name) +
-                          " must be C- or F-contiguous in its rows or "
-                          "columns (strides " +
-                          std::string(py::str(py::tuple(a.attr("strides")))) +
-                          "); pass np.ascontiguousarray(" + name + ")");
-}
-
-// [first, last) bytes of a 2-D array with non-negative strides.
-std::pair<std::uintptr_t, std::uintptr_t> byte_range(const py::array& a) {
-    const auto first = reinterpret_cast<std::uintptr_t>(a.data());
-    if (a.size() == 0) return {first, first};
-    std::uintptr_t last = first + static_cast<std::uintptr_t>(a.itemsize());
-    for (py::ssize_t d = 0; d < a.ndim(); ++d)
-        last += static_cast<std::uintptr_t>((a.shape(d) - 1) * a.strides(d));
-    return {first, last};
-}
-
-bool overlap(const py::array& a, const py::array& b) {
-    const auto [a0, a1] = byte_range(a);
-    const auto [b0, b1] = byte_range(b);
-    return a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1;
+    if (trans) o.op = flip(o.op);
+    return {o, trans ? m.cols : m.rows, trans ? m.rows : m.cols};
 }
 
 GemmThreading parse_threading(const std::string& name) {
@@ -75,7 +53,7 @@ py::array gemm(py::handle A_h, py::handle B_h, bool trans_a, bool trans_b, py::h
     const int type_num = float_type_num(A, "A");
     float_type_num(B, "B");
     require_same_dtype({{"A", &A}, {"B", &B}});
-    return dispatch_dtype(type_num, [&](auto zero) {
+    return dispatch_dtype(type_num, "A", [&](auto zero) {
         using T = decltype(zero);
         const Operand<T> a = operand<T>(A, "A", trans_a), b = operand<T>(B, "B", trans_b);
         if (a.cols != b.rows) {
@@ -84,23 +62,19 @@ py::array gemm(py::handle A_h, py::handle B_h, bool trans_a, bool trans_b, py::h
                                   ": inner dimensions differ");
         }
         const index_t M = a.rows, N = b.cols, K = a.cols;
-        for (auto [what, value] :
-             {std::pair{"M", M}, std::pair{"N", N}, std::pair{"K", K},
-              std::pair{"A's leading dimension", a.ld}, std::pair{"B's leading dimension", b.ld}}) {
-            if (value > blas::max_int())
-                throw py::value_error(std::string(what) + " = " + std::to_string(value) +
-                                      " exceeds the BLAS integer range");
-        }
+        for (auto [what, value] : {std::pair{"M", M}, std::pair{"N", N}, std::pair{"K", K}})
+            require_blas_size(what, value);
         py::array out =
             out_h.is_none() ? py::array(py::array_t<T>({M, N})) : as_array(out_h, "out");
         T* C = output_buffer<T>(out, "out", {M, N});
-        if (overlap(out, A) || overlap(out, B))
-            throw py::value_error("out overlaps A or B; pass a separate buffer");
+        require_disjoint(
+            {{"out", extent(OutMatrix<T>{C, M, N})}},
+            {{"A", extent(matrix_view<T>(A, "A"))}, {"B", extent(matrix_view<T>(B, "B"))}});
         {
             // Only raw pointers cross this line.
             py::gil_scoped_release release;
-            siglayer::gemm<T>(threading, a.op, b.op, M, N, K, a.data, a.ld, b.data, b.ld, C,
-                              std::max<index_t>(1, N));
+            siglayer::gemm<T>(threading, a.blas.op, b.blas.op, M, N, K, a.blas.data, a.blas.ld,
+                              b.blas.data, b.blas.ld, C, std::max<index_t>(1, N));
         }
         return out;
     });

@@ -42,6 +42,17 @@ void register_info(py::module_& m) {
         "Tiles of each product per thread (1: a fixed split); for benchmarks.");
     m.def("tiles_per_thread", [] { return threads::tiles_per_thread(); });
     m.def(
+        "dispatch_probe",
+        [](py::handle a_h) {
+            const py::array a = as_array(a_h, "a");
+            return dispatch_dtype(a.dtype().num(), "a", [](auto zero) {
+                return std::string(DType<decltype(zero)>::name);
+            });
+        },
+        py::arg("a"),
+        "The storage type the dtype dispatch picks for a's dtype, with no other check in\n"
+        "front of it (tests: an unknown dtype must raise TypeError).");
+    m.def(
         "select_isa", [](const std::string& name) { kernels::select_isa(name); }, py::arg("name"),
         "Force 'avx512', 'avx2' or 'baseline' kernels (tests, benchmarks).");
 }

@@ -48,7 +48,7 @@ py::array forward(py::handle x_h, py::handle W_h, py::handle b_h, py::handle out
     require_ndim(x, "x", 2, "(n, n_in)");
     require_ndim(W, "W", 2, "(n_in, n_out)");
     require_bias_shape(b);
-    return dispatch_dtype(type_num, [&](auto zero) {
+    return dispatch_dtype(type_num, "x", [&](auto zero) {
         using T = decltype(zero);
         const MatrixView<T> xv = matrix_view<T>(x, "x"), Wv = matrix_view<T>(W, "W");
         const VectorView<T> bv = bias_view<T>(b);
@@ -105,7 +105,7 @@ py::tuple backward(py::handle dout_h, py::handle x_h, py::handle W_h, py::handle
     require_ndim(x, "x", 2, "(n, n_in)");
     require_ndim(W, "W", 2, "(n_in, n_out)");
     require_ndim(out, "out", 2, "(n, n_out)");
-    return dispatch_dtype(type_num, [&](auto zero) {
+    return dispatch_dtype(type_num, "dout", [&](auto zero) {
         using T = decltype(zero);
         const MatrixView<T> doutv = matrix_view<T>(dout, "dout"), xv = matrix_view<T>(x, "x"),
                             Wv = matrix_view<T>(W, "W"), outv = matrix_view<T>(out, "out");
@@ -132,7 +132,7 @@ py::tuple backward_from_preactivation(py::handle dZ_h, py::handle x_h, py::handl
     require_ndim(dZ, "dZ", 2, "(n, n_out)");
     require_ndim(x, "x", 2, "(n, n_in)");
     require_ndim(W, "W", 2, "(n_in, n_out)");
-    return dispatch_dtype(type_num, [&](auto zero) {
+    return dispatch_dtype(type_num, "dZ", [&](auto zero) {
         using T = decltype(zero);
         const MatrixView<T> dZv = matrix_view<T>(dZ, "dZ"), xv = matrix_view<T>(x, "x"),
                             Wv = matrix_view<T>(W, "W");
@@ -154,7 +154,7 @@ py::array sigmoid(py::handle z_h, py::handle out_h) {
     if (!(z.flags() & py::array::c_style))
         throw py::value_error("z must be C-contiguous, got strides " +
                               std::string(py::str(py::tuple(z.attr("strides")))));
-    return dispatch_dtype(type_num, [&](auto zero) {
+    return dispatch_dtype(type_num, "z", [&](auto zero) {
         using T = decltype(zero);
         std::vector<py::ssize_t> shape(z.shape(), z.shape() + z.ndim());
         T* y = nullptr;

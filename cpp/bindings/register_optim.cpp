@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "../siglayer/checks.hpp"
 #include "../siglayer/optim.hpp"
 #include "arrays.hpp"
 
@@ -84,16 +85,9 @@ py::array array_arg(py::handle h, Name name, const py::array* like, bool writeab
     throw py::value_error(n + " is read-only");
 }
 
-struct Span {
-    std::uintptr_t first, last;
-    bool overlaps(const Span& o) const {
-        return first < last && o.first < o.last && first < o.last && o.first < last;
-    }
-};
-
-Span span_of(const py::array& a) {
-    const auto first = reinterpret_cast<std::uintptr_t>(a.data());
-    return {first, first + static_cast<std::uintptr_t>(a.nbytes())};
+// The bytes of a C-contiguous array (checked by array_arg), for the core's overlap test.
+Extent extent_of_array(const py::array& a) {
+    return extent_of(a.data(), 1, a.size(), 0, 1, a.itemsize());
 }
 
 // One parameter's arrays as raw pointers, after every check passed.
@@ -117,7 +111,7 @@ void run_tasks(const Tasks& all, const Run& run) {
     // Only raw pointers cross this line: no Python object is touched without the GIL.
     py::gil_scoped_release release;
     for (const Task& t : all.tasks) {
-        dispatch_dtype(t.type_num, [&](auto zero) {
+        dispatch_dtype(t.type_num, "params", [&](auto zero) {
             using T = decltype(zero);
             run(static_cast<T*>(t.param), static_cast<const T*>(t.grad),
                 static_cast<T*>(t.state[0]), static_cast<T*>(t.state[1]), t.count);
@@ -150,20 +144,22 @@ Tasks gather(py::handle params_h, py::handle grads_h,
                   grad.data(),
                   {nullptr, nullptr},
                   static_cast<index_t>(param.size())};
-        std::pair<Name, Span> spans[2 + S] = {{{"params", i}, span_of(param)},
-                                              {{"grads", i}, span_of(grad)}};
+        // Checked here for every parameter before any is updated (the core checks each
+        // call too, but an error on the third parameter must not leave two updated).
+        std::pair<Name, Extent> spans[2 + S] = {{{"params", i}, extent_of_array(param)},
+                                                {{"grads", i}, extent_of_array(grad)}};
         std::size_t used = 2;
         for (std::size_t s = 0; s < S; ++s) {
             const py::handle h = state_items[s][i];
             if (h.is_none()) continue;
             py::array state = array_arg(h, {states[s].first, i}, &param, true);
             task.state[s] = state.mutable_data();
-            spans[used++] = {{states[s].first, i}, span_of(state)};
+            spans[used++] = {{states[s].first, i}, extent_of_array(state)};
             all.arrays.push_back(state);
         }
         for (std::size_t a = 0; a < used; ++a)
             for (std::size_t b = a + 1; b < used; ++b)
-                if (spans[a].second.overlaps(spans[b].second))
+                if (overlaps(spans[a].second, spans[b].second))
                     throw py::value_error(spans[a].first.str() + " overlaps " +
                                           spans[b].first.str() + "; they must be separate arrays");
         all.tasks.push_back(task);

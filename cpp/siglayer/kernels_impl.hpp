@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "views.hpp"
 
@@ -34,8 +35,8 @@ struct Consts<float> {
     static constexpr float clamp = 104.0f;
     static constexpr int mantissa_bits = 23;
     static constexpr Bits exponent_bias = 127;
-    // Only the AVX-512 kernel evaluates this in float (the portable one goes through double, AVX2
-    // uses a table, see Exp2Eighths in kernels_simd.hpp):
+    // The AVX-512 kernel evaluates this in float; the portable one goes through double and
+    // the AVX2 one uses a table instead (Exp2Eighths in kernels_simd.hpp):
     // a degree-6 fit of e^r with constant and linear terms pinned to 1, relative error 3.8e-9
     // (0.064 ulp) on |r| <= ln2/2 with the coefficients rounded to float (fitted by iteratively
     // reweighted least squares on the relative error, checked in 40-digit arithmetic).
@@ -75,9 +76,10 @@ struct Consts<double> {
 template <class T>
 inline T fused_mul_add(T a, T b, T c) {
 #if defined(__FMA__) || defined(__aarch64__)
-    if constexpr (sizeof(T) == 4) {
+    if constexpr (std::is_same_v<T, float>) {
         return __builtin_fmaf(a, b, c);
     } else {
+        static_assert(std::is_same_v<T, double>, "fused_mul_add: float or double only");
         return __builtin_fma(a, b, c);
     }
 #else

@@ -97,10 +97,18 @@ struct Ops<__m512d> {
     }
 };
 
-// float32 carries the low parts to stay within its 2-ulp budget; float64 has a 4-ulp budget and is
-// bound by its longer polynomial, so it divides num / (1 + t) directly (under 2.5 ulp measured).
+// The vector of each element type, picked by type: a type without a specialization (a
+// 2-byte storage type, say) does not compile here instead of getting another's vector.
 template <class T>
-using Vec = std::conditional_t<sizeof(T) == 4, __m512, __m512d>;
+struct VecOf;
+template <>
+struct VecOf<float> {
+    using type = __m512;
+};
+template <>
+struct VecOf<double> {
+    using type = __m512d;
+};
 #else
 template <>
 struct Ops<__m256> {
@@ -193,8 +201,19 @@ struct Ops<__m256d> {
 };
 
 template <class T>
-using Vec = std::conditional_t<sizeof(T) == 4, __m256, __m256d>;
+struct VecOf;
+template <>
+struct VecOf<float> {
+    using type = __m256;
+};
+template <>
+struct VecOf<double> {
+    using type = __m256d;
+};
 #endif
+
+template <class T>
+using Vec = typename VecOf<T>::type;
 
 // e^x = 2^(n/8) e^r for float32 on AVX2: n = round(8 x log2e) = 8k + j (0 <= j < 8),
 // r = x - n ln2/8, |r| <= ln2/16, where a degree-4 polynomial is good to 1.9e-10 relative
@@ -331,7 +350,7 @@ inline auto sigmoid_first_half(V z) {
 // fewer values/s, and no correction 2.4 ulp.
 // float64 has a 4-ulp budget and is bound by its longer polynomial, so it divides num / (1 + t)
 // directly (under 2.5 ulp measured).
-template <class V, bool Compensated = sizeof(typename Ops<V>::T) == 4>
+template <class V, bool Compensated = std::is_same_v<typename Ops<V>::T, float>>
 inline V sigmoid_second_half(const ScalefHalf<V>& h) {
     using O = Ops<V>;
     const V one = O::set1(1);
@@ -357,7 +376,7 @@ inline V sigmoid_second_half(const ScalefHalf<V>& h) {
 // 12-bit vrcpps. Measured on Zen 3 over every float32: 1.97 ulp; carrying t_lo as well gave
 // 1.4 ulp but 25% fewer values/s (a third register per vector to carry between the halves).
 // float64 divides num / (1 + t) directly, as above.
-template <class V, bool Compensated = sizeof(typename Ops<V>::T) == 4>
+template <class V, bool Compensated = std::is_same_v<typename Ops<V>::T, float>>
 inline V sigmoid_second_half(const ExpHalf<V>& h) {
     using O = Ops<V>;
     using T = typename O::T;

@@ -9,7 +9,10 @@
 #include <utility>
 
 #include "blas.hpp"
+#include "checks.hpp"
+#include "dtypes.hpp"
 #include "kernels.hpp"
+#include "operands.hpp"
 #include "partition.hpp"
 #include "scratch.hpp"
 
@@ -20,97 +23,6 @@ namespace {
 // Below this many elements an elementwise sweep runs on one thread: waking the
 // team costs more than it saves.
 constexpr index_t kParallelElements = 1 << 15;
-
-// A C-contiguous copy of m in this thread's scratch slot.
-template <class T>
-const T* pack(const MatrixView<T>& m, Scratch::Slot slot) {
-    T* packed = Scratch::for_this_thread().get<T>(slot, static_cast<std::size_t>(m.rows * m.cols));
-    for (index_t i = 0; i < m.rows; ++i)
-        for (index_t j = 0; j < m.cols; ++j)
-            packed[i * m.cols + j] = m.data[i * m.row_stride + j * m.col_stride];
-    return packed;
-}
-
-// C-ordered (unit column stride) or F-ordered (unit row stride) views go to BLAS as
-// they are, through the transpose flag; anything else (other strides, zero or negative
-// strides, a leading dimension beyond the BLAS integer) is packed once into scratch.
-// The caller has checked that rows and cols fit the BLAS integer.
-template <class T>
-BlasOperand<T> blas_operand(const MatrixView<T>& m, Scratch::Slot slot) {
-    const index_t rows = m.rows, cols = m.cols;
-    const auto fits = [](index_t ld, index_t min_ld) {
-        return ld >= min_ld && ld <= blas::max_int();
-    };
-    const index_t ld_n = rows <= 1 ? std::max<index_t>(1, cols) : m.row_stride;
-    if ((m.col_stride == 1 || cols <= 1) && fits(ld_n, std::max<index_t>(1, cols)))
-        return {m.data, blas::Op::N, ld_n};
-    const index_t ld_t = cols <= 1 ? std::max<index_t>(1, rows) : m.col_stride;
-    if ((m.row_stride == 1 || rows <= 1) && fits(ld_t, std::max<index_t>(1, rows)))
-        return {m.data, blas::Op::T, ld_t};
-    return {pack(m, slot), blas::Op::N, std::max<index_t>(1, cols)};
-}
-
-// A view with unit column stride (row stride >= cols) as a pointer and row stride,
-// packing anything else; the elementwise sweeps read rows contiguously.
-template <class T>
-const T* row_major(const MatrixView<T>& m, Scratch::Slot slot, index_t& ld) {
-    if ((m.col_stride == 1 || m.cols <= 1) && (m.rows <= 1 || m.row_stride >= m.cols)) {
-        ld = m.rows <= 1 ? m.cols : m.row_stride;
-        return m.data;
-    }
-    ld = m.cols;
-    return pack(m, slot);
-}
-
-// [first, last) byte addresses a view can touch; empty views touch nothing.
-struct Extent {
-    std::uintptr_t first = 0, last = 0;
-};
-
-template <class T>
-Extent extent(const T* data, index_t rows, index_t cols, index_t row_stride, index_t col_stride) {
-    if (rows == 0 || cols == 0) return {};
-    std::int64_t lo = 0, hi = 0;
-    for (std::int64_t step : {(rows - 1) * row_stride, (cols - 1) * col_stride}) {
-        if (step < 0)
-            lo += step;
-        else
-            hi += step;
-    }
-    const auto base = reinterpret_cast<std::uintptr_t>(data);
-    return {base + lo * static_cast<std::int64_t>(sizeof(T)),
-            base + (hi + 1) * static_cast<std::int64_t>(sizeof(T))};
-}
-
-template <class T>
-Extent extent(const MatrixView<T>& m) {
-    return extent(m.data, m.rows, m.cols, m.row_stride, m.col_stride);
-}
-template <class T>
-Extent extent(const OutMatrix<T>& m) {
-    return extent<T>(m.data, m.rows, m.cols, m.cols, 1);
-}
-template <class T>
-Extent extent(const VectorView<T>& v) {
-    return extent(v.data, 1, v.size, 0, v.stride);
-}
-
-bool overlaps(const Extent& a, const Extent& b) {
-    return a.first < a.last && b.first < b.last && a.first < b.last && b.first < a.last;
-}
-
-// The message is built only when the check fails: these checks run on every call.
-#define SIGLAYER_REQUIRE(ok, message)              \
-    do {                                           \
-        if (!(ok)) throw InvalidArgument(message); \
-    } while (false)
-
-void require_blas_size(const char* name, index_t value) {
-    SIGLAYER_REQUIRE(value <= blas::max_int(), std::string(name) + " = " + std::to_string(value) +
-                                                   " exceeds the BLAS integer range (" +
-                                                   std::to_string(blas::max_int()) +
-                                                   "); split the problem");
-}
 
 // Part of the shape checks, so that it runs before the bindings allocate outputs and
 // before anything is packed: sizes that do not fit are refused, never truncated.
@@ -131,8 +43,7 @@ int threads_for(index_t elements) {
 // left to compute.
 template <class T>
 bool check_gradient_outputs(OutMatrix<T> dx, OutMatrix<T> dW, T* db, index_t n, index_t n_in,
-                            index_t n_out,
-                            std::initializer_list<std::pair<const char*, Extent>> inputs) {
+                            index_t n_out, std::initializer_list<Named> inputs) {
     SIGLAYER_REQUIRE(
         dW.rows == n_in && dW.cols == n_out,
         "dW has shape " + shape_str(dW.rows, dW.cols) + ", expected " + shape_str(n_in, n_out));
@@ -142,17 +53,9 @@ bool check_gradient_outputs(OutMatrix<T> dx, OutMatrix<T> dW, T* db, index_t n, 
         "dx has shape " + shape_str(dx.rows, dx.cols) + ", expected " + shape_str(n, n_in));
     SIGLAYER_REQUIRE(!(n_in > 0 && n_out > 0 && dW.data == nullptr), "dW: null pointer");
     SIGLAYER_REQUIRE(!(n_out > 0 && db == nullptr), "db: null pointer");
-    const Extent db_extent = extent<T>(db, 1, n_out, 0, 1);
-    const std::pair<const char*, Extent> outputs[] = {
-        {"dx", need_dx ? extent(dx) : Extent{}}, {"dW", extent(dW)}, {"db", db_extent}};
-    for (const auto& [oname, o] : outputs) {
-        for (const auto& [iname, i] : inputs)
-            SIGLAYER_REQUIRE(!overlaps(o, i), std::string(oname) + " overlaps " + iname +
-                                                  "; pass a separate buffer");
-        for (const auto& [other, e] : outputs)
-            SIGLAYER_REQUIRE(oname == other || !overlaps(o, e),
-                             std::string(oname) + " overlaps " + other + "; pass separate buffers");
-    }
+    require_disjoint(
+        {{"dx", need_dx ? extent(dx) : Extent{}}, {"dW", extent(dW)}, {"db", extent(db, n_out)}},
+        inputs);
 
     if (n == 0 || n_out == 0) {
         // Sums over an empty batch are zero; with no outputs there is no gradient to pass back.
@@ -255,11 +158,8 @@ void forward(OutMatrix<T> out, MatrixView<T> x, MatrixView<T> W, VectorView<T> b
         out.rows == n && out.cols == n_out,
         "out has shape " + shape_str(out.rows, out.cols) + ", expected " + shape_str(n, n_out));
     SIGLAYER_REQUIRE(!(n > 0 && n_out > 0 && out.data == nullptr), "out: null pointer");
-    for (auto [name, input] :
-         {std::pair{"x", extent(x)}, std::pair{"W", extent(W)}, std::pair{"b", extent(b)}}) {
-        SIGLAYER_REQUIRE(!overlaps(extent(out), input),
-                         std::string("out overlaps ") + name + "; pass a separate buffer");
-    }
+    require_disjoint({{"out", extent(out)}},
+                     {{"x", extent(x)}, {"W", extent(W)}, {"b", extent(b)}});
     if (n == 0 || n_out == 0) return;
 
     const T* bias = b.data;
@@ -379,32 +279,18 @@ void sigmoid(T* y, const T* z, index_t count) {
     });
 }
 
-#define SIGLAYER_INSTANTIATE_CHECKS(T)                                           \
-    template void check_forward<T>(MatrixView<T>, MatrixView<T>, VectorView<T>); \
-    template void check_backward<T>(MatrixView<T>, MatrixView<T>, MatrixView<T>, MatrixView<T>);
-SIGLAYER_INSTANTIATE_CHECKS(float)
-SIGLAYER_INSTANTIATE_CHECKS(double)
-#undef SIGLAYER_INSTANTIATE_CHECKS
-
-template void forward<float>(OutMatrix<float>, MatrixView<float>, MatrixView<float>,
-                             VectorView<float>);
-template void forward<double>(OutMatrix<double>, MatrixView<double>, MatrixView<double>,
-                              VectorView<double>);
-template void backward<float>(OutMatrix<float>, OutMatrix<float>, float*, MatrixView<float>,
-                              MatrixView<float>, MatrixView<float>, MatrixView<float>);
-template void backward<double>(OutMatrix<double>, OutMatrix<double>, double*, MatrixView<double>,
-                               MatrixView<double>, MatrixView<double>, MatrixView<double>);
-template void check_backward_from_preactivation<float>(MatrixView<float>, MatrixView<float>,
-                                                       MatrixView<float>);
-template void check_backward_from_preactivation<double>(MatrixView<double>, MatrixView<double>,
-                                                        MatrixView<double>);
-template void backward_from_preactivation<float>(OutMatrix<float>, OutMatrix<float>, float*,
-                                                 MatrixView<float>, MatrixView<float>,
-                                                 MatrixView<float>);
-template void backward_from_preactivation<double>(OutMatrix<double>, OutMatrix<double>, double*,
-                                                  MatrixView<double>, MatrixView<double>,
-                                                  MatrixView<double>);
-template void sigmoid<float>(float*, const float*, index_t);
-template void sigmoid<double>(double*, const double*, index_t);
+#define SIGLAYER_INSTANTIATE(T)                                                                  \
+    template void check_forward<T>(MatrixView<T>, MatrixView<T>, VectorView<T>);                 \
+    template void check_backward<T>(MatrixView<T>, MatrixView<T>, MatrixView<T>, MatrixView<T>); \
+    template void forward<T>(OutMatrix<T>, MatrixView<T>, MatrixView<T>, VectorView<T>);         \
+    template void backward<T>(OutMatrix<T>, OutMatrix<T>, T*, MatrixView<T>, MatrixView<T>,      \
+                              MatrixView<T>, MatrixView<T>);                                     \
+    template void check_backward_from_preactivation<T>(MatrixView<T>, MatrixView<T>,             \
+                                                       MatrixView<T>);                           \
+    template void backward_from_preactivation<T>(OutMatrix<T>, OutMatrix<T>, T*, MatrixView<T>,  \
+                                                 MatrixView<T>, MatrixView<T>);                  \
+    template void sigmoid<T>(T*, const T*, index_t);
+SIGLAYER_FOR_EACH_DTYPE(SIGLAYER_INSTANTIATE)
+#undef SIGLAYER_INSTANTIATE
 
 }  // namespace siglayer

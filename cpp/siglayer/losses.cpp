@@ -3,10 +3,28 @@
 #include <algorithm>
 #include <cmath>
 
+#include "checks.hpp"
+#include "dtypes.hpp"
+
 namespace siglayer::losses {
+
+namespace {
+
+// The checks of both losses: grad (named dZ or dout) is written, out and y are read.
+template <class T>
+void check_loss(const char* grad_name, const T* grad, const T* out, const T* y, index_t count,
+                double divisor) {
+    SIGLAYER_REQUIRE(count >= 0, "count must be >= 0");
+    SIGLAYER_REQUIRE(divisor > 0, "divisor must be > 0");
+    require_disjoint({{grad_name, extent(grad, count)}},
+                     {{"out", extent(out, count)}, {"y", extent(y, count)}});
+}
+
+}  // namespace
 
 template <class T>
 double bce_sigmoid(T* dZ, const T* out, const T* y, index_t count, double divisor) {
+    check_loss("dZ", dZ, out, y, count, divisor);
     const T n = T(divisor);
     const T clamp = T(kLogClamp);
     double sum = 0;
@@ -25,6 +43,7 @@ double bce_sigmoid(T* dZ, const T* out, const T* y, index_t count, double diviso
 
 template <class T>
 double mse(T* dout, const T* out, const T* y, index_t count, double divisor) {
+    check_loss("dout", dout, out, y, count, divisor);
     const T scale = T(2);
     const T n = T(divisor);
     double sum = 0;
@@ -36,9 +55,10 @@ double mse(T* dout, const T* out, const T* y, index_t count, double divisor) {
     return sum;
 }
 
-template double bce_sigmoid<float>(float*, const float*, const float*, index_t, double);
-template double bce_sigmoid<double>(double*, const double*, const double*, index_t, double);
-template double mse<float>(float*, const float*, const float*, index_t, double);
-template double mse<double>(double*, const double*, const double*, index_t, double);
+#define SIGLAYER_INSTANTIATE(T)                                              \
+    template double bce_sigmoid<T>(T*, const T*, const T*, index_t, double); \
+    template double mse<T>(T*, const T*, const T*, index_t, double);
+SIGLAYER_FOR_EACH_DTYPE(SIGLAYER_INSTANTIATE)
+#undef SIGLAYER_INSTANTIATE
 
 }  // namespace siglayer::losses

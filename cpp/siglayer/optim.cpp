@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "checks.hpp"
+#include "dtypes.hpp"
 #include "partition.hpp"
 
 namespace siglayer::optim {
@@ -33,6 +35,12 @@ void for_ranges(index_t count, const Update& update) {
 template <class T>
 void sgd_step(T* param, const T* grad, T* velocity, index_t count, const SGDOptions& options,
               bool first_step) {
+    SIGLAYER_REQUIRE(count >= 0, "count must be >= 0");
+    SIGLAYER_REQUIRE(options.momentum == 0 || velocity != nullptr || count == 0,
+                     "velocity: null pointer with momentum != 0");
+    require_disjoint({{"param", extent(param, count)},
+                      {"velocity", velocity ? extent(velocity, count) : Extent{}}},
+                     {{"grad", extent(grad, count)}});
     const T lr = T(options.lr), momentum = T(options.momentum), damp = T(1) - T(options.dampening),
             decay = T(options.weight_decay);
     const bool use_decay = options.weight_decay != 0;
@@ -63,6 +71,12 @@ void sgd_step(T* param, const T* grad, T* velocity, index_t count, const SGDOpti
 template <class T>
 void adam_step(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, index_t count,
                const AdamOptions& options, index_t step) {
+    SIGLAYER_REQUIRE(count >= 0, "count must be >= 0");
+    SIGLAYER_REQUIRE(step >= 1, "step must be >= 1, got " + std::to_string(step));
+    require_disjoint({{"param", extent(param, count)},
+                      {"exp_avg", extent(exp_avg, count)},
+                      {"exp_avg_sq", extent(exp_avg_sq, count)}},
+                     {{"grad", extent(grad, count)}});
     // The scalars in double, rounded once to T, as PyTorch computes them in Python.
     const double bias_correction1 = 1 - std::pow(options.beta1, static_cast<double>(step));
     const double bias_correction2 = 1 - std::pow(options.beta2, static_cast<double>(step));
@@ -90,11 +104,10 @@ void adam_step(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, index_t count
     });
 }
 
-template void sgd_step<float>(float*, const float*, float*, index_t, const SGDOptions&, bool);
-template void sgd_step<double>(double*, const double*, double*, index_t, const SGDOptions&, bool);
-template void adam_step<float>(float*, const float*, float*, float*, index_t, const AdamOptions&,
-                               index_t);
-template void adam_step<double>(double*, const double*, double*, double*, index_t,
-                                const AdamOptions&, index_t);
+#define SIGLAYER_INSTANTIATE(T)                                                    \
+    template void sgd_step<T>(T*, const T*, T*, index_t, const SGDOptions&, bool); \
+    template void adam_step<T>(T*, const T*, T*, T*, index_t, const AdamOptions&, index_t);
+SIGLAYER_FOR_EACH_DTYPE(SIGLAYER_INSTANTIATE)
+#undef SIGLAYER_INSTANTIATE
 
 }  // namespace siglayer::optim

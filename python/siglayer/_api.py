@@ -9,6 +9,7 @@ caller passed, so that error messages show them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal, overload
 
 import numpy as np
@@ -231,12 +232,9 @@ def backward(
     """
     if type(x) is _ndarray and x.ndim == 2 and type(dout) is _ndarray and dout.ndim == 2:
         return _core.backward(dout, x, W, out, need_dx, dx, dW, db)
-    refuse_kind(dout, "dout", "backward")
-    if not all(isinstance(a, _ndarray) for a in (dout, x, W, out)):
-        return _core.backward(dout, x, W, out, need_dx, dx, dW, db)  # raises the TypeError
-    x2, (out2, dout2), dx2 = _flatten_batch(x, W, {"out": out, "dout": dout}, dx)
-    dx_r, dW_r, db_r = _core.backward(dout2, x2, W, out2, need_dx, dx2, dW, db)
-    return _batch_shaped(dx_r, dx, x.shape), dW_r, db_r
+    return _batched_backward(
+        _core.backward, "backward", {"dout": dout, "out": out}, x, W, need_dx, dx, dW, db
+    )
 
 
 @overload
@@ -332,12 +330,42 @@ def backward_from_preactivation(
     """
     if type(x) is _ndarray and x.ndim == 2 and type(dZ) is _ndarray and dZ.ndim == 2:
         return _core.backward_from_preactivation(dZ, x, W, need_dx, dx, dW, db)
-    refuse_kind(dZ, "dZ", "backward_from_preactivation")
-    if not all(isinstance(a, _ndarray) for a in (dZ, x, W)):
+    return _batched_backward(
+        _core.backward_from_preactivation,
+        "backward_from_preactivation",
+        {"dZ": dZ},
+        x,
+        W,
+        need_dx,
+        dx,
+        dW,
+        db,
+    )
+
+
+def _batched_backward(
+    core: Callable[..., tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]]],
+    method: str,
+    per_row: dict[str, NDArray[Float]],
+    x: NDArray[Float],
+    W: NDArray[Float],
+    need_dx: bool,
+    dx: NDArray[Float] | None,
+    dW: NDArray[Float] | None,
+    db: NDArray[Float] | None,
+) -> tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]]:
+    """Both backwards off their 2-D fast path: the gradient's kind checked, then leading
+    batch dimensions flattened. ``per_row`` holds the (..., n_out) arguments in the
+    core's order: the gradient first (dout or dZ), then out for ``backward``; the core
+    takes ``core(grad, x, W, [out,] need_dx, dx, dW, db)``."""
+    (name, grad), *rest = per_row.items()
+    refuse_kind(grad, name, method)
+    arrays = (*per_row.values(), x, W)
+    if not all(isinstance(a, _ndarray) for a in arrays):
         # The core raises the TypeError naming the argument.
-        return _core.backward_from_preactivation(dZ, x, W, need_dx, dx, dW, db)
-    x2, (dZ2,), dx2 = _flatten_batch(x, W, {"dZ": dZ}, dx)
-    dx_r, dW_r, db_r = _core.backward_from_preactivation(dZ2, x2, W, need_dx, dx2, dW, db)
+        return core(grad, x, W, *(a for _, a in rest), need_dx, dx, dW, db)
+    x2, (grad2, *rest2), dx2 = _flatten_batch(x, W, per_row, dx)
+    dx_r, dW_r, db_r = core(grad2, x2, W, *rest2, need_dx, dx2, dW, db)
     return _batch_shaped(dx_r, dx, x.shape), dW_r, db_r
 
 

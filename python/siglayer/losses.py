@@ -35,6 +35,7 @@ from numpy.typing import NDArray
 
 from . import _core
 from ._buffers import BufferCache
+from ._dtypes import FLOAT_DTYPES
 from ._gradients import OutputGradient, PreactivationGradient
 
 __all__ = [
@@ -52,7 +53,6 @@ __all__ = [
 Array = NDArray[np.floating]
 Reduction = Literal["mean", "sum"]
 _ndarray = np.ndarray
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 # torch.nn.BCELoss clamps each log term to >= -100; we use the same bound so that the
 # values agree where outputs saturate (the compiled core applies it).
@@ -69,7 +69,7 @@ def _check_pair(pred: object, y: object, pred_name: str) -> None:
     for name, a in ((pred_name, pred), ("y", y)):
         if not isinstance(a, _ndarray):
             raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-        if a.dtype not in _FLOAT_DTYPES:
+        if a.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name} has dtype {a.dtype}; losses take float32 or float64")
     assert isinstance(pred, _ndarray) and isinstance(y, _ndarray)
     if y.dtype != pred.dtype:

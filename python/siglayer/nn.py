@@ -33,6 +33,7 @@ from numpy.typing import DTypeLike, NDArray
 
 from . import _api, _core
 from ._buffers import BufferCache
+from ._dtypes import FLOAT_DTYPES
 from ._gradients import refuse_kind
 from ._typing import Float
 
@@ -40,7 +41,6 @@ __all__ = ["Layer", "Parameter", "Sequential", "SigmoidLayer", "load_parameters"
 
 Array = NDArray[np.floating]
 _ndarray = np.ndarray
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _same_array(owner: str, name: str, current: object, value: object) -> None:
@@ -57,6 +57,32 @@ def _same_array(owner: str, name: str, current: object, value: object) -> None:
         f"optimizers hold the array itself): change it in place, e.g. "
         f"{owner}.{name}[...] = values or {owner}.{name} -= step"
     )
+
+
+class _InPlaceOnly:
+    """An array attribute that changes only in place: reading gives the array held in
+    ``_<name>``; assigning it back, which is what ``obj.W -= step`` ends with, is
+    accepted; assigning anything else is refused (:func:`_same_array`). The one
+    definition behind a layer's W, b, dW, db and a Parameter's value and grad."""
+
+    def __init__(self, owner: str) -> None:
+        self._owner = owner
+        self._name = self._slot = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name, self._slot = name, "_" + name
+
+    @overload
+    def __get__(self, obj: None, objtype: object = None) -> _InPlaceOnly: ...
+    @overload
+    def __get__(self, obj: SigmoidLayer[Float], objtype: object = None) -> NDArray[Float]: ...
+    @overload
+    def __get__(self, obj: Parameter, objtype: object = None) -> Array: ...
+    def __get__(self, obj: object, objtype: object = None) -> Any:
+        return self if obj is None else getattr(obj, self._slot)
+
+    def __set__(self, obj: object, value: NDArray[np.floating]) -> None:
+        _same_array(self._owner, self._name, getattr(obj, self._slot), value)
 
 
 class Parameter:
@@ -95,25 +121,12 @@ class Parameter:
         self._value = value
         self._grad = grad
 
+    value = _InPlaceOnly("parameter")
+    grad = _InPlaceOnly("parameter")
+
     @property
     def name(self) -> str:
         return self._name
-
-    @property
-    def value(self) -> Array:
-        return self._value
-
-    @value.setter
-    def value(self, value: Array) -> None:
-        _same_array("parameter", "value", self._value, value)
-
-    @property
-    def grad(self) -> Array:
-        return self._grad
-
-    @grad.setter
-    def grad(self, value: Array) -> None:
-        _same_array("parameter", "grad", self._grad, value)
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self._name, self._value, self._grad))
@@ -153,7 +166,7 @@ def _float_dtype(dtype: DTypeLike) -> np.dtype[np.floating]:
         dt = np.dtype(dtype)
     except TypeError as exc:
         raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
-    if dt not in _FLOAT_DTYPES or not dt.isnative:
+    if dt not in FLOAT_DTYPES or not dt.isnative:
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     return cast("np.dtype[np.floating]", dt)
 
@@ -276,40 +289,12 @@ class SigmoidLayer(Generic[Float]):
     def dtype(self) -> np.dtype[Float]:
         return cast("np.dtype[Float]", self._dtype)
 
-    # Setters that take back only the array already held: an in-place operator
-    # (layer.W -= step) assigns it back and must succeed; rebinding to another array
-    # would silently detach it from an optimizer holding the old one, so it is refused.
-    @property
-    def W(self) -> NDArray[Float]:
-        return self._W
-
-    @W.setter
-    def W(self, value: NDArray[Float]) -> None:
-        _same_array("layer", "W", self._W, value)
-
-    @property
-    def b(self) -> NDArray[Float]:
-        return self._b
-
-    @b.setter
-    def b(self, value: NDArray[Float]) -> None:
-        _same_array("layer", "b", self._b, value)
-
-    @property
-    def dW(self) -> NDArray[Float]:
-        return self._dW
-
-    @dW.setter
-    def dW(self, value: NDArray[Float]) -> None:
-        _same_array("layer", "dW", self._dW, value)
-
-    @property
-    def db(self) -> NDArray[Float]:
-        return self._db
-
-    @db.setter
-    def db(self, value: NDArray[Float]) -> None:
-        _same_array("layer", "db", self._db, value)
+    # Rebinding one of them would silently detach it from an optimizer holding the old
+    # array; an in-place operator (layer.W -= step) assigns it back, which must succeed.
+    W = _InPlaceOnly("layer")
+    b = _InPlaceOnly("layer")
+    dW = _InPlaceOnly("layer")
+    db = _InPlaceOnly("layer")
 
     def __repr__(self) -> str:
         reuse = ", reuse_buffers=True" if self.reuse_buffers else ""
@@ -353,12 +338,9 @@ class SigmoidLayer(Generic[Float]):
             fresh = self._outputs.get(shape) if own else np.empty(shape, self._dtype)
             out = cast("NDArray[Float]", fresh)
         try:
-            if x.ndim == 2:
-                _core.forward(x, self._W, self._b, out)
-            else:
-                _api.forward(x, self._W, self._b, out=out)
-        except ValueError as exc:
-            if own and "out overlaps x" in str(exc):
+            _api.forward(x, self._W, self._b, out=out)
+        except _core.OverlapError:
+            if own:
                 raise ValueError(
                     "x shares memory with this layer's output buffer (the result of an "
                     "earlier call, reuse_buffers=True); a layer keeps one forward at a "
@@ -422,10 +404,7 @@ class SigmoidLayer(Generic[Float]):
             refuse_kind(dout, "dout", "backward")
             self._check_gradient(dout, "dout", out.shape)
         dx = self._dx_buffer(x, need_dx, dx)
-        if x.ndim == 2:
-            _core.backward(dout, x, self._W, out, need_dx, dx, self._dW, self._db)
-        else:
-            _api.backward(dout, x, self._W, out, need_dx=need_dx, dx=dx, dW=self._dW, db=self._db)
+        _api.backward(dout, x, self._W, out, need_dx=need_dx, dx=dx, dW=self._dW, db=self._db)
         return dx
 
     @overload
@@ -463,12 +442,9 @@ class SigmoidLayer(Generic[Float]):
             refuse_kind(dZ, "dZ", "backward_from_preactivation")
             self._check_gradient(dZ, "dZ", out.shape)
         dx = self._dx_buffer(x, need_dx, dx)
-        if x.ndim == 2:
-            _core.backward_from_preactivation(dZ, x, self._W, need_dx, dx, self._dW, self._db)
-        else:
-            _api.backward_from_preactivation(
-                dZ, x, self._W, need_dx=need_dx, dx=dx, dW=self._dW, db=self._db
-            )
+        _api.backward_from_preactivation(
+            dZ, x, self._W, need_dx=need_dx, dx=dx, dW=self._dW, db=self._db
+        )
         return dx
 
     def preactivation(self) -> NDArray[Float]:

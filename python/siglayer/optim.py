@@ -22,12 +22,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _core
+from ._dtypes import FLOAT_DTYPES
 from .nn import Parameter
 
 __all__ = ["SGD", "Adam", "Optimizer"]
 
 Array = NDArray[np.floating]
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _hyper(value: object, name: str, *, low: float = 0.0, below: float | None = None) -> float:
@@ -230,7 +230,7 @@ def _check_parameter(p: object, i: int) -> None:
     for what, a in (("value", v), ("grad", g)):
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{p.name}: {what} must be a numpy.ndarray, got {type(a).__name__}")
-        if a.dtype not in _FLOAT_DTYPES:
+        if a.dtype not in FLOAT_DTYPES:
             raise TypeError(
                 f"{p.name}: {what} has dtype {a.dtype}; optimizers update float32 or float64"
             )
