@@ -125,26 +125,41 @@ def _check_tensor(t: object, name: str) -> None:
         )
 
 
+# The operators are defined with torch.library's lower-level calls (define, impl,
+# register_fake, register_autograd) rather than the torch.library.custom_op decorator:
+# custom_op wraps every kernel call in Python layers (a dynamo-disabling frame, an
+# aliasing check, a redispatch), which cost more than the whole kernel call at small
+# sizes (bench/bench_torch.py). Fake kernels, autograd and the opcheck-tested
+# contract are the same.
+_LIBRARY = torch.library.Library("siglayer", "DEF")  # type: ignore[no-untyped-call]
+_TAGS = (torch.Tag.pt2_compliant_tag,)
+torch.library.define(
+    "siglayer::sigmoid_linear", "(Tensor x, Tensor W, Tensor b) -> Tensor", lib=_LIBRARY, tags=_TAGS
+)
+torch.library.define(
+    "siglayer::sigmoid_linear_backward",
+    "(Tensor dout, Tensor x, Tensor W, Tensor out, bool need_dx) -> (Tensor, Tensor, Tensor)",
+    lib=_LIBRARY,
+    tags=_TAGS,
+)
+
 # The CPU kernels. The dispatcher has already resolved lazy negation and conjugation,
 # and numpy(force=True) detaches without a copy on the CPU (it would copy from another
 # device, which _check rules out). The core checks dtypes, shapes and strides itself
 # and allocates its results, which torch.from_numpy wraps without a copy.
 
 
-@torch.library.custom_op("siglayer::sigmoid_linear", mutates_args=(), device_types="cpu")
 def _sigmoid_linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     # x (..., n_in), W (n_in, n_out), b (n_out,) -> out (..., n_out)
     out = _api.forward(x.numpy(force=True), W.numpy(force=True), b.numpy(force=True))
     return torch.from_numpy(out)
 
 
-@_sigmoid_linear.register_fake
 def _sigmoid_linear_fake(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     _check(x, W, b)
     return x.new_empty((*x.shape[:-1], W.shape[1]))
 
 
-@torch.library.custom_op("siglayer::sigmoid_linear_backward", mutates_args=(), device_types="cpu")
 def _sigmoid_linear_backward(
     dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -162,7 +177,6 @@ def _sigmoid_linear_backward(
     return dx_tensor, torch.from_numpy(dW), torch.from_numpy(db)
 
 
-@_sigmoid_linear_backward.register_fake
 def _sigmoid_linear_backward_fake(
     dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -193,9 +207,18 @@ def _backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, Tensor | None, Ten
     return (dx if need_x else None, dW if need_W else None, db if need_b else None)
 
 
-_sigmoid_linear.register_autograd(_backward, setup_context=_setup_context)
+torch.library.impl("siglayer::sigmoid_linear", "cpu", _sigmoid_linear, lib=_LIBRARY)
+torch.library.register_fake("siglayer::sigmoid_linear", _sigmoid_linear_fake, lib=_LIBRARY)
+torch.library.register_autograd(
+    "siglayer::sigmoid_linear", _backward, setup_context=_setup_context, lib=_LIBRARY
+)
+torch.library.impl(
+    "siglayer::sigmoid_linear_backward", "cpu", _sigmoid_linear_backward, lib=_LIBRARY
+)
+torch.library.register_fake(
+    "siglayer::sigmoid_linear_backward", _sigmoid_linear_backward_fake, lib=_LIBRARY
+)
 
-# The OpOverloads themselves: calling them skips a Python frame of the CustomOpDef.
 _forward_op = torch.ops.siglayer.sigmoid_linear.default
 _backward_op = torch.ops.siglayer.sigmoid_linear_backward.default
 
