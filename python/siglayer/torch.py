@@ -1,13 +1,25 @@
-"""siglayer inside PyTorch: ``sigmoid_linear`` (an autograd Function) and ``SigmoidLinear``
-(an nn.Module), both running siglayer's compiled kernels on CPU tensors.
+"""siglayer inside PyTorch: the operators ``torch.ops.siglayer.sigmoid_linear`` and
+``torch.ops.siglayer.sigmoid_linear_backward``, the function ``sigmoid_linear`` and the
+module ``SigmoidLinear``, all running siglayer's compiled kernels on CPU tensors.
 
 Importable only when PyTorch is installed (``pip install "siglayer[torch]"``); it is not
 imported by ``import siglayer``.
 
-Tensors cross into the kernels without a copy: a CPU tensor's ``.numpy()`` is a view of
-the same memory, and outputs and gradients are allocated as tensors and written through
-such views. Any strides are accepted (non-contiguous tensors are read as they are, or
-packed once by the core).
+**Operators.** Importing this module registers two ``torch.library`` custom operators
+in the namespace ``siglayer``, with fake (meta) kernels and an autograd formula, so that
+``torch.compile(..., fullgraph=True)``, ``torch.export`` and ``torch.library.opcheck``
+see them as ordinary PyTorch operators:
+
+- ``siglayer::sigmoid_linear(Tensor x, Tensor W, Tensor b) -> Tensor``: out, shape
+  (..., n_out), contiguous;
+- ``siglayer::sigmoid_linear_backward(Tensor dout, Tensor x, Tensor W, Tensor out,
+  bool need_dx) -> (Tensor, Tensor, Tensor)``: (dx, dW, db), contiguous; dx has x's
+  shape, or is empty (shape (0,)) with ``need_dx=False``.
+
+Their CPU kernels hand the tensors to the compiled core as NumPy views of the same memory
+(no copy; the core stays free of torch and is not built against libtorch), and wrap the
+arrays the core allocates as tensors. Any strides are accepted (non-contiguous tensors
+are read as they are, or packed once by the core).
 
 **Layout of W.** Here W is (n_in, n_out), as everywhere in siglayer, and the layer is
 ``sigmoid(x @ W + b)``. ``torch.nn.Linear`` stores its weight as (n_out, n_in) and computes
@@ -24,13 +36,14 @@ differentiable, and a silent zero second derivative would be wrong).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 try:
     import torch
-    from torch.autograd.function import FunctionCtx
+    from torch import Tensor
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
         "siglayer.torch needs PyTorch, which is not installed: pip install 'siglayer[torch]' "
@@ -40,13 +53,61 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 
 from . import _api
 
-__all__ = ["SigmoidLinear", "SigmoidLinearFunction", "sigmoid_linear"]
+__all__ = ["SigmoidLinear", "sigmoid_linear"]
 
 _DTYPES = (torch.float32, torch.float64)
+_STRIDED = torch.strided
 
 
-def _check_tensor(t: object, name: str) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
+def _check(x: object, W: object, b: object) -> None:
+    """Raise the TypeError or ValueError that ``sigmoid_linear(x, W, b)`` deserves, if any.
+
+    Runs in front of the operator in eager mode and inside its fake kernels under
+    torch.compile and torch.export, so both report the same errors.
+    """
+    # The common case in a few attribute reads; the branches below only find the culprit.
+    if (
+        isinstance(x, Tensor)
+        and isinstance(W, Tensor)
+        and isinstance(b, Tensor)
+        and x.is_cpu
+        and W.is_cpu
+        and b.is_cpu
+        and x.layout is _STRIDED
+        and W.layout is _STRIDED
+        and b.layout is _STRIDED
+        and x.dtype in _DTYPES
+        and x.dtype == W.dtype == b.dtype
+        and W.ndim == 2
+        and b.ndim == 1
+        and x.ndim >= 1
+        and x.shape[-1] == W.shape[0]
+        and b.shape[0] == W.shape[1]
+    ):
+        return
+    for name, t in (("x", x), ("W", W), ("b", b)):
+        _check_tensor(t, name)
+    assert isinstance(x, Tensor) and isinstance(W, Tensor) and isinstance(b, Tensor)
+    if not x.dtype == W.dtype == b.dtype:
+        raise TypeError(
+            f"x, W and b must share one dtype; got x {x.dtype}, W {W.dtype}, b {b.dtype}"
+        )
+    if W.dim() != 2:
+        raise ValueError(f"W must be 2-D (n_in, n_out), got shape {tuple(W.shape)}")
+    if x.dim() == 0 or x.shape[-1] != W.shape[0]:
+        raise ValueError(
+            f"x has shape {tuple(x.shape)}, expected (..., {W.shape[0]}) for W "
+            f"of shape {tuple(W.shape)} (n_in, n_out)"
+        )
+    if b.dim() != 1 or b.shape[0] != W.shape[1]:
+        raise ValueError(
+            f"b has shape {tuple(b.shape)}, expected ({W.shape[1]},) for W of "
+            f"shape {tuple(W.shape)}"
+        )
+
+
+def _check_tensor(t: object, name: str) -> None:
+    if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cpu":
         raise ValueError(
@@ -62,66 +123,111 @@ def _check_tensor(t: object, name: str) -> torch.Tensor:
             f"torch.float64 and never converts silently: pass {name}.float() or "
             f"{name}.double()"
         )
-    return t
 
 
-def _numpy(t: torch.Tensor) -> np.ndarray[Any, np.dtype[np.floating]]:
-    """A NumPy view of t's memory (resolving a lazy negation or conjugation first)."""
-    return t.detach().resolve_neg().resolve_conj().numpy()
+# The operators are defined with torch.library's lower-level calls (define, impl,
+# register_fake, register_autograd) rather than the torch.library.custom_op decorator:
+# custom_op wraps every kernel call in Python layers (a dynamo-disabling frame, an
+# aliasing check, a redispatch), which cost more than the whole kernel call at small
+# sizes (bench/bench_torch.py). Fake kernels, autograd and the opcheck-tested
+# contract are the same.
+_LIBRARY = torch.library.Library("siglayer", "DEF")  # type: ignore[no-untyped-call]
+_TAGS = (torch.Tag.pt2_compliant_tag,)
+torch.library.define(
+    "siglayer::sigmoid_linear", "(Tensor x, Tensor W, Tensor b) -> Tensor", lib=_LIBRARY, tags=_TAGS
+)
+torch.library.define(
+    "siglayer::sigmoid_linear_backward",
+    "(Tensor dout, Tensor x, Tensor W, Tensor out, bool need_dx) -> (Tensor, Tensor, Tensor)",
+    lib=_LIBRARY,
+    tags=_TAGS,
+)
+
+# The CPU kernels. The dispatcher has already resolved lazy negation and conjugation,
+# and numpy(force=True) detaches without a copy on the CPU (it would copy from another
+# device, which _check rules out). The core checks dtypes, shapes and strides itself
+# and allocates its results, which torch.from_numpy wraps without a copy.
 
 
-class SigmoidLinearFunction(torch.autograd.Function):
-    """``sigmoid(x @ W + b)`` with siglayer's forward and backward kernels.
+def _sigmoid_linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    # x (..., n_in), W (n_in, n_out), b (n_out,) -> out (..., n_out)
+    out = _api.forward(x.numpy(force=True), W.numpy(force=True), b.numpy(force=True))
+    return torch.from_numpy(out)
 
-    Use it through :func:`sigmoid_linear`.
-    """
 
-    @staticmethod
-    def forward(
-        ctx: FunctionCtx, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor
-    ) -> torch.Tensor:
-        out = torch.empty((*x.shape[:-1], W.shape[1]), dtype=x.dtype)
-        _api.forward(_numpy(x), _numpy(W), _numpy(b), out=out.numpy())
-        # Saving out lets backward skip recomputing the sigmoid; autograd's version
-        # counters reject a backward after out, x or W was changed in place.
-        ctx.save_for_backward(x, W, out)
-        return out
+def _sigmoid_linear_fake(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    _check(x, W, b)
+    return x.new_empty((*x.shape[:-1], W.shape[1]))
 
-    @staticmethod
-    def backward(
-        ctx: Any, grad_out: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        # Autograd runs backward with grad mode on only for create_graph=True. The kernels'
-        # gradients are not differentiable; returning them anyway would silently drop
-        # every second-order term (a gradient penalty would lose its dependence on W).
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "siglayer.torch.sigmoid_linear has no double backward (create_graph=True); "
-                "use torch.sigmoid(x @ W + b) where second derivatives are needed"
-            )
-        x, W, out = ctx.saved_tensors
-        need_x, need_W, need_b = ctx.needs_input_grad[:3]
-        if not (need_x or need_W or need_b):
-            return None, None, None
-        dx = torch.empty(x.shape, dtype=x.dtype) if need_x else None
-        # The core always computes dW and db together (db is a by-product of dW's sweep).
-        dW = torch.empty(W.shape, dtype=W.dtype)
-        db = torch.empty(W.shape[1], dtype=W.dtype)
-        _api.backward(
-            _numpy(grad_out),
-            _numpy(x),
-            _numpy(W),
-            _numpy(out),
-            need_dx=need_x,
-            dx=None if dx is None else dx.numpy(),
-            dW=dW.numpy(),
-            db=db.numpy(),
+
+def _sigmoid_linear_backward(
+    dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    # dout, out (..., n_out), x (..., n_in), W (n_in, n_out) -> dx (x's shape, or (0,)
+    # without need_dx), dW (n_in, n_out), db (n_out,)
+    dx, dW, db = _api.backward(
+        dout.numpy(force=True),
+        x.numpy(force=True),
+        W.numpy(force=True),
+        out.numpy(force=True),
+        need_dx=need_dx,
+    )
+    # An operator cannot return None; an empty tensor stands for "not computed".
+    dx_tensor = torch.from_numpy(dx) if dx is not None else x.new_empty(0)
+    return dx_tensor, torch.from_numpy(dW), torch.from_numpy(db)
+
+
+def _sigmoid_linear_backward_fake(
+    dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    dx = x.new_empty(x.shape if need_dx else (0,))
+    return dx, W.new_empty(W.shape), W.new_empty(W.shape[1])
+
+
+def _setup_context(ctx: Any, inputs: Sequence[Any], output: Tensor) -> None:
+    x, W, _ = inputs
+    # Saving out lets backward skip recomputing the sigmoid; autograd's version
+    # counters reject a backward after out, x or W was changed in place.
+    ctx.save_for_backward(x, W, output)
+
+
+def _backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    # Autograd runs backward with grad mode on only for create_graph=True. The kernels'
+    # gradients are not differentiable; returning them anyway would silently drop
+    # every second-order term (a gradient penalty would lose its dependence on W).
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "siglayer.torch.sigmoid_linear has no double backward (create_graph=True); "
+            "use torch.sigmoid(x @ W + b) where second derivatives are needed"
         )
-        return dx, dW if need_W else None, db if need_b else None
+    x, W, out = ctx.saved_tensors
+    need_x, need_W, need_b = ctx.needs_input_grad
+    # The core always computes dW and db together (db is a by-product of dW's sweep).
+    dx, dW, db = _backward_op(dout, x, W, out, need_x)
+    return (dx if need_x else None, dW if need_W else None, db if need_b else None)
 
 
-def sigmoid_linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+torch.library.impl("siglayer::sigmoid_linear", "cpu", _sigmoid_linear, lib=_LIBRARY)
+torch.library.register_fake("siglayer::sigmoid_linear", _sigmoid_linear_fake, lib=_LIBRARY)
+torch.library.register_autograd(
+    "siglayer::sigmoid_linear", _backward, setup_context=_setup_context, lib=_LIBRARY
+)
+torch.library.impl(
+    "siglayer::sigmoid_linear_backward", "cpu", _sigmoid_linear_backward, lib=_LIBRARY
+)
+torch.library.register_fake(
+    "siglayer::sigmoid_linear_backward", _sigmoid_linear_backward_fake, lib=_LIBRARY
+)
+
+_forward_op = torch.ops.siglayer.sigmoid_linear.default
+_backward_op = torch.ops.siglayer.sigmoid_linear_backward.default
+
+
+def sigmoid_linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     """``torch.sigmoid(x @ W + b)`` computed by siglayer, differentiable by autograd.
+
+    Calls the operator ``torch.ops.siglayer.sigmoid_linear`` after checking the
+    arguments, so that torch.compile, torch.export and autograd see it as one op.
 
     Parameters
     ----------
@@ -156,26 +262,8 @@ def sigmoid_linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.T
     >>> W.grad.shape
     torch.Size([3, 4])
     """
-    for name, t in (("x", x), ("W", W), ("b", b)):
-        _check_tensor(t, name)
-    if not x.dtype == W.dtype == b.dtype:
-        raise TypeError(
-            f"x, W and b must share one dtype; got x {x.dtype}, W {W.dtype}, b {b.dtype}"
-        )
-    if W.dim() != 2:
-        raise ValueError(f"W must be 2-D (n_in, n_out), got shape {tuple(W.shape)}")
-    if x.dim() == 0 or x.shape[-1] != W.shape[0]:
-        raise ValueError(
-            f"x has shape {tuple(x.shape)}, expected (..., {W.shape[0]}) for W "
-            f"of shape {tuple(W.shape)} (n_in, n_out)"
-        )
-    if b.dim() != 1 or b.shape[0] != W.shape[1]:
-        raise ValueError(
-            f"b has shape {tuple(b.shape)}, expected ({W.shape[1]},) for W of "
-            f"shape {tuple(W.shape)}"
-        )
-    result = SigmoidLinearFunction.apply(x, W, b)  # type: ignore[no-untyped-call]
-    assert isinstance(result, torch.Tensor)
+    _check(x, W, b)
+    result: Tensor = _forward_op(x, W, b)
     return result
 
 

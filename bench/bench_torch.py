@@ -1,0 +1,133 @@
+"""siglayer.torch against plain PyTorch, in one process with interleaved rounds:
+
+1. steps per second of the digits network of bench/bench_training.py (64 -> 32 -> 10,
+   Adam), nn.Linear + nn.Sigmoid against SigmoidLinear layers;
+2. forward + backward of one layer, ``torch.sigmoid(linear(x))`` with nn.Linear against
+   ``SigmoidLinear`` (the operators siglayer::sigmoid_linear and its backward), at the
+   sizes of ``python -m siglayer bench``.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_torch.py
+
+Both contenders start from the same weights; their outputs and gradients are compared
+before anything is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import siglayer
+from siglayer._timing import interleaved_medians
+from siglayer.torch import SigmoidLinear
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_training
+
+SIZES = {
+    "T": (32, 64, 32),
+    "S": (64, 256, 128),
+    "M": (256, 512, 512),
+    "L": (1024, 1024, 1024),
+}
+
+
+def layer_contenders(size: tuple[int, int, int], dtype: torch.dtype):
+    n, n_in, n_out = size
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, n_in, generator=g, dtype=dtype)
+    dout = torch.rand(n, n_out, generator=g, dtype=dtype)
+    ours = SigmoidLinear(n_in, n_out, dtype=dtype, seed=0)
+    linear = torch.nn.Linear(n_in, n_out, dtype=dtype)
+    with torch.no_grad():
+        ours.b.uniform_(-1, 1, generator=g)
+        linear.weight.copy_(ours.W.T)
+        linear.bias.copy_(ours.b)
+
+    def torch_step() -> torch.Tensor:
+        linear.zero_grad(set_to_none=True)
+        out = torch.sigmoid(linear(x))
+        out.backward(dout)
+        return out
+
+    def siglayer_step() -> torch.Tensor:
+        ours.zero_grad(set_to_none=True)
+        out = ours(x)
+        out.backward(dout)
+        return out
+
+    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    torch.testing.assert_close(siglayer_step(), torch_step(), **tol)
+    torch.testing.assert_close(ours.W.grad, linear.weight.grad.T, **tol)
+    torch.testing.assert_close(ours.b.grad, linear.bias.grad, **tol)
+    return {"torch": torch_step, "siglayer.torch": siglayer_step}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--sizes", nargs="+", default=["T", "S", "M", "L"], choices=SIZES)
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    parser.add_argument("--threads", type=int, help="threads for both (default: their own)")
+    parser.add_argument("--digits-threads", type=int, default=1, help="threads, digits part")
+    args = parser.parse_args(argv)
+    default_threads = (torch.get_num_threads(), siglayer.get_num_threads())
+
+    def set_threads(n: int | None) -> None:
+        torch_n, siglayer_n = default_threads if n is None else (n, n)
+        torch.set_num_threads(torch_n)
+        siglayer.set_num_threads(siglayer_n)
+
+    print(
+        f"siglayer {siglayer.__version__}, torch {torch.__version__}, numpy {np.__version__}, "
+        f"Python {platform.python_version()}, {platform.machine()}"
+    )
+    set_threads(args.digits_threads)
+    batches = bench_training.digits_batches(32)
+    weights = bench_training.initial_weights()
+    trainers = {
+        "torch": bench_training.TorchTrainer(batches, weights, siglayer_layers=False),
+        "siglayer.torch": bench_training.TorchTrainer(batches, weights, siglayer_layers=True),
+    }
+    for trainer in trainers.values():
+        trainer.first_step()
+    for got, want in zip(
+        trainers["siglayer.torch"].weights(), trainers["torch"].weights(), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    seconds = interleaved_medians({n: t.step for n, t in trainers.items()}, rounds=args.rounds)
+    print(
+        f"\ndigits network, batch 32, {args.digits_threads} thread(s), steps/s "
+        f"(median of {args.rounds} interleaved rounds):"
+    )
+    print(
+        f"  torch {1 / seconds['torch']:,.0f}   siglayer.torch "
+        f"{1 / seconds['siglayer.torch']:,.0f}   speed-up "
+        f"{seconds['torch'] / seconds['siglayer.torch']:.2f}x"
+    )
+
+    set_threads(args.threads)
+    print(
+        f"\none layer, forward + backward, torch {torch.get_num_threads()} / siglayer "
+        f"{siglayer.get_num_threads()} threads, median of {args.rounds} interleaved rounds:"
+    )
+    print(f"  {'size':<18} {'dtype':<8} {'torch':>10} {'siglayer.torch':>15} {'speed-up':>9}")
+    for size_name in args.sizes:
+        for dtype_name in args.dtypes:
+            dtype = getattr(torch, dtype_name)
+            contenders = layer_contenders(SIZES[size_name], dtype)
+            seconds = interleaved_medians(contenders, rounds=args.rounds)
+            t, s = seconds["torch"], seconds["siglayer.torch"]
+            label = f"{size_name} {SIZES[size_name]}"
+            print(
+                f"  {label:<18} {dtype_name:<8} {t * 1e6:>8.0f}us {s * 1e6:>13.0f}us {t / s:>8.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()

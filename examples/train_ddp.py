@@ -1,0 +1,116 @@
+"""Data-parallel training of a network of siglayer.torch.SigmoidLinear layers with
+torch.nn.parallel.DistributedDataParallel (gloo, CPU).
+
+    torchrun --nproc-per-node 2 examples/train_ddp.py
+    torchrun --nproc-per-node 2 examples/train_ddp.py --check   # against one process
+
+Every process builds the same network from the same seed and takes its own slice of each
+batch; DDP averages the gradients across processes after every backward, so each step
+equals one step of a single process on the whole batch (the loss is a mean over equally
+sized slices). With ``--check`` the first process also trains that single-process
+network on the whole batches and reports the largest weight difference; it exits with
+status 1 if that exceeds ``--tolerance``.
+
+torchrun sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT; the script reads nothing
+else from the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from siglayer.torch import SigmoidLinear
+
+SIZES = (16, 12, 8, 4)  # n_in of the first layer, ..., n_out of the last
+
+
+def make_model(dtype: torch.dtype) -> torch.nn.Sequential:
+    layers = [
+        SigmoidLinear(n_in, n_out, dtype=dtype, seed=i)
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(SIZES))
+    ]
+    return torch.nn.Sequential(*layers)
+
+
+def make_batches(steps: int, batch: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, ...]]:
+    """The same synthetic batches in every process: x (batch, 16), targets y in {0, 1}."""
+    g = torch.Generator().manual_seed(1234)
+    batches = []
+    for _ in range(steps):
+        x = torch.randn(batch, SIZES[0], generator=g, dtype=dtype)
+        y = (x[:, : SIZES[-1]] > 0).to(dtype)
+        batches.append((x, y))
+    return batches
+
+
+def train(
+    model: torch.nn.Module, batches: list[tuple[torch.Tensor, ...]], lr: float
+) -> list[float]:
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    losses = []
+    for x, y in batches:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=64, help="global batch size")
+    parser.add_argument("--lr", type=float, default=0.5)
+    parser.add_argument("--float32", action="store_true", help="default: float64")
+    parser.add_argument("--check", action="store_true", help="compare with one process")
+    parser.add_argument("--tolerance", type=float, default=1e-12)
+    args = parser.parse_args(argv)
+    dtype = torch.float32 if args.float32 else torch.float64
+
+    dist.init_process_group("gloo")
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if args.batch % world:
+            raise SystemExit(f"--batch {args.batch} is not divisible by {world} processes")
+        torch.set_num_threads(1)  # the processes share the machine's cores
+        batches = make_batches(args.steps, args.batch, dtype)
+        share = args.batch // world
+        mine = [
+            (x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share])
+            for x, y in batches
+        ]
+        model = DistributedDataParallel(make_model(dtype))
+        losses = train(model, mine, args.lr)
+        # Each process's loss is over its own slice; the mean over processes is the
+        # loss on the whole batch.
+        first_last = torch.tensor([losses[0], losses[-1]], dtype=torch.float64)
+        dist.all_reduce(first_last)
+        first_last /= world
+        status = 0
+        if rank == 0:
+            print(
+                f"{world} processes, {args.steps} steps of {args.batch} samples ({dtype}): "
+                f"loss {first_last[0]:.6f} -> {first_last[1]:.6f}"
+            )
+            if args.check:
+                single = make_model(dtype)
+                train(single, batches, args.lr)
+                difference = max(
+                    (a - b).abs().max().item()
+                    for a, b in zip(model.module.parameters(), single.parameters(), strict=True)
+                )
+                print(f"max |weight difference| against one process: {difference:.3g}")
+                status = 0 if difference <= args.tolerance else 1
+        return status
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""siglayer.torch as PyTorch operators: torch.library.opcheck on both operators,
+torch.compile(fullgraph=True) with inductor and aot_eager against eager, torch.export."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from siglayer.torch import SigmoidLinear, sigmoid_linear  # noqa: E402
+
+forward_op = torch.ops.siglayer.sigmoid_linear.default
+backward_op = torch.ops.siglayer.sigmoid_linear_backward.default
+
+# Inductor imports torch.utils.mkldnn on its first compile, which warns about its own use
+# of torch.jit (PyTorch 2.13); the suite turns warnings into errors.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+)
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+SUBSETS = ["none", "x", "W", "b", "xW", "xb", "Wb", "xWb"]
+
+
+def inputs(seed, shape_x, n_out, dtype, W_layout):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape_x, generator=g, dtype=dtype)
+    n_in = shape_x[-1]
+    if W_layout == "T":  # a transposed view: column-major (n_in, n_out)
+        W = torch.randn(n_out, n_in, generator=g, dtype=dtype).T
+    else:
+        W = torch.randn(n_in, n_out, generator=g, dtype=dtype)
+    b = torch.randn(n_out, generator=g, dtype=dtype)
+    return x, W / n_in**0.5, b
+
+
+@pytest.mark.parametrize("needs", SUBSETS)
+@pytest.mark.parametrize("shape_x", [(6, 5), (2, 3, 5)], ids=["2d", "batched"])
+@pytest.mark.parametrize("W_layout", ["C", "T"])
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_opcheck_forward(dtype, W_layout, shape_x, needs):
+    x, W, b = inputs(0, shape_x, 4, dtype, W_layout)
+    assert W.is_contiguous() == (W_layout == "C")
+    args = tuple(t.requires_grad_(name in needs) for name, t in zip("xWb", (x, W, b), strict=True))
+    # schema, autograd registration, fake kernel against the real one, AOT dispatch
+    torch.library.opcheck(forward_op, args)
+
+
+@pytest.mark.parametrize("need_dx", [True, False], ids=["dx", "no-dx"])
+@pytest.mark.parametrize("shape_x", [(6, 5), (2, 3, 5)], ids=["2d", "batched"])
+@pytest.mark.parametrize("W_layout", ["C", "T"])
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_opcheck_backward(dtype, W_layout, shape_x, need_dx):
+    x, W, b = inputs(1, shape_x, 4, dtype, W_layout)
+    out = forward_op(x, W, b)
+    dout = torch.randn(out.shape, dtype=dtype, generator=torch.Generator().manual_seed(2))
+    torch.library.opcheck(backward_op, (dout, x, W, out, need_dx))
+    dx, dW, db = backward_op(dout, x, W, out, need_dx)
+    assert dx.shape == (x.shape if need_dx else (0,))
+    assert dW.shape == W.shape and db.shape == b.shape
+
+
+def test_the_operators_are_registered():
+    assert str(forward_op._schema) == (
+        "siglayer::sigmoid_linear(Tensor x, Tensor W, Tensor b) -> Tensor"
+    )
+    assert str(backward_op._schema) == (
+        "siglayer::sigmoid_linear_backward(Tensor dout, Tensor x, Tensor W, Tensor out, "
+        "bool need_dx) -> (Tensor, Tensor, Tensor)"
+    )
+
+
+def network(dtype):
+    layers = [SigmoidLinear(7, 6, dtype=dtype, seed=0), SigmoidLinear(6, 3, dtype=dtype, seed=1)]
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            layer.b.copy_(torch.linspace(-1, 1, layer.n_out, dtype=dtype) * (i + 1))
+    return torch.nn.Sequential(*layers)
+
+
+def run(model, x, dout):
+    """Output and the gradients of every parameter and of x."""
+    x = x.detach().clone().requires_grad_()
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    out.backward(dout)
+    return [out.detach(), x.grad, *(p.grad for p in model.parameters())]
+
+
+@pytest.mark.parametrize("backend", ["inductor", "aot_eager"])
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_compile_fullgraph_matches_eager(backend, dtype):
+    torch._dynamo.reset()
+    model = network(dtype)
+    g = torch.Generator().manual_seed(3)
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    for shape in [(5, 7), (2, 4, 7)]:
+        x = torch.randn(shape, generator=g, dtype=dtype)
+        dout = torch.randn((*shape[:-1], 3), generator=g, dtype=dtype)
+        want = run(model, x, dout)
+        got = run(compiled, x, dout)
+        # The same kernels run in both: the same numbers, bit for bit.
+        for a, b in itertools.zip_longest(got, want):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_compiled_graph_calls_the_operator():
+    """aot_eager's forward and backward graphs hold siglayer's operators, nothing
+    decomposed and no graph break."""
+    graphs = []
+
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    def keep_graph(gm, example_inputs):
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    torch._dynamo.reset()
+    model = network(torch.float64)
+    compiled = torch.compile(
+        model, fullgraph=True, backend=aot_autograd(fw_compiler=keep_graph, bw_compiler=keep_graph)
+    )
+    compiled(torch.rand(4, 7, dtype=torch.float64)).sum().backward()
+    forward_graph, backward_graph = (str(gm.graph) for gm in graphs)
+    assert forward_graph.count("siglayer.sigmoid_linear.default") == 2
+    assert backward_graph.count("siglayer.sigmoid_linear_backward.default") == 2
+
+
+def test_export_runs_and_matches():
+    model = network(torch.float64)
+    x = torch.rand(5, 7, dtype=torch.float64)
+    batch = torch.export.Dim("batch", min=1)
+    exported = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+    calls = [n.target for n in exported.graph.nodes if n.op == "call_function"]
+    assert calls == [forward_op, forward_op]
+    module = exported.module()
+    for rows in (5, 9):
+        x = torch.rand(rows, 7, dtype=torch.float64)
+        torch.testing.assert_close(module(x), model(x), rtol=0, atol=0)
+
+
+def test_compile_reports_bad_input():
+    """The fake kernel checks its inputs as eager mode does; Dynamo wraps its ValueError
+    in a RuntimeError that quotes it."""
+    x, W, _ = inputs(4, (3, 5), 2, torch.float64, "C")
+    bad_b = torch.zeros(3, dtype=torch.float64)
+    compiled = torch.compile(sigmoid_linear, fullgraph=True, backend="aot_eager")
+    with pytest.raises(RuntimeError, match=r"ValueError\('b has shape \(3,\), expected \(2,\)"):
+        compiled(x, W, bad_b)
+    with pytest.raises(ValueError, match=r"b has shape \(3,\), expected \(2,\)"):
+        sigmoid_linear(x, W, bad_b)
