@@ -4,7 +4,7 @@
    Adam), nn.Linear + nn.Sigmoid against SigmoidLinear layers;
 2. forward + backward of one layer, ``torch.sigmoid(linear(x))`` with nn.Linear against
    ``SigmoidLinear`` (the operators siglayer::sigmoid_linear and its backward), at the
-   sizes of ``python -m siglayer bench``.
+   sizes of ``python bench/run.py``.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_torch.py
 

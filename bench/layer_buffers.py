@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 import siglayer
-from siglayer._bench import SIZES, cpu_model
+from harness import SIZES, cpu_model
 from siglayer._timing import interleaved_medians
 
 

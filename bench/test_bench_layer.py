@@ -10,9 +10,9 @@ from types import ModuleType
 
 import pytest
 
-from siglayer import _bench
+import harness
 
-CONTENDERS = _bench.CONTENDERS
+CONTENDERS = harness.CONTENDERS
 
 
 def test_layer(benchmark, case, group, torch: ModuleType | None) -> None:
@@ -20,9 +20,9 @@ def test_layer(benchmark, case, group, torch: ModuleType | None) -> None:
     if contender == "torch" and torch is None:
         pytest.skip("PyTorch is not installed (pip install torch==2.13.0)")
     problem, reference = group
-    call = _bench.make_contender(contender, problem, reference, torch)[pass_]
+    call = harness.make_contender(contender, problem, reference, torch)[pass_]
     benchmark.group = f"{size}-{dtype}-{pass_}"
     benchmark.name = contender
     benchmark.extra_info["shape (n, n_in, n_out)"] = problem.shape
     result = benchmark(call)
-    _bench.check(f"{contender} {pass_} {size} {dtype}", result, reference)
+    harness.check(f"{contender} {pass_} {size} {dtype}", result, reference)

@@ -1,5 +1,5 @@
 """Each library's step right after another library's step, with no pause between them
-(siglayer._mixed has the steps): groups mixed-size-dtype-step, one benchmark per
+(bench/mixed.py has the steps): groups mixed-size-dtype-step, one benchmark per
 library that ran just before ("after numpy", "after torch", "after siglayer"; after
 itself is the step alone).
 
@@ -7,7 +7,7 @@ itself is the step alone).
 
 pytest-benchmark's pedantic mode runs the preceding step as the untimed setup of every
 round, so each timed call follows it directly. Every step's result is checked against
-siglayer.reference. `python -m siglayer bench --mixed` prints the same matrix as ratios.
+siglayer.reference. `python bench/run.py --mixed` prints the same matrix as ratios.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from types import ModuleType
 
 import pytest
 
-from siglayer import _bench, _mixed
+import harness
+import mixed
 
 STEPS = ("numpy", "torch", "siglayer")
 PASSES = ("forward_backward",)
@@ -30,7 +31,7 @@ def test_mixed(benchmark, case, group, torch: ModuleType | None, step: str, befo
     if torch is None and "torch" in (step, before):
         pytest.skip("PyTorch is not installed (pip install torch==2.13.0)")
     problem, reference = group
-    steps = _mixed.make_steps(problem, reference, torch)
+    steps = mixed.make_steps(problem, reference, torch)
     benchmark.group = f"mixed-{size}-{dtype}-{step}"
     benchmark.name = "alone" if before == step else f"after {before}"
 
@@ -38,4 +39,4 @@ def test_mixed(benchmark, case, group, torch: ModuleType | None, step: str, befo
         steps[before]()
 
     result = benchmark.pedantic(steps[step], setup=run_before, rounds=30, warmup_rounds=5)
-    _bench.check(f"{step} after {before} {size} {dtype}", result, reference)
+    harness.check(f"{step} after {before} {size} {dtype}", result, reference)

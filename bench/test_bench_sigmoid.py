@@ -7,18 +7,18 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from siglayer import _bench
+import harness
 
 
 @pytest.mark.parametrize("contender", ["siglayer", "numpy", "torch"])
-@pytest.mark.parametrize("dtype", list(_bench.DTYPES))
+@pytest.mark.parametrize("dtype", list(harness.DTYPES))
 def test_sigmoid(benchmark, dtype: str, contender: str, torch: ModuleType | None) -> None:
     if contender == "torch" and torch is None:
         pytest.skip("PyTorch is not installed (pip install torch==2.13.0)")
-    z = _bench._sigmoid_input(np.dtype(dtype))
-    call = _bench.sigmoid_calls(z, torch)[contender]
+    z = harness._sigmoid_input(np.dtype(dtype))
+    call = harness.sigmoid_calls(z, torch)[contender]
     benchmark.group = f"sigmoid-{dtype}-1thread-2^20"
     benchmark.name = contender
-    with _bench.limit_threads(1, torch):
+    with harness.limit_threads(1, torch):
         result = benchmark(call)
-    _bench.check_sigmoid(result, z)
+    harness.check_sigmoid(result, z)

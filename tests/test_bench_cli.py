@@ -1,31 +1,40 @@
-"""python -m siglayer bench: its contenders compute the right thing, mismatches are caught,
-and the table, sigmoid line and plot come out. No timing is asserted here (bench/ times)."""
+"""python bench/run.py (bench/harness.py, bench/mixed.py): its contenders compute the right
+thing, mismatches are caught, and the table, sigmoid line and plot come out. No timing is
+asserted here (bench/ times)."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import siglayer
-from siglayer import __main__ as cli
-from siglayer import _bench, _core, _mixed
+from siglayer import _core
 
-TORCH = _bench.import_torch()
-CONTENDERS = [c for c in _bench.CONTENDERS if c != "torch" or TORCH is not None]
+# The harness lives in bench/ (run from the source tree, not installed).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import harness
+import mixed
+import run
+
+TORCH = harness.import_torch()
+CONTENDERS = [c for c in harness.CONTENDERS if c != "torch" or TORCH is not None]
 
 
 @pytest.mark.parametrize("contender", CONTENDERS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("size", ["T", "S"])
 def test_contenders_match_the_reference(threads, size, dtype, contender):
-    p = _bench.make_problem(size, dtype)
-    ref = _bench.reference_results(p)
-    calls = _bench.make_contender(contender, p, ref, TORCH)
-    assert set(calls) == set(_bench.PASSES)
+    p = harness.make_problem(size, dtype)
+    ref = harness.reference_results(p)
+    calls = harness.make_contender(contender, p, ref, TORCH)
+    assert set(calls) == set(harness.PASSES)
     for pass_, call in calls.items():
         for _ in range(2):  # a second call through reused buffers is checked too
             result = call()
-            _bench.check(f"{contender} {pass_}", result, ref)
+            harness.check(f"{contender} {pass_}", result, ref)
         expected = {"out", "dx", "dW", "db"} if pass_ == "forward_backward" else {"out"}
         if contender.startswith("floor"):
             expected = {"z", "dW", "dx"} if pass_ == "forward_backward" else {"z"}
@@ -33,24 +42,23 @@ def test_contenders_match_the_reference(threads, size, dtype, contender):
 
 
 def test_check_catches_wrong_results():
-    p = _bench.make_problem("T", "float32")
-    ref = _bench.reference_results(p)
+    p = harness.make_problem("T", "float32")
+    ref = harness.reference_results(p)
     good = {"out": ref["out"].copy(), "dW": ref["dW"].copy()}
-    _bench.check("good", good, ref)
+    harness.check("good", good, ref)
     with pytest.raises(AssertionError, match="out differs from the reference"):
-        _bench.check("biasless", {"out": _bench.reference.sigmoid(ref["z"])}, ref)
+        harness.check("biasless", {"out": harness.reference.sigmoid(ref["z"])}, ref)
     with pytest.raises(AssertionError, match="dW differs"):
-        _bench.check("stale", {"dW": np.zeros_like(ref["dW"])}, ref)
+        harness.check("stale", {"dW": np.zeros_like(ref["dW"])}, ref)
     with pytest.raises(AssertionError, match="dtype float64"):
-        _bench.check("upcast", {"out": ref["out"].astype(np.float64)}, ref)
+        harness.check("upcast", {"out": ref["out"].astype(np.float64)}, ref)
     with pytest.raises(AssertionError, match="shape"):
-        _bench.check("transposed", {"dW": ref["dW"].T.copy()}, ref)
+        harness.check("transposed", {"dW": ref["dW"].T.copy()}, ref)
 
 
 def test_bench_prints_the_table(capsys):
-    status = cli.main(
+    status = run.main(
         [
-            "bench",
             "--sizes",
             "T",
             "--dtypes",
@@ -82,10 +90,9 @@ def test_bench_stops_on_a_mismatch(monkeypatch, capsys):
     def wrong_forward(x, W, b, *, out=None):
         return real(x, W, b, out=out) + 1e-3
 
-    monkeypatch.setattr(_bench._api, "forward", wrong_forward)
-    status = cli.main(
+    monkeypatch.setattr(harness._api, "forward", wrong_forward)
+    status = run.main(
         [
-            "bench",
             "--sizes",
             "T",
             "--dtypes",
@@ -105,12 +112,12 @@ def test_bench_stops_on_a_mismatch(monkeypatch, capsys):
 )
 def test_bench_rejects_bad_options(bad):
     with pytest.raises(SystemExit):
-        cli.main(["bench", *bad])
+        run.main(bad)
 
 
 def test_sigmoid_throughput_checks_then_times():
     blas_threads = _core.blas_num_threads()
-    rates = _bench.sigmoid_throughput(TORCH, rounds=1)
+    rates = harness.sigmoid_throughput(TORCH, rounds=1)
     assert set(rates) == {"float32", "float64"}
     for r in rates.values():
         assert {"siglayer", "numpy"} <= set(r) and all(v > 0 for v in r.values())
@@ -119,45 +126,45 @@ def test_sigmoid_throughput_checks_then_times():
 
 def test_sigmoid_check_catches_an_inaccurate_sigmoid():
     z = np.linspace(-5, 5, 101, dtype=np.float32)
-    _bench.check_sigmoid(_core.sigmoid(z), z)
+    harness.check_sigmoid(_core.sigmoid(z), z)
     with pytest.raises(AssertionError, match="exceeds 4 ulp"):
-        _bench.check_sigmoid(_core.sigmoid(z) * np.float32(1 + 1e-6), z)
+        harness.check_sigmoid(_core.sigmoid(z) * np.float32(1 + 1e-6), z)
 
 
 def test_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     rows = [
-        _bench.Row(size, dtype, pass_, 3, {"siglayer": 1.0, "numpy": 2.0, "floor": 0.9})
+        harness.Row(size, dtype, pass_, 3, {"siglayer": 1.0, "numpy": 2.0, "floor": 0.9})
         for size in ("T", "L")
         for dtype in ("float32", "float64")
-        for pass_ in _bench.PASSES
+        for pass_ in harness.PASSES
     ]
     path = tmp_path / "speedup.png"
-    _bench.plot(rows, str(path))
+    harness.plot(rows, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_mixed_steps_match_the_reference(threads, dtype):
-    p = _bench.make_problem("S", dtype)
-    ref = _bench.reference_results(p)
-    steps = _mixed.make_steps(p, ref, TORCH)
+    p = harness.make_problem("S", dtype)
+    ref = harness.reference_results(p)
+    steps = mixed.make_steps(p, ref, TORCH)
     assert list(steps) == (["numpy", "torch", "siglayer"] if TORCH else ["numpy", "siglayer"])
     for name, step in steps.items():
-        _bench.check(f"{name} step", step(), ref)
+        harness.check(f"{name} step", step(), ref)
 
 
 def test_mixed_matrix_times_every_pair():
     calls: list[str] = []
 
-    def step(name: str) -> _mixed.Step:
-        def run() -> _bench.Result:
+    def step(name: str) -> mixed.Step:
+        def run() -> harness.Result:
             calls.append(name)
             return {}
 
         return run
 
-    medians = _mixed.matrix({"a": step("a"), "b": step("b")}, rounds=2, block_seconds=0.0)
+    medians = mixed.matrix({"a": step("a"), "b": step("b")}, rounds=2, block_seconds=0.0)
     assert set(medians) == {("a", "a"), ("a", "b"), ("b", "a"), ("b", "b")}
     assert all(v >= 0 for v in medians.values())
     # Each timed step follows its partner: 2 rounds x 4 pairs x 3 timed pairs of calls.
@@ -175,15 +182,15 @@ def test_mixed_flags_missed_targets():
     import io
 
     text = io.StringIO()
-    misses = _mixed.print_matrix("M float32", medians, names, text)
+    misses = mixed.print_matrix("M float32", medians, names, text)
     assert misses == ["M float32: numpy after siglayer 1.30 > 1.15"]
     assert "after siglayer" in text.getvalue()
 
 
 def test_bench_mixed_prints_both_views(capsys):
-    status = cli.main(
+    status = run.main(
         [
-            *["bench", "--mixed", "--sizes", "T", "--dtypes", "float32"],
+            *["--mixed", "--sizes", "T", "--dtypes", "float32"],
             *["--rounds", "1", "--no-torch", "--no-sigmoid", "--threads", "1"],
         ]
     )

@@ -62,14 +62,14 @@ def test_quick_form_checks_without_timing(capsys):
     assert "all results match the reference" in out and "speedup" not in out
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["check", "--help"], ["bench", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["check", "--help"]])
 def test_help_names_no_private_module(argv, capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main(argv)
     assert exited.value.code == 0
     out = capsys.readouterr().out
     assert "usage: python -m siglayer" in out
-    assert not re.search(r"\bsiglayer\._|\b_(core|bench|mixed|timing|api)\b", out), out
+    assert not re.search(r"\bsiglayer\._|\b_(core|timing|api|compare)\b", out), out
 
 
 def test_timing_says_how_long_before_it_starts(monkeypatch, capsys):

@@ -1,12 +1,11 @@
-"""python -m siglayer [check|bench|explain]: the main job for a newcomer.
+"""python -m siglayer [check|explain|docs]: the main job for a newcomer.
 
 ``check`` (the default) compares siglayer with the NumPy reference on a few sizes in
 both dtypes, printing the errors, then prints a short timing table against NumPy.
 Exit status 1 on any mismatch. ``explain`` prints a small worked example of the
 derivation of backward, exit status 1 if its numbers disagree. ``docs`` prints where the
-installed documentation is. ``bench`` times siglayer
-against NumPy, the GEMM floor and PyTorch, exit status 1 if a contender's result
-disagrees with the reference.
+installed documentation is. The full benchmark (against NumPy, the GEMM floor and
+PyTorch, alone and beside each other) runs from a source checkout: python bench/run.py.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from importlib import resources
 
 import numpy as np
 
-from . import _api, _bench, _compare, _config, _derivation, reference
+from . import _api, _compare, _config, _derivation, reference
 from ._timing import interleaved_medians
 from ._typing import Float
 
@@ -28,16 +27,6 @@ TIMING_ROUNDS = 9
 # What the timing table takes on a 2-core AMD EPYC (Zen 3) VM, rounded up: said before
 # it starts, so that nobody waits without knowing for how long.
 TIMING_SECONDS = 20
-
-BENCH_DESCRIPTION = """\
-Time siglayer's forward and forward + backward against NumPy (siglayer.reference), the
-matrix products alone through siglayer's BLAS (the floor siglayer cannot go below) and
-PyTorch (if installed), at sizes T to XL in float32 and float64. Every result is checked
-against the NumPy reference before it is timed; the contenders take turns and the table
-shows medians and ratios from one run. Rows are printed as they are measured: about 2
-minutes for the default sizes, 2 to 3 more with XL, about 4 with --mixed. Exit status 1
-if a result disagrees with the reference, 2 if --mixed misses a target.
-"""
 
 
 def _header() -> str:
@@ -157,13 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub.add_parser("explain", help="a worked example: the Jacobian of W contracted vs backward")
     sub.add_parser("docs", help="print where the installed documentation is")
-    bench_p = sub.add_parser(
-        "bench",
-        help="time siglayer against NumPy, the GEMM floor and PyTorch (minutes)",
-        description=BENCH_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _bench.add_arguments(bench_p)
     args = parser.parse_args(argv)
     if args.command in (None, "check"):
         return check(timing=not (args.quick or getattr(args, "no_timing", False)))
@@ -171,8 +153,6 @@ def main(argv: list[str] | None = None) -> int:
         return _derivation.explain()
     if args.command == "docs":
         return docs()
-    if args.command == "bench":
-        return _bench.main(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

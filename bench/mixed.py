@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _bench
+import harness
 
 __all__ = ["TARGETS", "make_steps", "matrix", "print_matrix", "run"]
 
@@ -35,22 +35,24 @@ __all__ = ["TARGETS", "make_steps", "matrix", "print_matrix", "run"]
 # most 1.25x its time alone; another library right after siglayer at most 1.15x.
 TARGETS = {"siglayer_after_other": 1.25, "other_after_siglayer": 1.15}
 
-Step = Callable[[], _bench.Result]
+Step = Callable[[], harness.Result]
 
 
-def make_steps(p: _bench.Problem, ref: _bench.Result, torch: ModuleType | None) -> dict[str, Step]:
-    """The steps for problem ``p`` (``ref`` is ``_bench.reference_results(p)``)."""
+def make_steps(
+    p: harness.Problem, ref: harness.Result, torch: ModuleType | None
+) -> dict[str, Step]:
+    """The steps for problem ``p`` (``ref`` is ``harness.reference_results(p)``)."""
     x, W, dZ = p.x, p.W, ref["dZ"]
 
-    def numpy_step() -> _bench.Result:
+    def numpy_step() -> harness.Result:
         return {"z": x @ W, "dW": x.T @ dZ, "dx": dZ @ W.T}
 
-    siglayer_step = _bench.make_contender("siglayer", p, ref)["forward_backward"]
+    siglayer_step = harness.make_contender("siglayer", p, ref)["forward_backward"]
     steps: dict[str, Step] = {"numpy": numpy_step}
     if torch is not None:
         tx, tW, tdZ = (torch.from_numpy(a) for a in (x, W, dZ))
 
-        def torch_step() -> _bench.Result:
+        def torch_step() -> harness.Result:
             z, dW, dx = tx @ tW, tx.T @ tdZ, tdZ @ tW.T
             return {"z": z.numpy(), "dW": dW.numpy(), "dx": dx.numpy()}
 
@@ -110,7 +112,7 @@ def print_matrix(
                 continue
             if ratio > limit:
                 misses.append(f"{title}: {step} after {before} {ratio:.2f} > {limit}")
-        print(f"{step:9} {_bench._fmt_time(alone)} " + " ".join(cells), file=file)
+        print(f"{step:9} {harness._fmt_time(alone)} " + " ".join(cells), file=file)
     return misses
 
 
@@ -126,11 +128,11 @@ def run(
     misses: list[str] = []
     for size in sizes:
         for dtype in dtypes:
-            p = _bench.make_problem(size, dtype)
-            ref = _bench.reference_results(p)
+            p = harness.make_problem(size, dtype)
+            ref = harness.reference_results(p)
             steps = make_steps(p, ref, torch)
             for name, step in steps.items():
-                _bench.check(f"{name} step {size} {dtype}", step(), ref)
+                harness.check(f"{name} step {size} {dtype}", step(), ref)
             del ref
             medians = matrix(steps, rounds=rounds)
             title = f"{size} {p.shape} {dtype}"

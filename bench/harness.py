@@ -16,8 +16,8 @@ Contenders, each for the forward pass alone and for forward + backward (with dx)
 Every contender's result is checked against the reference before it is timed. Times
 come from :func:`siglayer._timing.interleaved_medians`: the contenders take turns, so
 the drift of a shared machine hits them alike, and ratios are taken within one run.
-``python -m siglayer bench`` prints the table; bench/ runs the same contenders under
-pytest-benchmark.
+``python bench/run.py`` prints the table; ``pytest bench --benchmark-enable`` runs the
+same contenders under pytest-benchmark.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _api, _compare, _config, _core, reference
-from ._timing import interleaved_medians
+from siglayer import _api, _compare, _config, _core, reference
+from siglayer._timing import interleaved_medians
 
 __all__ = [
     "CONTENDERS",
@@ -635,7 +635,7 @@ def _names(text: str, allowed: Sequence[str], what: str) -> list[str]:
 
 
 def add_arguments(parser: Any) -> None:
-    """The options of ``python -m siglayer bench``."""
+    """The options of ``python bench/run.py``."""
     parser.add_argument(
         "--sizes",
         default=None,
@@ -722,11 +722,11 @@ def main(args: Any) -> int:
         )
         misses: list[str] = []
         if args.mixed:
-            from . import _mixed
+            import mixed
 
             threads = _config.get_num_threads() if args.threads is None else args.threads
             with limit_threads(threads, torch):
-                misses = _mixed.run(sizes, dtypes, rounds=args.rounds, torch=torch, file=sys.stdout)
+                misses = mixed.run(sizes, dtypes, rounds=args.rounds, torch=torch, file=sys.stdout)
     except AssertionError as exc:
         print(f"MISMATCH, nothing timed for this group: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,36 @@
+"""The benchmark: siglayer against NumPy, the GEMM floor and PyTorch, from the source tree.
+
+    python bench/run.py                         # T,S,M,L,N in float32 and float64
+    python bench/run.py --sizes all --plot speedup.png
+    python bench/run.py --mixed                 # then each library right after the others
+
+Time siglayer's forward and forward + backward against NumPy (siglayer.reference), the
+matrix products alone through siglayer's BLAS (the floor siglayer cannot go below) and
+PyTorch (if installed), at sizes T to XL. Every result is checked against the NumPy
+reference before it is timed; the contenders take turns, and the table shows medians and
+ratios from one run. Rows are printed as they are measured: about 2 minutes for the
+default sizes, 2 to 3 more with XL, about 4 with --mixed. Exit status 1 if a result
+disagrees with the reference, 2 if --mixed misses a target. The harness is harness.py
+(contenders, checks, table, plot) and mixed.py (the matrix of --mixed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import harness
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python bench/run.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    harness.add_arguments(parser)
+    return harness.main(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
