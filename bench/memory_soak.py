@@ -14,13 +14,17 @@ only (/proc/self/statm).
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
 import siglayer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_memory import make_workload, rss_bytes
 
 # forward + backward pairs per iteration: 4 functional, 1 for a two-thread team, 2 layers
 # of a training step (plus two failing calls and an optimizer step)
@@ -28,63 +32,20 @@ PAIRS_PER_ITERATION = 7
 CHECKPOINT = 100_000  # pairs
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def make_iteration():
-    rng = np.random.default_rng(0)
-    x32 = rng.standard_normal((64, 48)).astype(np.float32)
-    W32 = rng.standard_normal((48, 24)).astype(np.float32)
-    b32 = rng.standard_normal(24).astype(np.float32)
-    x64 = np.repeat(rng.standard_normal((96, 40)), 2, axis=1)[:, ::2]
-    W64 = np.asfortranarray(rng.standard_normal((40, 20)))
-    b64 = rng.standard_normal(20)
-    xb = rng.standard_normal((3, 16, 40))
-    out, dx, dW, db = np.empty((96, 20)), np.empty((96, 40)), np.empty((40, 20)), np.empty(20)
-    net = siglayer.Sequential(
-        siglayer.SigmoidLayer(40, 24, dtype=np.float64, seed=0),
-        siglayer.SigmoidLayer(24, 8, dtype=np.float64, seed=1),
-    )
-    loss_fn = siglayer.losses.BCELoss()
-    optimizer = siglayer.optim.Adam(net.parameters(), lr=1e-3)
-    # Six batch sizes: more than a layer keeps buffers for.
-    batches = [
-        (rng.standard_normal((m, 40)), (rng.random((m, 8)) < 0.5).astype(np.float64))
-        for m in range(8, 14)
-    ]
-    steps = [0]
-
-    def iteration() -> None:
-        o = siglayer.forward(x32, W32, b32)
-        siglayer.backward(o, x32, W32, o)
-        siglayer.forward(x64, W64, b64, out=out)
-        siglayer.backward(out, x64, W64, out, dx=dx, dW=dW, db=db)
-        ob = siglayer.forward(xb, W64, b64)
-        siglayer.backward(ob, xb, W64, ob, need_dx=False)
-        o1 = siglayer.forward(x64[0], W64, b64)
-        siglayer.backward(o1, x64[0], W64, o1)
-        try:
-            siglayer.backward(ob, xb, W64, ob[:, :1])
-        except ValueError:
-            pass
-        try:
-            siglayer.forward(x32, W64, b64)
-        except TypeError:
-            pass
-        # Just big enough for a two-thread OpenMP team.
-        bo = siglayer.forward(big_x, big_W, big_b)
-        siglayer.backward(bo, big_x, big_W, bo, need_dx=False)
-        x_batch, y_batch = batches[steps[0] % len(batches)]
-        steps[0] += 1
-        loss_fn(net(x_batch), y_batch)
-        net.backward_from_preactivation(loss_fn.backward())
-        optimizer.step()
-
+    """The memory test's workload (tests/test_memory.py, one definition for both) plus a
+    call just big enough for a two-thread OpenMP team."""
+    workload, _ = make_workload()
+    rng = np.random.default_rng(1)
     big_x = rng.standard_normal((128, 96)).astype(np.float32)
     big_W = rng.standard_normal((96, 96)).astype(np.float32)
     big_b = np.zeros(96, np.float32)
+
+    def iteration() -> None:
+        workload()
+        bo = siglayer.forward(big_x, big_W, big_b)
+        siglayer.backward(bo, big_x, big_W, bo, need_dx=False)
+
     return iteration
 
 

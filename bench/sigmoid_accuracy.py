@@ -12,30 +12,17 @@ on the same kind of sweep.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from siglayer import _core
 
-UNDERFLOW = {np.dtype(np.float32): 104.0, np.dtype(np.float64): 746.0}
-
-
-def exact(z: np.ndarray) -> np.ndarray:
-    zl = z.astype(np.longdouble)
-    t = np.exp(-np.abs(zl))
-    return np.where(zl >= 0, 1 / (1 + t), t / (1 + t))
-
-
-def sweep(dtype: np.dtype, seed: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    limit = UNDERFLOW[dtype]
-    parts = [
-        rng.uniform(-limit, limit, 400_000),
-        rng.uniform(-20, 20, 400_000),
-        np.linspace(-1, 1, 200_001),
-        -np.logspace(-30, np.log10(limit), 50_000),
-        np.logspace(-30, np.log10(limit), 50_000),
-    ]
-    return np.concatenate(parts).astype(dtype)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+# The test's sweep, reference and error measure (one definition); another seed here, so
+# that the figures printed come from other points than the test's.
+from test_sigmoid_accuracy import reference, sweep, ulp_error
 
 
 def main() -> None:
@@ -45,10 +32,8 @@ def main() -> None:
         for isa in available:
             _core.select_isa(isa)
             for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
-                z = sweep(dtype)
-                truth = exact(z)
-                ulp = np.spacing(np.abs(truth.astype(dtype))).astype(np.longdouble)
-                errors = np.abs(_core.sigmoid(z).astype(np.longdouble) - truth) / ulp
+                z = sweep(dtype, seed=1)
+                errors = ulp_error(_core.sigmoid(z), reference(z))
                 worst = int(np.argmax(errors))
                 print(f"{isa:9} {dtype.name:8} {float(errors[worst]):8.3f}  {z[worst]!r}")
     finally:
