@@ -20,7 +20,7 @@ import mmap
 import re
 import tracemalloc
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -165,233 +165,256 @@ def huge_backward(n: int, n_in: int, n_out: int) -> Builder:
 
 BIG = 2**40  # a companion dimension that makes any proportional allocation impossible
 
-CASES: dict[str, tuple[Builder, type[Exception], str, str]] = {
+
+class Case(NamedTuple):
+    """One bad call: how to make it, the exception it must raise, the argument its
+    message must name first, and a regex the message must match."""
+
+    build: Builder
+    error: type[Exception]
+    argument: str
+    match: str
+
+
+# -- The functional API: forward and backward ---------------------------------------------
+
+FUNCTIONAL_CASES: dict[str, Case] = {
     # -- Not an array at all ------------------------------------------------------------
-    "x-list": (
+    "x-list": Case(
         lambda p: fwd(p, x=p["x"].tolist()),
         TypeError,
         "x",
         r"x must be a numpy\.ndarray, got list",
     ),
-    "x-ragged-list": (lambda p: fwd(p, x=[[1.0, 2.0, 3.0], [4.0]]), TypeError, "x", r"got list"),
-    "x-None": (lambda p: fwd(p, x=None), TypeError, "x", r"x must be a numpy\.ndarray, got None"),
-    "x-memoryview": (lambda p: fwd(p, x=memoryview(p["x"])), TypeError, "x", r"got memoryview"),
-    "W-python-float": (
+    "x-ragged-list": Case(
+        lambda p: fwd(p, x=[[1.0, 2.0, 3.0], [4.0]]), TypeError, "x", r"got list"
+    ),
+    "x-None": Case(
+        lambda p: fwd(p, x=None), TypeError, "x", r"x must be a numpy\.ndarray, got None"
+    ),
+    "x-memoryview": Case(lambda p: fwd(p, x=memoryview(p["x"])), TypeError, "x", r"got memoryview"),
+    "W-python-float": Case(
         lambda p: fwd(p, W=2.0),
         TypeError,
         "W",
         r"W must be a numpy\.ndarray, got float",
     ),
-    "b-tuple": (lambda p: fwd(p, b=(1.0, 2.0)), TypeError, "b", r"got tuple"),
-    "b-python-int": (lambda p: fwd(p, b=0), TypeError, "b", r"got int"),
-    "dout-None": (
+    "b-tuple": Case(lambda p: fwd(p, b=(1.0, 2.0)), TypeError, "b", r"got tuple"),
+    "b-python-int": Case(lambda p: fwd(p, b=0), TypeError, "b", r"got int"),
+    "dout-None": Case(
         lambda p: bwd(p, dout=None),
         TypeError,
         "dout",
         r"dout must be a numpy\.ndarray, got None",
     ),
-    "dout-python-float": (lambda p: bwd(p, dout=1.0), TypeError, "dout", r"got float"),
-    "bwd-out-list": (
+    "dout-python-float": Case(lambda p: bwd(p, dout=1.0), TypeError, "dout", r"got float"),
+    "bwd-out-list": Case(
         lambda p: bwd(p, out=p["out"].tolist()),
         TypeError,
         "out",
         r"out must be a numpy\.ndarray",
     ),
-    "bwd-W-None-batched": (
+    "bwd-W-None-batched": Case(
         lambda p: bwd(p, x=p["x"][None], dout=p["dout"][None], out=p["out"][None], W=None),
         TypeError,
         "W",
         r"W must be a numpy\.ndarray, got None",
     ),
     # W is checked before out= is sized from it (it used to read "expected (1, 4, -1)").
-    "W-None-batched-with-out": (
+    "W-None-batched-with-out": Case(
         lambda p: fwd(p, x=p["x"][None], W=None, out=filled((1, 4, 2))),
         TypeError,
         "W",
         r"W must be a numpy\.ndarray, got None",
     ),
-    "W-1d-batched-with-out": (
+    "W-1d-batched-with-out": Case(
         lambda p: fwd(p, x=p["x"][None], W=p["W"][:, 0], out=filled((1, 4, 2))),
         ValueError,
         "W",
         r"W must be 2-D",
     ),
     # -- Unsupported dtypes: never converted ---------------------------------------------
-    "x-int64": (lambda p: fwd(p, x=p["x"].astype(np.int64)), TypeError, "x", r"x has dtype int64"),
-    "W-float16": (
+    "x-int64": Case(
+        lambda p: fwd(p, x=p["x"].astype(np.int64)), TypeError, "x", r"x has dtype int64"
+    ),
+    "W-float16": Case(
         lambda p: fwd(p, W=p["W"].astype(np.float16)),
         TypeError,
         "W",
         r"W has dtype float16",
     ),
-    "x-longdouble": (
+    "x-longdouble": Case(
         lambda p: fwd(p, x=p["x"].astype(np.longdouble)),
         TypeError,
         "x",
         r"x has dtype float(128|96|64)",
     ),
-    "x-complex128": (
+    "x-complex128": Case(
         lambda p: fwd(p, x=p["x"].astype(complex)),
         TypeError,
         "x",
         r"x has dtype complex128",
     ),
-    "b-bool": (lambda p: fwd(p, b=p["b"] > 0), TypeError, "b", r"b has dtype bool"),
-    "x-object": (lambda p: fwd(p, x=p["x"].astype(object)), TypeError, "x", r"x has dtype object"),
-    "dout-object": (
+    "b-bool": Case(lambda p: fwd(p, b=p["b"] > 0), TypeError, "b", r"b has dtype bool"),
+    "x-object": Case(
+        lambda p: fwd(p, x=p["x"].astype(object)), TypeError, "x", r"x has dtype object"
+    ),
+    "dout-object": Case(
         lambda p: bwd(p, dout=p["dout"].astype(object)),
         TypeError,
         "dout",
         r"dout has dtype object",
     ),
-    "x-str": (lambda p: fwd(p, x=np.full((4, 3), "a")), TypeError, "x", r"x has dtype <U1"),
-    "x-big-endian": (lambda p: fwd(p, x=p["x"].astype(">f8")), TypeError, "x", r"x has dtype >f8"),
-    "bwd-out-int32": (
+    "x-str": Case(lambda p: fwd(p, x=np.full((4, 3), "a")), TypeError, "x", r"x has dtype <U1"),
+    "x-big-endian": Case(
+        lambda p: fwd(p, x=p["x"].astype(">f8")), TypeError, "x", r"x has dtype >f8"
+    ),
+    "bwd-out-int32": Case(
         lambda p: bwd(p, out=p["out"].astype(np.int32)),
         TypeError,
         "out",
         r"out has dtype int32",
     ),
     # -- Mixed dtypes ---------------------------------------------------------------------
-    "mixed-W-float32": (
+    "mixed-W-float32": Case(
         lambda p: fwd(p, W=p["W"].astype(f32)),
         TypeError,
         "W",
         r"share one dtype; got x float64, W float32, b float64",
     ),
-    "mixed-b-float32": (lambda p: fwd(p, b=p["b"].astype(f32)), TypeError, "b", r"b float32"),
-    "mixed-dout-float32": (
+    "mixed-b-float32": Case(lambda p: fwd(p, b=p["b"].astype(f32)), TypeError, "b", r"b float32"),
+    "mixed-dout-float32": Case(
         lambda p: bwd(p, dout=p["dout"].astype(f32)),
         TypeError,
         "dout",
         r"share one dtype; got dout float32, x float64",
     ),
-    "mixed-bwd-out-float32": (
+    "mixed-bwd-out-float32": Case(
         lambda p: bwd(p, out=p["out"].astype(f32)),
         TypeError,
         "out",
         r"out float32",
     ),
-    "mixed-batched-x-float32": (
+    "mixed-batched-x-float32": Case(
         lambda p: fwd(p, x=p["x"][None].astype(f32)),
         TypeError,
         "x",
         r"x float32, W float64",
     ),
     # -- Array subclasses whose meaning the core would ignore ----------------------------
-    "x-matrix": (
+    "x-matrix": Case(
         lambda p: fwd(p, x=p["x"].view(np.matrix)),
         TypeError,
         "x",
         r"x must be a plain numpy\.ndarray, got numpy\.matrix",
     ),
-    "W-masked": (
+    "W-masked": Case(
         lambda p: fwd(p, W=np.ma.masked_array(p["W"])),
         TypeError,
         "W",
         r"W must be a plain .*MaskedArray",
     ),
-    "b-masked": (
+    "b-masked": Case(
         lambda p: fwd(p, b=np.ma.masked_array(p["b"], mask=[True, False])),
         TypeError,
         "b",
         r"MaskedArray",
     ),
-    "x-masked-batched": (
+    "x-masked-batched": Case(
         lambda p: fwd(p, x=np.ma.masked_array(p["x"][None])),
         TypeError,
         "x",
         r"MaskedArray",
     ),
-    "dout-matrix": (
+    "dout-matrix": Case(
         lambda p: bwd(p, dout=p["dout"].view(np.matrix)),
         TypeError,
         "dout",
         r"numpy\.matrix",
     ),
-    "out-buffer-matrix": (
+    "out-buffer-matrix": Case(
         lambda p: fwd(p, out=filled((4, 2)).view(np.matrix)),
         TypeError,
         "out",
         r"numpy\.matrix",
     ),
-    "dW-buffer-masked": (
+    "dW-buffer-masked": Case(
         lambda p: bwd(p, dW=np.ma.masked_array(filled((3, 2)))),
         TypeError,
         "dW",
         r"MaskedArray",
     ),
     # -- Shapes ---------------------------------------------------------------------------
-    "x-0d": (
+    "x-0d": Case(
         lambda p: fwd(p, x=np.array(1.0)),
         ValueError,
         "x",
         r"x must have shape \(\.\.\., n_in\), got a 0-d",
     ),
-    "W-1d": (
+    "W-1d": Case(
         lambda p: fwd(p, W=p["W"][:, 0]),
         ValueError,
         "W",
         r"W must be 2-D \(n_in, n_out\), got shape \(3,\)",
     ),
-    "W-3d": (lambda p: fwd(p, W=p["W"][None]), ValueError, "W", r"W must be 2-D .*\(1, 3, 2\)"),
-    "b-2d": (
+    "W-3d": Case(lambda p: fwd(p, W=p["W"][None]), ValueError, "W", r"W must be 2-D .*\(1, 3, 2\)"),
+    "b-2d": Case(
         lambda p: fwd(p, b=np.ones((2, 2))),
         ValueError,
         "b",
         r"b must have shape \(n_out,\) or \(1, n_out\), got shape \(2, 2\)",
     ),
-    "b-0d": (lambda p: fwd(p, b=np.array(0.0)), ValueError, "b", r"got shape \(\)"),
-    "b-3d": (lambda p: fwd(p, b=np.ones((1, 1, 2))), ValueError, "b", r"got shape \(1, 1, 2\)"),
-    "b-size": (
+    "b-0d": Case(lambda p: fwd(p, b=np.array(0.0)), ValueError, "b", r"got shape \(\)"),
+    "b-3d": Case(lambda p: fwd(p, b=np.ones((1, 1, 2))), ValueError, "b", r"got shape \(1, 1, 2\)"),
+    "b-size": Case(
         lambda p: fwd(p, b=np.ones(3)),
         ValueError,
         "b",
         r"b has 3 entries but W has shape \(3, 2\)",
     ),
-    "x-features": (
+    "x-features": Case(
         lambda p: fwd(p, x=np.ones((2, 5))),
         ValueError,
         "x",
         r"W has shape \(3, 2\) but x has 5 features \(shape \(2, 5\)\)",
     ),
-    "x-features-batched": (
+    "x-features-batched": Case(
         lambda p: fwd(p, x=np.ones((2, 2, 5))),
         ValueError,
         "x",
         r"x has 5 features \(shape \(2, 2, 5\)\)",
     ),
-    "bwd-x-0d": (
+    "bwd-x-0d": Case(
         lambda p: bwd(p, x=np.array(1.0), dout=p["dout"][None]),
         ValueError,
         "x",
         r"x must have shape",
     ),
-    "bwd-x-features": (
+    "bwd-x-features": Case(
         lambda p: bwd(p, x=np.ones((4, 5))),
         ValueError,
         "x",
         r"W has shape \(3, 2\) but x has 5 features",
     ),
-    "bwd-W-1d-batched": (
+    "bwd-W-1d-batched": Case(
         lambda p: bwd(p, x=p["x"][None], dout=p["dout"][None], out=p["out"][None], W=p["W"][:, 0]),
         ValueError,
         "W",
         r"W must be 2-D",
     ),
-    "dout-shape": (
+    "dout-shape": Case(
         lambda p: bwd(p, dout=np.ones((4, 3))),
         ValueError,
         "dout",
         r"dout has shape \(4, 3\), expected \(4, 2\)",
     ),
-    "dout-0d": (
+    "dout-0d": Case(
         lambda p: bwd(p, dout=np.array(1.0)),
         ValueError,
         "dout",
         r"dout has shape \(\), expected \(4, 2\)",
     ),
-    "dout-batch-mismatch": (
+    "dout-batch-mismatch": Case(
         lambda p: bwd(
             p,
             x=p["x"].reshape(2, 2, 3),
@@ -402,125 +425,127 @@ CASES: dict[str, tuple[Builder, type[Exception], str, str]] = {
         "dout",
         r"dout has shape \(1, 4, 2\)",
     ),
-    "bwd-out-shape": (
+    "bwd-out-shape": Case(
         lambda p: bwd(p, out=np.ones((5, 2))),
         ValueError,
         "out",
         r"out has shape \(5, 2\), expected \(4, 2\)",
     ),
     # -- need_dx --------------------------------------------------------------------------
-    "need_dx-None": (
+    "need_dx-None": Case(
         lambda p: bwd(p, need_dx=None),
         TypeError,
         "need_dx",
         r"need_dx must be a bool, got None",
     ),
-    "need_dx-str": (
+    "need_dx-str": Case(
         lambda p: bwd(p, need_dx="no"),
         TypeError,
         "need_dx",
         r"need_dx must be a bool, got str",
     ),
-    "need_dx-array": (
+    "need_dx-array": Case(
         lambda p: bwd(p, need_dx=np.array([True, False])),
         TypeError,
         "need_dx",
         r"got numpy\.ndarray",
     ),
     # -- Output buffers (each holds a sentinel that must survive) -------------------------
-    "out-shape": (
+    "out-shape": Case(
         lambda p: fwd(p, out=filled((4, 3))),
         ValueError,
         "out",
         r"out has shape \(4, 3\), expected \(4, 2\)",
     ),
-    "out-too-small": (
+    "out-too-small": Case(
         lambda p: fwd(p, out=filled((3, 2))),
         ValueError,
         "out",
         r"out has shape \(3, 2\), expected \(4, 2\)",
     ),
-    "out-flat": (lambda p: fwd(p, out=filled((8,))), ValueError, "out", r"out has shape \(8,\)"),
-    "out-flattened-batch": (
+    "out-flat": Case(
+        lambda p: fwd(p, out=filled((8,))), ValueError, "out", r"out has shape \(8,\)"
+    ),
+    "out-flattened-batch": Case(
         lambda p: fwd(p, x=p["x"].reshape(2, 2, 3), out=filled((4, 2))),
         ValueError,
         "out",
         r"out has shape \(4, 2\), expected \(2, 2, 2\)",
     ),
-    "out-0d": (lambda p: fwd(p, out=np.array(7.0)), ValueError, "out", r"out has shape \(\)"),
-    "out-list": (
+    "out-0d": Case(lambda p: fwd(p, out=np.array(7.0)), ValueError, "out", r"out has shape \(\)"),
+    "out-list": Case(
         lambda p: fwd(p, out=[[0.0, 0.0]] * 4),
         TypeError,
         "out",
         r"out must be a numpy\.ndarray, got list",
     ),
-    "out-float32": (
+    "out-float32": Case(
         lambda p: fwd(p, out=filled((4, 2), f32)),
         TypeError,
         "out",
         r"out has dtype float32, expected float64",
     ),
-    "out-big-endian": (
+    "out-big-endian": Case(
         lambda p: fwd(p, out=filled((4, 2)).astype(">f8")),
         TypeError,
         "out",
         r"out has dtype >f8",
     ),
-    "out-F-order": (
+    "out-F-order": Case(
         lambda p: fwd(p, out=np.asfortranarray(filled((4, 2)))),
         ValueError,
         "out",
         r"out must be C-contiguous",
     ),
-    "out-strided": (
+    "out-strided": Case(
         lambda p: fwd(p, out=filled((4, 4))[:, ::2]),
         ValueError,
         "out",
         r"out must be C-contiguous",
     ),
-    "out-negative-strides": (
+    "out-negative-strides": Case(
         lambda p: fwd(p, out=filled((4, 2))[::-1]),
         ValueError,
         "out",
         r"out must be C-contiguous",
     ),
-    "out-zero-strides": (
+    "out-zero-strides": Case(
         zero_stride_out,
         ValueError,
         "out",
         r"out must be C-contiguous",
     ),
-    "out-read-only": (
+    "out-read-only": Case(
         lambda p: fwd(p, out=readonly(filled((4, 2)))),
         ValueError,
         "out",
         r"out is read-only",
     ),
-    "out-misaligned": (
+    "out-misaligned": Case(
         lambda p: fwd(p, out=misaligned((4, 2))),
         ValueError,
         "out",
         r"out is not aligned",
     ),
-    "dx-misaligned": (
+    "dx-misaligned": Case(
         lambda p: bwd(p, dx=misaligned((4, 3))),
         ValueError,
         "dx",
         r"dx is not aligned",
     ),
-    "dW-shape": (
+    "dW-shape": Case(
         lambda p: bwd(p, dW=filled((2, 3))),
         ValueError,
         "dW",
         r"dW has shape \(2, 3\), expected \(3, 2\)",
     ),
-    "db-shape": (
+    "db-shape": Case(
         lambda p: bwd(p, db=filled((1, 2))),
         ValueError,
         "db",
         r"db has shape \(1, 2\), expected \(2,\)",
     ),
-    "dx-shape-batched": (
+    "dx-shape-batched": Case(
         lambda p: bwd(
             p, x=p["x"][None], dout=p["dout"][None], out=p["out"][None], dx=filled((4, 3))
         ),
@@ -528,43 +553,43 @@ CASES: dict[str, tuple[Builder, type[Exception], str, str]] = {
         "dx",
         r"dx has shape \(4, 3\), expected \(1, 4, 3\)",
     ),
-    "dx-float32": (
+    "dx-float32": Case(
         lambda p: bwd(p, dx=filled((4, 3), f32)),
         TypeError,
         "dx",
         r"dx has dtype float32",
     ),
-    "dW-list": (
+    "dW-list": Case(
         lambda p: bwd(p, dW=[[0.0] * 2] * 3),
         TypeError,
         "dW",
         r"dW must be a numpy\.ndarray, got list",
     ),
-    "dx-without-need_dx": (
+    "dx-without-need_dx": Case(
         lambda p: bwd(p, dx=filled((4, 3)), need_dx=False),
         ValueError,
         "dx",
         r"dx was given but need_dx=False",
     ),
-    "dW-read-only": (
+    "dW-read-only": Case(
         lambda p: bwd(p, dW=readonly(filled((3, 2)))),
         ValueError,
         "dW",
         r"dW is read-only",
     ),
-    "db-read-only": (
+    "db-read-only": Case(
         lambda p: bwd(p, db=readonly(filled((2,)))),
         ValueError,
         "db",
         r"db is read-only",
     ),
-    "dx-F-order": (
+    "dx-F-order": Case(
         lambda p: bwd(p, dx=np.asfortranarray(filled((4, 3)))),
         ValueError,
         "dx",
         r"dx must be C-contiguous",
     ),
-    "db-strided": (
+    "db-strided": Case(
         lambda p: bwd(p, db=filled((4,))[::2]),
         ValueError,
         "db",
@@ -572,138 +597,142 @@ CASES: dict[str, tuple[Builder, type[Exception], str, str]] = {
     ),
     # -- A buffer that overlaps an input or another buffer -------------------------------
     # shared(func, name=(start, shape)): arguments placed at element offsets of one array.
-    "out-is-x": (
+    "out-is-x": Case(
         shared("forward", x=(0, (4, 2)), W=(8, (2, 2)), b=(12, (2,)), out=(0, (4, 2))),
         ValueError,
         "out",
         r"out overlaps x",
     ),
-    "out-partly-overlaps-x": (
+    "out-partly-overlaps-x": Case(
         shared("forward", x=(0, (4, 3)), out=(10, (4, 2))),
         ValueError,
         "out",
         r"out overlaps x",
     ),
-    "out-overlaps-last-element-of-x": (
+    "out-overlaps-last-element-of-x": Case(
         shared("forward", x=(0, (4, 3)), out=(11, (4, 2))),
         ValueError,
         "out",
         r"out overlaps x",
     ),
-    "out-overlaps-negative-strided-x": (
+    "out-overlaps-negative-strided-x": Case(
         negative_x_under_out,
         ValueError,
         "out",
         r"out overlaps x",
     ),
-    "out-contains-W": (
+    "out-contains-W": Case(
         shared("forward", W=(1, (3, 2)), out=(0, (4, 2))),
         ValueError,
         "out",
         r"out overlaps W",
     ),
-    "out-overlaps-b": (
+    "out-overlaps-b": Case(
         shared("forward", b=(0, (2,)), out=(1, (4, 2))),
         ValueError,
         "out",
         r"out overlaps b",
     ),
-    "out-overlaps-x-batched": (
+    "out-overlaps-x-batched": Case(
         shared("forward", x=(0, (2, 2, 3)), W=(12, (3, 3)), b=(21, (3,)), out=(0, (2, 2, 3))),
         ValueError,
         "out",
         r"out overlaps x",
     ),
-    "dW-is-W": (lambda p: bwd(p, dW=p["W"]), ValueError, "dW", r"dW overlaps W"),
-    "dx-partly-overlaps-x": (
+    "dW-is-W": Case(lambda p: bwd(p, dW=p["W"]), ValueError, "dW", r"dW overlaps W"),
+    "dx-partly-overlaps-x": Case(
         shared("backward", x=(0, (4, 3)), dx=(9, (4, 3))),
         ValueError,
         "dx",
         r"dx overlaps x",
     ),
-    "dx-overlaps-bwd-out": (
+    "dx-overlaps-bwd-out": Case(
         shared("backward", out=(0, (4, 2)), dx=(6, (4, 3))),
         ValueError,
         "dx",
         r"dx overlaps out",
     ),
-    "db-overlaps-dout": (
+    "db-overlaps-dout": Case(
         shared("backward", dout=(0, (4, 2)), db=(7, (2,))),
         ValueError,
         "db",
         r"db overlaps dout",
     ),
-    "dW-overlaps-db": (
+    "dW-overlaps-db": Case(
         shared("backward", dW=(0, (3, 2)), db=(5, (2,))),
         ValueError,
         "dW",
         r"dW overlaps db",
     ),
-    "dx-overlaps-dW": (
+    "dx-overlaps-dW": Case(
         shared("backward", dx=(0, (4, 3)), dW=(11, (3, 2))),
         ValueError,
         "dx",
         r"dx overlaps dW",
     ),
     # -- Strides and alignment the core cannot take ---------------------------------------
-    "x-misaligned": (lambda p: fwd(p, x=misaligned((4, 3))), ValueError, "x", r"x is not aligned"),
-    "W-misaligned": (lambda p: fwd(p, W=misaligned((3, 2))), ValueError, "W", r"W is not aligned"),
-    "x-stride-not-whole-elements": (
+    "x-misaligned": Case(
+        lambda p: fwd(p, x=misaligned((4, 3))), ValueError, "x", r"x is not aligned"
+    ),
+    "W-misaligned": Case(
+        lambda p: fwd(p, W=misaligned((3, 2))), ValueError, "W", r"W is not aligned"
+    ),
+    "x-stride-not-whole-elements": Case(
         lambda p: fwd(p, x=np.zeros((4, 3), dtype=[("a", f64), ("c", f32)])["a"]),
         ValueError,
         "x",
         r"x has strides that are not a whole number of elements",
     ),
-    "dout-stride-not-whole-elements": (
+    "dout-stride-not-whole-elements": Case(
         lambda p: bwd(p, dout=np.zeros((4, 2), dtype=[("a", f64), ("c", f32)])["a"]),
         ValueError,
         "dout",
         r"dout has strides that are not a whole number",
     ),
     # -- Beyond the BLAS integer range: refused before any allocation or packing copy -----
-    "fwd-n_in-over-int32": (
+    "fwd-n_in-over-int32": Case(
         huge_forward(2**20, INT_MAX + 1, 2),
         ValueError,
         "n_in",
         r"n_in = 2147483648 exceeds the BLAS integer range",
     ),
-    "fwd-n-over-int32": (
+    "fwd-n-over-int32": Case(
         huge_forward(BIG, 3, 2**20),
         ValueError,
         "n",
         r"\bn = 1099511627776 exceeds",
     ),
-    "fwd-n_out-over-int32": (
+    "fwd-n_out-over-int32": Case(
         huge_forward(2**20, 3, INT_MAX + 1),
         ValueError,
         "n_out",
         r"n_out = 2147483648 exceeds",
     ),
-    "fwd-n_in-over-int32-with-out": (
+    "fwd-n_in-over-int32-with-out": Case(
         huge_forward(2, BIG, 2, with_out=True),
         ValueError,
         "n_in",
         r"n_in = 1099511627776 exceeds",
     ),
-    "fwd-batch-rows-over-int32": (
+    "fwd-batch-rows-over-int32": Case(
         huge_batched_forward,
         ValueError,
         "n",
         r"\bn = 1099511627776 exceeds",
     ),
-    "bwd-n_in-over-int32": (
+    "bwd-n_in-over-int32": Case(
         huge_backward(2**20, INT_MAX + 1, 2**20),
         ValueError,
         "n_in",
         r"n_in = 2147483648 exceeds",
     ),
-    "bwd-n-over-int32": (
+    "bwd-n-over-int32": Case(
         huge_backward(BIG, 2**20, 3),
         ValueError,
         "n",
         r"\bn = 1099511627776 exceeds",
     ),
-    "bwd-n_out-over-int32": (
+    "bwd-n_out-over-int32": Case(
         huge_backward(2**20, 3, INT_MAX + 1),
         ValueError,
         "n_out",
@@ -730,57 +759,57 @@ def huge_bfp(n: int, n_in: int, n_out: int) -> Builder:
     return build
 
 
-CASES.update(
+PREACTIVATION_CASES: dict[str, Case] = dict(
     {
-        "bfp-dZ-None": (
+        "bfp-dZ-None": Case(
             lambda p: bfp(p, dZ=None),
             TypeError,
             "dZ",
             r"dZ must be a numpy\.ndarray, got None",
         ),
-        "bfp-dZ-int64": (
+        "bfp-dZ-int64": Case(
             lambda p: bfp(p, dZ=p["dout"].astype(np.int64)),
             TypeError,
             "dZ",
             r"dZ has dtype int64",
         ),
-        "bfp-mixed-x-float32": (
+        "bfp-mixed-x-float32": Case(
             lambda p: bfp(p, x=p["x"].astype(f32)),
             TypeError,
             "x",
             r"x float32",
         ),
-        "bfp-dZ-shape": (
+        "bfp-dZ-shape": Case(
             lambda p: bfp(p, dZ=np.ones((4, 3))),
             ValueError,
             "dZ",
             r"dZ has shape \(4, 3\), expected \(4, 2\)",
         ),
-        "bfp-dZ-batch-mismatch": (
+        "bfp-dZ-batch-mismatch": Case(
             lambda p: bfp(p, x=p["x"].reshape(2, 2, 3), dZ=p["dout"].reshape(1, 4, 2)),
             ValueError,
             "dZ",
             r"dZ has shape \(1, 4, 2\)",
         ),
-        "bfp-need_dx-None": (
+        "bfp-need_dx-None": Case(
             lambda p: bfp(p, need_dx=None),
             TypeError,
             "need_dx",
             r"need_dx must be a bool, got None",
         ),
-        "bfp-dx-read-only": (
+        "bfp-dx-read-only": Case(
             lambda p: bfp(p, dx=readonly(filled((4, 3)))),
             ValueError,
             "dx",
             r"dx is read-only",
         ),
-        "bfp-dW-overlaps-x": (
+        "bfp-dW-overlaps-x": Case(
             shared("backward_from_preactivation", x=(0, (4, 3)), dW=(10, (3, 2))),
             ValueError,
             "dW",
             r"dW overlaps x",
         ),
-        "bfp-n_in-over-int32": (
+        "bfp-n_in-over-int32": Case(
             huge_bfp(2**20, INT_MAX + 1, 2**20),
             ValueError,
             "n_in",
@@ -860,93 +889,93 @@ def sequential_forward(p: Args):
     return net.forward, {"x": np.ones((4, 5))}, watch
 
 
-CASES.update(
+LAYER_CASES: dict[str, Case] = dict(
     {
-        "layer-n_in-zero": (
+        "layer-n_in-zero": Case(
             lambda p: (siglayer.SigmoidLayer, {"n_in": 0, "n_out": 2}, []),
             ValueError,
             "n_in",
             r"n_in must be >= 1, got 0",
         ),
-        "layer-n_out-float": (
+        "layer-n_out-float": Case(
             lambda p: (siglayer.SigmoidLayer, {"n_in": 3, "n_out": 2.0}, []),
             TypeError,
             "n_out",
             r"n_out must be an int, got float",
         ),
-        "layer-dtype-int32": (
+        "layer-dtype-int32": Case(
             lambda p: (siglayer.SigmoidLayer, {"n_in": 3, "n_out": 2, "dtype": np.int32}, []),
             TypeError,
             "dtype",
             r"dtype must be float32 or float64, got int32",
         ),
-        "layer-seed-str": (
+        "layer-seed-str": Case(
             lambda p: (siglayer.SigmoidLayer, {"n_in": 3, "n_out": 2, "seed": "0"}, []),
             TypeError,
             "seed",
             r"seed must be an int",
         ),
-        "layer-forward-x-list": (
+        "layer-forward-x-list": Case(
             on_layer("forward", x=lambda p: p["x"].tolist()),
             TypeError,
             "x",
             r"x must be a numpy\.ndarray, got list",
         ),
-        "layer-forward-x-float32": (
+        "layer-forward-x-float32": Case(
             on_layer("forward", x=lambda p: p["x"].astype(f32)),
             TypeError,
             "x",
             r"x has dtype float32 but this layer computes in float64",
         ),
-        "layer-forward-x-features": (
+        "layer-forward-x-features": Case(
             on_layer("forward", x=np.ones((4, 5))),
             ValueError,
             "x",
             r"x has shape \(4, 5\), expected \(\.\.\., 3\)",
         ),
-        "layer-forward-x-0d": (
+        "layer-forward-x-0d": Case(
             on_layer("forward", x=np.array(1.0)),
             ValueError,
             "x",
             r"x has shape \(\)",
         ),
-        "layer-forward-x-matrix": (
+        "layer-forward-x-matrix": Case(
             on_layer("forward", x=lambda p: p["x"].view(np.matrix)),
             TypeError,
             "x",
             r"numpy\.matrix",
         ),
-        "layer-forward-own-output": (
+        "layer-forward-own-output": Case(
             forward_own_output,
             ValueError,
             "x",
             r"x shares memory with this layer's output buffer",
         ),
-        "layer-backward-bce-gradient": (
+        "layer-backward-bce-gradient": Case(
             on_layer("backward", dout=bce_gradient),
             TypeError,
             "dout",
             r"dout is dL/dZ.*backward_from_preactivation",
         ),
-        "layer-backward_from_preactivation-mse-gradient": (
+        "layer-backward_from_preactivation-mse-gradient": Case(
             on_layer("backward_from_preactivation", dZ=mse_gradient),
             TypeError,
             "dZ",
             r"dZ is dL/dout.*pass it to backward\(",
         ),
-        "layer-backward-dout-list": (
+        "layer-backward-dout-list": Case(
             on_layer("backward", dout=[[1.0, 1.0]] * 4),
             TypeError,
             "dout",
             r"dout must be a numpy\.ndarray, got list",
         ),
-        "layer-backward-dout-shape": (
+        "layer-backward-dout-shape": Case(
             on_layer("backward", dout=np.ones((4, 3))),
             ValueError,
             "dout",
             r"dout has shape \(4, 3\) but the last forward produced \(4, 2\)",
         ),
-        "layer-backward-dout-float32": (
+        "layer-backward-dout-float32": Case(
             on_layer("backward", dout=np.ones((4, 2), f32)),
             TypeError,
             "dout",
@@ -954,49 +983,49 @@ CASES.update(
             r"^dout has dtype float32 but this layer computes in float64; pass "
             r"dout\.astype\(np\.float64\)",
         ),
-        "layer-backward-need_dx-None": (
+        "layer-backward-need_dx-None": Case(
             on_layer("backward", dout=np.ones((4, 2)), need_dx=None),
             TypeError,
             "need_dx",
             r"need_dx must be a bool",
         ),
-        "layer-bfp-dZ-shape": (
+        "layer-bfp-dZ-shape": Case(
             on_layer("backward_from_preactivation", dZ=np.ones((2, 2))),
             ValueError,
             "dZ",
             r"dZ has shape \(2, 2\) but the last forward produced \(4, 2\)",
         ),
-        "sequential-empty": (
+        "sequential-empty": Case(
             sequential(),
             ValueError,
             "layer",
             r"Sequential needs at least one layer",
         ),
-        "sequential-not-a-layer": (
+        "sequential-not-a-layer": Case(
             sequential((3, 2, f64), "dense"),
             TypeError,
             "layer",
             r"layer 1 is a str, not a layer",
         ),
-        "sequential-sizes": (
+        "sequential-sizes": Case(
             sequential((3, 2, f64), (4, 2, f64)),
             ValueError,
             "layer",
             r"layer 1 takes 4 inputs but layer 0 gives 2 outputs",
         ),
-        "sequential-mixed-dtypes": (
+        "sequential-mixed-dtypes": Case(
             sequential((3, 2, f32), (2, 2, f64)),
             TypeError,
             "layer",
             r"layer 0 computes in float32 but layer 1 in float64",
         ),
-        "sequential-same-layer-twice": (
+        "sequential-same-layer-twice": Case(
             sequential((2, 2, f64), "same"),
             ValueError,
             "layer",
             r"the same layer object appears twice",
         ),
-        "sequential-forward-x-features": (
+        "sequential-forward-x-features": Case(
             sequential_forward,
             ValueError,
             "x",
@@ -1004,6 +1033,10 @@ CASES.update(
         ),
     }
 )
+
+
+CASES: dict[str, Case] = {**FUNCTIONAL_CASES, **PREACTIVATION_CASES, **LAYER_CASES}
+assert len(CASES) == len(FUNCTIONAL_CASES) + len(PREACTIVATION_CASES) + len(LAYER_CASES)
 
 
 def _snapshot(a: np.ndarray) -> tuple[bytes, bool]:
