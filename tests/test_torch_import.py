@@ -22,4 +22,7 @@ def test_clear_import_error_without_torch():
     )
     assert result.returncode == 0, result.stderr
     assert "ImportError: siglayer.torch needs PyTorch" in result.stdout
-    assert "pip install 'siglayer[torch]'" in result.stdout
+    assert (
+        "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+        in result.stdout
+    )

@@ -2,8 +2,9 @@
 ``torch.ops.siglayer.sigmoid_linear_backward``, the function ``sigmoid_linear`` and the
 module ``SigmoidLinear``, all running siglayer's compiled kernels on CPU tensors.
 
-Importable only when PyTorch is installed (``pip install "siglayer[torch]"``); it is not
-imported by ``import siglayer``.
+Importable only when PyTorch is installed (the CPU build: ``pip install torch==2.13.0
+--index-url https://download.pytorch.org/whl/cpu``, or ``pip install ".[torch]"`` from
+a source checkout); it is not imported by ``import siglayer``.
 
 **Operators.** Importing this module registers two ``torch.library`` custom operators
 in the namespace ``siglayer``, with fake (meta) kernels and an autograd formula, so that
@@ -46,9 +47,9 @@ try:
     from torch import Tensor
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        "siglayer.torch needs PyTorch, which is not installed: pip install 'siglayer[torch]' "
-        "(or pip install torch==2.13.0 for the CPU build). The rest of siglayer works "
-        "without it."
+        "siglayer.torch needs PyTorch, which is not installed: pip install torch==2.13.0 "
+        "--index-url https://download.pytorch.org/whl/cpu (the CPU build). The rest of "
+        "siglayer works without it."
     ) from exc
 
 from . import _api
