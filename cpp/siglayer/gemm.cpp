@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "dtypes.hpp"
 #include "partition.hpp"
 
 namespace siglayer {
@@ -33,9 +34,10 @@ void gemm(GemmThreading threading, blas::Op op_a, blas::Op op_b, index_t M, inde
     });
 }
 
-template void gemm<float>(GemmThreading, blas::Op, blas::Op, index_t, index_t, index_t,
-                          const float*, index_t, const float*, index_t, float*, index_t);
-template void gemm<double>(GemmThreading, blas::Op, blas::Op, index_t, index_t, index_t,
-                           const double*, index_t, const double*, index_t, double*, index_t);
+#define SIGLAYER_INSTANTIATE(T)                                                                   \
+    template void gemm<T>(GemmThreading, blas::Op, blas::Op, index_t, index_t, index_t, const T*, \
+                          index_t, const T*, index_t, T*, index_t);
+SIGLAYER_FOR_EACH_DTYPE(SIGLAYER_INSTANTIATE)
+#undef SIGLAYER_INSTANTIATE
 
 }  // namespace siglayer

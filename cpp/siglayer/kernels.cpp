@@ -2,15 +2,17 @@
 
 #include <atomic>
 
+#include "dtypes.hpp"
+
 namespace siglayer::kernels {
 
 // Each copy of kernels_isa.cpp defines table<T>() in its own namespace.
+#define SIGLAYER_EXTERN_TABLE(T) extern template Table<T> table<T>();
 #define SIGLAYER_DECLARE_ISA(isa)                  \
     namespace isa {                                \
     template <class T>                             \
     Table<T> table();                              \
-    extern template Table<float> table<float>();   \
-    extern template Table<double> table<double>(); \
+    SIGLAYER_FOR_EACH_DTYPE(SIGLAYER_EXTERN_TABLE) \
     }
 SIGLAYER_DECLARE_ISA(baseline)
 #if defined(SIGLAYER_HAVE_X86_ISAS)
@@ -18,6 +20,7 @@ SIGLAYER_DECLARE_ISA(avx2)
 SIGLAYER_DECLARE_ISA(avx512)
 #endif
 #undef SIGLAYER_DECLARE_ISA
+#undef SIGLAYER_EXTERN_TABLE
 
 namespace {
 
@@ -85,8 +88,9 @@ const Table<T>& active() {
     return tables.get(current.load(std::memory_order_relaxed));
 }
 
-template const Table<float>& active<float>();
-template const Table<double>& active<double>();
+#define SIGLAYER_INSTANTIATE(T) template const Table<T>& active<T>();
+SIGLAYER_FOR_EACH_DTYPE(SIGLAYER_INSTANTIATE)
+#undef SIGLAYER_INSTANTIATE
 
 std::string active_isa() {
     return isa_name(current.load());

@@ -1,4 +1,5 @@
 // Compiled once per instruction set; SIGLAYER_ISA names the copy (see CMakeLists.txt).
+#include "dtypes.hpp"
 #include "kernels.hpp"
 #include "kernels_impl.hpp"
 
@@ -36,7 +37,8 @@ Table<T> table() {
     return Table<T>{&sigmoid<T>, &bias_sigmoid_rows<T>, &dz_colsum<T>};
 }
 
-template Table<float> table<float>();
-template Table<double> table<double>();
+#define SIGLAYER_INSTANTIATE(T) template Table<T> table<T>();
+SIGLAYER_FOR_EACH_DTYPE(SIGLAYER_INSTANTIATE)
+#undef SIGLAYER_INSTANTIATE
 
 }  // namespace siglayer::kernels::SIGLAYER_ISA
