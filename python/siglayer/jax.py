@@ -260,7 +260,8 @@ def sigmoid_linear(
     """
     for name, value in (("x", x), ("W", W), ("b", b)):
         dtype = getattr(value, "dtype", None)
-        if dtype not in _DTYPES:
+        # (np.dtype(None) is float64: the isinstance check keeps a list from passing.)
+        if not isinstance(dtype, np.dtype) or dtype not in _DTYPES:
             raise TypeError(
                 f"{name} has dtype {dtype}; siglayer.jax computes in float32 or float64 "
                 f"(float64 needs jax_enable_x64) and never converts: pass "
