@@ -19,7 +19,7 @@ import pytest
 import siglayer
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-OPTIONAL_DEPENDENCIES = {"torch", "matplotlib", "sklearn"}
+OPTIONAL_DEPENDENCIES = {"torch", "matplotlib", "sklearn", "jax", "dask"}
 
 
 def _modules() -> list[str]:

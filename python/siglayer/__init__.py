@@ -26,7 +26,8 @@ jacobian(x, W, b), gradcheck(x, W, b, ...)
 For training loops: ``SigmoidLayer`` and ``Sequential`` (layer objects that own their
 weights, gradients and buffers; ``Parameter``, ``save_parameters``,
 ``load_parameters``), ``siglayer.losses`` and ``siglayer.optim``; for PyTorch,
-``siglayer.torch`` (imported on its own, only when torch is installed).
+``siglayer.torch`` (imported on its own, only when torch is installed); for JAX and for
+arrays larger than memory, ``siglayer.jax`` and ``siglayer.dask`` (the same).
 
 The user guide (guide.md), the derivation of the gradients (derivation.md) and the
 reliability notes (reliability.md) are installed with the package, in the ``docs``

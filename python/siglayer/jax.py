@@ -1,0 +1,293 @@
+"""siglayer inside JAX: ``sigmoid_linear(x, W, b)``, traceable by ``jax.jit``, ``jax.grad``
+and ``jax.vmap``, computed by siglayer's compiled forward and backward on the CPU.
+
+Importable only when JAX is installed (``pip install "siglayer[jax]"``); it is not imported
+by ``import siglayer``.
+
+Two ways into the core, the same numbers:
+
+- **XLA FFI** (``implementation="ffi"``): a custom call whose handler, compiled into
+  ``siglayer._core`` against the FFI headers jaxlib ships, passes XLA's own buffers to the
+  core: no copy, no Python, no GIL at run time. Built when the build's Python has jax
+  (``pip install --no-build-isolation ...``, see the guide); ``ffi_available()`` says
+  whether this installation has it.
+- **Callback** (``implementation="callback"``): ``jax.pure_callback`` into
+  ``siglayer.forward`` / ``siglayer.backward`` on the host buffers. Always there; the
+  fallback when the FFI handlers were not built.
+
+The gradient is a ``jax.custom_vjp`` whose backward is siglayer's backward
+(dZ = dout * out * (1 - out), dW = x^T dZ, db = sum_rows dZ, dx = dZ W^T), from the ``out``
+saved by the forward pass. Under ``jax.vmap`` a batch of x (with W and b shared) is one more
+leading axis of x: one call. A batch of weights, and the backward pass of a batch (whose
+dW is per batch element), run as a loop over the batch (``jax.lax.map``), one call each.
+
+float32, and float64 with ``jax_enable_x64``; all three arrays of one dtype (nothing is
+converted). CPU only. First-order reverse mode only: ``jax.jvp`` and second derivatives
+are not available (use ``jax.nn.sigmoid(x @ W + b)`` for those).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+try:
+    import jax  # type: ignore[import-not-found, unused-ignore]
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ImportError(
+        "siglayer.jax needs JAX, which is not installed: pip install 'siglayer[jax]' "
+        "(or pip install jax). The rest of siglayer works without it."
+    ) from exc
+
+from . import _api, _core
+
+if TYPE_CHECKING:
+    from jax import Array  # type: ignore[import-not-found, unused-ignore]
+else:
+    Array = Any
+
+# jax's constructors and callbacks are untyped: reached through Any, so that mypy --strict
+# accepts this module whether or not jax is installed.
+_jax: Any = jax
+
+__all__ = ["ffi_available", "sigmoid_linear"]
+
+Implementation = Literal["auto", "ffi", "callback"]
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_FORWARD_TARGET = "siglayer_forward"
+_BACKWARD_TARGET = "siglayer_backward"
+
+
+def _register_ffi_targets() -> bool:
+    """Register the handlers compiled into _core (if they were) with XLA's CPU backend."""
+    library = ctypes.CDLL(_core.__file__)  # already loaded: the same handle, not a second copy
+    try:
+        handlers = {
+            _FORWARD_TARGET: library.siglayer_jax_forward,
+            _BACKWARD_TARGET: library.siglayer_jax_backward,
+        }
+    except AttributeError:
+        return False
+    for name, handler in handlers.items():
+        _jax.ffi.register_ffi_target(name, _jax.ffi.pycapsule(handler), platform="cpu")
+    return True
+
+
+_FFI = _register_ffi_targets()
+
+
+def ffi_available() -> bool:
+    """Whether this installation has the XLA FFI handlers (else only the callback path).
+
+    Returns
+    -------
+    bool
+        True when ``siglayer._core`` was built with the handlers (the build found jaxlib's
+        FFI headers); ``sigmoid_linear(..., implementation="auto")`` then uses them.
+
+    Examples
+    --------
+    >>> import siglayer.jax
+    >>> siglayer.jax.ffi_available() in (True, False)
+    True
+    """
+    return _FFI
+
+
+# ---- the two ways into the core: (x, W, b) -> out and (dout, x, W, out) -> (dx, dW, db)
+
+
+def _out_type(x: Array, W: Array) -> Any:
+    return _jax.ShapeDtypeStruct((*x.shape[:-1], W.shape[1]), x.dtype)
+
+
+def _gradient_types(x: Array, W: Array) -> tuple[Any, ...]:
+    return (
+        _jax.ShapeDtypeStruct(x.shape, x.dtype),
+        _jax.ShapeDtypeStruct(W.shape, W.dtype),
+        _jax.ShapeDtypeStruct(W.shape[1:], W.dtype),
+    )
+
+
+def _ffi_forward(x: Array, W: Array, b: Array) -> Array:
+    call = _jax.ffi.ffi_call(_FORWARD_TARGET, _out_type(x, W), vmap_method="sequential")
+    out: Array = call(x, W, b)
+    return out
+
+
+def _ffi_backward(dout: Array, x: Array, W: Array, out: Array) -> tuple[Array, Array, Array]:
+    call = _jax.ffi.ffi_call(_BACKWARD_TARGET, _gradient_types(x, W), vmap_method="sequential")
+    dx, dW, db = call(dout, x, W, out)
+    return dx, dW, db
+
+
+def _host_forward(x: Any, W: Any, b: Any) -> np.ndarray[Any, Any]:
+    return _api.forward(np.asarray(x), np.asarray(W), np.asarray(b))
+
+
+def _host_backward(dout: Any, x: Any, W: Any, out: Any) -> tuple[np.ndarray[Any, Any], ...]:
+    dx, dW, db = _api.backward(np.asarray(dout), np.asarray(x), np.asarray(W), np.asarray(out))
+    return dx, dW, db
+
+
+def _callback_forward(x: Array, W: Array, b: Array) -> Array:
+    out: Array = _jax.pure_callback(
+        _host_forward, _out_type(x, W), x, W, b, vmap_method="sequential"
+    )
+    return out
+
+
+def _callback_backward(dout: Array, x: Array, W: Array, out: Array) -> tuple[Array, Array, Array]:
+    dx, dW, db = _jax.pure_callback(
+        _host_backward, _gradient_types(x, W), dout, x, W, out, vmap_method="sequential"
+    )
+    return dx, dW, db
+
+
+# ---- batching and differentiation, the same for both ways in
+
+
+def _sequential(
+    function: Callable[..., Array], in_batched: Sequence[bool], args: Sequence[Array]
+) -> Array:
+    """``function`` once per batch element: the batched args sliced, the others shared."""
+
+    def one(batched: tuple[Array, ...]) -> Array:
+        slices = iter(batched)
+        return function(
+            *(next(slices) if flag else a for flag, a in zip(in_batched, args, strict=True))
+        )
+
+    outs: Array = _jax.lax.map(
+        one, tuple(a for flag, a in zip(in_batched, args, strict=True) if flag)
+    )
+    return outs
+
+
+def _make_layer(
+    forward: Callable[[Array, Array, Array], Array],
+    backward: Callable[[Array, Array, Array, Array], tuple[Array, Array, Array]],
+) -> Callable[[Array, Array, Array], Array]:
+    def forward_batchable(x: Array, W: Array, b: Array) -> Array:
+        return forward(x, W, b)
+
+    batchable = _jax.custom_batching.custom_vmap(forward_batchable)
+
+    def vmap_rule(
+        axis_size: int, in_batched: Sequence[bool], x: Array, W: Array, b: Array
+    ) -> tuple[Array, bool]:
+        _, W_batched, b_batched = in_batched
+        if not (W_batched or b_batched):
+            # The batch axis (in front) is one more leading axis of x: one call for all.
+            return batchable(x, W, b), True
+        return _sequential(batchable, in_batched, (x, W, b)), True
+
+    batchable.def_vmap(vmap_rule)
+
+    def layer(x: Array, W: Array, b: Array) -> Array:
+        out: Array = batchable(x, W, b)
+        return out
+
+    def layer_forward(x: Array, W: Array, b: Array) -> tuple[Array, tuple[Array, Array, Array]]:
+        out = batchable(x, W, b)
+        return out, (x, W, out)
+
+    def layer_backward(
+        saved: tuple[Array, Array, Array], dout: Array
+    ) -> tuple[Array, Array, Array]:
+        x, W, out = saved
+        return backward(dout, x, W, out)
+
+    differentiable = _jax.custom_vjp(layer)
+    differentiable.defvjp(layer_forward, layer_backward)
+    typed: Callable[[Array, Array, Array], Array] = differentiable
+    return typed
+
+
+_LAYERS: dict[str, Callable[[Array, Array, Array], Array]] = {
+    "ffi": _make_layer(_ffi_forward, _ffi_backward),
+    "callback": _make_layer(_callback_forward, _callback_backward),
+}
+
+
+def sigmoid_linear(
+    x: Array, W: Array, b: Array, *, implementation: Implementation = "auto"
+) -> Array:
+    """``jax.nn.sigmoid(x @ W + b)`` computed by siglayer, for ``jax.jit``, ``jax.grad``
+    and ``jax.vmap``.
+
+    Parameters
+    ----------
+    x : jax.Array, float32 or float64, shape (..., n_in)
+        Leading dimensions are batch dimensions; a 1-D x is one sample.
+    W : jax.Array, x's dtype, shape (n_in, n_out)
+    b : jax.Array, x's dtype, shape (n_out,)
+    implementation : {"auto", "ffi", "callback"}
+        "ffi": the XLA FFI custom call (zero copies); "callback": ``jax.pure_callback``
+        into ``siglayer.forward``; "auto" (the default): "ffi" when
+        ``siglayer.jax.ffi_available()``, else "callback".
+
+    Returns
+    -------
+    jax.Array, shape (..., n_out), the inputs' dtype
+        Differentiable in x, W and b by reverse mode (``jax.grad``, ``jax.vjp``), with
+        siglayer's backward pass.
+
+    Raises
+    ------
+    TypeError
+        A dtype other than float32 / float64, or mixed dtypes (nothing is converted).
+    ValueError
+        W not 2-D, b not 1-D, x 0-D, or an unknown implementation; "ffi" in an
+        installation without the handlers. Shapes that do not fit together are refused
+        by siglayer's core when the call runs (an ``INVALID_ARGUMENT`` error that names
+        the argument).
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> from siglayer.jax import sigmoid_linear
+    >>> x = jnp.zeros((2, 3)); W = jnp.ones((3, 4)); b = jnp.zeros(4)
+    >>> jax.jit(sigmoid_linear)(x, W, b)
+    Array([[0.5, 0.5, 0.5, 0.5],
+           [0.5, 0.5, 0.5, 0.5]], dtype=float32)
+    >>> dW = jax.grad(lambda W: sigmoid_linear(x, W, b).sum())(W)
+    >>> dW.shape
+    (3, 4)
+    """
+    for name, value in (("x", x), ("W", W), ("b", b)):
+        dtype = getattr(value, "dtype", None)
+        # (np.dtype(None) is float64: the isinstance check keeps a list from passing.)
+        if not isinstance(dtype, np.dtype) or dtype not in _DTYPES:
+            raise TypeError(
+                f"{name} has dtype {dtype}; siglayer.jax computes in float32 or float64 "
+                f"(float64 needs jax_enable_x64) and never converts: pass "
+                f"{name}.astype(jnp.float32)"
+            )
+    if not x.dtype == W.dtype == b.dtype:
+        raise TypeError(
+            f"x, W and b must share one dtype; got x {x.dtype}, W {W.dtype}, b {b.dtype}"
+        )
+    # Only what the result's shape needs; the core checks that the shapes fit together.
+    if W.ndim != 2:
+        raise ValueError(f"W must be 2-D (n_in, n_out), got shape {tuple(W.shape)}")
+    if b.ndim != 1:
+        raise ValueError(f"b must be 1-D (n_out,), got shape {tuple(b.shape)}")
+    if x.ndim == 0:
+        raise ValueError("x must have at least 1 dimension (..., n_in), got a scalar")
+    if implementation == "auto":
+        implementation = "ffi" if _FFI else "callback"
+    if implementation == "ffi" and not _FFI:
+        raise ValueError(
+            "implementation='ffi': this siglayer was built without the XLA FFI handlers "
+            "(jax was not importable at build time); rebuild with jax installed, "
+            "pip install --no-build-isolation ., or use implementation='callback'"
+        )
+    if implementation not in _LAYERS:
+        raise ValueError(
+            f"implementation must be 'auto', 'ffi' or 'callback', got {implementation!r}"
+        )
+    return _LAYERS[implementation](x, W, b)

@@ -1,0 +1,169 @@
+"""siglayer.dask: forward and the gradient recipe over dask arrays chunked by rows, with the
+threaded scheduler and a distributed LocalCluster (2 worker processes) on an input larger
+than a worker's memory limit; the progress bar."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+dask = pytest.importorskip("dask")
+da = pytest.importorskip("dask.array")
+from dask.diagnostics import ProgressBar  # noqa: E402
+
+import siglayer  # noqa: E402
+import siglayer.dask as sd  # noqa: E402
+
+DTYPES = [np.float32, np.float64]
+# Whole-array and chunked products may round differently (the BLAS sums a row in another
+# order depending on where it sits in its block); relative to the largest magnitude.
+RTOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+def inputs(n, n_in, n_out, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, n_in)).astype(dtype)
+    W = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(dtype)
+    b = rng.standard_normal(n_out).astype(dtype)
+    return x, W, b
+
+
+def assert_close(actual, expected, dtype):
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    error = np.max(np.abs(actual - expected), initial=0.0) / np.max(np.abs(expected))
+    assert error <= RTOL[dtype], f"relative error {error:.3g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("chunks", [(100, 24), (37, 24), (64, 7), (1000, 24)],
+                         ids=["rows100", "rows37", "rows64-cols7", "one-chunk"])  # fmt: skip
+def test_forward_equals_siglayer_forward(dtype, chunks):
+    x, W, b = inputs(1000, 24, 9, dtype)
+    out = sd.forward(da.from_array(x, chunks=chunks), W, b)
+    assert out.dtype == dtype and out.shape == (1000, 9)
+    assert out.chunks == (da.from_array(x, chunks=chunks).chunks[0], (9,))
+    got = out.compute(scheduler="threads")
+    # Bitwise: one siglayer.forward per row chunk; close: siglayer.forward on the whole.
+    starts = np.cumsum((0, *out.chunks[0]))
+    per_chunk = np.concatenate(
+        [siglayer.forward(x[i:j], W, b) for i, j in itertools.pairwise(starts)]
+    )
+    np.testing.assert_array_equal(got, per_chunk)
+    assert_close(got, siglayer.forward(x, W, b), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_gradient_recipe_equals_siglayer_backward(dtype):
+    x, W, b = inputs(900, 16, 5, dtype, seed=1)
+    y = (np.random.default_rng(2).random((900, 5)) > 0.5).astype(dtype)
+    xd, yd = da.from_array(x, chunks=(128, 16)), da.from_array(y, chunks=(300, 5))
+    out = sd.forward(xd, W, b)
+    dout = 2 * (out - yd) / out.size  # mean squared error, lazily, row chunk by row chunk
+    dx, dW, db = dask.compute(*sd.backward(dout, xd, W, out), scheduler="threads")
+    out_np = siglayer.forward(x, W, b)
+    expected = siglayer.backward(2 * (out_np - y) / out_np.size, x, W, out_np)
+    for got, want in zip((dx, dW, db), expected, strict=True):
+        assert_close(got, want, dtype)
+    none, dW2, _ = sd.backward(dout, xd, W, out, need_dx=False)
+    assert none is None
+    assert_close(dW2.compute(scheduler="threads"), expected[1], dtype)
+
+
+def test_errors_are_raised_when_the_graph_is_built():
+    x, W, b = inputs(10, 4, 3, np.float64)
+    xd = da.from_array(x, chunks=5)
+    with pytest.raises(TypeError, match=r"x must be a dask\.array\.Array"):
+        sd.forward(x, W, b)
+    with pytest.raises(TypeError, match=r"W must be a numpy\.ndarray"):
+        sd.forward(xd, da.from_array(W), b)
+    with pytest.raises(TypeError, match="float32"):
+        sd.forward(xd, W.astype(np.float32), b)
+    with pytest.raises(ValueError, match=r"W has shape \(5, 3\) but x has 4 features"):
+        sd.forward(xd, np.zeros((5, 3)), b)
+    with pytest.raises(ValueError, match="must be 2-D"):
+        sd.forward(xd[:, 0], W, b)
+    out = sd.forward(xd, W, b)
+    with pytest.raises(ValueError, match="dout has shape"):
+        sd.backward(out[:, :2], xd, W, out)
+
+
+def test_progress_bar():
+    x, W, b = inputs(400, 8, 3, np.float64)
+    buffer = io.StringIO()
+    with ProgressBar(out=buffer, minimum=0):
+        sd.forward(da.from_array(x, chunks=100), W, b).sum().compute(scheduler="threads")
+    assert "100% Completed" in buffer.getvalue()
+
+
+def test_distributed_input_larger_than_worker_memory():
+    distributed = pytest.importorskip("distributed")
+    memory_limit = 300 * 2**20
+    n, n_in, n_out, rows = 700_000, 256, 16, 50_000  # x: 684 MiB of float32, 14 chunks
+    # Spilling to disk off: a worker that held x would have to pause or be restarted.
+    config = {
+        "distributed.worker.memory.target": False,
+        "distributed.worker.memory.spill": False,
+        "distributed.worker.memory.pause": 0.8,
+        "distributed.worker.memory.terminate": 0.95,
+    }
+    W, b = (a.astype(np.float32) for a in inputs(1, n_in, n_out, np.float32, seed=5)[1:])
+
+    def graph():
+        x = da.random.default_rng(7).standard_normal(
+            (n, n_in), chunks=(rows, n_in), dtype=np.float32
+        )
+        out = sd.forward(x, W, b)
+        _, dW, db = sd.backward(out - 0.5, x, W, out, need_dx=False)
+        return x, (out.sum(axis=0), dW, db)
+
+    x, results = graph()
+    assert x.nbytes > 2 * memory_limit
+    with (
+        dask.config.set(config),
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            memory_limit=memory_limit,
+        ) as cluster,
+        distributed.Client(cluster, timeout=60) as client,
+    ):
+        workers = set(client.scheduler_info()["workers"])
+        futures = client.compute(results)
+        distributed.wait(futures, timeout=240)
+        got = client.gather(futures)
+        assert set(client.scheduler_info()["workers"]) == workers  # none restarted
+    # The same graph, streamed through this process by the threaded scheduler.
+    expected = dask.compute(*graph()[1], scheduler="threads")
+    for g, e in zip(got, expected, strict=True):
+        assert_close(g, e, np.float32)
+
+
+def test_every_public_name_is_documented():
+    docs = "\n".join(p.read_text() for p in (Path(__file__).parents[1] / "docs").glob("*.md"))
+    for name in sd.__all__:
+        assert f"siglayer.dask.{name}" in docs, name
+        assert ">>> " in getattr(sd, name).__doc__, name
+
+
+def test_clear_import_error_without_dask():
+    code = (
+        "import sys; sys.modules['dask'] = None\n"
+        "try:\n"
+        "    import siglayer.dask\n"
+        "except ImportError as e:\n"
+        "    print('ImportError:', e)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ImportError: siglayer.dask needs Dask" in result.stdout

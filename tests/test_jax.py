@@ -1,0 +1,247 @@
+"""siglayer.jax against JAX's own layer, jax.nn.sigmoid(x @ W + b), and the FFI path against
+the callback path: values, gradients (jax.grad, jax.test_util.check_grads), under jax.jit
+and jax.vmap, in float32 and float64."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+import jax.numpy as jnp  # noqa: E402
+from jax.test_util import check_grads  # noqa: E402
+
+import siglayer  # noqa: E402
+import siglayer.jax as sj  # noqa: E402
+
+IMPLEMENTATIONS = [
+    pytest.param(
+        "ffi",
+        marks=pytest.mark.skipif(not sj.ffi_available(), reason="built without the FFI handlers"),
+    ),
+    "callback",
+]
+DTYPES = [np.float32, np.float64]
+# Relative to the largest reference magnitude. float64: the issue's bound. float32: a few
+# ulp of the sigmoid plus the products' rounding over n_in <= 48 terms.
+RTOL = {np.float32: 2e-6, np.float64: 1e-12}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def x64():
+    """float64 arrays need jax_enable_x64; float32 ones stay float32 under it."""
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", before)
+
+
+def reference(x, W, b):
+    return jax.nn.sigmoid(x @ W + b)
+
+
+def inputs(shape_x, n_out, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape_x).astype(dtype)
+    W = (rng.standard_normal((shape_x[-1], n_out)) / np.sqrt(shape_x[-1])).astype(dtype)
+    b = rng.standard_normal(n_out).astype(dtype)
+    return jnp.asarray(x), jnp.asarray(W), jnp.asarray(b)
+
+
+def assert_close(actual, expected, dtype):
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    scale = max(np.max(np.abs(expected), initial=0.0), np.finfo(dtype).tiny)
+    error = np.max(np.abs(actual - expected), initial=0.0) / scale
+    assert error <= RTOL[dtype], f"relative error {error:.3g} > {RTOL[dtype]:.0e}"
+
+
+def layer(implementation):
+    return lambda x, W, b: sj.sigmoid_linear(x, W, b, implementation=implementation)
+
+
+def loss(f):
+    # Not just a sum: dout varies, so that every gradient term is exercised.
+    return lambda x, W, b: jnp.sum(jnp.sin(3 * f(x, W, b)))
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("shape_x", [(17, 24), (3, 5, 24), (24,)], ids=["2d", "3d", "1d"])
+def test_forward_and_gradients_match_jax(implementation, dtype, shape_x):
+    f = layer(implementation)
+    x, W, b = inputs(shape_x, 9, dtype)
+    out = jax.jit(f)(x, W, b)
+    assert out.dtype == dtype and out.shape == (*shape_x[:-1], 9)
+    assert_close(out, reference(x, W, b), dtype)
+    grads = jax.jit(jax.grad(loss(f), argnums=(0, 1, 2)))(x, W, b)
+    expected = jax.grad(loss(reference), argnums=(0, 1, 2))(x, W, b)
+    for g, e in zip(grads, expected, strict=True):
+        assert_close(g, e, dtype)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_check_grads(implementation):
+    x, W, b = inputs((6, 5), 4, np.float64)
+    check_grads(layer(implementation), (x, W, b), order=1, modes=["rev"])
+    check_grads(jax.jit(loss(layer(implementation))), (x, W, b), order=1, modes=["rev"])
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_vjp_returns_siglayers_backward(implementation):
+    x, W, b = inputs((8, 6), 5, np.float64)
+    out, vjp = jax.vjp(layer(implementation), x, W, b)
+    dout = jnp.asarray(np.random.default_rng(1).standard_normal(out.shape))
+    dx, dW, db = vjp(dout)
+    expected = siglayer.backward(np.asarray(dout), np.asarray(x), np.asarray(W), np.asarray(out))
+    for got, want in zip((dx, dW, db), expected, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), want)
+
+
+# (x, W, b) batch axes for jax.vmap: None is shared.
+VMAPS = {
+    "x": (0, None, None),
+    "x_axis1": (1, None, None),
+    "W": (None, 0, None),
+    "b": (None, None, 0),
+    "all": (0, 0, 0),
+}
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("batched", list(VMAPS))
+def test_vmap_forward_and_gradient(implementation, batched):
+    in_axes = VMAPS[batched]
+    x, W, b = inputs((4, 7, 6), 3, np.float64)
+    Ws = jnp.stack([W, -W, 2 * W, W / 2])
+    bs = jnp.stack([b, -b, 2 * b, b / 2])
+    args = (x, Ws if in_axes[1] == 0 else W, bs if in_axes[2] == 0 else b)
+    f = layer(implementation)
+    got = jax.jit(jax.vmap(f, in_axes=in_axes))(*args)
+    assert_close(got, jax.vmap(reference, in_axes=in_axes)(*args), np.float64)
+    # Per-example gradients (vmap of grad) and the gradient of a batched loss (grad of vmap).
+    per_example = jax.vmap(jax.grad(loss(f), argnums=(0, 1, 2)), in_axes=in_axes)(*args)
+    expected = jax.vmap(jax.grad(loss(reference), argnums=(0, 1, 2)), in_axes=in_axes)(*args)
+    for g, e in zip(per_example, expected, strict=True):
+        assert_close(g, e, np.float64)
+
+    def batched_loss(g):
+        return lambda *a: jnp.sum(jnp.sin(3 * jax.vmap(g, in_axes=in_axes)(*a)))
+
+    grads = jax.grad(batched_loss(f), argnums=(0, 1, 2))(*args)
+    expected = jax.grad(batched_loss(reference), argnums=(0, 1, 2))(*args)
+    for g, e in zip(grads, expected, strict=True):
+        assert_close(g, e, np.float64)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_nested_vmap(implementation):
+    x, W, b = inputs((2, 3, 4, 5), 3, np.float64)
+    f = jax.vmap(jax.vmap(layer(implementation), in_axes=(0, None, None)), in_axes=(1, None, None))
+    g = jax.vmap(jax.vmap(reference, in_axes=(0, None, None)), in_axes=(1, None, None))
+    assert_close(jax.jit(f)(x, W, b), g(x, W, b), np.float64)
+
+
+@pytest.mark.skipif(not sj.ffi_available(), reason="built without the FFI handlers")
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_ffi_and_callback_agree_bitwise(dtype):
+    # Problems this small run on one thread: the same core on the same buffers gives the
+    # same bits, whichever way JAX reached it.
+    x, W, b = inputs((31, 40), 12, dtype, seed=3)
+    fwd = [jax.jit(layer(i))(x, W, b) for i in ("ffi", "callback")]
+    np.testing.assert_array_equal(np.asarray(fwd[0]), np.asarray(fwd[1]))
+    grads = [
+        jax.jit(jax.grad(loss(layer(i)), argnums=(0, 1, 2)))(x, W, b) for i in ("ffi", "callback")
+    ]
+    for a, c in zip(*grads, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+
+
+@pytest.mark.skipif(not sj.ffi_available(), reason="built without the FFI handlers")
+def test_ffi_is_a_custom_call_and_auto_picks_it():
+    x, W, b = inputs((4, 3), 2, np.float32)
+    hlo = jax.jit(sj.sigmoid_linear).lower(x, W, b).as_text()
+    assert "siglayer_forward" in hlo
+    backward = jax.jit(jax.grad(lambda W: sj.sigmoid_linear(x, W, b).sum())).lower(W).as_text()
+    assert "siglayer_backward" in backward
+    callback = jax.jit(layer("callback")).lower(x, W, b).as_text()
+    assert "siglayer_forward" not in callback
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_empty_batch(implementation):
+    x, W, b = inputs((0, 3), 2, np.float64)
+    f = layer(implementation)
+    assert jax.jit(f)(x, W, b).shape == (0, 2)
+    dW = jax.grad(lambda W: f(x, W, b).sum())(W)
+    np.testing.assert_array_equal(np.asarray(dW), np.zeros((3, 2)))
+
+
+def test_dtypes_are_refused_not_converted():
+    x, W, b = inputs((4, 3), 2, np.float64)
+    with pytest.raises(TypeError, match=r"x, W and b must share one dtype"):
+        sj.sigmoid_linear(x.astype(jnp.float32), W, b)
+    with pytest.raises(TypeError, match=r"W has dtype int32"):
+        sj.sigmoid_linear(x, W.astype(jnp.int32), b)
+    with pytest.raises(TypeError, match=r"b has dtype None"):
+        sj.sigmoid_linear(x, W, [0.0, 0.0])
+
+
+def test_ranks_and_implementation_are_checked():
+    x, W, b = inputs((4, 3), 2, np.float64)
+    with pytest.raises(ValueError, match=r"W must be 2-D"):
+        sj.sigmoid_linear(x, W.ravel(), b)
+    with pytest.raises(ValueError, match=r"b must be 1-D"):
+        sj.sigmoid_linear(x, W, b[None])
+    with pytest.raises(ValueError, match=r"x must have at least 1 dimension"):
+        sj.sigmoid_linear(x[0, 0], W, b)
+    with pytest.raises(ValueError, match=r"implementation must be"):
+        sj.sigmoid_linear(x, W, b, implementation="cuda")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_shape_mismatch_is_the_cores_error(implementation):
+    x, W, b = inputs((4, 3), 2, np.float64)
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"W has shape \(5, 2\) but x has 3"):
+        jax.jit(layer(implementation))(x, jnp.zeros((5, 2)), b).block_until_ready()
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"b has 3 entries"):
+        jax.jit(layer(implementation))(x, W, jnp.zeros(3)).block_until_ready()
+
+
+def test_every_public_name_is_documented():
+    docs = "\n".join(p.read_text() for p in (Path(__file__).parents[1] / "docs").glob("*.md"))
+    for name in sj.__all__:
+        assert f"siglayer.jax.{name}" in docs, name
+        doc = getattr(sj, name).__doc__
+        assert ">>> " in doc and "Returns\n    -------" in doc, name
+
+
+def test_import_siglayer_imports_neither_jax_nor_dask():
+    code = "import sys, siglayer; print(sorted(m for m in ('jax', 'dask') if m in sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_clear_import_error_without_jax():
+    code = (
+        "import sys; sys.modules['jax'] = None\n"
+        "try:\n"
+        "    import siglayer.jax\n"
+        "except ImportError as e:\n"
+        "    print('ImportError:', e)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(
+        r"ImportError: siglayer.jax needs JAX.*pip install 'siglayer\[jax\]'", result.stdout
+    )
