@@ -1,7 +1,7 @@
 """siglayer over arrays larger than memory: ``forward`` and ``backward`` for a
 ``dask.array`` x chunked by rows, computed chunk by chunk by siglayer's kernels.
 
-Importable only when Dask is installed (``pip install "siglayer[dask]"``); it is not
+Importable only when Dask is installed (``pip install "dask[array]"``); it is not
 imported by ``import siglayer``.
 
 Everything is lazy: the functions build a graph and return dask arrays, which the scheduler
@@ -30,8 +30,9 @@ try:
     import dask.array as da  # type: ignore[import-not-found, unused-ignore]
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        "siglayer.dask needs Dask, which is not installed: pip install 'siglayer[dask]' "
-        "(or pip install 'dask[array]'). The rest of siglayer works without it."
+        "siglayer.dask needs Dask, which is not installed: pip install 'dask[array]' (or "
+        "pip install '.[dask]' in siglayer's source folder). The rest of siglayer works "
+        "without it."
     ) from exc
 
 from . import _api

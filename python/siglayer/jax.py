@@ -1,7 +1,7 @@
 """siglayer inside JAX: ``sigmoid_linear(x, W, b)``, traceable by ``jax.jit``, ``jax.grad``
 and ``jax.vmap``, computed by siglayer's compiled forward and backward on the CPU.
 
-Importable only when JAX is installed (``pip install "siglayer[jax]"``); it is not imported
+Importable only when JAX is installed (``pip install jax``); it is not imported
 by ``import siglayer``.
 
 Two ways into the core, the same numbers:
@@ -38,8 +38,8 @@ try:
     import jax  # type: ignore[import-not-found, unused-ignore]
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        "siglayer.jax needs JAX, which is not installed: pip install 'siglayer[jax]' "
-        "(or pip install jax). The rest of siglayer works without it."
+        "siglayer.jax needs JAX, which is not installed: pip install jax (or pip install "
+        "'.[jax]' in siglayer's source folder). The rest of siglayer works without it."
     ) from exc
 
 from . import _api, _core
