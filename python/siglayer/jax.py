@@ -8,9 +8,10 @@ Two ways into the core, the same numbers:
 
 - **XLA FFI** (``implementation="ffi"``): a custom call whose handler, compiled into
   ``siglayer._core`` against the FFI headers jaxlib ships, passes XLA's own buffers to the
-  core: no copy, no Python, no GIL at run time. Built when the build's Python has jax
-  (``pip install --no-build-isolation ...``, see the guide); ``ffi_available()`` says
-  whether this installation has it.
+  core: no copy, no Python, no GIL at run time. Built when the build finds jaxlib's
+  headers (``-C cmake.define.SIGLAYER_XLA_FFI_INCLUDE=<jax.ffi.include_dir()>``, or a
+  build without isolation where jax is installed; see the README); ``ffi_available()``
+  says whether this installation has it.
 - **Callback** (``implementation="callback"``): ``jax.pure_callback`` into
   ``siglayer.forward`` / ``siglayer.backward`` on the host buffers. Always there; the
   fallback when the FFI handlers were not built.
