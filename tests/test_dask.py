@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -152,18 +150,3 @@ def test_every_public_name_is_documented():
     for name in sd.__all__:
         assert f"siglayer.dask.{name}" in docs, name
         assert ">>> " in getattr(sd, name).__doc__, name
-
-
-def test_clear_import_error_without_dask():
-    code = (
-        "import sys; sys.modules['dask'] = None\n"
-        "try:\n"
-        "    import siglayer.dask\n"
-        "except ImportError as e:\n"
-        "    print('ImportError:', e)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    assert "ImportError: siglayer.dask needs Dask" in result.stdout
