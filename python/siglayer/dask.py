@@ -91,7 +91,10 @@ def forward(x: DaskArray, W: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> D
     Returns
     -------
     dask.array.Array, shape (n, n_out), x's dtype and row chunks
-        Computed, it equals ``siglayer.forward`` on the whole of x.
+        Computed, each chunk is bitwise ``siglayer.forward`` of that chunk of x; against
+        ``siglayer.forward`` on the whole of x it agrees to the BLAS's rounding (a
+        product cut into other row blocks may round some elements differently, a few
+        ulp).
 
     Raises
     ------
