@@ -73,17 +73,46 @@ bool as_bool(py::handle h, const char* name) {
                          (h.is_none() ? std::string("None") : type_name(h)));
 }
 
+int bfloat16_type_num() {
+    static int num = -1;  // set once ml_dtypes is seen; the GIL is held here
+    if (num < 0) {
+        const py::dict modules = py::module_::import("sys").attr("modules");
+        if (modules.contains("ml_dtypes"))
+            num = py::dtype::from_args(modules["ml_dtypes"].attr("bfloat16")).num();
+    }
+    return num;
+}
+
+template <>
+py::dtype numpy_dtype<float>() {
+    return py::dtype::of<float>();
+}
+template <>
+py::dtype numpy_dtype<double>() {
+    return py::dtype::of<double>();
+}
+template <>
+py::dtype numpy_dtype<bfloat16>() {
+    const py::dict modules = py::module_::import("sys").attr("modules");
+    return py::dtype::from_args(modules["ml_dtypes"].attr("bfloat16"));
+}
+
 int float_type_num(const py::array& a, const char* name) {
     const py::dtype dt = a.dtype();
     const int num = dt.num();
-    if ((num == py::detail::npy_api::NPY_FLOAT_ || num == py::detail::npy_api::NPY_DOUBLE_) &&
+    if ((num == py::detail::npy_api::NPY_FLOAT_ || num == py::detail::npy_api::NPY_DOUBLE_ ||
+         (num >= 0 && num == bfloat16_type_num())) &&
         native_byte_order(dt.byteorder())) {
         return num;
     }
+    const std::string hint = num == 23 /* NPY_HALF */
+                                 ? " (float16 is not bfloat16: pass " + std::string(name) +
+                                       ".astype(ml_dtypes.bfloat16) for bfloat16)"
+                                 : "";
     throw py::type_error(std::string(name) + " has dtype " + dtype_of(a) +
-                         "; siglayer computes in float32 or float64 (native byte order) and "
-                         "never converts silently: pass " +
-                         name + ".astype(np.float32) or " + name + ".astype(np.float64)");
+                         "; siglayer computes in float32, float64 or bfloat16 (ml_dtypes), in "
+                         "native byte order, and never converts silently: pass " +
+                         name + ".astype(np.float32) or " + name + ".astype(np.float64)" + hint);
 }
 
 void require_same_dtype(std::initializer_list<std::pair<const char*, const py::array*>> arrays) {
@@ -151,10 +180,9 @@ T* output_buffer(const py::array& a, const char* name, const std::vector<py::ssi
         throw py::value_error(std::string(name) + " has shape " + shape_of(a) + ", expected " +
                               expected);
     }
-    if (a.dtype().num() != py::dtype::of<T>().num() || !native_byte_order(a.dtype().byteorder())) {
+    if (a.dtype().num() != numpy_dtype<T>().num() || !native_byte_order(a.dtype().byteorder())) {
         throw py::type_error(std::string(name) + " has dtype " + dtype_of(a) + ", expected " +
-                             std::string(py::str(py::dtype::of<T>())) +
-                             " (the dtype of the inputs)");
+                             DType<T>::name);
     }
     if (!(a.flags() & py::array::c_style)) {
         throw py::value_error(std::string(name) + " must be C-contiguous (strides " +
@@ -170,13 +198,12 @@ T* output_buffer(const py::array& a, const char* name, const std::vector<py::ssi
     return static_cast<T*>(const_cast<void*>(a.data()));
 }
 
-template MatrixView<float> matrix_view<float>(const py::array&, const char*);
-template MatrixView<double> matrix_view<double>(const py::array&, const char*);
-template VectorView<float> vector_view<float>(const py::array&, const char*);
-template VectorView<double> vector_view<double>(const py::array&, const char*);
-template float* output_buffer<float>(const py::array&, const char*,
-                                     const std::vector<py::ssize_t>&);
-template double* output_buffer<double>(const py::array&, const char*,
-                                       const std::vector<py::ssize_t>&);
+#define SIGLAYER_INSTANTIATE(T)                                                       \
+    template MatrixView<T> matrix_view<T>(const py::array&, const char*);             \
+    template VectorView<T> vector_view<T>(const py::array&, const char*);             \
+    template T* output_buffer<T>(const py::array&, const char*,                        \
+                                 const std::vector<py::ssize_t>&);
+SIGLAYER_FOR_EACH_DTYPE(SIGLAYER_INSTANTIATE)
+#undef SIGLAYER_INSTANTIATE
 
 }  // namespace siglayer::bindings

@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include <string>
+#include <utility>
 
 #include "../siglayer/dtypes.hpp"
 #include "../siglayer/views.hpp"
@@ -25,28 +26,53 @@ py::array as_array(py::handle h, const char* name);
 // else, None included.
 bool as_bool(py::handle h, const char* name);
 
-// NPY_FLOAT or NPY_DOUBLE for a native-byte-order float32/float64 array;
-// TypeError naming the argument otherwise.
+// The type number of ml_dtypes.bfloat16 (a dtype NumPy registers at run time), or -1
+// while ml_dtypes is not imported: a bfloat16 array cannot exist before it is, so
+// siglayer never imports it itself.
+int bfloat16_type_num();
+
+// The NumPy dtype of storage type T (float32, float64, ml_dtypes.bfloat16).
+template <class T>
+py::dtype numpy_dtype();
+
+// The type number of a native-byte-order float32, float64 or bfloat16 array;
+// TypeError naming the argument otherwise (float16 included: it is not bfloat16).
 int float_type_num(const py::array& a, const char* name);
 
 // TypeError unless every array has the same dtype as the first.
 void require_same_dtype(std::initializer_list<std::pair<const char*, const py::array*>> arrays);
 
 // The one place where a dtype picks the template: f(float{}) for float32, f(double{}) for
-// float64 (the list of cpp/siglayer/dtypes.hpp), and a TypeError naming the argument
-// for any other dtype, so that no dtype ever runs as another.
+// float64, f(bfloat16{}) for ml_dtypes.bfloat16 (the list of cpp/siglayer/dtypes.hpp),
+// and a TypeError naming the argument for any other dtype, so that no dtype ever runs
+// as another. Storage types only (the layer, the GEMM floor, sigma) take bfloat16;
+// dispatch_compute_dtype is for what updates or evaluates in the compute type itself
+// (optimizers, losses) and refuses bfloat16 with a TypeError saying what to pass instead.
+template <class F>
+decltype(auto) dispatch_compute_dtype(int type_num, const char* name, F&& f) {
+    if (type_num == py::detail::npy_api::NPY_FLOAT_) return f(float{});
+    if (type_num == py::detail::npy_api::NPY_DOUBLE_) return f(double{});
+    if (type_num >= 0 && type_num == bfloat16_type_num())
+        throw py::type_error(std::string(name) +
+                             " is bfloat16, which siglayer keeps for the layer's storage only: "
+                             "optimizers update float32 master weights and losses compute in "
+                             "float32 (pass " +
+                             name + ".astype(np.float32); docs/bfloat16.md)");
+    throw py::type_error(std::string(name) + ": no kernel for NumPy type number " +
+                         std::to_string(type_num) + "; siglayer computes in " +
+                         DType<float>::name + " and " + DType<double>::name);
+}
+
 template <class F>
 decltype(auto) dispatch_dtype(int type_num, const char* name, F&& f) {
-    switch (type_num) {
-        case py::detail::npy_api::NPY_FLOAT_:
-            return f(float{});
-        case py::detail::npy_api::NPY_DOUBLE_:
-            return f(double{});
-        default:
-            throw py::type_error(std::string(name) + ": no kernel for NumPy type number " +
-                                 std::to_string(type_num) + "; siglayer computes in " +
-                                 DType<float>::name + " and " + DType<double>::name);
-    }
+    if (type_num >= 0 && type_num == bfloat16_type_num()) return f(bfloat16{});
+    if (type_num == py::detail::npy_api::NPY_FLOAT_ ||
+        type_num == py::detail::npy_api::NPY_DOUBLE_)
+        return dispatch_compute_dtype(type_num, name, std::forward<F>(f));
+    throw py::type_error(std::string(name) + ": no kernel for NumPy type number " +
+                         std::to_string(type_num) + "; siglayer computes in " +
+                         DType<float>::name + ", " + DType<double>::name + " and " +
+                         DType<bfloat16>::name);
 }
 
 // Element strides of a 2-D (or 1-D) array; ValueError if a stride is not a whole

@@ -64,11 +64,13 @@ py::array gemm(py::handle A_h, py::handle B_h, bool trans_a, bool trans_b, py::h
         const index_t M = a.rows, N = b.cols, K = a.cols;
         for (auto [what, value] : {std::pair{"M", M}, std::pair{"N", N}, std::pair{"K", K}})
             require_blas_size(what, value);
-        py::array out =
-            out_h.is_none() ? py::array(py::array_t<T>({M, N})) : as_array(out_h, "out");
-        T* C = output_buffer<T>(out, "out", {M, N});
+        // The result is in the compute type: float32 for bfloat16 A and B.
+        using Acc = compute_t<T>;
+        py::array out = out_h.is_none() ? py::array(numpy_dtype<Acc>(), std::vector<py::ssize_t>{M, N})
+                                        : as_array(out_h, "out");
+        Acc* C = output_buffer<Acc>(out, "out", {M, N});
         require_disjoint(
-            {{"out", extent(OutMatrix<T>{C, M, N})}},
+            {{"out", extent(OutMatrix<Acc>{C, M, N})}},
             {{"A", extent(matrix_view<T>(A, "A"))}, {"B", extent(matrix_view<T>(B, "B"))}});
         {
             // Only raw pointers cross this line.

@@ -25,6 +25,9 @@ void register_info(py::module_& m) {
         d["blas"] = blas::backend_name();
         d["blas_details"] = blas::backend_details();
         d["blas_int_bits"] = blas::max_int() > 2147483647LL ? 64 : 32;
+        d["bf16_gemm"] = blas::bf16_gemm_name(blas::bf16_gemm_path());
+        d["bf16_gemm_in_blas"] = blas::bf16_gemm_in_blas();
+        d["cpu_bf16"] = blas::cpu_has_bf16();
         d["simd"] = kernels::active_isa();
         d["simd_available"] = kernels::available_isas();
         d["openmp"] = _OPENMP;
@@ -52,6 +55,12 @@ void register_info(py::module_& m) {
         py::arg("a"),
         "The storage type the dtype dispatch picks for a's dtype, with no other check in\n"
         "front of it (tests: an unknown dtype must raise TypeError).");
+    m.def(
+        "select_bf16_gemm", [](const std::string& name) { blas::select_bf16_gemm(name); },
+        py::arg("name"),
+        "How bfloat16 products run: 'blas' (the BLAS's bfloat16 GEMM), 'convert' (widen to\n"
+        "float32, float32 GEMM) or 'auto' (blas where the BLAS has it and the CPU has\n"
+        "bfloat16 instructions).");
     m.def(
         "select_isa", [](const std::string& name) { kernels::select_isa(name); }, py::arg("name"),
         "Force 'avx512', 'avx2' or 'baseline' kernels (tests, benchmarks).");

@@ -3,6 +3,10 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <type_traits>
+#include <vector>
+
+#include "../siglayer/checks.hpp"
 #include "../siglayer/layer.hpp"
 #include "arrays.hpp"
 
@@ -30,10 +34,37 @@ VectorView<T> bias_view(const py::array& b) {
     return {m.data, m.cols, m.col_stride};
 }
 
+// The dtype rule of forward: x, W and b share one dtype, except that with bfloat16 x
+// and W, b may also be float32 (a float32 master bias: bias and sigma are computed in
+// float32 anyway, so nothing is rounded that need not be).
+void require_forward_dtypes(int type_num, const py::array& x, const py::array& W,
+                            const py::array& b) {
+    if (type_num != bfloat16_type_num() || b.dtype().num() != numpy_dtype<float>().num()) {
+        require_same_dtype({{"x", &x}, {"W", &W}, {"b", &b}});
+        return;
+    }
+    require_same_dtype({{"x", &x}, {"W", &W}});
+}
+
+// b in the compute type C (require_forward_dtypes has run): a bfloat16 b is widened
+// (exactly) into `widened`.
+template <class T, class C = compute_t<T>>
+VectorView<C> compute_bias(const py::array& b, std::vector<C>& widened) {
+    if constexpr (std::is_same_v<T, C>) {
+        return bias_view<T>(b);
+    } else {
+        if (b.dtype().num() == numpy_dtype<C>().num()) return bias_view<C>(b);
+        const VectorView<T> bv = bias_view<T>(b);
+        widened.resize(static_cast<std::size_t>(bv.size));
+        for (index_t j = 0; j < bv.size; ++j) widened[j] = to_compute(bv.data[j * bv.stride]);
+        return {widened.data(), bv.size, 1};
+    }
+}
+
 template <class T>
 py::array make_or_check(py::handle given, const char* name, std::vector<py::ssize_t> shape,
                         T*& data) {
-    py::array a = given.is_none() ? py::array(py::array_t<T>(shape)) : as_array(given, name);
+    py::array a = given.is_none() ? py::array(numpy_dtype<T>(), shape) : as_array(given, name);
     data = output_buffer<T>(a, name, shape);
     return a;
 }
@@ -44,14 +75,15 @@ py::array forward(py::handle x_h, py::handle W_h, py::handle b_h, py::handle out
     const int type_num = float_type_num(x, "x");
     float_type_num(W, "W");
     float_type_num(b, "b");
-    require_same_dtype({{"x", &x}, {"W", &W}, {"b", &b}});
+    require_forward_dtypes(type_num, x, W, b);
     require_ndim(x, "x", 2, "(n, n_in)");
     require_ndim(W, "W", 2, "(n_in, n_out)");
     require_bias_shape(b);
     return dispatch_dtype(type_num, "x", [&](auto zero) {
         using T = decltype(zero);
         const MatrixView<T> xv = matrix_view<T>(x, "x"), Wv = matrix_view<T>(W, "W");
-        const VectorView<T> bv = bias_view<T>(b);
+        std::vector<compute_t<T>> widened_b;
+        const VectorView<compute_t<T>> bv = compute_bias<T>(b, widened_b);
         check_forward(xv, Wv, bv);
         T* out_data = nullptr;
         py::array out = make_or_check<T>(out_h, "out", {x.shape(0), W.shape(1)}, out_data);
@@ -65,12 +97,14 @@ py::array forward(py::handle x_h, py::handle W_h, py::handle b_h, py::handle out
 }
 
 // dx (or None), dW and db of a backward call: the caller's buffers, checked, or new
-// arrays. dx is (n, n_in), dW is (n_in, n_out), db is (n_out,).
-template <class T>
+// arrays. dx is (n, n_in) in the storage type T, dW (n_in, n_out) and db (n_out,) in the
+// compute type C (float32 for bfloat16).
+template <class T, class C = compute_t<T>>
 struct GradientBuffers {
     // py::object, not py::array: a default-constructed py::array allocates an empty array.
     py::object dx = py::none(), dW, db;
-    T *dx_data = nullptr, *dW_data = nullptr, *db_data = nullptr;
+    T* dx_data = nullptr;
+    C *dW_data = nullptr, *db_data = nullptr;
     py::ssize_t n, n_in, n_out;
 
     GradientBuffers(bool need_dx, py::handle dx_h, py::handle dW_h, py::handle db_h, py::ssize_t n_,
@@ -79,11 +113,11 @@ struct GradientBuffers {
         if (!need_dx && !dx_h.is_none())
             throw py::value_error("dx was given but need_dx=False; drop one of them");
         if (need_dx) dx = make_or_check<T>(dx_h, "dx", {n, n_in}, dx_data);
-        dW = make_or_check<T>(dW_h, "dW", {n_in, n_out}, dW_data);
-        db = make_or_check<T>(db_h, "db", {n_out}, db_data);
+        dW = make_or_check<C>(dW_h, "dW", {n_in, n_out}, dW_data);
+        db = make_or_check<C>(db_h, "db", {n_out}, db_data);
     }
     OutMatrix<T> dx_out() const { return {dx_data, n, n_in}; }
-    OutMatrix<T> dW_out() const { return {dW_data, n_in, n_out}; }
+    OutMatrix<C> dW_out() const { return {dW_data, n_in, n_out}; }
     py::tuple result() const { return py::make_tuple(dx, dW, db); }
 };
 
@@ -169,6 +203,33 @@ py::array sigmoid(py::handle z_h, py::handle out_h) {
     });
 }
 
+// float32 <-> bfloat16 of a C-contiguous array, into a fresh array or out=.
+template <class From, class To>
+py::array convert(py::handle a_h, py::handle out_h, const char* to_name) {
+    const py::array a = as_array(a_h, "a");
+    if (a.dtype().num() != numpy_dtype<From>().num())
+        throw py::type_error(std::string("a has dtype ") + dtype_of(a) + ", expected " +
+                             DType<From>::name + " (" + to_name + " converts from " +
+                             DType<From>::name + ")");
+    if (!(a.flags() & py::array::c_style))
+        throw py::value_error("a must be C-contiguous, got strides " +
+                              std::string(py::str(py::tuple(a.attr("strides")))));
+    std::vector<py::ssize_t> shape(a.shape(), a.shape() + a.ndim());
+    To* dst = nullptr;
+    py::array result = make_or_check<To>(out_h, "out", shape, dst);
+    const From* src = static_cast<const From*>(a.data());
+    require_disjoint({{"out", extent(dst, a.size())}}, {{"a", extent(src, a.size())}});
+    const index_t count = a.size();
+    {
+        py::gil_scoped_release release;
+        if constexpr (std::is_same_v<To, bfloat16>)
+            siglayer::to_bfloat16(dst, src, count);
+        else
+            siglayer::to_float32(dst, src, count);
+    }
+    return result;
+}
+
 }  // namespace
 
 void register_layer(py::module_& m) {
@@ -184,6 +245,15 @@ void register_layer(py::module_& m) {
           py::arg("dW") = py::none(), py::arg("db") = py::none(),
           "(dx, dW, db) from dZ, the gradient w.r.t. x @ W + b, for 2-D arrays; see "
           "siglayer.backward_from_preactivation.");
+    m.def(
+        "to_bfloat16",
+        [](py::handle a, py::handle out) { return convert<float, bfloat16>(a, out, "to_bfloat16"); },
+        py::arg("a"), py::arg("out") = py::none(),
+        "float32 -> ml_dtypes.bfloat16, rounded to nearest even (NaN and +-inf kept).");
+    m.def(
+        "to_float32",
+        [](py::handle a, py::handle out) { return convert<bfloat16, float>(a, out, "to_float32"); },
+        py::arg("a"), py::arg("out") = py::none(), "ml_dtypes.bfloat16 -> float32, exact.");
     m.def("sigmoid", &sigmoid, py::arg("z"), py::arg("out") = py::none(),
           "Elementwise 1 / (1 + exp(-z)) with the vectorized kernel in use.");
 }

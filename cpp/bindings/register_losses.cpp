@@ -30,7 +30,7 @@ double run(py::handle out_h, py::handle y_h, py::handle grad_h, double divisor,
     }
     const py::array grad = as_array(grad_h, grad_name);
     const std::vector<py::ssize_t> shape(out.shape(), out.shape() + out.ndim());
-    return dispatch_dtype(type_num, "out", [&](auto zero) {
+    return dispatch_compute_dtype(type_num, "out", [&](auto zero) {
         using T = decltype(zero);
         T* g = output_buffer<T>(grad, grad_name, shape);
         const T* o = static_cast<const T*>(out.data());

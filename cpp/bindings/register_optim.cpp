@@ -111,7 +111,7 @@ void run_tasks(const Tasks& all, const Run& run) {
     // Only raw pointers cross this line: no Python object is touched without the GIL.
     py::gil_scoped_release release;
     for (const Task& t : all.tasks) {
-        dispatch_dtype(t.type_num, "params", [&](auto zero) {
+        dispatch_compute_dtype(t.type_num, "params", [&](auto zero) {
             using T = decltype(zero);
             run(static_cast<T*>(t.param), static_cast<const T*>(t.grad),
                 static_cast<T*>(t.state[0]), static_cast<T*>(t.state[1]), t.count);

@@ -4,9 +4,14 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstddef>
+#include <atomic>
 #include <string>
+
+#include "kernels.hpp"
+#include "scratch.hpp"
 
 #if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
 #include <cblas.h>  // from scipy-openblas32: every symbol carries a scipy_ prefix
@@ -55,6 +60,95 @@ void gemm<double>(Op op_a, Op op_b, index_t M, index_t N, index_t K, double alph
                   index_t lda, const double* B, index_t ldb, double beta, double* C, index_t ldc) {
     SIGLAYER_CBLAS(dgemm)
     (CblasRowMajor, to_cblas(op_a), to_cblas(op_b), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+namespace {
+
+// The stored block of an operand (op N: rows x cols; op T: cols x rows), widened to float
+// in this thread's scratch slot with leading dimension = its stored row length.
+const float* widened(const bfloat16* A, index_t lda, Op op, index_t rows, index_t cols,
+                     Scratch::Slot slot, index_t& ld) {
+    const index_t stored_rows = op == Op::N ? rows : cols;
+    ld = op == Op::N ? cols : rows;
+    float* out = Scratch::for_this_thread().get<float>(
+        slot, static_cast<std::size_t>(stored_rows * ld));
+    const auto& k = kernels::active<bfloat16>();
+    for (index_t r = 0; r < stored_rows; ++r) k.widen(out + r * ld, A + r * lda, ld);
+    return out;
+}
+
+bool bf16_in_blas() {
+#if defined(SIGLAYER_BLAS_MKL)
+    return true;
+#else
+    return false;
+#endif
+}
+
+bool cpu_bf16() {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+#else
+    return false;
+#endif
+}
+
+std::atomic<Bf16Gemm> bf16_path{bf16_in_blas() && cpu_bf16() ? Bf16Gemm::blas
+                                                              : Bf16Gemm::convert};
+
+}  // namespace
+
+template <>
+void gemm<bfloat16>(Op op_a, Op op_b, index_t M, index_t N, index_t K, float alpha,
+                    const bfloat16* A, index_t lda, const bfloat16* B, index_t ldb, float beta,
+                    float* C, index_t ldc) {
+#if defined(SIGLAYER_BLAS_MKL)
+    if (bf16_path.load(std::memory_order_relaxed) == Bf16Gemm::blas) {
+        static_assert(sizeof(MKL_BF16) == sizeof(bfloat16));
+        cblas_gemm_bf16bf16f32(CblasRowMajor, to_cblas(op_a), to_cblas(op_b), M, N, K, alpha,
+                               reinterpret_cast<const MKL_BF16*>(A), lda,
+                               reinterpret_cast<const MKL_BF16*>(B), ldb, beta, C, ldc);
+        return;
+    }
+#endif
+    index_t lda_f = 0, ldb_f = 0;
+    const float* a = widened(A, lda, op_a, M, K, Scratch::gemm_a, lda_f);
+    const float* b = widened(B, ldb, op_b, K, N, Scratch::gemm_b, ldb_f);
+    gemm<float>(op_a, op_b, M, N, K, alpha, a, std::max<index_t>(1, lda_f), b,
+                std::max<index_t>(1, ldb_f), beta, C, ldc);
+}
+
+Bf16Gemm bf16_gemm_path() {
+    return bf16_path.load();
+}
+
+const char* bf16_gemm_name(Bf16Gemm path) {
+    return path == Bf16Gemm::blas ? "blas" : "convert";
+}
+
+bool bf16_gemm_in_blas() {
+    return bf16_in_blas();
+}
+
+bool cpu_has_bf16() {
+    return cpu_bf16();
+}
+
+void select_bf16_gemm(const std::string& name) {
+    if (name == "auto") {
+        bf16_path.store(bf16_in_blas() && cpu_bf16() ? Bf16Gemm::blas : Bf16Gemm::convert);
+    } else if (name == "convert") {
+        bf16_path.store(Bf16Gemm::convert);
+    } else if (name == "blas") {
+        if (!bf16_in_blas())
+            throw InvalidArgument("bf16_gemm: this build's BLAS (" + backend_name() +
+                                  ") has no bfloat16 GEMM; build with SIGLAYER_BLAS=mkl");
+        bf16_path.store(Bf16Gemm::blas);
+    } else {
+        throw InvalidArgument("bf16_gemm: expected one of auto, blas, convert, got '" + name +
+                              "'");
+    }
 }
 
 index_t max_int() {

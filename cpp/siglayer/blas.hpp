@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "dtypes.hpp"
 #include "views.hpp"
 
 namespace siglayer::blas {
@@ -12,10 +13,32 @@ enum class Op { N, T };
 
 // C (M x N, row-major, leading dimension ldc) = alpha * op(A) * op(B) + beta * C,
 // where op(A) is M x K and op(B) is K x N, both row-major with leading dims lda, ldb.
+// A and B hold the storage type T, C the compute type: for bfloat16 the products of
+// bfloat16 values accumulate in float (bf16_gemm_path() says how).
 // Every size must already be checked to fit the BLAS integer (see max_int()).
 template <class T>
-void gemm(Op op_a, Op op_b, index_t M, index_t N, index_t K, T alpha, const T* A, index_t lda,
-          const T* B, index_t ldb, T beta, T* C, index_t ldc);
+void gemm(Op op_a, Op op_b, index_t M, index_t N, index_t K, compute_t<T> alpha, const T* A,
+          index_t lda, const T* B, index_t ldb, compute_t<T> beta, compute_t<T>* C, index_t ldc);
+
+// How a bfloat16 product runs:
+//   blas:    the BLAS's own bfloat16 GEMM with float accumulation (MKL's
+//            cblas_gemm_bf16bf16f32: AMX on Sapphire Rapids and later, AVX512-BF16 on
+//            Zen 4 and Cooper Lake);
+//   convert: each operand block widened to float (exactly) in this thread's scratch
+//            memory, then the float GEMM. Any BLAS, any CPU.
+// Both multiply the same bfloat16 values and accumulate in float; they differ only in
+// the order of the additions.
+enum class Bf16Gemm { blas, convert };
+Bf16Gemm bf16_gemm_path();
+const char* bf16_gemm_name(Bf16Gemm path);
+// Whether this build's BLAS has a bfloat16 GEMM, and whether the CPU has bfloat16 dot
+// product instructions (AVX512-BF16 or AMX-BF16) for it to run on.
+bool bf16_gemm_in_blas();
+bool cpu_has_bf16();
+// "auto" (blas where the BLAS has it and the CPU has bfloat16 instructions, else
+// convert), "blas" or "convert"; InvalidArgument for another name or for "blas" in a
+// build without it. The SIGLAYER_BF16_GEMM variable goes through this at import.
+void select_bf16_gemm(const std::string& name);
 
 // Largest dimension or leading dimension the BLAS integer can hold.
 index_t max_int();

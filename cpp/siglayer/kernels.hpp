@@ -3,17 +3,30 @@
 
 #include <string>
 
+#include "dtypes.hpp"
 #include "views.hpp"
 
 namespace siglayer::kernels {
 
-// One instruction set's compiled copy of the kernels in kernels_impl.hpp.
+// One instruction set's compiled copy of the kernels in kernels_impl.hpp, for storage
+// type T computing in C = compute_t<T> (the same type for float and double).
 template <class T>
 struct Table {
+    using C = compute_t<T>;
+    // y[i] = sigma(z[i]) for i < count (y may be z).
     void (*sigmoid)(T* y, const T* z, index_t count);
-    void (*bias_sigmoid_rows)(T* out, index_t ld, const T* b, index_t rows, index_t cols);
-    void (*dz_colsum)(T* dZ, index_t ld_dZ, T* db, const T* dout, index_t ld_dout, const T* out,
+    // out (rows x cols, row stride ld) = sigma(acc + b): acc is the product in the compute
+    // type (row stride ld_acc), b has cols entries. acc is overwritten and may be out when
+    // T is C; a bfloat16 out is rounded once, after sigma.
+    void (*bias_sigmoid_rows)(T* out, index_t ld, C* acc, index_t ld_acc, const C* b,
+                              index_t rows, index_t cols);
+    // dZ = dout * out * (1 - out) in C, stored as T; db (cols, in C) = column sums of the
+    // unrounded dZ in row order.
+    void (*dz_colsum)(T* dZ, index_t ld_dZ, C* db, const T* dout, index_t ld_dout, const T* out,
                       index_t ld_out, index_t rows, index_t cols);
+    // dst[i] = src[i] exactly (T to C), and rounded to nearest even (C to T).
+    void (*widen)(C* dst, const T* src, index_t count);
+    void (*narrow)(T* dst, const C* src, index_t count);
 };
 
 // The table in use (chosen once, at first use, from the CPU's features).

@@ -150,14 +150,16 @@ inline void sigmoid(T* y, const T* z, index_t count) {
     for (index_t i = 0; i < count; ++i) y[i] = sigmoid_one(z[i]);
 }
 
-// out is rows x cols with row stride ld; b has cols entries.
-// out[i, j] = sigma(out[i, j] + b[j]), in place.
+// out is rows x cols with row stride ld, acc likewise with ld_acc; b has cols entries.
+// out[i, j] = sigma(acc[i, j] + b[j]). out may be acc.
 template <class T>
-inline void bias_sigmoid_rows(T* out, index_t ld, const T* b, index_t rows, index_t cols) {
+inline void bias_sigmoid_rows(T* out, index_t ld, const T* acc, index_t ld_acc, const T* b,
+                              index_t rows, index_t cols) {
     for (index_t i = 0; i < rows; ++i) {
         T* row = out + i * ld;
+        const T* in = acc + i * ld_acc;
 #pragma omp simd
-        for (index_t j = 0; j < cols; ++j) row[j] = sigmoid_one(T(row[j] + b[j]));
+        for (index_t j = 0; j < cols; ++j) row[j] = sigmoid_one(T(in[j] + b[j]));
     }
 }
 
@@ -179,6 +181,56 @@ inline void dz_colsum(T* __restrict dZ, index_t ld_dZ, T* __restrict db, const T
             const T o = out_row[j];
             const T dz = (dout_row[j] * o) * (T(1) - o);
             dZ_row[j] = dz;
+            db[j] += dz;
+        }
+    }
+}
+
+// bfloat16 <-> float, as bits so that the loops vectorize. The same rounding as
+// siglayer::to_bfloat16 (dtypes.hpp), copied into this instruction set's namespace (see the
+// top of this file). widen is exact; narrow rounds to nearest even, keeps NaN a (quiet) NaN
+// and +-inf, and rounds values past the largest bfloat16 to +-inf.
+inline float bf16_bits_to_float(std::uint16_t h) {
+    return __builtin_bit_cast(float, static_cast<std::uint32_t>(h) << 16);
+}
+
+inline std::uint16_t float_to_bf16_bits(float f) {
+    const std::uint32_t u = __builtin_bit_cast(std::uint32_t, f);
+    const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const std::uint32_t quiet_nan = (u >> 16) | 0x0040u;
+    return static_cast<std::uint16_t>(f != f ? quiet_nan : rounded);
+}
+
+inline void widen_bf16(float* __restrict dst, const std::uint16_t* __restrict src,
+                       index_t count) {
+#pragma omp simd
+    for (index_t i = 0; i < count; ++i) dst[i] = bf16_bits_to_float(src[i]);
+}
+
+inline void narrow_bf16(std::uint16_t* __restrict dst, const float* __restrict src,
+                        index_t count) {
+#pragma omp simd
+    for (index_t i = 0; i < count; ++i) dst[i] = float_to_bf16_bits(src[i]);
+}
+
+// dz_colsum for bfloat16 dout and out (rows x cols, row strides ld_dout, ld_out): dZ in
+// float, stored rounded to bfloat16 (row stride ld_dZ); db[j] = the sum of the unrounded
+// float dZ[i, j] in row order.
+inline void dz_colsum_bf16(std::uint16_t* __restrict dZ, index_t ld_dZ, float* __restrict db,
+                           const std::uint16_t* __restrict dout, index_t ld_dout,
+                           const std::uint16_t* __restrict out, index_t ld_out, index_t rows,
+                           index_t cols) {
+#pragma omp simd
+    for (index_t j = 0; j < cols; ++j) db[j] = 0.0f;
+    for (index_t i = 0; i < rows; ++i) {
+        const std::uint16_t* dout_row = dout + i * ld_dout;
+        const std::uint16_t* out_row = out + i * ld_out;
+        std::uint16_t* dZ_row = dZ + i * ld_dZ;
+#pragma omp simd
+        for (index_t j = 0; j < cols; ++j) {
+            const float o = bf16_bits_to_float(out_row[j]);
+            const float dz = (bf16_bits_to_float(dout_row[j]) * o) * (1.0f - o);
+            dZ_row[j] = float_to_bf16_bits(dz);
             db[j] += dz;
         }
     }

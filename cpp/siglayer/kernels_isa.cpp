@@ -1,4 +1,6 @@
 // Compiled once per instruction set; SIGLAYER_ISA names the copy (see CMakeLists.txt).
+#include <cstdint>
+
 #include "dtypes.hpp"
 #include "kernels.hpp"
 #include "kernels_impl.hpp"
@@ -16,25 +18,82 @@
 
 namespace siglayer::kernels::SIGLAYER_ISA {
 
+namespace detail = kernels_detail::SIGLAYER_ISA;
+
+// float and double: storage is compute.
 template <class T>
 static void sigmoid(T* y, const T* z, index_t count) {
     SIGLAYER_SIGMOID_KERNELS::sigmoid(y, z, count);
 }
 
 template <class T>
-static void bias_sigmoid_rows(T* out, index_t ld, const T* b, index_t rows, index_t cols) {
-    SIGLAYER_SIGMOID_KERNELS::bias_sigmoid_rows(out, ld, b, rows, cols);
+static void bias_sigmoid_rows(T* out, index_t ld, T* acc, index_t ld_acc, const T* b,
+                              index_t rows, index_t cols) {
+    SIGLAYER_SIGMOID_KERNELS::bias_sigmoid_rows(out, ld, acc, ld_acc, b, rows, cols);
 }
 
 template <class T>
 static void dz_colsum(T* dZ, index_t ld_dZ, T* db, const T* dout, index_t ld_dout, const T* out,
                       index_t ld_out, index_t rows, index_t cols) {
-    kernels_detail::SIGLAYER_ISA::dz_colsum(dZ, ld_dZ, db, dout, ld_dout, out, ld_out, rows, cols);
+    detail::dz_colsum(dZ, ld_dZ, db, dout, ld_dout, out, ld_out, rows, cols);
+}
+
+template <class T>
+static void copy(T* dst, const T* src, index_t count) {
+    for (index_t i = 0; i < count; ++i) dst[i] = src[i];
+}
+
+// bfloat16: float kernels between a widening and a rounding.
+static const std::uint16_t* bits(const bfloat16* p) {
+    return reinterpret_cast<const std::uint16_t*>(p);
+}
+static std::uint16_t* bits(bfloat16* p) {
+    return reinterpret_cast<std::uint16_t*>(p);
+}
+
+static void widen_bf16(float* dst, const bfloat16* src, index_t count) {
+    detail::widen_bf16(dst, bits(src), count);
+}
+
+static void narrow_bf16(bfloat16* dst, const float* src, index_t count) {
+    detail::narrow_bf16(bits(dst), src, count);
+}
+
+static void sigmoid_bf16(bfloat16* y, const bfloat16* z, index_t count) {
+    constexpr index_t chunk = 512;  // on the stack, in L1
+    alignas(64) float buf[chunk];
+    for (index_t i = 0; i < count; i += chunk) {
+        const index_t n = count - i < chunk ? count - i : chunk;
+        widen_bf16(buf, z + i, n);
+        SIGLAYER_SIGMOID_KERNELS::sigmoid(buf, buf, n);
+        narrow_bf16(y + i, buf, n);
+    }
+}
+
+// Row by row, so that each row of acc is still in L1 when it is rounded.
+static void bias_sigmoid_rows_bf16(bfloat16* out, index_t ld, float* acc, index_t ld_acc,
+                                   const float* b, index_t rows, index_t cols) {
+    for (index_t row = 0; row < rows; ++row) {
+        float* a = acc + row * ld_acc;
+        SIGLAYER_SIGMOID_KERNELS::bias_sigmoid_rows(a, ld_acc, a, ld_acc, b, 1, cols);
+        narrow_bf16(out + row * ld, a, cols);
+    }
+}
+
+static void dz_colsum_bf16(bfloat16* dZ, index_t ld_dZ, float* db, const bfloat16* dout,
+                           index_t ld_dout, const bfloat16* out, index_t ld_out, index_t rows,
+                           index_t cols) {
+    detail::dz_colsum_bf16(bits(dZ), ld_dZ, db, bits(dout), ld_dout, bits(out), ld_out, rows,
+                           cols);
 }
 
 template <class T>
 Table<T> table() {
-    return Table<T>{&sigmoid<T>, &bias_sigmoid_rows<T>, &dz_colsum<T>};
+    if constexpr (std::is_same_v<T, bfloat16>)
+        return Table<T>{&sigmoid_bf16, &bias_sigmoid_rows_bf16, &dz_colsum_bf16, &widen_bf16,
+                        &narrow_bf16};
+    else
+        return Table<T>{&sigmoid<T>, &bias_sigmoid_rows<T>, &dz_colsum<T>, &copy<T>, &copy<T>};
 }
 
 #define SIGLAYER_INSTANTIATE(T) template Table<T> table<T>();

@@ -460,14 +460,13 @@ inline void sigmoid(T* y, const T* z, index_t count) {
     sigmoid_span<Vec<T>, false>(y, z, nullptr, count);
 }
 
-// out is rows x cols with row stride ld; b has cols entries.
-// out[i, j] = sigma(out[i, j] + b[j]), in place.
+// out is rows x cols with row stride ld, acc likewise with ld_acc; b has cols entries.
+// out[i, j] = sigma(acc[i, j] + b[j]). out may be acc.
 template <class T>
-inline void bias_sigmoid_rows(T* out, index_t ld, const T* b, index_t rows, index_t cols) {
-    for (index_t row = 0; row < rows; ++row) {
-        T* o = out + row * ld;
-        sigmoid_span<Vec<T>, true>(o, o, b, cols);
-    }
+inline void bias_sigmoid_rows(T* out, index_t ld, const T* acc, index_t ld_acc, const T* b,
+                              index_t rows, index_t cols) {
+    for (index_t row = 0; row < rows; ++row)
+        sigmoid_span<Vec<T>, true>(out + row * ld, acc + row * ld_acc, b, cols);
 }
 
 }  // namespace siglayer::kernels_detail::SIGLAYER_ISA::simd

@@ -1,6 +1,7 @@
 // The dense + sigmoid layer: out = sigma(x . W + b) and its backward pass.
 #pragma once
 
+#include "dtypes.hpp"
 #include "views.hpp"
 
 namespace siglayer {
@@ -8,26 +9,34 @@ namespace siglayer {
 // Shape checks alone, including the BLAS integer range (InvalidArgument naming the
 // argument), for callers that want them before allocating outputs; forward and
 // backward run them too.
+// T is the storage type of the arrays (float, double, bfloat16); b and the gradients
+// dW, db are in its compute type C = compute_t<T> (float for bfloat16: docs/bfloat16.md
+// says where each rounding happens).
+//
 // x is (n, n_in), W is (n_in, n_out), b is (n_out,).
 template <class T>
-void check_forward(MatrixView<T> x, MatrixView<T> W, VectorView<T> b);
+void check_forward(MatrixView<T> x, MatrixView<T> W, VectorView<compute_t<T>> b);
 // dout and out are (n, n_out), x is (n, n_in), W is (n_in, n_out).
 template <class T>
 void check_backward(MatrixView<T> dout, MatrixView<T> x, MatrixView<T> W, MatrixView<T> out);
 
 // x is (n, n_in), W is (n_in, n_out), b is (n_out,), out is (n, n_out).
 // out = sigma(x . W + b). out must not overlap x, W or b.
+// The products accumulate in C; bias and sigma are applied in C, rounded to T once.
 template <class T>
-void forward(OutMatrix<T> out, MatrixView<T> x, MatrixView<T> W, VectorView<T> b);
+void forward(OutMatrix<T> out, MatrixView<T> x, MatrixView<T> W, VectorView<compute_t<T>> b);
 
 // dout and out are (n, n_out), x is (n, n_in), W is (n_in, n_out).
 // dZ = dout * out * (1 - out) (elementwise), then
 //   dW (n_in, n_out) = x^T . dZ,   db (n_out,) = sum over rows of dZ,   dx (n, n_in) = dZ . W^T.
 // dx.data may be null (the caller needs no dx: one GEMM fewer). The gradients are
 // overwritten, never accumulated. No output may overlap any input or another output.
+// For bfloat16, dZ is computed in float and rounded to bfloat16 once for the two products
+// (db sums the unrounded dZ); dW accumulates in float; dx accumulates in float and is
+// rounded once.
 template <class T>
-void backward(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dout, MatrixView<T> x,
-              MatrixView<T> W, MatrixView<T> out);
+void backward(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db, MatrixView<T> dout,
+              MatrixView<T> x, MatrixView<T> W, MatrixView<T> out);
 
 // dZ is (n, n_out), the gradient with respect to the pre-activation x . W + b; x is
 // (n, n_in), W is (n_in, n_out). The backward pass without the dZ sweep, for a loss whose
@@ -39,12 +48,18 @@ void backward(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dout, Matri
 template <class T>
 void check_backward_from_preactivation(MatrixView<T> dZ, MatrixView<T> x, MatrixView<T> W);
 template <class T>
-void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<T> dW, T* db, MatrixView<T> dZ,
-                                 MatrixView<T> x, MatrixView<T> W);
+void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db,
+                                 MatrixView<T> dZ, MatrixView<T> x, MatrixView<T> W);
 
 // Apply sigma elementwise: y[i] = sigma(z[i]) (y may equal z). Exposed for the accuracy
 // tests and the sigmoid benchmark.
 template <class T>
 void sigmoid(T* y, const T* z, index_t count);
+
+// dst[i] = src[i] rounded to the nearest bfloat16 (ties to even; NaN stays NaN, +-inf
+// stays +-inf, values past the largest bfloat16 become +-inf), and back (exact). For the
+// master-weight copies of a bfloat16 layer and for callers who convert.
+void to_bfloat16(bfloat16* dst, const float* src, index_t count);
+void to_float32(float* dst, const bfloat16* src, index_t count);
 
 }  // namespace siglayer

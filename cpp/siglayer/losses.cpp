@@ -58,7 +58,7 @@ double mse(T* dout, const T* out, const T* y, index_t count, double divisor) {
 #define SIGLAYER_INSTANTIATE(T)                                              \
     template double bce_sigmoid<T>(T*, const T*, const T*, index_t, double); \
     template double mse<T>(T*, const T*, const T*, index_t, double);
-SIGLAYER_FOR_EACH_DTYPE(SIGLAYER_INSTANTIATE)
+SIGLAYER_FOR_EACH_COMPUTE_DTYPE(SIGLAYER_INSTANTIATE)
 #undef SIGLAYER_INSTANTIATE
 
 }  // namespace siglayer::losses

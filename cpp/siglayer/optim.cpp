@@ -107,7 +107,7 @@ void adam_step(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, index_t count
 #define SIGLAYER_INSTANTIATE(T)                                                    \
     template void sgd_step<T>(T*, const T*, T*, index_t, const SGDOptions&, bool); \
     template void adam_step<T>(T*, const T*, T*, T*, index_t, const AdamOptions&, index_t);
-SIGLAYER_FOR_EACH_DTYPE(SIGLAYER_INSTANTIATE)
+SIGLAYER_FOR_EACH_COMPUTE_DTYPE(SIGLAYER_INSTANTIATE)
 #undef SIGLAYER_INSTANTIATE
 
 }  // namespace siglayer::optim

@@ -10,7 +10,18 @@ namespace siglayer {
 
 class Scratch {
 public:
-    enum Slot { dZ, x_packed, W_packed, b_packed, dout_packed, out_packed, slot_count };
+    enum Slot {
+        dZ,
+        x_packed,
+        W_packed,
+        b_packed,
+        dout_packed,
+        out_packed,
+        acc,     // a bfloat16 product's float result, before sigma and rounding
+        gemm_a,  // the operands of a bfloat16 product, widened to float (blas.cpp)
+        gemm_b,
+        slot_count
+    };
 
     // A 64-byte-aligned buffer of at least count elements of T in the given slot.
     template <class T>

@@ -4,7 +4,9 @@
 #
 # At run time the functions accept any object and raise TypeError/ValueError naming the
 # argument; the types below describe the calls that succeed: floating-point arrays (the
-# core takes float32 and float64), one dtype per call, and results of that dtype.
+# core takes float32 and float64, and ml_dtypes.bfloat16 for the layer, whose b may
+# then be float32 and whose dW, db are float32), one dtype per call, and results of
+# that dtype.
 
 from collections.abc import Sequence
 from typing import Any, Literal, TypedDict, TypeVar, overload
@@ -20,6 +22,9 @@ class CoreConfig(TypedDict):
     blas: str
     blas_details: str
     blas_int_bits: Literal[32, 64]
+    bf16_gemm: Literal["blas", "convert"]
+    bf16_gemm_in_blas: bool
+    cpu_bf16: bool
     simd: str
     simd_available: str
     openmp: int
@@ -152,6 +157,11 @@ class OverlapError(ValueError): ...
 
 def dispatch_probe(a: NDArray[Any]) -> str: ...
 def select_isa(name: Literal["avx512", "avx2", "baseline"]) -> None: ...
+def select_bf16_gemm(name: Literal["auto", "blas", "convert"]) -> None: ...
+
+# float32 <-> ml_dtypes.bfloat16 of a C-contiguous array (rounded to nearest even; exact).
+def to_bfloat16(a: NDArray[np.float32], out: NDArray[Any] | None = None) -> NDArray[Any]: ...
+def to_float32(a: NDArray[Any], out: NDArray[np.float32] | None = None) -> NDArray[np.float32]: ...
 
 # The bare product C = op(A) @ op(B), (M, N), through siglayer's BLAS: the benchmarks'
 # GEMM floor (cpp/bindings/register_blas.cpp). op(A) is (M, K), op(B) is (K, N).
