@@ -61,7 +61,9 @@ def one_hot(labels: NDArray, dtype: type = np.float32) -> NDArray:
     return targets
 
 
-def build_network(seed: int, hidden: int = 32, dtype: type = np.float32) -> siglayer.Sequential:
+def build_network(
+    seed: int, hidden: int = 32, dtype: type | str = np.float32
+) -> siglayer.Sequential:
     rng = np.random.default_rng(seed)
     return siglayer.Sequential(
         siglayer.SigmoidLayer(64, hidden, dtype=dtype, seed=rng),
@@ -71,17 +73,25 @@ def build_network(seed: int, hidden: int = 32, dtype: type = np.float32) -> sigl
 
 def evaluate(net: siglayer.Sequential, x: NDArray, labels: NDArray) -> tuple[float, float]:
     """(mean binary cross-entropy, accuracy) of the network on x."""
-    out = net(x)
+    out = net(x).astype(x.dtype)  # a bfloat16 network's output, widened for the loss
     accuracy = float(np.mean(out.argmax(axis=1) == labels))
     return bce_loss(out, one_hot(labels, x.dtype.type)), accuracy
 
 
 def train(
-    epochs: int, seed: int, *, batch_size: int = 32, lr: float = 0.01, verbose: bool = True
+    epochs: int,
+    seed: int,
+    *,
+    batch_size: int = 32,
+    lr: float = 0.01,
+    dtype: str = "float32",
+    verbose: bool = True,
 ) -> History:
+    """Adam on binary cross-entropy. dtype="bfloat16" trains in mixed precision: the layers
+    compute in bfloat16 on float32 master weights, the loss is computed in float32."""
     x_train, l_train, x_test, l_test = load_digits_split(seed)
     y_train = one_hot(l_train)
-    net = build_network(seed)
+    net = build_network(seed, dtype=dtype)
     loss_fn = BCELoss()
     optimizer = siglayer.optim.Adam(net.parameters(), lr=lr)
     rng = np.random.default_rng(seed + 1)
@@ -92,8 +102,9 @@ def train(
         order = rng.permutation(len(x_train))
         x_epoch, y_epoch = x_train[order], y_train[order]
         for i in range(0, len(x_epoch), batch_size):
-            out = net(x_epoch[i : i + batch_size])
-            loss_fn(out, y_epoch[i : i + batch_size])
+            out = net(x_epoch[i : i + batch_size])  # bfloat16 for a bfloat16 network
+            loss_fn(out.astype(np.float32), y_epoch[i : i + batch_size])
+            # A float32 dL/dZ; a bfloat16 network rounds it to bfloat16 once.
             net.backward_from_preactivation(loss_fn.backward())
             optimizer.step()
         history.steps += -(-len(x_epoch) // batch_size)
@@ -144,11 +155,19 @@ def main(argv: list[str] | None = None) -> History:
     parser.add_argument("--seed", type=int, default=0, help="split, initialisation and shuffling")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.01, help="Adam's learning rate")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="bfloat16: mixed precision on float32 master weights (needs ml-dtypes)",
+    )
     parser.add_argument("--plot", metavar="FILE.png", help="save the loss and accuracy curves")
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error("--epochs must be >= 1")
-    history = train(args.epochs, args.seed, batch_size=args.batch_size, lr=args.lr)
+    history = train(
+        args.epochs, args.seed, batch_size=args.batch_size, lr=args.lr, dtype=args.dtype
+    )
     print(
         f"test accuracy {history.test_accuracy[-1]:.1%} after {args.epochs} epochs, "
         f"{history.steps} steps in {history.seconds:.2f} s "

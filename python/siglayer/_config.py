@@ -24,6 +24,19 @@ if os.environ.get("SIGLAYER_ISA"):
     except ValueError as exc:
         raise ValueError(f"SIGLAYER_ISA={os.environ['SIGLAYER_ISA']!r}: {exc}") from None
 
+# SIGLAYER_BF16_GEMM=convert (or blas, auto) picks how bfloat16 products run: convert
+# (operands widened to float32, the float32 GEMM: any BLAS, any CPU) forces the fallback
+# on a machine whose BLAS and CPU have a bfloat16 GEMM; blas forces the BLAS's bfloat16
+# GEMM (an MKL build) even on a CPU without bfloat16 instructions. auto, the default,
+# takes blas where the build's BLAS has it and the CPU has AVX512-BF16 or AMX-BF16.
+if os.environ.get("SIGLAYER_BF16_GEMM"):
+    try:
+        _core.select_bf16_gemm(cast(Any, os.environ["SIGLAYER_BF16_GEMM"]))
+    except ValueError as exc:
+        raise ValueError(
+            f"SIGLAYER_BF16_GEMM={os.environ['SIGLAYER_BF16_GEMM']!r}: {exc}"
+        ) from None
+
 # A child forked after a parallel call would otherwise wait forever for the parent's
 # OpenMP workers: before os.fork (multiprocessing, concurrent.futures, servers that
 # pre-fork) siglayer waits for its running calls and releases its pool; parent and
@@ -45,6 +58,7 @@ class Config(TypedDict):
     blas_int_bits: int
     simd: str
     simd_available: str
+    bf16_gemm: str
     openmp: int
     openmp_runtime: str
     compiler: str
@@ -132,6 +146,7 @@ def config() -> Config:
         "blas_int_bits": core["blas_int_bits"],
         "simd": core["simd"],
         "simd_available": core["simd_available"],
+        "bf16_gemm": _bf16_gemm_description(core),
         "openmp": core["openmp"],
         "openmp_runtime": core["openmp_runtime"],
         "compiler": core["compiler"],
@@ -141,6 +156,15 @@ def config() -> Config:
         "python": platform.python_version(),
         "machine": platform.machine(),
     }
+
+
+def _bf16_gemm_description(core: _core.CoreConfig) -> str:
+    """How bfloat16 products run, and why (docs/bfloat16.md)."""
+    cpu = "the CPU has" if core["cpu_bf16"] else "the CPU lacks"
+    if core["bf16_gemm"] == "blas":
+        return f"blas (the BLAS's bfloat16 GEMM; {cpu} AVX512-BF16/AMX-BF16)"
+    blas = "the BLAS has one" if core["bf16_gemm_in_blas"] else "the BLAS has none"
+    return f"convert (float32 GEMM on widened operands; {blas}, {cpu} AVX512-BF16/AMX-BF16)"
 
 
 @overload
@@ -157,10 +181,13 @@ def show_config(
     compiled in: scipy-openblas32, mkl or system), ``blas_details`` (its own
     configuration string), ``blas_int_bits`` (32: each matrix dimension must fit in a
     32-bit int), ``simd`` (the elementwise kernels in use) and ``simd_available``,
-    ``openmp`` (the OpenMP version date), ``openmp_runtime`` (``intel (libiomp5)`` with
-    how long idle workers spin, or ``compiler``), ``compiler``, ``threads``
-    (``get_num_threads()``), ``blas_threads`` (the BLAS's own pool: 1 for the default
-    backend, whose parallelism is siglayer's OpenMP pool), then the versions of NumPy
+    ``bf16_gemm`` (how bfloat16 products run: ``blas``, the BLAS's own bfloat16 GEMM,
+    or ``convert``, a float32 GEMM on operands widened in siglayer, and why;
+    ``SIGLAYER_BF16_GEMM`` overrides), ``openmp`` (the OpenMP version date),
+    ``openmp_runtime`` (``intel (libiomp5)`` with how long idle workers spin, or
+    ``compiler``), ``compiler``, ``threads`` (``get_num_threads()``), ``blas_threads``
+    (the BLAS's own pool: 1 for the default backend, whose parallelism is siglayer's
+    OpenMP pool), then the versions of NumPy
     and Python and the machine.
 
     Parameters

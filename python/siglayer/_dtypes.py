@@ -3,13 +3,40 @@
 The compiled core has its own (cpp/siglayer/dtypes.hpp, and the bindings' dispatch);
 docs/architecture.md lists every place a new dtype touches. Tolerances and other
 per-dtype tables are keyed by these dtypes.
+
+bfloat16 (``ml_dtypes.bfloat16``, an optional dependency) is a storage type only: the
+layer takes it and computes in float32; optimizers and losses work on float32
+(docs/bfloat16.md). ``import siglayer`` never imports ml_dtypes.
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
-__all__ = ["FLOAT_DTYPES", "NAMES"]
+__all__ = ["FLOAT_DTYPES", "NAMES", "bfloat16", "is_bfloat16"]
 
 FLOAT_DTYPES: tuple[np.dtype[np.floating], ...] = (np.dtype(np.float32), np.dtype(np.float64))
 NAMES = " or ".join(dt.name for dt in FLOAT_DTYPES)  # "float32 or float64", for messages
+
+
+def bfloat16() -> np.dtype[np.generic]:
+    """``numpy.dtype(ml_dtypes.bfloat16)``, importing ml_dtypes (ImportError that says
+    how to install it when it is missing)."""
+    try:
+        import ml_dtypes
+    except ImportError as exc:
+        raise ImportError(
+            "bfloat16 needs the ml-dtypes package (NumPy's bfloat16 dtype, the one JAX "
+            'uses): pip install ml-dtypes, or pip install "siglayer[bfloat16]"'
+        ) from exc
+    dtype: np.dtype[np.generic] = np.dtype(ml_dtypes.bfloat16)
+    return dtype
+
+
+def is_bfloat16(dtype: object) -> bool:
+    """Whether dtype is ml_dtypes' bfloat16, without importing ml_dtypes (an array of it
+    can only exist once ml_dtypes is imported)."""
+    module = sys.modules.get("ml_dtypes")
+    return module is not None and dtype == np.dtype(module.bfloat16)

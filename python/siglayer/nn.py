@@ -33,7 +33,7 @@ from numpy.typing import DTypeLike, NDArray
 
 from . import _api, _core
 from ._buffers import BufferCache
-from ._dtypes import FLOAT_DTYPES
+from ._dtypes import FLOAT_DTYPES, bfloat16, is_bfloat16
 from ._gradients import refuse_kind
 from ._typing import Float
 
@@ -162,12 +162,17 @@ def _positive_int(value: object, name: str) -> int:
 
 
 def _float_dtype(dtype: DTypeLike) -> np.dtype[np.floating]:
+    if isinstance(dtype, str) and dtype == "bfloat16":
+        return cast("np.dtype[np.floating]", bfloat16())
     try:
         dt = np.dtype(dtype)
     except TypeError as exc:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
+        raise TypeError(f"dtype must be float32, float64 or bfloat16, got {dtype!r}") from exc
+    if is_bfloat16(dt):
+        return cast("np.dtype[np.floating]", dt)
     if dt not in FLOAT_DTYPES or not dt.isnative:
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+        hint = " (float16 is not bfloat16)" if dt == np.float16 else ""
+        raise TypeError(f"dtype must be float32, float64 or bfloat16, got {dt}{hint}")
     return cast("np.dtype[np.floating]", dt)
 
 
@@ -179,9 +184,15 @@ class SigmoidLayer(Generic[Float]):
     ----------
     n_in, n_out : int
         Input and output features, each >= 1.
-    dtype : float32 or float64, default float32
-        The precision of the parameters and of every array the layer takes; inputs of
-        another dtype are refused (TypeError), never converted.
+    dtype : float32, float64 or bfloat16, default float32
+        float32 or float64: the precision of the parameters and of every array the
+        layer takes; inputs of another dtype are refused (TypeError), never converted.
+        bfloat16 (``ml_dtypes.bfloat16`` or ``"bfloat16"``; needs ml-dtypes): mixed
+        precision as ``torch.autocast`` does it. W, b, dW and db are float32 (the
+        master weights the optimizers update); each forward rounds W to bfloat16 once
+        and computes with it, b stays float32; outputs and dx are bfloat16. x and the
+        gradients given to backward may be bfloat16, or float32, rounded to bfloat16
+        once on the way in (docs/bfloat16.md says where every rounding happens).
     seed : int, numpy.random.Generator or None
         Seed of the initialisation: W is Glorot-uniform, drawn from
         U(-sqrt(6 / (n_in + n_out)), +sqrt(6 / (n_in + n_out))) in float64 and rounded to
@@ -266,6 +277,9 @@ class SigmoidLayer(Generic[Float]):
         self.n_in = _positive_int(n_in, "n_in")
         self.n_out = _positive_int(n_out, "n_out")
         self._dtype = _float_dtype(dtype)
+        # bfloat16 keeps float32 master weights, and a bfloat16 copy of W per forward.
+        self._mixed = is_bfloat16(self._dtype)
+        param_dtype = np.dtype(np.float32) if self._mixed else self._dtype
         if seed is not None and not isinstance(seed, (numbers.Integral, np.random.Generator)):
             raise TypeError(
                 f"seed must be an int, a numpy.random.Generator or None, got {type(seed).__name__}"
@@ -275,9 +289,11 @@ class SigmoidLayer(Generic[Float]):
         self.reuse_buffers = reuse_buffers
         rng = np.random.default_rng(seed)
         limit = math.sqrt(6.0 / (self.n_in + self.n_out))
-        W = rng.uniform(-limit, limit, size=(self.n_in, self.n_out)).astype(self._dtype)
+        W = rng.uniform(-limit, limit, size=(self.n_in, self.n_out)).astype(param_dtype)
         self._W = cast("NDArray[Float]", W)
-        self._b = cast("NDArray[Float]", np.zeros(self.n_out, self._dtype))
+        self._b = cast("NDArray[Float]", np.zeros(self.n_out, param_dtype))
+        # What the products use: W itself, or its bfloat16 copy of the last forward.
+        self._W_compute = np.empty(W.shape, self._dtype) if self._mixed else self._W
         self._dW = np.zeros_like(self._W)
         self._db = np.zeros_like(self._b)
         self._outputs = BufferCache(self._dtype)
@@ -332,13 +348,16 @@ class SigmoidLayer(Generic[Float]):
             or x.shape[-1] != self.n_in
         ):
             self._check_input(x)
+            x = self._rounded(x)
+        if self._mixed:
+            _core.to_bfloat16(self._W, out=self._W_compute)
         own = out is None and self.reuse_buffers
         if out is None:
             shape = (*x.shape[:-1], self.n_out)
             fresh = self._outputs.get(shape) if own else np.empty(shape, self._dtype)
             out = cast("NDArray[Float]", fresh)
         try:
-            _api.forward(x, self._W, self._b, out=out)
+            _api.forward(x, self._W_compute, self._b, out=out)
         except _core.OverlapError:
             if own:
                 raise ValueError(
@@ -403,8 +422,11 @@ class SigmoidLayer(Generic[Float]):
         if type(dout) is not _ndarray or dout.shape != out.shape or dout.dtype != self._dtype:
             refuse_kind(dout, "dout", "backward")
             self._check_gradient(dout, "dout", out.shape)
+            dout = self._rounded(dout)
         dx = self._dx_buffer(x, need_dx, dx)
-        _api.backward(dout, x, self._W, out, need_dx=need_dx, dx=dx, dW=self._dW, db=self._db)
+        _api.backward(
+            dout, x, self._W_compute, out, need_dx=need_dx, dx=dx, dW=self._dW, db=self._db
+        )
         return dx
 
     @overload
@@ -441,9 +463,10 @@ class SigmoidLayer(Generic[Float]):
         if type(dZ) is not _ndarray or dZ.shape != out.shape or dZ.dtype != self._dtype:
             refuse_kind(dZ, "dZ", "backward_from_preactivation")
             self._check_gradient(dZ, "dZ", out.shape)
+            dZ = self._rounded(dZ)
         dx = self._dx_buffer(x, need_dx, dx)
         _api.backward_from_preactivation(
-            dZ, x, self._W, need_dx=need_dx, dx=dx, dW=self._dW, db=self._db
+            dZ, x, self._W_compute, need_dx=need_dx, dx=dx, dW=self._dW, db=self._db
         )
         return dx
 
@@ -454,6 +477,9 @@ class SigmoidLayer(Generic[Float]):
         or 1 (see :class:`siglayer.losses.BCELoss`).
         """
         x, _ = self._saved("preactivation")
+        if self._mixed:  # in float32, from the bfloat16 values the forward multiplied
+            x32 = _core.to_float32(np.ascontiguousarray(x))
+            return cast("NDArray[Float]", x32 @ _core.to_float32(self._W_compute) + self._b)
         return cast("NDArray[Float]", np.asarray(x @ self._W + self._b))
 
     def parameters(self) -> list[Parameter]:
@@ -482,13 +508,28 @@ class SigmoidLayer(Generic[Float]):
             return cast("NDArray[Float]", self._input_grads.get(x.shape))
         return np.empty(x.shape, self._dtype)
 
+    def _accepts(self) -> str:
+        return "bfloat16 (float32 inputs are rounded to it)" if self._mixed else str(self._dtype)
+
+    def _dtype_expr(self) -> str:
+        return "ml_dtypes.bfloat16" if self._mixed else f"np.{self._dtype.name}"
+
+    def _rounded(self, a: NDArray[Any]) -> NDArray[Any]:
+        """A float32 input of a bfloat16 layer, rounded to bfloat16 once (the checks
+        have passed); anything else as it is."""
+        if self._mixed and a.dtype == np.float32:
+            return _core.to_bfloat16(np.ascontiguousarray(a))
+        return a
+
     def _check_input(self, x: object) -> None:
         if not isinstance(x, _ndarray):
             raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
-        if x.dtype != self._dtype:
+        if self._mixed and x.dtype == np.float32:
+            pass  # rounded to bfloat16 by the caller
+        elif x.dtype != self._dtype:
             raise TypeError(
-                f"x has dtype {x.dtype} but this layer computes in {self._dtype}; "
-                f"pass x.astype(np.{self._dtype.name}) (nothing is converted "
+                f"x has dtype {x.dtype} but this layer computes in {self._accepts()}; "
+                f"pass x.astype({self._dtype_expr()}) (nothing is converted "
                 f"silently)"
             )
         if x.ndim == 0 or x.shape[-1] != self.n_in:
@@ -500,10 +541,12 @@ class SigmoidLayer(Generic[Float]):
     def _check_gradient(self, grad: object, name: str, expected: tuple[int, ...]) -> None:
         if not isinstance(grad, _ndarray):
             raise TypeError(f"{name} must be a numpy.ndarray, got {type(grad).__name__}")
-        if grad.dtype != self._dtype:
+        if self._mixed and grad.dtype == np.float32:
+            pass  # rounded to bfloat16 by the caller
+        elif grad.dtype != self._dtype:
             raise TypeError(
-                f"{name} has dtype {grad.dtype} but this layer computes in {self._dtype}; "
-                f"pass {name}.astype(np.{self._dtype.name}) (nothing is converted silently)"
+                f"{name} has dtype {grad.dtype} but this layer computes in {self._accepts()}; "
+                f"pass {name}.astype({self._dtype_expr()}) (nothing is converted silently)"
             )
         if grad.shape != expected:
             raise ValueError(

@@ -1,0 +1,347 @@
+"""bfloat16 storage computing in float32 (docs/bfloat16.md).
+
+The oracle is siglayer.reference in float64 on the bfloat16 inputs themselves (float64
+gradcheck cannot apply to bfloat16 storage). The bounds follow the roundings the contract
+names, with u = 2**-8 the unit roundoff of bfloat16 (8 significant bits) and e = 2**-24
+that of float32:
+
+- out: the product of two bfloat16 values is exact in float32, the sum of K = n_in of them
+  errs by at most gamma_K ~ K e times |x| @ |W|; sigma' <= 1/4 and sigma in float32 adds a
+  few e; then one rounding to bfloat16, u |out|. Bound: u |out| + 1/4 * 2 (K + 4) e
+  (|x| @ |W|) + 4 e.
+- db: dZ in float32 (3 roundings), summed in float32 over n rows: 2 (n + 4) e sum|dZ|.
+- dW: dZ rounded to bfloat16 once (u |dZ|), then products summed in float32 over n rows:
+  (u + 2 (n + 4) e) (|x|.T @ |dZ|).
+- dx: the same with W over n_out, then one rounding of the result: u |dx| + (1 + u)
+  (u + 2 (n_out + 4) e) (|dZ| @ |W|.T).
+
+Both ways a bfloat16 product can run are tested where the build has them: "convert" (the
+operands widened to float32, the float32 GEMM) everywhere, "blas" (MKL's bfloat16 GEMM)
+in an MKL build, skipped with the reason elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import siglayer
+from siglayer import _core, reference
+
+ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml-dtypes")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+U = 2.0**-8
+E = 2.0**-24
+
+# (n, n_in, n_out): T, S, M, L of the benchmarks and odd sizes that leave tile remainders.
+SHAPES = [(1, 1, 1), (7, 5, 3), (32, 64, 32), (256, 512, 512), (257, 129, 65), (1024, 1024, 1024)]
+
+
+def bf16(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, np.float32).astype(BF16)
+
+
+def f64(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a).astype(np.float64)
+
+
+def inputs(n: int, n_in: int, n_out: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = bf16(rng.standard_normal((n, n_in)))
+    W = bf16(rng.standard_normal((n_in, n_out)) / np.sqrt(n_in))
+    b = rng.standard_normal(n_out).astype(np.float32)
+    return x, W, b
+
+
+def assert_bounded(got: np.ndarray, want: np.ndarray, bound: np.ndarray, what: str) -> None:
+    err = np.abs(f64(got) - want)
+    assert np.isfinite(got.astype(np.float64)).all(), f"{what}: non-finite values"
+    worst = float((err - bound).max())
+    assert worst <= 0, f"{what}: max error {err.max():.3e} exceeds its bound by {worst:.3e}"
+
+
+GEMM_PATHS = ["convert", "blas"]
+
+
+@pytest.fixture(params=GEMM_PATHS)
+def gemm_path(request: pytest.FixtureRequest):
+    path = request.param
+    if path == "blas" and not _core.config()["bf16_gemm_in_blas"]:
+        pytest.skip(f"the {_core.config()['blas']} build has no bfloat16 GEMM (an MKL build has)")
+    before = _core.config()["bf16_gemm"]
+    _core.select_bf16_gemm(path)
+    yield path
+    _core.select_bf16_gemm(before)
+
+
+# --- conversions ---------------------------------------------------------------------
+
+
+def test_every_bfloat16_widens_exactly():
+    every = np.arange(1 << 16, dtype=np.uint16).view(BF16)
+    got = _core.to_float32(every)
+    want = every.astype(np.float32)  # ml_dtypes: exact, the upper half of the float32
+    nan = np.isnan(want)
+    assert (np.isnan(got) == nan).all()
+    assert (got.view(np.uint32)[~nan] == want.view(np.uint32)[~nan]).all()
+    assert (got.view(np.uint32) == every.view(np.uint16).astype(np.uint32) << 16).all()
+
+
+def rne_reference(f: np.ndarray) -> np.ndarray:
+    """Round float32 to bfloat16 bits, nearest even, in integer arithmetic (NaN apart)."""
+    u = f.view(np.uint32).astype(np.uint64)
+    upper, lower = u >> 16, u & 0xFFFF
+    up = (lower > 0x8000) | ((lower == 0x8000) & (upper & 1 == 1))
+    return (upper + up).astype(np.uint16)
+
+
+def test_rounding_to_nearest_even_on_random_bits_and_the_hard_cases():
+    rng = np.random.default_rng(1)
+    bits = rng.integers(0, 1 << 32, size=1 << 20, dtype=np.uint64).astype(np.uint32)
+    ties = (np.arange(1 << 16, dtype=np.uint32) << 16) | 0x8000  # every exact tie
+    near = np.concatenate([ties - 1, ties + 1])  # just below and above each tie
+    special = np.array(
+        [0.0, -0.0, 1.0, np.inf, -np.inf, np.finfo(np.float32).max, 1e-45, -1e-45, 1e-40],
+        np.float32,
+    ).view(np.uint32)
+    f = np.concatenate([bits, ties, near, special]).view(np.float32)
+    got = _core.to_bfloat16(f).view(np.uint16)
+    nan = np.isnan(f)
+    assert (got[~nan] == rne_reference(f[~nan])).all()
+    assert (got[~nan] == f[~nan].astype(BF16).view(np.uint16)).all()  # and ml_dtypes agrees
+    assert np.isnan(got[nan].view(BF16).astype(np.float32)).all()  # NaN stays NaN
+    # Hand-checked: 1 + 2**-8 is a tie between 1 and 1 + 2**-7 (odd): rounds to 1;
+    # 1 + 3 * 2**-8 is a tie between 1 + 2**-7 (odd) and 1 + 2**-6: rounds up.
+    hand = np.array([1 + 2.0**-8, 1 + 3 * 2.0**-8, 3.4e38, -np.inf], np.float32)
+    assert _core.to_bfloat16(hand).view(np.uint16).tolist() == [0x3F80, 0x3F82, 0x7F80, 0xFF80]
+
+
+def test_conversions_refuse_other_dtypes_and_layouts():
+    with pytest.raises(TypeError, match="a has dtype float64, expected float32"):
+        _core.to_bfloat16(np.zeros(3))
+    with pytest.raises(TypeError, match="a has dtype float32, expected bfloat16"):
+        _core.to_float32(np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _core.to_bfloat16(np.zeros((4, 4), np.float32)[:, ::2])
+    with pytest.raises(TypeError, match="out has dtype float32, expected bfloat16"):
+        _core.to_bfloat16(np.zeros(3, np.float32), out=np.zeros(3, np.float32))
+
+
+def test_sigmoid_of_every_bfloat16():
+    every = np.arange(1 << 16, dtype=np.uint16).view(BF16)
+    got = _core.sigmoid(every)
+    assert got.dtype == BF16
+    with np.errstate(invalid="ignore"):  # the signalling NaNs among them
+        z = _core.to_float32(every).astype(np.float64)
+        got64 = _core.to_float32(got).astype(np.float64)
+    want = reference.sigmoid(z)
+    nan = np.isnan(z)
+    assert np.isnan(got64[nan]).all()
+    # sigma in float32 (<= 2 float32 ulp), rounded once to bfloat16: within u |sigma| + 4 e |sigma|,
+    # and where sigma is subnormal half the spacing of bfloat16's subnormals, 2**-134 (and of
+    # float32's, 2**-149, twice).
+    err = np.abs(got64[~nan] - want[~nan])
+    assert (err <= (U + 4 * E) * want[~nan] + 2.0**-134 + 2.0**-148).all(), err.max()
+    assert got64[z == np.inf].tolist() == [1.0]
+    assert got64[z == -np.inf].tolist() == [0.0]
+
+
+# --- the layer against the float64 reference on the bfloat16 inputs ------------------
+
+
+def forward_bound(x, W, out_ref) -> np.ndarray:
+    K = x.shape[-1]
+    return U * np.abs(out_ref) + 0.25 * 2 * (K + 4) * E * (np.abs(f64(x)) @ np.abs(f64(W))) + 4 * E
+
+
+def gradient_bounds(x, W, dZ_ref, dx_ref):
+    n, n_out = dZ_ref.shape
+    adZ = np.abs(dZ_ref)
+    b_dW = (U + 2 * (n + 4) * E) * (np.abs(f64(x)).T @ adZ) + 1e-30
+    b_db = 2 * (n + 4) * E * adZ.sum(axis=0) + 1e-30
+    b_dx = U * np.abs(dx_ref) + (1 + U) * (U + 2 * (n_out + 4) * E) * (adZ @ np.abs(f64(W)).T)
+    return b_dx + 1e-30, b_dW, b_db
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_forward_and_backward_against_the_reference(shape, gemm_path, threads):
+    x, W, b = inputs(*shape)
+    x0, W0, b0 = x.copy(), W.copy(), b.copy()
+    out = siglayer.forward(x, W, b)
+    assert out.dtype == BF16 and out.shape == (shape[0], shape[2])
+    out_ref = reference.forward(f64(x), f64(W), f64(b))
+    assert_bounded(out, out_ref, forward_bound(x, W, out_ref), "out")
+
+    dout = bf16(np.random.default_rng(2).standard_normal(out.shape))
+    dx, dW, db = siglayer.backward(dout, x, W, out)
+    assert (dx.dtype, dW.dtype, db.dtype) == (BF16, np.float32, np.float32)
+    o = f64(out)
+    dZ_ref = f64(dout) * o * (1 - o)
+    dx_ref, dW_ref, db_ref = reference.backward_from_preactivation(dZ_ref, f64(x), f64(W))
+    b_dx, b_dW, b_db = gradient_bounds(x, W, dZ_ref, dx_ref)
+    assert_bounded(dW, dW_ref, b_dW, "dW")
+    assert_bounded(db, db_ref, b_db, "db")
+    assert_bounded(dx, dx_ref, b_dx, "dx")
+    # The inputs are never modified.
+    for a, a0 in ((x, x0), (W, W0), (b, b0)):
+        assert (a.view(np.uint8) == a0.view(np.uint8)).all()
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:5], ids=lambda s: "x".join(map(str, s)))
+def test_backward_from_preactivation_against_the_reference(shape, gemm_path):
+    x, W, _ = inputs(*shape)
+    dZ = bf16(np.random.default_rng(3).standard_normal((shape[0], shape[2])) / 8)
+    dx, dW, db = siglayer.backward_from_preactivation(dZ, x, W)
+    dx_ref, dW_ref, db_ref = reference.backward_from_preactivation(f64(dZ), f64(x), f64(W))
+    n, n_out = dZ.shape
+    adZ = np.abs(f64(dZ))  # dZ is an input: no rounding of its own
+    assert_bounded(dW, dW_ref, 2 * (n + 4) * E * (np.abs(f64(x)).T @ adZ) + 1e-30, "dW")
+    assert_bounded(db, db_ref, 2 * (n + 4) * E * adZ.sum(axis=0) + 1e-30, "db")
+    b_dx = U * np.abs(dx_ref) + (1 + U) * 2 * (n_out + 4) * E * (adZ @ np.abs(f64(W)).T)
+    assert_bounded(dx, dx_ref, b_dx + 1e-30, "dx")
+
+
+def test_batch_dimensions_strides_and_a_float32_bias():
+    x, W, b = inputs(24, 40, 12, seed=4)
+    xb = x.reshape(2, 3, 4, 40)
+    out = siglayer.forward(xb, W, b)
+    assert out.shape == (2, 3, 4, 12)
+    # The same values in other layouts give bitwise the same result.
+    flat = siglayer.forward(x, W, b)
+    assert (out.reshape(24, 12).view(np.uint16) == flat.view(np.uint16)).all()
+    W_f = np.asfortranarray(W)
+    x_strided = np.empty((24, 80), BF16)[:, ::2]
+    x_strided[...] = x
+    assert (siglayer.forward(x_strided, W_f, b).view(np.uint16) == flat.view(np.uint16)).all()
+    # A bfloat16 bias is widened exactly: the same as the float32 bias of its values.
+    b16 = b.astype(BF16)
+    assert (
+        siglayer.forward(x, W, b16).view(np.uint16)
+        == siglayer.forward(x, W, b16.astype(np.float32)).view(np.uint16)
+    ).all()
+    dx, dW, _ = siglayer.backward(bf16(np.ones((2, 3, 4, 12))), xb, W, out)
+    assert dx.shape == (2, 3, 4, 40) and dW.shape == (40, 12)
+
+
+def test_both_gemm_paths_agree_where_both_exist():
+    if not _core.config()["bf16_gemm_in_blas"]:
+        pytest.skip("one path only: this build's BLAS has no bfloat16 GEMM")
+    x, W, b = inputs(300, 200, 100)
+    results = {}
+    for path in GEMM_PATHS:
+        _core.select_bf16_gemm(path)
+        results[path] = siglayer.forward(x, W, b).astype(np.float64)
+    _core.select_bf16_gemm("auto")
+    # Same bfloat16 operands, float32 accumulation in another order: a rounding apart.
+    assert np.abs(results["blas"] - results["convert"]).max() <= 2 * U
+
+
+# --- errors ----------------------------------------------------------------------------
+
+
+def test_bad_dtype_mixes_are_type_errors_naming_the_argument():
+    x, W, b = inputs(8, 6, 4)
+    with pytest.raises(TypeError, match=r"x has dtype float16.*float16 is not bfloat16"):
+        siglayer.forward(x.astype(np.float16), W, b)
+    with pytest.raises(TypeError, match="share one dtype; got x bfloat16, W float32"):
+        siglayer.forward(x, W.astype(np.float32), b)
+    with pytest.raises(TypeError, match=r"share one dtype; got x bfloat16, W bfloat16, b float64"):
+        siglayer.forward(x, W, b.astype(np.float64))
+    with pytest.raises(TypeError, match="out has dtype bfloat16, expected float32"):
+        siglayer.forward(
+            f64(x).astype(np.float32), f64(W).astype(np.float32), b, out=np.empty((8, 4), BF16)
+        )
+    with pytest.raises(TypeError, match="out has dtype float32, expected bfloat16"):
+        siglayer.forward(x, W, b, out=np.empty((8, 4), np.float32))
+    out = siglayer.forward(x, W, b)
+    with pytest.raises(TypeError, match="dW has dtype bfloat16, expected float32"):
+        siglayer.backward(out, x, W, out, dW=np.empty((6, 4), BF16))
+    with pytest.raises(TypeError, match="share one dtype; got dout float32"):
+        siglayer.backward(out.astype(np.float32), x, W, out)
+
+
+def test_losses_and_optimizers_take_float32_not_bfloat16():
+    out = bf16(np.full((4, 3), 0.5))
+    with pytest.raises(TypeError, match=r"out.*bfloat16.*float32"):
+        siglayer.losses.mse_loss(out, out)
+    p = siglayer.Parameter("W", bf16(np.zeros((2, 2))), bf16(np.zeros((2, 2))))
+    with pytest.raises(TypeError, match="bfloat16"):
+        siglayer.optim.SGD([p], lr=0.1).step()
+
+
+# --- the mixed-precision layer -------------------------------------------------------------
+
+
+def test_layer_keeps_float32_masters_and_computes_in_bfloat16():
+    layer = siglayer.SigmoidLayer(20, 8, dtype="bfloat16", seed=0)
+    assert layer.dtype == BF16 and layer.W.dtype == np.float32 and layer.b.dtype == np.float32
+    assert "dtype=bfloat16" in repr(layer)
+    layer.b[...] = np.linspace(-1, 1, 8, dtype=np.float32)
+    x = bf16(np.random.default_rng(5).standard_normal((16, 20)))
+    out = layer(x)
+    # W rounded once per forward; b used in float32.
+    want = siglayer.forward(x, layer.W.astype(BF16), layer.b)
+    assert out.dtype == BF16 and (out.view(np.uint16) == want.view(np.uint16)).all()
+    # A float32 x is rounded to bfloat16 once: the same as passing the rounded x.
+    x32 = np.random.default_rng(6).standard_normal((16, 20)).astype(np.float32)
+    assert (layer(x32).view(np.uint16) == layer(x32.astype(BF16)).view(np.uint16)).all()
+    dout32 = np.random.default_rng(7).standard_normal((16, 8)).astype(np.float32)
+    dx = layer.backward(dout32)
+    dx_w, dW_w, db_w = siglayer.backward(
+        dout32.astype(BF16), x32.astype(BF16), layer.W.astype(BF16), layer(x32.astype(BF16))
+    )
+    assert dx.dtype == BF16 and layer.dW.dtype == np.float32
+    assert (dx.view(np.uint16) == dx_w.view(np.uint16)).all()
+    assert (layer.dW == dW_w).all() and (layer.db == db_w).all()
+    with pytest.raises(TypeError, match=r"x has dtype float64.*ml_dtypes.bfloat16"):
+        layer(x32.astype(np.float64))
+
+
+def test_optimizer_updates_the_float32_masters():
+    net = siglayer.Sequential(
+        siglayer.SigmoidLayer(10, 6, dtype="bfloat16", seed=1),
+        siglayer.SigmoidLayer(6, 3, dtype="bfloat16", seed=2),
+    )
+    opt = siglayer.optim.SGD(net.parameters(), lr=0.5)
+    W0 = net[0].W.copy()
+    x = np.random.default_rng(8).standard_normal((32, 10)).astype(np.float32)
+    out = net(x)
+    assert out.dtype == BF16
+    net.backward(np.ones((32, 3), np.float32))
+    dW = net[0].dW.copy()
+    opt.step()
+    # Exactly the float32 update of the float32 master, not a bfloat16 round trip.
+    assert (net[0].W == (W0 - np.float32(0.5) * dW)).all()
+    assert np.abs(dW).max() > 0
+
+
+def test_bf16_gemm_switch_from_the_environment():
+    code = textwrap.dedent(
+        """
+        import siglayer
+        print(siglayer._core.config()["bf16_gemm"], siglayer.show_config(mode="dicts")["bf16_gemm"])
+        """
+    )
+    env = {**os.environ, "SIGLAYER_BF16_GEMM": "convert"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("convert convert (float32 GEMM on widened operands")
+    env["SIGLAYER_BF16_GEMM"] = "fastest"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert "SIGLAYER_BF16_GEMM='fastest'" in done.stderr and "auto, blas, convert" in done.stderr
+    if not _core.config()["bf16_gemm_in_blas"]:
+        env["SIGLAYER_BF16_GEMM"] = "blas"
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode != 0 and "has no bfloat16 GEMM" in done.stderr
