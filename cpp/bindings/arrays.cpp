@@ -73,14 +73,26 @@ bool as_bool(py::handle h, const char* name) {
                          (h.is_none() ? std::string("None") : type_name(h)));
 }
 
-int bfloat16_type_num() {
-    static int num = -1;  // set once ml_dtypes is seen; the GIL is held here
-    if (num < 0) {
+namespace {
+
+// ml_dtypes.bfloat16's dtype once ml_dtypes has been imported (by anyone), else null.
+// Looked up until found, then kept for the life of the process (as NumPy keeps it).
+PyObject* bfloat16_dtype() {
+    static PyObject* dtype = nullptr;  // the GIL is held: no race
+    if (dtype == nullptr) {
         const py::dict modules = py::module_::import("sys").attr("modules");
-        if (modules.contains("ml_dtypes"))
-            num = py::dtype::from_args(modules["ml_dtypes"].attr("bfloat16")).num();
+        // None is how a test or a sandbox blocks an import: as good as absent.
+        if (modules.contains("ml_dtypes") && !modules["ml_dtypes"].is_none())
+            dtype = py::dtype::from_args(modules["ml_dtypes"].attr("bfloat16")).release().ptr();
     }
-    return num;
+    return dtype;
+}
+
+}  // namespace
+
+int bfloat16_type_num() {
+    PyObject* dtype = bfloat16_dtype();
+    return dtype ? py::reinterpret_borrow<py::dtype>(dtype).num() : -1;
 }
 
 template <>
@@ -93,8 +105,8 @@ py::dtype numpy_dtype<double>() {
 }
 template <>
 py::dtype numpy_dtype<bfloat16>() {
-    const py::dict modules = py::module_::import("sys").attr("modules");
-    return py::dtype::from_args(modules["ml_dtypes"].attr("bfloat16"));
+    // Only asked for once a bfloat16 array has been seen, so ml_dtypes is loaded.
+    return py::reinterpret_borrow<py::dtype>(bfloat16_dtype());
 }
 
 int float_type_num(const py::array& a, const char* name) {

@@ -65,10 +65,10 @@ decltype(auto) dispatch_compute_dtype(int type_num, const char* name, F&& f) {
 
 template <class F>
 decltype(auto) dispatch_dtype(int type_num, const char* name, F&& f) {
-    if (type_num >= 0 && type_num == bfloat16_type_num()) return f(bfloat16{});
     if (type_num == py::detail::npy_api::NPY_FLOAT_ ||
         type_num == py::detail::npy_api::NPY_DOUBLE_)
         return dispatch_compute_dtype(type_num, name, std::forward<F>(f));
+    if (type_num >= 0 && type_num == bfloat16_type_num()) return f(bfloat16{});
     throw py::type_error(std::string(name) + ": no kernel for NumPy type number " +
                          std::to_string(type_num) + "; siglayer computes in " +
                          DType<float>::name + ", " + DType<double>::name + " and " +

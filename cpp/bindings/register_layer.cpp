@@ -39,7 +39,10 @@ VectorView<T> bias_view(const py::array& b) {
 // float32 anyway, so nothing is rounded that need not be).
 void require_forward_dtypes(int type_num, const py::array& x, const py::array& W,
                             const py::array& b) {
-    if (type_num != bfloat16_type_num() || b.dtype().num() != numpy_dtype<float>().num()) {
+    const bool bf16 = type_num != py::detail::npy_api::NPY_FLOAT_ &&
+                      type_num != py::detail::npy_api::NPY_DOUBLE_ &&
+                      type_num == bfloat16_type_num();
+    if (!bf16 || b.dtype().num() != py::detail::npy_api::NPY_FLOAT_) {
         require_same_dtype({{"x", &x}, {"W", &W}, {"b", &b}});
         return;
     }

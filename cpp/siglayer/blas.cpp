@@ -112,11 +112,19 @@ void gemm<bfloat16>(Op op_a, Op op_b, index_t M, index_t N, index_t K, float alp
         return;
     }
 #endif
-    index_t lda_f = 0, ldb_f = 0;
-    const float* a = widened(A, lda, op_a, M, K, Scratch::gemm_a, lda_f);
+    // B once; op(A) in panels of rows small enough to stay in cache while the GEMM reads
+    // them (at least 256 rows, so that the BLAS's packing of B is amortized).
+    index_t ldb_f = 0;
     const float* b = widened(B, ldb, op_b, K, N, Scratch::gemm_b, ldb_f);
-    gemm<float>(op_a, op_b, M, N, K, alpha, a, std::max<index_t>(1, lda_f), b,
-                std::max<index_t>(1, ldb_f), beta, C, ldc);
+    const index_t panel = std::max<index_t>(256, 65536 / std::max<index_t>(K, 1) / 16 * 16);
+    for (index_t i0 = 0; i0 < M; i0 += panel) {
+        const index_t m = std::min(panel, M - i0);
+        index_t lda_f = 0;
+        const bfloat16* Ai = op_a == Op::N ? A + i0 * lda : A + i0;
+        const float* a = widened(Ai, lda, op_a, m, K, Scratch::gemm_a, lda_f);
+        gemm<float>(op_a, op_b, m, N, K, alpha, a, std::max<index_t>(1, lda_f), b,
+                    std::max<index_t>(1, ldb_f), beta, C + i0 * ldc, ldc);
+    }
 }
 
 Bf16Gemm bf16_gemm_path() {

@@ -7,11 +7,11 @@
 namespace siglayer::kernels {
 
 // Each copy of kernels_isa.cpp defines table<T>() in its own namespace.
-#define SIGLAYER_EXTERN_TABLE(T) extern template Table<T> table<T>();
+#define SIGLAYER_EXTERN_TABLE(T) extern template const Table<T>& table<T>();
 #define SIGLAYER_DECLARE_ISA(isa)                  \
     namespace isa {                                \
     template <class T>                             \
-    Table<T> table();                              \
+    const Table<T>& table();                       \
     SIGLAYER_FOR_EACH_DTYPE(SIGLAYER_EXTERN_TABLE) \
     }
 SIGLAYER_DECLARE_ISA(baseline)
@@ -66,10 +66,10 @@ const char* isa_name(Isa isa) {
 
 template <class T>
 struct Tables {
-    Table<T> baseline_table = baseline::table<T>();
+    const Table<T>& baseline_table = baseline::table<T>();
 #if defined(SIGLAYER_HAVE_X86_ISAS)
-    Table<T> avx2_table = avx2::table<T>();
-    Table<T> avx512_table = avx512::table<T>();
+    const Table<T>& avx2_table = avx2::table<T>();
+    const Table<T>& avx512_table = avx512::table<T>();
 #endif
     const Table<T>& get(Isa isa) const {
 #if defined(SIGLAYER_HAVE_X86_ISAS)

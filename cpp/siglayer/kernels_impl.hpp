@@ -214,9 +214,11 @@ inline void narrow_bf16(std::uint16_t* __restrict dst, const float* __restrict s
 }
 
 // dz_colsum for bfloat16 dout and out (rows x cols, row strides ld_dout, ld_out): dZ in
-// float, stored rounded to bfloat16 (row stride ld_dZ); db[j] = the sum of the unrounded
-// float dZ[i, j] in row order.
-inline void dz_colsum_bf16(std::uint16_t* __restrict dZ, index_t ld_dZ, float* __restrict db,
+// float, stored rounded to bfloat16 (row stride ld_dZ): as bfloat16 bits (D = uint16_t)
+// or as the float of that bfloat16 (D = float, for a float GEMM); db[j] = the sum of the
+// unrounded float dZ[i, j] in row order.
+template <class D>
+inline void dz_colsum_bf16(D* __restrict dZ, index_t ld_dZ, float* __restrict db,
                            const std::uint16_t* __restrict dout, index_t ld_dout,
                            const std::uint16_t* __restrict out, index_t ld_out, index_t rows,
                            index_t cols) {
@@ -225,12 +227,15 @@ inline void dz_colsum_bf16(std::uint16_t* __restrict dZ, index_t ld_dZ, float* _
     for (index_t i = 0; i < rows; ++i) {
         const std::uint16_t* dout_row = dout + i * ld_dout;
         const std::uint16_t* out_row = out + i * ld_out;
-        std::uint16_t* dZ_row = dZ + i * ld_dZ;
+        D* dZ_row = dZ + i * ld_dZ;
 #pragma omp simd
         for (index_t j = 0; j < cols; ++j) {
             const float o = bf16_bits_to_float(out_row[j]);
             const float dz = (bf16_bits_to_float(dout_row[j]) * o) * (1.0f - o);
-            dZ_row[j] = float_to_bf16_bits(dz);
+            if constexpr (std::is_same_v<D, float>)
+                dZ_row[j] = bf16_bits_to_float(float_to_bf16_bits(dz));
+            else
+                dZ_row[j] = float_to_bf16_bits(dz);
             db[j] += dz;
         }
     }

@@ -87,16 +87,34 @@ static void dz_colsum_bf16(bfloat16* dZ, index_t ld_dZ, float* db, const bfloat1
                            cols);
 }
 
-template <class T>
-Table<T> table() {
-    if constexpr (std::is_same_v<T, bfloat16>)
-        return Table<T>{&sigmoid_bf16, &bias_sigmoid_rows_bf16, &dz_colsum_bf16, &widen_bf16,
-                        &narrow_bf16};
-    else
-        return Table<T>{&sigmoid<T>, &bias_sigmoid_rows<T>, &dz_colsum<T>, &copy<T>, &copy<T>};
+static void dz_colsum_bf16_as_float(float* dZ, index_t ld_dZ, float* db, const bfloat16* dout,
+                                    index_t ld_dout, const bfloat16* out, index_t ld_out,
+                                    index_t rows, index_t cols) {
+    detail::dz_colsum_bf16(dZ, ld_dZ, db, bits(dout), ld_dout, bits(out), ld_out, rows, cols);
 }
 
-#define SIGLAYER_INSTANTIATE(T) template Table<T> table<T>();
+// Constant-initialized: the loader fills in the addresses, no code of this instruction set
+// runs to build a table (building one in code let the compiler use AVX-512 stores in the
+// AVX-512 copy, on every CPU).
+template <class T>
+constexpr Table<T> make_table() {
+    if constexpr (std::is_same_v<T, bfloat16>)
+        return Table<T>{&sigmoid_bf16,   &bias_sigmoid_rows_bf16, &dz_colsum_bf16,
+                        &dz_colsum_bf16_as_float, &widen_bf16, &narrow_bf16};
+    else
+        return Table<T>{&sigmoid<T>, &bias_sigmoid_rows<T>, &dz_colsum<T>,
+                        &dz_colsum<T>, &copy<T>,           &copy<T>};
+}
+
+template <class T>
+constexpr Table<T> the_table = make_table<T>();
+
+template <class T>
+const Table<T>& table() {
+    return the_table<T>;
+}
+
+#define SIGLAYER_INSTANTIATE(T) template const Table<T>& table<T>();
 SIGLAYER_FOR_EACH_DTYPE(SIGLAYER_INSTANTIATE)
 #undef SIGLAYER_INSTANTIATE
 

@@ -51,6 +51,19 @@ template <class T>
 void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db,
                                  MatrixView<T> dZ, MatrixView<T> x, MatrixView<T> W);
 
+// bfloat16 has its own implementation (layer_bf16.cpp).
+template <>
+void forward<bfloat16>(OutMatrix<bfloat16> out, MatrixView<bfloat16> x, MatrixView<bfloat16> W,
+                       VectorView<float> b);
+template <>
+void backward<bfloat16>(OutMatrix<bfloat16> dx, OutMatrix<float> dW, float* db,
+                        MatrixView<bfloat16> dout, MatrixView<bfloat16> x, MatrixView<bfloat16> W,
+                        MatrixView<bfloat16> out);
+template <>
+void backward_from_preactivation<bfloat16>(OutMatrix<bfloat16> dx, OutMatrix<float> dW, float* db,
+                                           MatrixView<bfloat16> dZ, MatrixView<bfloat16> x,
+                                           MatrixView<bfloat16> W);
+
 // Apply sigma elementwise: y[i] = sigma(z[i]) (y may equal z). Exposed for the accuracy
 // tests and the sigmoid benchmark.
 template <class T>

@@ -1,0 +1,247 @@
+"""bfloat16 against float32, the bfloat16 GEMM floor and PyTorch's bfloat16, in one process.
+
+    python bench/bfloat16.py                  # T, S, M, L, N
+    python bench/bfloat16.py --sizes L,XL --rounds 9
+    python bench/run.py --bfloat16            # the same table
+
+Contenders, forward and forward + backward (with dx), on the same values:
+
+- ``bf16``: siglayer on bfloat16 x, W, dout, float32 b (out and dx bfloat16, dW and db
+  float32), through the bfloat16 GEMM path in use (``siglayer.show_config()``,
+  ``bf16_gemm``); ``bf16(other)`` the other path too where the build has both.
+- ``f32``: siglayer float32 on the same (widened) values.
+- ``floor``: the three products alone on the bfloat16 operands, float32 results, through
+  siglayer's bfloat16 GEMM split between the threads as the layer splits it
+  (``_core.gemm``): what the layer would cost if everything but the products were free.
+- ``torch``: PyTorch bfloat16, ``sigmoid(addmm(b, x, W))`` with bfloat16 parameters and
+  autograd (the issue's comparison), and ``torch32`` the same in float32.
+
+Every result is checked against the float64 reference on the bfloat16 inputs first
+(bounds from bfloat16's unit roundoff: out within 2**-7, dW, db, dx within 2**-5 of
+their largest magnitude); exit status 1 if one disagrees. Times are interleaved medians
+(siglayer._timing), ratios taken within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import harness
+import numpy as np
+
+from siglayer import _api, _config, _core, reference
+from siglayer._timing import interleaved_medians
+
+try:
+    import ml_dtypes
+except ImportError:  # pragma: no cover
+    raise SystemExit("bench/bfloat16.py needs ml-dtypes: pip install ml-dtypes") from None
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+Result = dict[str, np.ndarray]
+
+
+def problem(size: str, seed: int = 0) -> dict[str, np.ndarray]:
+    n, n_in, n_out = harness.SIZES[size]
+    rng = np.random.default_rng(seed)
+    return {
+        "x": rng.standard_normal((n, n_in)).astype(np.float32).astype(BF16),
+        "W": (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32).astype(BF16),
+        "b": rng.standard_normal(n_out).astype(np.float32),
+        "dout": rng.standard_normal((n, n_out)).astype(np.float32).astype(BF16),
+    }
+
+
+def check(name: str, got: Result, p: dict[str, np.ndarray]) -> None:
+    """Against the float64 reference on the bfloat16 inputs (module docstring)."""
+    x, W, b, dout = (p[k].astype(np.float64) for k in ("x", "W", "b", "dout"))
+    out = reference.forward(x, W, b)
+    if "z" in got:  # the floor: products only
+        assert np.abs(got["z"] - x @ W).max() <= 2**-5 * np.abs(x @ W).max(), name
+        return
+    assert np.abs(got["out"].astype(np.float64) - out).max() <= 2**-7, f"{name}: out"
+    if "dW" not in got:
+        return
+    o = got["out"].astype(np.float64)
+    dx, dW, db = reference.backward(dout, x, W, o)
+    assert dx is not None
+    for key, want in (("dx", dx), ("dW", dW), ("db", db)):
+        err = np.abs(got[key].astype(np.float64) - want).max()
+        assert err <= 2**-5 * np.abs(want).max(), f"{name}: {key} error {err:.3e}"
+
+
+def siglayer_calls(p: dict[str, np.ndarray], path: str | None) -> dict[str, Callable[[], Result]]:
+    x, W, b, dout = p["x"], p["W"], p["b"], p["dout"]
+
+    def use_path() -> None:
+        if path is not None:
+            _core.select_bf16_gemm(path)  # type: ignore[arg-type]
+
+    def forward() -> Result:
+        use_path()
+        return {"out": _api.forward(x, W, b)}
+
+    def forward_backward() -> Result:
+        use_path()
+        out = _api.forward(x, W, b)
+        dx, dW, db = _api.backward(dout, x, W, out)
+        assert dx is not None
+        return {"out": out, "dx": dx, "dW": dW, "db": db}
+
+    return {"forward": forward, "forward_backward": forward_backward}
+
+
+def float32_calls(p: dict[str, np.ndarray]) -> dict[str, Callable[[], Result]]:
+    x, W, dout = (_core.to_float32(p[k]) for k in ("x", "W", "dout"))
+    b = p["b"]
+
+    def forward() -> Result:
+        return {"out": _api.forward(x, W, b)}
+
+    def forward_backward() -> Result:
+        out = _api.forward(x, W, b)
+        dx, dW, db = _api.backward(dout, x, W, out)
+        assert dx is not None
+        return {"out": out, "dx": dx, "dW": dW, "db": db}
+
+    return {"forward": forward, "forward_backward": forward_backward}
+
+
+def floor_calls(p: dict[str, np.ndarray]) -> dict[str, Callable[[], Result]]:
+    x, W, dout = p["x"], p["W"], p["dout"]
+    dZ = dout  # any bfloat16 (n, n_out) operand costs the same
+    z = np.empty((x.shape[0], W.shape[1]), np.float32)
+    dW, dx = np.empty(W.shape, np.float32), np.empty(x.shape, np.float32)
+
+    def forward() -> Result:
+        _core.gemm(x, W, False, False, z)
+        return {"z": z}
+
+    def forward_backward() -> Result:
+        _core.gemm(x, W, False, False, z)  # z = x·W
+        _core.gemm(x, dZ, True, False, dW)  # dW = xᵀ·dZ
+        _core.gemm(dZ, W, False, True, dx)  # dx = dZ·Wᵀ
+        return {"z": z}
+
+    return {"forward": forward, "forward_backward": forward_backward}
+
+
+def torch_calls(
+    p: dict[str, np.ndarray], torch: Any, dtype: Any
+) -> dict[str, Callable[[], Result]]:
+    def tensor(a: np.ndarray) -> Any:
+        return torch.from_numpy(_core.to_float32(a) if a.dtype == BF16 else a).to(dtype)
+
+    x, W, b, dout = (tensor(p[k]) for k in ("x", "W", "b", "dout"))
+    xg, Wg, bg = (t.detach().clone().requires_grad_(True) for t in (x, W, b))
+
+    def numpy(t: Any) -> np.ndarray:
+        return t.detach().float().numpy()
+
+    def forward() -> Result:
+        with torch.no_grad():
+            return {"out": numpy(torch.sigmoid(torch.addmm(b, x, W)))}
+
+    def forward_backward() -> Result:
+        out = torch.sigmoid(torch.addmm(bg, xg, Wg))
+        dx, dW, db = torch.autograd.grad(out, (xg, Wg, bg), dout)
+        return {"out": numpy(out), "dx": numpy(dx), "dW": numpy(dW), "db": numpy(db)}
+
+    return {"forward": forward, "forward_backward": forward_backward}
+
+
+COLUMNS = ("bf16", "bf16(other)", "f32", "floor", "torch", "torch32")
+
+
+def run(sizes: list[str], rounds: int, threads: int, torch: Any) -> list[dict[str, Any]]:
+    active = _core.config()["bf16_gemm"]
+    other = None
+    if _core.config()["bf16_gemm_in_blas"]:
+        other = "convert" if active == "blas" else "blas"
+    rows = []
+    with harness.limit_threads(threads, torch):
+        print(
+            f"bfloat16, {threads} threads; CPU {harness.cpu_model()}; "
+            f"ISA {_core.config()['simd']}; siglayer BLAS {_core.config()['blas']}; "
+            f"bf16 GEMM {_config.config()['bf16_gemm']}"
+            + (f"; bf16(other) = {other}" if other else "")
+            + (f"; torch {torch.__version__}" if torch is not None else "")
+        )
+        print(
+            f"\n{'size':4} {'pass':7} "
+            + "".join(f"{c:>11} " for c in COLUMNS)
+            + f"{'bf16/f32':>9} {'bf16/floor':>10} {'bf16/torch':>10} {'torch/t32':>9}"
+        )
+        for size in sizes:
+            p = problem(size)
+            groups: dict[str, dict[str, Callable[[], Result]]] = {
+                "bf16": siglayer_calls(p, active if other else None),
+                "f32": float32_calls(p),
+                "floor": floor_calls(p),
+            }
+            if other:
+                groups["bf16(other)"] = siglayer_calls(p, other)
+            if torch is not None:
+                groups["torch"] = torch_calls(p, torch, torch.bfloat16)
+                groups["torch32"] = torch_calls(p, torch, torch.float32)
+            calls = {}
+            for name, passes in groups.items():
+                for pass_, call in passes.items():
+                    check(f"{name} {pass_} {size}", call(), p)
+                    calls[f"{name}:{pass_}"] = call
+            medians = interleaved_medians(calls, rounds=rounds)
+            if other:
+                _core.select_bf16_gemm(active)  # type: ignore[arg-type]
+            for pass_ in harness.PASSES:
+                t = {k.split(":")[0]: v for k, v in medians.items() if k.endswith(":" + pass_)}
+                rows.append({"size": size, "pass": pass_, **t})
+
+                def ratio(a: str, b: str, t: dict[str, float] = t) -> str:
+                    return f"{t[a] / t[b]:.2f}" if a in t and b in t else "-"
+
+                print(
+                    f"{size:4} {harness.PASS_LABELS[pass_]:7} "
+                    + "".join(
+                        f"{t[c] * 1e3:>9.3f}ms " if c in t else f"{'-':>11} " for c in COLUMNS
+                    )
+                    + f"{ratio('bf16', 'f32'):>9} {ratio('bf16', 'floor'):>10} "
+                    f"{ratio('bf16', 'torch'):>10} {ratio('torch', 'torch32'):>9}",
+                    flush=True,
+                )
+    return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sizes", default="T,S,M,L,N", help="comma-separated, of T S M L N XL")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per size")
+    parser.add_argument("--threads", type=int, default=None, help="default: siglayer's")
+    parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python bench/bfloat16.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    sizes = [s.strip().upper() for s in args.sizes.split(",")]
+    unknown = [s for s in sizes if s not in harness.SIZES]
+    if unknown:
+        parser.error(f"unknown sizes {unknown}; choose from {', '.join(harness.SIZES)}")
+    torch = None if args.no_torch else harness.import_torch()
+    threads = args.threads or _config.get_num_threads()
+    try:
+        run(sizes, args.rounds, threads, torch)
+    except AssertionError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

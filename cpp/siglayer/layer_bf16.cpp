@@ -1,0 +1,309 @@
+// The layer on bfloat16 storage, computing in float (docs/bfloat16.md says where each
+// rounding happens). The same tiles, phases and checks as the float layer (layer.cpp);
+// what differs is how the products get their operands. Two ways (blas::Bf16Gemm):
+//   blas:    the BLAS's bfloat16 GEMM (MKL on AMX / AVX512-BF16) takes the bfloat16 arrays;
+//   convert: the float GEMM takes float copies made here. W (every tile reads all of it)
+//            is widened once per call; x is widened panel by panel inside each tile, so the
+//            copy is still in cache when the GEMM reads it; dZ is produced as floats (of
+//            bfloat16 values) by the elementwise pass and needs no copy at all.
+// Either way a product's float result goes to a panel of this thread's scratch, and the
+// elementwise pass that follows (bias + sigma, or the rounding of dx) reads it from cache.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstddef>
+
+#include "blas.hpp"
+#include "checks.hpp"
+#include "dtypes.hpp"
+#include "kernels.hpp"
+#include "layer.hpp"
+#include "layer_detail.hpp"
+#include "operands.hpp"
+#include "partition.hpp"
+#include "scratch.hpp"
+
+namespace siglayer {
+
+using namespace layer_detail;
+
+namespace {
+
+using bf16 = bfloat16;
+
+bool blas_path() {
+    return blas::bf16_gemm_path() == blas::Bf16Gemm::blas;
+}
+
+// Rows per panel for products whose other operand is `width` wide: at least 256, so that
+// the BLAS's packing of the other operand (once per call) costs under half a percent of the
+// multiply-adds, and more for narrow operands, up to 64 K floats (256 KB) per panel.
+index_t panel_rows(index_t width) {
+    const index_t rows = 65536 / std::max<index_t>(width, 1);
+    return std::max<index_t>(256, rows / 16 * 16);
+}
+
+// dst (rows x cols, C-contiguous) = m[r0 : r0 + rows, c0 : c0 + cols] widened to float.
+void widen_block(float* dst, const MatrixView<bf16>& m, index_t r0, index_t rows, index_t c0,
+                 index_t cols) {
+    const auto& kernel = kernels::active<bf16>();
+    for (index_t i = 0; i < rows; ++i) {
+        const bf16* src = m.data + (r0 + i) * m.row_stride + c0 * m.col_stride;
+        float* row = dst + i * cols;
+        if (m.col_stride == 1)
+            kernel.widen(row, src, cols);
+        else
+            for (index_t j = 0; j < cols; ++j) row[j] = to_float(src[j * m.col_stride]);
+    }
+}
+
+// Inside a parallel region: this thread's share of the rows of m widened into dst
+// (C-contiguous). The caller puts a barrier before anyone reads dst.
+void widen_shared(float* dst, const MatrixView<bf16>& m) {
+    index_t r0 = 0, r1 = 0;
+    split_range(m.rows, omp_get_num_threads(), omp_get_thread_num(), 1, r0, r1);
+    widen_block(dst + r0 * m.cols, m, r0, r1 - r0, 0, m.cols);
+}
+
+// The operands of the two gradient products, dW = x^T . dZ and dx = dZ . W^T, one way or
+// the other (see the top of this file).
+struct GradientOperands {
+    bool native = false;
+    // blas: x, W and dZ as the BLAS takes them.
+    BlasOperand<bf16> x16{}, W16{}, dZ16{};
+    // convert: x as given (widened per panel), W and dZ as C-contiguous floats.
+    MatrixView<bf16> x{};
+    const float* W32 = nullptr;
+    const float* dZ32 = nullptr;
+};
+
+// Inside a parallel region, all of dZ ready: dW (float, written directly) and, when
+// dx.data is set, dx (rounded once, panel by panel), tiled as the float layer tiles them.
+void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOperands& g,
+                       index_t n) {
+    const index_t n_in = dW.rows, n_out = dW.cols;
+    if (n_in == 0 || n_out == 0 || n == 0) return;
+    const bool native = g.native;
+    const auto& kernel = kernels::active<bf16>();
+    const int team = omp_get_num_threads();
+    const Tiling dW_tiles(n_in, n_out, team);
+    const Tiling dx_tiles = dx.data ? Tiling(n, n_in, team) : Tiling();
+    for_each_tile({&dW_tiles, &dx_tiles}, [&](const Tiling& tiling, const Block& t) {
+        Scratch& scratch = Scratch::for_this_thread();
+        if (&tiling == &dW_tiles) {
+            // dW[i0:i1, j0:j1] = x[:, i0:i1]^T . dZ[:, j0:j1], summed over the batch.
+            float* dW_blk = dW.data + t.i0 * n_out + t.j0;
+            if (native) {
+                const BlasOperand<bf16> xT{g.x16.data, flip(g.x16.op), g.x16.ld};
+                blas::gemm<bf16>(xT.op, g.dZ16.op, t.rows(), t.cols(), n, 1.0f,
+                                 row_offset(xT, t.i0), xT.ld, col_offset(g.dZ16, t.j0), g.dZ16.ld,
+                                 0.0f, dW_blk, n_out);
+                return;
+            }
+            // The batch in panels: x[k0:k1, i0:i1] widened, then accumulated into dW.
+            const index_t kp = std::min(n, panel_rows(t.rows()));
+            float* xw = scratch.get<float>(Scratch::x_widened,
+                                           static_cast<std::size_t>(kp * t.rows()));
+            for (index_t k0 = 0; k0 < n; k0 += kp) {
+                const index_t k = std::min(kp, n - k0);
+                widen_block(xw, g.x, k0, k, t.i0, t.rows());
+                blas::gemm<float>(blas::Op::T, blas::Op::N, t.rows(), t.cols(), k, 1.0f, xw,
+                                  t.rows(), g.dZ32 + k0 * n_out + t.j0, n_out,
+                                  k0 == 0 ? 0.0f : 1.0f, dW_blk, n_out);
+            }
+            return;
+        }
+        // dx[r0:r1, j0:j1] = dZ[r0:r1, :] . W[j0:j1, :]^T, a panel of rows at a time.
+        const index_t ph = std::min(t.rows(), panel_rows(std::max(n_out, t.cols())));
+        float* acc = scratch.get<float>(Scratch::acc, static_cast<std::size_t>(ph * t.cols()));
+        for (index_t r0 = t.i0; r0 < t.i1; r0 += ph) {
+            const index_t m = std::min(ph, t.i1 - r0);
+            if (native) {
+                const BlasOperand<bf16> WT{g.W16.data, flip(g.W16.op), g.W16.ld};
+                blas::gemm<bf16>(g.dZ16.op, WT.op, m, t.cols(), n_out, 1.0f,
+                                 row_offset(g.dZ16, r0), g.dZ16.ld, col_offset(WT, t.j0), WT.ld,
+                                 0.0f, acc, t.cols());
+            } else {
+                blas::gemm<float>(blas::Op::N, blas::Op::T, m, t.cols(), n_out, 1.0f,
+                                  g.dZ32 + r0 * n_out, n_out, g.W32 + t.j0 * n_out, n_out, 0.0f,
+                                  acc, t.cols());
+            }
+            for (index_t i = 0; i < m; ++i)
+                kernel.narrow(dx.data + (r0 + i) * n_in + t.j0, acc + i * t.cols(), t.cols());
+        }
+    });
+}
+
+}  // namespace
+
+template <>
+void forward<bf16>(OutMatrix<bf16> out, MatrixView<bf16> x, MatrixView<bf16> W,
+                   VectorView<float> b) {
+    check_forward(x, W, b);
+    check_forward_output(out, x, W, b);
+    const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
+    if (n == 0 || n_out == 0) return;
+
+    Scratch& scratch = Scratch::for_this_thread();
+    const float* bias = b.data;
+    if (b.stride != 1) {
+        float* packed = scratch.get<float>(Scratch::b_packed, n_out);
+        for (index_t j = 0; j < n_out; ++j) packed[j] = b.data[j * b.stride];
+        bias = packed;
+    }
+    const bool native = blas_path();
+    BlasOperand<bf16> xo{}, Wo{};
+    float* W32 = nullptr;
+    if (n_in > 0 && native) {
+        xo = blas_operand(x, Scratch::x_packed);
+        Wo = blas_operand(W, Scratch::W_packed);
+    } else if (n_in > 0) {
+        W32 = scratch.get<float>(Scratch::W_widened, static_cast<std::size_t>(n_in * n_out));
+    }
+    const auto& kernel = kernels::active<bf16>();
+    run_parallel(threads_for_gemm(n, n_out, n_in), [&] {
+        blas::SingleThreaded single;
+        if (W32) {
+            widen_shared(W32, W);
+#pragma omp barrier
+        }
+        const Tiling tiles(n, n_out, omp_get_num_threads());
+        for_each_tile({&tiles}, [&](const Tiling&, const Block& blk) {
+            // A panel of rows at a time: its product lands in acc, in cache, for bias + sigma
+            // and the one rounding to bfloat16.
+            Scratch& mine = Scratch::for_this_thread();
+            const index_t cols = blk.cols();
+            const index_t ph = std::min(blk.rows(), panel_rows(std::max(n_in, cols)));
+            float* acc = mine.get<float>(Scratch::acc, static_cast<std::size_t>(ph * cols));
+            float* xw = W32 ? mine.get<float>(Scratch::x_widened,
+                                              static_cast<std::size_t>(ph * n_in))
+                            : nullptr;
+            for (index_t r0 = blk.i0; r0 < blk.i1; r0 += ph) {
+                const index_t m = std::min(ph, blk.i1 - r0);
+                if (n_in == 0) {
+                    std::fill(acc, acc + m * cols, 0.0f);
+                } else if (native) {
+                    blas::gemm<bf16>(xo.op, Wo.op, m, cols, n_in, 1.0f, row_offset(xo, r0), xo.ld,
+                                     col_offset(Wo, blk.j0), Wo.ld, 0.0f, acc, cols);
+                } else {
+                    widen_block(xw, x, r0, m, 0, n_in);
+                    blas::gemm<float>(blas::Op::N, blas::Op::N, m, cols, n_in, 1.0f, xw, n_in,
+                                      W32 + blk.j0, n_out, 0.0f, acc, cols);
+                }
+                kernel.bias_sigmoid_rows(out.data + r0 * n_out + blk.j0, n_out, acc, cols,
+                                         bias + blk.j0, m, cols);
+            }
+        });
+    });
+}
+
+template <>
+void backward<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, float* db, MatrixView<bf16> dout,
+                    MatrixView<bf16> x, MatrixView<bf16> W, MatrixView<bf16> out) {
+    check_backward(dout, x, W, out);
+    const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
+    if (!check_gradient_outputs(
+            dx, dW, db, n, n_in, n_out,
+            {{"dout", extent(dout)}, {"x", extent(x)}, {"W", extent(W)}, {"out", extent(out)}}))
+        return;
+
+    Scratch& scratch = Scratch::for_this_thread();
+    const std::size_t dZ_count = static_cast<std::size_t>(n * n_out);
+    index_t ld_dout = 0, ld_out = 0;
+    const bf16* dout_rows = row_major(dout, Scratch::dout_packed, ld_dout);
+    const bf16* out_rows = row_major(out, Scratch::out_packed, ld_out);
+    const bool native = blas_path();
+    GradientOperands g;
+    g.native = native;
+    bf16* dZ16 = nullptr;
+    float* dZ32 = nullptr;
+    float* W32 = nullptr;
+    if (native) {
+        dZ16 = scratch.get<bf16>(Scratch::dZ, dZ_count);
+        g.dZ16 = {dZ16, blas::Op::N, n_out};
+        if (n_in > 0) {
+            g.x16 = blas_operand(x, Scratch::x_packed);
+            g.W16 = blas_operand(W, Scratch::W_packed);
+        }
+    } else {
+        dZ32 = scratch.get<float>(Scratch::dZ_widened, dZ_count);
+        W32 = n_in > 0 ? scratch.get<float>(Scratch::W_widened,
+                                            static_cast<std::size_t>(n_in * n_out))
+                       : nullptr;
+        g.x = x;
+        g.W32 = W32;
+        g.dZ32 = dZ32;
+    }
+    const auto& kernel = kernels::active<bf16>();
+    run_parallel(threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1)), [&] {
+        blas::SingleThreaded single;
+        // Phase 1, tiles of whole columns: dZ (rounded to bfloat16 once) and db (the
+        // unrounded dZ summed in row order: the same for any thread count); W widened.
+        const Tiling columns(1, n_out, omp_get_num_threads());
+        for_each_tile({&columns}, [&](const Tiling&, const Block& c) {
+            if (native)
+                kernel.dz_colsum(dZ16 + c.j0, n_out, db + c.j0, dout_rows + c.j0, ld_dout,
+                                 out_rows + c.j0, ld_out, n, c.cols());
+            else
+                kernel.dz_colsum_c(dZ32 + c.j0, n_out, db + c.j0, dout_rows + c.j0, ld_dout,
+                                   out_rows + c.j0, ld_out, n, c.cols());
+        });
+        if (W32) widen_shared(W32, W);
+        // Phase 2: the products need all of dZ (and W).
+#pragma omp barrier
+        gradient_products(dx, dW, g, n);
+    });
+}
+
+template <>
+void backward_from_preactivation<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, float* db,
+                                       MatrixView<bf16> dZ, MatrixView<bf16> x,
+                                       MatrixView<bf16> W) {
+    check_backward_from_preactivation(dZ, x, W);
+    const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
+    if (!check_gradient_outputs(dx, dW, db, n, n_in, n_out,
+                                {{"dZ", extent(dZ)}, {"x", extent(x)}, {"W", extent(W)}}))
+        return;
+
+    Scratch& scratch = Scratch::for_this_thread();
+    const bool native = blas_path();
+    GradientOperands g;
+    g.native = native;
+    float* dZ32 = nullptr;
+    float* W32 = nullptr;
+    if (native) {
+        g.dZ16 = blas_operand(dZ, Scratch::dZ);
+        if (n_in > 0) {
+            g.x16 = blas_operand(x, Scratch::x_packed);
+            g.W16 = blas_operand(W, Scratch::W_packed);
+        }
+    } else {
+        dZ32 = scratch.get<float>(Scratch::dZ_widened, static_cast<std::size_t>(n * n_out));
+        W32 = n_in > 0 ? scratch.get<float>(Scratch::W_widened,
+                                            static_cast<std::size_t>(n_in * n_out))
+                       : nullptr;
+        g.x = x;
+        g.W32 = W32;
+        g.dZ32 = dZ32;
+    }
+    run_parallel(threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1)), [&] {
+        blas::SingleThreaded single;
+        if (!native) {
+            widen_shared(dZ32, dZ);
+            if (W32) widen_shared(W32, W);
+#pragma omp barrier
+        }
+        // db by columns, each summed in row order (the same values either way: dZ is an
+        // input, exact in float).
+        const Tiling columns(1, n_out, omp_get_num_threads());
+        for_each_tile({&columns}, [&](const Tiling&, const Block& c) {
+            if (native)
+                column_sums(db, g.dZ16, n, c.j0, c.j1);
+            else
+                column_sums(db, BlasOperand<float>{dZ32, blas::Op::N, n_out}, n, c.j0, c.j1);
+        });
+        gradient_products(dx, dW, g, n);
+    });
+}
+
+}  // namespace siglayer

@@ -1,0 +1,138 @@
+// Helpers shared by the layer's entry points (layer.cpp for float and double,
+// layer_bf16.cpp for bfloat16): the checks, the column sums of db and the elementwise
+// split. Internal to the core.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <initializer_list>
+#include <string>
+#include <utility>
+
+#include "checks.hpp"
+#include "dtypes.hpp"
+#include "partition.hpp"
+#include "views.hpp"
+
+namespace siglayer::layer_detail {
+
+// Below this many elements an elementwise sweep runs on one thread: waking the
+// team costs more than it saves.
+constexpr index_t kParallelElements = 1 << 15;
+
+// Part of the shape checks, so that it runs before the bindings allocate outputs and
+// before anything is packed: sizes that do not fit are refused, never truncated.
+inline void require_blas_sizes(index_t n, index_t n_in, index_t n_out) {
+    for (auto [name, value] :
+         {std::pair{"n", n}, std::pair{"n_in", n_in}, std::pair{"n_out", n_out}})
+        require_blas_size(name, value);
+}
+
+inline int threads_for(index_t elements) {
+    return elements >= kParallelElements ? omp_get_max_threads() : 1;
+}
+
+// The checks every backward entry point makes on its outputs dx (n, n_in; data may be
+// null), dW (n_in, n_out) and db (n_out,): shapes, null pointers, no overlap with an
+// input or another output (sizes were checked with the shapes). An empty batch or n_out == 0
+// has zero gradients (sums over nothing), written here; returns false when nothing is
+// left to compute.
+template <class T, class C = compute_t<T>>
+bool check_gradient_outputs(OutMatrix<T> dx, OutMatrix<C> dW, C* db, index_t n, index_t n_in,
+                            index_t n_out, std::initializer_list<Named> inputs) {
+    SIGLAYER_REQUIRE(
+        dW.rows == n_in && dW.cols == n_out,
+        "dW has shape " + shape_str(dW.rows, dW.cols) + ", expected " + shape_str(n_in, n_out));
+    const bool need_dx = dx.data != nullptr;
+    SIGLAYER_REQUIRE(
+        !need_dx || (dx.rows == n && dx.cols == n_in),
+        "dx has shape " + shape_str(dx.rows, dx.cols) + ", expected " + shape_str(n, n_in));
+    SIGLAYER_REQUIRE(!(n_in > 0 && n_out > 0 && dW.data == nullptr), "dW: null pointer");
+    SIGLAYER_REQUIRE(!(n_out > 0 && db == nullptr), "db: null pointer");
+    require_disjoint(
+        {{"dx", need_dx ? extent(dx) : Extent{}}, {"dW", extent(dW)}, {"db", extent(db, n_out)}},
+        inputs);
+
+    if (n == 0 || n_out == 0) {
+        // Sums over an empty batch are zero; with no outputs there is no gradient to pass back.
+        std::fill(dW.data, dW.data + n_in * n_out, C(0));
+        std::fill(db, db + n_out, C(0));
+        if (need_dx) std::fill(dx.data, dx.data + n * n_in, T{});
+        return false;
+    }
+    return true;
+}
+
+// db[j] = sum over rows i of dZ[i, j] for the columns [j0, j1), each column summed in
+// row order (so db does not depend on how the columns are split between threads).
+// dZ is a BlasOperand: op N is row-major with leading dimension ld, op T column-major.
+// db and the sums are in the compute type C.
+template <class T, class C = compute_t<T>>
+void column_sums(C* db, const BlasOperand<T>& dZ, index_t rows, index_t j0, index_t j1) {
+    if (dZ.op == blas::Op::N) {
+        std::fill(db + j0, db + j1, C(0));
+        for (index_t i = 0; i < rows; ++i) {
+            const T* row = dZ.data + i * dZ.ld;
+#pragma omp simd
+            for (index_t j = j0; j < j1; ++j) db[j] += to_compute(row[j]);
+        }
+    } else {
+        for (index_t j = j0; j < j1; ++j) {
+            const T* col = dZ.data + j * dZ.ld;
+            C sum = C(0);
+            for (index_t i = 0; i < rows; ++i) sum += to_compute(col[i]);
+            db[j] = sum;
+        }
+    }
+}
+
+// W must take x's features; then the three sizes must fit the BLAS integer.
+template <class T>
+void check_x_and_W(const MatrixView<T>& x, const MatrixView<T>& W) {
+    SIGLAYER_REQUIRE(W.rows == x.cols, "W has shape " + shape_str(W.rows, W.cols) + " but x has " +
+                                           std::to_string(x.cols) + " features (shape " +
+                                           shape_str(x.rows, x.cols) + ")");
+    require_blas_sizes(x.rows, x.cols, W.cols);
+}
+
+// An (n, n_out) argument of backward: out, dout or dZ.
+template <class T>
+void check_output_shaped(const char* name, const MatrixView<T>& m, const MatrixView<T>& x,
+                         const MatrixView<T>& W) {
+    SIGLAYER_REQUIRE(m.rows == x.rows && m.cols == W.cols,
+                     std::string(name) + " has shape " + shape_str(m.rows, m.cols) + ", expected " +
+                         shape_str(x.rows, W.cols) + " from x " + shape_str(x.rows, x.cols) +
+                         " and W " + shape_str(W.rows, W.cols));
+}
+
+// out (n, n_out) of a forward with x (n, n_in) and W (n_in, n_out): shape, null pointer
+// and no overlap with an input (check_forward has run).
+template <class T>
+void check_forward_output(const OutMatrix<T>& out, const MatrixView<T>& x, const MatrixView<T>& W,
+                          const VectorView<compute_t<T>>& b) {
+    const index_t n = x.rows, n_out = W.cols;
+    SIGLAYER_REQUIRE(
+        out.rows == n && out.cols == n_out,
+        "out has shape " + shape_str(out.rows, out.cols) + ", expected " + shape_str(n, n_out));
+    SIGLAYER_REQUIRE(!(n > 0 && n_out > 0 && out.data == nullptr), "out: null pointer");
+    require_disjoint({{"out", extent(out)}},
+                     {{"x", extent(x)}, {"W", extent(W)}, {"b", extent(b)}});
+}
+
+// Elementwise over count values, in blocks shared between the threads.
+template <class Body>
+void for_each_block(index_t count, const Body& body) {
+    constexpr index_t block = 1 << 14;
+    const index_t blocks = (count + block - 1) / block;
+    run_parallel(threads_for(count), [&] {
+        index_t first = 0, last = 0;
+        split_range(blocks, omp_get_num_threads(), omp_get_thread_num(), 1, first, last);
+        for (index_t blk = first; blk < last; ++blk) {
+            const index_t i0 = blk * block;
+            body(i0, std::min(block, count - i0));
+        }
+    });
+}
+
+}  // namespace siglayer::layer_detail
