@@ -27,8 +27,10 @@ converted). Or bfloat16 x and W with a bfloat16 or float32 b: out is bfloat16, t
 accumulates in float32 and rounds once. Its backward computes dW and db in float32 (from
 dZ rounded once to bfloat16; db from the unrounded dZ) and dx in bfloat16; JAX needs each
 cotangent in its primal's dtype, so dW is then rounded to bfloat16 once (XLA's convert,
-round to nearest even) and db to b's dtype (a float32 b keeps its float32 db). CPU only. First-order reverse mode only: ``jax.jvp`` and second derivatives
-are not available (use ``jax.nn.sigmoid(x @ W + b)`` for those).
+round to nearest even) and db to b's dtype (a float32 b keeps its float32 db).
+
+CPU only. First-order reverse mode only: ``jax.jvp`` and second derivatives are not
+available (use ``jax.nn.sigmoid(x @ W + b)`` for those).
 """
 
 from __future__ import annotations

@@ -178,14 +178,15 @@ torch.library.define(
 def _ml_bfloat16() -> np.dtype[Any]:
     """``ml_dtypes.bfloat16``, imported on first use: only bfloat16 tensors need it."""
     try:
-        import ml_dtypes
+        import ml_dtypes  # type: ignore[import-not-found, unused-ignore]
     except ImportError as exc:
         raise ImportError(
             "bfloat16 tensors reach siglayer's core as ml_dtypes.bfloat16 arrays, and "
             "ml_dtypes is not installed: pip install ml-dtypes (or pip install "
             "'.[torch]' in siglayer's source folder)"
         ) from exc
-    return np.dtype(ml_dtypes.bfloat16)
+    dtype: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+    return dtype
 
 
 def _to_numpy(t: Tensor) -> np.ndarray[Any, Any]:
