@@ -84,12 +84,23 @@ def out_difference_bounds(dout, x, W, out_a, out_b) -> tuple[np.ndarray, ...]:
 
 
 def gradient_bounds(
-    dout, x, W, out, *, dW_rounded: bool, db_rounded: bool, dZ_rounded_for_db: bool = False
+    dout,
+    x,
+    W,
+    out,
+    *,
+    dW_rounded: bool,
+    db_rounded: bool,
+    dZ_rounded_for_db: bool = False,
+    dZ_roundings: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Allowed errors of (dx, dW, db) against reference.backward(dout, x, W, out), the
     arrays float64 copies of the bfloat16 values (module doc). dx is always rounded
     to bfloat16; dW and db when their primal is. dZ_rounded_for_db: db summed from the
-    bfloat16 dZ (PyTorch's own backward) instead of the unrounded one (siglayer's)."""
+    bfloat16 dZ (PyTorch's and JAX's own backward) instead of the unrounded one
+    (siglayer's). dZ_roundings: how many bfloat16 roundings dZ may go through (1 for
+    siglayer and PyTorch, which compute it in float32; up to 3 for a chain of bfloat16
+    operations, g * out * (1 - out), as JAX's own sigmoid gradient is written)."""
     n_in, n_out = W.shape
     rows = math.prod(x.shape[:-1])
     dZ = np.abs((dout * out * (1 - out)).reshape(rows, n_out))
@@ -100,10 +111,11 @@ def gradient_bounds(
     def rounded(bound, ref, yes):
         return (1 + U) * bound + U * np.abs(ref) if yes else bound
 
-    dW = rounded((U + 2 * (rows + 6) * E) * (x2.T @ dZ), dW_ref, dW_rounded)
-    db_unit = (U if dZ_rounded_for_db else 0.0) + 2 * (rows + 6) * E
+    dZ_unit = (1 + U) ** dZ_roundings - 1  # dZ_roundings U, to first order
+    dW = rounded((dZ_unit + 2 * (rows + 6) * E) * (x2.T @ dZ), dW_ref, dW_rounded)
+    db_unit = (dZ_unit if dZ_rounded_for_db else 0.0) + 2 * (rows + 6) * E
     db = rounded(db_unit * dZ.sum(axis=0), db_ref, db_rounded)
-    dx = rounded((U + 2 * (n_out + 6) * E) * (dZ @ np.abs(W).T), dx_ref, True)
+    dx = rounded((dZ_unit + 2 * (n_out + 6) * E) * (dZ @ np.abs(W).T), dx_ref, True)
     return dx.reshape(x.shape), dW, db
 
 
