@@ -1,6 +1,7 @@
 """siglayer.jax against JAX's own layer, jax.nn.sigmoid(x @ W + b), and the FFI path against
 the callback path: values, gradients (jax.grad, jax.test_util.check_grads), under jax.jit
-and jax.vmap, in float32 and float64."""
+and jax.vmap, in float32 and float64; bfloat16 against the float64 reference and JAX's own
+bfloat16 layer within the bounds of bf16_bounds.py."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
 
+import bf16_bounds as bb  # noqa: E402
 import siglayer  # noqa: E402
 import siglayer.jax as sj  # noqa: E402
+from siglayer import _core  # noqa: E402
+from siglayer import reference as np_reference  # noqa: E402
 
 IMPLEMENTATIONS = [
     pytest.param(
@@ -42,11 +46,14 @@ def reference(x, W, b):
     return jax.nn.sigmoid(x @ W + b)
 
 
-def inputs(shape_x, n_out, dtype, seed=0):
+BF16 = jnp.bfloat16
+
+
+def inputs(shape_x, n_out, dtype, seed=0, b_dtype=None):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape_x).astype(dtype)
     W = (rng.standard_normal((shape_x[-1], n_out)) / np.sqrt(shape_x[-1])).astype(dtype)
-    b = rng.standard_normal(n_out).astype(dtype)
+    b = rng.standard_normal(n_out).astype(b_dtype or dtype)
     return jnp.asarray(x), jnp.asarray(W), jnp.asarray(b)
 
 
@@ -145,11 +152,16 @@ def test_nested_vmap(implementation):
 
 
 @pytest.mark.skipif(not sj.ffi_available(), reason="built without the FFI handlers")
-@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
-def test_ffi_and_callback_agree_bitwise(dtype):
+@pytest.mark.parametrize(
+    "dtype, b_dtype",
+    [(np.float32, None), (np.float64, None), (BF16, None), (BF16, np.float32)],
+    ids=["float32", "float64", "bfloat16", "bfloat16-b_float32"],
+)
+def test_ffi_and_callback_agree_bitwise(dtype, b_dtype):
     # Problems this small run on one thread: the same core on the same buffers gives the
-    # same bits, whichever way JAX reached it.
-    x, W, b = inputs((31, 40), 12, dtype, seed=3)
+    # same bits, whichever way JAX reached it (for bfloat16, dW and db rounded the same
+    # way after it).
+    x, W, b = inputs((31, 40), 12, dtype, seed=3, b_dtype=b_dtype)
     fwd = [jax.jit(layer(i))(x, W, b) for i in ("ffi", "callback")]
     np.testing.assert_array_equal(np.asarray(fwd[0]), np.asarray(fwd[1]))
     grads = [
@@ -177,6 +189,163 @@ def test_empty_batch(implementation):
     assert jax.jit(f)(x, W, b).shape == (0, 2)
     dW = jax.grad(lambda W: f(x, W, b).sum())(W)
     np.testing.assert_array_equal(np.asarray(dW), np.zeros((3, 2)))
+
+
+# ---- bfloat16: x and W bfloat16, b bfloat16 or float32 (bf16_bounds.py derives the bounds)
+
+BF16_SHAPES = {"T": ((32, 64), 32), "3d": ((3, 5, 24), 9), "1d": ((24,), 9), "L": ((512, 512), 256)}
+B_DTYPES = {"b_bf16": BF16, "b_f32": np.float32}
+
+
+def forward_and_vjp(f, x, W, b, seed=5):
+    """f's output and its VJP with a bfloat16 dout (drawn from a seeded normal)."""
+    out, vjp = jax.vjp(jax.jit(f), x, W, b)
+    dout = jnp.asarray(np.random.default_rng(seed).standard_normal(out.shape), BF16)
+    return out, dout, vjp(dout)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("b_dtype", B_DTYPES.values(), ids=B_DTYPES.keys())
+@pytest.mark.parametrize("shape", list(BF16_SHAPES))
+def test_bfloat16_matches_float64_reference(shape, b_dtype, implementation):
+    shape_x, n_out = BF16_SHAPES[shape]
+    x, W, b = inputs(shape_x, n_out, BF16, b_dtype=b_dtype)
+    out, dout, (dx, dW, db) = forward_and_vjp(layer(implementation), x, W, b)
+    # Each cotangent in its primal's dtype: a float32 b keeps a float32 db.
+    assert (out.dtype, dx.dtype, dW.dtype, db.dtype) == (BF16, BF16, BF16, np.dtype(b_dtype))
+    assert out.shape == (*shape_x[:-1], n_out)
+    x64, W64, b64, dout64, out64 = map(bb.as64, (x, W, b, dout, out))
+    want = np_reference.forward(x64, W64, b64)
+    bb.assert_bf16_within(out, want, bb.forward_bound(x64, W64, b64, want), "out")
+    # The backward against the reference on siglayer's own out (its error is checked above).
+    wants = np_reference.backward(dout64, x64, W64, out64)
+    bounds = bb.gradient_bounds(
+        dout64, x64, W64, out64, dW_rounded=True, db_rounded=b_dtype == BF16
+    )
+    for name, got, w, bound in zip(("dx", "dW", "db"), (dx, dW, db), wants, bounds, strict=True):
+        bb.assert_bf16_within(got, w, bound, name)
+    # Norm-wise the roundings of dZ average out: within 2 U on these seeded problems
+    # (measured: under 1 U).
+    for name, got, w in zip(("dx", "dW"), (dx, dW), wants[:2], strict=True):
+        assert bb.normwise(got, w) <= 2 * bb.U, name
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("shape", ["T", "3d", "L"])
+def test_bfloat16_matches_jaxs_own(shape, implementation):
+    """jax.nn.sigmoid(x @ W + b) in bfloat16 and its gradient: each within its bound of the
+    float64 reference, so siglayer and JAX are within the sum (and, for the gradients, of
+    how far their two outs set the exact gradients apart). JAX's own layer rounds x @ W
+    and x @ W + b to bfloat16 (z_rounded) and may round each step of
+    g * out * (1 - out) (three roundings of dZ); XLA's CPU dots and reductions accumulate
+    bfloat16 in float32."""
+    shape_x, n_out = BF16_SHAPES[shape]
+    x, W, b = inputs(shape_x, n_out, BF16, seed=1)
+    out, dout, ours = forward_and_vjp(layer(implementation), x, W, b)
+    theirs_out, _, theirs = forward_and_vjp(reference, x, W, b)
+    x64, W64, b64, dout64 = map(bb.as64, (x, W, b, dout))
+    ours_out, their_out = bb.as64(out), bb.as64(theirs_out)
+    want = np_reference.forward(x64, W64, b64)
+    our_bound = bb.forward_bound(x64, W64, b64, want)
+    their_bound = bb.forward_bound(x64, W64, b64, want, z_rounded=True)
+    bb.assert_bf16_within(theirs_out, want, their_bound, "JAX's out")
+    bb.assert_bf16_within(out, their_out, our_bound + their_bound, "out against JAX")
+    our_bounds = bb.gradient_bounds(dout64, x64, W64, ours_out, dW_rounded=True, db_rounded=True)
+    their_bounds = bb.gradient_bounds(
+        dout64,
+        x64,
+        W64,
+        their_out,
+        dW_rounded=True,
+        db_rounded=True,
+        dZ_rounded_for_db=True,
+        dZ_roundings=3,
+    )
+    apart = bb.out_difference_bounds(dout64, x64, W64, ours_out, their_out)
+    their_wants = np_reference.backward(dout64, x64, W64, their_out)
+    for k, name in enumerate(("dx", "dW", "db")):
+        assert ours[k].dtype == theirs[k].dtype == BF16
+        bb.assert_bf16_within(theirs[k], their_wants[k], their_bounds[k], f"JAX's {name}")
+        bound = our_bounds[k] + their_bounds[k] + apart[k]
+        bb.assert_bf16_within(ours[k], bb.as64(theirs[k]), bound, f"{name} against JAX")
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("b_dtype", B_DTYPES.values(), ids=B_DTYPES.keys())
+def test_bfloat16_vjp_is_siglayers_backward_rounded_once(implementation, b_dtype):
+    """dx is siglayer.backward's; dW (and db of a bfloat16 b) is its float32 result
+    rounded to nearest even once, bit for bit the core's to_bfloat16; a float32 b's db
+    is siglayer's float32 db itself."""
+    x, W, b = inputs((8, 6), 5, BF16, b_dtype=b_dtype)
+    out, dout, (dx, dW, db) = forward_and_vjp(layer(implementation), x, W, b)
+    want_dx, want_dW, want_db = siglayer.backward(*(np.asarray(a) for a in (dout, x, W, out)))
+    assert want_dW.dtype == want_db.dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(dx).view(np.uint16), want_dx.view(np.uint16))
+    rounded_dW = _core.to_bfloat16(want_dW)
+    np.testing.assert_array_equal(np.asarray(dW).view(np.uint16), rounded_dW.view(np.uint16))
+    if b_dtype == BF16:
+        rounded_db = _core.to_bfloat16(want_db)
+        np.testing.assert_array_equal(np.asarray(db).view(np.uint16), rounded_db.view(np.uint16))
+    else:
+        np.testing.assert_array_equal(np.asarray(db), want_db)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("batched", ["x", "W", "all"])
+def test_bfloat16_vmap(implementation, batched):
+    in_axes = VMAPS[batched]
+    x, W, b = inputs((4, 7, 6), 3, BF16)
+    Ws = jnp.stack([W, -W, 2 * W, W / 2])
+    bs = jnp.stack([b, -b, 2 * b, b / 2])
+    args = (x, Ws if in_axes[1] == 0 else W, bs if in_axes[2] == 0 else b)
+    f = jax.vmap(layer(implementation), in_axes=in_axes)
+    got = jax.jit(f)(*args)
+    assert got.dtype == BF16
+    want = jax.vmap(lambda *a: reference(*(t.astype(jnp.float64) for t in a)), in_axes=in_axes)(
+        *args
+    )
+    # One bfloat16 rounding of a value in (0, 1), and float32 accumulation of 6 terms.
+    assert bb.normwise(got, want) <= 2 * bb.U
+    grads = jax.grad(lambda *a: jnp.sum(f(*a).astype(jnp.float32)), argnums=(0, 1, 2))(*args)
+    assert [g.dtype for g in grads] == [BF16] * 3
+    assert [g.shape for g in grads] == [a.shape for a in args]
+
+
+@pytest.mark.skipif(not sj.ffi_available(), reason="built without the FFI handlers")
+def test_ffi_handler_refuses_dtypes_by_name():
+    """The handler's own dtype dispatch, reached past sigmoid_linear's checks."""
+    x, W, b = inputs((4, 3), 2, BF16)
+    with pytest.raises(
+        jax.errors.JaxRuntimeError,
+        match=r"b has dtype float64, expected bfloat16 or float32 since x has bfloat16",
+    ):
+        jax.jit(sj._ffi_forward)(x, W, b.astype(jnp.float64)).block_until_ready()
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"x has dtype float16; siglayer"):
+        x16, W16, b16 = (a.astype(jnp.float16) for a in (x, W, b))
+        jax.jit(sj._ffi_forward)(x16, W16, b16).block_until_ready()
+
+
+@pytest.mark.parametrize(
+    "dtypes, message",
+    [
+        ((BF16, np.float32, np.float32), "got x bfloat16, W float32, b float32"),
+        ((np.float32, np.float32, BF16), "got x float32, W float32, b bfloat16"),
+        ((BF16, BF16, np.float64), "got x bfloat16, W bfloat16, b float64"),
+    ],
+    ids=["x_bf16-W_f32", "b_bf16-with-f32", "b_f64-with-bf16"],
+)
+def test_bfloat16_mixes_are_refused(dtypes, message):
+    x, W, b = (a.astype(d) for a, d in zip(inputs((4, 3), 2, np.float64), dtypes, strict=True))
+    with pytest.raises(TypeError, match=r"x, W and b must share one dtype; " + message):
+        sj.sigmoid_linear(x, W, b)
+
+
+@pytest.mark.parametrize("name", ["x", "W", "b"])
+def test_float16_is_not_bfloat16(name):
+    args = dict(zip("xWb", inputs((4, 3), 2, BF16), strict=True))
+    args[name] = args[name].astype(jnp.float16)
+    with pytest.raises(TypeError, match=rf"{name} has dtype float16, which is not bfloat16"):
+        sj.sigmoid_linear(**args)
 
 
 def test_dtypes_are_refused_not_converted():

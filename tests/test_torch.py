@@ -138,7 +138,11 @@ def test_double_backward_is_refused():
             "x is on meta; siglayer.torch runs on CPU tensors only",
         ),
         ({"W": torch.zeros(5, 4, dtype=torch.float16)}, TypeError, "W has dtype torch.float16"),
-        ({"x": torch.zeros(6, 5, dtype=torch.bfloat16)}, TypeError, "x has dtype torch.bfloat16"),
+        (
+            {"x": torch.zeros(6, 5, dtype=torch.bfloat16)},
+            TypeError,
+            "must share one dtype; got x torch.bfloat16, W torch.float64",
+        ),
         ({"b": torch.zeros(4, dtype=torch.int64)}, TypeError, "b has dtype torch.int64"),
         (
             {"x": torch.zeros(6, 5, dtype=torch.float32)},
@@ -204,7 +208,9 @@ def test_module():
     from_linear = SigmoidLinear.from_linear(linear)
     torch.testing.assert_close(from_linear.W, linear.weight.T)
     assert (from_linear.b == 0).all()
-    with pytest.raises(TypeError, match=r"dtype must be torch\.float32 or torch\.float64"):
+    with pytest.raises(
+        TypeError, match=r"dtype must be torch\.float32, torch\.float64 or torch\.bfloat16"
+    ):
         SigmoidLinear(3, 2, dtype=torch.float16)
     with pytest.raises(ValueError, match="n_out must be >= 1"):
         SigmoidLinear(3, 0)

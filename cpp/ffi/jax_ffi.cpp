@@ -11,6 +11,8 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include "siglayer/layer.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -24,8 +26,26 @@ std::string dtype_name(ffi::DataType type) {
     switch (type) {
         case ffi::F32: return "float32";
         case ffi::F64: return "float64";
+        case ffi::BF16: return "bfloat16";
+        case ffi::F16: return "float16";
         default: return "XLA type " + std::to_string(static_cast<int>(type));
     }
+}
+
+// The XLA type of each storage and compute type of dtypes.hpp.
+template <class T>
+constexpr ffi::DataType data_type();
+template <>
+constexpr ffi::DataType data_type<float>() {
+    return ffi::F32;
+}
+template <>
+constexpr ffi::DataType data_type<double>() {
+    return ffi::F64;
+}
+template <>
+constexpr ffi::DataType data_type<bfloat16>() {
+    return ffi::BF16;
 }
 
 // A buffer of rank >= 1 as a matrix whose rows are all its leading axes: x (..., n_in) is
@@ -57,26 +77,52 @@ OutMatrix<T> out_matrix(const char* name, ffi::AnyBuffer buffer, std::size_t ran
     return {static_cast<T*>(buffer.untyped_data()), s.rows, s.cols};
 }
 
-// The one dtype dispatch point: every buffer must have the first one's dtype, which picks
-// the instantiation. Other dtypes are refused by name, never run as another.
+// What a buffer holds, given the call's storage type T (the first buffer's dtype):
+// arrays and dx are T; dW and db are its compute type (float32 for bfloat16, as the core
+// computes them); b is either (a bfloat16 layer may keep a float32 master bias).
+enum class Role { storage, compute, storage_or_compute };
+
+struct Buffer {
+    const char* name;
+    ffi::DataType type;
+    Role role;
+};
+
+template <class T>
+void require_dtypes(std::initializer_list<Buffer> buffers) {
+    const Buffer& first = *buffers.begin();
+    constexpr ffi::DataType storage = data_type<T>(), compute = data_type<compute_t<T>>();
+    for (const Buffer& b : buffers) {
+        const bool is_storage = b.type == storage, is_compute = b.type == compute;
+        if (b.role == Role::storage   ? is_storage
+            : b.role == Role::compute ? is_compute
+                                      : is_storage || is_compute)
+            continue;
+        std::string expected = dtype_name(b.role == Role::compute ? compute : storage);
+        if (b.role == Role::storage_or_compute && compute != storage)
+            expected += " or " + dtype_name(compute);
+        throw InvalidArgument(std::string(b.name) + " has dtype " + dtype_name(b.type) +
+                              ", expected " + expected + " since " + first.name + " has " +
+                              dtype_name(storage) + " (nothing is converted)");
+    }
+}
+
+// The one dtype dispatch point: the first buffer's dtype picks the instantiation, and
+// every other buffer must have the dtype its role asks for. Other dtypes are refused by
+// name, never run as another.
 template <class Body>
-ffi::Error dispatch(std::initializer_list<std::pair<const char*, ffi::DataType>> buffers,
-                    Body&& body) {
+ffi::Error dispatch(std::initializer_list<Buffer> buffers, Body&& body) {
     try {
-        const auto& [first_name, type] = *buffers.begin();
-        for (const auto& [name, other] : buffers) {
-            if (other != type) {
-                throw InvalidArgument(std::string(name) + " has dtype " + dtype_name(other) +
-                                      ", but " + first_name + " has " + dtype_name(type) +
-                                      "; all arrays of one call share one dtype");
-            }
-        }
-        switch (type) {
-            case ffi::F32: body(float{}); break;
-            case ffi::F64: body(double{}); break;
+        const Buffer& first = *buffers.begin();
+        switch (first.type) {
+            case ffi::F32: require_dtypes<float>(buffers); body(float{}); break;
+            case ffi::F64: require_dtypes<double>(buffers); body(double{}); break;
+            case ffi::BF16: require_dtypes<bfloat16>(buffers); body(bfloat16{}); break;
             default:
-                throw InvalidArgument(std::string(first_name) + " has dtype " + dtype_name(type) +
-                                      "; siglayer computes in float32 or float64");
+                throw InvalidArgument(std::string(first.name) + " has dtype " +
+                                      dtype_name(first.type) +
+                                      "; siglayer computes in float32 or float64, or stores "
+                                      "bfloat16 (float16 is not bfloat16)");
         }
     } catch (const std::invalid_argument& error) {
         return ffi::Error::InvalidArgument(error.what());
@@ -88,37 +134,56 @@ ffi::Error dispatch(std::initializer_list<std::pair<const char*, ffi::DataType>>
     return ffi::Error::Success();
 }
 
+// b (n_out,) in the compute type C (require_dtypes has run): a view of b, or a
+// bfloat16 b widened (exactly) into `widened`.
+template <class T, class C = compute_t<T>>
+VectorView<C> compute_bias(const ffi::AnyBuffer& b, std::vector<C>& widened) {
+    if constexpr (!std::is_same_v<T, C>) {
+        if (b.element_type() == data_type<T>()) {
+            const MatrixView<T> bm = matrix<T>("b", b, 1);
+            widened.resize(static_cast<std::size_t>(bm.cols));
+            for (index_t j = 0; j < bm.cols; ++j) widened[j] = to_compute(bm.data[j]);
+            return {widened.data(), bm.cols, 1};
+        }
+    }
+    const MatrixView<C> bm = matrix<C>("b", b, 1);
+    return {bm.data, bm.cols, 1};
+}
+
 // x (..., n_in), W (n_in, n_out), b (n_out,) -> out (..., n_out).
+// b is x's dtype, or float32 with bfloat16 x.
 ffi::Error forward_handler(ffi::AnyBuffer x, ffi::AnyBuffer W, ffi::AnyBuffer b,
                            ffi::Result<ffi::AnyBuffer> out) {
-    return dispatch({{"x", x.element_type()},
-                     {"W", W.element_type()},
-                     {"b", b.element_type()},
-                     {"out", out->element_type()}},
+    return dispatch({{"x", x.element_type(), Role::storage},
+                     {"W", W.element_type(), Role::storage},
+                     {"b", b.element_type(), Role::storage_or_compute},
+                     {"out", out->element_type(), Role::storage}},
                     [&](auto zero) {
                         using T = decltype(zero);
-                        const MatrixView<T> bm = matrix<T>("b", b, 1);
+                        std::vector<compute_t<T>> widened_b;
                         forward<T>(out_matrix<T>("out", *out), matrix<T>("x", x),
-                                   matrix<T>("W", W, 2), VectorView<T>{bm.data, bm.cols, 1});
+                                   matrix<T>("W", W, 2), compute_bias<T>(b, widened_b));
                     });
 }
 
 // dout, out (..., n_out), x (..., n_in), W (n_in, n_out) -> dx (..., n_in),
-// dW (n_in, n_out), db (n_out,).
+// dW (n_in, n_out), db (n_out,). dW and db are in the compute type (float32 for a
+// bfloat16 layer: siglayer.jax rounds them to the primals' dtypes, as JAX requires).
 ffi::Error backward_handler(ffi::AnyBuffer dout, ffi::AnyBuffer x, ffi::AnyBuffer W,
                             ffi::AnyBuffer out, ffi::Result<ffi::AnyBuffer> dx,
                             ffi::Result<ffi::AnyBuffer> dW, ffi::Result<ffi::AnyBuffer> db) {
-    return dispatch({{"dout", dout.element_type()},
-                     {"x", x.element_type()},
-                     {"W", W.element_type()},
-                     {"out", out.element_type()},
-                     {"dx", dx->element_type()},
-                     {"dW", dW->element_type()},
-                     {"db", db->element_type()}},
+    return dispatch({{"dout", dout.element_type(), Role::storage},
+                     {"x", x.element_type(), Role::storage},
+                     {"W", W.element_type(), Role::storage},
+                     {"out", out.element_type(), Role::storage},
+                     {"dx", dx->element_type(), Role::storage},
+                     {"dW", dW->element_type(), Role::compute},
+                     {"db", db->element_type(), Role::compute}},
                     [&](auto zero) {
                         using T = decltype(zero);
-                        const OutMatrix<T> dbm = out_matrix<T>("db", *db, 1);
-                        backward<T>(out_matrix<T>("dx", *dx), out_matrix<T>("dW", *dW, 2),
+                        using C = compute_t<T>;
+                        const OutMatrix<C> dbm = out_matrix<C>("db", *db, 1);
+                        backward<T>(out_matrix<T>("dx", *dx), out_matrix<C>("dW", *dW, 2),
                                     dbm.data, matrix<T>("dout", dout), matrix<T>("x", x),
                                     matrix<T>("W", W, 2), matrix<T>("out", out));
                     });

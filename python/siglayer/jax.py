@@ -23,8 +23,14 @@ leading axis of x: one call. A batch of weights, and the backward pass of a batc
 dW is per batch element), run as a loop over the batch (``jax.lax.map``), one call each.
 
 float32, and float64 with ``jax_enable_x64``; all three arrays of one dtype (nothing is
-converted). CPU only. First-order reverse mode only: ``jax.jvp`` and second derivatives
-are not available (use ``jax.nn.sigmoid(x @ W + b)`` for those).
+converted). Or bfloat16 x and W with a bfloat16 or float32 b: out is bfloat16, the core
+accumulates in float32 and rounds once. Its backward computes dW and db in float32 (from
+dZ rounded once to bfloat16; db from the unrounded dZ) and dx in bfloat16; JAX needs each
+cotangent in its primal's dtype, so dW is then rounded to bfloat16 once (XLA's convert,
+round to nearest even) and db to b's dtype (a float32 b keeps its float32 db).
+
+CPU only. First-order reverse mode only: ``jax.jvp`` and second derivatives are not
+available (use ``jax.nn.sigmoid(x @ W + b)`` for those).
 """
 
 from __future__ import annotations
@@ -57,7 +63,9 @@ _jax: Any = jax
 __all__ = ["ffi_available", "sigmoid_linear"]
 
 Implementation = Literal["auto", "ffi", "callback"]
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_BFLOAT16 = np.dtype(_jax.numpy.bfloat16)  # ml_dtypes.bfloat16, which jax depends on
+_FLOAT32 = np.dtype(np.float32)
+_DTYPES = (_FLOAT32, np.dtype(np.float64), _BFLOAT16)
 _FORWARD_TARGET = "siglayer_forward"
 _BACKWARD_TARGET = "siglayer_backward"
 
@@ -106,10 +114,12 @@ def _out_type(x: Array, W: Array) -> Any:
 
 
 def _gradient_types(x: Array, W: Array) -> tuple[Any, ...]:
+    # dx in the storage dtype; dW and db in the compute dtype, as the core returns them.
+    compute = _FLOAT32 if W.dtype == _BFLOAT16 else W.dtype
     return (
         _jax.ShapeDtypeStruct(x.shape, x.dtype),
-        _jax.ShapeDtypeStruct(W.shape, W.dtype),
-        _jax.ShapeDtypeStruct(W.shape[1:], W.dtype),
+        _jax.ShapeDtypeStruct(W.shape, compute),
+        _jax.ShapeDtypeStruct(W.shape[1:], compute),
     )
 
 
@@ -192,15 +202,21 @@ def _make_layer(
         out: Array = batchable(x, W, b)
         return out
 
-    def layer_forward(x: Array, W: Array, b: Array) -> tuple[Array, tuple[Array, Array, Array]]:
+    def layer_forward(
+        x: Array, W: Array, b: Array
+    ) -> tuple[Array, tuple[Array, Array, Array, Array]]:
         out = batchable(x, W, b)
-        return out, (x, W, out)
+        # b only for its dtype (a saved reference, not a copy).
+        return out, (x, W, b, out)
 
     def layer_backward(
-        saved: tuple[Array, Array, Array], dout: Array
+        saved: tuple[Array, Array, Array, Array], dout: Array
     ) -> tuple[Array, Array, Array]:
-        x, W, out = saved
-        return backward(dout, x, W, out)
+        x, W, b, out = saved
+        dx, dW, db = backward(dout, x, W, out)
+        # Cotangents in their primals' dtypes: for bfloat16 the core's float32 dW (and db
+        # of a bfloat16 b) rounded once, to nearest even; otherwise no conversion at all.
+        return dx, dW.astype(W.dtype), db.astype(b.dtype)
 
     differentiable = _jax.custom_vjp(layer)
     differentiable.defvjp(layer_forward, layer_backward)
@@ -222,10 +238,10 @@ def sigmoid_linear(
 
     Parameters
     ----------
-    x : jax.Array, float32 or float64, shape (..., n_in)
+    x : jax.Array, float32, float64 or bfloat16, shape (..., n_in)
         Leading dimensions are batch dimensions; a 1-D x is one sample.
     W : jax.Array, x's dtype, shape (n_in, n_out)
-    b : jax.Array, x's dtype, shape (n_out,)
+    b : jax.Array, x's dtype (or float32 with bfloat16 x), shape (n_out,)
     implementation : {"auto", "ffi", "callback"}
         "ffi": the XLA FFI custom call (zero copies); "callback": ``jax.pure_callback``
         into ``siglayer.forward``; "auto" (the default): "ffi" when
@@ -233,14 +249,15 @@ def sigmoid_linear(
 
     Returns
     -------
-    jax.Array, shape (..., n_out), the inputs' dtype
+    jax.Array, shape (..., n_out), x's dtype
         Differentiable in x, W and b by reverse mode (``jax.grad``, ``jax.vjp``), with
-        siglayer's backward pass.
+        siglayer's backward pass; each gradient has its argument's dtype.
 
     Raises
     ------
     TypeError
-        A dtype other than float32 / float64, or mixed dtypes (nothing is converted).
+        A dtype other than float32 / float64 / bfloat16, or mixed dtypes other than a
+        float32 b with bfloat16 x and W (nothing is converted).
     ValueError
         W not 2-D, b not 1-D, x 0-D, or an unknown implementation; "ffi" in an
         installation without the handlers. Shapes that do not fit together are refused
@@ -261,16 +278,26 @@ def sigmoid_linear(
     """
     for name, value in (("x", x), ("W", W), ("b", b)):
         dtype = getattr(value, "dtype", None)
+        if isinstance(dtype, np.dtype) and dtype == np.float16:
+            raise TypeError(
+                f"{name} has dtype float16, which is not bfloat16; siglayer.jax takes "
+                f"float32, float64 or bfloat16 and never converts: pass "
+                f"{name}.astype(jnp.bfloat16) or {name}.astype(jnp.float32)"
+            )
         # (np.dtype(None) is float64: the isinstance check keeps a list from passing.)
         if not isinstance(dtype, np.dtype) or dtype not in _DTYPES:
             raise TypeError(
                 f"{name} has dtype {dtype}; siglayer.jax computes in float32 or float64 "
-                f"(float64 needs jax_enable_x64) and never converts: pass "
-                f"{name}.astype(jnp.float32)"
+                f"(float64 needs jax_enable_x64), or stores bfloat16, and never converts: "
+                f"pass {name}.astype(jnp.float32)"
             )
-    if not x.dtype == W.dtype == b.dtype:
+    if not (
+        x.dtype == W.dtype
+        and (b.dtype == x.dtype or (x.dtype == _BFLOAT16 and b.dtype == _FLOAT32))
+    ):
         raise TypeError(
-            f"x, W and b must share one dtype; got x {x.dtype}, W {W.dtype}, b {b.dtype}"
+            f"x, W and b must share one dtype; got x {x.dtype}, W {W.dtype}, b {b.dtype} "
+            f"(with bfloat16 x and W, b may also be float32)"
         )
     # Only what the result's shape needs; the core checks that the shapes fit together.
     if W.ndim != 2:

@@ -32,6 +32,16 @@ W (n_in, n_out), b (n_out,), any subset of them requiring grad. Everything else 
 error that says why: CUDA and other devices, other dtypes, mixed dtypes, sparse
 tensors; and differentiating twice (``create_graph=True``: the backward is not itself
 differentiable, and a silent zero second derivative would be wrong).
+
+**bfloat16.** x and W may be torch.bfloat16, with b torch.bfloat16 or torch.float32 (a
+float32 master bias); out is bfloat16. The core accumulates the products in float32 and
+rounds out once. The backward operator returns what the core computes: dx bfloat16, dW
+and db float32 (dZ rounded once to bfloat16 for the products, db summed from the
+unrounded dZ). Autograd needs each gradient in its input's dtype, so the autograd
+formula rounds dW to bfloat16 once (round to nearest even) and db to b's dtype (a
+float32 b keeps a float32 db, unrounded). torch.float16 is refused (it is not bfloat16).
+bfloat16 tensors reach the core as ``ml_dtypes.bfloat16`` NumPy views of the same
+memory, so they need ml_dtypes (``pip install ml-dtypes``), imported on first use.
 """
 
 from __future__ import annotations
@@ -56,7 +66,8 @@ from . import _api
 
 __all__ = ["SigmoidLinear", "sigmoid_linear"]
 
-_DTYPES = (torch.float32, torch.float64)
+_BFLOAT16 = torch.bfloat16
+_DTYPES = (torch.float32, torch.float64, _BFLOAT16)
 _STRIDED = torch.strided
 
 
@@ -78,7 +89,8 @@ def _check(x: object, W: object, b: object) -> None:
         and W.layout is _STRIDED
         and b.layout is _STRIDED
         and x.dtype in _DTYPES
-        and x.dtype == W.dtype == b.dtype
+        and x.dtype == W.dtype
+        and (b.dtype == x.dtype or (b.dtype == torch.float32 and x.dtype == _BFLOAT16))
         and W.ndim == 2
         and b.ndim == 1
         and x.ndim >= 1
@@ -89,10 +101,7 @@ def _check(x: object, W: object, b: object) -> None:
     for name, t in (("x", x), ("W", W), ("b", b)):
         _check_tensor(t, name)
     assert isinstance(x, Tensor) and isinstance(W, Tensor) and isinstance(b, Tensor)
-    if not x.dtype == W.dtype == b.dtype:
-        raise TypeError(
-            f"x, W and b must share one dtype; got x {x.dtype}, W {W.dtype}, b {b.dtype}"
-        )
+    _check_dtypes(x.dtype, W.dtype, b.dtype)
     if W.dim() != 2:
         raise ValueError(f"W must be 2-D (n_in, n_out), got shape {tuple(W.shape)}")
     if x.dim() == 0 or x.shape[-1] != W.shape[0]:
@@ -118,12 +127,28 @@ def _check_tensor(t: object, name: str) -> None:
         )
     if t.layout != torch.strided:
         raise TypeError(f"{name} has layout {t.layout}; pass a dense tensor ({name}.to_dense())")
+    if t.dtype == torch.float16:
+        raise TypeError(
+            f"{name} has dtype torch.float16, which is not bfloat16; siglayer takes "
+            f"torch.float32, torch.float64 or torch.bfloat16 and never converts silently: "
+            f"pass {name}.to(torch.bfloat16) or {name}.float()"
+        )
     if t.dtype not in _DTYPES:
         raise TypeError(
             f"{name} has dtype {t.dtype}; siglayer computes in torch.float32 or "
-            f"torch.float64 and never converts silently: pass {name}.float() or "
-            f"{name}.double()"
+            f"torch.float64 (or stores torch.bfloat16) and never converts silently: pass "
+            f"{name}.float() or {name}.double()"
         )
+
+
+def _check_dtypes(x: torch.dtype, W: torch.dtype, b: torch.dtype) -> None:
+    """One dtype for x, W and b, except that bfloat16 x and W may have a float32 b."""
+    if x == W and (b == x or (x == _BFLOAT16 and b == torch.float32)):
+        return
+    raise TypeError(
+        f"x, W and b must share one dtype; got x {x}, W {W}, b {b} (with torch.bfloat16 "
+        f"x and W, b may also be torch.float32)"
+    )
 
 
 # The operators are defined with torch.library's lower-level calls (define, impl,
@@ -150,10 +175,42 @@ torch.library.define(
 # and allocates its results, which torch.from_numpy wraps without a copy.
 
 
+def _ml_bfloat16() -> np.dtype[Any]:
+    """``ml_dtypes.bfloat16``, imported on first use: only bfloat16 tensors need it."""
+    try:
+        import ml_dtypes  # type: ignore[import-not-found, unused-ignore]
+    except ImportError as exc:
+        raise ImportError(
+            "bfloat16 tensors reach siglayer's core as ml_dtypes.bfloat16 arrays, and "
+            "ml_dtypes is not installed: pip install ml-dtypes (or pip install "
+            "'.[torch]' in siglayer's source folder)"
+        ) from exc
+    dtype: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+    return dtype
+
+
+def _to_numpy(t: Tensor) -> np.ndarray[Any, Any]:
+    """The tensor's memory as an ndarray, no copy, strides kept. NumPy has no bfloat16
+    of its own: a bfloat16 tensor is read as int16 (same size, so any strides) and
+    that array viewed as ml_dtypes.bfloat16, the same bits."""
+    if t.dtype == _BFLOAT16:
+        bits: np.ndarray[Any, Any] = t.view(torch.int16).numpy(force=True)
+        return bits.view(_ml_bfloat16())
+    array: np.ndarray[Any, Any] = t.numpy(force=True)
+    return array
+
+
+def _from_numpy(a: np.ndarray[Any, Any]) -> Tensor:
+    """A tensor over the array's memory, no copy (bfloat16 through its int16 bits)."""
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(_BFLOAT16)
+    return torch.from_numpy(a)
+
+
 def _sigmoid_linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
-    # x (..., n_in), W (n_in, n_out), b (n_out,) -> out (..., n_out)
-    out = _api.forward(x.numpy(force=True), W.numpy(force=True), b.numpy(force=True))
-    return torch.from_numpy(out)
+    # x (..., n_in), W (n_in, n_out), b (n_out,) -> out (..., n_out), x's dtype
+    out = _api.forward(_to_numpy(x), _to_numpy(W), _to_numpy(b))
+    return _from_numpy(out)
 
 
 def _sigmoid_linear_fake(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
@@ -165,31 +222,34 @@ def _sigmoid_linear_backward(
     dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     # dout, out (..., n_out), x (..., n_in), W (n_in, n_out) -> dx (x's shape, or (0,)
-    # without need_dx), dW (n_in, n_out), db (n_out,)
+    # without need_dx), dW (n_in, n_out), db (n_out,). dx has x's dtype; dW and db the
+    # compute dtype (float32 for bfloat16: the core's unrounded results).
     dx, dW, db = _api.backward(
-        dout.numpy(force=True),
-        x.numpy(force=True),
-        W.numpy(force=True),
-        out.numpy(force=True),
-        need_dx=need_dx,
+        _to_numpy(dout), _to_numpy(x), _to_numpy(W), _to_numpy(out), need_dx=need_dx
     )
     # An operator cannot return None; an empty tensor stands for "not computed".
-    dx_tensor = torch.from_numpy(dx) if dx is not None else x.new_empty(0)
+    dx_tensor = _from_numpy(dx) if dx is not None else x.new_empty(0)
     return dx_tensor, torch.from_numpy(dW), torch.from_numpy(db)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype == _BFLOAT16 else dtype
 
 
 def _sigmoid_linear_backward_fake(
     dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     dx = x.new_empty(x.shape if need_dx else (0,))
-    return dx, W.new_empty(W.shape), W.new_empty(W.shape[1])
+    compute = _compute_dtype(W.dtype)
+    return dx, W.new_empty(W.shape, dtype=compute), W.new_empty(W.shape[1], dtype=compute)
 
 
 def _setup_context(ctx: Any, inputs: Sequence[Any], output: Tensor) -> None:
-    x, W, _ = inputs
+    x, W, b = inputs
     # Saving out lets backward skip recomputing the sigmoid; autograd's version
     # counters reject a backward after out, x or W was changed in place.
     ctx.save_for_backward(x, W, output)
+    ctx.b_dtype = b.dtype
 
 
 def _backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
@@ -205,7 +265,14 @@ def _backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, Tensor | None, Ten
     need_x, need_W, need_b = ctx.needs_input_grad
     # The core always computes dW and db together (db is a by-product of dW's sweep).
     dx, dW, db = _backward_op(dout, x, W, out, need_x)
-    return (dx if need_x else None, dW if need_W else None, db if need_b else None)
+    # Autograd requires each gradient in its input's dtype. For bfloat16 the core's
+    # float32 dW (and db, for a bfloat16 b) is rounded here, once, to nearest even; for
+    # float32 and float64 (and a float32 b) the dtypes already match and .to is a no-op.
+    return (
+        dx if need_x else None,
+        dW.to(W.dtype) if need_W else None,
+        db.to(ctx.b_dtype) if need_b else None,
+    )
 
 
 torch.library.impl("siglayer::sigmoid_linear", "cpu", _sigmoid_linear, lib=_LIBRARY)
@@ -239,12 +306,14 @@ def sigmoid_linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
         ``torch.sigmoid(linear(x))``.
     b : Tensor, shape (n_out,)
 
-    All three on the CPU, of one dtype (float32 or float64), any strides. Gradients are
-    computed for those that require them.
+    All three on the CPU, of one dtype (float32 or float64), any strides; or x and W
+    bfloat16 with b bfloat16 or float32. Gradients are computed for those that require
+    them, each in its input's dtype (a bfloat16 W's gradient is rounded from float32
+    once; a float32 b's stays float32).
 
     Returns
     -------
-    Tensor, shape (..., n_out), contiguous, of the inputs' dtype.
+    Tensor, shape (..., n_out), contiguous, of x's dtype.
 
     Raises
     ------
@@ -277,11 +346,13 @@ class SigmoidLinear(torch.nn.Module):
     Parameters
     ----------
     n_in, n_out : int
-    dtype : torch.float32 (default) or torch.float64
+    dtype : torch.float32 (default), torch.float64 or torch.bfloat16
+        The dtype of W and b (bfloat16: both bfloat16, gradients rounded to bfloat16).
     seed : int or None
         With an int, W is exactly ``siglayer.SigmoidLayer(n_in, n_out, seed=seed).W``
-        (Glorot-uniform from NumPy's generator); with None it is Glorot-uniform from
-        torch's global generator (so ``torch.manual_seed`` makes it reproducible).
+        (Glorot-uniform from NumPy's generator; for bfloat16, the float32 one rounded to
+        nearest even); with None it is Glorot-uniform from torch's global generator (so
+        ``torch.manual_seed`` makes it reproducible).
 
     Attributes
     ----------
@@ -309,7 +380,9 @@ class SigmoidLinear(torch.nn.Module):
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
         if dtype not in _DTYPES:
-            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+            raise TypeError(
+                f"dtype must be torch.float32, torch.float64 or torch.bfloat16, got {dtype}"
+            )
         self.n_in, self.n_out = n_in, n_out
         if seed is None:
             limit = math.sqrt(6.0 / (n_in + n_out))
@@ -317,8 +390,9 @@ class SigmoidLinear(torch.nn.Module):
         else:
             from .nn import SigmoidLayer
 
-            np_dtype = np.float32 if dtype == torch.float32 else np.float64
+            np_dtype = np.float64 if dtype == torch.float64 else np.float32
             W = torch.from_numpy(SigmoidLayer(n_in, n_out, dtype=np_dtype, seed=seed).W.copy())
+            W = W.to(dtype)  # bfloat16: rounded to nearest even; otherwise no-op
         self.W = torch.nn.Parameter(W)
         self.b = torch.nn.Parameter(torch.zeros(n_out, dtype=dtype))
 
