@@ -29,9 +29,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import harness
 import numpy as np
 
+import harness
 from siglayer import _api, _config, _core, reference
 from siglayer._timing import interleaved_medians
 
