@@ -907,7 +907,7 @@ LAYER_CASES: dict[str, Case] = dict(
             lambda p: (siglayer.SigmoidLayer, {"n_in": 3, "n_out": 2, "dtype": np.int32}, []),
             TypeError,
             "dtype",
-            r"dtype must be float32 or float64, got int32",
+            r"dtype must be float32, float64 or bfloat16, got int32",
         ),
         "layer-seed-str": Case(
             lambda p: (siglayer.SigmoidLayer, {"n_in": 3, "n_out": 2, "seed": "0"}, []),

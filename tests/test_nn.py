@@ -66,9 +66,9 @@ def test_seed_reproducible():
         ((3, -1), {}, ValueError, "n_out must be >= 1"),
         ((2.5, 3), {}, TypeError, "n_in must be an int"),
         ((True, 3), {}, TypeError, "n_in must be an int"),
-        ((2, 3), {"dtype": np.float16}, TypeError, "float32 or float64"),
-        ((2, 3), {"dtype": np.int32}, TypeError, "float32 or float64"),
-        ((2, 3), {"dtype": "nonsense"}, TypeError, "float32 or float64"),
+        ((2, 3), {"dtype": np.float16}, TypeError, "float32, float64 or bfloat16"),
+        ((2, 3), {"dtype": np.int32}, TypeError, "float32, float64 or bfloat16"),
+        ((2, 3), {"dtype": "nonsense"}, TypeError, "float32, float64 or bfloat16"),
         ((2, 3), {"seed": "abc"}, TypeError, "seed must be"),
     ],
 )
