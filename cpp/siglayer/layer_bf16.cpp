@@ -2,10 +2,10 @@
 // rounding happens). The same tiles, phases and checks as the float layer (layer.cpp);
 // what differs is how the products get their operands. Two ways (blas::Bf16Gemm):
 //   blas:    the BLAS's bfloat16 GEMM (MKL on AMX / AVX512-BF16) takes the bfloat16 arrays;
-//   convert: the float GEMM takes float copies made here. W (every tile reads all of it)
-//            is widened once per call; x is widened panel by panel inside each tile, so the
-//            copy is still in cache when the GEMM reads it; dZ is produced as floats (of
-//            bfloat16 values) by the elementwise pass and needs no copy at all.
+//   convert: the float GEMM takes float copies made here. An operand every tile reads in
+//            full is widened once per call, shared; the other tile by tile, x in panels of
+//            rows, so that the copy is still in cache when the GEMM reads it; dZ is produced
+//            as floats (of bfloat16 values) by the elementwise pass and needs no copy.
 // Either way a product's float result goes to a panel of this thread's scratch, and the
 // elementwise pass that follows (bias + sigma, or the rounding of dx) reads it from cache.
 #include <omp.h>
@@ -30,6 +30,10 @@ using namespace layer_detail;
 namespace {
 
 using bf16 = bfloat16;
+
+// Below this many elements an operand that every tile reads is widened by each tile rather
+// than once for the team (see forward).
+constexpr index_t kShareWidening = 1 << 18;
 
 bool blas_path() {
     return blas::bf16_gemm_path() == blas::Bf16Gemm::blas;
@@ -152,19 +156,29 @@ void forward<bf16>(OutMatrix<bf16> out, MatrixView<bf16> x, MatrixView<bf16> W,
         bias = packed;
     }
     const bool native = blas_path();
+    // convert: the operand every tile reads in full (W when the tiles are bands of rows, x
+    // when they are bands of columns, as Tiling cuts the longer side) is widened once,
+    // shared, when it is large; a small one is widened by each tile for itself, which costs
+    // less than the barrier (the team's wake-up) that sharing needs. The rest tile by tile,
+    // x in panels of rows.
+    const bool row_bands = n >= n_out;
+    const index_t full = row_bands ? n_in * n_out : n * n_in;
     BlasOperand<bf16> xo{}, Wo{};
-    float* W32 = nullptr;
+    float* shared32 = nullptr;
     if (n_in > 0 && native) {
         xo = blas_operand(x, Scratch::x_packed);
         Wo = blas_operand(W, Scratch::W_packed);
-    } else if (n_in > 0) {
-        W32 = scratch.get<float>(Scratch::W_widened, static_cast<std::size_t>(n_in * n_out));
+    } else if (n_in > 0 && full >= kShareWidening) {
+        shared32 = row_bands ? scratch.get<float>(Scratch::W_widened,
+                                                  static_cast<std::size_t>(n_in * n_out))
+                             : scratch.get<float>(Scratch::x_widened,
+                                                  static_cast<std::size_t>(n * n_in));
     }
     const auto& kernel = kernels::active<bf16>();
     run_parallel(threads_for_gemm(n, n_out, n_in), [&] {
         blas::SingleThreaded single;
-        if (W32) {
-            widen_shared(W32, W);
+        if (shared32) {
+            widen_shared(shared32, row_bands ? W : x);
 #pragma omp barrier
         }
         const Tiling tiles(n, n_out, omp_get_num_threads());
@@ -175,9 +189,24 @@ void forward<bf16>(OutMatrix<bf16> out, MatrixView<bf16> x, MatrixView<bf16> W,
             const index_t cols = blk.cols();
             const index_t ph = std::min(blk.rows(), panel_rows(std::max(n_in, cols)));
             float* acc = mine.get<float>(Scratch::acc, static_cast<std::size_t>(ph * cols));
-            float* xw = W32 ? mine.get<float>(Scratch::x_widened,
-                                              static_cast<std::size_t>(ph * n_in))
-                            : nullptr;
+            // convert: this tile's columns of W, shared or its own, and x, shared or in
+            // panels of its own.
+            const float* W_tile = nullptr;
+            index_t ld_W = n_out;
+            float* xw = nullptr;
+            if (!native && n_in > 0) {
+                if (shared32 && row_bands) {
+                    W_tile = shared32 + blk.j0;
+                } else {
+                    float* w =
+                        mine.get<float>(Scratch::gemm_b, static_cast<std::size_t>(n_in * cols));
+                    widen_block(w, W, 0, n_in, blk.j0, cols);
+                    W_tile = w;
+                    ld_W = cols;
+                }
+                if (!shared32 || row_bands)
+                    xw = mine.get<float>(Scratch::gemm_a, static_cast<std::size_t>(ph * n_in));
+            }
             for (index_t r0 = blk.i0; r0 < blk.i1; r0 += ph) {
                 const index_t m = std::min(ph, blk.i1 - r0);
                 if (n_in == 0) {
@@ -186,9 +215,13 @@ void forward<bf16>(OutMatrix<bf16> out, MatrixView<bf16> x, MatrixView<bf16> W,
                     blas::gemm<bf16>(xo.op, Wo.op, m, cols, n_in, 1.0f, row_offset(xo, r0), xo.ld,
                                      col_offset(Wo, blk.j0), Wo.ld, 0.0f, acc, cols);
                 } else {
-                    widen_block(xw, x, r0, m, 0, n_in);
-                    blas::gemm<float>(blas::Op::N, blas::Op::N, m, cols, n_in, 1.0f, xw, n_in,
-                                      W32 + blk.j0, n_out, 0.0f, acc, cols);
+                    const float* x_panel = xw;
+                    if (xw)
+                        widen_block(xw, x, r0, m, 0, n_in);
+                    else
+                        x_panel = shared32 + r0 * n_in;  // column bands, x shared
+                    blas::gemm<float>(blas::Op::N, blas::Op::N, m, cols, n_in, 1.0f, x_panel, n_in,
+                                      W_tile, ld_W, 0.0f, acc, cols);
                 }
                 kernel.bias_sigmoid_rows(out.data + r0 * n_out + blk.j0, n_out, acc, cols,
                                          bias + blk.j0, m, cols);
