@@ -154,9 +154,19 @@ def torch_calls(
 
 
 COLUMNS = ("bf16", "bf16(other)", "f32", "floor", "torch", "torch32")
+# Without AVX512-BF16 or AMX, PyTorch's bfloat16 products take a slow path (Zen 3, M:
+# 124 ms fwd+bwd against 5.4 ms in float32): from L up a call takes seconds, so there
+# the torch columns are left out unless --torch-all.
+SLOW_TORCH_SIZES = ("L", "N", "XL")
 
 
-def run(sizes: list[str], rounds: int, threads: int, torch: Any) -> list[dict[str, Any]]:
+def torch_runs(size: str, torch_all: bool) -> bool:
+    return torch_all or _core.config()["cpu_bf16"] or size not in SLOW_TORCH_SIZES
+
+
+def run(
+    sizes: list[str], rounds: int, threads: int, torch: Any, torch_all: bool = False
+) -> list[dict[str, Any]]:
     active = _core.config()["bf16_gemm"]
     other = None
     if _core.config()["bf16_gemm_in_blas"]:
@@ -184,7 +194,7 @@ def run(sizes: list[str], rounds: int, threads: int, torch: Any) -> list[dict[st
             }
             if other:
                 groups["bf16(other)"] = siglayer_calls(p, other)
-            if torch is not None:
+            if torch is not None and torch_runs(size, torch_all):
                 groups["torch"] = torch_calls(p, torch, torch.bfloat16)
                 groups["torch32"] = torch_calls(p, torch, torch.float32)
             calls = {}
@@ -219,6 +229,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per size")
     parser.add_argument("--threads", type=int, default=None, help="default: siglayer's")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    parser.add_argument(
+        "--torch-all",
+        action="store_true",
+        help="PyTorch at L, N, XL too on a CPU without bfloat16 instructions (slow)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     torch = None if args.no_torch else harness.import_torch()
     threads = args.threads or _config.get_num_threads()
     try:
-        run(sizes, args.rounds, threads, torch)
+        run(sizes, args.rounds, threads, torch, args.torch_all)
     except AssertionError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1

@@ -3,6 +3,7 @@
     python bench/run.py                         # T,S,M,L,N in float32 and float64
     python bench/run.py --sizes all --plot speedup.png
     python bench/run.py --mixed                 # then each library right after the others
+    python bench/run.py --bfloat16 [--sizes ...]  # bfloat16 against float32 (bfloat16.py)
 
 Time siglayer's forward and forward + backward against NumPy (siglayer.reference), the
 matrix products alone through siglayer's BLAS (the floor siglayer cannot go below) and
@@ -23,13 +24,18 @@ import harness
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if "--bfloat16" in args:  # its own table and options: bench/bfloat16.py
+        import bfloat16
+
+        return bfloat16.main([a for a in args if a != "--bfloat16"])
     parser = argparse.ArgumentParser(
         prog="python bench/run.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     harness.add_arguments(parser)
-    return harness.main(parser.parse_args(argv))
+    return harness.main(parser.parse_args(args))
 
 
 if __name__ == "__main__":
