@@ -73,8 +73,11 @@ def check(name: str, got: Result, p: dict[str, np.ndarray]) -> None:
         assert err <= 2**-5 * np.abs(want).max(), f"{name}: {key} error {err:.3e}"
 
 
-def siglayer_calls(p: dict[str, np.ndarray], path: str | None) -> dict[str, Callable[[], Result]]:
-    x, W, b, dout = p["x"], p["W"], p["b"], p["dout"]
+def layer_calls(
+    x: np.ndarray, W: np.ndarray, b: np.ndarray, dout: np.ndarray, path: str | None = None
+) -> dict[str, Callable[[], Result]]:
+    """siglayer's forward and forward + backward on these arrays; ``path`` selects the
+    bfloat16 GEMM path before each call (None: leave it)."""
 
     def use_path() -> None:
         if path is not None:
@@ -94,20 +97,14 @@ def siglayer_calls(p: dict[str, np.ndarray], path: str | None) -> dict[str, Call
     return {"forward": forward, "forward_backward": forward_backward}
 
 
+def siglayer_calls(p: dict[str, np.ndarray], path: str | None) -> dict[str, Callable[[], Result]]:
+    return layer_calls(p["x"], p["W"], p["b"], p["dout"], path)
+
+
 def float32_calls(p: dict[str, np.ndarray]) -> dict[str, Callable[[], Result]]:
+    """The same values widened to float32 (exactly)."""
     x, W, dout = (_core.to_float32(p[k]) for k in ("x", "W", "dout"))
-    b = p["b"]
-
-    def forward() -> Result:
-        return {"out": _api.forward(x, W, b)}
-
-    def forward_backward() -> Result:
-        out = _api.forward(x, W, b)
-        dx, dW, db = _api.backward(dout, x, W, out)
-        assert dx is not None
-        return {"out": out, "dx": dx, "dW": dW, "db": db}
-
-    return {"forward": forward, "forward_backward": forward_backward}
+    return layer_calls(x, W, p["b"], dout)
 
 
 def floor_calls(p: dict[str, np.ndarray]) -> dict[str, Callable[[], Result]]:

@@ -38,7 +38,7 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 U = 2.0**-8
 E = 2.0**-24
 
-# (n, n_in, n_out): T, M, L of the benchmarks, odd sizes that leave tile and panel remainders,
+# (n, n_in, n_out): T, M, L and XL of the benchmarks, odd sizes that leave tile and panel remainders,
 # and both ways forward shares a widened operand (layer_bf16.cpp).
 SHAPES = [
     (1, 1, 1),
@@ -48,6 +48,7 @@ SHAPES = [
     (257, 129, 65),
     (300, 1000, 1100),  # column bands with x widened once for the team
     (1024, 1024, 1024),  # row bands with W widened once for the team
+    (4096, 2048, 2048),  # XL of the benchmarks
 ]
 
 
@@ -354,3 +355,39 @@ def test_bf16_gemm_switch_from_the_environment():
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
         )
         assert done.returncode != 0 and "has no bfloat16 GEMM" in done.stderr
+
+
+def test_gradients_in_bfloat16_on_request():
+    x, W, b = inputs(40, 24, 16, seed=9)
+    out = siglayer.forward(x, W, b)
+    dout = bf16(np.random.default_rng(10).standard_normal(out.shape))
+    dx, dW, db = siglayer.backward(dout, x, W, out)
+    dx16, dW16, db16 = siglayer.backward(dout, x, W, out, grad_dtype="bfloat16")
+    assert (dW16.dtype, db16.dtype) == (BF16, BF16)
+    # Exactly the float32 gradients rounded once, dx untouched.
+    assert (dW16.view(np.uint16) == dW.astype(BF16).view(np.uint16)).all()
+    assert (db16.view(np.uint16) == db.astype(BF16).view(np.uint16)).all()
+    assert (dx16.view(np.uint16) == dx.view(np.uint16)).all()
+    # Into the caller's bfloat16 buffers; and from the pre-activation too.
+    dW_buf, db_buf = np.empty(W.shape, BF16), np.empty(16, BF16)
+    _, dW_r, db_r = siglayer.backward_from_preactivation(
+        dout, x, W, grad_dtype=BF16, dW=dW_buf, db=db_buf
+    )
+    assert dW_r is dW_buf and db_r is db_buf
+    _, dW_p, _ = siglayer.backward_from_preactivation(dout, x, W)
+    assert (dW_buf.view(np.uint16) == dW_p.astype(BF16).view(np.uint16)).all()
+    # float32 is the default; anything else is refused, naming grad_dtype.
+    assert siglayer.backward(dout, x, W, out, grad_dtype=np.float32)[1].dtype == np.float32
+    with pytest.raises(TypeError, match=r"grad_dtype is float64 but for bfloat16 inputs"):
+        siglayer.backward(dout, x, W, out, grad_dtype=np.float64)
+    x32 = f64(x).astype(np.float32)
+    with pytest.raises(TypeError, match=r"grad_dtype is bfloat16 but for float32 inputs"):
+        siglayer.backward(
+            dout.astype(np.float32),
+            x32,
+            x32[:24, :16].copy(),
+            out.astype(np.float32),
+            grad_dtype="bfloat16",
+        )
+    with pytest.raises(TypeError, match=r"dW must be a bfloat16 ndarray"):
+        siglayer.backward(dout, x, W, out, grad_dtype="bfloat16", dW=np.empty(W.shape, np.float32))

@@ -75,11 +75,33 @@ struct GradientOperands {
     bool native = false;
     // blas: x, W and dZ as the BLAS takes them.
     BlasOperand<bf16> x16{}, W16{}, dZ16{};
-    // convert: x as given (widened per panel), W and dZ as C-contiguous floats.
+    // convert: x as given (widened per panel), W and dZ as C-contiguous floats, filled
+    // inside the parallel region.
     MatrixView<bf16> x{};
-    const float* W32 = nullptr;
-    const float* dZ32 = nullptr;
+    float* W32 = nullptr;
+    float* dZ32 = nullptr;
 };
+
+// The operands of one backward call, the memory of the float copies taken from the calling
+// thread's scratch (the caller sets dZ16 on the blas path).
+GradientOperands gradient_operands(const MatrixView<bf16>& x, const MatrixView<bf16>& W) {
+    GradientOperands g;
+    g.native = blas_path();
+    const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
+    if (g.native) {
+        if (n_in > 0) {
+            g.x16 = blas_operand(x, Scratch::x_packed);
+            g.W16 = blas_operand(W, Scratch::W_packed);
+        }
+        return g;
+    }
+    Scratch& scratch = Scratch::for_this_thread();
+    g.x = x;
+    g.dZ32 = scratch.get<float>(Scratch::dZ_widened, static_cast<std::size_t>(n * n_out));
+    if (n_in > 0)
+        g.W32 = scratch.get<float>(Scratch::W_widened, static_cast<std::size_t>(n_in * n_out));
+    return g;
+}
 
 // Inside a parallel region, all of dZ ready: dW (float, written directly) and, when
 // dx.data is set, dx (rounded once, panel by panel), tiled as the float layer tiles them.
@@ -240,33 +262,19 @@ void backward<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, float* db, MatrixVi
             {{"dout", extent(dout)}, {"x", extent(x)}, {"W", extent(W)}, {"out", extent(out)}}))
         return;
 
-    Scratch& scratch = Scratch::for_this_thread();
-    const std::size_t dZ_count = static_cast<std::size_t>(n * n_out);
     index_t ld_dout = 0, ld_out = 0;
     const bf16* dout_rows = row_major(dout, Scratch::dout_packed, ld_dout);
     const bf16* out_rows = row_major(out, Scratch::out_packed, ld_out);
-    const bool native = blas_path();
-    GradientOperands g;
-    g.native = native;
+    GradientOperands g = gradient_operands(x, W);
+    const bool native = g.native;
     bf16* dZ16 = nullptr;
-    float* dZ32 = nullptr;
-    float* W32 = nullptr;
     if (native) {
-        dZ16 = scratch.get<bf16>(Scratch::dZ, dZ_count);
+        dZ16 = Scratch::for_this_thread().get<bf16>(Scratch::dZ,
+                                                    static_cast<std::size_t>(n * n_out));
         g.dZ16 = {dZ16, blas::Op::N, n_out};
-        if (n_in > 0) {
-            g.x16 = blas_operand(x, Scratch::x_packed);
-            g.W16 = blas_operand(W, Scratch::W_packed);
-        }
-    } else {
-        dZ32 = scratch.get<float>(Scratch::dZ_widened, dZ_count);
-        W32 = n_in > 0 ? scratch.get<float>(Scratch::W_widened,
-                                            static_cast<std::size_t>(n_in * n_out))
-                       : nullptr;
-        g.x = x;
-        g.W32 = W32;
-        g.dZ32 = dZ32;
     }
+    float* dZ32 = g.dZ32;
+    float* W32 = g.W32;
     const auto& kernel = kernels::active<bf16>();
     run_parallel(threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1)), [&] {
         blas::SingleThreaded single;
@@ -298,27 +306,11 @@ void backward_from_preactivation<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, 
                                 {{"dZ", extent(dZ)}, {"x", extent(x)}, {"W", extent(W)}}))
         return;
 
-    Scratch& scratch = Scratch::for_this_thread();
-    const bool native = blas_path();
-    GradientOperands g;
-    g.native = native;
-    float* dZ32 = nullptr;
-    float* W32 = nullptr;
-    if (native) {
-        g.dZ16 = blas_operand(dZ, Scratch::dZ);
-        if (n_in > 0) {
-            g.x16 = blas_operand(x, Scratch::x_packed);
-            g.W16 = blas_operand(W, Scratch::W_packed);
-        }
-    } else {
-        dZ32 = scratch.get<float>(Scratch::dZ_widened, static_cast<std::size_t>(n * n_out));
-        W32 = n_in > 0 ? scratch.get<float>(Scratch::W_widened,
-                                            static_cast<std::size_t>(n_in * n_out))
-                       : nullptr;
-        g.x = x;
-        g.W32 = W32;
-        g.dZ32 = dZ32;
-    }
+    GradientOperands g = gradient_operands(x, W);
+    const bool native = g.native;
+    if (native) g.dZ16 = blas_operand(dZ, Scratch::dZ);
+    float* dZ32 = g.dZ32;
+    float* W32 = g.W32;
     run_parallel(threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1)), [&] {
         blas::SingleThreaded single;
         if (!native) {

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from typing import Literal, overload
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import DTypeLike, NDArray
 
 from . import _core
+from ._dtypes import bfloat16, is_bfloat16
 from ._gradients import refuse_kind
 from ._typing import Float
 
@@ -122,6 +123,7 @@ def backward(
     dx: NDArray[Float] | None = None,
     dW: NDArray[Float] | None = None,
     db: NDArray[Float] | None = None,
+    grad_dtype: DTypeLike | None = None,
 ) -> tuple[NDArray[Float], NDArray[Float], NDArray[Float]]: ...
 @overload
 def backward(
@@ -134,6 +136,7 @@ def backward(
     dx: None = None,
     dW: NDArray[Float] | None = None,
     db: NDArray[Float] | None = None,
+    grad_dtype: DTypeLike | None = None,
 ) -> tuple[None, NDArray[Float], NDArray[Float]]: ...
 @overload
 def backward(
@@ -146,6 +149,7 @@ def backward(
     dx: NDArray[Float] | None = None,
     dW: NDArray[Float] | None = None,
     db: NDArray[Float] | None = None,
+    grad_dtype: DTypeLike | None = None,
 ) -> tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]]: ...
 def backward(
     dout: NDArray[Float],
@@ -157,6 +161,7 @@ def backward(
     dx: NDArray[Float] | None = None,
     dW: NDArray[Float] | None = None,
     db: NDArray[Float] | None = None,
+    grad_dtype: DTypeLike | None = None,
 ) -> tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]]:
     """Backward pass: the gradients of a loss L from the upstream gradient dout = dL/dout.
 
@@ -187,7 +192,12 @@ def backward(
         Compute dx. With False, dx is returned as None and must not be given.
     dx, dW, db : ndarray, optional
         Buffers for the results, shapes as above: C-contiguous, writeable, of the
-        inputs' dtype, not overlapping an input or each other.
+        inputs' dtype (dW and db: of ``grad_dtype``), not overlapping an input or each
+        other.
+    grad_dtype : dtype, optional
+        For bfloat16 inputs, dW and db are float32 (master-weight gradients);
+        ``grad_dtype="bfloat16"`` rounds them once to bfloat16 instead. For float32 and
+        float64 inputs only their own dtype is accepted.
 
     Returns
     -------
@@ -198,7 +208,8 @@ def backward(
     db : ndarray, shape (n_out,)
         dL/db. The ``db`` buffer itself when given.
 
-    All three have the inputs' dtype (float32 or float64). They are written fresh,
+    All three have the inputs' dtype (float32 or float64); for bfloat16 inputs dx is
+    bfloat16 and dW, db are float32 (docs/bfloat16.md). They are written fresh,
     never accumulated into a buffer's previous contents; db is bitwise independent of
     the number of threads.
 
@@ -230,6 +241,8 @@ def backward(
     >>> siglayer.backward(np.ones((2, 1)), x, W, out, need_dx=False)[0] is None
     True
     """
+    if grad_dtype is not None and _rounds_gradients(grad_dtype, x):
+        return _rounded_gradients(backward(dout, x, W, out, need_dx=need_dx, dx=dx), dW, db)
     if type(x) is _ndarray and x.ndim == 2 and type(dout) is _ndarray and dout.ndim == 2:
         return _core.backward(dout, x, W, out, need_dx, dx, dW, db)
     return _batched_backward(
@@ -247,6 +260,7 @@ def backward_from_preactivation(
     dx: NDArray[Float] | None = None,
     dW: NDArray[Float] | None = None,
     db: NDArray[Float] | None = None,
+    grad_dtype: DTypeLike | None = None,
 ) -> tuple[NDArray[Float], NDArray[Float], NDArray[Float]]: ...
 @overload
 def backward_from_preactivation(
@@ -258,6 +272,7 @@ def backward_from_preactivation(
     dx: None = None,
     dW: NDArray[Float] | None = None,
     db: NDArray[Float] | None = None,
+    grad_dtype: DTypeLike | None = None,
 ) -> tuple[None, NDArray[Float], NDArray[Float]]: ...
 @overload
 def backward_from_preactivation(
@@ -269,6 +284,7 @@ def backward_from_preactivation(
     dx: NDArray[Float] | None = None,
     dW: NDArray[Float] | None = None,
     db: NDArray[Float] | None = None,
+    grad_dtype: DTypeLike | None = None,
 ) -> tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]]: ...
 def backward_from_preactivation(
     dZ: NDArray[Float],
@@ -279,6 +295,7 @@ def backward_from_preactivation(
     dx: NDArray[Float] | None = None,
     dW: NDArray[Float] | None = None,
     db: NDArray[Float] | None = None,
+    grad_dtype: DTypeLike | None = None,
 ) -> tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]]:
     """Backward pass from dZ, the gradient with respect to the pre-activation ``x @ W + b``.
 
@@ -301,9 +318,13 @@ def backward_from_preactivation(
     dx, dW, db : ndarray, optional
         C-contiguous, writeable buffers for the results, of shapes x.shape,
         (n_in, n_out) and (n_out,); they must not overlap an input or each other.
+    grad_dtype : dtype, optional
+        As for :func:`backward`: ``"bfloat16"`` rounds a bfloat16 call's float32 dW and
+        db once to bfloat16.
 
-    All arrays share one dtype, float32 or float64. C- and F-ordered dZ is used as it
-    is; other layouts are copied once into scratch memory. Gradients are overwritten,
+    All arrays share one dtype, float32 or float64 (or bfloat16, with float32 dW and db:
+    docs/bfloat16.md). C- and F-ordered dZ is used as it is; other layouts are copied
+    once into scratch memory. Gradients are overwritten,
     never accumulated; db is bitwise the same for any thread count.
 
     Returns
@@ -328,6 +349,10 @@ def backward_from_preactivation(
     >>> dW.ravel(), db  # two rows, each adding 0.5 * x = 0.5
     (array([1., 1., 1.]), array([1.]))
     """
+    if grad_dtype is not None and _rounds_gradients(grad_dtype, x):
+        return _rounded_gradients(
+            backward_from_preactivation(dZ, x, W, need_dx=need_dx, dx=dx), dW, db
+        )
     if type(x) is _ndarray and x.ndim == 2 and type(dZ) is _ndarray and dZ.ndim == 2:
         return _core.backward_from_preactivation(dZ, x, W, need_dx, dx, dW, db)
     return _batched_backward(
@@ -341,6 +366,45 @@ def backward_from_preactivation(
         dW,
         db,
     )
+
+
+def _rounds_gradients(grad_dtype: DTypeLike, x: object) -> bool:
+    """Whether dW and db are to be rounded to bfloat16 (True), or are of grad_dtype as the
+    core returns them (False); TypeError naming grad_dtype for anything else."""
+    x_dtype = getattr(x, "dtype", None)
+    wanted = bfloat16() if isinstance(grad_dtype, str) and grad_dtype == "bfloat16" else None
+    try:
+        wanted = wanted if wanted is not None else np.dtype(grad_dtype)
+    except TypeError:
+        raise TypeError(f"grad_dtype must be a dtype, got {grad_dtype!r}") from None
+    x_is_bf16 = is_bfloat16(x_dtype)
+    native = np.dtype(np.float32) if x_is_bf16 else x_dtype
+    if wanted == native:
+        return False
+    if x_is_bf16 and is_bfloat16(wanted):
+        return True
+    allowed = "float32 (default) or bfloat16" if x_is_bf16 else f"{native} (the inputs' dtype)"
+    raise TypeError(f"grad_dtype is {wanted} but for {x_dtype} inputs dW and db are {allowed}")
+
+
+def _rounded_gradients(
+    result: tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]],
+    dW: NDArray[Float] | None,
+    db: NDArray[Float] | None,
+) -> tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]]:
+    """The float32 dW and db of a bfloat16 call rounded once to bfloat16, into the
+    caller's bfloat16 buffers when given."""
+    dx_r, dW32, db32 = result
+    for name, buf, like in (("dW", dW, dW32), ("db", db, db32)):
+        if buf is not None and (
+            not isinstance(buf, _ndarray) or buf.shape != like.shape or not is_bfloat16(buf.dtype)
+        ):
+            raise TypeError(
+                f"{name} must be a bfloat16 ndarray of shape {like.shape} with "
+                f"grad_dtype='bfloat16', got {getattr(buf, 'dtype', type(buf).__name__)} "
+                f"{getattr(buf, 'shape', '')}"
+            )
+    return dx_r, _core.to_bfloat16(dW32, out=dW), _core.to_bfloat16(db32, out=db)
 
 
 def _batched_backward(
