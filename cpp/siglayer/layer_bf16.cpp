@@ -51,6 +51,11 @@ index_t panel_rows(index_t width) {
 void widen_block(float* dst, const MatrixView<bf16>& m, index_t r0, index_t rows, index_t c0,
                  index_t cols) {
     const auto& kernel = kernels::active<bf16>();
+    const bf16* first = m.data + r0 * m.row_stride + c0 * m.col_stride;
+    if (m.col_stride == 1 && (rows == 1 || m.row_stride == cols)) {  // one contiguous run
+        kernel.widen(dst, first, rows * cols);
+        return;
+    }
     for (index_t i = 0; i < rows; ++i) {
         const bf16* src = m.data + (r0 + i) * m.row_stride + c0 * m.col_stride;
         float* row = dst + i * cols;
@@ -154,8 +159,12 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
                                   g.dZ32 + r0 * n_out, n_out, g.W32 + t.j0 * n_out, n_out, 0.0f,
                                   acc, t.cols());
             }
-            for (index_t i = 0; i < m; ++i)
-                kernel.narrow(dx.data + (r0 + i) * n_in + t.j0, acc + i * t.cols(), t.cols());
+            if (t.cols() == n_in)  // whole rows of dx: one contiguous run
+                kernel.narrow(dx.data + r0 * n_in, acc, m * n_in);
+            else
+                for (index_t i = 0; i < m; ++i)
+                    kernel.narrow(dx.data + (r0 + i) * n_in + t.j0, acc + i * t.cols(),
+                                  t.cols());
         }
     });
 }
