@@ -38,8 +38,8 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 U = 2.0**-8
 E = 2.0**-24
 
-# (n, n_in, n_out): T, M, L and XL of the benchmarks, odd sizes that leave tile and panel remainders,
-# and both ways forward shares a widened operand (layer_bf16.cpp).
+# (n, n_in, n_out): T, M, L and XL of the benchmarks, odd sizes that leave tile and panel
+# remainders, and both ways forward shares a widened operand (layer_bf16.cpp).
 SHAPES = [
     (1, 1, 1),
     (7, 5, 3),

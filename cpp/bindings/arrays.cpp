@@ -210,11 +210,10 @@ T* output_buffer(const py::array& a, const char* name, const std::vector<py::ssi
     return static_cast<T*>(const_cast<void*>(a.data()));
 }
 
-#define SIGLAYER_INSTANTIATE(T)                                                       \
-    template MatrixView<T> matrix_view<T>(const py::array&, const char*);             \
-    template VectorView<T> vector_view<T>(const py::array&, const char*);             \
-    template T* output_buffer<T>(const py::array&, const char*,                        \
-                                 const std::vector<py::ssize_t>&);
+#define SIGLAYER_INSTANTIATE(T)                                           \
+    template MatrixView<T> matrix_view<T>(const py::array&, const char*); \
+    template VectorView<T> vector_view<T>(const py::array&, const char*); \
+    template T* output_buffer<T>(const py::array&, const char*, const std::vector<py::ssize_t>&);
 SIGLAYER_FOR_EACH_DTYPE(SIGLAYER_INSTANTIATE)
 #undef SIGLAYER_INSTANTIATE
 

@@ -59,20 +59,18 @@ decltype(auto) dispatch_compute_dtype(int type_num, const char* name, F&& f) {
                              "float32 (pass " +
                              name + ".astype(np.float32); docs/bfloat16.md)");
     throw py::type_error(std::string(name) + ": no kernel for NumPy type number " +
-                         std::to_string(type_num) + "; siglayer computes in " +
-                         DType<float>::name + " and " + DType<double>::name);
+                         std::to_string(type_num) + "; siglayer computes in " + DType<float>::name +
+                         " and " + DType<double>::name);
 }
 
 template <class F>
 decltype(auto) dispatch_dtype(int type_num, const char* name, F&& f) {
-    if (type_num == py::detail::npy_api::NPY_FLOAT_ ||
-        type_num == py::detail::npy_api::NPY_DOUBLE_)
+    if (type_num == py::detail::npy_api::NPY_FLOAT_ || type_num == py::detail::npy_api::NPY_DOUBLE_)
         return dispatch_compute_dtype(type_num, name, std::forward<F>(f));
     if (type_num >= 0 && type_num == bfloat16_type_num()) return f(bfloat16{});
     throw py::type_error(std::string(name) + ": no kernel for NumPy type number " +
-                         std::to_string(type_num) + "; siglayer computes in " +
-                         DType<float>::name + ", " + DType<double>::name + " and " +
-                         DType<bfloat16>::name);
+                         std::to_string(type_num) + "; siglayer computes in " + DType<float>::name +
+                         ", " + DType<double>::name + " and " + DType<bfloat16>::name);
 }
 
 // Element strides of a 2-D (or 1-D) array; ValueError if a stride is not a whole

@@ -66,8 +66,9 @@ py::array gemm(py::handle A_h, py::handle B_h, bool trans_a, bool trans_b, py::h
             require_blas_size(what, value);
         // The result is in the compute type: float32 for bfloat16 A and B.
         using Acc = compute_t<T>;
-        py::array out = out_h.is_none() ? py::array(numpy_dtype<Acc>(), std::vector<py::ssize_t>{M, N})
-                                        : as_array(out_h, "out");
+        py::array out = out_h.is_none()
+                            ? py::array(numpy_dtype<Acc>(), std::vector<py::ssize_t>{M, N})
+                            : as_array(out_h, "out");
         Acc* C = output_buffer<Acc>(out, "out", {M, N});
         require_disjoint(
             {{"out", extent(OutMatrix<Acc>{C, M, N})}},

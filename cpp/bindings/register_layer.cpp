@@ -250,7 +250,9 @@ void register_layer(py::module_& m) {
           "siglayer.backward_from_preactivation.");
     m.def(
         "to_bfloat16",
-        [](py::handle a, py::handle out) { return convert<float, bfloat16>(a, out, "to_bfloat16"); },
+        [](py::handle a, py::handle out) {
+            return convert<float, bfloat16>(a, out, "to_bfloat16");
+        },
         py::arg("a"), py::arg("out") = py::none(),
         "float32 -> ml_dtypes.bfloat16, rounded to nearest even (NaN and +-inf kept).");
     m.def(

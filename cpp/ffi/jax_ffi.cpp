@@ -24,11 +24,16 @@ namespace {
 
 std::string dtype_name(ffi::DataType type) {
     switch (type) {
-        case ffi::F32: return "float32";
-        case ffi::F64: return "float64";
-        case ffi::BF16: return "bfloat16";
-        case ffi::F16: return "float16";
-        default: return "XLA type " + std::to_string(static_cast<int>(type));
+        case ffi::F32:
+            return "float32";
+        case ffi::F64:
+            return "float64";
+        case ffi::BF16:
+            return "bfloat16";
+        case ffi::F16:
+            return "float16";
+        default:
+            return "XLA type " + std::to_string(static_cast<int>(type));
     }
 }
 
@@ -115,9 +120,18 @@ ffi::Error dispatch(std::initializer_list<Buffer> buffers, Body&& body) {
     try {
         const Buffer& first = *buffers.begin();
         switch (first.type) {
-            case ffi::F32: require_dtypes<float>(buffers); body(float{}); break;
-            case ffi::F64: require_dtypes<double>(buffers); body(double{}); break;
-            case ffi::BF16: require_dtypes<bfloat16>(buffers); body(bfloat16{}); break;
+            case ffi::F32:
+                require_dtypes<float>(buffers);
+                body(float{});
+                break;
+            case ffi::F64:
+                require_dtypes<double>(buffers);
+                body(double{});
+                break;
+            case ffi::BF16:
+                require_dtypes<bfloat16>(buffers);
+                body(bfloat16{});
+                break;
             default:
                 throw InvalidArgument(std::string(first.name) + " has dtype " +
                                       dtype_name(first.type) +
@@ -183,8 +197,8 @@ ffi::Error backward_handler(ffi::AnyBuffer dout, ffi::AnyBuffer x, ffi::AnyBuffe
                         using T = decltype(zero);
                         using C = compute_t<T>;
                         const OutMatrix<C> dbm = out_matrix<C>("db", *db, 1);
-                        backward<T>(out_matrix<T>("dx", *dx), out_matrix<C>("dW", *dW, 2),
-                                    dbm.data, matrix<T>("dout", dout), matrix<T>("x", x),
+                        backward<T>(out_matrix<T>("dx", *dx), out_matrix<C>("dW", *dW, 2), dbm.data,
+                                    matrix<T>("dout", dout), matrix<T>("x", x),
                                     matrix<T>("W", W, 2), matrix<T>("out", out));
                     });
 }
@@ -197,18 +211,18 @@ ffi::Error backward_handler(ffi::AnyBuffer dout, ffi::AnyBuffer x, ffi::AnyBuffe
 #pragma GCC visibility push(default)
 XLA_FFI_DEFINE_HANDLER_SYMBOL(siglayer_jax_forward, siglayer::forward_handler,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()   // x
-                                  .Arg<ffi::AnyBuffer>()   // W
-                                  .Arg<ffi::AnyBuffer>()   // b
-                                  .Ret<ffi::AnyBuffer>()); // out
+                                  .Arg<ffi::AnyBuffer>()    // x
+                                  .Arg<ffi::AnyBuffer>()    // W
+                                  .Arg<ffi::AnyBuffer>()    // b
+                                  .Ret<ffi::AnyBuffer>());  // out
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(siglayer_jax_backward, siglayer::backward_handler,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()   // dout
-                                  .Arg<ffi::AnyBuffer>()   // x
-                                  .Arg<ffi::AnyBuffer>()   // W
-                                  .Arg<ffi::AnyBuffer>()   // out
-                                  .Ret<ffi::AnyBuffer>()   // dx
-                                  .Ret<ffi::AnyBuffer>()   // dW
-                                  .Ret<ffi::AnyBuffer>()); // db
+                                  .Arg<ffi::AnyBuffer>()    // dout
+                                  .Arg<ffi::AnyBuffer>()    // x
+                                  .Arg<ffi::AnyBuffer>()    // W
+                                  .Arg<ffi::AnyBuffer>()    // out
+                                  .Ret<ffi::AnyBuffer>()    // dx
+                                  .Ret<ffi::AnyBuffer>()    // dW
+                                  .Ret<ffi::AnyBuffer>());  // db
 #pragma GCC visibility pop

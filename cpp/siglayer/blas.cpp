@@ -5,12 +5,12 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstddef>
-#include <atomic>
 #include <string>
 
-#include "kernels.hpp"
+#include "operands.hpp"
 #include "scratch.hpp"
 
 #if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
@@ -70,32 +70,17 @@ const float* widened(const bfloat16* A, index_t lda, Op op, index_t rows, index_
                      Scratch::Slot slot, index_t& ld) {
     const index_t stored_rows = op == Op::N ? rows : cols;
     ld = op == Op::N ? cols : rows;
-    float* out = Scratch::for_this_thread().get<float>(
-        slot, static_cast<std::size_t>(stored_rows * ld));
-    const auto& k = kernels::active<bfloat16>();
-    for (index_t r = 0; r < stored_rows; ++r) k.widen(out + r * ld, A + r * lda, ld);
+    float* out =
+        Scratch::for_this_thread().get<float>(slot, static_cast<std::size_t>(stored_rows * ld));
+    widen_block(out, MatrixView<bfloat16>{A, stored_rows, ld, lda, 1}, 0, stored_rows, 0, ld);
     return out;
 }
 
-bool bf16_in_blas() {
-#if defined(SIGLAYER_BLAS_MKL)
-    return true;
-#else
-    return false;
-#endif
+Bf16Gemm auto_bf16_path() {
+    return bf16_gemm_in_blas() && cpu_has_bf16() ? Bf16Gemm::blas : Bf16Gemm::convert;
 }
 
-bool cpu_bf16() {
-#if defined(__x86_64__) && defined(__GNUC__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
-#else
-    return false;
-#endif
-}
-
-std::atomic<Bf16Gemm> bf16_path{bf16_in_blas() && cpu_bf16() ? Bf16Gemm::blas
-                                                              : Bf16Gemm::convert};
+std::atomic<Bf16Gemm> bf16_path{auto_bf16_path()};
 
 }  // namespace
 
@@ -136,26 +121,34 @@ const char* bf16_gemm_name(Bf16Gemm path) {
 }
 
 bool bf16_gemm_in_blas() {
-    return bf16_in_blas();
+#if defined(SIGLAYER_BLAS_MKL)
+    return true;
+#else
+    return false;
+#endif
 }
 
 bool cpu_has_bf16() {
-    return cpu_bf16();
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+#else
+    return false;
+#endif
 }
 
 void select_bf16_gemm(const std::string& name) {
     if (name == "auto") {
-        bf16_path.store(bf16_in_blas() && cpu_bf16() ? Bf16Gemm::blas : Bf16Gemm::convert);
+        bf16_path.store(auto_bf16_path());
     } else if (name == "convert") {
         bf16_path.store(Bf16Gemm::convert);
     } else if (name == "blas") {
-        if (!bf16_in_blas())
+        if (!bf16_gemm_in_blas())
             throw InvalidArgument("bf16_gemm: this build's BLAS (" + backend_name() +
                                   ") has no bfloat16 GEMM; build with SIGLAYER_BLAS=mkl");
         bf16_path.store(Bf16Gemm::blas);
     } else {
-        throw InvalidArgument("bf16_gemm: expected one of auto, blas, convert, got '" + name +
-                              "'");
+        throw InvalidArgument("bf16_gemm: expected one of auto, blas, convert, got '" + name + "'");
     }
 }
 

@@ -201,14 +201,12 @@ inline std::uint16_t float_to_bf16_bits(float f) {
     return static_cast<std::uint16_t>(f != f ? quiet_nan : rounded);
 }
 
-inline void widen_bf16(float* __restrict dst, const std::uint16_t* __restrict src,
-                       index_t count) {
+inline void widen_bf16(float* __restrict dst, const std::uint16_t* __restrict src, index_t count) {
 #pragma omp simd
     for (index_t i = 0; i < count; ++i) dst[i] = bf16_bits_to_float(src[i]);
 }
 
-inline void narrow_bf16(std::uint16_t* __restrict dst, const float* __restrict src,
-                        index_t count) {
+inline void narrow_bf16(std::uint16_t* __restrict dst, const float* __restrict src, index_t count) {
 #pragma omp simd
     for (index_t i = 0; i < count; ++i) dst[i] = float_to_bf16_bits(src[i]);
 }

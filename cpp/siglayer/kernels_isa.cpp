@@ -27,8 +27,8 @@ static void sigmoid(T* y, const T* z, index_t count) {
 }
 
 template <class T>
-static void bias_sigmoid_rows(T* out, index_t ld, T* acc, index_t ld_acc, const T* b,
-                              index_t rows, index_t cols) {
+static void bias_sigmoid_rows(T* out, index_t ld, T* acc, index_t ld_acc, const T* b, index_t rows,
+                              index_t cols) {
     SIGLAYER_SIGMOID_KERNELS::bias_sigmoid_rows(out, ld, acc, ld_acc, b, rows, cols);
 }
 
@@ -83,8 +83,7 @@ static void bias_sigmoid_rows_bf16(bfloat16* out, index_t ld, float* acc, index_
 static void dz_colsum_bf16(bfloat16* dZ, index_t ld_dZ, float* db, const bfloat16* dout,
                            index_t ld_dout, const bfloat16* out, index_t ld_out, index_t rows,
                            index_t cols) {
-    detail::dz_colsum_bf16(bits(dZ), ld_dZ, db, bits(dout), ld_dout, bits(out), ld_out, rows,
-                           cols);
+    detail::dz_colsum_bf16(bits(dZ), ld_dZ, db, bits(dout), ld_dout, bits(out), ld_out, rows, cols);
 }
 
 static void dz_colsum_bf16_as_float(float* dZ, index_t ld_dZ, float* db, const bfloat16* dout,
@@ -99,11 +98,12 @@ static void dz_colsum_bf16_as_float(float* dZ, index_t ld_dZ, float* db, const b
 template <class T>
 constexpr Table<T> make_table() {
     if constexpr (std::is_same_v<T, bfloat16>)
-        return Table<T>{&sigmoid_bf16,   &bias_sigmoid_rows_bf16, &dz_colsum_bf16,
-                        &dz_colsum_bf16_as_float, &widen_bf16, &narrow_bf16};
+        return Table<T>{&sigmoid_bf16,   &bias_sigmoid_rows_bf16,
+                        &dz_colsum_bf16, &dz_colsum_bf16_as_float,
+                        &widen_bf16,     &narrow_bf16};
     else
-        return Table<T>{&sigmoid<T>, &bias_sigmoid_rows<T>, &dz_colsum<T>,
-                        &dz_colsum<T>, &copy<T>,           &copy<T>};
+        return Table<T>{&sigmoid<T>, &bias_sigmoid_rows<T>, &dz_colsum<T>, &dz_colsum<T>, &copy<T>,
+                        &copy<T>};
 }
 
 template <class T>

@@ -13,9 +13,9 @@
 #include "checks.hpp"
 #include "dtypes.hpp"
 #include "kernels.hpp"
+#include "layer_detail.hpp"
 #include "operands.hpp"
 #include "partition.hpp"
-#include "layer_detail.hpp"
 #include "scratch.hpp"
 
 namespace siglayer {
@@ -195,21 +195,22 @@ void to_float32(float* dst, const bfloat16* src, index_t count) {
 
 // Storage that is its own compute type; bfloat16's forward and backwards are in
 // layer_bf16.cpp.
-#define SIGLAYER_INSTANTIATE(T)                                                                   \
-    template void forward<T>(OutMatrix<T>, MatrixView<T>, MatrixView<T>, VectorView<compute_t<T>>); \
+#define SIGLAYER_INSTANTIATE(T)                                                                    \
+    template void forward<T>(OutMatrix<T>, MatrixView<T>, MatrixView<T>,                           \
+                             VectorView<compute_t<T>>);                                            \
     template void backward<T>(OutMatrix<T>, OutMatrix<compute_t<T>>, compute_t<T>*, MatrixView<T>, \
-                              MatrixView<T>, MatrixView<T>, MatrixView<T>);                       \
-    template void backward_from_preactivation<T>(OutMatrix<T>, OutMatrix<compute_t<T>>,           \
-                                                 compute_t<T>*, MatrixView<T>, MatrixView<T>,     \
+                              MatrixView<T>, MatrixView<T>, MatrixView<T>);                        \
+    template void backward_from_preactivation<T>(OutMatrix<T>, OutMatrix<compute_t<T>>,            \
+                                                 compute_t<T>*, MatrixView<T>, MatrixView<T>,      \
                                                  MatrixView<T>);
 SIGLAYER_FOR_EACH_COMPUTE_DTYPE(SIGLAYER_INSTANTIATE)
 #undef SIGLAYER_INSTANTIATE
 
-#define SIGLAYER_INSTANTIATE(T)                                                                   \
-    template void check_forward<T>(MatrixView<T>, MatrixView<T>, VectorView<compute_t<T>>);       \
-    template void check_backward<T>(MatrixView<T>, MatrixView<T>, MatrixView<T>, MatrixView<T>);  \
-    template void check_backward_from_preactivation<T>(MatrixView<T>, MatrixView<T>,              \
-                                                       MatrixView<T>);                            \
+#define SIGLAYER_INSTANTIATE(T)                                                                  \
+    template void check_forward<T>(MatrixView<T>, MatrixView<T>, VectorView<compute_t<T>>);      \
+    template void check_backward<T>(MatrixView<T>, MatrixView<T>, MatrixView<T>, MatrixView<T>); \
+    template void check_backward_from_preactivation<T>(MatrixView<T>, MatrixView<T>,             \
+                                                       MatrixView<T>);                           \
     template void sigmoid<T>(T*, const T*, index_t);
 SIGLAYER_FOR_EACH_DTYPE(SIGLAYER_INSTANTIATE)
 #undef SIGLAYER_INSTANTIATE

@@ -47,25 +47,6 @@ index_t panel_rows(index_t width) {
     return std::max<index_t>(256, rows / 16 * 16);
 }
 
-// dst (rows x cols, C-contiguous) = m[r0 : r0 + rows, c0 : c0 + cols] widened to float.
-void widen_block(float* dst, const MatrixView<bf16>& m, index_t r0, index_t rows, index_t c0,
-                 index_t cols) {
-    const auto& kernel = kernels::active<bf16>();
-    const bf16* first = m.data + r0 * m.row_stride + c0 * m.col_stride;
-    if (m.col_stride == 1 && (rows == 1 || m.row_stride == cols)) {  // one contiguous run
-        kernel.widen(dst, first, rows * cols);
-        return;
-    }
-    for (index_t i = 0; i < rows; ++i) {
-        const bf16* src = m.data + (r0 + i) * m.row_stride + c0 * m.col_stride;
-        float* row = dst + i * cols;
-        if (m.col_stride == 1)
-            kernel.widen(row, src, cols);
-        else
-            for (index_t j = 0; j < cols; ++j) row[j] = to_float(src[j * m.col_stride]);
-    }
-}
-
 // Inside a parallel region: this thread's share of the rows of m widened into dst
 // (C-contiguous). The caller puts a barrier before anyone reads dst.
 void widen_shared(float* dst, const MatrixView<bf16>& m) {
@@ -133,8 +114,8 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
             }
             // The batch in panels: x[k0:k1, i0:i1] widened, then accumulated into dW.
             const index_t kp = std::min(n, panel_rows(t.rows()));
-            float* xw = scratch.get<float>(Scratch::x_widened,
-                                           static_cast<std::size_t>(kp * t.rows()));
+            float* xw =
+                scratch.get<float>(Scratch::x_widened, static_cast<std::size_t>(kp * t.rows()));
             for (index_t k0 = 0; k0 < n; k0 += kp) {
                 const index_t k = std::min(kp, n - k0);
                 widen_block(xw, g.x, k0, k, t.i0, t.rows());
@@ -151,9 +132,8 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
             const index_t m = std::min(ph, t.i1 - r0);
             if (native) {
                 const BlasOperand<bf16> WT{g.W16.data, flip(g.W16.op), g.W16.ld};
-                blas::gemm<bf16>(g.dZ16.op, WT.op, m, t.cols(), n_out, 1.0f,
-                                 row_offset(g.dZ16, r0), g.dZ16.ld, col_offset(WT, t.j0), WT.ld,
-                                 0.0f, acc, t.cols());
+                blas::gemm<bf16>(g.dZ16.op, WT.op, m, t.cols(), n_out, 1.0f, row_offset(g.dZ16, r0),
+                                 g.dZ16.ld, col_offset(WT, t.j0), WT.ld, 0.0f, acc, t.cols());
             } else {
                 blas::gemm<float>(blas::Op::N, blas::Op::T, m, t.cols(), n_out, 1.0f,
                                   g.dZ32 + r0 * n_out, n_out, g.W32 + t.j0 * n_out, n_out, 0.0f,
@@ -163,8 +143,7 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
                 kernel.narrow(dx.data + r0 * n_in, acc, m * n_in);
             else
                 for (index_t i = 0; i < m; ++i)
-                    kernel.narrow(dx.data + (r0 + i) * n_in + t.j0, acc + i * t.cols(),
-                                  t.cols());
+                    kernel.narrow(dx.data + (r0 + i) * n_in + t.j0, acc + i * t.cols(), t.cols());
         }
     });
 }
@@ -200,10 +179,10 @@ void forward<bf16>(OutMatrix<bf16> out, MatrixView<bf16> x, MatrixView<bf16> W,
         xo = blas_operand(x, Scratch::x_packed);
         Wo = blas_operand(W, Scratch::W_packed);
     } else if (n_in > 0 && full >= kShareWidening) {
-        shared32 = row_bands ? scratch.get<float>(Scratch::W_widened,
-                                                  static_cast<std::size_t>(n_in * n_out))
-                             : scratch.get<float>(Scratch::x_widened,
-                                                  static_cast<std::size_t>(n * n_in));
+        shared32 =
+            row_bands
+                ? scratch.get<float>(Scratch::W_widened, static_cast<std::size_t>(n_in * n_out))
+                : scratch.get<float>(Scratch::x_widened, static_cast<std::size_t>(n * n_in));
     }
     const auto& kernel = kernels::active<bf16>();
     run_parallel(threads_for_gemm(n, n_out, n_in), [&] {
@@ -278,8 +257,8 @@ void backward<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, float* db, MatrixVi
     const bool native = g.native;
     bf16* dZ16 = nullptr;
     if (native) {
-        dZ16 = Scratch::for_this_thread().get<bf16>(Scratch::dZ,
-                                                    static_cast<std::size_t>(n * n_out));
+        dZ16 =
+            Scratch::for_this_thread().get<bf16>(Scratch::dZ, static_cast<std::size_t>(n * n_out));
         g.dZ16 = {dZ16, blas::Op::N, n_out};
     }
     float* dZ32 = g.dZ32;
@@ -299,7 +278,7 @@ void backward<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, float* db, MatrixVi
                                    out_rows + c.j0, ld_out, n, c.cols());
         });
         if (W32) widen_shared(W32, W);
-        // Phase 2: the products need all of dZ (and W).
+            // Phase 2: the products need all of dZ (and W).
 #pragma omp barrier
         gradient_products(dx, dW, g, n);
     });

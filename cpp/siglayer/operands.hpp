@@ -5,6 +5,8 @@
 #include <algorithm>
 
 #include "blas.hpp"
+#include "dtypes.hpp"
+#include "kernels.hpp"
 #include "partition.hpp"
 #include "scratch.hpp"
 #include "views.hpp"
@@ -67,6 +69,25 @@ const T* row_major(const MatrixView<T>& m, Scratch::Slot slot, index_t& ld) {
     }
     ld = m.cols;
     return pack(m, slot);
+}
+
+// dst (rows x cols, C-contiguous) = m[r0 : r0 + rows, c0 : c0 + cols] widened to float.
+inline void widen_block(float* dst, const MatrixView<bfloat16>& m, index_t r0, index_t rows,
+                        index_t c0, index_t cols) {
+    const auto& kernel = kernels::active<bfloat16>();
+    const bfloat16* first = m.data + r0 * m.row_stride + c0 * m.col_stride;
+    if (m.col_stride == 1 && (rows == 1 || m.row_stride == cols)) {  // one contiguous run
+        kernel.widen(dst, first, rows * cols);
+        return;
+    }
+    for (index_t i = 0; i < rows; ++i) {
+        const bfloat16* src = m.data + (r0 + i) * m.row_stride + c0 * m.col_stride;
+        float* row = dst + i * cols;
+        if (m.col_stride == 1)
+            kernel.widen(row, src, cols);
+        else
+            for (index_t j = 0; j < cols; ++j) row[j] = to_float(src[j * m.col_stride]);
+    }
 }
 
 }  // namespace siglayer

@@ -17,8 +17,8 @@ public:
         b_packed,
         dout_packed,
         out_packed,
-        acc,        // a bfloat16 product's float result, before sigma and rounding
-        gemm_a,     // the operands of a bfloat16 product, widened to float (blas.cpp)
+        acc,     // a bfloat16 product's float result, before sigma and rounding
+        gemm_a,  // the operands of a bfloat16 product, widened to float (blas.cpp)
         gemm_b,
         x_widened,  // bfloat16 operands widened to float by the layer (layer_bf16.cpp)
         W_widened,
