@@ -391,3 +391,12 @@ def test_gradients_in_bfloat16_on_request():
         )
     with pytest.raises(TypeError, match=r"dW must be a bfloat16 ndarray"):
         siglayer.backward(dout, x, W, out, grad_dtype="bfloat16", dW=np.empty(W.shape, np.float32))
+
+
+def test_compare_uses_the_float64_oracle_for_bfloat16():
+    x, W, b = inputs(64, 32, 16, seed=11)
+    errors = siglayer.compare(x, W, b)
+    # out is one rounding from the float64 oracle; the gradients a few (module docstring).
+    assert errors["out"].max_abs <= U
+    for key in ("dx", "dW", "db"):
+        assert errors[key].max_rel <= 4 * U, (key, errors[key])

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from . import _api, reference
-from ._dtypes import FLOAT_DTYPES
+from ._dtypes import FLOAT_DTYPES, is_bfloat16
 from ._typing import Float
 
 __all__ = ["TOLERANCE", "ErrorStats", "compare"]
@@ -56,6 +56,14 @@ def _errors(got: NDArray[np.floating], want: NDArray[np.floating]) -> ErrorStats
     return ErrorStats(max_abs, max_abs / scale if scale > 0 else max_abs)
 
 
+def _same(a: NDArray[Any]) -> NDArray[Any]:
+    return a
+
+
+def _widened(a: NDArray[Any]) -> NDArray[Any]:
+    return np.asarray(a).astype(np.float64)
+
+
 def compare(
     x: NDArray[Float] | None = None,
     W: NDArray[Float] | None = None,
@@ -84,7 +92,9 @@ def compare(
     n, n_in, n_out : int
         Sizes of the inputs that are drawn.
     dtype : float32 or float64, default float64
-        dtype of the inputs that are drawn; when x is given, its dtype is used.
+        dtype of the inputs that are drawn; when x is given, its dtype is used. For
+        bfloat16 x (``ml_dtypes.bfloat16``) the reference runs in float64 on the same
+        bfloat16 values.
     seed : int
         Seed of the ``numpy.random.default_rng`` generator the inputs are drawn from.
 
@@ -125,8 +135,10 @@ def compare(
     if dout is None:
         dout = rng.standard_normal(size=out.shape).astype(dt)
     dx, dW, db = _api.backward(dout, x, W, out)
-    ref_out = reference.forward(x, W, b)
-    ref_dx, ref_dW, ref_db = reference.backward(dout, x, W, ref_out)
+    # bfloat16 is storage: the oracle is float64 on the very bfloat16 values (docs/bfloat16.md).
+    wide = _widened if is_bfloat16(dt) else _same
+    ref_out = reference.forward(wide(x), wide(W), wide(b))
+    ref_dx, ref_dW, ref_db = reference.backward(wide(dout), wide(x), wide(W), ref_out)
     assert ref_dx is not None
     return {
         "out": _errors(out, ref_out),
