@@ -16,6 +16,9 @@ Contenders, forward and forward + backward (with dx), on the same values:
 - ``torch``: PyTorch bfloat16, ``sigmoid(addmm(b, x, W))`` with bfloat16 parameters and
   autograd (the issue's comparison), and ``torch32`` the same in float32.
 
+``--no-settle`` runs the contenders back to back, with no pause for the thread pools to
+fall asleep between them (the view of a script that mixes them).
+
 Every result is checked against the float64 reference on the bfloat16 inputs first
 (bounds from bfloat16's unit roundoff: out within 2**-7, dW, db, dx within 2**-5 of
 their largest magnitude); exit status 1 if one disagrees. Times are interleaved medians
@@ -162,7 +165,12 @@ def torch_runs(size: str, torch_all: bool) -> bool:
 
 
 def run(
-    sizes: list[str], rounds: int, threads: int, torch: Any, torch_all: bool = False
+    sizes: list[str],
+    rounds: int,
+    threads: int,
+    torch: Any,
+    torch_all: bool = False,
+    settle: bool = True,
 ) -> list[dict[str, Any]]:
     active = _core.config()["bf16_gemm"]
     other = None
@@ -176,6 +184,7 @@ def run(
             f"bf16 GEMM {_config.config()['bf16_gemm']}"
             + (f"; bf16(other) = {other}" if other else "")
             + (f"; torch {torch.__version__}" if torch is not None else "")
+            + ("" if settle else "; back to back, no settle pause")
         )
         print(
             f"\n{'size':4} {'pass':7} "
@@ -199,7 +208,8 @@ def run(
                 for pass_, call in passes.items():
                     check(f"{name} {pass_} {size}", call(), p)
                     calls[f"{name}:{pass_}"] = call
-            medians = interleaved_medians(calls, rounds=rounds)
+            pause = {} if settle else {"settle_seconds": 0.0, "warmup_seconds": 0.0}
+            medians = interleaved_medians(calls, rounds=rounds, **pause)
             if other:
                 _core.select_bf16_gemm(active)  # type: ignore[arg-type]
             for pass_ in harness.PASSES:
@@ -227,6 +237,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="default: siglayer's")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     parser.add_argument(
+        "--no-settle",
+        action="store_true",
+        help="contenders back to back, no pause for the thread pools to fall asleep",
+    )
+    parser.add_argument(
         "--torch-all",
         action="store_true",
         help="PyTorch at L, N, XL too on a CPU without bfloat16 instructions (slow)",
@@ -248,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     torch = None if args.no_torch else harness.import_torch()
     threads = args.threads or _config.get_num_threads()
     try:
-        run(sizes, args.rounds, threads, torch, args.torch_all)
+        run(sizes, args.rounds, threads, torch, args.torch_all, not args.no_settle)
     except AssertionError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
