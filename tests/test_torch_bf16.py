@@ -274,7 +274,7 @@ def test_missing_ml_dtypes_is_a_clear_import_error():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == "1.0"
-    assert "ImportError: bfloat16 tensors reach siglayer's core" in result.stdout
+    assert "ImportError: bfloat16 needs the ml-dtypes package" in result.stdout
     assert "pip install ml-dtypes" in result.stdout
 
 

@@ -63,6 +63,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 from . import _api
+from ._dtypes import bfloat16, is_bfloat16
 
 __all__ = ["SigmoidLinear", "sigmoid_linear"]
 
@@ -175,34 +176,20 @@ torch.library.define(
 # and allocates its results, which torch.from_numpy wraps without a copy.
 
 
-def _ml_bfloat16() -> np.dtype[Any]:
-    """``ml_dtypes.bfloat16``, imported on first use: only bfloat16 tensors need it."""
-    try:
-        import ml_dtypes  # type: ignore[import-not-found, unused-ignore]
-    except ImportError as exc:
-        raise ImportError(
-            "bfloat16 tensors reach siglayer's core as ml_dtypes.bfloat16 arrays, and "
-            "ml_dtypes is not installed: pip install ml-dtypes (or pip install "
-            "'.[torch]' in siglayer's source folder)"
-        ) from exc
-    dtype: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
-    return dtype
-
-
 def _to_numpy(t: Tensor) -> np.ndarray[Any, Any]:
     """The tensor's memory as an ndarray, no copy, strides kept. NumPy has no bfloat16
     of its own: a bfloat16 tensor is read as int16 (same size, so any strides) and
     that array viewed as ml_dtypes.bfloat16, the same bits."""
     if t.dtype == _BFLOAT16:
         bits: np.ndarray[Any, Any] = t.view(torch.int16).numpy(force=True)
-        return bits.view(_ml_bfloat16())
+        return bits.view(bfloat16())  # ImportError naming ml-dtypes if it is missing
     array: np.ndarray[Any, Any] = t.numpy(force=True)
     return array
 
 
 def _from_numpy(a: np.ndarray[Any, Any]) -> Tensor:
     """A tensor over the array's memory, no copy (bfloat16 through its int16 bits)."""
-    if a.dtype.name == "bfloat16":
+    if is_bfloat16(a.dtype):
         return torch.from_numpy(a.view(np.int16)).view(_BFLOAT16)
     return torch.from_numpy(a)
 
