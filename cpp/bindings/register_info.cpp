@@ -28,6 +28,7 @@ void register_info(py::module_& m) {
         d["bf16_gemm"] = blas::bf16_gemm_name(blas::bf16_gemm_path());
         d["bf16_gemm_in_blas"] = blas::bf16_gemm_in_blas();
         d["cpu_bf16"] = blas::cpu_has_bf16();
+        d["bf16_gemm_mkl_runtime"] = blas::mkl_bf16_description();
         d["simd"] = kernels::active_isa();
         d["simd_available"] = kernels::available_isas();
         d["openmp"] = _OPENMP;
@@ -61,6 +62,12 @@ void register_info(py::module_& m) {
         "How bfloat16 products run: 'blas' (the BLAS's bfloat16 GEMM), 'convert' (widen to\n"
         "float32, float32 GEMM) or 'auto' (blas where the BLAS has it and the CPU has\n"
         "bfloat16 instructions).");
+    m.def(
+        "load_mkl_bf16", [](const std::string& path) { return blas::load_mkl_bf16(path); },
+        py::arg("path"),
+        "Open libmkl_rt at path for MKL's bfloat16 GEMM (builds whose BLAS has none), once\n"
+        "per process; returns its description. ValueError naming the path if it fails.\n"
+        "Call select_bf16_gemm afterwards: loading does not change the path.");
     m.def(
         "select_isa", [](const std::string& name) { kernels::select_isa(name); }, py::arg("name"),
         "Force 'avx512', 'avx2' or 'baseline' kernels (tests, benchmarks).");

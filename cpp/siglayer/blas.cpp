@@ -96,6 +96,11 @@ void gemm<bfloat16>(Op op_a, Op op_b, index_t M, index_t N, index_t K, float alp
                                reinterpret_cast<const MKL_BF16*>(B), ldb, beta, C, ldc);
         return;
     }
+#else
+    if (bf16_path.load(std::memory_order_relaxed) == Bf16Gemm::blas) {
+        mkl_gemm_bf16(op_a, op_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
 #endif
     // B once; op(A) in panels of rows small enough to stay in cache while the GEMM reads
     // them (at least 256 rows, so that the BLAS's packing of B is amortized).
@@ -124,7 +129,7 @@ bool bf16_gemm_in_blas() {
 #if defined(SIGLAYER_BLAS_MKL)
     return true;
 #else
-    return false;
+    return mkl_bf16_loaded();
 #endif
 }
 
@@ -145,7 +150,8 @@ void select_bf16_gemm(const std::string& name) {
     } else if (name == "blas") {
         if (!bf16_gemm_in_blas())
             throw InvalidArgument("bf16_gemm: this build's BLAS (" + backend_name() +
-                                  ") has no bfloat16 GEMM; build with SIGLAYER_BLAS=mkl");
+                                  ") has no bfloat16 GEMM and MKL's is not loaded: pip install "
+                                  "'siglayer[mkl]' (or build with SIGLAYER_BLAS=mkl)");
         bf16_path.store(Bf16Gemm::blas);
     } else {
         throw InvalidArgument("bf16_gemm: expected one of auto, blas, convert, got '" + name + "'");

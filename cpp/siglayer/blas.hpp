@@ -40,6 +40,19 @@ bool cpu_has_bf16();
 // build without it. The SIGLAYER_BF16_GEMM variable goes through this at import.
 void select_bf16_gemm(const std::string& name);
 
+// MKL's bfloat16 GEMM loaded at run time (blas_mkl_runtime.cpp), for builds whose BLAS
+// has none: load_mkl_bf16 opens libmkl_rt at `path` (once per process; later calls
+// return the first description) and returns "MKL <version> (loaded at run time from
+// <path>)"; InvalidArgument naming the path if it cannot. From then on
+// bf16_gemm_in_blas() is true, and the blas path calls mkl_gemm_bf16 (same contract as
+// gemm<bfloat16>, on the calling thread alone).
+std::string load_mkl_bf16(const std::string& path);
+bool mkl_bf16_loaded();
+std::string mkl_bf16_description();  // "" until loaded
+void mkl_gemm_bf16(Op op_a, Op op_b, index_t M, index_t N, index_t K, float alpha,
+                   const bfloat16* A, index_t lda, const bfloat16* B, index_t ldb, float beta,
+                   float* C, index_t ldc);
+
 // Largest dimension or leading dimension the BLAS integer can hold.
 index_t max_int();
 

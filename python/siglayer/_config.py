@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import warnings
 from typing import Any, Literal, TextIO, TypedDict, cast, overload
 
 import numpy as np
@@ -27,15 +28,54 @@ if os.environ.get("SIGLAYER_ISA"):
 # SIGLAYER_BF16_GEMM=convert (or blas, auto) picks how bfloat16 products run: convert
 # (operands widened to float32, the float32 GEMM: any BLAS, any CPU) forces the fallback
 # on a machine whose BLAS and CPU have a bfloat16 GEMM; blas forces the BLAS's bfloat16
-# GEMM (an MKL build) even on a CPU without bfloat16 instructions. auto, the default,
-# takes blas where the build's BLAS has it and the CPU has AVX512-BF16 or AMX-BF16.
-if os.environ.get("SIGLAYER_BF16_GEMM"):
+# GEMM even on a CPU without bfloat16 instructions (MKL then emulates it). auto, the
+# default, takes blas where there is one and the CPU has AVX512-BF16 or AMX-BF16.
+# "The BLAS's" is the build's own (an MKL build) or, in a build without one (the
+# default), MKL's from the `mkl` package (pip install "siglayer[mkl]"), loaded here only
+# when blas could be chosen: see _find_mkl_rt. A misspelt value, or blas with neither,
+# fails the import with a ValueError that names the variable.
+
+
+def _find_mkl_rt() -> str | None:
+    """Path of libmkl_rt: SIGLAYER_MKL_RT if set, else the one the `mkl` package installed."""
+    if os.environ.get("SIGLAYER_MKL_RT"):
+        return os.environ["SIGLAYER_MKL_RT"]
+    import importlib.metadata
+
     try:
-        _core.select_bf16_gemm(cast(Any, os.environ["SIGLAYER_BF16_GEMM"]))
+        files = importlib.metadata.distribution("mkl").files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if f.name.startswith("libmkl_rt.so"):
+            return os.path.realpath(str(f.locate()))
+    return None
+
+
+def _choose_bf16_gemm() -> None:
+    mode = os.environ.get("SIGLAYER_BF16_GEMM") or "auto"
+    core = _core.config()
+    wanted = mode == "blas" or (mode == "auto" and core["cpu_bf16"])
+    if wanted and not core["bf16_gemm_in_blas"] and sys.platform.startswith("linux"):
+        path = _find_mkl_rt()
+        if path is not None:
+            try:
+                _core.load_mkl_bf16(path)
+            except ValueError as exc:
+                if mode == "blas" or os.environ.get("SIGLAYER_MKL_RT"):
+                    raise ValueError(f"SIGLAYER_BF16_GEMM={mode!r}: {exc}") from None
+                warnings.warn(
+                    f"siglayer: bfloat16 products run through convert: {exc}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+    try:
+        _core.select_bf16_gemm(cast(Any, mode))  # the core checks the name
     except ValueError as exc:
-        raise ValueError(
-            f"SIGLAYER_BF16_GEMM={os.environ['SIGLAYER_BF16_GEMM']!r}: {exc}"
-        ) from None
+        raise ValueError(f"SIGLAYER_BF16_GEMM={mode!r}: {exc}") from None
+
+
+_choose_bf16_gemm()
 
 # A child forked after a parallel call would otherwise wait forever for the parent's
 # OpenMP workers: before os.fork (multiprocessing, concurrent.futures, servers that
@@ -161,9 +201,17 @@ def config() -> Config:
 def _bf16_gemm_description(core: _core.CoreConfig) -> str:
     """How bfloat16 products run, and why (docs/bfloat16.md)."""
     cpu = "the CPU has" if core["cpu_bf16"] else "the CPU lacks"
+    gemm = "the BLAS's bfloat16 GEMM"
+    if core["bf16_gemm_mkl_runtime"]:
+        gemm = f"the bfloat16 GEMM of {core['bf16_gemm_mkl_runtime']}"
     if core["bf16_gemm"] == "blas":
-        return f"blas (the BLAS's bfloat16 GEMM; {cpu} AVX512-BF16/AMX-BF16)"
-    blas = "the BLAS has one" if core["bf16_gemm_in_blas"] else "the BLAS has none"
+        return f"blas ({gemm}; {cpu} AVX512-BF16/AMX-BF16)"
+    if core["bf16_gemm_in_blas"]:
+        blas = "there is one"
+    elif core["cpu_bf16"]:
+        blas = "the BLAS has none: pip install 'siglayer[mkl]' for MKL's"
+    else:
+        blas = "the BLAS has none"
     return f"convert (float32 GEMM on widened operands; {blas}, {cpu} AVX512-BF16/AMX-BF16)"
 
 
