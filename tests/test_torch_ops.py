@@ -151,3 +151,114 @@ def test_compile_reports_bad_input():
         compiled(x, W, bad_b)
     with pytest.raises(ValueError, match=r"b has shape \(3,\), expected \(2,\)"):
         sigmoid_linear(x, W, bad_b)
+
+
+# --- the eager path -------------------------------------------------------------------
+# In plain eager mode sigmoid_linear runs the kernels through a private autograd.Function
+# (siglayer.torch._Eager) instead of the operator, for speed; everything that watches
+# operators gets the operator. Both must give the same bits.
+
+EAGER_DTYPES = {**DTYPES, "bfloat16": torch.bfloat16, "bfloat16-b32": "bf16-b32"}
+
+
+def through_operator(x, W, b):
+    """The operator with its registered autograd, called directly."""
+    return forward_op(x, W, b)
+
+
+def grads_of(fn, x, W, b, needs, dout):
+    args = [
+        t.detach().clone().requires_grad_(name in needs)
+        for name, t in zip("xWb", (x, W, b), strict=True)
+    ]
+    out = fn(*args)
+    if out.requires_grad:
+        out.backward(dout)
+    return out, [a.grad for a in args], out.grad_fn
+
+
+@pytest.mark.parametrize("needs", SUBSETS)
+@pytest.mark.parametrize("shape_x", [(6, 5), (2, 3, 5)], ids=["2d", "batched"])
+@pytest.mark.parametrize("W_layout", ["C", "T"])
+@pytest.mark.parametrize("dtype", EAGER_DTYPES.values(), ids=EAGER_DTYPES.keys())
+def test_eager_path_equals_the_operator_bitwise(dtype, W_layout, shape_x, needs):
+    b_dtype = torch.float32 if dtype == "bf16-b32" else dtype
+    dtype = torch.bfloat16 if dtype == "bf16-b32" else dtype
+    if dtype == torch.bfloat16:
+        pytest.importorskip("ml_dtypes")
+    x, W, b = (
+        t.to(d)
+        for t, d in zip(
+            inputs(5, shape_x, 4, torch.float64, W_layout), (dtype, dtype, b_dtype), strict=True
+        )
+    )
+    dout = torch.randn((*shape_x[:-1], 4), generator=torch.Generator().manual_seed(6)).to(dtype)
+    out_e, grads_e, fn_e = grads_of(sigmoid_linear, x, W, b, needs, dout)
+    out_o, grads_o, fn_o = grads_of(through_operator, x, W, b, needs, dout)
+    if needs == "none":
+        assert fn_e is None and fn_o is None
+    else:
+        assert type(fn_e).__name__ == "_EagerBackward"
+        assert type(fn_o).__name__ != "_EagerBackward"
+    assert out_e.dtype == out_o.dtype == dtype
+    assert torch.equal(out_e, out_o)
+    for name, ge, go in zip("xWb", grads_e, grads_o, strict=True):
+        assert (ge is None) == (go is None) == (name not in needs), name
+        if ge is not None:
+            assert ge.dtype == go.dtype and torch.equal(ge, go), name
+
+
+class RecordOps(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+class PassThrough(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def test_dispatch_and_function_modes_see_the_operators():
+    x, W, b = inputs(7, (6, 5), 4, torch.float64, "C")
+    W.requires_grad_()
+    with RecordOps() as mode:
+        out = sigmoid_linear(x, W, b)
+        out.sum().backward()
+    assert "siglayer.sigmoid_linear.default" in mode.ops
+    assert "siglayer.sigmoid_linear_backward.default" in mode.ops
+    want = W.grad.clone()
+    W.grad = None
+    with PassThrough():  # a mode that changes nothing
+        out = sigmoid_linear(x, W, b)
+    assert type(out.grad_fn).__name__ != "_EagerBackward"
+    out.sum().backward()
+    assert torch.equal(W.grad, want)
+    # Plain eager again: the fast path, the same gradient.
+    W.grad = None
+    out = sigmoid_linear(x, W, b)
+    assert type(out.grad_fn).__name__ == "_EagerBackward"
+    out.sum().backward()
+    assert torch.equal(W.grad, want)
+
+
+def test_eager_path_detects_in_place_changes_and_frees_its_arrays():
+    import gc
+    import weakref
+
+    x, W, b = inputs(8, (6, 5), 4, torch.float64, "C")
+    W.requires_grad_()
+    out = sigmoid_linear(x, W, b)
+    x.add_(1.0)  # after the forward, before the backward
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+    # The graph (and the NumPy views it keeps) goes with the output.
+    probe = sigmoid_linear(x, W, b)
+    ref = weakref.ref(probe.grad_fn)
+    del probe
+    gc.collect()
+    assert ref() is None

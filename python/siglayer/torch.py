@@ -240,6 +240,14 @@ def _setup_context(ctx: Any, inputs: Sequence[Any], output: Tensor) -> None:
 
 
 def _backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    return _gradients(ctx, dout, _backward_op)
+
+
+def _gradients(
+    ctx: Any, dout: Tensor, backward: Any
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The autograd formula, for the operator (backward = the backward operator) and for
+    the eager path (_Eager: the backward kernel itself)."""
     # Autograd runs backward with grad mode on only for create_graph=True. The kernels'
     # gradients are not differentiable; returning them anyway would silently drop
     # every second-order term (a gradient penalty would lose its dependence on W).
@@ -251,15 +259,16 @@ def _backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, Tensor | None, Ten
     x, W, out = ctx.saved_tensors
     need_x, need_W, need_b = ctx.needs_input_grad
     # The core always computes dW and db together (db is a by-product of dW's sweep).
-    dx, dW, db = _backward_op(dout, x, W, out, need_x)
+    dx, dW, db = backward(dout, x, W, out, need_x)
     # Autograd requires each gradient in its input's dtype. For bfloat16 the core's
     # float32 dW (and db, for a bfloat16 b) is rounded here, once, to nearest even; for
-    # float32 and float64 (and a float32 b) the dtypes already match and .to is a no-op.
-    return (
-        dx if need_x else None,
-        dW.to(W.dtype) if need_W else None,
-        db.to(ctx.b_dtype) if need_b else None,
-    )
+    # float32 and float64 (and a float32 b) the dtypes already match (and .to, which
+    # would return the same tensor, is skipped: 3 us a call).
+    if need_W and dW.dtype != W.dtype:
+        dW = dW.to(W.dtype)
+    if need_b and db.dtype != ctx.b_dtype:
+        db = db.to(ctx.b_dtype)
+    return dx if need_x else None, dW if need_W else None, db if need_b else None
 
 
 torch.library.impl("siglayer::sigmoid_linear", "cpu", _sigmoid_linear, lib=_LIBRARY)
@@ -278,11 +287,70 @@ _forward_op = torch.ops.siglayer.sigmoid_linear.default
 _backward_op = torch.ops.siglayer.sigmoid_linear_backward.default
 
 
+# The eager path. In plain eager mode the operator's Python machinery (the dispatcher
+# calling back into Python twice, register_autograd's generated Function, the backward
+# operator's dispatch) costs more than the kernels at small sizes: 197 against 113 us
+# for a (32, 64, 32) fwd+bwd on AMD Zen 3, where nn.Linear + sigmoid took 141
+# (bench/bench_torch.py has the figures). So when nothing but autograd is watching, the
+# same kernels and the same autograd formula run through this Function instead; under
+# torch.compile and torch.export, inside torch.func transforms, under a
+# TorchFunctionMode or TorchDispatchMode (FakeTensorMode, FlopCounterMode, ...) or with
+# tensor subclasses, the operator runs, so those still see siglayer::sigmoid_linear.
+# Results are the same bits either way (tests/test_torch_ops.py).
+class _Eager(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+        # The NumPy views of x, W and out are kept for backward (no second conversion);
+        # save_for_backward still guards them: unpacking ctx.saved_tensors in
+        # _gradients raises if any of them was changed in place since.
+        ctx.arrays = x_np, W_np = _to_numpy(x), _to_numpy(W)
+        out_np = _api.forward(x_np, W_np, _to_numpy(b))
+        ctx.out_np = out_np
+        out = _from_numpy(out_np)
+        _setup_context(ctx, (x, W, b), out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        def kernel(
+            dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool
+        ) -> tuple[Tensor | None, Tensor, Tensor]:
+            x_np, W_np = ctx.arrays
+            dx, dW, db = _api.backward(_to_numpy(dout), x_np, W_np, ctx.out_np, need_dx=need_dx)
+            return (
+                _from_numpy(dx) if dx is not None else None,
+                torch.from_numpy(dW),
+                torch.from_numpy(db),
+            )
+
+        return _gradients(ctx, dout, kernel)
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+_modes_on = torch._C._is_torch_function_mode_enabled
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_transforms_on = torch._C._are_functorch_transforms_active
+
+
+def _plain_eager(x: Tensor, W: Tensor, b: Tensor) -> bool:
+    """Whether only eager autograd can see this call (see _Eager)."""
+    return (
+        type(x) in _PLAIN
+        and type(W) in _PLAIN
+        and type(b) in _PLAIN
+        and not _modes_on()
+        and _dispatch_modes() == 0
+        and not _transforms_on()
+    )
+
+
 def sigmoid_linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     """``torch.sigmoid(x @ W + b)`` computed by siglayer, differentiable by autograd.
 
     Calls the operator ``torch.ops.siglayer.sigmoid_linear`` after checking the
-    arguments, so that torch.compile, torch.export and autograd see it as one op.
+    arguments, so that torch.compile, torch.export and autograd see it as one op; in
+    plain eager mode the same kernels run without the operator's dispatch (the same
+    bits, at a fraction of the overhead).
 
     Parameters
     ----------
@@ -320,6 +388,11 @@ def sigmoid_linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     torch.Size([3, 4])
     """
     _check(x, W, b)
+    if not torch.compiler.is_compiling() and _plain_eager(x, W, b):
+        if torch.is_grad_enabled() and (x.requires_grad or W.requires_grad or b.requires_grad):
+            eager: Tensor = _Eager.apply(x, W, b)  # type: ignore[no-untyped-call]
+            return eager
+        return _sigmoid_linear(x, W, b)
     result: Tensor = _forward_op(x, W, b)
     return result
 
