@@ -3,8 +3,13 @@
 1. steps per second of the digits network of bench/bench_training.py (64 -> 32 -> 10,
    Adam), nn.Linear + nn.Sigmoid against SigmoidLinear layers;
 2. forward + backward of one layer, ``torch.sigmoid(linear(x))`` with nn.Linear against
-   ``SigmoidLinear`` (the operators siglayer::sigmoid_linear and its backward), at the
-   sizes of ``python bench/run.py``.
+   ``SigmoidLinear``, at the sizes of ``python bench/run.py``.
+
+Each siglayer.torch figure comes twice: as a user's eager script runs it (plain eager
+calls take siglayer.torch's eager path, a private autograd.Function around the kernels)
+and through the operators torch.ops.siglayer.sigmoid_linear and its backward (what
+torch.compile and torch.export trace), the "operator" figures. ``--no-settle`` runs the
+contenders back to back, with no pause for thread pools to fall asleep between turns.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_torch.py
 
@@ -23,6 +28,7 @@ import numpy as np
 import torch
 
 import siglayer
+import siglayer.torch
 from siglayer._timing import interleaved_medians
 from siglayer.torch import SigmoidLinear
 
@@ -65,17 +71,41 @@ def layer_contenders(size: tuple[int, int, int], dtype: torch.dtype):
     torch.testing.assert_close(siglayer_step(), torch_step(), **tol)
     torch.testing.assert_close(ours.W.grad, linear.weight.grad.T, **tol)
     torch.testing.assert_close(ours.b.grad, linear.bias.grad, **tol)
-    return {"torch": torch_step, "siglayer.torch": siglayer_step}
+    return {
+        "torch": torch_step,
+        "siglayer.torch": siglayer_step,
+        "operator": through_operator(siglayer_step),
+    }
+
+
+def through_operator(step):
+    """The step with plain eager calls sent through the operator too (as under
+    torch.compile's tracing, or before the eager path existed)."""
+
+    def run():
+        siglayer.torch._eager_path = False
+        try:
+            return step()
+        finally:
+            siglayer.torch._eager_path = True
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument(
+        "--no-settle",
+        action="store_true",
+        help="contenders back to back, no pause for thread pools to fall asleep",
+    )
     parser.add_argument("--sizes", nargs="+", default=["T", "S", "M", "L"], choices=SIZES)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--threads", type=int, help="threads for both (default: their own)")
     parser.add_argument("--digits-threads", type=int, default=1, help="threads, digits part")
     args = parser.parse_args(argv)
+    settle = 0.0 if args.no_settle else 0.1
     default_threads = (torch.get_num_threads(), siglayer.get_num_threads())
 
     def set_threads(n: int | None) -> None:
@@ -100,7 +130,9 @@ def main(argv: list[str] | None = None) -> None:
         trainers["siglayer.torch"].weights(), trainers["torch"].weights(), strict=True
     ):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
-    seconds = interleaved_medians({n: t.step for n, t in trainers.items()}, rounds=args.rounds)
+    steps = {n: t.step for n, t in trainers.items()}
+    steps["operator"] = through_operator(trainers["siglayer.torch"].step)
+    seconds = interleaved_medians(steps, rounds=args.rounds, settle_seconds=settle)
     print(
         f"\ndigits network, batch 32, {args.digits_threads} thread(s), steps/s "
         f"(median of {args.rounds} interleaved rounds):"
@@ -108,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"  torch {1 / seconds['torch']:,.0f}   siglayer.torch "
         f"{1 / seconds['siglayer.torch']:,.0f}   speed-up "
-        f"{seconds['torch'] / seconds['siglayer.torch']:.2f}x"
+        f"{seconds['torch'] / seconds['siglayer.torch']:.2f}x   (through the operator: "
+        f"{1 / seconds['operator']:,.0f}, {seconds['torch'] / seconds['operator']:.2f}x)"
     )
 
     set_threads(args.threads)
@@ -116,16 +149,20 @@ def main(argv: list[str] | None = None) -> None:
         f"\none layer, forward + backward, torch {torch.get_num_threads()} / siglayer "
         f"{siglayer.get_num_threads()} threads, median of {args.rounds} interleaved rounds:"
     )
-    print(f"  {'size':<18} {'dtype':<8} {'torch':>10} {'siglayer.torch':>15} {'speed-up':>9}")
+    print(
+        f"  {'size':<18} {'dtype':<8} {'torch':>10} {'siglayer.torch':>15} {'speed-up':>9}"
+        f" {'operator':>10} {'speed-up':>9}"
+    )
     for size_name in args.sizes:
         for dtype_name in args.dtypes:
             dtype = getattr(torch, dtype_name)
             contenders = layer_contenders(SIZES[size_name], dtype)
-            seconds = interleaved_medians(contenders, rounds=args.rounds)
-            t, s = seconds["torch"], seconds["siglayer.torch"]
+            seconds = interleaved_medians(contenders, rounds=args.rounds, settle_seconds=settle)
+            t, s, o = seconds["torch"], seconds["siglayer.torch"], seconds["operator"]
             label = f"{size_name} {SIZES[size_name]}"
             print(
                 f"  {label:<18} {dtype_name:<8} {t * 1e6:>8.0f}us {s * 1e6:>13.0f}us {t / s:>8.2f}x"
+                f" {o * 1e6:>8.0f}us {t / o:>8.2f}x"
             )
 
 
