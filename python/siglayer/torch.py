@@ -17,6 +17,11 @@ see them as ordinary PyTorch operators:
   bool need_dx) -> (Tensor, Tensor, Tensor)``: (dx, dW, db), contiguous; dx has x's
   shape, or is empty (shape (0,)) with ``need_dx=False``.
 
+In plain eager mode ``sigmoid_linear`` runs the same kernels and autograd formula
+through a private ``autograd.Function`` instead (see ``_Eager``: same results, bit for
+bit, at a fraction of the dispatch cost); compile, export, torch.func transforms and
+Python modes get the operators.
+
 Their CPU kernels hand the tensors to the compiled core as NumPy views of the same memory
 (no copy; the core stays free of torch and is not built against libtorch), and wrap the
 arrays the core allocates as tensors. Any strides are accepted (non-contiguous tensors
