@@ -262,3 +262,35 @@ def test_eager_path_detects_in_place_changes_and_frees_its_arrays():
     del probe
     gc.collect()
     assert ref() is None
+
+
+def test_eager_path_reads_what_saved_tensor_hooks_give_back():
+    """Backward must use the tensors autograd hands back, so that saved-tensor hooks
+    (torch.utils.checkpoint, save_on_cpu, offloading) work: here the hook keeps copies,
+    the originals are then overwritten, and the gradients must still be those of the
+    original values."""
+    x, W, b = inputs(9, (6, 5), 4, torch.float64, "C")
+    W.requires_grad_()
+    want_out = sigmoid_linear(x, W, b)
+    want_out.sum().backward()
+    want = W.grad.clone()
+    W.grad = None
+    xx = x.clone()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+        out = sigmoid_linear(xx, W, b)
+    assert type(out.grad_fn).__name__ == "_EagerBackward"
+    xx.zero_()  # the hook's copy is what backward may read
+    out.sum().backward()
+    assert torch.equal(W.grad, want)
+    # Non-reentrant checkpointing recomputes the forward from the hooks: same bits.
+    W.grad = None
+    layer = SigmoidLinear(5, 4, dtype=torch.float64, seed=3)
+    ref = layer(x)
+    ref.sum().backward()
+    grads = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad(set_to_none=True)
+    ckpt = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
+    assert torch.equal(ckpt, ref)
+    ckpt.sum().backward()
+    for p, g in zip(layer.parameters(), grads, strict=True):
+        assert torch.equal(p.grad, g)

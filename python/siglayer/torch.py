@@ -303,32 +303,27 @@ _backward_op = torch.ops.siglayer.sigmoid_linear_backward.default
 # tensor subclasses, the operator runs, so those still see siglayer::sigmoid_linear.
 # Results are the same bits either way (tests/test_torch_ops.py).
 class _Eager(torch.autograd.Function):
+    # Only save_for_backward keeps x, W and out (no NumPy views on ctx): saved-tensor
+    # hooks (torch.utils.checkpoint, save_on_cpu) must be able to drop or move them.
     @staticmethod
     def forward(ctx: Any, x: Tensor, W: Tensor, b: Tensor) -> Tensor:
-        # The NumPy views of x, W and out are kept for backward (no second conversion);
-        # save_for_backward still guards them: unpacking ctx.saved_tensors in
-        # _gradients raises if any of them was changed in place since.
-        ctx.arrays = x_np, W_np = _to_numpy(x), _to_numpy(W)
-        out_np = _api.forward(x_np, W_np, _to_numpy(b))
-        ctx.out_np = out_np
-        out = _from_numpy(out_np)
+        out = _sigmoid_linear(x, W, b)
         _setup_context(ctx, (x, W, b), out)
         return out
 
     @staticmethod
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        def kernel(
-            dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool
-        ) -> tuple[Tensor | None, Tensor, Tensor]:
-            x_np, W_np = ctx.arrays
-            dx, dW, db = _api.backward(_to_numpy(dout), x_np, W_np, ctx.out_np, need_dx=need_dx)
-            return (
-                _from_numpy(dx) if dx is not None else None,
-                torch.from_numpy(dW),
-                torch.from_numpy(db),
-            )
+        return _gradients(ctx, dout, _eager_backward)
 
-        return _gradients(ctx, dout, kernel)
+
+def _eager_backward(
+    dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool
+) -> tuple[Tensor | None, Tensor, Tensor]:
+    # _sigmoid_linear_backward without the empty stand-in for a dx not computed.
+    dx, dW, db = _api.backward(
+        _to_numpy(dout), _to_numpy(x), _to_numpy(W), _to_numpy(out), need_dx=need_dx
+    )
+    return (_from_numpy(dx) if dx is not None else None, torch.from_numpy(dW), torch.from_numpy(db))
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)
