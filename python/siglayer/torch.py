@@ -213,15 +213,21 @@ def _sigmoid_linear_fake(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
 def _sigmoid_linear_backward(
     dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    # dout, out (..., n_out), x (..., n_in), W (n_in, n_out) -> dx (x's shape, or (0,)
+    # An operator cannot return None; an empty tensor stands for "not computed".
+    dx, dW, db = _eager_backward(dout, x, W, out, need_dx)
+    return dx if dx is not None else x.new_empty(0), dW, db
+
+
+def _eager_backward(
+    dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool
+) -> tuple[Tensor | None, Tensor, Tensor]:
+    # dout, out (..., n_out), x (..., n_in), W (n_in, n_out) -> dx (x's shape, or None
     # without need_dx), dW (n_in, n_out), db (n_out,). dx has x's dtype; dW and db the
     # compute dtype (float32 for bfloat16: the core's unrounded results).
     dx, dW, db = _api.backward(
         _to_numpy(dout), _to_numpy(x), _to_numpy(W), _to_numpy(out), need_dx=need_dx
     )
-    # An operator cannot return None; an empty tensor stands for "not computed".
-    dx_tensor = _from_numpy(dx) if dx is not None else x.new_empty(0)
-    return dx_tensor, torch.from_numpy(dW), torch.from_numpy(db)
+    return (_from_numpy(dx) if dx is not None else None, torch.from_numpy(dW), torch.from_numpy(db))
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -294,10 +300,10 @@ _backward_op = torch.ops.siglayer.sigmoid_linear_backward.default
 
 # The eager path. In plain eager mode the operator's Python machinery (the dispatcher
 # calling back into Python twice, register_autograd's generated Function, the backward
-# operator's dispatch) costs more than the kernels at small sizes: 197 against 113 us
-# for a (32, 64, 32) fwd+bwd on AMD Zen 3, where nn.Linear + sigmoid took 141
-# (bench/bench_torch.py has the figures). So when nothing but autograd is watching, the
-# same kernels and the same autograd formula run through this Function instead; under
+# operator's dispatch) costs more than the kernels at small sizes: a (32, 64, 32)
+# fwd+bwd took 197 us through the operator and 125 us through this path on AMD Zen 3,
+# where nn.Linear + sigmoid took 141-145 (README, "Overhead against plain PyTorch").
+# So when nothing but autograd is watching, the same kernels and the same autograd formula run through this Function instead; under
 # torch.compile and torch.export, inside torch.func transforms, under a
 # TorchFunctionMode or TorchDispatchMode (FakeTensorMode, FlopCounterMode, ...) or with
 # tensor subclasses, the operator runs, so those still see siglayer::sigmoid_linear.
@@ -314,16 +320,6 @@ class _Eager(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         return _gradients(ctx, dout, _eager_backward)
-
-
-def _eager_backward(
-    dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool
-) -> tuple[Tensor | None, Tensor, Tensor]:
-    # _sigmoid_linear_backward without the empty stand-in for a dx not computed.
-    dx, dW, db = _api.backward(
-        _to_numpy(dout), _to_numpy(x), _to_numpy(W), _to_numpy(out), need_dx=need_dx
-    )
-    return (_from_numpy(dx) if dx is not None else None, torch.from_numpy(dW), torch.from_numpy(db))
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)
