@@ -304,10 +304,11 @@ _backward_op = torch.ops.siglayer.sigmoid_linear_backward.default
 # fwd+bwd took 197 us through the operator and 125 us through this path on AMD Zen 3,
 # where nn.Linear + sigmoid took 141-145 (README, "Overhead against plain PyTorch").
 # So when nothing but autograd is watching, the same kernels and the same autograd
-# formula run through this Function instead; under torch.compile and torch.export,
-# inside torch.func transforms, under a TorchFunctionMode or TorchDispatchMode (FakeTensorMode, FlopCounterMode, ...) or with
-# tensor subclasses, the operator runs, so those still see siglayer::sigmoid_linear.
-# Results are the same bits either way (tests/test_torch_ops.py).
+# formula run through this Function instead. Under torch.compile and torch.export,
+# inside torch.func transforms, under a TorchFunctionMode or TorchDispatchMode
+# (FakeTensorMode, FlopCounterMode, ...) or with tensor subclasses, the operator runs,
+# so those still see siglayer::sigmoid_linear. Results are the same bits either way
+# (tests/test_torch_ops.py).
 class _Eager(torch.autograd.Function):
     # Only save_for_backward keeps x, W and out (no NumPy views on ctx): saved-tensor
     # hooks (torch.utils.checkpoint, save_on_cpu) must be able to drop or move them.
