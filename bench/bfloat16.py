@@ -16,6 +16,10 @@ Contenders, forward and forward + backward (with dx), on the same values:
 - ``torch``: PyTorch bfloat16, ``sigmoid(addmm(b, x, W))`` with bfloat16 parameters and
   autograd (the issue's comparison), and ``torch32`` the same in float32.
 
+``--isa avx512`` adds ``bf16(isa)``: siglayer bfloat16 with another instruction set's
+kernels (e.g. the integer rounding to bfloat16 against ``vcvtne2ps2bf16`` of the default
+``avx512bf16`` copy), switched before each call and back after.
+
 ``--no-settle`` runs the contenders back to back, with no pause for the thread pools to
 fall asleep between them (the view of a script that mixes them).
 
@@ -77,14 +81,34 @@ def check(name: str, got: Result, p: dict[str, np.ndarray]) -> None:
 
 
 def layer_calls(
-    x: np.ndarray, W: np.ndarray, b: np.ndarray, dout: np.ndarray, path: str | None = None
+    x: np.ndarray,
+    W: np.ndarray,
+    b: np.ndarray,
+    dout: np.ndarray,
+    path: str | None = None,
+    isa: str | None = None,
 ) -> dict[str, Callable[[], Result]]:
     """siglayer's forward and forward + backward on these arrays; ``path`` selects the
-    bfloat16 GEMM path before each call (None: leave it)."""
+    bfloat16 GEMM path before each call (None: leave it), ``isa`` the kernels for the
+    call (None: leave them)."""
+    default_isa = _core.config()["simd"]
 
     def use_path() -> None:
         if path is not None:
             _core.select_bf16_gemm(path)  # type: ignore[arg-type]
+
+    def with_isa(call: Callable[[], Result]) -> Callable[[], Result]:
+        if isa is None:
+            return call
+
+        def switched() -> Result:
+            _core.select_isa(isa)  # type: ignore[arg-type]
+            try:
+                return call()
+            finally:
+                _core.select_isa(default_isa)  # type: ignore[arg-type]
+
+        return switched
 
     def forward() -> Result:
         use_path()
@@ -97,11 +121,13 @@ def layer_calls(
         assert dx is not None
         return {"out": out, "dx": dx, "dW": dW, "db": db}
 
-    return {"forward": forward, "forward_backward": forward_backward}
+    return {"forward": with_isa(forward), "forward_backward": with_isa(forward_backward)}
 
 
-def siglayer_calls(p: dict[str, np.ndarray], path: str | None) -> dict[str, Callable[[], Result]]:
-    return layer_calls(p["x"], p["W"], p["b"], p["dout"], path)
+def siglayer_calls(
+    p: dict[str, np.ndarray], path: str | None, isa: str | None = None
+) -> dict[str, Callable[[], Result]]:
+    return layer_calls(p["x"], p["W"], p["b"], p["dout"], path, isa)
 
 
 def float32_calls(p: dict[str, np.ndarray]) -> dict[str, Callable[[], Result]]:
@@ -153,7 +179,7 @@ def torch_calls(
     return {"forward": forward, "forward_backward": forward_backward}
 
 
-COLUMNS = ("bf16", "bf16(other)", "f32", "floor", "torch", "torch32")
+COLUMNS = ("bf16", "bf16(other)", "bf16(isa)", "f32", "floor", "torch", "torch32")
 # Without AVX512-BF16 or AMX, PyTorch's bfloat16 products take a slow path (Zen 3, M:
 # 124 ms fwd+bwd against 5.4 ms in float32): from L up a call takes seconds, so there
 # the torch columns are left out unless --torch-all.
@@ -171,6 +197,7 @@ def run(
     torch: Any,
     torch_all: bool = False,
     settle: bool = True,
+    isa: str | None = None,
 ) -> list[dict[str, Any]]:
     active = _core.config()["bf16_gemm"]
     other = None
@@ -183,6 +210,7 @@ def run(
             f"ISA {_core.config()['simd']}; siglayer BLAS {_core.config()['blas']}; "
             f"bf16 GEMM {_config.config()['bf16_gemm']}"
             + (f"; bf16(other) = {other}" if other else "")
+            + (f"; bf16(isa) = {isa} kernels" if isa else "")
             + (f"; torch {torch.__version__}" if torch is not None else "")
             + ("" if settle else "; back to back, no settle pause")
         )
@@ -190,6 +218,7 @@ def run(
             f"\n{'size':4} {'pass':7} "
             + "".join(f"{c:>11} " for c in COLUMNS)
             + f"{'bf16/f32':>9} {'bf16/floor':>10} {'bf16/torch':>10} {'torch/t32':>9}"
+            + (f" {'isa/bf16':>8}" if isa else "")
         )
         for size in sizes:
             p = problem(size)
@@ -200,6 +229,8 @@ def run(
             }
             if other:
                 groups["bf16(other)"] = siglayer_calls(p, other)
+            if isa:
+                groups["bf16(isa)"] = siglayer_calls(p, active if other else None, isa)
             if torch is not None and torch_runs(size, torch_all):
                 groups["torch"] = torch_calls(p, torch, torch.bfloat16)
                 groups["torch32"] = torch_calls(p, torch, torch.float32)
@@ -225,7 +256,8 @@ def run(
                         f"{t[c] * 1e3:>9.3f}ms " if c in t else f"{'-':>11} " for c in COLUMNS
                     )
                     + f"{ratio('bf16', 'f32'):>9} {ratio('bf16', 'floor'):>10} "
-                    f"{ratio('bf16', 'torch'):>10} {ratio('torch', 'torch32'):>9}",
+                    f"{ratio('bf16', 'torch'):>10} {ratio('torch', 'torch32'):>9}"
+                    + (f" {ratio('bf16(isa)', 'bf16'):>8}" if isa else ""),
                     flush=True,
                 )
     return rows
@@ -240,6 +272,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-settle",
         action="store_true",
         help="contenders back to back, no pause for the thread pools to fall asleep",
+    )
+    parser.add_argument(
+        "--isa",
+        default=None,
+        help="add bf16(isa): siglayer with these kernels (avx512bf16, avx512, avx2, baseline)",
     )
     parser.add_argument(
         "--torch-all",
@@ -263,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     torch = None if args.no_torch else harness.import_torch()
     threads = args.threads or _config.get_num_threads()
     try:
-        run(sizes, args.rounds, threads, torch, args.torch_all, not args.no_settle)
+        run(sizes, args.rounds, threads, torch, args.torch_all, not args.no_settle, args.isa)
     except AssertionError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1

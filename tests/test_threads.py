@@ -135,7 +135,7 @@ def test_raising_the_blas_limit_does_not_oversubscribe():
     assert "OpenMP Loop" not in result.stderr
 
 
-@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512", "avx512bf16"])
 def test_siglayer_isa_switch_picks_the_kernels_at_import(isa):
     """SIGLAYER_ISA, read at import, forces an instruction set the CPU has; one it lacks
     or a misspelt name fails the import with an error that names the variable."""

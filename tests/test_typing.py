@@ -75,9 +75,9 @@ def test_config_keys_match_the_stub():
     assert list(_core.config()) == keys
 
 
-@pytest.mark.parametrize("name", ["avx512", "avx2", "baseline"])
+@pytest.mark.parametrize("name", ["avx512bf16", "avx512", "avx2", "baseline"])
 def test_select_isa_literal_names_are_the_real_ones(name):
-    # The stub types select_isa's argument as these three literals; each must be a name
+    # The stub types select_isa's argument as these four literals; each must be a name
     # the core knows (it may refuse one this CPU lacks, but not as unknown).
     before = _core.config()["simd"]
     try:

@@ -70,7 +70,7 @@ void register_info(py::module_& m) {
         "Call select_bf16_gemm afterwards: loading does not change the path.");
     m.def(
         "select_isa", [](const std::string& name) { kernels::select_isa(name); }, py::arg("name"),
-        "Force 'avx512', 'avx2' or 'baseline' kernels (tests, benchmarks).");
+        "Force 'avx512bf16', 'avx512', 'avx2' or 'baseline' kernels (tests, benchmarks).");
 }
 
 }  // namespace siglayer::bindings

@@ -18,18 +18,24 @@ SIGLAYER_DECLARE_ISA(baseline)
 #if defined(SIGLAYER_HAVE_X86_ISAS)
 SIGLAYER_DECLARE_ISA(avx2)
 SIGLAYER_DECLARE_ISA(avx512)
+SIGLAYER_DECLARE_ISA(avx512bf16)
 #endif
 #undef SIGLAYER_DECLARE_ISA
 #undef SIGLAYER_EXTERN_TABLE
 
 namespace {
 
-enum class Isa { baseline, avx2, avx512 };
+enum class Isa { baseline, avx2, avx512, avx512bf16 };
+
+// Most preferred first.
+constexpr Isa all_isas[] = {Isa::avx512bf16, Isa::avx512, Isa::avx2, Isa::baseline};
 
 bool cpu_has(Isa isa) {
 #if defined(SIGLAYER_HAVE_X86_ISAS)
     __builtin_cpu_init();
     switch (isa) {
+        case Isa::avx512bf16:
+            return cpu_has(Isa::avx512) && __builtin_cpu_supports("avx512bf16");
         case Isa::avx512:
             return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                    __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
@@ -45,8 +51,8 @@ bool cpu_has(Isa isa) {
 }
 
 Isa best_isa() {
-    if (cpu_has(Isa::avx512)) return Isa::avx512;
-    if (cpu_has(Isa::avx2)) return Isa::avx2;
+    for (Isa isa : all_isas)
+        if (cpu_has(isa)) return isa;
     return Isa::baseline;
 }
 
@@ -54,6 +60,8 @@ std::atomic<Isa> current{best_isa()};
 
 const char* isa_name(Isa isa) {
     switch (isa) {
+        case Isa::avx512bf16:
+            return "avx512bf16";
         case Isa::avx512:
             return "avx512";
         case Isa::avx2:
@@ -70,9 +78,11 @@ struct Tables {
 #if defined(SIGLAYER_HAVE_X86_ISAS)
     const Table<T>& avx2_table = avx2::table<T>();
     const Table<T>& avx512_table = avx512::table<T>();
+    const Table<T>& avx512bf16_table = avx512bf16::table<T>();
 #endif
     const Table<T>& get(Isa isa) const {
 #if defined(SIGLAYER_HAVE_X86_ISAS)
+        if (isa == Isa::avx512bf16) return avx512bf16_table;
         if (isa == Isa::avx512) return avx512_table;
         if (isa == Isa::avx2) return avx2_table;
 #endif
@@ -98,7 +108,7 @@ std::string active_isa() {
 
 std::string available_isas() {
     std::string names;
-    for (Isa isa : {Isa::avx512, Isa::avx2, Isa::baseline}) {
+    for (Isa isa : all_isas) {
         if (!cpu_has(isa)) continue;
         if (!names.empty()) names += ",";
         names += isa_name(isa);
@@ -107,13 +117,14 @@ std::string available_isas() {
 }
 
 void select_isa(const std::string& name) {
-    for (Isa isa : {Isa::avx512, Isa::avx2, Isa::baseline}) {
+    for (Isa isa : all_isas) {
         if (name != isa_name(isa)) continue;
         if (!cpu_has(isa)) throw InvalidArgument("isa: this CPU cannot run '" + name + "'");
         current.store(isa);
         return;
     }
-    throw InvalidArgument("isa: expected one of avx512, avx2, baseline, got '" + name + "'");
+    throw InvalidArgument("isa: expected one of avx512bf16, avx512, avx2, baseline, got '" + name +
+                          "'");
 }
 
 }  // namespace siglayer::kernels

@@ -11,6 +11,10 @@
 #include <cstdint>
 #include <type_traits>
 
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
+
 #include "views.hpp"
 
 #ifndef SIGLAYER_ISA
@@ -206,10 +210,50 @@ inline void widen_bf16(float* __restrict dst, const std::uint16_t* __restrict sr
     for (index_t i = 0; i < count; ++i) dst[i] = bf16_bits_to_float(src[i]);
 }
 
-inline void narrow_bf16(std::uint16_t* __restrict dst, const float* __restrict src, index_t count) {
+inline void narrow_bf16_portable(std::uint16_t* __restrict dst, const float* __restrict src,
+                                 index_t count) {
 #pragma omp simd
     for (index_t i = 0; i < count; ++i) dst[i] = float_to_bf16_bits(src[i]);
 }
+
+#if defined(__AVX512BF16__)
+// The lanes of v that are subnormal (exponent bits 0, fraction not 0), of either sign.
+inline __mmask16 subnormal_lanes(__m512 v) {
+    const __m512i magnitude =
+        _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff));
+    // |v| - 1 as unsigned is <= 0x007ffffe exactly for the 2^23 - 1 subnormal magnitudes.
+    return _mm512_cmple_epu32_mask(_mm512_sub_epi32(magnitude, _mm512_set1_epi32(1)),
+                                   _mm512_set1_epi32(0x007ffffe));
+}
+
+// 32 values (fewer where mask says so) with vcvtne2ps2bf16: round to nearest even, NaN a quiet
+// NaN, +-inf kept: the same bits as float_to_bf16_bits except that the instruction treats
+// subnormal inputs as zero and flushes subnormal results, whatever MXCSR says (Intel SDM,
+// VCVTNE2PS2BF16). A block holding a subnormal is redone by the portable rounding, so the
+// results are the same bits on every CPU (tests/test_bfloat16.py::test_narrowing_*).
+inline void narrow_bf16_32(std::uint16_t* __restrict dst, const float* __restrict src,
+                           __mmask32 mask) {
+    const __m512 lo = _mm512_maskz_loadu_ps(static_cast<__mmask16>(mask), src);
+    const __m512 hi = _mm512_maskz_loadu_ps(static_cast<__mmask16>(mask >> 16), src + 16);
+    if (__builtin_expect((subnormal_lanes(lo) | subnormal_lanes(hi)) != 0, 0)) {
+        for (int i = 0; i < 32; ++i)
+            if ((mask >> i) & 1u) dst[i] = float_to_bf16_bits(src[i]);
+        return;
+    }
+    const __m512i packed = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+    _mm512_mask_storeu_epi16(dst, mask, packed);
+}
+
+inline void narrow_bf16(std::uint16_t* __restrict dst, const float* __restrict src, index_t count) {
+    index_t i = 0;
+    for (; i + 32 <= count; i += 32) narrow_bf16_32(dst + i, src + i, ~__mmask32{0});
+    if (i < count) narrow_bf16_32(dst + i, src + i, (__mmask32{1} << (count - i)) - 1);
+}
+#else
+inline void narrow_bf16(std::uint16_t* __restrict dst, const float* __restrict src, index_t count) {
+    narrow_bf16_portable(dst, src, count);
+}
+#endif
 
 // dz_colsum for bfloat16 dout and out (rows x cols, row strides ld_dout, ld_out): dZ in
 // float, stored rounded to bfloat16 (row stride ld_dZ): as bfloat16 bits (D = uint16_t)

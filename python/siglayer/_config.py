@@ -15,7 +15,7 @@ from . import _core
 __all__ = ["Config", "config", "get_num_threads", "set_num_threads", "show_config"]
 
 
-# SIGLAYER_ISA=avx2 (or avx512, baseline) picks the elementwise kernels at import instead
+# SIGLAYER_ISA=avx2 (or avx512bf16, avx512, baseline) picks the elementwise kernels at import instead
 # of the best the CPU has: to measure the AVX2 path on an AVX-512 machine, or to rule the
 # vector kernels out. A CPU that cannot run the choice, or a misspelt one, fails the import
 # with a ValueError that names the variable.
