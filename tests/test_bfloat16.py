@@ -75,17 +75,27 @@ def assert_bounded(got: np.ndarray, want: np.ndarray, bound: np.ndarray, what: s
     assert worst <= 0, f"{what}: max error {err.max():.3e} exceeds its bound by {worst:.3e}"
 
 
-GEMM_PATHS = ["convert", "blas"]
+GEMM_PATHS = ["convert", "blas", "avx512bf16"]
+
+
+def gemm_path_missing(path: str) -> str | None:
+    """Why this machine cannot run the bfloat16 GEMM path, or None if it can."""
+    if path == "blas" and not _core.config()["bf16_gemm_in_blas"]:
+        return (
+            f"no bfloat16 GEMM: the {_core.config()['blas']} build has none and MKL's is not "
+            "loaded (SIGLAYER_BF16_GEMM=blas with the mkl extra, or an MKL build)"
+        )
+    if path == "avx512bf16" and not _core.config()["bf16_gemm_own"]:
+        return "siglayer's bfloat16 GEMM needs AVX512-BF16, which this CPU lacks"
+    return None
 
 
 @pytest.fixture(params=GEMM_PATHS)
 def gemm_path(request: pytest.FixtureRequest):
     path = request.param
-    if path == "blas" and not _core.config()["bf16_gemm_in_blas"]:
-        pytest.skip(
-            f"no bfloat16 GEMM: the {_core.config()['blas']} build has none and MKL's is not "
-            "loaded (SIGLAYER_BF16_GEMM=blas with the mkl extra, or an MKL build)"
-        )
+    missing = gemm_path_missing(path)
+    if missing:
+        pytest.skip(missing)
     before = _core.config()["bf16_gemm"]
     _core.select_bf16_gemm(path)
     yield path
@@ -324,17 +334,22 @@ def test_batch_dimensions_strides_and_a_float32_bias():
     assert dx.shape == (2, 3, 4, 40) and dW.shape == (40, 12)
 
 
-def test_both_gemm_paths_agree_where_both_exist():
-    if not _core.config()["bf16_gemm_in_blas"]:
-        pytest.skip("one path only: this build's BLAS has no bfloat16 GEMM")
+def test_the_gemm_paths_agree_where_they_exist():
+    paths = [path for path in GEMM_PATHS if gemm_path_missing(path) is None]
+    if len(paths) < 2:
+        pytest.skip(f"one path only ({paths}): no bfloat16 GEMM in the BLAS or the CPU")
     x, W, b = inputs(300, 200, 100)
+    before = _core.config()["bf16_gemm"]
     results = {}
-    for path in GEMM_PATHS:
-        _core.select_bf16_gemm(path)
-        results[path] = siglayer.forward(x, W, b).astype(np.float64)
-    _core.select_bf16_gemm("auto")
+    try:
+        for path in paths:
+            _core.select_bf16_gemm(path)
+            results[path] = siglayer.forward(x, W, b).astype(np.float64)
+    finally:
+        _core.select_bf16_gemm(before)
     # Same bfloat16 operands, float32 accumulation in another order: a rounding apart.
-    assert np.abs(results["blas"] - results["convert"]).max() <= 2 * U
+    for path in paths[1:]:
+        assert np.abs(results[path] - results["convert"]).max() <= 2 * U, path
 
 
 # --- errors ----------------------------------------------------------------------------
@@ -434,7 +449,18 @@ def test_bf16_gemm_switch_from_the_environment():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode != 0
-    assert "SIGLAYER_BF16_GEMM='fastest'" in done.stderr and "auto, blas, convert" in done.stderr
+    assert "SIGLAYER_BF16_GEMM='fastest'" in done.stderr
+    assert "auto, blas, avx512bf16, convert" in done.stderr
+    env["SIGLAYER_BF16_GEMM"] = "avx512bf16"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    if _core.config()["bf16_gemm_own"]:
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("avx512bf16 avx512bf16 (siglayer's bfloat16 GEMM")
+    else:
+        assert done.returncode != 0
+        assert "SIGLAYER_BF16_GEMM='avx512bf16'" in done.stderr and "AVX512-BF16" in done.stderr
     # SIGLAYER_BF16_GEMM=blas in a build without a bfloat16 GEMM: tests/test_mkl_runtime.py.
 
 

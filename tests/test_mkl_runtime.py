@@ -100,15 +100,24 @@ def test_blas_loads_mkl_at_import_and_matches_the_oracle():
 
 
 @needs_mkl
-def test_auto_loads_mkl_only_on_a_cpu_with_bfloat16_instructions():
-    if _core.config()["cpu_bf16"]:
+def test_auto_loads_mkl_only_where_it_would_be_the_fastest():
+    """auto opens MKL on a CPU with AMX-BF16 (its AMX code), or with AVX512-BF16 in a build
+    without siglayer's own GEMM; on an AVX512-BF16 CPU without AMX (Zen 4, where MKL's
+    bfloat16 GEMM runs a generic path) siglayer's own; elsewhere nothing (MKL would only
+    emulate the instructions)."""
+    c = _core.config()
+    if c["cpu_amx_bf16"] or (c["cpu_bf16"] and not c["bf16_gemm_own"]):
         check_probe(run(PROBE))
+        return
+    done = run(PROBE)
+    assert done.returncode == 0, done.stderr
+    path, loaded, line = done.stdout.splitlines()[:3]
+    assert loaded == ""  # nothing loaded
+    if c["bf16_gemm_own"]:
+        assert path == "avx512bf16"
+        assert line.startswith("avx512bf16 (siglayer's bfloat16 GEMM") and "no MKL" in line
     else:
-        done = run(PROBE)
-        assert done.returncode == 0, done.stderr
-        path, loaded, line = done.stdout.splitlines()[:3]
-        # Nothing loaded: MKL would only emulate the instructions (docs/bfloat16.md).
-        assert (path, loaded) == ("convert", "")
+        assert path == "convert"
         assert "the BLAS has none, the CPU lacks" in line
 
 

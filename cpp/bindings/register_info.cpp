@@ -28,6 +28,8 @@ void register_info(py::module_& m) {
         d["bf16_gemm"] = blas::bf16_gemm_name(blas::bf16_gemm_path());
         d["bf16_gemm_in_blas"] = blas::bf16_gemm_in_blas();
         d["cpu_bf16"] = blas::cpu_has_bf16();
+        d["cpu_amx_bf16"] = blas::cpu_has_amx_bf16();
+        d["bf16_gemm_own"] = blas::own_bf16_gemm_available();
         d["bf16_gemm_mkl_runtime"] = blas::mkl_bf16_description();
         d["simd"] = kernels::active_isa();
         d["simd_available"] = kernels::available_isas();
@@ -59,9 +61,9 @@ void register_info(py::module_& m) {
     m.def(
         "select_bf16_gemm", [](const std::string& name) { blas::select_bf16_gemm(name); },
         py::arg("name"),
-        "How bfloat16 products run: 'blas' (the BLAS's bfloat16 GEMM), 'convert' (widen to\n"
-        "float32, float32 GEMM) or 'auto' (blas where the BLAS has it and the CPU has\n"
-        "bfloat16 instructions).");
+        "How bfloat16 products run: 'blas' (the BLAS's bfloat16 GEMM), 'avx512bf16'\n"
+        "(siglayer's own, on AVX512-BF16), 'convert' (widen to float32, float32 GEMM) or\n"
+        "'auto' (blas on AMX with MKL, else avx512bf16 where it runs, else convert).");
     m.def(
         "load_mkl_bf16", [](const std::string& path) { return blas::load_mkl_bf16(path); },
         py::arg("path"),

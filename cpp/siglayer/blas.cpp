@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <string>
 
+#include "gemm_bf16.hpp"
 #include "operands.hpp"
 #include "scratch.hpp"
 
@@ -77,7 +78,10 @@ const float* widened(const bfloat16* A, index_t lda, Op op, index_t rows, index_
 }
 
 Bf16Gemm auto_bf16_path() {
-    return bf16_gemm_in_blas() && cpu_has_bf16() ? Bf16Gemm::blas : Bf16Gemm::convert;
+    if (bf16_gemm_in_blas() && cpu_has_amx_bf16()) return Bf16Gemm::blas;
+    if (own_bf16_gemm_available()) return Bf16Gemm::avx512bf16;
+    if (bf16_gemm_in_blas() && cpu_has_bf16()) return Bf16Gemm::blas;
+    return Bf16Gemm::convert;
 }
 
 std::atomic<Bf16Gemm> bf16_path{auto_bf16_path()};
@@ -102,6 +106,17 @@ void gemm<bfloat16>(Op op_a, Op op_b, index_t M, index_t N, index_t K, float alp
         return;
     }
 #endif
+#if defined(SIGLAYER_HAVE_GEMM_BF16)
+    if (bf16_path.load(std::memory_order_relaxed) == Bf16Gemm::avx512bf16) {
+        Scratch& scratch = Scratch::for_this_thread();
+        auto* pack_a = scratch.get<std::uint16_t>(Scratch::gemm_a, gemm_bf16::kPackA);
+        auto* pack_b = scratch.get<std::uint16_t>(Scratch::gemm_b, gemm_bf16::kPackB);
+        gemm_bf16::gemm(
+            op_a == Op::T, op_b == Op::T, M, N, K, alpha, reinterpret_cast<const std::uint16_t*>(A),
+            lda, reinterpret_cast<const std::uint16_t*>(B), ldb, beta, C, ldc, pack_a, pack_b);
+        return;
+    }
+#endif
     // B once; op(A) in panels of rows small enough to stay in cache while the GEMM reads
     // them (at least 256 rows, so that the BLAS's packing of B is amortized).
     index_t ldb_f = 0;
@@ -122,7 +137,15 @@ Bf16Gemm bf16_gemm_path() {
 }
 
 const char* bf16_gemm_name(Bf16Gemm path) {
-    return path == Bf16Gemm::blas ? "blas" : "convert";
+    switch (path) {
+        case Bf16Gemm::blas:
+            return "blas";
+        case Bf16Gemm::avx512bf16:
+            return "avx512bf16";
+        case Bf16Gemm::convert:
+            return "convert";
+    }
+    return "?";
 }
 
 bool bf16_gemm_in_blas() {
@@ -142,6 +165,26 @@ bool cpu_has_bf16() {
 #endif
 }
 
+bool cpu_has_amx_bf16() {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("amx-bf16");
+#else
+    return false;
+#endif
+}
+
+bool own_bf16_gemm_available() {
+#if defined(SIGLAYER_HAVE_GEMM_BF16)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bf16");
+#else
+    return false;
+#endif
+}
+
 void select_bf16_gemm(const std::string& name) {
     if (name == "auto") {
         bf16_path.store(auto_bf16_path());
@@ -153,8 +196,16 @@ void select_bf16_gemm(const std::string& name) {
                                   ") has no bfloat16 GEMM and MKL's is not loaded: pip install "
                                   "'siglayer[mkl]' (or build with SIGLAYER_BLAS=mkl)");
         bf16_path.store(Bf16Gemm::blas);
+    } else if (name == "avx512bf16") {
+        if (!own_bf16_gemm_available())
+            throw InvalidArgument(
+                "bf16_gemm: siglayer's bfloat16 GEMM needs a CPU with AVX512-BF16 (Zen 4, "
+                "Cooper Lake, Sapphire Rapids or later) and an x86-64 build; this one cannot "
+                "run it");
+        bf16_path.store(Bf16Gemm::avx512bf16);
     } else {
-        throw InvalidArgument("bf16_gemm: expected one of auto, blas, convert, got '" + name + "'");
+        throw InvalidArgument("bf16_gemm: expected one of auto, blas, avx512bf16, convert, got '" +
+                              name + "'");
     }
 }
 

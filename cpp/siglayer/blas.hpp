@@ -24,20 +24,29 @@ void gemm(Op op_a, Op op_b, index_t M, index_t N, index_t K, compute_t<T> alpha,
 //   blas:    the BLAS's own bfloat16 GEMM with float accumulation (MKL's
 //            cblas_gemm_bf16bf16f32: AMX on Sapphire Rapids and later, AVX512-BF16 on
 //            Zen 4 and Cooper Lake);
+//   avx512bf16: siglayer's own bfloat16 GEMM (gemm_bf16.hpp: vdpbf16ps, 12 x 32 tiles),
+//            on any CPU with AVX512-BF16 whatever the BLAS;
 //   convert: each operand block widened to float (exactly) in this thread's scratch
 //            memory, then the float GEMM. Any BLAS, any CPU.
-// Both multiply the same bfloat16 values and accumulate in float; they differ only in
-// the order of the additions.
-enum class Bf16Gemm { blas, convert };
+// All multiply the same bfloat16 values and accumulate in float; they differ in the order
+// of the additions, and the first two flush subnormal products to zero (as the bfloat16
+// instructions do).
+enum class Bf16Gemm { blas, convert, avx512bf16 };
 Bf16Gemm bf16_gemm_path();
 const char* bf16_gemm_name(Bf16Gemm path);
-// Whether this build's BLAS has a bfloat16 GEMM, and whether the CPU has bfloat16 dot
-// product instructions (AVX512-BF16 or AMX-BF16) for it to run on.
+// Whether this build's BLAS has a bfloat16 GEMM, whether the CPU has bfloat16 dot
+// product instructions (AVX512-BF16 or AMX-BF16) for it to run on, whether it has AMX-BF16,
+// and whether siglayer's own GEMM can run (this build has it and the CPU has AVX512-BF16).
 bool bf16_gemm_in_blas();
 bool cpu_has_bf16();
-// "auto" (blas where the BLAS has it and the CPU has bfloat16 instructions, else
-// convert), "blas" or "convert"; InvalidArgument for another name or for "blas" in a
-// build without it. The SIGLAYER_BF16_GEMM variable goes through this at import.
+bool cpu_has_amx_bf16();
+bool own_bf16_gemm_available();
+// "auto", "blas", "avx512bf16" or "convert"; InvalidArgument for another name, for "blas"
+// in a build without it, or for "avx512bf16" where it cannot run. auto: blas on a CPU with
+// AMX-BF16 when the BLAS has a bfloat16 GEMM (MKL's AMX code); else avx512bf16 where it
+// runs (MKL runs a generic path on AMD's AVX512-BF16: slower than convert on Zen 4); else
+// blas where the BLAS has one and the CPU has bfloat16 instructions; else convert. The
+// SIGLAYER_BF16_GEMM variable goes through this at import.
 void select_bf16_gemm(const std::string& name);
 
 // MKL's bfloat16 GEMM loaded at run time (blas_mkl_runtime.cpp), for builds whose BLAS

@@ -1,7 +1,8 @@
 // The layer on bfloat16 storage, computing in float (docs/bfloat16.md says where each
 // rounding happens). The same tiles, phases and checks as the float layer (layer.cpp);
 // what differs is how the products get their operands. Two ways (blas::Bf16Gemm):
-//   blas:    the BLAS's bfloat16 GEMM (MKL on AMX / AVX512-BF16) takes the bfloat16 arrays;
+//   blas, avx512bf16: a bfloat16 GEMM (MKL's on AMX, or siglayer's own on AVX512-BF16)
+//            takes the bfloat16 arrays;
 //   convert: the float GEMM takes float copies made here. An operand every tile reads in
 //            full is widened once per call, shared; the other tile by tile, x in panels of
 //            rows, so that the copy is still in cache when the GEMM reads it; dZ is produced
@@ -35,8 +36,9 @@ using bf16 = bfloat16;
 // than once for the team (see forward).
 constexpr index_t kShareWidening = 1 << 18;
 
+// Whether the products take bfloat16 operands (a bfloat16 GEMM) rather than float copies.
 bool blas_path() {
-    return blas::bf16_gemm_path() == blas::Bf16Gemm::blas;
+    return blas::bf16_gemm_path() != blas::Bf16Gemm::convert;
 }
 
 // Rows per panel for products whose other operand is `width` wide: at least 256, so that
@@ -278,7 +280,7 @@ void backward<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, float* db, MatrixVi
                                    out_rows + c.j0, ld_out, n, c.cols());
         });
         if (W32) widen_shared(W32, W);
-            // Phase 2: the products need all of dZ (and W).
+        // Phase 2: the products need all of dZ (and W).
 #pragma omp barrier
         gradient_products(dx, dW, g, n);
     });

@@ -15,10 +15,10 @@ from . import _core
 __all__ = ["Config", "config", "get_num_threads", "set_num_threads", "show_config"]
 
 
-# SIGLAYER_ISA=avx2 (or avx512bf16, avx512, baseline) picks the elementwise kernels at import instead
-# of the best the CPU has: to measure the AVX2 path on an AVX-512 machine, or to rule the
-# vector kernels out. A CPU that cannot run the choice, or a misspelt one, fails the import
-# with a ValueError that names the variable.
+# SIGLAYER_ISA=avx2 (or avx512bf16, avx512, baseline) picks the elementwise kernels at
+# import instead of the best the CPU has: to measure the AVX2 path on an AVX-512 machine,
+# or to rule the vector kernels out. A CPU that cannot run the choice, or a misspelt one,
+# fails the import with a ValueError that names the variable.
 if os.environ.get("SIGLAYER_ISA"):
     try:
         _core.select_isa(cast(Any, os.environ["SIGLAYER_ISA"]))  # the core checks the name
@@ -28,12 +28,16 @@ if os.environ.get("SIGLAYER_ISA"):
 # SIGLAYER_BF16_GEMM=convert (or blas, auto) picks how bfloat16 products run: convert
 # (operands widened to float32, the float32 GEMM: any BLAS, any CPU) forces the fallback
 # on a machine whose BLAS and CPU have a bfloat16 GEMM; blas forces the BLAS's bfloat16
-# GEMM even on a CPU without bfloat16 instructions (MKL then emulates it). auto, the
-# default, takes blas where there is one and the CPU has AVX512-BF16 or AMX-BF16.
+# GEMM even on a CPU without bfloat16 instructions (MKL then emulates it); avx512bf16
+# forces siglayer's own bfloat16 GEMM (vdpbf16ps; a CPU with AVX512-BF16). auto, the
+# default: blas on a CPU with AMX-BF16 where there is one (MKL's AMX code), else
+# avx512bf16 where the CPU has AVX512-BF16 (on Zen 4 MKL's bfloat16 GEMM runs a generic
+# path, slower than convert: docs/bfloat16.md), else convert.
 # "The BLAS's" is the build's own (an MKL build) or, in a build without one (the
 # default), MKL's from the `mkl` package (pip install "siglayer[mkl]"), loaded here only
-# when blas could be chosen: see _find_mkl_rt. A misspelt value, or blas with neither,
-# fails the import with a ValueError that names the variable.
+# when blas could be chosen: see _find_mkl_rt. A misspelt value, blas with neither, or
+# avx512bf16 on a CPU without it, fails the import with a ValueError that names the
+# variable.
 
 
 def _find_mkl_rt() -> str | None:
@@ -55,7 +59,8 @@ def _find_mkl_rt() -> str | None:
 def _choose_bf16_gemm() -> None:
     mode = os.environ.get("SIGLAYER_BF16_GEMM") or "auto"
     core = _core.config()
-    wanted = mode == "blas" or (mode == "auto" and core["cpu_bf16"])
+    auto_blas = core["cpu_amx_bf16"] or (core["cpu_bf16"] and not core["bf16_gemm_own"])
+    wanted = mode == "blas" or (mode == "auto" and auto_blas)
     if wanted and not core["bf16_gemm_in_blas"] and sys.platform.startswith("linux"):
         path = _find_mkl_rt()
         if path is not None:
@@ -206,6 +211,10 @@ def _bf16_gemm_description(core: _core.CoreConfig) -> str:
         gemm = f"the bfloat16 GEMM of {core['bf16_gemm_mkl_runtime']}"
     if core["bf16_gemm"] == "blas":
         return f"blas ({gemm}; {cpu} AVX512-BF16/AMX-BF16)"
+    if core["bf16_gemm"] == "avx512bf16":
+        amx = "the CPU has AMX-BF16" if core["cpu_amx_bf16"] else "the CPU lacks AMX-BF16"
+        mkl = "MKL's is loaded" if core["bf16_gemm_in_blas"] else "no MKL"
+        return f"avx512bf16 (siglayer's bfloat16 GEMM on AVX512-BF16, vdpbf16ps; {amx}, {mkl})"
     if core["bf16_gemm_in_blas"]:
         blas = "there is one"
     elif core["cpu_bf16"]:
@@ -230,7 +239,8 @@ def show_config(
     configuration string), ``blas_int_bits`` (32: each matrix dimension must fit in a
     32-bit int), ``simd`` (the elementwise kernels in use) and ``simd_available``,
     ``bf16_gemm`` (how bfloat16 products run: ``blas``, the BLAS's own bfloat16 GEMM,
-    or ``convert``, a float32 GEMM on operands widened in siglayer, and why;
+    ``avx512bf16``, siglayer's own on AVX512-BF16, or ``convert``, a float32 GEMM on
+    operands widened in siglayer, and why;
     ``SIGLAYER_BF16_GEMM`` overrides), ``openmp`` (the OpenMP version date),
     ``openmp_runtime`` (``intel (libiomp5)`` with how long idle workers spin, or
     ``compiler``), ``compiler``, ``threads`` (``get_num_threads()``), ``blas_threads``

@@ -22,9 +22,11 @@ class CoreConfig(TypedDict):
     blas: str
     blas_details: str
     blas_int_bits: Literal[32, 64]
-    bf16_gemm: Literal["blas", "convert"]
+    bf16_gemm: Literal["blas", "avx512bf16", "convert"]
     bf16_gemm_in_blas: bool
     cpu_bf16: bool
+    cpu_amx_bf16: bool
+    bf16_gemm_own: bool
     bf16_gemm_mkl_runtime: str
     simd: str
     simd_available: str
@@ -158,7 +160,7 @@ class OverlapError(ValueError): ...
 
 def dispatch_probe(a: NDArray[Any]) -> str: ...
 def select_isa(name: Literal["avx512bf16", "avx512", "avx2", "baseline"]) -> None: ...
-def select_bf16_gemm(name: Literal["auto", "blas", "convert"]) -> None: ...
+def select_bf16_gemm(name: Literal["auto", "blas", "avx512bf16", "convert"]) -> None: ...
 def load_mkl_bf16(path: str) -> str: ...
 
 # float32 <-> ml_dtypes.bfloat16 of a C-contiguous array (rounded to nearest even; exact).

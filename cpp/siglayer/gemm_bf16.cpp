@@ -1,0 +1,206 @@
+// siglayer's bfloat16 GEMM on AVX512-BF16 (gemm_bf16.hpp). Compiled with AVX-512 flags
+// (CMakeLists.txt): called only on a CPU that has them. No standard-library templates
+// and nothing with external linkage but gemm(), so that no instruction of this file can
+// be picked by the linker for code that runs elsewhere.
+//
+// The usual blocking (Goto and van de Geijn): for each block of kNC columns of op(B) and
+// kKC of k, op(B) is packed into slivers of kNR columns; for each block of kMC rows of
+// op(A), op(A) is packed into slivers of kMR rows; the microkernel multiplies a sliver of
+// A by a sliver of B into a kMR x kNR tile of C held in 24 zmm registers.
+//
+// Packed layouts, in pairs of k (vdpbf16ps multiplies pairs: acc[j] += a[2p] b[2p][j] +
+// a[2p+1] b[2p+1][j], each bfloat16 pair a 32-bit lane):
+//   A sliver (kMR rows x kc):  pa[p][r] = (A(r, 2p), A(r, 2p+1)),       kp x kMR pairs;
+//   B sliver (kc x kNR cols):  pb[p][j] = (B(2p, j), B(2p+1, j)),       kp x kNR pairs;
+// with kp = ceil(kc / 2); rows, columns and the odd k past the end are zero.
+#include "gemm_bf16.hpp"
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace siglayer::gemm_bf16 {
+
+namespace {
+
+using u16 = std::uint16_t;
+using u32 = std::uint32_t;
+
+index_t min_of(index_t a, index_t b) {
+    return a < b ? a : b;
+}
+
+u32 pair(u16 lo, u16 hi) {
+    return static_cast<u32>(lo) | (static_cast<u32>(hi) << 16);
+}
+
+u32 load_pair(const u16* p) {  // p[0], p[1], any alignment
+    u32 v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+__mmask32 first_lanes32(index_t n) {
+    return n >= 32 ? ~__mmask32{0} : (__mmask32{1} << n) - 1;
+}
+
+__mmask16 first_lanes16(index_t n) {
+    return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+}
+
+// Two rows of 32 bfloat16 (the second may be absent) interleaved into 32 pairs, stored as
+// 64 u16 at dst. n <= 32 values are read from each row; the rest are zero.
+void interleave_rows(u16* dst, const u16* row0, const u16* row1, index_t n) {
+    const __mmask32 mask = first_lanes32(n);
+    const __m512i r0 = _mm512_maskz_loadu_epi16(mask, row0);
+    const __m512i r1 = row1 ? _mm512_maskz_loadu_epi16(mask, row1) : _mm512_setzero_si512();
+    // Lane t of the result: row0[t/2] for even t, row1[t/2] for odd t (and +16 for hi).
+    alignas(64) static constexpr u16 lo_idx[32] = {0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,
+                                                   37, 6,  38, 7,  39, 8,  40, 9,  41, 10, 42,
+                                                   11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+    alignas(64) static constexpr u16 hi_idx[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21,
+                                                   53, 22, 54, 23, 55, 24, 56, 25, 57, 26, 58,
+                                                   27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+    const __m512i lo = _mm512_permutex2var_epi16(r0, _mm512_load_si512(lo_idx), r1);
+    const __m512i hi = _mm512_permutex2var_epi16(r0, _mm512_load_si512(hi_idx), r1);
+    _mm512_storeu_si512(dst, lo);
+    _mm512_storeu_si512(dst + 32, hi);
+}
+
+// op(B)[k0 : k0 + kc, j0 : j0 + nc] into slivers of kNR columns (layout at the top).
+void pack_b(u16* dst, bool trans, const u16* B, index_t ldb, index_t k0, index_t kc, index_t j0,
+            index_t nc) {
+    const index_t kp = (kc + 1) / 2;
+    for (index_t js = 0; js < nc; js += kNR) {
+        const index_t nn = min_of(kNR, nc - js);
+        u16* sliver = dst + js * 2 * kp;  // kp x kNR pairs
+        if (!trans) {
+            // B(k, j) = B[k * ldb + j]: rows k and k + 1 interleaved, a vector at a time.
+            for (index_t p = 0; p < kp; ++p) {
+                const u16* row0 = B + (k0 + 2 * p) * ldb + j0 + js;
+                const u16* row1 = 2 * p + 1 < kc ? row0 + ldb : nullptr;
+                interleave_rows(sliver + p * 2 * kNR, row0, row1, nn);
+            }
+            continue;
+        }
+        // B(k, j) = B[j * ldb + k]: each column's k are contiguous, a pair is one load.
+        u32* out = reinterpret_cast<u32*>(sliver);
+        for (index_t j = 0; j < kNR; ++j) {
+            if (j >= nn) {
+                for (index_t p = 0; p < kp; ++p) out[p * kNR + j] = 0;
+                continue;
+            }
+            const u16* col = B + (j0 + js + j) * ldb + k0;
+            const index_t full = kc / 2;
+            for (index_t p = 0; p < full; ++p) out[p * kNR + j] = load_pair(col + 2 * p);
+            if (kc % 2) out[full * kNR + j] = pair(col[kc - 1], 0);
+        }
+    }
+}
+
+// op(A)[i0 : i0 + mc, k0 : k0 + kc] into slivers of kMR rows (layout at the top).
+void pack_a(u16* dst, bool trans, const u16* A, index_t lda, index_t i0, index_t mc, index_t k0,
+            index_t kc) {
+    const index_t kp = (kc + 1) / 2;
+    for (index_t is = 0; is < mc; is += kMR) {
+        const index_t mm = min_of(kMR, mc - is);
+        u32* out = reinterpret_cast<u32*>(dst + is * 2 * kp);  // kp x kMR pairs
+        if (trans) {
+            // A(i, k) = A[k * lda + i]: rows k and k + 1 of the stored matrix interleaved.
+            alignas(64) u16 tmp[64];
+            for (index_t p = 0; p < kp; ++p) {
+                const u16* row0 = A + (k0 + 2 * p) * lda + i0 + is;
+                const u16* row1 = 2 * p + 1 < kc ? row0 + lda : nullptr;
+                interleave_rows(tmp, row0, row1, mm);
+                std::memcpy(out + p * kMR, tmp, sizeof(u32) * kMR);
+            }
+            continue;
+        }
+        // A(i, k) = A[i * lda + k]: a pair is one load from row i.
+        for (index_t r = 0; r < kMR; ++r) {
+            if (r >= mm) {
+                for (index_t p = 0; p < kp; ++p) out[p * kMR + r] = 0;
+                continue;
+            }
+            const u16* row = A + (i0 + is + r) * lda + k0;
+            const index_t full = kc / 2;
+            for (index_t p = 0; p < full; ++p) out[p * kMR + r] = load_pair(row + 2 * p);
+            if (kc % 2) out[full * kMR + r] = pair(row[kc - 1], 0);
+        }
+    }
+}
+
+// C[0:m, 0:n] (m <= kMR, n <= kNR) = alpha * pa . pb + (first ? beta * C : C), where
+// pa and pb are slivers of kp pairs. beta == 0 on the first block never reads C.
+void micro(index_t kp, const u32* __restrict pa, const u32* __restrict pb, float* C, index_t ldc,
+           float alpha, float beta, bool first, index_t m, index_t n) {
+    __m512 c0[kMR], c1[kMR];
+#pragma GCC unroll 12
+    for (int r = 0; r < kMR; ++r) c0[r] = c1[r] = _mm512_setzero_ps();
+    for (index_t p = 0; p < kp; ++p) {
+        const __m512bh b0 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(pb + p * kNR));
+        const __m512bh b1 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(pb + p * kNR + 16));
+        const u32* a = pa + p * kMR;
+#pragma GCC unroll 12
+        for (int r = 0; r < kMR; ++r) {
+            const __m512bh ar =
+                reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(a[r])));
+            c0[r] = _mm512_dpbf16_ps(c0[r], ar, b0);
+            c1[r] = _mm512_dpbf16_ps(c1[r], ar, b1);
+        }
+    }
+    const __mmask16 m0 = first_lanes16(n), m1 = first_lanes16(n - 16);
+    const __m512 va = _mm512_set1_ps(alpha);
+    const __m512 vb = _mm512_set1_ps(first ? beta : 1.0f);
+    const bool read_c = !first || beta != 0.0f;
+#pragma GCC unroll 12
+    for (int r = 0; r < kMR; ++r) {
+        if (r >= m) break;
+        float* row = C + r * ldc;
+        __m512 v0 = _mm512_mul_ps(va, c0[r]);
+        __m512 v1 = _mm512_mul_ps(va, c1[r]);
+        if (read_c) {
+            v0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, row), v0);
+            v1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, row + 16), v1);
+        }
+        _mm512_mask_storeu_ps(row, m0, v0);
+        _mm512_mask_storeu_ps(row + 16, m1, v1);
+    }
+}
+
+}  // namespace
+
+void gemm(bool trans_a, bool trans_b, index_t M, index_t N, index_t K, float alpha, const u16* A,
+          index_t lda, const u16* B, index_t ldb, float beta, float* C, index_t ldc, u16* buf_a,
+          u16* buf_b) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {  // C = beta * C, and nothing read when beta == 0
+        for (index_t i = 0; i < M; ++i)
+            for (index_t j = 0; j < N; ++j)
+                C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+        return;
+    }
+    for (index_t jc = 0; jc < N; jc += kNC) {
+        const index_t nc = min_of(kNC, N - jc);
+        for (index_t pc = 0; pc < K; pc += kKC) {
+            const index_t kc = min_of(kKC, K - pc);
+            const index_t kp = (kc + 1) / 2;
+            pack_b(buf_b, trans_b, B, ldb, pc, kc, jc, nc);
+            for (index_t ic = 0; ic < M; ic += kMC) {
+                const index_t mc = min_of(kMC, M - ic);
+                pack_a(buf_a, trans_a, A, lda, ic, mc, pc, kc);
+                for (index_t jr = 0; jr < nc; jr += kNR) {
+                    const u32* pb = reinterpret_cast<const u32*>(buf_b + jr * 2 * kp);
+                    for (index_t ir = 0; ir < mc; ir += kMR) {
+                        const u32* pa = reinterpret_cast<const u32*>(buf_a + ir * 2 * kp);
+                        micro(kp, pa, pb, C + (ic + ir) * ldc + jc + jr, ldc, alpha, beta, pc == 0,
+                              min_of(kMR, mc - ir), min_of(kNR, nc - jr));
+                    }
+                }
+            }
+        }
+    }
+}
+
+}  // namespace siglayer::gemm_bf16

@@ -1,0 +1,123 @@
+"""bfloat16 products through every path this machine has (blas::Bf16Gemm): convert
+everywhere, MKL's GEMM where loaded, siglayer's own AVX512-BF16 GEMM (gemm_bf16.cpp) where
+the CPU has it, each skipped with the reason elsewhere.
+
+Oracle: the float64 product of the bfloat16 values. Bound: each product of two bfloat16
+values is exact in float32 and the sum of K of them errs by at most about K float32
+roundings, 2 (K + 4) 2**-24 (|a| @ |b|); plus K 2**-126 for the bfloat16 instructions,
+which flush subnormal products to zero (docs/bfloat16.md).
+
+The shapes cross every blocking boundary of the own GEMM (kMR = 12 rows, kNR = 32
+columns, kMC = 144, kKC = 512, kNC = 512 in gemm_bf16.hpp), odd K (a half pair), and all
+four stored layouts of A and B.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from siglayer import _core
+
+ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml-dtypes")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+SHAPES = [
+    (1, 1, 1),
+    (12, 32, 2),  # one register tile, one pair
+    (13, 33, 3),  # a tile and a row/column past it, a half pair
+    (37, 45, 71),
+    (145, 545, 1025),  # past kMC, kNC and two kKC blocks
+    (300, 64, 1536),  # three k blocks
+]
+
+
+def paths() -> list[tuple[str, str | None]]:
+    c = _core.config()
+    return [
+        ("convert", None),
+        ("blas", None if c["bf16_gemm_in_blas"] else "no bfloat16 GEMM in the BLAS"),
+        ("avx512bf16", None if c["bf16_gemm_own"] else "the CPU lacks AVX512-BF16"),
+    ]
+
+
+@pytest.fixture(params=[p for p, _ in paths()])
+def path(request: pytest.FixtureRequest):
+    reason = dict(paths())[request.param]
+    if reason:
+        pytest.skip(reason)
+    before = _core.config()["bf16_gemm"]
+    _core.select_bf16_gemm(request.param)
+    yield request.param
+    _core.select_bf16_gemm(before)
+
+
+def bound(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    abs_ab = np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64))
+    return 2 * (k + 4) * 2.0**-24 * abs_ab + k * 2.0**-126
+
+
+def stored(a: np.ndarray, trans: bool, layout: str) -> np.ndarray:
+    s = a.T if trans else a
+    return np.ascontiguousarray(s) if layout == "C" else np.asfortranarray(s)
+
+
+@pytest.mark.parametrize("layout", ["C", "F"])
+@pytest.mark.parametrize(
+    ("trans_a", "trans_b"),
+    [(False, False), (True, False), (False, True), (True, True)],
+    ids=["NN", "TN", "NT", "TT"],
+)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_products_against_float64(path, threads, shape, trans_a, trans_b, layout):
+    M, N, K = shape
+    rng = np.random.default_rng(M * 7 + N * 3 + K)
+    a = rng.standard_normal((M, K)).astype(np.float32).astype(BF16)
+    b = rng.standard_normal((K, N)).astype(np.float32).astype(BF16)
+    A, B = stored(a, trans_a, layout), stored(b, trans_b, layout)
+    before = A.copy(), B.copy()
+    out = np.full((M, N), np.nan, np.float32)  # never read: beta is 0
+    C = _core.gemm(A, B, trans_a, trans_b, out)
+    assert C is out
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    err = np.abs(C.astype(np.float64) - want)
+    worst = err - bound(a, b, K)
+    assert np.isfinite(C).all()
+    assert worst.max() <= 0, f"{path}: error {err.max():.3e} past its bound by {worst.max():.3e}"
+    assert (A.view(np.uint16) == before[0].view(np.uint16)).all()
+    assert (B.view(np.uint16) == before[1].view(np.uint16)).all()
+
+
+def test_exact_products_are_exact(path):
+    # Small integers: every product and every partial sum is exact in float32, so any order
+    # of additions gives the exact result (a hand-checkable oracle).
+    rng = np.random.default_rng(5)
+    a = rng.integers(-8, 9, size=(50, 700)).astype(np.float32).astype(BF16)
+    b = rng.integers(-8, 9, size=(700, 70)).astype(np.float32).astype(BF16)
+    C = _core.gemm(a, b)
+    want = a.astype(np.int64) @ b.astype(np.int64)
+    assert (C == want).all()
+    assert _core.gemm(a[:1, :1], b[:1, :1])[0, 0] == float(a[0, 0]) * float(b[0, 0])
+
+
+@pytest.mark.parametrize("trans", [False, True], ids=["N", "T"])
+def test_nan_and_inf_propagate(path, trans):
+    # K odd, with infinities in the last k (the half pair that packing pads with zeros:
+    # padding that held anything but zeros would turn inf into NaN here).
+    a = np.ones((20, 41), np.float32)
+    b = np.ones((41, 36), np.float32)
+    a[3, 5], b[7, 30], a[10, 40], b[40, 20] = np.nan, np.inf, np.inf, -np.inf
+    A, B = stored(a.astype(BF16), trans, "C"), stored(b.astype(BF16), trans, "C")
+    C = _core.gemm(A, B, trans, trans)
+    with np.errstate(invalid="ignore"):
+        want = a.astype(np.float64) @ b.astype(np.float64)
+    assert (np.isnan(C) == np.isnan(want)).all()
+    assert (C[~np.isnan(want)] == want[~np.isnan(want)]).all()
+    assert np.isnan(C[3]).all() and C[10, 0] == np.inf and C[10, 20] == C[0, 20] == -np.inf
+
+
+def test_the_own_gemm_switch_refuses_a_cpu_without_it():
+    if _core.config()["bf16_gemm_own"]:
+        pytest.skip("this CPU has AVX512-BF16: the switch is accepted (tests above)")
+    with pytest.raises(ValueError, match="needs a CPU with AVX512-BF16"):
+        _core.select_bf16_gemm("avx512bf16")
