@@ -8,7 +8,8 @@ Contenders, forward and forward + backward (with dx), on the same values:
 
 - ``bf16``: siglayer on bfloat16 x, W, dout, float32 b (out and dx bfloat16, dW and db
   float32), through the bfloat16 GEMM path in use (``siglayer.show_config()``,
-  ``bf16_gemm``); ``bf16(other)`` the other path too where the build has both.
+  ``bf16_gemm``); ``bf16(convert)``, ``bf16(blas)``, ``bf16(avx512bf16)`` each other
+  path this machine can run, switched before each call.
 - ``f32``: siglayer float32 on the same (widened) values.
 - ``floor``: the three products alone on the bfloat16 operands, float32 results, through
   siglayer's bfloat16 GEMM split between the threads as the layer splits it
@@ -179,7 +180,25 @@ def torch_calls(
     return {"forward": forward, "forward_backward": forward_backward}
 
 
-COLUMNS = ("bf16", "bf16(other)", "bf16(isa)", "f32", "floor", "torch", "torch32")
+PATHS = ("convert", "blas", "avx512bf16")
+COLUMNS = (
+    "bf16",
+    *(f"bf16({path})" for path in PATHS),
+    "bf16(isa)",
+    "f32",
+    "floor",
+    "torch",
+    "torch32",
+)
+
+
+def other_paths() -> list[str]:
+    """The bfloat16 GEMM paths this machine runs besides the one in use."""
+    c = _core.config()
+    runs = {"convert": True, "blas": c["bf16_gemm_in_blas"], "avx512bf16": c["bf16_gemm_own"]}
+    return [p for p in PATHS if runs[p] and p != c["bf16_gemm"]]
+
+
 # Without AVX512-BF16 or AMX, PyTorch's bfloat16 products take a slow path (Zen 3, M:
 # 124 ms fwd+bwd against 5.4 ms in float32): from L up a call takes seconds, so there
 # the torch columns are left out unless --torch-all.
@@ -200,37 +219,41 @@ def run(
     isa: str | None = None,
 ) -> list[dict[str, Any]]:
     active = _core.config()["bf16_gemm"]
-    other = None
-    if _core.config()["bf16_gemm_in_blas"]:
-        other = "convert" if active == "blas" else "blas"
+    others = other_paths()
+    columns = [
+        c
+        for c in COLUMNS
+        if not c.startswith("bf16(") or c[5:-1] in others or (c == "bf16(isa)" and isa)
+    ]
+    if torch is None:
+        columns = [c for c in columns if not c.startswith("torch")]
     rows = []
     with harness.limit_threads(threads, torch):
         print(
             f"bfloat16, {threads} threads; CPU {harness.cpu_model()}; "
             f"ISA {_core.config()['simd']}; siglayer BLAS {_core.config()['blas']}; "
             f"bf16 GEMM {_config.config()['bf16_gemm']}"
-            + (f"; bf16(other) = {other}" if other else "")
             + (f"; bf16(isa) = {isa} kernels" if isa else "")
             + (f"; torch {torch.__version__}" if torch is not None else "")
             + ("" if settle else "; back to back, no settle pause")
         )
         print(
             f"\n{'size':4} {'pass':7} "
-            + "".join(f"{c:>11} " for c in COLUMNS)
+            + "".join(f"{c:>16} " for c in columns)
             + f"{'bf16/f32':>9} {'bf16/floor':>10} {'bf16/torch':>10} {'torch/t32':>9}"
             + (f" {'isa/bf16':>8}" if isa else "")
         )
         for size in sizes:
             p = problem(size)
             groups: dict[str, dict[str, Callable[[], Result]]] = {
-                "bf16": siglayer_calls(p, active if other else None),
+                "bf16": siglayer_calls(p, active if others else None),
                 "f32": float32_calls(p),
                 "floor": floor_calls(p),
             }
-            if other:
-                groups["bf16(other)"] = siglayer_calls(p, other)
+            for path in others:
+                groups[f"bf16({path})"] = siglayer_calls(p, path)
             if isa:
-                groups["bf16(isa)"] = siglayer_calls(p, active if other else None, isa)
+                groups["bf16(isa)"] = siglayer_calls(p, active if others else None, isa)
             if torch is not None and torch_runs(size, torch_all):
                 groups["torch"] = torch_calls(p, torch, torch.bfloat16)
                 groups["torch32"] = torch_calls(p, torch, torch.float32)
@@ -241,7 +264,7 @@ def run(
                     calls[f"{name}:{pass_}"] = call
             pause = {} if settle else {"settle_seconds": 0.0, "warmup_seconds": 0.0}
             medians = interleaved_medians(calls, rounds=rounds, **pause)
-            if other:
+            if others:
                 _core.select_bf16_gemm(active)  # type: ignore[arg-type]
             for pass_ in harness.PASSES:
                 t = {k.split(":")[0]: v for k, v in medians.items() if k.endswith(":" + pass_)}
@@ -253,7 +276,7 @@ def run(
                 print(
                     f"{size:4} {harness.PASS_LABELS[pass_]:7} "
                     + "".join(
-                        f"{t[c] * 1e3:>9.3f}ms " if c in t else f"{'-':>11} " for c in COLUMNS
+                        f"{t[c] * 1e3:>14.3f}ms " if c in t else f"{'-':>16} " for c in columns
                     )
                     + f"{ratio('bf16', 'f32'):>9} {ratio('bf16', 'floor'):>10} "
                     f"{ratio('bf16', 'torch'):>10} {ratio('torch', 'torch32'):>9}"
