@@ -72,18 +72,21 @@ void interleave_rows(u16* dst, const u16* row0, const u16* row1, index_t n) {
 void pack_b(u16* dst, bool trans, const u16* B, index_t ldb, index_t k0, index_t kc, index_t j0,
             index_t nc) {
     const index_t kp = (kc + 1) / 2;
+    if (!trans) {
+        // B(k, j) = B[k * ldb + j]: rows k and k + 1 interleaved, a vector at a time, along
+        // the rows (reading them in order; the slivers are written side by side).
+        for (index_t p = 0; p < kp; ++p) {
+            const u16* row0 = B + (k0 + 2 * p) * ldb + j0;
+            const u16* row1 = 2 * p + 1 < kc ? row0 + ldb : nullptr;
+            for (index_t js = 0; js < nc; js += kNR)
+                interleave_rows(dst + js * 2 * kp + p * 2 * kNR, row0 + js,
+                                row1 ? row1 + js : nullptr, min_of(kNR, nc - js));
+        }
+        return;
+    }
     for (index_t js = 0; js < nc; js += kNR) {
         const index_t nn = min_of(kNR, nc - js);
         u16* sliver = dst + js * 2 * kp;  // kp x kNR pairs
-        if (!trans) {
-            // B(k, j) = B[k * ldb + j]: rows k and k + 1 interleaved, a vector at a time.
-            for (index_t p = 0; p < kp; ++p) {
-                const u16* row0 = B + (k0 + 2 * p) * ldb + j0 + js;
-                const u16* row1 = 2 * p + 1 < kc ? row0 + ldb : nullptr;
-                interleave_rows(sliver + p * 2 * kNR, row0, row1, nn);
-            }
-            continue;
-        }
         // B(k, j) = B[j * ldb + k]: each column's k are contiguous, a pair is one load.
         u32* out = reinterpret_cast<u32*>(sliver);
         for (index_t j = 0; j < kNR; ++j) {
@@ -190,10 +193,10 @@ void gemm(bool trans_a, bool trans_b, index_t M, index_t N, index_t K, float alp
             for (index_t ic = 0; ic < M; ic += kMC) {
                 const index_t mc = min_of(kMC, M - ic);
                 pack_a(buf_a, trans_a, A, lda, ic, mc, pc, kc);
-                for (index_t jr = 0; jr < nc; jr += kNR) {
-                    const u32* pb = reinterpret_cast<const u32*>(buf_b + jr * 2 * kp);
-                    for (index_t ir = 0; ir < mc; ir += kMR) {
-                        const u32* pa = reinterpret_cast<const u32*>(buf_a + ir * 2 * kp);
+                for (index_t ir = 0; ir < mc; ir += kMR) {
+                    const u32* pa = reinterpret_cast<const u32*>(buf_a + ir * 2 * kp);
+                    for (index_t jr = 0; jr < nc; jr += kNR) {
+                        const u32* pb = reinterpret_cast<const u32*>(buf_b + jr * 2 * kp);
                         micro(kp, pa, pb, C + (ic + ir) * ldc + jc + jr, ldc, alpha, beta, pc == 0,
                               min_of(kMR, mc - ir), min_of(kNR, nc - jr));
                     }

@@ -18,12 +18,13 @@ namespace siglayer::gemm_bf16 {
 
 // The packing buffers gemm() needs, in uint16 elements, whatever the sizes: a block of
 // op(A) (kMC x kKC) and a block of op(B) (kKC x kNC), in pairs of k.
-// Measured on Zen 4 (1 MB L2, 32 KB L1d), one thread, against 12 x 32 / 256 / 144 / 512:
-// kKC = 512 gave 180-200 GF/s where 256 gave 155-180; 14-row tiles, other kMC and kNC no
-// better (docs/bfloat16.md).
+// Measured on Zen 4 (1 MB L2, 32 KB L1d; vdpbf16ps peak 228 GF/s a core), one thread:
+// kKC = 512 gave 180-200 GF/s where 256 gave 155-180; 14-row tiles, kKC 768 or 1024, other
+// kMC and kNC no better; a sliver of A kept in L1 across the slivers of B (which stream
+// from L2) beat the other way round by 4-10 %.
 constexpr index_t kMR = 12, kNR = 32;  // the register tile of C: 24 zmm accumulators
-constexpr index_t kKC = 512;           // k per block: a kKC x kNR sliver of B is 32 KB (L1)
-constexpr index_t kMC = 12 * kMR;      // rows of A per block (144 KB, L2)
+constexpr index_t kKC = 512;           // k per block: a kMR x kKC sliver of A is 12 KB (L1)
+constexpr index_t kMC = 12 * kMR;      // rows of A per block (144 KB)
 constexpr index_t kNC = 512;           // columns of B per block (512 KB, L2)
 constexpr index_t kPackA = kMC * kKC;
 constexpr index_t kPackB = kNC * kKC;
