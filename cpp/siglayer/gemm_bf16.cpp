@@ -6,7 +6,8 @@
 // The usual blocking (Goto and van de Geijn): for each block of kNC columns of op(B) and
 // kKC of k, op(B) is packed into slivers of kNR columns; for each block of kMC rows of
 // op(A), op(A) is packed into slivers of kMR rows; the microkernel multiplies a sliver of
-// A by a sliver of B into a kMR x kNR tile of C held in 24 zmm registers.
+// A (kept in L1) by each sliver of B in turn (streamed from L2) into a kMR x kNR tile of C
+// held in 24 zmm registers.
 //
 // Packed layouts, in pairs of k (vdpbf16ps multiplies pairs: acc[j] += a[2p] b[2p][j] +
 // a[2p+1] b[2p+1][j], each bfloat16 pair a 32-bit lane):
