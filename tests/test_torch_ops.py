@@ -208,6 +208,36 @@ def test_eager_path_equals_the_operator_bitwise(dtype, W_layout, shape_x, needs)
             assert ge.dtype == go.dtype and torch.equal(ge, go), name
 
 
+def test_eager_path_takes_tensors_left_over_from_a_functorch_transform():
+    """A tensor that escaped torch.func.grad (a "dead" functorch wrapper) goes through
+    autograd.Function.apply, which unwraps it, rather than the direct C++ apply: same
+    values and gradients as the plain tensor."""
+    leaked = []
+
+    def f(W):
+        leaked.append(W)
+        return (W**2).sum()
+
+    W0 = torch.randn(4, 3, dtype=torch.float64)
+    torch.func.grad(f)(W0)
+    dead = leaked[0]
+    assert torch._C._functorch.is_functorch_wrapped_tensor(dead)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 4, dtype=torch.float64, generator=gen)
+    b = torch.randn(3, dtype=torch.float64, generator=gen)
+    results = []
+    for W in (dead, W0):
+        xg = x.clone().requires_grad_(True)
+        out = sigmoid_linear(xg, W, b)
+        assert type(out.grad_fn).__name__ == "_EagerBackward"
+        out.backward(torch.ones_like(out))
+        results.append((out.detach(), xg.grad))
+    want = torch.sigmoid(x @ W0 + b)
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.allclose(results[1][0], want, rtol=0, atol=1e-15)
+    assert torch.equal(results[0][1], results[1][1])
+
+
 class RecordOps(torch.utils._python_dispatch.TorchDispatchMode):
     def __init__(self):
         super().__init__()

@@ -52,7 +52,7 @@ memory, so they need ml_dtypes (``pip install ml-dtypes``), imported on first us
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -188,7 +188,11 @@ def _to_numpy(t: Tensor) -> np.ndarray[Any, Any]:
     if t.dtype == _BFLOAT16:
         bits: np.ndarray[Any, Any] = t.view(torch.int16).numpy(force=True)
         return bits.view(bfloat16())  # ImportError naming ml-dtypes if it is missing
-    array: np.ndarray[Any, Any] = t.numpy(force=True)
+    try:
+        # 0.7-1.1 us where numpy(force=True) takes 1.6 (T size: seven of these a step).
+        array: np.ndarray[Any, Any] = (t.detach() if t.requires_grad else t).numpy()
+    except RuntimeError:  # a lazy negation or conjugation: force=True resolves it
+        array = t.numpy(force=True)
     return array
 
 
@@ -327,6 +331,14 @@ _PLAIN = (Tensor, torch.nn.Parameter)
 _modes_on = torch._C._is_torch_function_mode_enabled
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _transforms_on = torch._C._are_functorch_transforms_active
+_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+# autograd.Function.apply is a Python wrapper around the C++ apply of its base class; for
+# a Function without setup_context, outside functorch transforms (which _plain_eager
+# rules out), all it adds is unwrapping tensors left over from a finished transform
+# ("dead wrappers"), which _eager_apply's callers check for themselves. Calling the C++
+# apply directly saves 6 us a call (T size on Zen 4: 19.9 -> 13.9 us).
+_eager_apply: Callable[..., Tensor] = super(torch.autograd.Function, _Eager).apply
 
 
 # False sends eager calls through the operator too (bench/bench_torch.py compares both).
@@ -392,7 +404,10 @@ def sigmoid_linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     _check(x, W, b)
     if not torch.compiler.is_compiling() and _plain_eager(x, W, b):
         if torch.is_grad_enabled() and (x.requires_grad or W.requires_grad or b.requires_grad):
-            eager: Tensor = _Eager.apply(x, W, b)  # type: ignore[no-untyped-call]
+            if _functorch_wrapped(x) or _functorch_wrapped(W) or _functorch_wrapped(b):
+                eager: Tensor = _Eager.apply(x, W, b)  # type: ignore[no-untyped-call]
+            else:
+                eager = _eager_apply(x, W, b)
             return eager
         return _sigmoid_linear(x, W, b)
     result: Tensor = _forward_op(x, W, b)
