@@ -132,6 +132,38 @@ void gemm<bfloat16>(Op op_a, Op op_b, index_t M, index_t N, index_t K, float alp
     }
 }
 
+#if defined(SIGLAYER_HAVE_GEMM_BF16)
+index_t own_bf16_packed_size(index_t K, index_t N) {
+    return gemm_bf16::packed_b_size(K, N);
+}
+
+void own_bf16_pack_b(Op op_b, index_t K, index_t N, const bfloat16* B, index_t ldb,
+                     std::uint16_t* packed) {
+    gemm_bf16::pack_b_all(op_b == Op::T, K, N, reinterpret_cast<const std::uint16_t*>(B), ldb,
+                          packed);
+}
+
+void own_bf16_gemm_packed_b(Op op_a, index_t M, index_t N, index_t K, const bfloat16* A,
+                            index_t lda, const std::uint16_t* packed, float* C, index_t ldc) {
+    auto* pack_a =
+        Scratch::for_this_thread().get<std::uint16_t>(Scratch::gemm_a, gemm_bf16::kPackA);
+    gemm_bf16::gemm_packed_b(op_a == Op::T, M, N, K, 1.0f,
+                             reinterpret_cast<const std::uint16_t*>(A), lda, packed, 0.0f, C, ldc,
+                             pack_a);
+}
+#else
+index_t own_bf16_packed_size(index_t, index_t) {
+    throw InvalidArgument("bf16_gemm: this build has no avx512bf16 GEMM");
+}
+void own_bf16_pack_b(Op, index_t, index_t, const bfloat16*, index_t, std::uint16_t*) {
+    throw InvalidArgument("bf16_gemm: this build has no avx512bf16 GEMM");
+}
+void own_bf16_gemm_packed_b(Op, index_t, index_t, index_t, const bfloat16*, index_t,
+                            const std::uint16_t*, float*, index_t) {
+    throw InvalidArgument("bf16_gemm: this build has no avx512bf16 GEMM");
+}
+#endif
+
 Bf16Gemm bf16_gemm_path() {
     return bf16_path.load();
 }

@@ -2,6 +2,7 @@
 // (scipy-openblas32, a system CBLAS found by FindBLAS, or MKL).
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "dtypes.hpp"
@@ -41,6 +42,14 @@ bool bf16_gemm_in_blas();
 bool cpu_has_bf16();
 bool cpu_has_amx_bf16();
 bool own_bf16_gemm_available();
+// siglayer's own bfloat16 GEMM with op(B) packed once (gemm_bf16.hpp), for the layer's
+// products that multiply several panels of rows by one B; only on the avx512bf16 path.
+// own_bf16_packed_size(K, N) uint16 elements hold what own_bf16_pack_b writes.
+index_t own_bf16_packed_size(index_t K, index_t N);
+void own_bf16_pack_b(Op op_b, index_t K, index_t N, const bfloat16* B, index_t ldb,
+                     std::uint16_t* packed);
+void own_bf16_gemm_packed_b(Op op_a, index_t M, index_t N, index_t K, const bfloat16* A,
+                            index_t lda, const std::uint16_t* packed, float* C, index_t ldc);
 // "auto", "blas", "avx512bf16" or "convert"; InvalidArgument for another name, for "blas"
 // in a build without it, or for "avx512bf16" where it cannot run. auto: blas on a CPU with
 // AMX-BF16 when the BLAS has a bfloat16 GEMM (MKL's AMX code); else avx512bf16 where it

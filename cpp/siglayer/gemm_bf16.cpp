@@ -175,34 +175,86 @@ void micro(index_t kp, const u32* __restrict pa, const u32* __restrict pb, float
 
 }  // namespace
 
+namespace {
+
+// Elements of the packed block of op(B) that gemm() visits at (jc, pc): whole slivers.
+index_t block_size(index_t nc, index_t kc) {
+    return (nc + kNR - 1) / kNR * kNR * 2 * ((kc + 1) / 2);
+}
+
+// C[:, jc : jc + nc] (+)= alpha * op(A)[:, pc : pc + kc] . (the packed block pb), the
+// first k block scaling C by beta (nothing read when beta == 0), later ones adding.
+void multiply_block(bool trans_a, index_t M, const u16* A, index_t lda, index_t jc, index_t nc,
+                    index_t pc, index_t kc, const u16* pb_block, float alpha, float beta, float* C,
+                    index_t ldc, u16* buf_a) {
+    const index_t kp = (kc + 1) / 2;
+    for (index_t ic = 0; ic < M; ic += kMC) {
+        const index_t mc = min_of(kMC, M - ic);
+        pack_a(buf_a, trans_a, A, lda, ic, mc, pc, kc);
+        for (index_t ir = 0; ir < mc; ir += kMR) {
+            const u32* pa = reinterpret_cast<const u32*>(buf_a + ir * 2 * kp);
+            for (index_t jr = 0; jr < nc; jr += kNR) {
+                const u32* pb = reinterpret_cast<const u32*>(pb_block + jr * 2 * kp);
+                micro(kp, pa, pb, C + (ic + ir) * ldc + jc + jr, ldc, alpha, beta, pc == 0,
+                      min_of(kMR, mc - ir), min_of(kNR, nc - jr));
+            }
+        }
+    }
+}
+
+// C = beta * C for K == 0 (nothing read when beta == 0).
+void scale(index_t M, index_t N, float beta, float* C, index_t ldc) {
+    for (index_t i = 0; i < M; ++i)
+        for (index_t j = 0; j < N; ++j)
+            C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+}
+
+}  // namespace
+
 void gemm(bool trans_a, bool trans_b, index_t M, index_t N, index_t K, float alpha, const u16* A,
           index_t lda, const u16* B, index_t ldb, float beta, float* C, index_t ldc, u16* buf_a,
           u16* buf_b) {
     if (M <= 0 || N <= 0) return;
-    if (K <= 0) {  // C = beta * C, and nothing read when beta == 0
-        for (index_t i = 0; i < M; ++i)
-            for (index_t j = 0; j < N; ++j)
-                C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
-        return;
-    }
+    if (K <= 0) return scale(M, N, beta, C, ldc);
     for (index_t jc = 0; jc < N; jc += kNC) {
         const index_t nc = min_of(kNC, N - jc);
         for (index_t pc = 0; pc < K; pc += kKC) {
             const index_t kc = min_of(kKC, K - pc);
-            const index_t kp = (kc + 1) / 2;
             pack_b(buf_b, trans_b, B, ldb, pc, kc, jc, nc);
-            for (index_t ic = 0; ic < M; ic += kMC) {
-                const index_t mc = min_of(kMC, M - ic);
-                pack_a(buf_a, trans_a, A, lda, ic, mc, pc, kc);
-                for (index_t ir = 0; ir < mc; ir += kMR) {
-                    const u32* pa = reinterpret_cast<const u32*>(buf_a + ir * 2 * kp);
-                    for (index_t jr = 0; jr < nc; jr += kNR) {
-                        const u32* pb = reinterpret_cast<const u32*>(buf_b + jr * 2 * kp);
-                        micro(kp, pa, pb, C + (ic + ir) * ldc + jc + jr, ldc, alpha, beta, pc == 0,
-                              min_of(kMR, mc - ir), min_of(kNR, nc - jr));
-                    }
-                }
-            }
+            multiply_block(trans_a, M, A, lda, jc, nc, pc, kc, buf_b, alpha, beta, C, ldc, buf_a);
+        }
+    }
+}
+
+index_t packed_b_size(index_t K, index_t N) {
+    index_t total = 0;
+    for (index_t jc = 0; jc < N; jc += kNC)
+        for (index_t pc = 0; pc < K; pc += kKC)
+            total += block_size(min_of(kNC, N - jc), min_of(kKC, K - pc));
+    return total;
+}
+
+void pack_b_all(bool trans_b, index_t K, index_t N, const u16* B, index_t ldb, u16* packed) {
+    for (index_t jc = 0; jc < N; jc += kNC) {
+        const index_t nc = min_of(kNC, N - jc);
+        for (index_t pc = 0; pc < K; pc += kKC) {
+            const index_t kc = min_of(kKC, K - pc);
+            pack_b(packed, trans_b, B, ldb, pc, kc, jc, nc);
+            packed += block_size(nc, kc);
+        }
+    }
+}
+
+void gemm_packed_b(bool trans_a, index_t M, index_t N, index_t K, float alpha, const u16* A,
+                   index_t lda, const u16* packed, float beta, float* C, index_t ldc, u16* buf_a) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) return scale(M, N, beta, C, ldc);
+    for (index_t jc = 0; jc < N; jc += kNC) {
+        const index_t nc = min_of(kNC, N - jc);
+        for (index_t pc = 0; pc < K; pc += kKC) {
+            const index_t kc = min_of(kKC, K - pc);
+            multiply_block(trans_a, M, A, lda, jc, nc, pc, kc, packed, alpha, beta, C, ldc, buf_a);
+            packed += block_size(nc, kc);
         }
     }
 }

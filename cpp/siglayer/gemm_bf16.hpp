@@ -40,4 +40,14 @@ void gemm(bool trans_a, bool trans_b, index_t M, index_t N, index_t K, float alp
           const std::uint16_t* A, index_t lda, const std::uint16_t* B, index_t ldb, float beta,
           float* C, index_t ldc, std::uint16_t* buf_a, std::uint16_t* buf_b);
 
+// The same product with op(B) packed once, for callers that multiply many blocks of rows
+// of A by one B: packed_b_size(K, N) elements (a little over K x N) filled by pack_b_all,
+// then gemm_packed_b as gemm without B (buf_a as for gemm). Same bits as gemm.
+index_t packed_b_size(index_t K, index_t N);
+void pack_b_all(bool trans_b, index_t K, index_t N, const std::uint16_t* B, index_t ldb,
+                std::uint16_t* packed);
+void gemm_packed_b(bool trans_a, index_t M, index_t N, index_t K, float alpha,
+                   const std::uint16_t* A, index_t lda, const std::uint16_t* packed, float beta,
+                   float* C, index_t ldc, std::uint16_t* buf_a);
+
 }  // namespace siglayer::gemm_bf16

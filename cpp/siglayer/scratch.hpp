@@ -23,6 +23,7 @@ public:
         x_widened,  // bfloat16 operands widened to float by the layer (layer_bf16.cpp)
         W_widened,
         dZ_widened,
+        b_packed16,  // B of a bfloat16 product packed once for several panels (layer_bf16.cpp)
         slot_count
     };
 
