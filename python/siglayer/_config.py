@@ -215,9 +215,14 @@ def _bf16_gemm_description(core: _core.CoreConfig) -> str:
         amx = "the CPU has AMX-BF16" if core["cpu_amx_bf16"] else "the CPU lacks AMX-BF16"
         mkl = "MKL's is loaded" if core["bf16_gemm_in_blas"] else "no MKL"
         return f"avx512bf16 (siglayer's bfloat16 GEMM on AVX512-BF16, vdpbf16ps; {amx}, {mkl})"
+    if core["bf16_gemm_own"]:  # only when forced: auto takes avx512bf16 or blas here
+        return (
+            "convert (float32 GEMM on widened operands, as SIGLAYER_BF16_GEMM or "
+            "select_bf16_gemm asked; the CPU runs avx512bf16)"
+        )
     if core["bf16_gemm_in_blas"]:
         blas = "there is one"
-    elif core["cpu_bf16"]:
+    elif core["cpu_amx_bf16"]:
         blas = "the BLAS has none: pip install 'siglayer[mkl]' for MKL's"
     else:
         blas = "the BLAS has none"
