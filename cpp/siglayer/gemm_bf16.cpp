@@ -1,7 +1,8 @@
 // siglayer's bfloat16 GEMM on AVX512-BF16 (gemm_bf16.hpp). Compiled with AVX-512 flags
 // (CMakeLists.txt): called only on a CPU that has them. No standard-library templates
-// and nothing with external linkage but gemm(), so that no instruction of this file can
-// be picked by the linker for code that runs elsewhere.
+// and nothing with external linkage but the functions of gemm_bf16.hpp (the rest is in
+// an anonymous namespace), so that no instruction of this file can be picked by the
+// linker for code that runs elsewhere.
 //
 // The usual blocking (Goto and van de Geijn): for each block of kNC columns of op(B) and
 // kKC of k, op(B) is packed into slivers of kNR columns; for each block of kMC rows of
@@ -69,6 +70,23 @@ void interleave_rows(u16* dst, const u16* row0, const u16* row1, index_t n) {
     _mm512_storeu_si512(dst + 32, hi);
 }
 
+// out[p * width + t] = (src_t[2p], src_t[2p + 1]) for t < count, where src_t = src +
+// t * stride holds kc contiguous values (the pair past an odd kc is (src_t[kc - 1], 0)),
+// and 0 for count <= t < width: a sliver from rows (or columns) whose k are contiguous.
+void gather_pairs(u32* out, index_t width, index_t count, const u16* src, index_t stride,
+                  index_t kc) {
+    const index_t kp = (kc + 1) / 2, full = kc / 2;
+    for (index_t t = 0; t < width; ++t) {
+        if (t >= count) {
+            for (index_t p = 0; p < kp; ++p) out[p * width + t] = 0;
+            continue;
+        }
+        const u16* line = src + t * stride;
+        for (index_t p = 0; p < full; ++p) out[p * width + t] = load_pair(line + 2 * p);
+        if (kc % 2) out[full * width + t] = pair(line[kc - 1], 0);
+    }
+}
+
 // op(B)[k0 : k0 + kc, j0 : j0 + nc] into slivers of kNR columns (layout at the top).
 void pack_b(u16* dst, bool trans, const u16* B, index_t ldb, index_t k0, index_t kc, index_t j0,
             index_t nc) {
@@ -85,22 +103,10 @@ void pack_b(u16* dst, bool trans, const u16* B, index_t ldb, index_t k0, index_t
         }
         return;
     }
-    for (index_t js = 0; js < nc; js += kNR) {
-        const index_t nn = min_of(kNR, nc - js);
-        u16* sliver = dst + js * 2 * kp;  // kp x kNR pairs
-        // B(k, j) = B[j * ldb + k]: each column's k are contiguous, a pair is one load.
-        u32* out = reinterpret_cast<u32*>(sliver);
-        for (index_t j = 0; j < kNR; ++j) {
-            if (j >= nn) {
-                for (index_t p = 0; p < kp; ++p) out[p * kNR + j] = 0;
-                continue;
-            }
-            const u16* col = B + (j0 + js + j) * ldb + k0;
-            const index_t full = kc / 2;
-            for (index_t p = 0; p < full; ++p) out[p * kNR + j] = load_pair(col + 2 * p);
-            if (kc % 2) out[full * kNR + j] = pair(col[kc - 1], 0);
-        }
-    }
+    // B(k, j) = B[j * ldb + k]: each column's k are contiguous, a pair is one load.
+    for (index_t js = 0; js < nc; js += kNR)
+        gather_pairs(reinterpret_cast<u32*>(dst + js * 2 * kp), kNR, min_of(kNR, nc - js),
+                     B + (j0 + js) * ldb + k0, ldb, kc);
 }
 
 // op(A)[i0 : i0 + mc, k0 : k0 + kc] into slivers of kMR rows (layout at the top).
@@ -122,16 +128,7 @@ void pack_a(u16* dst, bool trans, const u16* A, index_t lda, index_t i0, index_t
             continue;
         }
         // A(i, k) = A[i * lda + k]: a pair is one load from row i.
-        for (index_t r = 0; r < kMR; ++r) {
-            if (r >= mm) {
-                for (index_t p = 0; p < kp; ++p) out[p * kMR + r] = 0;
-                continue;
-            }
-            const u16* row = A + (i0 + is + r) * lda + k0;
-            const index_t full = kc / 2;
-            for (index_t p = 0; p < full; ++p) out[p * kMR + r] = load_pair(row + 2 * p);
-            if (kc % 2) out[full * kMR + r] = pair(row[kc - 1], 0);
-        }
+        gather_pairs(out, kMR, mm, A + (i0 + is) * lda + k0, lda, kc);
     }
 }
 
@@ -211,52 +208,51 @@ void scale(index_t M, index_t N, float beta, float* C, index_t ldc) {
 
 }  // namespace
 
+namespace {
+
+// f(jc, nc, pc, kc) for each block of op(B), kNC columns by kKC k, in the order the
+// products visit them (and pack_b_all stores them).
+template <class F>
+void for_each_block(index_t K, index_t N, F&& f) {
+    for (index_t jc = 0; jc < N; jc += kNC)
+        for (index_t pc = 0; pc < K; pc += kKC) f(jc, min_of(kNC, N - jc), pc, min_of(kKC, K - pc));
+}
+
+}  // namespace
+
 void gemm(bool trans_a, bool trans_b, index_t M, index_t N, index_t K, float alpha, const u16* A,
           index_t lda, const u16* B, index_t ldb, float beta, float* C, index_t ldc, u16* buf_a,
           u16* buf_b) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) return scale(M, N, beta, C, ldc);
-    for (index_t jc = 0; jc < N; jc += kNC) {
-        const index_t nc = min_of(kNC, N - jc);
-        for (index_t pc = 0; pc < K; pc += kKC) {
-            const index_t kc = min_of(kKC, K - pc);
-            pack_b(buf_b, trans_b, B, ldb, pc, kc, jc, nc);
-            multiply_block(trans_a, M, A, lda, jc, nc, pc, kc, buf_b, alpha, beta, C, ldc, buf_a);
-        }
-    }
+    for_each_block(K, N, [&](index_t jc, index_t nc, index_t pc, index_t kc) {
+        pack_b(buf_b, trans_b, B, ldb, pc, kc, jc, nc);
+        multiply_block(trans_a, M, A, lda, jc, nc, pc, kc, buf_b, alpha, beta, C, ldc, buf_a);
+    });
 }
 
 index_t packed_b_size(index_t K, index_t N) {
     index_t total = 0;
-    for (index_t jc = 0; jc < N; jc += kNC)
-        for (index_t pc = 0; pc < K; pc += kKC)
-            total += block_size(min_of(kNC, N - jc), min_of(kKC, K - pc));
+    for_each_block(K, N,
+                   [&](index_t, index_t nc, index_t, index_t kc) { total += block_size(nc, kc); });
     return total;
 }
 
 void pack_b_all(bool trans_b, index_t K, index_t N, const u16* B, index_t ldb, u16* packed) {
-    for (index_t jc = 0; jc < N; jc += kNC) {
-        const index_t nc = min_of(kNC, N - jc);
-        for (index_t pc = 0; pc < K; pc += kKC) {
-            const index_t kc = min_of(kKC, K - pc);
-            pack_b(packed, trans_b, B, ldb, pc, kc, jc, nc);
-            packed += block_size(nc, kc);
-        }
-    }
+    for_each_block(K, N, [&](index_t jc, index_t nc, index_t pc, index_t kc) {
+        pack_b(packed, trans_b, B, ldb, pc, kc, jc, nc);
+        packed += block_size(nc, kc);
+    });
 }
 
 void gemm_packed_b(bool trans_a, index_t M, index_t N, index_t K, float alpha, const u16* A,
                    index_t lda, const u16* packed, float beta, float* C, index_t ldc, u16* buf_a) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) return scale(M, N, beta, C, ldc);
-    for (index_t jc = 0; jc < N; jc += kNC) {
-        const index_t nc = min_of(kNC, N - jc);
-        for (index_t pc = 0; pc < K; pc += kKC) {
-            const index_t kc = min_of(kKC, K - pc);
-            multiply_block(trans_a, M, A, lda, jc, nc, pc, kc, packed, alpha, beta, C, ldc, buf_a);
-            packed += block_size(nc, kc);
-        }
-    }
+    for_each_block(K, N, [&](index_t jc, index_t nc, index_t pc, index_t kc) {
+        multiply_block(trans_a, M, A, lda, jc, nc, pc, kc, packed, alpha, beta, C, ldc, buf_a);
+        packed += block_size(nc, kc);
+    });
 }
 
 }  // namespace siglayer::gemm_bf16
