@@ -208,6 +208,25 @@ def test_eager_path_equals_the_operator_bitwise(dtype, W_layout, shape_x, needs)
             assert ge.dtype == go.dtype and torch.equal(ge, go), name
 
 
+def test_eager_path_resolves_lazy_negation():
+    """A tensor with PyTorch's lazy negation bit (torch._neg_view; autograd makes such
+    views) cannot be read as a NumPy array without resolving it: the eager path falls
+    back to numpy(force=True) and computes with the negated values."""
+    gen = torch.Generator().manual_seed(8)
+    x0 = torch.randn(5, 4, dtype=torch.float64, generator=gen)
+    W0 = torch.randn(4, 3, dtype=torch.float64, generator=gen)
+    b = torch.randn(3, dtype=torch.float64, generator=gen)
+    x, W = torch._neg_view(x0), torch._neg_view(W0).requires_grad_(True)
+    assert x.is_neg() and W.is_neg()
+    out = sigmoid_linear(x, W, b)
+    assert type(out.grad_fn).__name__ == "_EagerBackward"
+    want = torch.sigmoid(-x0 @ -W0 + b)
+    assert torch.allclose(out, want, rtol=0, atol=1e-15)
+    out.backward(torch.ones_like(out))
+    dZ = want * (1 - want)
+    assert torch.allclose(W.grad, (-x0).T @ dZ, rtol=0, atol=1e-14)
+
+
 def test_eager_path_takes_tensors_left_over_from_a_functorch_transform():
     """A tensor that escaped torch.func.grad (a "dead" functorch wrapper) goes through
     autograd.Function.apply, which unwraps it, rather than the direct C++ apply: same
