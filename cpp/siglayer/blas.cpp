@@ -11,6 +11,7 @@
 #include <string>
 
 #include "gemm_bf16.hpp"
+#include "kernels.hpp"
 #include "operands.hpp"
 #include "scratch.hpp"
 
@@ -208,10 +209,7 @@ bool cpu_has_amx_bf16() {
 
 bool own_bf16_gemm_available() {
 #if defined(SIGLAYER_HAVE_GEMM_BF16)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512bf16");
+    return kernels::cpu_has_avx512bf16();  // the flags gemm_bf16.cpp is compiled with
 #else
     return false;
 #endif

@@ -116,6 +116,10 @@ std::string available_isas() {
     return names;
 }
 
+bool cpu_has_avx512bf16() {
+    return cpu_has(Isa::avx512bf16);
+}
+
 void select_isa(const std::string& name) {
     for (Isa isa : all_isas) {
         if (name != isa_name(isa)) continue;

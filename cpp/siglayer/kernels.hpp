@@ -37,11 +37,14 @@ struct Table {
 template <class T>
 const Table<T>& active();
 
-// "avx512", "avx2" or "baseline".
+// "avx512bf16", "avx512", "avx2" or "baseline".
 std::string active_isa();
 // Instruction sets this CPU can run, best first.
 std::string available_isas();
 // Force one (for tests and benchmarks); throws InvalidArgument if the CPU lacks it.
 void select_isa(const std::string& name);
+// Whether the CPU runs the avx512bf16 copy (AVX-512 F/DQ/VL/BW and AVX512-BF16): also the
+// condition for siglayer's own bfloat16 GEMM, compiled with the same flags (blas.cpp).
+bool cpu_has_avx512bf16();
 
 }  // namespace siglayer::kernels
