@@ -22,7 +22,9 @@ Contenders:
                     formulas: x @ W + b, a stable sigmoid, x.T @ dZ, ...)
   torch             nn.Linear -> nn.Sigmoid -> nn.Linear, nn.BCEWithLogitsLoss (the usual
                     fused form), torch.optim.Adam, autograd
-  torch+siglayer    the torch loop with siglayer.torch.SigmoidLinear layers (nn.BCELoss on
+  torch+siglayer    the torch loop with siglayer.torch.SigmoidLinear layers, the last one
+                    fused with its loss (SigmoidLinear.bce_loss, the counterpart of
+                    BCEWithLogitsLoss; bench/bench_torch.py also times nn.BCELoss on
                     its sigmoid outputs)
 """
 
@@ -150,7 +152,7 @@ class NumpyTrainer(Trainer):
 
 
 class TorchTrainer(Trainer):
-    def __init__(self, batches, weights, *, siglayer_layers: bool):
+    def __init__(self, batches, weights, *, siglayer_layers: bool, fused_loss: bool = True):
         import torch
 
         super().__init__([(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches])
@@ -164,6 +166,9 @@ class TorchTrainer(Trainer):
                     layer.W.copy_(W)
                     layer.b.copy_(b)
             self.model = torch.nn.Sequential(*layers)
+            # fused: the last layer and the loss in one operator (head.bce_loss); else
+            # the sigmoid outputs into nn.BCELoss
+            self.head = layers[1] if fused_loss else None
             self.loss_fn = torch.nn.BCELoss()
         else:
             first, second = torch.nn.Linear(N_IN, N_HIDDEN), torch.nn.Linear(N_HIDDEN, N_OUT)
@@ -173,6 +178,7 @@ class TorchTrainer(Trainer):
                     layer.bias.copy_(b)
             # The last sigmoid lives in the loss: BCEWithLogitsLoss, the fused form.
             self.model = torch.nn.Sequential(first, torch.nn.Sigmoid(), second)
+            self.head = None
             self.loss_fn = torch.nn.BCEWithLogitsLoss()
         self.siglayer_layers = siglayer_layers
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LR)
@@ -183,7 +189,10 @@ class TorchTrainer(Trainer):
         if isinstance(x, np.ndarray):
             x, y = torch.from_numpy(x), torch.from_numpy(y)
         self.optimizer.zero_grad()
-        loss = self.loss_fn(self.model(x), y)
+        if self.head is not None:
+            loss = self.head.bce_loss(self.model[0](x), y)
+        else:
+            loss = self.loss_fn(self.model(x), y)
         loss.backward()
         self.optimizer.step()
         return float(loss.detach())
