@@ -5,7 +5,9 @@
    layers with the last one fused with its loss (SigmoidLinear.bce_loss), and against
    SigmoidLinear layers feeding nn.BCELoss;
 2. forward + backward of one layer, ``torch.sigmoid(linear(x))`` with nn.Linear against
-   ``SigmoidLinear``, at the sizes of ``python bench/run.py``.
+   ``SigmoidLinear``, at the sizes of ``python bench/run.py``, with the floor: the step's
+   two matrix products alone through siglayer's BLAS (torch / floor is the most any
+   speed-up can be where PyTorch's GEMM runs as fast as siglayer's).
 
 Each siglayer.torch figure comes twice: as a user's eager script runs it (plain eager
 calls take siglayer.torch's eager path, a private autograd.Function around the kernels)
@@ -32,6 +34,7 @@ import torch
 
 import siglayer
 import siglayer.torch
+from siglayer import _core
 from siglayer._timing import interleaved_medians
 from siglayer.torch import SigmoidLinear
 
@@ -74,10 +77,22 @@ def layer_contenders(size: tuple[int, int, int], dtype: torch.dtype):
     torch.testing.assert_close(siglayer_step(), torch_step(), **tol)
     torch.testing.assert_close(ours.W.grad, linear.weight.grad.T, **tol)
     torch.testing.assert_close(ours.b.grad, linear.bias.grad, **tol)
+    # The floor: the two products this step needs (x does not require grad, so no dx),
+    # z = x @ W and dW = x.T @ dZ, alone through siglayer's BLAS on siglayer's threads.
+    # Neither library can run the step faster than its own GEMMs; where PyTorch's GEMM
+    # is as fast as OpenBLAS's, torch / floor caps the speed-up.
+    xn, Wn = x.numpy(), ours.W.detach().numpy()
+    z, dW, dZ = np.empty((n, n_out), xn.dtype), np.empty_like(Wn), dout.numpy()
+
+    def floor() -> None:
+        _core.gemm(xn, Wn, out=z)
+        _core.gemm(xn, dZ, trans_a=True, out=dW)
+
     return {
         "torch": torch_step,
         "siglayer.torch": siglayer_step,
         "operator": through_operator(siglayer_step),
+        "floor": floor,
     }
 
 
@@ -162,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"  {'size':<18} {'dtype':<8} {'torch':>10} {'siglayer.torch':>15} {'speed-up':>9}"
-        f" {'operator':>10} {'speed-up':>9}"
+        f" {'operator':>10} {'speed-up':>9} {'GEMM floor':>11} {'torch/floor':>11}"
     )
     for size_name in args.sizes:
         for dtype_name in args.dtypes:
@@ -170,10 +185,11 @@ def main(argv: list[str] | None = None) -> None:
             contenders = layer_contenders(SIZES[size_name], dtype)
             seconds = interleaved_medians(contenders, rounds=args.rounds, settle_seconds=settle)
             t, s, o = seconds["torch"], seconds["siglayer.torch"], seconds["operator"]
+            f = seconds["floor"]
             label = f"{size_name} {SIZES[size_name]}"
             print(
                 f"  {label:<18} {dtype_name:<8} {t * 1e6:>8.0f}us {s * 1e6:>13.0f}us {t / s:>8.2f}x"
-                f" {o * 1e6:>8.0f}us {t / o:>8.2f}x"
+                f" {o * 1e6:>8.0f}us {t / o:>8.2f}x {f * 1e6:>9.0f}us {t / f:>10.2f}x"
             )
 
 

@@ -203,3 +203,22 @@ def test_bench_mixed_prints_both_views(capsys):
     rows = [line.split() for line in table if line.split()[:1] in (["numpy"], ["siglayer"])]
     assert [r[0] for r in rows] == ["numpy", "siglayer"]
     assert all(float(v) > 0 for r in rows for v in r[2:])
+
+
+@pytest.mark.skipif(TORCH is None, reason="needs torch")
+@pytest.mark.filterwarnings("ignore::UserWarning")  # sklearn/torch import-time notices
+def test_torch_benches_check_agreement_and_print(capsys):
+    """bench/bench_torch.py and bench/bench_training.py assert that every contender (the
+    fused and the unfused siglayer.torch steps among them) gives PyTorch's loss and
+    weights after a step before timing; one round each, nothing timed is asserted."""
+    pytest.importorskip("sklearn")
+    import bench_torch
+    import bench_training
+
+    bench_torch.main(["--rounds", "1", "--sizes", "T", "--dtypes", "float64"])
+    text = capsys.readouterr().out
+    assert "digits network, batch 32" in text and "nn.BCELoss instead of fused" in text
+    assert "T (32, 64, 32)" in text
+    bench_training.main(["--rounds", "1", "--batch-sizes", "32"])
+    text = capsys.readouterr().out
+    assert "torch+siglayer" in text and "vs torch" in text
