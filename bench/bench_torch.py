@@ -13,7 +13,8 @@ Each siglayer.torch figure comes twice: as a user's eager script runs it (plain 
 calls take siglayer.torch's eager path, a private autograd.Function around the kernels)
 and through the operators torch.ops.siglayer.sigmoid_linear and its backward (what
 torch.compile and torch.export trace), the "operator" figures. ``--no-settle`` runs the
-contenders back to back, with no pause for thread pools to fall asleep between turns.
+one-layer contenders back to back, with no pause for thread pools to fall asleep between
+turns (the digits steps always run back to back, as in a training loop).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_torch.py
 
@@ -152,10 +153,12 @@ def main(argv: list[str] | None = None) -> None:
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=name)
     steps = {n: t.step for n, t in trainers.items()}
     steps["operator"] = through_operator(trainers["siglayer.torch"].step)
-    # Rounds of 40 ms (about 80 steps): a 2 ms round is four steps, whose median moved
-    # by 10-20 % between runs on a shared machine.
+    # Steps back to back, as a training loop runs them (one thread each: no pool to let
+    # fall asleep), in rounds of 40 ms (about 100 steps). With a 0.1 s pause and 2 ms
+    # rounds (four steps, just woken) the ratio moved between 0.88 and 1.18 from run to
+    # run on a shared machine; back to back it stayed within 1.03-1.09.
     seconds = interleaved_medians(
-        steps, rounds=args.rounds, min_round_seconds=0.04, settle_seconds=settle
+        steps, rounds=args.rounds, min_round_seconds=0.04, settle_seconds=0.0
     )
     print(
         f"\ndigits network, batch 32, {args.digits_threads} thread(s), steps/s "
