@@ -14,15 +14,11 @@ import pytest
 torch = pytest.importorskip("torch")
 from siglayer.torch import SigmoidLinear, sigmoid_linear, sigmoid_linear_bce_loss  # noqa: E402
 
+# The dtypes, requires_grad subsets, warning filter and helpers of the operator tests.
+from test_torch_ops import DTYPES, SUBSETS, PassThrough, aot_graphs, pytestmark  # noqa: E402, F401
+
 bce_op = torch.ops.siglayer.sigmoid_linear_bce.default
 from_z_op = torch.ops.siglayer.sigmoid_linear_backward_from_preactivation.default
-
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
-)
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-SUBSETS = ["none", "x", "W", "b", "xW", "xb", "Wb", "xWb"]
 SHAPES = {"2d": (6, 5), "batched": (2, 3, 5)}
 N_OUT = 4
 
@@ -284,24 +280,9 @@ def test_compile_fullgraph_matches_eager(backend, dtype):
 
 
 def test_compiled_graphs_hold_the_fused_operators():
-    from functorch.compile import make_boxed_func
-    from torch._dynamo.backends.common import aot_autograd
-
-    graphs = []
-
-    def keep_graph(gm, example_inputs):
-        graphs.append(gm)
-        return make_boxed_func(gm.forward)
-
-    torch._dynamo.reset()
     model = Classifier(torch.float64)
-    compiled = torch.compile(
-        model, fullgraph=True, backend=aot_autograd(fw_compiler=keep_graph, bw_compiler=keep_graph)
-    )
-    compiled(
-        torch.rand(4, 7, dtype=torch.float64), torch.rand(4, 3, dtype=torch.float64)
-    ).backward()
-    forward_graph, backward_graph = (str(gm.graph) for gm in graphs)
+    x, y = torch.rand(4, 7, dtype=torch.float64), torch.rand(4, 3, dtype=torch.float64)
+    forward_graph, backward_graph = aot_graphs(model, x, y)
     assert forward_graph.count("siglayer.sigmoid_linear_bce.default") == 1
     assert backward_graph.count("siglayer.sigmoid_linear_backward_from_preactivation.default") == 1
     assert backward_graph.count("siglayer.sigmoid_linear_backward.default") == 1  # hidden
@@ -389,11 +370,6 @@ def test_operator_refuses_a_target_that_requires_grad_at_backward():
     loss = bce_op(x, W, b, y.requires_grad_(), "mean")[0]
     with pytest.raises(RuntimeError, match="does not differentiate with respect to target"):
         loss.backward()
-
-
-class PassThrough(torch.overrides.TorchFunctionMode):
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        return func(*args, **(kwargs or {}))
 
 
 def test_the_eager_path_is_taken_only_in_plain_eager_mode():

@@ -105,25 +105,31 @@ def test_compile_fullgraph_matches_eager(backend, dtype):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_compiled_graph_calls_the_operator():
-    """aot_eager's forward and backward graphs hold siglayer's operators, nothing
-    decomposed and no graph break."""
-    graphs = []
-
+def aot_graphs(model, *args):
+    """The forward and backward graphs AOT autograd makes of model(*args).sum() (whole
+    graph, no break), as text."""
     from functorch.compile import make_boxed_func
     from torch._dynamo.backends.common import aot_autograd
+
+    graphs = []
 
     def keep_graph(gm, example_inputs):
         graphs.append(gm)
         return make_boxed_func(gm.forward)
 
     torch._dynamo.reset()
-    model = network(torch.float64)
     compiled = torch.compile(
         model, fullgraph=True, backend=aot_autograd(fw_compiler=keep_graph, bw_compiler=keep_graph)
     )
-    compiled(torch.rand(4, 7, dtype=torch.float64)).sum().backward()
-    forward_graph, backward_graph = (str(gm.graph) for gm in graphs)
+    compiled(*args).sum().backward()
+    return [str(gm.graph) for gm in graphs]
+
+
+def test_compiled_graph_calls_the_operator():
+    """aot_eager's forward and backward graphs hold siglayer's operators, nothing
+    decomposed and no graph break."""
+    model = network(torch.float64)
+    forward_graph, backward_graph = aot_graphs(model, torch.rand(4, 7, dtype=torch.float64))
     assert forward_graph.count("siglayer.sigmoid_linear.default") == 2
     assert backward_graph.count("siglayer.sigmoid_linear_backward.default") == 2
 
