@@ -169,3 +169,39 @@ def test_a_library_that_cannot_serve_is_a_clear_error(library: str, message: str
     if not _core.config()["cpu_bf16"]:
         done = run("import siglayer", SIGLAYER_MKL_RT=library)
         assert done.returncode == 0, done.stderr
+
+
+AMX_PROBE = textwrap.dedent(
+    """
+    from siglayer import _core
+    c = _core.config()
+    print(c["bf16_gemm"])
+    print(c["amx_permission"])
+    print(_core.request_amx_permission())
+    print(_core.config()["amx_permission"])
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a Linux system call")
+@pytest.mark.parametrize("bf16_gemm", ["auto", "blas"])
+def test_amx_tile_permission_is_asked_for_with_mkl_on_amx(bf16_gemm):
+    """Linux gives AMX tile data only to a process that asked (arch_prctl); without it an
+    AMX instruction raises SIGILL. Whenever the blas path (MKL) is chosen on a CPU with
+    AMX-BF16, siglayer asks at once; elsewhere it never asks. Asking directly gets the
+    kernel's real answer: granted on an AMX CPU, refused (EOPNOTSUPP, or EINVAL on a
+    kernel older than 5.16) without one."""
+    if bf16_gemm == "blas" and (BUILT_IN or _config._find_mkl_rt() is None):
+        pytest.skip("the mkl package is not installed (pip install 'siglayer[mkl]')")
+    done = run(AMX_PROBE, SIGLAYER_BF16_GEMM=bf16_gemm)
+    assert done.returncode == 0, done.stderr
+    path, at_import, answer, after = done.stdout.splitlines()
+    amx = _core.config()["cpu_amx_bf16"]
+    if amx and path == "blas":
+        assert at_import == "granted"
+    else:
+        assert at_import == "not requested", (path, at_import)
+    if amx:
+        assert answer == after == "granted"
+    else:
+        assert answer == after and answer.startswith("refused: "), answer

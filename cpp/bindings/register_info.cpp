@@ -31,6 +31,7 @@ void register_info(py::module_& m) {
         d["cpu_amx_bf16"] = blas::cpu_has_amx_bf16();
         d["bf16_gemm_own"] = blas::own_bf16_gemm_available();
         d["bf16_gemm_mkl_runtime"] = blas::mkl_bf16_description();
+        d["amx_permission"] = blas::amx_permission();
         d["simd"] = kernels::active_isa();
         d["simd_available"] = kernels::available_isas();
         d["openmp"] = _OPENMP;
@@ -64,6 +65,10 @@ void register_info(py::module_& m) {
         "How bfloat16 products run: 'blas' (the BLAS's bfloat16 GEMM), 'avx512bf16'\n"
         "(siglayer's own, on AVX512-BF16), 'convert' (widen to float32, float32 GEMM) or\n"
         "'auto' (blas on AMX with MKL, else avx512bf16 where it runs, else convert).");
+    m.def(
+        "request_amx_permission", [] { return blas::request_amx_permission(); },
+        "Ask Linux for AMX tile data (once per process; what the blas path does on an AMX\n"
+        "CPU) and return the answer: 'granted' or 'refused: <reason>'.");
     m.def(
         "load_mkl_bf16", [](const std::string& path) { return blas::load_mkl_bf16(path); },
         py::arg("path"),

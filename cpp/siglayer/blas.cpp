@@ -6,9 +6,17 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <climits>
 #include <cstddef>
+#include <cstring>
+#include <mutex>
 #include <string>
+
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "gemm_bf16.hpp"
 #include "kernels.hpp"
@@ -78,8 +86,14 @@ const float* widened(const bfloat16* A, index_t lda, Op op, index_t rows, index_
     return out;
 }
 
+// 1 until the AMX permission was requested, then 0 (granted) or -errno.
+std::atomic<int> amx_request{1};
+
 Bf16Gemm auto_bf16_path() {
-    if (bf16_gemm_in_blas() && cpu_has_amx_bf16()) return Bf16Gemm::blas;
+    if (bf16_gemm_in_blas() && cpu_has_amx_bf16()) {
+        request_amx_permission();
+        return Bf16Gemm::blas;
+    }
     if (own_bf16_gemm_available()) return Bf16Gemm::avx512bf16;
     if (bf16_gemm_in_blas() && cpu_has_bf16()) return Bf16Gemm::blas;
     return Bf16Gemm::convert;
@@ -207,6 +221,28 @@ bool cpu_has_amx_bf16() {
 #endif
 }
 
+std::string request_amx_permission() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+#if defined(__linux__) && defined(__x86_64__)
+        constexpr long kReqXcompPerm = 0x1023;   // ARCH_REQ_XCOMP_PERM, asm/prctl.h
+        constexpr long kXfeatureXtiledata = 18;  // the XSAVE component of the tile data
+        const long rc = syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata);
+        amx_request.store(rc == 0 ? 0 : -errno);
+#else
+        amx_request.store(-ENOSYS);
+#endif
+    });
+    return amx_permission();
+}
+
+std::string amx_permission() {
+    const int state = amx_request.load();
+    if (state == 1) return "not requested";
+    if (state == 0) return "granted";
+    return std::string("refused: ") + std::strerror(-state);
+}
+
 bool own_bf16_gemm_available() {
 #if defined(SIGLAYER_HAVE_GEMM_BF16)
     return kernels::cpu_has_avx512bf16();  // the flags gemm_bf16.cpp is compiled with
@@ -225,6 +261,7 @@ void select_bf16_gemm(const std::string& name) {
             throw InvalidArgument("bf16_gemm: this build's BLAS (" + backend_name() +
                                   ") has no bfloat16 GEMM and MKL's is not loaded: pip install "
                                   "'siglayer[mkl]' (or build with SIGLAYER_BLAS=mkl)");
+        if (cpu_has_amx_bf16()) request_amx_permission();
         bf16_path.store(Bf16Gemm::blas);
     } else if (name == "avx512bf16") {
         if (!own_bf16_gemm_available())

@@ -58,6 +58,17 @@ void own_bf16_gemm_packed_b(Op op_a, index_t M, index_t N, index_t K, const bflo
 // SIGLAYER_BF16_GEMM variable goes through this at import.
 void select_bf16_gemm(const std::string& name);
 
+// Linux (5.16 and later) lets a process use AMX's tile registers only after it has asked
+// for them, arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); an AMX instruction
+// before that raises SIGILL, and a library that checks the permission falls back to a
+// slower path. Whenever the blas path is chosen on a CPU with AMX-BF16 (MKL's AMX code)
+// siglayer asks, once per process, whether or not MKL would ask itself (asking again is
+// harmless). request_amx_permission makes the request (once; later calls return the first
+// answer) and returns amx_permission(): "granted", "refused: <strerror>" (as on a CPU or
+// kernel without AMX tile data) or, before any request, "not requested".
+std::string request_amx_permission();
+std::string amx_permission();
+
 // MKL's bfloat16 GEMM loaded at run time (blas_mkl_runtime.cpp), for builds whose BLAS
 // has none: load_mkl_bf16 opens libmkl_rt at `path` (once per process; later calls
 // return the first description) and returns "MKL <version> (loaded at run time from

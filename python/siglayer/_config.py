@@ -210,7 +210,8 @@ def _bf16_gemm_description(core: _core.CoreConfig) -> str:
     if core["bf16_gemm_mkl_runtime"]:
         gemm = f"the bfloat16 GEMM of {core['bf16_gemm_mkl_runtime']}"
     if core["bf16_gemm"] == "blas":
-        return f"blas ({gemm}; {cpu} AVX512-BF16/AMX-BF16)"
+        amx = f"; AMX tile data {core['amx_permission']}" if core["cpu_amx_bf16"] else ""
+        return f"blas ({gemm}; {cpu} AVX512-BF16/AMX-BF16{amx})"
     if core["bf16_gemm"] == "avx512bf16":
         amx = "the CPU has AMX-BF16" if core["cpu_amx_bf16"] else "the CPU lacks AMX-BF16"
         mkl = "MKL's is loaded" if core["bf16_gemm_in_blas"] else "no MKL"
