@@ -70,19 +70,66 @@ void interleave_rows(u16* dst, const u16* row0, const u16* row1, index_t n) {
     _mm512_storeu_si512(dst + 32, hi);
 }
 
+// Transposes the 16 x 16 matrix of 32-bit lanes in r: afterwards r[c] holds lane c of
+// each r[i] before, in order i = 0..15. Four rounds of shuffles within 128-bit lanes, then
+// across them.
+void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {  // per 128-bit lane L: rows i, i+1 of lanes 4L..4L+3
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);      // (i,4L) (i+1,4L) (i,4L+1) (i+1,4L+1)
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);  // the same for 4L+2, 4L+3
+    }
+    __m512i u[16];  // u[4g + e], lane L: rows 4g..4g+3 of column 4L + e
+    for (int g = 0; g < 4; ++g) {
+        const __m512i* a = t + 4 * g;
+        u[4 * g + 0] = _mm512_unpacklo_epi64(a[0], a[2]);
+        u[4 * g + 1] = _mm512_unpackhi_epi64(a[0], a[2]);
+        u[4 * g + 2] = _mm512_unpacklo_epi64(a[1], a[3]);
+        u[4 * g + 3] = _mm512_unpackhi_epi64(a[1], a[3]);
+    }
+    for (int e = 0; e < 4; ++e) {  // column 4L + e = lane L of u[e], u[4+e], u[8+e], u[12+e]
+        const __m512i lo01 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0x44);
+        const __m512i hi01 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0x44);
+        const __m512i lo23 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0xEE);
+        const __m512i hi23 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0xEE);
+        r[e] = _mm512_shuffle_i32x4(lo01, hi01, 0x88);
+        r[4 + e] = _mm512_shuffle_i32x4(lo01, hi01, 0xDD);
+        r[8 + e] = _mm512_shuffle_i32x4(lo23, hi23, 0x88);
+        r[12 + e] = _mm512_shuffle_i32x4(lo23, hi23, 0xDD);
+    }
+}
+
 // out[p * width + t] = (src_t[2p], src_t[2p + 1]) for t < count, where src_t = src +
 // t * stride holds kc contiguous values (the pair past an odd kc is (src_t[kc - 1], 0)),
 // and 0 for count <= t < width: a sliver from rows (or columns) whose k are contiguous.
+// width is kMR or kNR (a multiple of 4). Sixteen pairs of sixteen lines at a time: one load
+// per line, a transpose, a store per pair; the pairs past the last multiple of 16 one by
+// one.
 void gather_pairs(u32* out, index_t width, index_t count, const u16* src, index_t stride,
                   index_t kc) {
     const index_t kp = (kc + 1) / 2, full = kc / 2;
+    index_t p0 = 0;
+    for (; p0 + 16 <= full; p0 += 16) {
+        for (index_t t0 = 0; t0 < width; t0 += 16) {
+            __m512i r[16];
+            for (int i = 0; i < 16; ++i) {
+                const index_t t = t0 + i;
+                r[i] = t < count ? _mm512_loadu_si512(src + t * stride + 2 * p0)
+                                 : _mm512_setzero_si512();
+            }
+            transpose16(r);
+            const __mmask16 lanes = first_lanes16(width - t0);
+            for (int q = 0; q < 16; ++q)
+                _mm512_mask_storeu_epi32(out + (p0 + q) * width + t0, lanes, r[q]);
+        }
+    }
     for (index_t t = 0; t < width; ++t) {
         if (t >= count) {
-            for (index_t p = 0; p < kp; ++p) out[p * width + t] = 0;
+            for (index_t p = p0; p < kp; ++p) out[p * width + t] = 0;
             continue;
         }
         const u16* line = src + t * stride;
-        for (index_t p = 0; p < full; ++p) out[p * width + t] = load_pair(line + 2 * p);
+        for (index_t p = p0; p < full; ++p) out[p * width + t] = load_pair(line + 2 * p);
         if (kc % 2) out[full * width + t] = pair(line[kc - 1], 0);
     }
 }
