@@ -165,6 +165,23 @@ def test_saturated_outputs_keep_their_gradient():
     assert torch.equal(W2.grad, torch.zeros(1, 2))  # what the unfused pair gives
 
 
+@pytest.mark.parametrize("z", [-30.0, 30.0])
+def test_far_saturated_outputs_keep_their_whole_gradient_in_float64(z):
+    """|z| = 30 in float64: out * (1 - out) = 9.4e-14, below the 1e-12 that
+    torch.nn.BCELoss clamps its denominator to, so the unfused gradient is 0.094 of the
+    true one; the fused one is sigmoid(z) - y to the last bits."""
+    x = torch.ones(1, 1, dtype=torch.float64)
+    y = torch.full((1, 1), 1.0 if z < 0 else 0.0, dtype=torch.float64)
+    b = torch.zeros(1, dtype=torch.float64)
+    true = 1 / (1 + np.exp(-z)) - float(y)
+    W = torch.tensor([[z]], dtype=torch.float64, requires_grad=True)
+    sigmoid_linear_bce_loss(x, W, b, y).backward()
+    assert abs(W.grad.item() - true) <= 4e-16 * abs(true)
+    W2 = W.detach().clone().requires_grad_()
+    torch.nn.functional.binary_cross_entropy(sigmoid_linear(x, W2, b), y).backward()
+    assert abs(W2.grad.item()) < 0.1 * abs(true)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("needs", SUBSETS)
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())

@@ -270,19 +270,23 @@ def _backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, Tensor | None, Ten
     return _gradients(ctx, dout, _backward_op)
 
 
+def _refuse_double_backward(name: str, instead: str) -> None:
+    """Autograd runs backward with grad mode on only for create_graph=True. The kernels'
+    gradients are not differentiable; returning them anyway would silently drop every
+    second-order term (a gradient penalty would lose its dependence on W)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"siglayer.torch.{name} has no double backward (create_graph=True); use "
+            f"{instead} where second derivatives are needed"
+        )
+
+
 def _gradients(
     ctx: Any, dout: Tensor, backward: Any
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """The autograd formula, for the operator (backward = the backward operator) and for
     the eager path (_Eager: the backward kernel itself)."""
-    # Autograd runs backward with grad mode on only for create_graph=True. The kernels'
-    # gradients are not differentiable; returning them anyway would silently drop
-    # every second-order term (a gradient penalty would lose its dependence on W).
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            "siglayer.torch.sigmoid_linear has no double backward (create_graph=True); "
-            "use torch.sigmoid(x @ W + b) where second derivatives are needed"
-        )
+    _refuse_double_backward("sigmoid_linear", "torch.sigmoid(x @ W + b)")
     x, W, out = ctx.saved_tensors
     need_x, need_W, need_b = ctx.needs_input_grad
     # The core always computes dW and db together (db is a by-product of dW's sweep).
@@ -319,9 +323,11 @@ _backward_op = torch.ops.siglayer.sigmoid_linear_backward.default
 # together. The forward computes out, the loss (torch.nn.BCELoss's value: each log
 # clamped at -100) and dZ = (out - target) / N, the gradient at the pre-activation (N =
 # out's size for the mean, 1 for the sum), in one pass over out; the backward starts from
-# dZ (backward_from_preactivation). Apart, BCELoss's gradient divides by out * (1 - out)
-# and the layer's multiplies by it again: two passes, and a gradient lost where out
-# saturates to exactly 0 or 1 (out * (1 - out) = 0), which the fused dZ keeps.
+# dZ (backward_from_preactivation). Apart, BCELoss's gradient divides by out * (1 - out),
+# clamped to at least 1e-12, and the layer's multiplies by it again: two passes, and a
+# gradient that shrinks once out * (1 - out) < 1e-12 (|z| beyond about 27.6) and is 0
+# where out rounds to 1 (z beyond about 17 in float32, 37 in float64); the fused dZ is
+# exact there.
 
 _REDUCTIONS = ("mean", "sum")
 
@@ -435,12 +441,10 @@ def _bce_gradients(
 ) -> tuple[Tensor | None, ...]:
     """The fused loss's autograd formula: dZ scaled by the loss's gradient, then the layer's
     backward from the pre-activation. Gradients for (x, W, b, target, reduction)."""
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            "siglayer.torch.sigmoid_linear_bce_loss has no double backward (create_graph="
-            "True); use torch.nn.functional.binary_cross_entropy_with_logits(x @ W + b, "
-            "target) where second derivatives are needed"
-        )
+    _refuse_double_backward(
+        "sigmoid_linear_bce_loss",
+        "torch.nn.functional.binary_cross_entropy_with_logits(x @ W + b, target)",
+    )
     need_x, need_W, need_b, need_target = ctx.needs_input_grad[:4]
     if need_target:
         raise RuntimeError(
@@ -620,10 +624,11 @@ def sigmoid_linear_bce_loss(
     (summed in float64, rounded once to x's dtype). The gradient is taken at the
     pre-activation, dZ = (out - target) / N (N = out's size for the mean, 1 for the sum),
     computed with the loss in one pass; the layer's backward starts from it. So a
-    saturated output (out rounding to exactly 0 or 1, for |x @ W + b| beyond about 17 in
-    float32) still gets its gradient, which BCELoss after the layer loses (it divides by
-    out * (1 - out) and the layer multiplies by it: 0), and the step is faster (one
-    autograd node for the layer and the loss). Runs as the operator
+    saturated output keeps its gradient, which BCELoss after the layer loses: its
+    gradient divides by out * (1 - out), clamped to at least 1e-12, and the layer
+    multiplies by it, which shrinks the result once |x @ W + b| passes about 27.6 and
+    zeroes it where out rounds to 1 (beyond about 17 in float32). And the step is
+    faster (one autograd node for the layer and the loss). Runs as the operator
     ``torch.ops.siglayer.sigmoid_linear_bce`` under torch.compile and torch.export, with
     ``torch.ops.siglayer.sigmoid_linear_backward_from_preactivation`` as its backward.
 
