@@ -3,13 +3,16 @@ torch.nn.parallel.DistributedDataParallel (gloo, CPU).
 
     torchrun --nproc-per-node 2 examples/train_ddp.py
     torchrun --nproc-per-node 2 examples/train_ddp.py --check   # against one process
+    torchrun --nproc-per-node 2 examples/train_ddp.py --check --fused-loss
 
 Every process builds the same network from the same seed and takes its own slice of each
 batch; DDP averages the gradients across processes after every backward, so each step
 equals one step of a single process on the whole batch (the loss is a mean over equally
 sized slices). With ``--check`` the first process also trains that single-process
 network on the whole batches and reports the largest weight difference; it exits with
-status 1 if that exceeds ``--tolerance``.
+status 1 if that exceeds ``--tolerance``. With ``--fused-loss`` the last layer and the
+binary cross-entropy are one operator (SigmoidLinear.bce_loss), called inside the
+module's forward so that DDP sees it (DDP synchronises what runs through its forward).
 
 torchrun sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT; the script reads nothing
 else from the environment.
@@ -29,12 +32,26 @@ from siglayer.torch import SigmoidLinear
 SIZES = (16, 12, 8, 4)  # n_in of the first layer, ..., n_out of the last
 
 
-def make_model(dtype: torch.dtype) -> torch.nn.Sequential:
-    layers = [
-        SigmoidLinear(n_in, n_out, dtype=dtype, seed=i)
-        for i, (n_in, n_out) in enumerate(itertools.pairwise(SIZES))
-    ]
-    return torch.nn.Sequential(*layers)
+class Network(torch.nn.Module):
+    """SigmoidLinear layers of SIZES; ``forward(x, y)`` returns the mean binary
+    cross-entropy of the last layer's output against y, the last layer fused with the
+    loss (``fused``) or its output fed to binary_cross_entropy."""
+
+    def __init__(self, dtype: torch.dtype, fused: bool) -> None:
+        super().__init__()
+        layers = [
+            SigmoidLinear(n_in, n_out, dtype=dtype, seed=i)
+            for i, (n_in, n_out) in enumerate(itertools.pairwise(SIZES))
+        ]
+        self.body = torch.nn.Sequential(*layers[:-1])
+        self.head = layers[-1]
+        self.fused = fused
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        hidden = self.body(x)
+        if self.fused:
+            return self.head.bce_loss(hidden, y)
+        return torch.nn.functional.binary_cross_entropy(self.head(hidden), y)
 
 
 def make_batches(steps: int, batch: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, ...]]:
@@ -55,7 +72,7 @@ def train(
     losses = []
     for x, y in batches:
         optimizer.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy(model(x), y)
+        loss = model(x, y)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
@@ -70,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--float32", action="store_true", help="default: float64")
     parser.add_argument("--check", action="store_true", help="compare with one process")
     parser.add_argument("--tolerance", type=float, default=1e-12)
+    parser.add_argument(
+        "--fused-loss", action="store_true", help="last layer and loss in one operator"
+    )
     args = parser.parse_args(argv)
     dtype = torch.float32 if args.float32 else torch.float64
 
@@ -85,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             (x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share])
             for x, y in batches
         ]
-        model = DistributedDataParallel(make_model(dtype))
+        model = DistributedDataParallel(Network(dtype, args.fused_loss))
         losses = train(model, mine, args.lr)
         # Each process's loss is over its own slice; the mean over processes is the
         # loss on the whole batch.
@@ -95,11 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         status = 0
         if rank == 0:
             print(
-                f"{world} processes, {args.steps} steps of {args.batch} samples ({dtype}): "
+                f"{world} processes, {args.steps} steps of {args.batch} samples ({dtype}"
+                f"{', fused loss' if args.fused_loss else ''}): "
                 f"loss {first_last[0]:.6f} -> {first_last[1]:.6f}"
             )
             if args.check:
-                single = make_model(dtype)
+                single = Network(dtype, args.fused_loss)
                 train(single, batches, args.lr)
                 difference = max(
                     (a - b).abs().max().item()
