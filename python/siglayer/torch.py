@@ -282,11 +282,13 @@ def _refuse_double_backward(name: str, instead: str) -> None:
 
 
 def _gradients(
-    ctx: Any, dout: Tensor, backward: Any
+    ctx: Any, dout: Tensor, backward: Any, *, transformed: bool = False
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """The autograd formula, for the operator (backward = the backward operator) and for
-    the eager path (_Eager: the backward kernel itself)."""
-    _refuse_double_backward("sigmoid_linear", "torch.sigmoid(x @ W + b)")
+    """The autograd formula, for the operator (backward = the backward operator), for the
+    eager path (_Eager: the backward kernel itself) and inside torch.func transforms
+    (_Transformed, ``transformed``: see there)."""
+    if not transformed:
+        _refuse_double_backward("sigmoid_linear", "torch.sigmoid(x @ W + b)")
     x, W, out = ctx.saved_tensors
     need_x, need_W, need_b = ctx.needs_input_grad
     # The core always computes dW and db together (db is a by-product of dW's sweep).
@@ -437,14 +439,15 @@ def _bce_backward(ctx: Any, dloss: Tensor, _ddZ: Tensor | None) -> tuple[Tensor 
 
 
 def _bce_gradients(
-    ctx: Any, dloss: Tensor, backward: Any, *, eager: bool
+    ctx: Any, dloss: Tensor, backward: Any, *, eager: bool, transformed: bool = False
 ) -> tuple[Tensor | None, ...]:
     """The fused loss's autograd formula: dZ scaled by the loss's gradient, then the layer's
     backward from the pre-activation. Gradients for (x, W, b, target, reduction)."""
-    _refuse_double_backward(
-        "sigmoid_linear_bce_loss",
-        "torch.nn.functional.binary_cross_entropy_with_logits(x @ W + b, target)",
-    )
+    if not transformed:
+        _refuse_double_backward(
+            "sigmoid_linear_bce_loss",
+            "torch.nn.functional.binary_cross_entropy_with_logits(x @ W + b, target)",
+        )
     need_x, need_W, need_b, need_target = ctx.needs_input_grad[:4]
     if need_target:
         raise RuntimeError(
@@ -522,6 +525,134 @@ class _EagerBCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dloss: Tensor) -> tuple[Tensor | None, ...]:
         return _bce_gradients(ctx, dloss, _eager_backward_from_preactivation, eager=True)
+
+
+# --- torch.func ------------------------------------------------------------------------
+# torch.func's transforms (grad, vjp, jacrev, vmap, and functional_call under them) cannot
+# use an operator's register_autograd formula: PyTorch 2.13 refuses such operators there
+# (the autograd.Function it generates has no setup_context). Inside a transform the
+# public functions run these Functions instead: the same operators in forward and
+# backward, the same formula. Their vmap rule is generated (the body runs under vmap), so
+# the operators need batching rules of their own (below).
+#
+# torch.func.grad runs every backward with grad mode on (it may be nested), so the
+# refusal of create_graph=True cannot be used here. Instead the backward operators are
+# called through _FirstOrderOnly, whose own backward raises: a second derivative (hessian,
+# jacrev of grad) fails there. (Left to PyTorch, differentiating an operator without an
+# autograd formula only warns and gives zeros.)
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """op(*args), with a backward that refuses: the kernels' gradients are not
+    differentiable."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(op: Any, name: str, *args: Any) -> Any:  # type: ignore[override]
+        return op(*args)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Sequence[Any], output: Any) -> None:
+        ctx.name = inputs[1]
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> Any:
+        raise RuntimeError(
+            f"siglayer.torch.{ctx.name} has no second derivative (its gradients come from "
+            f"kernels that are not differentiable): torch.func.hessian, jacrev or grad of "
+            f"a grad cannot be taken through it"
+        )
+
+
+def _first_order_only(op: Any, name: str) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        return _FirstOrderOnly.apply(op, name, *args)  # type: ignore[no-untyped-call]
+
+    return call
+
+
+_transformed_backward = _first_order_only(_backward_op, "sigmoid_linear")
+_transformed_backward_from_preactivation = _first_order_only(
+    _backward_from_preactivation_op, "sigmoid_linear_bce_loss"
+)
+
+
+class _Transformed(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, W: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
+        result: Tensor = _forward_op(x, W, b)
+        return result
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Sequence[Any], output: Tensor) -> None:
+        _setup_context(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        return _gradients(ctx, dout, _transformed_backward, transformed=True)
+
+
+class _TransformedBCE(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        x: Tensor, W: Tensor, b: Tensor, target: Tensor, reduction: str
+    ) -> tuple[Tensor, Tensor]:
+        loss, dZ = _bce_op(x, W, b, target, reduction)
+        return loss, dZ
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Sequence[Any], output: tuple[Tensor, Tensor]) -> None:
+        _bce_setup_context(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx: Any, dloss: Tensor, _ddZ: Tensor | None) -> tuple[Tensor | None, ...]:
+        return _bce_gradients(
+            ctx, dloss, _transformed_backward_from_preactivation, eager=False, transformed=True
+        )
+
+
+def _per_sample(op: Any, outputs: int) -> Callable[..., Any]:
+    """A vmap rule that calls op once per sample (a batched W, say, or the backward's
+    per-sample dW, which one call over the flattened batch would sum) and stacks."""
+
+    def rule(info: Any, in_dims: Sequence[int | None], *args: Any) -> Any:
+        results = [
+            op(*(a if d is None else a.select(d, i) for a, d in zip(args, in_dims, strict=True)))
+            for i in range(info.batch_size)
+        ]
+        if outputs == 1:
+            return torch.stack(results), 0
+        return tuple(torch.stack(r) for r in zip(*results, strict=True)), (0,) * outputs
+
+    return rule
+
+
+def _sigmoid_linear_vmap(
+    info: Any, in_dims: Sequence[int | None], x: Tensor, W: Tensor, b: Tensor
+) -> Any:
+    # x batched alone: its batch dimension is one more leading dimension, one call.
+    x_dim, W_dim, b_dim = in_dims
+    if W_dim is None and b_dim is None:
+        assert x_dim is not None
+        return _forward_op(x.movedim(x_dim, 0), W, b), 0
+    return _per_sample(_forward_op, 1)(info, in_dims, x, W, b)
+
+
+torch.library.register_vmap("siglayer::sigmoid_linear", _sigmoid_linear_vmap, lib=_LIBRARY)
+torch.library.register_vmap(
+    "siglayer::sigmoid_linear_backward", _per_sample(_backward_op, 3), lib=_LIBRARY
+)
+torch.library.register_vmap("siglayer::sigmoid_linear_bce", _per_sample(_bce_op, 2), lib=_LIBRARY)
+torch.library.register_vmap(
+    "siglayer::sigmoid_linear_backward_from_preactivation",
+    _per_sample(_backward_from_preactivation_op, 3),
+    lib=_LIBRARY,
+)
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)
@@ -608,6 +739,9 @@ def sigmoid_linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
                 eager = _eager_apply(x, W, b)
             return eager
         return _sigmoid_linear(x, W, b)
+    if _transforms_on() and not torch.compiler.is_compiling():
+        transformed: Tensor = _Transformed.apply(x, W, b)  # type: ignore[no-untyped-call]
+        return transformed
     result: Tensor = _forward_op(x, W, b)
     return result
 
@@ -683,6 +817,9 @@ def sigmoid_linear_bce_loss(
                 eager = _eager_bce_apply(x, W, b, target, reduction)
             return eager
         return _sigmoid_linear_bce(x, W, b, target, reduction)[0]
+    if _transforms_on() and not torch.compiler.is_compiling():
+        transformed: Tensor = _TransformedBCE.apply(x, W, b, target, reduction)[0]  # type: ignore[no-untyped-call]
+        return transformed
     loss: Tensor = _bce_op(x, W, b, target, reduction)[0]
     return loss
 

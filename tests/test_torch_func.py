@@ -1,0 +1,162 @@
+"""siglayer.torch under torch.func: grad, vjp, jacrev, vmap (one call when only x is
+batched, per sample otherwise), per-sample gradients (vmap of grad), functional_call; the
+results bit-equal to eager autograd on the same kernels and close to PyTorch's own
+Linear + sigmoid; second derivatives refused loudly, never a silent zero."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch.func import functional_call, grad, hessian, jacrev, vjp, vmap  # noqa: E402
+
+from siglayer.torch import SigmoidLinear, sigmoid_linear, sigmoid_linear_bce_loss  # noqa: E402
+from test_torch_ops import DTYPES  # noqa: E402  (float32, float64)
+
+F = torch.nn.functional
+TOL = {torch.float32: {"rtol": 2e-5, "atol": 1e-6}, torch.float64: {"rtol": 1e-12, "atol": 1e-14}}
+
+
+def inputs(dtype, seed=0, rows=6):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, 5, generator=g, dtype=dtype)
+    W = torch.randn(5, 4, generator=g, dtype=dtype) / 2
+    b = torch.randn(4, generator=g, dtype=dtype)
+    y = torch.rand(rows, 4, generator=g, dtype=dtype)
+    return x, W, b, y
+
+
+def reference(x, W, b):
+    return torch.sigmoid(x @ W + b)
+
+
+def reference_bce(x, W, b, y):
+    return F.binary_cross_entropy(reference(x, W, b), y)
+
+
+def eager_grads(fn, args, dout=None):
+    """Gradients of fn(*args) (summed against dout, or a scalar) by plain autograd."""
+    leaves = [a.detach().clone().requires_grad_() for a in args]
+    out = fn(*leaves)
+    out.backward(dout if dout is not None else torch.ones_like(out))
+    return [a.grad for a in leaves]
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES.values(), torch.bfloat16], ids=[*DTYPES, "bfloat16"])
+def test_grad_equals_eager_autograd_bitwise(dtype):
+    if dtype == torch.bfloat16:
+        pytest.importorskip("ml_dtypes")
+    x, W, b, _ = (t.to(dtype) for t in inputs(torch.float64))
+    dout = torch.rand(6, 4, generator=torch.Generator().manual_seed(1)).to(dtype)
+    want = eager_grads(sigmoid_linear, (x, W, b), dout)
+    got = grad(lambda *a: (sigmoid_linear(*a) * dout).sum(), argnums=(0, 1, 2))(x, W, b)
+    for name, g, w in zip("xWb", got, want, strict=True):
+        assert g.dtype == w.dtype == dtype, name
+        assert torch.equal(g, w), name
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_grad_vjp_jacrev_match_pytorch(dtype):
+    x, W, b, _ = inputs(dtype)
+    tol = TOL[dtype]
+    for argnums in (0, 1, 2):
+        got = grad(lambda *a: sigmoid_linear(*a).sum(), argnums=argnums)(x, W, b)
+        want = grad(lambda *a: reference(*a).sum(), argnums=argnums)(x, W, b)
+        torch.testing.assert_close(got, want, **tol)
+    out, pullback = vjp(sigmoid_linear, x, W, b)
+    torch.testing.assert_close(out, reference(x, W, b), **tol)
+    dout = torch.randn_like(out)
+    for got, want in zip(pullback(dout), vjp(reference, x, W, b)[1](dout), strict=True):
+        torch.testing.assert_close(got, want, **tol)
+    torch.testing.assert_close(
+        jacrev(sigmoid_linear, argnums=1)(x, W, b), jacrev(reference, argnums=1)(x, W, b), **tol
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_vmap_over_x_over_weights_and_in_other_dims(dtype):
+    x, W, b, _ = inputs(dtype)
+    tol = TOL[dtype]
+    # x batched alone: one call with the batch as a leading dimension.
+    torch.testing.assert_close(
+        vmap(sigmoid_linear, in_dims=(0, None, None))(x, W, b), reference(x, W, b), **tol
+    )
+    xt = x.T.contiguous()  # the batch in dimension 1
+    torch.testing.assert_close(
+        vmap(sigmoid_linear, in_dims=(1, None, None))(xt, W, b), reference(x, W, b), **tol
+    )
+    # An ensemble: a batch of weights and biases, one x.
+    g = torch.Generator().manual_seed(2)
+    Ws = torch.randn(3, 5, 4, generator=g, dtype=dtype)
+    bs = torch.randn(3, 4, generator=g, dtype=dtype)
+    want = torch.stack([reference(x, Ws[i], bs[i]) for i in range(3)])
+    torch.testing.assert_close(vmap(sigmoid_linear, in_dims=(None, 0, 0))(x, Ws, bs), want, **tol)
+    want = torch.stack([reference(x, Ws[i], b) for i in range(3)])
+    torch.testing.assert_close(vmap(sigmoid_linear, in_dims=(None, 0, None))(x, Ws, b), want, **tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_per_sample_gradients(dtype):
+    """vmap(grad(...)) over the samples of a batch: each sample's own gradient, equal to a
+    loop of plain autograd calls on one sample each."""
+    x, W, b, y = inputs(dtype)
+
+    def loss(W, b, xi, yi):
+        return sigmoid_linear_bce_loss(xi, W, b, yi)
+
+    def layer_loss(W, b, xi, yi):
+        return ((sigmoid_linear(xi, W, b) - yi) ** 2).sum()
+
+    for fn in (loss, layer_loss):
+        dW, db = vmap(grad(fn, argnums=(0, 1)), in_dims=(None, None, 0, 0))(W, b, x, y)
+        assert dW.shape == (6, 5, 4) and db.shape == (6, 4)
+        for i in range(6):
+            want_W, want_b = eager_grads(lambda W, b, i=i, fn=fn: fn(W, b, x[i], y[i]), (W, b))
+            assert torch.equal(dW[i], want_W) and torch.equal(db[i], want_b), (fn.__name__, i)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_fused_loss_under_grad(dtype):
+    x, W, b, y = inputs(dtype)
+    want = eager_grads(lambda *a: sigmoid_linear_bce_loss(*a, y), (x, W, b))
+    got = grad(sigmoid_linear_bce_loss, argnums=(0, 1, 2))(x, W, b, y)
+    for name, g, w in zip("xWb", got, want, strict=True):
+        assert torch.equal(g, w), name
+        torch.testing.assert_close(
+            g, grad(reference_bce, argnums="xWb".index(name))(x, W, b, y), **TOL[dtype]
+        )
+
+
+def test_functional_call_grad_equals_backward():
+    model = torch.nn.Sequential(
+        SigmoidLinear(5, 4, dtype=torch.float64, seed=0),
+        SigmoidLinear(4, 2, dtype=torch.float64, seed=1),
+    )
+    x = inputs(torch.float64)[0]
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    got = grad(lambda p: functional_call(model, p, (x,)).sum())(params)
+    model(x).sum().backward()
+    for name, p in model.named_parameters():
+        assert torch.equal(got[name], p.grad), name
+
+
+# torch.func.hessian scripts a helper with torch.jit, which warns about itself (2.13).
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("fused", [False, True], ids=["layer", "fused-loss"])
+def test_second_derivatives_are_refused_not_zero(fused):
+    """The backward kernels are not differentiable. PyTorch would differentiate an
+    operator without an autograd formula as zero (with a warning); here every way to a
+    second derivative raises."""
+    x, W, b, y = inputs(torch.float64)
+
+    def f(W):
+        return sigmoid_linear_bce_loss(x, W, b, y) if fused else sigmoid_linear(x, W, b).sum()
+
+    name = "sigmoid_linear_bce_loss" if fused else "sigmoid_linear"
+    with pytest.raises(RuntimeError, match=f"siglayer.torch.{name} has no second derivative"):
+        jacrev(grad(f))(W)
+    with pytest.raises(RuntimeError, match=f"siglayer.torch.{name} has no second derivative"):
+        grad(lambda W: grad(f)(W).sum())(W)
+    # Forward mode (jvp, jacfwd, hence hessian) has no rule at all: PyTorch says so.
+    with pytest.raises(NotImplementedError, match="jvp"):
+        hessian(f)(W)
