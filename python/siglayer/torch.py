@@ -47,6 +47,11 @@ formula rounds dW to bfloat16 once (round to nearest even) and db to b's dtype (
 float32 b keeps a float32 db, unrounded). torch.float16 is refused (it is not bfloat16).
 bfloat16 tensors reach the core as ``ml_dtypes.bfloat16`` NumPy views of the same
 memory, so they need ml_dtypes (``pip install ml-dtypes``), imported on first use.
+
+**torch.autocast** (CPU): with its bfloat16, x and W are cast to bfloat16 (a float32 b is
+kept) and out is bfloat16, as nn.Linear computes there; the fused loss runs in float32;
+a float16 autocast computes in float32. **torch.func**: grad, vjp, jacrev, vmap and
+functional_call work (see _Transformed); second derivatives raise.
 """
 
 from __future__ import annotations
@@ -687,6 +692,35 @@ def _plain_eager(x: Tensor, W: Tensor, b: Tensor) -> bool:
     )
 
 
+def _autocast_inputs(
+    tensors: tuple[Any, ...], dtype: torch.dtype, keep_float32: tuple[bool, ...]
+) -> tuple[Any, ...]:
+    """tensors cast to dtype as torch.autocast casts an op's inputs: floating tensors
+    other than float64 (which autocast leaves alone), except those marked keep_float32
+    that are float32. Anything else is left for the checks to refuse."""
+    return tuple(
+        t.to(dtype)
+        if isinstance(t, Tensor)
+        and t.is_floating_point()
+        and t.dtype not in (dtype, torch.float64)
+        and not (keep and t.dtype == torch.float32)
+        else t
+        for t, keep in zip(tensors, keep_float32, strict=True)
+    )
+
+
+def _autocast_layer(x: Tensor, W: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Inside torch.autocast on the CPU the layer computes as nn.Linear does there. With
+    autocast's bfloat16 (its CPU default): x and W cast to bfloat16 and out bfloat16, b
+    cast too unless it is float32 (a float32 master bias, which bfloat16 x and W allow).
+    With another autocast dtype (float16: siglayer has no float16 kernels) the inputs
+    are computed in float32. float64 inputs are left as they are, as autocast leaves them."""
+    dtype = torch.get_autocast_dtype("cpu")
+    if dtype == _BFLOAT16:
+        return _autocast_inputs((x, W, b), _BFLOAT16, (False, False, True))  # type: ignore[return-value]
+    return _autocast_inputs((x, W, b), torch.float32, (False, False, False))  # type: ignore[return-value]
+
+
 def sigmoid_linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     """``torch.sigmoid(x @ W + b)`` computed by siglayer, differentiable by autograd.
 
@@ -730,6 +764,8 @@ def sigmoid_linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     >>> W.grad.shape
     torch.Size([3, 4])
     """
+    if torch.is_autocast_enabled("cpu"):
+        x, W, b = _autocast_layer(x, W, b)
     _check(x, W, b)
     if not torch.compiler.is_compiling() and _plain_eager(x, W, b):
         if torch.is_grad_enabled() and (x.requires_grad or W.requires_grad or b.requires_grad):
@@ -802,6 +838,9 @@ def sigmoid_linear_bce_loss(
     True
     >>> loss.backward()
     """
+    if torch.is_autocast_enabled("cpu"):
+        # As PyTorch runs binary_cross_entropy_with_logits under autocast: in float32.
+        x, W, b, target = _autocast_inputs((x, W, b, target), torch.float32, (False,) * 4)
     _check_bce(x, W, b, target, reduction)
     if target.requires_grad:
         raise ValueError(
