@@ -1,4 +1,4 @@
-"""siglayer.torch under torch.func: grad, vjp, jacrev, vmap (one call when only x is
+"""siglayer.torch under torch.func: grad, vjp, jacrev, jvp, jacfwd, vmap (one call when only x is
 batched, per sample otherwise), per-sample gradients (vmap of grad), functional_call; the
 results bit-equal to eager autograd on the same kernels and close to PyTorch's own
 Linear + sigmoid; second derivatives refused loudly, never a silent zero."""
@@ -8,10 +8,16 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch.func import functional_call, grad, hessian, jacrev, vjp, vmap  # noqa: E402
+from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vjp, vmap  # noqa: E402
 
 from siglayer.torch import SigmoidLinear, sigmoid_linear, sigmoid_linear_bce_loss  # noqa: E402
 from test_torch_ops import DTYPES  # noqa: E402  (float32, float64)
+
+# Forward mode loads PyTorch's jvp decompositions on first use, which script helpers with
+# torch.jit, which warns about itself (2.13); the suite turns warnings into errors.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+)
 
 F = torch.nn.functional
 TOL = {torch.float32: {"rtol": 2e-5, "atol": 1e-6}, torch.float64: {"rtol": 1e-12, "atol": 1e-14}}
@@ -127,6 +133,34 @@ def test_fused_loss_under_grad(dtype):
         )
 
 
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_forward_mode_jvp_and_jacfwd(dtype):
+    """Forward mode (PyTorch's own ops on the saved out, or dZ for the fused loss) against
+    PyTorch's Linear + sigmoid, and jacfwd against jacrev (reverse mode, the kernels)."""
+    x, W, b, y = inputs(dtype)
+    tol = TOL[dtype]
+    g = torch.Generator().manual_seed(3)
+    tangents = tuple(torch.randn(t.shape, generator=g, dtype=dtype) for t in (x, W, b))
+    for fn, ref in (
+        (sigmoid_linear, reference),
+        (
+            lambda *a: sigmoid_linear_bce_loss(*a, y),
+            lambda *a: reference_bce(*a, y),
+        ),
+    ):
+        out, tangent = jvp(fn, (x, W, b), tangents)
+        want_out, want_tangent = jvp(ref, (x, W, b), tangents)
+        torch.testing.assert_close(out, want_out, **tol)
+        torch.testing.assert_close(tangent, want_tangent, **tol)
+    torch.testing.assert_close(
+        jacfwd(sigmoid_linear, argnums=1)(x, W, b),
+        jacrev(sigmoid_linear, argnums=1)(x, W, b),
+        **tol,
+    )
+    with pytest.raises(RuntimeError, match="does not differentiate with respect to target"):
+        jvp(lambda t: sigmoid_linear_bce_loss(x, W, b, t), (y,), (torch.ones_like(y),))
+
+
 def test_functional_call_grad_equals_backward():
     model = torch.nn.Sequential(
         SigmoidLinear(5, 4, dtype=torch.float64, seed=0),
@@ -140,8 +174,6 @@ def test_functional_call_grad_equals_backward():
         assert torch.equal(got[name], p.grad), name
 
 
-# torch.func.hessian scripts a helper with torch.jit, which warns about itself (2.13).
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("fused", [False, True], ids=["layer", "fused-loss"])
 def test_second_derivatives_are_refused_not_zero(fused):
     """The backward kernels are not differentiable. PyTorch would differentiate an
@@ -157,6 +189,7 @@ def test_second_derivatives_are_refused_not_zero(fused):
         jacrev(grad(f))(W)
     with pytest.raises(RuntimeError, match=f"siglayer.torch.{name} has no second derivative"):
         grad(lambda W: grad(f)(W).sum())(W)
-    # Forward mode (jvp, jacfwd, hence hessian) has no rule at all: PyTorch says so.
+    # hessian is jacfwd of jacrev: forward mode through the backward kernels, which have
+    # no rule for it; PyTorch says so.
     with pytest.raises(NotImplementedError, match="jvp"):
         hessian(f)(W)

@@ -50,8 +50,8 @@ memory, so they need ml_dtypes (``pip install ml-dtypes``), imported on first us
 
 **torch.autocast** (CPU): with its bfloat16, x and W are cast to bfloat16 (a float32 b is
 kept) and out is bfloat16, as nn.Linear computes there; the fused loss runs in float32;
-a float16 autocast computes in float32. **torch.func**: grad, vjp, jacrev, vmap and
-functional_call work (see _Transformed); second derivatives raise.
+a float16 autocast computes in float32. **torch.func**: grad, vjp, jacrev, jvp, jacfwd,
+vmap and functional_call work (see _Transformed); second derivatives raise.
 """
 
 from __future__ import annotations
@@ -594,10 +594,37 @@ class _Transformed(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: Sequence[Any], output: Tensor) -> None:
         _setup_context(ctx, inputs, output)
+        ctx.save_for_forward(inputs[0], inputs[1], output)
 
     @staticmethod
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         return _gradients(ctx, dout, _transformed_backward, transformed=True)
+
+    @staticmethod
+    def jvp(ctx: Any, tx: Tensor | None, tW: Tensor | None, tb: Tensor | None) -> Tensor:
+        # Forward mode (torch.func.jvp, jacfwd): d out = out (1 - out) (dx W + x dW + db),
+        # in PyTorch's own ops (in float32 for bfloat16), rounded to out's dtype.
+        x, W, out = ctx.saved_tensors
+        return _tangent(out, _preactivation_tangent(x, W, tx, tW, tb) * out * (1 - out))
+
+
+def _preactivation_tangent(
+    x: Tensor, W: Tensor, tx: Tensor | None, tW: Tensor | None, tb: Tensor | None
+) -> Tensor:
+    """d(x @ W + b) for tangents tx, tW, tb (None: zero), in float32 for bfloat16."""
+    compute = _compute_dtype(x.dtype)
+    dz = torch.zeros((*x.shape[:-1], W.shape[1]), dtype=compute)
+    if tx is not None:
+        dz = dz + tx.to(compute) @ W.to(compute)
+    if tW is not None:
+        dz = dz + x.to(compute) @ tW.to(compute)
+    if tb is not None:
+        dz = dz + tb.to(compute)
+    return dz
+
+
+def _tangent(like: Tensor, value: Tensor) -> Tensor:
+    return value.to(like.dtype)
 
 
 class _TransformedBCE(torch.autograd.Function):
@@ -613,12 +640,33 @@ class _TransformedBCE(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: Sequence[Any], output: tuple[Tensor, Tensor]) -> None:
         _bce_setup_context(ctx, inputs, output)
+        ctx.save_for_forward(inputs[0], inputs[1], output[1])
 
     @staticmethod
     def backward(ctx: Any, dloss: Tensor, _ddZ: Tensor | None) -> tuple[Tensor | None, ...]:
         return _bce_gradients(
             ctx, dloss, _transformed_backward_from_preactivation, eager=False, transformed=True
         )
+
+    @staticmethod
+    def jvp(
+        ctx: Any,
+        tx: Tensor | None,
+        tW: Tensor | None,
+        tb: Tensor | None,
+        ttarget: Tensor | None,
+        _treduction: None,
+    ) -> tuple[Tensor, None]:
+        # d loss = sum(dZ * dz), dZ = dloss/dz saved by the forward; dZ has no tangent (it
+        # is handed out as non-differentiable). torch.func passes a zero tangent
+        # for a target that is a constant; any other is refused.
+        if ttarget is not None and bool(ttarget.any()):
+            raise RuntimeError(
+                "sigmoid_linear_bce_loss does not differentiate with respect to target"
+            )
+        x, W, dZ = ctx.saved_tensors
+        dloss = (dZ * _preactivation_tangent(x, W, tx, tW, tb)).sum()
+        return _tangent(dZ, dloss), None
 
 
 def _per_sample(op: Any, outputs: int) -> Callable[..., Any]:
