@@ -605,7 +605,7 @@ class _Transformed(torch.autograd.Function):
         # Forward mode (torch.func.jvp, jacfwd): d out = out (1 - out) (dx W + x dW + db),
         # in PyTorch's own ops (in float32 for bfloat16), rounded to out's dtype.
         x, W, out = ctx.saved_tensors
-        return _tangent(out, _preactivation_tangent(x, W, tx, tW, tb) * out * (1 - out))
+        return (_preactivation_tangent(x, W, tx, tW, tb) * out * (1 - out)).to(out.dtype)
 
 
 def _preactivation_tangent(
@@ -621,10 +621,6 @@ def _preactivation_tangent(
     if tb is not None:
         dz = dz + tb.to(compute)
     return dz
-
-
-def _tangent(like: Tensor, value: Tensor) -> Tensor:
-    return value.to(like.dtype)
 
 
 class _TransformedBCE(torch.autograd.Function):
@@ -666,7 +662,7 @@ class _TransformedBCE(torch.autograd.Function):
             )
         x, W, dZ = ctx.saved_tensors
         dloss = (dZ * _preactivation_tangent(x, W, tx, tW, tb)).sum()
-        return _tangent(dZ, dloss), None
+        return dloss.to(dZ.dtype), None
 
 
 def _per_sample(op: Any, outputs: int) -> Callable[..., Any]:
