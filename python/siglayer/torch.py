@@ -605,7 +605,8 @@ class _Transformed(torch.autograd.Function):
         # Forward mode (torch.func.jvp, jacfwd): d out = out (1 - out) (dx W + x dW + db),
         # in PyTorch's own ops (in float32 for bfloat16), rounded to out's dtype.
         x, W, out = ctx.saved_tensors
-        return (_preactivation_tangent(x, W, tx, tW, tb) * out * (1 - out)).to(out.dtype)
+        tangent: Tensor = _preactivation_tangent(x, W, tx, tW, tb) * out * (1 - out)
+        return tangent.to(out.dtype)
 
 
 def _preactivation_tangent(
