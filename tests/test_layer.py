@@ -10,8 +10,10 @@ import pytest
 import siglayer
 from conftest import (
     DTYPES,
+    EPS,
     SHAPE_IDS,
     SHAPES,
+    SUM_ROWS,
     assert_within,
     backward_bounds,
     forward_bound,
@@ -180,6 +182,30 @@ def test_special_values_propagate(dtype):
             np.array([[1.0]], dtype), np.array([[1.0]], dtype), np.array([-100.0], dtype)
         ),
     )
+
+
+@pytest.mark.parametrize("via", ["backward", "preactivation-C", "preactivation-F"])
+def test_db_stays_accurate_over_a_large_batch(rng, threads, via):
+    """db of 2^20 rows in float32 within SUM_ROWS roundings of the float64 sum of the same
+    dZ (a running float32 sum was off by ~1e-4 relative here), and the same bits however
+    dZ arrives and however many threads sum it."""
+    n = 1 << 20
+    x = rng.standard_normal((n, 3)).astype(np.float32)
+    W = (rng.standard_normal((3, 5)) / 2).astype(np.float32)
+    out = siglayer.forward(x, W, np.zeros(5, np.float32))
+    dout = rng.uniform(0.5, 1.0, out.shape).astype(np.float32)
+    dZ = (dout * out) * (np.float32(1) - out)  # the core's float32 dZ, bit for bit
+    if via == "backward":
+        db = siglayer.backward(dout, x, W, out, need_dx=False)[2]
+    else:
+        order = "C" if via.endswith("C") else "F"
+        dZ_given = np.asarray(dZ, order=order)
+        db = siglayer.backward_from_preactivation(dZ_given, x, W, need_dx=False)[2]
+    exact = dZ.sum(axis=0, dtype=np.float64)  # positive terms: sum |dZ| = |exact|
+    bound = (SUM_ROWS + 2) * EPS[np.dtype(np.float32)] * exact
+    assert_within(db, exact.astype(np.float32), bound, "db")
+    reference_db = siglayer.backward_from_preactivation(dZ, x, W, need_dx=False)[2]
+    np.testing.assert_array_equal(db, reference_db)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)

@@ -64,25 +64,42 @@ bool check_gradient_outputs(OutMatrix<T> dx, OutMatrix<C> dW, C* db, index_t n, 
     return true;
 }
 
-// db[j] = sum over rows i of dZ[i, j] for the columns [j0, j1), each column summed in
-// row order (so db does not depend on how the columns are split between threads).
+// db[j] = sum over rows i of dZ[i, j] for the columns [j0, j1), in blocks of kSumRows rows
+// each summed in the compute type C and added into a double (views.hpp): the same bits as
+// the kernels' dz_colsum, for either layout and any split of the columns between threads.
 // dZ is a BlasOperand: op N is row-major with leading dimension ld, op T column-major.
-// db and the sums are in the compute type C.
 template <class T, class C = compute_t<T>>
 void column_sums(C* db, const BlasOperand<T>& dZ, index_t rows, index_t j0, index_t j1) {
     if (dZ.op == blas::Op::N) {
-        std::fill(db + j0, db + j1, C(0));
-        for (index_t i = 0; i < rows; ++i) {
-            const T* row = dZ.data + i * dZ.ld;
+        for (index_t c0 = j0; c0 < j1; c0 += kSumCols) {
+            const index_t nc = std::min(kSumCols, j1 - c0);
+            double total[kSumCols];
+            C part[kSumCols];
+            std::fill(total, total + nc, 0.0);
+            for (index_t i0 = 0; i0 < rows; i0 += kSumRows) {
+                const index_t i1 = std::min(rows, i0 + kSumRows);
+                std::fill(part, part + nc, C(0));
+                for (index_t i = i0; i < i1; ++i) {
+                    const T* row = dZ.data + i * dZ.ld + c0;
 #pragma omp simd
-            for (index_t j = j0; j < j1; ++j) db[j] += to_compute(row[j]);
+                    for (index_t j = 0; j < nc; ++j) part[j] += to_compute(row[j]);
+                }
+#pragma omp simd
+                for (index_t j = 0; j < nc; ++j) total[j] += static_cast<double>(part[j]);
+            }
+            for (index_t j = 0; j < nc; ++j) db[c0 + j] = static_cast<C>(total[j]);
         }
     } else {
         for (index_t j = j0; j < j1; ++j) {
             const T* col = dZ.data + j * dZ.ld;
-            C sum = C(0);
-            for (index_t i = 0; i < rows; ++i) sum += to_compute(col[i]);
-            db[j] = sum;
+            double total = 0.0;
+            for (index_t i0 = 0; i0 < rows; i0 += kSumRows) {
+                const index_t i1 = std::min(rows, i0 + kSumRows);
+                C part = C(0);
+                for (index_t i = i0; i < i1; ++i) part += to_compute(col[i]);
+                total += static_cast<double>(part);
+            }
+            db[j] = static_cast<C>(total);
         }
     }
 }
