@@ -161,6 +161,53 @@ def test_forward_mode_jvp_and_jacfwd(dtype):
         jvp(lambda t: sigmoid_linear_bce_loss(x, W, b, t), (y,), (torch.ones_like(y),))
 
 
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES)
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["plain", "W-requires-grad"])
+def test_forward_ad_dual_tensors_carry_tangents(dtype, requires_grad):
+    """torch.autograd.forward_ad outside torch.func: the tangent of a dual input reaches
+    the output (it was silently dropped, a zero tangent, before), for the layer and the
+    fused loss, with or without a leaf requiring grad; and the forward-mode Jacobian of
+    torch.autograd.functional equals PyTorch's."""
+    fwAD = torch.autograd.forward_ad
+    x, W, b, y = inputs(dtype)
+    W = W.clone().requires_grad_(requires_grad)
+    tx = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    for fn, ref in (
+        (sigmoid_linear, reference),
+        (lambda *a: sigmoid_linear_bce_loss(*a, y), lambda *a: reference_bce(*a, y)),
+    ):
+        with fwAD.dual_level():
+            got = fwAD.unpack_dual(fn(fwAD.make_dual(x, tx), W, b))
+            want = fwAD.unpack_dual(ref(fwAD.make_dual(x, tx), W, b))
+        assert got.tangent is not None
+        torch.testing.assert_close(got.primal, want.primal, **TOL[dtype])
+        torch.testing.assert_close(got.tangent, want.tangent, **TOL[dtype])
+    jacobian = torch.autograd.functional.jacobian
+    W = W.detach()
+    for strategy in ("forward-mode", "reverse-mode"):
+        got = jacobian(lambda a: sigmoid_linear(a, W, b), x, vectorize=True, strategy=strategy)
+        want = jacobian(lambda a: reference(a, W, b), x, vectorize=True, strategy=strategy)
+        torch.testing.assert_close(got, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["layer", "fused-loss"])
+def test_batched_grad_outputs(fused):
+    """torch.autograd.grad(is_grads_batched=True) runs the backward under PyTorch's older
+    vmap: the eager path's backward hands that to the operator's batching rule."""
+    x, W, b, y = inputs(torch.float64)
+    results = []
+    for layer, loss in ((sigmoid_linear, sigmoid_linear_bce_loss), (reference, None)):
+        Wg = W.clone().requires_grad_()
+        if fused:
+            out = loss(x, Wg, b, y) if loss else reference_bce(x, Wg, b, y)
+            cotangents = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+        else:
+            out = layer(x, Wg, b)
+            cotangents = torch.eye(out.numel(), dtype=torch.float64).reshape(-1, *out.shape)
+        results.append(torch.autograd.grad(out, Wg, cotangents, is_grads_batched=True)[0])
+    torch.testing.assert_close(results[0], results[1], **TOL[torch.float64])
+
+
 def test_functional_call_grad_equals_backward():
     model = torch.nn.Sequential(
         SigmoidLinear(5, 4, dtype=torch.float64, seed=0),

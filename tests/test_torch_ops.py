@@ -147,6 +147,20 @@ def test_export_runs_and_matches():
         torch.testing.assert_close(module(x), model(x), rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace.*` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("grad_mode", ["no_grad", "grad"])
+def test_jit_trace_records_the_operator(grad_mode):
+    """torch.jit.trace (and the TorchScript ONNX exporter behind it) records the operator,
+    never the eager path's result as a constant: a traced model follows new inputs."""
+    model = network(torch.float64).eval()
+    x_trace, x_new = (torch.rand(5, 7, dtype=torch.float64) for _ in range(2))
+    mode = torch.no_grad() if grad_mode == "no_grad" else torch.enable_grad()
+    with mode:
+        traced = torch.jit.trace(model, x_trace, check_trace=False)
+    assert str(traced.inlined_graph).count("siglayer::sigmoid_linear(") == 2
+    torch.testing.assert_close(traced(x_new), model(x_new), rtol=0, atol=0)
+
+
 def test_compile_reports_bad_input():
     """The fake kernel checks its inputs as eager mode does; Dynamo wraps its ValueError
     in a RuntimeError that quotes it."""

@@ -56,9 +56,11 @@ vmap and functional_call work (see _Transformed); second derivatives raise.
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -80,8 +82,26 @@ __all__ = ["SigmoidLinear", "sigmoid_linear", "sigmoid_linear_bce_loss"]
 _BFLOAT16 = torch.bfloat16
 _DTYPES = (torch.float32, torch.float64, _BFLOAT16)
 _STRIDED = torch.strided
+_tracing = torch._C._is_tracing  # torch.jit.trace
+_Check = TypeVar("_Check", bound=Callable[..., None])
 
 
+def _quiet_under_trace(check: _Check) -> _Check:
+    """check, with torch.jit.trace's warnings about shapes read as Python values silenced:
+    a check reads the traced shapes once, and the trace records the operator."""
+
+    @functools.wraps(check)
+    def wrapped(*args: Any) -> None:
+        if torch.compiler.is_compiling() or not _tracing():  # Dynamo cannot trace _tracing
+            return check(*args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return check(*args)
+
+    return wrapped  # type: ignore[return-value]
+
+
+@_quiet_under_trace
 def _check(x: object, W: object, b: object) -> None:
     """Raise the TypeError or ValueError that ``sigmoid_linear(x, W, b)`` deserves, if any.
 
@@ -245,10 +265,25 @@ def _eager_backward(
     # dout, out (..., n_out), x (..., n_in), W (n_in, n_out) -> dx (x's shape, or None
     # without need_dx), dW (n_in, n_out), db (n_out,). dx has x's dtype; dW and db the
     # compute dtype (float32 for bfloat16: the core's unrounded results).
+    if _under_vmap(dout):
+        # torch.autograd.grad(..., is_grads_batched=True) and the vectorized
+        # torch.autograd.functional.jacobian run this under vmap: the operator has the
+        # batching rule that NumPy arrays cannot have.
+        dx_op, dW_op, db_op = _backward_op(dout, x, W, out, need_dx)
+        return dx_op if need_dx else None, dW_op, db_op
     dx, dW, db = _api.backward(
         _to_numpy(dout), _to_numpy(x), _to_numpy(W), _to_numpy(out), need_dx=need_dx
     )
     return (_from_numpy(dx) if dx is not None else None, torch.from_numpy(dW), torch.from_numpy(db))
+
+
+def _under_vmap(t: Tensor) -> bool:
+    """Whether t is batched by a vmap: torch.func's, or the older one behind
+    torch.autograd.grad(is_grads_batched=True), which torch.func does not see."""
+    return (
+        torch._C._are_functorch_transforms_active()
+        or torch._C._functorch.is_legacy_batchedtensor(t)
+    )
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -339,6 +374,7 @@ _backward_op = torch.ops.siglayer.sigmoid_linear_backward.default
 _REDUCTIONS = ("mean", "sum")
 
 
+@_quiet_under_trace
 def _check_bce(x: object, W: object, b: object, target: object, reduction: object) -> None:
     """The errors of ``sigmoid_linear_bce_loss``: those of sigmoid_linear, then target's
     and reduction's. Runs in front of the operator and in its fake kernel."""
@@ -409,6 +445,9 @@ def _eager_backward_from_preactivation(
 ) -> tuple[Tensor | None, Tensor, Tensor]:
     # dZ (..., n_out), x (..., n_in), W (n_in, n_out) -> dx (x's shape, or None without
     # need_dx), dW (n_in, n_out), db (n_out,)
+    if _under_vmap(dZ):  # as _eager_backward
+        dx_op, dW_op, db_op = _backward_from_preactivation_op(dZ, x, W, need_dx)
+        return dx_op if need_dx else None, dW_op, db_op
     dx, dW, db = _api.backward_from_preactivation(
         _to_numpy(dZ), _to_numpy(x), _to_numpy(W), need_dx=need_dx
     )
@@ -461,8 +500,8 @@ def _bce_gradients(
         )
     x, W, dZ = ctx.saved_tensors
     # loss.backward() passes 1: the eager path skips that multiply (a traced graph cannot
-    # read the value, so the operator always multiplies).
-    if not eager or float(dloss) != 1.0:
+    # read the value, so the operator always multiplies; nor can vmap, see _eager_backward).
+    if not eager or _under_vmap(dloss) or float(dloss) != 1.0:
         dZ = dZ * dloss
     dx, dW, db = backward(dZ, x, W, need_x)
     return dx if need_x else None, dW if need_W else None, db if need_b else None, None, None
@@ -711,6 +750,13 @@ _dispatch_modes = torch._C._len_torch_dispatch_stack
 _transforms_on = torch._C._are_functorch_transforms_active
 _functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
+
+def _forward_ad_on() -> bool:
+    """Whether a torch.autograd.forward_ad dual level is open: tangents may ride on the
+    inputs, and only an autograd.Function with a jvp rule (_Transformed) carries them."""
+    return torch.autograd.forward_ad._current_level >= 0
+
+
 # autograd.Function.apply is a Python wrapper around the C++ apply of its base class; for
 # a Function without setup_context, outside functorch transforms (which _plain_eager
 # rules out), all it adds is unwrapping tensors left over from a finished transform
@@ -734,6 +780,8 @@ def _plain_eager(x: Tensor, W: Tensor, b: Tensor) -> bool:
         and not _modes_on()
         and _dispatch_modes() == 0
         and not _transforms_on()
+        and not _forward_ad_on()
+        and not _tracing()  # torch.jit.trace must record the operator, not its result
     )
 
 
@@ -820,7 +868,7 @@ def sigmoid_linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
                 eager = _eager_apply(x, W, b)
             return eager
         return _sigmoid_linear(x, W, b)
-    if _transforms_on() and not torch.compiler.is_compiling():
+    if (_transforms_on() or _forward_ad_on()) and not torch.compiler.is_compiling():
         transformed: Tensor = _Transformed.apply(x, W, b)  # type: ignore[no-untyped-call]
         return transformed
     result: Tensor = _forward_op(x, W, b)
@@ -901,7 +949,7 @@ def sigmoid_linear_bce_loss(
                 eager = _eager_bce_apply(x, W, b, target, reduction)
             return eager
         return _sigmoid_linear_bce(x, W, b, target, reduction)[0]
-    if _transforms_on() and not torch.compiler.is_compiling():
+    if (_transforms_on() or _forward_ad_on()) and not torch.compiler.is_compiling():
         transformed: Tensor = _TransformedBCE.apply(x, W, b, target, reduction)[0]  # type: ignore[no-untyped-call]
         return transformed
     loss: Tensor = _bce_op(x, W, b, target, reduction)[0]
