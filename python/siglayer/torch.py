@@ -95,7 +95,7 @@ def _quiet_under_trace(check: _Check) -> _Check:
         if torch.compiler.is_compiling() or not _tracing():  # Dynamo cannot trace _tracing
             return check(*args)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", torch.jit._trace.TracerWarning)
             return check(*args)
 
     return wrapped  # type: ignore[return-value]
@@ -280,7 +280,7 @@ def _eager_backward(
 def _under_vmap(t: Tensor) -> bool:
     """Whether t is batched by a vmap: torch.func's, or the older one behind
     torch.autograd.grad(is_grads_batched=True), which torch.func does not see."""
-    return (
+    return bool(
         torch._C._are_functorch_transforms_active()
         or torch._C._functorch.is_legacy_batchedtensor(t)
     )
@@ -754,7 +754,7 @@ _functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 def _forward_ad_on() -> bool:
     """Whether a torch.autograd.forward_ad dual level is open: tangents may ride on the
     inputs, and only an autograd.Function with a jvp rule (_Transformed) carries them."""
-    return torch.autograd.forward_ad._current_level >= 0
+    return bool(torch.autograd.forward_ad._current_level >= 0)
 
 
 # autograd.Function.apply is a Python wrapper around the C++ apply of its base class; for
