@@ -539,3 +539,9 @@ def test_right_pairing_matches_the_reference(rng):
     layer.backward(mse.backward())
     dZ = 2 * (out - y) / out.size * out * (1 - out)
     np.testing.assert_allclose(layer.dW, x.T @ dZ, rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [-1, True])
+def test_seed_must_be_a_non_negative_int(seed):
+    with pytest.raises((ValueError, TypeError), match="seed must be"):
+        siglayer.SigmoidLayer(2, 2, seed=seed)

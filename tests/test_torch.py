@@ -216,3 +216,32 @@ def test_module():
         SigmoidLinear(3, 0)
     with pytest.raises(TypeError, match=r"linear must be a torch\.nn\.Linear"):
         SigmoidLinear.from_linear(torch.nn.Conv1d(1, 1, 1))  # type: ignore[arg-type]
+
+
+def test_module_follows_torch_defaults():
+    """As torch.nn.Linear: dtype=None takes torch's default dtype, the parameters land on
+    the default device (meta builds without memory), and reset_parameters() after
+    to_empty() gives what the constructor gives (the same bits with a seed)."""
+    before = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 4), SigmoidLinear(4, 3))
+        assert model[1].W.dtype == model[1].b.dtype == torch.float64
+        x = torch.rand(2, 8)
+        torch.testing.assert_close(model(x), torch.sigmoid(model[0](x) @ model[1].W))
+        torch.set_default_dtype(torch.float16)
+        with pytest.raises(TypeError, match=r"torch\.get_default_dtype\(\), torch\.float16"):
+            SigmoidLinear(3, 2)
+    finally:
+        torch.set_default_dtype(before)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        with torch.device("meta"):
+            lazy = SigmoidLinear(7, 3, dtype=dtype, seed=4)
+        assert lazy.W.is_meta and lazy.b.is_meta
+        lazy.to_empty(device="cpu")
+        lazy.reset_parameters()
+        eager = SigmoidLinear(7, 3, dtype=dtype, seed=4)
+        assert torch.equal(lazy.W, eager.W) and torch.equal(lazy.b, eager.b)
+        assert lazy.W.dtype == dtype
+    with pytest.raises(ValueError, match="seed must be a non-negative int, got -1"):
+        SigmoidLinear(3, 2, seed=-1)

@@ -284,6 +284,8 @@ class SigmoidLayer(Generic[Float]):
             raise TypeError(
                 f"seed must be an int, a numpy.random.Generator or None, got {type(seed).__name__}"
             )
+        if isinstance(seed, numbers.Integral) and (isinstance(seed, bool) or seed < 0):
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         if not isinstance(reuse_buffers, bool):
             raise TypeError(f"reuse_buffers must be a bool, got {type(reuse_buffers).__name__}")
         self.reuse_buffers = reuse_buffers

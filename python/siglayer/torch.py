@@ -965,13 +965,19 @@ class SigmoidLinear(torch.nn.Module):
     Parameters
     ----------
     n_in, n_out : int
-    dtype : torch.float32 (default), torch.float64 or torch.bfloat16
+    dtype : torch.float32, torch.float64, torch.bfloat16 or None
         The dtype of W and b (bfloat16: both bfloat16, gradients rounded to bfloat16).
+        None (the default) takes ``torch.get_default_dtype()``, as torch.nn.Linear does
+        (float32 unless changed).
     seed : int or None
         With an int, W is exactly ``siglayer.SigmoidLayer(n_in, n_out, seed=seed).W``
         (Glorot-uniform from NumPy's generator; for bfloat16, the float32 one rounded to
         nearest even); with None it is Glorot-uniform from torch's global generator (so
         ``torch.manual_seed`` makes it reproducible).
+
+    The parameters are made on torch's default device, so ``with torch.device("meta"):``
+    builds a layer without memory; ``to_empty(device="cpu")`` then
+    ``reset_parameters()`` initialises it as the constructor would have.
 
     Attributes
     ----------
@@ -990,7 +996,7 @@ class SigmoidLinear(torch.nn.Module):
     """
 
     def __init__(
-        self, n_in: int, n_out: int, *, dtype: torch.dtype = torch.float32, seed: int | None = None
+        self, n_in: int, n_out: int, *, dtype: torch.dtype | None = None, seed: int | None = None
     ) -> None:
         super().__init__()
         for name, v in (("n_in", n_in), ("n_out", n_out)):
@@ -998,22 +1004,38 @@ class SigmoidLinear(torch.nn.Module):
                 raise TypeError(f"{name} must be an int, got {type(v).__name__}")
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
+        if dtype is None:
+            dtype = torch.get_default_dtype()
+            if dtype not in _DTYPES:
+                raise TypeError(
+                    f"dtype=None takes torch.get_default_dtype(), {dtype}, which siglayer "
+                    f"does not compute in: pass dtype=torch.float32, torch.float64 or "
+                    f"torch.bfloat16"
+                )
         if dtype not in _DTYPES:
             raise TypeError(
                 f"dtype must be torch.float32, torch.float64 or torch.bfloat16, got {dtype}"
             )
         self.n_in, self.n_out = n_in, n_out
-        if seed is None:
-            limit = math.sqrt(6.0 / (n_in + n_out))
-            W = torch.empty(n_in, n_out, dtype=dtype).uniform_(-limit, limit)
-        else:
-            from .nn import SigmoidLayer
+        self._seed = seed
+        self.W = torch.nn.Parameter(torch.empty(n_in, n_out, dtype=dtype))
+        self.b = torch.nn.Parameter(torch.empty(n_out, dtype=dtype))
+        self.reset_parameters()
 
-            np_dtype = np.float64 if dtype == torch.float64 else np.float32
-            W = torch.from_numpy(SigmoidLayer(n_in, n_out, dtype=np_dtype, seed=seed).W.copy())
-            W = W.to(dtype)  # bfloat16: rounded to nearest even; otherwise no-op
-        self.W = torch.nn.Parameter(W)
-        self.b = torch.nn.Parameter(torch.zeros(n_out, dtype=dtype))
+    def reset_parameters(self) -> None:
+        """W drawn as the constructor draws it (with a seed: the same values again), b zero."""
+        with torch.no_grad():
+            if self._seed is None:
+                limit = math.sqrt(6.0 / (self.n_in + self.n_out))
+                self.W.uniform_(-limit, limit)
+            else:
+                from .nn import SigmoidLayer
+
+                np_dtype = np.float64 if self.W.dtype == torch.float64 else np.float32
+                layer = SigmoidLayer(self.n_in, self.n_out, dtype=np_dtype, seed=self._seed)
+                # copy_ rounds float32 to bfloat16 to nearest even (a no-op cast otherwise).
+                self.W.copy_(torch.from_numpy(layer.W))
+            self.b.zero_()
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear) -> SigmoidLinear:
