@@ -229,18 +229,41 @@ def test_buffers_are_reused_and_overwritten(rng):
     out1 = layer(x1)
     kept = out1.copy()
     out2 = layer(x2)
-    assert out2 is out1  # same buffer ...
+    assert out2.base is out1.base  # same buffer (read-only views of it) ...
     assert not np.array_equal(out1, kept)  # ... so the earlier result is overwritten
     # Bitwise against the functional API (the same kernels): the NumPy reference may round
     # differently in the last bit with another BLAS (MKL).
     second = siglayer.forward(x2, layer.W, layer.b)
     np.testing.assert_array_equal(out1, second)
     short = layer(x1[:2])  # another batch size: another buffer, the first untouched
-    assert short is not out1
+    assert not np.shares_memory(short, out1)
     np.testing.assert_array_equal(out1, second)
-    assert layer(x1) is out1
+    assert layer(x1).base is out1.base
     dx1 = layer.backward(np.ones((5, 3)))
     assert layer.backward(np.ones((5, 3))) is dx1
+
+
+@pytest.mark.parametrize("reuse_buffers", [False, True])
+def test_output_kept_for_backward_is_read_only(rng, reuse_buffers):
+    """The layer's backward reads the out it returned: changing it in place (out -= y,
+    np.clip(..., out=out)) raises instead of silently changing dW; a copy is free to
+    change, and the gradients stay those of the forward. A buffer the caller passes
+    is returned as it is."""
+    layer = siglayer.SigmoidLayer(4, 3, dtype=np.float64, seed=0, reuse_buffers=reuse_buffers)
+    x = rng.standard_normal((8, 4))
+    out = layer(x)
+    with pytest.raises(ValueError, match="read-only"):
+        out -= 1.0
+    with pytest.raises(ValueError, match="read-only"):
+        np.clip(out, 0.1, 0.9, out=out)
+    changed = out.copy()
+    changed -= 1.0
+    dout = rng.standard_normal((8, 3))
+    layer.backward(dout)
+    want = reference.backward(dout, x, layer.W, reference.forward(x, layer.W, layer.b))
+    np.testing.assert_allclose(layer.dW, want[1], rtol=1e-12, atol=1e-14)
+    buf = np.empty((8, 3))
+    assert layer(x, out=buf) is buf and buf.flags.writeable
 
 
 def test_layer_errors(rng):

@@ -220,8 +220,9 @@ class SigmoidLayer(Generic[Float]):
     Notes
     -----
     **What backward uses.** forward keeps references (not copies) to its input x and its
-    output; backward computes the gradients of the *last* forward from them. Do not change
-    x or the output in place between forward and backward.
+    output; backward computes the gradients of the *last* forward from them. The output is
+    returned as a read-only view, so changing it in place raises; do not change x (or an
+    ``out=`` buffer you passed) between forward and backward.
 
     Examples
     --------
@@ -333,8 +334,11 @@ class SigmoidLayer(Generic[Float]):
         Returns
         -------
         ndarray, shape (..., n_out)
-            ``out`` when given; else a new array, or with ``reuse_buffers=True`` the
-            layer's buffer for this shape (overwritten by the next forward of the shape).
+            ``out`` when given; else a read-only view of a new array, or with
+            ``reuse_buffers=True`` of the layer's buffer for this shape (overwritten by
+            the next forward of the shape). Read-only because :meth:`backward` reads it:
+            change a copy (``out.copy()``). x and a given ``out`` must likewise stay
+            unchanged until the backward.
 
         Raises
         ------
@@ -353,7 +357,8 @@ class SigmoidLayer(Generic[Float]):
             x = self._rounded(x)
         if self._mixed:
             _core.to_bfloat16(self._W, out=self._W_compute)
-        own = out is None and self.reuse_buffers
+        given = out is not None
+        own = not given and self.reuse_buffers
         if out is None:
             shape = (*x.shape[:-1], self.n_out)
             fresh = self._outputs.get(shape) if own else np.empty(shape, self._dtype)
@@ -370,6 +375,12 @@ class SigmoidLayer(Generic[Float]):
             raise
         self._x = x
         self._out = out
+        if not given:
+            # The layer's backward reads this out: the caller gets a read-only view, so
+            # that `out -= y` or np.clip(out, ..., out=out) raises instead of silently
+            # changing the gradients (NumPy has no version counter to catch it later).
+            out = out.view()
+            out.flags.writeable = False
         return out
 
     __call__ = forward
