@@ -672,7 +672,10 @@ FUNCTIONAL_CASES: dict[str, Case] = {
     ),
     # -- Strides and alignment the core cannot take ---------------------------------------
     "x-misaligned": Case(
-        lambda p: fwd(p, x=misaligned((4, 3))), ValueError, "x", r"x is not aligned"
+        lambda p: fwd(p, x=misaligned((4, 3))),
+        ValueError,
+        "x",
+        r"x is not aligned .* pass x\.copy\(\)",
     ),
     "W-misaligned": Case(
         lambda p: fwd(p, W=misaligned((3, 2))), ValueError, "W", r"W is not aligned"
@@ -1173,3 +1176,24 @@ def test_adjacent_buffers_are_accepted() -> None:
     got = siglayer.backward(p["dout"], x, p["W"], out, dx=dx, dW=dW, db=db)
     for g, r in zip(got, siglayer.backward(p["dout"], p["x"], p["W"], p["out"]), strict=True):
         np.testing.assert_array_equal(g, r)
+
+
+def test_the_misalignment_hint_works() -> None:
+    """What the message says to do (x.copy()) is accepted and gives the aligned result;
+    np.ascontiguousarray would hand back the same misaligned array."""
+    x = misaligned((4, 3))
+    W, b = np.full((3, 2), 0.5), np.zeros(2)
+    assert np.ascontiguousarray(x) is x
+    with pytest.raises(ValueError, match=r"pass x\.copy\(\)"):
+        siglayer.forward(x, W, b)
+    np.testing.assert_array_equal(
+        siglayer.forward(x.copy(), W, b), siglayer.forward(7.0 + np.zeros((4, 3)), W, b)
+    )
+
+
+def test_layer_need_dx_takes_numpy_bools() -> None:
+    """As the functional API does: need_dx=np.bool_(False) is False, not a TypeError."""
+    layer = siglayer.SigmoidLayer(3, 2, dtype=f64, seed=0)
+    layer(np.ones((4, 3)))
+    assert layer.backward(np.ones((4, 2)), need_dx=np.bool_(False)) is None
+    assert layer.backward(np.ones((4, 2)), need_dx=np.bool_(True)).shape == (4, 3)

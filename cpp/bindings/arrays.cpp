@@ -154,9 +154,9 @@ MatrixView<T> matrix_view(const py::array& a, const char* name) {
     }
     if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) != 0) {
         throw py::value_error(std::string(name) +
-                              " is not aligned to its item size; pass "
-                              "np.ascontiguousarray(" +
-                              name + ")");
+                              " is not aligned to its item size (it starts inside an "
+                              "element's bytes); pass " +
+                              name + ".copy(), which is");
     }
     MatrixView<T> m;
     m.data = static_cast<const T*>(a.data());

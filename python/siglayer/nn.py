@@ -569,9 +569,10 @@ class SigmoidLayer(Generic[Float]):
 
 
 def _need_dx(need_dx: object) -> bool:
-    if not isinstance(need_dx, bool):
+    # numpy.bool_ too, as the functional API (and its core binding) takes it.
+    if not isinstance(need_dx, (bool, np.bool_)):
         raise TypeError(f"need_dx must be a bool, got {type(need_dx).__name__}")
-    return need_dx
+    return bool(need_dx)
 
 
 class Sequential(Generic[Float]):
