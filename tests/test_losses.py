@@ -248,6 +248,26 @@ def test_nan_output_gives_nan_loss():
     assert math.isnan(losses.BCELoss()(out, y))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("bad", [-1e-7, 1.0000001, 2.7, -np.inf, np.inf])
+def test_bce_refuses_outputs_that_are_not_probabilities(dtype, bad):
+    """Logits (or an output changed in place) are a ValueError naming out and the value,
+    where the formula would silently give NaN; the loss object's gradient is untouched."""
+    y = np.array([[0.0, 1.0, 1.0]], dtype)
+    good = np.array([[0.25, 0.5, 0.75]], dtype)
+    loss_fn = losses.BCELoss()
+    loss_fn(good, y)
+    kept = loss_fn.backward().copy()
+    out = good.copy()
+    out[0, 1] = bad
+    if out[0, 1] == 0 or out[0, 1] == 1:  # rounded into range in float32: not an error
+        pytest.skip(f"{bad} rounds to {out[0, 1]} in {np.dtype(dtype).name}")
+    for call in (lambda: losses.bce_loss(out, y), lambda: loss_fn(out, y)):
+        with pytest.raises(ValueError, match=r"out has a value outside \[0, 1\] \(element 1"):
+            call()
+    np.testing.assert_array_equal(loss_fn.backward(), kept)
+
+
 def test_non_contiguous_inputs_give_the_same_values(rng):
     out, y = random_case(rng, np.float64, (6, 10))
     want = (losses.bce_loss(out, y), losses.mse_loss(out, y))

@@ -3,9 +3,11 @@ finite differences, buffer reuse (no allocation in steady state), errors, save/l
 
 from __future__ import annotations
 
+import copy
 import gc
 import itertools
 import math
+import pickle
 import tracemalloc
 
 import numpy as np
@@ -264,6 +266,13 @@ def test_output_kept_for_backward_is_read_only(rng, reuse_buffers):
     np.testing.assert_allclose(layer.dW, want[1], rtol=1e-12, atol=1e-14)
     buf = np.empty((8, 3))
     assert layer(x, out=buf) is buf and buf.flags.writeable
+    # A copy of the layer shows its own results (not a copy of the view it was given).
+    layer(x)
+    for twin in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        x2 = rng.standard_normal((8, 4))
+        got = twin(x2)
+        np.testing.assert_array_equal(got, siglayer.forward(x2, twin.W, twin.b))
+        assert not got.flags.writeable
 
 
 def test_layer_errors(rng):

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iomanip>
+#include <sstream>
 
 #include "checks.hpp"
 #include "dtypes.hpp"
@@ -22,9 +24,31 @@ void check_loss(const char* grad_name, const T* grad, const T* out, const T* y, 
 
 }  // namespace
 
+namespace {
+
+// out must hold probabilities: a value below 0 or above 1 (logits passed by mistake, or an
+// output changed in place) would give a NaN loss silently. Checked before dZ is written;
+// NaN passes (it propagates, as for any input).
+template <class T>
+void check_probabilities(const T* out, index_t count) {
+    for (index_t i = 0; i < count; ++i) {
+        if (out[i] < T(0) || out[i] > T(1)) {
+            std::ostringstream message;
+            message << std::setprecision(9) << "out has a value outside [0, 1] (element " << i
+                    << " of the flattened out is " << static_cast<double>(out[i])
+                    << "): binary cross-entropy takes probabilities, such as a sigmoid's "
+                       "output, not logits";
+            throw InvalidArgument(message.str());
+        }
+    }
+}
+
+}  // namespace
+
 template <class T>
 double bce_sigmoid(T* dZ, const T* out, const T* y, index_t count, double divisor) {
     check_loss("dZ", dZ, out, y, count, divisor);
+    check_probabilities(out, count);
     const T n = T(divisor);
     const T clamp = T(kLogClamp);
     double sum = 0;

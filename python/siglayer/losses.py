@@ -173,6 +173,12 @@ def bce_loss(out: Array, y: Array, *, reduction: Reduction = "mean") -> float:
     -------
     float
 
+    Raises
+    ------
+    ValueError
+        An out below 0 or above 1 (logits, say), as torch.nn.BCELoss refuses it; a NaN
+        out gives a NaN loss.
+
     Examples
     --------
     >>> import numpy as np

@@ -303,6 +303,8 @@ class SigmoidLayer(Generic[Float]):
         self._input_grads = BufferCache(self._dtype)
         self._x: NDArray[Float] | None = None
         self._out: NDArray[Float] | None = None
+        self._view_of: NDArray[Float] | None = None  # the last out and its read-only view
+        self._view: NDArray[Float] | None = None
 
     @property
     def dtype(self) -> np.dtype[Float]:
@@ -314,6 +316,13 @@ class SigmoidLayer(Generic[Float]):
     b = _InPlaceOnly("layer")
     dW = _InPlaceOnly("layer")
     db = _InPlaceOnly("layer")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy (deepcopy, pickle) makes its own read-only view: a copied view would be an
+        # independent array, no longer showing the copied buffer.
+        state = self.__dict__.copy()
+        state["_view_of"] = state["_view"] = None
+        return state
 
     def __repr__(self) -> str:
         reuse = ", reuse_buffers=True" if self.reuse_buffers else ""
@@ -379,8 +388,13 @@ class SigmoidLayer(Generic[Float]):
             # The layer's backward reads this out: the caller gets a read-only view, so
             # that `out -= y` or np.clip(out, ..., out=out) raises instead of silently
             # changing the gradients (NumPy has no version counter to catch it later).
-            out = out.view()
-            out.flags.writeable = False
+            # One view per buffer: a reused buffer (reuse_buffers=True) allocates nothing.
+            view = self._view
+            if view is None or self._view_of is not out:
+                view = out.view()
+                view.flags.writeable = False
+                self._view_of, self._view = out, view
+            return view
         return out
 
     __call__ = forward
