@@ -354,7 +354,7 @@ def test_dtypes_are_refused_not_converted():
         sj.sigmoid_linear(x.astype(jnp.float32), W, b)
     with pytest.raises(TypeError, match=r"W has dtype int32"):
         sj.sigmoid_linear(x, W.astype(jnp.int32), b)
-    with pytest.raises(TypeError, match=r"b has dtype None"):
+    with pytest.raises(TypeError, match=r"b must be a JAX or NumPy array, got list"):
         sj.sigmoid_linear(x, W, [0.0, 0.0])
 
 

@@ -508,6 +508,16 @@ def test_load_errors_change_nothing(tmp_path):
     make_net(np.float32, sizes=(6, 5, 3)).save(tmp_path / "short.npz")
     with pytest.raises(ValueError, match=r"missing \['2.W', '2.b'\], unexpected \[\]"):
         net.load(tmp_path / "short.npz")
+    (tmp_path / "text.npz").write_text("not an archive")
+    with pytest.raises(ValueError, match=r"text\.npz is not an \.npz file of parameters"):
+        net.load(tmp_path / "text.npz")
+    good = (tmp_path / "f64.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=r"cut\.npz is not an \.npz file .*BadZipFile"):
+        net.load(tmp_path / "cut.npz")
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    with pytest.raises(ValueError, match=r"one\.npy holds one array \(\.npy\)"):
+        net.load(tmp_path / "one.npy")
     for p, want in zip(net.parameters(), before, strict=True):
         np.testing.assert_array_equal(p.value, want)
     with pytest.raises(FileNotFoundError):

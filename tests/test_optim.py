@@ -227,6 +227,8 @@ def test_parameter_errors():
         SGD([Parameter("p", np.zeros((3, 4))[:, ::2], np.zeros((3, 2)))], lr=0.1)
     with pytest.raises(ValueError, match=r"grad is float64 \(4,\) but value is float64 \(3,\)"):
         SGD([Parameter("p", np.zeros(3), np.zeros(4))], lr=0.1)
+    with pytest.raises(TypeError, match=r"grad is float32 \(3,\) but value is float64 \(3,\)"):
+        SGD([Parameter("p", np.zeros(3), np.zeros(3, np.float32))], lr=0.1)
     with pytest.raises(TypeError, match="value has dtype int64"):
         SGD([Parameter("p", np.zeros(3, np.int64), np.zeros(3, np.int64))], lr=0.1)
     shared = np.zeros(6)

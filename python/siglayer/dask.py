@@ -21,6 +21,8 @@ with the local schedulers, ``dask.distributed.progress(future)`` with a cluster.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -43,6 +45,20 @@ __all__ = ["backward", "forward"]
 DaskArray = Any
 _dask: Any = dask
 _da: Any = da
+
+
+@contextlib.contextmanager
+def _on_zero_rows(arrays: dict[str, Any]) -> Iterator[None]:
+    """The core's checks run on 0 rows of each row-chunked array: a ValueError from them
+    shows (0, k) shapes, so it gets the arrays' real shapes added."""
+    try:
+        yield
+    except ValueError as exc:
+        shapes = ", ".join(f"{name} {tuple(a.shape)}" for name, a in arrays.items())
+        raise ValueError(
+            f"{exc} (siglayer.dask checks the shapes on 0 rows of each row-chunked "
+            f"array; the arrays given: {shapes})"
+        ) from None
 
 
 def _rows(name: str, value: Any) -> Any:
@@ -116,7 +132,8 @@ def forward(x: DaskArray, W: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> D
     """
     x = _rows("x", x)
     # The core's checks (dtypes, shapes, sizes), run now on zero rows of x.
-    _api.forward(np.empty((0, x.shape[1]), x.dtype), W, b)
+    with _on_zero_rows({"x": x}):
+        _api.forward(np.empty((0, x.shape[1]), x.dtype), W, b)
     Wd, bd = _in_memory("W", W), _in_memory("b", b)
     return _da.blockwise(
         _forward_chunk,
@@ -191,7 +208,8 @@ def backward(
     empty = {
         n: np.empty((0, a.shape[1]), a.dtype) for n, a in (("dout", dout), ("x", x), ("out", out))
     }
-    _api.backward(empty["dout"], empty["x"], W, empty["out"], need_dx=need_dx)
+    with _on_zero_rows({"dout": dout, "x": x, "out": out}):
+        _api.backward(empty["dout"], empty["x"], W, empty["out"], need_dx=need_dx)
     Wd = _in_memory("W", W)
     n_in, n_out = W.shape
     dtype = x.dtype

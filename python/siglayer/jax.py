@@ -278,6 +278,11 @@ def sigmoid_linear(
     """
     for name, value in (("x", x), ("W", W), ("b", b)):
         dtype = getattr(value, "dtype", None)
+        if dtype is None:
+            raise TypeError(
+                f"{name} must be a JAX or NumPy array, got {type(value).__name__}: pass "
+                f"jnp.asarray({name}, jnp.float32)"
+            )
         if isinstance(dtype, np.dtype) and dtype == np.float16:
             raise TypeError(
                 f"{name} has dtype float16, which is not bfloat16; siglayer.jax takes "

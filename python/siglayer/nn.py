@@ -25,6 +25,7 @@ import itertools
 import math
 import numbers
 import os
+import zipfile
 from collections.abc import Iterator, Sequence
 from typing import Any, Generic, Literal, Protocol, cast, overload, runtime_checkable
 
@@ -807,17 +808,32 @@ def load_parameters(parameters: Sequence[Parameter], path: str | os.PathLike[str
     >>> bool(np.array_equal(fresh.W, trained.W))
     True
     """
-    with np.load(os.fspath(path), allow_pickle=False) as data:
-        stored = set(data.files)
-        expected = {p.name for p in parameters}
-        if stored != expected:
-            missing = sorted(expected - stored)
-            unexpected = sorted(stored - expected)
+    # The file opened here, so that it is closed whatever np.load makes of it (NumPy
+    # leaves its own handle open when the archive is broken).
+    with open(os.fspath(path), "rb") as file:
+        try:
+            loaded = np.load(file, allow_pickle=False)
+        except (ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise ValueError(
-                f"{os.fspath(path)} does not match these parameters: missing "
-                f"{missing}, unexpected {unexpected}"
+                f"{os.fspath(path)} is not an .npz file of parameters as save_parameters "
+                f"writes ({type(exc).__name__}: {exc})"
+            ) from exc
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError(
+                f"{os.fspath(path)} holds one array (.npy), not an .npz file of named "
+                f"parameters as save_parameters writes"
             )
-        arrays = {name: data[name] for name in expected}
+        with loaded as data:
+            stored = set(data.files)
+            expected = {p.name for p in parameters}
+            if stored != expected:
+                missing = sorted(expected - stored)
+                unexpected = sorted(stored - expected)
+                raise ValueError(
+                    f"{os.fspath(path)} does not match these parameters: missing "
+                    f"{missing}, unexpected {unexpected}"
+                )
+            arrays = {name: data[name] for name in expected}
     for p in parameters:
         a = arrays[p.name]
         if a.shape != p.value.shape:
