@@ -133,9 +133,9 @@ def test_double_backward_is_refused():
     ("change", "error", "match"),
     [
         (
-            {"x": torch.zeros(6, 5, device="meta")},
+            {"x": torch.zeros(6, 5, dtype=torch.float64, device="meta")},
             ValueError,
-            "x is on meta; siglayer.torch runs on CPU tensors only",
+            "x on meta, W on cpu, b on cpu: all must be on the CPU, or all on the meta",
         ),
         ({"W": torch.zeros(5, 4, dtype=torch.float16)}, TypeError, "W has dtype torch.float16"),
         (

@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 torch = pytest.importorskip("torch")
-from siglayer.torch import SigmoidLinear, sigmoid_linear  # noqa: E402
+from siglayer.torch import SigmoidLinear, sigmoid_linear, sigmoid_linear_bce_loss  # noqa: E402
 
 forward_op = torch.ops.siglayer.sigmoid_linear.default
 backward_op = torch.ops.siglayer.sigmoid_linear_backward.default
@@ -159,6 +159,50 @@ def test_jit_trace_records_the_operator(grad_mode):
         traced = torch.jit.trace(model, x_trace, check_trace=False)
     assert str(traced.inlined_graph).count("siglayer::sigmoid_linear(") == 2
     torch.testing.assert_close(traced(x_new), model(x_new), rtol=0, atol=0)
+
+
+def test_fx_symbolic_trace_records_the_functions():
+    """torch.fx.symbolic_trace keeps sigmoid_linear (and the fused loss) as one call each,
+    which the traced module runs with the same bits."""
+    model = network(torch.float64)
+    graph_module = torch.fx.symbolic_trace(model)
+    calls = [n.target for n in graph_module.graph.nodes if n.op == "call_function"]
+    assert calls == [sigmoid_linear, sigmoid_linear]
+    x = torch.rand(5, 7, dtype=torch.float64)
+    torch.testing.assert_close(graph_module(x), model(x), rtol=0, atol=0)
+    layer = model[-1]
+
+    class WithLoss(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x, y):
+            return self.layer.bce_loss(x, y)
+
+    traced = torch.fx.symbolic_trace(WithLoss())
+    assert [n.target for n in traced.graph.nodes if n.op == "call_function"] == [
+        sigmoid_linear_bce_loss
+    ]
+    x, y = torch.rand(5, layer.n_in, dtype=torch.float64), torch.rand(5, layer.n_out).double()
+    torch.testing.assert_close(traced(x, y), layer.bce_loss(x, y), rtol=0, atol=0)
+
+
+def test_meta_tensors_give_shapes():
+    """Tensors on the meta device (shape inference, a layer built under
+    torch.device("meta")) run through the fake kernels, backward too; a mix of meta and
+    CPU tensors is refused by name."""
+    with torch.device("meta"):
+        layer = SigmoidLinear(7, 3)
+        x = torch.empty(2, 5, 7, requires_grad=True)
+    out = layer(x)
+    assert out.is_meta and out.shape == (2, 5, 3)
+    out.sum().backward()
+    assert x.grad.is_meta and x.grad.shape == x.shape and layer.W.grad.shape == (7, 3)
+    loss = layer.bce_loss(x, torch.empty(2, 5, 3, device="meta"))
+    assert loss.is_meta and loss.shape == ()
+    with pytest.raises(ValueError, match=r"x on meta, W on cpu, b on cpu: all must be"):
+        sigmoid_linear(x, torch.ones(7, 3), torch.ones(3))
 
 
 def test_compile_reports_bad_input():

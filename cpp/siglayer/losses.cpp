@@ -62,7 +62,7 @@ double bce_sigmoid(T* dZ, const T* out, const T* y, index_t count, double diviso
         const T log_q = t != T(1) ? std::max(std::log1p(-o), clamp) : T(0);
         sum += static_cast<double>(t * log_p + (T(1) - t) * log_q);
     }
-    return -sum;
+    return 0.0 - sum;  // +0 for an empty sum, where -sum would give -0
 }
 
 template <class T>

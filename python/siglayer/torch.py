@@ -133,6 +133,7 @@ def _check(x: object, W: object, b: object) -> None:
         _check_tensor(t, name)
     assert isinstance(x, Tensor) and isinstance(W, Tensor) and isinstance(b, Tensor)
     _check_dtypes(x.dtype, W.dtype, b.dtype)
+    _check_devices({"x": x, "W": W, "b": b})
     if W.dim() != 2:
         raise ValueError(f"W must be 2-D (n_in, n_out), got shape {tuple(W.shape)}")
     if x.dim() == 0 or x.shape[-1] != W.shape[0]:
@@ -147,10 +148,17 @@ def _check(x: object, W: object, b: object) -> None:
         )
 
 
+def _check_devices(tensors: dict[str, Tensor]) -> None:
+    """All on the CPU, or all on the meta device (shape inference, no data)."""
+    if len({t.device.type for t in tensors.values()}) > 1:
+        devices = ", ".join(f"{name} on {t.device}" for name, t in tensors.items())
+        raise ValueError(f"{devices}: all must be on the CPU, or all on the meta device")
+
+
 def _check_tensor(t: object, name: str) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
+    if t.device.type not in ("cpu", "meta"):  # meta: shapes only, through the fake kernels
         raise ValueError(
             f"{name} is on {t.device}; siglayer.torch runs on CPU tensors only: "
             f"pass {name}.cpu(), or use torch.nn.Linear + torch.sigmoid on "
@@ -402,6 +410,7 @@ def _check_bce(x: object, W: object, b: object, target: object, reduction: objec
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     _check_tensor(target, "target")
     assert isinstance(target, Tensor)
+    _check_devices({"x": x, "target": target})
     shape = (*x.shape[:-1], W.shape[1])
     if target.dtype != x.dtype:
         raise TypeError(
@@ -602,11 +611,19 @@ class _FirstOrderOnly(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, *grads: Any) -> Any:
-        raise RuntimeError(
-            f"siglayer.torch.{ctx.name} has no second derivative (its gradients come from "
-            f"kernels that are not differentiable): torch.func.hessian, jacrev or grad of "
-            f"a grad cannot be taken through it"
-        )
+        _no_second_derivative(ctx.name)
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> Any:  # forward mode over a gradient (hessian)
+        _no_second_derivative(ctx.name)
+
+
+def _no_second_derivative(name: str) -> None:
+    raise RuntimeError(
+        f"siglayer.torch.{name} has no second derivative (its gradients come from "
+        f"kernels that are not differentiable): torch.func.hessian, jacrev or grad of "
+        f"a grad cannot be taken through it"
+    )
 
 
 def _first_order_only(op: Any, name: str) -> Callable[..., Any]:
@@ -774,6 +791,7 @@ def _plain_eager(x: Tensor, W: Tensor, b: Tensor) -> bool:
     """Whether only eager autograd can see this call (see _Eager)."""
     return (
         _eager_path
+        and x.is_cpu  # meta tensors (shapes only) go to the operator's fake kernel
         and type(x) in _PLAIN
         and type(W) in _PLAIN
         and type(b) in _PLAIN
@@ -954,6 +972,12 @@ def sigmoid_linear_bce_loss(
         return transformed
     loss: Tensor = _bce_op(x, W, b, target, reduction)[0]
     return loss
+
+
+# torch.fx.symbolic_trace records calls of these two as graph nodes instead of tracing into
+# them (whose checks need real tensors, not proxies); the traced module calls them.
+torch.fx.wrap("sigmoid_linear")
+torch.fx.wrap("sigmoid_linear_bce_loss")
 
 
 class SigmoidLinear(torch.nn.Module):
