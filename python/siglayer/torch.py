@@ -768,10 +768,13 @@ _transforms_on = torch._C._are_functorch_transforms_active
 _functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
 
+_forward_ad = torch.autograd.forward_ad
+
+
 def _forward_ad_on() -> bool:
     """Whether a torch.autograd.forward_ad dual level is open: tangents may ride on the
     inputs, and only an autograd.Function with a jvp rule (_Transformed) carries them."""
-    return bool(torch.autograd.forward_ad._current_level >= 0)
+    return bool(_forward_ad._current_level >= 0)
 
 
 # autograd.Function.apply is a Python wrapper around the C++ apply of its base class; for
@@ -798,7 +801,7 @@ def _plain_eager(x: Tensor, W: Tensor, b: Tensor) -> bool:
         and not _modes_on()
         and _dispatch_modes() == 0
         and not _transforms_on()
-        and not _forward_ad_on()
+        and _forward_ad._current_level < 0  # _forward_ad_on(), inlined: the hot path
         and not _tracing()  # torch.jit.trace must record the operator, not its result
     )
 
