@@ -17,6 +17,7 @@ import pytest
 from hypothesis import settings
 
 import siglayer
+from siglayer import _core
 from siglayer._dtypes import FLOAT_DTYPES
 
 # Hypothesis: by default ("ci") a bounded and reproducible run (the same examples every
@@ -34,9 +35,17 @@ EPS = {dt: float(np.finfo(dt).eps) for dt in FLOAT_DTYPES}
 
 
 # db adds blocks of SUM_ROWS rows in the dtype and the block sums in float64 (the core's
-# kSumRows, views.hpp), and the reference sums in float64: db's error grows with the block,
-# not with the batch.
-SUM_ROWS = 128
+# kSumRows, views.hpp), and the reference sums in float64: for float32, db's error grows
+# with the block, not with the batch.
+SUM_ROWS = _core.config()["db_sum_rows"]
+
+
+def db_terms(rows: int, dtype: np.dtype) -> int:
+    """The roundings db's bound allows: SUM_ROWS in a block plus one per block; for float64
+    the reference's own running float64 sum, one per row."""
+    if np.dtype(dtype) == np.float64:
+        return rows
+    return min(rows, SUM_ROWS) + rows // SUM_ROWS
 
 
 def product_bound(abs_a: np.ndarray, abs_b: np.ndarray, k: int, dtype: np.dtype) -> np.ndarray:
@@ -92,7 +101,7 @@ def gradient_bounds(
     dZ = np.abs(dZ.reshape(rows, n_out))
     x2 = np.abs(x.reshape(rows, n_in))
     dW = product_bound(x2.T, dZ, rows, x.dtype)
-    db = product_bound(np.ones((1, rows)), dZ, min(rows, SUM_ROWS), x.dtype)[0]
+    db = product_bound(np.ones((1, rows)), dZ, db_terms(rows, x.dtype), x.dtype)[0]
     dx = product_bound(dZ, np.abs(W).T, n_out, x.dtype).reshape(x.shape)
     return dx, dW, db
 

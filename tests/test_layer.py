@@ -184,28 +184,48 @@ def test_special_values_propagate(dtype):
     )
 
 
+def _db_problem(rng, n, n_out, dtype, n_in=3):
+    """x, W, out and a positive dout; dZ = (dout * out) * (1 - out), the core's own dZ bit
+    for bit (the same operations in the same order)."""
+    x = rng.standard_normal((n, n_in)).astype(dtype)
+    W = (rng.standard_normal((n_in, n_out)) / n_in**0.5).astype(dtype)
+    out = siglayer.forward(x, W, np.zeros(n_out, dtype))
+    dout = rng.uniform(0.5, 1.0, out.shape).astype(dtype)
+    return x, W, out, dout, (dout * out) * (dtype(1) - out)
+
+
 @pytest.mark.parametrize("via", ["backward", "preactivation-C", "preactivation-F"])
 def test_db_stays_accurate_over_a_large_batch(rng, threads, via):
-    """db of 2^20 rows in float32 within SUM_ROWS roundings of the float64 sum of the same
-    dZ (a running float32 sum was off by ~1e-4 relative here), and the same bits however
-    dZ arrives and however many threads sum it."""
-    n = 1 << 20
-    x = rng.standard_normal((n, 3)).astype(np.float32)
-    W = (rng.standard_normal((3, 5)) / 2).astype(np.float32)
-    out = siglayer.forward(x, W, np.zeros(5, np.float32))
-    dout = rng.uniform(0.5, 1.0, out.shape).astype(np.float32)
-    dZ = (dout * out) * (np.float32(1) - out)  # the core's float32 dZ, bit for bit
+    """db of 2^20 + 77 rows in float32 within SUM_ROWS roundings of the float64 sum of the
+    same dZ (a running float32 sum was off by ~1e-4 relative here), the last block short."""
+    x, W, out, dout, dZ = _db_problem(rng, (1 << 20) + 77, 5, np.float32)
     if via == "backward":
         db = siglayer.backward(dout, x, W, out, need_dx=False)[2]
     else:
-        order = "C" if via.endswith("C") else "F"
-        dZ_given = np.asarray(dZ, order=order)
+        dZ_given = np.asarray(dZ, order="C" if via.endswith("C") else "F")
         db = siglayer.backward_from_preactivation(dZ_given, x, W, need_dx=False)[2]
     exact = dZ.sum(axis=0, dtype=np.float64)  # positive terms: sum |dZ| = |exact|
     bound = (SUM_ROWS + 2) * EPS[np.dtype(np.float32)] * exact
     assert_within(db, exact.astype(np.float32), bound, "db")
-    reference_db = siglayer.backward_from_preactivation(dZ, x, W, need_dx=False)[2]
-    np.testing.assert_array_equal(db, reference_db)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_db_same_bits_for_any_thread_count_and_layout(rng, restore_threads, dtype):
+    """3 blocks of rows (the last short) by 600 columns, cut between 1 to 4 threads: db
+    from backward and from backward_from_preactivation with dZ C- or F-ordered is the
+    same bits as one thread's. (n * n_out * n_in is past the 2^20 below which one thread
+    runs.)"""
+    x, W, out, dout, dZ = _db_problem(rng, 2 * SUM_ROWS + 77, 600, dtype, n_in=16)
+    siglayer.set_num_threads(1)
+    want = siglayer.backward(dout, x, W, out, need_dx=False)[2]
+    for threads in (1, 2, 3, 4):
+        siglayer.set_num_threads(threads)
+        got = [siglayer.backward(dout, x, W, out, need_dx=False)[2]]
+        for order in "CF":
+            dZ_given = np.asarray(dZ, order=order)
+            got.append(siglayer.backward_from_preactivation(dZ_given, x, W, need_dx=False)[2])
+        for db in got:
+            np.testing.assert_array_equal(db, want, err_msg=f"{threads} threads")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)

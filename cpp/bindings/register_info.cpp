@@ -30,6 +30,7 @@ void register_info(py::module_& m) {
         d["cpu_bf16"] = blas::cpu_has_bf16();
         d["cpu_amx_bf16"] = blas::cpu_has_amx_bf16();
         d["bf16_gemm_own"] = blas::own_bf16_gemm_available();
+        d["db_sum_rows"] = kSumRows;  // db's blocks of rows (views.hpp): the tests' bound
         d["bf16_gemm_mkl_runtime"] = blas::mkl_bf16_description();
         d["amx_permission"] = blas::amx_permission();
         d["simd"] = kernels::active_isa();

@@ -21,13 +21,14 @@ struct Table {
     void (*bias_sigmoid_rows)(T* out, index_t ld, C* acc, index_t ld_acc, const C* b, index_t rows,
                               index_t cols);
     // dZ = dout * out * (1 - out) in C, stored as T; db (cols, in C) = column sums of the
-    // unrounded dZ in row order.
-    void (*dz_colsum)(T* dZ, index_t ld_dZ, C* db, const T* dout, index_t ld_dout, const T* out,
-                      index_t ld_out, index_t rows, index_t cols);
+    // unrounded dZ in blocks of kSumRows rows, the block sums added in total (cols doubles,
+    // scratch) (views.hpp).
+    void (*dz_colsum)(T* dZ, index_t ld_dZ, C* db, double* total, const T* dout, index_t ld_dout,
+                      const T* out, index_t ld_out, index_t rows, index_t cols);
     // The same with dZ stored in C, rounded to T's precision (bfloat16 values as floats,
     // for a float GEMM); dz_colsum itself where T is C.
-    void (*dz_colsum_c)(C* dZ, index_t ld_dZ, C* db, const T* dout, index_t ld_dout, const T* out,
-                        index_t ld_out, index_t rows, index_t cols);
+    void (*dz_colsum_c)(C* dZ, index_t ld_dZ, C* db, double* total, const T* dout, index_t ld_dout,
+                        const T* out, index_t ld_out, index_t rows, index_t cols);
     // dst[i] = src[i] exactly (T to C), and rounded to nearest even (C to T).
     void (*widen)(C* dst, const T* src, index_t count);
     void (*narrow)(T* dst, const C* src, index_t count);

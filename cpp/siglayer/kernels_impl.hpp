@@ -167,41 +167,38 @@ inline void bias_sigmoid_rows(T* out, index_t ld, const T* acc, index_t ld_acc, 
     }
 }
 
-// dout, out and dZ are rows x cols with row strides ld_dout, ld_out, ld_dZ; db has cols entries.
+// dout, out and dZ are rows x cols with row strides ld_dout, ld_out, ld_dZ; db (cols, T)
+// and total (cols, double, scratch).
 // dZ[i, j] = dout[i, j] * out[i, j] * (1 - out[i, j]);  db[j] = sum over i of dZ[i, j] in
-// blocks of kSumRows rows, each block summed in T and added into a double (views.hpp).
+// blocks of kSumRows rows, each block summed in T (in db) and added into total (views.hpp).
+// Whole rows at a time, so dout, out and dZ stream in order.
 template <class T>
-inline void dz_colsum(T* __restrict dZ, index_t ld_dZ, T* __restrict db, const T* __restrict dout,
-                      index_t ld_dout, const T* __restrict out, index_t ld_out, index_t rows,
-                      index_t cols) {
-    for (index_t j0 = 0; j0 < cols; j0 += kSumCols) {
-        const index_t nc = cols - j0 < kSumCols ? cols - j0 : kSumCols;
-        double total[kSumCols];
-        T part[kSumCols];
+inline void dz_colsum(T* __restrict dZ, index_t ld_dZ, T* __restrict db, double* __restrict total,
+                      const T* __restrict dout, index_t ld_dout, const T* __restrict out,
+                      index_t ld_out, index_t rows, index_t cols) {
 #pragma omp simd
-        for (index_t j = 0; j < nc; ++j) total[j] = 0.0;
-        for (index_t i0 = 0; i0 < rows; i0 += kSumRows) {
-            const index_t i1 = rows - i0 < kSumRows ? rows : i0 + kSumRows;
+    for (index_t j = 0; j < cols; ++j) total[j] = 0.0;
+    for (index_t i0 = 0; i0 < rows; i0 += kSumRows) {
+        const index_t i1 = rows - i0 < kSumRows ? rows : i0 + kSumRows;
 #pragma omp simd
-            for (index_t j = 0; j < nc; ++j) part[j] = T(0);
-            for (index_t i = i0; i < i1; ++i) {
-                const T* dout_row = dout + i * ld_dout + j0;
-                const T* out_row = out + i * ld_out + j0;
-                T* dZ_row = dZ + i * ld_dZ + j0;
+        for (index_t j = 0; j < cols; ++j) db[j] = T(0);
+        for (index_t i = i0; i < i1; ++i) {
+            const T* dout_row = dout + i * ld_dout;
+            const T* out_row = out + i * ld_out;
+            T* dZ_row = dZ + i * ld_dZ;
 #pragma omp simd
-                for (index_t j = 0; j < nc; ++j) {
-                    const T o = out_row[j];
-                    const T dz = (dout_row[j] * o) * (T(1) - o);
-                    dZ_row[j] = dz;
-                    part[j] += dz;
-                }
+            for (index_t j = 0; j < cols; ++j) {
+                const T o = out_row[j];
+                const T dz = (dout_row[j] * o) * (T(1) - o);
+                dZ_row[j] = dz;
+                db[j] += dz;
             }
-#pragma omp simd
-            for (index_t j = 0; j < nc; ++j) total[j] += static_cast<double>(part[j]);
         }
 #pragma omp simd
-        for (index_t j = 0; j < nc; ++j) db[j0 + j] = static_cast<T>(total[j]);
+        for (index_t j = 0; j < cols; ++j) total[j] += static_cast<double>(db[j]);
     }
+#pragma omp simd
+    for (index_t j = 0; j < cols; ++j) db[j] = static_cast<T>(total[j]);
 }
 
 // bfloat16 <-> float, as bits so that the loops vectorize. The same rounding as
@@ -272,43 +269,38 @@ inline void narrow_bf16(std::uint16_t* __restrict dst, const float* __restrict s
 // dz_colsum for bfloat16 dout and out (rows x cols, row strides ld_dout, ld_out): dZ in
 // float, stored rounded to bfloat16 (row stride ld_dZ): as bfloat16 bits (D = uint16_t)
 // or as the float of that bfloat16 (D = float, for a float GEMM); db[j] = the sum of the
-// unrounded float dZ[i, j], in blocks of kSumRows rows as dz_colsum.
+// unrounded float dZ[i, j], in blocks of kSumRows rows as dz_colsum (total: cols doubles).
 template <class D>
 inline void dz_colsum_bf16(D* __restrict dZ, index_t ld_dZ, float* __restrict db,
-                           const std::uint16_t* __restrict dout, index_t ld_dout,
-                           const std::uint16_t* __restrict out, index_t ld_out, index_t rows,
-                           index_t cols) {
-    for (index_t j0 = 0; j0 < cols; j0 += kSumCols) {
-        const index_t nc = cols - j0 < kSumCols ? cols - j0 : kSumCols;
-        double total[kSumCols];
-        float part[kSumCols];
+                           double* __restrict total, const std::uint16_t* __restrict dout,
+                           index_t ld_dout, const std::uint16_t* __restrict out, index_t ld_out,
+                           index_t rows, index_t cols) {
 #pragma omp simd
-        for (index_t j = 0; j < nc; ++j) total[j] = 0.0;
-        for (index_t i0 = 0; i0 < rows; i0 += kSumRows) {
-            const index_t i1 = rows - i0 < kSumRows ? rows : i0 + kSumRows;
+    for (index_t j = 0; j < cols; ++j) total[j] = 0.0;
+    for (index_t i0 = 0; i0 < rows; i0 += kSumRows) {
+        const index_t i1 = rows - i0 < kSumRows ? rows : i0 + kSumRows;
 #pragma omp simd
-            for (index_t j = 0; j < nc; ++j) part[j] = 0.0f;
-            for (index_t i = i0; i < i1; ++i) {
-                const std::uint16_t* dout_row = dout + i * ld_dout + j0;
-                const std::uint16_t* out_row = out + i * ld_out + j0;
-                D* dZ_row = dZ + i * ld_dZ + j0;
+        for (index_t j = 0; j < cols; ++j) db[j] = 0.0f;
+        for (index_t i = i0; i < i1; ++i) {
+            const std::uint16_t* dout_row = dout + i * ld_dout;
+            const std::uint16_t* out_row = out + i * ld_out;
+            D* dZ_row = dZ + i * ld_dZ;
 #pragma omp simd
-                for (index_t j = 0; j < nc; ++j) {
-                    const float o = bf16_bits_to_float(out_row[j]);
-                    const float dz = (bf16_bits_to_float(dout_row[j]) * o) * (1.0f - o);
-                    if constexpr (std::is_same_v<D, float>)
-                        dZ_row[j] = bf16_bits_to_float(float_to_bf16_bits(dz));
-                    else
-                        dZ_row[j] = float_to_bf16_bits(dz);
-                    part[j] += dz;
-                }
+            for (index_t j = 0; j < cols; ++j) {
+                const float o = bf16_bits_to_float(out_row[j]);
+                const float dz = (bf16_bits_to_float(dout_row[j]) * o) * (1.0f - o);
+                if constexpr (std::is_same_v<D, float>)
+                    dZ_row[j] = bf16_bits_to_float(float_to_bf16_bits(dz));
+                else
+                    dZ_row[j] = float_to_bf16_bits(dz);
+                db[j] += dz;
             }
-#pragma omp simd
-            for (index_t j = 0; j < nc; ++j) total[j] += static_cast<double>(part[j]);
         }
 #pragma omp simd
-        for (index_t j = 0; j < nc; ++j) db[j0 + j] = static_cast<float>(total[j]);
+        for (index_t j = 0; j < cols; ++j) total[j] += static_cast<double>(db[j]);
     }
+#pragma omp simd
+    for (index_t j = 0; j < cols; ++j) db[j] = static_cast<float>(total[j]);
 }
 
 }  // namespace siglayer::kernels_detail::SIGLAYER_ISA

@@ -33,9 +33,9 @@ static void bias_sigmoid_rows(T* out, index_t ld, T* acc, index_t ld_acc, const 
 }
 
 template <class T>
-static void dz_colsum(T* dZ, index_t ld_dZ, T* db, const T* dout, index_t ld_dout, const T* out,
-                      index_t ld_out, index_t rows, index_t cols) {
-    detail::dz_colsum(dZ, ld_dZ, db, dout, ld_dout, out, ld_out, rows, cols);
+static void dz_colsum(T* dZ, index_t ld_dZ, T* db, double* total, const T* dout, index_t ld_dout,
+                      const T* out, index_t ld_out, index_t rows, index_t cols) {
+    detail::dz_colsum(dZ, ld_dZ, db, total, dout, ld_dout, out, ld_out, rows, cols);
 }
 
 template <class T>
@@ -80,16 +80,18 @@ static void bias_sigmoid_rows_bf16(bfloat16* out, index_t ld, float* acc, index_
     }
 }
 
-static void dz_colsum_bf16(bfloat16* dZ, index_t ld_dZ, float* db, const bfloat16* dout,
-                           index_t ld_dout, const bfloat16* out, index_t ld_out, index_t rows,
-                           index_t cols) {
-    detail::dz_colsum_bf16(bits(dZ), ld_dZ, db, bits(dout), ld_dout, bits(out), ld_out, rows, cols);
+static void dz_colsum_bf16(bfloat16* dZ, index_t ld_dZ, float* db, double* total,
+                           const bfloat16* dout, index_t ld_dout, const bfloat16* out,
+                           index_t ld_out, index_t rows, index_t cols) {
+    detail::dz_colsum_bf16(bits(dZ), ld_dZ, db, total, bits(dout), ld_dout, bits(out), ld_out, rows,
+                           cols);
 }
 
-static void dz_colsum_bf16_as_float(float* dZ, index_t ld_dZ, float* db, const bfloat16* dout,
-                                    index_t ld_dout, const bfloat16* out, index_t ld_out,
-                                    index_t rows, index_t cols) {
-    detail::dz_colsum_bf16(dZ, ld_dZ, db, bits(dout), ld_dout, bits(out), ld_out, rows, cols);
+static void dz_colsum_bf16_as_float(float* dZ, index_t ld_dZ, float* db, double* total,
+                                    const bfloat16* dout, index_t ld_dout, const bfloat16* out,
+                                    index_t ld_out, index_t rows, index_t cols) {
+    detail::dz_colsum_bf16(dZ, ld_dZ, db, total, bits(dout), ld_dout, bits(out), ld_out, rows,
+                           cols);
 }
 
 // Constant-initialized: the loader fills in the addresses, no code of this instruction set

@@ -130,11 +130,14 @@ void backward(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db, Mat
     const int threads = threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1));
     run_parallel(threads, [&] {
         blas::SingleThreaded single;
-        // Phase 1, tiles of whole columns: dZ and db. Each column of db is summed in row
-        // order, so db is bitwise the same for any thread count.
+        // Phase 1, tiles of whole columns: dZ and db. Each column of db is summed by one
+        // thread in blocks of rows from row 0 (views.hpp), so db is bitwise the same for any
+        // thread count.
         const Tiling columns(1, n_out, omp_get_num_threads());
         for_each_tile({&columns}, [&](const Tiling&, const Block& c) {
-            kernel.dz_colsum(dZ + c.j0, n_out, db + c.j0, dout_rows + c.j0, ld_dout,
+            double* total = Scratch::for_this_thread().get<double>(
+                Scratch::db_total, static_cast<std::size_t>(c.cols()));
+            kernel.dz_colsum(dZ + c.j0, n_out, db + c.j0, total, dout_rows + c.j0, ld_dout,
                              out_rows + c.j0, ld_out, n, c.cols());
         });
         // Phase 2: the products need all of dZ.

@@ -303,14 +303,17 @@ void backward<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, float* db, MatrixVi
     run_parallel(threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1)), [&] {
         blas::SingleThreaded single;
         // Phase 1, tiles of whole columns: dZ (rounded to bfloat16 once) and db (the
-        // unrounded dZ summed in row order: the same for any thread count); W widened.
+        // unrounded dZ summed in blocks of rows, views.hpp: the same for any thread count);
+        // W widened.
         const Tiling columns(1, n_out, omp_get_num_threads());
         for_each_tile({&columns}, [&](const Tiling&, const Block& c) {
+            double* total = Scratch::for_this_thread().get<double>(
+                Scratch::db_total, static_cast<std::size_t>(c.cols()));
             if (native)
-                kernel.dz_colsum(dZ16 + c.j0, n_out, db + c.j0, dout_rows + c.j0, ld_dout,
+                kernel.dz_colsum(dZ16 + c.j0, n_out, db + c.j0, total, dout_rows + c.j0, ld_dout,
                                  out_rows + c.j0, ld_out, n, c.cols());
             else
-                kernel.dz_colsum_c(dZ32 + c.j0, n_out, db + c.j0, dout_rows + c.j0, ld_dout,
+                kernel.dz_colsum_c(dZ32 + c.j0, n_out, db + c.j0, total, dout_rows + c.j0, ld_dout,
                                    out_rows + c.j0, ld_out, n, c.cols());
         });
         if (W32) widen_shared(W32, W);
@@ -342,8 +345,8 @@ void backward_from_preactivation<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, 
             if (W32) widen_shared(W32, W);
 #pragma omp barrier
         }
-        // db by columns, each summed in row order (the same values either way: dZ is an
-        // input, exact in float).
+        // db by columns, each summed in blocks of rows as in backward (the same values
+        // either way: dZ is an input, exact in float).
         const Tiling columns(1, n_out, omp_get_num_threads());
         for_each_tile({&columns}, [&](const Tiling&, const Block& c) {
             if (native)

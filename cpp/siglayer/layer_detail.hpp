@@ -13,6 +13,7 @@
 #include "checks.hpp"
 #include "dtypes.hpp"
 #include "partition.hpp"
+#include "scratch.hpp"
 #include "views.hpp"
 
 namespace siglayer::layer_detail {
@@ -67,28 +68,28 @@ bool check_gradient_outputs(OutMatrix<T> dx, OutMatrix<C> dW, C* db, index_t n, 
 // db[j] = sum over rows i of dZ[i, j] for the columns [j0, j1), in blocks of kSumRows rows
 // each summed in the compute type C and added into a double (views.hpp): the same bits as
 // the kernels' dz_colsum, for either layout and any split of the columns between threads.
-// dZ is a BlasOperand: op N is row-major with leading dimension ld, op T column-major.
+// dZ is a BlasOperand: op N is row-major with leading dimension ld (whole rows at a time,
+// the block sums in db, their totals in this thread's scratch), op T column-major.
 template <class T, class C = compute_t<T>>
 void column_sums(C* db, const BlasOperand<T>& dZ, index_t rows, index_t j0, index_t j1) {
     if (dZ.op == blas::Op::N) {
-        for (index_t c0 = j0; c0 < j1; c0 += kSumCols) {
-            const index_t nc = std::min(kSumCols, j1 - c0);
-            double total[kSumCols];
-            C part[kSumCols];
-            std::fill(total, total + nc, 0.0);
-            for (index_t i0 = 0; i0 < rows; i0 += kSumRows) {
-                const index_t i1 = std::min(rows, i0 + kSumRows);
-                std::fill(part, part + nc, C(0));
-                for (index_t i = i0; i < i1; ++i) {
-                    const T* row = dZ.data + i * dZ.ld + c0;
+        const index_t cols = j1 - j0;
+        double* total = Scratch::for_this_thread().get<double>(Scratch::db_total,
+                                                               static_cast<std::size_t>(cols));
+        C* part = db + j0;
+        std::fill(total, total + cols, 0.0);
+        for (index_t i0 = 0; i0 < rows; i0 += kSumRows) {
+            const index_t i1 = std::min(rows, i0 + kSumRows);
+            std::fill(part, part + cols, C(0));
+            for (index_t i = i0; i < i1; ++i) {
+                const T* row = dZ.data + i * dZ.ld + j0;
 #pragma omp simd
-                    for (index_t j = 0; j < nc; ++j) part[j] += to_compute(row[j]);
-                }
-#pragma omp simd
-                for (index_t j = 0; j < nc; ++j) total[j] += static_cast<double>(part[j]);
+                for (index_t j = 0; j < cols; ++j) part[j] += to_compute(row[j]);
             }
-            for (index_t j = 0; j < nc; ++j) db[c0 + j] = static_cast<C>(total[j]);
+#pragma omp simd
+            for (index_t j = 0; j < cols; ++j) total[j] += static_cast<double>(part[j]);
         }
+        for (index_t j = 0; j < cols; ++j) part[j] = static_cast<C>(total[j]);
     } else {
         for (index_t j = j0; j < j1; ++j) {
             const T* col = dZ.data + j * dZ.ld;

@@ -24,6 +24,7 @@ public:
         W_widened,
         dZ_widened,
         b_packed16,  // B of a bfloat16 product packed once for several panels (layer_bf16.cpp)
+        db_total,    // the float64 sums of db's row blocks, a tile's columns (views.hpp)
         slot_count
     };
 

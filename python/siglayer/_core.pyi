@@ -27,6 +27,7 @@ class CoreConfig(TypedDict):
     cpu_bf16: bool
     cpu_amx_bf16: bool
     bf16_gemm_own: bool
+    db_sum_rows: int
     bf16_gemm_mkl_runtime: str
     amx_permission: str
     simd: str
