@@ -255,7 +255,7 @@ def test_bce_refuses_outputs_that_are_not_probabilities(dtype, bad):
     where the formula would silently give NaN; the loss object's gradient is untouched."""
     y = np.array([[0.0, 1.0, 1.0]], dtype)
     good = np.array([[0.25, 0.5, 0.75]], dtype)
-    loss_fn = losses.BCELoss()
+    loss_fn = losses.BCELoss(reuse_buffers=True)  # one gradient buffer, written in place
     loss_fn(good, y)
     kept = loss_fn.backward().copy()
     out = good.copy()

@@ -219,9 +219,10 @@ def test_module():
 
 
 def test_module_follows_torch_defaults():
-    """As torch.nn.Linear: dtype=None takes torch's default dtype, the parameters land on
-    the default device (meta builds without memory), and reset_parameters() after
-    to_empty() gives what the constructor gives (the same bits with a seed)."""
+    """As torch.nn.Linear: dtype=None takes torch's default dtype; inside
+    torch.device("meta") the parameters are meta (no memory), and reset_parameters() after
+    to_empty() gives what the constructor gives (the same bits with a seed); a layer
+    pickled without a seed attribute still resets."""
     before = torch.get_default_dtype()
     try:
         torch.set_default_dtype(torch.float64)
@@ -245,3 +246,9 @@ def test_module_follows_torch_defaults():
         assert lazy.W.dtype == dtype
     with pytest.raises(ValueError, match="seed must be a non-negative int, got -1"):
         SigmoidLinear(3, 2, seed=-1)
+    old = SigmoidLinear(3, 2)
+    del old._seed  # as unpickled from a version that did not keep it
+    torch.manual_seed(0)
+    old.reset_parameters()
+    torch.manual_seed(0)
+    assert torch.equal(old.W, SigmoidLinear(3, 2).W)

@@ -187,6 +187,17 @@ def test_fx_symbolic_trace_records_the_functions():
     x, y = torch.rand(5, layer.n_in, dtype=torch.float64), torch.rand(5, layer.n_out).double()
     torch.testing.assert_close(traced(x, y), layer.bce_loss(x, y), rtol=0, atol=0)
 
+    # Imported by name into the traced code's module (this one), which torch.fx.wrap does
+    # not patch: still one call each.
+    def f(x, W, b, y):
+        return sigmoid_linear(x, W, b) * 2 + sigmoid_linear_bce_loss(x, W, b, y, reduction="sum")
+
+    traced_f = torch.fx.symbolic_trace(f)
+    calls = [n.target for n in traced_f.graph.nodes if n.op == "call_function"]
+    assert sigmoid_linear in calls and sigmoid_linear_bce_loss in calls
+    args = (x, layer.W.detach(), layer.b.detach(), y)
+    torch.testing.assert_close(traced_f(*args), f(*args), rtol=0, atol=0)
+
 
 def test_meta_tensors_give_shapes():
     """Tensors on the meta device (shape inference, a layer built under

@@ -156,7 +156,7 @@ MatrixView<T> matrix_view(const py::array& a, const char* name) {
         throw py::value_error(std::string(name) +
                               " is not aligned to its item size (it starts inside an "
                               "element's bytes); pass " +
-                              name + ".copy(), which is");
+                              name + ".copy(), which is aligned");
     }
     MatrixView<T> m;
     m.data = static_cast<const T*>(a.data());

@@ -22,15 +22,16 @@ void check_loss(const char* grad_name, const T* grad, const T* out, const T* y, 
                      {{"out", extent(out, count)}, {"y", extent(y, count)}});
 }
 
-}  // namespace
-
-namespace {
-
 // out must hold probabilities: a value below 0 or above 1 (logits passed by mistake, or an
 // output changed in place) would give a NaN loss silently. Checked before dZ is written;
 // NaN passes (it propagates, as for any input).
 template <class T>
 void check_probabilities(const T* out, index_t count) {
+    // A branch-free sweep first (it vectorizes); the culprit is looked for only on failure.
+    int outside = 0;
+#pragma omp simd reduction(| : outside)
+    for (index_t i = 0; i < count; ++i) outside |= int(out[i] < T(0)) | int(out[i] > T(1));
+    if (outside == 0) return;
     for (index_t i = 0; i < count; ++i) {
         if (out[i] < T(0) || out[i] > T(1)) {
             std::ostringstream message;

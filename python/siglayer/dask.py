@@ -55,7 +55,7 @@ def _on_zero_rows(arrays: dict[str, Any]) -> Iterator[None]:
         yield
     except ValueError as exc:
         shapes = ", ".join(f"{name} {tuple(a.shape)}" for name, a in arrays.items())
-        raise ValueError(
+        raise type(exc)(  # the class kept (OverlapError is a ValueError)
             f"{exc} (siglayer.dask checks the shapes on 0 rows of each row-chunked "
             f"array; the arrays given: {shapes})"
         ) from None

@@ -384,7 +384,8 @@ class BCELoss(_Loss):
     _kind = PreactivationGradient
 
     def __call__(self, out: Array, y: Array, *, logits: Array | None = None) -> float:
-        """The loss (a float); computes the dZ that :meth:`backward` returns."""
+        """The loss (a float); computes the dZ that :meth:`backward` returns. An out below 0
+        or above 1 is a ValueError (as for :func:`bce_loss`), raised before dZ changes."""
         _check_pair(out, y, "out")
         n = _divisor(out.size, self.reduction)
         if logits is not None:

@@ -282,11 +282,13 @@ class SigmoidLayer(Generic[Float]):
         # bfloat16 keeps float32 master weights, and a bfloat16 copy of W per forward.
         self._mixed = is_bfloat16(self._dtype)
         param_dtype = np.dtype(np.float32) if self._mixed else self._dtype
-        if seed is not None and not isinstance(seed, (numbers.Integral, np.random.Generator)):
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, (numbers.Integral, np.random.Generator))
+        ):
             raise TypeError(
                 f"seed must be an int, a numpy.random.Generator or None, got {type(seed).__name__}"
             )
-        if isinstance(seed, numbers.Integral) and (isinstance(seed, bool) or seed < 0):
+        if isinstance(seed, numbers.Integral) and seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         if not isinstance(reuse_buffers, bool):
             raise TypeError(f"reuse_buffers must be a bool, got {type(reuse_buffers).__name__}")
@@ -389,13 +391,15 @@ class SigmoidLayer(Generic[Float]):
             # The layer's backward reads this out: the caller gets a read-only view, so
             # that `out -= y` or np.clip(out, ..., out=out) raises instead of silently
             # changing the gradients (NumPy has no version counter to catch it later).
-            # One view per buffer: a reused buffer (reuse_buffers=True) allocates nothing.
+            # The view of the last buffer is kept: a buffer reused step after step
+            # (reuse_buffers=True, one shape) allocates nothing.
             view = self._view
             if view is None or self._view_of is not out:
                 view = out.view()
                 view.flags.writeable = False
                 self._view_of, self._view = out, view
             return view
+        self._view_of = self._view = None  # a given buffer: keep no earlier output alive
         return out
 
     __call__ = forward
@@ -657,8 +661,9 @@ class Sequential(Generic[Float]):
         return f"Sequential(\n{inner}\n)"
 
     def forward(self, x: NDArray[Float]) -> NDArray[Float]:
-        """The output of the last layer, shape (..., n_out): a new array (the last
-        layer's buffer if it was built with ``reuse_buffers=True``)."""
+        """The output of the last layer, shape (..., n_out), as that layer returns it: a
+        read-only view of a new array (of the layer's buffer if it was built with
+        ``reuse_buffers=True``), kept for the backward pass."""
         for layer in self.layers:
             x = layer.forward(x)
         return x

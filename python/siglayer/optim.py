@@ -239,8 +239,9 @@ def _check_parameter(p: object, i: int) -> None:
     if not v.flags.writeable:
         raise ValueError(f"{p.name}: value is read-only")
     if g.shape != v.shape or g.dtype != v.dtype:
-        # A dtype that differs is a TypeError, as everywhere in siglayer; a shape, ValueError.
-        error = TypeError if g.dtype != v.dtype else ValueError
+        # Another shape is a ValueError (checked first, as the binding does); only another
+        # dtype, a TypeError, as everywhere in siglayer.
+        error = ValueError if g.shape != v.shape else TypeError
         raise error(f"{p.name}: grad is {g.dtype} {g.shape} but value is {v.dtype} {v.shape}")
     if np.shares_memory(v, g):
         raise ValueError(f"{p.name}: value and grad share memory")

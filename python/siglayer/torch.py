@@ -56,11 +56,10 @@ vmap and functional_call work (see _Transformed); second derivatives raise.
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -83,25 +82,26 @@ _BFLOAT16 = torch.bfloat16
 _DTYPES = (torch.float32, torch.float64, _BFLOAT16)
 _STRIDED = torch.strided
 _tracing = torch._C._is_tracing  # torch.jit.trace
-_Check = TypeVar("_Check", bound=Callable[..., None])
 
 
-def _quiet_under_trace(check: _Check) -> _Check:
-    """check, with torch.jit.trace's warnings about shapes read as Python values silenced:
-    a check reads the traced shapes once, and the trace records the operator."""
-
-    @functools.wraps(check)
-    def wrapped(*args: Any) -> None:
-        if torch.compiler.is_compiling() or not _tracing():  # Dynamo cannot trace _tracing
-            return check(*args)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit._trace.TracerWarning)
-            return check(*args)
-
-    return wrapped  # type: ignore[return-value]
+def _check_quietly(check: Callable[..., None], *args: Any) -> None:
+    """check(*args) under torch.jit.trace, whose warnings about shapes read as Python values
+    are silenced: a check reads the traced shapes once, and the trace records the operator."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit._trace.TracerWarning)
+        check(*args)
 
 
-@_quiet_under_trace
+def _fx_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Under torch.fx.symbolic_trace (a Proxy among args): fn recorded as one call, which a
+    module that imported fn by name needs too (torch.fx.wrap below only covers this
+    module's own name). None otherwise."""
+    proxy = next((a for a in args if isinstance(a, torch.fx.Proxy)), None)
+    if proxy is None:
+        return None
+    return proxy.tracer.create_proxy("call_function", fn, args, kwargs)
+
+
 def _check(x: object, W: object, b: object) -> None:
     """Raise the TypeError or ValueError that ``sigmoid_linear(x, W, b)`` deserves, if any.
 
@@ -382,7 +382,6 @@ _backward_op = torch.ops.siglayer.sigmoid_linear_backward.default
 _REDUCTIONS = ("mean", "sum")
 
 
-@_quiet_under_trace
 def _check_bce(x: object, W: object, b: object, target: object, reduction: object) -> None:
     """The errors of ``sigmoid_linear_bce_loss``: those of sigmoid_linear, then target's
     and reduction's. Runs in front of the operator and in its fake kernel."""
@@ -880,8 +879,18 @@ def sigmoid_linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     """
     if torch.is_autocast_enabled("cpu"):
         x, W, b = _autocast_layer(x, W, b)
-    _check(x, W, b)
-    if not torch.compiler.is_compiling() and _plain_eager(x, W, b):
+    compiling = torch.compiler.is_compiling()
+    try:
+        if compiling or not _tracing():  # Dynamo cannot trace _tracing
+            _check(x, W, b)
+        else:
+            _check_quietly(_check, x, W, b)
+    except TypeError:
+        traced = None if compiling else _fx_call(_PUBLIC["sigmoid_linear"], (x, W, b), {})
+        if traced is None:
+            raise
+        return traced  # type: ignore[no-any-return]
+    if not compiling and _plain_eager(x, W, b):
         if torch.is_grad_enabled() and (x.requires_grad or W.requires_grad or b.requires_grad):
             if _functorch_wrapped(x) or _functorch_wrapped(W) or _functorch_wrapped(b):
                 eager: Tensor = _Eager.apply(x, W, b)  # type: ignore[no-untyped-call]
@@ -955,7 +964,23 @@ def sigmoid_linear_bce_loss(
     if torch.is_autocast_enabled("cpu"):
         # As PyTorch runs binary_cross_entropy_with_logits under autocast: in float32.
         x, W, b, target = _autocast_inputs((x, W, b, target), torch.float32, (False,) * 4)
-    _check_bce(x, W, b, target, reduction)
+    compiling = torch.compiler.is_compiling()
+    try:
+        if compiling or not _tracing():
+            _check_bce(x, W, b, target, reduction)
+        else:
+            _check_quietly(_check_bce, x, W, b, target, reduction)
+    except TypeError:
+        traced = (
+            None
+            if compiling
+            else _fx_call(
+                _PUBLIC["sigmoid_linear_bce_loss"], (x, W, b, target), {"reduction": reduction}
+            )
+        )
+        if traced is None:
+            raise
+        return traced  # type: ignore[no-any-return]
     if target.requires_grad:
         raise ValueError(
             "target requires grad; sigmoid_linear_bce_loss does not differentiate with "
@@ -981,6 +1006,12 @@ def sigmoid_linear_bce_loss(
 # them (whose checks need real tensors, not proxies); the traced module calls them.
 torch.fx.wrap("sigmoid_linear")
 torch.fx.wrap("sigmoid_linear_bce_loss")
+# The functions themselves, for _fx_call: while a trace runs, the two names above are
+# patched to fx's wrappers.
+_PUBLIC: dict[str, Callable[..., Any]] = {
+    "sigmoid_linear": sigmoid_linear,
+    "sigmoid_linear_bce_loss": sigmoid_linear_bce_loss,
+}
 
 
 class SigmoidLinear(torch.nn.Module):
@@ -1002,9 +1033,10 @@ class SigmoidLinear(torch.nn.Module):
         nearest even); with None it is Glorot-uniform from torch's global generator (so
         ``torch.manual_seed`` makes it reproducible).
 
-    The parameters are made on torch's default device, so ``with torch.device("meta"):``
-    builds a layer without memory; ``to_empty(device="cpu")`` then
-    ``reset_parameters()`` initialises it as the constructor would have.
+    The parameters are made on the CPU, or on the meta device inside ``with
+    torch.device("meta"):`` (a layer without memory, nothing drawn);
+    ``to_empty(device="cpu")`` then ``reset_parameters()`` initialises it as the constructor
+    would have.
 
     Attributes
     ----------
@@ -1045,21 +1077,27 @@ class SigmoidLinear(torch.nn.Module):
             )
         self.n_in, self.n_out = n_in, n_out
         self._seed = seed
-        self.W = torch.nn.Parameter(torch.empty(n_in, n_out, dtype=dtype))
-        self.b = torch.nn.Parameter(torch.empty(n_out, dtype=dtype))
+        # On the CPU (siglayer computes nowhere else), or on the meta device inside
+        # `with torch.device("meta")` (a default device of CUDA, say, is not followed).
+        device = "meta" if torch.get_default_device().type == "meta" else "cpu"
+        self.W = torch.nn.Parameter(torch.empty(n_in, n_out, dtype=dtype, device=device))
+        self.b = torch.nn.Parameter(torch.empty(n_out, dtype=dtype, device=device))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """W drawn as the constructor draws it (with a seed: the same values again), b zero."""
         with torch.no_grad():
-            if self._seed is None:
+            seed = getattr(self, "_seed", None)  # a layer pickled before seeds were kept
+            if self.W.is_meta:
+                pass  # no values to draw
+            elif seed is None:
                 limit = math.sqrt(6.0 / (self.n_in + self.n_out))
                 self.W.uniform_(-limit, limit)
             else:
                 from .nn import SigmoidLayer
 
                 np_dtype = np.float64 if self.W.dtype == torch.float64 else np.float32
-                layer = SigmoidLayer(self.n_in, self.n_out, dtype=np_dtype, seed=self._seed)
+                layer = SigmoidLayer(self.n_in, self.n_out, dtype=np_dtype, seed=seed)
                 # copy_ rounds float32 to bfloat16 to nearest even (a no-op cast otherwise).
                 self.W.copy_(torch.from_numpy(layer.W))
             self.b.zero_()
