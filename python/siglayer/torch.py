@@ -92,14 +92,17 @@ def _check_quietly(check: Callable[..., None], *args: Any) -> None:
         check(*args)
 
 
-def _fx_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Under torch.fx.symbolic_trace (a Proxy among args): fn recorded as one call, which a
-    module that imported fn by name needs too (torch.fx.wrap below only covers this
-    module's own name). None otherwise."""
-    proxy = next((a for a in args if isinstance(a, torch.fx.Proxy)), None)
+def _fx_call_or_raise(
+    error: TypeError, compiling: bool, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """After a public function's checks refused its arguments: under
+    torch.fx.symbolic_trace (a Proxy among args, outside torch.compile) the function
+    recorded as one call, which a module that imported it by name needs too
+    (torch.fx.wrap below only covers this module's own name); otherwise the error."""
+    proxy = None if compiling else next((a for a in args if isinstance(a, torch.fx.Proxy)), None)
     if proxy is None:
-        return None
-    return proxy.tracer.create_proxy("call_function", fn, args, kwargs)
+        raise error
+    return proxy.tracer.create_proxy("call_function", _PUBLIC[name], args, kwargs)
 
 
 def _check(x: object, W: object, b: object) -> None:
@@ -288,10 +291,7 @@ def _eager_backward(
 def _under_vmap(t: Tensor) -> bool:
     """Whether t is batched by a vmap: torch.func's, or the older one behind
     torch.autograd.grad(is_grads_batched=True), which torch.func does not see."""
-    return bool(
-        torch._C._are_functorch_transforms_active()
-        or torch._C._functorch.is_legacy_batchedtensor(t)
-    )
+    return bool(_transforms_on() or torch._C._functorch.is_legacy_batchedtensor(t))
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -885,11 +885,8 @@ def sigmoid_linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
             _check(x, W, b)
         else:
             _check_quietly(_check, x, W, b)
-    except TypeError:
-        traced = None if compiling else _fx_call(_PUBLIC["sigmoid_linear"], (x, W, b), {})
-        if traced is None:
-            raise
-        return traced  # type: ignore[no-any-return]
+    except TypeError as error:
+        return _fx_call_or_raise(error, compiling, "sigmoid_linear", (x, W, b), {})  # type: ignore[no-any-return]
     if not compiling and _plain_eager(x, W, b):
         if torch.is_grad_enabled() and (x.requires_grad or W.requires_grad or b.requires_grad):
             if _functorch_wrapped(x) or _functorch_wrapped(W) or _functorch_wrapped(b):
@@ -898,7 +895,7 @@ def sigmoid_linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
                 eager = _eager_apply(x, W, b)
             return eager
         return _sigmoid_linear(x, W, b)
-    if (_transforms_on() or _forward_ad_on()) and not torch.compiler.is_compiling():
+    if (_transforms_on() or _forward_ad_on()) and not compiling:
         transformed: Tensor = _Transformed.apply(x, W, b)  # type: ignore[no-untyped-call]
         return transformed
     result: Tensor = _forward_op(x, W, b)
@@ -970,24 +967,16 @@ def sigmoid_linear_bce_loss(
             _check_bce(x, W, b, target, reduction)
         else:
             _check_quietly(_check_bce, x, W, b, target, reduction)
-    except TypeError:
-        traced = (
-            None
-            if compiling
-            else _fx_call(
-                _PUBLIC["sigmoid_linear_bce_loss"], (x, W, b, target), {"reduction": reduction}
-            )
-        )
-        if traced is None:
-            raise
-        return traced  # type: ignore[no-any-return]
+    except TypeError as error:
+        args, kwargs = (x, W, b, target), {"reduction": reduction}
+        return _fx_call_or_raise(error, compiling, "sigmoid_linear_bce_loss", args, kwargs)  # type: ignore[no-any-return]
     if target.requires_grad:
         raise ValueError(
             "target requires grad; sigmoid_linear_bce_loss does not differentiate with "
             "respect to target: pass target.detach(), or use torch.nn.functional."
             "binary_cross_entropy(sigmoid_linear(x, W, b), target)"
         )
-    if not torch.compiler.is_compiling() and _plain_eager(x, W, b) and type(target) in _PLAIN:
+    if not compiling and _plain_eager(x, W, b) and type(target) in _PLAIN:
         if torch.is_grad_enabled() and (x.requires_grad or W.requires_grad or b.requires_grad):
             if any(_functorch_wrapped(t) for t in (x, W, b, target)):
                 eager: Tensor = _EagerBCE.apply(x, W, b, target, reduction)  # type: ignore[no-untyped-call]
@@ -995,7 +984,7 @@ def sigmoid_linear_bce_loss(
                 eager = _eager_bce_apply(x, W, b, target, reduction)
             return eager
         return _sigmoid_linear_bce(x, W, b, target, reduction)[0]
-    if (_transforms_on() or _forward_ad_on()) and not torch.compiler.is_compiling():
+    if (_transforms_on() or _forward_ad_on()) and not compiling:
         transformed: Tensor = _TransformedBCE.apply(x, W, b, target, reduction)[0]  # type: ignore[no-untyped-call]
         return transformed
     loss: Tensor = _bce_op(x, W, b, target, reduction)[0]
@@ -1006,7 +995,7 @@ def sigmoid_linear_bce_loss(
 # them (whose checks need real tensors, not proxies); the traced module calls them.
 torch.fx.wrap("sigmoid_linear")
 torch.fx.wrap("sigmoid_linear_bce_loss")
-# The functions themselves, for _fx_call: while a trace runs, the two names above are
+# The functions themselves, for _fx_call_or_raise: while a trace runs, the two names above are
 # patched to fx's wrappers.
 _PUBLIC: dict[str, Callable[..., Any]] = {
     "sigmoid_linear": sigmoid_linear,
