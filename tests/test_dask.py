@@ -73,6 +73,48 @@ def test_gradient_recipe_equals_siglayer_backward(dtype):
     assert_close(dW2.compute(scheduler="threads"), expected[1], dtype)
 
 
+def test_bfloat16_gradients_are_float32_as_siglayer_backward():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    x, W, _ = (a.astype(bf16) for a in inputs(500, 12, 4, np.float32, seed=3))
+    b = inputs(1, 12, 4, np.float32, seed=4)[2]  # a float32 master bias
+    xd = da.from_array(x, chunks=(64, 12))
+    out = sd.forward(xd, W, b)
+    assert out.dtype == bf16
+    dout = da.ones_like(out)
+    lazy = sd.backward(dout, xd, W, out)
+    assert [a.dtype for a in lazy] == [bf16, np.float32, np.float32]
+    dx, dW, db = dask.compute(*lazy, scheduler="threads")
+    assert [a.dtype for a in (dx, dW, db)] == [bf16, np.float32, np.float32]
+    out_np = out.compute(scheduler="threads")
+    np.testing.assert_array_equal(out_np, siglayer.forward(x, W, b))
+    # Each chunk's dx is bitwise siglayer's; dW and db are float32 (never rounded to
+    # bfloat16), equal to siglayer.backward on the whole to float32 summation order.
+    ex_dx, ex_dW, ex_db = siglayer.backward(np.ones_like(out_np), x, W, out_np)
+    np.testing.assert_array_equal(dx, ex_dx)
+    assert_close(dW, ex_dW, np.float32)
+    assert_close(db, ex_db, np.float32)
+
+
+def test_chunk_partials_are_added_in_float64_and_rounded_once():
+    # 400 chunks of 5 rows: the partial dW and db of each chunk, added in float64 and
+    # rounded once to float32 (partial sums of float32 values of one magnitude: exact in
+    # float64, so any order of the tree gives the same bits).
+    x, W, b = inputs(2000, 6, 3, np.float32, seed=6)
+    xd = da.from_array(x, chunks=(5, 6))
+    out = sd.forward(xd, W, b)
+    dout = da.from_array(np.random.default_rng(8).random((2000, 3), np.float32), chunks=(5, 3))
+    _, dW, db = dask.compute(*sd.backward(dout, xd, W, out, need_dx=False), scheduler="threads")
+    out_np, dout_np = out.compute(scheduler="threads"), dout.compute(scheduler="threads")
+    partials = [
+        siglayer.backward(dout_np[i : i + 5], x[i : i + 5], W, out_np[i : i + 5], need_dx=False)
+        for i in range(0, 2000, 5)
+    ]
+    for got, k in ((dW, 1), (db, 2)):
+        want = np.sum([p[k] for p in partials], axis=0, dtype=np.float64).astype(np.float32)
+        np.testing.assert_array_equal(got, want)
+
+
 def test_errors_are_raised_when_the_graph_is_built():
     x, W, b = inputs(10, 4, 3, np.float64)
     xd = da.from_array(x, chunks=5)

@@ -38,6 +38,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 from . import _api
+from ._dtypes import is_bfloat16
 
 __all__ = ["backward", "forward"]
 
@@ -98,11 +99,11 @@ def forward(x: DaskArray, W: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> D
 
     Parameters
     ----------
-    x : dask.array.Array, float32 or float64, shape (n, n_in)
+    x : dask.array.Array, float32, float64 or bfloat16, shape (n, n_in)
         Chunked by rows (any number of rows per chunk; a chunking of the columns is
         joined into whole rows first).
     W : numpy.ndarray, x's dtype, shape (n_in, n_out)
-    b : numpy.ndarray, x's dtype, shape (n_out,)
+    b : numpy.ndarray, x's dtype (float32 or bfloat16 for bfloat16 x), shape (n_out,)
 
     Returns
     -------
@@ -182,7 +183,9 @@ def backward(
     -------
     (dx, dW, db)
         dx: dask array (n, n_in) with x's chunks, or None; dW (n_in, n_out) and db (n_out,):
-        one-chunk dask arrays, sums of the per-chunk gradients (a tree reduction).
+        one-chunk dask arrays, sums of the per-chunk gradients (a tree reduction, added
+        in float64 and rounded once). dtypes as ``siglayer.backward``: x's, except dW and
+        db float32 for bfloat16 x.
         ``dask.compute(dW, db)`` runs each chunk's backward once for both.
 
     Raises
@@ -226,10 +229,12 @@ def backward(
                 for p, r in zip(parts, rows, strict=True)
             ]
         )
-    dW = _da.stack([_da.from_delayed(p[1], shape=(n_in, n_out), dtype=dtype) for p in parts]).sum(
-        axis=0, dtype=dtype
-    )
-    db = _da.stack([_da.from_delayed(p[2], shape=(n_out,), dtype=dtype) for p in parts]).sum(
-        axis=0, dtype=dtype
-    )
-    return dx, dW, db
+    # dW and db as the core returns them (float32 for bfloat16 inputs), the per-chunk
+    # partial sums added in float64 and rounded once, as the core adds its row blocks.
+    grad = np.dtype(np.float32) if is_bfloat16(dtype) else dtype
+
+    def total(i: int, shape: tuple[int, ...]) -> Any:
+        stack = _da.stack([_da.from_delayed(p[i], shape=shape, dtype=grad) for p in parts])
+        return stack.sum(axis=0, dtype=np.float64).astype(grad)
+
+    return dx, total(1, (n_in, n_out)), total(2, (n_out,))
