@@ -371,12 +371,27 @@ def test_ranks_and_implementation_are_checked():
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-def test_shape_mismatch_is_the_cores_error(implementation):
-    x, W, b = inputs((4, 3), 2, np.float64)
+def test_shape_mismatch_is_the_cores_error_when_traced(implementation):
+    x, W, b = inputs((4, 5, 3), 2, np.float64)
+    traced = jax.jit(layer(implementation))
+    with pytest.raises(
+        ValueError,
+        match=r"W has shape \(5, 2\) but x has 3 features .* given: x \(4, 5, 3\), W \(5, 2\)",
+    ):
+        traced.lower(x, jnp.zeros((5, 2)), b)  # traced only: raised before anything runs
+    with pytest.raises(ValueError, match=r"b has 3 entries but W has shape \(3, 2\)"):
+        traced(x, W, jnp.zeros(3))
+    with pytest.raises(ValueError, match=r"W has shape \(4, 2\) but x has 3 features"):
+        jax.vmap(layer(implementation), in_axes=(0, None, None))(x, jnp.zeros((4, 2)), b)
+
+
+@pytest.mark.skipif(not sj.ffi_available(), reason="built without the FFI handlers")
+def test_ffi_handler_checks_shapes_itself():
+    """The handler's own checks, reached past sigmoid_linear's: an INVALID_ARGUMENT error
+    that names the argument, shown on the (n, n_in) view the handler sees."""
+    x, _, b = inputs((4, 3), 2, np.float64)
     with pytest.raises(jax.errors.JaxRuntimeError, match=r"W has shape \(5, 2\) but x has 3"):
-        jax.jit(layer(implementation))(x, jnp.zeros((5, 2)), b).block_until_ready()
-    with pytest.raises(jax.errors.JaxRuntimeError, match=r"b has 3 entries"):
-        jax.jit(layer(implementation))(x, W, jnp.zeros(3)).block_until_ready()
+        jax.jit(sj._ffi_forward)(x, jnp.zeros((5, 2)), b).block_until_ready()
 
 
 def test_every_public_name_is_documented():

@@ -230,6 +230,27 @@ _LAYERS: dict[str, Callable[[Array, Array, Array], Array]] = {
 }
 
 
+def _check_shapes(x: Array, W: Array, b: Array) -> None:
+    """The core's own shape checks, now (when traced) rather than when the call runs: on
+    zero rows of x and zero-stride stand-ins for W and b (nothing allocated or read). A
+    ValueError from them gets the arrays' real shapes."""
+
+    def stand_in(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+        return np.broadcast_to(np.zeros((), dtype), shape)
+
+    try:
+        _api.forward(
+            stand_in((0, x.shape[-1]), x.dtype),
+            stand_in(W.shape, W.dtype),
+            stand_in(b.shape, b.dtype),
+        )
+    except ValueError as exc:
+        raise ValueError(
+            f"{exc} (siglayer.jax checks the shapes on 0 rows of x when it traces; the "
+            f"arrays given: x {tuple(x.shape)}, W {tuple(W.shape)}, b {tuple(b.shape)})"
+        ) from None
+
+
 def sigmoid_linear(
     x: Array, W: Array, b: Array, *, implementation: Implementation = "auto"
 ) -> Array:
@@ -259,10 +280,9 @@ def sigmoid_linear(
         A dtype other than float32 / float64 / bfloat16, or mixed dtypes other than a
         float32 b with bfloat16 x and W (nothing is converted).
     ValueError
-        W not 2-D, b not 1-D, x 0-D, or an unknown implementation; "ffi" in an
-        installation without the handlers. Shapes that do not fit together are refused
-        by siglayer's core when the call runs (an ``INVALID_ARGUMENT`` error that names
-        the argument).
+        W not 2-D, b not 1-D, x 0-D, shapes that do not fit together (siglayer's own
+        checks, run when the function is traced, with the arrays' shapes), an unknown
+        implementation; "ffi" in an installation without the handlers.
 
     Examples
     --------
@@ -304,13 +324,14 @@ def sigmoid_linear(
             f"x, W and b must share one dtype; got x {x.dtype}, W {W.dtype}, b {b.dtype} "
             f"(with bfloat16 x and W, b may also be float32)"
         )
-    # Only what the result's shape needs; the core checks that the shapes fit together.
+    # What the result's and the gradients' shapes need, then whether the shapes fit.
     if W.ndim != 2:
         raise ValueError(f"W must be 2-D (n_in, n_out), got shape {tuple(W.shape)}")
     if b.ndim != 1:
         raise ValueError(f"b must be 1-D (n_out,), got shape {tuple(b.shape)}")
     if x.ndim == 0:
         raise ValueError("x must have at least 1 dimension (..., n_in), got a scalar")
+    _check_shapes(x, W, b)
     if implementation == "auto":
         implementation = "ffi" if _FFI else "callback"
     if implementation == "ffi" and not _FFI:
