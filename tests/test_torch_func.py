@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
+from torch.autograd import forward_ad as fwAD  # noqa: E402
 from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vjp, vmap  # noqa: E402
 
 from siglayer.torch import SigmoidLinear, sigmoid_linear, sigmoid_linear_bce_loss  # noqa: E402
@@ -239,3 +240,38 @@ def test_second_derivatives_are_refused_not_zero(fused):
     # hessian is jacfwd of jacrev: forward mode through the backward kernels.
     with pytest.raises(RuntimeError, match=f"siglayer.torch.{name} has no second derivative"):
         hessian(f)(W)
+    # Forward over forward (PyTorch would pass the inner rule's result on with a zero
+    # tangent: an all-zero second derivative).
+    with pytest.raises(RuntimeError, match=f"siglayer.torch.{name} has no second derivative"):
+        jacfwd(jacfwd(f))(W)
+    ones = torch.ones_like(W)
+    with pytest.raises(RuntimeError, match=f"siglayer.torch.{name} has no second derivative"):
+        jvp(lambda W: jvp(f, (W,), (ones,))[1], (W,), (ones,))
+
+
+def test_reverse_over_forward_is_the_hessian_or_refused():
+    """jacrev of jacfwd, and a backward from a forward_ad tangent, run the jvp rule's
+    PyTorch ops under reverse mode: for the layer, whose rule is written in the
+    differentiable out, that is the true second derivative (against torch.sigmoid's);
+    the fused loss's rule uses its saved dZ, a constant to reverse mode, so it refuses
+    rather than miss d dZ (it gave 0)."""
+    x, W, b, y = inputs(torch.float64)
+    got = jacrev(jacfwd(lambda W: sigmoid_linear(x, W, b).sum()))(W)
+    want = jacrev(jacfwd(lambda W: torch.sigmoid(x @ W + b).sum()))(W)
+    assert want.abs().max() > 0.1
+    torch.testing.assert_close(got, want, **TOL[torch.float64])
+    with pytest.raises(RuntimeError, match="sigmoid_linear_bce_loss has no second derivative"):
+        jacrev(jacfwd(lambda W: sigmoid_linear_bce_loss(x, W, b, y)))(W)
+
+    def reverse_of_tangent(f):
+        Wg = W.clone().requires_grad_()
+        with fwAD.dual_level():
+            tangent = fwAD.unpack_dual(f(fwAD.make_dual(Wg, torch.ones_like(W)))).tangent
+        return torch.autograd.grad(tangent, Wg)[0]
+
+    got = reverse_of_tangent(lambda W: sigmoid_linear(x, W, b).sum())
+    torch.testing.assert_close(
+        got, reverse_of_tangent(lambda W: torch.sigmoid(x @ W + b).sum()), **TOL[torch.float64]
+    )
+    with pytest.raises(RuntimeError, match="sigmoid_linear_bce_loss has no second derivative"):
+        reverse_of_tangent(lambda W: sigmoid_linear_bce_loss(x, W, b, y))

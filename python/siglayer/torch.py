@@ -621,8 +621,17 @@ def _no_second_derivative(name: str) -> None:
     raise RuntimeError(
         f"siglayer.torch.{name} has no second derivative (its gradients come from "
         f"kernels that are not differentiable): torch.func.hessian, jacrev or grad of "
-        f"a grad cannot be taken through it"
+        f"a grad, jacfwd of a jacfwd cannot be taken through it"
     )
+
+
+def _refuse_forward_over_forward(name: str) -> None:
+    """A jvp rule run under two forward-mode transforms (jacfwd of jacfwd, jvp of jvp):
+    PyTorch 2.13 hands the inner rule's result to the outer level with a zero tangent,
+    so the second derivative would silently be 0. Refused like the others."""
+    levels = _functorch_interpreters()
+    if sum(1 for i in levels if i.key() == _JVP) > 1:
+        _no_second_derivative(name)
 
 
 def _first_order_only(op: Any, name: str) -> Callable[..., Any]:
@@ -630,6 +639,10 @@ def _first_order_only(op: Any, name: str) -> Callable[..., Any]:
         return _FirstOrderOnly.apply(op, name, *args)  # type: ignore[no-untyped-call]
 
     return call
+
+
+_functorch_interpreters = torch._functorch.pyfunctorch.retrieve_all_functorch_interpreters
+_JVP = torch._C._functorch.TransformType.Jvp
 
 
 _transformed_backward = _first_order_only(_backward_op, "sigmoid_linear")
@@ -659,6 +672,7 @@ class _Transformed(torch.autograd.Function):
     def jvp(ctx: Any, tx: Tensor | None, tW: Tensor | None, tb: Tensor | None) -> Tensor:
         # Forward mode (torch.func.jvp, jacfwd): d out = out (1 - out) (dx W + x dW + db),
         # in PyTorch's own ops (in float32 for bfloat16), rounded to out's dtype.
+        _refuse_forward_over_forward("sigmoid_linear")
         x, W, out = ctx.saved_tensors
         tangent: Tensor = _preactivation_tangent(x, W, tx, tW, tb) * out * (1 - out)
         return tangent.to(out.dtype)
@@ -712,13 +726,24 @@ class _TransformedBCE(torch.autograd.Function):
         # d loss = sum(dZ * dz), dZ = dloss/dz saved by the forward; dZ has no tangent (it
         # is handed out as non-differentiable). torch.func passes a zero tangent
         # for a target that is a constant; any other is refused.
+        _refuse_forward_over_forward("sigmoid_linear_bce_loss")
         if ttarget is not None and bool(ttarget.any()):
             raise RuntimeError(
                 "sigmoid_linear_bce_loss does not differentiate with respect to target"
             )
         x, W, dZ = ctx.saved_tensors
-        dloss = (dZ * _preactivation_tangent(x, W, tx, tW, tb)).sum()
+        dloss = _bce_tangent(dZ, _preactivation_tangent(x, W, tx, tW, tb))
         return dloss.to(dZ.dtype), None
+
+
+def _dot(dZ: Tensor, dz: Tensor) -> Tensor:
+    return (dZ * dz).sum()
+
+
+# The fused loss's tangent, sum(dZ * dz), through _FirstOrderOnly: the saved dZ is a
+# constant to reverse mode, so reverse over forward (jacrev of jacfwd, or backward from
+# a forward_ad tangent) would miss d dZ and be wrong; it raises there instead.
+_bce_tangent = _first_order_only(_dot, "sigmoid_linear_bce_loss")
 
 
 def _per_sample(op: Any, outputs: int) -> Callable[..., Any]:
