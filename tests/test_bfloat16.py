@@ -498,8 +498,62 @@ def test_gradients_in_bfloat16_on_request():
             out.astype(np.float32),
             grad_dtype="bfloat16",
         )
-    with pytest.raises(TypeError, match=r"dW must be a bfloat16 ndarray"):
+    with pytest.raises(TypeError, match=r"dW has dtype float32, expected bfloat16"):
         siglayer.backward(dout, x, W, out, grad_dtype="bfloat16", dW=np.empty(W.shape, np.float32))
+
+
+def _bf16_buffers_case(case):
+    """(kwargs, inputs and buffers to watch) for one wrong set of bfloat16 gradient
+    buffers, all views of one sentinel-filled backing array where they overlap."""
+    x, W, b = inputs(5, 8, 4, seed=21)
+    out = siglayer.forward(x, W, b)
+    dout = bf16(np.random.default_rng(22).standard_normal(out.shape))
+    backing = np.full(96, 7.0, BF16)
+    args = {"dout": dout, "x": x, "W": W, "out": out}
+    if case == "dW-overlaps-dx":
+        args |= {"dx": backing[:40].reshape(5, 8), "dW": backing[8:40].reshape(8, 4)}
+    elif case == "db-overlaps-dW":
+        args |= {"dW": backing[:32].reshape(8, 4), "db": backing[30:34]}
+    elif case == "dW-is-W":
+        args |= {"dW": W}
+    elif case == "db-wrong-shape-after-dx":  # dx valid, db not: nothing may be written
+        args |= {"dx": backing[:40].reshape(5, 8), "db": backing[40:43]}
+    elif case == "dW-F-order":
+        args |= {"dW": np.asfortranarray(backing[:32].reshape(8, 4))}
+    return args, [backing, x, W, dout, out]
+
+
+@pytest.mark.parametrize(
+    "case, error, message",
+    [
+        ("dW-overlaps-dx", ValueError, r"dx overlaps dW"),
+        ("db-overlaps-dW", ValueError, r"dW overlaps db"),
+        ("dW-is-W", ValueError, r"dW overlaps W"),
+        ("db-wrong-shape-after-dx", ValueError, r"db has shape \(3,\), expected \(4,\)"),
+        ("dW-F-order", ValueError, r"dW must be C-contiguous"),
+    ],
+)
+def test_bfloat16_gradient_buffers_are_checked_before_anything_is_written(case, error, message):
+    """grad_dtype='bfloat16' buffers get every rule of the float32 ones (overlap with
+    the inputs, dx and each other; shape; layout), checked before the core runs: the
+    error names the buffer, and no buffer or input changes."""
+    args, watch = _bf16_buffers_case(case)
+    before = [a.copy() for a in watch]
+    with pytest.raises(error, match=message):
+        siglayer.backward(**args, grad_dtype="bfloat16")
+    for a, b in zip(watch, before, strict=True):
+        assert (a.view(np.uint16) == b.view(np.uint16)).all()
+
+
+def test_out_overlapping_a_bfloat16_bias_is_refused():
+    """A bfloat16 b is widened to float32 for the core; out is still checked against
+    the caller's b (it was overwritten)."""
+    x, W, _ = inputs(1, 8, 4, seed=23)
+    backing = bf16(np.arange(8.0))
+    b = backing[:4]
+    with pytest.raises(ValueError, match=r"out overlaps b"):
+        siglayer.forward(x, W, b, out=backing[2:6].reshape(1, 4))
+    assert (f64(backing) == np.arange(8.0)).all()
 
 
 def test_compare_uses_the_float64_oracle_for_bfloat16():

@@ -122,6 +122,22 @@ def negative_x_under_out(p: Args):
     return fwd(p, x=backing[11::-1].reshape(4, 3), out=backing[:8].reshape(4, 2), watch=[backing])
 
 
+def copied_x_under_out(p: Args):
+    """A batched x whose flattening to rows copies it (a transposed 3-D view), under out:
+    the core sees the copy, so the check must be made on the caller's x."""
+    backing = np.arange(32.0)
+    x = backing[:12].reshape(2, 2, 3).transpose(1, 0, 2)
+    return fwd(p, x=x, out=backing[4:12].reshape(2, 2, 2), watch=[backing])
+
+
+def copied_dout_under_dW(p: Args):
+    """The same in backward: a batched dout that flattening copies, overlapped by dW."""
+    backing = np.arange(32.0)
+    dout = backing[:8].reshape(2, 2, 2).transpose(1, 0, 2)
+    x, out = p["x"].reshape(2, 2, 3), p["out"].reshape(2, 2, 2)
+    return bwd(p, dout=dout, x=x, out=out, dW=backing[2:8].reshape(3, 2), watch=[backing])
+
+
 def zero_stride_out(p: Args):
     source = filled((1,))
     return fwd(p, out=as_strided(source, (4, 2), (0, 0)), watch=[source])
@@ -638,6 +654,10 @@ FUNCTIONAL_CASES: dict[str, Case] = {
         ValueError,
         "out",
         r"out overlaps x",
+    ),
+    "out-overlaps-x-batched-copied": Case(copied_x_under_out, ValueError, "out", r"out overlaps x"),
+    "dW-overlaps-dout-batched-copied": Case(
+        copied_dout_under_dW, ValueError, "dW", r"dW overlaps dout"
     ),
     "dW-is-W": Case(lambda p: bwd(p, dW=p["W"]), ValueError, "dW", r"dW overlaps W"),
     "dx-partly-overlaps-x": Case(

@@ -3,6 +3,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -90,6 +91,10 @@ py::array forward(py::handle x_h, py::handle W_h, py::handle b_h, py::handle out
         check_forward(xv, Wv, bv);
         T* out_data = nullptr;
         py::array out = make_or_check<T>(out_h, "out", {x.shape(0), W.shape(1)}, out_data);
+        // The core sees a widened b's copy: out against the caller's b is checked here.
+        if (!widened_b.empty())
+            require_disjoint({{"out", extent(OutMatrix<T>{out_data, xv.rows, Wv.cols})}},
+                             {{"b", extent(bias_view<T>(b))}});
         {
             // Only raw pointers cross this line: no Python object is touched without the GIL.
             py::gil_scoped_release release;
@@ -101,33 +106,66 @@ py::array forward(py::handle x_h, py::handle W_h, py::handle b_h, py::handle out
 
 // dx (or None), dW and db of a backward call: the caller's buffers, checked, or new
 // arrays. dx is (n, n_in) in the storage type T, dW (n_in, n_out) and db (n_out,) in the
-// compute type C (float32 for bfloat16).
+// compute type C (float32 for bfloat16), or, with round_grads (bfloat16 calls only), in
+// T: the core then writes float32 scratch, rounded once into them by finish(). Every
+// buffer is checked before the core runs, so a failed call writes nothing.
 template <class T, class C = compute_t<T>>
 struct GradientBuffers {
     // py::object, not py::array: a default-constructed py::array allocates an empty array.
     py::object dx = py::none(), dW, db;
     T* dx_data = nullptr;
     C *dW_data = nullptr, *db_data = nullptr;
+    T *dW_rounded = nullptr, *db_rounded = nullptr;  // round_grads: the returned arrays
+    std::unique_ptr<C[]> scratch;                    // round_grads: float32 dW, then db
     py::ssize_t n, n_in, n_out;
 
     GradientBuffers(bool need_dx, py::handle dx_h, py::handle dW_h, py::handle db_h, py::ssize_t n_,
-                    py::ssize_t n_in_, py::ssize_t n_out_)
+                    py::ssize_t n_in_, py::ssize_t n_out_, bool round_grads,
+                    std::initializer_list<Named> inputs)
         : n(n_), n_in(n_in_), n_out(n_out_) {
         if (!need_dx && !dx_h.is_none())
             throw py::value_error("dx was given but need_dx=False; drop one of them");
         if (need_dx) dx = make_or_check<T>(dx_h, "dx", {n, n_in}, dx_data);
+        if constexpr (!std::is_same_v<T, C>) {
+            if (round_grads) {
+                dW = make_or_check<T>(dW_h, "dW", {n_in, n_out}, dW_rounded);
+                db = make_or_check<T>(db_h, "db", {n_out}, db_rounded);
+                // The core sees the scratch, not these: their overlaps are checked here.
+                require_disjoint({{"dx", need_dx ? extent(dx_out()) : Extent{}},
+                                  {"dW", extent(dW_rounded, n_in * n_out)},
+                                  {"db", extent(db_rounded, n_out)}},
+                                 inputs);
+                scratch.reset(new C[static_cast<std::size_t>(n_in * n_out + n_out)]);
+                dW_data = scratch.get();
+                db_data = dW_data + n_in * n_out;
+                return;
+            }
+        }
+        if (round_grads)
+            throw py::type_error(std::string("grad_dtype='bfloat16' rounds the gradients of "
+                                             "bfloat16 inputs; these are ") +
+                                 DType<T>::name);
         dW = make_or_check<C>(dW_h, "dW", {n_in, n_out}, dW_data);
         db = make_or_check<C>(db_h, "db", {n_out}, db_data);
     }
     OutMatrix<T> dx_out() const { return {dx_data, n, n_in}; }
     OutMatrix<C> dW_out() const { return {dW_data, n_in, n_out}; }
+    // After the core (GIL released): the float32 gradients rounded into the bfloat16 ones.
+    void finish() const {
+        if constexpr (!std::is_same_v<T, C>) {
+            if (dW_rounded == nullptr) return;
+            siglayer::to_bfloat16(dW_rounded, dW_data, n_in * n_out);
+            siglayer::to_bfloat16(db_rounded, db_data, n_out);
+        }
+    }
     py::tuple result() const { return py::make_tuple(dx, dW, db); }
 };
 
 // dout and out are (n, n_out), x is (n, n_in), W is (n_in, n_out).
 // Returns (dx or None, dW, db).
 py::tuple backward(py::handle dout_h, py::handle x_h, py::handle W_h, py::handle out_h,
-                   py::handle need_dx_h, py::handle dx_h, py::handle dW_h, py::handle db_h) {
+                   py::handle need_dx_h, py::handle dx_h, py::handle dW_h, py::handle db_h,
+                   bool round_grads) {
     // Taken as an object: pybind11's bool conversion would read None as False and
     // report any other type with a dump of every argument.
     const bool need_dx = as_bool(need_dx_h, "need_dx");
@@ -147,10 +185,13 @@ py::tuple backward(py::handle dout_h, py::handle x_h, py::handle W_h, py::handle
         const MatrixView<T> doutv = matrix_view<T>(dout, "dout"), xv = matrix_view<T>(x, "x"),
                             Wv = matrix_view<T>(W, "W"), outv = matrix_view<T>(out, "out");
         check_backward(doutv, xv, Wv, outv);
-        GradientBuffers<T> g(need_dx, dx_h, dW_h, db_h, x.shape(0), x.shape(1), W.shape(1));
+        GradientBuffers<T> g(
+            need_dx, dx_h, dW_h, db_h, x.shape(0), x.shape(1), W.shape(1), round_grads,
+            {{"dout", extent(doutv)}, {"x", extent(xv)}, {"W", extent(Wv)}, {"out", extent(outv)}});
         {
             py::gil_scoped_release release;
             siglayer::backward<T>(g.dx_out(), g.dW_out(), g.db_data, doutv, xv, Wv, outv);
+            g.finish();
         }
         return g.result();
     });
@@ -159,7 +200,7 @@ py::tuple backward(py::handle dout_h, py::handle x_h, py::handle W_h, py::handle
 // dZ is (n, n_out), x is (n, n_in), W is (n_in, n_out). Returns (dx or None, dW, db).
 py::tuple backward_from_preactivation(py::handle dZ_h, py::handle x_h, py::handle W_h,
                                       py::handle need_dx_h, py::handle dx_h, py::handle dW_h,
-                                      py::handle db_h) {
+                                      py::handle db_h, bool round_grads) {
     const bool need_dx = as_bool(need_dx_h, "need_dx");  // see backward
     const py::array dZ = as_array(dZ_h, "dZ"), x = as_array(x_h, "x"), W = as_array(W_h, "W");
     const int type_num = float_type_num(dZ, "dZ");
@@ -174,11 +215,14 @@ py::tuple backward_from_preactivation(py::handle dZ_h, py::handle x_h, py::handl
         const MatrixView<T> dZv = matrix_view<T>(dZ, "dZ"), xv = matrix_view<T>(x, "x"),
                             Wv = matrix_view<T>(W, "W");
         check_backward_from_preactivation(dZv, xv, Wv);
-        GradientBuffers<T> g(need_dx, dx_h, dW_h, db_h, x.shape(0), x.shape(1), W.shape(1));
+        GradientBuffers<T> g(need_dx, dx_h, dW_h, db_h, x.shape(0), x.shape(1), W.shape(1),
+                             round_grads,
+                             {{"dZ", extent(dZv)}, {"x", extent(xv)}, {"W", extent(Wv)}});
         {
             py::gil_scoped_release release;
             siglayer::backward_from_preactivation<T>(g.dx_out(), g.dW_out(), g.db_data, dZv, xv,
                                                      Wv);
+            g.finish();
         }
         return g.result();
     });
@@ -241,11 +285,12 @@ void register_layer(py::module_& m) {
           "out = sigmoid(x @ W + b) for 2-D x; see siglayer.forward for the full API.");
     m.def("backward", &backward, py::arg("dout"), py::arg("x"), py::arg("W"), py::arg("out"),
           py::arg("need_dx") = true, py::arg("dx") = py::none(), py::arg("dW") = py::none(),
-          py::arg("db") = py::none(),
-          "(dx, dW, db) for 2-D arrays; see siglayer.backward for the full API.");
+          py::arg("db") = py::none(), py::arg("round_grads") = false,
+          "(dx, dW, db) for 2-D arrays; see siglayer.backward for the full API. round_grads: "
+          "a bfloat16 call's dW and db rounded once to bfloat16 (grad_dtype='bfloat16').");
     m.def("backward_from_preactivation", &backward_from_preactivation, py::arg("dZ"), py::arg("x"),
           py::arg("W"), py::arg("need_dx") = true, py::arg("dx") = py::none(),
-          py::arg("dW") = py::none(), py::arg("db") = py::none(),
+          py::arg("dW") = py::none(), py::arg("db") = py::none(), py::arg("round_grads") = false,
           "(dx, dW, db) from dZ, the gradient w.r.t. x @ W + b, for 2-D arrays; see "
           "siglayer.backward_from_preactivation.");
     m.def(

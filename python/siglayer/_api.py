@@ -107,6 +107,7 @@ def forward(
         # out= is sized from W, so W's own error comes first (the core raises it).
         return _core.forward(x2, W, b, None)
     out2 = _as_2d_buffer(out, "out", (*lead, W.shape[1]))
+    _refuse_hidden_overlap(("x",), (x,), (x2,), ("out",), (out,))
     _core.forward(x2, W, b, out2)
     return out
 
@@ -241,12 +242,11 @@ def backward(
     >>> siglayer.backward(np.ones((2, 1)), x, W, out, need_dx=False)[0] is None
     True
     """
-    if grad_dtype is not None and _rounds_gradients(grad_dtype, x):
-        return _rounded_gradients(backward(dout, x, W, out, need_dx=need_dx, dx=dx), dW, db)
+    rounded = grad_dtype is not None and _rounds_gradients(grad_dtype, x)
     if type(x) is _ndarray and x.ndim == 2 and type(dout) is _ndarray and dout.ndim == 2:
-        return _core.backward(dout, x, W, out, need_dx, dx, dW, db)
+        return _core.backward(dout, x, W, out, need_dx, dx, dW, db, rounded)
     return _batched_backward(
-        _core.backward, "backward", {"dout": dout, "out": out}, x, W, need_dx, dx, dW, db
+        _core.backward, "backward", {"dout": dout, "out": out}, x, W, need_dx, dx, dW, db, rounded
     )
 
 
@@ -349,12 +349,9 @@ def backward_from_preactivation(
     >>> dW.ravel(), db  # two rows, each adding 0.5 * x = 0.5
     (array([1., 1., 1.]), array([1.]))
     """
-    if grad_dtype is not None and _rounds_gradients(grad_dtype, x):
-        return _rounded_gradients(
-            backward_from_preactivation(dZ, x, W, need_dx=need_dx, dx=dx), dW, db
-        )
+    rounded = grad_dtype is not None and _rounds_gradients(grad_dtype, x)
     if type(x) is _ndarray and x.ndim == 2 and type(dZ) is _ndarray and dZ.ndim == 2:
-        return _core.backward_from_preactivation(dZ, x, W, need_dx, dx, dW, db)
+        return _core.backward_from_preactivation(dZ, x, W, need_dx, dx, dW, db, rounded)
     return _batched_backward(
         _core.backward_from_preactivation,
         "backward_from_preactivation",
@@ -365,6 +362,7 @@ def backward_from_preactivation(
         dx,
         dW,
         db,
+        rounded,
     )
 
 
@@ -387,26 +385,6 @@ def _rounds_gradients(grad_dtype: DTypeLike, x: object) -> bool:
     raise TypeError(f"grad_dtype is {wanted} but for {x_dtype} inputs dW and db are {allowed}")
 
 
-def _rounded_gradients(
-    result: tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]],
-    dW: NDArray[Float] | None,
-    db: NDArray[Float] | None,
-) -> tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]]:
-    """The float32 dW and db of a bfloat16 call rounded once to bfloat16, into the
-    caller's bfloat16 buffers when given."""
-    dx_r, dW32, db32 = result
-    for name, buf, like in (("dW", dW, dW32), ("db", db, db32)):
-        if buf is not None and (
-            not isinstance(buf, _ndarray) or buf.shape != like.shape or not is_bfloat16(buf.dtype)
-        ):
-            raise TypeError(
-                f"{name} must be a bfloat16 ndarray of shape {like.shape} with "
-                f"grad_dtype='bfloat16', got {getattr(buf, 'dtype', type(buf).__name__)} "
-                f"{getattr(buf, 'shape', '')}"
-            )
-    return dx_r, _core.to_bfloat16(dW32, out=dW), _core.to_bfloat16(db32, out=db)
-
-
 def _batched_backward(
     core: Callable[..., tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]]],
     method: str,
@@ -417,19 +395,25 @@ def _batched_backward(
     dx: NDArray[Float] | None,
     dW: NDArray[Float] | None,
     db: NDArray[Float] | None,
+    rounded: bool,
 ) -> tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]]:
     """Both backwards off their 2-D fast path: the gradient's kind checked, then leading
     batch dimensions flattened. ``per_row`` holds the (..., n_out) arguments in the
     core's order: the gradient first (dout or dZ), then out for ``backward``; the core
-    takes ``core(grad, x, W, [out,] need_dx, dx, dW, db)``."""
+    takes ``core(grad, x, W, [out,] need_dx, dx, dW, db, rounded)``."""
     (name, grad), *rest = per_row.items()
     refuse_kind(grad, name, method)
     arrays = (*per_row.values(), x, W)
     if not all(isinstance(a, _ndarray) for a in arrays):
         # The core raises the TypeError naming the argument.
-        return core(grad, x, W, *(a for _, a in rest), need_dx, dx, dW, db)
-    x2, (grad2, *rest2), dx2 = _flatten_batch(x, W, per_row, dx)
-    dx_r, dW_r, db_r = core(grad2, x2, W, *rest2, need_dx, dx2, dW, db)
+        return core(grad, x, W, *(a for _, a in rest), need_dx, dx, dW, db, rounded)
+    x2, flat, dx2 = _flatten_batch(x, W, per_row, dx)
+    if dx is not None or dW is not None or db is not None:
+        _refuse_hidden_overlap(
+            ("x", *per_row), (x, *per_row.values()), (x2, *flat), ("dx", "dW", "db"), (dx, dW, db)
+        )
+    grad2, *rest2 = flat
+    dx_r, dW_r, db_r = core(grad2, x2, W, *rest2, need_dx, dx2, dW, db, rounded)
     return _batch_shaped(dx_r, dx, x.shape), dW_r, db_r
 
 
@@ -464,6 +448,24 @@ def _flatten_batch(
     dx2 = _as_2d_buffer(dx, "dx", x.shape) if dx is not None else None
     flat = [a.reshape(rows, n_out) for a in per_row.values()]
     return x.reshape(rows, n_in), flat, dx2
+
+
+def _refuse_hidden_overlap(
+    names: tuple[str, ...],
+    given: tuple[NDArray[Float], ...],
+    flat: tuple[NDArray[Float], ...],
+    buffer_names: tuple[str, ...],
+    buffers: tuple[NDArray[Float] | None, ...],
+) -> None:
+    """An input whose flattening to 2-D had to copy it reaches the core as the copy, so
+    the core's overlap check cannot see the caller's array: the buffers are checked
+    against it here, with the core's rule (their byte ranges meet) and error."""
+    for name, a, a2 in zip(names, given, flat, strict=True):
+        if np.may_share_memory(a, a2):
+            continue  # a view: the core checks it
+        for buffer_name, buffer in zip(buffer_names, buffers, strict=True):
+            if buffer is not None and np.may_share_memory(buffer, a):
+                raise _core.OverlapError(f"{buffer_name} overlaps {name}; pass a separate buffer")
 
 
 def _batch_shaped(

@@ -55,6 +55,7 @@ def backward(
     dx: NDArray[_Float] | None = None,
     dW: NDArray[_Float] | None = None,
     db: NDArray[_Float] | None = None,
+    round_grads: bool = False,
 ) -> tuple[NDArray[_Float], NDArray[_Float], NDArray[_Float]]: ...
 @overload
 def backward(
@@ -66,6 +67,7 @@ def backward(
     dx: None = None,
     dW: NDArray[_Float] | None = None,
     db: NDArray[_Float] | None = None,
+    round_grads: bool = False,
 ) -> tuple[None, NDArray[_Float], NDArray[_Float]]: ...
 @overload
 def backward(
@@ -77,6 +79,7 @@ def backward(
     dx: NDArray[_Float] | None = None,
     dW: NDArray[_Float] | None = None,
     db: NDArray[_Float] | None = None,
+    round_grads: bool = False,
 ) -> tuple[NDArray[_Float] | None, NDArray[_Float], NDArray[_Float]]: ...
 
 # dZ (n, n_out), x (n, n_in), W (n_in, n_out) -> (dx (n, n_in) or None, dW, db).
@@ -89,6 +92,7 @@ def backward_from_preactivation(
     dx: NDArray[_Float] | None = None,
     dW: NDArray[_Float] | None = None,
     db: NDArray[_Float] | None = None,
+    round_grads: bool = False,
 ) -> tuple[NDArray[_Float], NDArray[_Float], NDArray[_Float]]: ...
 @overload
 def backward_from_preactivation(
@@ -99,6 +103,7 @@ def backward_from_preactivation(
     dx: None = None,
     dW: NDArray[_Float] | None = None,
     db: NDArray[_Float] | None = None,
+    round_grads: bool = False,
 ) -> tuple[None, NDArray[_Float], NDArray[_Float]]: ...
 @overload
 def backward_from_preactivation(
@@ -109,6 +114,7 @@ def backward_from_preactivation(
     dx: NDArray[_Float] | None = None,
     dW: NDArray[_Float] | None = None,
     db: NDArray[_Float] | None = None,
+    round_grads: bool = False,
 ) -> tuple[NDArray[_Float] | None, NDArray[_Float], NDArray[_Float]]: ...
 
 # Losses over C-contiguous out and y of one shape and dtype: write the gradient into dZ
