@@ -158,3 +158,37 @@ def test_set_num_threads_is_per_thread() -> None:
         assert siglayer.get_num_threads() == 1
     finally:
         siglayer.set_num_threads(before)
+
+
+def test_a_regions_floating_point_mode_is_its_callers() -> None:
+    """A two-thread region run for a Python thread is led by one of siglayer's leader
+    threads: it computes in the calling thread's floating-point mode. A thread that set
+    flush-to-zero (torch.set_flush_denormal) gets flushed subnormals with one thread and
+    with two; a thread that did not, afterwards, gets them kept (db of subnormal dZ
+    values: 1024 rows of 1e-39 * 1/4 summed, about 2.56e-37, or 0 when flushed)."""
+    torch = pytest.importorskip("torch")
+    n, n_in, n_out = 1024, 8, 256  # two threads for this backward
+    x = np.ones((n, n_in), np.float32)
+    W = np.ones((n_in, n_out), np.float32)
+    out = np.full((n, n_out), 0.5, np.float32)
+    dout = np.full((n, n_out), 1e-39, np.float32)  # a subnormal float32
+    kept = np.float32(n * np.float32(1e-39 * 0.25))
+    seen: dict[str, list[float]] = {}
+
+    def db0(threads: int) -> float:
+        siglayer.set_num_threads(threads)
+        return float(siglayer.backward(dout, x, W, out)[2][0])
+
+    def flushing() -> None:
+        torch.set_flush_denormal(True)
+        seen["flushing"] = [db0(1), db0(2)]
+
+    def default() -> None:
+        seen["default"] = [db0(1), db0(2)]
+
+    for target in (default, flushing, default):
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join(60)
+    assert seen["flushing"] == [0.0, 0.0]
+    np.testing.assert_allclose(seen["default"], [kept, kept], rtol=1e-5)

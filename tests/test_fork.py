@@ -156,3 +156,45 @@ def test_workers_match_parent(scenario: str, environment: str, tmp_path: Path) -
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["workers"] >= 1
     assert report["ok"], f"{scenario}: a worker's results differ from the parent's"
+
+
+# The idle spin siglayer sets (threads.hpp: 1 ms) on the thread that leads a region,
+# read back with libiomp5's kmp_get_blocktime before and after a fork, in the parent
+# and in the child: the runtime's reset at a fork (its own re-initialization, or the
+# release of the pool before it) must not leave the 200 ms default behind, with which a
+# forked worker's idle threads spin for 200 ms after each call.
+IDLE_SPIN = """
+import ctypes, os, pathlib
+iomp = ctypes.CDLL(str(pathlib.Path(siglayer._core.__file__).with_name("libiomp5.so")))
+if __name__ == "__main__":
+    layer()
+    seen = {"parent before": iomp.kmp_get_blocktime()}
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        layer()
+        os.write(write_end, str(iomp.kmp_get_blocktime()).encode())
+        os._exit(0)
+    os.close(write_end)
+    seen["child"] = int(os.read(read_end, 16))
+    os.waitpid(pid, 0)
+    layer()
+    seen["parent after"] = iomp.kmp_get_blocktime()
+    print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("environment", list(ENVIRONMENTS))
+def test_idle_spin_is_kept_across_a_fork(environment: str, tmp_path: Path) -> None:
+    import siglayer
+
+    runtime = siglayer._core.config()["openmp_runtime"]
+    if not runtime.startswith("intel") or "KMP_BLOCKTIME" in runtime:
+        pytest.skip(f"siglayer sets the idle spin with libiomp5 only, here: {runtime}")
+    script = tmp_path / "idle_spin.py"
+    script.write_text(textwrap.dedent(PRELUDE) + textwrap.dedent(IDLE_SPIN))
+    env = {k: v for k, v in os.environ.items() if k != "KMP_INIT_AT_FORK"}
+    done = run_bounded(script, env | ENVIRONMENTS[environment])
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"parent before": 1, "child": 1, "parent after": 1}, seen

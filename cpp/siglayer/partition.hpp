@@ -30,10 +30,18 @@ inline blas::Op flip(blas::Op op) {
 }
 
 // Runs body() on `threads` OpenMP threads, or directly when one is enough: even a
-// one-thread parallel region costs a noticeable part of a small layer's time.
+// one-thread parallel region costs a noticeable part of a small layer's time. Called from
+// inside a caller's own parallel region (a C++ frontend's), body() runs in a nested
+// region of one thread: its worksharing and barriers must bind to a team of its own,
+// not to the caller's (whose other threads never reach them).
 template <class Body>
 void run_parallel(int threads, const Body& body) {
     blas::claim_single_threaded();
+    if (omp_in_parallel()) {
+#pragma omp parallel num_threads(1)
+        body();
+        return;
+    }
     if (threads <= 1) {
         body();
         return;

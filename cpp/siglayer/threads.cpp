@@ -11,6 +11,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
+
 #if defined(SIGLAYER_OPENMP_INTEL)
 // libiomp5's extension; declared here because GCC's omp.h is the header we compile with.
 extern "C" {
@@ -58,17 +62,53 @@ void set_idle_spin() {
 #endif
 }
 
+// Bumped at every fork: the runtime's re-initialization in a child, and the hard pause
+// before_fork() may make in the parent, reset every thread's block time, so each
+// leading thread sets it again before its next region (a forked worker's idle threads
+// spun for 200 ms after each call when it was set once per thread).
+std::atomic<unsigned> spin_generation{0};
+
+void keep_idle_spin() {
+    thread_local unsigned applied = ~0u;
+    const unsigned now = spin_generation.load(std::memory_order_relaxed);
+    if (applied != now) {
+        set_idle_spin();
+        applied = now;
+    }
+}
+
+// The caller's floating-point mode (SSE control and status: flush-to-zero,
+// denormals-are-zero, rounding), carried to the leader that runs its region: the
+// runtime passes the leader's mode on to the workers, so the region computes as a call
+// on the caller's own thread does (one thread or two; PyTorch's set_flush_denormal on
+// another thread must not leak into this one).
+#if defined(__SSE__)
+unsigned fp_mode() {
+    return _mm_getcsr() & ~0x3Fu;  // the mode, without the sticky exception flags
+}
+void set_fp_mode(unsigned mode) {
+    _mm_setcsr((_mm_getcsr() & 0x3Fu) | mode);
+}
+#else
+unsigned fp_mode() {
+    return 0;
+}
+void set_fp_mode(unsigned) {}
+#endif
+
 // A long-lived thread that leads the regions handed to it, one at a time.
 struct Leader {
     std::mutex mutex;
     std::condition_variable wake, finished;
     const std::function<void()>* job = nullptr;
+    unsigned job_fp_mode = 0;
 
     void loop() {
-        set_idle_spin();
         std::unique_lock<std::mutex> lock(mutex);
         for (;;) {
             wake.wait(lock, [&] { return job != nullptr; });
+            keep_idle_spin();
+            set_fp_mode(job_fp_mode);
             (*job)();
             job = nullptr;
             finished.notify_one();
@@ -78,6 +118,7 @@ struct Leader {
     void run(const std::function<void()>& region) {
         std::unique_lock<std::mutex> lock(mutex);
         job = &region;
+        job_fp_mode = fp_mode();
         wake.notify_one();
         finished.wait(lock, [&] { return job == nullptr; });
     }
@@ -113,6 +154,7 @@ void before_fork() {
     regions().lock();
     if (!runtime_handles_fork && pool_started.exchange(false))
         omp_pause_resource_all(omp_pause_hard);
+    spin_generation.fetch_add(1, std::memory_order_relaxed);  // in parent and child
 }
 
 void after_fork_in_parent() {
@@ -131,8 +173,7 @@ void lead(const std::function<void()>& region) {
     std::shared_lock<std::shared_mutex> fork_lock(regions());
     pool_started.store(true, std::memory_order_relaxed);
     if (std::this_thread::get_id() == home_thread) {
-        thread_local bool spin_set = (set_idle_spin(), true);
-        (void)spin_set;
+        keep_idle_spin();
         region();
         return;
     }
