@@ -200,6 +200,22 @@ def test_other_errors():
     assert losses.mse_loss(np.zeros(0), np.zeros(0), reduction="sum") == 0.0
 
 
+@pytest.mark.parametrize("where", ["out", "y"])
+@pytest.mark.parametrize("start", [0, 3], ids=["same", "partly"])
+def test_gradient_buffers_overlapping_an_input_are_refused(where, start):
+    """dZ (written by NumPy) and dout (written by the core) overlapping out or y: the
+    core's OverlapError for both, and nothing changed."""
+    for fn, buffer in ((losses.bce_grad_preactivation, "dZ"), (losses.mse_grad, "dout")):
+        backing = np.linspace(0.1, 0.9, 12)
+        arrays = {"out": backing[:6], "y": np.full(6, 0.5)}
+        if where == "y":
+            arrays = {"out": np.full(6, 0.25), "y": backing[:6]}
+        before = backing.copy()
+        with pytest.raises(siglayer._core.OverlapError, match=rf"{buffer} overlaps {where}"):
+            fn(arrays["out"], arrays["y"], **{buffer: backing[start : start + 6]})
+        np.testing.assert_array_equal(backing, before)
+
+
 # ---------------------------------------------------------------- torch
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from . import _core
+from ._buffers import refuse_overlap
 from ._dtypes import bfloat16, is_bfloat16
 from ._gradients import refuse_kind
 from ._typing import Float
@@ -464,8 +465,8 @@ def _refuse_hidden_overlap(
         if np.may_share_memory(a, a2):
             continue  # a view: the core checks it
         for buffer_name, buffer in zip(buffer_names, buffers, strict=True):
-            if buffer is not None and np.may_share_memory(buffer, a):
-                raise _core.OverlapError(f"{buffer_name} overlaps {name}; pass a separate buffer")
+            if buffer is not None:
+                refuse_overlap(buffer_name, buffer, ((name, a),))
 
 
 def _batch_shaped(

@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["BufferCache"]
+from . import _core
+
+__all__ = ["BufferCache", "refuse_overlap"]
 
 # A loop alternates between few shapes (the batch size, the last short batch of an
 # epoch, an evaluation batch); a handful covers them without holding on to many.
@@ -44,3 +46,13 @@ class BufferCache:
 
     def clear(self) -> None:
         self._arrays.clear()
+
+
+def refuse_overlap(
+    buffer_name: str, buffer: object, inputs: tuple[tuple[str, object], ...]
+) -> None:
+    """The core's overlap rule (byte ranges that meet) and error, for a buffer written
+    outside the core or checked against arrays the core does not see."""
+    for name, a in inputs:
+        if np.may_share_memory(buffer, a):
+            raise _core.OverlapError(f"{buffer_name} overlaps {name}; pass a separate buffer")

@@ -34,7 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _core
-from ._buffers import BufferCache
+from ._buffers import BufferCache, refuse_overlap
 from ._dtypes import FLOAT_DTYPES
 from ._gradients import OutputGradient, PreactivationGradient
 
@@ -257,6 +257,7 @@ def bce_grad_preactivation(
         dZ = _new(PreactivationGradient, out)
     else:
         _check_buffer(dZ, "dZ", out)
+        refuse_overlap("dZ", dZ, (("out", out), ("y", y)))  # NumPy writes it, not the core
     np.subtract(out, y, out=dZ)
     np.divide(dZ, n, out=dZ)
     return dZ
