@@ -134,6 +134,14 @@ def test_errors_are_raised_when_the_graph_is_built():
     out = sd.forward(xd, W, b)
     with pytest.raises(ValueError, match="dout has shape"):
         sd.backward(out[:, :2], xd, W, out)
+    with pytest.raises(ValueError, match=r"dout has 8 rows but x has 10 \(shapes: dout \(8, 3\)"):
+        sd.backward(out[:8], xd, W, out)
+    with pytest.raises(ValueError, match=r"out has 9 rows but x has 10"):
+        sd.backward(out, xd, W, out[:9])
+    # b of shape (1, n_out), as siglayer.forward takes it.
+    np.testing.assert_array_equal(
+        sd.forward(xd, W, b[None]).compute(scheduler="threads"), siglayer.forward(x, W, b)
+    )
 
 
 def test_progress_bar():

@@ -309,6 +309,13 @@ def test_layer_errors(rng):
     with pytest.raises(ValueError, match="shares memory with this layer's output buffer"):
         square(out)
     np.testing.assert_array_equal(square(out.copy()).shape, (2, 3))
+    # The same for its dx buffer: a forward of an earlier backward's dx, then a backward.
+    dx = square.backward(np.ones((2, 3), np.float32))
+    square(dx)
+    with pytest.raises(ValueError, match="shares memory with this layer's dx buffer"):
+        square.backward(np.ones((2, 3), np.float32))
+    square(dx.copy())
+    assert square.backward(np.ones((2, 3), np.float32)) is dx  # the buffer, reused
 
 
 # ---------------------------------------------------------------- Sequential

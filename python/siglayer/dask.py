@@ -135,7 +135,8 @@ def forward(x: DaskArray, W: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> D
     # The core's checks (dtypes, shapes, sizes), run now on zero rows of x.
     with _on_zero_rows({"x": x}):
         _api.forward(np.empty((0, x.shape[1]), x.dtype), W, b)
-    Wd, bd = _in_memory("W", W), _in_memory("b", b)
+    # b as (n_out,): the core takes (1, n_out) too, the graph's index "j" one axis.
+    Wd, bd = _in_memory("W", W), _in_memory("b", b.reshape(-1))
     return _da.blockwise(
         _forward_chunk,
         "ij",
@@ -205,8 +206,14 @@ def backward(
     """
     x = _rows("x", x)
     rows = x.chunks[0]
-    dout = _rows("dout", dout).rechunk({0: rows})
-    out = _rows("out", out).rechunk({0: rows})
+    dout, out = _rows("dout", dout), _rows("out", out)
+    for name, a in (("dout", dout), ("out", out)):
+        if a.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"{name} has {a.shape[0]} rows but x has {x.shape[0]} (shapes: dout "
+                f"{tuple(dout.shape)}, x {tuple(x.shape)}, out {tuple(out.shape)})"
+            )
+    dout, out = dout.rechunk({0: rows}), out.rechunk({0: rows})
     # The core's checks, on zero rows of each.
     empty = {
         n: np.empty((0, a.shape[1]), a.dtype) for n, a in (("dout", dout), ("x", x), ("out", out))

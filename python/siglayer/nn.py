@@ -537,7 +537,14 @@ class SigmoidLayer(Generic[Float]):
         if not _need_dx(need_dx) or dx is not None:
             return dx  # the core refuses a dx with need_dx=False
         if self.reuse_buffers:
-            return cast("NDArray[Float]", self._input_grads.get(x.shape))
+            buffer = cast("NDArray[Float]", self._input_grads.get(x.shape))
+            if np.may_share_memory(buffer, x):
+                raise ValueError(
+                    "the last forward's x shares memory with this layer's dx buffer (the dx "
+                    "of an earlier backward, reuse_buffers=True), which this backward would "
+                    "overwrite: pass x.copy() to the forward"
+                )
+            return buffer
         return np.empty(x.shape, self._dtype)
 
     def _accepts(self) -> str:
