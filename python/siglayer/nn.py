@@ -423,7 +423,10 @@ class SigmoidLayer(Generic[Float]):
     ) -> NDArray[Float] | None:
         """Gradients from ``dout = dL/dout`` of the last :meth:`forward`.
 
-        Fills :attr:`dW` and :attr:`db` (overwriting them) and returns dx.
+        Fills :attr:`dW` and :attr:`db` (overwriting them) and returns dx. dx is computed
+        with W as it is now: change W only after the backward, as an optimizer's step
+        does (a bfloat16 layer uses the bfloat16 copy of W its forward made). NumPy has
+        no version counter to detect a W changed in between, as PyTorch's autograd does.
 
         Parameters
         ----------
@@ -503,7 +506,9 @@ class SigmoidLayer(Generic[Float]):
         return dx
 
     def preactivation(self) -> NDArray[Float]:
-        """Z = x @ W + b of the last forward, recomputed (one extra product; a new array).
+        """Z = x @ W + b of the last forward's x, recomputed with W and b as they are now
+        (one extra product; a new array): call it before an optimizer's step. A bfloat16
+        layer uses the bfloat16 copy of W its forward made.
 
         Useful for an exact loss from logits where the sigmoid output has saturated to 0
         or 1 (see :class:`siglayer.losses.BCELoss`).
