@@ -87,3 +87,11 @@ def test_docs_command_lists_the_installed_documentation(capsys):
     assert {"guide.md", "derivation.md", "reliability.md"} <= set(pages)
     with open(pages["guide.md"], encoding="utf-8") as f:
         assert f.read().startswith("# siglayer user guide")
+
+
+def test_main_job_warns_when_the_machine_is_busy():
+    from siglayer.__main__ import busy_note
+
+    assert busy_note(0.3, 2) is None and busy_note(1.9, 4) is None
+    note = busy_note(4.3, 2)
+    assert note is not None and "load average 4.3 on 2 CPUs" in note

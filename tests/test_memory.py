@@ -177,3 +177,43 @@ def test_short_lived_threads_leave_nothing_behind() -> None:
     assert os_threads() <= threads_before, "OS threads left behind by finished Python threads"
     # Each thread's scratch is >= 256 kB here: a leak would be >= 38 MB.
     assert rss_growth < 8 << 20 or not CHECK_RSS, f"RSS grew by {rss_growth} bytes over 150 threads"
+
+
+OUT_OF_MEMORY = """
+import resource, sys
+import numpy as np, ml_dtypes, siglayer
+siglayer.set_num_threads(int(sys.argv[1]))
+bf16 = ml_dtypes.bfloat16
+siglayer.forward(np.ones((512, 64), bf16), np.ones((64, 512), bf16), np.zeros(512, np.float32))
+n, n_in, n_out = 256, 16, 1 << 20
+x, W = np.zeros((n, n_in), bf16), np.zeros((n_in, n_out), bf16)
+b = np.zeros(n_out, np.float32)
+# Room for out (512 MiB) and 300 MiB more, not for a tile's float panel (256 rows of
+# its columns: 512 MiB on one thread, 256 MiB each on two, allocated in the region).
+mapped = int(open("/proc/self/statm").read().split()[0]) * 4096
+limit = mapped + n * n_out * 2 + (300 << 20)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+try:
+    siglayer.forward(x, W, b)
+    print("no error")
+except MemoryError:
+    print("MemoryError")
+"""
+
+
+@pytest.mark.skipif(_asan_loaded(), reason="AddressSanitizer reserves terabytes of address space")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_memory_running_out_inside_a_region_is_a_memory_error(threads, tmp_path) -> None:
+    """A scratch allocation that fails inside a parallel region (here a bfloat16
+    forward's panel, under an address-space limit) is a MemoryError in the caller, not
+    an exception escaping OpenMP (std::terminate: the process aborted with two threads)."""
+    pytest.importorskip("ml_dtypes")
+    import subprocess
+
+    script = tmp_path / "out_of_memory.py"
+    script.write_text(OUT_OF_MEMORY)
+    done = subprocess.run(
+        [sys.executable, str(script), str(threads)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "MemoryError"

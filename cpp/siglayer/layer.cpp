@@ -118,6 +118,9 @@ void backward(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db, Mat
 
     Scratch& scratch = Scratch::for_this_thread();
     T* dZ = scratch.get<T>(Scratch::dZ, static_cast<std::size_t>(n * n_out));
+    // db's float64 block totals for every column, taken here: in the region they would
+    // be allocated before its barrier (see RegionError).
+    double* totals = scratch.get<double>(Scratch::db_total, static_cast<std::size_t>(n_out));
     index_t ld_dout = 0, ld_out = 0;
     const T* dout_rows = row_major(dout, Scratch::dout_packed, ld_dout);
     const T* out_rows = row_major(out, Scratch::out_packed, ld_out);
@@ -135,9 +138,7 @@ void backward(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db, Mat
         // thread count.
         const Tiling columns(1, n_out, omp_get_num_threads());
         for_each_tile({&columns}, [&](const Tiling&, const Block& c) {
-            double* total = Scratch::for_this_thread().get<double>(
-                Scratch::db_total, static_cast<std::size_t>(c.cols()));
-            kernel.dz_colsum(dZ + c.j0, n_out, db + c.j0, total, dout_rows + c.j0, ld_dout,
+            kernel.dz_colsum(dZ + c.j0, n_out, db + c.j0, totals + c.j0, dout_rows + c.j0, ld_dout,
                              out_rows + c.j0, ld_out, n, c.cols());
         });
         // Phase 2: the products need all of dZ.

@@ -8,7 +8,10 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
 #include <initializer_list>
+#include <mutex>
 
 #include "blas.hpp"
 #include "threads.hpp"
@@ -29,27 +32,83 @@ inline blas::Op flip(blas::Op op) {
     return op == blas::Op::N ? blas::Op::T : blas::Op::N;
 }
 
+// The first exception thrown in a parallel region (a scratch allocation that failed:
+// std::bad_alloc), kept for run_parallel to rethrow on the calling thread once the region
+// has ended. An exception may leave neither a region (std::terminate: the process
+// aborted) nor an iteration of a worksharing loop, so each thread's body and each tile
+// run through run(); after a failure the team skips the tiles it has not started. No
+// exception may be thrown before a barrier: every allocation a region makes comes after
+// its last barrier, so that a thread that stops early never leaves the others waiting.
+class RegionError {
+public:
+    template <class F>
+    void run(const F& f) noexcept {
+        if (failed_.load(std::memory_order_relaxed)) return;
+        try {
+            f();
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (!first_) first_ = std::current_exception();
+            failed_.store(true, std::memory_order_relaxed);
+        }
+    }
+    void rethrow() const {
+        if (first_) std::rethrow_exception(first_);
+    }
+    // The region this thread is running for run_parallel, or nullptr outside one (or on
+    // its direct path, where exceptions simply propagate).
+    static RegionError*& current() {
+        static thread_local RegionError* region = nullptr;
+        return region;
+    }
+
+private:
+    std::mutex mutex_;
+    std::exception_ptr first_;
+    std::atomic<bool> failed_{false};
+};
+
+// f() inside a region guarded as RegionError says, or plainly outside one.
+template <class F>
+void guarded(const F& f) {
+    if (RegionError* region = RegionError::current())
+        region->run(f);
+    else
+        f();
+}
+
 // Runs body() on `threads` OpenMP threads, or directly when one is enough: even a
 // one-thread parallel region costs a noticeable part of a small layer's time. Called from
 // inside a caller's own parallel region (a C++ frontend's), body() runs in a nested
 // region of one thread: its worksharing and barriers must bind to a team of its own,
-// not to the caller's (whose other threads never reach them).
+// not to the caller's (whose other threads never reach them). An exception in a region
+// (RegionError) is rethrown here, after it.
 template <class Body>
 void run_parallel(int threads, const Body& body) {
     blas::claim_single_threaded();
-    if (omp_in_parallel()) {
+    const bool nested = omp_in_parallel();
+    if (threads <= 1 && !nested) {
+        body();
+        return;
+    }
+    RegionError error;
+    const auto team_body = [&] {
+        RegionError*& current = RegionError::current();
+        RegionError* const outer = current;
+        current = &error;
+        error.run(body);
+        current = outer;
+    };
+    if (nested) {
 #pragma omp parallel num_threads(1)
-        body();
-        return;
-    }
-    if (threads <= 1) {
-        body();
-        return;
-    }
-    threads::lead([&] {
+        team_body();
+    } else {
+        threads::lead([&] {
 #pragma omp parallel num_threads(threads)
-        body();
-    });
+            team_body();
+        });
+    }
+    error.rethrow();
 }
 
 // Splits [0, count) into `parts` contiguous ranges whose starts are multiples of
@@ -122,11 +181,11 @@ void for_each_tile(std::initializer_list<const Tiling*> tilings, const Body& bod
         }
     };
     if (omp_get_num_threads() == 1) {  // run_parallel's direct call: no worksharing needed
-        for (index_t k = 0; k < total; ++k) run(k);
+        for (index_t k = 0; k < total; ++k) guarded([&] { run(k); });
         return;
     }
 #pragma omp for schedule(dynamic, 1) nowait
-    for (index_t k = 0; k < total; ++k) run(k);
+    for (index_t k = 0; k < total; ++k) guarded([&] { run(k); });
 }
 
 // op(A) restricted to rows from i0 on, and op(B) to columns from j0 on.

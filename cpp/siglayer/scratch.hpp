@@ -24,7 +24,7 @@ public:
         W_widened,
         dZ_widened,
         b_packed16,  // B of a bfloat16 product packed once for several panels (layer_bf16.cpp)
-        db_total,    // the float64 sums of db's row blocks, a tile's columns (views.hpp)
+        db_total,    // the float64 sums of db's row blocks (views.hpp): a tile's columns, or all
         slot_count
     };
 

@@ -11,6 +11,7 @@ PyTorch, alone and beside each other) runs from a source checkout: python bench/
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from importlib import resources
@@ -68,6 +69,9 @@ def check(*, timing: bool = True) -> int:
             f"this)",
             flush=True,
         )
+        note = busy_note(*_load())
+        if note:
+            print(note)
         print(f"{'dtype':8} {'(n, n_in, n_out)':>20} {'numpy':>12} {'siglayer':>12} {'speedup':>8}")
         start = time.perf_counter()
         for dtype in (np.float32, np.float64):
@@ -84,6 +88,29 @@ def check(*, timing: bool = True) -> int:
         return 1
     print("\nall results match the reference")
     return 0
+
+
+def _load() -> tuple[float, int]:
+    """(1-minute load average, CPUs this process may run on); (0, 1) where unknown."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0, 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return load, cpus or 1
+
+
+def busy_note(load: float, cpus: int) -> str | None:
+    """A warning when other work holds half the CPUs or more: a multi-threaded library's
+    time then swings with it (NumPy's OpenBLAS at (64, 256, 128) was seen 100 times
+    slower in some runs at a load average of 4 on 2 CPUs), and so does the speedup."""
+    if load < cpus / 2:
+        return None
+    return (
+        f"note: this machine is busy (1-minute load average {load:.1f} on {cpus} CPUs): "
+        f"multi-threaded timings swing with the other work, some rows by 10x or more; "
+        f"time again when it is quiet"
+    )
 
 
 def docs() -> int:
