@@ -392,6 +392,13 @@ def test_ffi_handler_checks_shapes_itself():
     x, _, b = inputs((4, 3), 2, np.float64)
     with pytest.raises(jax.errors.JaxRuntimeError, match=r"W has shape \(5, 2\) but x has 3"):
         jax.jit(sj._ffi_forward)(x, jnp.zeros((5, 2)), b).block_until_ready()
+    # db's length (the core takes db as a pointer), with result types of the wrong size.
+    W = jnp.zeros((3, 2))
+    out = sj._ffi_forward(x, W, b)
+    wrong = (*sj._gradient_types(x, W)[:2], jax.ShapeDtypeStruct((5,), W.dtype))
+    call = jax.ffi.ffi_call(sj._BACKWARD_TARGET, wrong, vmap_method="sequential")
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"db has 5 entries but W has shape"):
+        jax.block_until_ready(call(jnp.ones_like(out), x, W, out))
 
 
 def test_every_public_name_is_documented():

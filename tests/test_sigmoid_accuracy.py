@@ -95,3 +95,18 @@ def test_every_length_and_tail(isa, length):
     """The vector loops handle lengths that are not multiples of the vector width."""
     z = np.linspace(-8, 8, length).astype(np.float32)
     np.testing.assert_allclose(_core.sigmoid(z), reference(z).astype(np.float32), rtol=3e-7, atol=0)
+
+
+def test_out_overlapping_z_is_refused_in_place_is_exact():
+    """_core.sigmoid's out: z itself (in place, elementwise) gives the same values as a
+    fresh array; a partial overlap is an OverlapError and leaves the memory unchanged."""
+    z = np.linspace(-8, 8, 40).astype(np.float32)
+    want = _core.sigmoid(z)
+    inplace = z.copy()
+    assert _core.sigmoid(inplace, inplace) is not None
+    np.testing.assert_array_equal(inplace, want)
+    backing = np.linspace(-8, 8, 41).astype(np.float32)
+    before = backing.copy()
+    with pytest.raises(ValueError, match="out overlaps z"):
+        _core.sigmoid(backing[:40], backing[1:])
+    np.testing.assert_array_equal(backing, before)

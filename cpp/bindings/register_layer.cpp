@@ -242,6 +242,8 @@ py::array sigmoid(py::handle z_h, py::handle out_h) {
         py::array result = make_or_check<T>(out_h, "out", shape, y);
         const T* zp = static_cast<const T*>(z.data());
         const index_t count = z.size();
+        // In place (out is z) is elementwise and fine; any other overlap is not.
+        if (y != zp) require_disjoint({{"out", extent(y, count)}}, {{"z", extent(zp, count)}});
         {
             py::gil_scoped_release release;
             siglayer::sigmoid<T>(y, zp, count);

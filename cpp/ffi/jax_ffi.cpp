@@ -14,6 +14,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "siglayer/checks.hpp"
 #include "siglayer/layer.hpp"
 #include "xla/ffi/api/ffi.h"
 
@@ -197,9 +198,14 @@ ffi::Error backward_handler(ffi::AnyBuffer dout, ffi::AnyBuffer x, ffi::AnyBuffe
                         using T = decltype(zero);
                         using C = compute_t<T>;
                         const OutMatrix<C> dbm = out_matrix<C>("db", *db, 1);
+                        const MatrixView<T> Wm = matrix<T>("W", W, 2);
+                        // The core takes db as a bare pointer: its length is checked here.
+                        SIGLAYER_REQUIRE(dbm.cols == Wm.cols, "db has " + std::to_string(dbm.cols) +
+                                                                  " entries but W has shape " +
+                                                                  shape_str(Wm.rows, Wm.cols));
                         backward<T>(out_matrix<T>("dx", *dx), out_matrix<C>("dW", *dW, 2), dbm.data,
-                                    matrix<T>("dout", dout), matrix<T>("x", x),
-                                    matrix<T>("W", W, 2), matrix<T>("out", out));
+                                    matrix<T>("dout", dout), matrix<T>("x", x), Wm,
+                                    matrix<T>("out", out));
                     });
 }
 
