@@ -36,14 +36,19 @@ inline blas::Op flip(blas::Op op) {
 // std::bad_alloc), kept for run_parallel to rethrow on the calling thread once the region
 // has ended. An exception may leave neither a region (std::terminate: the process
 // aborted) nor an iteration of a worksharing loop, so each thread's body and each tile
-// run through run(); after a failure the team skips the tiles it has not started. No
-// exception may be thrown before a barrier: every allocation a region makes comes after
-// its last barrier, so that a thread that stops early never leaves the others waiting.
+// run through run(); after a failure the team skips the tiles it has not started, but
+// every thread still runs its whole body: a thread that skipped a worksharing loop
+// would leave the runtime's loop bookkeeping out of step, and the team's next region
+// would hang (libiomp5's __kmp_dispatch_init). No exception may be thrown outside a
+// tile before a barrier or a loop: every allocation a region makes outside its tiles
+// comes after its last one, so that a thread that stops early never leaves the others
+// waiting.
 class RegionError {
 public:
+    enum class After { skip, run };  // what run(f) does once the region has failed
     template <class F>
-    void run(const F& f) noexcept {
-        if (failed_.load(std::memory_order_relaxed)) return;
+    void run(const F& f, After after_failure = After::skip) noexcept {
+        if (after_failure == After::skip && failed_.load(std::memory_order_relaxed)) return;
         try {
             f();
         } catch (...) {
@@ -81,7 +86,8 @@ void guarded(const F& f) {
 // one-thread parallel region costs a noticeable part of a small layer's time. Called from
 // inside a caller's own parallel region (a C++ frontend's), body() runs in a nested
 // region of one thread: its worksharing and barriers must bind to a team of its own,
-// not to the caller's (whose other threads never reach them). An exception in a region
+// not to the caller's (whose other threads never reach them). Every thread of the team
+// computes in the caller's floating-point mode (threads.hpp). An exception in a region
 // (RegionError) is rethrown here, after it.
 template <class Body>
 void run_parallel(int threads, const Body& body) {
@@ -92,11 +98,13 @@ void run_parallel(int threads, const Body& body) {
         return;
     }
     RegionError error;
+    const unsigned mode = threads::fp_mode();  // the caller's, for every thread of the team
     const auto team_body = [&] {
+        threads::set_fp_mode(mode);
         RegionError*& current = RegionError::current();
         RegionError* const outer = current;
         current = &error;
-        error.run(body);
+        error.run(body, RegionError::After::run);
         current = outer;
     };
     if (nested) {

@@ -77,38 +77,17 @@ void keep_idle_spin() {
     }
 }
 
-// The caller's floating-point mode (SSE control and status: flush-to-zero,
-// denormals-are-zero, rounding), carried to the leader that runs its region: the
-// runtime passes the leader's mode on to the workers, so the region computes as a call
-// on the caller's own thread does (one thread or two; PyTorch's set_flush_denormal on
-// another thread must not leak into this one).
-#if defined(__SSE__)
-unsigned fp_mode() {
-    return _mm_getcsr() & ~0x3Fu;  // the mode, without the sticky exception flags
-}
-void set_fp_mode(unsigned mode) {
-    _mm_setcsr((_mm_getcsr() & 0x3Fu) | mode);
-}
-#else
-unsigned fp_mode() {
-    return 0;
-}
-void set_fp_mode(unsigned) {}
-#endif
-
 // A long-lived thread that leads the regions handed to it, one at a time.
 struct Leader {
     std::mutex mutex;
     std::condition_variable wake, finished;
     const std::function<void()>* job = nullptr;
-    unsigned job_fp_mode = 0;
 
     void loop() {
         std::unique_lock<std::mutex> lock(mutex);
         for (;;) {
             wake.wait(lock, [&] { return job != nullptr; });
             keep_idle_spin();
-            set_fp_mode(job_fp_mode);
             (*job)();
             job = nullptr;
             finished.notify_one();
@@ -118,7 +97,6 @@ struct Leader {
     void run(const std::function<void()>& region) {
         std::unique_lock<std::mutex> lock(mutex);
         job = &region;
-        job_fp_mode = fp_mode();
         wake.notify_one();
         finished.wait(lock, [&] { return job == nullptr; });
     }
@@ -135,6 +113,20 @@ Leaders& leaders() {
 }
 
 }  // namespace
+
+#if defined(__SSE__)
+unsigned fp_mode() {
+    return _mm_getcsr() & ~0x3Fu;  // the mode, without the sticky exception flags
+}
+void set_fp_mode(unsigned mode) {
+    _mm_setcsr((_mm_getcsr() & 0x3Fu) | mode);
+}
+#else
+unsigned fp_mode() {
+    return 0;
+}
+void set_fp_mode(unsigned) {}
+#endif
 
 void init() {
     home_thread = std::this_thread::get_id();

@@ -49,6 +49,15 @@ void lead(const std::function<void()>& region);
 int tiles_per_thread();
 void set_tiles_per_thread(int tiles);
 
+// The calling thread's floating-point mode (SSE control: flush-to-zero,
+// denormals-are-zero, rounding; not the sticky exception flags), and setting it.
+// run_parallel (partition.hpp) gives every thread of a region its caller's mode: a
+// region computes as a call on the caller's own thread does, on one thread or two, with
+// either OpenMP runtime (libgomp's workers keep whatever mode they had), and a mode
+// another thread set (PyTorch's set_flush_denormal) never leaks into this call.
+unsigned fp_mode();
+void set_fp_mode(unsigned mode);
+
 // "intel (libiomp5), idle spin 1 ms", or "compiler" for the compiler's own runtime.
 std::string runtime_description();
 
