@@ -115,6 +115,29 @@ def test_chunk_partials_are_added_in_float64_and_rounded_once():
         np.testing.assert_array_equal(got, want)
 
 
+def test_unknown_row_counts_after_a_mask():
+    """A boolean mask leaves row chunks of unknown size (NaN): forward keeps them and
+    backward pairs dout, x and out chunk by chunk without rechunking. Oracle: the NumPy
+    arrays with the same rows kept, through siglayer.backward."""
+    x, W, b = inputs(300, 6, 4, np.float64, seed=3)
+    xd = da.from_array(x, chunks=(70, 6))
+    keep = x[:, 0] > -0.5
+    xu = xd[xd[:, 0] > -0.5]
+    assert any(np.isnan(c) for c in xu.chunks[0])
+    out = sd.forward(xu, W, b)
+    dout = out - 0.5
+    dx, dW, db = dask.compute(*sd.backward(dout, xu, W, out), scheduler="threads")
+    out_np = siglayer.forward(x[keep], W, b)
+    expected = siglayer.backward(out_np - 0.5, x[keep], W, out_np)
+    for got, want in zip((dx, dW, db), expected, strict=True):
+        assert_close(got, want, np.float64)
+    # Chunks that cannot be paired are refused when the graph is built.
+    x2 = da.from_array(x, chunks=(150, 6))
+    out2 = sd.forward(x2[x2[:, 0] > -0.5], W, b)
+    with pytest.raises(ValueError, match=r"out has 2 row chunks but x has 5, .* unknown \(NaN\)"):
+        sd.backward(dout, xu, W, out2)
+
+
 def test_errors_are_raised_when_the_graph_is_built():
     x, W, b = inputs(10, 4, 3, np.float64)
     xd = da.from_array(x, chunks=5)

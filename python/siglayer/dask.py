@@ -22,6 +22,7 @@ with the local schedulers, ``dask.distributed.progress(future)`` with a cluster.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -207,13 +208,24 @@ def backward(
     x = _rows("x", x)
     rows = x.chunks[0]
     dout, out = _rows("dout", dout), _rows("out", out)
-    for name, a in (("dout", dout), ("out", out)):
-        if a.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"{name} has {a.shape[0]} rows but x has {x.shape[0]} (shapes: dout "
-                f"{tuple(dout.shape)}, x {tuple(x.shape)}, out {tuple(out.shape)})"
-            )
-    dout, out = dout.rechunk({0: rows}), out.rechunk({0: rows})
+    shapes = f"(shapes: dout {tuple(dout.shape)}, x {tuple(x.shape)}, out {tuple(out.shape)})"
+    if any(math.isnan(r) for a in (dout, x, out) for r in a.chunks[0]):
+        # Unknown row counts (dask's NaN, after a boolean mask): the chunks cannot be
+        # moved, so they must pair up as forward's output pairs with its x; each task's
+        # core call checks its rows when it runs.
+        for name, a in (("dout", dout), ("out", out)):
+            if len(a.chunks[0]) != len(rows):
+                raise ValueError(
+                    f"{name} has {len(a.chunks[0])} row chunks but x has {len(rows)}, and some "
+                    f"row counts are unknown (NaN), so they cannot be rechunked to match {shapes}; "
+                    "pass the out that forward returned for this x, or call "
+                    "compute_chunk_sizes() on the arrays first"
+                )
+    else:
+        for name, a in (("dout", dout), ("out", out)):
+            if a.shape[0] != x.shape[0]:
+                raise ValueError(f"{name} has {a.shape[0]} rows but x has {x.shape[0]} {shapes}")
+        dout, out = dout.rechunk({0: rows}), out.rechunk({0: rows})
     # The core's checks, on zero rows of each.
     empty = {
         n: np.empty((0, a.shape[1]), a.dtype) for n, a in (("dout", dout), ("x", x), ("out", out))
