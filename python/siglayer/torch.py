@@ -706,7 +706,7 @@ class _TransformedBCE(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: Sequence[Any], output: tuple[Tensor, Tensor]) -> None:
         _bce_setup_context(ctx, inputs, output)
-        ctx.save_for_forward(inputs[0], inputs[1], output[1])
+        ctx.save_for_forward(*inputs[:4], output[1])
 
     @staticmethod
     def backward(ctx: Any, dloss: Tensor, _ddZ: Tensor | None) -> tuple[Tensor | None, ...]:
@@ -731,19 +731,46 @@ class _TransformedBCE(torch.autograd.Function):
             raise RuntimeError(
                 "sigmoid_linear_bce_loss does not differentiate with respect to target"
             )
-        x, W, dZ = ctx.saved_tensors
-        dloss = _bce_tangent(dZ, _preactivation_tangent(x, W, tx, tW, tb))
+        x, W, b, target, dZ = ctx.saved_tensors
+        dloss = _bce_tangent(dZ, _preactivation_tangent(x, W, tx, tW, tb), x, W, b, target)
         return dloss.to(dZ.dtype), None
 
 
-def _dot(dZ: Tensor, dz: Tensor) -> Tensor:
-    return (dZ * dz).sum()
+class _BCETangent(torch.autograd.Function):
+    """The fused loss's tangent, sum(dZ * dz), for dz = d(x @ W + b) along tangents that
+    stay free. dZ, saved by the loss's forward, is a constant to reverse mode; so reverse
+    mode over this tangent is right with respect to the tangents (its gradient in dz is
+    dZ: the loss's own first derivative, as jacrev of t -> jvp(f, (W,), (t,)) asks)
+    and refused with respect to x, W, b or target, through which it would miss d dZ (a
+    second derivative: jacrev of jacfwd, or backward from a forward_ad tangent)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        dZ: Tensor, dz: Tensor, x: Tensor, W: Tensor, b: Tensor, target: Tensor
+    ) -> Tensor:
+        return (dZ * dz).sum()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Sequence[Any], output: Tensor) -> None:
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        if any(ctx.needs_input_grad[2:]):  # through the primals: a second derivative
+            _no_second_derivative("sigmoid_linear_bce_loss")
+        (dZ,) = ctx.saved_tensors
+        return None, grad * dZ if ctx.needs_input_grad[1] else None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> Any:  # forward mode over the tangent
+        _no_second_derivative("sigmoid_linear_bce_loss")
 
 
-# The fused loss's tangent, sum(dZ * dz), through _FirstOrderOnly: the saved dZ is a
-# constant to reverse mode, so reverse over forward (jacrev of jacfwd, or backward from
-# a forward_ad tangent) would miss d dZ and be wrong; it raises there instead.
-_bce_tangent = _first_order_only(_dot, "sigmoid_linear_bce_loss")
+def _bce_tangent(dZ: Tensor, dz: Tensor, x: Tensor, W: Tensor, b: Tensor, target: Tensor) -> Tensor:
+    result: Tensor = _BCETangent.apply(dZ, dz, x, W, b, target)  # type: ignore[no-untyped-call]
+    return result
 
 
 def _per_sample(op: Any, outputs: int) -> Callable[..., Any]:
