@@ -316,6 +316,20 @@ def test_layer_errors(rng):
         square.backward(np.ones((2, 3), np.float32))
     square(dx.copy())
     assert square.backward(np.ones((2, 3), np.float32)) is dx  # the buffer, reused
+    # An earlier backward's dx given back as the gradient (dx is the next layer's dout
+    # in a stack of one shape): named as the gradient, nothing written.
+    square(np.ones((2, 3), np.float32))
+    dW, db = square.dW.copy(), square.db.copy()
+    for method, name in (("backward", "dout"), ("backward_from_preactivation", "dZ")):
+        with pytest.raises(ValueError, match=rf"^{name} shares memory with this layer's dx buf"):
+            getattr(square, method)(dx)
+        np.testing.assert_array_equal(square.dW, dW)
+        np.testing.assert_array_equal(square.db, db)
+    grad = dx.copy()
+    got = square.backward(grad)  # into the buffer: dx itself
+    fresh = siglayer.SigmoidLayer(3, 3, seed=0)
+    fresh(np.ones((2, 3), np.float32))
+    np.testing.assert_array_equal(got, fresh.backward(grad))
 
 
 # ---------------------------------------------------------------- Sequential

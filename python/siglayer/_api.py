@@ -244,7 +244,9 @@ def backward(
     True
     """
     rounded = grad_dtype is not None and _rounds_gradients(grad_dtype, x)
-    if type(x) is _ndarray and x.ndim == 2 and type(dout) is _ndarray and dout.ndim == 2:
+    if type(x) is _ndarray and x.ndim == 2 and isinstance(dout, _ndarray) and dout.ndim == 2:
+        if type(dout) is not _ndarray:  # a loss's tagged gradient
+            refuse_kind(dout, "dout", "backward")
         return _core.backward(dout, x, W, out, need_dx, dx, dW, db, rounded)
     return _batched_backward(
         _core.backward, "backward", {"dout": dout, "out": out}, x, W, need_dx, dx, dW, db, rounded
@@ -351,7 +353,9 @@ def backward_from_preactivation(
     (array([1., 1., 1.]), array([1.]))
     """
     rounded = grad_dtype is not None and _rounds_gradients(grad_dtype, x)
-    if type(x) is _ndarray and x.ndim == 2 and type(dZ) is _ndarray and dZ.ndim == 2:
+    if type(x) is _ndarray and x.ndim == 2 and isinstance(dZ, _ndarray) and dZ.ndim == 2:
+        if type(dZ) is not _ndarray:  # a loss's tagged gradient (BCELoss gives one)
+            refuse_kind(dZ, "dZ", "backward_from_preactivation")
         return _core.backward_from_preactivation(dZ, x, W, need_dx, dx, dW, db, rounded)
     return _batched_backward(
         _core.backward_from_preactivation,

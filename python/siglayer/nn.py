@@ -458,10 +458,14 @@ class SigmoidLayer(Generic[Float]):
             refuse_kind(dout, "dout", "backward")
             self._check_gradient(dout, "dout", out.shape)
             dout = self._rounded(dout)
-        dx = self._dx_buffer(x, need_dx, dx)
-        _api.backward(
-            dout, x, self._W_compute, out, need_dx=need_dx, dx=dx, dW=self._dW, db=self._db
-        )
+        dx, own = self._dx_buffer(x, need_dx, dx)
+        try:
+            _api.backward(
+                dout, x, self._W_compute, out, need_dx=need_dx, dx=dx, dW=self._dW, db=self._db
+            )
+        except _core.OverlapError:
+            self._explain_own_dx(own, dx, x, dout, "dout")
+            raise
         return dx
 
     @overload
@@ -499,10 +503,14 @@ class SigmoidLayer(Generic[Float]):
             refuse_kind(dZ, "dZ", "backward_from_preactivation")
             self._check_gradient(dZ, "dZ", out.shape)
             dZ = self._rounded(dZ)
-        dx = self._dx_buffer(x, need_dx, dx)
-        _api.backward_from_preactivation(
-            dZ, x, self._W_compute, need_dx=need_dx, dx=dx, dW=self._dW, db=self._db
-        )
+        dx, own = self._dx_buffer(x, need_dx, dx)
+        try:
+            _api.backward_from_preactivation(
+                dZ, x, self._W_compute, need_dx=need_dx, dx=dx, dW=self._dW, db=self._db
+            )
+        except _core.OverlapError:
+            self._explain_own_dx(own, dx, x, dZ, "dZ")
+            raise
         return dx
 
     def preactivation(self) -> NDArray[Float]:
@@ -538,19 +546,33 @@ class SigmoidLayer(Generic[Float]):
 
     def _dx_buffer(
         self, x: NDArray[Float], need_dx: object, dx: NDArray[Float] | None
-    ) -> NDArray[Float] | None:
+    ) -> tuple[NDArray[Float] | None, bool]:
+        """The dx buffer for a backward, and whether it is the layer's own."""
         if not _need_dx(need_dx) or dx is not None:
-            return dx  # the core refuses a dx with need_dx=False
+            return dx, False  # the core refuses a dx with need_dx=False
         if self.reuse_buffers:
-            buffer = cast("NDArray[Float]", self._input_grads.get(x.shape))
-            if np.may_share_memory(buffer, x):
+            return cast("NDArray[Float]", self._input_grads.get(x.shape)), True
+        return np.empty(x.shape, self._dtype), False
+
+    @staticmethod
+    def _explain_own_dx(
+        own: bool, dx: NDArray[Float] | None, x: NDArray[Float], grad: object, name: str
+    ) -> None:
+        """After the core refused an overlap (nothing written): when the dx it would
+        have written is the layer's own buffer, say which of the caller's arrays is that
+        buffer (the dx an earlier backward returned) instead of naming dx."""
+        if not own:
+            return
+        for what, a, fix in (
+            ("the last forward's x", x, "pass x.copy() to the forward"),
+            (name, grad, f"pass {name}.copy()"),
+        ):
+            if np.may_share_memory(a, dx):
                 raise ValueError(
-                    "the last forward's x shares memory with this layer's dx buffer (the dx "
-                    "of an earlier backward, reuse_buffers=True), which this backward would "
-                    "overwrite: pass x.copy() to the forward"
-                )
-            return buffer
-        return np.empty(x.shape, self._dtype)
+                    f"{what} shares memory with this layer's dx buffer (the dx an earlier "
+                    f"backward returned, reuse_buffers=True), which this backward would "
+                    f"overwrite: {fix}"
+                ) from None
 
     def _accepts(self) -> str:
         return "bfloat16 (float32 inputs are rounded to it)" if self._mixed else str(self._dtype)
