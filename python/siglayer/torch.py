@@ -132,6 +132,14 @@ def _check(x: object, W: object, b: object) -> None:
         and b.shape[0] == W.shape[1]
     ):
         return
+    half = [n for n, t in (("x", x), ("W", W), ("b", b)) if _is_float16(t)]
+    if len(half) > 1:  # a module after .half(), say: name them all, and the module's fix
+        raise TypeError(
+            f"{' and '.join(half)} have dtype torch.float16, which is not bfloat16; "
+            f"siglayer takes torch.float32, torch.float64 or torch.bfloat16 and never "
+            f"converts silently: convert them all (a SigmoidLinear: module.bfloat16() or "
+            f"module.float(), and x to match)"
+        )
     for name, t in (("x", x), ("W", W), ("b", b)):
         _check_tensor(t, name)
     assert isinstance(x, Tensor) and isinstance(W, Tensor) and isinstance(b, Tensor)
@@ -156,6 +164,10 @@ def _check_devices(tensors: dict[str, Tensor]) -> None:
     if len({t.device.type for t in tensors.values()}) > 1:
         devices = ", ".join(f"{name} on {t.device}" for name, t in tensors.items())
         raise ValueError(f"{devices}: all must be on the CPU, or all on the meta device")
+
+
+def _is_float16(t: object) -> bool:
+    return isinstance(t, Tensor) and t.dtype == torch.float16
 
 
 def _check_tensor(t: object, name: str) -> None:
