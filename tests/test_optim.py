@@ -1,7 +1,11 @@
-"""SGD and Adam (update loop in C++) against the NumPy formulas in siglayer.reference and
-against torch.optim."""
+"""SGD, Adam and AdamW (update loop in C++) against the NumPy formulas in siglayer.reference
+and against torch.optim: formulas, defaults, hyperparameters changed between steps, and
+state saved through pickle or np.savez."""
 
 from __future__ import annotations
+
+import inspect
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +14,7 @@ import siglayer
 from conftest import DTYPES, EPS
 from siglayer import _core, reference
 from siglayer.nn import Parameter
-from siglayer.optim import SGD, Adam
+from siglayer.optim import SGD, Adam, AdamW, flatten_state_dict, unflatten_state_dict
 
 DTYPE_IDS = [np.dtype(d).name for d in DTYPES]
 SHAPES = [(7, 5), (5,), (1,), (300, 300)]  # the last is past the OpenMP threshold
@@ -139,6 +143,38 @@ def test_optimizer_trains_a_network(rng):
 # ---------------------------------------------------------------- torch.optim
 
 
+def torch_twins(rng, dtype, shapes=((6, 4), (4,))):
+    """The same random parameters as siglayer Parameters and as torch.nn.Parameters."""
+    torch = pytest.importorskip("torch")
+    values = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    params = [Parameter(f"p{i}", v.copy(), np.zeros_like(v)) for i, v in enumerate(values)]
+    tparams = [torch.nn.Parameter(torch.from_numpy(v.copy())) for v in values]
+    return params, tparams
+
+
+def step_both(rng, opt, topt, params, tparams):
+    """One step of each optimizer on the same random gradients."""
+    torch = pytest.importorskip("torch")
+    for p, tp in zip(params, tparams, strict=True):
+        g = rng.standard_normal(p.grad.shape).astype(p.grad.dtype)
+        p.grad[...] = g
+        tp.grad = torch.from_numpy(g.copy())
+    opt.step()
+    topt.step()
+
+
+def assert_close_to_torch(params, tparams, dtype):
+    """torch forms the same quantities with other roundings (lerp for the first moment,
+    addcmul for the second): they agree to a few ulps per step of the values; 64 ulps of
+    the largest value covers the runs here (at most 12 steps)."""
+    eps = EPS[np.dtype(dtype)]
+    for p, tp in zip(params, tparams, strict=True):
+        want = tp.detach().numpy()
+        np.testing.assert_allclose(
+            p.value, want, rtol=0, atol=64 * eps * (np.abs(want).max() + 1), err_msg=p.name
+        )
+
+
 @pytest.mark.parametrize(
     ("ours", "theirs", "opts"),
     [
@@ -154,34 +190,102 @@ def test_optimizer_trains_a_network(rng):
         pytest.param(
             Adam, "Adam", {"lr": 0.01, "weight_decay": 0.1, "betas": (0.8, 0.99)}, id="adam-l2"
         ),
-        pytest.param(Adam, "AdamW", {"lr": 0.01, "weight_decay": 0.1}, id="adamw"),
+        pytest.param(
+            Adam,
+            "Adam",
+            {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True},
+            id="adam-decoupled",
+        ),
+        pytest.param(AdamW, "AdamW", {"lr": 0.01, "weight_decay": 0.1}, id="adamw"),
     ],
 )
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_matches_torch_optim(rng, dtype, ours, theirs, opts):
     torch = pytest.importorskip("torch")
-    values = [rng.standard_normal(s).astype(dtype) for s in [(6, 4), (4,)]]
-    params = [Parameter(f"p{i}", v.copy(), np.zeros_like(v)) for i, v in enumerate(values)]
-    tparams = [torch.nn.Parameter(torch.from_numpy(v.copy())) for v in values]
-    if theirs == "AdamW":
-        ours_opts = {**opts, "decoupled_weight_decay": True}
-    else:
-        ours_opts = opts
-    opt = ours(params, **ours_opts)
+    params, tparams = torch_twins(rng, dtype)
+    opt = ours(params, **opts)
     topt = getattr(torch.optim, theirs)(tparams, **opts)
     for _ in range(6):
-        for p, tp in zip(params, tparams, strict=True):
-            g = rng.standard_normal(p.grad.shape).astype(dtype)
-            p.grad[...] = g
-            tp.grad = torch.from_numpy(g.copy())
-        opt.step()
-        topt.step()
-    # torch forms the same quantities with other roundings (lerp for the first moment,
-    # addcmul for the second): they agree to a few ulps per step of the values.
-    eps = EPS[np.dtype(dtype)]
-    for p, tp in zip(params, tparams, strict=True):
-        want = tp.detach().numpy()
-        np.testing.assert_allclose(p.value, want, rtol=0, atol=64 * eps * (np.abs(want).max() + 1))
+        step_both(rng, opt, topt, params, tparams)
+    assert_close_to_torch(params, tparams, dtype)
+
+
+DEFAULT_CASES = {
+    "sgd": (SGD, "SGD", {}),
+    "adam": (Adam, "Adam", {}),
+    "adam-decoupled": (Adam, "Adam", {"decoupled_weight_decay": True}),
+    "adamw": (AdamW, "AdamW", {}),
+}
+
+
+@pytest.mark.parametrize("case", list(DEFAULT_CASES))
+def test_defaults_are_torchs(rng, case):
+    """Built with nothing but the parameters (and the flag under test), each optimizer has
+    the hyperparameters of its torch.optim counterpart (SGD's lr=1e-3, AdamW's
+    weight_decay=1e-2, torch.optim.Adam's 0 even when decoupled) and takes the same
+    steps."""
+    torch = pytest.importorskip("torch")
+    ours, theirs, flags = DEFAULT_CASES[case]
+    params, tparams = torch_twins(rng, np.float64)
+    opt = ours(params, **flags)
+    topt = getattr(torch.optim, theirs)(tparams, **flags)
+    group = topt.param_groups[0]
+    for name in opt._hyper_names:
+        assert getattr(opt, name) == group[name], name
+    for _ in range(6):
+        step_both(rng, opt, topt, params, tparams)
+    assert_close_to_torch(params, tparams, np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_sgd_hyperparameters_changed_between_steps_match_torch(rng, dtype):
+    """Momentum switched on mid-run starts its buffer at g (torch's momentum_buffer is
+    created then); switched off, the buffer is kept, and switched on again continues from
+    it, as in torch. The other hyperparameters change between steps too."""
+    torch = pytest.importorskip("torch")
+    params, tparams = torch_twins(rng, dtype)
+    opt = SGD(params, lr=0.1)
+    topt = torch.optim.SGD(tparams, lr=0.1)
+    schedule = {
+        2: {"momentum": 0.9},
+        4: {"dampening": 0.3, "weight_decay": 0.01},
+        6: {"momentum": 0.0},
+        8: {"momentum": 0.5, "dampening": 0.0},
+        9: {"nesterov": True, "lr": 0.05},
+    }
+    for step in range(12):
+        for name, value in schedule.get(step, {}).items():
+            setattr(opt, name, value)
+            topt.param_groups[0][name] = value
+        step_both(rng, opt, topt, params, tparams)
+        if step == 1:
+            assert opt.velocities == [None, None]  # no momentum yet: no buffers
+    assert_close_to_torch(params, tparams, dtype)
+    for velocity, tp in zip(opt.velocities, tparams, strict=True):
+        want = topt.state[tp]["momentum_buffer"].numpy()
+        np.testing.assert_allclose(
+            velocity, want, rtol=0, atol=64 * EPS[np.dtype(dtype)] * (np.abs(want).max() + 1)
+        )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_adam_hyperparameters_changed_between_steps_match_torch(rng, dtype):
+    torch = pytest.importorskip("torch")
+    params, tparams = torch_twins(rng, dtype)
+    opt = Adam(params, lr=0.01)
+    topt = torch.optim.Adam(tparams, lr=0.01)
+    schedule = {
+        2: {"eps": 1e-3, "betas": (0.8, 0.99)},
+        4: {"weight_decay": 0.1},
+        6: {"decoupled_weight_decay": True, "lr": 0.02},
+        8: {"betas": (0.5, 0.9), "weight_decay": 0.0},
+    }
+    for step in range(10):
+        for name, value in schedule.get(step, {}).items():
+            setattr(opt, name, value)
+            topt.param_groups[0][name] = value
+        step_both(rng, opt, topt, params, tparams)
+    assert_close_to_torch(params, tparams, dtype)
 
 
 # ---------------------------------------------------------------- errors
@@ -209,6 +313,63 @@ def test_hyperparameter_errors():
     assert opt.lr == 0.5
     with pytest.raises(ValueError, match="lr must be"):
         opt.lr = float("inf")
+
+
+NESTEROV = {"momentum": 0.9, "nesterov": True}
+SETTER_CASES = [
+    # (optimizer, constructor options, hyperparameter, value, error, start of the message)
+    (SGD, {}, "lr", "0.1", TypeError, "lr must be a number, got '0.1' (str)"),
+    (SGD, {}, "momentum", -0.9, ValueError, "momentum must be finite and >= 0.0, got -0.9"),
+    (SGD, {}, "dampening", float("nan"), ValueError,
+     "dampening must be finite and >= 0.0, got nan"),
+    (SGD, {}, "weight_decay", float("inf"), ValueError, "weight_decay must be finite and >= 0.0"),
+    (SGD, {}, "nesterov", 1, TypeError, "nesterov must be a bool, got 1 (int)"),
+    (SGD, {}, "nesterov", True, ValueError,
+     "nesterov momentum needs momentum > 0 and dampening == 0, got momentum=0.0"),
+    (SGD, NESTEROV, "momentum", 0.0, ValueError, "nesterov momentum needs momentum > 0"),
+    (SGD, NESTEROV, "dampening", 0.1, ValueError, "nesterov momentum needs momentum > 0"),
+    (Adam, {}, "eps", -1, ValueError, "eps must be finite and >= 0.0, got -1"),
+    (Adam, {}, "betas", (0.9, 1.0), ValueError,
+     "betas[1] must be finite and in [0.0, 1.0), got 1.0"),
+    (Adam, {}, "betas", (-0.1, 0.9), ValueError,
+     "betas[0] must be finite and in [0.0, 1.0), got -0.1"),
+    (Adam, {}, "betas", 0.9, TypeError, "betas must be a pair of floats, got 0.9"),
+    (Adam, {}, "betas", ("0.9", 0.99), TypeError, "betas[0] must be a number, got '0.9'"),
+    (Adam, {}, "weight_decay", -0.01, ValueError,
+     "weight_decay must be finite and >= 0.0, got -0.01"),
+    (Adam, {}, "decoupled_weight_decay", "yes", TypeError,
+     "decoupled_weight_decay must be a bool, got 'yes'"),
+    (AdamW, {}, "decoupled_weight_decay", False, ValueError, "AdamW always decouples"),
+    (AdamW, {}, "eps", float("-inf"), ValueError, "eps must be finite and >= 0.0, got -inf"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "opts", "name", "value", "error", "match"),
+    SETTER_CASES,
+    ids=[f"{c[0].__name__}-{c[2]}-{c[3]!r}" for c in SETTER_CASES],
+)
+def test_hyperparameters_assigned_later_are_checked_as_in_the_constructor(
+    kind, opts, name, value, error, match
+):
+    """opt.eps = -1 used to be taken (and made the parameters -inf): every hyperparameter
+    is checked on assignment, by the constructor's rules, and a refused one changes
+    nothing, so the next step is the step the old values give."""
+    values = np.array([1.0, -2.0, 0.5])
+    p = Parameter("p", values.copy(), np.array([0.3, -0.1, 0.2]))
+    opt = kind([p], **opts)
+    before = opt.state_dict()["hyper"]
+    with pytest.raises(error, match=re.escape(match)):
+        setattr(opt, name, value)
+    assert opt.state_dict()["hyper"] == before
+    if name in inspect.signature(kind).parameters:  # AdamW has no decoupled_weight_decay
+        with pytest.raises(error, match=re.escape(match)):
+            kind([Parameter("q", values.copy(), np.zeros(3))], **{**opts, name: value})
+    reference_p = Parameter("r", values.copy(), p.grad.copy())
+    kind([reference_p], **opts).step()
+    opt.step()
+    np.testing.assert_array_equal(p.value, reference_p.value)
+    assert np.isfinite(p.value).all()
 
 
 def test_parameter_errors():
@@ -329,18 +490,37 @@ RESUME_CONFIGS = {
     "sgd": (SGD, {"lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
     "sgd-plain": (SGD, {"lr": 0.2}),
     "adam": (Adam, {"lr": 1e-2, "weight_decay": 1e-3}),
-    "adamw": (Adam, {"lr": 1e-2, "betas": (0.8, 0.99), "decoupled_weight_decay": True}),
+    "adam-decoupled": (
+        Adam,
+        {"lr": 1e-2, "betas": (0.8, 0.99), "decoupled_weight_decay": True},
+    ),
+    "adamw": (AdamW, {"lr": 1e-2, "betas": (0.8, 0.99)}),
 }
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("config", list(RESUME_CONFIGS))
-def test_resumed_training_is_bitwise_uninterrupted_training(tmp_path, dtype, config):
-    """Train 12 steps straight; or train 5, save the parameters (save_parameters) and the
-    optimizer (state_dict, through pickle), build everything anew, load, train 7 more:
-    bitwise the same weights and optimizer state."""
+def save_and_load_state(opt, new_opt, path, via):
+    """opt's state_dict into new_opt through a file: pickled, or written by np.savez and
+    read back by np.load (0-d arrays for every scalar, no pickling allowed)."""
     import pickle
 
+    if via == "pickle":
+        path.write_bytes(pickle.dumps(opt.state_dict()))
+        new_opt.load_state_dict(pickle.loads(path.read_bytes()))
+    else:
+        with open(path, "wb") as f:
+            np.savez(f, **flatten_state_dict(opt.state_dict()))
+        with np.load(path, allow_pickle=False) as saved:
+            assert saved["steps"].shape == () and saved["hyper/lr"].shape == ()
+            new_opt.load_state_dict(unflatten_state_dict(saved))
+
+
+@pytest.mark.parametrize("via", ["pickle", "npz"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("config", list(RESUME_CONFIGS))
+def test_resumed_training_is_bitwise_uninterrupted_training(tmp_path, dtype, config, via):
+    """Train 12 steps straight; or train 5, save the parameters (save_parameters) and the
+    optimizer (state_dict, through pickle or np.savez), build everything anew, load, train
+    7 more: bitwise the same weights and optimizer state."""
     kind, opts = RESUME_CONFIGS[config]
     data = np.random.default_rng(5)
     batches = [
@@ -367,20 +547,22 @@ def test_resumed_training_is_bitwise_uninterrupted_training(tmp_path, dtype, con
     net1, opt1, loss1 = fresh()
     train(net1, opt1, loss1, batches[:5])
     net1.save(tmp_path / "net.npz")
-    (tmp_path / "opt.pkl").write_bytes(pickle.dumps(opt1.state_dict()))
-    del net1, opt1
-
     net2, opt2, loss2 = fresh()
     opt2.lr = 123.0  # overwritten by the load
     net2.load(tmp_path / "net.npz")
-    opt2.load_state_dict(pickle.loads((tmp_path / "opt.pkl").read_bytes()))
+    save_and_load_state(opt1, opt2, tmp_path / f"opt.{via}", via)
+    del net1, opt1
     assert opt2.steps == 5 and opt2.lr == opts["lr"]
+    assert type(opt2.steps) is int and type(opt2.lr) is float
     train(net2, opt2, loss2, batches[5:])
 
     for p, q in zip(net.parameters(), net2.parameters(), strict=True):
         np.testing.assert_array_equal(p.value, q.value, err_msg=p.name)
     want, got = opt.state_dict(), opt2.state_dict()
     assert got["steps"] == want["steps"] == 12 and got["hyper"] == want["hyper"]
+    assert {k: type(v) for k, v in got["hyper"].items()} == {
+        k: type(v) for k, v in want["hyper"].items()
+    }
     for name, arrays in want["state"].items():
         for a, b in zip(arrays, got["state"][name], strict=True):
             assert (a is None and b is None) or np.array_equal(a, b)
@@ -411,10 +593,75 @@ def test_state_dict_is_a_copy_and_load_checks_first(rng):
         other.load_state_dict([1, 2])  # type: ignore[arg-type]
     after = other.state_dict()  # every failed load changed nothing
     assert after["steps"] == snapshot["steps"] and after["hyper"] == snapshot["hyper"]
-    with pytest.raises(ValueError, match="momentum"):
-        SGD(make_params(rng, np.float64, [(3, 2)]), 0.1).load_state_dict(
-            SGD(make_params(rng, np.float64, [(3, 2)]), 0.1, momentum=0.9).state_dict()
-        )
+
+
+def test_load_takes_the_state_of_another_momentum_setting(rng):
+    """Momentum can be switched on and off between steps, so a state with momentum loads
+    into an optimizer without (and the reverse), as in torch: the velocities come with
+    it. The hyperparameters are checked together, not one by one in some order (nesterov
+    with momentum replaces momentum 0 without nesterov)."""
+    source_params = make_params(rng, np.float64, [(3, 2)])
+    source_params[0].grad[...] = 0.5
+    source = SGD(source_params, 0.1, momentum=0.9, nesterov=True)
+    source.step()
+    target = SGD(make_params(rng, np.float64, [(3, 2)]), 0.1)
+    target.load_state_dict(source.state_dict())
+    assert (target.momentum, target.nesterov) == (0.9, True)
+    np.testing.assert_array_equal(target.velocities[0], np.full((3, 2), 0.5))
+    target.load_state_dict(SGD(make_params(rng, np.float64, [(3, 2)]), 0.2).state_dict())
+    assert (target.lr, target.momentum, target.nesterov, target.velocities) == (
+        0.2,
+        0.0,
+        False,
+        [None],
+    )
+    bad = source.state_dict()
+    bad["state"]["velocities"] = [np.zeros((3, 2), np.float32)]
+    with pytest.raises(ValueError, match=r"must be a float64 array of shape \(3, 2\)"):
+        target.load_state_dict(bad)
+    bad["hyper"]["dampening"] = 0.5
+    bad["state"] = source.state_dict()["state"]
+    with pytest.raises(ValueError, match="nesterov momentum needs"):
+        target.load_state_dict(bad)
+    assert target.momentum == 0.0 and target.velocities == [None]
+
+
+NUMPY_SCALAR_CASES = {
+    # what np.savez / np.load give back for each value: NumPy scalars and 0-d arrays
+    "numpy-scalars": (np.int64(3), np.float64(0.25), np.bool_(True), None),
+    "0-d-arrays": (np.array(3), np.array(0.25), np.array(True), None),
+    "steps-not-an-integer": (np.array(3.0), np.array(0.25), np.array(True), ValueError),
+    "nesterov-not-a-bool": (np.array(3), np.array(0.25), np.array(1), TypeError),
+    "lr-not-a-number": (np.array(3), np.array("0.25"), np.array(True), TypeError),
+}
+
+
+@pytest.mark.parametrize("case", list(NUMPY_SCALAR_CASES))
+def test_load_takes_numpy_scalars_of_the_right_kind(rng, case):
+    """load_state_dict used to refuse np.int64 steps ('must be an int'); it takes a NumPy
+    scalar or 0-d array as the Python value of the same kind, and refuses another kind
+    (a float step count, an integer flag) as before, changing nothing."""
+    steps, lr, nesterov, error = NUMPY_SCALAR_CASES[case]
+    opt = SGD(make_params(rng, np.float64, [(2,)]), 0.1, momentum=0.9)
+    state = opt.state_dict()
+    state.update(type=np.str_("SGD"), steps=steps)
+    state["hyper"].update(lr=lr, nesterov=nesterov, momentum=np.float64(0.5))
+    state["params"] = [(np.str_("p0"), np.array([2]), np.array("<f8"))]
+    state["state"] = {"velocities": [np.ones(2)]}
+    if error is not None:
+        with pytest.raises(error):
+            opt.load_state_dict(state)
+        assert (opt.steps, opt.lr, opt.nesterov, opt.velocities) == (0, 0.1, False, [None])
+        return
+    opt.load_state_dict(state)
+    assert (opt.steps, opt.lr, opt.momentum, opt.nesterov) == (3, 0.25, 0.5, True)
+    assert [type(v) for v in (opt.steps, opt.lr, opt.momentum, opt.nesterov)] == [
+        int,
+        float,
+        float,
+        bool,
+    ]
+    np.testing.assert_array_equal(opt.velocities[0], np.ones(2))
 
 
 def test_zero_grad_and_repr(rng):

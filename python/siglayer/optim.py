@@ -1,15 +1,24 @@
-"""Optimizers that update a network's parameters in place: :class:`SGD` and :class:`Adam`.
+"""Optimizers that update a network's parameters in place: :class:`SGD`, :class:`Adam`
+and :class:`AdamW`.
 
-They follow torch.optim.SGD and torch.optim.Adam (same formulas, same hyperparameter
-names and defaults), computed in the parameters' own precision. Each ``step()`` is one
-call into the compiled core for all parameters; arrays of 65536 elements or more are
-split between the OpenMP threads (``siglayer.set_num_threads``).
+They follow torch.optim.SGD, torch.optim.Adam and torch.optim.AdamW: the same formulas,
+hyperparameter names and defaults (SGD's lr=1e-3; AdamW's weight_decay=1e-2, Adam's 0),
+computed in the parameters' own precision. Every hyperparameter is checked by the rules
+of torch's constructors (and is also required to be finite; dampening, which torch does
+not check, >= 0), both at construction and when assigned between steps
+(``optimizer.momentum = 0.9``). The differences from torch: one parameter group, the
+hyperparameters after ``lr`` are keyword-only, and torch's other options (``maximize``,
+``amsgrad``, ``foreach``, ``fused``, ...) do not exist. Each
+``step()`` is one call into the compiled core for all parameters; arrays of 65536
+elements or more are split between the OpenMP threads (``siglayer.set_num_threads``).
 
 Gradients are read from each :class:`~siglayer.Parameter`'s ``grad`` array, which the
 backward pass overwrites (not accumulates): ``zero_grad()`` exists for PyTorch habits and
 for code that adds into the gradients itself, but a plain loop does not need it.
 ``state_dict()`` / ``load_state_dict()`` save and restore an optimizer mid-training, so
-that a resumed run continues bitwise as if it had not stopped.
+that a resumed run continues bitwise as if it had not stopped; :func:`flatten_state_dict`
+turns the state into arrays for ``np.savez`` and :func:`unflatten_state_dict` turns what
+``np.load`` gives back into a state for ``load_state_dict``.
 """
 
 from __future__ import annotations
@@ -25,20 +34,50 @@ from . import _core
 from ._dtypes import FLOAT_DTYPES
 from .nn import Parameter
 
-__all__ = ["SGD", "Adam", "Optimizer"]
+__all__ = ["SGD", "Adam", "AdamW", "Optimizer", "flatten_state_dict", "unflatten_state_dict"]
 
 Array = NDArray[np.floating]
+
+_STATE_KEYS = frozenset({"type", "steps", "hyper", "params", "state"})
 
 
 def _hyper(value: object, name: str, *, low: float = 0.0, below: float | None = None) -> float:
     """A finite float >= low (and < below when given), or a clear error."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
     v = float(value)
     if not math.isfinite(v) or v < low or (below is not None and v >= below):
         bound = f"in [{low}, {below})" if below is not None else f">= {low}"
-        raise ValueError(f"{name} must be finite and {bound}, got {value}")
+        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
     return v
+
+
+def _flag(value: object, name: str) -> bool:
+    """A bool (Python's or NumPy's), or a TypeError: 0 and 1 are not taken for flags."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def _betas(value: object) -> tuple[float, float]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"betas must be a pair of floats, got {value!r}")
+    return (_hyper(value[0], "betas[0]", below=1.0), _hyper(value[1], "betas[1]", below=1.0))
+
+
+def _from_numpy(value: object) -> Any:
+    """What np.savez / np.load turn a Python value into, back to that value: a 0-d array or
+    a NumPy scalar to the Python scalar it holds (np.int64 -> int, np.bool_ -> bool,
+    np.str_ -> str: the same kind, never another), a 1-d array to a tuple of them.
+    Anything else is returned unchanged, for the checks that follow to judge."""
+    if isinstance(value, np.ndarray):
+        if value.ndim == 0:
+            value = value[()]
+        elif value.ndim == 1 and value.dtype.kind in "biufU":
+            return tuple(v.item() for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 class Optimizer:
@@ -94,8 +133,10 @@ class Optimizer:
         self._lr = _hyper(value, "lr")
 
     # Names of the per-parameter state lists (subclasses) and of the hyperparameters that
-    # state_dict() records.
+    # state_dict() records. A list named in _optional_state holds None for every parameter
+    # until the optimizer first needs it (SGD's velocities, as torch's momentum_buffer).
     _state_names: tuple[str, ...] = ()
+    _optional_state: tuple[str, ...] = ()
     _hyper_names: tuple[str, ...] = ("lr",)
 
     def step(self) -> None:
@@ -115,6 +156,13 @@ class Optimizer:
         hyper = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._hyper_names)
         return f"{type(self).__name__}({len(self.params)} parameters, {hyper}, steps={self.steps})"
 
+    def _hyper_values(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._hyper_names}
+
+    def _update_hyper(self, name: str, value: object) -> None:
+        """Assign one hyperparameter through _set_hyper: checked together with the others."""
+        self._set_hyper({**self._hyper_values(), name: value})
+
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs besides the parameters themselves: copies.
 
@@ -123,8 +171,9 @@ class Optimizer:
         dict
             ``{"type": class name, "steps": int, "hyper": {name: value},
             "params": [(name, shape, dtype str)], "state": {list name: [ndarray or
-            None per parameter]}}``: plain Python and NumPy objects (picklable, and
-            ``np.savez``-able after flattening), independent of later steps.
+            None per parameter]}}``: plain Python and NumPy objects, independent of later
+            steps. Picklable as it is; :func:`flatten_state_dict` makes it a flat dict of
+            arrays for ``np.savez``.
 
         Examples
         --------
@@ -142,7 +191,7 @@ class Optimizer:
         return {
             "type": type(self).__name__,
             "steps": self.steps,
-            "hyper": {k: getattr(self, k) for k in self._hyper_names},
+            "hyper": self._hyper_values(),
             "params": [(p.name, p.value.shape, p.value.dtype.str) for p in self.params],
             "state": {
                 name: [None if a is None else a.copy() for a in getattr(self, name)]
@@ -155,29 +204,31 @@ class Optimizer:
         parameters of the same names, shapes and dtypes (parameter values are restored
         separately, e.g. with :func:`siglayer.load_parameters`).
 
-        Every check runs before anything changes; the state arrays are copied in.
+        Scalars may come as NumPy scalars or 0-d arrays and tuples as 1-d arrays, as
+        ``np.load`` gives them back (see :func:`unflatten_state_dict`); they are taken as
+        the Python values they hold, of the same kind (an integer step count, a bool
+        flag), never converted from another kind. Every check runs before anything
+        changes; the state arrays are copied in.
 
         Raises
         ------
         TypeError
-            ``state`` is not a mapping, or comes from another kind of optimizer.
+            ``state`` is not a mapping, or comes from another kind of optimizer, or a
+            hyperparameter has the wrong type.
         ValueError
-            Its parameters, state lists or arrays do not match this optimizer's.
+            Its parameters, state lists or arrays do not match this optimizer's, or a
+            hyperparameter is out of range.
         """
-        if not isinstance(state, Mapping) or not {
-            "type",
-            "steps",
-            "hyper",
-            "params",
-            "state",
-        } <= set(state):
+        if not isinstance(state, Mapping) or not _STATE_KEYS <= set(state):
             raise TypeError("state must be a dict returned by Optimizer.state_dict()")
-        if state["type"] != type(self).__name__:
-            raise TypeError(
-                f"state is from {state['type']}, this optimizer is {type(self).__name__}"
-            )
+        kind = _from_numpy(state["type"])
+        if kind != type(self).__name__:
+            raise TypeError(f"state is from {kind}, this optimizer is {type(self).__name__}")
         mine = [(p.name, p.value.shape, p.value.dtype.str) for p in self.params]
-        theirs = [(n, tuple(s), d) for n, s, d in state["params"]]
+        theirs = [
+            (_from_numpy(n), tuple(_from_numpy(k) for k in s), _from_numpy(d))
+            for n, s, d in state["params"]
+        ]
         if theirs != mine:
             raise ValueError(f"state is for parameters {theirs}, this optimizer has {mine}")
         if set(state["state"]) != set(self._state_names):
@@ -185,39 +236,159 @@ class Optimizer:
                 f"state holds {sorted(state['state'])}, expected {sorted(self._state_names)}"
             )
         for name in self._state_names:
-            for i, (mine_a, theirs_a) in enumerate(
-                zip(getattr(self, name), state["state"][name], strict=True)
-            ):
-                if (mine_a is None) != (theirs_a is None) or (
-                    mine_a is not None
-                    and (
-                        not isinstance(theirs_a, np.ndarray)
-                        or theirs_a.shape != mine_a.shape
-                        or theirs_a.dtype != mine_a.dtype
-                    )
-                ):
+            arrays = list(state["state"][name])
+            if len(arrays) != len(self.params):
+                raise ValueError(
+                    f"state['state']['{name}'] has {len(arrays)} entries, expected "
+                    f"{len(self.params)}"
+                )
+            if name in self._optional_state:
+                if len({a is None for a in arrays}) > 1:
                     raise ValueError(
-                        f"state['state']['{name}'][{i}] does not match parameter "
-                        f"{self.params[i].name} (or the hyperparameters differ: "
-                        f"{state['hyper']})"
+                        f"state['state']['{name}'] must hold an array for every parameter "
+                        f"or None for every parameter"
                     )
-        steps = state["steps"]
+            for i, (p, a) in enumerate(zip(self.params, arrays, strict=True)):
+                if a is None and name in self._optional_state:
+                    continue
+                if (
+                    not isinstance(a, np.ndarray)
+                    or a.shape != p.value.shape
+                    or a.dtype != p.value.dtype
+                ):
+                    got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+                    raise ValueError(
+                        f"state['state']['{name}'][{i}] must be a {p.value.dtype} array of "
+                        f"shape {p.value.shape} like parameter {p.name}, got {got}"
+                    )
+        steps = _from_numpy(state["steps"])
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"state['steps'] must be an int >= 0, got {steps!r}")
-        old = {k: getattr(self, k) for k in self._hyper_names}
-        try:
-            self._set_hyper(state["hyper"])
-        except (TypeError, ValueError):
-            self._set_hyper(old)
-            raise
+            raise ValueError(f"state['steps'] must be an int >= 0, got {state['steps']!r}")
+        hyper = state["hyper"]
+        if not isinstance(hyper, Mapping) or set(hyper) != set(self._hyper_names):
+            raise ValueError(
+                f"state['hyper'] must hold {sorted(self._hyper_names)}, got "
+                f"{sorted(hyper) if isinstance(hyper, Mapping) else hyper!r}"
+            )
+        # Checks every value before it assigns any.
+        self._set_hyper({k: _from_numpy(v) for k, v in hyper.items()})
         for name in self._state_names:
-            for mine_a, theirs_a in zip(getattr(self, name), state["state"][name], strict=True):
-                if mine_a is not None:
-                    np.copyto(mine_a, theirs_a)
+            held = getattr(self, name)
+            for i, a in enumerate(state["state"][name]):
+                if a is None:
+                    held[i] = None
+                else:
+                    if held[i] is None:
+                        held[i] = np.empty_like(self._values[i])
+                    np.copyto(held[i], a)
         self.steps = steps
 
     def _set_hyper(self, hyper: Mapping[str, Any]) -> None:
+        """Check every hyperparameter in ``hyper`` (all of _hyper_names), then assign them:
+        nothing changes when one is refused."""
         self.lr = hyper["lr"]
+
+
+def flatten_state_dict(state: Mapping[str, Any]) -> dict[str, NDArray[Any]]:
+    """An optimizer's :meth:`~Optimizer.state_dict` as a flat dict of arrays, for
+    ``np.savez(file, **flat)`` (no pickling: ``np.load`` reads it back with its default
+    ``allow_pickle=False``).
+
+    Parameters
+    ----------
+    state : dict
+        What :meth:`Optimizer.state_dict` returned.
+
+    Returns
+    -------
+    dict of str to ndarray
+        Keys ``type``, ``steps``, ``state_names``, ``hyper/<name>``,
+        ``params/<i>/name``, ``params/<i>/shape``, ``params/<i>/dtype`` and
+        ``state/<list name>/<i>`` (absent where the state holds None).
+
+    Examples
+    --------
+    >>> import io, numpy as np, siglayer
+    >>> net = siglayer.Sequential(siglayer.SigmoidLayer(4, 2, seed=0))
+    >>> opt = siglayer.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    >>> opt.step()
+    >>> file = io.BytesIO()
+    >>> np.savez(file, **siglayer.optim.flatten_state_dict(opt.state_dict()))
+    >>> _ = file.seek(0)
+    >>> opt2 = siglayer.optim.SGD(net.parameters())
+    >>> with np.load(file) as saved:
+    ...     opt2.load_state_dict(siglayer.optim.unflatten_state_dict(saved))
+    >>> opt2.steps, opt2.lr, opt2.momentum
+    (1, 0.1, 0.9)
+    """
+    flat: dict[str, NDArray[Any]] = {
+        "type": np.array(state["type"]),
+        "steps": np.array(state["steps"], np.int64),
+        "state_names": np.array(sorted(state["state"]), dtype=np.str_),
+    }
+    for name, value in state["hyper"].items():
+        flat[f"hyper/{name}"] = np.array(value)
+    for i, (name, shape, dtype) in enumerate(state["params"]):
+        flat[f"params/{i}/name"] = np.array(name)
+        flat[f"params/{i}/shape"] = np.array(shape, np.int64).reshape(-1)
+        flat[f"params/{i}/dtype"] = np.array(dtype)
+    for name, arrays in state["state"].items():
+        for i, a in enumerate(arrays):
+            if a is not None:
+                flat[f"state/{name}/{i}"] = np.asarray(a)
+    return flat
+
+
+def unflatten_state_dict(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`flatten_state_dict`, for :meth:`Optimizer.load_state_dict`:
+    takes the ``NpzFile`` that ``np.load`` returns (or any mapping of those keys).
+
+    Scalars stay the 0-d arrays ``np.load`` gives; ``load_state_dict`` takes them. State
+    arrays are read (copied out of the file) here.
+
+    Parameters
+    ----------
+    flat : mapping of str to ndarray
+        ``np.load(file)`` of a file that ``np.savez(file, **flatten_state_dict(...))``
+        wrote.
+
+    Returns
+    -------
+    dict
+        In the layout of :meth:`Optimizer.state_dict`.
+
+    Examples
+    --------
+    >>> import siglayer
+    >>> net = siglayer.Sequential(siglayer.SigmoidLayer(4, 2, seed=0))
+    >>> state = siglayer.optim.Adam(net.parameters()).state_dict()
+    >>> again = siglayer.optim.unflatten_state_dict(siglayer.optim.flatten_state_dict(state))
+    >>> sorted(again), str(again["params"][0][0]), again["hyper"]["betas"].tolist()
+    (['hyper', 'params', 'state', 'steps', 'type'], '0.W', [0.9, 0.999])
+    """
+    if not isinstance(flat, Mapping) or not {"type", "steps", "state_names"} <= set(flat):
+        raise TypeError(
+            "flat must be a mapping written by flatten_state_dict (e.g. np.load's NpzFile)"
+        )
+    keys = list(flat)
+    count = sum(1 for k in keys if k.startswith("params/") and k.endswith("/name"))
+    state_names = [str(n) for n in np.asarray(flat["state_names"]).reshape(-1)]
+    return {
+        "type": flat["type"],
+        "steps": flat["steps"],
+        "hyper": {k.removeprefix("hyper/"): flat[k] for k in keys if k.startswith("hyper/")},
+        "params": [
+            (flat[f"params/{i}/name"], flat[f"params/{i}/shape"], flat[f"params/{i}/dtype"])
+            for i in range(count)
+        ],
+        "state": {
+            name: [
+                flat[f"state/{name}/{i}"] if f"state/{name}/{i}" in flat else None
+                for i in range(count)
+            ]
+            for name in state_names
+        },
+    }
 
 
 def _check_parameter(p: object, i: int) -> None:
@@ -251,17 +422,27 @@ class SGD(Optimizer):
     """Stochastic gradient descent with momentum and weight decay, as torch.optim.SGD.
 
     On each step, with g = grad + weight_decay * param:
-    velocity = g on the first step, then momentum * velocity + (1 - dampening) * g;
-    param -= lr * (g + momentum * velocity if nesterov else velocity) (with momentum),
-    or param -= lr * g (without).
+    velocity = g on the first step with momentum, then momentum * velocity +
+    (1 - dampening) * g; param -= lr * (g + momentum * velocity if nesterov else velocity)
+    (with momentum), or param -= lr * g (without).
+
+    Every hyperparameter may be changed between steps (``opt.momentum = 0.9``), checked
+    as in the constructor. As in torch, the velocities (torch's momentum buffers) are
+    created on the first step with momentum != 0, starting at g, and kept when momentum
+    is set to 0 later: set back to non-zero, it continues from them.
 
     Parameters
     ----------
     params : iterable of Parameter
-    lr : float >= 0
-    momentum, dampening, weight_decay : float >= 0
-    nesterov : bool
+    lr : float >= 0, default 1e-3
+    momentum, dampening, weight_decay : float >= 0, default 0
+    nesterov : bool, default False
         Nesterov momentum; needs momentum > 0 and dampening == 0.
+
+    Attributes
+    ----------
+    velocities : list of (ndarray or None)
+        One per parameter; None until the first step with momentum.
 
     Examples
     --------
@@ -269,12 +450,16 @@ class SGD(Optimizer):
     >>> net = siglayer.Sequential(siglayer.SigmoidLayer(4, 2, seed=0))
     >>> opt = siglayer.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     >>> opt.step()   # after net.backward(...) has filled the gradients
+    >>> opt.momentum = -0.5
+    Traceback (most recent call last):
+    ...
+    ValueError: momentum must be finite and >= 0.0, got -0.5
     """
 
     def __init__(
         self,
         params: Iterable[Parameter],
-        lr: float,
+        lr: float = 1e-3,
         *,
         momentum: float = 0.0,
         dampening: float = 0.0,
@@ -282,61 +467,97 @@ class SGD(Optimizer):
         nesterov: bool = False,
     ) -> None:
         super().__init__(params, lr)
-        self.momentum = _hyper(momentum, "momentum")
-        self.dampening = _hyper(dampening, "dampening")
-        self.weight_decay = _hyper(weight_decay, "weight_decay")
-        if not isinstance(nesterov, bool):
-            raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
-        if nesterov and (self.momentum <= 0 or self.dampening != 0):
-            raise ValueError("nesterov momentum needs momentum > 0 and dampening == 0")
-        self.nesterov = nesterov
-        self.velocities: list[Array | None] = [
-            np.zeros_like(v) if self.momentum != 0 else None for v in self._values
-        ]
+        self._set_hyper(
+            {
+                "lr": lr,
+                "momentum": momentum,
+                "dampening": dampening,
+                "weight_decay": weight_decay,
+                "nesterov": nesterov,
+            }
+        )
+        self.velocities: list[Array | None] = [None] * len(self.params)
 
     _state_names = ("velocities",)
+    _optional_state = ("velocities",)
     _hyper_names = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
 
+    @property
+    def momentum(self) -> float:
+        return self._momentum
+
+    @momentum.setter
+    def momentum(self, value: float) -> None:
+        self._update_hyper("momentum", value)
+
+    @property
+    def dampening(self) -> float:
+        return self._dampening
+
+    @dampening.setter
+    def dampening(self, value: float) -> None:
+        self._update_hyper("dampening", value)
+
+    @property
+    def weight_decay(self) -> float:
+        return self._weight_decay
+
+    @weight_decay.setter
+    def weight_decay(self, value: float) -> None:
+        self._update_hyper("weight_decay", value)
+
+    @property
+    def nesterov(self) -> bool:
+        return self._nesterov
+
+    @nesterov.setter
+    def nesterov(self, value: bool) -> None:
+        self._update_hyper("nesterov", value)
+
     def _set_hyper(self, hyper: Mapping[str, Any]) -> None:
+        lr = _hyper(hyper["lr"], "lr")
         momentum = _hyper(hyper["momentum"], "momentum")
-        if (momentum != 0) != (self.momentum != 0):
+        dampening = _hyper(hyper["dampening"], "dampening")
+        weight_decay = _hyper(hyper["weight_decay"], "weight_decay")
+        nesterov = _flag(hyper["nesterov"], "nesterov")
+        if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(
-                f"state has momentum={momentum}, this optimizer {self.momentum}: with and "
-                f"without momentum keep different state"
+                f"nesterov momentum needs momentum > 0 and dampening == 0, got "
+                f"momentum={momentum}, dampening={dampening}"
             )
-        nesterov = hyper["nesterov"]
-        if not isinstance(nesterov, bool):
-            raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
-        self.lr = hyper["lr"]
-        self.momentum = momentum
-        self.dampening = _hyper(hyper["dampening"], "dampening")
-        self.weight_decay = _hyper(hyper["weight_decay"], "weight_decay")
-        self.nesterov = nesterov
+        self._lr, self._momentum, self._dampening = lr, momentum, dampening
+        self._weight_decay, self._nesterov = weight_decay, nesterov
 
     def step(self) -> None:
         """Update every parameter in place from its current gradient."""
+        first_with_momentum = self._momentum != 0 and self.velocities[0] is None
+        if first_with_momentum:
+            self.velocities[:] = [np.zeros_like(v) for v in self._values]
         _core.sgd_step(
             self._values,
             self._grads,
             self.velocities,
             self._lr,
-            self.momentum,
-            self.dampening,
-            self.weight_decay,
-            self.nesterov,
-            self.steps == 0,
+            self._momentum,
+            self._dampening,
+            self._weight_decay,
+            self._nesterov,
+            first_with_momentum,
         )
         self.steps += 1
 
 
 class Adam(Optimizer):
-    """Adam with bias correction, as torch.optim.Adam (AdamW with
-    ``decoupled_weight_decay=True``).
+    """Adam with bias correction, as torch.optim.Adam (decoupled weight decay as AdamW
+    with ``decoupled_weight_decay=True``, or the class :class:`AdamW`).
 
     On step t (1, 2, ...):
     param *= 1 - lr * weight_decay (decoupled only); g = grad + weight_decay * param (L2,
     the default); m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g^2;
     param -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps).
+
+    Every hyperparameter may be changed between steps (``opt.eps = 1e-6``), checked as in
+    the constructor.
 
     Parameters
     ----------
@@ -345,6 +566,8 @@ class Adam(Optimizer):
     betas : (float, float), each in [0, 1), default (0.9, 0.999)
     eps : float >= 0, default 1e-8
     weight_decay : float >= 0, default 0
+        Also 0 with ``decoupled_weight_decay=True``, as in torch.optim.Adam; the class
+        :class:`AdamW` defaults to 1e-2, as torch.optim.AdamW.
     decoupled_weight_decay : bool, default False
 
     Attributes
@@ -358,6 +581,10 @@ class Adam(Optimizer):
     >>> net = siglayer.Sequential(siglayer.SigmoidLayer(4, 2, seed=0))
     >>> opt = siglayer.optim.Adam(net.parameters(), lr=1e-2)
     >>> opt.step()
+    >>> opt.eps = -1.0
+    Traceback (most recent call last):
+    ...
+    ValueError: eps must be finite and >= 0.0, got -1.0
     """
 
     def __init__(
@@ -371,38 +598,65 @@ class Adam(Optimizer):
         decoupled_weight_decay: bool = False,
     ) -> None:
         super().__init__(params, lr)
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"betas must be a pair of floats, got {betas!r}")
-        self.betas = (
-            _hyper(betas[0], "betas[0]", below=1.0),
-            _hyper(betas[1], "betas[1]", below=1.0),
+        self._set_hyper(
+            {
+                "lr": lr,
+                "betas": betas,
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "decoupled_weight_decay": decoupled_weight_decay,
+            }
         )
-        self.eps = _hyper(eps, "eps")
-        self.weight_decay = _hyper(weight_decay, "weight_decay")
-        if not isinstance(decoupled_weight_decay, bool):
-            raise TypeError("decoupled_weight_decay must be a bool")
-        self.decoupled_weight_decay = decoupled_weight_decay
         self.exp_avgs: list[Array] = [np.zeros_like(v) for v in self._values]
         self.exp_avg_sqs: list[Array] = [np.zeros_like(v) for v in self._values]
 
     _state_names = ("exp_avgs", "exp_avg_sqs")
     _hyper_names = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay")
 
+    @property
+    def betas(self) -> tuple[float, float]:
+        return self._betas
+
+    @betas.setter
+    def betas(self, value: tuple[float, float]) -> None:
+        self._update_hyper("betas", value)
+
+    @property
+    def eps(self) -> float:
+        return self._eps
+
+    @eps.setter
+    def eps(self, value: float) -> None:
+        self._update_hyper("eps", value)
+
+    @property
+    def weight_decay(self) -> float:
+        return self._weight_decay
+
+    @weight_decay.setter
+    def weight_decay(self, value: float) -> None:
+        self._update_hyper("weight_decay", value)
+
+    @property
+    def decoupled_weight_decay(self) -> bool:
+        return self._decoupled_weight_decay
+
+    @decoupled_weight_decay.setter
+    def decoupled_weight_decay(self, value: bool) -> None:
+        self._update_hyper("decoupled_weight_decay", value)
+
     def _set_hyper(self, hyper: Mapping[str, Any]) -> None:
-        betas = hyper["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"betas must be a pair of floats, got {betas!r}")
-        decoupled = hyper["decoupled_weight_decay"]
-        if not isinstance(decoupled, bool):
-            raise TypeError("decoupled_weight_decay must be a bool")
-        self.lr = hyper["lr"]
-        self.betas = (
-            _hyper(betas[0], "betas[0]", below=1.0),
-            _hyper(betas[1], "betas[1]", below=1.0),
-        )
-        self.eps = _hyper(hyper["eps"], "eps")
-        self.weight_decay = _hyper(hyper["weight_decay"], "weight_decay")
-        self.decoupled_weight_decay = decoupled
+        lr = _hyper(hyper["lr"], "lr")
+        betas = _betas(hyper["betas"])
+        eps = _hyper(hyper["eps"], "eps")
+        weight_decay = _hyper(hyper["weight_decay"], "weight_decay")
+        decoupled = _flag(hyper["decoupled_weight_decay"], "decoupled_weight_decay")
+        self._check_decoupled(decoupled)
+        self._lr, self._betas, self._eps = lr, betas, eps
+        self._weight_decay, self._decoupled_weight_decay = weight_decay, decoupled
+
+    def _check_decoupled(self, decoupled: bool) -> None:
+        """Adam takes either kind of weight decay."""
 
     def step(self) -> None:
         """Update every parameter in place from its current gradient."""
@@ -412,11 +666,53 @@ class Adam(Optimizer):
             self.exp_avgs,
             self.exp_avg_sqs,
             self._lr,
-            self.betas[0],
-            self.betas[1],
-            self.eps,
-            self.weight_decay,
-            self.decoupled_weight_decay,
+            self._betas[0],
+            self._betas[1],
+            self._eps,
+            self._weight_decay,
+            self._decoupled_weight_decay,
             self.steps + 1,
         )
         self.steps += 1
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay, as torch.optim.AdamW, with its defaults
+    (weight_decay=1e-2): ``Adam(..., decoupled_weight_decay=True)`` with another default.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+    lr : float >= 0, default 1e-3
+    betas : (float, float), each in [0, 1), default (0.9, 0.999)
+    eps : float >= 0, default 1e-8
+    weight_decay : float >= 0, default 1e-2
+
+    Examples
+    --------
+    >>> import siglayer
+    >>> net = siglayer.Sequential(siglayer.SigmoidLayer(4, 2, seed=0))
+    >>> opt = siglayer.optim.AdamW(net.parameters())
+    >>> opt.weight_decay, opt.decoupled_weight_decay
+    (0.01, True)
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Parameter],
+        lr: float = 1e-3,
+        *,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ) -> None:
+        super().__init__(
+            params, lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled_weight_decay=True
+        )
+
+    def _check_decoupled(self, decoupled: bool) -> None:
+        if not decoupled:
+            raise ValueError(
+                "AdamW always decouples its weight decay, got decoupled_weight_decay=False; "
+                "use Adam for L2 weight decay"
+            )
