@@ -14,6 +14,7 @@ output. Adam, mini-batches of 32.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -163,8 +164,17 @@ def main(argv: list[str] | None = None) -> History:
     )
     parser.add_argument("--plot", metavar="FILE.png", help="save the loss and accuracy curves")
     args = parser.parse_args(argv)
-    if args.epochs < 1:
-        parser.error("--epochs must be >= 1")
+    # Checked here, before any work: a batch size of 0 was a ValueError from range() deep
+    # in the loop, a negative one an empty epoch, a negative seed an error of NumPy's.
+    for option, value, low in (
+        ("--epochs", args.epochs, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--seed", args.seed, 0),
+    ):
+        if value < low:
+            parser.error(f"{option} must be >= {low}, got {value}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr must be a finite number > 0, got {args.lr}")
     history = train(
         args.epochs, args.seed, batch_size=args.batch_size, lr=args.lr, dtype=args.dtype
     )

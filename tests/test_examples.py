@@ -1,22 +1,27 @@
-"""examples/train_digits.py: it trains to the accuracy the README promises, prints its
-progress, and draws its curves."""
+"""The examples: train_digits.py trains to the accuracy the README promises, prints its
+progress, draws its curves and refuses nonsense options; train_ddp.py describes itself in
+--help and passes its own --check in float32 as in float64."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-pytest.importorskip("sklearn")
-
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_digits.py"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SCRIPT = EXAMPLES / "train_digits.py"
+DDP_SCRIPT = EXAMPLES / "train_ddp.py"
 
 
 @pytest.fixture(scope="module")
 def train_digits():
+    pytest.importorskip("sklearn")
     spec = importlib.util.spec_from_file_location("train_digits", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -54,6 +59,7 @@ def test_a_few_epochs_already_learn(train_digits, capsys):
 
 
 def test_command_line_and_plot(tmp_path):
+    pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
     png = tmp_path / "curves.png"
     result = subprocess.run(
@@ -69,9 +75,89 @@ def test_command_line_and_plot(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # two drawn panels
 
 
-def test_rejects_bad_epochs(train_digits):
-    with pytest.raises(SystemExit):
-        train_digits.main(["--epochs", "0"])
+BAD_OPTIONS = [
+    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--batch-size", "-32"], "--batch-size must be >= 1, got -32"),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["--lr", "0"], "--lr must be a finite number > 0, got 0.0"),
+    (["--lr", "-0.01"], "--lr must be a finite number > 0, got -0.01"),
+    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"), BAD_OPTIONS, ids=[" ".join(o) for o, _ in BAD_OPTIONS]
+)
+def test_rejects_nonsense_options(options, message):
+    """A usage error (status 2, the option and the value named) before any work: a batch
+    size of 0 used to end in a traceback from range() inside the training loop. No
+    scikit-learn needed: the checks come before the data is loaded."""
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *options], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"train_digits.py: error: {message}" in result.stderr
+    assert result.stdout == "" and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- train_ddp.py
+
+
+def test_ddp_help_describes_the_example():
+    """--help shows the docstring's whole first sentence (it stopped at 'layers with')
+    and the dtype-dependent default tolerance."""
+    pytest.importorskip("torch")
+    result = subprocess.run(
+        [sys.executable, str(DDP_SCRIPT), "--help"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # argparse wraps lines at the terminal width
+    assert (
+        "Data-parallel training of a network of siglayer.torch.SigmoidLinear layers with "
+        "torch.nn.parallel.DistributedDataParallel (gloo, CPU)." in text
+    )
+    assert "9.1e-13 in float64, 4.9e-4 in float32" in text
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_ddp_check_passes_with_its_default_tolerance(dtype):
+    """torchrun with 2 gloo processes on 127.0.0.1, --check without --tolerance: the
+    default scales with the dtype's epsilon (4096 eps), so float32 passes (it measured
+    1.0e-7 against a fixed 1e-12 and exited 1) and float64 keeps about its old 1e-12. A
+    hang fails the test after 240 s instead of blocking the suite."""
+    torch = pytest.importorskip("torch")
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("this PyTorch build has no gloo backend")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        "--master-addr", "127.0.0.1", "--master-port", port,
+        str(DDP_SCRIPT), "--check", *(["--float32"] if dtype == "float32" else []),
+    ]  # fmt: skip
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"DDP run did not finish in 240 s:\n{output}")
+    assert process.returncode == 0, output
+    assert f"20 steps of 64 samples (torch.{dtype})" in output
+    difference = float(output.split("against one process:")[1].split()[0])
+    tolerance = 4096 * torch.finfo(getattr(torch, dtype)).eps
+    assert f"(tolerance {tolerance:.2g})" in output
+    # Observed: 1.0e-7 (float32), 1.7e-16 (float64), about one ulp of the weights.
+    assert difference <= tolerance
 
 
 def test_bfloat16_training_reaches_the_float32_accuracy(train_digits):

@@ -8,10 +8,24 @@ and mean reduction over N elements,
     dL/dZ = dL/dout * out * (1 - out) = (out - y) / N.
 
 The gradient with respect to out divides by out * (1 - out), which is 0 once the
-sigmoid saturates (out rounds to exactly 0 or 1 for |Z| beyond about 17 in float32 and
-37 in float64): inf or NaN, or a vanishing product, in the chain rule. The fused dL/dZ
-is always finite and exact, so :class:`BCELoss` gives dZ and the network takes it through
+sigmoid saturates: inf or NaN, or a vanishing product, in the chain rule. The two sides
+saturate far apart. out rounds to exactly 1 for Z above about 17.3 in float32 and 36.7
+in float64, where 1 - exp(-Z) becomes 1; towards -inf out is about exp(Z), which goes
+down through the subnormal numbers and rounds to exactly 0 only for Z below about -104
+(-103.97) in float32 and -745 (-745.13) in float64; 1 / (out * (1 - out)) overflows
+well before, below about -88.7 and -709.8. The fused dL/dZ is always finite and exact,
+so :class:`BCELoss` gives dZ and the network takes it through
 ``backward_from_preactivation``, skipping the sigmoid's derivative.
+
+>>> import numpy as np, siglayer
+>>> def saturated(z, dtype):  # which of sigmoid(z) are exactly 0, which exactly 1
+...     one, zero = np.ones((1, 1), dtype), np.zeros(1, dtype)
+...     out = siglayer.forward(np.array(z, dtype).reshape(-1, 1), one, zero).ravel()
+...     return (out == 0).tolist(), (out == 1).tolist()
+>>> saturated([-104.0, -103.9, 17.3, 17.4], np.float32)
+([True, False, False, False], [False, False, False, True])
+>>> saturated([-746.0, -745.0, 36.7, 36.8], np.float64)
+([True, False, False, False], [False, False, False, True])
 
 The loss *value* from probabilities needs log(out) and log(1 - out), which are -inf at
 saturation. Two ways to keep it finite:
