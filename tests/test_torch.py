@@ -216,9 +216,11 @@ def test_module():
     # module's fix (it named x alone, whose .float() then failed on W).
     half = SigmoidLinear(3, 2, seed=0).half()
     for x in (torch.ones(2, 3, dtype=torch.float16), torch.ones(2, 3)):
-        names = "x and W and b" if x.dtype == torch.float16 else "W and b"
-        with pytest.raises(TypeError, match=rf"^{names} have dtype torch\.float16.*module\.bf"):
+        names = "x, W and b" if x.dtype == torch.float16 else "W and b"
+        with pytest.raises(TypeError, match=rf"^{names} have dtype torch\.float16.*module\.fl"):
             half(x)
+        with pytest.raises(TypeError, match=rf"^{names} have dtype torch\.float16.*module\.fl"):
+            half.bce_loss(x, torch.ones(2, 2, dtype=x.dtype))
     with pytest.raises(ValueError, match="n_out must be >= 1"):
         SigmoidLinear(3, 0)
     with pytest.raises(TypeError, match=r"linear must be a torch\.nn\.Linear"):

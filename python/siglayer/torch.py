@@ -133,12 +133,14 @@ def _check(x: object, W: object, b: object) -> None:
     ):
         return
     half = [n for n, t in (("x", x), ("W", W), ("b", b)) if _is_float16(t)]
-    if len(half) > 1:  # a module after .half(), say: name them all, and the module's fix
+    if len(half) > 1 and all(isinstance(t, Tensor) for t in (x, W, b)):
+        # A module after .half(), say: name them all, and the module's fix.
+        names = ", ".join(half[:-1]) + " and " + half[-1]
         raise TypeError(
-            f"{' and '.join(half)} have dtype torch.float16, which is not bfloat16; "
-            f"siglayer takes torch.float32, torch.float64 or torch.bfloat16 and never "
-            f"converts silently: convert them all (a SigmoidLinear: module.bfloat16() or "
-            f"module.float(), and x to match)"
+            f"{names} have dtype torch.float16; siglayer takes torch.float32, "
+            f"torch.float64 or torch.bfloat16 and never converts silently: convert them "
+            f"all (a SigmoidLinear: module.float(), and x.float(); the layer alone also "
+            f"runs in torch.bfloat16)"
         )
     for name, t in (("x", x), ("W", W), ("b", b)):
         _check_tensor(t, name)
@@ -754,7 +756,12 @@ class _BCETangent(torch.autograd.Function):
     mode over this tangent is right with respect to the tangents (its gradient in dz is
     dZ: the loss's own first derivative, as jacrev of t -> jvp(f, (W,), (t,)) asks)
     and refused with respect to x, W, b or target, through which it would miss d dZ (a
-    second derivative: jacrev of jacfwd, or backward from a forward_ad tangent)."""
+    second derivative: jacrev of jacfwd, or backward from a forward_ad tangent).
+
+    That gradient, grad * dZ, is again a Function of x, W, b and target (_ScaleByDZ),
+    so that a reverse level further out that differentiates it through them is refused
+    too (grad in x of grad in t gave numbers without d dZ), while derivatives in the
+    tangents alone stay exact at any depth."""
 
     generate_vmap_rule = True
 
@@ -766,17 +773,51 @@ class _BCETangent(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: Sequence[Any], output: Tensor) -> None:
-        ctx.save_for_backward(inputs[0])
+        ctx.save_for_backward(inputs[0], *inputs[2:])
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         if any(ctx.needs_input_grad[2:]):  # through the primals: a second derivative
             _no_second_derivative("sigmoid_linear_bce_loss")
-        (dZ,) = ctx.saved_tensors
-        return None, grad * dZ if ctx.needs_input_grad[1] else None, None, None, None, None
+        dZ, x, W, b, target = ctx.saved_tensors
+        ddz = _ScaleByDZ.apply(dZ, grad, x, W, b, target) if ctx.needs_input_grad[1] else None  # type: ignore[no-untyped-call]
+        return None, ddz, None, None, None, None
 
     @staticmethod
     def jvp(ctx: Any, *tangents: Any) -> Any:  # forward mode over the tangent
+        _no_second_derivative("sigmoid_linear_bce_loss")
+
+
+class _ScaleByDZ(torch.autograd.Function):
+    """grad * dZ, _BCETangent's gradient in dz: linear in grad (its gradient there is a
+    _BCETangent again), refused through x, W, b, target as _BCETangent is."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        dZ: Tensor, grad: Tensor, x: Tensor, W: Tensor, b: Tensor, target: Tensor
+    ) -> Tensor:
+        return grad * dZ
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Sequence[Any], output: Tensor) -> None:
+        ctx.save_for_backward(inputs[0], *inputs[2:])
+
+    @staticmethod
+    def backward(ctx: Any, cotangent: Tensor) -> tuple[Tensor | None, ...]:
+        if any(ctx.needs_input_grad[2:]):
+            _no_second_derivative("sigmoid_linear_bce_loss")
+        dZ, x, W, b, target = ctx.saved_tensors
+        dgrad = (
+            _BCETangent.apply(dZ, cotangent, x, W, b, target)  # type: ignore[no-untyped-call]
+            if ctx.needs_input_grad[1]
+            else None
+        )
+        return None, dgrad, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> Any:
         _no_second_derivative("sigmoid_linear_bce_loss")
 
 
