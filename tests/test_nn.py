@@ -325,6 +325,11 @@ def test_layer_errors(rng):
             getattr(square, method)(dx)
         np.testing.assert_array_equal(square.dW, dW)
         np.testing.assert_array_equal(square.db, db)
+    # The dx buffer given to a forward as out=: named as the forward's out.
+    square(np.ones((2, 3), np.float32), out=dx)
+    with pytest.raises(ValueError, match=r"^the last forward's out shares memory with this"):
+        square.backward(np.ones((2, 3), np.float32))
+    square(np.ones((2, 3), np.float32))
     grad = dx.copy()
     got = square.backward(grad)  # into the buffer: dx itself
     fresh = siglayer.SigmoidLayer(3, 3, seed=0)

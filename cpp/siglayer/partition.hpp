@@ -100,12 +100,14 @@ void run_parallel(int threads, const Body& body) {
     RegionError error;
     const unsigned mode = threads::fp_mode();  // the caller's, for every thread of the team
     const auto team_body = [&] {
+        const unsigned own_mode = threads::fp_mode();  // given back: pool threads are shared
         threads::set_fp_mode(mode);
         RegionError*& current = RegionError::current();
         RegionError* const outer = current;
         current = &error;
         error.run(body, RegionError::After::run);
         current = outer;
+        threads::set_fp_mode(own_mode);
     };
     if (nested) {
 #pragma omp parallel num_threads(1)

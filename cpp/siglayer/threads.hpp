@@ -51,7 +51,9 @@ void set_tiles_per_thread(int tiles);
 
 // The calling thread's floating-point mode (SSE control: flush-to-zero,
 // denormals-are-zero, rounding; not the sticky exception flags), and setting it.
-// run_parallel (partition.hpp) gives every thread of a region its caller's mode: a
+// run_parallel (partition.hpp) gives every thread of a region its caller's mode, and
+// each its own back when the region ends (the pool's threads also run other libraries'
+// regions, MKL's GNU threading layer among them): a
 // region computes as a call on the caller's own thread does, on one thread or two, with
 // either OpenMP runtime (libgomp's workers keep whatever mode they had), and a mode
 // another thread set (PyTorch's set_flush_denormal) never leaks into this call.

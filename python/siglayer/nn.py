@@ -464,7 +464,7 @@ class SigmoidLayer(Generic[Float]):
                 dout, x, self._W_compute, out, need_dx=need_dx, dx=dx, dW=self._dW, db=self._db
             )
         except _core.OverlapError:
-            self._explain_own_dx(own, dx, x, dout, "dout")
+            self._explain_own_dx(own, dx, x, out, dout, "dout")
             raise
         return dx
 
@@ -509,7 +509,7 @@ class SigmoidLayer(Generic[Float]):
                 dZ, x, self._W_compute, need_dx=need_dx, dx=dx, dW=self._dW, db=self._db
             )
         except _core.OverlapError:
-            self._explain_own_dx(own, dx, x, dZ, "dZ")
+            self._explain_own_dx(own, dx, x, out, dZ, "dZ")
             raise
         return dx
 
@@ -556,7 +556,12 @@ class SigmoidLayer(Generic[Float]):
 
     @staticmethod
     def _explain_own_dx(
-        own: bool, dx: NDArray[Float] | None, x: NDArray[Float], grad: object, name: str
+        own: bool,
+        dx: NDArray[Float] | None,
+        x: NDArray[Float],
+        out: NDArray[Float],
+        grad: object,
+        name: str,
     ) -> None:
         """After the core refused an overlap (nothing written): when the dx it would
         have written is the layer's own buffer, say which of the caller's arrays is that
@@ -565,6 +570,7 @@ class SigmoidLayer(Generic[Float]):
             return
         for what, a, fix in (
             ("the last forward's x", x, "pass x.copy() to the forward"),
+            ("the last forward's out", out, "give the forward another out="),
             (name, grad, f"pass {name}.copy()"),
         ):
             if np.may_share_memory(a, dx):
