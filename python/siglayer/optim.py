@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar, cast, overload
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,6 +37,7 @@ from .nn import Parameter
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "flatten_state_dict", "unflatten_state_dict"]
 
 Array = NDArray[np.floating]
+V = TypeVar("V")
 
 _STATE_KEYS = frozenset({"type", "steps", "hyper", "params", "state"})
 
@@ -78,6 +79,25 @@ def _from_numpy(value: object) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+class _Hyperparameter(Generic[V]):
+    """A hyperparameter of an optimizer, read as it is and assigned through the
+    optimizer's checks (``_update_hyper``: all its hyperparameters checked together, the
+    same rules as the constructor's, nothing changed on a refusal)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.attr = name, "_" + name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _Hyperparameter[V]: ...
+    @overload
+    def __get__(self, obj: Optimizer, owner: type) -> V: ...
+    def __get__(self, obj: Optimizer | None, owner: type) -> V | _Hyperparameter[V]:
+        return self if obj is None else cast("V", getattr(obj, self.attr))
+
+    def __set__(self, obj: Optimizer, value: V) -> None:
+        obj._update_hyper(self.name, value)
 
 
 class Optimizer:
@@ -482,37 +502,10 @@ class SGD(Optimizer):
     _optional_state = ("velocities",)
     _hyper_names = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
 
-    @property
-    def momentum(self) -> float:
-        return self._momentum
-
-    @momentum.setter
-    def momentum(self, value: float) -> None:
-        self._update_hyper("momentum", value)
-
-    @property
-    def dampening(self) -> float:
-        return self._dampening
-
-    @dampening.setter
-    def dampening(self, value: float) -> None:
-        self._update_hyper("dampening", value)
-
-    @property
-    def weight_decay(self) -> float:
-        return self._weight_decay
-
-    @weight_decay.setter
-    def weight_decay(self, value: float) -> None:
-        self._update_hyper("weight_decay", value)
-
-    @property
-    def nesterov(self) -> bool:
-        return self._nesterov
-
-    @nesterov.setter
-    def nesterov(self, value: bool) -> None:
-        self._update_hyper("nesterov", value)
+    momentum = _Hyperparameter[float]()
+    dampening = _Hyperparameter[float]()
+    weight_decay = _Hyperparameter[float]()
+    nesterov = _Hyperparameter[bool]()
 
     def _set_hyper(self, hyper: Mapping[str, Any]) -> None:
         lr = _hyper(hyper["lr"], "lr")
@@ -613,37 +606,10 @@ class Adam(Optimizer):
     _state_names = ("exp_avgs", "exp_avg_sqs")
     _hyper_names = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay")
 
-    @property
-    def betas(self) -> tuple[float, float]:
-        return self._betas
-
-    @betas.setter
-    def betas(self, value: tuple[float, float]) -> None:
-        self._update_hyper("betas", value)
-
-    @property
-    def eps(self) -> float:
-        return self._eps
-
-    @eps.setter
-    def eps(self, value: float) -> None:
-        self._update_hyper("eps", value)
-
-    @property
-    def weight_decay(self) -> float:
-        return self._weight_decay
-
-    @weight_decay.setter
-    def weight_decay(self, value: float) -> None:
-        self._update_hyper("weight_decay", value)
-
-    @property
-    def decoupled_weight_decay(self) -> bool:
-        return self._decoupled_weight_decay
-
-    @decoupled_weight_decay.setter
-    def decoupled_weight_decay(self, value: bool) -> None:
-        self._update_hyper("decoupled_weight_decay", value)
+    betas = _Hyperparameter[tuple[float, float]]()
+    eps = _Hyperparameter[float]()
+    weight_decay = _Hyperparameter[float]()
+    decoupled_weight_decay = _Hyperparameter[bool]()
 
     def _set_hyper(self, hyper: Mapping[str, Any]) -> None:
         lr = _hyper(hyper["lr"], "lr")
