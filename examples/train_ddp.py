@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 import sys
 
@@ -104,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, value, low in (("steps", args.steps, 1), ("batch", args.batch, 1)):
         if value < low:
             parser.error(f"--{name} must be >= {low}, got {value}")
-    if not args.lr > 0:
-        parser.error(f"--lr must be > 0, got {args.lr}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr must be a finite number > 0, got {args.lr}")
     if args.tolerance is not None and not args.tolerance >= 0:
         parser.error(f"--tolerance must be >= 0, got {args.tolerance}")
     if args.tolerance is None:

@@ -121,6 +121,17 @@ def test_ddp_help_describes_the_example():
     assert "9.1e-13 in float64, 4.9e-4 in float32" in text
 
 
+@pytest.mark.parametrize("lr", ["inf", "nan", "0"])
+def test_ddp_rejects_a_learning_rate_that_is_not_finite_and_positive(lr):
+    """--lr inf passed the check and crashed every rank inside the BCE loss."""
+    pytest.importorskip("torch")
+    result = subprocess.run(
+        [sys.executable, str(DDP_SCRIPT), "--lr", lr], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2, result.stderr
+    assert "error: --lr must be a finite number > 0" in result.stderr
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_ddp_check_passes_with_its_default_tolerance(dtype):
     """torchrun with 2 gloo processes on 127.0.0.1, --check without --tolerance: the

@@ -400,6 +400,31 @@ def test_parameter_errors():
         )
     with pytest.raises(ValueError, match="value and grad share memory"):
         SGD([Parameter("p", shared, shared)], lr=0.1)
+    # One parameter's grad over another's value: the result depended on their order.
+    a, b = np.zeros(4), np.ones(4)
+    for params in ([Parameter("a", a, b), Parameter("b", b, np.ones(4))],
+                   [Parameter("b", b, np.ones(4)), Parameter("a", a, b)]):  # fmt: skip
+        with pytest.raises(ValueError, match="a's grad shares memory with b's value"):
+            SGD(params, lr=0.1)
+
+
+def test_hyperparameters_as_numpy_values_are_taken_as_torch_takes_them():
+    """A 0-d array for a number and a 1-d pair for betas are the values they hold (torch
+    takes them; the constructor had refused what load_state_dict took); an int beyond
+    float's range is a ValueError, not an OverflowError."""
+    p = [Parameter("p", np.zeros(3), np.ones(3))]
+    opt = SGD(p, lr=np.array(0.1), momentum=np.float32(0.5))
+    assert (opt.lr, opt.momentum) == (0.1, 0.5) and type(opt.lr) is float
+    opt.lr = np.array(0.25)
+    assert opt.lr == 0.25
+    adam = Adam(p, betas=np.array([0.8, 0.9]))
+    assert adam.betas == (0.8, 0.9)
+    with pytest.raises(ValueError, match=r"lr must be finite and >= 0\.0, got 1000"):
+        SGD(p, lr=10**400)
+    with pytest.raises(TypeError, match="lr must be a number"):
+        SGD(p, lr=np.array([0.1]))
+    with pytest.raises(TypeError, match="nesterov must be a bool"):
+        opt.nesterov = np.array(1.0)  # type: ignore[assignment]
 
 
 @pytest.mark.parametrize(

@@ -44,9 +44,16 @@ _STATE_KEYS = frozenset({"type", "steps", "hyper", "params", "state"})
 
 def _hyper(value: object, name: str, *, low: float = 0.0, below: float | None = None) -> float:
     """A finite float >= low (and < below when given), or a clear error."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]  # a 0-d array (as torch takes one): the number it holds
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
         raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond float's range
+        v = math.inf
     if not math.isfinite(v) or v < low or (below is not None and v >= below):
         bound = f"in [{low}, {below})" if below is not None else f">= {low}"
         raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
@@ -61,6 +68,8 @@ def _flag(value: object, name: str) -> bool:
 
 
 def _betas(value: object) -> tuple[float, float]:
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        value = tuple(value)  # as np.load or a user's np.array gives a pair
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise TypeError(f"betas must be a pair of floats, got {value!r}")
     return (_hyper(value[0], "betas[0]", below=1.0), _hyper(value[1], "betas[1]", below=1.0))
@@ -134,11 +143,18 @@ class Optimizer:
             _check_parameter(p, i)
         for i, p in enumerate(self.params):
             for j in range(i):
-                if np.shares_memory(p.value, self.params[j].value):
+                q = self.params[j]
+                if np.shares_memory(p.value, q.value):
                     raise ValueError(
-                        f"parameters {j} ({self.params[j].name}) and {i} "
+                        f"parameters {j} ({q.name}) and {i} "
                         f"({p.name}) share memory; each must be updated once"
                     )
+                for a, b in ((p, q), (q, p)):
+                    if np.shares_memory(a.grad, b.value):
+                        raise ValueError(
+                            f"{a.name}'s grad shares memory with {b.name}'s value: the "
+                            f"update of one would change what the other reads"
+                        )
         self._values = [p.value for p in self.params]
         self._grads = [p.grad for p in self.params]
         self.lr = lr
