@@ -750,79 +750,49 @@ class _TransformedBCE(torch.autograd.Function):
         return dloss.to(dZ.dtype), None
 
 
-class _BCETangent(torch.autograd.Function):
-    """The fused loss's tangent, sum(dZ * dz), for dz = d(x @ W + b) along tangents that
-    stay free. dZ, saved by the loss's forward, is a constant to reverse mode; so reverse
-    mode over this tangent is right with respect to the tangents (its gradient in dz is
-    dZ: the loss's own first derivative, as jacrev of t -> jvp(f, (W,), (t,)) asks)
-    and refused with respect to x, W, b or target, through which it would miss d dZ (a
-    second derivative: jacrev of jacfwd, or backward from a forward_ad tangent).
-
-    That gradient, grad * dZ, is again a Function of x, W, b and target (_ScaleByDZ),
-    so that a reverse level further out that differentiates it through them is refused
-    too (grad in x of grad in t gave numbers without d dZ), while derivatives in the
-    tangents alone stay exact at any depth."""
+class _TimesDZ(torch.autograd.Function):
+    """v -> sum(dZ * v) (``total``: the fused loss's tangent, v = dz = d(x @ W + b)) or
+    v -> v * dZ (a scalar v: that tangent's gradient in dz), each the other's gradient
+    in v. dZ, saved by the loss's forward, is a constant to reverse mode: so reverse mode
+    over the tangent is right with respect to the tangents (its gradient in dz is dZ,
+    the loss's own first derivative, as jacrev of t -> jvp(f, (W,), (t,)) asks) and
+    refused with respect to x, W, b or target, through which it would miss d dZ (a
+    second derivative: jacrev of jacfwd, backward from a forward_ad tangent). The
+    gradient is again this Function of x, W, b and target, so that a reverse level
+    further out that differentiates it through them is refused too (grad in x of grad
+    in t gave numbers without d dZ), while derivatives in the tangents alone stay exact
+    at any depth."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(  # type: ignore[override]
-        dZ: Tensor, dz: Tensor, x: Tensor, W: Tensor, b: Tensor, target: Tensor
+        dZ: Tensor, v: Tensor, x: Tensor, W: Tensor, b: Tensor, target: Tensor, total: bool
     ) -> Tensor:
-        return (dZ * dz).sum()
+        return (dZ * v).sum() if total else v * dZ
 
     @staticmethod
     def setup_context(ctx: Any, inputs: Sequence[Any], output: Tensor) -> None:
-        ctx.save_for_backward(inputs[0], *inputs[2:])
+        ctx.save_for_backward(inputs[0], *inputs[2:6])
+        ctx.total = inputs[6]
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        if any(ctx.needs_input_grad[2:]):  # through the primals: a second derivative
+        if any(ctx.needs_input_grad[2:6]):  # through the primals: a second derivative
             _no_second_derivative("sigmoid_linear_bce_loss")
-        dZ, x, W, b, target = ctx.saved_tensors
-        ddz = _ScaleByDZ.apply(dZ, grad, x, W, b, target) if ctx.needs_input_grad[1] else None  # type: ignore[no-untyped-call]
-        return None, ddz, None, None, None, None
+        dv = None
+        if ctx.needs_input_grad[1]:
+            dZ, *primals = ctx.saved_tensors
+            dv = _TimesDZ.apply(dZ, grad, *primals, not ctx.total)  # type: ignore[no-untyped-call]
+        return None, dv, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx: Any, *tangents: Any) -> Any:  # forward mode over the tangent
         _no_second_derivative("sigmoid_linear_bce_loss")
 
 
-class _ScaleByDZ(torch.autograd.Function):
-    """grad * dZ, _BCETangent's gradient in dz: linear in grad (its gradient there is a
-    _BCETangent again), refused through x, W, b, target as _BCETangent is."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        dZ: Tensor, grad: Tensor, x: Tensor, W: Tensor, b: Tensor, target: Tensor
-    ) -> Tensor:
-        return grad * dZ
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: Sequence[Any], output: Tensor) -> None:
-        ctx.save_for_backward(inputs[0], *inputs[2:])
-
-    @staticmethod
-    def backward(ctx: Any, cotangent: Tensor) -> tuple[Tensor | None, ...]:
-        if any(ctx.needs_input_grad[2:]):
-            _no_second_derivative("sigmoid_linear_bce_loss")
-        dZ, x, W, b, target = ctx.saved_tensors
-        dgrad = (
-            _BCETangent.apply(dZ, cotangent, x, W, b, target)  # type: ignore[no-untyped-call]
-            if ctx.needs_input_grad[1]
-            else None
-        )
-        return None, dgrad, None, None, None, None
-
-    @staticmethod
-    def jvp(ctx: Any, *tangents: Any) -> Any:
-        _no_second_derivative("sigmoid_linear_bce_loss")
-
-
 def _bce_tangent(dZ: Tensor, dz: Tensor, x: Tensor, W: Tensor, b: Tensor, target: Tensor) -> Tensor:
-    result: Tensor = _BCETangent.apply(dZ, dz, x, W, b, target)  # type: ignore[no-untyped-call]
+    result: Tensor = _TimesDZ.apply(dZ, dz, x, W, b, target, True)  # type: ignore[no-untyped-call]
     return result
 
 
