@@ -104,6 +104,82 @@ def test_threadpool_limits_one_starts_no_worker_thread():
     assert unlimited == before + 1, result.stdout
 
 
+THREAD_LIMIT = """
+import os, resource, threading
+import numpy as np, siglayer
+tasks = lambda: len(os.listdir("/proc/self/task"))
+rng = np.random.default_rng(0)
+x = rng.standard_normal((512, 256)).astype(np.float32)
+W = rng.standard_normal((256, 512)).astype(np.float32)
+b = rng.standard_normal(512).astype(np.float32)
+dout = rng.standard_normal((512, 512)).astype(np.float32)
+os.setgid(65534)
+os.setuid(65534)  # nobody: RLIMIT_NPROC does not bind root (imports are done)
+siglayer.set_num_threads(1)  # no worker thread yet
+want = siglayer.forward(x, W, b)
+want_grads = siglayer.backward(dout, x, W, want)
+
+
+def step():
+    out = siglayer.forward(x, W, b)
+    grads = siglayer.backward(dout, x, W, out)
+    return np.array_equal(out, want) and all(map(np.array_equal, grads, want_grads))
+
+
+results = []
+go, done = threading.Event(), threading.Event()
+
+
+def other():  # a thread that was running before the limit: it needs a leader thread
+    go.wait()
+    results.append(step())
+    done.set()
+
+
+caller = threading.Thread(target=other)
+caller.start()
+siglayer.set_num_threads(2)
+soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+resource.setrlimit(resource.RLIMIT_NPROC, (tasks(), hard))  # no thread more
+try:
+    threading.Thread(target=lambda: None).start()
+    raise SystemExit("RLIMIT_NPROC is not enforced here")
+except RuntimeError:
+    pass
+results.append(step())  # the main thread's team needs a worker
+go.set()
+done.wait(60)
+limited = tasks()
+resource.setrlimit(resource.RLIMIT_NPROC, (soft, hard))
+caller.join()
+results.append(step())  # now the team forms
+print(results, limited, tasks())
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0,
+    reason="drops from root to nobody, whose threads RLIMIT_NPROC counts",
+)
+def test_calls_when_no_thread_can_be_started_run_on_the_callers_thread():
+    """At the process's thread limit (RLIMIT_NPROC) a call that needs a new thread (a
+    worker for the main thread's team, a leader for another Python thread) runs all of
+    its work on the caller's thread and gives the same bits, where the OpenMP runtime
+    ended the process ("OMP: Error #34", libiomp5) and a new thread's call was a
+    RuntimeError; once threads can be started again, the team forms."""
+    done = subprocess.run(
+        [sys.executable, "-c", THREAD_LIMIT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results, limited, after = done.stdout.rsplit(" ", 2)
+    assert results == "[True, True, True]", done.stdout
+    assert int(after) > int(limited), done.stdout
+
+
 @pytest.mark.skipif(not SCIPY_OPENBLAS, reason="the private BLAS of the default build")
 def test_raising_the_blas_limit_does_not_oversubscribe():
     """threadpool_limits(2) also raises siglayer's private OpenBLAS to 2 threads; siglayer

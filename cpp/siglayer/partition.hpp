@@ -113,10 +113,15 @@ void run_parallel(int threads, const Body& body) {
 #pragma omp parallel num_threads(1)
         team_body();
     } else {
-        threads::lead([&] {
-#pragma omp parallel num_threads(threads)
+        const bool led = threads::lead([&] {
+            const int size = threads::team_size(threads);  // on the thread that leads
+#pragma omp parallel num_threads(size)
             team_body();
         });
+        if (!led) {
+            body();  // no leader thread to be had: all of the work on the caller's thread
+            return;
+        }
     }
     error.rethrow();
 }

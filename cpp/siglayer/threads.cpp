@@ -1,13 +1,17 @@
 #include "threads.hpp"
 
 #include <omp.h>
+#include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <condition_variable>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <shared_mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -161,13 +165,13 @@ void after_fork_in_child() {
     home_thread = std::this_thread::get_id();
 }
 
-void lead(const std::function<void()>& region) {
+bool lead(const std::function<void()>& region) {
     std::shared_lock<std::shared_mutex> fork_lock(regions());
     pool_started.store(true, std::memory_order_relaxed);
     if (std::this_thread::get_id() == home_thread) {
         keep_idle_spin();
         region();
-        return;
+        return true;
     }
     Leader* leader = nullptr;
     {
@@ -178,12 +182,69 @@ void lead(const std::function<void()>& region) {
         }
     }
     if (leader == nullptr) {
-        leader = new Leader;  // lives as long as the process (or until a fork forgets it)
-        std::thread(&Leader::loop, leader).detach();
+        auto fresh = std::make_unique<Leader>();
+        try {
+            std::thread(&Leader::loop, fresh.get()).detach();
+        } catch (const std::system_error&) {
+            return false;  // no thread to be had: the caller runs the region's work itself
+        }
+        leader = fresh.release();  // lives as long as the process (or until a fork forgets it)
     }
     leader->run(region);
     std::lock_guard<std::mutex> lock(leaders().mutex);
     leaders().idle.push_back(leader);
+    return true;
+}
+
+namespace {
+
+// A stand-in for a worker: it waits at the gate.
+void* wait_at_gate(void* gate) {
+    pthread_mutex_lock(static_cast<pthread_mutex_t*>(gate));
+    pthread_mutex_unlock(static_cast<pthread_mutex_t*>(gate));
+    return nullptr;
+}
+
+// How many threads could be started now (at most `count`), all alive at once; they are
+// joined before this returns. Small stacks: this checks the process's and the user's
+// thread limits (RLIMIT_NPROC, a container's pids limit), not its address space. (Under
+// an address-space limit that leaves no room for a worker's stack, the BLAS ends the
+// process at its next call anyway, for want of its buffers; and a worker-sized probe
+// made it worse, its stack kept in glibc's cache of stacks.)
+int startable_threads(int count) {
+    pthread_attr_t attr;
+    if (pthread_attr_init(&attr) != 0) return 0;
+    pthread_attr_setstacksize(&attr, 64 << 10);
+    pthread_mutex_t gate = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&gate);
+    std::vector<pthread_t> started;
+    started.reserve(static_cast<size_t>(count));
+    for (int i = 0; i < count; ++i) {
+        pthread_t thread;
+        if (pthread_create(&thread, &attr, wait_at_gate, &gate) != 0) break;
+        started.push_back(thread);
+    }
+    pthread_mutex_unlock(&gate);
+    for (pthread_t thread : started) pthread_join(thread, nullptr);
+    pthread_attr_destroy(&attr);
+    return static_cast<int>(started.size());
+}
+
+}  // namespace
+
+int team_size(int wanted) {
+    // The largest team this thread has led since the last fork: its workers exist.
+    thread_local unsigned generation = ~0u;
+    thread_local int formed = 1;
+    const unsigned now = spin_generation.load(std::memory_order_relaxed);
+    if (generation != now) {
+        generation = now;
+        formed = 1;
+    }
+    if (wanted <= formed) return wanted;
+    const int size = 1 + startable_threads(wanted - 1);
+    formed = std::max(formed, size);
+    return std::min(wanted, size);
 }
 
 int tiles_per_thread() {

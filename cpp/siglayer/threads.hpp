@@ -37,7 +37,20 @@ void after_fork_in_child();
 // waits. libiomp5 keeps the team of every thread that ever led a region until the
 // process ends, so short-lived calling threads would each leave an idle worker behind.
 // The leading thread's idle spin is set unless the user chose one (KMP_BLOCKTIME).
-void lead(const std::function<void()>& region);
+// False, without running region, when a leader was needed and no thread could be
+// started (the process is at its thread or address-space limit): the caller then does
+// the region's work itself, on one thread.
+bool lead(const std::function<void()>& region);
+
+// The size of the team the calling thread (a region's leader) can have, at most
+// `wanted`: `wanted` when it led a team that large before (since the last fork), else
+// one more than the threads that could be started now. The OpenMP runtimes end the
+// process when they cannot start a worker (libiomp5: "OMP: Error #34", libgomp: "Thread
+// creation failed"), so a region that needs new workers first checks that they can be
+// had under the process's thread limits and, when not, runs with the threads it can
+// have (down to one), and checks again at its next region. A check, not a reservation:
+// another thread of the process may take the room in between.
+int team_size(int wanted);
 
 // Tiles of each product per thread of the team (partition.hpp); settable for the
 // benchmarks. One (the default): each thread takes one tile, or both when the other
