@@ -602,13 +602,18 @@ def run(
     return rows, rates
 
 
-def plot(rows: Sequence[Row], path: str) -> None:
-    """Speedup of siglayer (the other's time over siglayer's) against size, one panel
-    per pass, one line per contender and dtype, saved to ``path``."""
+def _matplotlib() -> Any:
     try:
         import matplotlib
     except ImportError as exc:
-        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from exc
+        raise SystemExit('--plot needs matplotlib: pip install ".[plot]"') from exc
+    return matplotlib
+
+
+def plot(rows: Sequence[Row], path: str) -> None:
+    """Speedup of siglayer (the other's time over siglayer's) against size, one panel
+    per pass, one line per contender and dtype, saved to ``path``."""
+    matplotlib = _matplotlib()
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -720,6 +725,8 @@ def main(args: Any) -> int:
         raise SystemExit("--rounds must be >= 1")
     if args.threads is not None and args.threads < 1:
         raise SystemExit("--threads must be >= 1")
+    if args.plot:
+        _matplotlib()  # before minutes of timing, not after
     torch = None if args.no_torch else import_torch()
     contenders = ["siglayer_buffers" if args.buffers else "siglayer", "numpy"]
     contenders += {"slabs": ["floor"], "blas": ["floor_blas"], "best": ["floor", "floor_blas"]}[

@@ -1,5 +1,5 @@
 """siglayer.jax against the pure-JAX layer, both under jax.jit: forward, and forward +
-backward (out and the vjp's dx, dW, db), at the sizes of ``python -m siglayer bench``.
+backward (out and the vjp's dx, dW, db), at the sizes of ``bench/run.py``.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/jax_layer.py [--sizes T,S,M,L,N,XL]
 
@@ -23,7 +23,7 @@ import numpy as np
 
 import siglayer
 import siglayer.jax as sj
-from siglayer._bench import SIZES
+from harness import SIZES  # bench/harness.py, beside this file
 
 jax.config.update("jax_enable_x64", True)
 

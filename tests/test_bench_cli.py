@@ -222,3 +222,57 @@ def test_torch_benches_check_agreement_and_print(capsys):
     bench_training.main(["--rounds", "1", "--batch-sizes", "32"])
     text = capsys.readouterr().out
     assert "torch+siglayer" in text and "vs torch" in text
+
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+# The scripts with a command line, and what each needs beyond siglayer's test extra.
+SCRIPTS = {
+    "run.py": None,
+    "bfloat16.py": "ml_dtypes",
+    "bench_training.py": None,
+    "bench_torch.py": "torch",
+    "jax_layer.py": "jax",
+    "layer_buffers.py": None,
+    "determinism.py": None,
+    "memory_soak.py": None,
+}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_every_bench_script_starts(script):
+    """Each script imports what it needs and parses its options (jax_layer.py had kept
+    an import of a module that had moved, and failed at its first line)."""
+    import subprocess
+
+    if SCRIPTS[script]:
+        pytest.importorskip(SCRIPTS[script])
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout
+
+
+def test_jax_bench_checks_and_prints():
+    pytest.importorskip("jax")
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "jax_layer.py"), "--sizes", "T", "--budget", "0.01"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| T |")]
+    assert len(rows) == 4, done.stdout  # float32 and float64, fwd and fwd+bwd
+
+
+def test_plot_without_matplotlib_fails_before_timing(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+    with pytest.raises(SystemExit, match="matplotlib"):
+        run.main(["--sizes", "T", "--plot", "x.png", "--no-torch"])
+    assert "siglayer" not in capsys.readouterr().out  # no table: nothing was timed

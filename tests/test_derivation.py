@@ -288,6 +288,19 @@ def test_gradcheck_bad_input(case):
         siglayer.gradcheck(**{"x": _x, "W": _W, "b": _b, **change})
 
 
+@pytest.mark.parametrize("tool", ["jacobian", "gradcheck"])
+@pytest.mark.parametrize("b_dtype", ["bfloat16", "float32"])
+def test_bfloat16_is_refused_by_the_derivation_tools(tool, b_dtype):
+    """The core takes bfloat16 (x, W; b bfloat16 or float32), the derivation tools do
+    not: gradcheck's errors in bfloat16 (~4e-3) are those of a wrong gradient, and a
+    Jacobian rounded to 8 bits shows nothing. Refused by name, before any work."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf16 = ml_dtypes.bfloat16
+    held = "x, W, b are" if b_dtype == "bfloat16" else "x, W are"
+    with pytest.raises(TypeError, match=rf"{tool} takes float32 or float64 arrays; {held} bf"):
+        getattr(siglayer, tool)(_x.astype(bf16), _W.astype(bf16), _b.astype(b_dtype))
+
+
 # --- docs/derivation.md ---------------------------------------------------------------
 
 

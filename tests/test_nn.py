@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import importlib.util
 import itertools
 import math
 import pickle
@@ -531,6 +532,13 @@ def test_load_errors_change_nothing(tmp_path):
     make_net(np.float64).save(tmp_path / "f64.npz")
     with pytest.raises(TypeError, match="the file holds dtype float64"):
         net.load(tmp_path / "f64.npz")
+    if importlib.util.find_spec("ml_dtypes") is not None:  # a bfloat16 copy saved by hand
+        import ml_dtypes
+
+        bf16 = {p.name: p.value.astype(ml_dtypes.bfloat16) for p in net.parameters()}
+        np.savez(tmp_path / "bf16.npz", **bf16)
+        with pytest.raises(TypeError, match=r"dtype \|V2 \(2-byte records: how np.savez"):
+            net.load(tmp_path / "bf16.npz")
     make_net(np.float32, sizes=(6, 5, 3)).save(tmp_path / "short.npz")
     with pytest.raises(ValueError, match=r"missing \['2.W', '2.b'\], unexpected \[\]"):
         net.load(tmp_path / "short.npz")

@@ -1,7 +1,8 @@
 """siglayer: forward and backward of a dense layer followed by a sigmoid, on the CPU.
 
 out = sigmoid(x @ W + b), with x (..., n_in), W (n_in, n_out), b (n_out,), in float32
-or float64. The compiled core runs the three matrix products through BLAS and the
+or float64, or in bfloat16 with float32 arithmetic (``ml_dtypes.bfloat16``; b may be
+float32). The compiled core runs the three matrix products through BLAS and the
 elementwise work in vectorized OpenMP sweeps; ``siglayer.reference`` is the same math
 in plain NumPy, and ``siglayer.compare`` measures the one against the other.
 
@@ -9,9 +10,10 @@ Functions
 ---------
 forward(x, W, b, *, out=None)
     ``sigmoid(x @ W + b)``.
-backward(dout, x, W, out, *, need_dx=True, dx=None, dW=None, db=None)
+backward(dout, x, W, out, *, need_dx=True, dx=None, dW=None, db=None, grad_dtype=None)
     ``(dx, dW, db)`` from the upstream gradient ``dout``.
-backward_from_preactivation(dZ, x, W, *, need_dx=True, dx=None, dW=None, db=None)
+backward_from_preactivation(dZ, x, W, *, need_dx=True, dx=None, dW=None, db=None,
+                            grad_dtype=None)
     The same from ``dZ``, the gradient with respect to ``x @ W + b``.
 compare(...)
     Max errors of siglayer against ``siglayer.reference`` (``ErrorStats``).

@@ -33,12 +33,12 @@ def forward(
 
     Parameters
     ----------
-    x : ndarray, float32 or float64, shape (..., n_in)
+    x : ndarray, float32, float64 or bfloat16, shape (..., n_in)
         Inputs, one row per sample. Leading dimensions are batch dimensions, as in
         ``torch.nn.Linear``; a 1-D x is one sample and gives a 1-D result.
     W : ndarray, x's dtype, shape (n_in, n_out)
         Weights (note: ``torch.nn.Linear.weight`` is the transpose, (n_out, n_in)).
-    b : ndarray, x's dtype, shape (n_out,) or (1, n_out)
+    b : ndarray, x's dtype (or float32 with bfloat16 x and W), shape (n_out,) or (1, n_out)
         Bias.
     out : ndarray, x's dtype, shape (..., n_out), optional
         Buffer for the result: C-contiguous, writeable, of the inputs' dtype and not
@@ -54,8 +54,10 @@ def forward(
     ------
     TypeError
         An argument that is not a ``numpy.ndarray`` (lists, scalars, ``np.matrix``,
-        masked arrays), a dtype other than float32/float64 (native byte order), or
-        arrays of mixed dtypes. Nothing is converted silently: call ``.astype`` first.
+        masked arrays), a dtype other than float32/float64/bfloat16 (native byte
+        order; float16 is refused, never taken for bfloat16), or arrays of mixed dtypes
+        (but a float32 b with bfloat16 x and W). Nothing is converted silently: call
+        ``.astype`` first.
     ValueError
         Shapes that do not fit together, strides that are not a whole number of
         elements, or an unusable ``out`` (wrong shape, not C-contiguous, read-only,
@@ -68,7 +70,10 @@ def forward(
 
     Notes
     -----
-    All arrays share one dtype, float32 or float64, and the result has it too. C- or
+    All arrays share one dtype, float32 or float64, and the result has it too; or x and
+    W are bfloat16 (``ml_dtypes.bfloat16``), b bfloat16 or float32, and the result is
+    bfloat16: products accumulated in float32, bias and sigmoid in float32, one rounding
+    (docs/bfloat16.md). C- or
     F-ordered 2-D inputs reach BLAS without a copy; other strided views are copied
     once into scratch memory. Inputs are never modified. The sigmoid is evaluated
     stably: exactly 1 at +inf, 0 at -inf, NaN at NaN, with no overflow warning.
@@ -198,7 +203,7 @@ def backward(
         other.
     grad_dtype : dtype, optional
         For bfloat16 inputs, dW and db are float32 (master-weight gradients);
-        ``grad_dtype="bfloat16"`` rounds them once to bfloat16 instead. For float32 and
+        ``grad_dtype="bfloat16"`` rounds their float32 values to bfloat16 instead. For float32 and
         float64 inputs only their own dtype is accepted.
 
     Returns
@@ -323,7 +328,7 @@ def backward_from_preactivation(
         (n_in, n_out) and (n_out,); they must not overlap an input or each other.
     grad_dtype : dtype, optional
         As for :func:`backward`: ``"bfloat16"`` rounds a bfloat16 call's float32 dW and
-        db once to bfloat16.
+        db to bfloat16.
 
     All arrays share one dtype, float32 or float64 (or bfloat16, with float32 dW and db:
     docs/bfloat16.md). C- and F-ordered dZ is used as it is; other layouts are copied

@@ -205,13 +205,18 @@ def config() -> Config:
 
 def _bf16_gemm_description(core: _core.CoreConfig) -> str:
     """How bfloat16 products run, and why (docs/bfloat16.md)."""
-    cpu = "the CPU has" if core["cpu_bf16"] else "the CPU lacks"
+    if core["cpu_amx_bf16"]:
+        cpu = "the CPU has AMX-BF16"
+    elif core["cpu_bf16"]:
+        cpu = "the CPU has AVX512-BF16, not AMX-BF16"
+    else:
+        cpu = "the CPU lacks AVX512-BF16 and AMX-BF16"
     gemm = "the BLAS's bfloat16 GEMM"
     if core["bf16_gemm_mkl_runtime"]:
         gemm = f"the bfloat16 GEMM of {core['bf16_gemm_mkl_runtime']}"
     if core["bf16_gemm"] == "blas":
         amx = f"; AMX tile data {core['amx_permission']}" if core["cpu_amx_bf16"] else ""
-        return f"blas ({gemm}; {cpu} AVX512-BF16/AMX-BF16{amx})"
+        return f"blas ({gemm}; {cpu}{amx})"
     if core["bf16_gemm"] == "avx512bf16":
         amx = "the CPU has AMX-BF16" if core["cpu_amx_bf16"] else "the CPU lacks AMX-BF16"
         mkl = "MKL's is loaded" if core["bf16_gemm_in_blas"] else "no MKL"
@@ -227,7 +232,7 @@ def _bf16_gemm_description(core: _core.CoreConfig) -> str:
         blas = "the BLAS has none: pip install 'siglayer[mkl]' for MKL's"
     else:
         blas = "the BLAS has none"
-    return f"convert (float32 GEMM on widened operands; {blas}, {cpu} AVX512-BF16/AMX-BF16)"
+    return f"convert (float32 GEMM on widened operands; {blas}, {cpu})"
 
 
 @overload

@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _api, _compare, reference
+from ._dtypes import is_bfloat16
 
 __all__ = ["MAX_JACOBIAN_ELEMENTS", "GradcheckErrors", "explain", "gradcheck", "jacobian"]
 
@@ -24,6 +25,20 @@ Array = NDArray[np.floating]
 # J_W alone has n * n_out * n_in * n_out entries: 10**7 of them is 80 MB in float64, and
 # far past the sizes where looking at a Jacobian teaches anything.
 MAX_JACOBIAN_ELEMENTS = 10**7
+
+
+def _refuse_bfloat16(name: str, *arrays: Array) -> None:
+    """The derivation tools compute in float32 or float64; bfloat16 is refused, by name."""
+    held = [a for a, arr in zip("xWb", arrays, strict=True) if is_bfloat16(arr.dtype)]
+    if held:
+        raise TypeError(
+            f"{name} takes float32 or float64 arrays; {', '.join(held)} "
+            f"{'is' if len(held) == 1 else 'are'} bfloat16, whose rounding (2**-8) would "
+            f"hide what {name} shows: pass .astype(np.float64) copies (the same values, "
+            f"exactly). The bfloat16 backward is checked against the float64 reference on "
+            f"its rounded inputs (docs/bfloat16.md)."
+        )
+
 
 # Largest norm-wise relative error `explain` accepts between a contracted Jacobian and
 # backward (float64, reductions of a few terms: both are within a few ulp of exact).
@@ -52,8 +67,8 @@ def jacobian(x: Array, W: Array, b: Array) -> tuple[Array, Array, Array]:
     b : ndarray, shape (n_out,) or (1, n_out)
         Bias.
 
-    All three share one dtype, float32 or float64 (siglayer's rules); the Jacobians
-    have that dtype.
+    All three share one dtype, float32 or float64 (siglayer's rules; bfloat16 is a
+    TypeError: pass float64 copies); the Jacobians have that dtype.
 
     Returns
     -------
@@ -91,6 +106,7 @@ def jacobian(x: Array, W: Array, b: Array) -> tuple[Array, Array, Array]:
     # siglayer's own checks (types, one float32/float64 dtype, shapes), on one row: the
     # rules live in one place, and the size check below can trust W's shape.
     _api.forward(x[:1], W, b)
+    _refuse_bfloat16("jacobian", x, W, b)
     n, n_in = x.shape
     n_out = W.shape[1]
     sizes = {
@@ -188,7 +204,8 @@ def gradcheck(
     seed : int, default 0
         Seed for the default dout.
 
-    All arrays share one dtype, float32 or float64. Cost: two forward calls per entry of
+    All arrays share one dtype, float32 or float64 (bfloat16 is a TypeError: its
+    rounding, ~4e-3, is as large as a wrong gradient's error). Cost: two forward calls per entry of
     x, W and b, so it is meant for small problems.
 
     Returns
@@ -217,6 +234,7 @@ def gradcheck(
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be finite and > 0, got {eps}")
     out = _api.forward(x, W, b)  # siglayer's checks of x, W, b
+    _refuse_bfloat16("gradcheck", x, W, b)
     if dout is None:
         dout = np.random.default_rng(seed).standard_normal(out.shape).astype(out.dtype)
     dx, dW, db = _api.backward(dout, x, W, out)  # the gradients under test; checks dout

@@ -886,8 +886,15 @@ def load_parameters(parameters: Sequence[Parameter], path: str | os.PathLike[str
                 f"{p.name}: the file holds shape {a.shape}, the parameter has {p.value.shape}"
             )
         if a.dtype != p.value.dtype:
+            # np.savez stores an ml_dtypes.bfloat16 array as 2-byte opaque records.
+            hint = (
+                " (2-byte records: how np.savez stores a bfloat16 array; the layer's "
+                "parameters are its float32 masters, which save_parameters writes)"
+                if a.dtype.kind == "V" and a.dtype.itemsize == 2
+                else ""
+            )
             raise TypeError(
-                f"{p.name}: the file holds dtype {a.dtype}, the parameter has "
+                f"{p.name}: the file holds dtype {a.dtype}{hint}, the parameter has "
                 f"{p.value.dtype} (nothing is converted silently)"
             )
     for p in parameters:

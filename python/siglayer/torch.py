@@ -1092,10 +1092,11 @@ class SigmoidLinear(torch.nn.Module):
         None (the default) takes ``torch.get_default_dtype()``, as torch.nn.Linear does
         (float32 unless changed).
     seed : int or None
-        With an int, W is exactly ``siglayer.SigmoidLayer(n_in, n_out, seed=seed).W``
-        (Glorot-uniform from NumPy's generator; for bfloat16, the float32 one rounded to
-        nearest even); with None it is Glorot-uniform from torch's global generator (so
-        ``torch.manual_seed`` makes it reproducible).
+        With an int, W is exactly ``siglayer.SigmoidLayer(n_in, n_out, dtype=d,
+        seed=seed).W`` with d the matching NumPy dtype (Glorot-uniform from NumPy's
+        generator; for bfloat16, the float32 one rounded to nearest even); with None it
+        is Glorot-uniform from torch's global generator (so ``torch.manual_seed`` makes
+        it reproducible).
 
     The parameters are made on the CPU, or on the meta device inside ``with
     torch.device("meta"):`` (a layer without memory, nothing drawn);
