@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <shared_mutex>
 #include <system_error>
 #include <thread>
@@ -211,14 +212,19 @@ void* wait_at_gate(void* gate) {
 // an address-space limit that leaves no room for a worker's stack, the BLAS ends the
 // process at its next call anyway, for want of its buffers; and a worker-sized probe
 // made it worse, its stack kept in glibc's cache of stacks.)
-int startable_threads(int count) {
+// Throws nothing: it runs on a leader thread outside the region's exception handling.
+int startable_threads(int count) noexcept {
+    std::vector<pthread_t> started;
+    try {
+        started.reserve(static_cast<size_t>(count));
+    } catch (const std::bad_alloc&) {
+        return 0;
+    }
     pthread_attr_t attr;
     if (pthread_attr_init(&attr) != 0) return 0;
     pthread_attr_setstacksize(&attr, 64 << 10);
     pthread_mutex_t gate = PTHREAD_MUTEX_INITIALIZER;
     pthread_mutex_lock(&gate);
-    std::vector<pthread_t> started;
-    started.reserve(static_cast<size_t>(count));
     for (int i = 0; i < count; ++i) {
         pthread_t thread;
         if (pthread_create(&thread, &attr, wait_at_gate, &gate) != 0) break;
@@ -232,7 +238,7 @@ int startable_threads(int count) {
 
 }  // namespace
 
-int team_size(int wanted) {
+int team_size(int wanted) noexcept {
     // The largest team this thread has led since the last fork: its workers exist.
     thread_local unsigned generation = ~0u;
     thread_local int formed = 1;

@@ -50,7 +50,7 @@ bool lead(const std::function<void()>& region);
 // had under the process's thread limits and, when not, runs with the threads it can
 // have (down to one), and checks again at its next region. A check, not a reservation:
 // another thread of the process may take the room in between.
-int team_size(int wanted);
+int team_size(int wanted) noexcept;
 
 // Tiles of each product per thread of the team (partition.hpp); settable for the
 // benchmarks. One (the default): each thread takes one tile, or both when the other
