@@ -105,7 +105,7 @@ def test_threadpool_limits_one_starts_no_worker_thread():
 
 
 THREAD_LIMIT = """
-import os, resource, threading, time
+import ctypes, os, resource, threading, time
 import numpy as np, siglayer
 tasks = lambda: len(os.listdir("/proc/self/task"))
 rng = np.random.default_rng(0)
@@ -113,11 +113,14 @@ x = rng.standard_normal((512, 256)).astype(np.float32)
 W = rng.standard_normal((256, 512)).astype(np.float32)
 b = rng.standard_normal(512).astype(np.float32)
 dout = rng.standard_normal((512, 512)).astype(np.float32)
-os.setgid(65534)
-os.setuid(65534)  # nobody: RLIMIT_NPROC does not bind root (imports are done)
 siglayer.set_num_threads(1)  # no worker thread yet
 want = siglayer.forward(x, W, b)
 want_grads = siglayer.backward(dout, x, W, want)
+# Now as nobody: RLIMIT_NPROC does not bind root. After the calls above, which import
+# what the calls below need (the environment may be in a directory only root can read).
+os.setgid(65534)
+os.setuid(65534)
+ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, which setuid cleared (LSan needs it)
 
 
 def step():
