@@ -2,10 +2,14 @@
 
 #include <omp.h>
 #include <pthread.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <cerrno>
 #include <condition_variable>
 #include <cstdlib>
 #include <memory>
@@ -72,6 +76,10 @@ void set_idle_spin() {
 // leading thread sets it again before its next region (a forked worker's idle threads
 // spun for 200 ms after each call when it was set once per thread).
 std::atomic<unsigned> spin_generation{0};
+
+// Bumped when the teams' workers are gone: the pool released before a fork (the parent
+// keeps its workers when the runtime handles the fork itself), and in every child.
+std::atomic<unsigned> pool_generation{0};
 
 void keep_idle_spin() {
     thread_local unsigned applied = ~0u;
@@ -149,8 +157,10 @@ void init() {
 
 void before_fork() {
     regions().lock();
-    if (!runtime_handles_fork && pool_started.exchange(false))
+    if (!runtime_handles_fork && pool_started.exchange(false)) {
         omp_pause_resource_all(omp_pause_hard);
+        pool_generation.fetch_add(1, std::memory_order_relaxed);  // in parent and child
+    }
     spin_generation.fetch_add(1, std::memory_order_relaxed);  // in parent and child
 }
 
@@ -162,6 +172,7 @@ void after_fork_in_parent() {
 // mutex is left behind, locked, and so are the leaders, whose threads the child lacks.
 void after_fork_in_child() {
     regions_mutex.store(new std::shared_mutex, std::memory_order_release);
+    pool_generation.fetch_add(1, std::memory_order_relaxed);  // the child has no workers
     leaders_ptr = new Leaders;
     home_thread = std::this_thread::get_id();
 }
@@ -199,10 +210,17 @@ bool lead(const std::function<void()>& region) {
 
 namespace {
 
-// A stand-in for a worker: it waits at the gate.
-void* wait_at_gate(void* gate) {
-    pthread_mutex_lock(static_cast<pthread_mutex_t*>(gate));
-    pthread_mutex_unlock(static_cast<pthread_mutex_t*>(gate));
+// A stand-in for a worker: it says who it is, then waits at the gate.
+struct StandIn {
+    pthread_mutex_t* gate = nullptr;
+    pid_t tid = 0;  // written before the gate, read after the join
+};
+
+void* wait_at_gate(void* arg) {
+    auto* self = static_cast<StandIn*>(arg);
+    self->tid = static_cast<pid_t>(syscall(SYS_gettid));
+    pthread_mutex_lock(self->gate);
+    pthread_mutex_unlock(self->gate);
     return nullptr;
 }
 
@@ -211,12 +229,17 @@ void* wait_at_gate(void* gate) {
 // thread limits (RLIMIT_NPROC, a container's pids limit), not its address space. (Under
 // an address-space limit that leaves no room for a worker's stack, the BLAS ends the
 // process at its next call anyway, for want of its buffers; and a worker-sized probe
-// made it worse, its stack kept in glibc's cache of stacks.)
+// made it worse, its stack kept in glibc's cache of stacks.) Returns once the kernel has
+// released them: pthread_join returns when a thread's id is cleared, a moment before the
+// kernel gives back its count against those limits, and a worker started in that moment
+// failed (2 in 20,000 tries at a limit with room for one, a helper's measurement).
 // Throws nothing: it runs on a leader thread outside the region's exception handling.
 int startable_threads(int count) noexcept {
     std::vector<pthread_t> started;
+    std::vector<StandIn> stand_ins;
     try {
         started.reserve(static_cast<size_t>(count));
+        stand_ins.resize(static_cast<size_t>(count));
     } catch (const std::bad_alloc&) {
         return 0;
     }
@@ -225,32 +248,43 @@ int startable_threads(int count) noexcept {
     pthread_attr_setstacksize(&attr, 64 << 10);
     pthread_mutex_t gate = PTHREAD_MUTEX_INITIALIZER;
     pthread_mutex_lock(&gate);
-    for (int i = 0; i < count; ++i) {
+    for (StandIn& stand_in : stand_ins) {
+        stand_in.gate = &gate;
         pthread_t thread;
-        if (pthread_create(&thread, &attr, wait_at_gate, &gate) != 0) break;
+        int failed = pthread_create(&thread, &attr, wait_at_gate, &stand_in);
+        if (failed == EINVAL)  // a small stack cannot hold a large static TLS: the default
+            failed = pthread_create(&thread, nullptr, wait_at_gate, &stand_in);
+        if (failed) break;
         started.push_back(thread);
     }
     pthread_mutex_unlock(&gate);
     for (pthread_t thread : started) pthread_join(thread, nullptr);
     pthread_attr_destroy(&attr);
+    const pid_t process = getpid();
+    for (std::size_t i = 0; i < started.size(); ++i) {
+        // Gone when signal 0 finds no such thread; bounded, in case the id is reused.
+        for (int tries = 0; tries < 100000; ++tries) {
+            if (syscall(SYS_tgkill, process, stand_ins[i].tid, 0) != 0 && errno == ESRCH) break;
+            sched_yield();
+        }
+    }
     return static_cast<int>(started.size());
 }
 
 }  // namespace
 
 int team_size(int wanted) noexcept {
-    // The largest team this thread has led since the last fork: its workers exist.
+    // The largest team this thread has led since its workers were last released: they
+    // exist, and only the rest of a larger team would be new threads.
     thread_local unsigned generation = ~0u;
     thread_local int formed = 1;
-    const unsigned now = spin_generation.load(std::memory_order_relaxed);
+    const unsigned now = pool_generation.load(std::memory_order_relaxed);
     if (generation != now) {
         generation = now;
         formed = 1;
     }
-    if (wanted <= formed) return wanted;
-    const int size = 1 + startable_threads(wanted - 1);
-    formed = std::max(formed, size);
-    return std::min(wanted, size);
+    if (wanted > formed) formed += startable_threads(wanted - formed);
+    return std::min(wanted, formed);
 }
 
 int tiles_per_thread() {

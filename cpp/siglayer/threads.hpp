@@ -43,13 +43,16 @@ void after_fork_in_child();
 bool lead(const std::function<void()>& region);
 
 // The size of the team the calling thread (a region's leader) can have, at most
-// `wanted`: `wanted` when it led a team that large before (since the last fork), else
-// one more than the threads that could be started now. The OpenMP runtimes end the
+// `wanted`: `wanted` when it led a team that large before (since its workers were last
+// released: a fork), else its largest team so far plus the threads that could be
+// started now, all of them alive at once. The OpenMP runtimes end the
 // process when they cannot start a worker (libiomp5: "OMP: Error #34", libgomp: "Thread
 // creation failed"), so a region that needs new workers first checks that they can be
 // had under the process's thread limits and, when not, runs with the threads it can
 // have (down to one), and checks again at its next region. A check, not a reservation:
-// another thread of the process may take the room in between.
+// another thread of the process may take the room in between; and it counts the teams
+// it asked for, while a runtime may form a smaller one (OMP_DYNAMIC) or lend a shrunk
+// team's workers to another thread's team (libiomp5), and need new threads later.
 int team_size(int wanted) noexcept;
 
 // Tiles of each product per thread of the team (partition.hpp); settable for the
