@@ -29,7 +29,9 @@ MAX_JACOBIAN_ELEMENTS = 10**7
 
 def _refuse_bfloat16(name: str, *arrays: Array) -> None:
     """The derivation tools compute in float32 or float64; bfloat16 is refused, by name."""
-    held = [a for a, arr in zip("xWb", arrays, strict=True) if is_bfloat16(arr.dtype)]
+    held = [
+        a for a, arr in zip("xWb", arrays, strict=True) if is_bfloat16(getattr(arr, "dtype", None))
+    ]
     if held:
         raise TypeError(
             f"{name} takes float32 or float64 arrays; {', '.join(held)} "
@@ -205,8 +207,8 @@ def gradcheck(
         Seed for the default dout.
 
     All arrays share one dtype, float32 or float64 (bfloat16 is a TypeError: its
-    rounding, ~4e-3, is as large as a wrong gradient's error). Cost: two forward calls per entry of
-    x, W and b, so it is meant for small problems.
+    rounding, ~4e-3, is as large as a wrong gradient's error). Cost: two forward calls
+    per entry of x, W and b, so it is meant for small problems.
 
     Returns
     -------
@@ -233,8 +235,8 @@ def gradcheck(
         raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be finite and > 0, got {eps}")
-    out = _api.forward(x, W, b)  # siglayer's checks of x, W, b
     _refuse_bfloat16("gradcheck", x, W, b)
+    out = _api.forward(x, W, b)  # siglayer's checks of x, W, b
     if dout is None:
         dout = np.random.default_rng(seed).standard_normal(out.shape).astype(out.dtype)
     dx, dW, db = _api.backward(dout, x, W, out)  # the gradients under test; checks dout
