@@ -9,13 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-
-python3 -m venv "$work/venv"
-# shellcheck disable=SC1091
-source "$work/venv/bin/activate"
-python -m pip install -q --upgrade pip
+# shellcheck source=.ci/throwaway_venv.sh
+source .ci/throwaway_venv.sh
 pip install -q -C cmake.define.SIGLAYER_OPENMP=compiler -C build-dir="$work/build" ".[test]"
 python -c "import siglayer; siglayer.show_config()" | grep -E "openmp_runtime: compiler$"
 # From outside the source tree, so that `import siglayer` is this install.

@@ -21,13 +21,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-
-python3 -m venv "$work/venv"
-# shellcheck disable=SC1091
-source "$work/venv/bin/activate"
-python -m pip install -q --upgrade pip
+# shellcheck source=.ci/throwaway_venv.sh
+source .ci/throwaway_venv.sh
 # build-dir: never share CMake's cache with the normal build in build/.
 pip install -q -C cmake.define.SIGLAYER_SANITIZE=ON -C cmake.build-type=RelWithDebInfo \
     -C build-dir="$work/build" ".[test]"

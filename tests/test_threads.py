@@ -204,14 +204,25 @@ print(rounds, len(os.listdir("/proc/self/task")) - start)
 """
 
 
-def as_nobody_env() -> dict[str, str]:
-    """The environment for a child that drops to nobody: under the sanitizers, no leak
-    check at its exit (LeakSanitizer, as nobody, cannot read the interpreter's libraries
-    to name their frames, so CPython's own allocations escape .ci/lsan.supp)."""
+def run_as_nobody(script: str) -> str:
+    """Runs a script that drops to nobody (whose threads RLIMIT_NPROC counts; root is
+    exempt) in a fresh process; its stdout, once it exited cleanly. Under the sanitizers
+    there is no leak check at its exit: LeakSanitizer, as nobody, cannot read the
+    interpreter's libraries to name their frames, so CPython's own allocations escape
+    .ci/lsan.supp."""
     env = dict(os.environ)
     if "ASAN_OPTIONS" in env:
         env["ASAN_OPTIONS"] += ":detect_leaks=0"
-    return env
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
 
 
 ROOT_ONLY = pytest.mark.skipif(
@@ -226,18 +237,10 @@ def test_at_the_thread_limit_a_team_keeps_the_workers_it_could_start():
     worker does work in each round of 20 calls) and gives the same bits. A first version
     of the check asked for three new threads at every call, found none once the worker
     existed, and ran every call after the first on one thread."""
-    done = subprocess.run(
-        [sys.executable, "-c", PARTIAL_ROOM],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd="/",
-        env=as_nobody_env(),
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    rounds, new_threads = done.stdout.rsplit(" ", 1)
-    assert rounds == "[(True, True), (True, True), (True, True)]", done.stdout
-    assert int(new_threads) == 1, done.stdout  # the one worker
+    stdout = run_as_nobody(PARTIAL_ROOM)
+    rounds, new_threads = stdout.rsplit(" ", 1)
+    assert rounds == "[(True, True), (True, True), (True, True)]", stdout
+    assert int(new_threads) == 1, stdout  # the one worker
 
 
 @ROOT_ONLY
@@ -247,18 +250,10 @@ def test_calls_when_no_thread_can_be_started_run_on_the_callers_thread():
     its work on the caller's thread and gives the same bits, where the OpenMP runtime
     ended the process ("OMP: Error #34", libiomp5) and a new thread's call was a
     RuntimeError; once threads can be started again, the team forms."""
-    done = subprocess.run(
-        [sys.executable, "-c", THREAD_LIMIT],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd="/",
-        env=as_nobody_env(),
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    results, before, after = done.stdout.rsplit(" ", 2)
-    assert results == "[True, True, True]", done.stdout
-    assert int(after) == int(before) + 1, done.stdout  # the team's worker
+    stdout = run_as_nobody(THREAD_LIMIT)
+    results, before, after = stdout.rsplit(" ", 2)
+    assert results == "[True, True, True]", stdout
+    assert int(after) == int(before) + 1, stdout  # the team's worker
 
 
 @pytest.mark.skipif(not SCIPY_OPENBLAS, reason="the private BLAS of the default build")
