@@ -34,15 +34,29 @@ for lib in $preload; do
 done
 
 log="$work/pytest.log"
-status=0
-# Run from outside the source tree so that `import siglayer` is the sanitized install.
-(cd "$work" && \
- LD_PRELOAD="$preload" PYTHONMALLOC=malloc \
- ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=1:strict_init_order=1:check_initialization_order=1" \
- LSAN_OPTIONS="suppressions=$root/.ci/lsan.supp:print_suppressions=0" \
- UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
- python -m pytest -p no:cacheprovider -q "$root/tests" --rootdir="$root" -c "$root/pyproject.toml" "$@") \
-    2>&1 | tee "$log" || status=$?
+run_suite() {
+    status=0
+    # From outside the source tree so that `import siglayer` is the sanitized install.
+    (cd "$work" && \
+     LD_PRELOAD="$preload" PYTHONMALLOC=malloc \
+     ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=1:strict_init_order=1:check_initialization_order=1" \
+     LSAN_OPTIONS="suppressions=$root/.ci/lsan.supp:print_suppressions=0" \
+     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
+     python -m pytest -p no:cacheprovider -q "$root/tests" --rootdir="$root" -c "$root/pyproject.toml" "$@") \
+        2>&1 | tee "$log" || status=$?
+}
+run_suite "$@"
+# LeakSanitizer's own tracer thread sometimes crashes while it stops the threads for the
+# exit check ("Tracer caught signal 11 ... LeakSanitizer has encountered a fatal error":
+# a crash of the sanitizer, not a report; google/sanitizers#1353 describes it as
+# intermittent, and a rerun passes). Seen once in three full runs here, after every test
+# had passed. Only then is the suite run once more; anything else fails at once.
+if [[ $status -ne 0 ]] && grep -q "^Tracer caught signal" "$log" \
+    && grep -qE "^[0-9]+ passed" "$log" && ! grep -qE "^[0-9]+ failed|[0-9]+ failed," "$log" \
+    && ! grep -qE "ERROR: (Address|Leak)Sanitizer|runtime error:|SUMMARY: " "$log"; then
+    echo "sanitize.sh: LeakSanitizer's tracer crashed at exit after every test passed; once more" >&2
+    run_suite "$@"
+fi
 
 if grep -qE "ERROR: (Address|Leak)Sanitizer|runtime error:|SUMMARY: (Address|UndefinedBehavior|Leak)Sanitizer" "$log"; then
     echo "sanitize.sh: sanitizer reports above" >&2
