@@ -51,7 +51,10 @@ memory, so they need ml_dtypes (``pip install ml-dtypes``), imported on first us
 **torch.autocast** (CPU): with its bfloat16, x and W are cast to bfloat16 (a float32 b is
 kept) and out is bfloat16, as nn.Linear computes there; the fused loss runs in float32;
 a float16 autocast computes in float32. **torch.func**: grad, vjp, jacrev, jvp, jacfwd,
-vmap and functional_call work (see _Transformed); second derivatives raise.
+vmap and functional_call work (see _Transformed); second derivatives raise. Where the
+operators themselves run (compiled or exported graphs, direct calls) forward mode works
+too, and inside a torch.func transform they differentiate as PyTorch's own formula
+around siglayer's value, second derivatives included (see _sigmoid_linear_autograd).
 """
 
 from __future__ import annotations
@@ -208,7 +211,8 @@ def _check_dtypes(x: torch.dtype, W: torch.dtype, b: torch.dtype) -> None:
 
 
 # The operators are defined with torch.library's lower-level calls (define, impl,
-# register_fake, register_autograd) rather than the torch.library.custom_op decorator:
+# register_fake, an Autograd kernel of their own) rather than the torch.library.custom_op
+# decorator:
 # custom_op wraps every kernel call in Python layers (a dynamo-disabling frame, an
 # aliasing check, a redispatch), which cost more than the whole kernel call at small
 # sizes (bench/bench_torch.py). Fake kernels, autograd and the opcheck-tested
@@ -328,10 +332,6 @@ def _setup_context(ctx: Any, inputs: Sequence[Any], output: Tensor) -> None:
     ctx.b_dtype = b.dtype
 
 
-def _backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    return _gradients(ctx, dout, _backward_op)
-
-
 def _refuse_double_backward(name: str, instead: str) -> None:
     """Autograd runs backward with grad mode on only for create_graph=True. The kernels'
     gradients are not differentiable; returning them anyway would silently drop every
@@ -368,9 +368,6 @@ def _gradients(
 
 torch.library.impl("siglayer::sigmoid_linear", "cpu", _sigmoid_linear, lib=_LIBRARY)
 torch.library.register_fake("siglayer::sigmoid_linear", _sigmoid_linear_fake, lib=_LIBRARY)
-torch.library.register_autograd(
-    "siglayer::sigmoid_linear", _backward, setup_context=_setup_context, lib=_LIBRARY
-)
 torch.library.impl(
     "siglayer::sigmoid_linear_backward", "cpu", _sigmoid_linear_backward, lib=_LIBRARY
 )
@@ -500,10 +497,6 @@ def _bce_setup_context(ctx: Any, inputs: Sequence[Any], output: tuple[Tensor, Te
     ctx.mark_non_differentiable(dZ)  # an intermediate the operator hands out, not a result
 
 
-def _bce_backward(ctx: Any, dloss: Tensor, _ddZ: Tensor | None) -> tuple[Tensor | None, ...]:
-    return _bce_gradients(ctx, dloss, _backward_from_preactivation_op, eager=False)
-
-
 def _bce_gradients(
     ctx: Any, dloss: Tensor, backward: Any, *, eager: bool, transformed: bool = False
 ) -> tuple[Tensor | None, ...]:
@@ -531,9 +524,6 @@ def _bce_gradients(
 
 torch.library.impl("siglayer::sigmoid_linear_bce", "cpu", _sigmoid_linear_bce, lib=_LIBRARY)
 torch.library.register_fake("siglayer::sigmoid_linear_bce", _sigmoid_linear_bce_fake, lib=_LIBRARY)
-torch.library.register_autograd(
-    "siglayer::sigmoid_linear_bce", _bce_backward, setup_context=_bce_setup_context, lib=_LIBRARY
-)
 torch.library.impl(
     "siglayer::sigmoid_linear_backward_from_preactivation",
     "cpu",
@@ -553,7 +543,7 @@ _backward_from_preactivation_op = (
 
 
 # The eager path. In plain eager mode the operator's Python machinery (the dispatcher
-# calling back into Python twice, register_autograd's generated Function, the backward
+# calling back into Python twice, the autograd kernel's Function, the backward
 # operator's dispatch) costs more than the kernels at small sizes: a (32, 64, 32)
 # fwd+bwd took 197 us through the operator and 125 us through this path on AMD Zen 3,
 # where nn.Linear + sigmoid took 141-145 (README, "Overhead against plain PyTorch").
@@ -594,12 +584,12 @@ class _EagerBCE(torch.autograd.Function):
 
 
 # --- torch.func ------------------------------------------------------------------------
-# torch.func's transforms (grad, vjp, jacrev, vmap, and functional_call under them) cannot
-# use an operator's register_autograd formula: PyTorch 2.13 refuses such operators there
-# (the autograd.Function it generates has no setup_context). Inside a transform the
-# public functions run these Functions instead: the same operators in forward and
-# backward, the same formula. Their vmap rule is generated (the body runs under vmap), so
-# the operators need batching rules of their own (below).
+# Inside a torch.func transform (grad, vjp, jacrev, vmap, and functional_call under them)
+# the public functions run these Functions in eager mode: the same operators in forward
+# and backward, the same formula, so the gradients are the backward kernels' bits.
+# (The operators' own autograd kernels, which compiled and exported graphs reach, differ
+# there: see "The operators' own autograd kernels".) Their vmap rule is generated (the
+# body runs under vmap), so the operators need batching rules of their own (below).
 #
 # torch.func.grad runs every backward with grad mode on (it may be nested), so the
 # refusal of create_graph=True cannot be used here. Instead the backward operators are
@@ -824,6 +814,122 @@ def _sigmoid_linear_vmap(
 
 
 torch.library.register_vmap("siglayer::sigmoid_linear", _sigmoid_linear_vmap, lib=_LIBRARY)
+
+
+# --- The operators' own autograd kernels ------------------------------------------------
+# torch.library.register_autograd would leave two holes where the operator itself runs (a
+# compiled or exported graph, torch.jit.trace, a direct call): its kernel records only for
+# reverse mode (a forward-mode tangent was silently dropped: jacfwd gave zeros), and its
+# Function has no setup_context, so torch.func refused it. These kernels instead:
+# - in plain autograd and forward mode, apply _OperatorFunction (C++ apply, below: the
+#   same formulas as _Transformed; backward through the backward operator, jvp in
+#   PyTorch's ops);
+# - inside a torch.func transform, where no autograd.Function may run inside a kernel
+#   (PyTorch asserts), return siglayer's value with the derivatives of the same formula
+#   in PyTorch's ops at every order: out + (s - s'), s that formula, s' the same computed
+#   below autograd (a constant at every level, equal to s bit for bit), so the value is
+#   out's bits and the derivatives are s's, second derivatives included. (The public
+#   functions in eager transforms use _Transformed instead: siglayer's backward kernels.)
+
+
+def _composite(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    """sigmoid(x @ W + b) in PyTorch's ops (float32 for bfloat16), in x's dtype."""
+    compute = _compute_dtype(x.dtype)
+    return torch.sigmoid(x.to(compute) @ W.to(compute) + b.to(compute)).to(x.dtype)
+
+
+def _composite_bce(x: Tensor, W: Tensor, b: Tensor, target: Tensor, reduction: str) -> Tensor:
+    """The fused loss's value in PyTorch's ops: its gradient in x @ W + b is the fused
+    dZ = (sigmoid(z) - target) / N."""
+    compute = _compute_dtype(x.dtype)
+    z = x.to(compute) @ W.to(compute) + b.to(compute)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        z, target.to(compute), reduction=reduction
+    )
+    return loss.to(x.dtype)
+
+
+def _tracked(*tensors: Tensor) -> bool:
+    """Whether a kernel call at this autograd level must record: grad mode and an input
+    that requires grad (reverse mode), or an input with a tangent (forward mode: a
+    forward_ad dual level, or torch.func's jvp, whose wrappers carry level-0 tangents
+    even where, in a compiled graph, no Python dual level was entered)."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return True
+    if _forward_ad._current_level < 0 and not _transforms_on():
+        return False
+    return any(_unpack_dual(t, 0)[1] is not None for t in tensors)
+
+
+class _OperatorFunction(_Transformed):
+    """_Transformed as the operator's autograd kernel applies it, outside transforms."""
+
+    @staticmethod
+    def forward(x: Tensor, W: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
+        with _below_autograd():
+            result: Tensor = _forward_op(x, W, b)
+        return result
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        return _gradients(ctx, dout, _backward_op)
+
+
+class _OperatorFunctionBCE(_TransformedBCE):
+    """_TransformedBCE as the fused operator's autograd kernel applies it."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        x: Tensor, W: Tensor, b: Tensor, target: Tensor, reduction: str
+    ) -> tuple[Tensor, Tensor]:
+        with _below_autograd():
+            loss, dZ = _bce_op(x, W, b, target, reduction)
+        return loss, dZ
+
+    @staticmethod
+    def backward(ctx: Any, dloss: Tensor, _ddZ: Tensor | None) -> tuple[Tensor | None, ...]:
+        return _bce_gradients(ctx, dloss, _backward_from_preactivation_op, eager=False)
+
+
+# The C++ apply: the Python one would hand the Function to torch.func, refused in a kernel.
+_operator_apply: Callable[..., Tensor] = super(torch.autograd.Function, _OperatorFunction).apply
+_operator_bce_apply: Callable[..., tuple[Tensor, Tensor]] = super(
+    torch.autograd.Function, _OperatorFunctionBCE
+).apply
+
+
+def _sigmoid_linear_autograd(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    if not _tracked(x, W, b):
+        with _below_autograd():
+            plain: Tensor = _forward_op(x, W, b)
+        return plain
+    if not _transforms_on():
+        return _operator_apply(x, W, b)
+    s = _composite(x, W, b)
+    with _below_autograd():
+        out: Tensor = _forward_op(x, W, b)
+        constant = _composite(x, W, b)
+    return out + (s - constant)
+
+
+def _sigmoid_linear_bce_autograd(
+    x: Tensor, W: Tensor, b: Tensor, target: Tensor, reduction: str
+) -> tuple[Tensor, Tensor]:
+    if not _tracked(x, W, b, target):
+        with _below_autograd():
+            plain: tuple[Tensor, Tensor] = _bce_op(x, W, b, target, reduction)
+        return plain
+    if not _transforms_on():
+        return _operator_bce_apply(x, W, b, target, reduction)
+    s = _composite_bce(x, W, b, target, reduction)
+    with _below_autograd():
+        loss, dZ = _bce_op(x, W, b, target, reduction)
+        constant = _composite_bce(x, W, b, target, reduction)
+    return loss + (s - constant), dZ
+
+
+_LIBRARY.impl("sigmoid_linear", _sigmoid_linear_autograd, "Autograd")  # type: ignore[no-untyped-call]
+_LIBRARY.impl("sigmoid_linear_bce", _sigmoid_linear_bce_autograd, "Autograd")  # type: ignore[no-untyped-call]
 torch.library.register_vmap(
     "siglayer::sigmoid_linear_backward", _per_sample(_backward_op, 3), lib=_LIBRARY
 )
@@ -843,6 +949,8 @@ _functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
 
 _forward_ad = torch.autograd.forward_ad
+_below_autograd = torch._C._AutoDispatchBelowAutograd
+_unpack_dual = torch._VF._unpack_dual
 
 
 def _forward_ad_on() -> bool:
