@@ -195,3 +195,30 @@ def test_fused_loss_value_under_a_transform_and_its_target_derivative():
     # sigmoid_linear_bce_loss itself stays first order in eager transforms
     with pytest.raises(RuntimeError, match="second derivative"):
         hessian(lambda W: sigmoid_linear_bce_loss(x, W, b, y))(W)
+
+
+def test_vmap_over_an_empty_batch_gives_empty_results():
+    """An empty batch of weights (or samples): the shapes PyTorch's own layer gives."""
+    x, W, b, _ = inputs()
+    out = vmap(sigmoid_linear, in_dims=(None, 0, None))(x, W.new_empty(0, 3, 2), b)
+    want = vmap(reference, in_dims=(None, 0, None))(x, W.new_empty(0, 3, 2), b)
+    assert out.shape == want.shape == (0, 6, 2) and out.dtype == D
+    per_sample = vmap(grad(lambda W, xi: sigmoid_linear(xi[None], W, b).sum()), in_dims=(None, 0))
+    assert per_sample(W, x[:0]).shape == (0, 3, 2)
+
+
+def test_a_direct_call_refuses_what_a_compiled_one_refuses():
+    """The operator's CPU kernel runs the fake kernel's checks: a (1, n_out) b, which the
+    NumPy API accepts, is refused with the same message in eager and under FakeTensorMode."""
+    x, W, b, y = inputs()
+    with pytest.raises(ValueError, match=r"b has shape \(1, 2\), expected \(2,\)"):
+        layer_op(x, W, b.reshape(1, 2))
+    b_row = b.reshape(1, 2)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fakes = [mode.from_tensor(t) for t in (x, W, b_row)]
+        with pytest.raises(ValueError, match=r"b has shape \(1, 2\), expected \(2,\)"):
+            layer_op(*fakes)
+    with pytest.raises(TypeError, match="x, W and b must share one dtype"):
+        layer_op(x.float(), W, b)
+    with pytest.raises(ValueError, match="b has shape"):
+        bce_op(x, W, b.reshape(1, 2), y, "mean")

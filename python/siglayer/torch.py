@@ -366,7 +366,14 @@ def _gradients(
     return dx if need_x else None, dW if need_W else None, db if need_b else None
 
 
-torch.library.impl("siglayer::sigmoid_linear", "cpu", _sigmoid_linear, lib=_LIBRARY)
+def _sigmoid_linear_checked(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    # The operator's CPU kernel: the fake kernel's checks first, so that a direct call
+    # refuses what a compiled one would (the NumPy API alone takes a (1, n_out) b, say).
+    _check(x, W, b)
+    return _sigmoid_linear(x, W, b)
+
+
+torch.library.impl("siglayer::sigmoid_linear", "cpu", _sigmoid_linear_checked, lib=_LIBRARY)
 torch.library.register_fake("siglayer::sigmoid_linear", _sigmoid_linear_fake, lib=_LIBRARY)
 torch.library.impl(
     "siglayer::sigmoid_linear_backward", "cpu", _sigmoid_linear_backward, lib=_LIBRARY
@@ -522,7 +529,14 @@ def _bce_gradients(
     return dx if need_x else None, dW if need_W else None, db if need_b else None, None, None
 
 
-torch.library.impl("siglayer::sigmoid_linear_bce", "cpu", _sigmoid_linear_bce, lib=_LIBRARY)
+def _sigmoid_linear_bce_checked(
+    x: Tensor, W: Tensor, b: Tensor, target: Tensor, reduction: str
+) -> tuple[Tensor, Tensor]:
+    _check_bce(x, W, b, target, reduction)  # as _sigmoid_linear_checked
+    return _sigmoid_linear_bce(x, W, b, target, reduction)
+
+
+torch.library.impl("siglayer::sigmoid_linear_bce", "cpu", _sigmoid_linear_bce_checked, lib=_LIBRARY)
 torch.library.register_fake("siglayer::sigmoid_linear_bce", _sigmoid_linear_bce_fake, lib=_LIBRARY)
 torch.library.impl(
     "siglayer::sigmoid_linear_backward_from_preactivation",
@@ -791,6 +805,17 @@ def _per_sample(op: Any, outputs: int) -> Callable[..., Any]:
     per-sample dW, which one call over the flattened batch would sum) and stacks."""
 
     def rule(info: Any, in_dims: Sequence[int | None], *args: Any) -> Any:
+        if info.batch_size == 0:
+            # No sample to call op on: one call on zeros of a sample's shape gives the
+            # shapes and dtypes, and the results are empty batches of those.
+            sample = (
+                a if d is None else a.new_zeros(a.shape[:d] + a.shape[d + 1 :])
+                for a, d in zip(args, in_dims, strict=True)
+            )
+            shaped = op(*sample)
+            if outputs == 1:
+                return shaped.new_empty((0, *shaped.shape)), 0
+            return tuple(r.new_empty((0, *r.shape)) for r in shaped), (0,) * outputs
         results = [
             op(*(a if d is None else a.select(d, i) for a, d in zip(args, in_dims, strict=True)))
             for i in range(info.batch_size)
