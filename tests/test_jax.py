@@ -407,3 +407,27 @@ def test_every_public_name_is_documented():
         assert f"siglayer.jax.{name}" in docs, name
         doc = getattr(sj, name).__doc__
         assert ">>> " in doc and "Returns\n    -------" in doc, name
+
+
+def test_numpy_float64_without_x64_is_refused_not_computed_in_float32():
+    """With jax_enable_x64 off JAX would turn a NumPy float64 array into float32 on entry
+    (silently), and under grad it mixed with the other float64 arrays into a dtype error;
+    both ways are refused up front, naming the array."""
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", False)
+    try:
+        _numpy_float64_refused()
+    finally:
+        jax.config.update("jax_enable_x64", before)
+
+
+def _numpy_float64_refused():
+    rng = np.random.default_rng(0)
+    x, W, b = rng.standard_normal((4, 3)), rng.standard_normal((3, 2)), rng.standard_normal(2)
+    with pytest.raises(TypeError, match="x is a float64 ndarray but jax_enable_x64 is off"):
+        sj.sigmoid_linear(x, W, b)
+    with pytest.raises(TypeError, match="x is a float64 ndarray but jax_enable_x64 is off"):
+        jax.grad(lambda W: sj.sigmoid_linear(x, W, b).sum())(W.astype(np.float32))
+    # The documented fix runs in float32.
+    out = sj.sigmoid_linear(*(jnp.asarray(a, jnp.float32) for a in (x, W, b)))
+    assert out.dtype == jnp.float32

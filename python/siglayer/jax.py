@@ -316,6 +316,14 @@ def sigmoid_linear(
                 f"(float64 needs jax_enable_x64), or stores bfloat16, and never converts: "
                 f"pass {name}.astype(jnp.float32)"
             )
+        if dtype == np.float64 and not _jax.config.jax_enable_x64:
+            # Only a NumPy array can be float64 here: JAX would compute it in float32.
+            raise TypeError(
+                f"{name} is a float64 {type(value).__name__} but jax_enable_x64 is off, so "
+                f"JAX would compute it in float32; siglayer.jax never converts: pass "
+                f"jnp.asarray({name}, jnp.float32), or enable float64 with "
+                f'jax.config.update("jax_enable_x64", True)'
+            )
     if not (
         x.dtype == W.dtype
         and (b.dtype == x.dtype or (x.dtype == _BFLOAT16 and b.dtype == _FLOAT32))
