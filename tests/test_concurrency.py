@@ -13,6 +13,9 @@ the sequential reference was computed with: results depend on it (docs/reliabili
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 from dataclasses import dataclass, field
 
@@ -195,3 +198,57 @@ def test_a_regions_floating_point_mode_is_its_callers() -> None:
         np.testing.assert_array_equal(got, 0.0)
     for got in seen["default"]:
         np.testing.assert_allclose(got, kept, rtol=1e-5)
+
+
+def _run_fresh(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_first_calls_from_many_threads_at_once_do_not_deadlock():
+    """The first calls of a process, from eight threads together (numpy.ma not yet
+    imported): the core's one-time lookup of NumPy's array subclasses imports numpy.ma,
+    and a C++ static initializer held its guard across that import while another thread
+    waited on it holding the GIL: every run hung."""
+    done = _run_fresh(
+        """
+        import sys, threading
+        import numpy as np
+        import siglayer
+        assert "numpy.ma" not in sys.modules
+        x, W, b = np.ones((2, 3)), np.ones((3, 4)), np.zeros(4)
+        out = []
+        ts = [threading.Thread(target=lambda: out.append(siglayer.forward(x, W, b)))
+              for _ in range(8)]
+        [t.start() for t in ts]; [t.join() for t in ts]
+        want = 1 / (1 + np.exp(-3.0))
+        print(len(out), all(np.allclose(o, want, rtol=1e-15, atol=0) for o in out))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["8", "True"]
+
+
+def test_exit_while_a_daemon_thread_is_inside_a_call_is_clean():
+    """Python 3.11-3.13 end a daemon thread that wants the GIL back during finalization
+    with pthread_exit; unwinding through a noexcept destructor aborted the whole process
+    ("terminate called without an active exception", exit code 134)."""
+    done = _run_fresh(
+        """
+        import threading, time
+        import numpy as np
+        import siglayer
+        x, W, b = (np.ones((64, 64), np.float32), np.ones((64, 64), np.float32),
+                   np.zeros(64, np.float32))
+        def spin():
+            while True:
+                siglayer.forward(x, W, b)
+        threading.Thread(target=spin, daemon=True).start()
+        time.sleep(0.3)
+        print("exiting")
+        """
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert "terminate called" not in done.stderr
+    assert done.stdout.strip() == "exiting"

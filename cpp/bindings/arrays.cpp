@@ -6,18 +6,29 @@ namespace siglayer::bindings {
 
 namespace {
 
-// numpy.matrix and numpy.ma.MaskedArray, looked up once.
+// numpy.matrix and numpy.ma.MaskedArray, looked up once and kept for the life of the
+// process (leaked: no destructor runs after the interpreter is gone).
 struct Subclasses {
     py::object ndarray, matrix, masked;
 };
 
 const Subclasses& subclasses() {
-    static const Subclasses s = [] {
+    // Not a function-local static initializer: its guard would be held across the import
+    // of numpy.ma, which lets other Python threads run, and another thread's first call
+    // then waited on the guard holding the GIL, which the importer needs: a deadlock
+    // (tests/test_concurrency.py). The GIL orders this test; two threads may both import,
+    // and the first to finish is kept.
+    static Subclasses* kept = nullptr;
+    if (kept == nullptr) {
         py::module_ np = py::module_::import("numpy");
-        return Subclasses{np.attr("ndarray"), np.attr("matrix"),
-                          py::module_::import("numpy.ma").attr("MaskedArray")};
-    }();
-    return s;
+        auto* found = new Subclasses{np.attr("ndarray"), np.attr("matrix"),
+                                     py::module_::import("numpy.ma").attr("MaskedArray")};
+        if (kept == nullptr)
+            kept = found;
+        else
+            delete found;
+    }
+    return *kept;
 }
 
 std::string type_name(py::handle h) {

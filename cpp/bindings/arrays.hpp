@@ -15,6 +15,21 @@ namespace siglayer::bindings {
 
 namespace py = pybind11;
 
+// py::gil_scoped_release, whose destructor may unwind. A daemon thread that comes back for
+// the GIL while the interpreter finalizes is ended by pthread_exit (Python 3.11-3.13);
+// its forced unwind through pybind11's destructor, noexcept, called std::terminate and
+// aborted the whole process at exit. Nothing inside the released region may touch Python.
+class ReleaseGil {
+public:
+    ReleaseGil() : state_(PyEval_SaveThread()) {}
+    ~ReleaseGil() noexcept(false) { PyEval_RestoreThread(state_); }
+    ReleaseGil(const ReleaseGil&) = delete;
+    ReleaseGil& operator=(const ReleaseGil&) = delete;
+
+private:
+    PyThreadState* state_;
+};
+
 std::string shape_of(const py::array& a);
 std::string dtype_of(const py::array& a);
 

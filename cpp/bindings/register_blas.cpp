@@ -75,7 +75,7 @@ py::array gemm(py::handle A_h, py::handle B_h, bool trans_a, bool trans_b, py::h
             {{"A", extent(matrix_view<T>(A, "A"))}, {"B", extent(matrix_view<T>(B, "B"))}});
         {
             // Only raw pointers cross this line.
-            py::gil_scoped_release release;
+            ReleaseGil release;
             siglayer::gemm<T>(threading, a.blas.op, b.blas.op, M, N, K, a.blas.data, a.blas.ld,
                               b.blas.data, b.blas.ld, C, std::max<index_t>(1, N));
         }

@@ -97,7 +97,7 @@ py::array forward(py::handle x_h, py::handle W_h, py::handle b_h, py::handle out
                              {{"b", extent(bias_view<T>(b))}});
         {
             // Only raw pointers cross this line: no Python object is touched without the GIL.
-            py::gil_scoped_release release;
+            ReleaseGil release;
             siglayer::forward<T>({out_data, xv.rows, Wv.cols}, xv, Wv, bv);
         }
         return out;
@@ -189,7 +189,7 @@ py::tuple backward(py::handle dout_h, py::handle x_h, py::handle W_h, py::handle
             need_dx, dx_h, dW_h, db_h, x.shape(0), x.shape(1), W.shape(1), round_grads,
             {{"dout", extent(doutv)}, {"x", extent(xv)}, {"W", extent(Wv)}, {"out", extent(outv)}});
         {
-            py::gil_scoped_release release;
+            ReleaseGil release;
             siglayer::backward<T>(g.dx_out(), g.dW_out(), g.db_data, doutv, xv, Wv, outv);
             g.finish();
         }
@@ -219,7 +219,7 @@ py::tuple backward_from_preactivation(py::handle dZ_h, py::handle x_h, py::handl
                              round_grads,
                              {{"dZ", extent(dZv)}, {"x", extent(xv)}, {"W", extent(Wv)}});
         {
-            py::gil_scoped_release release;
+            ReleaseGil release;
             siglayer::backward_from_preactivation<T>(g.dx_out(), g.dW_out(), g.db_data, dZv, xv,
                                                      Wv);
             g.finish();
@@ -245,7 +245,7 @@ py::array sigmoid(py::handle z_h, py::handle out_h) {
         // In place (out is z) is elementwise and fine; any other overlap is not.
         if (y != zp) require_disjoint({{"out", extent(y, count)}}, {{"z", extent(zp, count)}});
         {
-            py::gil_scoped_release release;
+            ReleaseGil release;
             siglayer::sigmoid<T>(y, zp, count);
         }
         return result;
@@ -270,7 +270,7 @@ py::array convert(py::handle a_h, py::handle out_h, const char* to_name) {
     require_disjoint({{"out", extent(dst, a.size())}}, {{"a", extent(src, a.size())}});
     const index_t count = a.size();
     {
-        py::gil_scoped_release release;
+        ReleaseGil release;
         if constexpr (std::is_same_v<To, bfloat16>)
             siglayer::to_bfloat16(dst, src, count);
         else

@@ -36,7 +36,7 @@ double run(py::handle out_h, py::handle y_h, py::handle grad_h, double divisor,
         const T* o = static_cast<const T*>(out.data());
         const T* t = static_cast<const T*>(y.data());
         const index_t count = out.size();
-        py::gil_scoped_release release;
+        ReleaseGil release;
         return core(g, o, t, count, divisor);
     });
 }

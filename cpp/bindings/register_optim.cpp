@@ -62,8 +62,12 @@ bool same_shape(const py::array& a, const py::array& b) {
 // parameter `like` when given. The checks run first; names are built only for an error.
 py::array array_arg(py::handle h, Name name, const py::array* like, bool writeable) {
     // Leaked on purpose: a type object outlives the module, and no destructor runs at exit.
-    static const py::handle ndarray =
-        py::object(py::module_::import("numpy").attr("ndarray")).release();
+    // Looked up under the GIL, not by a static initializer, whose guard held across an
+    // import could deadlock with another thread's first call (see subclasses()).
+    static PyObject* ndarray_type = nullptr;
+    if (ndarray_type == nullptr)
+        ndarray_type = py::object(py::module_::import("numpy").attr("ndarray")).release().ptr();
+    const py::handle ndarray(ndarray_type);
     const py::array a = py::type::handle_of(h).is(ndarray) ? py::reinterpret_borrow<py::array>(h)
                                                            : as_array(h, name.str().c_str());
     const bool ok =
@@ -109,7 +113,7 @@ struct Tasks {
 template <class Run>
 void run_tasks(const Tasks& all, const Run& run) {
     // Only raw pointers cross this line: no Python object is touched without the GIL.
-    py::gil_scoped_release release;
+    ReleaseGil release;
     for (const Task& t : all.tasks) {
         dispatch_compute_dtype(t.type_num, "params", [&](auto zero) {
             using T = decltype(zero);
