@@ -89,7 +89,12 @@ const float* widened(const bfloat16* A, index_t lda, Op op, index_t rows, index_
 // 1 until the AMX permission was requested, then 0 (granted) or -errno.
 std::atomic<int> amx_request{1};
 
-Bf16Gemm auto_bf16_path() {
+// consult_isa: with the elementwise kernels forced below avx512bf16 (SIGLAYER_ISA=avx2,
+// say, to measure an AVX2 machine's path), choose as on a CPU without bfloat16
+// instructions: convert. Not during static initialization (bf16_path below), when the
+// kernels' own state may not be initialized yet and nothing has been forced.
+Bf16Gemm auto_bf16_path(bool consult_isa) {
+    if (consult_isa && kernels::active_isa() != "avx512bf16") return Bf16Gemm::convert;
     if (bf16_gemm_in_blas() && cpu_has_amx_bf16()) {
         request_amx_permission();
         return Bf16Gemm::blas;
@@ -99,7 +104,7 @@ Bf16Gemm auto_bf16_path() {
     return Bf16Gemm::convert;
 }
 
-std::atomic<Bf16Gemm> bf16_path{auto_bf16_path()};
+std::atomic<Bf16Gemm> bf16_path{auto_bf16_path(false)};
 
 }  // namespace
 
@@ -253,7 +258,7 @@ bool own_bf16_gemm_available() {
 
 void select_bf16_gemm(const std::string& name) {
     if (name == "auto") {
-        bf16_path.store(auto_bf16_path());
+        bf16_path.store(auto_bf16_path(true));
     } else if (name == "convert") {
         bf16_path.store(Bf16Gemm::convert);
     } else if (name == "blas") {

@@ -221,6 +221,12 @@ def _bf16_gemm_description(core: _core.CoreConfig) -> str:
         amx = "the CPU has AMX-BF16" if core["cpu_amx_bf16"] else "the CPU lacks AMX-BF16"
         mkl = "MKL's is loaded" if core["bf16_gemm_in_blas"] else "no MKL"
         return f"avx512bf16 (siglayer's bfloat16 GEMM on AVX512-BF16, vdpbf16ps; {amx}, {mkl})"
+    if core["bf16_gemm_own"] and core["simd"] != "avx512bf16":
+        # auto after SIGLAYER_ISA / select_isa forced the kernels below avx512bf16
+        return (
+            f"convert (float32 GEMM on widened operands: the kernels run {core['simd']}, "
+            f"as on a CPU without AVX512-BF16; the CPU runs avx512bf16)"
+        )
     if core["bf16_gemm_own"]:  # only when forced: auto takes avx512bf16 or blas here
         return (
             "convert (float32 GEMM on widened operands, as SIGLAYER_BF16_GEMM or "
