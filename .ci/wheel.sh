@@ -51,7 +51,7 @@ names = zipfile.ZipFile(sys.argv[1]).namelist()
 for name in names:
     print("   ", name)
 blas = [n for n in names if "openblas" in n]
-openmp = [n for n in names if "omp" in n.rsplit("/", 1)[-1]]
+openmp = [n for n in names if n.rsplit("/", 1)[-1].startswith(("libiomp", "libgomp", "libomp"))]
 assert blas == ["siglayer/libscipy_openblas.so"], f"expected one BLAS next to _core, got {blas}"
 assert openmp == ["siglayer/libiomp5.so"], f"expected one OpenMP runtime next to _core, got {openmp}"
 assert {"siglayer/py.typed", "siglayer/_core.pyi"} <= set(names), "typing files missing"

@@ -218,7 +218,9 @@ def check_agreement(trainers: dict[str, Trainer]) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=" ".join(__doc__.split("\n\n", 1)[0].split())  # the first paragraph
+    )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
     parser.add_argument("--rounds", type=int, default=31)
     parser.add_argument("--no-torch", action="store_true", help="siglayer and NumPy only")

@@ -55,7 +55,9 @@ def eps_difference(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=" ".join(__doc__.split("\n\n", 1)[0].split())  # the first paragraph
+    )
     parser.add_argument("--threads", type=int, default=2, help="compared with 1 thread")
     args = parser.parse_args()
     rng = np.random.default_rng(0)

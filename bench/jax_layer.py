@@ -90,7 +90,9 @@ def show(seconds):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=" ".join(__doc__.split("\n\n", 1)[0].split())  # the first paragraph
+    )
     parser.add_argument("--sizes", default="T,S,M,L,N,XL")
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per cell (>= 5 rounds)")
     args = parser.parse_args()

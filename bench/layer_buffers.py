@@ -53,7 +53,9 @@ def measure(size: str, dtype: type, settle: float) -> tuple[float, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=" ".join(__doc__.split("\n\n", 1)[0].split())  # the first paragraph
+    )
     parser.add_argument("--sizes", default="T,S,M,L,N", help="comma-separated, or 'all'")
     parser.add_argument("--settle", type=float, default=0.1, help="pause before each turn (s)")
     args = parser.parse_args()

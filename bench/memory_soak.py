@@ -50,7 +50,9 @@ def make_iteration():
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=" ".join(__doc__.split("\n\n", 1)[0].split())  # the first paragraph
+    )
     parser.add_argument("--calls", type=int, default=1_000_000, help="forward+backward pairs")
     parser.add_argument(
         "--thread-churn",

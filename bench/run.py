@@ -35,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     harness.add_arguments(parser)
+    # Listed for --help only: main() hands --bfloat16 and the other options to bfloat16.py.
+    parser.add_argument(
+        "--bfloat16",
+        action="store_true",
+        help="bfloat16 against float32 instead (bench/bfloat16.py): its own table and "
+        "options, the others passed on to it (python bench/run.py --bfloat16 --help)",
+    )
     return harness.main(parser.parse_args(args))
 
 

@@ -4,6 +4,7 @@ asserted here (bench/ times)."""
 
 from __future__ import annotations
 
+import ast
 import sys
 from pathlib import Path
 
@@ -235,6 +236,7 @@ SCRIPTS = {
     "layer_buffers.py": None,
     "determinism.py": None,
     "memory_soak.py": None,
+    "sigmoid_accuracy.py": None,
 }
 
 
@@ -254,6 +256,20 @@ def test_every_bench_script_starts(script):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
+    # The description is the docstring's whole first paragraph, not its first line only.
+    docstring = ast.get_docstring(ast.parse((BENCH / script).read_text()))
+    assert docstring is not None
+    first_paragraph = " ".join(docstring.split("\n\n", 1)[0].split())
+    assert first_paragraph in " ".join(done.stdout.split())
+
+
+def test_run_help_lists_bfloat16(capsys):
+    """--bfloat16 is taken before parsing (it hands the rest to bench/bfloat16.py), so
+    it is added to the parser only for --help to list it."""
+    with pytest.raises(SystemExit) as exit_:
+        run.main(["--help"])
+    assert exit_.value.code == 0
+    assert "--bfloat16" in capsys.readouterr().out
 
 
 def test_jax_bench_checks_and_prints():

@@ -95,3 +95,35 @@ def test_main_job_warns_when_the_machine_is_busy():
     assert busy_note(0.3, 2) is None and busy_note(1.9, 4) is None
     note = busy_note(4.3, 2)
     assert note is not None and "load average 4.3 on 2 CPUs" in note
+
+
+@pytest.mark.parametrize("command", ["explain", "docs"])
+def test_quick_is_refused_where_there_is_no_timing(command, capsys):
+    """--quick skips check's timing table; with another command it was silently ignored."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--quick", command])
+    assert exited.value.code == 2
+    assert f"--quick skips check's timing table; {command} has none" in capsys.readouterr().err
+
+
+def test_quick_with_check_still_skips_the_timing(capsys):
+    assert cli.main(["--quick", "check"]) == 0
+    out = capsys.readouterr().out
+    assert "all results match the reference" in out and "speedup" not in out
+
+
+@pytest.mark.parametrize("command", ["explain", "docs", "check"])
+def test_a_closed_pipe_ends_quietly(command):
+    """python -m siglayer explain | head: no BrokenPipeError traceback once the reader has
+    gone, and the status a command ended by SIGPIPE has. The read end is closed before
+    the child writes anything, so every write fails (no race with the pipe's buffer)."""
+    argv = [sys.executable, "-m", "siglayer", command]
+    if command == "check":
+        argv.append("--no-timing")
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()
+    err = child.stderr.read().decode()
+    child.stderr.close()
+    assert child.wait(timeout=300) == cli.SIGPIPE_STATUS, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -28,6 +28,9 @@ TIMING_ROUNDS = 9
 # What the timing table takes on a 2-core AMD EPYC (Zen 3) VM, rounded up: said before
 # it starts, so that nobody waits without knowing for how long.
 TIMING_SECONDS = 30
+# The exit status when stdout's reader went away: 128 + SIGPIPE (13), what a shell
+# reports for a command that SIGPIPE ended.
+SIGPIPE_STATUS = 141
 
 
 def _header() -> str:
@@ -174,14 +177,27 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("explain", help="a worked example: the Jacobian of W contracted vs backward")
     sub.add_parser("docs", help="print where the installed documentation is")
     args = parser.parse_args(argv)
-    if args.command in (None, "check"):
-        return check(timing=not (args.quick or getattr(args, "no_timing", False)))
-    if args.command == "explain":
-        return _derivation.explain()
-    if args.command == "docs":
-        return docs()
-    parser.error(f"unknown command {args.command}")
-    return 2
+    if args.quick and args.command not in (None, "check"):
+        parser.error(f"--quick skips check's timing table; {args.command} has none")
+    try:
+        if args.command in (None, "check"):
+            status = check(timing=not (args.quick or getattr(args, "no_timing", False)))
+        elif args.command == "explain":
+            status = _derivation.explain()
+        else:
+            status = docs()
+        sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
+    except BrokenPipeError:
+        # python -m siglayer explain | head: the reader closed the pipe. Stop without a
+        # traceback, as a command that SIGPIPE ends would (status 128 + 13), and point
+        # stdout at devnull so that the flush at exit does not fail again (the recipe of
+        # Python's signal documentation, "Note on SIGPIPE").
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is no file descriptor (replaced, captured)
+            pass
+        return SIGPIPE_STATUS
+    return status
 
 
 if __name__ == "__main__":
