@@ -202,14 +202,16 @@ def test_other_errors():
 
 @pytest.mark.parametrize("where", ["out", "y"])
 @pytest.mark.parametrize("start", [0, 3], ids=["same", "partly"])
-def test_gradient_buffers_overlapping_an_input_are_refused(where, start):
+@pytest.mark.parametrize("step", [1, 2], ids=["contiguous", "strided"])
+def test_gradient_buffers_overlapping_an_input_are_refused(where, start, step):
     """dZ (written by NumPy) and dout (written by the core) overlapping out or y: the
-    core's OverlapError for both, and nothing changed."""
+    core's OverlapError for both, and nothing changed. A strided input reaches the core
+    as a copy, so its overlap is checked before (a strided out was overwritten)."""
     for fn, buffer in ((losses.bce_grad_preactivation, "dZ"), (losses.mse_grad, "dout")):
         backing = np.linspace(0.1, 0.9, 12)
-        arrays = {"out": backing[:6], "y": np.full(6, 0.5)}
+        arrays = {"out": backing[: 6 * step : step], "y": np.full(6, 0.5)}
         if where == "y":
-            arrays = {"out": np.full(6, 0.25), "y": backing[:6]}
+            arrays = {"out": np.full(6, 0.25), "y": backing[: 6 * step : step]}
         before = backing.copy()
         with pytest.raises(siglayer._core.OverlapError, match=rf"{buffer} overlaps {where}"):
             fn(arrays["out"], arrays["y"], **{buffer: backing[start : start + 6]})

@@ -165,6 +165,8 @@ def mse_grad(
         dout = _new(OutputGradient, out)
     else:
         _check_buffer(dout, "dout", out)
+        # The core sees copies of strided out or y, so it cannot see dout meet them.
+        refuse_overlap("dout", dout, (("out", out), ("y", y)))
     _core.mse(_contiguous(out), _contiguous(y), dout, n)
     return dout
 
