@@ -705,3 +705,32 @@ def test_zero_grad_and_repr(rng):
     assert repr(siglayer.losses.MSELoss(reduction="sum", reuse_buffers=True)) == (
         "MSELoss(reduction='sum', reuse_buffers=True)"
     )
+
+
+def test_a_failed_momentum_step_leaves_the_next_one_the_first():
+    """A step the core refuses (a read-only parameter) changes nothing, the optimizer's
+    state included: the next step is still the first (velocity = g), as torch's."""
+    v, g = np.ones(3), np.ones(3)
+    opt = siglayer.optim.SGD([Parameter("w", v, g)], lr=1.0, momentum=0.9, dampening=0.5)
+    v.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        opt.step()
+    assert opt.velocities == [None] and opt.steps == 0
+    v.flags.writeable = True
+    opt.step()
+    np.testing.assert_array_equal(v, np.zeros(3))  # 1 - lr * g: the first step's velocity
+    np.testing.assert_array_equal(opt.velocities[0], g)
+
+
+@pytest.mark.parametrize("steps", [2**62, -1, 1.5, True])
+def test_adam_step_counts_out_of_range_are_refused_by_name(steps):
+    v, g = np.ones(3), np.ones(3)
+    opt = siglayer.optim.Adam([Parameter("w", v, g)])
+    opt.steps = steps
+    with pytest.raises(ValueError, match="steps must be an int in"):
+        opt.step()
+    np.testing.assert_array_equal(v, np.ones(3))
+    state = siglayer.optim.Adam([Parameter("w", v, g)]).state_dict()
+    state["steps"] = steps
+    with pytest.raises(ValueError, match=r"state\['steps'\] must be an int in"):
+        siglayer.optim.Adam([Parameter("w", v, g)]).load_state_dict(state)

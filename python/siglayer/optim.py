@@ -298,8 +298,8 @@ class Optimizer:
                         f"shape {p.value.shape} like parameter {p.name}, got {got}"
                     )
         steps = _from_numpy(state["steps"])
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"state['steps'] must be an int >= 0, got {state['steps']!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps < _MAX_STEPS:
+            raise ValueError(f"state['steps'] must be an int in [0, 2**62), got {state['steps']!r}")
         hyper = state["hyper"]
         if not isinstance(hyper, Mapping) or set(hyper) != set(self._hyper_names):
             raise ValueError(
@@ -542,18 +542,33 @@ class SGD(Optimizer):
         first_with_momentum = self._momentum != 0 and self.velocities[0] is None
         if first_with_momentum:
             self.velocities[:] = [np.zeros_like(v) for v in self._values]
-        _core.sgd_step(
-            self._values,
-            self._grads,
-            self.velocities,
-            self._lr,
-            self._momentum,
-            self._dampening,
-            self._weight_decay,
-            self._nesterov,
-            first_with_momentum,
-        )
+        try:
+            _core.sgd_step(
+                self._values,
+                self._grads,
+                self.velocities,
+                self._lr,
+                self._momentum,
+                self._dampening,
+                self._weight_decay,
+                self._nesterov,
+                first_with_momentum,
+            )
+        except BaseException:
+            # The core checked and wrote nothing: the next step is still the first.
+            if first_with_momentum:
+                self.velocities[:] = [None] * len(self.velocities)
+            raise
         self.steps += 1
+
+
+# Adam's step count reaches the core as a signed 64-bit integer (step + 1).
+_MAX_STEPS = 2**62
+
+
+def _check_steps(steps: object) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps < _MAX_STEPS:
+        raise ValueError(f"steps must be an int in [0, 2**62), got {steps!r}")
 
 
 class Adam(Optimizer):
@@ -642,6 +657,7 @@ class Adam(Optimizer):
 
     def step(self) -> None:
         """Update every parameter in place from its current gradient."""
+        _check_steps(self.steps)
         _core.adam_step(
             self._values,
             self._grads,
