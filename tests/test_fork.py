@@ -198,3 +198,50 @@ def test_idle_spin_is_kept_across_a_fork(environment: str, tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen == {"parent before": 1, "child": 1, "parent after": 1}, seen
+
+
+# libiomp5 registers each process that starts it in a file named by its pid (/dev/shm,
+# or /tmp) and removes it at exit from a destructor that a multiprocessing worker never
+# runs (os._exit): each worker that used siglayer left its file for good. Workers that end
+# normally (Pool.close and join, ProcessPoolExecutor) remove theirs now.
+REGISTRATION_FILES = """
+import concurrent.futures, os
+def worker_pid(_=None):
+    layer()
+    return os.getpid()
+def registered(pid):
+    name = f"__KMP_REGISTERED_LIB_{pid}_{os.getuid()}"
+    return [d for d in ("/dev/shm", "/tmp") if os.path.exists(os.path.join(d, name))]
+if __name__ == "__main__":
+    layer()
+    pool = mp.get_context("fork").Pool(2)
+    pids = set(pool.map(worker_pid, range(4)))
+    pool.close(); pool.join()
+    context = mp.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as executor:
+        pids |= set(executor.map(worker_pid, range(4)))
+    layer()  # registers the parent again if a fork's pause shut its runtime down
+    left = {p: registered(p) for p in pids if registered(p)}
+    print(json.dumps({"workers": len(pids), "left": left, "parent": registered(os.getpid())}))
+"""
+
+
+@pytest.mark.parametrize("environment", list(ENVIRONMENTS))
+def test_workers_that_end_normally_leave_no_registration_file(
+    environment: str, tmp_path: Path
+) -> None:
+    import siglayer
+
+    if "libiomp5" not in siglayer._core.config()["openmp_runtime"]:
+        pytest.skip("only libiomp5 registers processes in files")
+    script = tmp_path / "registration.py"
+    script.write_text(textwrap.dedent(PRELUDE) + textwrap.dedent(REGISTRATION_FILES))
+    env = {k: v for k, v in os.environ.items() if k != "KMP_INIT_AT_FORK"}
+    done = run_bounded(script, env | ENVIRONMENTS[environment])
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["workers"] >= 2
+    assert report["parent"], (
+        "the parent, still running, should be registered (the check sees files)"
+    )
+    assert report["left"] == {}, report

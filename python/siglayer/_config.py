@@ -94,6 +94,48 @@ os.register_at_fork(
 )
 
 
+def _forget_kmp_registration() -> None:
+    """Remove this process's libiomp5 registration file, if there is one."""
+    name = f"__KMP_REGISTERED_LIB_{os.getpid()}_{os.getuid()}"
+    for folder in ("/dev/shm", "/tmp"):
+        try:
+            os.unlink(os.path.join(folder, name))
+        except OSError:
+            pass
+
+
+class _WorkerToken:
+    """What multiprocessing's after-fork registry holds (weakly) for this module."""
+
+
+# libiomp5 registers every process that starts it in /dev/shm/__KMP_REGISTERED_LIB_<pid>_
+# <uid> (/tmp where /dev/shm is unusable) and removes the file at exit, from a destructor
+# that a forked multiprocessing worker never runs (it ends with os._exit): every such
+# worker that used siglayer left its file behind, for good. A worker that ends normally
+# runs multiprocessing's finalizers first; one of them removes the worker's file there
+# (docs/reliability.md, "Worker processes"). A worker killed (Pool.terminate) still
+# leaves its file: libiomp5 itself removes a dead process's file when its pid is reused.
+# The finalizer is set up in the child, from multiprocessing's own after-fork hooks
+# (they run after it clears the parent's finalizers), and only where multiprocessing
+# forked: siglayer does not import it (19 ms).
+_worker_token = _WorkerToken()
+
+
+def _after_worker_fork(_token: _WorkerToken) -> None:
+    util = sys.modules["multiprocessing.util"]
+    util.Finalize(None, _forget_kmp_registration, exitpriority=-100)
+
+
+def _in_forked_child() -> None:
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.register_after_fork(_worker_token, _after_worker_fork)
+
+
+if sys.platform.startswith("linux") and "libiomp5" in _core.config()["openmp_runtime"]:
+    os.register_at_fork(after_in_child=_in_forked_child)
+
+
 class Config(TypedDict):
     """What ``show_config`` prints, in this order."""
 
