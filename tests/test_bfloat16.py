@@ -498,6 +498,9 @@ def test_gradients_in_bfloat16_on_request():
             out.astype(np.float32),
             grad_dtype="bfloat16",
         )
+    # An x that is no array is x's error, not grad_dtype's (which named "None inputs").
+    with pytest.raises(TypeError, match=r"x must be a numpy\.ndarray, got list"):
+        siglayer.backward(dout, f64(x).tolist(), W, out, grad_dtype=np.float32)
     with pytest.raises(TypeError, match=r"dW has dtype float32, expected bfloat16"):
         siglayer.backward(dout, x, W, out, grad_dtype="bfloat16", dW=np.empty(W.shape, np.float32))
 

@@ -385,6 +385,8 @@ def _rounds_gradients(grad_dtype: DTypeLike, x: object) -> bool:
         wanted = wanted if wanted is not None else np.dtype(grad_dtype)
     except TypeError:
         raise TypeError(f"grad_dtype must be a dtype, got {grad_dtype!r}") from None
+    if x_dtype is None:
+        return False  # x is no array: the core's check names x
     x_is_bf16 = is_bfloat16(x_dtype)
     native = np.dtype(np.float32) if x_is_bf16 else x_dtype
     if wanted == native:
