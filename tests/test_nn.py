@@ -622,3 +622,18 @@ def test_seed_must_be_a_non_negative_int():
         siglayer.SigmoidLayer(2, 2, seed=-1)
     with pytest.raises(TypeError, match=r"seed must be an int, .* got bool"):
         siglayer.SigmoidLayer(2, 2, seed=True)
+
+
+def test_a_layers_sizes_and_arrays_cannot_be_reassigned_or_deleted():
+    """n_in and n_out are W's shape: assigning one was accepted silently and the next call
+    failed on W; deleting W raised a bare AttributeError('__delete__')."""
+    layer = siglayer.SigmoidLayer(3, 2, seed=0)
+    with pytest.raises(AttributeError, match=r"n_in is W's first dimension \(3\)"):
+        layer.n_in = 7
+    with pytest.raises(AttributeError, match=r"n_out is W's second dimension \(2\)"):
+        layer.n_out = 7
+    for name in ("W", "b", "dW", "db"):
+        with pytest.raises(AttributeError, match=f"layer.{name} cannot be deleted"):
+            delattr(layer, name)
+    assert (layer.n_in, layer.n_out) == (3, 2) == layer.W.shape
+    assert layer(np.ones((4, 3), np.float32)).shape == (4, 2)

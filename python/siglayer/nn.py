@@ -85,6 +85,12 @@ class _InPlaceOnly:
     def __set__(self, obj: object, value: NDArray[np.floating]) -> None:
         _same_array(self._owner, self._name, getattr(obj, self._slot), value)
 
+    def __delete__(self, obj: object) -> None:
+        raise AttributeError(
+            f"{self._owner}.{self._name} cannot be deleted: the layer and the optimizers "
+            f"hold this very array (change it in place, or make a new one)"
+        )
+
 
 class Parameter:
     """A trainable array and the array that the backward pass writes its gradient into.
@@ -276,8 +282,8 @@ class SigmoidLayer(Generic[Float]):
         seed: int | np.random.Generator | None = None,
         reuse_buffers: bool = False,
     ) -> None:
-        self.n_in = _positive_int(n_in, "n_in")
-        self.n_out = _positive_int(n_out, "n_out")
+        n_in = _positive_int(n_in, "n_in")
+        n_out = _positive_int(n_out, "n_out")
         self._dtype = _float_dtype(dtype)
         # bfloat16 keeps float32 master weights, and a bfloat16 copy of W per forward.
         self._mixed = is_bfloat16(self._dtype)
@@ -294,10 +300,10 @@ class SigmoidLayer(Generic[Float]):
             raise TypeError(f"reuse_buffers must be a bool, got {type(reuse_buffers).__name__}")
         self.reuse_buffers = reuse_buffers
         rng = np.random.default_rng(seed)
-        limit = math.sqrt(6.0 / (self.n_in + self.n_out))
-        W = rng.uniform(-limit, limit, size=(self.n_in, self.n_out)).astype(param_dtype)
+        limit = math.sqrt(6.0 / (n_in + n_out))
+        W = rng.uniform(-limit, limit, size=(n_in, n_out)).astype(param_dtype)
         self._W = cast("NDArray[Float]", W)
-        self._b = cast("NDArray[Float]", np.zeros(self.n_out, param_dtype))
+        self._b = cast("NDArray[Float]", np.zeros(n_out, param_dtype))
         # What the products use: W itself, or its bfloat16 copy of the last forward.
         self._W_compute = np.empty(W.shape, self._dtype) if self._mixed else self._W
         self._dW = np.zeros_like(self._W)
@@ -326,6 +332,29 @@ class SigmoidLayer(Generic[Float]):
         state = self.__dict__.copy()
         state["_view_of"] = state["_view"] = None
         return state
+
+    @property
+    def n_in(self) -> int:
+        """Inputs per sample: W's first dimension (fixed, as W's shape is)."""
+        return int(self._W.shape[0])
+
+    @n_in.setter
+    def n_in(self, value: object) -> None:
+        raise AttributeError(
+            f"n_in is W's first dimension ({self.n_in}) and cannot be set; make a new SigmoidLayer"
+        )
+
+    @property
+    def n_out(self) -> int:
+        """Outputs per sample: W's second dimension (fixed, as W's shape is)."""
+        return int(self._W.shape[1])
+
+    @n_out.setter
+    def n_out(self, value: object) -> None:
+        raise AttributeError(
+            f"n_out is W's second dimension ({self.n_out}) and cannot be set; make a new "
+            f"SigmoidLayer"
+        )
 
     def __repr__(self) -> str:
         reuse = ", reuse_buffers=True" if self.reuse_buffers else ""
