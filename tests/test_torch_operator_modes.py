@@ -222,3 +222,33 @@ def test_a_direct_call_refuses_what_a_compiled_one_refuses():
         layer_op(x.float(), W, b)
     with pytest.raises(ValueError, match="b has shape"):
         bce_op(x, W, b.reshape(1, 2), y, "mean")
+
+
+@pytest.mark.parametrize("x_requires_grad", [False, True])
+@pytest.mark.parametrize("fused", [False, True], ids=["layer", "fused-loss"])
+def test_flop_counter_counts_what_pytorch_counts_for_its_own_layer(x_requires_grad, fused):
+    """FlopCounterMode counted 0 for the operators; now their matrix products, as it
+    counts PyTorch's own matmul (forward, dW, and dx when x requires grad)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 5, generator=g).requires_grad_(x_requires_grad)
+    W = torch.randn(5, 3, generator=g, requires_grad=True)
+    b = torch.zeros(3, requires_grad=True)
+    y = torch.rand(2, 4, 3, generator=g)
+    ours = (
+        (lambda: sigmoid_linear_bce_loss(x, W, b, y))
+        if fused
+        else (lambda: sigmoid_linear(x, W, b).sum())
+    )
+    theirs = (
+        (lambda: F.binary_cross_entropy_with_logits(x @ W + b, y))
+        if fused
+        else (lambda: torch.sigmoid(x @ W + b).sum())
+    )
+    counts = []
+    for loss in (ours, theirs):
+        with FlopCounterMode(display=False) as counter:
+            loss().backward()
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] == 2 * 8 * 5 * 3 * (3 if x_requires_grad else 2)

@@ -76,6 +76,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "siglayer works without it."
     ) from exc
 
+import torch.utils.flop_counter as _flop_counter
+
 from . import _api, _core
 from ._dtypes import bfloat16, is_bfloat16
 
@@ -964,6 +966,30 @@ torch.library.register_vmap(
     _per_sample(_backward_from_preactivation_op, 3),
     lib=_LIBRARY,
 )
+
+
+# FLOP counts for torch.utils.flop_counter.FlopCounterMode (profilers, MFU estimates): the
+# matrix products, 2 n n_in n_out each, as PyTorch counts its own mm and addmm (the
+# elementwise work is not counted, as it is not for PyTorch's ops).
+def _products(x_shape: Sequence[int], W_shape: Sequence[int], count: int) -> int:
+    return 2 * count * math.prod(x_shape[:-1]) * W_shape[0] * W_shape[1]
+
+
+def _forward_flops(x_shape: Any, W_shape: Any, *args: Any, **kwargs: Any) -> int:
+    return _products(x_shape, W_shape, 1)
+
+
+def _backward_flops(_grad_shape: Any, x_shape: Any, W_shape: Any, *args: Any, **kwargs: Any) -> int:
+    need_dx = args[-1]  # (out,) need_dx
+    return _products(x_shape, W_shape, 2 if need_dx else 1)
+
+
+_flop_counter.register_flop_formula([_forward_op.overloadpacket, _bce_op.overloadpacket])(
+    _forward_flops
+)
+_flop_counter.register_flop_formula(
+    [_backward_op.overloadpacket, _backward_from_preactivation_op.overloadpacket]
+)(_backward_flops)
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)
