@@ -431,3 +431,14 @@ def _numpy_float64_refused():
     # The documented fix runs in float32.
     out = sj.sigmoid_linear(*(jnp.asarray(a, jnp.float32) for a in (x, W, b)))
     assert out.dtype == jnp.float32
+
+
+def test_symbolic_dimensions_are_refused_by_name():
+    """jax.export's shape polymorphism: both ways in refuse it up front, naming the array
+    (the callback path failed with a bare std::bad_cast inside JAX)."""
+    x_shape = jax.export.symbolic_shape("n, 5")
+    W, b = jnp.ones((5, 3), jnp.float32), jnp.zeros(3, jnp.float32)
+    for implementation in ("ffi", "callback") if sj.ffi_available() else ("callback",):
+        f = jax.jit(lambda x, W, b, i=implementation: sj.sigmoid_linear(x, W, b, implementation=i))
+        with pytest.raises(ValueError, match=r"symbolic dimensions .* x \(n, 5\)"):
+            jax.export.export(f)(jax.ShapeDtypeStruct(x_shape, jnp.float32), W, b)

@@ -332,6 +332,19 @@ def sigmoid_linear(
             f"x, W and b must share one dtype; got x {x.dtype}, W {W.dtype}, b {b.dtype} "
             f"(with bfloat16 x and W, b may also be float32)"
         )
+    symbolic = [
+        f"{name} {tuple(a.shape)}"
+        for name, a in (("x", x), ("W", W), ("b", b))
+        if not all(isinstance(d, int) for d in a.shape)
+    ]
+    if symbolic:
+        # jax.export's shape polymorphism: the callback failed inside JAX with a bare
+        # std::bad_cast, and the handlers' shapes are fixed when the call is compiled.
+        raise ValueError(
+            f"siglayer.jax needs concrete shapes; symbolic dimensions (jax.export shape "
+            f"polymorphism) are not supported: {', '.join(symbolic)} (nor can jax.export "
+            f"serialize siglayer's calls: README, JAX)"
+        )
     # What the result's and the gradients' shapes need, then whether the shapes fit.
     if W.ndim != 2:
         raise ValueError(f"W must be 2-D (n_in, n_out), got shape {tuple(W.shape)}")
