@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -297,3 +298,24 @@ def test_an_overlap_is_told_apart_by_its_class(rng):
     with pytest.raises(_core.OverlapError, match="out overlaps x"):
         siglayer.forward(x, np.eye(4), np.zeros(4), out=x)
     assert issubclass(_core.OverlapError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"x": [[1.0]]}, TypeError, "x must be a numpy.ndarray or None, got list"),
+        ({"dout": 3.0}, TypeError, "dout must be a numpy.ndarray or None, got float"),
+        ({"n": -1}, ValueError, "n must be >= 0, got -1"),
+        ({"n_in": 1.5}, TypeError, "n_in must be an int, got float"),
+        ({"n_out": True}, TypeError, "n_out must be an int, got bool"),
+    ],
+)
+def test_compare_names_a_bad_argument(kwargs, error, message):
+    """siglayer.compare's own arguments: an AttributeError ('list' has no dtype) or
+    NumPy's 'negative dimensions' before, naming nothing."""
+    with pytest.raises(error, match=re.escape(message)):
+        siglayer.compare(**kwargs)
+
+
+def test_compare_of_an_empty_batch_reports_no_error():
+    assert siglayer.compare(n=0)["dW"].max_abs == 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -122,6 +123,14 @@ def compare(
     >>> siglayer.compare(dtype=np.float32)["out"].max_rel < 1e-5
     True
     """
+    for name, given in (("x", x), ("W", W), ("b", b), ("dout", dout)):
+        if given is not None and not isinstance(given, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray or None, got {type(given).__name__}")
+    for name, size in (("n", n), ("n_in", n_in), ("n_out", n_out)):
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral):
+            raise TypeError(f"{name} must be an int, got {type(size).__name__}")
+        if size < 0:
+            raise ValueError(f"{name} must be >= 0, got {size}")
     rng = np.random.default_rng(seed)
     dt = np.dtype(dtype) if x is None else x.dtype
     if x is None:
