@@ -314,3 +314,19 @@ def test_core_entry_points_check_their_arrays(core):
     with pytest.raises(ValueError, match="has shape"):
         fn(out, y, np.zeros(5), 4.0)
     np.testing.assert_array_equal(out, 0.5)
+
+
+@pytest.mark.parametrize("loss_class", [losses.MSELoss, losses.BCELoss])
+def test_a_reused_gradient_fed_back_as_an_input_is_named(loss_class):
+    """With reuse_buffers=True the call overwrites the gradient buffer that backward()
+    returned; passing that gradient back as out or y said 'dout overlaps out', a buffer
+    the user never passed. Now the input is named, and nothing is written."""
+    loss = loss_class(reuse_buffers=True)
+    out, y = np.full(4, 0.5), np.zeros(4)
+    loss(out, y)
+    grad = loss.backward()
+    before = grad.copy()
+    for name, args in (("out", (grad, y)), ("y", (out, grad))):
+        with pytest.raises(siglayer._core.OverlapError, match=f"{name} shares memory with this"):
+            loss(*args)
+        np.testing.assert_array_equal(grad, before)

@@ -314,14 +314,23 @@ class _Loss:
         reuse = ", reuse_buffers=True" if self.reuse_buffers else ""
         return f"{type(self).__name__}(reduction={self.reduction!r}{reuse})"
 
-    def _gradient_buffer(self, like: Array) -> Array:
-        """A new gradient array of like's shape and dtype, or the reused one."""
+    def _gradient_buffer(self, like: Array, inputs: tuple[tuple[str, Array], ...]) -> Array:
+        """A new gradient array of like's shape and dtype, or the reused one; this loss's
+        inputs must not be (views of) the reused one, which the call overwrites."""
         if not self.reuse_buffers:
             return _new(self._kind, like)
         cache = self._caches.get(like.dtype)
         if cache is None:
             cache = self._caches[like.dtype] = BufferCache(like.dtype, kind=self._kind)
-        return cache.get(like.shape)
+        buffer = cache.get(like.shape)
+        for name, a in inputs:
+            if np.may_share_memory(buffer, a):
+                raise _core.OverlapError(
+                    f"{name} shares memory with this loss's own gradient buffer, which "
+                    f"reuse_buffers=True overwrites on every call (it is what backward() "
+                    f"returned): pass {name}.copy(), or use reuse_buffers=False"
+                )
+        return buffer
 
     def backward(self) -> Array:
         """The gradient of the last call's loss: a new array per call (with
@@ -360,7 +369,7 @@ class MSELoss(_Loss):
         """The loss (a float); computes the gradient that :meth:`backward` returns."""
         _check_pair(out, y, "out")
         n = _divisor(out.size, self.reduction)
-        dout = self._gradient_buffer(out)
+        dout = self._gradient_buffer(out, (("out", out), ("y", y)))
         loss = float(_core.mse(_contiguous(out), _contiguous(y), dout, n)) / n
         self._grad = dout
         return loss
@@ -407,7 +416,7 @@ class BCELoss(_Loss):
         n = _divisor(out.size, self.reduction)
         if logits is not None:
             _check_pair(logits, y, "logits")
-        dZ = self._gradient_buffer(out)
+        dZ = self._gradient_buffer(out, (("out", out), ("y", y)))
         # One pass writes dZ = (out - y) / n and sums the clamped logs.
         loss = float(_core.bce_sigmoid(_contiguous(out), _contiguous(y), dZ, n)) / n
         if logits is not None:
