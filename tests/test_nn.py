@@ -549,6 +549,10 @@ def test_load_errors_change_nothing(tmp_path):
     (tmp_path / "cut.npz").write_bytes(good[: len(good) // 2])
     with pytest.raises(ValueError, match=r"cut\.npz is not an \.npz file .*BadZipFile"):
         net.load(tmp_path / "cut.npz")
+    objects = {p.name: p.value.astype(object) for p in net.parameters()}
+    np.savez(tmp_path / "objects.npz", **objects)
+    with pytest.raises(ValueError, match=r"\d\.[Wb]: .*objects\.npz holds it as Python objects"):
+        net.load(tmp_path / "objects.npz")
     np.save(tmp_path / "one.npy", np.zeros(3))
     with pytest.raises(ValueError, match=r"one\.npy holds one array \(\.npy\)"):
         net.load(tmp_path / "one.npy")

@@ -907,7 +907,15 @@ def load_parameters(parameters: Sequence[Parameter], path: str | os.PathLike[str
                     f"{os.fspath(path)} does not match these parameters: missing "
                     f"{missing}, unexpected {unexpected}"
                 )
-            arrays = {name: data[name] for name in expected}
+            arrays = {}
+            for name in expected:
+                try:
+                    arrays[name] = data[name]
+                except ValueError as exc:  # an object array, which only pickle can read
+                    raise ValueError(
+                        f"{name}: {os.fspath(path)} holds it as Python objects, not numbers "
+                        f"(not a file save_parameters writes; {exc})"
+                    ) from exc
     for p in parameters:
         a = arrays[p.name]
         if a.shape != p.value.shape:
