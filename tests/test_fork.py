@@ -145,16 +145,22 @@ def run_bounded(script: Path, env: dict[str, str]) -> subprocess.CompletedProces
 ENVIRONMENTS = {"default": {}, "KMP_INIT_AT_FORK=FALSE": {"KMP_INIT_AT_FORK": "FALSE"}}
 
 
-@pytest.mark.parametrize("environment", list(ENVIRONMENTS))
-@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_workers_match_parent(scenario: str, environment: str, tmp_path: Path) -> None:
-    script = tmp_path / f"{scenario}.py"
-    script.write_text(textwrap.dedent(PRELUDE) + textwrap.dedent(SCENARIOS[scenario]))
+def run_scenario(name: str, body: str, environment: str, tmp_path: Path) -> dict[str, object]:
+    """PRELUDE + body as a script under one of ENVIRONMENTS; the JSON of its last line."""
+    script = tmp_path / f"{name}.py"
+    script.write_text(textwrap.dedent(PRELUDE) + textwrap.dedent(body))
     env = {k: v for k, v in os.environ.items() if k != "KMP_INIT_AT_FORK"}
     done = run_bounded(script, env | ENVIRONMENTS[environment])
     assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["workers"] >= 1
+    report: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return report
+
+
+@pytest.mark.parametrize("environment", list(ENVIRONMENTS))
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_workers_match_parent(scenario: str, environment: str, tmp_path: Path) -> None:
+    report = run_scenario(scenario, SCENARIOS[scenario], environment, tmp_path)
+    assert isinstance(report["workers"], int) and report["workers"] >= 1
     assert report["ok"], f"{scenario}: a worker's results differ from the parent's"
 
 
@@ -191,12 +197,7 @@ def test_idle_spin_is_kept_across_a_fork(environment: str, tmp_path: Path) -> No
     runtime = siglayer._core.config()["openmp_runtime"]
     if not runtime.startswith("intel") or "KMP_BLOCKTIME" in runtime:
         pytest.skip(f"siglayer sets the idle spin with libiomp5 only, here: {runtime}")
-    script = tmp_path / "idle_spin.py"
-    script.write_text(textwrap.dedent(PRELUDE) + textwrap.dedent(IDLE_SPIN))
-    env = {k: v for k, v in os.environ.items() if k != "KMP_INIT_AT_FORK"}
-    done = run_bounded(script, env | ENVIRONMENTS[environment])
-    assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = run_scenario("idle_spin", IDLE_SPIN, environment, tmp_path)
     assert seen == {"parent before": 1, "child": 1, "parent after": 1}, seen
 
 
@@ -234,13 +235,8 @@ def test_workers_that_end_normally_leave_no_registration_file(
 
     if "libiomp5" not in siglayer._core.config()["openmp_runtime"]:
         pytest.skip("only libiomp5 registers processes in files")
-    script = tmp_path / "registration.py"
-    script.write_text(textwrap.dedent(PRELUDE) + textwrap.dedent(REGISTRATION_FILES))
-    env = {k: v for k, v in os.environ.items() if k != "KMP_INIT_AT_FORK"}
-    done = run_bounded(script, env | ENVIRONMENTS[environment])
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["workers"] >= 2
+    report = run_scenario("registration", REGISTRATION_FILES, environment, tmp_path)
+    assert isinstance(report["workers"], int) and report["workers"] >= 2
     assert report["parent"], (
         "the parent, still running, should be registered (the check sees files)"
     )
