@@ -13,6 +13,7 @@ the sequential reference was computed with: results depend on it (docs/reliabili
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -234,6 +235,13 @@ def test_exit_while_a_daemon_thread_is_inside_a_call_is_clean():
     """Python 3.11-3.13 end a daemon thread that wants the GIL back during finalization
     with pthread_exit; unwinding through a noexcept destructor aborted the whole process
     ("terminate called without an active exception", exit code 134)."""
+    if "UBSAN_OPTIONS" in os.environ:
+        # .ci/sanitize.sh: pybind11's `catch (abi::__forced_unwind&)`, which lets the
+        # unwind through, binds the reference to glibc's forced unwind, which has no C++
+        # object, and UBSan (built -fno-sanitize-recover, where suppressions do not apply)
+        # stops the process: "reference binding to null pointer of type '__forced_unwind'"
+        # in pybind11.h. The exit path itself is checked by the other CI builds.
+        pytest.skip("UBSan flags pybind11's catch of glibc's forced unwind at thread exit")
     done = _run_fresh(
         """
         import threading, time
@@ -249,6 +257,6 @@ def test_exit_while_a_daemon_thread_is_inside_a_call_is_clean():
         print("exiting")
         """
     )
-    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert done.returncode == 0, (done.returncode, done.stderr[:800])
     assert "terminate called" not in done.stderr
     assert done.stdout.strip() == "exiting"
