@@ -6,16 +6,20 @@ Importable only when PyTorch is installed (the CPU build: ``pip install torch==2
 --index-url https://download.pytorch.org/whl/cpu``, or ``pip install ".[torch]"`` from
 a source checkout); it is not imported by ``import siglayer``.
 
-**Operators.** Importing this module registers two ``torch.library`` custom operators
-in the namespace ``siglayer``, with fake (meta) kernels and an autograd formula, so that
-``torch.compile(..., fullgraph=True)``, ``torch.export`` and ``torch.library.opcheck``
-see them as ordinary PyTorch operators:
+**Operators.** Importing this module registers four ``torch.library`` custom operators
+in the namespace ``siglayer``, with fake (meta) kernels, autograd kernels (reverse and
+forward mode), batching rules and FLOP formulas, so that ``torch.compile(...,
+fullgraph=True)``, ``torch.export``, ``torch.func`` and ``torch.library.opcheck`` see
+them as ordinary PyTorch operators:
 
 - ``siglayer::sigmoid_linear(Tensor x, Tensor W, Tensor b) -> Tensor``: out, shape
   (..., n_out), contiguous;
 - ``siglayer::sigmoid_linear_backward(Tensor dout, Tensor x, Tensor W, Tensor out,
   bool need_dx) -> (Tensor, Tensor, Tensor)``: (dx, dW, db), contiguous; dx has x's
-  shape, or is empty (shape (0,)) with ``need_dx=False``.
+  shape, or is empty (shape (0,)) with ``need_dx=False``;
+- ``siglayer::sigmoid_linear_bce`` and ``siglayer::sigmoid_linear_backward_from_
+  preactivation``: the layer fused with binary cross-entropy (see
+  ``sigmoid_linear_bce_loss``) and its backward.
 
 In plain eager mode ``sigmoid_linear`` runs the same kernels and autograd formula
 through a private ``autograd.Function`` instead (see ``_Eager``: same results, bit for
