@@ -6,6 +6,7 @@ import os
 import platform
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any, Literal, TextIO, TypedDict, cast, overload
 
 import numpy as np
@@ -104,10 +105,6 @@ def _forget_kmp_registration() -> None:
             pass
 
 
-class _WorkerToken:
-    """What multiprocessing's after-fork registry holds (weakly) for this module."""
-
-
 # libiomp5 registers every process that starts it in /dev/shm/__KMP_REGISTERED_LIB_<pid>_
 # <uid> (/tmp where /dev/shm is unusable) and removes the file at exit, from a destructor
 # that a forked multiprocessing worker never runs (it ends with os._exit): every such
@@ -117,19 +114,16 @@ class _WorkerToken:
 # leaves its file: libiomp5 itself removes a dead process's file when its pid is reused.
 # The finalizer is set up in the child, from multiprocessing's own after-fork hooks
 # (they run after it clears the parent's finalizers), and only where multiprocessing
-# forked: siglayer does not import it (19 ms).
-_worker_token = _WorkerToken()
-
-
-def _after_worker_fork(_token: _WorkerToken) -> None:
-    util = sys.modules["multiprocessing.util"]
-    util.Finalize(None, _forget_kmp_registration, exitpriority=-100)
+# forked: siglayer does not import it (19 ms). The registry holds its object weakly and
+# hands it to the hook: here the finalizer itself.
+def _after_worker_fork(forget: Callable[[], None]) -> None:
+    sys.modules["multiprocessing.util"].Finalize(None, forget, exitpriority=-100)
 
 
 def _in_forked_child() -> None:
     util = sys.modules.get("multiprocessing.util")
     if util is not None:
-        util.register_after_fork(_worker_token, _after_worker_fork)
+        util.register_after_fork(_forget_kmp_registration, _after_worker_fork)
 
 
 if sys.platform.startswith("linux") and "libiomp5" in _core.config()["openmp_runtime"]:
