@@ -109,6 +109,15 @@ class _Hyperparameter(Generic[V]):
         obj._update_hyper(self.name, value)
 
 
+# Adam's step count reaches the core as a signed 64-bit integer (step + 1).
+_MAX_STEPS = 2**62
+
+
+def _check_steps(steps: object, name: str = "steps") -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps < _MAX_STEPS:
+        raise ValueError(f"{name} must be an int in [0, 2**62), got {steps!r}")
+
+
 class Optimizer:
     """Base class: holds the parameters and the learning rate; ``step()`` updates.
 
@@ -298,8 +307,7 @@ class Optimizer:
                         f"shape {p.value.shape} like parameter {p.name}, got {got}"
                     )
         steps = _from_numpy(state["steps"])
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps < _MAX_STEPS:
-            raise ValueError(f"state['steps'] must be an int in [0, 2**62), got {state['steps']!r}")
+        _check_steps(steps, "state['steps']")
         hyper = state["hyper"]
         if not isinstance(hyper, Mapping) or set(hyper) != set(self._hyper_names):
             raise ValueError(
@@ -560,15 +568,6 @@ class SGD(Optimizer):
                 self.velocities[:] = [None] * len(self.velocities)
             raise
         self.steps += 1
-
-
-# Adam's step count reaches the core as a signed 64-bit integer (step + 1).
-_MAX_STEPS = 2**62
-
-
-def _check_steps(steps: object) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps < _MAX_STEPS:
-        raise ValueError(f"steps must be an int in [0, 2**62), got {steps!r}")
 
 
 class Adam(Optimizer):
