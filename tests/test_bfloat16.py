@@ -312,6 +312,31 @@ def test_backward_from_preactivation_against_the_reference(shape, gemm_path):
     assert_bounded(dx, dx_ref, b_dx + 1e-30, "dx")
 
 
+@pytest.mark.parametrize("grad_dtype", [None, "bfloat16"])
+@pytest.mark.parametrize("method", ["backward", "backward_from_preactivation"])
+def test_skipped_gradients_leave_the_others_bitwise_unchanged(
+    gemm_path, threads, method, grad_dtype
+):
+    """need_dx / need_dW drop a product on every GEMM path; what remains is the full
+    call's bits (the full call is checked against the reference above)."""
+    x, W, b = inputs(257, 129, 65, seed=5)
+    x = np.asfortranarray(x)  # a layout the blas path packs: skipped with dW
+    out = siglayer.forward(x, W, b)
+    dout = bf16(np.random.default_rng(6).standard_normal(out.shape))
+    call = getattr(siglayer, method)
+    args = (dout, x, W, out) if method == "backward" else (dout, x, W)
+    full = call(*args, grad_dtype=grad_dtype)
+    for need_dx, need_dW in ((True, False), (False, True), (False, False)):
+        got = call(*args, need_dx=need_dx, need_dW=need_dW, grad_dtype=grad_dtype)
+        for name, g, f, needed in zip(
+            "dx dW db".split(), got, full, (need_dx, need_dW, True), strict=True
+        ):
+            if needed:
+                assert g.dtype == f.dtype and (g.view(np.uint8) == f.view(np.uint8)).all(), name
+            else:
+                assert g is None, name
+
+
 def test_batch_dimensions_strides_and_a_float32_bias():
     x, W, b = inputs(24, 40, 12, seed=4)
     xb = x.reshape(2, 3, 4, 40)

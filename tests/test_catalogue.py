@@ -466,6 +466,18 @@ FUNCTIONAL_CASES: dict[str, Case] = {
         "need_dx",
         r"got numpy\.ndarray",
     ),
+    "need_dW-None": Case(
+        lambda p: bwd(p, need_dW=None),
+        TypeError,
+        "need_dW",
+        r"need_dW must be a bool, got None",
+    ),
+    "need_dW-str": Case(
+        lambda p: bwd(p, need_dW="no"),
+        TypeError,
+        "need_dW",
+        r"need_dW must be a bool, got str",
+    ),
     # -- Output buffers (each holds a sentinel that must survive) -------------------------
     "out-shape": Case(
         lambda p: fwd(p, out=filled((4, 3))),
@@ -586,6 +598,12 @@ FUNCTIONAL_CASES: dict[str, Case] = {
         ValueError,
         "dx",
         r"dx was given but need_dx=False",
+    ),
+    "dW-without-need_dW": Case(
+        lambda p: bwd(p, dW=filled((3, 2)), need_dW=False),
+        ValueError,
+        "dW",
+        r"dW was given but need_dW=False",
     ),
     "dW-read-only": Case(
         lambda p: bwd(p, dW=readonly(filled((3, 2)))),
@@ -819,6 +837,12 @@ PREACTIVATION_CASES: dict[str, Case] = dict(
             TypeError,
             "need_dx",
             r"need_dx must be a bool, got None",
+        ),
+        "bfp-need_dW-str": Case(
+            lambda p: bfp(p, need_dW="no"),
+            TypeError,
+            "need_dW",
+            r"need_dW must be a bool, got str",
         ),
         "bfp-dx-read-only": Case(
             lambda p: bfp(p, dx=readonly(filled((4, 3)))),

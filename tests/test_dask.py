@@ -71,6 +71,11 @@ def test_gradient_recipe_equals_siglayer_backward(dtype):
     none, dW2, _ = sd.backward(dout, xd, W, out, need_dx=False)
     assert none is None
     assert_close(dW2.compute(scheduler="threads"), expected[1], dtype)
+    dx3, none, db3 = sd.backward(dout, xd, W, out, need_dW=False)  # a frozen W
+    assert none is None
+    dx3, db3 = dask.compute(dx3, db3, scheduler="threads")
+    assert_close(dx3, expected[0], dtype)
+    assert_close(db3, expected[2], dtype)
 
 
 def test_bfloat16_gradients_are_float32_as_siglayer_backward():

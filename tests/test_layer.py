@@ -144,6 +144,50 @@ def test_need_dx_false(rng):
     np.testing.assert_array_equal(db, db_full)
 
 
+NEEDS = [(True, False), (False, True), (False, False)]
+
+
+@pytest.mark.parametrize(("need_dx", "need_dW"), NEEDS, ids=["no-dW", "no-dx", "db-only"])
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+@pytest.mark.parametrize("method", ["backward", "backward_from_preactivation"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_skipped_gradients_are_none_and_the_others_unchanged(
+    rng, threads, dtype, method, layout, need_dx, need_dW
+):
+    """need_dx / need_dW drop a product, never change the gradients that remain: those are
+    bitwise the full call's (checked against the reference by test_matches_reference)."""
+    x, W, b, dout = make_problem(rng, (300, 257), 129, dtype)
+    x = _layouts(x)[layout]
+    out = siglayer.forward(x, W, b)
+    call = getattr(siglayer, method)
+    args = (dout, x, W, out) if method == "backward" else (dout, x, W)
+    full = call(*args)
+    got = call(*args, need_dx=need_dx, need_dW=need_dW)
+    for name, g, f, needed in zip(
+        "dx dW db".split(), got, full, (need_dx, need_dW, True), strict=True
+    ):
+        if needed:
+            np.testing.assert_array_equal(g, f, err_msg=name)
+        else:
+            assert g is None, name
+    # Batched x: the same, through the flattening path.
+    x3 = x[:300].reshape(3, 100, 257)
+    args3 = (dout.reshape(3, 100, 129), x3, W) + ((out.reshape(3, 100, 129),) * (len(args) == 4))
+    got3 = call(*args3, need_dx=need_dx, need_dW=need_dW)
+    assert (got3[0] is None) == (not need_dx) and (got3[1] is None) == (not need_dW)
+    np.testing.assert_array_equal(got3[2], full[2])
+
+
+def test_a_dW_buffer_without_need_dW_is_refused_and_nothing_written(rng):
+    x, W, b, dout = make_problem(rng, (8, 5), 3, np.float64)
+    out = siglayer.forward(x, W, b)
+    dW, db = np.full((5, 3), 7.0), np.full(3, 7.0)
+    with pytest.raises(ValueError, match="dW was given but need_dW=False"):
+        siglayer.backward(dout, x, W, out, need_dW=False, dW=dW, db=db)
+    assert (dW == 7.0).all() and (db == 7.0).all()
+    assert siglayer.backward(dout, x, W, out, need_dW=False, db=db)[2] is db
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shape_x", [(10, 6), (2, 5, 6)], ids=["2d", "batch"])
 def test_out_buffers_are_used_and_returned(rng, dtype, shape_x):

@@ -230,18 +230,22 @@ def test_opcheck_loss(dtype, W_layout, shape, needs, reduction):
     torch.library.opcheck(bce_op, (*args, y, reduction))
 
 
+@pytest.mark.parametrize("need_dW", [True, False], ids=["dW", "no-dW"])
 @pytest.mark.parametrize("need_dx", [True, False], ids=["dx", "no-dx"])
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 @pytest.mark.parametrize("W_layout", ["C", "T"])
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-def test_opcheck_backward_from_preactivation(dtype, W_layout, shape, need_dx):
+def test_opcheck_backward_from_preactivation(dtype, W_layout, shape, need_dx, need_dW):
     x, W, _, _ = inputs(6, shape, dtype, W_layout)
     dZ = torch.randn((*shape[:-1], N_OUT), generator=torch.Generator().manual_seed(7))
     dZ = dZ.to(dtype)
-    torch.library.opcheck(from_z_op, (dZ, x, W, need_dx))
-    dx, dW, db = from_z_op(dZ, x, W, need_dx)
+    torch.library.opcheck(from_z_op, (dZ, x, W, need_dx, need_dW))
+    dx, dW, db = from_z_op(dZ, x, W, need_dx, need_dW)
     assert dx.shape == (x.shape if need_dx else (0,))
-    torch.testing.assert_close(dW, x.reshape(-1, 5).T @ dZ.reshape(-1, N_OUT))
+    if need_dW:
+        torch.testing.assert_close(dW, x.reshape(-1, 5).T @ dZ.reshape(-1, N_OUT))
+    else:
+        assert dW.shape == (0,)
     torch.testing.assert_close(db, dZ.reshape(-1, N_OUT).sum(0))
     if need_dx:
         torch.testing.assert_close(dx, dZ @ W.T)
@@ -254,7 +258,7 @@ def test_the_operators_are_registered():
     )
     assert str(from_z_op._schema) == (
         "siglayer::sigmoid_linear_backward_from_preactivation(Tensor dZ, Tensor x, "
-        "Tensor W, bool need_dx) -> (Tensor, Tensor, Tensor)"
+        "Tensor W, bool need_dx, bool need_dW=True) -> (Tensor, Tensor, Tensor)"
     )
 
 

@@ -47,18 +47,78 @@ def test_opcheck_forward(dtype, W_layout, shape_x, needs):
     torch.library.opcheck(forward_op, args)
 
 
+@pytest.mark.parametrize("need_dW", [True, False], ids=["dW", "no-dW"])
 @pytest.mark.parametrize("need_dx", [True, False], ids=["dx", "no-dx"])
 @pytest.mark.parametrize("shape_x", [(6, 5), (2, 3, 5)], ids=["2d", "batched"])
 @pytest.mark.parametrize("W_layout", ["C", "T"])
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-def test_opcheck_backward(dtype, W_layout, shape_x, need_dx):
+def test_opcheck_backward(dtype, W_layout, shape_x, need_dx, need_dW):
     x, W, b = inputs(1, shape_x, 4, dtype, W_layout)
     out = forward_op(x, W, b)
     dout = torch.randn(out.shape, dtype=dtype, generator=torch.Generator().manual_seed(2))
-    torch.library.opcheck(backward_op, (dout, x, W, out, need_dx))
-    dx, dW, db = backward_op(dout, x, W, out, need_dx)
+    torch.library.opcheck(backward_op, (dout, x, W, out, need_dx, need_dW))
+    dx, dW, db = backward_op(dout, x, W, out, need_dx, need_dW)
     assert dx.shape == (x.shape if need_dx else (0,))
-    assert dW.shape == W.shape and db.shape == b.shape
+    assert dW.shape == (W.shape if need_dW else (0,)) and db.shape == b.shape
+    dZ = (dout * out * (1 - out)).reshape(-1, 4)
+    torch.testing.assert_close(db, dZ.sum(0))
+    if need_dW:
+        torch.testing.assert_close(dW, x.reshape(-1, 5).T @ dZ)
+
+
+FROZEN = [("", 3), ("W", 2), ("x", 2), ("xW", 1)]
+
+
+def _grads_and_reference(fn, frozen):
+    """fn's gradients of sum(out^2) for the inputs not in ``frozen``, and PyTorch's."""
+    x, W, b = inputs(3, (8, 5), 4, torch.float64, "C")
+    for name, t in zip("xWb", (x, W, b), strict=True):
+        t.requires_grad_(name not in frozen)
+    wanted = [t for t in (x, W, b) if t.requires_grad]
+    grads = torch.autograd.grad(fn(x, W, b).square().sum(), wanted)
+    plain = [t.detach().requires_grad_(t.requires_grad) for t in (x, W, b)]
+    reference = torch.sigmoid(plain[0] @ plain[1] + plain[2]).square().sum()
+    want = torch.autograd.grad(reference, [t for t in plain if t.requires_grad])
+    for g, w in zip(grads, want, strict=True):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize(("frozen", "products"), FROZEN, ids=["none", "W", "x", "xW"])
+def test_inputs_that_need_no_gradient_cost_no_product(frozen, products):
+    """A frozen W (requires_grad=False) skips dW's product, an x that needs no gradient
+    dx's, counted by PyTorch's FLOP counter (which runs the operators); the gradients that
+    are computed match PyTorch's."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        _grads_and_reference(sigmoid_linear, frozen)
+    # siglayer's products plus the reference's (forward, and one per gradient product)
+    reference_products = 1 + sum(name not in frozen for name in "xW")
+    assert counter.get_total_flops() == (products + reference_products) * 2 * 8 * 5 * 4
+
+
+@pytest.mark.parametrize(("frozen", "products"), FROZEN, ids=["none", "W", "x", "xW"])
+def test_a_compiled_graph_asks_only_for_the_gradients_it_needs(frozen, products):
+    """In a compiled graph the backward operator is called with need_dx / need_dW from
+    requires_grad (read off the backward graph AOTAutograd builds)."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    calls = []
+
+    def backward_compiler(gm, example_inputs):
+        calls.extend(n.args for n in gm.graph.nodes if n.target is backward_op)
+        return make_boxed_func(gm.forward)
+
+    backend = aot_autograd(
+        fw_compiler=lambda gm, _: make_boxed_func(gm.forward), bw_compiler=backward_compiler
+    )
+    torch._dynamo.reset()
+    _grads_and_reference(torch.compile(sigmoid_linear, backend=backend, fullgraph=True), frozen)
+    assert len(calls) == 1
+    need_dx, need_dW = (*calls[0][4:], True)[:2]  # the graph leaves out a default argument
+    assert (need_dx, need_dW) == ("x" not in frozen, "W" not in frozen)
+    assert 1 + need_dx + need_dW == products
 
 
 def test_the_operators_are_registered():
@@ -67,7 +127,7 @@ def test_the_operators_are_registered():
     )
     assert str(backward_op._schema) == (
         "siglayer::sigmoid_linear_backward(Tensor dout, Tensor x, Tensor W, Tensor out, "
-        "bool need_dx) -> (Tensor, Tensor, Tensor)"
+        "bool need_dx, bool need_dW=True) -> (Tensor, Tensor, Tensor)"
     )
 
 

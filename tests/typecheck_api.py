@@ -40,6 +40,15 @@ assert_type(
     siglayer.backward(out64, x64, W64, out64, need_dx=need),
     tuple[NDArray[np.float64] | None, NDArray[np.float64], NDArray[np.float64]],
 )
+# need_dW likewise for dW: optional only when it is a bool known at run time.
+assert_type(
+    siglayer.backward(out64, x64, W64, out64, need_dx=False, need_dW=True),
+    tuple[None, NDArray[np.float64], NDArray[np.float64]],
+)
+assert_type(
+    siglayer.backward(out64, x64, W64, out64, need_dW=need),
+    tuple[NDArray[np.float64] | None, NDArray[np.float64] | None, NDArray[np.float64]],
+)
 assert_type(siglayer.reference.forward(x32, W32, b32), NDArray[np.float32])
 
 # Floating-point arrays only: an integer array is a type error (and a TypeError at run

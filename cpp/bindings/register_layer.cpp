@@ -104,40 +104,43 @@ py::array forward(py::handle x_h, py::handle W_h, py::handle b_h, py::handle out
     });
 }
 
-// dx (or None), dW and db of a backward call: the caller's buffers, checked, or new
-// arrays. dx is (n, n_in) in the storage type T, dW (n_in, n_out) and db (n_out,) in the
+// dx (or None), dW (or None) and db of a backward call: the caller's buffers, checked, or
+// new arrays. dx is (n, n_in) in the storage type T, dW (n_in, n_out) and db (n_out,) in the
 // compute type C (float32 for bfloat16), or, with round_grads (bfloat16 calls only), in
 // T: the core then writes float32 scratch, rounded once into them by finish(). Every
 // buffer is checked before the core runs, so a failed call writes nothing.
 template <class T, class C = compute_t<T>>
 struct GradientBuffers {
     // py::object, not py::array: a default-constructed py::array allocates an empty array.
-    py::object dx = py::none(), dW, db;
+    py::object dx = py::none(), dW = py::none(), db;
     T* dx_data = nullptr;
     C *dW_data = nullptr, *db_data = nullptr;
     T *dW_rounded = nullptr, *db_rounded = nullptr;  // round_grads: the returned arrays
     std::unique_ptr<C[]> scratch;                    // round_grads: float32 dW, then db
     py::ssize_t n, n_in, n_out;
 
-    GradientBuffers(bool need_dx, py::handle dx_h, py::handle dW_h, py::handle db_h, py::ssize_t n_,
-                    py::ssize_t n_in_, py::ssize_t n_out_, bool round_grads,
+    GradientBuffers(bool need_dx, bool need_dW, py::handle dx_h, py::handle dW_h, py::handle db_h,
+                    py::ssize_t n_, py::ssize_t n_in_, py::ssize_t n_out_, bool round_grads,
                     std::initializer_list<Named> inputs)
         : n(n_), n_in(n_in_), n_out(n_out_) {
         if (!need_dx && !dx_h.is_none())
             throw py::value_error("dx was given but need_dx=False; drop one of them");
+        if (!need_dW && !dW_h.is_none())
+            throw py::value_error("dW was given but need_dW=False; drop one of them");
         if (need_dx) dx = make_or_check<T>(dx_h, "dx", {n, n_in}, dx_data);
         if constexpr (!std::is_same_v<T, C>) {
             if (round_grads) {
-                dW = make_or_check<T>(dW_h, "dW", {n_in, n_out}, dW_rounded);
+                if (need_dW) dW = make_or_check<T>(dW_h, "dW", {n_in, n_out}, dW_rounded);
                 db = make_or_check<T>(db_h, "db", {n_out}, db_rounded);
                 // The core sees the scratch, not these: their overlaps are checked here.
                 require_disjoint({{"dx", need_dx ? extent(dx_out()) : Extent{}},
-                                  {"dW", extent(dW_rounded, n_in * n_out)},
+                                  {"dW", need_dW ? extent(dW_rounded, n_in * n_out) : Extent{}},
                                   {"db", extent(db_rounded, n_out)}},
                                  inputs);
-                scratch.reset(new C[static_cast<std::size_t>(n_in * n_out + n_out)]);
-                dW_data = scratch.get();
-                db_data = dW_data + n_in * n_out;
+                const py::ssize_t dW_size = need_dW ? n_in * n_out : 0;
+                scratch.reset(new C[static_cast<std::size_t>(dW_size + n_out)]);
+                if (need_dW) dW_data = scratch.get();
+                db_data = scratch.get() + dW_size;
                 return;
             }
         }
@@ -145,7 +148,7 @@ struct GradientBuffers {
             throw py::type_error(std::string("grad_dtype='bfloat16' rounds the gradients of "
                                              "bfloat16 inputs; these are ") +
                                  DType<T>::name);
-        dW = make_or_check<C>(dW_h, "dW", {n_in, n_out}, dW_data);
+        if (need_dW) dW = make_or_check<C>(dW_h, "dW", {n_in, n_out}, dW_data);
         db = make_or_check<C>(db_h, "db", {n_out}, db_data);
     }
     OutMatrix<T> dx_out() const { return {dx_data, n, n_in}; }
@@ -153,8 +156,8 @@ struct GradientBuffers {
     // After the core (GIL released): the float32 gradients rounded into the bfloat16 ones.
     void finish() const {
         if constexpr (!std::is_same_v<T, C>) {
-            if (dW_rounded == nullptr) return;
-            siglayer::to_bfloat16(dW_rounded, dW_data, n_in * n_out);
+            if (db_rounded == nullptr) return;
+            if (dW_rounded) siglayer::to_bfloat16(dW_rounded, dW_data, n_in * n_out);
             siglayer::to_bfloat16(db_rounded, db_data, n_out);
         }
     }
@@ -162,13 +165,14 @@ struct GradientBuffers {
 };
 
 // dout and out are (n, n_out), x is (n, n_in), W is (n_in, n_out).
-// Returns (dx or None, dW, db).
+// Returns (dx or None, dW or None, db).
 py::tuple backward(py::handle dout_h, py::handle x_h, py::handle W_h, py::handle out_h,
-                   py::handle need_dx_h, py::handle dx_h, py::handle dW_h, py::handle db_h,
-                   bool round_grads) {
-    // Taken as an object: pybind11's bool conversion would read None as False and
+                   py::handle need_dx_h, py::handle need_dW_h, py::handle dx_h, py::handle dW_h,
+                   py::handle db_h, bool round_grads) {
+    // Taken as objects: pybind11's bool conversion would read None as False and
     // report any other type with a dump of every argument.
     const bool need_dx = as_bool(need_dx_h, "need_dx");
+    const bool need_dW = as_bool(need_dW_h, "need_dW");
     const py::array dout = as_array(dout_h, "dout"), x = as_array(x_h, "x"), W = as_array(W_h, "W"),
                     out = as_array(out_h, "out");
     const int type_num = float_type_num(dout, "dout");
@@ -186,7 +190,7 @@ py::tuple backward(py::handle dout_h, py::handle x_h, py::handle W_h, py::handle
                             Wv = matrix_view<T>(W, "W"), outv = matrix_view<T>(out, "out");
         check_backward(doutv, xv, Wv, outv);
         GradientBuffers<T> g(
-            need_dx, dx_h, dW_h, db_h, x.shape(0), x.shape(1), W.shape(1), round_grads,
+            need_dx, need_dW, dx_h, dW_h, db_h, x.shape(0), x.shape(1), W.shape(1), round_grads,
             {{"dout", extent(doutv)}, {"x", extent(xv)}, {"W", extent(Wv)}, {"out", extent(outv)}});
         {
             ReleaseGil release;
@@ -197,11 +201,13 @@ py::tuple backward(py::handle dout_h, py::handle x_h, py::handle W_h, py::handle
     });
 }
 
-// dZ is (n, n_out), x is (n, n_in), W is (n_in, n_out). Returns (dx or None, dW, db).
+// dZ is (n, n_out), x is (n, n_in), W is (n_in, n_out). Returns (dx or None, dW or None,
+// db).
 py::tuple backward_from_preactivation(py::handle dZ_h, py::handle x_h, py::handle W_h,
-                                      py::handle need_dx_h, py::handle dx_h, py::handle dW_h,
-                                      py::handle db_h, bool round_grads) {
+                                      py::handle need_dx_h, py::handle need_dW_h, py::handle dx_h,
+                                      py::handle dW_h, py::handle db_h, bool round_grads) {
     const bool need_dx = as_bool(need_dx_h, "need_dx");  // see backward
+    const bool need_dW = as_bool(need_dW_h, "need_dW");
     const py::array dZ = as_array(dZ_h, "dZ"), x = as_array(x_h, "x"), W = as_array(W_h, "W");
     const int type_num = float_type_num(dZ, "dZ");
     float_type_num(x, "x");
@@ -215,7 +221,7 @@ py::tuple backward_from_preactivation(py::handle dZ_h, py::handle x_h, py::handl
         const MatrixView<T> dZv = matrix_view<T>(dZ, "dZ"), xv = matrix_view<T>(x, "x"),
                             Wv = matrix_view<T>(W, "W");
         check_backward_from_preactivation(dZv, xv, Wv);
-        GradientBuffers<T> g(need_dx, dx_h, dW_h, db_h, x.shape(0), x.shape(1), W.shape(1),
+        GradientBuffers<T> g(need_dx, need_dW, dx_h, dW_h, db_h, x.shape(0), x.shape(1), W.shape(1),
                              round_grads,
                              {{"dZ", extent(dZv)}, {"x", extent(xv)}, {"W", extent(Wv)}});
         {
@@ -286,13 +292,14 @@ void register_layer(py::module_& m) {
           py::arg("out") = py::none(),
           "out = sigmoid(x @ W + b) for 2-D x; see siglayer.forward for the full API.");
     m.def("backward", &backward, py::arg("dout"), py::arg("x"), py::arg("W"), py::arg("out"),
-          py::arg("need_dx") = true, py::arg("dx") = py::none(), py::arg("dW") = py::none(),
-          py::arg("db") = py::none(), py::arg("round_grads") = false,
+          py::arg("need_dx") = true, py::arg("need_dW") = true, py::arg("dx") = py::none(),
+          py::arg("dW") = py::none(), py::arg("db") = py::none(), py::arg("round_grads") = false,
           "(dx, dW, db) for 2-D arrays; see siglayer.backward for the full API. round_grads: "
           "a bfloat16 call's dW and db rounded once to bfloat16 (grad_dtype='bfloat16').");
     m.def("backward_from_preactivation", &backward_from_preactivation, py::arg("dZ"), py::arg("x"),
-          py::arg("W"), py::arg("need_dx") = true, py::arg("dx") = py::none(),
-          py::arg("dW") = py::none(), py::arg("db") = py::none(), py::arg("round_grads") = false,
+          py::arg("W"), py::arg("need_dx") = true, py::arg("need_dW") = true,
+          py::arg("dx") = py::none(), py::arg("dW") = py::none(), py::arg("db") = py::none(),
+          py::arg("round_grads") = false,
           "(dx, dW, db) from dZ, the gradient w.r.t. x @ W + b, for 2-D arrays; see "
           "siglayer.backward_from_preactivation.");
     m.def(

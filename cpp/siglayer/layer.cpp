@@ -23,19 +23,19 @@ using namespace layer_detail;
 
 namespace {
 
-// Inside a parallel region: dW = x^T . dZ and, when dx.data is set, dx = dZ . W^T, both
-// cut into tiles that the team takes one at a time (partition.hpp). dZ is (n, n_out)
-// and complete; x is (n, n_in), W is (n_in, n_out). The batch index i is what dW sums
-// over: dW[k, l] = sum_i x[i, k] dZ[i, l], which is why x^T stands on the left.
+// Inside a parallel region: dW = x^T . dZ when dW.data is set and dx = dZ . W^T when
+// dx.data is set, both cut into tiles that the team takes one at a time (partition.hpp).
+// dZ is (n, n_out) and complete; x is (n, n_in), W is (n_in, n_out). The batch index i is
+// what dW sums over: dW[k, l] = sum_i x[i, k] dZ[i, l], which is why x^T stands on the left.
 template <class T>
 void gradient_products(OutMatrix<T> dx, OutMatrix<T> dW, const BlasOperand<T>& xo,
-                       const BlasOperand<T>& Wo, const BlasOperand<T>& dZo, index_t n) {
-    const index_t n_in = dW.rows, n_out = dW.cols;
+                       const BlasOperand<T>& Wo, const BlasOperand<T>& dZo, index_t n, index_t n_in,
+                       index_t n_out) {
     if (n_in == 0 || n_out == 0 || n == 0) return;
     const BlasOperand<T> xT{xo.data, flip(xo.op), xo.ld};
     const BlasOperand<T> WT{Wo.data, flip(Wo.op), Wo.ld};
     const int team = omp_get_num_threads();
-    const Tiling dW_tiles(n_in, n_out, team);
+    const Tiling dW_tiles = dW.data ? Tiling(n_in, n_out, team) : Tiling();
     const Tiling dx_tiles = dx.data ? Tiling(n, n_in, team) : Tiling();
     for_each_tile({&dW_tiles, &dx_tiles}, [&](const Tiling& tiling, const Block& t) {
         if (&tiling == &dW_tiles)
@@ -124,11 +124,10 @@ void backward(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db, Mat
     index_t ld_dout = 0, ld_out = 0;
     const T* dout_rows = row_major(dout, Scratch::dout_packed, ld_dout);
     const T* out_rows = row_major(out, Scratch::out_packed, ld_out);
+    // Each operand is packed (when its layout needs it) only for the product that reads it.
     BlasOperand<T> xo{}, Wo{};
-    if (n_in > 0) {
-        xo = blas_operand(x, Scratch::x_packed);
-        Wo = blas_operand(W, Scratch::W_packed);
-    }
+    if (n_in > 0 && dW.data) xo = blas_operand(x, Scratch::x_packed);
+    if (n_in > 0 && dx.data) Wo = blas_operand(W, Scratch::W_packed);
     const auto& kernel = kernels::active<T>();
     const int threads = threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1));
     run_parallel(threads, [&] {
@@ -143,7 +142,7 @@ void backward(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db, Mat
         });
         // Phase 2: the products need all of dZ.
 #pragma omp barrier
-        gradient_products(dx, dW, xo, Wo, BlasOperand<T>{dZ, blas::Op::N, n_out}, n);
+        gradient_products(dx, dW, xo, Wo, BlasOperand<T>{dZ, blas::Op::N, n_out}, n, n_in, n_out);
     });
 }
 
@@ -166,17 +165,15 @@ void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, co
     // packed once (the dZ slot is free: no sweep writes a dZ here).
     const BlasOperand<T> dZo = blas_operand(dZ, Scratch::dZ);
     BlasOperand<T> xo{}, Wo{};
-    if (n_in > 0) {
-        xo = blas_operand(x, Scratch::x_packed);
-        Wo = blas_operand(W, Scratch::W_packed);
-    }
+    if (n_in > 0 && dW.data) xo = blas_operand(x, Scratch::x_packed);
+    if (n_in > 0 && dx.data) Wo = blas_operand(W, Scratch::W_packed);
     run_parallel(threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1)), [&] {
         blas::SingleThreaded single;
         // db by columns (see backward); no barrier: dZ is an input, complete from the start.
         const Tiling columns(1, n_out, omp_get_num_threads());
         for_each_tile({&columns},
                       [&](const Tiling&, const Block& c) { column_sums(db, dZo, n, c.j0, c.j1); });
-        gradient_products(dx, dW, xo, Wo, dZo, n);
+        gradient_products(dx, dW, xo, Wo, dZo, n, n_in, n_out);
     });
 }
 

@@ -29,8 +29,9 @@ void forward(OutMatrix<T> out, MatrixView<T> x, MatrixView<T> W, VectorView<comp
 // dout and out are (n, n_out), x is (n, n_in), W is (n_in, n_out).
 // dZ = dout * out * (1 - out) (elementwise), then
 //   dW (n_in, n_out) = x^T . dZ,   db (n_out,) = sum over rows of dZ,   dx (n, n_in) = dZ . W^T.
-// dx.data may be null (the caller needs no dx: one GEMM fewer). The gradients are
-// overwritten, never accumulated. No output may overlap any input or another output.
+// dx.data and dW.data may be null (the caller needs no dx, or no dW, as for a frozen W:
+// one GEMM fewer each; db is always computed). The gradients are overwritten, never
+// accumulated. No output may overlap any input or another output.
 // For bfloat16, dZ is computed in float and rounded to bfloat16 once for the two products
 // (db sums the unrounded dZ); dW accumulates in float; dx accumulates in float and is
 // rounded once.
@@ -43,7 +44,7 @@ void backward(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db, Mat
 // gradient with respect to the pre-activation is known directly (binary cross-entropy
 // fused with the sigmoid: dZ = (out - y) / N, no division by out * (1 - out)):
 //   dW (n_in, n_out) = x^T . dZ,   db (n_out,) = sum over rows of dZ,   dx (n, n_in) = dZ . W^T.
-// Same contract as backward: dx.data may be null, gradients are overwritten, no output
+// Same contract as backward: dx.data and dW.data may be null, gradients are overwritten, no output
 // may overlap an input or another output, db is bitwise independent of the thread count.
 template <class T>
 void check_backward_from_preactivation(MatrixView<T> dZ, MatrixView<T> x, MatrixView<T> W);

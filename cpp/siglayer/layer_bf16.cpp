@@ -90,36 +90,36 @@ struct GradientOperands {
 };
 
 // The operands of one backward call, the memory of the float copies taken from the calling
-// thread's scratch (the caller sets dZ16 on the blas path).
-GradientOperands gradient_operands(const MatrixView<bf16>& x, const MatrixView<bf16>& W) {
+// thread's scratch (the caller sets dZ16 on the blas path). Only the operands of the
+// products asked for (dW reads x, dx reads W) are packed or widened.
+GradientOperands gradient_operands(const MatrixView<bf16>& x, const MatrixView<bf16>& W,
+                                   bool need_dW, bool need_dx) {
     GradientOperands g;
     g.native = blas_path();
     const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
     if (g.native) {
-        if (n_in > 0) {
-            g.x16 = blas_operand(x, Scratch::x_packed);
-            g.W16 = blas_operand(W, Scratch::W_packed);
-        }
+        if (n_in > 0 && need_dW) g.x16 = blas_operand(x, Scratch::x_packed);
+        if (n_in > 0 && need_dx) g.W16 = blas_operand(W, Scratch::W_packed);
         return g;
     }
     Scratch& scratch = Scratch::for_this_thread();
     g.x = x;
     g.dZ32 = scratch.get<float>(Scratch::dZ_widened, static_cast<std::size_t>(n * n_out));
-    if (n_in > 0)
+    if (n_in > 0 && need_dx)
         g.W32 = scratch.get<float>(Scratch::W_widened, static_cast<std::size_t>(n_in * n_out));
     return g;
 }
 
-// Inside a parallel region, all of dZ ready: dW (float, written directly) and, when
-// dx.data is set, dx (rounded once, panel by panel), tiled as the float layer tiles them.
+// Inside a parallel region, all of dZ ready: when dW.data is set, dW (float, written
+// directly) and, when dx.data is set, dx (rounded once, panel by panel), tiled as the float
+// layer tiles them. x is (n, n_in), W is (n_in, n_out).
 void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOperands& g,
-                       index_t n) {
-    const index_t n_in = dW.rows, n_out = dW.cols;
+                       index_t n, index_t n_in, index_t n_out) {
     if (n_in == 0 || n_out == 0 || n == 0) return;
     const bool native = g.native;
     const auto& kernel = kernels::active<bf16>();
     const int team = omp_get_num_threads();
-    const Tiling dW_tiles(n_in, n_out, team);
+    const Tiling dW_tiles = dW.data ? Tiling(n_in, n_out, team) : Tiling();
     const Tiling dx_tiles = dx.data ? Tiling(n, n_in, team) : Tiling();
     for_each_tile({&dW_tiles, &dx_tiles}, [&](const Tiling& tiling, const Block& t) {
         Scratch& scratch = Scratch::for_this_thread();
@@ -289,7 +289,7 @@ void backward<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, float* db, MatrixVi
     index_t ld_dout = 0, ld_out = 0;
     const bf16* dout_rows = row_major(dout, Scratch::dout_packed, ld_dout);
     const bf16* out_rows = row_major(out, Scratch::out_packed, ld_out);
-    GradientOperands g = gradient_operands(x, W);
+    GradientOperands g = gradient_operands(x, W, dW.data != nullptr, dx.data != nullptr);
     const bool native = g.native;
     bf16* dZ16 = nullptr;
     if (native) {
@@ -322,7 +322,7 @@ void backward<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, float* db, MatrixVi
         if (W32) widen_shared(W32, W);
         // Phase 2: the products need all of dZ (and W).
 #pragma omp barrier
-        gradient_products(dx, dW, g, n);
+        gradient_products(dx, dW, g, n, n_in, n_out);
     });
 }
 
@@ -336,7 +336,7 @@ void backward_from_preactivation<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, 
                                 {{"dZ", extent(dZ)}, {"x", extent(x)}, {"W", extent(W)}}))
         return;
 
-    GradientOperands g = gradient_operands(x, W);
+    GradientOperands g = gradient_operands(x, W, dW.data != nullptr, dx.data != nullptr);
     const bool native = g.native;
     if (native) g.dZ16 = blas_operand(dZ, Scratch::dZ);
     float* dZ32 = g.dZ32;
@@ -357,7 +357,7 @@ void backward_from_preactivation<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, 
             else
                 column_sums(db, BlasOperand<float>{dZ32, blas::Op::N, n_out}, n, c.j0, c.j1);
         });
-        gradient_products(dx, dW, g, n);
+        gradient_products(dx, dW, g, n, n_in, n_out);
     });
 }
 

@@ -34,30 +34,31 @@ inline int threads_for(index_t elements) {
     return elements >= kParallelElements ? omp_get_max_threads() : 1;
 }
 
-// The checks every backward entry point makes on its outputs dx (n, n_in; data may be
-// null), dW (n_in, n_out) and db (n_out,): shapes, null pointers, no overlap with an
-// input or another output (sizes were checked with the shapes). An empty batch or n_out == 0
-// has zero gradients (sums over nothing), written here; returns false when nothing is
-// left to compute.
+// The checks every backward entry point makes on its outputs dx (n, n_in) and dW (n_in,
+// n_out), whose data may be null (the caller needs no such gradient), and db (n_out,):
+// shapes, null pointers, no overlap with an input or another output (sizes were checked
+// with the shapes). An empty batch or n_out == 0 has zero gradients (sums over nothing),
+// written here; returns false when nothing is left to compute.
 template <class T, class C = compute_t<T>>
 bool check_gradient_outputs(OutMatrix<T> dx, OutMatrix<C> dW, C* db, index_t n, index_t n_in,
                             index_t n_out, std::initializer_list<Named> inputs) {
+    const bool need_dW = dW.data != nullptr;
     SIGLAYER_REQUIRE(
-        dW.rows == n_in && dW.cols == n_out,
+        !need_dW || (dW.rows == n_in && dW.cols == n_out),
         "dW has shape " + shape_str(dW.rows, dW.cols) + ", expected " + shape_str(n_in, n_out));
     const bool need_dx = dx.data != nullptr;
     SIGLAYER_REQUIRE(
         !need_dx || (dx.rows == n && dx.cols == n_in),
         "dx has shape " + shape_str(dx.rows, dx.cols) + ", expected " + shape_str(n, n_in));
-    SIGLAYER_REQUIRE(!(n_in > 0 && n_out > 0 && dW.data == nullptr), "dW: null pointer");
     SIGLAYER_REQUIRE(!(n_out > 0 && db == nullptr), "db: null pointer");
-    require_disjoint(
-        {{"dx", need_dx ? extent(dx) : Extent{}}, {"dW", extent(dW)}, {"db", extent(db, n_out)}},
-        inputs);
+    require_disjoint({{"dx", need_dx ? extent(dx) : Extent{}},
+                      {"dW", need_dW ? extent(dW) : Extent{}},
+                      {"db", extent(db, n_out)}},
+                     inputs);
 
     if (n == 0 || n_out == 0) {
         // Sums over an empty batch are zero; with no outputs there is no gradient to pass back.
-        std::fill(dW.data, dW.data + n_in * n_out, C(0));
+        if (need_dW) std::fill(dW.data, dW.data + n_in * n_out, C(0));
         std::fill(db, db + n_out, C(0));
         if (need_dx) std::fill(dx.data, dx.data + n * n_in, T{});
         return false;

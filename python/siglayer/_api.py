@@ -118,7 +118,8 @@ def forward(
     return out
 
 
-# need_dx=True (the default) gives a dx, need_dx=False gives None, a bool either.
+# need_dx=True (the default) gives a dx, need_dx=False gives None, a bool either; need_dW
+# likewise for dW.
 @overload
 def backward(
     dout: NDArray[Float],
@@ -127,6 +128,7 @@ def backward(
     out: NDArray[Float],
     *,
     need_dx: Literal[True] = True,
+    need_dW: Literal[True] = True,
     dx: NDArray[Float] | None = None,
     dW: NDArray[Float] | None = None,
     db: NDArray[Float] | None = None,
@@ -140,6 +142,7 @@ def backward(
     out: NDArray[Float],
     *,
     need_dx: Literal[False],
+    need_dW: Literal[True] = True,
     dx: None = None,
     dW: NDArray[Float] | None = None,
     db: NDArray[Float] | None = None,
@@ -153,11 +156,13 @@ def backward(
     out: NDArray[Float],
     *,
     need_dx: bool,
+    need_dW: Literal[True] = True,
     dx: NDArray[Float] | None = None,
     dW: NDArray[Float] | None = None,
     db: NDArray[Float] | None = None,
     grad_dtype: DTypeLike | None = None,
 ) -> tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]]: ...
+@overload
 def backward(
     dout: NDArray[Float],
     x: NDArray[Float],
@@ -165,11 +170,25 @@ def backward(
     out: NDArray[Float],
     *,
     need_dx: bool = True,
+    need_dW: bool = True,
     dx: NDArray[Float] | None = None,
     dW: NDArray[Float] | None = None,
     db: NDArray[Float] | None = None,
     grad_dtype: DTypeLike | None = None,
-) -> tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]]:
+) -> tuple[NDArray[Float] | None, NDArray[Float] | None, NDArray[Float]]: ...
+def backward(
+    dout: NDArray[Float],
+    x: NDArray[Float],
+    W: NDArray[Float],
+    out: NDArray[Float],
+    *,
+    need_dx: bool = True,
+    need_dW: bool = True,
+    dx: NDArray[Float] | None = None,
+    dW: NDArray[Float] | None = None,
+    db: NDArray[Float] | None = None,
+    grad_dtype: DTypeLike | None = None,
+) -> tuple[NDArray[Float] | None, NDArray[Float] | None, NDArray[Float]]:
     """Backward pass: the gradients of a loss L from the upstream gradient dout = dL/dout.
 
     With dZ = dout * out * (1 - out), the gradient with respect to the pre-activation
@@ -181,6 +200,9 @@ def backward(
     - db = dZ summed over the rows, shape (n_out,);
     - dx = dZ @ W.T, the shape of x, or None when ``need_dx=False`` (one matrix
       product fewer; the first layer of a network needs no dx).
+
+    ``need_dW=False`` likewise skips dW = x.T @ dZ, for a frozen W (fine-tuning the
+    bias alone, or a fixed layer that still passes dx back).
 
     Leading batch dimensions of x, dout and out are flattened into rows: dW and db sum
     over all of them.
@@ -197,6 +219,8 @@ def backward(
         The result of the forward pass; the sigmoid is never recomputed.
     need_dx : bool, default True
         Compute dx. With False, dx is returned as None and must not be given.
+    need_dW : bool, default True
+        Compute dW. With False, dW is returned as None and must not be given.
     dx, dW, db : ndarray, optional
         Buffers for the results, shapes as above: C-contiguous, writeable, of the
         inputs' dtype (dW and db: of ``grad_dtype``), not overlapping an input or each
@@ -210,8 +234,8 @@ def backward(
     -------
     dx : ndarray, shape (..., n_in), or None
         dL/dx; None when ``need_dx=False``. The ``dx`` buffer itself when given.
-    dW : ndarray, shape (n_in, n_out)
-        dL/dW. The ``dW`` buffer itself when given.
+    dW : ndarray, shape (n_in, n_out), or None
+        dL/dW; None when ``need_dW=False``. The ``dW`` buffer itself when given.
     db : ndarray, shape (n_out,)
         dL/db. The ``db`` buffer itself when given.
 
@@ -227,7 +251,8 @@ def backward(
         float32/float64, or arrays of mixed dtypes (nothing is converted silently).
     ValueError
         Shapes that do not fit together (dout and out must be x's batch shape by
-        n_out), an unusable buffer, or ``dx`` given with ``need_dx=False``. A failed
+        n_out), an unusable buffer, or ``dx`` given with ``need_dx=False`` (``dW``
+        with ``need_dW=False``). A failed
         call writes nothing into the buffers.
 
     See Also
@@ -252,9 +277,18 @@ def backward(
     if type(x) is _ndarray and x.ndim == 2 and isinstance(dout, _ndarray) and dout.ndim == 2:
         if type(dout) is not _ndarray:  # a loss's tagged gradient
             refuse_kind(dout, "dout", "backward")
-        return _core.backward(dout, x, W, out, need_dx, dx, dW, db, rounded)
+        return _core.backward(dout, x, W, out, need_dx, need_dW, dx, dW, db, rounded)
     return _batched_backward(
-        _core.backward, "backward", {"dout": dout, "out": out}, x, W, need_dx, dx, dW, db, rounded
+        _core.backward,
+        "backward",
+        {"dout": dout, "out": out},
+        x,
+        W,
+        (need_dx, need_dW),
+        dx,
+        dW,
+        db,
+        rounded,
     )
 
 
@@ -265,6 +299,7 @@ def backward_from_preactivation(
     W: NDArray[Float],
     *,
     need_dx: Literal[True] = True,
+    need_dW: Literal[True] = True,
     dx: NDArray[Float] | None = None,
     dW: NDArray[Float] | None = None,
     db: NDArray[Float] | None = None,
@@ -277,6 +312,7 @@ def backward_from_preactivation(
     W: NDArray[Float],
     *,
     need_dx: Literal[False],
+    need_dW: Literal[True] = True,
     dx: None = None,
     dW: NDArray[Float] | None = None,
     db: NDArray[Float] | None = None,
@@ -289,22 +325,37 @@ def backward_from_preactivation(
     W: NDArray[Float],
     *,
     need_dx: bool,
+    need_dW: Literal[True] = True,
     dx: NDArray[Float] | None = None,
     dW: NDArray[Float] | None = None,
     db: NDArray[Float] | None = None,
     grad_dtype: DTypeLike | None = None,
 ) -> tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]]: ...
+@overload
 def backward_from_preactivation(
     dZ: NDArray[Float],
     x: NDArray[Float],
     W: NDArray[Float],
     *,
     need_dx: bool = True,
+    need_dW: bool = True,
     dx: NDArray[Float] | None = None,
     dW: NDArray[Float] | None = None,
     db: NDArray[Float] | None = None,
     grad_dtype: DTypeLike | None = None,
-) -> tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]]:
+) -> tuple[NDArray[Float] | None, NDArray[Float] | None, NDArray[Float]]: ...
+def backward_from_preactivation(
+    dZ: NDArray[Float],
+    x: NDArray[Float],
+    W: NDArray[Float],
+    *,
+    need_dx: bool = True,
+    need_dW: bool = True,
+    dx: NDArray[Float] | None = None,
+    dW: NDArray[Float] | None = None,
+    db: NDArray[Float] | None = None,
+    grad_dtype: DTypeLike | None = None,
+) -> tuple[NDArray[Float] | None, NDArray[Float] | None, NDArray[Float]]:
     """Backward pass from dZ, the gradient with respect to the pre-activation ``x @ W + b``.
 
     The same products as :func:`backward` without its first step (dZ = dout * out *
@@ -323,6 +374,8 @@ def backward_from_preactivation(
         The forward pass's weights.
     need_dx : bool, default True
         Compute dx (one product fewer without it).
+    need_dW : bool, default True
+        Compute dW (one product fewer without it: a frozen W).
     dx, dW, db : ndarray, optional
         C-contiguous, writeable buffers for the results, of shapes x.shape,
         (n_in, n_out) and (n_out,); they must not overlap an input or each other.
@@ -339,7 +392,8 @@ def backward_from_preactivation(
     -------
     dx : ndarray, shape (..., n_in), or None
         None when ``need_dx=False``; the ``dx`` buffer itself when given.
-    dW : ndarray, shape (n_in, n_out)
+    dW : ndarray, shape (n_in, n_out), or None
+        None when ``need_dW=False``; the ``dW`` buffer itself when given.
     db : ndarray, shape (n_out,)
 
     Raises
@@ -361,14 +415,14 @@ def backward_from_preactivation(
     if type(x) is _ndarray and x.ndim == 2 and isinstance(dZ, _ndarray) and dZ.ndim == 2:
         if type(dZ) is not _ndarray:  # a loss's tagged gradient (BCELoss gives one)
             refuse_kind(dZ, "dZ", "backward_from_preactivation")
-        return _core.backward_from_preactivation(dZ, x, W, need_dx, dx, dW, db, rounded)
+        return _core.backward_from_preactivation(dZ, x, W, need_dx, need_dW, dx, dW, db, rounded)
     return _batched_backward(
         _core.backward_from_preactivation,
         "backward_from_preactivation",
         {"dZ": dZ},
         x,
         W,
-        need_dx,
+        (need_dx, need_dW),
         dx,
         dW,
         db,
@@ -398,34 +452,35 @@ def _rounds_gradients(grad_dtype: DTypeLike, x: object) -> bool:
 
 
 def _batched_backward(
-    core: Callable[..., tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]]],
+    core: Callable[..., tuple[NDArray[Float] | None, NDArray[Float] | None, NDArray[Float]]],
     method: str,
     per_row: dict[str, NDArray[Float]],
     x: NDArray[Float],
     W: NDArray[Float],
-    need_dx: bool,
+    needs: tuple[bool, bool],
     dx: NDArray[Float] | None,
     dW: NDArray[Float] | None,
     db: NDArray[Float] | None,
     rounded: bool,
-) -> tuple[NDArray[Float] | None, NDArray[Float], NDArray[Float]]:
+) -> tuple[NDArray[Float] | None, NDArray[Float] | None, NDArray[Float]]:
     """Both backwards off their 2-D fast path: the gradient's kind checked, then leading
     batch dimensions flattened. ``per_row`` holds the (..., n_out) arguments in the
-    core's order: the gradient first (dout or dZ), then out for ``backward``; the core
-    takes ``core(grad, x, W, [out,] need_dx, dx, dW, db, rounded)``."""
+    core's order: the gradient first (dout or dZ), then out for ``backward``; ``needs``
+    is (need_dx, need_dW); the core takes ``core(grad, x, W, [out,] need_dx, need_dW, dx,
+    dW, db, rounded)``."""
     (name, grad), *rest = per_row.items()
     refuse_kind(grad, name, method)
     arrays = (*per_row.values(), x, W)
     if not all(isinstance(a, _ndarray) for a in arrays):
         # The core raises the TypeError naming the argument.
-        return core(grad, x, W, *(a for _, a in rest), need_dx, dx, dW, db, rounded)
+        return core(grad, x, W, *(a for _, a in rest), *needs, dx, dW, db, rounded)
     x2, flat, dx2 = _flatten_batch(x, W, per_row, dx)
     if dx is not None or dW is not None or db is not None:
         _refuse_hidden_overlap(
             ("x", *per_row), (x, *per_row.values()), (x2, *flat), ("dx", "dW", "db"), (dx, dW, db)
         )
     grad2, *rest2 = flat
-    dx_r, dW_r, db_r = core(grad2, x2, W, *rest2, need_dx, dx2, dW, db, rounded)
+    dx_r, dW_r, db_r = core(grad2, x2, W, *rest2, *needs, dx2, dW, db, rounded)
     return _batch_shaped(dx_r, dx, x.shape), dW_r, db_r
 
 

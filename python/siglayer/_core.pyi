@@ -52,6 +52,7 @@ def backward(
     W: NDArray[_Float],
     out: NDArray[_Float],
     need_dx: Literal[True] = True,
+    need_dW: Literal[True] = True,
     dx: NDArray[_Float] | None = None,
     dW: NDArray[_Float] | None = None,
     db: NDArray[_Float] | None = None,
@@ -63,32 +64,22 @@ def backward(
     x: NDArray[_Float],
     W: NDArray[_Float],
     out: NDArray[_Float],
-    need_dx: Literal[False],
-    dx: None = None,
-    dW: NDArray[_Float] | None = None,
-    db: NDArray[_Float] | None = None,
-    round_grads: bool = False,
-) -> tuple[None, NDArray[_Float], NDArray[_Float]]: ...
-@overload
-def backward(
-    dout: NDArray[_Float],
-    x: NDArray[_Float],
-    W: NDArray[_Float],
-    out: NDArray[_Float],
     need_dx: bool,
+    need_dW: bool = True,
     dx: NDArray[_Float] | None = None,
     dW: NDArray[_Float] | None = None,
     db: NDArray[_Float] | None = None,
     round_grads: bool = False,
-) -> tuple[NDArray[_Float] | None, NDArray[_Float], NDArray[_Float]]: ...
+) -> tuple[NDArray[_Float] | None, NDArray[_Float] | None, NDArray[_Float]]: ...
 
-# dZ (n, n_out), x (n, n_in), W (n_in, n_out) -> (dx (n, n_in) or None, dW, db).
+# dZ (n, n_out), x (n, n_in), W (n_in, n_out) -> (dx (n, n_in) or None, dW or None, db).
 @overload
 def backward_from_preactivation(
     dZ: NDArray[_Float],
     x: NDArray[_Float],
     W: NDArray[_Float],
     need_dx: Literal[True] = True,
+    need_dW: Literal[True] = True,
     dx: NDArray[_Float] | None = None,
     dW: NDArray[_Float] | None = None,
     db: NDArray[_Float] | None = None,
@@ -99,23 +90,13 @@ def backward_from_preactivation(
     dZ: NDArray[_Float],
     x: NDArray[_Float],
     W: NDArray[_Float],
-    need_dx: Literal[False],
-    dx: None = None,
-    dW: NDArray[_Float] | None = None,
-    db: NDArray[_Float] | None = None,
-    round_grads: bool = False,
-) -> tuple[None, NDArray[_Float], NDArray[_Float]]: ...
-@overload
-def backward_from_preactivation(
-    dZ: NDArray[_Float],
-    x: NDArray[_Float],
-    W: NDArray[_Float],
     need_dx: bool,
+    need_dW: bool = True,
     dx: NDArray[_Float] | None = None,
     dW: NDArray[_Float] | None = None,
     db: NDArray[_Float] | None = None,
     round_grads: bool = False,
-) -> tuple[NDArray[_Float] | None, NDArray[_Float], NDArray[_Float]]: ...
+) -> tuple[NDArray[_Float] | None, NDArray[_Float] | None, NDArray[_Float]]: ...
 
 # Losses over C-contiguous out and y of one shape and dtype: write the gradient into dZ
 # (dout), a buffer of that shape, and return the summed loss (the caller divides).

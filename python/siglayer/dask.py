@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -154,10 +154,11 @@ def forward(x: DaskArray, W: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> D
     )
 
 
-def _backward_chunk(dout: Any, x: Any, W: Any, out: Any, need_dx: bool) -> Any:
-    return _api.backward(*_aligned(dout, x, W, out), need_dx=need_dx)
+def _backward_chunk(dout: Any, x: Any, W: Any, out: Any, need_dx: bool, need_dW: bool) -> Any:
+    return _api.backward(*_aligned(dout, x, W, out), need_dx=need_dx, need_dW=need_dW)
 
 
+@overload
 def backward(
     dout: DaskArray,
     x: DaskArray,
@@ -165,7 +166,27 @@ def backward(
     out: DaskArray,
     *,
     need_dx: bool = True,
-) -> tuple[DaskArray | None, DaskArray, DaskArray]:
+    need_dW: Literal[True] = True,
+) -> tuple[DaskArray | None, DaskArray, DaskArray]: ...
+@overload
+def backward(
+    dout: DaskArray,
+    x: DaskArray,
+    W: np.ndarray[Any, Any],
+    out: DaskArray,
+    *,
+    need_dx: bool = True,
+    need_dW: bool,
+) -> tuple[DaskArray | None, DaskArray | None, DaskArray]: ...
+def backward(
+    dout: DaskArray,
+    x: DaskArray,
+    W: np.ndarray[Any, Any],
+    out: DaskArray,
+    *,
+    need_dx: bool = True,
+    need_dW: bool = True,
+) -> tuple[DaskArray | None, DaskArray | None, DaskArray]:
     """Lazy ``(dx, dW, db)`` over a dask array: per row chunk siglayer's backward, summed.
 
     Parameters
@@ -180,12 +201,14 @@ def backward(
         they differ.
     need_dx : bool
         False: no dx (one product fewer per chunk), for a first layer.
+    need_dW : bool
+        False: no dW (one product fewer per chunk), for a frozen W.
 
     Returns
     -------
     (dx, dW, db)
-        dx: dask array (n, n_in) with x's chunks, or None; dW (n_in, n_out) and db (n_out,):
-        one-chunk dask arrays, sums of the per-chunk gradients (a tree reduction, added
+        dx: dask array (n, n_in) with x's chunks, or None; dW (n_in, n_out; or None) and
+        db (n_out,): one-chunk dask arrays, sums of the per-chunk gradients (a tree reduction, added
         in float64 and rounded once). dtypes as ``siglayer.backward``: x's, except dW and
         db float32 for bfloat16 x.
         ``dask.compute(dW, db)`` runs each chunk's backward once for both.
@@ -231,7 +254,7 @@ def backward(
         n: np.empty((0, a.shape[1]), a.dtype) for n, a in (("dout", dout), ("x", x), ("out", out))
     }
     with _on_zero_rows({"dout": dout, "x": x, "out": out}):
-        _api.backward(empty["dout"], empty["x"], W, empty["out"], need_dx=need_dx)
+        _api.backward(empty["dout"], empty["x"], W, empty["out"], need_dx=need_dx, need_dW=need_dW)
     Wd = _in_memory("W", W)
     n_in, n_out = W.shape
     dtype = x.dtype
@@ -239,7 +262,9 @@ def backward(
     for d, xc, o in zip(
         dout.to_delayed().ravel(), x.to_delayed().ravel(), out.to_delayed().ravel(), strict=True
     ):
-        parts.append(_dask.delayed(_backward_chunk, nout=3, pure=True)(d, xc, Wd, o, need_dx))
+        parts.append(
+            _dask.delayed(_backward_chunk, nout=3, pure=True)(d, xc, Wd, o, need_dx, need_dW)
+        )
     dx = None
     if need_dx:
         dx = _da.concatenate(
@@ -256,4 +281,4 @@ def backward(
         stack = _da.stack([_da.from_delayed(p[i], shape=shape, dtype=grad) for p in parts])
         return stack.sum(axis=0, dtype=np.float64).astype(grad)
 
-    return dx, total(1, (n_in, n_out)), total(2, (n_out,))
+    return dx, total(1, (n_in, n_out)) if need_dW else None, total(2, (n_out,))

@@ -15,8 +15,10 @@ them as ordinary PyTorch operators:
 - ``siglayer::sigmoid_linear(Tensor x, Tensor W, Tensor b) -> Tensor``: out, shape
   (..., n_out), contiguous;
 - ``siglayer::sigmoid_linear_backward(Tensor dout, Tensor x, Tensor W, Tensor out,
-  bool need_dx) -> (Tensor, Tensor, Tensor)``: (dx, dW, db), contiguous; dx has x's
-  shape, or is empty (shape (0,)) with ``need_dx=False``;
+  bool need_dx, bool need_dW=True) -> (Tensor, Tensor, Tensor)``: (dx, dW, db),
+  contiguous; dx has x's shape, or is empty (shape (0,)) with ``need_dx=False``; dW
+  likewise with ``need_dW=False`` (autograd asks for neither when the input does not
+  require grad: a frozen W costs no dW product);
 - ``siglayer::sigmoid_linear_bce`` and ``siglayer::sigmoid_linear_backward_from_
   preactivation``: the layer fused with binary cross-entropy (see
   ``sigmoid_linear_bce_loss``) and its backward.
@@ -230,7 +232,8 @@ torch.library.define(
 )
 torch.library.define(
     "siglayer::sigmoid_linear_backward",
-    "(Tensor dout, Tensor x, Tensor W, Tensor out, bool need_dx) -> (Tensor, Tensor, Tensor)",
+    "(Tensor dout, Tensor x, Tensor W, Tensor out, bool need_dx, bool need_dW=True) "
+    "-> (Tensor, Tensor, Tensor)",
     lib=_LIBRARY,
     tags=_TAGS,
 )
@@ -242,7 +245,7 @@ torch.library.define(
 )
 torch.library.define(
     "siglayer::sigmoid_linear_backward_from_preactivation",
-    "(Tensor dZ, Tensor x, Tensor W, bool need_dx) -> (Tensor, Tensor, Tensor)",
+    "(Tensor dZ, Tensor x, Tensor W, bool need_dx, bool need_dW=True) -> (Tensor, Tensor, Tensor)",
     lib=_LIBRARY,
     tags=_TAGS,
 )
@@ -287,29 +290,43 @@ def _sigmoid_linear_fake(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
 
 
 def _sigmoid_linear_backward(
-    dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool
+    dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool, need_dW: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
     # An operator cannot return None; an empty tensor stands for "not computed".
-    dx, dW, db = _eager_backward(dout, x, W, out, need_dx)
-    return dx if dx is not None else x.new_empty(0), dW, db
+    dx, dW, db = _eager_backward(dout, x, W, out, need_dx, need_dW)
+    return _or_empty(dx, x), _or_empty(dW, W), db
+
+
+def _or_empty(t: Tensor | None, like: Tensor) -> Tensor:
+    return t if t is not None else like.new_empty(0)
 
 
 def _eager_backward(
-    dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool
-) -> tuple[Tensor | None, Tensor, Tensor]:
+    dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool, need_dW: bool = True
+) -> tuple[Tensor | None, Tensor | None, Tensor]:
     # dout, out (..., n_out), x (..., n_in), W (n_in, n_out) -> dx (x's shape, or None
-    # without need_dx), dW (n_in, n_out), db (n_out,). dx has x's dtype; dW and db the
-    # compute dtype (float32 for bfloat16: the core's unrounded results).
+    # without need_dx), dW (n_in, n_out, or None without need_dW), db (n_out,). dx has
+    # x's dtype; dW and db the compute dtype (float32 for bfloat16: the core's unrounded
+    # results).
     if _under_vmap(dout):
         # torch.autograd.grad(..., is_grads_batched=True) and the vectorized
         # torch.autograd.functional.jacobian run this under vmap: the operator has the
         # batching rule that NumPy arrays cannot have.
-        dx_op, dW_op, db_op = _backward_op(dout, x, W, out, need_dx)
-        return dx_op if need_dx else None, dW_op, db_op
+        dx_op, dW_op, db_op = _backward_op(dout, x, W, out, need_dx, need_dW)
+        return dx_op if need_dx else None, dW_op if need_dW else None, db_op
     dx, dW, db = _api.backward(
-        _to_numpy(dout), _to_numpy(x), _to_numpy(W), _to_numpy(out), need_dx=need_dx
+        _to_numpy(dout),
+        _to_numpy(x),
+        _to_numpy(W),
+        _to_numpy(out),
+        need_dx=need_dx,
+        need_dW=need_dW,
     )
-    return (_from_numpy(dx) if dx is not None else None, torch.from_numpy(dW), torch.from_numpy(db))
+    return (
+        _from_numpy(dx) if dx is not None else None,
+        torch.from_numpy(dW) if dW is not None else None,
+        torch.from_numpy(db),
+    )
 
 
 def _under_vmap(t: Tensor) -> bool:
@@ -323,11 +340,12 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _sigmoid_linear_backward_fake(
-    dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool
+    dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool, need_dW: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
     dx = x.new_empty(x.shape if need_dx else (0,))
     compute = _compute_dtype(W.dtype)
-    return dx, W.new_empty(W.shape, dtype=compute), W.new_empty(W.shape[1], dtype=compute)
+    dW = W.new_empty(W.shape if need_dW else (0,), dtype=compute)
+    return dx, dW, W.new_empty(W.shape[1], dtype=compute)
 
 
 def _setup_context(ctx: Any, inputs: Sequence[Any], output: Tensor) -> None:
@@ -359,8 +377,9 @@ def _gradients(
         _refuse_double_backward("sigmoid_linear", "torch.sigmoid(x @ W + b)")
     x, W, out = ctx.saved_tensors
     need_x, need_W, need_b = ctx.needs_input_grad
-    # The core always computes dW and db together (db is a by-product of dW's sweep).
-    dx, dW, db = backward(dout, x, W, out, need_x)
+    # db is always computed (a by-product of the dZ sweep); a W that does not require
+    # grad (frozen) skips dW's product, an x that does not skips dx's.
+    dx, dW, db = backward(dout, x, W, out, need_x, need_W)
     # Autograd requires each gradient in its input's dtype. For bfloat16 the core's
     # float32 dW (and db, for a bfloat16 b) is rounded here, once, to nearest even; for
     # float32 and float64 (and a float32 b) the dtypes already match (and .to, which
@@ -473,34 +492,35 @@ def _sigmoid_linear_bce_fake(
 
 
 def _eager_backward_from_preactivation(
-    dZ: Tensor, x: Tensor, W: Tensor, need_dx: bool
-) -> tuple[Tensor | None, Tensor, Tensor]:
+    dZ: Tensor, x: Tensor, W: Tensor, need_dx: bool, need_dW: bool = True
+) -> tuple[Tensor | None, Tensor | None, Tensor]:
     # dZ (..., n_out), x (..., n_in), W (n_in, n_out) -> dx (x's shape, or None without
-    # need_dx), dW (n_in, n_out), db (n_out,)
+    # need_dx), dW (n_in, n_out, or None without need_dW), db (n_out,)
     if _under_vmap(dZ):  # as _eager_backward
-        dx_op, dW_op, db_op = _backward_from_preactivation_op(dZ, x, W, need_dx)
-        return dx_op if need_dx else None, dW_op, db_op
+        dx_op, dW_op, db_op = _backward_from_preactivation_op(dZ, x, W, need_dx, need_dW)
+        return dx_op if need_dx else None, dW_op if need_dW else None, db_op
     dx, dW, db = _api.backward_from_preactivation(
-        _to_numpy(dZ), _to_numpy(x), _to_numpy(W), need_dx=need_dx
+        _to_numpy(dZ), _to_numpy(x), _to_numpy(W), need_dx=need_dx, need_dW=need_dW
     )
     return (
         torch.from_numpy(dx) if dx is not None else None,
-        torch.from_numpy(dW),
+        torch.from_numpy(dW) if dW is not None else None,
         torch.from_numpy(db),
     )
 
 
 def _backward_from_preactivation(
-    dZ: Tensor, x: Tensor, W: Tensor, need_dx: bool
+    dZ: Tensor, x: Tensor, W: Tensor, need_dx: bool, need_dW: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
-    dx, dW, db = _eager_backward_from_preactivation(dZ, x, W, need_dx)
-    return dx if dx is not None else x.new_empty(0), dW, db
+    dx, dW, db = _eager_backward_from_preactivation(dZ, x, W, need_dx, need_dW)
+    return _or_empty(dx, x), _or_empty(dW, W), db
 
 
 def _backward_from_preactivation_fake(
-    dZ: Tensor, x: Tensor, W: Tensor, need_dx: bool
+    dZ: Tensor, x: Tensor, W: Tensor, need_dx: bool, need_dW: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return x.new_empty(x.shape if need_dx else (0,)), W.new_empty(W.shape), W.new_empty(W.shape[1])
+    dx = x.new_empty(x.shape if need_dx else (0,))
+    return dx, W.new_empty(W.shape if need_dW else (0,)), W.new_empty(W.shape[1])
 
 
 def _bce_setup_context(ctx: Any, inputs: Sequence[Any], output: tuple[Tensor, Tensor]) -> None:
@@ -531,7 +551,7 @@ def _bce_gradients(
     # read the value, so the operator always multiplies; nor can vmap, see _eager_backward).
     if not eager or _under_vmap(dloss) or float(dloss) != 1.0:
         dZ = dZ * dloss
-    dx, dW, db = backward(dZ, x, W, need_x)
+    dx, dW, db = backward(dZ, x, W, need_x, need_W)
     return dx if need_x else None, dW if need_W else None, db if need_b else None, None, None
 
 
@@ -984,8 +1004,11 @@ def _forward_flops(x_shape: Any, W_shape: Any, *args: Any, **kwargs: Any) -> int
 
 
 def _backward_flops(_grad_shape: Any, x_shape: Any, W_shape: Any, *args: Any, **kwargs: Any) -> int:
-    need_dx = args[-1]  # (out,) need_dx
-    return _products(x_shape, W_shape, 2 if need_dx else 1)
+    # args: (out's shape,) need_dx[, need_dW]; need_dW may come as a keyword or not at all.
+    flags = [a for a in args if isinstance(a, bool)]
+    need_dx = flags[0] if flags else kwargs.get("need_dx", True)
+    need_dW = flags[1] if len(flags) > 1 else kwargs.get("need_dW", True)
+    return _products(x_shape, W_shape, int(need_dx) + int(need_dW))
 
 
 _flop_counter.register_flop_formula([_forward_op.overloadpacket, _bce_op.overloadpacket])(
