@@ -9,9 +9,15 @@ Special values must be exact.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import platform
+
 import numpy as np
 import pytest
 
+import siglayer
 from siglayer import _core
 
 ISAS = _core.config()["simd_available"].split(",")
@@ -110,3 +116,68 @@ def test_out_overlapping_z_is_refused_in_place_is_exact():
     with pytest.raises(ValueError, match="out overlaps z"):
         _core.sigmoid(backing[:40], backing[1:])
     np.testing.assert_array_equal(backing, before)
+
+
+# The caller's rounding mode (fesetround; x86-64 glibc's values). sigma computes in
+# round-to-nearest whatever it is (kernels_isa.cpp: under FE_UPWARD the vector copies
+# gave sigma(z) = 1 + 2^-23 for large z and 1000-ulp errors in float64); the products
+# of a layer keep the caller's mode.
+FE_MODES = {"upward": 0x800, "downward": 0x400, "towardzero": 0xC00}
+on_x86_glibc = pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "AMD64") or not platform.libc_ver()[0] == "glibc",
+    reason="fesetround's mode values are those of x86-64 glibc",
+)
+
+
+@contextlib.contextmanager
+def rounding(mode: str):
+    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    assert libm.fesetround(FE_MODES[mode]) == 0
+    try:
+        yield libm
+    finally:
+        libm.fesetround(0)  # FE_TONEAREST
+
+
+@on_x86_glibc
+@pytest.mark.parametrize("mode", FE_MODES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_sigma_is_the_same_in_every_rounding_mode(isa, dtype, mode):
+    """Bitwise the round-to-nearest result (so within the ulp budget, in [0, 1], exact
+    at the special values), and the caller's mode is left as it was."""
+    dtype = np.dtype(dtype)
+    z = np.concatenate(
+        [sweep(dtype)[::8], np.array([np.inf, -np.inf, np.nan, 0.0, 1e30, -1e30, 40.0, -40.0])]
+    ).astype(dtype)
+    want = _core.sigmoid(z)
+    with rounding(mode) as libm:
+        got = _core.sigmoid(z)
+        mode_after = libm.fegetround()
+    assert mode_after == FE_MODES[mode]
+    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
+@on_x86_glibc
+@pytest.mark.parametrize("mode", FE_MODES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_a_layer_under_a_directed_rounding_mode_stays_in_the_unit_interval(
+    isa, threads, dtype, mode
+):
+    """forward under the caller's mode, on every thread of the team: the products round
+    as the caller asked, sigma does not leave [0, 1], and saturated units are exactly 0
+    and 1 (before the fix: 1.0000001 in float32, which the library's own loss refused)."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((512, 64)) * 4).astype(dtype)
+    W = rng.standard_normal((64, 96)).astype(dtype)
+    b = np.linspace(-3000, 3000, 96).astype(dtype)  # columns far past saturation at both ends
+    with rounding(mode):
+        out = siglayer.forward(x, W, b)
+    assert ((out >= 0) & (out <= 1)).all()
+    np.testing.assert_array_equal(out[:, 0], 0)
+    np.testing.assert_array_equal(out[:, -1], 1)
+    # Apart from sigma the two differ by the products' rounding alone: |dz| <= 2 n_in eps
+    # (|x| |W| + |b|), and sigma' <= 1/4, plus a few ulp of out.
+    nearest = siglayer.forward(x, W, b)
+    eps = float(np.finfo(dtype).eps)
+    dz = 2 * 64 * eps * (np.abs(x).astype(np.float64) @ np.abs(W) + np.abs(b))
+    assert (np.abs(out.astype(np.float64) - nearest) <= dz / 4 + 4 * eps).all()

@@ -1,6 +1,12 @@
 // Compiled once per instruction set; SIGLAYER_ISA names the copy (see CMakeLists.txt).
 #include <cstdint>
 
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#else
+#include <cfenv>
+#endif
+
 #include "dtypes.hpp"
 #include "kernels.hpp"
 #include "kernels_impl.hpp"
@@ -20,15 +26,46 @@ namespace siglayer::kernels::SIGLAYER_ISA {
 
 namespace detail = kernels_detail::SIGLAYER_ISA;
 
+// sigma runs in round-to-nearest whatever rounding mode the caller set (fesetround): its
+// range reduction (k = x log2(e) rounded by adding and subtracting a shift) and its
+// bounds assume it; under FE_UPWARD it gave sigma > 1 and errors of 1000 ulp. Only the
+// rounding bits of the SSE control word change, for the kernel's duration; flush-to-zero
+// and denormals-are-zero stay as the caller set them (threads.cpp), and the products
+// around sigma keep the caller's mode.
+struct NearestRounding {
+#if defined(__SSE__)
+    static constexpr unsigned kRoundingBits = 0x6000u;  // MXCSR.RC, 00 = to nearest
+    unsigned saved = _mm_getcsr();
+    NearestRounding() {
+        if (saved & kRoundingBits) _mm_setcsr(saved & ~kRoundingBits);
+    }
+    ~NearestRounding() {
+        if (saved & kRoundingBits) _mm_setcsr(saved);
+    }
+#else
+    int saved = std::fegetround();
+    NearestRounding() {
+        if (saved != FE_TONEAREST) std::fesetround(FE_TONEAREST);
+    }
+    ~NearestRounding() {
+        if (saved != FE_TONEAREST) std::fesetround(saved);
+    }
+#endif
+    NearestRounding(const NearestRounding&) = delete;
+    NearestRounding& operator=(const NearestRounding&) = delete;
+};
+
 // float and double: storage is compute.
 template <class T>
 static void sigmoid(T* y, const T* z, index_t count) {
+    NearestRounding nearest;
     SIGLAYER_SIGMOID_KERNELS::sigmoid(y, z, count);
 }
 
 template <class T>
 static void bias_sigmoid_rows(T* out, index_t ld, T* acc, index_t ld_acc, const T* b, index_t rows,
                               index_t cols) {
+    NearestRounding nearest;
     SIGLAYER_SIGMOID_KERNELS::bias_sigmoid_rows(out, ld, acc, ld_acc, b, rows, cols);
 }
 
@@ -60,6 +97,7 @@ static void narrow_bf16(bfloat16* dst, const float* src, index_t count) {
 }
 
 static void sigmoid_bf16(bfloat16* y, const bfloat16* z, index_t count) {
+    NearestRounding nearest;
     constexpr index_t chunk = 512;  // on the stack, in L1
     alignas(64) float buf[chunk];
     for (index_t i = 0; i < count; i += chunk) {
@@ -73,6 +111,7 @@ static void sigmoid_bf16(bfloat16* y, const bfloat16* z, index_t count) {
 // Row by row, so that each row of acc is still in L1 when it is rounded.
 static void bias_sigmoid_rows_bf16(bfloat16* out, index_t ld, float* acc, index_t ld_acc,
                                    const float* b, index_t rows, index_t cols) {
+    NearestRounding nearest;
     for (index_t row = 0; row < rows; ++row) {
         float* a = acc + row * ld_acc;
         SIGLAYER_SIGMOID_KERNELS::bias_sigmoid_rows(a, ld_acc, a, ld_acc, b, 1, cols);
