@@ -432,9 +432,16 @@ def test_sequential_parameters_and_errors():
         siglayer.Sequential(a, siglayer.SigmoidLayer(4, 2))
     with pytest.raises(TypeError, match="layer 0 computes in float32 but layer 1 in float64"):
         siglayer.Sequential(a, siglayer.SigmoidLayer(3, 2, dtype=np.float64))
-    with pytest.raises(ValueError, match="appears twice"):
-        sq = siglayer.SigmoidLayer(3, 3)
+    sq = siglayer.SigmoidLayer(3, 3)
+    with pytest.raises(ValueError, match=r"appears twice \(at 0 and at 1\)"):
         siglayer.Sequential(sq, sq)
+    # At any depth: the layer keeps one forward's input, so a backward through both places
+    # gave dx 23 % off and a wrong dW, without an error.
+    with pytest.raises(ValueError, match=r"appears twice \(at 0\.0 and at 1\)"):
+        siglayer.Sequential(siglayer.Sequential(sq), sq)
+    inner = siglayer.Sequential(sq)
+    with pytest.raises(ValueError, match=r"appears twice \(at 0 and at 1\)"):
+        siglayer.Sequential(inner, inner)
     with pytest.raises(TypeError, match="not a layer"):
         siglayer.Sequential(a, "relu")  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="before any forward"):

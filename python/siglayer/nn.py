@@ -663,6 +663,27 @@ def _need_dx(need_dx: object) -> bool:
     return bool(need_dx)
 
 
+def _refuse_repeated_layers(layers: Sequence[Layer[Any]]) -> None:
+    """The same layer object twice, at any depth of nested Sequentials: it keeps only its
+    last forward's x and out, so backward would give wrong gradients without an error."""
+    seen: dict[int, str] = {}
+
+    def visit(layer: Layer[Any], path: str) -> None:
+        if id(layer) in seen:
+            raise ValueError(
+                f"the same layer object appears twice (at {seen[id(layer)]} and at {path}); "
+                f"create separate layers (a layer keeps only its last forward's input, so "
+                f"its backward could not serve both places)"
+            )
+        seen[id(layer)] = path
+        if isinstance(layer, Sequential):
+            for j, inner in enumerate(layer.layers):
+                visit(inner, f"{path}.{j}")
+
+    for i, layer in enumerate(layers):
+        visit(layer, str(i))
+
+
 class Sequential(Generic[Float]):
     """Layers applied one after the other, with backward through the whole stack.
 
@@ -700,8 +721,7 @@ class Sequential(Generic[Float]):
                 )
             if a.dtype != b.dtype:
                 raise TypeError(f"layer {i} computes in {a.dtype} but layer {i + 1} in {b.dtype}")
-        if len({id(layer) for layer in layers}) != len(layers):
-            raise ValueError("the same layer object appears twice; create separate layers")
+        _refuse_repeated_layers(layers)
         self.layers: tuple[Layer[Float], ...] = tuple(layers)
 
     @property
