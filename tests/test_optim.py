@@ -380,6 +380,12 @@ def test_parameter_errors():
         SGD([], lr=0.1)
     with pytest.raises(TypeError, match=r"params\[0\] must be a siglayer.Parameter"):
         SGD([(np.zeros(3), np.zeros(3))], lr=0.1)  # type: ignore[list-item]
+    torch = pytest.importorskip("torch")
+    module = torch.nn.Linear(3, 2)
+    with pytest.raises(
+        TypeError, match=r"params\[0\] is a torch\.nn\.parameter\.Parameter.*torch\.optim"
+    ):
+        Adam(module.parameters(), lr=0.1)  # type: ignore[arg-type]
     read_only = np.zeros(3)
     read_only.flags.writeable = False
     with pytest.raises(ValueError, match="p: value is read-only"):

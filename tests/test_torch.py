@@ -207,7 +207,20 @@ def test_module():
     linear = torch.nn.Linear(7, 3, bias=False)
     from_linear = SigmoidLinear.from_linear(linear)
     torch.testing.assert_close(from_linear.W, linear.weight.T)
+    # A bias-free Linear stays bias-free under training (its zero b requires no grad: a
+    # trainable one moved 0.049 in 3 SGD steps); a frozen weight stays frozen.
+    assert (from_linear.b == 0).all() and not from_linear.b.requires_grad
+    assert from_linear.W.requires_grad
+    x7 = torch.rand(4, 7)
+    optimizer = torch.optim.SGD(from_linear.parameters(), lr=1.0)
+    for _ in range(3):
+        optimizer.zero_grad()
+        from_linear(x7).sum().backward()
+        optimizer.step()
     assert (from_linear.b == 0).all()
+    torch.testing.assert_close(from_linear(x7), torch.sigmoid(x7 @ from_linear.W))
+    linear.weight.requires_grad_(False)
+    assert not SigmoidLinear.from_linear(linear).W.requires_grad
     with pytest.raises(
         TypeError, match=r"dtype must be torch\.float32, torch\.float64 or torch\.bfloat16"
     ):

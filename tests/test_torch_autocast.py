@@ -98,6 +98,20 @@ def test_float16_autocast_computes_in_float32_and_float64_is_left_alone():
     assert out64.dtype == torch.float64 and torch.equal(out64, sigmoid_linear(x64, W64, b64))
 
 
+def test_a_float64_input_to_a_float32_model_under_autocast_names_autocast():
+    """autocast casts the float32 W to bfloat16 and leaves the float64 x: the message says
+    so, instead of naming a bfloat16 W the user never made without a reason."""
+    x, W, b = inputs(3)
+    with (
+        torch.autocast("cpu"),
+        pytest.raises(
+            TypeError,
+            match=r"got x torch\.float64, W torch\.bfloat16.*inside torch\.autocast.*x\.float",
+        ),
+    ):
+        sigmoid_linear(x.double(), W, b)
+
+
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_compiled_under_autocast_equals_eager(backend):
     torch._dynamo.reset()

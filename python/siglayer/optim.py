@@ -437,9 +437,16 @@ def unflatten_state_dict(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_parameter(p: object, i: int) -> None:
     if not isinstance(p, Parameter):
+        kind = type(p)
+        if kind.__module__.split(".")[0] == "torch":
+            raise TypeError(
+                f"params[{i}] is a {kind.__module__}.{kind.__qualname__}, not a "
+                f"siglayer.Parameter: siglayer.optim updates the NumPy layers' parameters "
+                f"(siglayer.SigmoidLayer, siglayer.Sequential); for a siglayer.torch module "
+                f"use torch.optim, e.g. torch.optim.Adam(module.parameters())"
+            )
         raise TypeError(
-            f"params[{i}] must be a siglayer.Parameter (from net.parameters()), "
-            f"got {type(p).__name__}"
+            f"params[{i}] must be a siglayer.Parameter (from net.parameters()), got {kind.__name__}"
         )
     v, g = p.value, p.grad
     for what, a in (("value", v), ("grad", g)):

@@ -61,6 +61,9 @@ vmap and functional_call work (see _Transformed); second derivatives raise. Wher
 operators themselves run (compiled or exported graphs, direct calls) forward mode works
 too, and inside a torch.func transform they differentiate as PyTorch's own formula
 around siglayer's value, second derivatives included (see _sigmoid_linear_autograd).
+
+**Threads.** The kernels run on siglayer's own OpenMP pool, sized by
+``siglayer.set_num_threads``; ``torch.set_num_threads`` sizes PyTorch's pool only.
 """
 
 from __future__ import annotations
@@ -212,9 +215,16 @@ def _check_dtypes(x: torch.dtype, W: torch.dtype, b: torch.dtype) -> None:
     """One dtype for x, W and b, except that bfloat16 x and W may have a float32 b."""
     if x == W and (b == x or (x == _BFLOAT16 and b == torch.float32)):
         return
+    autocast = ""
+    if torch.is_autocast_enabled("cpu") and torch.float64 in (x, W, b):
+        autocast = (
+            f"; inside torch.autocast, which casts float32 tensors to "
+            f"{torch.get_autocast_dtype('cpu')} and leaves float64 ones as they are: pass "
+            f"float32 tensors (x.float()), or call outside autocast"
+        )
     raise TypeError(
         f"x, W and b must share one dtype; got x {x}, W {W}, b {b} (with torch.bfloat16 "
-        f"x and W, b may also be torch.float32)"
+        f"x and W, b may also be torch.float32){autocast}"
     )
 
 
@@ -1355,8 +1365,10 @@ class SigmoidLinear(torch.nn.Module):
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear) -> SigmoidLinear:
-        """The SigmoidLinear computing ``torch.sigmoid(linear(x))``: W = weight.T, b = bias
-        (zero when the Linear has none), copied."""
+        """The SigmoidLinear computing ``torch.sigmoid(linear(x))``: W = weight.T, b = bias,
+        copied, each with its ``requires_grad`` (a frozen weight stays frozen, and costs no
+        dW product). A Linear without bias gives a zero b that does not require grad, so
+        that an optimizer leaves the layer bias-free as the Linear was."""
         if not isinstance(linear, torch.nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
         n_out, n_in = linear.weight.shape
@@ -1365,6 +1377,8 @@ class SigmoidLinear(torch.nn.Module):
             layer.W.copy_(linear.weight.T)
             if linear.bias is not None:
                 layer.b.copy_(linear.bias)
+        layer.W.requires_grad_(linear.weight.requires_grad)
+        layer.b.requires_grad_(linear.bias is not None and linear.bias.requires_grad)
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
