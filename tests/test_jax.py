@@ -89,6 +89,38 @@ def test_forward_and_gradients_match_jax(implementation, dtype, shape_x):
         assert_close(g, e, dtype)
 
 
+@pytest.mark.parametrize("argnums", [(1, 2), (0,), (0, 2), (2,), (1,)], ids=str)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_only_the_differentiated_inputs_cost_a_product(implementation, argnums):
+    """jax.grad in some of x, W, b: the backward call returns an empty dx (dW) where x (W)
+    is not differentiated, its product skipped (read off the jaxpr), and the gradients
+    asked for match JAX's own, under jit and vmap too."""
+    f = layer(implementation)
+    x, W, b = inputs((12, 7), 5, np.float64)
+    g = jax.grad(loss(f), argnums=argnums)
+    calls = [
+        e
+        for e in jax.make_jaxpr(g)(x, W, b).jaxpr.eqns
+        if e.primitive.name in ("ffi_call", "pure_callback")
+    ]
+    (backward,) = [e for e in calls if len(e.outvars) == 3]
+    dx_shape, dW_shape, _ = (v.aval.shape for v in backward.outvars)
+    assert dx_shape == ((12, 7) if 0 in argnums else (0,))
+    assert dW_shape == ((7, 5) if 1 in argnums else (0,))
+    expected = jax.grad(loss(reference), argnums=argnums)(x, W, b)
+    for got in (jax.jit(g)(x, W, b), g(x, W, b)):
+        for a, e in zip(got, expected, strict=True):
+            assert_close(a, e, np.float64)
+    per_sample = jax.vmap(g, in_axes=(0, None, None))(x.reshape(3, 4, 7), W, b)
+    for i in range(3):
+        for a, e in zip(
+            per_sample,
+            jax.grad(loss(reference), argnums=argnums)(x.reshape(3, 4, 7)[i], W, b),
+            strict=True,
+        ):
+            assert_close(a[i], e, np.float64)
+
+
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_check_grads(implementation):
     x, W, b = inputs((6, 5), 4, np.float64)
@@ -395,10 +427,10 @@ def test_ffi_handler_checks_shapes_itself():
     # db's length (the core takes db as a pointer), with result types of the wrong size.
     W = jnp.zeros((3, 2))
     out = sj._ffi_forward(x, W, b)
-    wrong = (*sj._gradient_types(x, W)[:2], jax.ShapeDtypeStruct((5,), W.dtype))
+    wrong = (*sj._gradient_types(x, W, True, True)[:2], jax.ShapeDtypeStruct((5,), W.dtype))
     call = jax.ffi.ffi_call(sj._BACKWARD_TARGET, wrong, vmap_method="sequential")
     with pytest.raises(jax.errors.JaxRuntimeError, match=r"db has 5 entries but W has shape"):
-        jax.block_until_ready(call(jnp.ones_like(out), x, W, out))
+        jax.block_until_ready(call(jnp.ones_like(out), x, W, out, need_dx=True, need_dW=True))
 
 
 def test_every_public_name_is_documented():

@@ -184,9 +184,12 @@ ffi::Error forward_handler(ffi::AnyBuffer x, ffi::AnyBuffer W, ffi::AnyBuffer b,
 // dout, out (..., n_out), x (..., n_in), W (n_in, n_out) -> dx (..., n_in),
 // dW (n_in, n_out), db (n_out,). dW and db are in the compute type (float32 for a
 // bfloat16 layer: siglayer.jax rounds them to the primals' dtypes, as JAX requires).
+// need_dx / need_dW false (an input JAX does not differentiate): that result is an
+// empty buffer, shape (0,), and its product is skipped.
 ffi::Error backward_handler(ffi::AnyBuffer dout, ffi::AnyBuffer x, ffi::AnyBuffer W,
                             ffi::AnyBuffer out, ffi::Result<ffi::AnyBuffer> dx,
-                            ffi::Result<ffi::AnyBuffer> dW, ffi::Result<ffi::AnyBuffer> db) {
+                            ffi::Result<ffi::AnyBuffer> dW, ffi::Result<ffi::AnyBuffer> db,
+                            bool need_dx, bool need_dW) {
     return dispatch({{"dout", dout.element_type(), Role::storage},
                      {"x", x.element_type(), Role::storage},
                      {"W", W.element_type(), Role::storage},
@@ -203,8 +206,9 @@ ffi::Error backward_handler(ffi::AnyBuffer dout, ffi::AnyBuffer x, ffi::AnyBuffe
                         SIGLAYER_REQUIRE(dbm.cols == Wm.cols, "db has " + std::to_string(dbm.cols) +
                                                                   " entries but W has shape " +
                                                                   shape_str(Wm.rows, Wm.cols));
-                        backward<T>(out_matrix<T>("dx", *dx), out_matrix<C>("dW", *dW, 2), dbm.data,
-                                    matrix<T>("dout", dout), matrix<T>("x", x), Wm,
+                        backward<T>(need_dx ? out_matrix<T>("dx", *dx) : OutMatrix<T>{},
+                                    need_dW ? out_matrix<C>("dW", *dW, 2) : OutMatrix<C>{},
+                                    dbm.data, matrix<T>("dout", dout), matrix<T>("x", x), Wm,
                                     matrix<T>("out", out));
                     });
 }
@@ -224,11 +228,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(siglayer_jax_forward, siglayer::forward_handler,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(siglayer_jax_backward, siglayer::backward_handler,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()    // dout
-                                  .Arg<ffi::AnyBuffer>()    // x
-                                  .Arg<ffi::AnyBuffer>()    // W
-                                  .Arg<ffi::AnyBuffer>()    // out
-                                  .Ret<ffi::AnyBuffer>()    // dx
-                                  .Ret<ffi::AnyBuffer>()    // dW
-                                  .Ret<ffi::AnyBuffer>());  // db
+                                  .Arg<ffi::AnyBuffer>()  // dout
+                                  .Arg<ffi::AnyBuffer>()  // x
+                                  .Arg<ffi::AnyBuffer>()  // W
+                                  .Arg<ffi::AnyBuffer>()  // out
+                                  .Ret<ffi::AnyBuffer>()  // dx
+                                  .Ret<ffi::AnyBuffer>()  // dW
+                                  .Ret<ffi::AnyBuffer>()  // db
+                                  .Attr<bool>("need_dx")
+                                  .Attr<bool>("need_dW"));
 #pragma GCC visibility pop

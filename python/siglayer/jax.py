@@ -36,6 +36,7 @@ available (use ``jax.nn.sigmoid(x @ W + b)`` for those).
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -113,12 +114,13 @@ def _out_type(x: Array, W: Array) -> Any:
     return _jax.ShapeDtypeStruct((*x.shape[:-1], W.shape[1]), x.dtype)
 
 
-def _gradient_types(x: Array, W: Array) -> tuple[Any, ...]:
+def _gradient_types(x: Array, W: Array, need_dx: bool, need_dW: bool) -> tuple[Any, ...]:
     # dx in the storage dtype; dW and db in the compute dtype, as the core returns them.
+    # A gradient not needed is an empty array (its product is skipped).
     compute = _FLOAT32 if W.dtype == _BFLOAT16 else W.dtype
     return (
-        _jax.ShapeDtypeStruct(x.shape, x.dtype),
-        _jax.ShapeDtypeStruct(W.shape, compute),
+        _jax.ShapeDtypeStruct(x.shape if need_dx else (0,), x.dtype),
+        _jax.ShapeDtypeStruct(W.shape if need_dW else (0,), compute),
         _jax.ShapeDtypeStruct(W.shape[1:], compute),
     )
 
@@ -129,9 +131,12 @@ def _ffi_forward(x: Array, W: Array, b: Array) -> Array:
     return out
 
 
-def _ffi_backward(dout: Array, x: Array, W: Array, out: Array) -> tuple[Array, Array, Array]:
-    call = _jax.ffi.ffi_call(_BACKWARD_TARGET, _gradient_types(x, W), vmap_method="sequential")
-    dx, dW, db = call(dout, x, W, out)
+def _ffi_backward(
+    dout: Array, x: Array, W: Array, out: Array, need_dx: bool, need_dW: bool
+) -> tuple[Array, Array, Array]:
+    types = _gradient_types(x, W, need_dx, need_dW)
+    call = _jax.ffi.ffi_call(_BACKWARD_TARGET, types, vmap_method="sequential")
+    dx, dW, db = call(dout, x, W, out, need_dx=need_dx, need_dW=need_dW)
     return dx, dW, db
 
 
@@ -139,9 +144,19 @@ def _host_forward(x: Any, W: Any, b: Any) -> np.ndarray[Any, Any]:
     return _api.forward(np.asarray(x), np.asarray(W), np.asarray(b))
 
 
-def _host_backward(dout: Any, x: Any, W: Any, out: Any) -> tuple[np.ndarray[Any, Any], ...]:
-    dx, dW, db = _api.backward(np.asarray(dout), np.asarray(x), np.asarray(W), np.asarray(out))
-    return dx, dW, db
+def _host_backward(
+    dout: Any, x: Any, W: Any, out: Any, need_dx: bool, need_dW: bool
+) -> tuple[np.ndarray[Any, Any], ...]:
+    x, W = np.asarray(x), np.asarray(W)
+    dx, dW, db = _api.backward(
+        np.asarray(dout), x, W, np.asarray(out), need_dx=need_dx, need_dW=need_dW
+    )
+    compute = db.dtype
+    return (
+        dx if dx is not None else np.empty(0, x.dtype),
+        dW if dW is not None else np.empty(0, compute),
+        db,
+    )
 
 
 def _callback_forward(x: Array, W: Array, b: Array) -> Array:
@@ -151,9 +166,17 @@ def _callback_forward(x: Array, W: Array, b: Array) -> Array:
     return out
 
 
-def _callback_backward(dout: Array, x: Array, W: Array, out: Array) -> tuple[Array, Array, Array]:
+def _callback_backward(
+    dout: Array, x: Array, W: Array, out: Array, need_dx: bool, need_dW: bool
+) -> tuple[Array, Array, Array]:
     dx, dW, db = _jax.pure_callback(
-        _host_backward, _gradient_types(x, W), dout, x, W, out, vmap_method="sequential"
+        functools.partial(_host_backward, need_dx=need_dx, need_dW=need_dW),
+        _gradient_types(x, W, need_dx, need_dW),
+        dout,
+        x,
+        W,
+        out,
+        vmap_method="sequential",
     )
     return dx, dW, db
 
@@ -180,7 +203,7 @@ def _sequential(
 
 def _make_layer(
     forward: Callable[[Array, Array, Array], Array],
-    backward: Callable[[Array, Array, Array, Array], tuple[Array, Array, Array]],
+    backward: Callable[[Array, Array, Array, Array, bool, bool], tuple[Array, Array, Array]],
 ) -> Callable[[Array, Array, Array], Array]:
     def forward_batchable(x: Array, W: Array, b: Array) -> Array:
         return forward(x, W, b)
@@ -202,24 +225,33 @@ def _make_layer(
         out: Array = batchable(x, W, b)
         return out
 
-    def layer_forward(
-        x: Array, W: Array, b: Array
-    ) -> tuple[Array, tuple[Array, Array, Array, Array]]:
-        out = batchable(x, W, b)
+    # symbolic_zeros: the forward rule learns which inputs JAX differentiates
+    # (CustomVJPPrimal.perturbed), so that the backward computes only their cotangents
+    # (jax.grad in W and b of a first layer: no dx product). Which ones is kept in the
+    # residuals' structure, () for needed and None for not, static under jit.
+    def layer_forward(x: Any, W: Any, b: Any) -> tuple[Array, tuple[Any, ...]]:
+        out = batchable(x.value, W.value, b.value)
+        needs = tuple(() if p.perturbed else None for p in (x, W, b))
         # b only for its dtype (a saved reference, not a copy).
-        return out, (x, W, b, out)
+        return out, (x.value, W.value, b.value, out, needs)
 
-    def layer_backward(
-        saved: tuple[Array, Array, Array, Array], dout: Array
-    ) -> tuple[Array, Array, Array]:
-        x, W, b, out = saved
-        dx, dW, db = backward(dout, x, W, out)
+    def layer_backward(saved: tuple[Any, ...], dout: Any) -> tuple[Array | None, ...]:
+        x, W, b, out, needs = saved
+        need_dx, need_dW, need_db = (flag is not None for flag in needs)
+        if isinstance(dout, _jax.custom_derivatives.SymbolicZero):
+            return None, None, None  # out is not differentiated: zero cotangents
+        dx, dW, db = backward(dout, x, W, out, need_dx, need_dW)
         # Cotangents in their primals' dtypes: for bfloat16 the core's float32 dW (and db
         # of a bfloat16 b) rounded once, to nearest even; otherwise no conversion at all.
-        return dx, dW.astype(W.dtype), db.astype(b.dtype)
+        # None: a symbolic zero, for an input JAX does not differentiate.
+        return (
+            dx if need_dx else None,
+            dW.astype(W.dtype) if need_dW else None,
+            db.astype(b.dtype) if need_db else None,
+        )
 
     differentiable = _jax.custom_vjp(layer)
-    differentiable.defvjp(layer_forward, layer_backward)
+    differentiable.defvjp(layer_forward, layer_backward, symbolic_zeros=True)
     typed: Callable[[Array, Array, Array], Array] = differentiable
     return typed
 
