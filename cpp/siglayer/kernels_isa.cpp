@@ -39,8 +39,8 @@ struct NearestRounding {
     NearestRounding() {
         if (saved & kRoundingBits) _mm_setcsr(saved & ~kRoundingBits);
     }
-    ~NearestRounding() {
-        if (saved & kRoundingBits) _mm_setcsr(saved);
+    ~NearestRounding() {  // the caller's rounding back; exception flags raised meanwhile stay
+        if (saved & kRoundingBits) _mm_setcsr(_mm_getcsr() | (saved & kRoundingBits));
     }
 #else
     int saved = std::fegetround();
