@@ -137,9 +137,12 @@ def restore_threads():
 
 
 # Layer test shapes (shape of x, n_out): tiny, primes, large-ish, zero-size, batch
-# dimensions, 1-D x.
+# dimensions, 1-D x; one output column (n_out = 1) and one row (n = 1), which run as
+# matrix-vector products (blas.cpp).
 SHAPES = [
     ((1, 1), 1),
+    ((257, 33), 1),
+    ((1, 65), 33),
     ((7, 13), 5),
     ((64, 33), 17),
     ((300, 257), 129),

@@ -8,9 +8,19 @@ import pytest
 from conftest import DTYPES, assert_within, product_bound
 from siglayer import _core
 
-# (M, N, K): one thread below ~2**20 multiply-adds, so the last two shapes are split
-# between threads (rows, then columns) when two are available.
-SHAPES = [(1, 1, 1), (7, 5, 3), (130, 70, 120), (40, 300, 100)]
+# (M, N, K): one thread below ~2**20 multiply-adds, so (130, 70, 120), (40, 300, 100) and
+# (3000, 1, 400) are split between threads (rows, then columns) when two are available.
+# One output row or column (M or N = 1) runs as a matrix-vector product (blas.cpp).
+SHAPES = [
+    (1, 1, 1),
+    (7, 5, 3),
+    (130, 70, 120),
+    (40, 300, 100),
+    (1, 70, 120),
+    (130, 1, 120),
+    (1, 1, 50),
+    (3000, 1, 400),
+]
 
 
 def _stored(a: np.ndarray, trans: bool, layout: str) -> np.ndarray:
@@ -45,11 +55,13 @@ def test_matches_numpy(rng, threads, shape, dtype, trans_a, trans_b, layout, thr
     assert _core.blas_num_threads() == blas_threads
 
 
+@pytest.mark.parametrize(("M", "N"), [(33, 9), (33, 1), (1, 9)], ids=["gemm", "column", "row"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_writes_into_out(rng, dtype):
-    a = rng.standard_normal((33, 17)).astype(dtype)
-    b = rng.standard_normal((17, 9)).astype(dtype)
-    out = np.full((33, 9), np.nan, dtype)
+def test_writes_into_out(rng, dtype, M, N):
+    """A buffer full of NaN is overwritten, never scaled: a product never reads it."""
+    a = rng.standard_normal((M, 17)).astype(dtype)
+    b = rng.standard_normal((17, N)).astype(dtype)
+    out = np.full((M, N), np.nan, dtype)
     assert _core.gemm(a, b, out=out) is out
     assert_within(
         out.astype(np.float64),
