@@ -144,6 +144,24 @@ def test_need_dx_false(rng):
     np.testing.assert_array_equal(db, db_full)
 
 
+@pytest.mark.parametrize("n_out", [1, 2, 3, 15, 16])
+@pytest.mark.parametrize("isa", _core.config()["simd_available"].split(","))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_narrow_outputs_on_every_instruction_set(rng, threads, dtype, isa, n_out):
+    """Fewer than 16 output columns: bias + sigma sweeps groups of rows as one long row
+    (kernels_isa.cpp), on every instruction set; 1000 rows leave a partial group."""
+    x, W, b, _ = make_problem(rng, (1000, 37), n_out, dtype)
+    best = _core.config()["simd_available"].split(",")[0]
+    _core.select_isa(isa)
+    try:
+        out = siglayer.forward(x, W, b)
+        given = siglayer.forward(x, W, b, out=np.full((1000, n_out), np.nan, dtype))
+    finally:
+        _core.select_isa(best)
+    assert_within(out, reference.forward(x, W, b), forward_bound(x, W, b, out), "out")
+    np.testing.assert_array_equal(given, out)
+
+
 NEEDS = [(True, False), (False, True), (False, False)]
 
 

@@ -55,6 +55,29 @@ struct NearestRounding {
     NearestRounding& operator=(const NearestRounding&) = delete;
 };
 
+// bias + sigma over out (rows x cols, row stride ld) from acc (row stride ld_acc), by
+// sweep(out, ld, acc, ld_acc, b, rows, cols), which runs one row at a time. Narrow rows
+// that lie end to end (ld == ld_acc == cols < kNarrow) are swept in groups, each group as
+// one long row with the bias repeated to match: a vector sweep per row of one or two
+// elements (n_out = 1, a logistic-regression head) spent ~30 ns a row on loop overhead.
+constexpr index_t kNarrow = 16, kGroupSpan = 256;
+
+template <class T, class C, class Sweep>
+static void bias_sigmoid_grouped(T* out, index_t ld, C* acc, index_t ld_acc, const C* b,
+                                 index_t rows, index_t cols, Sweep sweep) {
+    if (cols >= kNarrow || ld != cols || ld_acc != cols || rows < 2) {
+        sweep(out, ld, acc, ld_acc, b, rows, cols);
+        return;
+    }
+    const index_t group = kGroupSpan / cols;  // rows per long row
+    C bias[kGroupSpan];
+    for (index_t i = 0; i < group * cols; ++i) bias[i] = b[i % cols];
+    for (index_t r = 0; r < rows; r += group) {
+        const index_t span = (rows - r < group ? rows - r : group) * cols;
+        sweep(out + r * cols, span, acc + r * cols, span, bias, 1, span);
+    }
+}
+
 // float and double: storage is compute.
 template <class T>
 static void sigmoid(T* y, const T* z, index_t count) {
@@ -66,7 +89,11 @@ template <class T>
 static void bias_sigmoid_rows(T* out, index_t ld, T* acc, index_t ld_acc, const T* b, index_t rows,
                               index_t cols) {
     NearestRounding nearest;
-    SIGLAYER_SIGMOID_KERNELS::bias_sigmoid_rows(out, ld, acc, ld_acc, b, rows, cols);
+    bias_sigmoid_grouped(
+        out, ld, acc, ld_acc, b, rows, cols,
+        [](T* o, index_t ldo, T* a, index_t lda, const T* bb, index_t r, index_t c) {
+            SIGLAYER_SIGMOID_KERNELS::bias_sigmoid_rows(o, ldo, a, lda, bb, r, c);
+        });
 }
 
 template <class T>
@@ -112,11 +139,15 @@ static void sigmoid_bf16(bfloat16* y, const bfloat16* z, index_t count) {
 static void bias_sigmoid_rows_bf16(bfloat16* out, index_t ld, float* acc, index_t ld_acc,
                                    const float* b, index_t rows, index_t cols) {
     NearestRounding nearest;
-    for (index_t row = 0; row < rows; ++row) {
-        float* a = acc + row * ld_acc;
-        SIGLAYER_SIGMOID_KERNELS::bias_sigmoid_rows(a, ld_acc, a, ld_acc, b, 1, cols);
-        narrow_bf16(out + row * ld, a, cols);
-    }
+    bias_sigmoid_grouped(
+        out, ld, acc, ld_acc, b, rows, cols,
+        [](bfloat16* o, index_t ldo, float* a, index_t lda, const float* bb, index_t r, index_t c) {
+            for (index_t row = 0; row < r; ++row) {
+                float* a_row = a + row * lda;
+                SIGLAYER_SIGMOID_KERNELS::bias_sigmoid_rows(a_row, lda, a_row, lda, bb, 1, c);
+                narrow_bf16(o + row * ldo, a_row, c);
+            }
+        });
 }
 
 static void dz_colsum_bf16(bfloat16* dZ, index_t ld_dZ, float* db, double* total,
