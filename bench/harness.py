@@ -70,6 +70,8 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "L": (1024, 1024, 1024),
     "N": (8192, 256, 64),
     "XL": (4096, 2048, 2048),
+    # One output column, a logistic-regression head: every product is a matrix-vector one.
+    "H": (8192, 256, 1),
 }
 DTYPES: dict[str, type[np.floating[Any]]] = {"float32": np.float32, "float64": np.float64}
 PASSES = ("forward", "forward_backward")

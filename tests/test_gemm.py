@@ -10,7 +10,8 @@ from siglayer import _core
 
 # (M, N, K): one thread below ~2**20 multiply-adds, so (130, 70, 120), (40, 300, 100) and
 # (3000, 1, 400) are split between threads (rows, then columns) when two are available.
-# One output row or column (M or N = 1) runs as a matrix-vector product (blas.cpp).
+# One output row or column (M or N = 1) runs as a matrix-vector product, an inner
+# dimension of one (K = 1) as an outer product (blas.cpp).
 SHAPES = [
     (1, 1, 1),
     (7, 5, 3),
@@ -20,6 +21,8 @@ SHAPES = [
     (130, 1, 120),
     (1, 1, 50),
     (3000, 1, 400),
+    (130, 70, 1),
+    (3000, 400, 1),
 ]
 
 
@@ -55,18 +58,22 @@ def test_matches_numpy(rng, threads, shape, dtype, trans_a, trans_b, layout, thr
     assert _core.blas_num_threads() == blas_threads
 
 
-@pytest.mark.parametrize(("M", "N"), [(33, 9), (33, 1), (1, 9)], ids=["gemm", "column", "row"])
+@pytest.mark.parametrize(
+    ("M", "N", "K"),
+    [(33, 9, 17), (33, 1, 17), (1, 9, 17), (33, 9, 1)],
+    ids=["gemm", "column", "row", "outer"],
+)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_writes_into_out(rng, dtype, M, N):
+def test_writes_into_out(rng, dtype, M, N, K):
     """A buffer full of NaN is overwritten, never scaled: a product never reads it."""
-    a = rng.standard_normal((M, 17)).astype(dtype)
-    b = rng.standard_normal((17, N)).astype(dtype)
+    a = rng.standard_normal((M, K)).astype(dtype)
+    b = rng.standard_normal((K, N)).astype(dtype)
     out = np.full((M, N), np.nan, dtype)
     assert _core.gemm(a, b, out=out) is out
     assert_within(
         out.astype(np.float64),
         a.astype(np.float64) @ b,
-        product_bound(np.abs(a), np.abs(b), 17, dtype),
+        product_bound(np.abs(a), np.abs(b), K, dtype),
         "out",
     )
 
