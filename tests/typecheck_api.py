@@ -46,6 +46,18 @@ assert_type(
     tuple[None, NDArray[np.float64], NDArray[np.float64]],
 )
 assert_type(
+    siglayer.backward(out64, x64, W64, out64, need_dW=False),  # a frozen W
+    tuple[NDArray[np.float64], None, NDArray[np.float64]],
+)
+assert_type(
+    siglayer.backward(out64, x64, W64, out64, need_dx=False, need_dW=False),
+    tuple[None, None, NDArray[np.float64]],
+)
+assert_type(
+    siglayer.backward_from_preactivation(out32, x32, W32, need_dW=False),
+    tuple[NDArray[np.float32], None, NDArray[np.float32]],
+)
+assert_type(
     siglayer.backward(out64, x64, W64, out64, need_dW=need),
     tuple[NDArray[np.float64] | None, NDArray[np.float64] | None, NDArray[np.float64]],
 )

@@ -155,6 +155,34 @@ def backward(
     W: NDArray[Float],
     out: NDArray[Float],
     *,
+    need_dx: Literal[True] = True,
+    need_dW: Literal[False],
+    dx: NDArray[Float] | None = None,
+    dW: None = None,
+    db: NDArray[Float] | None = None,
+    grad_dtype: DTypeLike | None = None,
+) -> tuple[NDArray[Float], None, NDArray[Float]]: ...
+@overload
+def backward(
+    dout: NDArray[Float],
+    x: NDArray[Float],
+    W: NDArray[Float],
+    out: NDArray[Float],
+    *,
+    need_dx: Literal[False],
+    need_dW: Literal[False],
+    dx: None = None,
+    dW: None = None,
+    db: NDArray[Float] | None = None,
+    grad_dtype: DTypeLike | None = None,
+) -> tuple[None, None, NDArray[Float]]: ...
+@overload
+def backward(
+    dout: NDArray[Float],
+    x: NDArray[Float],
+    W: NDArray[Float],
+    out: NDArray[Float],
+    *,
     need_dx: bool,
     need_dW: Literal[True] = True,
     dx: NDArray[Float] | None = None,
@@ -318,6 +346,32 @@ def backward_from_preactivation(
     db: NDArray[Float] | None = None,
     grad_dtype: DTypeLike | None = None,
 ) -> tuple[None, NDArray[Float], NDArray[Float]]: ...
+@overload
+def backward_from_preactivation(
+    dZ: NDArray[Float],
+    x: NDArray[Float],
+    W: NDArray[Float],
+    *,
+    need_dx: Literal[True] = True,
+    need_dW: Literal[False],
+    dx: NDArray[Float] | None = None,
+    dW: None = None,
+    db: NDArray[Float] | None = None,
+    grad_dtype: DTypeLike | None = None,
+) -> tuple[NDArray[Float], None, NDArray[Float]]: ...
+@overload
+def backward_from_preactivation(
+    dZ: NDArray[Float],
+    x: NDArray[Float],
+    W: NDArray[Float],
+    *,
+    need_dx: Literal[False],
+    need_dW: Literal[False],
+    dx: None = None,
+    dW: None = None,
+    db: NDArray[Float] | None = None,
+    grad_dtype: DTypeLike | None = None,
+) -> tuple[None, None, NDArray[Float]]: ...
 @overload
 def backward_from_preactivation(
     dZ: NDArray[Float],

@@ -176,6 +176,16 @@ def backward(
     out: DaskArray,
     *,
     need_dx: bool = True,
+    need_dW: Literal[False],
+) -> tuple[DaskArray | None, None, DaskArray]: ...
+@overload
+def backward(
+    dout: DaskArray,
+    x: DaskArray,
+    W: np.ndarray[Any, Any],
+    out: DaskArray,
+    *,
+    need_dx: bool = True,
     need_dW: bool,
 ) -> tuple[DaskArray | None, DaskArray | None, DaskArray]: ...
 def backward(
