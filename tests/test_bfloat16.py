@@ -320,7 +320,11 @@ def test_skipped_gradients_leave_the_others_bitwise_unchanged(
     """need_dx / need_dW drop a product on every GEMM path; what remains is the full
     call's bits (the full call is checked against the reference above)."""
     x, W, b = inputs(257, 129, 65, seed=5)
-    x = np.asfortranarray(x)  # a layout the blas path packs: skipped with dW
+    # Every other column of a wider array: a layout the products must pack (C and F order
+    # reach the GEMM as they are), a packing skipped with dW.
+    wide = np.zeros((x.shape[0], 2 * x.shape[1]), BF16)
+    wide[:, ::2] = x
+    x = wide[:, ::2]
     out = siglayer.forward(x, W, b)
     dout = bf16(np.random.default_rng(6).standard_normal(out.shape))
     call = getattr(siglayer, method)

@@ -196,6 +196,22 @@ def test_skipped_gradients_are_none_and_the_others_unchanged(
     np.testing.assert_array_equal(got3[2], full[2])
 
 
+@pytest.mark.parametrize("method", ["backward", "backward_from_preactivation"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_a_skipped_product_never_reads_its_operand(rng, dtype, method):
+    """need_dW=False skips x^T . dZ, so x's values (NaN here) reach no result; need_dx=False
+    skips dZ . W^T likewise for W. Finite results show the product did not run."""
+    x, W, b, dout = make_problem(rng, (300, 40), 20, dtype)
+    out = siglayer.forward(x, W, b)
+    call = getattr(siglayer, method)
+    rest = (out,) if method == "backward" else ()
+    nan_x, nan_W = np.full_like(x, np.nan), np.full_like(W, np.nan)
+    dx, dW, db = call(dout, nan_x, W, *rest, need_dW=False)
+    assert dW is None and np.isfinite(dx).all() and np.isfinite(db).all()
+    dx, dW, db = call(dout, x, nan_W, *rest, need_dx=False)
+    assert dx is None and np.isfinite(dW).all() and np.isfinite(db).all()
+
+
 def test_a_dW_buffer_without_need_dW_is_refused_and_nothing_written(rng):
     x, W, b, dout = make_problem(rng, (8, 5), 3, np.float64)
     out = siglayer.forward(x, W, b)

@@ -158,6 +158,19 @@ def test_sigma_is_the_same_in_every_rounding_mode(isa, dtype, mode):
 
 
 @on_x86_glibc
+def test_exception_flags_raised_inside_sigma_are_kept(isa):
+    """Putting the caller's rounding mode back must not clear the flags sigma raised (every
+    sigma of a non-trivial z is inexact)."""
+    FE_INEXACT = 0x20
+    z = np.linspace(-5, 5, 1001)
+    with rounding("upward") as libm:
+        libm.feclearexcept(0x3D)  # FE_ALL_EXCEPT
+        _core.sigmoid(z)
+        raised = libm.fetestexcept(FE_INEXACT)
+    assert raised == FE_INEXACT
+
+
+@on_x86_glibc
 @pytest.mark.parametrize("mode", FE_MODES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_a_layer_under_a_directed_rounding_mode_stays_in_the_unit_interval(
