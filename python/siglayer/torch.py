@@ -352,6 +352,14 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def _sigmoid_linear_backward_fake(
     dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool, need_dW: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
+    return _fake_gradients(x, W, need_dx, need_dW)
+
+
+def _fake_gradients(
+    x: Tensor, W: Tensor, need_dx: bool, need_dW: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The backward operators' results as empty tensors: dx in x's dtype, dW and db in the
+    compute dtype; a gradient not asked for has shape (0,)."""
     dx = x.new_empty(x.shape if need_dx else (0,))
     compute = _compute_dtype(W.dtype)
     dW = W.new_empty(W.shape if need_dW else (0,), dtype=compute)
@@ -529,8 +537,7 @@ def _backward_from_preactivation(
 def _backward_from_preactivation_fake(
     dZ: Tensor, x: Tensor, W: Tensor, need_dx: bool, need_dW: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
-    dx = x.new_empty(x.shape if need_dx else (0,))
-    return dx, W.new_empty(W.shape if need_dW else (0,)), W.new_empty(W.shape[1])
+    return _fake_gradients(x, W, need_dx, need_dW)
 
 
 def _bce_setup_context(ctx: Any, inputs: Sequence[Any], output: tuple[Tensor, Tensor]) -> None:
