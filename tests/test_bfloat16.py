@@ -363,6 +363,54 @@ def test_batch_dimensions_strides_and_a_float32_bias():
     assert dx.shape == (2, 3, 4, 40) and dW.shape == (40, 12)
 
 
+def _bf16_layouts(a: np.ndarray) -> dict[str, np.ndarray]:
+    big = np.zeros((a.shape[0] * 2, a.shape[1] * 3), BF16)
+    big[::2, ::3] = a
+    return {
+        "C": a,
+        "rows-apart": np.concatenate([a, a], axis=1)[:, : a.shape[1]],  # contiguous rows
+        "strided": big[::2, ::3],
+        "Tview": np.ascontiguousarray(a.T).T,
+    }
+
+
+@pytest.mark.parametrize("layout", ["C", "rows-apart", "strided", "Tview"])
+@pytest.mark.parametrize("n_out", [1, 2, 5, 11])
+def test_few_outputs_on_every_instruction_set_and_layout(isa, n_out, layout):
+    """Fewer than 12 outputs: forward takes row_dots (x widened in registers) when x's rows
+    are contiguous, the float GEMM on widened panels otherwise, and dx row_combos
+    (layer_detail.hpp), whatever the bfloat16 GEMM path; against the oracle's bounds, and
+    out and dx the same bits for one thread and two."""
+    before = siglayer.get_num_threads()
+    try:
+        for n, n_in in [(1, 1), (3, 17), (4, 16), (7, 33), (9, 64), (1001, 100)]:
+            x, W, b = inputs(n, n_in, n_out, seed=n + n_in)
+            x, W = _bf16_layouts(x)[layout], _bf16_layouts(W)[layout]
+            dout = bf16(np.random.default_rng(n).standard_normal((n, n_out)))
+            runs = []
+            for t in (1, 2):
+                siglayer.set_num_threads(t)
+                out = siglayer.forward(x, W, b)
+                out0 = runs[0][0] if runs else out
+                runs.append((out, *siglayer.backward(dout, x, W, out0)))
+            out, dx, dW, db = runs[0]
+            out_ref = reference.forward(f64(x), f64(W), f64(b))
+            assert_bounded(out, out_ref, forward_bound(x, W, out_ref), f"out {n}x{n_in}")
+            o = f64(out)
+            dZ_ref = f64(dout) * o * (1 - o)
+            dx_ref, dW_ref, db_ref = reference.backward_from_preactivation(dZ_ref, f64(x), f64(W))
+            b_dx, b_dW, b_db = gradient_bounds(x, W, dZ_ref, dx_ref)
+            assert_bounded(dx, dx_ref, b_dx, f"dx {n}x{n_in}")
+            assert_bounded(dW, dW_ref, b_dW, f"dW {n}x{n_in}")
+            assert_bounded(db, db_ref, b_db, f"db {n}x{n_in}")
+            same = {"out": layout in ("C", "rows-apart"), "dx": True, "dW": False, "db": True}
+            for name, one, two in zip(("out", "dx", "dW", "db"), runs[0], runs[1], strict=True):
+                if same[name]:
+                    assert (one.view(np.uint8) == two.view(np.uint8)).all(), f"{name} {n}x{n_in}"
+    finally:
+        siglayer.set_num_threads(before)
+
+
 def test_the_gemm_paths_agree_where_they_exist():
     paths = [path for path in GEMM_PATHS if gemm_path_missing(path) is None]
     if len(paths) < 2:

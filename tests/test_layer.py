@@ -162,6 +162,48 @@ def test_narrow_outputs_on_every_instruction_set(rng, threads, dtype, isa, n_out
     np.testing.assert_array_equal(given, out)
 
 
+# (n, n_in): remainders of the four-row groups and of the vector widths (8, 16, 32) of the
+# few-outputs kernels, and enough rows for both threads.
+FEW_OUTPUT_SHAPES = [(1, 1), (3, 17), (4, 16), (7, 33), (9, 64), (1001, 100)]
+
+
+@pytest.mark.parametrize("layout", ["C", "strided", "Tview", "negative"])
+@pytest.mark.parametrize("n_out", [1, 2, 5, 11, 12])
+@pytest.mark.parametrize("isa", _core.config()["simd_available"].split(","))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_few_outputs_on_every_instruction_set_and_layout(
+    rng, restore_threads, dtype, isa, n_out, layout
+):
+    """Fewer than 12 outputs: float32's forward takes row_dots when x's rows are contiguous
+    (the BLAS otherwise) and its dx row_combos (layer_detail.hpp); 12 outputs and float64
+    take the BLAS. Every way against the reference; and where the kernels run, the same
+    bits for one thread and two (each row summed by one thread, in an order fixed by n_in;
+    docs/reliability.md, Determinism). dW is the BLAS's (not promised equal)."""
+    best = _core.config()["simd_available"].split(",")[0]
+    for n, n_in in FEW_OUTPUT_SHAPES:
+        x, W, b, dout = make_problem(rng, (n, n_in), n_out, dtype)
+        x, W = _layouts(x)[layout], _layouts(W)[layout]
+        runs = []
+        _core.select_isa(isa)
+        try:
+            for t in (1, 2):
+                siglayer.set_num_threads(t)
+                out = siglayer.forward(x, W, b)
+                # backward from the same out both times: only the thread count differs
+                out0 = runs[0][0] if runs else out
+                runs.append((out, *siglayer.backward(dout, x, W, out0)))
+        finally:
+            _core.select_isa(best)
+        out = runs[0][0]
+        assert_within(out, reference.forward(x, W, b), forward_bound(x, W, b, out), "out")
+        check_backward(dout, x, W, out, runs[0][1:])
+        few = dtype == np.float32 and n_out < 12
+        same = {"db": True, "dx": few, "out": few and layout == "C"}
+        for name, one, two in zip(("out", "dx", "dW", "db"), runs[0], runs[1], strict=True):
+            if same.get(name, False):
+                np.testing.assert_array_equal(one, two, err_msg=f"{name}, {n}x{n_in}")
+
+
 NEEDS = [(True, False), (False, True), (False, False)]
 
 

@@ -32,6 +32,16 @@ struct Table {
     // dst[i] = src[i] exactly (T to C), and rounded to nearest even (C to T).
     void (*widen)(C* dst, const T* src, index_t count);
     void (*narrow)(T* dst, const C* src, index_t count);
+    // acc (rows x cols, row stride ld_acc) = x . Wt^T for a layer with few outputs: x is
+    // rows x k with row stride ld_x and contiguous rows, Wt is cols x k, C-contiguous, in C.
+    // Sums in C, in an order that does not depend on rows (nor on the thread count).
+    void (*row_dots)(C* acc, index_t ld_acc, const T* x, index_t ld_x, const C* Wt, index_t rows,
+                     index_t k, index_t cols);
+    // dst (rows x cols, row stride ld_dst) = dZ . Wt rounded once to T, the product dx of a
+    // layer with few outputs: dZ is rows x k (row stride ld_dZ, in C), Wt is k x cols (row
+    // stride ld_Wt, in C). Sums over k in order, in C.
+    void (*row_combos)(T* dst, index_t ld_dst, const C* dZ, index_t ld_dZ, const C* Wt,
+                       index_t ld_Wt, index_t rows, index_t k, index_t cols);
 };
 
 // The table in use (chosen once, at first use, from the CPU's features).

@@ -266,6 +266,95 @@ inline void narrow_bf16(std::uint16_t* __restrict dst, const float* __restrict s
 }
 #endif
 
+// acc (rows x cols, row stride ld_acc) = x . Wt^T, the products of a layer with few
+// outputs: x is rows x k (row stride ld_x, each row contiguous, T read through load),
+// Wt is cols x k (C-contiguous, in C). Each entry is a dot product summed in C, in an order
+// that depends only on k and the vector width, never on how the rows are split. Four rows
+// at a time share each load of Wt and keep four sums in flight.
+template <class T, class C, class Load>
+inline void row_dots(C* __restrict acc, index_t ld_acc, const T* __restrict x, index_t ld_x,
+                     const C* __restrict Wt, index_t rows, index_t k, index_t cols, Load load) {
+    index_t i = 0;
+    for (; i + 4 <= rows; i += 4) {
+        const T* x0 = x + i * ld_x;
+        const T* x1 = x0 + ld_x;
+        const T* x2 = x1 + ld_x;
+        const T* x3 = x2 + ld_x;
+        for (index_t j = 0; j < cols; ++j) {
+            const C* w = Wt + j * k;
+            C s0 = C(0), s1 = C(0), s2 = C(0), s3 = C(0);
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+            for (index_t p = 0; p < k; ++p) {
+                const C wp = w[p];
+                s0 = fused_mul_add(load(x0[p]), wp, s0);
+                s1 = fused_mul_add(load(x1[p]), wp, s1);
+                s2 = fused_mul_add(load(x2[p]), wp, s2);
+                s3 = fused_mul_add(load(x3[p]), wp, s3);
+            }
+            C* a = acc + i * ld_acc + j;
+            a[0] = s0;
+            a[ld_acc] = s1;
+            a[2 * ld_acc] = s2;
+            a[3 * ld_acc] = s3;
+        }
+    }
+    for (; i < rows; ++i) {
+        const T* xr = x + i * ld_x;
+        for (index_t j = 0; j < cols; ++j) {
+            const C* w = Wt + j * k;
+            C s = C(0);
+#pragma omp simd reduction(+ : s)
+            for (index_t p = 0; p < k; ++p) s = fused_mul_add(load(xr[p]), w[p], s);
+            acc[i * ld_acc + j] = s;
+        }
+    }
+}
+
+// row_dots with float results, x float or bfloat16 bits (the hand-vectorized copy in
+// kernels_simd.hpp has the same signature).
+inline void row_dots_f(float* __restrict acc, index_t ld_acc, const std::uint16_t* __restrict x,
+                       index_t ld_x, const float* __restrict Wt, index_t rows, index_t k,
+                       index_t cols) {
+    row_dots(acc, ld_acc, x, ld_x, Wt, rows, k, cols,
+             [](std::uint16_t h) { return bf16_bits_to_float(h); });
+}
+
+inline void row_dots_f(float* __restrict acc, index_t ld_acc, const float* __restrict x,
+                       index_t ld_x, const float* __restrict Wt, index_t rows, index_t k,
+                       index_t cols) {
+    row_dots(acc, ld_acc, x, ld_x, Wt, rows, k, cols, [](float v) { return v; });
+}
+
+// dst (rows x cols, row stride ld_dst, in T) = dZ . Wt rounded to T, the product dx of a
+// layer with few outputs: dZ is rows x k (row stride ld_dZ, in C), Wt is k x cols (row
+// stride ld_Wt, in C). Each entry is summed over k in order, one fused multiply-add at a
+// time, in C, and rounded once by round(dst, buf, count) (T's narrow). A chunk of a row is
+// summed in buf, on the stack, and rounded from L1.
+template <class T, class C, class Round>
+inline void row_combos(T* __restrict dst, index_t ld_dst, const C* __restrict dZ, index_t ld_dZ,
+                       const C* __restrict Wt, index_t ld_Wt, index_t rows, index_t k, index_t cols,
+                       Round round) {
+    constexpr index_t kChunk = 512;
+    alignas(64) C buf[kChunk];
+    for (index_t i = 0; i < rows; ++i) {
+        const C* d = dZ + i * ld_dZ;
+        for (index_t c0 = 0; c0 < cols; c0 += kChunk) {
+            const index_t m = cols - c0 < kChunk ? cols - c0 : kChunk;
+            const C d0 = d[0];
+            const C* w0 = Wt + c0;
+#pragma omp simd
+            for (index_t c = 0; c < m; ++c) buf[c] = d0 * w0[c];
+            for (index_t j = 1; j < k; ++j) {
+                const C dj = d[j];
+                const C* w = Wt + j * ld_Wt + c0;
+#pragma omp simd
+                for (index_t c = 0; c < m; ++c) buf[c] = fused_mul_add(dj, w[c], buf[c]);
+            }
+            round(dst + i * ld_dst + c0, buf, m);
+        }
+    }
+}
+
 // dz_colsum for bfloat16 dout and out (rows x cols, row strides ld_dout, ld_out): dZ in
 // float, stored rounded to bfloat16 (row stride ld_dZ): as bfloat16 bits (D = uint16_t)
 // or as the float of that bfloat16 (D = float, for a float GEMM); db[j] = the sum of the

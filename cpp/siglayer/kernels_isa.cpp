@@ -164,6 +164,33 @@ static void dz_colsum_bf16_as_float(float* dZ, index_t ld_dZ, float* db, double*
                            cols);
 }
 
+// The products of a narrow layer, x read as stored (bfloat16 widened in registers).
+template <class T>
+static void row_dots(T* acc, index_t ld_acc, const T* x, index_t ld_x, const T* Wt, index_t rows,
+                     index_t k, index_t cols) {
+    if constexpr (std::is_same_v<T, float>)
+        SIGLAYER_SIGMOID_KERNELS::row_dots_f(acc, ld_acc, x, ld_x, Wt, rows, k, cols);
+    else
+        detail::row_dots(acc, ld_acc, x, ld_x, Wt, rows, k, cols, [](T v) { return v; });
+}
+
+static void row_dots_bf16(float* acc, index_t ld_acc, const bfloat16* x, index_t ld_x,
+                          const float* Wt, index_t rows, index_t k, index_t cols) {
+    SIGLAYER_SIGMOID_KERNELS::row_dots_f(acc, ld_acc, bits(x), ld_x, Wt, rows, k, cols);
+}
+
+template <class T>
+static void row_combos(T* dst, index_t ld_dst, const T* dZ, index_t ld_dZ, const T* Wt,
+                       index_t ld_Wt, index_t rows, index_t k, index_t cols) {
+    detail::row_combos(dst, ld_dst, dZ, ld_dZ, Wt, ld_Wt, rows, k, cols,
+                       [](T* d, const T* src, index_t n) { copy<T>(d, src, n); });
+}
+
+static void row_combos_bf16(bfloat16* dst, index_t ld_dst, const float* dZ, index_t ld_dZ,
+                            const float* Wt, index_t ld_Wt, index_t rows, index_t k, index_t cols) {
+    detail::row_combos(dst, ld_dst, dZ, ld_dZ, Wt, ld_Wt, rows, k, cols, &narrow_bf16);
+}
+
 // Constant-initialized: the loader fills in the addresses, no code of this instruction set
 // runs to build a table (building one in code let the compiler use AVX-512 stores in the
 // AVX-512 copy, on every CPU).
@@ -172,10 +199,11 @@ constexpr Table<T> make_table() {
     if constexpr (std::is_same_v<T, bfloat16>)
         return Table<T>{&sigmoid_bf16,   &bias_sigmoid_rows_bf16,
                         &dz_colsum_bf16, &dz_colsum_bf16_as_float,
-                        &widen_bf16,     &narrow_bf16};
+                        &widen_bf16,     &narrow_bf16,
+                        &row_dots_bf16,  &row_combos_bf16};
     else
         return Table<T>{&sigmoid<T>, &bias_sigmoid_rows<T>, &dz_colsum<T>, &dz_colsum<T>, &copy<T>,
-                        &copy<T>};
+                        &copy<T>,    &row_dots<T>,          &row_combos<T>};
 }
 
 template <class T>

@@ -469,4 +469,109 @@ inline void bias_sigmoid_rows(T* out, index_t ld, const T* acc, index_t ld_acc, 
         sigmoid_span<Vec<T>, true>(out + row * ld, acc + row * ld_acc, b, cols);
 }
 
+// row_dots (kernels_impl.hpp) for float and bfloat16 x, by hand: the portable loop's omp simd
+// reduction ended each dot product with one scalar add per lane, in series, which cost
+// more than the loop itself at k = 256. Here two vector sums per row (four rows at a time:
+// eight chains of FMAs, enough to hide their latency) are added lane by lane and reduced
+// by a tree of shuffles at the end. The order depends on k and the vector width only.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+struct DotOps {
+    static constexpr index_t lanes = 16;
+    using V = __m512;
+    static V zero() { return _mm512_setzero_ps(); }
+    // lanes values (the first n of them, the rest 0) as floats: bfloat16 bit patterns
+    // widened exactly, or floats.
+    static V load(const std::uint16_t* p) {
+        const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    static V load(const std::uint16_t* p, index_t n) {
+        const __m256i h = _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1u), p);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    static V load(const float* p) { return _mm512_loadu_ps(p); }
+    static V load(const float* p, index_t n) {
+        return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
+    }
+    static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+    static V add(V a, V b) { return _mm512_add_ps(a, b); }
+    static float sum(V v) {
+        const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+        const __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        return _mm_cvtss_f32(_mm_add_ss(d, _mm_movehdup_ps(d)));
+    }
+};
+#else
+struct DotOps {
+    static constexpr index_t lanes = 8;
+    using V = __m256;
+    static V zero() { return _mm256_setzero_ps(); }
+    static V load(const std::uint16_t* p) {
+        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    static V load(const std::uint16_t* p, index_t n) {  // no 16-bit masked load on AVX2
+        alignas(16) std::uint16_t h[8] = {};
+        for (index_t i = 0; i < n; ++i) h[i] = p[i];
+        return load(h);
+    }
+    static V load(const float* p) { return _mm256_loadu_ps(p); }
+    static V load(const float* p, index_t n) {
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), lane));
+    }
+    static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+    static V add(V a, V b) { return _mm256_add_ps(a, b); }
+    static float sum(V v) {
+        const __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        return _mm_cvtss_f32(_mm_add_ss(d, _mm_movehdup_ps(d)));
+    }
+};
+#endif
+
+// Rows r of x (R of them, row stride ld_x; float or bfloat16 bits) dotted with w (k
+// floats): sums[r].
+template <int R, class S>
+inline void dots(float* sums, const S* x, index_t ld_x, const float* w, index_t k) {
+    using D = DotOps;
+    constexpr index_t L = D::lanes;
+    typename D::V a[R], c[R];
+    for (int r = 0; r < R; ++r) a[r] = c[r] = D::zero();
+    index_t p = 0;
+    for (; p + 2 * L <= k; p += 2 * L) {
+        const auto w0 = D::load(w + p), w1 = D::load(w + p + L);
+        for (int r = 0; r < R; ++r) {
+            a[r] = D::fmadd(D::load(x + r * ld_x + p), w0, a[r]);
+            c[r] = D::fmadd(D::load(x + r * ld_x + p + L), w1, c[r]);
+        }
+    }
+    if (p + L <= k) {
+        const auto w0 = D::load(w + p);
+        for (int r = 0; r < R; ++r) a[r] = D::fmadd(D::load(x + r * ld_x + p), w0, a[r]);
+        p += L;
+    }
+    if (p < k) {
+        const auto w0 = D::load(w + p, k - p);
+        for (int r = 0; r < R; ++r) c[r] = D::fmadd(D::load(x + r * ld_x + p, k - p), w0, c[r]);
+    }
+    for (int r = 0; r < R; ++r) sums[r] = D::sum(D::add(a[r], c[r]));
+}
+
+template <class S>
+inline void row_dots_f(float* __restrict acc, index_t ld_acc, const S* __restrict x, index_t ld_x,
+                       const float* __restrict Wt, index_t rows, index_t k, index_t cols) {
+    float s[4];
+    index_t i = 0;
+    for (; i + 4 <= rows; i += 4)
+        for (index_t j = 0; j < cols; ++j) {
+            dots<4>(s, x + i * ld_x, ld_x, Wt + j * k, k);
+            for (int r = 0; r < 4; ++r) acc[(i + r) * ld_acc + j] = s[r];
+        }
+    for (; i < rows; ++i)
+        for (index_t j = 0; j < cols; ++j)
+            dots<1>(acc + i * ld_acc + j, x + i * ld_x, ld_x, Wt + j * k, k);
+}
+
 }  // namespace siglayer::kernels_detail::SIGLAYER_ISA::simd

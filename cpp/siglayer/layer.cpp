@@ -27,10 +27,12 @@ namespace {
 // dx.data is set, both cut into tiles that the team takes one at a time (partition.hpp).
 // dZ is (n, n_out) and complete; x is (n, n_in), W is (n_in, n_out). The batch index i is
 // what dW sums over: dW[k, l] = sum_i x[i, k] dZ[i, l], which is why x^T stands on the left.
+// With Wt (W^T, n_out x n_in, for a layer with few outputs and a row-major dZ) dx is
+// row_combos' instead of the BLAS's.
 template <class T>
 void gradient_products(OutMatrix<T> dx, OutMatrix<T> dW, const BlasOperand<T>& xo,
-                       const BlasOperand<T>& Wo, const BlasOperand<T>& dZo, index_t n, index_t n_in,
-                       index_t n_out) {
+                       const BlasOperand<T>& Wo, const BlasOperand<T>& dZo, const T* Wt, index_t n,
+                       index_t n_in, index_t n_out) {
     if (n_in == 0 || n_out == 0 || n == 0) return;
     const BlasOperand<T> xT{xo.data, flip(xo.op), xo.ld};
     const BlasOperand<T> WT{Wo.data, flip(Wo.op), Wo.ld};
@@ -42,6 +44,10 @@ void gradient_products(OutMatrix<T> dx, OutMatrix<T> dW, const BlasOperand<T>& x
             blas::gemm<T>(xT.op, dZo.op, t.rows(), t.cols(), n, T(1), row_offset(xT, t.i0), xT.ld,
                           col_offset(dZo, t.j0), dZo.ld, T(0), dW.data + t.i0 * n_out + t.j0,
                           n_out);
+        else if (Wt)
+            kernels::active<T>().row_combos(dx.data + t.i0 * n_in + t.j0, n_in,
+                                            dZo.data + t.i0 * dZo.ld, dZo.ld, Wt + t.j0, n_in,
+                                            t.rows(), n_out, t.cols());
         else
             blas::gemm<T>(dZo.op, WT.op, t.rows(), t.cols(), n_out, T(1), row_offset(dZo, t.i0),
                           dZo.ld, col_offset(WT, t.j0), WT.ld, T(0), dx.data + t.i0 * n_in + t.j0,
@@ -78,6 +84,12 @@ void forward(OutMatrix<T> out, MatrixView<T> x, MatrixView<T> W, VectorView<comp
         C* packed = Scratch::for_this_thread().get<C>(Scratch::b_packed, n_out);
         for (index_t j = 0; j < n_out; ++j) packed[j] = b.data[j * b.stride];
         bias = packed;
+    }
+    if constexpr (kHasRowDots<T>) {
+        if (row_dots_path(x, n_out)) {
+            forward_row_dots(out, x, W, bias);
+            return;
+        }
     }
     BlasOperand<T> xo{}, Wo{};
     if (n_in > 0) {
@@ -127,7 +139,11 @@ void backward(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db, Mat
     // Each operand is packed (when its layout needs it) only for the product that reads it.
     BlasOperand<T> xo{}, Wo{};
     if (n_in > 0 && dW.data) xo = blas_operand(x, Scratch::x_packed);
-    if (n_in > 0 && dx.data) Wo = blas_operand(W, Scratch::W_packed);
+    const T* Wt = nullptr;
+    if (dx.data && row_combos_path<T>(n_in, n_out))
+        Wt = transposed(W, Scratch::W_widened);
+    else if (n_in > 0 && dx.data)
+        Wo = blas_operand(W, Scratch::W_packed);
     const auto& kernel = kernels::active<T>();
     const int threads = threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1));
     run_parallel(threads, [&] {
@@ -142,7 +158,8 @@ void backward(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db, Mat
         });
         // Phase 2: the products need all of dZ.
 #pragma omp barrier
-        gradient_products(dx, dW, xo, Wo, BlasOperand<T>{dZ, blas::Op::N, n_out}, n, n_in, n_out);
+        gradient_products(dx, dW, xo, Wo, BlasOperand<T>{dZ, blas::Op::N, n_out}, Wt, n, n_in,
+                          n_out);
     });
 }
 
@@ -166,14 +183,18 @@ void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, co
     const BlasOperand<T> dZo = blas_operand(dZ, Scratch::dZ);
     BlasOperand<T> xo{}, Wo{};
     if (n_in > 0 && dW.data) xo = blas_operand(x, Scratch::x_packed);
-    if (n_in > 0 && dx.data) Wo = blas_operand(W, Scratch::W_packed);
+    const T* Wt = nullptr;
+    if (dx.data && dZo.op == blas::Op::N && row_combos_path<T>(n_in, n_out))
+        Wt = transposed(W, Scratch::W_widened);
+    else if (n_in > 0 && dx.data)
+        Wo = blas_operand(W, Scratch::W_packed);
     run_parallel(threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1)), [&] {
         blas::SingleThreaded single;
         // db by columns (see backward); no barrier: dZ is an input, complete from the start.
         const Tiling columns(1, n_out, omp_get_num_threads());
         for_each_tile({&columns},
                       [&](const Tiling&, const Block& c) { column_sums(db, dZo, n, c.j0, c.j1); });
-        gradient_products(dx, dW, xo, Wo, dZo, n, n_in, n_out);
+        gradient_products(dx, dW, xo, Wo, dZo, Wt, n, n_in, n_out);
     });
 }
 

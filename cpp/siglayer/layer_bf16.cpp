@@ -37,15 +37,12 @@ using bf16 = bfloat16;
 // than once for the team (see forward).
 constexpr index_t kShareWidening = 1 << 18;
 
-// Below this many output columns the products take float copies whatever the bfloat16
-// GEMM: they are matrix-vector or thin products, which the float BLAS runs as such
-// (blas.cpp), while a bfloat16 GEMM's tiles (12 x 32 for siglayer's own) stay mostly empty.
-// Measured on Zen 4 (8192 x 256 x n_out, own GEMM over convert): n_out 1: forward 3.5x,
-// backward 1.45x; 4: 2.65x and 1.36x; 8: 1.69x and 1.01x; 16: 0.88x and 0.80x.
-constexpr index_t kNarrowOutputs = 12;
-
 // Whether the products of a layer with n_out outputs take bfloat16 operands (a bfloat16
-// GEMM) rather than float copies.
+// GEMM) rather than float copies: never below kNarrowOutputs (layer_detail.hpp), where
+// forward and dx take row_dots and row_combos and dW the float GEMM on panels of x widened,
+// as a bfloat16 GEMM's tiles (12 x 32 for siglayer's own) stay mostly empty (own GEMM over
+// convert at 8192 x 256 x n_out on Zen 4: n_out 1: forward 3.5x, backward 1.45x; 8: 1.69x
+// and 1.01x; 16: 0.88x and 0.80x).
 bool blas_path(index_t n_out) {
     return n_out >= kNarrowOutputs && blas::bf16_gemm_path() != blas::Bf16Gemm::convert;
 }
@@ -95,6 +92,8 @@ struct GradientOperands {
     MatrixView<bf16> x{};
     float* W32 = nullptr;
     float* dZ32 = nullptr;
+    // convert with few outputs: W^T widened (n_out x n_in), for row_combos, in place of W32.
+    const float* Wt = nullptr;
 };
 
 // The operands of one backward call, the memory of the float copies taken from the calling
@@ -113,7 +112,9 @@ GradientOperands gradient_operands(const MatrixView<bf16>& x, const MatrixView<b
     Scratch& scratch = Scratch::for_this_thread();
     g.x = x;
     g.dZ32 = scratch.get<float>(Scratch::dZ_widened, static_cast<std::size_t>(n * n_out));
-    if (n_in > 0 && need_dx)
+    if (need_dx && row_combos_path<bf16>(n_in, n_out))
+        g.Wt = transposed(W, Scratch::W_widened);
+    else if (n_in > 0 && need_dx)
         g.W32 = scratch.get<float>(Scratch::W_widened, static_cast<std::size_t>(n_in * n_out));
     return g;
 }
@@ -154,7 +155,13 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
             }
             return;
         }
-        // dx[r0:r1, j0:j1] = dZ[r0:r1, :] . W[j0:j1, :]^T, a panel of rows at a time.
+        // dx[r0:r1, j0:j1] = dZ[r0:r1, :] . W[j0:j1, :]^T.
+        if (g.Wt) {  // few outputs: summed and rounded chunk by chunk, in L1
+            kernel.row_combos(dx.data + t.i0 * n_in + t.j0, n_in, g.dZ32 + t.i0 * n_out, n_out,
+                              g.Wt + t.j0, n_in, t.rows(), n_out, t.cols());
+            return;
+        }
+        // A panel of rows at a time.
         const index_t ph = std::min(t.rows(), panel_rows(std::max(n_out, t.cols())));
         float* acc = scratch.get<float>(Scratch::acc, static_cast<std::size_t>(ph * t.cols()));
         const BlasOperand<bf16> WT{g.W16.data, flip(g.W16.op), g.W16.ld};
@@ -200,6 +207,10 @@ void forward<bf16>(OutMatrix<bf16> out, MatrixView<bf16> x, MatrixView<bf16> W,
         float* packed = scratch.get<float>(Scratch::b_packed, n_out);
         for (index_t j = 0; j < n_out; ++j) packed[j] = b.data[j * b.stride];
         bias = packed;
+    }
+    if (row_dots_path(x, n_out)) {
+        forward_row_dots(out, x, W, bias);
+        return;
     }
     const bool native = blas_path(n_out);
     const bool own = native && own_gemm();

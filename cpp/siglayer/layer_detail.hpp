@@ -8,10 +8,12 @@
 #include <algorithm>
 #include <initializer_list>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "checks.hpp"
 #include "dtypes.hpp"
+#include "kernels.hpp"
 #include "partition.hpp"
 #include "scratch.hpp"
 #include "views.hpp"
@@ -151,6 +153,67 @@ void for_each_block(index_t count, const Body& body) {
             const index_t i0 = blk * block;
             body(i0, std::min(block, count - i0));
         }
+    });
+}
+
+// Layers with few outputs (n_out < kNarrowOutputs), in float and bfloat16 (double keeps
+// the BLAS): forward and dx come from row_dots and row_combos (kernels.hpp), which read x
+// (or write dx) once, as stored, with W^T in float beside them. A GEMM's tiles stayed mostly
+// empty there and the bfloat16 convert path wrote and reread a float copy of x; measured on
+// Zen 4 at 8192 x 256 x n_out (docs/bfloat16.md, bench/narrow.py).
+constexpr index_t kNarrowOutputs = 12;
+
+template <class T>
+constexpr bool kHasRowDots = std::is_same_v<compute_t<T>, float>;
+
+// Whether forward takes row_dots: few outputs, rows of x contiguous.
+template <class T>
+bool row_dots_path(const MatrixView<T>& x, index_t n_out) {
+    return kHasRowDots<T> && n_out < kNarrowOutputs && x.cols > 0 &&
+           (x.col_stride == 1 || x.cols == 1);
+}
+
+// Whether dx takes row_combos (dZ and W^T in the compute type, dx written row by row).
+template <class T>
+bool row_combos_path(index_t n_in, index_t n_out) {
+    return kHasRowDots<T> && n_out < kNarrowOutputs && n_in > 0;
+}
+
+// W^T (n_out x n_in) in the compute type, C-contiguous, in this thread's scratch slot: the
+// operand of row_dots and row_combos (a few times n_in values).
+template <class T, class C = compute_t<T>>
+C* transposed(const MatrixView<T>& W, Scratch::Slot slot) {
+    const index_t n_in = W.rows, n_out = W.cols;
+    C* Wt = Scratch::for_this_thread().get<C>(slot, static_cast<std::size_t>(n_in * n_out));
+    for (index_t j = 0; j < n_out; ++j)
+        for (index_t p = 0; p < n_in; ++p)
+            Wt[j * n_in + p] = to_compute(W.data[p * W.row_stride + j * W.col_stride]);
+    return Wt;
+}
+
+// forward on row_dots (row_dots_path holds; n > 0, n_out > 0): out (n, n_out) = sigma(x . W +
+// bias), a panel of rows at a time, each panel's sums in L1 for bias + sigma (and the one
+// rounding of a bfloat16 out). Rows are independent: any split gives the same bits.
+template <class T, class C = compute_t<T>>
+void forward_row_dots(OutMatrix<T> out, const MatrixView<T>& x, const MatrixView<T>& W,
+                      const C* bias) {
+    const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
+    const C* Wt = transposed(W, Scratch::W_widened);
+    const auto& kernel = kernels::active<T>();
+    run_parallel(threads_for_gemm(n, n_out, n_in), [&] {
+        const Tiling tiles(n, n_out, omp_get_num_threads());
+        for_each_tile({&tiles}, [&](const Tiling&, const Block& blk) {
+            constexpr index_t kPanel = 256;  // rows
+            C acc[kPanel * kNarrowOutputs];
+            const index_t cols = blk.cols();
+            for (index_t r0 = blk.i0; r0 < blk.i1; r0 += kPanel) {
+                const index_t m = std::min(kPanel, blk.i1 - r0);
+                kernel.row_dots(acc, cols, x.data + r0 * x.row_stride, x.row_stride,
+                                Wt + blk.j0 * n_in, m, n_in, cols);
+                kernel.bias_sigmoid_rows(out.data + r0 * n_out + blk.j0, n_out, acc, cols,
+                                         bias + blk.j0, m, cols);
+            }
+        });
     });
 }
 

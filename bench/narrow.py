@@ -1,0 +1,142 @@
+"""Layers with few outputs: siglayer float32 and bfloat16 against PyTorch, sweeping n_out.
+
+A layer with fewer than 12 outputs (a logistic-regression or multi-label head) takes
+row_dots for forward and row_combos for dx (cpp/siglayer/layer_detail.hpp) in float32 and
+bfloat16, the BLAS from 12 on. This sweeps n_out across that cut at n x n_in (8192 x 256
+by default), forward and forward + backward (with dx), one process, contenders taking
+turns (siglayer._timing.interleaved_medians, medians of --rounds rounds):
+
+- ``f32``, ``bf16``: siglayer on float32, and on bfloat16 x, W and dout (float32 b);
+- ``torch``, ``torch16``: ``sigmoid(addmm(b, x, W))`` with autograd, float32 and bfloat16
+  parameters (when PyTorch is installed).
+
+Before timing, siglayer's out and dx are checked against the float64 reference on the
+same (rounded) inputs.
+
+    python bench/narrow.py                        # n_out 1 2 4 8 11 12 16, 2 threads
+    python bench/narrow.py --threads 1 --rounds 15
+    python bench/narrow.py --isa avx2             # another instruction set's kernels
+    python bench/narrow.py --n 65536 --n-in 256   # x far past the caches
+
+Prints one row per n_out and pass: the medians and the ratios bf16/f32, f32/torch and
+bf16/torch16 (< 1: siglayer's is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+import numpy as np
+
+import siglayer
+from harness import cpu_model, import_torch, limit_threads
+from siglayer import _core, reference
+from siglayer._timing import interleaved_medians
+
+try:
+    import ml_dtypes
+except ImportError:  # the bfloat16 columns need ml-dtypes
+    ml_dtypes = None
+
+
+def contenders(n: int, n_in: int, n_out: int, torch) -> dict[str, dict[str, Callable[[], object]]]:
+    rng = np.random.default_rng(n_out)
+    x = rng.standard_normal((n, n_in)).astype(np.float32)
+    W = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
+    b = rng.standard_normal(n_out).astype(np.float32)
+    dout = rng.standard_normal((n, n_out)).astype(np.float32)
+    arrays = {"f32": (x, W, dout)}
+    if ml_dtypes is not None:
+        bf = ml_dtypes.bfloat16
+        arrays["bf16"] = (x.astype(bf), W.astype(bf), dout.astype(bf))
+    calls: dict[str, dict[str, Callable[[], object]]] = {"fwd": {}, "fwd+bwd": {}}
+    for name, (xs, Ws, ds) in arrays.items():
+        check(name, xs, Ws, b, ds)
+        calls["fwd"][name] = lambda xs=xs, Ws=Ws: siglayer.forward(xs, Ws, b)
+
+        def step(xs=xs, Ws=Ws, ds=ds):
+            out = siglayer.forward(xs, Ws, b)
+            return siglayer.backward(ds, xs, Ws, out)
+
+        calls["fwd+bwd"][name] = step
+    if torch is not None:
+        for name, dtype in (("torch", torch.float32), ("torch16", torch.bfloat16)):
+            tx = torch.from_numpy(x).to(dtype)
+            tW = torch.from_numpy(W).to(dtype).requires_grad_()
+            tb = torch.from_numpy(b).to(dtype).requires_grad_()
+            td = torch.from_numpy(dout).to(dtype)
+            calls["fwd"][name] = lambda tx=tx, tW=tW, tb=tb: torch.sigmoid(
+                torch.addmm(tb.detach(), tx, tW.detach())
+            )
+
+            def tstep(tx=tx, tW=tW, tb=tb, td=td):
+                tW.grad = tb.grad = None
+                x_ = tx.detach().requires_grad_()
+                torch.sigmoid(torch.addmm(tb, x_, tW)).backward(td)
+                return x_.grad
+
+            calls["fwd+bwd"][name] = tstep
+    return calls
+
+
+def check(name: str, x, W, b, dout) -> None:
+    """out and dx against the float64 reference on the same inputs: float32 to 1e-5 and
+    bfloat16 to 2^-7 (one rounding of out and of dx, plus float32 sums) of the largest."""
+    f64 = [np.asarray(a, np.float64) for a in (x, W, b, dout)]
+    out = siglayer.forward(x, W, b)
+    dx = siglayer.backward(dout, x, W, out)[0]
+    o = np.asarray(out, np.float64)
+    want_out = reference.forward(*f64[:3])
+    want_dx = reference.backward_from_preactivation(f64[3] * o * (1 - o), f64[0], f64[1])[0]
+    tol = 1e-5 if name == "f32" else 2.0**-7
+    for what, got, want in (("out", out, want_out), ("dx", dx, want_dx)):
+        err = np.abs(np.asarray(got, np.float64) - want).max()
+        scale = max(np.abs(want).max(), 1e-30)
+        assert err <= tol * scale, f"{name} {what}: error {err:.3e} over {tol * scale:.3e}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n", 1)[0].split()))
+    parser.add_argument("--outputs", default="1,2,4,8,11,12,16", help="n_out values")
+    parser.add_argument("--n", type=int, default=8192)
+    parser.add_argument("--n-in", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--settle", type=float, default=0.0, help="pause before each turn (s)")
+    parser.add_argument("--isa", help="siglayer's kernels for this instruction set")
+    parser.add_argument("--no-torch", action="store_true")
+    args = parser.parse_args()
+    torch = None if args.no_torch else import_torch()
+    if args.isa:
+        _core.select_isa(args.isa)
+    cfg = _core.config()
+    with limit_threads(args.threads, torch) as note:
+        print(
+            f"# {cpu_model()}; {args.threads} threads; ISA {cfg['simd']}; "
+            f"BLAS {cfg['blas']}; torch {torch.__version__ if torch else 'absent'} {note}"
+        )
+        print(f"# {args.n} x {args.n_in} x n_out, medians of {args.rounds} interleaved rounds")
+        names = ["f32", "bf16", "torch", "torch16"]
+        head = "".join(f"{c:>10}" for c in names)
+        print(f"{'n_out':>5} {'pass':<8}{head} {'bf16/f32':>9} {'f32/torch':>9} {'bf16/t16':>9}")
+        for n_out in (int(v) for v in args.outputs.split(",")):
+            calls = contenders(args.n, args.n_in, n_out, torch)
+            for pass_name, group in calls.items():
+                t = interleaved_medians(group, rounds=args.rounds, settle_seconds=args.settle)
+                cells = "".join(f"{t[c] * 1e3:>8.3f}ms" if c in t else f"{'-':>10}" for c in names)
+
+                def ratio(a: str, b: str, t=t) -> str:
+                    return f"{t[a] / t[b]:>9.2f}" if a in t and b in t else f"{'-':>9}"
+
+                print(
+                    f"{n_out:>5} {pass_name:<8}{cells} {ratio('bf16', 'f32')} "
+                    f"{ratio('f32', 'torch')} {ratio('bf16', 'torch16')}",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
