@@ -531,47 +531,62 @@ struct DotOps {
 };
 #endif
 
-// Rows r of x (R of them, row stride ld_x; float or bfloat16 bits) dotted with w (k
-// floats): sums[r].
-template <int R, class S>
-inline void dots(float* sums, const S* x, index_t ld_x, const float* w, index_t k) {
+// acc[r, j] (row stride ld_acc) = the dot product of row r of x (R rows, row stride ld_x;
+// float or bfloat16 bits) with row j of w (J rows of k floats, row stride k): one vector sum
+// per (r, j), R * J chains of FMAs in flight, each chunk of x loaded (and widened) once for
+// all J rows of w.
+template <int R, int J, class S>
+inline void dots(float* acc, index_t ld_acc, const S* x, index_t ld_x, const float* w, index_t k) {
     using D = DotOps;
     constexpr index_t L = D::lanes;
-    typename D::V a[R], c[R];
-    for (int r = 0; r < R; ++r) a[r] = c[r] = D::zero();
+    typename D::V s[R][J];
+    for (int r = 0; r < R; ++r)
+        for (int j = 0; j < J; ++j) s[r][j] = D::zero();
     index_t p = 0;
-    for (; p + 2 * L <= k; p += 2 * L) {
-        const auto w0 = D::load(w + p), w1 = D::load(w + p + L);
-        for (int r = 0; r < R; ++r) {
-            a[r] = D::fmadd(D::load(x + r * ld_x + p), w0, a[r]);
-            c[r] = D::fmadd(D::load(x + r * ld_x + p + L), w1, c[r]);
+    for (; p + L <= k; p += L) {
+        typename D::V xv[R];
+        for (int r = 0; r < R; ++r) xv[r] = D::load(x + r * ld_x + p);
+        for (int j = 0; j < J; ++j) {
+            const auto wv = D::load(w + j * k + p);
+            for (int r = 0; r < R; ++r) s[r][j] = D::fmadd(xv[r], wv, s[r][j]);
         }
     }
-    if (p + L <= k) {
-        const auto w0 = D::load(w + p);
-        for (int r = 0; r < R; ++r) a[r] = D::fmadd(D::load(x + r * ld_x + p), w0, a[r]);
-        p += L;
-    }
     if (p < k) {
-        const auto w0 = D::load(w + p, k - p);
-        for (int r = 0; r < R; ++r) c[r] = D::fmadd(D::load(x + r * ld_x + p, k - p), w0, c[r]);
+        typename D::V xv[R];
+        for (int r = 0; r < R; ++r) xv[r] = D::load(x + r * ld_x + p, k - p);
+        for (int j = 0; j < J; ++j) {
+            const auto wv = D::load(w + j * k + p, k - p);
+            for (int r = 0; r < R; ++r) s[r][j] = D::fmadd(xv[r], wv, s[r][j]);
+        }
     }
-    for (int r = 0; r < R; ++r) sums[r] = D::sum(D::add(a[r], c[r]));
+    for (int r = 0; r < R; ++r)
+        for (int j = 0; j < J; ++j) acc[r * ld_acc + j] = D::sum(s[r][j]);
+}
+
+// Rows in groups of R, outputs in groups of J (R * J = 8 chains, 4 outputs at most so that
+// the sums, R chunks of x and a chunk of w fit AVX2's 16 registers), then the rows left.
+template <int J, class S>
+inline void dots_of(float* acc, index_t ld_acc, const S* x, index_t ld_x, const float* w,
+                    index_t rows, index_t k) {
+    constexpr int R = J == 1 ? 8 : J == 2 ? 4 : 2;
+    index_t i = 0;
+    for (; i + R <= rows; i += R) dots<R, J>(acc + i * ld_acc, ld_acc, x + i * ld_x, ld_x, w, k);
+    for (; i < rows; ++i) dots<1, J>(acc + i * ld_acc, ld_acc, x + i * ld_x, ld_x, w, k);
 }
 
 template <class S>
 inline void row_dots_f(float* __restrict acc, index_t ld_acc, const S* __restrict x, index_t ld_x,
                        const float* __restrict Wt, index_t rows, index_t k, index_t cols) {
-    float s[4];
-    index_t i = 0;
-    for (; i + 4 <= rows; i += 4)
-        for (index_t j = 0; j < cols; ++j) {
-            dots<4>(s, x + i * ld_x, ld_x, Wt + j * k, k);
-            for (int r = 0; r < 4; ++r) acc[(i + r) * ld_acc + j] = s[r];
+    for (index_t j = 0; j < cols; j += 4) {
+        float* a = acc + j;
+        const float* w = Wt + j * k;
+        switch (cols - j < 4 ? cols - j : 4) {
+            case 1: dots_of<1>(a, ld_acc, x, ld_x, w, rows, k); break;
+            case 2: dots_of<2>(a, ld_acc, x, ld_x, w, rows, k); break;
+            case 3: dots_of<3>(a, ld_acc, x, ld_x, w, rows, k); break;
+            default: dots_of<4>(a, ld_acc, x, ld_x, w, rows, k); break;
         }
-    for (; i < rows; ++i)
-        for (index_t j = 0; j < cols; ++j)
-            dots<1>(acc + i * ld_acc + j, x + i * ld_x, ld_x, Wt + j * k, k);
+    }
 }
 
 }  // namespace siglayer::kernels_detail::SIGLAYER_ISA::simd
