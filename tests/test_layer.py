@@ -174,11 +174,11 @@ FEW_OUTPUT_SHAPES = [(1, 1), (3, 17), (4, 16), (7, 33), (9, 64), (1001, 100)]
 def test_few_outputs_on_every_instruction_set_and_layout(
     rng, restore_threads, dtype, isa, n_out, layout
 ):
-    """Fewer than 12 outputs: float32's forward takes row_dots when x's rows are contiguous
-    (the BLAS otherwise) and its dx row_combos (layer_detail.hpp); 12 outputs and float64
-    take the BLAS. Every way against the reference; and where the kernels run, the same
-    bits for one thread and two (each row summed by one thread, in an order fixed by n_in;
-    docs/reliability.md, Determinism). dW is the BLAS's (not promised equal)."""
+    """Fewer than 12 outputs: float32's forward and dW take row_dots and col_dots when x's
+    rows are contiguous (the BLAS otherwise) and its dx row_combos (layer_detail.hpp); 12
+    outputs and float64 take the BLAS. Every way against the reference; and where the
+    kernels run, the same bits for one thread and two (each sum made by one thread, in an
+    order fixed by the sizes; docs/reliability.md, Determinism)."""
     best = _core.config()["simd_available"].split(",")[0]
     for n, n_in in FEW_OUTPUT_SHAPES:
         x, W, b, dout = make_problem(rng, (n, n_in), n_out, dtype)
@@ -198,7 +198,7 @@ def test_few_outputs_on_every_instruction_set_and_layout(
         assert_within(out, reference.forward(x, W, b), forward_bound(x, W, b, out), "out")
         check_backward(dout, x, W, out, runs[0][1:])
         few = dtype == np.float32 and n_out < 12
-        same = {"db": True, "dx": few, "out": few and layout == "C"}
+        same = {"db": True, "dx": few, "out": few and layout == "C", "dW": few and layout == "C"}
         for name, one, two in zip(("out", "dx", "dW", "db"), runs[0], runs[1], strict=True):
             if same.get(name, False):
                 np.testing.assert_array_equal(one, two, err_msg=f"{name}, {n}x{n_in}")

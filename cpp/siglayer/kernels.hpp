@@ -42,6 +42,12 @@ struct Table {
     // stride ld_Wt, in C). Sums over k in order, in C.
     void (*row_combos)(T* dst, index_t ld_dst, const C* dZ, index_t ld_dZ, const C* Wt,
                        index_t ld_Wt, index_t rows, index_t k, index_t cols);
+    // dW (k x cols, row stride ld_dW, in C) = x^T . dZ, the product dW of a layer with few
+    // outputs: x is rows x k (row stride ld_x, contiguous rows), dZ is rows x cols (row
+    // stride ld_dZ, in C). Sums in C over blocks of rows, the blocks added in order: the same
+    // for any split of dW's rows.
+    void (*col_dots)(C* dW, index_t ld_dW, const T* x, index_t ld_x, const C* dZ, index_t ld_dZ,
+                     index_t rows, index_t k, index_t cols);
 };
 
 // The table in use (chosen once, at first use, from the CPU's features).

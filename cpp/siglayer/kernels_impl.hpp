@@ -355,6 +355,52 @@ inline void row_combos(T* __restrict dst, index_t ld_dst, const C* __restrict dZ
     }
 }
 
+// Rows per block of col_dots: each block's sums are added into dW.
+constexpr index_t kColDotsRows = 512;
+
+// dW (k x cols, row stride ld_dW, in C) = x^T . dZ, the product dW of a layer with few
+// outputs: x is rows x k (row stride ld_x, contiguous rows, T read through load), dZ is
+// rows x cols (row stride ld_dZ, in C). Summed over the rows in blocks of kColDotsRows, each
+// block's sum added into dW in order: the same for any split of dW's rows between threads.
+template <class T, class C, class Load>
+inline void col_dots(C* __restrict dW, index_t ld_dW, const T* __restrict x, index_t ld_x,
+                     const C* __restrict dZ, index_t ld_dZ, index_t rows, index_t k, index_t cols,
+                     Load load) {
+    for (index_t r0 = 0; r0 < rows; r0 += kColDotsRows) {
+        const index_t r1 = rows - r0 < kColDotsRows ? rows : r0 + kColDotsRows;
+        for (index_t i = 0; i < k; ++i)
+            for (index_t j = 0; j < cols; ++j) {
+                C s = C(0);
+                for (index_t r = r0; r < r1; ++r)
+                    s = fused_mul_add(load(x[r * ld_x + i]), dZ[r * ld_dZ + j], s);
+                C& out = dW[i * ld_dW + j];
+                out = r0 == 0 ? s : out + s;
+            }
+    }
+}
+
+// The float and bfloat16 entry points of row_combos and col_dots (the hand-vectorized
+// copies in kernels_simd.hpp have the same signatures).
+template <class T, class Round>
+inline void row_combos_f(T* __restrict dst, index_t ld_dst, const float* __restrict dZ,
+                         index_t ld_dZ, const float* __restrict Wt, index_t ld_Wt, index_t rows,
+                         index_t k, index_t cols, Round round) {
+    row_combos(dst, ld_dst, dZ, ld_dZ, Wt, ld_Wt, rows, k, cols, round);
+}
+
+inline void col_dots_f(float* __restrict dW, index_t ld_dW, const std::uint16_t* __restrict x,
+                       index_t ld_x, const float* __restrict dZ, index_t ld_dZ, index_t rows,
+                       index_t k, index_t cols) {
+    col_dots(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows, k, cols,
+             [](std::uint16_t h) { return bf16_bits_to_float(h); });
+}
+
+inline void col_dots_f(float* __restrict dW, index_t ld_dW, const float* __restrict x, index_t ld_x,
+                       const float* __restrict dZ, index_t ld_dZ, index_t rows, index_t k,
+                       index_t cols) {
+    col_dots(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows, k, cols, [](float v) { return v; });
+}
+
 // dz_colsum for bfloat16 dout and out (rows x cols, row strides ld_dout, ld_out): dZ in
 // float, stored rounded to bfloat16 (row stride ld_dZ): as bfloat16 bits (D = uint16_t)
 // or as the float of that bfloat16 (D = float, for a float GEMM); db[j] = the sum of the

@@ -182,13 +182,32 @@ static void row_dots_bf16(float* acc, index_t ld_acc, const bfloat16* x, index_t
 template <class T>
 static void row_combos(T* dst, index_t ld_dst, const T* dZ, index_t ld_dZ, const T* Wt,
                        index_t ld_Wt, index_t rows, index_t k, index_t cols) {
-    detail::row_combos(dst, ld_dst, dZ, ld_dZ, Wt, ld_Wt, rows, k, cols,
-                       [](T* d, const T* src, index_t n) { copy<T>(d, src, n); });
+    const auto store = [](T* d, const T* src, index_t n) { copy<T>(d, src, n); };
+    if constexpr (std::is_same_v<T, float>)
+        SIGLAYER_SIGMOID_KERNELS::row_combos_f(dst, ld_dst, dZ, ld_dZ, Wt, ld_Wt, rows, k, cols,
+                                               store);
+    else
+        detail::row_combos(dst, ld_dst, dZ, ld_dZ, Wt, ld_Wt, rows, k, cols, store);
 }
 
 static void row_combos_bf16(bfloat16* dst, index_t ld_dst, const float* dZ, index_t ld_dZ,
                             const float* Wt, index_t ld_Wt, index_t rows, index_t k, index_t cols) {
-    detail::row_combos(dst, ld_dst, dZ, ld_dZ, Wt, ld_Wt, rows, k, cols, &narrow_bf16);
+    SIGLAYER_SIGMOID_KERNELS::row_combos_f(dst, ld_dst, dZ, ld_dZ, Wt, ld_Wt, rows, k, cols,
+                                           &narrow_bf16);
+}
+
+template <class T>
+static void col_dots(T* dW, index_t ld_dW, const T* x, index_t ld_x, const T* dZ, index_t ld_dZ,
+                     index_t rows, index_t k, index_t cols) {
+    if constexpr (std::is_same_v<T, float>)
+        SIGLAYER_SIGMOID_KERNELS::col_dots_f(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows, k, cols);
+    else
+        detail::col_dots(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows, k, cols, [](T v) { return v; });
+}
+
+static void col_dots_bf16(float* dW, index_t ld_dW, const bfloat16* x, index_t ld_x,
+                          const float* dZ, index_t ld_dZ, index_t rows, index_t k, index_t cols) {
+    SIGLAYER_SIGMOID_KERNELS::col_dots_f(dW, ld_dW, bits(x), ld_x, dZ, ld_dZ, rows, k, cols);
 }
 
 // Constant-initialized: the loader fills in the addresses, no code of this instruction set
@@ -200,10 +219,11 @@ constexpr Table<T> make_table() {
         return Table<T>{&sigmoid_bf16,   &bias_sigmoid_rows_bf16,
                         &dz_colsum_bf16, &dz_colsum_bf16_as_float,
                         &widen_bf16,     &narrow_bf16,
-                        &row_dots_bf16,  &row_combos_bf16};
+                        &row_dots_bf16,  &row_combos_bf16,
+                        &col_dots_bf16};
     else
-        return Table<T>{&sigmoid<T>, &bias_sigmoid_rows<T>, &dz_colsum<T>, &dz_colsum<T>, &copy<T>,
-                        &copy<T>,    &row_dots<T>,          &row_combos<T>};
+        return Table<T>{&sigmoid<T>, &bias_sigmoid_rows<T>, &dz_colsum<T>,  &dz_colsum<T>, &copy<T>,
+                        &copy<T>,    &row_dots<T>,          &row_combos<T>, &col_dots<T>};
 }
 
 template <class T>

@@ -493,6 +493,11 @@ struct DotOps {
     static V load(const float* p, index_t n) {
         return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
     }
+    static V set1(float v) { return _mm512_set1_ps(v); }
+    static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+    static void store(float* p, V v, index_t n) {
+        _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u), v);
+    }
     static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
     static V add(V a, V b) { return _mm512_add_ps(a, b); }
     static float sum(V v) {
@@ -520,6 +525,12 @@ struct DotOps {
     static V load(const float* p, index_t n) {
         const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), lane));
+    }
+    static V set1(float v) { return _mm256_set1_ps(v); }
+    static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+    static void store(float* p, V v, index_t n) {
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_maskstore_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), lane), v);
     }
     static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
     static V add(V a, V b) { return _mm256_add_ps(a, b); }
@@ -585,6 +596,127 @@ inline void row_dots_f(float* __restrict acc, index_t ld_acc, const S* __restric
             case 2: dots_of<2>(a, ld_acc, x, ld_x, w, rows, k); break;
             case 3: dots_of<3>(a, ld_acc, x, ld_x, w, rows, k); break;
             default: dots_of<4>(a, ld_acc, x, ld_x, w, rows, k); break;
+        }
+    }
+}
+
+// row_combos (kernels_impl.hpp) by hand: R rows of dst at a time, each vector of columns
+// summed over j in registers (Wt's chunk loaded once for the R rows), in order of j from
+// j = 0 as the portable loop sums; then rounded by round(dst, sums, count) from the stack.
+constexpr index_t kComboChunk = 256;  // columns of dst per pass: R x 1 KB on the stack
+
+// One vector of columns of R rows: sums over j into buf (columns c, width of them: L, or
+// fewer when Partial).
+template <int R, bool Partial>
+inline void combo(float (*buf)[kComboChunk], index_t c, const float* dZ, index_t ld_dZ,
+                  const float* w, index_t ld_Wt, index_t k, index_t width) {
+    using D = DotOps;
+    typename D::V s[R];
+    for (int r = 0; r < R; ++r) s[r] = D::zero();
+    for (index_t j = 0; j < k; ++j) {
+        const auto wv = Partial ? D::load(w + j * ld_Wt, width) : D::load(w + j * ld_Wt);
+        for (int r = 0; r < R; ++r) s[r] = D::fmadd(D::set1(dZ[r * ld_dZ + j]), wv, s[r]);
+    }
+    for (int r = 0; r < R; ++r) D::store(buf[r] + c, s[r]);
+}
+
+template <int R, class T, class Round>
+inline void combos(T* dst, index_t ld_dst, const float* dZ, index_t ld_dZ, const float* Wt,
+                   index_t ld_Wt, index_t k, index_t cols, Round round) {
+    constexpr index_t L = DotOps::lanes, kChunk = kComboChunk;
+    alignas(64) float buf[R][kChunk];
+    for (index_t c0 = 0; c0 < cols; c0 += kChunk) {
+        const index_t m = cols - c0 < kChunk ? cols - c0 : kChunk;
+        index_t c = 0;
+        for (; c + L <= m; c += L) combo<R, false>(buf, c, dZ, ld_dZ, Wt + c0 + c, ld_Wt, k, L);
+        if (c < m) combo<R, true>(buf, c, dZ, ld_dZ, Wt + c0 + c, ld_Wt, k, m - c);
+        for (int r = 0; r < R; ++r) round(dst + r * ld_dst + c0, buf[r], m);
+    }
+}
+
+template <class T, class Round>
+inline void row_combos_f(T* __restrict dst, index_t ld_dst, const float* __restrict dZ,
+                         index_t ld_dZ, const float* __restrict Wt, index_t ld_Wt, index_t rows,
+                         index_t k, index_t cols, Round round) {
+    index_t i = 0;
+    for (; i + 4 <= rows; i += 4)
+        combos<4>(dst + i * ld_dst, ld_dst, dZ + i * ld_dZ, ld_dZ, Wt, ld_Wt, k, cols, round);
+    for (; i < rows; ++i)
+        combos<1>(dst + i * ld_dst, ld_dst, dZ + i * ld_dZ, ld_dZ, Wt, ld_Wt, k, cols, round);
+}
+
+// col_dots (kernels_impl.hpp) by hand: a strip of V vectors of x's columns times J columns
+// of dZ, V * J sums in registers over a block of rows, each row's chunk of x loaded (and
+// widened) once for the J columns and each broadcast of dZ used for V vectors; block by
+// block into dW.
+template <int V, int J, bool Partial, class S>
+inline void col_dots_strip(float* dW, index_t ld_dW, const S* x, index_t ld_x, const float* dZ,
+                           index_t ld_dZ, index_t rows, index_t width, bool first) {
+    using D = DotOps;
+    constexpr index_t L = D::lanes;
+    // Partial: the strip's last vector holds `last` (1 to L) columns, the others L.
+    const index_t last = Partial ? width - (V - 1) * L : L;
+    typename D::V s[V][J];
+    for (int v = 0; v < V; ++v)
+        for (int j = 0; j < J; ++j) s[v][j] = D::zero();
+    for (index_t r = 0; r < rows; ++r) {
+        typename D::V d[J];
+        for (int j = 0; j < J; ++j) d[j] = D::set1(dZ[r * ld_dZ + j]);
+        const S* xr = x + r * ld_x;
+        for (int v = 0; v < V; ++v) {
+            const auto xv = Partial && v == V - 1 ? D::load(xr + v * L, last) : D::load(xr + v * L);
+            for (int j = 0; j < J; ++j) s[v][j] = D::fmadd(xv, d[j], s[v][j]);
+        }
+    }
+    alignas(64) float lanes[L];
+    for (int v = 0; v < V; ++v)
+        for (int j = 0; j < J; ++j) {
+            D::store(lanes, s[v][j]);
+            for (index_t l = 0; l < (v == V - 1 ? last : L); ++l) {
+                float& out = dW[(v * L + l) * ld_dW + j];
+                out = first ? lanes[l] : out + lanes[l];
+            }
+        }
+}
+
+// Strips of V vectors, then the columns left one vector at a time (the last one partial).
+template <int V, int J, class S>
+inline void col_dots_block(float* dW, index_t ld_dW, const S* x, index_t ld_x, const float* dZ,
+                           index_t ld_dZ, index_t rows, index_t k, bool first) {
+    constexpr index_t L = DotOps::lanes, strip = V * L;
+    index_t i0 = 0;
+    for (; i0 + strip <= k; i0 += strip)
+        col_dots_strip<V, J, false>(dW + i0 * ld_dW, ld_dW, x + i0, ld_x, dZ, ld_dZ, rows, strip,
+                                    first);
+    for (; i0 + L <= k; i0 += L)
+        col_dots_strip<1, J, false>(dW + i0 * ld_dW, ld_dW, x + i0, ld_x, dZ, ld_dZ, rows, L,
+                                    first);
+    if (i0 < k)
+        col_dots_strip<1, J, true>(dW + i0 * ld_dW, ld_dW, x + i0, ld_x, dZ, ld_dZ, rows, k - i0,
+                                   first);
+}
+
+template <class S>
+inline void col_dots_f(float* __restrict dW, index_t ld_dW, const S* __restrict x, index_t ld_x,
+                       const float* __restrict dZ, index_t ld_dZ, index_t rows, index_t k,
+                       index_t cols) {
+    // Sums in registers: 16 of AVX-512's 32, 8 of AVX2's 16 (beside the chunks of x and
+    // the broadcast columns of dZ).
+    constexpr int A = DotOps::lanes == 16 ? 16 : 8;
+    for (index_t r0 = 0; r0 < rows; r0 += kColDotsRows) {
+        const index_t m = rows - r0 < kColDotsRows ? rows - r0 : kColDotsRows;
+        const S* xb = x + r0 * ld_x;
+        const float* db = dZ + r0 * ld_dZ;
+        const bool first = r0 == 0;
+        for (index_t j = 0; j < cols; j += 4) {
+            float* w = dW + j;
+            const float* d = db + j;
+            switch (cols - j < 4 ? cols - j : 4) {
+                case 1: col_dots_block<8, 1>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
+                case 2: col_dots_block<A / 2, 2>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
+                case 3: col_dots_block<A / 4, 3>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
+                default: col_dots_block<A / 4, 4>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first);
+            }
         }
     }
 }

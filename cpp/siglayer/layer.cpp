@@ -28,7 +28,8 @@ namespace {
 // dZ is (n, n_out) and complete; x is (n, n_in), W is (n_in, n_out). The batch index i is
 // what dW sums over: dW[k, l] = sum_i x[i, k] dZ[i, l], which is why x^T stands on the left.
 // With Wt (W^T, n_out x n_in, for a layer with few outputs and a row-major dZ) dx is
-// row_combos' instead of the BLAS's.
+// row_combos' instead of the BLAS's; with few outputs and x and dZ row-major, dW is
+// col_dots'.
 template <class T>
 void gradient_products(OutMatrix<T> dx, OutMatrix<T> dW, const BlasOperand<T>& xo,
                        const BlasOperand<T>& Wo, const BlasOperand<T>& dZo, const T* Wt, index_t n,
@@ -39,8 +40,14 @@ void gradient_products(OutMatrix<T> dx, OutMatrix<T> dW, const BlasOperand<T>& x
     const int team = omp_get_num_threads();
     const Tiling dW_tiles = dW.data ? Tiling(n_in, n_out, team) : Tiling();
     const Tiling dx_tiles = dx.data ? Tiling(n, n_in, team) : Tiling();
+    // Few outputs, x and dZ row-major: dW by col_dots.
+    const bool dW_col_dots =
+        row_combos_path<T>(n_in, n_out) && xo.op == blas::Op::N && dZo.op == blas::Op::N;
     for_each_tile({&dW_tiles, &dx_tiles}, [&](const Tiling& tiling, const Block& t) {
-        if (&tiling == &dW_tiles)
+        if (&tiling == &dW_tiles && dW_col_dots)
+            kernels::active<T>().col_dots(dW.data + t.i0 * n_out + t.j0, n_out, xo.data + t.i0,
+                                          xo.ld, dZo.data + t.j0, dZo.ld, n, t.rows(), t.cols());
+        else if (&tiling == &dW_tiles)
             blas::gemm<T>(xT.op, dZo.op, t.rows(), t.cols(), n, T(1), row_offset(xT, t.i0), xT.ld,
                           col_offset(dZo, t.j0), dZo.ld, T(0), dW.data + t.i0 * n_out + t.j0,
                           n_out);

@@ -39,7 +39,8 @@ constexpr index_t kShareWidening = 1 << 18;
 
 // Whether the products of a layer with n_out outputs take bfloat16 operands (a bfloat16
 // GEMM) rather than float copies: never below kNarrowOutputs (layer_detail.hpp), where
-// forward and dx take row_dots and row_combos and dW the float GEMM on panels of x widened,
+// forward, dx and dW take row_dots, row_combos and col_dots (the float GEMM on panels of x
+// widened where x's rows are not contiguous),
 // as a bfloat16 GEMM's tiles (12 x 32 for siglayer's own) stay mostly empty (own GEMM over
 // convert at 8192 x 256 x n_out on Zen 4: n_out 1: forward 3.5x, backward 1.45x; 8: 1.69x
 // and 1.01x; 16: 0.88x and 0.80x).
@@ -140,6 +141,11 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
                 blas::gemm<bf16>(xT.op, g.dZ16.op, t.rows(), t.cols(), n, 1.0f,
                                  row_offset(xT, t.i0), xT.ld, col_offset(g.dZ16, t.j0), g.dZ16.ld,
                                  0.0f, dW_blk, n_out);
+                return;
+            }
+            if (n_out < kNarrowOutputs && g.x.col_stride == 1) {  // few outputs: col_dots
+                kernel.col_dots(dW_blk, n_out, g.x.data + t.i0, g.x.row_stride, g.dZ32 + t.j0,
+                                n_out, n, t.rows(), t.cols());
                 return;
             }
             // The batch in panels: x[k0:k1, i0:i1] widened, then accumulated into dW.

@@ -157,10 +157,12 @@ void for_each_block(index_t count, const Body& body) {
 }
 
 // Layers with few outputs (n_out < kNarrowOutputs), in float and bfloat16 (double keeps
-// the BLAS): forward and dx come from row_dots and row_combos (kernels.hpp), which read x
-// (or write dx) once, as stored, with W^T in float beside them. A GEMM's tiles stayed mostly
-// empty there and the bfloat16 convert path wrote and reread a float copy of x; measured on
-// Zen 4 at 8192 x 256 x n_out (docs/bfloat16.md, bench/narrow.py).
+// the BLAS): forward, dx and dW come from row_dots, row_combos and col_dots (kernels.hpp),
+// which read x (or write dx) once, as stored, with W^T or dZ in float beside them. A GEMM's
+// tiles stayed mostly empty there (OpenBLAS's float32 dW at n_out = 8: 0.86 ms against
+// col_dots' 0.35, one thread, best of 300) and the bfloat16 convert path wrote and reread
+// a float copy of x; measured on Zen 4 at 8192 x 256 x n_out (docs/bfloat16.md,
+// bench/narrow.py).
 constexpr index_t kNarrowOutputs = 12;
 
 template <class T>
