@@ -25,6 +25,7 @@ bf16/torch16 (< 1: siglayer's is faster).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable
 
@@ -97,7 +98,7 @@ def check(name: str, x, W, b, dout) -> None:
         assert err <= tol * scale, f"{name} {what}: error {err:.3e} over {tol * scale:.3e}"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n", 1)[0].split()))
     parser.add_argument("--outputs", default="1,2,4,8,11,12,16", help="n_out values")
     parser.add_argument("--n", type=int, default=8192)
@@ -107,12 +108,15 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=0.0, help="pause before each turn (s)")
     parser.add_argument("--isa", help="siglayer's kernels for this instruction set")
     parser.add_argument("--no-torch", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch = None if args.no_torch else import_torch()
+    isa_before = _core.config()["simd"]
     if args.isa:
         _core.select_isa(args.isa)
     cfg = _core.config()
-    with limit_threads(args.threads, torch) as note:
+    with contextlib.ExitStack() as stack:
+        stack.callback(_core.select_isa, isa_before)
+        note = stack.enter_context(limit_threads(args.threads, torch))
         print(
             f"# {cpu_model()}; {args.threads} threads; ISA {cfg['simd']}; "
             f"BLAS {cfg['blas']}; torch {torch.__version__ if torch else 'absent'} {note}"

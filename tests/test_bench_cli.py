@@ -18,6 +18,7 @@ from siglayer import _core
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import harness
 import mixed
+import narrow
 import run
 
 TORCH = harness.import_torch()
@@ -292,3 +293,24 @@ def test_plot_without_matplotlib_fails_before_timing(monkeypatch, capsys):
     with pytest.raises(SystemExit, match="matplotlib"):
         run.main(["--sizes", "T", "--plot", "x.png", "--no-torch"])
     assert "siglayer" not in capsys.readouterr().out  # no table: nothing was timed
+
+
+def test_narrow_sweep_checks_and_prints(capsys, monkeypatch):
+    """bench/narrow.py: a row per n_out and pass, siglayer's results checked first (a wrong
+    forward is caught before any timing)."""
+    args = ["--n", "40", "--n-in", "20", "--outputs", "1,3", "--rounds", "1", "--threads", "1"]
+    assert narrow.main([*args, "--no-torch"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line[:5].strip()]
+    table = [r for r in rows if r[0].isdigit()]
+    assert [r[:2] for r in table] == [
+        ["1", "fwd"],
+        ["1", "fwd+bwd"],
+        ["3", "fwd"],
+        ["3", "fwd+bwd"],
+    ]
+    real_forward = siglayer.forward
+    monkeypatch.setattr(
+        narrow.siglayer, "forward", lambda x, W, b: real_forward(x, W, b * 0 + 1e-3)
+    )
+    with pytest.raises(AssertionError, match="f32 out: error"):
+        narrow.main([*args, "--no-torch"])
