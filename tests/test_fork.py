@@ -241,3 +241,84 @@ def test_workers_that_end_normally_leave_no_registration_file(
         "the parent, still running, should be registered (the check sees files)"
     )
     assert report["left"] == {}, report
+
+
+# A fork beside another thread that has called siglayer (a web server's worker thread, a
+# ThreadPoolExecutor), as joblib's and scikit-learn's KMP_INIT_AT_FORK=FALSE makes it
+# delicate: libiomp5's hard pause of the pool forgets only the calling root thread, and
+# the other roots' next calls crashed, in the parent and in every child. Now the pool is
+# released only when the forking thread is the one root left (threads.hpp); otherwise
+# the child runs on one thread ("serial") and the parent keeps its pool. Each case: the
+# other thread made a two-thread call and is still alive ("alive") or has ended
+# ("ended"); the fork comes from the main thread or from that other thread. The child's
+# results must be bitwise the parent's at the child's thread count, and the parent's,
+# after the fork, bitwise its own before it, on both threads.
+BESIDE_A_THREAD = """
+import os, pickle, threading, time
+from concurrent.futures import ThreadPoolExecutor
+
+def layer_at(threads):
+    siglayer.set_num_threads(threads)
+    out = siglayer.forward(x, W, b)
+    dx, dW, db = siglayer.backward(dout, x, W, out)
+    return siglayer.get_num_threads(), [a.tobytes() for a in (out, dx, dW, db)]
+
+def fork_and_call():
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        siglayer.set_num_threads(2)  # a serial child still answers 1
+        threads = siglayer.get_num_threads()
+        with os.fdopen(write_end, "wb") as f:
+            pickle.dump((threads, layer_at(threads)), f)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        result = pickle.load(f)
+    _, status = os.waitpid(pid, 0)
+    return status, result
+
+if __name__ == "__main__":
+    other, forker = sys.argv[1], sys.argv[2]
+    want = {t: layer_at(t)[1] for t in (1, 2)}
+    pool = ThreadPoolExecutor(1)
+    pool_tid = pool.submit(threading.get_native_id).result()
+    assert pool.submit(layer_at, 2).result()[1] == want[2]
+    if other == "ended":
+        pool.shutdown()
+        # Until the thread is gone from the kernel's list: Python's join returns before
+        # its thread-local destructors run (which end its count, and its root in the
+        # runtime); a fork before then finds it alive and, safely, gives a serial child.
+        for _ in range(5000):
+            if not os.path.exists(f"/proc/self/task/{pool_tid}"):
+                break
+            time.sleep(0.001)
+    if forker == "main":
+        status, (threads, (ran, got)) = fork_and_call()
+    else:
+        status, (threads, (ran, got)) = pool.submit(fork_and_call).result()
+    again = layer_at(2)[1] == want[2]
+    if other == "alive":
+        again = again and pool.submit(layer_at, 2).result()[1] == want[2]
+        pool.shutdown()
+    print(json.dumps({"status": status, "child_threads": threads, "ran": ran,
+                      "child_ok": got == want[ran], "parent_ok": again}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("other", "forker"), [("alive", "main"), ("ended", "main"), ("alive", "other")]
+)
+@pytest.mark.parametrize("environment", list(ENVIRONMENTS))
+def test_fork_beside_a_thread_that_called_siglayer(
+    environment: str, other: str, forker: str, tmp_path: Path
+) -> None:
+    body = BESIDE_A_THREAD.replace("sys.argv[1], sys.argv[2]", f"{other!r}, {forker!r}")
+    report = run_scenario(f"beside_{other}_{forker}", body, environment, tmp_path)
+    assert report["status"] == 0, report
+    assert report["child_ok"] and report["parent_ok"], report
+    # Serial exactly when the pool could not be released: the runtime does not handle the
+    # fork itself and another root thread (the home thread, or the other caller) lives.
+    serial = environment != "default" and (other == "alive" or forker == "other")
+    assert report["child_threads"] == (1 if serial else 2), report

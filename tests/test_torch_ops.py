@@ -221,6 +221,27 @@ def test_jit_trace_records_the_operator(grad_mode):
     torch.testing.assert_close(traced(x_new), model(x_new), rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+def test_jit_script_of_the_module_runs_the_operator(tmp_path):
+    """torch.jit.script of SigmoidLinear (alone and in a Sequential) compiles its forward
+    to the operator: the eager results and gradients bitwise, after a save and load too,
+    and a bad shape still names the argument."""
+    model = network(torch.float64)
+    scripted = torch.jit.script(model)
+    assert str(scripted.inlined_graph).count("siglayer::sigmoid_linear(") == 2
+    x = torch.rand(6, 7, dtype=torch.float64, requires_grad=True)
+    want = model(x)
+    (want_dx,) = torch.autograd.grad(want.sum(), x)
+    torch.jit.save(scripted, tmp_path / "m.pt")
+    for m in (scripted, torch.jit.load(tmp_path / "m.pt")):
+        got = m(x)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        (dx,) = torch.autograd.grad(got.sum(), x)
+        torch.testing.assert_close(dx, want_dx, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match=r"x has shape \(6, 3\)"):
+        scripted(torch.rand(6, 3, dtype=torch.float64))
+
+
 def test_fx_symbolic_trace_records_the_functions():
     """torch.fx.symbolic_trace keeps sigmoid_linear (and the fused loss) as one call each,
     which the traced module runs with the same bits."""

@@ -14,11 +14,11 @@ void register_info(py::module_& m) {
         "set_num_threads",
         [](int n) {
             if (n < 1) throw py::value_error("n must be >= 1, got " + std::to_string(n));
-            omp_set_num_threads(n);
+            threads::set_max_threads(n);
             blas::set_num_threads(n);
         },
         py::arg("n"), "Threads for both the OpenMP sweeps and the BLAS.");
-    m.def("get_num_threads", [] { return omp_get_max_threads(); });
+    m.def("get_num_threads", [] { return threads::max_threads(); });
     m.def("blas_num_threads", [] { return blas::get_num_threads(); });
     m.def("config", [] {
         py::dict d;

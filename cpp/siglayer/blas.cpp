@@ -22,6 +22,7 @@
 #include "kernels.hpp"
 #include "operands.hpp"
 #include "scratch.hpp"
+#include "threads.hpp"
 
 #if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
 #include <cblas.h>  // from scipy-openblas32: every symbol carries a scipy_ prefix
@@ -410,7 +411,7 @@ int get_num_threads() {
 #elif defined(SIGLAYER_BLAS_MKL)
     return mkl_get_max_threads();
 #else
-    return openblas_get_num_threads ? openblas_get_num_threads() : omp_get_max_threads();
+    return openblas_get_num_threads ? openblas_get_num_threads() : threads::max_threads();
 #endif
 }
 

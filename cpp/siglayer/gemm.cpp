@@ -6,6 +6,7 @@
 
 #include "dtypes.hpp"
 #include "partition.hpp"
+#include "threads.hpp"
 
 namespace siglayer {
 
@@ -19,7 +20,7 @@ void gemm(GemmThreading threading, blas::Op op_a, blas::Op op_b, index_t M, inde
         return;
     }
     if (threading == GemmThreading::blas) {
-        blas::OwnThreads threads(omp_get_max_threads());
+        blas::OwnThreads own_threads(threads::max_threads());
         blas::gemm<T>(op_a, op_b, M, N, K, Acc(1), A, lda, B, ldb, Acc(0), C, ldc);
         return;
     }

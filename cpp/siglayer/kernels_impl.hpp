@@ -355,27 +355,30 @@ inline void row_combos(T* __restrict dst, index_t ld_dst, const C* __restrict dZ
     }
 }
 
-// Rows per block of col_dots: each block's sums are added into dW.
+// Rows per block of the hand-vectorized col_dots (kernels_simd.hpp): each block's sums are
+// added into dW.
 constexpr index_t kColDotsRows = 512;
 
 // dW (k x cols, row stride ld_dW, in C) = x^T . dZ, the product dW of a layer with few
 // outputs: x is rows x k (row stride ld_x, contiguous rows, T read through load), dZ is
-// rows x cols (row stride ld_dZ, in C). Summed over the rows in blocks of kColDotsRows, each
-// block's sum added into dW in order: the same for any split of dW's rows between threads.
+// rows x cols (row stride ld_dZ, in C). Each entry summed over the rows in order (the
+// hand-vectorized copy sums blocks of kColDotsRows and adds them in order): the same for
+// any split of dW's rows between threads. Row by row, so that x streams in order and dW
+// (a few times k values) stays in cache.
 template <class T, class C, class Load>
 inline void col_dots(C* __restrict dW, index_t ld_dW, const T* __restrict x, index_t ld_x,
                      const C* __restrict dZ, index_t ld_dZ, index_t rows, index_t k, index_t cols,
                      Load load) {
-    for (index_t r0 = 0; r0 < rows; r0 += kColDotsRows) {
-        const index_t r1 = rows - r0 < kColDotsRows ? rows : r0 + kColDotsRows;
-        for (index_t i = 0; i < k; ++i)
-            for (index_t j = 0; j < cols; ++j) {
-                C s = C(0);
-                for (index_t r = r0; r < r1; ++r)
-                    s = fused_mul_add(load(x[r * ld_x + i]), dZ[r * ld_dZ + j], s);
-                C& out = dW[i * ld_dW + j];
-                out = r0 == 0 ? s : out + s;
-            }
+    for (index_t i = 0; i < k; ++i)
+        for (index_t j = 0; j < cols; ++j) dW[i * ld_dW + j] = C(0);
+    for (index_t r = 0; r < rows; ++r) {
+        const T* xr = x + r * ld_x;
+        const C* d = dZ + r * ld_dZ;
+        for (index_t i = 0; i < k; ++i) {
+            const C xi = load(xr[i]);
+            C* w = dW + i * ld_dW;
+            for (index_t j = 0; j < cols; ++j) w[j] = fused_mul_add(xi, d[j], w[j]);
+        }
     }
 }
 

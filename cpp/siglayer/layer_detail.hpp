@@ -33,7 +33,7 @@ inline void require_blas_sizes(index_t n, index_t n_in, index_t n_out) {
 }
 
 inline int threads_for(index_t elements) {
-    return elements >= kParallelElements ? omp_get_max_threads() : 1;
+    return elements >= kParallelElements ? threads::max_threads() : 1;
 }
 
 // The checks every backward entry point makes on its outputs dx (n, n_in) and dW (n_in,

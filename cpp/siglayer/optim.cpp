@@ -8,6 +8,7 @@
 #include "checks.hpp"
 #include "dtypes.hpp"
 #include "partition.hpp"
+#include "threads.hpp"
 
 namespace siglayer::optim {
 
@@ -21,8 +22,8 @@ constexpr index_t kParallelElements = 1 << 16;
 // OpenMP threads when the array is large. Each element is touched by one thread only.
 template <class Update>
 void for_ranges(index_t count, const Update& update) {
-    const int threads = count < kParallelElements ? 1 : omp_get_max_threads();
-    run_parallel(threads, [&] {
+    const int team = count < kParallelElements ? 1 : threads::max_threads();
+    run_parallel(team, [&] {
         // Ranges start on 16-element boundaries so no two threads share a cache line.
         index_t begin = 0, end = 0;
         split_range(count, omp_get_num_threads(), omp_get_thread_num(), 16, begin, end);

@@ -92,7 +92,11 @@ void guarded(const F& f) {
 template <class Body>
 void run_parallel(int threads, const Body& body) {
     blas::claim_single_threaded();
-    const bool nested = omp_in_parallel();
+    if (threads::serial()) {  // a forked child whose pool could not be released (threads.hpp)
+        body();
+        return;
+    }
+    const bool nested = threads::in_parallel();
     if (threads <= 1 && !nested) {
         body();
         return;
@@ -143,7 +147,8 @@ inline int threads_for_gemm(index_t m, index_t n, index_t k) {
     const double work = static_cast<double>(m) * n * std::max<index_t>(k, 1);
     if (work < 1 << 20) return 1;
     const index_t blocks = (std::max(m, n) + 15) / 16;
-    return static_cast<int>(std::min<index_t>(omp_get_max_threads(), std::max<index_t>(1, blocks)));
+    return static_cast<int>(
+        std::min<index_t>(threads::max_threads(), std::max<index_t>(1, blocks)));
 }
 
 // A part of an m x n output: rows [i0, i1) x cols [j0, j1).

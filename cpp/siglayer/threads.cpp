@@ -59,6 +59,34 @@ bool runtime_handles_fork = false;
 // The thread that imported siglayer (in a forked child: the thread that forked).
 std::thread::id home_thread;
 
+// Threads other than the home thread and the leaders that have called the OpenMP runtime
+// through siglayer (max_threads, set_max_threads, in_parallel) and are still alive: each
+// is a root thread of libiomp5, which a hard pause would leave broken (see serial()).
+std::atomic<int> other_roots{0};
+
+// This process runs regions on one thread (see serial()); set in a child, inherited by
+// its own children.
+std::atomic<bool> serial_process{false};
+// Set by before_fork when it could not release the pool: the child becomes serial.
+std::atomic<bool> child_serial{false};
+
+thread_local bool is_leader = false;
+
+// Counts the calling thread in other_roots once, and out again when it ends.
+struct RootMark {
+    bool counted = false;
+    ~RootMark() {
+        if (counted) other_roots.fetch_sub(1, std::memory_order_relaxed);
+    }
+};
+thread_local RootMark root_mark;
+
+void note_caller() {
+    if (root_mark.counted || is_leader || std::this_thread::get_id() == home_thread) return;
+    root_mark.counted = true;
+    other_roots.fetch_add(1, std::memory_order_relaxed);
+}
+
 #if defined(SIGLAYER_OPENMP_INTEL)
 // Read once: the environment is the user's, and their KMP_BLOCKTIME wins over ours.
 const bool user_chose_blocktime = std::getenv("KMP_BLOCKTIME") != nullptr;
@@ -90,16 +118,20 @@ void keep_idle_spin() {
     }
 }
 
-// A long-lived thread that leads the regions handed to it, one at a time.
+// A long-lived thread that leads the regions handed to it, one at a time, until stopped.
 struct Leader {
     std::mutex mutex;
     std::condition_variable wake, finished;
     const std::function<void()>* job = nullptr;
+    bool stopping = false;
+    std::thread thread;
 
     void loop() {
+        is_leader = true;
         std::unique_lock<std::mutex> lock(mutex);
         for (;;) {
-            wake.wait(lock, [&] { return job != nullptr; });
+            wake.wait(lock, [&] { return job != nullptr || stopping; });
+            if (job == nullptr) return;  // stopping, with nothing left to run
             keep_idle_spin();
             (*job)();
             job = nullptr;
@@ -113,11 +145,23 @@ struct Leader {
         wake.notify_one();
         finished.wait(lock, [&] { return job == nullptr; });
     }
+
+    // Ends the thread (idle: no region runs, see before_fork) and waits until it is gone,
+    // its thread-local destructors run: the OpenMP runtime forgets it as a root thread.
+    void stop() {
+        {
+            std::lock_guard<std::mutex> lock(mutex);
+            stopping = true;
+        }
+        wake.notify_one();
+        thread.join();
+    }
 };
 
 struct Leaders {
     std::mutex mutex;
     std::vector<Leader*> idle;
+    std::vector<Leader*> all;  // idle or running a region; owned here for the process's life
 };
 Leaders* leaders_ptr = new Leaders;
 
@@ -157,10 +201,38 @@ void init() {
 
 void before_fork() {
     regions().lock();
-    if (!runtime_handles_fork && pool_started.exchange(false)) {
-        omp_pause_resource_all(omp_pause_hard);
-        pool_generation.fetch_add(1, std::memory_order_relaxed);  // in parent and child
+    child_serial.store(false, std::memory_order_relaxed);
+    if (runtime_handles_fork || !pool_started.load(std::memory_order_relaxed)) {
+        spin_generation.fetch_add(1, std::memory_order_relaxed);  // in parent and child
+        return;
     }
+    // The pool can be released only when, once the leaders have ended, the forking thread
+    // is the runtime's one root thread: the home thread (a root since init()), with no
+    // other caller's thread alive. Otherwise the pool stays and the child is serial().
+    const int others = other_roots.load(std::memory_order_relaxed) - (root_mark.counted ? 1 : 0);
+    if (others > 0 || std::this_thread::get_id() != home_thread) {
+        child_serial.store(true, std::memory_order_relaxed);
+        spin_generation.fetch_add(1, std::memory_order_relaxed);
+        return;
+    }
+    // The leaders go first. Each is a root thread of the runtime (it has led a team); with
+    // one alive, libiomp5's hard pause forgot only the calling thread yet left its cached
+    // thread id, and its next OpenMP call, in the parent and in every child, crashed
+    // (KMP_INIT_AT_FORK=FALSE, as joblib and scikit-learn set it, after a call from a
+    // second thread). With the regions lock held exclusively every leader is idle; new
+    // ones start on demand after the fork.
+    {
+        std::lock_guard<std::mutex> lock(leaders().mutex);
+        for (Leader* leader : leaders().all) {
+            leader->stop();
+            delete leader;
+        }
+        leaders().all.clear();
+        leaders().idle.clear();
+    }
+    pool_started.store(false, std::memory_order_relaxed);
+    omp_pause_resource_all(omp_pause_hard);
+    pool_generation.fetch_add(1, std::memory_order_relaxed);  // in parent and child
     spin_generation.fetch_add(1, std::memory_order_relaxed);  // in parent and child
 }
 
@@ -170,11 +242,38 @@ void after_fork_in_parent() {
 
 // The child has one thread, the one that forked: it becomes the home thread. The old
 // mutex is left behind, locked, and so are the leaders, whose threads the child lacks.
+// The child has one thread, the one that forked: it becomes the home thread, the only one
+// using the runtime. A child of a fork that could not release the pool becomes serial.
 void after_fork_in_child() {
     regions_mutex.store(new std::shared_mutex, std::memory_order_release);
     pool_generation.fetch_add(1, std::memory_order_relaxed);  // the child has no workers
     leaders_ptr = new Leaders;
     home_thread = std::this_thread::get_id();
+    other_roots.store(0, std::memory_order_relaxed);
+    root_mark.counted = false;
+    if (child_serial.exchange(false, std::memory_order_relaxed)) {
+        serial_process.store(true, std::memory_order_relaxed);
+        pool_started.store(false, std::memory_order_relaxed);
+    }
+}
+
+bool serial() {
+    return serial_process.load(std::memory_order_relaxed);
+}
+
+int max_threads() {
+    note_caller();
+    return serial() ? 1 : omp_get_max_threads();
+}
+
+void set_max_threads(int n) {
+    note_caller();
+    omp_set_num_threads(n);
+}
+
+bool in_parallel() {
+    note_caller();
+    return omp_in_parallel() != 0;
 }
 
 bool lead(const std::function<void()>& region) {
@@ -196,11 +295,16 @@ bool lead(const std::function<void()>& region) {
     if (leader == nullptr) {
         auto fresh = std::make_unique<Leader>();
         try {
-            std::thread(&Leader::loop, fresh.get()).detach();
+            std::lock_guard<std::mutex> lock(leaders().mutex);
+            leaders().all.reserve(leaders().all.size() + 1);
+            fresh->thread = std::thread(&Leader::loop, fresh.get());
+            leader = fresh.release();  // owned by leaders().all (in a forked child: forgotten)
+            leaders().all.push_back(leader);
         } catch (const std::system_error&) {
             return false;  // no thread to be had: the caller runs the region's work itself
+        } catch (const std::bad_alloc&) {
+            return false;
         }
-        leader = fresh.release();  // lives as long as the process (or until a fork forgets it)
     }
     leader->run(region);
     std::lock_guard<std::mutex> lock(leaders().mutex);

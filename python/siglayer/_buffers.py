@@ -4,6 +4,8 @@ nothing after its first step."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -33,6 +35,11 @@ class BufferCache:
         self._kind = kind
         self._arrays: dict[tuple[int, ...], NDArray[np.floating]] = {}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Every pickle protocol (0 and 1 refuse __slots__ without this); the arrays go
+        # along, so a copied layer's outputs stay in its own buffers.
+        return (_rebuilt_cache, (self._dtype, self._kind, self._arrays))
+
     def get(self, shape: tuple[int, ...]) -> NDArray[np.floating]:
         array = self._arrays.get(shape)
         if array is None:
@@ -46,6 +53,16 @@ class BufferCache:
 
     def clear(self) -> None:
         self._arrays.clear()
+
+
+def _rebuilt_cache(
+    dtype: np.dtype[np.floating],
+    kind: type[NDArray[np.floating]],
+    arrays: dict[tuple[int, ...], NDArray[np.floating]],
+) -> BufferCache:
+    cache = BufferCache(dtype, kind=kind)
+    cache._arrays = dict(arrays)
+    return cache
 
 
 def refuse_overlap(

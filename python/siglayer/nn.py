@@ -138,6 +138,11 @@ class Parameter:
     def __iter__(self) -> Iterator[Any]:
         return iter((self._name, self._value, self._grad))
 
+    def __reduce__(self) -> tuple[type[Parameter], tuple[str, Array, Array]]:
+        # Every pickle protocol (0 and 1 refuse __slots__ without this); copies keep the
+        # arrays shared with whatever else is copied with them (pickle's memo).
+        return (Parameter, (self._name, self._value, self._grad))
+
     def __repr__(self) -> str:
         v = self._value
         return f"Parameter(name={self._name!r}, shape={v.shape}, dtype={v.dtype})"
@@ -230,6 +235,11 @@ class SigmoidLayer(Generic[Float]):
     output; backward computes the gradients of the *last* forward from them. The output is
     returned as a read-only view, so changing it in place raises; do not change x (or an
     ``out=`` buffer you passed) between forward and backward.
+
+    **Threads.** A layer is not for sharing between threads (that last forward, and with
+    ``reuse_buffers=True`` the output buffer, belong to whichever call came last): give
+    each thread its own, ``copy.deepcopy(layer)``. The functions of :mod:`siglayer` may
+    be called from many threads at once.
 
     Examples
     --------

@@ -1389,6 +1389,10 @@ class SigmoidLinear(torch.nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # type: ignore[attr-defined]
+            # TorchScript compiles this branch alone: the operator, checks in its kernel.
+            out: Tensor = torch.ops.siglayer.sigmoid_linear(x, self.W, self.b)
+            return out
         return sigmoid_linear(x, self.W, self.b)
 
     def bce_loss(self, x: Tensor, target: Tensor, *, reduction: str = "mean") -> Tensor:
