@@ -7,6 +7,9 @@ by default), forward and forward + backward (with dx), one process, contenders t
 turns (siglayer._timing.interleaved_medians, medians of --rounds rounds):
 
 - ``f32``, ``bf16``: siglayer on float32, and on bfloat16 x, W and dout (float32 b);
+- ``f32/g``, ``bf16/g``: the same through the GEMM path every other layer takes
+  (``_core.select_few_outputs("gemm")`` before each call, ``"kernels"`` after): what
+  the kernels replaced;
 - ``torch``, ``torch16``: ``sigmoid(addmm(b, x, W))`` with autograd, float32 and bfloat16
   parameters (when PyTorch is installed).
 
@@ -18,8 +21,9 @@ same (rounded) inputs.
     python bench/narrow.py --isa avx2             # another instruction set's kernels
     python bench/narrow.py --n 65536 --n-in 256   # x far past the caches
 
-Prints one row per n_out and pass: the medians and the ratios bf16/f32, f32/torch and
-bf16/torch16 (< 1: siglayer's is faster).
+Prints one row per n_out and pass: the medians and the ratios of the kernels over the
+GEMM path, of bfloat16 over float32, and of siglayer over PyTorch (< 1: the first is
+faster).
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ def contenders(n: int, n_in: int, n_out: int, torch) -> dict[str, dict[str, Call
             return siglayer.backward(ds, xs, Ws, out)
 
         calls["fwd+bwd"][name] = step
+        for pass_name in ("fwd", "fwd+bwd"):
+            calls[pass_name][name + "/g"] = through_gemm(calls[pass_name][name])
     if torch is not None:
         for name, dtype in (("torch", torch.float32), ("torch16", torch.bfloat16)):
             tx = torch.from_numpy(x).to(dtype)
@@ -80,6 +86,17 @@ def contenders(n: int, n_in: int, n_out: int, torch) -> dict[str, dict[str, Call
 
             calls["fwd+bwd"][name] = tstep
     return calls
+
+
+def through_gemm(call: Callable[[], object]) -> Callable[[], object]:
+    def call_through_gemm() -> object:
+        _core.select_few_outputs("gemm")
+        try:
+            return call()
+        finally:
+            _core.select_few_outputs("kernels")
+
+    return call_through_gemm
 
 
 def check(name: str, x, W, b, dout) -> None:
@@ -122,9 +139,13 @@ def main(argv: list[str] | None = None) -> int:
             f"BLAS {cfg['blas']}; torch {torch.__version__ if torch else 'absent'} {note}"
         )
         print(f"# {args.n} x {args.n_in} x n_out, medians of {args.rounds} interleaved rounds")
-        names = ["f32", "bf16", "torch", "torch16"]
+        names = ["f32", "f32/g", "bf16", "bf16/g", "torch", "torch16"]
+        ratios = {"f32:k/g": ("f32", "f32/g"), "bf16:k/g": ("bf16", "bf16/g")}
+        ratios |= {"bf16/f32": ("bf16", "f32"), "f32/t": ("f32", "torch")}
+        ratios |= {"bf16/t16": ("bf16", "torch16")}
         head = "".join(f"{c:>10}" for c in names)
-        print(f"{'n_out':>5} {'pass':<8}{head} {'bf16/f32':>9} {'f32/torch':>9} {'bf16/t16':>9}")
+        tail = "".join(f"{label:>10}" for label in ratios)
+        print(f"{'n_out':>5} {'pass':<8}{head}{tail}")
         for n_out in (int(v) for v in args.outputs.split(",")):
             calls = contenders(args.n, args.n_in, n_out, torch)
             for pass_name, group in calls.items():
@@ -132,13 +153,10 @@ def main(argv: list[str] | None = None) -> int:
                 cells = "".join(f"{t[c] * 1e3:>8.3f}ms" if c in t else f"{'-':>10}" for c in names)
 
                 def ratio(a: str, b: str, t=t) -> str:
-                    return f"{t[a] / t[b]:>9.2f}" if a in t and b in t else f"{'-':>9}"
+                    return f"{t[a] / t[b]:>10.2f}" if a in t and b in t else f"{'-':>10}"
 
-                print(
-                    f"{n_out:>5} {pass_name:<8}{cells} {ratio('bf16', 'f32')} "
-                    f"{ratio('f32', 'torch')} {ratio('bf16', 'torch16')}",
-                    flush=True,
-                )
+                cols = "".join(ratio(a, b) for a, b in ratios.values())
+                print(f"{n_out:>5} {pass_name:<8}{cells}{cols}", flush=True)
     return 0
 
 

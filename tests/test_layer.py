@@ -204,6 +204,24 @@ def test_few_outputs_on_every_instruction_set_and_layout(
                 np.testing.assert_array_equal(one, two, err_msg=f"{name}, {n}x{n_in}")
 
 
+@pytest.mark.parametrize("n_out", [1, 3, 11])
+def test_few_output_kernels_and_the_gemm_path_both_match_the_reference(rng, threads, n_out):
+    """_core.select_few_outputs switches float32 layers with few outputs between their own
+    kernels and the GEMM path (for the benchmarks' comparison); both within the bounds."""
+    x, W, b, dout = make_problem(rng, (300, 70), n_out, np.float32)
+    try:
+        for path in ("gemm", "kernels"):
+            _core.select_few_outputs(path)
+            assert _core.config()["few_outputs"] == path
+            out = siglayer.forward(x, W, b)
+            assert_within(out, reference.forward(x, W, b), forward_bound(x, W, b, out), "out")
+            check_backward(dout, x, W, out, siglayer.backward(dout, x, W, out))
+    finally:
+        _core.select_few_outputs("kernels")
+    with pytest.raises(ValueError, match="'kernels' or 'gemm'"):
+        _core.select_few_outputs("blas")  # type: ignore[arg-type]
+
+
 NEEDS = [(True, False), (False, True), (False, False)]
 
 

@@ -4,6 +4,7 @@
 
 #include "../siglayer/blas.hpp"
 #include "../siglayer/kernels.hpp"
+#include "../siglayer/layer.hpp"
 #include "../siglayer/threads.hpp"
 #include "arrays.hpp"
 
@@ -26,6 +27,7 @@ void register_info(py::module_& m) {
         d["blas_details"] = blas::backend_details();
         d["blas_int_bits"] = blas::max_int() > 2147483647LL ? 64 : 32;
         d["bf16_gemm"] = blas::bf16_gemm_name(blas::bf16_gemm_path());
+        d["few_outputs"] = few_output_kernels() ? "kernels" : "gemm";
         d["bf16_gemm_in_blas"] = blas::bf16_gemm_in_blas();
         d["cpu_bf16"] = blas::cpu_has_bf16();
         d["cpu_amx_bf16"] = blas::cpu_has_amx_bf16();
@@ -76,6 +78,18 @@ void register_info(py::module_& m) {
         "Open libmkl_rt at path for MKL's bfloat16 GEMM (builds whose BLAS has none), once\n"
         "per process; returns its description. ValueError naming the path if it fails.\n"
         "Call select_bf16_gemm afterwards: loading does not change the path.");
+    m.def(
+        "select_few_outputs",
+        [](const std::string& name) {
+            if (name != "kernels" && name != "gemm")
+                throw py::value_error("select_few_outputs: 'kernels' or 'gemm', got '" + name +
+                                      "'");
+            set_few_output_kernels(name == "kernels");
+        },
+        py::arg("name"),
+        "Layers with fewer than 12 outputs (float32, bfloat16): their own kernels ('kernels', "
+        "the default) or the GEMM path of every other layer ('gemm'); for tests and "
+        "benchmarks.");
     m.def(
         "select_isa", [](const std::string& name) { kernels::select_isa(name); }, py::arg("name"),
         "Force 'avx512bf16', 'avx512', 'avx2' or 'baseline' kernels (tests, benchmarks).");

@@ -605,11 +605,11 @@ inline void row_dots_f(float* __restrict acc, index_t ld_acc, const S* __restric
 // j = 0 as the portable loop sums; then rounded by round(dst, sums, count) from the stack.
 constexpr index_t kComboChunk = 256;  // columns of dst per pass: R x 1 KB on the stack
 
-// One vector of columns of R rows: sums over j into buf (columns c, width of them: L, or
-// fewer when Partial).
+// One vector of columns of R rows: the sums over j, stored at out + r * ld_out (width of
+// them: L, or fewer when Partial).
 template <int R, bool Partial>
-inline void combo(float (*buf)[kComboChunk], index_t c, const float* dZ, index_t ld_dZ,
-                  const float* w, index_t ld_Wt, index_t k, index_t width) {
+inline void combo(float* out, index_t ld_out, const float* dZ, index_t ld_dZ, const float* w,
+                  index_t ld_Wt, index_t k, index_t width) {
     using D = DotOps;
     typename D::V s[R];
     for (int r = 0; r < R; ++r) s[r] = D::zero();
@@ -617,20 +617,39 @@ inline void combo(float (*buf)[kComboChunk], index_t c, const float* dZ, index_t
         const auto wv = Partial ? D::load(w + j * ld_Wt, width) : D::load(w + j * ld_Wt);
         for (int r = 0; r < R; ++r) s[r] = D::fmadd(D::set1(dZ[r * ld_dZ + j]), wv, s[r]);
     }
-    for (int r = 0; r < R; ++r) D::store(buf[r] + c, s[r]);
+    for (int r = 0; r < R; ++r) {
+        if (Partial)
+            D::store(out + r * ld_out, s[r], width);
+        else
+            D::store(out + r * ld_out, s[r]);
+    }
 }
 
+// float dst: the sums stored in place; bfloat16 (T the bit patterns): summed into buf on
+// the stack, then rounded once by round(dst, buf, count) from L1.
 template <int R, class T, class Round>
 inline void combos(T* dst, index_t ld_dst, const float* dZ, index_t ld_dZ, const float* Wt,
                    index_t ld_Wt, index_t k, index_t cols, Round round) {
     constexpr index_t L = DotOps::lanes, kChunk = kComboChunk;
-    alignas(64) float buf[R][kChunk];
+    constexpr bool direct = std::is_same_v<T, float>;
+    alignas(64) float buf[direct ? 1 : R][direct ? 1 : kChunk];
     for (index_t c0 = 0; c0 < cols; c0 += kChunk) {
         const index_t m = cols - c0 < kChunk ? cols - c0 : kChunk;
+        float* out = nullptr;
+        index_t ld_out = 0;
+        if constexpr (direct) {
+            out = dst + c0;
+            ld_out = ld_dst;
+        } else {
+            out = buf[0];
+            ld_out = kChunk;
+        }
         index_t c = 0;
-        for (; c + L <= m; c += L) combo<R, false>(buf, c, dZ, ld_dZ, Wt + c0 + c, ld_Wt, k, L);
-        if (c < m) combo<R, true>(buf, c, dZ, ld_dZ, Wt + c0 + c, ld_Wt, k, m - c);
-        for (int r = 0; r < R; ++r) round(dst + r * ld_dst + c0, buf[r], m);
+        for (; c + L <= m; c += L)
+            combo<R, false>(out + c, ld_out, dZ, ld_dZ, Wt + c0 + c, ld_Wt, k, L);
+        if (c < m) combo<R, true>(out + c, ld_out, dZ, ld_dZ, Wt + c0 + c, ld_Wt, k, m - c);
+        if constexpr (!direct)
+            for (int r = 0; r < R; ++r) round(dst + r * ld_dst + c0, buf[r], m);
     }
 }
 
@@ -639,8 +658,9 @@ inline void row_combos_f(T* __restrict dst, index_t ld_dst, const float* __restr
                          index_t ld_dZ, const float* __restrict Wt, index_t ld_Wt, index_t rows,
                          index_t k, index_t cols, Round round) {
     index_t i = 0;
-    for (; i + 4 <= rows; i += 4)
-        combos<4>(dst + i * ld_dst, ld_dst, dZ + i * ld_dZ, ld_dZ, Wt, ld_Wt, k, cols, round);
+    if (k > 2)  // rows in fours share each load of Wt; with one or two terms, row by row
+        for (; i + 4 <= rows; i += 4)
+            combos<4>(dst + i * ld_dst, ld_dst, dZ + i * ld_dZ, ld_dZ, Wt, ld_Wt, k, cols, round);
     for (; i < rows; ++i)
         combos<1>(dst + i * ld_dst, ld_dst, dZ + i * ld_dZ, ld_dZ, Wt, ld_Wt, k, cols, round);
 }

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <initializer_list>
 #include <string>
@@ -209,6 +210,18 @@ template <class T>
 void sigmoid(T* y, const T* z, index_t count) {
     const auto& kernel = kernels::active<T>();
     for_each_block(count, [&](index_t i0, index_t n) { kernel.sigmoid(y + i0, z + i0, n); });
+}
+
+namespace {
+std::atomic<bool> few_outputs_on{true};
+}
+
+bool few_output_kernels() {
+    return few_outputs_on.load(std::memory_order_relaxed);
+}
+
+void set_few_output_kernels(bool on) {
+    few_outputs_on.store(on, std::memory_order_relaxed);
 }
 
 void to_bfloat16(bfloat16* dst, const float* src, index_t count) {

@@ -143,7 +143,7 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
                                  0.0f, dW_blk, n_out);
                 return;
             }
-            if (n_out < kNarrowOutputs && g.x.col_stride == 1) {  // few outputs: col_dots
+            if (row_combos_path<bf16>(n_in, n_out) && g.x.col_stride == 1) {  // col_dots
                 kernel.col_dots(dW_blk, n_out, g.x.data + t.i0, g.x.row_stride, g.dZ32 + t.j0,
                                 n_out, n, t.rows(), t.cols());
                 return;

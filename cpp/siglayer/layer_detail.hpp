@@ -14,6 +14,7 @@
 #include "checks.hpp"
 #include "dtypes.hpp"
 #include "kernels.hpp"
+#include "layer.hpp"
 #include "partition.hpp"
 #include "scratch.hpp"
 #include "views.hpp"
@@ -172,13 +173,13 @@ constexpr bool kHasRowDots = std::is_same_v<compute_t<T>, float>;
 template <class T>
 bool row_dots_path(const MatrixView<T>& x, index_t n_out) {
     return kHasRowDots<T> && n_out < kNarrowOutputs && x.cols > 0 &&
-           (x.col_stride == 1 || x.cols == 1);
+           (x.col_stride == 1 || x.cols == 1) && few_output_kernels();
 }
 
 // Whether dx takes row_combos (dZ and W^T in the compute type, dx written row by row).
 template <class T>
 bool row_combos_path(index_t n_in, index_t n_out) {
-    return kHasRowDots<T> && n_out < kNarrowOutputs && n_in > 0;
+    return kHasRowDots<T> && n_out < kNarrowOutputs && n_in > 0 && few_output_kernels();
 }
 
 // W^T (n_out x n_in) in the compute type, C-contiguous, in this thread's scratch slot: the
