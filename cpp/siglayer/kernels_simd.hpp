@@ -474,6 +474,13 @@ inline void bias_sigmoid_rows(T* out, index_t ld, const T* acc, index_t ld_acc, 
 // more than the loop itself at k = 256. Here two vector sums per row (four rows at a time:
 // eight chains of FMAs, enough to hide their latency) are added lane by lane and reduced
 // by a tree of shuffles at the end. The order depends on k and the vector width only.
+// The sums of the eight lanes of a, b, c and d, in that order: pairs added by vhaddps
+// twice, then the two 128-bit halves.
+inline __m128 sum4_256(__m256 a, __m256 b, __m256 c, __m256 d) {
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 struct DotOps {
     static constexpr index_t lanes = 16;
@@ -500,6 +507,13 @@ struct DotOps {
     }
     static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
     static V add(V a, V b) { return _mm512_add_ps(a, b); }
+    // The sums of a, b, c and d, in that order (one tree of shuffles for the four).
+    static __m128 sum4(V a, V b, V c, V d) {
+        return sum4_256(half(a), half(b), half(c), half(d));
+    }
+    static __m256 half(V v) {
+        return _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    }
     static float sum(V v) {
         const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
         const __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
@@ -534,6 +548,7 @@ struct DotOps {
     }
     static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
     static V add(V a, V b) { return _mm256_add_ps(a, b); }
+    static __m128 sum4(V a, V b, V c, V d) { return sum4_256(a, b, c, d); }
     static float sum(V v) {
         const __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
@@ -570,8 +585,15 @@ inline void dots(float* acc, index_t ld_acc, const S* x, index_t ld_x, const flo
             for (int r = 0; r < R; ++r) s[r][j] = D::fmadd(xv[r], wv, s[r][j]);
         }
     }
-    for (int r = 0; r < R; ++r)
-        for (int j = 0; j < J; ++j) acc[r * ld_acc + j] = D::sum(s[r][j]);
+    for (int j = 0; j < J; ++j) {
+        int r = 0;
+        for (; r + 4 <= R; r += 4) {  // four rows' sums in one tree
+            alignas(16) float four[4];
+            _mm_store_ps(four, D::sum4(s[r][j], s[r + 1][j], s[r + 2][j], s[r + 3][j]));
+            for (int q = 0; q < 4; ++q) acc[(r + q) * ld_acc + j] = four[q];
+        }
+        for (; r < R; ++r) acc[r * ld_acc + j] = D::sum(s[r][j]);
+    }
 }
 
 // Rows in groups of R, outputs in groups of J (R * J = 8 chains, 4 outputs at most so that
