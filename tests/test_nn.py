@@ -580,6 +580,9 @@ def test_load_errors_change_nothing(tmp_path):
     (tmp_path / "text.npz").write_text("not an archive")
     with pytest.raises(ValueError, match=r"text\.npz is not an \.npz file of parameters"):
         net.load(tmp_path / "text.npz")
+    (tmp_path / "junk.npz").write_bytes(b"junk")  # not NumPy's guess at pickled data
+    with pytest.raises(ValueError, match=r"junk\.npz .* \(it begins b'junk'; an \.npz file"):
+        net.load(tmp_path / "junk.npz")
     good = (tmp_path / "f64.npz").read_bytes()
     (tmp_path / "cut.npz").write_bytes(good[: len(good) // 2])
     with pytest.raises(ValueError, match=r"cut\.npz is not an \.npz file .*BadZipFile"):

@@ -915,6 +915,14 @@ def load_parameters(parameters: Sequence[Parameter], path: str | os.PathLike[str
     # The file opened here, so that it is closed whatever np.load makes of it (NumPy
     # leaves its own handle open when the archive is broken).
     with open(os.fspath(path), "rb") as file:
+        head = file.read(6)
+        file.seek(0)
+        if not head.startswith((b"PK\x03\x04", b"\x93NUMPY")):
+            # Not a zip archive nor an .npy array: NumPy would guess at pickled data.
+            raise ValueError(
+                f"{os.fspath(path)} is not an .npz file of parameters as save_parameters "
+                f"writes (it begins {head!r}; an .npz file begins b'PK\\x03\\x04')"
+            )
         try:
             loaded = np.load(file, allow_pickle=False)
         except (ValueError, EOFError, zipfile.BadZipFile) as exc:
