@@ -383,7 +383,7 @@ def test_few_outputs_on_every_instruction_set_and_layout(isa, n_out, layout):
     oracle's bounds, and the same bits for one thread and two where the kernels run."""
     before = siglayer.get_num_threads()
     try:
-        for n, n_in in [(1, 1), (3, 17), (4, 16), (7, 33), (9, 64), (1001, 100)]:
+        for n, n_in in [(1, 1), (3, 17), (4, 16), (7, 33), (9, 64), (1001, 100), (4100, 260)]:
             x, W, b = inputs(n, n_in, n_out, seed=n + n_in)
             x, W = _bf16_layouts(x)[layout], _bf16_layouts(W)[layout]
             dout = bf16(np.random.default_rng(n).standard_normal((n, n_out)))

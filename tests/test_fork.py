@@ -287,9 +287,8 @@ if __name__ == "__main__":
     assert pool.submit(layer_at, 2).result()[1] == want[2]
     if other == "ended":
         pool.shutdown()
-        # Until the thread is gone from the kernel's list: Python's join returns before
-        # its thread-local destructors run (which end its count, and its root in the
-        # runtime); a fork before then finds it alive and, safely, gives a serial child.
+        # Until the thread is gone from the kernel's list (Python's join returns before
+        # its thread-specific destructors run, which end its root in the runtime).
         for _ in range(5000):
             if not os.path.exists(f"/proc/self/task/{pool_tid}"):
                 break
@@ -319,6 +318,42 @@ def test_fork_beside_a_thread_that_called_siglayer(
     assert report["status"] == 0, report
     assert report["child_ok"] and report["parent_ok"], report
     # Serial exactly when the pool could not be released: the runtime does not handle the
-    # fork itself and another root thread (the home thread, or the other caller) lives.
-    serial = environment != "default" and (other == "alive" or forker == "other")
+    # fork itself, and another thread than the home thread has used it (ended or not:
+    # threads.cpp says why an ended one counts too).
+    serial = environment != "default"
     assert report["child_threads"] == (1 if serial else 2), report
+
+
+# A fork while a new thread's first siglayer call is in flight (its operands being packed,
+# the GIL released): the thread must be registered with the runtime either before the fork
+# or after it, never during the pool's release (a review's stress test hung or crashed
+# parent and child that way). Only a process's first other thread can meet that window
+# (threads.cpp: once another thread has used the runtime, no fork releases the pool
+# again), so each run of the script makes one attempt and the test runs it several times.
+FIRST_CALL_IN_FLIGHT = """
+import os, threading, time
+if __name__ == "__main__":
+    _, want = layer()  # a two-thread region: the pool is started
+    siglayer.set_num_threads(1)
+    out1 = siglayer.forward(x, W, b)
+    want1 = [a.tobytes() for a in (out1, *siglayer.backward(dout, x, W, out1))]
+    xs = np.repeat(rng.standard_normal((8192, 512)).astype(np.float32), 2, axis=1)[:, ::2]
+    layer()
+    t = threading.Thread(target=siglayer.forward, args=(xs, W, b))
+    t.start()
+    time.sleep(0.002)
+    pid = os.fork()
+    if pid == 0:  # a serial child computes on one thread: the one-thread bits
+        threads, got = layer()
+        os._exit(0 if got == {2: want, 1: want1}.get(threads) else 3)
+    status = os.waitpid(pid, 0)[1]
+    t.join()
+    print(json.dumps({"status": status, "parent_ok": layer()[1] == want}))
+"""
+
+
+@pytest.mark.parametrize("environment", list(ENVIRONMENTS))
+def test_fork_while_a_threads_first_call_is_in_flight(environment: str, tmp_path: Path) -> None:
+    for attempt in range(6):
+        report = run_scenario(f"first_call_{attempt}", FIRST_CALL_IN_FLIGHT, environment, tmp_path)
+        assert report["status"] == 0 and report["parent_ok"], (attempt, report)

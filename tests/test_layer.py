@@ -163,8 +163,9 @@ def test_narrow_outputs_on_every_instruction_set(rng, threads, dtype, isa, n_out
 
 
 # (n, n_in): remainders of the four-row groups and of the vector widths (8, 16, 32) of the
-# few-outputs kernels, and enough rows for both threads.
-FEW_OUTPUT_SHAPES = [(1, 1), (3, 17), (4, 16), (7, 33), (9, 64), (1001, 100)]
+# few-outputs kernels; the last crosses a 256-column chunk of dx and is past 2**20
+# multiply-adds even with one output, so that two threads really run.
+FEW_OUTPUT_SHAPES = [(1, 1), (3, 17), (4, 16), (7, 33), (9, 64), (1001, 100), (4100, 260)]
 
 
 @pytest.mark.parametrize("layout", ["C", "strided", "Tview", "negative"])
@@ -220,6 +221,32 @@ def test_few_output_kernels_and_the_gemm_path_both_match_the_reference(rng, thre
         _core.select_few_outputs("kernels")
     with pytest.raises(ValueError, match="'kernels' or 'gemm'"):
         _core.select_few_outputs("blas")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("n_out", [1, 2, 5])
+def test_few_outputs_keep_the_sign_of_zero_on_every_path(n_out):
+    """dx = dZ @ W.T with W = 0 and dZ = -1: each entry is a sum of -0 products, which every
+    instruction set's row combinations keep as -0 (a review found +0 from a vector sum
+    started at +0 where the portable loop gave -0), as the GEMM path's outer product does
+    for one output (its GEMM, which starts from +0, gives +0 for more)."""
+    x = np.ones((9, 3), np.float32)
+    W = np.zeros((3, n_out), np.float32)
+    dZ = -np.ones((9, n_out), np.float32)
+    best = _core.config()["simd_available"].split(",")[0]
+    signs = {}
+    try:
+        for path in ("gemm", "kernels"):
+            _core.select_few_outputs(path)
+            for isa in _core.config()["simd_available"].split(","):
+                _core.select_isa(isa)
+                dx = siglayer.backward_from_preactivation(dZ, x, W)[0]
+                signs[path, isa] = bool(np.signbit(dx).all())
+    finally:
+        _core.select_isa(best)
+        _core.select_few_outputs("kernels")
+    assert all(v for (path, _), v in signs.items() if path == "kernels"), signs
+    if n_out == 1:
+        assert all(signs.values()), signs
 
 
 NEEDS = [(True, False), (False, True), (False, False)]

@@ -506,6 +506,7 @@ struct DotOps {
         _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u), v);
     }
     static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+    static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
     static V add(V a, V b) { return _mm512_add_ps(a, b); }
     // The sums of a, b, c and d, in that order (one tree of shuffles for the four).
     static __m128 sum4(V a, V b, V c, V d) {
@@ -547,6 +548,7 @@ struct DotOps {
         _mm256_maskstore_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), lane), v);
     }
     static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+    static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
     static V add(V a, V b) { return _mm256_add_ps(a, b); }
     static __m128 sum4(V a, V b, V c, V d) { return sum4_256(a, b, c, d); }
     static float sum(V v) {
@@ -634,8 +636,11 @@ inline void combo(float* out, index_t ld_out, const float* dZ, index_t ld_dZ, co
                   index_t ld_Wt, index_t k, index_t width) {
     using D = DotOps;
     typename D::V s[R];
-    for (int r = 0; r < R; ++r) s[r] = D::zero();
-    for (index_t j = 0; j < k; ++j) {
+    // The first term is a plain product (a sum started from +0 would turn a -0 into +0,
+    // where the portable loop and the BLAS keep it), the others fused multiply-adds.
+    const auto w0 = Partial ? D::load(w, width) : D::load(w);
+    for (int r = 0; r < R; ++r) s[r] = D::mul(D::set1(dZ[r * ld_dZ]), w0);
+    for (index_t j = 1; j < k; ++j) {
         const auto wv = Partial ? D::load(w + j * ld_Wt, width) : D::load(w + j * ld_Wt);
         for (int r = 0; r < R; ++r) s[r] = D::fmadd(D::set1(dZ[r * ld_dZ + j]), wv, s[r]);
     }

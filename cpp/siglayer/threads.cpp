@@ -59,10 +59,13 @@ bool runtime_handles_fork = false;
 // The thread that imported siglayer (in a forked child: the thread that forked).
 std::thread::id home_thread;
 
-// Threads other than the home thread and the leaders that have called the OpenMP runtime
-// through siglayer (max_threads, set_max_threads, in_parallel) and are still alive: each
-// is a root thread of libiomp5, which a hard pause would leave broken (see serial()).
-std::atomic<int> other_roots{0};
+// Whether a thread other than the home thread and the leaders has called the OpenMP
+// runtime through siglayer (max_threads, set_max_threads, in_parallel): it became a root
+// thread of libiomp5, which a hard pause would leave broken (see serial()). Never cleared
+// while the process lives: a thread that has ended is counted out by the runtime only in
+// its last thread-specific destructors, after anything siglayer could run, and a fork in
+// between crashed as a live one did; only a forked child, with one thread, starts afresh.
+std::atomic<bool> other_roots{false};
 
 // This process runs regions on one thread (see serial()); set in a child, inherited by
 // its own children.
@@ -71,20 +74,20 @@ std::atomic<bool> serial_process{false};
 std::atomic<bool> child_serial{false};
 
 thread_local bool is_leader = false;
+thread_local bool noted = false;
 
-// Counts the calling thread in other_roots once, and out again when it ends.
-struct RootMark {
-    bool counted = false;
-    ~RootMark() {
-        if (counted) other_roots.fetch_sub(1, std::memory_order_relaxed);
-    }
-};
-thread_local RootMark root_mark;
-
+// Marks other_roots for a calling thread other than the home thread and the leaders, and
+// makes its first runtime call (which registers it as a root) while holding off a fork:
+// a fork then finds it either registered and marked, or not yet started (a review's
+// stress test forked while a new thread's first call was registering: parent and child
+// hung or crashed).
 void note_caller() {
-    if (root_mark.counted || is_leader || std::this_thread::get_id() == home_thread) return;
-    root_mark.counted = true;
-    other_roots.fetch_add(1, std::memory_order_relaxed);
+    if (noted) return;
+    noted = true;
+    if (is_leader || std::this_thread::get_id() == home_thread) return;
+    std::shared_lock<std::shared_mutex> fork_lock(regions());
+    other_roots.store(true, std::memory_order_relaxed);
+    (void)omp_get_max_threads();
 }
 
 #if defined(SIGLAYER_OPENMP_INTEL)
@@ -208,9 +211,8 @@ void before_fork() {
     }
     // The pool can be released only when, once the leaders have ended, the forking thread
     // is the runtime's one root thread: the home thread (a root since init()), with no
-    // other caller's thread alive. Otherwise the pool stays and the child is serial().
-    const int others = other_roots.load(std::memory_order_relaxed) - (root_mark.counted ? 1 : 0);
-    if (others > 0 || std::this_thread::get_id() != home_thread) {
+    // other caller's thread ever. Otherwise the pool stays and the child is serial().
+    if (other_roots.load(std::memory_order_relaxed) || std::this_thread::get_id() != home_thread) {
         child_serial.store(true, std::memory_order_relaxed);
         spin_generation.fetch_add(1, std::memory_order_relaxed);
         return;
@@ -249,8 +251,8 @@ void after_fork_in_child() {
     pool_generation.fetch_add(1, std::memory_order_relaxed);  // the child has no workers
     leaders_ptr = new Leaders;
     home_thread = std::this_thread::get_id();
-    other_roots.store(0, std::memory_order_relaxed);
-    root_mark.counted = false;
+    other_roots.store(false, std::memory_order_relaxed);
+    noted = false;
     if (child_serial.exchange(false, std::memory_order_relaxed)) {
         serial_process.store(true, std::memory_order_relaxed);
         pool_started.store(false, std::memory_order_relaxed);

@@ -25,8 +25,9 @@ constexpr int kIdleSpinMilliseconds = 1;
 // registered last, holds the locks the pause needs.)
 // init() runs once, at import, and decides whether before_fork needs to release the
 // pool (libiomp5 recreates it in the child by itself unless KMP_INIT_AT_FORK is false).
-// The pool is released only when no thread but the forking one and siglayer's leaders
-// (which before_fork ends first) has used the runtime; otherwise the child is serial().
+// The pool is released only when no thread but the home one (forking) and siglayer's
+// leaders (which before_fork ends first) has ever used the runtime; otherwise the child
+// is serial().
 void init();
 void before_fork();
 void after_fork_in_parent();
@@ -43,9 +44,10 @@ bool in_parallel();
 // Whether this process runs every region on the calling thread alone, with no team: a
 // child forked, while libiomp5 does not recreate its pool in children (KMP_INIT_AT_FORK
 // false), at a moment the pool could not be released safely: another thread than the
-// forking one had used the runtime and was still alive (libiomp5's hard pause forgets
-// only the calling root thread, and the next call of the other roots, in the parent and
-// in the child, crashed). Such a child computes on one thread; the parent keeps its pool.
+// home one had used the runtime (libiomp5's hard pause forgets only the calling root
+// thread, and the next call of the other roots, in the parent and in the child,
+// crashed), or the fork came from another thread. Such a child computes on one thread;
+// the parent keeps its pool.
 bool serial();
 
 // Runs region(), code that opens one OpenMP parallel region, while holding off a fork
