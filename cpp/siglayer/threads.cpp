@@ -242,10 +242,10 @@ void after_fork_in_parent() {
     regions().unlock();
 }
 
-// The child has one thread, the one that forked: it becomes the home thread. The old
-// mutex is left behind, locked, and so are the leaders, whose threads the child lacks.
 // The child has one thread, the one that forked: it becomes the home thread, the only one
-// using the runtime. A child of a fork that could not release the pool becomes serial.
+// using the runtime. The old mutex is left behind, locked, and so are the leaders, whose
+// threads the child lacks. A child of a fork that could not release the pool becomes
+// serial, and its own children inherit that (the runtime's state they copy is the same).
 void after_fork_in_child() {
     regions_mutex.store(new std::shared_mutex, std::memory_order_release);
     pool_generation.fetch_add(1, std::memory_order_relaxed);  // the child has no workers
