@@ -263,21 +263,35 @@ def layer_at(threads):
     dx, dW, db = siglayer.backward(dout, x, W, out)
     return siglayer.get_num_threads(), [a.tobytes() for a in (out, dx, dW, db)]
 
-def fork_and_call():
+def forked(job):  # job() in a forked child: (the child's exit status, what job returned)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
-        siglayer.set_num_threads(2)  # a serial child still answers 1
-        threads = siglayer.get_num_threads()
         with os.fdopen(write_end, "wb") as f:
-            pickle.dump((threads, layer_at(threads)), f)
+            pickle.dump(job(), f)
         os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as f:
         result = pickle.load(f)
     _, status = os.waitpid(pid, 0)
     return status, result
+
+def in_child():
+    siglayer.set_num_threads(2)  # a serial child still answers 1
+    threads = siglayer.get_num_threads()
+    return threads, layer_at(threads)
+
+def fork_and_call():
+    # The child also forks a grandchild: it must compute as its parent does (a serial
+    # child's children are serial too) and give the same bits.
+    def child():
+        threads, result = in_child()
+        grand_status, (grand_threads, grand_result) = forked(in_child)
+        same = grand_status == 0 and (grand_threads, grand_result) == (threads, result)
+        return threads, result, same
+    status, (threads, result, grandchild_same) = forked(child)
+    return status, (threads, result), grandchild_same
 
 if __name__ == "__main__":
     other, forker = sys.argv[1], sys.argv[2]
@@ -294,15 +308,16 @@ if __name__ == "__main__":
                 break
             time.sleep(0.001)
     if forker == "main":
-        status, (threads, (ran, got)) = fork_and_call()
+        status, (threads, (ran, got)), grandchild_same = fork_and_call()
     else:
-        status, (threads, (ran, got)) = pool.submit(fork_and_call).result()
+        status, (threads, (ran, got)), grandchild_same = pool.submit(fork_and_call).result()
     again = layer_at(2)[1] == want[2]
     if other == "alive":
         again = again and pool.submit(layer_at, 2).result()[1] == want[2]
         pool.shutdown()
     print(json.dumps({"status": status, "child_threads": threads, "ran": ran,
-                      "child_ok": got == want[ran], "parent_ok": again}))
+                      "child_ok": got == want[ran], "parent_ok": again,
+                      "grandchild_same": grandchild_same}))
 """
 
 
@@ -316,7 +331,7 @@ def test_fork_beside_a_thread_that_called_siglayer(
     body = BESIDE_A_THREAD.replace("sys.argv[1], sys.argv[2]", f"{other!r}, {forker!r}")
     report = run_scenario(f"beside_{other}_{forker}", body, environment, tmp_path)
     assert report["status"] == 0, report
-    assert report["child_ok"] and report["parent_ok"], report
+    assert report["child_ok"] and report["parent_ok"] and report["grandchild_same"], report
     # Serial exactly when the pool could not be released: the runtime does not handle the
     # fork itself, and another thread than the home thread has used it (ended or not:
     # threads.cpp says why an ended one counts too).
