@@ -30,7 +30,7 @@ TIME_LIMIT = 20.0  # seconds; each scenario takes one to three seconds
 # Shared by every scenario: the problem is large enough for a two-thread team in both
 # forward and backward (siglayer goes parallel above ~10^6 multiply-adds).
 PRELUDE = """
-import json, multiprocessing as mp, sys
+import json, multiprocessing as mp, os, pickle, sys
 import numpy as np
 import siglayer
 
@@ -49,6 +49,20 @@ def layer(_=None):
 
 def same(results, want):
     return all(threads == 2 and arrays == want for threads, arrays in results)
+
+def forked(job):  # job() in a plain os.fork child: (its exit status, what job returned)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        with os.fdopen(write_end, "wb") as f:
+            pickle.dump(job(), f)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        result = pickle.load(f)
+    _, status = os.waitpid(pid, 0)
+    return status, result
 
 # The parent's own results, then four calls in a pool of two workers of `method`.
 def pool_of(method):
@@ -86,21 +100,10 @@ if __name__ == "__main__":
 """,
     # Plain os.fork, the way servers such as gunicorn pre-fork, with the result through a pipe.
     "os_fork": """
-import os, pickle
 if __name__ == "__main__":
     _, want = layer()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        with os.fdopen(write_end, "wb") as f:
-            pickle.dump(layer(), f)
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as f:
-        result = pickle.load(f)
-    os.waitpid(pid, 0)
-    print(json.dumps({"ok": same([result], want), "workers": 1}))
+    status, result = forked(layer)
+    print(json.dumps({"ok": status == 0 and same([result], want), "workers": 1}))
 """,
     # KMP_INIT_AT_FORK=FALSE arriving after siglayer was imported, as when scikit-learn
     # or joblib is imported after siglayer.
@@ -254,7 +257,7 @@ def test_workers_that_end_normally_leave_no_registration_file(
 # results must be bitwise the parent's at the child's thread count, and the parent's,
 # after the fork, bitwise its own before it, on both threads.
 BESIDE_A_THREAD = """
-import os, pickle, threading, time
+import threading, time
 from concurrent.futures import ThreadPoolExecutor
 
 def layer_at(threads):
@@ -262,20 +265,6 @@ def layer_at(threads):
     out = siglayer.forward(x, W, b)
     dx, dW, db = siglayer.backward(dout, x, W, out)
     return siglayer.get_num_threads(), [a.tobytes() for a in (out, dx, dW, db)]
-
-def forked(job):  # job() in a forked child: (the child's exit status, what job returned)
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        with os.fdopen(write_end, "wb") as f:
-            pickle.dump(job(), f)
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as f:
-        result = pickle.load(f)
-    _, status = os.waitpid(pid, 0)
-    return status, result
 
 def in_child():
     siglayer.set_num_threads(2)  # a serial child still answers 1
@@ -350,7 +339,7 @@ def test_fork_beside_a_thread_that_called_siglayer(
 # (threads.cpp: once another thread has used the runtime, no fork releases the pool
 # again), so each run of the script makes one attempt and the test runs it several times.
 FIRST_CALL_IN_FLIGHT = """
-import os, threading, time
+import threading, time
 if __name__ == "__main__":
     _, want = layer()  # a two-thread region: the pool is started
     siglayer.set_num_threads(1)

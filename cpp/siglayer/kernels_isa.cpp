@@ -164,14 +164,11 @@ static void dz_colsum_bf16_as_float(float* dZ, index_t ld_dZ, float* db, double*
                            cols);
 }
 
-// The products of a narrow layer, x read as stored (bfloat16 widened in registers).
-template <class T>
-static void row_dots(T* acc, index_t ld_acc, const T* x, index_t ld_x, const T* Wt, index_t rows,
-                     index_t k, index_t cols) {
-    if constexpr (std::is_same_v<T, float>)
-        SIGLAYER_SIGMOID_KERNELS::row_dots_f(acc, ld_acc, x, ld_x, Wt, rows, k, cols);
-    else
-        detail::row_dots(acc, ld_acc, x, ld_x, Wt, rows, k, cols, [](T v) { return v; });
+// The products of a layer with few outputs, float32 and bfloat16 (double keeps the BLAS:
+// its table has none), x read as stored (bfloat16 widened in registers).
+static void row_dots_f32(float* acc, index_t ld_acc, const float* x, index_t ld_x, const float* Wt,
+                         index_t rows, index_t k, index_t cols) {
+    SIGLAYER_SIGMOID_KERNELS::row_dots_f(acc, ld_acc, x, ld_x, Wt, rows, k, cols);
 }
 
 static void row_dots_bf16(float* acc, index_t ld_acc, const bfloat16* x, index_t ld_x,
@@ -179,15 +176,10 @@ static void row_dots_bf16(float* acc, index_t ld_acc, const bfloat16* x, index_t
     SIGLAYER_SIGMOID_KERNELS::row_dots_f(acc, ld_acc, bits(x), ld_x, Wt, rows, k, cols);
 }
 
-template <class T>
-static void row_combos(T* dst, index_t ld_dst, const T* dZ, index_t ld_dZ, const T* Wt,
-                       index_t ld_Wt, index_t rows, index_t k, index_t cols) {
-    const auto store = [](T* d, const T* src, index_t n) { copy<T>(d, src, n); };
-    if constexpr (std::is_same_v<T, float>)
-        SIGLAYER_SIGMOID_KERNELS::row_combos_f(dst, ld_dst, dZ, ld_dZ, Wt, ld_Wt, rows, k, cols,
-                                               store);
-    else
-        detail::row_combos(dst, ld_dst, dZ, ld_dZ, Wt, ld_Wt, rows, k, cols, store);
+static void row_combos_f32(float* dst, index_t ld_dst, const float* dZ, index_t ld_dZ,
+                           const float* Wt, index_t ld_Wt, index_t rows, index_t k, index_t cols) {
+    SIGLAYER_SIGMOID_KERNELS::row_combos_f(dst, ld_dst, dZ, ld_dZ, Wt, ld_Wt, rows, k, cols,
+                                           &copy<float>);
 }
 
 static void row_combos_bf16(bfloat16* dst, index_t ld_dst, const float* dZ, index_t ld_dZ,
@@ -196,13 +188,9 @@ static void row_combos_bf16(bfloat16* dst, index_t ld_dst, const float* dZ, inde
                                            &narrow_bf16);
 }
 
-template <class T>
-static void col_dots(T* dW, index_t ld_dW, const T* x, index_t ld_x, const T* dZ, index_t ld_dZ,
-                     index_t rows, index_t k, index_t cols) {
-    if constexpr (std::is_same_v<T, float>)
-        SIGLAYER_SIGMOID_KERNELS::col_dots_f(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows, k, cols);
-    else
-        detail::col_dots(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows, k, cols, [](T v) { return v; });
+static void col_dots_f32(float* dW, index_t ld_dW, const float* x, index_t ld_x, const float* dZ,
+                         index_t ld_dZ, index_t rows, index_t k, index_t cols) {
+    SIGLAYER_SIGMOID_KERNELS::col_dots_f(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows, k, cols);
 }
 
 static void col_dots_bf16(float* dW, index_t ld_dW, const bfloat16* x, index_t ld_x,
@@ -221,9 +209,16 @@ constexpr Table<T> make_table() {
                         &widen_bf16,     &narrow_bf16,
                         &row_dots_bf16,  &row_combos_bf16,
                         &col_dots_bf16};
+    else if constexpr (std::is_same_v<T, float>)
+        return Table<T>{
+            &sigmoid<T>, &bias_sigmoid_rows<T>, &dz_colsum<T>,   &dz_colsum<T>, &copy<T>,
+            &copy<T>,    &row_dots_f32,         &row_combos_f32, &col_dots_f32};
     else
-        return Table<T>{&sigmoid<T>, &bias_sigmoid_rows<T>, &dz_colsum<T>,  &dz_colsum<T>, &copy<T>,
-                        &copy<T>,    &row_dots<T>,          &row_combos<T>, &col_dots<T>};
+        return Table<T>{&sigmoid<T>,   &bias_sigmoid_rows<T>,
+                        &dz_colsum<T>, &dz_colsum<T>,
+                        &copy<T>,      &copy<T>,
+                        nullptr,       nullptr,
+                        nullptr};
 }
 
 template <class T>
