@@ -9,7 +9,9 @@ which flush subnormal products to zero (docs/bfloat16.md).
 
 The shapes cross every blocking boundary of the own GEMM (kMR = 12 rows, kNR = 32
 columns, kMC = 144, kKC = 512, kNC = 512 in gemm_bf16.hpp), odd K (a half pair), and all
-four stored layouts of A and B.
+four stored layouts of A and B; and both of its narrow-product departures: half tiles
+(a sliver of B with 16 columns or fewer) and A's rows read in place rather than packed
+(at most 128 columns of B in a block, or a block of k of at most 64).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ SHAPES = [
     (37, 45, 71),
     (145, 545, 1025),  # past kMC, kNC and two kKC blocks
     (300, 64, 1536),  # three k blocks
+    (25, 16, 67),  # half tiles only; A's rows read in place (two slivers, then packed rows)
+    (40, 300, 48),  # short k: A's rows in place past four slivers of B, the last a half
 ]
 
 

@@ -8,7 +8,10 @@
 // kKC of k, op(B) is packed into slivers of kNR columns; for each block of kMC rows of
 // op(A), op(A) is packed into slivers of kMR rows; the microkernel multiplies a sliver of
 // A (kept in L1) by each sliver of B in turn (streamed from L2) into a kMR x kNR tile of C
-// held in 24 zmm registers.
+// held in 24 zmm registers. Two departures for narrow products: a sliver of B with 16
+// columns or fewer takes a half tile (12 zmm, the padding not multiplied), and where a
+// sliver of A would meet few slivers of B (or k is short) the microkernel reads A's pairs
+// from its rows in place instead of packing them (multiply_block).
 //
 // Packed layouts, in pairs of k (vdpbf16ps multiplies pairs: acc[j] += a[2p] b[2p][j] +
 // a[2p+1] b[2p+1][j], each bfloat16 pair a 32-bit lane):
@@ -179,26 +182,56 @@ void pack_a(u16* dst, bool trans, const u16* A, index_t lda, index_t i0, index_t
     }
 }
 
-// C[0:m, 0:n] (m <= kMR, n <= kNR) = alpha * pa . pb + (first ? beta * C : C), where
-// pa and pb are slivers of kp pairs. beta == 0 on the first block never reads C.
-void micro(index_t kp, const u32* __restrict pa, const u32* __restrict pb, float* C, index_t ldc,
+// Where the microkernel reads A's pairs from: a packed sliver (kp x kMR pairs), or, for
+// a sliver used against one or two slivers of B only, the kMR rows of A as stored (k
+// contiguous; pairs loaded in place, so no pass over A to pack it; the last pair of an odd
+// kc is (A(r, kc - 1), 0)).
+struct PackedA {
+    const u32* pa;
+    index_t kp;
+    index_t full() const { return kp; }
+    u32 pair(index_t p, int r) const { return pa[p * kMR + r]; }
+    u32 tail(int) const { return 0; }  // never called: full() == kp
+};
+struct RowsA {
+    const u16* a;  // A(0, 0) of the sliver
+    index_t lda, kc;
+    index_t full() const { return kc / 2; }
+    u32 pair(index_t p, int r) const { return load_pair(a + r * lda + 2 * p); }
+    u32 tail(int r) const { return a[r * lda + kc - 1]; }
+};
+
+// C[0:m, 0:n] (m <= kMR, n <= kNR) = alpha * A . pb + (first ? beta * C : C), where A
+// (PackedA or RowsA) and pb are slivers of kp pairs. beta == 0 on the first block never
+// reads C. Half: n <= 16, only the first 16 columns of the sliver are multiplied (12
+// accumulators; the sliver's other 16 are zero padding): a layer with 12 to 16 outputs,
+// or the last sliver of a wider one, no longer pays for a whole 12 x 32 tile.
+static_assert(kNR == 32, "micro: two halves of 16 float lanes");
+
+template <bool Half, class ASliver>
+void micro(index_t kp, const ASliver& A, const u32* __restrict pb, float* C, index_t ldc,
            float alpha, float beta, bool first, index_t m, index_t n) {
-    __m512 c0[kMR], c1[kMR];
+    constexpr int kHalves = Half ? 1 : 2;
+    __m512 c[kHalves][kMR];
 #pragma GCC unroll 12
-    for (int r = 0; r < kMR; ++r) c0[r] = c1[r] = _mm512_setzero_ps();
-    for (index_t p = 0; p < kp; ++p) {
-        const __m512bh b0 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(pb + p * kNR));
-        const __m512bh b1 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(pb + p * kNR + 16));
-        const u32* a = pa + p * kMR;
+    for (int r = 0; r < kMR; ++r)
+        for (int h = 0; h < kHalves; ++h) c[h][r] = _mm512_setzero_ps();
+    const auto step = [&](index_t p, auto pair_of) {
+        __m512bh b[kHalves];
+        for (int h = 0; h < kHalves; ++h)
+            b[h] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(pb + p * kNR + 16 * h));
 #pragma GCC unroll 12
         for (int r = 0; r < kMR; ++r) {
             const __m512bh ar =
-                reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(a[r])));
-            c0[r] = _mm512_dpbf16_ps(c0[r], ar, b0);
-            c1[r] = _mm512_dpbf16_ps(c1[r], ar, b1);
+                reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(pair_of(r))));
+            for (int h = 0; h < kHalves; ++h) c[h][r] = _mm512_dpbf16_ps(c[h][r], ar, b[h]);
         }
-    }
-    const __mmask16 m0 = first_lanes16(n), m1 = first_lanes16(n - 16);
+    };
+    const index_t full = A.full();
+    for (index_t p = 0; p < full; ++p) step(p, [&](int r) { return A.pair(p, r); });
+    if (full < kp) step(full, [&](int r) { return A.tail(r); });
+    __mmask16 mask[kHalves];
+    for (int h = 0; h < kHalves; ++h) mask[h] = first_lanes16(n - 16 * h);
     const __m512 va = _mm512_set1_ps(alpha);
     const __m512 vb = _mm512_set1_ps(first ? beta : 1.0f);
     const bool read_c = !first || beta != 0.0f;
@@ -206,15 +239,21 @@ void micro(index_t kp, const u32* __restrict pa, const u32* __restrict pb, float
     for (int r = 0; r < kMR; ++r) {
         if (r >= m) break;
         float* row = C + r * ldc;
-        __m512 v0 = _mm512_mul_ps(va, c0[r]);
-        __m512 v1 = _mm512_mul_ps(va, c1[r]);
-        if (read_c) {
-            v0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, row), v0);
-            v1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, row + 16), v1);
+        for (int h = 0; h < kHalves; ++h) {
+            __m512 v = _mm512_mul_ps(va, c[h][r]);
+            if (read_c) v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(mask[h], row + 16 * h), v);
+            _mm512_mask_storeu_ps(row + 16 * h, mask[h], v);
         }
-        _mm512_mask_storeu_ps(row, m0, v0);
-        _mm512_mask_storeu_ps(row + 16, m1, v1);
     }
+}
+
+template <class ASliver>
+void micro_any(index_t kp, const ASliver& A, const u32* pb, float* C, index_t ldc, float alpha,
+               float beta, bool first, index_t m, index_t n) {
+    if (n <= kNR / 2)
+        micro<true>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
+    else
+        micro<false>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
 }
 
 }  // namespace
@@ -232,15 +271,32 @@ void multiply_block(bool trans_a, index_t M, const u16* A, index_t lda, index_t 
                     index_t pc, index_t kc, const u16* pb_block, float alpha, float beta, float* C,
                     index_t ldc, u16* buf_a) {
     const index_t kp = (kc + 1) / 2;
+    // A's rows as stored, not packed, where a packed sliver would be used against four
+    // slivers of B or fewer (a layer with up to 128 outputs) or where a block of k is short
+    // (k <= 64: the rows and the sliver of B share L1 whatever the width). Measured on
+    // Zen 4, one thread, bfloat16 layer 8192 x 256 x n_out: forward 0.41-0.48x the packed
+    // time at 12-16 outputs (with the half tiles), 0.76 at 24-32, 0.86 at 64, 0.91-0.93 at
+    // 96-128; no gain past that (0.97-1.02 at 256 x 512 x 512 and 1024^3).
+    const bool in_place = !trans_a && (nc <= 4 * kNR || kc <= 64);
     for (index_t ic = 0; ic < M; ic += kMC) {
         const index_t mc = min_of(kMC, M - ic);
-        pack_a(buf_a, trans_a, A, lda, ic, mc, pc, kc);
+        const index_t packed_from = in_place ? mc / kMR * kMR : 0;  // the rest is packed
+        if (packed_from < mc)
+            pack_a(buf_a, trans_a, A, lda, ic + packed_from, mc - packed_from, pc, kc);
         for (index_t ir = 0; ir < mc; ir += kMR) {
-            const u32* pa = reinterpret_cast<const u32*>(buf_a + ir * 2 * kp);
+            const index_t m = min_of(kMR, mc - ir);
             for (index_t jr = 0; jr < nc; jr += kNR) {
                 const u32* pb = reinterpret_cast<const u32*>(pb_block + jr * 2 * kp);
-                micro(kp, pa, pb, C + (ic + ir) * ldc + jc + jr, ldc, alpha, beta, pc == 0,
-                      min_of(kMR, mc - ir), min_of(kNR, nc - jr));
+                const index_t n = min_of(kNR, nc - jr);
+                float* c = C + (ic + ir) * ldc + jc + jr;
+                if (ir < packed_from) {
+                    const RowsA rows{A + (ic + ir) * lda + pc, lda, kc};
+                    micro_any(kp, rows, pb, c, ldc, alpha, beta, pc == 0, m, n);
+                } else {
+                    const auto* pa =
+                        reinterpret_cast<const u32*>(buf_a + (ir - packed_from) * 2 * kp);
+                    micro_any(kp, PackedA{pa, kp}, pb, c, ldc, alpha, beta, pc == 0, m, n);
+                }
             }
         }
     }
