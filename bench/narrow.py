@@ -1,8 +1,9 @@
-"""Layers with few outputs: siglayer float32 and bfloat16 against PyTorch, sweeping n_out.
+"""Layers with few outputs: siglayer float32 and bfloat16 (or float64) against PyTorch
+(and NumPy), sweeping n_out.
 
 A layer with fewer than 12 outputs (a logistic-regression or multi-label head) takes
-row_dots for forward and row_combos for dx (cpp/siglayer/layer_detail.hpp) in float32 and
-bfloat16, the BLAS from 12 on. This sweeps n_out across that cut at n x n_in (8192 x 256
+row_dots for forward, col_dots for dW and row_combos for dx (cpp/siglayer/layer_detail.hpp)
+in every dtype, the BLAS from 12 on. This sweeps n_out across that cut at n x n_in (8192 x 256
 by default), forward and forward + backward (with dx), one process, contenders taking
 turns (siglayer._timing.interleaved_medians, medians of --rounds rounds):
 
@@ -11,7 +12,9 @@ turns (siglayer._timing.interleaved_medians, medians of --rounds rounds):
   (``_core.select_few_outputs("gemm")`` before each call, ``"kernels"`` after): what
   the kernels replaced;
 - ``torch``, ``torch16``: ``sigmoid(addmm(b, x, W))`` with autograd, float32 and bfloat16
-  parameters (when PyTorch is installed).
+  parameters (when PyTorch is installed);
+- with ``--float64``, instead: ``f64``, ``f64/g``, ``numpy`` (siglayer.reference, the
+  plain NumPy layer) and ``torch64``.
 
 Before timing, siglayer's out and dx are checked against the float64 reference on the
 same (rounded) inputs.
@@ -20,6 +23,7 @@ same (rounded) inputs.
     python bench/narrow.py --threads 1 --rounds 15
     python bench/narrow.py --isa avx2             # another instruction set's kernels
     python bench/narrow.py --n 65536 --n-in 256   # x far past the caches
+    python bench/narrow.py --float64              # float64 against NumPy and PyTorch
 
 Prints one row per n_out and pass: the medians and the ratios of the kernels over the
 GEMM path, of bfloat16 over float32, and of siglayer over PyTorch (< 1: the first is
@@ -46,14 +50,17 @@ except ImportError:  # the bfloat16 columns need ml-dtypes
     ml_dtypes = None
 
 
-def contenders(n: int, n_in: int, n_out: int, torch) -> dict[str, dict[str, Callable[[], object]]]:
+def contenders(
+    n: int, n_in: int, n_out: int, torch, float64: bool = False
+) -> dict[str, dict[str, Callable[[], object]]]:
     rng = np.random.default_rng(n_out)
-    x = rng.standard_normal((n, n_in)).astype(np.float32)
-    W = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
-    b = rng.standard_normal(n_out).astype(np.float32)
-    dout = rng.standard_normal((n, n_out)).astype(np.float32)
-    arrays = {"f32": (x, W, dout)}
-    if ml_dtypes is not None:
+    base = np.float64 if float64 else np.float32
+    x = rng.standard_normal((n, n_in)).astype(base)
+    W = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(base)
+    b = rng.standard_normal(n_out).astype(base)
+    dout = rng.standard_normal((n, n_out)).astype(base)
+    arrays = {"f64" if float64 else "f32": (x, W, dout)}
+    if ml_dtypes is not None and not float64:
         bf = ml_dtypes.bfloat16
         arrays["bf16"] = (x.astype(bf), W.astype(bf), dout.astype(bf))
     calls: dict[str, dict[str, Callable[[], object]]] = {"fwd": {}, "fwd+bwd": {}}
@@ -68,8 +75,17 @@ def contenders(n: int, n_in: int, n_out: int, torch) -> dict[str, dict[str, Call
         calls["fwd+bwd"][name] = step
         for pass_name in ("fwd", "fwd+bwd"):
             calls[pass_name][name + "/g"] = through_gemm(calls[pass_name][name])
+    if float64:
+        calls["fwd"]["numpy"] = lambda: reference.forward(x, W, b)
+
+        def nstep():
+            return reference.backward(dout, x, W, reference.forward(x, W, b))
+
+        calls["fwd+bwd"]["numpy"] = nstep
     if torch is not None:
-        for name, dtype in (("torch", torch.float32), ("torch16", torch.bfloat16)):
+        kinds = [("torch64", torch.float64)] if float64 else []
+        kinds = kinds or [("torch", torch.float32), ("torch16", torch.bfloat16)]
+        for name, dtype in kinds:
             tx = torch.from_numpy(x).to(dtype)
             tW = torch.from_numpy(W).to(dtype).requires_grad_()
             tb = torch.from_numpy(b).to(dtype).requires_grad_()
@@ -108,7 +124,7 @@ def check(name: str, x, W, b, dout) -> None:
     o = np.asarray(out, np.float64)
     want_out = reference.forward(*f64[:3])
     want_dx = reference.backward_from_preactivation(f64[3] * o * (1 - o), f64[0], f64[1])[0]
-    tol = 1e-5 if name == "f32" else 2.0**-7
+    tol = {"f32": 1e-5, "f64": 1e-12}.get(name, 2.0**-7)
     for what, got, want in (("out", out, want_out), ("dx", dx, want_dx)):
         err = np.abs(np.asarray(got, np.float64) - want).max()
         scale = max(np.abs(want).max(), 1e-30)
@@ -125,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=0.0, help="pause before each turn (s)")
     parser.add_argument("--isa", help="siglayer's kernels for this instruction set")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--float64", action="store_true", help="float64 against NumPy, PyTorch")
     args = parser.parse_args(argv)
     torch = None if args.no_torch else import_torch()
     isa_before = _core.config()["simd"]
@@ -139,15 +156,20 @@ def main(argv: list[str] | None = None) -> int:
             f"BLAS {cfg['blas']}; torch {torch.__version__ if torch else 'absent'} {note}"
         )
         print(f"# {args.n} x {args.n_in} x n_out, medians of {args.rounds} interleaved rounds")
-        names = ["f32", "f32/g", "bf16", "bf16/g", "torch", "torch16"]
-        ratios = {"f32:k/g": ("f32", "f32/g"), "bf16:k/g": ("bf16", "bf16/g")}
-        ratios |= {"bf16/f32": ("bf16", "f32"), "f32/t": ("f32", "torch")}
-        ratios |= {"bf16/t16": ("bf16", "torch16")}
+        if args.float64:
+            names = ["f64", "f64/g", "numpy", "torch64"]
+            ratios = {"f64:k/g": ("f64", "f64/g"), "f64/np": ("f64", "numpy")}
+            ratios |= {"f64/g/np": ("f64/g", "numpy"), "f64/t64": ("f64", "torch64")}
+        else:
+            names = ["f32", "f32/g", "bf16", "bf16/g", "torch", "torch16"]
+            ratios = {"f32:k/g": ("f32", "f32/g"), "bf16:k/g": ("bf16", "bf16/g")}
+            ratios |= {"bf16/f32": ("bf16", "f32"), "f32/t": ("f32", "torch")}
+            ratios |= {"bf16/t16": ("bf16", "torch16")}
         head = "".join(f"{c:>10}" for c in names)
         tail = "".join(f"{label:>10}" for label in ratios)
         print(f"{'n_out':>5} {'pass':<8}{head}{tail}")
         for n_out in (int(v) for v in args.outputs.split(",")):
-            calls = contenders(args.n, args.n_in, n_out, torch)
+            calls = contenders(args.n, args.n_in, n_out, torch, args.float64)
             for pass_name, group in calls.items():
                 t = interleaved_medians(group, rounds=args.rounds, settle_seconds=args.settle)
                 cells = "".join(f"{t[c] * 1e3:>8.3f}ms" if c in t else f"{'-':>10}" for c in names)

@@ -314,3 +314,10 @@ def test_narrow_sweep_checks_and_prints(capsys, monkeypatch):
     )
     with pytest.raises(AssertionError, match="f32 out: error"):
         narrow.main([*args, "--no-torch"])
+    with pytest.raises(AssertionError, match="f64 out: error"):
+        narrow.main([*args, "--no-torch", "--float64"])
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert narrow.main([*args, "--no-torch", "--float64"]) == 0
+    out = capsys.readouterr().out
+    assert "f64:k/g" in out and "numpy" in out and "f32" not in out.split("\n", 2)[2]

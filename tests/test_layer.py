@@ -175,9 +175,9 @@ FEW_OUTPUT_SHAPES = [(1, 1), (3, 17), (4, 16), (7, 33), (9, 64), (1001, 100), (4
 def test_few_outputs_on_every_instruction_set_and_layout(
     rng, restore_threads, dtype, isa, n_out, layout
 ):
-    """Fewer than 12 outputs: float32's forward and dW take row_dots and col_dots when x's
-    rows are contiguous (the BLAS otherwise) and its dx row_combos (layer_detail.hpp); 12
-    outputs and float64 take the BLAS. Every way against the reference; and where the
+    """Fewer than 12 outputs: forward and dW take row_dots and col_dots when x's rows are
+    contiguous (the BLAS otherwise) and dx row_combos (layer_detail.hpp), in float32 and
+    float64; 12 outputs take the BLAS. Every way against the reference; and where the
     kernels run, the same bits for one thread and two (each sum made by one thread, in an
     order fixed by the sizes; docs/reliability.md, Determinism)."""
     best = _core.config()["simd_available"].split(",")[0]
@@ -198,7 +198,7 @@ def test_few_outputs_on_every_instruction_set_and_layout(
         out = runs[0][0]
         assert_within(out, reference.forward(x, W, b), forward_bound(x, W, b, out), "out")
         check_backward(dout, x, W, out, runs[0][1:])
-        few = dtype == np.float32 and n_out < 12
+        few = n_out < 12
         same = {"db": True, "dx": few, "out": few and layout == "C", "dW": few and layout == "C"}
         for name, one, two in zip(("out", "dx", "dW", "db"), runs[0], runs[1], strict=True):
             if same.get(name, False):
@@ -206,10 +206,11 @@ def test_few_outputs_on_every_instruction_set_and_layout(
 
 
 @pytest.mark.parametrize("n_out", [1, 3, 11])
-def test_few_output_kernels_and_the_gemm_path_both_match_the_reference(rng, threads, n_out):
-    """_core.select_few_outputs switches float32 layers with few outputs between their own
-    kernels and the GEMM path (for the benchmarks' comparison); both within the bounds."""
-    x, W, b, dout = make_problem(rng, (300, 70), n_out, np.float32)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_few_output_kernels_and_the_gemm_path_both_match_the_reference(rng, threads, dtype, n_out):
+    """_core.select_few_outputs switches layers with few outputs between their own kernels
+    and the GEMM path (for the benchmarks' comparison); both within the bounds."""
+    x, W, b, dout = make_problem(rng, (300, 70), n_out, dtype)
     try:
         for path in ("gemm", "kernels"):
             _core.select_few_outputs(path)
@@ -224,14 +225,15 @@ def test_few_output_kernels_and_the_gemm_path_both_match_the_reference(rng, thre
 
 
 @pytest.mark.parametrize("n_out", [1, 2, 5])
-def test_few_outputs_keep_the_sign_of_zero_on_every_path(n_out):
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_few_outputs_keep_the_sign_of_zero_on_every_path(dtype, n_out):
     """dx = dZ @ W.T with W = 0 and dZ = -1: each entry is a sum of -0 products, which every
     instruction set's row combinations keep as -0 (a review found +0 from a vector sum
     started at +0 where the portable loop gave -0), as the GEMM path's outer product does
     for one output (its GEMM, which starts from +0, gives +0 for more)."""
-    x = np.ones((9, 3), np.float32)
-    W = np.zeros((3, n_out), np.float32)
-    dZ = -np.ones((9, n_out), np.float32)
+    x = np.ones((9, 3), dtype)
+    W = np.zeros((3, n_out), dtype)
+    dZ = -np.ones((9, n_out), dtype)
     best = _core.config()["simd_available"].split(",")[0]
     signs = {}
     try:

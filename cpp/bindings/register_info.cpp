@@ -87,7 +87,7 @@ void register_info(py::module_& m) {
             set_few_output_kernels(name == "kernels");
         },
         py::arg("name"),
-        "Layers with fewer than 12 outputs (float32, bfloat16): their own kernels ('kernels', "
+        "Layers with fewer than 12 outputs (every dtype): their own kernels ('kernels', "
         "the default) or the GEMM path of every other layer ('gemm'); for tests and "
         "benchmarks.");
     m.def(

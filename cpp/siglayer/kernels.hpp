@@ -32,8 +32,7 @@ struct Table {
     // dst[i] = src[i] exactly (T to C), and rounded to nearest even (C to T).
     void (*widen)(C* dst, const T* src, index_t count);
     void (*narrow)(T* dst, const C* src, index_t count);
-    // The products of a layer with few outputs, for float and bfloat16 (null for double,
-    // which keeps the BLAS: layer_detail.hpp's kHasRowDots).
+    // The products of a layer with few outputs (layer_detail.hpp's kNarrowOutputs).
     // acc (rows x cols, row stride ld_acc) = x . Wt^T for a layer with few outputs: x is
     // rows x k with row stride ld_x and contiguous rows, Wt is cols x k, C-contiguous, in C.
     // Sums in C, in an order that does not depend on rows (nor on the thread count).

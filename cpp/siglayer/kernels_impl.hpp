@@ -310,8 +310,8 @@ inline void row_dots(C* __restrict acc, index_t ld_acc, const T* __restrict x, i
     }
 }
 
-// row_dots with float results, x float or bfloat16 bits (the hand-vectorized copy in
-// kernels_simd.hpp has the same signature).
+// row_dots with float results, x float or bfloat16 bits, or double throughout (the
+// hand-vectorized copy in kernels_simd.hpp has the same signatures).
 inline void row_dots_f(float* __restrict acc, index_t ld_acc, const std::uint16_t* __restrict x,
                        index_t ld_x, const float* __restrict Wt, index_t rows, index_t k,
                        index_t cols) {
@@ -323,6 +323,12 @@ inline void row_dots_f(float* __restrict acc, index_t ld_acc, const float* __res
                        index_t ld_x, const float* __restrict Wt, index_t rows, index_t k,
                        index_t cols) {
     row_dots(acc, ld_acc, x, ld_x, Wt, rows, k, cols, [](float v) { return v; });
+}
+
+inline void row_dots_f(double* __restrict acc, index_t ld_acc, const double* __restrict x,
+                       index_t ld_x, const double* __restrict Wt, index_t rows, index_t k,
+                       index_t cols) {
+    row_dots(acc, ld_acc, x, ld_x, Wt, rows, k, cols, [](double v) { return v; });
 }
 
 // dst (rows x cols, row stride ld_dst, in T) = dZ . Wt rounded to T, the product dx of a
@@ -382,12 +388,12 @@ inline void col_dots(C* __restrict dW, index_t ld_dW, const T* __restrict x, ind
     }
 }
 
-// The float and bfloat16 entry points of row_combos and col_dots (the hand-vectorized
-// copies in kernels_simd.hpp have the same signatures).
-template <class T, class Round>
-inline void row_combos_f(T* __restrict dst, index_t ld_dst, const float* __restrict dZ,
-                         index_t ld_dZ, const float* __restrict Wt, index_t ld_Wt, index_t rows,
-                         index_t k, index_t cols, Round round) {
+// The float, double and bfloat16 entry points of row_combos and col_dots (the
+// hand-vectorized copies in kernels_simd.hpp have the same signatures).
+template <class T, class C, class Round>
+inline void row_combos_f(T* __restrict dst, index_t ld_dst, const C* __restrict dZ, index_t ld_dZ,
+                         const C* __restrict Wt, index_t ld_Wt, index_t rows, index_t k,
+                         index_t cols, Round round) {
     row_combos(dst, ld_dst, dZ, ld_dZ, Wt, ld_Wt, rows, k, cols, round);
 }
 
@@ -402,6 +408,12 @@ inline void col_dots_f(float* __restrict dW, index_t ld_dW, const float* __restr
                        const float* __restrict dZ, index_t ld_dZ, index_t rows, index_t k,
                        index_t cols) {
     col_dots(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows, k, cols, [](float v) { return v; });
+}
+
+inline void col_dots_f(double* __restrict dW, index_t ld_dW, const double* __restrict x,
+                       index_t ld_x, const double* __restrict dZ, index_t ld_dZ, index_t rows,
+                       index_t k, index_t cols) {
+    col_dots(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows, k, cols, [](double v) { return v; });
 }
 
 // dz_colsum for bfloat16 dout and out (rows x cols, row strides ld_dout, ld_out): dZ in

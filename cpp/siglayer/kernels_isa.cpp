@@ -164,8 +164,8 @@ static void dz_colsum_bf16_as_float(float* dZ, index_t ld_dZ, float* db, double*
                            cols);
 }
 
-// The products of a layer with few outputs, float32 and bfloat16 (double keeps the BLAS:
-// its table has none), x read as stored (bfloat16 widened in registers).
+// The products of a layer with few outputs, x read as stored (bfloat16 widened in
+// registers).
 static void row_dots_f32(float* acc, index_t ld_acc, const float* x, index_t ld_x, const float* Wt,
                          index_t rows, index_t k, index_t cols) {
     SIGLAYER_SIGMOID_KERNELS::row_dots_f(acc, ld_acc, x, ld_x, Wt, rows, k, cols);
@@ -193,6 +193,22 @@ static void col_dots_f32(float* dW, index_t ld_dW, const float* x, index_t ld_x,
     SIGLAYER_SIGMOID_KERNELS::col_dots_f(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows, k, cols);
 }
 
+static void row_dots_f64(double* acc, index_t ld_acc, const double* x, index_t ld_x,
+                         const double* Wt, index_t rows, index_t k, index_t cols) {
+    SIGLAYER_SIGMOID_KERNELS::row_dots_f(acc, ld_acc, x, ld_x, Wt, rows, k, cols);
+}
+
+static void row_combos_f64(double* dst, index_t ld_dst, const double* dZ, index_t ld_dZ,
+                           const double* Wt, index_t ld_Wt, index_t rows, index_t k, index_t cols) {
+    SIGLAYER_SIGMOID_KERNELS::row_combos_f(dst, ld_dst, dZ, ld_dZ, Wt, ld_Wt, rows, k, cols,
+                                           &copy<double>);
+}
+
+static void col_dots_f64(double* dW, index_t ld_dW, const double* x, index_t ld_x, const double* dZ,
+                         index_t ld_dZ, index_t rows, index_t k, index_t cols) {
+    SIGLAYER_SIGMOID_KERNELS::col_dots_f(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows, k, cols);
+}
+
 static void col_dots_bf16(float* dW, index_t ld_dW, const bfloat16* x, index_t ld_x,
                           const float* dZ, index_t ld_dZ, index_t rows, index_t k, index_t cols) {
     SIGLAYER_SIGMOID_KERNELS::col_dots_f(dW, ld_dW, bits(x), ld_x, dZ, ld_dZ, rows, k, cols);
@@ -214,11 +230,9 @@ constexpr Table<T> make_table() {
             &sigmoid<T>, &bias_sigmoid_rows<T>, &dz_colsum<T>,   &dz_colsum<T>, &copy<T>,
             &copy<T>,    &row_dots_f32,         &row_combos_f32, &col_dots_f32};
     else
-        return Table<T>{&sigmoid<T>,   &bias_sigmoid_rows<T>,
-                        &dz_colsum<T>, &dz_colsum<T>,
-                        &copy<T>,      &copy<T>,
-                        nullptr,       nullptr,
-                        nullptr};
+        return Table<T>{
+            &sigmoid<T>, &bias_sigmoid_rows<T>, &dz_colsum<T>,   &dz_colsum<T>, &copy<T>,
+            &copy<T>,    &row_dots_f64,         &row_combos_f64, &col_dots_f64};
 }
 
 template <class T>

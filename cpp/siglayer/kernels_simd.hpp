@@ -481,8 +481,26 @@ inline __m128 sum4_256(__m256 a, __m256 b, __m256 c, __m256 d) {
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
+// The same for the four lanes of doubles: pairs added by vhaddpd, then the two halves.
+inline __m256d sum4_256d(__m256d a, __m256d b, __m256d c, __m256d d) {
+    const __m256d ab = _mm256_hadd_pd(a, b), cd = _mm256_hadd_pd(c, d);  // a01 b01 a23 b23
+    return _mm256_add_pd(_mm256_permute2f128_pd(ab, cd, 0x20),
+                         _mm256_permute2f128_pd(ab, cd, 0x31));
+}
+
+inline double sum_256d(__m256d v) {
+    const __m128d q = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
+}
+
+// The vector operations of the few-output kernels below, for float (bfloat16 x widened to
+// float) and double sums.
+template <class C>
+struct DotOps;
+
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-struct DotOps {
+template <>
+struct DotOps<float> {
     static constexpr index_t lanes = 16;
     using V = __m512;
     static V zero() { return _mm512_setzero_ps(); }
@@ -515,6 +533,7 @@ struct DotOps {
     static __m256 half(V v) {
         return _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
     }
+    static void sum4(float* out, V a, V b, V c, V d) { _mm_storeu_ps(out, sum4(a, b, c, d)); }
     static float sum(V v) {
         const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
         const __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
@@ -522,8 +541,35 @@ struct DotOps {
         return _mm_cvtss_f32(_mm_add_ss(d, _mm_movehdup_ps(d)));
     }
 };
+
+template <>
+struct DotOps<double> {
+    static constexpr index_t lanes = 8;
+    using V = __m512d;
+    static V zero() { return _mm512_setzero_pd(); }
+    static V load(const double* p) { return _mm512_loadu_pd(p); }
+    static V load(const double* p, index_t n) {
+        return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1u), p);
+    }
+    static V set1(double v) { return _mm512_set1_pd(v); }
+    static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
+    static void store(double* p, V v, index_t n) {
+        _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1u), v);
+    }
+    static V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+    static V mul(V a, V b) { return _mm512_mul_pd(a, b); }
+    static V add(V a, V b) { return _mm512_add_pd(a, b); }
+    static __m256d half(V v) {
+        return _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
+    }
+    static void sum4(double* out, V a, V b, V c, V d) {
+        _mm256_storeu_pd(out, sum4_256d(half(a), half(b), half(c), half(d)));
+    }
+    static double sum(V v) { return sum_256d(half(v)); }
+};
 #else
-struct DotOps {
+template <>
+struct DotOps<float> {
     static constexpr index_t lanes = 8;
     using V = __m256;
     static V zero() { return _mm256_setzero_ps(); }
@@ -550,22 +596,44 @@ struct DotOps {
     static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
     static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
     static V add(V a, V b) { return _mm256_add_ps(a, b); }
-    static __m128 sum4(V a, V b, V c, V d) { return sum4_256(a, b, c, d); }
+    static void sum4(float* out, V a, V b, V c, V d) { _mm_storeu_ps(out, sum4_256(a, b, c, d)); }
     static float sum(V v) {
         const __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
         return _mm_cvtss_f32(_mm_add_ss(d, _mm_movehdup_ps(d)));
     }
 };
+
+template <>
+struct DotOps<double> {
+    static constexpr index_t lanes = 4;
+    using V = __m256d;
+    static V zero() { return _mm256_setzero_pd(); }
+    static V load(const double* p) { return _mm256_loadu_pd(p); }
+    static __m256i first(index_t n) {
+        return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+    }
+    static V load(const double* p, index_t n) { return _mm256_maskload_pd(p, first(n)); }
+    static V set1(double v) { return _mm256_set1_pd(v); }
+    static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+    static void store(double* p, V v, index_t n) { _mm256_maskstore_pd(p, first(n), v); }
+    static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+    static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
+    static V add(V a, V b) { return _mm256_add_pd(a, b); }
+    static void sum4(double* out, V a, V b, V c, V d) {
+        _mm256_storeu_pd(out, sum4_256d(a, b, c, d));
+    }
+    static double sum(V v) { return sum_256d(v); }
+};
 #endif
 
 // acc[r, j] (row stride ld_acc) = the dot product of row r of x (R rows, row stride ld_x;
-// float or bfloat16 bits) with row j of w (J rows of k floats, row stride k): one vector sum
-// per (r, j), R * J chains of FMAs in flight, each chunk of x loaded (and widened) once for
-// all J rows of w.
-template <int R, int J, class S>
-inline void dots(float* acc, index_t ld_acc, const S* x, index_t ld_x, const float* w, index_t k) {
-    using D = DotOps;
+// float, double or bfloat16 bits) with row j of w (J rows of k values of C, row stride k):
+// one vector sum per (r, j), R * J chains of FMAs in flight, each chunk of x loaded (and
+// widened) once for all J rows of w.
+template <int R, int J, class C, class S>
+inline void dots(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w, index_t k) {
+    using D = DotOps<C>;
     constexpr index_t L = D::lanes;
     typename D::V s[R][J];
     for (int r = 0; r < R; ++r)
@@ -590,8 +658,8 @@ inline void dots(float* acc, index_t ld_acc, const S* x, index_t ld_x, const flo
     for (int j = 0; j < J; ++j) {
         int r = 0;
         for (; r + 4 <= R; r += 4) {  // four rows' sums in one tree
-            alignas(16) float four[4];
-            _mm_store_ps(four, D::sum4(s[r][j], s[r + 1][j], s[r + 2][j], s[r + 3][j]));
+            C four[4];
+            D::sum4(four, s[r][j], s[r + 1][j], s[r + 2][j], s[r + 3][j]);
             for (int q = 0; q < 4; ++q) acc[(r + q) * ld_acc + j] = four[q];
         }
         for (; r < R; ++r) acc[r * ld_acc + j] = D::sum(s[r][j]);
@@ -600,21 +668,21 @@ inline void dots(float* acc, index_t ld_acc, const S* x, index_t ld_x, const flo
 
 // Rows in groups of R, outputs in groups of J (R * J = 8 chains, 4 outputs at most so that
 // the sums, R chunks of x and a chunk of w fit AVX2's 16 registers), then the rows left.
-template <int J, class S>
-inline void dots_of(float* acc, index_t ld_acc, const S* x, index_t ld_x, const float* w,
-                    index_t rows, index_t k) {
+template <int J, class C, class S>
+inline void dots_of(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w, index_t rows,
+                    index_t k) {
     constexpr int R = J == 1 ? 8 : J == 2 ? 4 : 2;
     index_t i = 0;
     for (; i + R <= rows; i += R) dots<R, J>(acc + i * ld_acc, ld_acc, x + i * ld_x, ld_x, w, k);
     for (; i < rows; ++i) dots<1, J>(acc + i * ld_acc, ld_acc, x + i * ld_x, ld_x, w, k);
 }
 
-template <class S>
-inline void row_dots_f(float* __restrict acc, index_t ld_acc, const S* __restrict x, index_t ld_x,
-                       const float* __restrict Wt, index_t rows, index_t k, index_t cols) {
+template <class C, class S>
+inline void row_dots_f(C* __restrict acc, index_t ld_acc, const S* __restrict x, index_t ld_x,
+                       const C* __restrict Wt, index_t rows, index_t k, index_t cols) {
     for (index_t j = 0; j < cols; j += 4) {
-        float* a = acc + j;
-        const float* w = Wt + j * k;
+        C* a = acc + j;
+        const C* w = Wt + j * k;
         switch (cols - j < 4 ? cols - j : 4) {
             case 1: dots_of<1>(a, ld_acc, x, ld_x, w, rows, k); break;
             case 2: dots_of<2>(a, ld_acc, x, ld_x, w, rows, k); break;
@@ -631,10 +699,10 @@ constexpr index_t kComboChunk = 256;  // columns of dst per pass: R x 1 KB on th
 
 // One vector of columns of R rows: the sums over j, stored at out + r * ld_out (width of
 // them: L, or fewer when Partial).
-template <int R, bool Partial>
-inline void combo(float* out, index_t ld_out, const float* dZ, index_t ld_dZ, const float* w,
-                  index_t ld_Wt, index_t k, index_t width) {
-    using D = DotOps;
+template <int R, bool Partial, class C>
+inline void combo(C* out, index_t ld_out, const C* dZ, index_t ld_dZ, const C* w, index_t ld_Wt,
+                  index_t k, index_t width) {
+    using D = DotOps<C>;
     typename D::V s[R];
     // The first term is a plain product (a sum started from +0 would turn a -0 into +0,
     // where the portable loop and the BLAS keep it), the others fused multiply-adds.
@@ -652,17 +720,17 @@ inline void combo(float* out, index_t ld_out, const float* dZ, index_t ld_dZ, co
     }
 }
 
-// float dst: the sums stored in place; bfloat16 (T the bit patterns): summed into buf on
-// the stack, then rounded once by round(dst, buf, count) from L1.
-template <int R, class T, class Round>
-inline void combos(T* dst, index_t ld_dst, const float* dZ, index_t ld_dZ, const float* Wt,
+// dst in C (float or double): the sums stored in place; bfloat16 (T the bit patterns):
+// summed into buf on the stack, then rounded once by round(dst, buf, count) from L1.
+template <int R, class T, class C, class Round>
+inline void combos(T* dst, index_t ld_dst, const C* dZ, index_t ld_dZ, const C* Wt,
                    index_t ld_Wt, index_t k, index_t cols, Round round) {
-    constexpr index_t L = DotOps::lanes, kChunk = kComboChunk;
-    constexpr bool direct = std::is_same_v<T, float>;
-    alignas(64) float buf[direct ? 1 : R][direct ? 1 : kChunk];
+    constexpr index_t L = DotOps<C>::lanes, kChunk = kComboChunk;
+    constexpr bool direct = std::is_same_v<T, C>;
+    alignas(64) C buf[direct ? 1 : R][direct ? 1 : kChunk];
     for (index_t c0 = 0; c0 < cols; c0 += kChunk) {
         const index_t m = cols - c0 < kChunk ? cols - c0 : kChunk;
-        float* out = nullptr;
+        C* out = nullptr;
         index_t ld_out = 0;
         if constexpr (direct) {
             out = dst + c0;
@@ -680,10 +748,10 @@ inline void combos(T* dst, index_t ld_dst, const float* dZ, index_t ld_dZ, const
     }
 }
 
-template <class T, class Round>
-inline void row_combos_f(T* __restrict dst, index_t ld_dst, const float* __restrict dZ,
-                         index_t ld_dZ, const float* __restrict Wt, index_t ld_Wt, index_t rows,
-                         index_t k, index_t cols, Round round) {
+template <class T, class C, class Round>
+inline void row_combos_f(T* __restrict dst, index_t ld_dst, const C* __restrict dZ, index_t ld_dZ,
+                         const C* __restrict Wt, index_t ld_Wt, index_t rows, index_t k,
+                         index_t cols, Round round) {
     index_t i = 0;
     if (k > 2)  // rows in fours share each load of Wt; with one or two terms, row by row
         for (; i + 4 <= rows; i += 4)
@@ -696,10 +764,10 @@ inline void row_combos_f(T* __restrict dst, index_t ld_dst, const float* __restr
 // of dZ, V * J sums in registers over a block of rows, each row's chunk of x loaded (and
 // widened) once for the J columns and each broadcast of dZ used for V vectors; block by
 // block into dW.
-template <int V, int J, bool Partial, class S>
-inline void col_dots_strip(float* dW, index_t ld_dW, const S* x, index_t ld_x, const float* dZ,
+template <int V, int J, bool Partial, class C, class S>
+inline void col_dots_strip(C* dW, index_t ld_dW, const S* x, index_t ld_x, const C* dZ,
                            index_t ld_dZ, index_t rows, index_t width, bool first) {
-    using D = DotOps;
+    using D = DotOps<C>;
     constexpr index_t L = D::lanes;
     // Partial: the strip's last vector holds `last` (1 to L) columns, the others L.
     const index_t last = Partial ? width - (V - 1) * L : L;
@@ -715,22 +783,22 @@ inline void col_dots_strip(float* dW, index_t ld_dW, const S* x, index_t ld_x, c
             for (int j = 0; j < J; ++j) s[v][j] = D::fmadd(xv, d[j], s[v][j]);
         }
     }
-    alignas(64) float lanes[L];
+    alignas(64) C lanes[L];
     for (int v = 0; v < V; ++v)
         for (int j = 0; j < J; ++j) {
             D::store(lanes, s[v][j]);
             for (index_t l = 0; l < (v == V - 1 ? last : L); ++l) {
-                float& out = dW[(v * L + l) * ld_dW + j];
+                C& out = dW[(v * L + l) * ld_dW + j];
                 out = first ? lanes[l] : out + lanes[l];
             }
         }
 }
 
 // Strips of V vectors, then the columns left one vector at a time (the last one partial).
-template <int V, int J, class S>
-inline void col_dots_block(float* dW, index_t ld_dW, const S* x, index_t ld_x, const float* dZ,
+template <int V, int J, class C, class S>
+inline void col_dots_block(C* dW, index_t ld_dW, const S* x, index_t ld_x, const C* dZ,
                            index_t ld_dZ, index_t rows, index_t k, bool first) {
-    constexpr index_t L = DotOps::lanes, strip = V * L;
+    constexpr index_t L = DotOps<C>::lanes, strip = V * L;
     index_t i0 = 0;
     for (; i0 + strip <= k; i0 += strip)
         col_dots_strip<V, J, false>(dW + i0 * ld_dW, ld_dW, x + i0, ld_x, dZ, ld_dZ, rows, strip,
@@ -743,21 +811,21 @@ inline void col_dots_block(float* dW, index_t ld_dW, const S* x, index_t ld_x, c
                                    first);
 }
 
-template <class S>
-inline void col_dots_f(float* __restrict dW, index_t ld_dW, const S* __restrict x, index_t ld_x,
-                       const float* __restrict dZ, index_t ld_dZ, index_t rows, index_t k,
+template <class C, class S>
+inline void col_dots_f(C* __restrict dW, index_t ld_dW, const S* __restrict x, index_t ld_x,
+                       const C* __restrict dZ, index_t ld_dZ, index_t rows, index_t k,
                        index_t cols) {
     // Sums in registers: 16 of AVX-512's 32, 8 of AVX2's 16 (beside the chunks of x and
     // the broadcast columns of dZ).
-    constexpr int A = DotOps::lanes == 16 ? 16 : 8;
+    constexpr int A = sizeof(typename DotOps<C>::V) == 64 ? 16 : 8;
     for (index_t r0 = 0; r0 < rows; r0 += kColDotsRows) {
         const index_t m = rows - r0 < kColDotsRows ? rows - r0 : kColDotsRows;
         const S* xb = x + r0 * ld_x;
-        const float* db = dZ + r0 * ld_dZ;
+        const C* db = dZ + r0 * ld_dZ;
         const bool first = r0 == 0;
         for (index_t j = 0; j < cols; j += 4) {
-            float* w = dW + j;
-            const float* d = db + j;
+            C* w = dW + j;
+            const C* d = db + j;
             switch (cols - j < 4 ? cols - j : 4) {
                 case 1: col_dots_block<8, 1>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
                 case 2: col_dots_block<A / 2, 2>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;

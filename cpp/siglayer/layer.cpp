@@ -93,11 +93,9 @@ void forward(OutMatrix<T> out, MatrixView<T> x, MatrixView<T> W, VectorView<comp
         for (index_t j = 0; j < n_out; ++j) packed[j] = b.data[j * b.stride];
         bias = packed;
     }
-    if constexpr (kHasRowDots<T>) {
-        if (row_dots_path(x, n_out)) {
-            forward_row_dots(out, x, W, bias);
-            return;
-        }
+    if (row_dots_path(x, n_out)) {
+        forward_row_dots(out, x, W, bias);
+        return;
     }
     BlasOperand<T> xo{}, Wo{};
     if (n_in > 0) {

@@ -73,7 +73,7 @@ void sigmoid(T* y, const T* z, index_t count);
 // dst[i] = src[i] rounded to the nearest bfloat16 (ties to even; NaN stays NaN, +-inf
 // stays +-inf, values past the largest bfloat16 become +-inf), and back (exact). For the
 // master-weight copies of a bfloat16 layer and for callers who convert.
-// Whether float32 and bfloat16 layers with fewer than 12 outputs take their own kernels
+// Whether layers with fewer than 12 outputs (every dtype) take their own kernels
 // (row_dots, row_combos, col_dots: layer_detail.hpp), the default, or the products every
 // other layer takes (the BLAS's GEMM, or for bfloat16 the float32 GEMM on widened copies):
 // a switch for the tests and benchmarks, which compare the two in one process.

@@ -157,29 +157,26 @@ void for_each_block(index_t count, const Body& body) {
     });
 }
 
-// Layers with few outputs (n_out < kNarrowOutputs), in float and bfloat16 (double keeps
-// the BLAS): forward, dx and dW come from row_dots, row_combos and col_dots (kernels.hpp),
-// which read x (or write dx) once, as stored, with W^T or dZ in float beside them. A GEMM's
+// Layers with few outputs (n_out < kNarrowOutputs), every dtype: forward, dx and dW come
+// from row_dots, row_combos and col_dots (kernels.hpp), which read x (or write dx) once, as
+// stored, with W^T or dZ in the compute type beside them. A GEMM's
 // tiles stayed mostly empty there (OpenBLAS's float32 dW at n_out = 8: 0.86 ms against
 // col_dots' 0.35, one thread, best of 300) and the bfloat16 convert path wrote and reread
 // a float copy of x; measured on Zen 4 at 8192 x 256 x n_out (docs/bfloat16.md,
 // bench/narrow.py).
 constexpr index_t kNarrowOutputs = 12;
 
-template <class T>
-constexpr bool kHasRowDots = std::is_same_v<compute_t<T>, float>;
-
 // Whether forward takes row_dots: few outputs, rows of x contiguous.
 template <class T>
 bool row_dots_path(const MatrixView<T>& x, index_t n_out) {
-    return kHasRowDots<T> && n_out < kNarrowOutputs && x.cols > 0 &&
-           (x.col_stride == 1 || x.cols == 1) && few_output_kernels();
+    return n_out < kNarrowOutputs && x.cols > 0 && (x.col_stride == 1 || x.cols == 1) &&
+           few_output_kernels();
 }
 
 // Whether dx takes row_combos (dZ and W^T in the compute type, dx written row by row).
 template <class T>
 bool row_combos_path(index_t n_in, index_t n_out) {
-    return kHasRowDots<T> && n_out < kNarrowOutputs && n_in > 0 && few_output_kernels();
+    return n_out < kNarrowOutputs && n_in > 0 && few_output_kernels();
 }
 
 // W^T (n_out x n_in) in the compute type, C-contiguous, in this thread's scratch slot: the
