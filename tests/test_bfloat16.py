@@ -227,6 +227,36 @@ def test_avx512bf16_gives_the_bits_of_avx512(shape):
         assert (got == want).all(), f"{what}: avx512bf16 differs from avx512"
 
 
+@pytest.mark.parametrize("blocked", [False, True], ids=["importable", "blocked"])
+def test_conversions_before_anyone_imported_ml_dtypes(blocked):
+    """to_bfloat16 / to_float32 as the first bfloat16 call of a process (a review found a
+    segfault: the bfloat16 dtype was looked up only among loaded modules): ml_dtypes is
+    imported then, or, where it cannot be, an ImportError says what to install."""
+    block = "sys.modules['ml_dtypes'] = None; " if blocked else ""
+    code = (
+        f"import sys; {block}import numpy as np, siglayer\n"
+        "from siglayer import _core\n"
+        "try:\n"
+        "    h = _core.to_bfloat16(np.array([1.0, 1 + 2**-8, 3.0], np.float32))\n"
+        "    print(h.dtype, h.view(np.uint16).tolist(), _core.to_float32(h).tolist())\n"
+        "except ImportError as e:\n"
+        "    print('ImportError', e)\n"
+        "try:\n"
+        "    _core.to_float32(np.zeros(3, np.float32))\n"
+        "except (ImportError, TypeError) as e:\n"
+        "    print(type(e).__name__, e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    if blocked:
+        assert lines[0].startswith("ImportError bfloat16 arrays need ml-dtypes"), lines
+        assert lines[1].startswith("ImportError bfloat16 arrays need ml-dtypes"), lines
+    else:  # 1 + 2^-8 is a tie between 1 and 1 + 2^-7: to even, 1
+        assert lines[0] == "bfloat16 [16256, 16256, 16448] [1.0, 1.0, 3.0]", lines
+        assert lines[1].startswith("TypeError a has dtype float32, expected bfloat16"), lines
+
+
 def test_conversions_refuse_other_dtypes_and_layouts():
     with pytest.raises(TypeError, match="a has dtype float64, expected float32"):
         _core.to_bfloat16(np.zeros(3))
