@@ -393,6 +393,22 @@ def test_batch_dimensions_strides_and_a_float32_bias():
     assert dx.shape == (2, 3, 4, 40) and dW.shape == (40, 12)
 
 
+@pytest.mark.parametrize("n_out", [1, 3, 11])
+def test_few_outputs_a_rows_out_and_dx_do_not_depend_on_its_batch(isa, n_out):
+    """As tests/test_layer.py's twin: a row alone gets the bits it gets in any batch (out
+    from row_dots, x widened in registers; dx from row_combos and its one rounding)."""
+    x, W, b = inputs(29, 77, n_out, seed=n_out)
+    dZ = bf16(np.random.default_rng(1).standard_normal((29, n_out)))
+    out = siglayer.forward(x, W, b).view(np.uint16)
+    dx = siglayer.backward_from_preactivation(dZ, x, W)[0].view(np.uint16)
+    for i in range(29):
+        for lo, hi in ((i, i + 1), (max(0, i - 2), i + 1), (i, min(29, i + 6))):
+            got = siglayer.forward(x[lo:hi], W, b).view(np.uint16)
+            assert (got == out[lo:hi]).all(), f"out rows {lo}:{hi}"
+            got = siglayer.backward_from_preactivation(dZ[lo:hi], x[lo:hi], W)[0]
+            assert (got.view(np.uint16) == dx[lo:hi]).all(), f"dx rows {lo}:{hi}"
+
+
 def _bf16_layouts(a: np.ndarray) -> dict[str, np.ndarray]:
     big = np.zeros((a.shape[0] * 2, a.shape[1] * 3), BF16)
     big[::2, ::3] = a

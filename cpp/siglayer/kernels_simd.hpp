@@ -488,11 +488,6 @@ inline __m256d sum4_256d(__m256d a, __m256d b, __m256d c, __m256d d) {
                          _mm256_permute2f128_pd(ab, cd, 0x31));
 }
 
-inline double sum_256d(__m256d v) {
-    const __m128d q = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
-}
-
 // The vector operations of the few-output kernels below, for float (bfloat16 x widened to
 // float) and double sums.
 template <class C>
@@ -534,12 +529,10 @@ struct DotOps<float> {
         return _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
     }
     static void sum4(float* out, V a, V b, V c, V d) { _mm_storeu_ps(out, sum4(a, b, c, d)); }
-    static float sum(V v) {
-        const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-        const __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-        const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
-        return _mm_cvtss_f32(_mm_add_ss(d, _mm_movehdup_ps(d)));
-    }
+    // One sum in the order sum4 adds each of its four (a row's result must not depend on
+    // whether it was reduced with three others: a review found rows left over from the
+    // groups of four summed in another order, so a row's out changed with its batch).
+    static float sum(V v) { return _mm_cvtss_f32(sum4(v, v, v, v)); }
 };
 
 template <>
@@ -565,7 +558,10 @@ struct DotOps<double> {
     static void sum4(double* out, V a, V b, V c, V d) {
         _mm256_storeu_pd(out, sum4_256d(half(a), half(b), half(c), half(d)));
     }
-    static double sum(V v) { return sum_256d(half(v)); }
+    static double sum(V v) {  // in sum4's order
+        const __m256d h = half(v);
+        return _mm256_cvtsd_f64(sum4_256d(h, h, h, h));
+    }
 };
 #else
 template <>
@@ -597,11 +593,7 @@ struct DotOps<float> {
     static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
     static V add(V a, V b) { return _mm256_add_ps(a, b); }
     static void sum4(float* out, V a, V b, V c, V d) { _mm_storeu_ps(out, sum4_256(a, b, c, d)); }
-    static float sum(V v) {
-        const __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
-        return _mm_cvtss_f32(_mm_add_ss(d, _mm_movehdup_ps(d)));
-    }
+    static float sum(V v) { return _mm_cvtss_f32(sum4_256(v, v, v, v)); }  // in sum4's order
 };
 
 template <>
@@ -623,7 +615,7 @@ struct DotOps<double> {
     static void sum4(double* out, V a, V b, V c, V d) {
         _mm256_storeu_pd(out, sum4_256d(a, b, c, d));
     }
-    static double sum(V v) { return sum_256d(v); }
+    static double sum(V v) { return _mm256_cvtsd_f64(sum4_256d(v, v, v, v)); }  // sum4's order
 };
 #endif
 

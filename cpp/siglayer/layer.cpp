@@ -185,8 +185,19 @@ void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, co
         return;
 
     // C- or F-ordered dZ goes to BLAS and to the column sums as it is; other layouts are
-    // packed once (the dZ slot is free: no sweep writes a dZ here).
-    const BlasOperand<T> dZo = blas_operand(dZ, Scratch::dZ);
+    // packed once (the dZ slot is free: no sweep writes a dZ here). With few outputs dZ is
+    // made row-major (packed from any other layout: n x n_out values, a fraction of x),
+    // which row_combos and col_dots read, so that dx and dW are the same bits for any
+    // thread count whatever dZ's layout (a review found an F-ordered dZ sent dW to the
+    // BLAS, whose tiles follow the thread count).
+    BlasOperand<T> dZo{};
+    if (row_combos_path<T>(n_in, n_out)) {
+        index_t ld = 0;
+        const T* rows = row_major(dZ, Scratch::dZ, ld);
+        dZo = {rows, blas::Op::N, std::max<index_t>(1, ld)};
+    } else {
+        dZo = blas_operand(dZ, Scratch::dZ);
+    }
     BlasOperand<T> xo{}, Wo{};
     if (n_in > 0 && dW.data) xo = blas_operand(x, Scratch::x_packed);
     const T* Wt = nullptr;
