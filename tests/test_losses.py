@@ -193,6 +193,14 @@ def test_other_errors():
         losses.mse_loss(np.zeros(2), np.zeros(2), reduction="avg")  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="before the loss"):
         losses.BCELoss().backward()
+    # A call that raises leaves no gradient behind: backward must not return the one of
+    # the call before (a review found it did, for a loss fed an out past [0, 1]).
+    for loss_fn, bad in ((losses.BCELoss(), np.array([1.5, 0.5])), (losses.MSELoss(), None)):
+        loss_fn(np.array([0.25, 0.5]), np.zeros(2))
+        with pytest.raises(ValueError):
+            loss_fn(bad, np.zeros(2)) if bad is not None else loss_fn(np.zeros(2), np.zeros(3))
+        with pytest.raises(RuntimeError, match="after a loss call that raised"):
+            loss_fn.backward()
     with pytest.raises(ValueError, match="logits has shape"):
         losses.BCELoss()(np.zeros(2), np.zeros(2), logits=np.zeros(3))
     with pytest.raises(ValueError, match=r"dZ has shape \(3,\), expected \(2,\)"):
@@ -270,12 +278,14 @@ def test_nan_output_gives_nan_loss():
 @pytest.mark.parametrize("bad", [-1e-7, 1.0000001, 2.7, -np.inf, np.inf])
 def test_bce_refuses_outputs_that_are_not_probabilities(dtype, bad):
     """Logits (or an output changed in place) are a ValueError naming out and the value,
-    where the formula would silently give NaN; the loss object's gradient is untouched."""
+    where the formula would silently give NaN; the loss object's gradient buffer is not
+    half-written, and backward() raises rather than return the previous call's gradient."""
     y = np.array([[0.0, 1.0, 1.0]], dtype)
     good = np.array([[0.25, 0.5, 0.75]], dtype)
     loss_fn = losses.BCELoss(reuse_buffers=True)  # one gradient buffer, written in place
     loss_fn(good, y)
-    kept = loss_fn.backward().copy()
+    buffer = loss_fn.backward()
+    kept = buffer.copy()
     out = good.copy()
     out[0, 1] = bad
     if out[0, 1] == 0 or out[0, 1] == 1:  # rounded into range in float32: not an error
@@ -283,7 +293,9 @@ def test_bce_refuses_outputs_that_are_not_probabilities(dtype, bad):
     for call in (lambda: losses.bce_loss(out, y), lambda: loss_fn(out, y)):
         with pytest.raises(ValueError, match=r"out has a value outside \[0, 1\] \(element 1"):
             call()
-    np.testing.assert_array_equal(loss_fn.backward(), kept)
+    np.testing.assert_array_equal(buffer, kept)
+    with pytest.raises(RuntimeError, match="after a loss call that raised"):
+        loss_fn.backward()
 
 
 def test_non_contiguous_inputs_give_the_same_values(rng):

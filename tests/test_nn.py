@@ -80,6 +80,25 @@ def test_bad_construction(args, kwargs, error, match):
         siglayer.SigmoidLayer(*args, **kwargs)
 
 
+def test_dtype_none_is_the_default_float32():
+    """dtype=None means the default, as in torch (np.dtype(None) is float64: a review found
+    SigmoidLayer(3, 2, dtype=None) silently built a float64 layer)."""
+    layer = siglayer.SigmoidLayer(3, 2, dtype=None, seed=0)
+    assert layer.dtype == np.float32 and layer.W.dtype == np.float32
+    np.testing.assert_array_equal(layer.W, siglayer.SigmoidLayer(3, 2, seed=0).W)
+
+
+def test_a_failed_save_names_the_users_file(tmp_path):
+    """save writes a temporary file beside the target, then renames it: an error names
+    the target the user gave, not the temporary name (a review saw '...npz.tmp-<pid>')."""
+    target = tmp_path / "missing" / "net.npz"
+    with pytest.raises(FileNotFoundError) as caught:
+        siglayer.SigmoidLayer(3, 2, seed=0).save(target)
+    assert caught.value.filename == str(target)
+    assert "tmp-" not in str(caught.value)
+    assert not list(tmp_path.rglob("*tmp-*"))
+
+
 def test_parameters_cannot_be_rebound_but_change_in_place():
     layer = siglayer.SigmoidLayer(3, 2, dtype=np.float64, seed=0)
     W = layer.W

@@ -14,7 +14,9 @@ from threadpoolctl import threadpool_info, threadpool_limits
 import siglayer
 from siglayer import _core
 
-PACKAGE_DIR = Path(siglayer.__file__).resolve().parent
+# Where the bundled libraries sit: beside _core (in an editable install the Python files
+# stay in the source tree and the compiled ones go to site-packages).
+PACKAGE_DIR = Path(siglayer._core.__file__).resolve().parent
 SCIPY_OPENBLAS = _core.config()["blas"] == "scipy-openblas32"
 
 
@@ -267,7 +269,7 @@ def test_raising_the_blas_limit_does_not_oversubscribe():
         import numpy as np, siglayer
         from threadpoolctl import threadpool_limits, threadpool_info
         from pathlib import Path
-        here = Path(siglayer.__file__).resolve().parent
+        here = Path(siglayer._core.__file__).resolve().parent
         rng = np.random.default_rng(0)
         x = rng.standard_normal((512, 256)); W = rng.standard_normal((256, 384))
         b = rng.standard_normal(384)
@@ -318,3 +320,35 @@ def test_siglayer_isa_switch_rejects_unknown_names():
     )
     assert done.returncode != 0
     assert "SIGLAYER_ISA='sse9'" in done.stderr and "expected one of" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "spin"),
+    [(None, None, 1), ("KMP_BLOCKTIME", "7", 7), ("OMP_WAIT_POLICY", "PASSIVE", 0)],
+    ids=["default", "KMP_BLOCKTIME", "OMP_WAIT_POLICY"],
+)
+def test_the_users_wait_policy_wins_over_the_idle_spin(variable, value, spin):
+    """siglayer sets libiomp5's idle spin to 1 ms unless the environment chose one: a
+    KMP_BLOCKTIME, or OMP_WAIT_POLICY (PASSIVE is no spin; a review found it silently
+    turned back into 1 ms). The block time is read back from the runtime after a call,
+    and show_config names the variable."""
+    if not siglayer._core.config()["openmp_runtime"].startswith("intel"):
+        pytest.skip("the idle spin is set with libiomp5 only")
+    code = (
+        "import ctypes, glob, os, numpy as np, siglayer\n"
+        "x = np.ones((512, 256), np.float32); W = np.ones((256, 256), np.float32)\n"
+        "siglayer.forward(x, W, np.zeros(256, np.float32))\n"
+        "lib = glob.glob(os.path.join(os.path.dirname(siglayer._core.__file__), 'libiomp5*'))\n"
+        "print(ctypes.CDLL(lib[0]).kmp_get_blocktime())\n"
+        "print(siglayer._core.config()['openmp_runtime'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("KMP_BLOCKTIME", "OMP_WAIT_POLICY")}
+    if variable:
+        env[variable] = value
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    blocktime, runtime = done.stdout.splitlines()
+    assert int(blocktime) == spin
+    assert runtime.endswith(f"idle spin {spin} ms" + (f" ({variable})" if variable else ""))

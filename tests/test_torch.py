@@ -225,6 +225,12 @@ def test_module():
         TypeError, match=r"dtype must be torch\.float32, torch\.float64 or torch\.bfloat16"
     ):
         SigmoidLinear(3, 2, dtype=torch.float16)
+    # Sizes as SigmoidLayer takes them: any integer (a NumPy one too), never a bool.
+    assert SigmoidLinear(np.int64(3), np.int32(2), seed=0).W.shape == (3, 2)
+    with pytest.raises(TypeError, match="n_in must be an int, got bool"):
+        SigmoidLinear(True, 2)
+    with pytest.raises(ValueError, match="n_out must be >= 1, got 0"):
+        SigmoidLinear(3, 0)
     # After .half() every parameter is float16: the error names them all and the
     # module's fix (it named x alone, whose .float() then failed on W).
     half = SigmoidLinear(3, 2, seed=0).half()

@@ -91,8 +91,13 @@ void note_caller() {
 }
 
 #if defined(SIGLAYER_OPENMP_INTEL)
-// Read once: the environment is the user's, and their KMP_BLOCKTIME wins over ours.
-const bool user_chose_blocktime = std::getenv("KMP_BLOCKTIME") != nullptr;
+// Read once: the environment is the user's, and their KMP_BLOCKTIME or OMP_WAIT_POLICY
+// (PASSIVE: no spin, ACTIVE: spin for good, as the runtime reads them) wins over ours (a
+// review found OMP_WAIT_POLICY=PASSIVE silently turned back into 1 ms).
+const char* const user_blocktime_variable = std::getenv("KMP_BLOCKTIME")     ? "KMP_BLOCKTIME"
+                                            : std::getenv("OMP_WAIT_POLICY") ? "OMP_WAIT_POLICY"
+                                                                             : nullptr;
+const bool user_chose_blocktime = user_blocktime_variable != nullptr;
 #endif
 
 // The block time is an ICV of the thread that leads a region.
@@ -405,7 +410,7 @@ std::string runtime_description() {
 #if defined(SIGLAYER_OPENMP_INTEL)
     set_idle_spin();
     return "intel (libiomp5), idle spin " + std::to_string(kmp_get_blocktime()) + " ms" +
-           (user_chose_blocktime ? " (KMP_BLOCKTIME)" : "");
+           (user_chose_blocktime ? std::string(" (") + user_blocktime_variable + ")" : "");
 #else
     return "compiler";
 #endif

@@ -56,7 +56,8 @@ bool serial();
 // hands it to one of a few long-lived leader threads (one per concurrent caller) and
 // waits. libiomp5 keeps the team of every thread that ever led a region until the
 // process ends, so short-lived calling threads would each leave an idle worker behind.
-// The leading thread's idle spin is set unless the user chose one (KMP_BLOCKTIME).
+// The leading thread's idle spin is set unless the user chose one (KMP_BLOCKTIME,
+// OMP_WAIT_POLICY).
 // False, without running region, when a leader was needed and no thread could be
 // started (the process is at its thread or address-space limit): the caller then does
 // the region's work itself, on one thread.

@@ -10,10 +10,11 @@ Functions
 ---------
 forward(x, W, b, *, out=None)
     ``sigmoid(x @ W + b)``.
-backward(dout, x, W, out, *, need_dx=True, dx=None, dW=None, db=None, grad_dtype=None)
+backward(dout, x, W, out, *, need_dx=True, need_dW=True, dx=None, dW=None, db=None,
+         grad_dtype=None)
     ``(dx, dW, db)`` from the upstream gradient ``dout``.
-backward_from_preactivation(dZ, x, W, *, need_dx=True, dx=None, dW=None, db=None,
-                            grad_dtype=None)
+backward_from_preactivation(dZ, x, W, *, need_dx=True, need_dW=True, dx=None, dW=None,
+                            db=None, grad_dtype=None)
     The same from ``dZ``, the gradient with respect to ``x @ W + b``.
 compare(...)
     Max errors of siglayer against ``siglayer.reference`` (``ErrorStats``).

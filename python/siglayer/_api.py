@@ -237,7 +237,7 @@ def backward(
 
     Parameters
     ----------
-    dout : ndarray, float32 or float64, shape (..., n_out)
+    dout : ndarray, float32, float64 or bfloat16, shape (..., n_out)
         Upstream gradient dL/dout.
     x : ndarray, dout's dtype, shape (..., n_in)
         The input of the forward pass.
@@ -276,7 +276,8 @@ def backward(
     ------
     TypeError
         An argument that is not a ``numpy.ndarray``, a dtype other than
-        float32/float64, or arrays of mixed dtypes (nothing is converted silently).
+        float32/float64/bfloat16, or arrays of mixed dtypes (nothing is converted
+        silently).
     ValueError
         Shapes that do not fit together (dout and out must be x's batch shape by
         n_out), an unusable buffer, or ``dx`` given with ``need_dx=False`` (``dW``
@@ -420,7 +421,7 @@ def backward_from_preactivation(
 
     Parameters
     ----------
-    dZ : ndarray, float32 or float64, shape (..., n_out)
+    dZ : ndarray, float32, float64 or bfloat16, shape (..., n_out)
         Gradient of the loss with respect to ``x @ W + b``.
     x : ndarray, dZ's dtype, shape (..., n_in)
         The forward pass's input.
@@ -438,8 +439,9 @@ def backward_from_preactivation(
         db to bfloat16.
 
     All arrays share one dtype, float32 or float64 (or bfloat16, with float32 dW and db:
-    docs/bfloat16.md). C- and F-ordered dZ is used as it is; other layouts are copied
-    once into scratch memory. Gradients are overwritten,
+    docs/bfloat16.md). C- and F-ordered dZ is used as it is; other layouts (and any
+    layout but C order for a layer with fewer than 12 outputs) are copied once into
+    scratch memory. Gradients are overwritten,
     never accumulated; db is bitwise the same for any thread count.
 
     Returns

@@ -337,7 +337,8 @@ class _Loss:
         ``reuse_buffers=True``, a buffer overwritten by the next call of the same shape)."""
         if self._grad is None:
             raise RuntimeError(
-                f"{type(self).__name__}.backward called before the loss: call loss_fn(out, y) first"
+                f"{type(self).__name__}.backward called before the loss, or after a loss "
+                f"call that raised: call loss_fn(out, y) first"
             )
         return self._grad
 
@@ -367,6 +368,7 @@ class MSELoss(_Loss):
 
     def __call__(self, out: Array, y: Array) -> float:
         """The loss (a float); computes the gradient that :meth:`backward` returns."""
+        self._grad = None  # a call that raises leaves no gradient behind (not the last one)
         _check_pair(out, y, "out")
         n = _divisor(out.size, self.reduction)
         dout = self._gradient_buffer(out, (("out", out), ("y", y)))
@@ -411,7 +413,9 @@ class BCELoss(_Loss):
 
     def __call__(self, out: Array, y: Array, *, logits: Array | None = None) -> float:
         """The loss (a float); computes the dZ that :meth:`backward` returns. An out below 0
-        or above 1 is a ValueError (as for :func:`bce_loss`), raised before dZ changes."""
+        or above 1 is a ValueError (as for :func:`bce_loss`), raised before dZ changes;
+        after any call that raises, :meth:`backward` raises too."""
+        self._grad = None  # a call that raises leaves no gradient behind (not the last one)
         _check_pair(out, y, "out")
         n = _divisor(out.size, self.reduction)
         if logits is not None:

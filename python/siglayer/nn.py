@@ -174,6 +174,8 @@ def _positive_int(value: object, name: str) -> int:
 
 
 def _float_dtype(dtype: DTypeLike) -> np.dtype[np.floating]:
+    if dtype is None:  # the default, as torch's dtype=None (np.dtype(None) is float64)
+        return np.dtype(np.float32)
     if isinstance(dtype, str) and dtype == "bfloat16":
         return cast("np.dtype[np.floating]", bfloat16())
     try:
@@ -196,7 +198,7 @@ class SigmoidLayer(Generic[Float]):
     ----------
     n_in, n_out : int
         Input and output features, each >= 1.
-    dtype : float32, float64 or bfloat16, default float32
+    dtype : float32, float64 or bfloat16, default float32 (also for None)
         float32 or float64: the precision of the parameters and of every array the
         layer takes; inputs of another dtype are refused (TypeError), never converted.
         bfloat16 (``ml_dtypes.bfloat16`` or ``"bfloat16"``; needs ml-dtypes): mixed
@@ -872,7 +874,11 @@ def save_parameters(parameters: Sequence[Parameter], path: str | os.PathLike[str
     target = os.fspath(path)
     tmp = f"{target}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
+        handle = open(tmp, "wb")
+    except OSError as exc:  # name the user's file, not the temporary one beside it
+        raise type(exc)(exc.errno, exc.strerror, target) from exc
+    try:
+        with handle as f:
             np.savez(f, **{p.name: p.value for p in parameters})  # type: ignore[arg-type]
         os.replace(tmp, target)
     finally:

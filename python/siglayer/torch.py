@@ -89,6 +89,7 @@ import torch.utils.flop_counter as _flop_counter
 
 from . import _api, _core
 from ._dtypes import bfloat16, is_bfloat16
+from .nn import _positive_int
 
 __all__ = ["SigmoidLinear", "sigmoid_linear", "sigmoid_linear_bce_loss"]
 
@@ -1326,11 +1327,8 @@ class SigmoidLinear(torch.nn.Module):
         self, n_in: int, n_out: int, *, dtype: torch.dtype | None = None, seed: int | None = None
     ) -> None:
         super().__init__()
-        for name, v in (("n_in", n_in), ("n_out", n_out)):
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-            if v < 1:
-                raise ValueError(f"{name} must be >= 1, got {v}")
+        # numbers.Integral as SigmoidLayer takes (a NumPy integer, say), kept as int
+        n_in, n_out = _positive_int(n_in, "n_in"), _positive_int(n_out, "n_out")
         if dtype is None:
             dtype = torch.get_default_dtype()
             if dtype not in _DTYPES:
