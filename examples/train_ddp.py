@@ -119,6 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         # instead of averaged across 2 processes move the weights by 0.25 in 20 steps.
         args.tolerance = 4096 * torch.finfo(dtype).eps
 
+    missing = [
+        v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ
+    ]
+    if missing:  # run as a plain script: torch's own error is a bare "RANK expected"
+        parser.error(
+            f"{', '.join(missing)} not set: start it with torchrun, e.g. "
+            f"torchrun --nproc-per-node 2 examples/train_ddp.py --check"
+        )
     dist.init_process_group("gloo")
     try:
         rank, world = dist.get_rank(), dist.get_world_size()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -175,6 +176,8 @@ def main(argv: list[str] | None = None) -> History:
             parser.error(f"{option} must be >= {low}, got {value}")
     if not (math.isfinite(args.lr) and args.lr > 0):
         parser.error(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        parser.error(f"--plot {args.plot}: its folder does not exist (checked before training)")
     history = train(
         args.epochs, args.seed, batch_size=args.batch_size, lr=args.lr, dtype=args.dtype
     )

@@ -84,6 +84,7 @@ BAD_OPTIONS = [
     (["--lr", "-0.01"], "--lr must be a finite number > 0, got -0.01"),
     (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
     (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+    (["--plot", "no-such-folder/x.png"], "--plot no-such-folder/x.png: its folder does not"),
 ]
 
 
@@ -119,6 +120,22 @@ def test_ddp_help_describes_the_example():
         "torch.nn.parallel.DistributedDataParallel (gloo, CPU)." in text
     )
     assert "9.1e-13 in float64, 4.9e-4 in float32" in text
+
+
+def test_ddp_without_torchrun_says_how_to_start_it():
+    """Run as a plain script the example said only torch's "RANK expected" traceback."""
+    pytest.importorskip("torch")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    result = subprocess.run(
+        [sys.executable, str(DDP_SCRIPT), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "not set: start it with torchrun" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("lr", ["inf", "nan", "0"])

@@ -194,3 +194,15 @@ def test_a_layer_under_a_directed_rounding_mode_stays_in_the_unit_interval(
     eps = float(np.finfo(dtype).eps)
     dz = 2 * 64 * eps * (np.abs(x).astype(np.float64) @ np.abs(W) + np.abs(b))
     assert (np.abs(out.astype(np.float64) - nearest) <= dz / 4 + 4 * eps).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_the_reference_sigmoid_is_quiet_under_numpy_errors_raise(dtype):
+    """reference.sigmoid says "without floating-point warnings": under np.errstate(all=
+    "raise") too, where exp(-|z|) underflows for large |z| (a review found a
+    FloatingPointError). Hand values: 0 and 1 at the far ends, 1/2 at 0, NaN kept."""
+    z = np.array([-1e4, -800.0, 0.0, 800.0, 1e4, -np.inf, np.inf, np.nan], dtype)
+    with np.errstate(all="raise"):
+        got = siglayer.reference.sigmoid(z)
+    np.testing.assert_array_equal(got[:7], np.array([0, 0, 0.5, 1, 1, 0, 1], dtype))
+    assert np.isnan(got[7]) and got.dtype == dtype
