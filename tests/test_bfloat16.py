@@ -409,6 +409,29 @@ def test_few_outputs_a_rows_out_and_dx_do_not_depend_on_its_batch(isa, n_out):
             assert (got.view(np.uint16) == dx[lo:hi]).all(), f"dx rows {lo}:{hi}"
 
 
+@pytest.mark.parametrize("layout", ["F", "strided", "negative"])
+def test_few_outputs_from_preactivation_same_bits_for_any_dz_layout(threads, layout):
+    """As tests/test_layer.py's twin: dZ of any layout gives the bits of a C-ordered dZ
+    (dx from row_combos, dW from col_dots, db), for the thread count in use."""
+    x, W, _ = inputs(3000, 70, 8, seed=5)
+    dZ = bf16(np.random.default_rng(6).standard_normal((3000, 8)))
+    big = np.zeros((6000, 24), BF16)
+    big[::2, ::3] = dZ
+    given = {
+        "F": np.asfortranarray(dZ),
+        "strided": big[::2, ::3],
+        "negative": np.ascontiguousarray(dZ[::-1, ::-1])[::-1, ::-1],
+    }[layout]
+    want = siglayer.backward_from_preactivation(dZ, x, W)
+    got = siglayer.backward_from_preactivation(given, x, W)
+
+    def bits(a: np.ndarray) -> np.ndarray:
+        return a.view(np.uint16 if a.dtype == BF16 else np.uint32)
+
+    for name, g, w in zip(("dx", "dW", "db"), got, want, strict=True):
+        assert (bits(g) == bits(w)).all(), name
+
+
 def _bf16_layouts(a: np.ndarray) -> dict[str, np.ndarray]:
     big = np.zeros((a.shape[0] * 2, a.shape[1] * 3), BF16)
     big[::2, ::3] = a

@@ -104,6 +104,23 @@ def test_exact_products_are_exact(path):
     assert _core.gemm(a[:1, :1], b[:1, :1])[0, 0] == float(a[0, 0]) * float(b[0, 0])
 
 
+@pytest.mark.parametrize("n", [5, 16, 17, 33, 64, 128])
+@pytest.mark.parametrize("k", [63, 700])
+def test_narrow_products_give_the_bits_of_wide_ones(path, n, k):
+    """Each entry of C is one chain of products in the order of k, whatever tile holds it:
+    a narrow product (the own GEMM's half tiles and rows of A read in place, at most 128
+    columns or k <= 64) gives the bits of the same columns of a wide one (full tiles, A
+    packed). The own GEMM's property: a BLAS's edge kernels sum in other orders."""
+    if path != "avx512bf16":
+        pytest.skip("siglayer's own GEMM only (OpenBLAS's sgemm edge columns differ)")
+    rng = np.random.default_rng(n + k)
+    a = rng.standard_normal((40, k)).astype(np.float32).astype(BF16)
+    b = rng.standard_normal((k, 300)).astype(np.float32).astype(BF16)
+    wide = _core.gemm(a, b)
+    narrow = _core.gemm(a, np.ascontiguousarray(b[:, :n]))
+    assert (narrow.view(np.uint32) == wide[:, :n].view(np.uint32)).all()
+
+
 @pytest.mark.parametrize("trans", [False, True], ids=["N", "T"])
 def test_nan_and_inf_propagate(path, trans):
     # K odd, with infinities in the last k (the half pair that packing pads with zeros:

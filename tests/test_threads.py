@@ -323,11 +323,18 @@ def test_siglayer_isa_switch_rejects_unknown_names():
 
 
 @pytest.mark.parametrize(
-    ("variable", "value", "spin"),
-    [(None, None, 1), ("KMP_BLOCKTIME", "7", 7), ("OMP_WAIT_POLICY", "PASSIVE", 0)],
-    ids=["default", "KMP_BLOCKTIME", "OMP_WAIT_POLICY"],
+    ("variable", "value", "spin", "named"),
+    [
+        (None, None, 1, False),
+        ("KMP_BLOCKTIME", "7", 7, True),
+        ("OMP_WAIT_POLICY", "PASSIVE", 0, True),
+        ("OMP_WAIT_POLICY", "passive", 0, True),
+        ("OMP_WAIT_POLICY", "", 1, False),  # the runtime ignores it: siglayer's 1 ms stays
+        ("OMP_WAIT_POLICY", "sleepy", 1, False),
+    ],
+    ids=["default", "KMP_BLOCKTIME", "PASSIVE", "passive", "empty", "misspelt"],
 )
-def test_the_users_wait_policy_wins_over_the_idle_spin(variable, value, spin):
+def test_the_users_wait_policy_wins_over_the_idle_spin(variable, value, spin, named):
     """siglayer sets libiomp5's idle spin to 1 ms unless the environment chose one: a
     KMP_BLOCKTIME, or OMP_WAIT_POLICY (PASSIVE is no spin; a review found it silently
     turned back into 1 ms). The block time is read back from the runtime after a call,
@@ -351,4 +358,4 @@ def test_the_users_wait_policy_wins_over_the_idle_spin(variable, value, spin):
     assert done.returncode == 0, done.stderr
     blocktime, runtime = done.stdout.splitlines()
     assert int(blocktime) == spin
-    assert runtime.endswith(f"idle spin {spin} ms" + (f" ({variable})" if variable else ""))
+    assert runtime.endswith(f"idle spin {spin} ms" + (f" ({variable})" if named else ""))

@@ -119,14 +119,16 @@ py::dtype numpy_dtype<bfloat16>() {
     // Asked for once a bfloat16 array has been seen (ml_dtypes is loaded then), or by a
     // call that makes bfloat16 from nothing but floats (to_bfloat16): it imports ml_dtypes.
     if (bfloat16_dtype() == nullptr) {
+        const char* need =
+            "bfloat16 arrays need ml-dtypes, which cannot be imported: pip install ml-dtypes "
+            "(or siglayer[bfloat16])";
         try {
             py::module_::import("ml_dtypes");
-        } catch (py::error_already_set&) {
+        } catch (py::error_already_set& e) {
+            py::raise_from(e, PyExc_ImportError, need);  // the import's own error as cause
+            throw py::error_already_set();
         }
-        if (bfloat16_dtype() == nullptr)
-            throw py::import_error(
-                "bfloat16 arrays need ml-dtypes, which cannot be imported: pip install "
-                "ml-dtypes (or siglayer[bfloat16])");
+        if (bfloat16_dtype() == nullptr) throw py::import_error(need);
     }
     return py::reinterpret_borrow<py::dtype>(bfloat16_dtype());
 }

@@ -182,10 +182,10 @@ void pack_a(u16* dst, bool trans, const u16* A, index_t lda, index_t i0, index_t
     }
 }
 
-// Where the microkernel reads A's pairs from: a packed sliver (kp x kMR pairs), or, for
-// a sliver used against one or two slivers of B only, the kMR rows of A as stored (k
-// contiguous; pairs loaded in place, so no pass over A to pack it; the last pair of an odd
-// kc is (A(r, kc - 1), 0)).
+// Where the microkernel reads A's pairs from: a packed sliver (kp x kMR pairs), or, where
+// multiply_block reads A in place (a sliver used against four slivers of B or fewer, or a
+// short block of k), the kMR rows of A as stored (k contiguous; pairs loaded in place, so
+// no pass over A to pack it; the last pair of an odd kc is (A(r, kc - 1), 0)).
 struct PackedA {
     const u32* pa;
     index_t kp;

@@ -469,11 +469,12 @@ inline void bias_sigmoid_rows(T* out, index_t ld, const T* acc, index_t ld_acc, 
         sigmoid_span<Vec<T>, true>(out + row * ld, acc + row * ld_acc, b, cols);
 }
 
-// row_dots (kernels_impl.hpp) for float and bfloat16 x, by hand: the portable loop's omp simd
-// reduction ended each dot product with one scalar add per lane, in series, which cost
-// more than the loop itself at k = 256. Here two vector sums per row (four rows at a time:
-// eight chains of FMAs, enough to hide their latency) are added lane by lane and reduced
-// by a tree of shuffles at the end. The order depends on k and the vector width only.
+// row_dots (kernels_impl.hpp) for float, double and bfloat16 x, by hand: the portable
+// loop's omp simd reduction ended each dot product with one scalar add per lane, in
+// series, which cost more than the loop itself at k = 256. Here R rows times J outputs
+// keep R * J vector sums (chains of FMAs, enough to hide their latency), reduced by a tree
+// of shuffles at the end, four sums per tree (a lone sum in the same order). The order
+// depends on k and the vector width only.
 // The sums of the eight lanes of a, b, c and d, in that order: pairs added by vhaddps
 // twice, then the two 128-bit halves.
 inline __m128 sum4_256(__m256 a, __m256 b, __m256 c, __m256 d) {

@@ -94,9 +94,18 @@ void note_caller() {
 // Read once: the environment is the user's, and their KMP_BLOCKTIME or OMP_WAIT_POLICY
 // (PASSIVE: no spin, ACTIVE: spin for good, as the runtime reads them) wins over ours (a
 // review found OMP_WAIT_POLICY=PASSIVE silently turned back into 1 ms).
-const char* const user_blocktime_variable = std::getenv("KMP_BLOCKTIME")     ? "KMP_BLOCKTIME"
-                                            : std::getenv("OMP_WAIT_POLICY") ? "OMP_WAIT_POLICY"
-                                                                             : nullptr;
+// Only the values the runtime honours count: it ignores (with a warning) an empty or
+// misspelt OMP_WAIT_POLICY and keeps its 200 ms, so siglayer's 1 ms stays then.
+bool wait_policy_set() {
+    const char* v = std::getenv("OMP_WAIT_POLICY");
+    if (v == nullptr) return false;
+    std::string s(v);
+    for (char& c : s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    return s == "PASSIVE" || s == "ACTIVE";
+}
+const char* const user_blocktime_variable = std::getenv("KMP_BLOCKTIME") ? "KMP_BLOCKTIME"
+                                            : wait_policy_set()          ? "OMP_WAIT_POLICY"
+                                                                         : nullptr;
 const bool user_chose_blocktime = user_blocktime_variable != nullptr;
 #endif
 

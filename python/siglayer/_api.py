@@ -439,9 +439,9 @@ def backward_from_preactivation(
         db to bfloat16.
 
     All arrays share one dtype, float32 or float64 (or bfloat16, with float32 dW and db:
-    docs/bfloat16.md). C- and F-ordered dZ is used as it is; other layouts (and any
-    layout but C order for a layer with fewer than 12 outputs) are copied once into
-    scratch memory. Gradients are overwritten,
+    docs/bfloat16.md). C- and F-ordered dZ is used as it is; other layouts (and, for a
+    layer with fewer than 12 outputs, a dZ whose rows are not contiguous) are copied
+    once into scratch memory. Gradients are overwritten,
     never accumulated; db is bitwise the same for any thread count.
 
     Returns
