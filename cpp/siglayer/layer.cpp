@@ -43,7 +43,7 @@ void gradient_products(OutMatrix<T> dx, OutMatrix<T> dW, const BlasOperand<T>& x
     const Tiling dx_tiles = dx.data ? Tiling(n, n_in, team) : Tiling();
     // Few outputs, x and dZ row-major: dW by col_dots.
     const bool dW_col_dots =
-        row_combos_path<T>(n_in, n_out) && xo.op == blas::Op::N && dZo.op == blas::Op::N;
+        row_combos_path(n_in, n_out) && xo.op == blas::Op::N && dZo.op == blas::Op::N;
     for_each_tile({&dW_tiles, &dx_tiles}, [&](const Tiling& tiling, const Block& t) {
         if (&tiling == &dW_tiles && dW_col_dots)
             kernels::active<T>().col_dots(dW.data + t.i0 * n_out + t.j0, n_out, xo.data + t.i0,
@@ -146,7 +146,7 @@ void backward(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db, Mat
     BlasOperand<T> xo{}, Wo{};
     if (n_in > 0 && dW.data) xo = blas_operand(x, Scratch::x_packed);
     const T* Wt = nullptr;
-    if (dx.data && row_combos_path<T>(n_in, n_out))
+    if (dx.data && row_combos_path(n_in, n_out))
         Wt = transposed(W, Scratch::W_widened);
     else if (n_in > 0 && dx.data)
         Wo = blas_operand(W, Scratch::W_packed);
@@ -191,7 +191,7 @@ void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, co
     // thread count whatever dZ's layout (a review found an F-ordered dZ sent dW to the
     // BLAS, whose tiles follow the thread count).
     BlasOperand<T> dZo{};
-    if (row_combos_path<T>(n_in, n_out)) {
+    if (row_combos_path(n_in, n_out)) {
         index_t ld = 0;
         const T* rows = row_major(dZ, Scratch::dZ, ld);
         dZo = {rows, blas::Op::N, std::max<index_t>(1, ld)};
@@ -201,7 +201,7 @@ void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, co
     BlasOperand<T> xo{}, Wo{};
     if (n_in > 0 && dW.data) xo = blas_operand(x, Scratch::x_packed);
     const T* Wt = nullptr;
-    if (dx.data && dZo.op == blas::Op::N && row_combos_path<T>(n_in, n_out))
+    if (dx.data && dZo.op == blas::Op::N && row_combos_path(n_in, n_out))
         Wt = transposed(W, Scratch::W_widened);
     else if (n_in > 0 && dx.data)
         Wo = blas_operand(W, Scratch::W_packed);

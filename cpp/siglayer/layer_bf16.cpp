@@ -113,7 +113,7 @@ GradientOperands gradient_operands(const MatrixView<bf16>& x, const MatrixView<b
     Scratch& scratch = Scratch::for_this_thread();
     g.x = x;
     g.dZ32 = scratch.get<float>(Scratch::dZ_widened, static_cast<std::size_t>(n * n_out));
-    if (need_dx && row_combos_path<bf16>(n_in, n_out))
+    if (need_dx && row_combos_path(n_in, n_out))
         g.Wt = transposed(W, Scratch::W_widened);
     else if (n_in > 0 && need_dx)
         g.W32 = scratch.get<float>(Scratch::W_widened, static_cast<std::size_t>(n_in * n_out));
@@ -143,7 +143,7 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
                                  0.0f, dW_blk, n_out);
                 return;
             }
-            if (row_combos_path<bf16>(n_in, n_out) && g.x.col_stride == 1) {  // col_dots
+            if (row_combos_path(n_in, n_out) && g.x.col_stride == 1) {  // col_dots
                 kernel.col_dots(dW_blk, n_out, g.x.data + t.i0, g.x.row_stride, g.dZ32 + t.j0,
                                 n_out, n, t.rows(), t.cols());
                 return;

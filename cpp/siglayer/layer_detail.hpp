@@ -174,8 +174,7 @@ bool row_dots_path(const MatrixView<T>& x, index_t n_out) {
 }
 
 // Whether dx takes row_combos (dZ and W^T in the compute type, dx written row by row).
-template <class T>
-bool row_combos_path(index_t n_in, index_t n_out) {
+inline bool row_combos_path(index_t n_in, index_t n_out) {
     return n_out < kNarrowOutputs && n_in > 0 && few_output_kernels();
 }
 

@@ -103,16 +103,16 @@ bool wait_policy_set() {
     for (char& c : s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
     return s == "PASSIVE" || s == "ACTIVE";
 }
+// The variable that chose the block time, or null.
 const char* const user_blocktime_variable = std::getenv("KMP_BLOCKTIME") ? "KMP_BLOCKTIME"
                                             : wait_policy_set()          ? "OMP_WAIT_POLICY"
                                                                          : nullptr;
-const bool user_chose_blocktime = user_blocktime_variable != nullptr;
 #endif
 
 // The block time is an ICV of the thread that leads a region.
 void set_idle_spin() {
 #if defined(SIGLAYER_OPENMP_INTEL)
-    if (!user_chose_blocktime) kmp_set_blocktime(kIdleSpinMilliseconds);
+    if (user_blocktime_variable == nullptr) kmp_set_blocktime(kIdleSpinMilliseconds);
 #endif
 }
 
@@ -419,7 +419,7 @@ std::string runtime_description() {
 #if defined(SIGLAYER_OPENMP_INTEL)
     set_idle_spin();
     return "intel (libiomp5), idle spin " + std::to_string(kmp_get_blocktime()) + " ms" +
-           (user_chose_blocktime ? std::string(" (") + user_blocktime_variable + ")" : "");
+           (user_blocktime_variable ? std::string(" (") + user_blocktime_variable + ")" : "");
 #else
     return "compiler";
 #endif
