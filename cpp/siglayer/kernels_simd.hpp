@@ -494,6 +494,20 @@ inline __m256d sum4_256d(__m256d a, __m256d b, __m256d c, __m256d d) {
 template <class C>
 struct DotOps;
 
+// What the few-output kernels take from the sigmoid's Ops: loads and stores (the first n
+// lanes by a count), set1, add, mul, fmadd; each DotOps adds its reductions.
+template <class C>
+struct DotOpsOf : Ops<Vec<C>> {
+    using Base = Ops<Vec<C>>;
+    using V = Vec<C>;
+    static constexpr index_t lanes = Base::lanes;
+    using Base::load;
+    using Base::store;
+    static V zero() { return Base::set1(C(0)); }
+    static V load(const C* p, index_t n) { return Base::load(p, Base::tail(n)); }
+    static void store(C* p, V v, index_t n) { Base::store(p, v, Base::tail(n)); }
+};
+
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 template <>
 struct DotOps<float> {
@@ -537,22 +551,7 @@ struct DotOps<float> {
 };
 
 template <>
-struct DotOps<double> {
-    static constexpr index_t lanes = 8;
-    using V = __m512d;
-    static V zero() { return _mm512_setzero_pd(); }
-    static V load(const double* p) { return _mm512_loadu_pd(p); }
-    static V load(const double* p, index_t n) {
-        return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1u), p);
-    }
-    static V set1(double v) { return _mm512_set1_pd(v); }
-    static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
-    static void store(double* p, V v, index_t n) {
-        _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1u), v);
-    }
-    static V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
-    static V mul(V a, V b) { return _mm512_mul_pd(a, b); }
-    static V add(V a, V b) { return _mm512_add_pd(a, b); }
+struct DotOps<double> : DotOpsOf<double> {
     static __m256d half(V v) {
         return _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
     }
@@ -598,21 +597,7 @@ struct DotOps<float> {
 };
 
 template <>
-struct DotOps<double> {
-    static constexpr index_t lanes = 4;
-    using V = __m256d;
-    static V zero() { return _mm256_setzero_pd(); }
-    static V load(const double* p) { return _mm256_loadu_pd(p); }
-    static __m256i first(index_t n) {
-        return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
-    }
-    static V load(const double* p, index_t n) { return _mm256_maskload_pd(p, first(n)); }
-    static V set1(double v) { return _mm256_set1_pd(v); }
-    static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
-    static void store(double* p, V v, index_t n) { _mm256_maskstore_pd(p, first(n), v); }
-    static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
-    static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
-    static V add(V a, V b) { return _mm256_add_pd(a, b); }
+struct DotOps<double> : DotOpsOf<double> {
     static void sum4(double* out, V a, V b, V c, V d) {
         _mm256_storeu_pd(out, sum4_256d(a, b, c, d));
     }
