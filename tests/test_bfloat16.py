@@ -194,6 +194,21 @@ def test_narrowing_subnormals_nan_payloads_and_tails(isa):
     assert (got == want).all()
 
 
+@pytest.mark.parametrize("n_out", [3, 40])
+def test_a_nan_preactivation_gives_the_same_out_bits_on_every_instruction_set(isa, n_out):
+    """sigma of a NaN is the NaN made quiet with its sign bit set on every instruction set
+    (the baseline kept the sign where the SIMD copies set it: a review saw 0x7fc0 against
+    0xffc0), so a bfloat16 out has the same bits whichever copy runs."""
+    x = np.zeros((5, 4), BF16)
+    W = np.ones((4, n_out), BF16)
+    b = np.resize(np.array([0x7FC0, 0xFFC0, 0x7FD2, 0x3F80], np.uint16), n_out).view(BF16)
+    out = siglayer.forward(x, W, b).view(np.uint16)
+    is_nan = np.isnan(b.astype(np.float32))
+    want = b.view(np.uint16)[is_nan] | np.uint16(0x8000)
+    assert (out[:, is_nan] == want).all()
+    assert (out[:, ~is_nan] == 0x3F3B).all()  # sigma(1) = 0.7311 rounds to 0.73046875
+
+
 @pytest.mark.parametrize("shape", [(7, 5, 3), (33, 70, 45), (256, 512, 512)])
 def test_avx512bf16_gives_the_bits_of_avx512(shape):
     """forward and backward in bfloat16 under the two AVX-512 copies, with and without

@@ -112,8 +112,8 @@ inline T pow2_of_integral(T kf) {
 
 // sigma(z) = 1 / (1 + e^-z), evaluated from t = e^-|z| <= 1 so that nothing overflows:
 // sigma(z) = 1 / (1 + t) for z >= 0 and t / (1 + t) for z < 0.
-// Exact at +-0 (0.5), +-inf (1 and 0) and NaN (NaN); subnormal results for very negative z.
-// `Degree` terms of the exp polynomial suffice for the precision the result is rounded to.
+// Exact at +-0 (0.5), +-inf (1 and 0) and NaN (NaN, sign set); subnormal results for very negative
+// z. `Degree` terms of the exp polynomial suffice for the precision the result is rounded to.
 template <class T, int Degree = Consts<T>::degree>
 inline T sigmoid_in(T z) {
     using C = Consts<T>;
@@ -131,7 +131,11 @@ inline T sigmoid_in(T z) {
     const T t = (p * pow2_of_integral(k_half)) * pow2_of_integral(kf - k_half);
     const T numerator = z < T(0) ? t : T(1);
     const T result = numerator / (T(1) + t);
-    return z != z ? z : result;
+    // NaN: z made quiet with its sign bit set, the NaN the SIMD kernels return (they carry
+    // -|z|), so that every instruction set gives the same bits.
+    using Bits = typename C::Bits;
+    constexpr Bits sign = Bits(1) << (8 * sizeof(T) - 1), quiet = Bits(1) << (C::mantissa_bits - 1);
+    return z != z ? from_bits<T>(to_bits<T>(z) | sign | quiet) : result;
 }
 
 // float64: computed in double, max error measured by tests/test_sigmoid_accuracy.py.
