@@ -144,30 +144,38 @@ def test_the_own_gemm_switch_refuses_a_cpu_without_it():
         _core.select_bf16_gemm("avx512bf16")
 
 
+@pytest.mark.parametrize("layout", ["C", "F"])
 @pytest.mark.parametrize(
-    "shape", [(1100, 300, 200), (2048, 96, 700)], ids=["1100x300x200", "2048x96x700"]
+    "shape",
+    [(1100, 300, 200), (2048, 96, 700), (1000, 256, 12), (517, 70, 16), (300, 40, 41)],
+    ids=lambda s: "x".join(map(str, s)),
 )
-def test_the_layer_multiplies_as_the_bare_gemm(threads, shape):
+def test_the_layer_multiplies_as_the_bare_gemm(threads, shape, layout):
     """On siglayer's own GEMM each element's sum runs over k in the same blocks whatever the
-    tiling, and the layer packs B once for all the panels of a tile (rows > 256 here):
-    its forward and dx are then exactly the bare product's bits, rounded once."""
+    tiling: the layer's forward and dx are exactly the bare product's bits rounded once
+    (B packed once for all the panels of a tile; dx rounded as the GEMM stores it, up to
+    512 outputs), and dW the bare x^T . dZ's bits (computed as dZ^T . x, transposed, up to
+    128 outputs), with x and dZ C- or F-ordered."""
     if not _core.config()["bf16_gemm_own"]:
         pytest.skip("the CPU lacks AVX512-BF16")
     n, n_in, n_out = shape
     rng = np.random.default_rng(11)
-    x = rng.standard_normal((n, n_in)).astype(np.float32).astype(BF16)
+    order = {"C": np.ascontiguousarray, "F": np.asfortranarray}[layout]
+    x = order(rng.standard_normal((n, n_in)).astype(np.float32).astype(BF16))
     W = (rng.standard_normal((n_in, n_out)) / 16).astype(np.float32).astype(BF16)
     b = rng.standard_normal(n_out).astype(np.float32)
-    dZ = (rng.standard_normal((n, n_out)) / 4).astype(np.float32).astype(BF16)
+    dZ = order((rng.standard_normal((n, n_out)) / 4).astype(np.float32).astype(BF16))
     before = _core.config()["bf16_gemm"]
     _core.select_bf16_gemm("avx512bf16")
     try:
         out = _core.forward(x, W, b)
-        dx, _, _ = _core.backward_from_preactivation(dZ, x, W)
+        dx, dW, _ = _core.backward_from_preactivation(dZ, x, W)
         z = _core.gemm(x, W) + b
         want_out = _core.to_bfloat16(_core.sigmoid(z))
         want_dx = _core.to_bfloat16(_core.gemm(dZ, W, False, True))
+        want_dW = _core.gemm(x, dZ, True, False)
     finally:
         _core.select_bf16_gemm(before)
     assert (out.view(np.uint16) == want_out.view(np.uint16)).all()
     assert (dx.view(np.uint16) == want_dx.view(np.uint16)).all()
+    assert (dW.view(np.uint32) == want_dW.view(np.uint32)).all()

@@ -50,6 +50,11 @@ void own_bf16_pack_b(Op op_b, index_t K, index_t N, const bfloat16* B, index_t l
                      std::uint16_t* packed);
 void own_bf16_gemm_packed_b(Op op_a, index_t M, index_t N, index_t K, const bfloat16* A,
                             index_t lda, const std::uint16_t* packed, float* C, index_t ldc);
+// The same product rounded once to bfloat16 as it is stored (no float copy), for K up to
+// own_bf16_rounded_max_k() (InvalidArgument past it).
+index_t own_bf16_rounded_max_k();
+void own_bf16_gemm_packed_b(Op op_a, index_t M, index_t N, index_t K, const bfloat16* A,
+                            index_t lda, const std::uint16_t* packed, bfloat16* C, index_t ldc);
 // "auto", "blas", "avx512bf16" or "convert"; InvalidArgument for another name, for "blas"
 // in a build without it, or for "avx512bf16" where it cannot run. auto: blas on a CPU with
 // AMX-BF16 when the BLAS has a bfloat16 GEMM (MKL's AMX code); else avx512bf16 where it

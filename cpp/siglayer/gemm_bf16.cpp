@@ -201,27 +201,30 @@ struct RowsA {
     u32 tail(int r) const { return a[r * lda + kc - 1]; }
 };
 
-// C[0:m, 0:n] (m <= kMR, n <= kNR) = alpha * A . pb + (first ? beta * C : C), where A
-// (PackedA or RowsA) and pb are slivers of kp pairs. beta == 0 on the first block never
-// reads C. Half: n <= 16, only the first 16 columns of the sliver are multiplied (12
-// accumulators; the sliver's other 16 are zero padding): a layer with 12 to 16 outputs,
-// or the last sliver of a wider one, no longer pays for a whole 12 x 32 tile.
+// C[0:m, 0:n] (m <= Rows <= kMR, n <= kNR) = alpha * A . pb + (first ? beta * C : C),
+// where A (PackedA or RowsA) and pb are slivers of kp pairs. beta == 0 on the first block
+// never reads C. Half: n <= 16, only the first 16 columns of the sliver are multiplied (the
+// sliver's other 16 are zero padding): a layer with 12 to 16 outputs, or the last sliver of
+// a wider one, no longer pays for a whole 12 x 32 tile. Rows (4, 8 or 12): only the first
+// Rows rows of the sliver are multiplied, so that a product with few rows (dW^T = dZ^T . x
+// with 16 outputs: a sliver of 12 and one of 4) does not multiply the padding either.
 static_assert(kNR == 32, "micro: two halves of 16 float lanes");
 
-template <bool Half, class ASliver>
-void micro(index_t kp, const ASliver& A, const u32* __restrict pb, float* C, index_t ldc,
-           float alpha, float beta, bool first, index_t m, index_t n) {
+template <bool Half, int Rows, class ASliver, class Out>
+void micro(index_t kp, const ASliver& A, const u32* __restrict pb, Out* C, index_t ldc, float alpha,
+           float beta, bool first, index_t m, index_t n) {
+    static_assert(Rows % 4 == 0 && Rows <= kMR);
     constexpr int kHalves = Half ? 1 : 2;
-    __m512 c[kHalves][kMR];
+    __m512 c[kHalves][Rows];
 #pragma GCC unroll 12
-    for (int r = 0; r < kMR; ++r)
+    for (int r = 0; r < Rows; ++r)
         for (int h = 0; h < kHalves; ++h) c[h][r] = _mm512_setzero_ps();
     const auto step = [&](index_t p, auto pair_of) {
         __m512bh b[kHalves];
         for (int h = 0; h < kHalves; ++h)
             b[h] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(pb + p * kNR + 16 * h));
 #pragma GCC unroll 12
-        for (int r = 0; r < kMR; ++r) {
+        for (int r = 0; r < Rows; ++r) {
             const __m512bh ar =
                 reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(pair_of(r))));
             for (int h = 0; h < kHalves; ++h) c[h][r] = _mm512_dpbf16_ps(c[h][r], ar, b[h]);
@@ -232,28 +235,60 @@ void micro(index_t kp, const ASliver& A, const u32* __restrict pb, float* C, ind
     if (full < kp) step(full, [&](int r) { return A.tail(r); });
     __mmask16 mask[kHalves];
     for (int h = 0; h < kHalves; ++h) mask[h] = first_lanes16(n - 16 * h);
-    const __m512 va = _mm512_set1_ps(alpha);
-    const __m512 vb = _mm512_set1_ps(first ? beta : 1.0f);
-    const bool read_c = !first || beta != 0.0f;
+    if constexpr (sizeof(Out) == sizeof(u16)) {
+        // bfloat16 C (alpha 1, beta 0, one block of k: gemm_packed_b's rounded form): each
+        // sum rounded once, to nearest even. vcvtne2ps2bf16 would flush a subnormal float,
+        // but vdpbf16ps never leaves one (it flushes its own subnormal results).
+        const __mmask32 mask32 = first_lanes32(n);
 #pragma GCC unroll 12
-    for (int r = 0; r < kMR; ++r) {
-        if (r >= m) break;
-        float* row = C + r * ldc;
-        for (int h = 0; h < kHalves; ++h) {
-            __m512 v = _mm512_mul_ps(va, c[h][r]);
-            if (read_c) v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(mask[h], row + 16 * h), v);
-            _mm512_mask_storeu_ps(row + 16 * h, mask[h], v);
+        for (int r = 0; r < Rows; ++r) {
+            if (r >= m) break;
+            u16* row = C + r * ldc;
+            if constexpr (Half) {
+                const __m256bh v = _mm512_cvtneps_pbh(c[0][r]);
+                _mm256_mask_storeu_epi16(row, mask[0], reinterpret_cast<__m256i>(v));
+            } else {
+                const __m512bh v = _mm512_cvtne2ps_pbh(c[1][r], c[0][r]);  // c[0] low lanes
+                _mm512_mask_storeu_epi16(row, mask32, reinterpret_cast<__m512i>(v));
+            }
+        }
+    } else {
+        const bool scaled = alpha != 1.0f;  // 1 * c is c: skip the multiply
+        const __m512 va = _mm512_set1_ps(alpha);
+        const __m512 vb = _mm512_set1_ps(first ? beta : 1.0f);
+        const bool read_c = !first || beta != 0.0f;
+#pragma GCC unroll 12
+        for (int r = 0; r < Rows; ++r) {
+            if (r >= m) break;
+            float* row = C + r * ldc;
+            for (int h = 0; h < kHalves; ++h) {
+                __m512 v = scaled ? _mm512_mul_ps(va, c[h][r]) : c[h][r];
+                if (read_c)
+                    v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(mask[h], row + 16 * h), v);
+                _mm512_mask_storeu_ps(row + 16 * h, mask[h], v);
+            }
         }
     }
 }
 
-template <class ASliver>
-void micro_any(index_t kp, const ASliver& A, const u32* pb, float* C, index_t ldc, float alpha,
+template <bool Half, class ASliver, class Out>
+void micro_rows(index_t kp, const ASliver& A, const u32* pb, Out* C, index_t ldc, float alpha,
+                float beta, bool first, index_t m, index_t n) {
+    if (m <= 4)
+        micro<Half, 4>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
+    else if (m <= 8)
+        micro<Half, 8>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
+    else
+        micro<Half, kMR>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
+}
+
+template <class ASliver, class Out>
+void micro_any(index_t kp, const ASliver& A, const u32* pb, Out* C, index_t ldc, float alpha,
                float beta, bool first, index_t m, index_t n) {
     if (n <= kNR / 2)
-        micro<true>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
+        micro_rows<true>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
     else
-        micro<false>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
+        micro_rows<false>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
 }
 
 }  // namespace
@@ -267,8 +302,9 @@ index_t block_size(index_t nc, index_t kc) {
 
 // C[:, jc : jc + nc] (+)= alpha * op(A)[:, pc : pc + kc] . (the packed block pb), the
 // first k block scaling C by beta (nothing read when beta == 0), later ones adding.
+template <class Out>
 void multiply_block(bool trans_a, index_t M, const u16* A, index_t lda, index_t jc, index_t nc,
-                    index_t pc, index_t kc, const u16* pb_block, float alpha, float beta, float* C,
+                    index_t pc, index_t kc, const u16* pb_block, float alpha, float beta, Out* C,
                     index_t ldc, u16* buf_a) {
     const index_t kp = (kc + 1) / 2;
     // A's rows as stored, not packed, where a packed sliver would be used against four
@@ -288,7 +324,7 @@ void multiply_block(bool trans_a, index_t M, const u16* A, index_t lda, index_t 
             for (index_t jr = 0; jr < nc; jr += kNR) {
                 const u32* pb = reinterpret_cast<const u32*>(pb_block + jr * 2 * kp);
                 const index_t n = min_of(kNR, nc - jr);
-                float* c = C + (ic + ir) * ldc + jc + jr;
+                Out* c = C + (ic + ir) * ldc + jc + jr;
                 if (ir < packed_from) {
                     const RowsA rows{A + (ic + ir) * lda + pc, lda, kc};
                     micro_any(kp, rows, pb, c, ldc, alpha, beta, pc == 0, m, n);
@@ -354,6 +390,21 @@ void gemm_packed_b(bool trans_a, index_t M, index_t N, index_t K, float alpha, c
     if (K <= 0) return scale(M, N, beta, C, ldc);
     for_each_block(K, N, [&](index_t jc, index_t nc, index_t pc, index_t kc) {
         multiply_block(trans_a, M, A, lda, jc, nc, pc, kc, packed, alpha, beta, C, ldc, buf_a);
+        packed += block_size(nc, kc);
+    });
+}
+
+void gemm_packed_b_rounded(bool trans_a, index_t M, index_t N, index_t K, const u16* A, index_t lda,
+                           const u16* packed, u16* C, index_t ldc, u16* buf_a) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        for (index_t i = 0; i < M; ++i)
+            for (index_t j = 0; j < N; ++j) C[i * ldc + j] = 0;
+        return;
+    }
+    // K <= kKC: one block of k per block of columns, so each sum is complete when stored.
+    for_each_block(K, N, [&](index_t jc, index_t nc, index_t pc, index_t kc) {
+        multiply_block(trans_a, M, A, lda, jc, nc, pc, kc, packed, 1.0f, 0.0f, C, ldc, buf_a);
         packed += block_size(nc, kc);
     });
 }

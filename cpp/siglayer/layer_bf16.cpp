@@ -48,6 +48,10 @@ bool blas_path(index_t n_out) {
     return n_out >= kNarrowOutputs && blas::bf16_gemm_path() != blas::Bf16Gemm::convert;
 }
 
+// Up to this many outputs siglayer's own GEMM computes dW^T = dZ^T . x and transposes it
+// (gradient_products).
+constexpr index_t kTransposedDW = 128;
+
 // siglayer's own GEMM: a tile that multiplies several panels of rows by one B packs B once
 // for all of them (in this thread's scratch) instead of once per panel (3-7 % of the time
 // at L and XL on Zen 4).
@@ -55,15 +59,20 @@ bool own_gemm() {
     return blas::bf16_gemm_path() == blas::Bf16Gemm::avx512bf16;
 }
 
-// B (K x N, as op_b, ld) packed for own_bf16_gemm_packed_b, when the tile has more than
-// one panel of rows on the own GEMM; nullptr otherwise (each panel calls gemm<bf16>).
-const std::uint16_t* packed_once(bool own, index_t rows, index_t panel, blas::Op op_b, index_t K,
-                                 index_t N, const bf16* B, index_t ld) {
-    if (!own || rows <= panel || K == 0) return nullptr;
+// B (K x N, as op_b, ld) packed for own_bf16_gemm_packed_b, in this thread's scratch.
+const std::uint16_t* packed_b(blas::Op op_b, index_t K, index_t N, const bf16* B, index_t ld) {
     auto* packed = Scratch::for_this_thread().get<std::uint16_t>(
         Scratch::b_packed16, static_cast<std::size_t>(blas::own_bf16_packed_size(K, N)));
     blas::own_bf16_pack_b(op_b, K, N, B, ld, packed);
     return packed;
+}
+
+// packed_b when the tile has more than one panel of rows on the own GEMM; nullptr
+// otherwise (each panel calls gemm<bf16>).
+const std::uint16_t* packed_once(bool own, index_t rows, index_t panel, blas::Op op_b, index_t K,
+                                 index_t N, const bf16* B, index_t ld) {
+    if (!own || rows <= panel || K == 0) return nullptr;
+    return packed_b(op_b, K, N, B, ld);
 }
 
 // Rows per panel for products whose other operand is `width` wide: at least 256, so that
@@ -136,6 +145,25 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
         if (&tiling == &dW_tiles) {
             // dW[i0:i1, j0:j1] = x[:, i0:i1]^T . dZ[:, j0:j1], summed over the batch.
             float* dW_blk = dW.data + t.i0 * n_out + t.j0;
+            if (native && own_gemm() && n_out <= kTransposedDW) {
+                // dW^T[j0:j1, i0:i1] = dZ[:, j0:j1]^T . x[:, i0:i1] into scratch, then
+                // transposed into dW: x becomes op(B), packed by interleaving its rows in
+                // order, where as op(A) = x^T it would be gathered 12 columns at a time.
+                // The same sums in the same order (the same bits). Measured on Zen 4, one
+                // thread, the bare product 8192 x 256 x n_out: 0.54-0.61x the time at 12-20
+                // outputs, 0.78-0.89 at 32-64; at 256-1024 outputs no gain (0.93-1.04), so
+                // only up to kTransposedDW.
+                float* dWt =
+                    scratch.get<float>(Scratch::acc, static_cast<std::size_t>(t.rows() * t.cols()));
+                const BlasOperand<bf16> dZT{g.dZ16.data, flip(g.dZ16.op), g.dZ16.ld};
+                blas::gemm<bf16>(dZT.op, g.x16.op, t.cols(), t.rows(), n, 1.0f,
+                                 row_offset(dZT, t.j0), dZT.ld, col_offset(g.x16, t.i0), g.x16.ld,
+                                 0.0f, dWt, t.rows());
+                for (index_t i = 0; i < t.rows(); ++i)
+                    for (index_t j = 0; j < t.cols(); ++j)
+                        dW_blk[i * n_out + j] = dWt[j * t.rows() + i];
+                return;
+            }
             if (native) {
                 const BlasOperand<bf16> xT{g.x16.data, flip(g.x16.op), g.x16.ld};
                 blas::gemm<bf16>(xT.op, g.dZ16.op, t.rows(), t.cols(), n, 1.0f,
@@ -167,10 +195,22 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
                               g.Wt + t.j0, n_in, t.rows(), n_out, t.cols());
             return;
         }
+        const BlasOperand<bf16> WT{g.W16.data, flip(g.W16.op), g.W16.ld};
+        if (native && own_gemm() && n_out <= blas::own_bf16_rounded_max_k()) {
+            // siglayer's own GEMM rounds each sum as it stores it: dx written once, no float
+            // panel to round in a second pass (the same bits). With dW^T above, measured on
+            // Zen 4 (8192 x 256 x n_out, backward_from_preactivation, one thread): 0.61x the
+            // time at 12 outputs, 0.73-0.90 at 16-48, 0.97-1.02 at 64-128.
+            const std::uint16_t* packed =
+                packed_b(WT.op, n_out, t.cols(), col_offset(WT, t.j0), WT.ld);
+            blas::own_bf16_gemm_packed_b(g.dZ16.op, t.rows(), t.cols(), n_out,
+                                         row_offset(g.dZ16, t.i0), g.dZ16.ld, packed,
+                                         dx.data + t.i0 * n_in + t.j0, n_in);
+            return;
+        }
         // A panel of rows at a time.
         const index_t ph = std::min(t.rows(), panel_rows(std::max(n_out, t.cols())));
         float* acc = scratch.get<float>(Scratch::acc, static_cast<std::size_t>(ph * t.cols()));
-        const BlasOperand<bf16> WT{g.W16.data, flip(g.W16.op), g.W16.ld};
         const std::uint16_t* WT_packed = native
                                              ? packed_once(own_gemm(), t.rows(), ph, WT.op, n_out,
                                                            t.cols(), col_offset(WT, t.j0), WT.ld)
