@@ -17,7 +17,7 @@ import pytest
 import siglayer
 from conftest import DTYPES, EPS, assert_within, product_bound
 from siglayer import reference
-from siglayer.losses import BCELoss, MSELoss, bce_loss, mse_loss
+from siglayer.losses import BCELoss, MSELoss, OutputGradient, bce_loss, mse_loss
 
 DTYPE_IDS = [np.dtype(d).name for d in DTYPES]
 
@@ -657,6 +657,36 @@ def test_a_loss_gradient_is_refused_by_the_wrong_backward(rng, target):
     backward(mse.backward())
     from_preactivation(bce.backward())
     backward(np.asarray(bce.backward()).copy())
+
+
+def test_a_gradient_derived_with_other_arrays_is_the_users_own(rng):
+    """A loss gradient keeps its kind through numbers (scaling, clipping, negation) and
+    through sums with its own kind; arithmetic with another array or a reduction makes
+    a plain ndarray, which both backwards take (a review found the user's correct dL/dZ
+    = g * out * (1 - out) refused as dL/dout). Checked against the closed form."""
+    layer = siglayer.SigmoidLayer(5, 3, dtype=np.float64, seed=4)
+    x = rng.standard_normal((8, 5))
+    y = (rng.random((8, 3)) > 0.5).astype(np.float64)
+    out = layer(x)
+    mse, bce = MSELoss(), BCELoss()
+    mse(out, y)
+    bce(out, y)
+    g, p = mse.backward(), bce.backward()
+    for kept in (0.5 * g, -g, np.clip(g, -1, 1), g + g, g[:4], g / np.float64(2)):
+        assert type(kept) is OutputGradient
+    for plain in (g * out * (1 - out), g * np.ones((8, 1)), g + p, g.sum(0), g.mean(axis=1)):
+        assert type(plain) is np.ndarray
+    assert type(g.sum()) is np.float64
+    dZ = g * out * (1 - out)
+    layer.backward_from_preactivation(dZ)
+    np.testing.assert_allclose(layer.dW, x.T @ (2 * (out - y) / out.size * out * (1 - out)))
+    in_place = g.copy()
+    in_place *= out * (1 - out)  # the name now holds a plain view of the same memory
+    assert type(in_place) is np.ndarray
+    layer.backward_from_preactivation(in_place)
+    np.testing.assert_allclose(layer.dW, x.T @ dZ, rtol=1e-15)
+    with pytest.raises(TypeError, match=r"dL/dout.*np\.asarray\(dZ\)"):
+        layer.backward_from_preactivation(g)
 
 
 def test_right_pairing_matches_the_reference(rng):

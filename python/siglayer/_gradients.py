@@ -9,8 +9,13 @@ twice, or not at all).
 
 So each is an ndarray subclass that carries its kind, and the backward passes refuse the
 other kind. A subclass, not a wrapper: the gradient still goes to the core without a
-copy, scaling or clipping it (``0.5 * g``, ``np.clip(g, -1, 1)``) keeps the tag, and a
-plain ndarray the user computed is accepted by both backwards as before.
+copy; scaling or clipping it by numbers (``0.5 * g``, ``np.clip(g, -1, 1)``) or adding
+gradients of the same kind keeps the tag, and a plain ndarray the user computed is
+accepted by both backwards as before. Arithmetic with another array (``g * out * (1 -
+out)``: the user's own dL/dZ; ``g *= ...`` too) or a reduction (``g.sum(0)``) makes a
+plain ndarray: the
+user has taken over, and the result is no longer this gradient (a review found a correct
+dZ derived that way refused as dL/dout).
 """
 
 from __future__ import annotations
@@ -37,7 +42,20 @@ class _LossGradient(np.ndarray[Any, Any]):
             wrapped = super().__array_wrap__(array, context, return_scalar)
         if isinstance(wrapped, np.ndarray) and wrapped.ndim == 0:
             return wrapped[()]
+        if isinstance(wrapped, _LossGradient) and not self._keeps_kind(wrapped, context):
+            return wrapped.view(np.ndarray)
         return wrapped
+
+    def _keeps_kind(self, result: np.ndarray, context: Any) -> bool:
+        """Whether a ufunc's result is still this kind of gradient: its shape, from
+        operands that are numbers or gradients of the same kind (see the module's
+        docstring). A reduction passes no context; its shape differs anyway."""
+        if result.shape != self.shape or context is None:
+            return result.shape == self.shape and context is not None
+        _, args, _ = context
+        return all(
+            type(a) is type(self) or not isinstance(a, np.ndarray) or a.ndim == 0 for a in args
+        )
 
 
 class OutputGradient(_LossGradient):
@@ -92,11 +110,13 @@ def refuse_kind(grad: object, name: str, method: str) -> None:
         raise TypeError(
             f"{name} is dL/dZ, the gradient with respect to the pre-activation (from "
             f"BCELoss.backward()); pass it to backward_from_preactivation(...): backward "
-            f"would apply the sigmoid's derivative a second time"
+            f"would apply the sigmoid's derivative a second time (an array you derived "
+            f"from it in place, your own dL/dout: pass np.asarray({name}))"
         )
     if method == "backward_from_preactivation" and isinstance(grad, OutputGradient):
         raise TypeError(
             f"{name} is dL/dout, the gradient with respect to the output (from "
             f"MSELoss.backward()); pass it to backward(...): backward_from_preactivation "
-            f"would skip the sigmoid's derivative"
+            f"would skip the sigmoid's derivative (an array you derived from it in "
+            f"place, your own dL/dZ: pass np.asarray({name}))"
         )
