@@ -1286,11 +1286,28 @@ class SigmoidLinear(torch.nn.Module):
     """A dense layer followed by a sigmoid, ``sigmoid(x @ W + b)``, run by siglayer.
 
     The drop-in for ``torch.nn.Sequential(torch.nn.Linear(n_in, n_out), torch.nn.Sigmoid())``
-    on the CPU, except for the layout of the weight:
+    on the CPU, with the constructor's arguments of ``torch.nn.Linear`` (``bias``,
+    ``device``, ``dtype``), except for two things:
+
+    - the layout of the weight, ``W`` (n_in, n_out), where ``torch.nn.Linear.weight`` is
+      (n_out, n_in) (``from_linear`` converts a Linear; ``load_state_dict`` takes a
+      Linear's ``weight``/``bias`` keys and transposes the weight);
+    - the initialisation: Glorot-uniform W and zero b, where torch.nn.Linear draws
+      kaiming-uniform (a = sqrt(5)) weights and a U(+-1/sqrt(n_in)) bias, so a network
+      swapped in under the same ``torch.manual_seed`` starts elsewhere (load the Linear's
+      values to start where it does).
 
     Parameters
     ----------
     n_in, n_out : int
+    bias : bool
+        False: no b (``self.b`` is None, as torch.nn.Linear's ``bias``): the layer adds
+        zero and has no bias gradient.
+    device : None, "cpu" or "meta"
+        None: the CPU, or the meta device inside ``with torch.device("meta"):`` (a layer
+        without memory, nothing drawn; ``to_empty(device="cpu")`` then
+        ``reset_parameters()`` initialises it as the constructor would have). siglayer
+        computes on the CPU only: another device is refused (ValueError).
     dtype : torch.float32, torch.float64, torch.bfloat16 or None
         The dtype of W and b (bfloat16: both bfloat16, gradients rounded to bfloat16).
         None (the default) takes ``torch.get_default_dtype()``, as torch.nn.Linear does
@@ -1302,17 +1319,14 @@ class SigmoidLinear(torch.nn.Module):
         is Glorot-uniform from torch's global generator (so ``torch.manual_seed`` makes
         it reproducible).
 
-    The parameters are made on the CPU, or on the meta device inside ``with
-    torch.device("meta"):`` (a layer without memory, nothing drawn);
-    ``to_empty(device="cpu")`` then ``reset_parameters()`` initialises it as the constructor
-    would have.
-
     Attributes
     ----------
     W : Parameter, shape (n_in, n_out)
         **Not** (n_out, n_in) as torch.nn.Linear's weight: ``W == linear.weight.T``.
-    b : Parameter, shape (n_out,)
+    b : Parameter, shape (n_out,), or None (``bias=False``)
         Zero at initialisation.
+    n_in, n_out : int
+        Also as ``in_features`` and ``out_features``, torch.nn.Linear's names.
 
     Examples
     --------
@@ -1321,14 +1335,25 @@ class SigmoidLinear(torch.nn.Module):
     >>> layer = SigmoidLinear(64, 10, seed=0)
     >>> layer(torch.zeros(5, 64)).shape
     torch.Size([5, 10])
+    >>> SigmoidLinear(64, 10, bias=False).b is None
+    True
     """
 
     def __init__(
-        self, n_in: int, n_out: int, *, dtype: torch.dtype | None = None, seed: int | None = None
+        self,
+        n_in: int,
+        n_out: int,
+        bias: bool = True,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         # numbers.Integral as SigmoidLayer takes (a NumPy integer, say), kept as int
         n_in, n_out = _positive_int(n_in, "n_in"), _positive_int(n_out, "n_out")
+        if not isinstance(bias, (bool, np.bool_)):
+            raise TypeError(f"bias must be True or False, got {type(bias).__name__}")
         if dtype is None:
             dtype = torch.get_default_dtype()
             if dtype not in _DTYPES:
@@ -1343,12 +1368,24 @@ class SigmoidLinear(torch.nn.Module):
             )
         self.n_in, self.n_out = n_in, n_out
         self._seed = seed
-        # On the CPU (siglayer computes nowhere else), or on the meta device inside
-        # `with torch.device("meta")` (a default device of CUDA, say, is not followed).
-        device = "meta" if torch.get_default_device().type == "meta" else "cpu"
-        self.W = torch.nn.Parameter(torch.empty(n_in, n_out, dtype=dtype, device=device))
-        self.b = torch.nn.Parameter(torch.empty(n_out, dtype=dtype, device=device))
+        where = _module_device(device)
+        self.W = torch.nn.Parameter(torch.empty(n_in, n_out, dtype=dtype, device=where))
+        self.b: torch.nn.Parameter | None
+        if bias:
+            self.b = torch.nn.Parameter(torch.empty(n_out, dtype=dtype, device=where))
+        else:
+            self.register_parameter("b", None)  # as torch.nn.Linear's bias
         self.reset_parameters()
+
+    @property
+    def in_features(self) -> int:
+        """n_in, under torch.nn.Linear's name."""
+        return self.n_in
+
+    @property
+    def out_features(self) -> int:
+        """n_out, under torch.nn.Linear's name."""
+        return self.n_out
 
     def reset_parameters(self) -> None:
         """W drawn as the constructor draws it (with a seed: the same values again), b zero."""
@@ -1366,32 +1403,79 @@ class SigmoidLinear(torch.nn.Module):
                 layer = SigmoidLayer(self.n_in, self.n_out, dtype=np_dtype, seed=seed)
                 # copy_ rounds float32 to bfloat16 to nearest even (a no-op cast otherwise).
                 self.W.copy_(torch.from_numpy(layer.W))
-            self.b.zero_()
+            if self.b is not None:
+                self.b.zero_()
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear) -> SigmoidLinear:
         """The SigmoidLinear computing ``torch.sigmoid(linear(x))``: W = weight.T, b = bias,
         copied, each with its ``requires_grad`` (a frozen weight stays frozen, and costs no
-        dW product). A Linear without bias gives a zero b that does not require grad, so
-        that an optimizer leaves the layer bias-free as the Linear was."""
+        dW product). A Linear without bias gives a layer without b (``bias=False``); a
+        Linear on the meta device a layer on the meta device (nothing to copy)."""
         if not isinstance(linear, torch.nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
-        n_out, n_in = linear.weight.shape
-        layer = cls(n_in, n_out, dtype=linear.weight.dtype)
-        with torch.no_grad():
-            layer.W.copy_(linear.weight.T)
-            if linear.bias is not None:
-                layer.b.copy_(linear.bias)
-        layer.W.requires_grad_(linear.weight.requires_grad)
-        layer.b.requires_grad_(linear.bias is not None and linear.bias.requires_grad)
+        weight = linear.weight
+        if weight.dtype not in _DTYPES:
+            raise TypeError(
+                f"linear has dtype {weight.dtype}, which siglayer does not compute in: "
+                f"convert it first (linear.float(), linear.double() or linear.bfloat16())"
+            )
+        if weight.device.type not in ("cpu", "meta"):
+            raise ValueError(
+                f"linear is on {weight.device}; siglayer computes on the CPU: move it "
+                f"first (linear.cpu())"
+            )
+        n_out, n_in = weight.shape
+        bias = linear.bias is not None
+        layer = cls(n_in, n_out, bias, device=weight.device, dtype=weight.dtype)
+        if not weight.is_meta:
+            with torch.no_grad():
+                layer.W.copy_(weight.T)
+                if layer.b is not None and linear.bias is not None:
+                    layer.b.copy_(linear.bias)
+        layer.W.requires_grad_(weight.requires_grad)
+        if layer.b is not None and linear.bias is not None:
+            layer.b.requires_grad_(linear.bias.requires_grad)
         return layer
 
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # A torch.nn.Linear's state (weight (n_out, n_in), bias) loads as W = weight.T and
+        # b = bias. torch.nn.Module.load_state_dict passes a copy of the caller's dict.
+        weight, bias = prefix + "weight", prefix + "bias"
+        if weight in state_dict and prefix + "W" not in state_dict:
+            value = state_dict.pop(weight)
+            state_dict[prefix + "W"] = value.T if isinstance(value, Tensor) else value
+            # (a bias-free layer leaves "bias" as it is: the error names the caller's key)
+            if bias in state_dict and prefix + "b" not in state_dict and self.b is not None:
+                state_dict[prefix + "b"] = state_dict.pop(bias)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def _bias(self) -> Tensor:
+        """b, or for a layer without one the zero the operator adds in its place (of W's
+        dtype and device; a new n_out-element tensor, nothing to keep in step with W)."""
+        b = self.b
+        if b is None:
+            return torch.zeros(self.n_out, dtype=self.W.dtype, device=self.W.device)
+        return b
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self._bias()
         if torch.jit.is_scripting():  # type: ignore[attr-defined]
             # TorchScript compiles this branch alone: the operator, checks in its kernel.
-            out: Tensor = torch.ops.siglayer.sigmoid_linear(x, self.W, self.b)
+            out: Tensor = torch.ops.siglayer.sigmoid_linear(x, self.W, b)
             return out
-        return sigmoid_linear(x, self.W, self.b)
+        return sigmoid_linear(x, self.W, b)
 
     def bce_loss(self, x: Tensor, target: Tensor, *, reduction: str = "mean") -> Tensor:
         """Binary cross-entropy of this layer's output against target, fused with the layer
@@ -1409,7 +1493,26 @@ class SigmoidLinear(torch.nn.Module):
         Under DistributedDataParallel, call it from the wrapped module's ``forward`` (DDP
         synchronises the gradients of what runs through its forward).
         """
-        return sigmoid_linear_bce_loss(x, self.W, self.b, target, reduction=reduction)
+        b = self._bias()
+        return sigmoid_linear_bce_loss(x, self.W, b, target, reduction=reduction)
 
     def extra_repr(self) -> str:
-        return f"n_in={self.n_in}, n_out={self.n_out}, W: (n_in, n_out)"
+        bias = "" if self.b is not None else ", bias=False"
+        return f"n_in={self.n_in}, n_out={self.n_out}{bias}, W: (n_in, n_out)"
+
+
+def _module_device(device: torch.device | str | None) -> str:
+    """Where SigmoidLinear makes its parameters: "cpu", or "meta" (asked for, or the
+    default device inside ``with torch.device("meta")``; a default device of CUDA, say,
+    is not followed: siglayer computes on the CPU)."""
+    if device is None:
+        return "meta" if torch.get_default_device().type == "meta" else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be 'cpu' or 'meta', got {device!r} ({exc})") from None
+    if kind not in ("cpu", "meta"):
+        raise ValueError(
+            f"device must be 'cpu' or 'meta', got {device!r}: siglayer computes on the CPU"
+        )
+    return kind
