@@ -537,5 +537,36 @@ def test_compare_names_a_bad_argument(kwargs, error, message):
         siglayer.compare(**kwargs)
 
 
+def test_compare_draws_w_to_fit_a_given_b_or_dout(rng):
+    """W drawn for a given b (or dout) has its n_out: a review found b checked against
+    the default n_out = 16 of a W the caller never passed."""
+    x = rng.standard_normal((4, 5))
+    for given in ({"b": rng.standard_normal(3)}, {"dout": rng.standard_normal((4, 3))}):
+        errors = siglayer.compare(x, **given)
+        assert errors["dW"].max_rel < 1e-12 and errors["out"].max_rel < 1e-12
+    with pytest.raises(ValueError, match=r"dout has shape \(4, 2\), expected \(4, 3\)"):
+        siglayer.compare(x, b=np.zeros(3), dout=np.zeros((4, 2)))
+
+
 def test_compare_of_an_empty_batch_reports_no_error():
     assert siglayer.compare(n=0)["dW"].max_abs == 0.0
+
+
+@pytest.mark.parametrize("call", ["forward", "backward", "backward_from_preactivation"])
+def test_batch_dimensions_beyond_the_blas_limit_are_refused_before_any_copy(call) -> None:
+    """x of shape (2^16, 2^16, 4) broadcast from 2^16 x 4 values: 2^32 rows once flattened.
+    A review found the reshape copied it first (a 64 GiB MemoryError, or the whole copy on a
+    bigger machine) before the documented ValueError; now the rows are checked first."""
+    f = np.float32
+    lead = (1 << 16, 1 << 16)
+    x = np.broadcast_to(np.zeros((1 << 16, 1, 4), f), (*lead, 4))
+    W = np.zeros((4, 3), f)
+    per_row = np.broadcast_to(np.full((1, 1, 3), 0.5, f), (*lead, 3))
+    match = r"n = 4294967296 exceeds the BLAS integer range.*x of shape \(65536, 65536, 4\)"
+    with pytest.raises(ValueError, match=match):
+        if call == "forward":
+            siglayer.forward(x, W, np.zeros(3, f))
+        elif call == "backward":
+            siglayer.backward(per_row, x, W, per_row)
+        else:
+            siglayer.backward_from_preactivation(per_row, x, W)

@@ -99,6 +99,34 @@ def test_a_failed_save_names_the_users_file(tmp_path):
     assert not list(tmp_path.rglob("*tmp-*"))
 
 
+def test_a_layer_too_big_for_the_blas_is_refused_before_drawing_w():
+    """n_in = 2^31 (2^32 float64 draws, 32 GiB) gave a MemoryError; now the ValueError
+    every call on such a layer would give, first."""
+    for args, name in (((2**31, 2), "n_in"), ((2, 2**31), "n_out")):
+        with pytest.raises(ValueError, match=rf"{name} = 2147483648 exceeds the BLAS integer"):
+            siglayer.SigmoidLayer(*args)
+
+
+def test_save_and_load_name_what_is_not_a_parameter(tmp_path):
+    """A plain array (or a network instead of its parameters) gives a TypeError naming
+    the argument; nothing is written (a review found an AttributeError on .name)."""
+    net = siglayer.Sequential(siglayer.SigmoidLayer(3, 2, seed=0))
+    path = tmp_path / "p.npz"
+    for save_or_load in (siglayer.save_parameters, siglayer.load_parameters):
+        with pytest.raises(
+            TypeError, match=r"parameters\[1\] must be a siglayer\.Parameter.*ndarray"
+        ):
+            save_or_load([net.parameters()[0], np.zeros(3)], path)
+        with pytest.raises(TypeError, match=r"pass sequential\.parameters\(\)"):
+            save_or_load(net, path)  # type: ignore[arg-type]
+    assert not path.exists()
+    siglayer.save_parameters(net.parameters(), path)
+    W = net[0].W.copy()
+    net[0].W[...] = 0
+    siglayer.load_parameters(net.parameters(), path)
+    np.testing.assert_array_equal(net[0].W, W)
+
+
 def test_parameters_cannot_be_rebound_but_change_in_place():
     layer = siglayer.SigmoidLayer(3, 2, dtype=np.float64, seed=0)
     W = layer.W

@@ -24,6 +24,20 @@ from ._typing import Float
 __all__ = ["backward", "backward_from_preactivation", "forward"]
 
 _ndarray = np.ndarray
+# The BLAS integer's largest value: every matrix dimension must fit (checks.cpp).
+_BLAS_MAX = 2 ** (int(_core.config()["blas_int_bits"]) - 1) - 1
+
+
+def _batch_rows(x_shape: tuple[int, ...]) -> int:
+    """The rows of x's batch dimensions flattened, checked against the BLAS integer
+    before anything is reshaped (a reshape can copy a broadcast x at full size)."""
+    rows = math.prod(x_shape[:-1])
+    if rows > _BLAS_MAX:
+        raise ValueError(
+            f"n = {rows} exceeds the BLAS integer range ({_BLAS_MAX}): the rows of x of "
+            f"shape {x_shape}, its batch dimensions flattened; split the problem"
+        )
+    return rows
 
 
 def forward(
@@ -104,7 +118,7 @@ def forward(
     if isinstance(W, _ndarray) and W.ndim == 2 and W.shape[0] != n_in:
         raise ValueError(f"W has shape {W.shape} but x has {n_in} features (shape {x.shape})")
     lead: tuple[int, ...] = x.shape[:-1]
-    rows = math.prod(lead)
+    rows = _batch_rows(x.shape)
     x2 = x.reshape(rows, n_in)
     if out is None:
         result = _core.forward(x2, W, b, None)
@@ -567,7 +581,7 @@ def _flatten_batch(
                 f"{name} has shape {a.shape}, expected {(*lead, n_out)} "
                 f"from x {x.shape} and W {W.shape}"
             )
-    rows = math.prod(lead)
+    rows = _batch_rows(x.shape)
     dx2 = _as_2d_buffer(dx, "dx", x.shape) if dx is not None else None
     flat = [a.reshape(rows, n_out) for a in per_row.values()]
     return x.reshape(rows, n_in), flat, dx2

@@ -85,7 +85,8 @@ def compare(
         Inputs; drawn from a standard normal distribution with shape (n, n_in) when
         not given.
     W : ndarray, shape (n_in, n_out), optional
-        Weights; drawn with entries of variance 1/n_in when not given.
+        Weights; drawn with entries of variance 1/n_in when not given (n_out then from
+        b or dout when one is given).
     b : ndarray, shape (n_out,), optional
         Bias; drawn from a standard normal when not given.
     dout : ndarray, shape (..., n_out), optional
@@ -137,6 +138,12 @@ def compare(
         x = rng.standard_normal(size=(n, n_in)).astype(dt)
     if W is None:
         scale = np.sqrt(max(1, x.shape[-1]))
+        # n_out from a given b or dout (a review found a given b checked against the
+        # default n_out of a W the caller never passed)
+        if b is not None and b.ndim >= 1:
+            n_out = b.shape[-1]
+        elif dout is not None and dout.ndim >= 1:
+            n_out = dout.shape[-1]
         W = (rng.standard_normal(size=(x.shape[-1], n_out)) / scale).astype(dt)
     if b is None:
         b = rng.standard_normal(size=(W.shape[1],)).astype(dt)

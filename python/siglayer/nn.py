@@ -296,6 +296,12 @@ class SigmoidLayer(Generic[Float]):
     ) -> None:
         n_in = _positive_int(n_in, "n_in")
         n_out = _positive_int(n_out, "n_out")
+        for name, size in (("n_in", n_in), ("n_out", n_out)):  # before W is drawn
+            if size > _api._BLAS_MAX:
+                raise ValueError(
+                    f"{name} = {size} exceeds the BLAS integer range ({_api._BLAS_MAX}): "
+                    f"no layer call could run"
+                )
         self._dtype = _float_dtype(dtype)
         # bfloat16 keeps float32 master weights, and a bfloat16 copy of W per forward.
         self._mixed = is_bfloat16(self._dtype)
@@ -868,6 +874,7 @@ def save_parameters(parameters: Sequence[Parameter], path: str | os.PathLike[str
     >>> path = os.path.join(tempfile.mkdtemp(), "net.npz")
     >>> net.save(path); net.load(path)
     """
+    parameters = _parameter_list(parameters)
     names = [p.name for p in parameters]
     if len(set(names)) != len(names):
         raise ValueError(f"parameter names must be unique, got {names}")
@@ -884,6 +891,24 @@ def save_parameters(parameters: Sequence[Parameter], path: str | os.PathLike[str
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _parameter_list(parameters: Sequence[Parameter]) -> list[Parameter]:
+    """parameters as a list, each a Parameter, or a TypeError naming the first that is not
+    (a review found a plain array failing on a missing attribute)."""
+    if hasattr(parameters, "parameters") and not isinstance(parameters, (list, tuple)):
+        raise TypeError(
+            f"parameters must be a sequence of Parameter; pass "
+            f"{type(parameters).__name__.lower()}.parameters()"
+        )
+    listed = list(parameters)
+    for i, p in enumerate(listed):
+        if not isinstance(p, Parameter):
+            raise TypeError(
+                f"parameters[{i}] must be a siglayer.Parameter (as net.parameters() gives), "
+                f"got {type(p).__name__}"
+            )
+    return listed
 
 
 def load_parameters(parameters: Sequence[Parameter], path: str | os.PathLike[str]) -> None:
@@ -918,6 +943,7 @@ def load_parameters(parameters: Sequence[Parameter], path: str | os.PathLike[str
     >>> bool(np.array_equal(fresh.W, trained.W))
     True
     """
+    parameters = _parameter_list(parameters)
     # The file opened here, so that it is closed whatever np.load makes of it (NumPy
     # leaves its own handle open when the archive is broken).
     with open(os.fspath(path), "rb") as file:
