@@ -297,6 +297,59 @@ def test_meta_tensors_give_shapes():
         sigmoid_linear(x, torch.ones(7, 3), torch.ones(3))
 
 
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_backward_operators_called_directly_name_a_bad_argument(device):
+    """torch.ops.siglayer's backward operators check what autograd always gets right,
+    in the CPU kernel and the fake one alike: a mismatched dout on the meta device gave
+    shapes without a word, and an int32 x on the CPU NumPy's advice (x.astype)."""
+    backward = torch.ops.siglayer.sigmoid_linear_backward
+    from_dZ = torch.ops.siglayer.sigmoid_linear_backward_from_preactivation
+
+    def t(*shape, dtype=torch.float32):
+        return torch.rand(*shape, dtype=dtype).to(device)
+
+    x, W, out = t(4, 5), t(5, 3), t(4, 3)
+    cases = [
+        (
+            lambda: backward(t(7, 2), x, W, out, True),
+            ValueError,
+            r"^dout has shape \(7, 2\), expected \(4, 3\) from x \(4, 5\)",
+        ),
+        (lambda: backward(t(4, 3), x, W, t(4, 2), True), ValueError, r"^out has shape \(4, 2\)"),
+        (
+            lambda: backward(t(4, 3, dtype=torch.float64), x, W, out, True),
+            TypeError,
+            r"^dout has dtype torch\.float64, expected x's, torch\.float32",
+        ),
+        (
+            lambda: backward(t(4, 3), x.int(), W, out, True),
+            TypeError,
+            r"^x has dtype torch\.int32.*x\.float\(\)",
+        ),
+        (
+            lambda: backward(t(4, 3), x, W.double(), out, True),
+            TypeError,
+            r"^x and W must share one dtype",
+        ),
+        (
+            lambda: backward(t(4, 3), t(4, 6), W, out, True),
+            ValueError,
+            r"^x has shape \(4, 6\), expected \(\.\.\., 5\)",
+        ),
+        (
+            lambda: from_dZ(t(4, 2), x, W, True),
+            ValueError,
+            r"^dZ has shape \(4, 2\), expected \(4, 3\)",
+        ),
+        (lambda: from_dZ(t(4, 3).half(), x, W, True), TypeError, r"^dZ has dtype torch\.float16"),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message):
+            call()
+    dx, dW, db = backward(t(4, 3), x, W, out, True)  # and the right call runs
+    assert (dx.shape, dW.shape, db.shape) == ((4, 5), (5, 3), (3,)) and dx.device.type == device
+
+
 def test_compile_reports_bad_input():
     """The fake kernel checks its inputs as eager mode does; Dynamo wraps its ValueError
     in a RuntimeError that quotes it."""

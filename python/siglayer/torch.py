@@ -176,6 +176,60 @@ def _check(x: object, W: object, b: object) -> None:
         )
 
 
+def _check_backward(per_row: dict[str, object], x: object, W: object) -> None:
+    """The backward operators' arguments: x (..., n_in) and W (n_in, n_out) as for the
+    forward, and per_row (dout and out, or dZ) of shape (..., n_out) in x's dtype. Autograd
+    always passes such; a direct call of torch.ops.siglayer.* (or a traced graph that
+    calls one) gets the error naming the argument, in the CPU kernel and in the fake one
+    alike (a review found the fake kernel checked nothing and the CPU kernel answered
+    with NumPy's advice)."""
+    if (
+        isinstance(x, Tensor)
+        and isinstance(W, Tensor)
+        and x.dtype == W.dtype
+        and x.dtype in _DTYPES
+        and W.ndim == 2
+        and x.ndim >= 1
+        and x.shape[-1] == W.shape[0]
+        and x.device == W.device
+        and x.layout is _STRIDED
+        and W.layout is _STRIDED
+        and all(
+            isinstance(t, Tensor)
+            and t.dtype == x.dtype
+            and t.device == x.device
+            and t.layout is _STRIDED
+            and t.shape == (*x.shape[:-1], W.shape[1])
+            for t in per_row.values()
+        )
+    ):
+        return
+    for name, t in (("x", x), ("W", W), *per_row.items()):
+        _check_tensor(t, name)
+    assert isinstance(x, Tensor) and isinstance(W, Tensor)
+    tensors = {"x": x, "W": W, **{k: v for k, v in per_row.items() if isinstance(v, Tensor)}}
+    _check_devices(tensors)
+    if W.dtype != x.dtype:
+        raise TypeError(f"x and W must share one dtype; got x {x.dtype}, W {W.dtype}")
+    if W.dim() != 2:
+        raise ValueError(f"W must be 2-D (n_in, n_out), got shape {tuple(W.shape)}")
+    if x.dim() == 0 or x.shape[-1] != W.shape[0]:
+        raise ValueError(
+            f"x has shape {tuple(x.shape)}, expected (..., {W.shape[0]}) for W "
+            f"of shape {tuple(W.shape)} (n_in, n_out)"
+        )
+    want = (*x.shape[:-1], W.shape[1])
+    for name, t in per_row.items():
+        assert isinstance(t, Tensor)
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype}, expected x's, {x.dtype}")
+        if tuple(t.shape) != want:
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)}, expected {want} from x "
+                f"{tuple(x.shape)} and W {tuple(W.shape)}"
+            )
+
+
 def _check_devices(tensors: dict[str, Tensor]) -> None:
     """All on the CPU, or all on the meta device (shape inference, no data)."""
     if len({t.device.type for t in tensors.values()}) > 1:
@@ -303,6 +357,7 @@ def _sigmoid_linear_fake(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
 def _sigmoid_linear_backward(
     dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool, need_dW: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
+    _check_backward({"dout": dout, "out": out}, x, W)
     # An operator cannot return None; an empty tensor stands for "not computed".
     dx, dW, db = _eager_backward(dout, x, W, out, need_dx, need_dW)
     return _or_empty(dx, x), _or_empty(dW, W), db
@@ -353,6 +408,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def _sigmoid_linear_backward_fake(
     dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool, need_dW: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
+    _check_backward({"dout": dout, "out": out}, x, W)
     return _fake_gradients(x, W, need_dx, need_dW)
 
 
@@ -531,6 +587,7 @@ def _eager_backward_from_preactivation(
 def _backward_from_preactivation(
     dZ: Tensor, x: Tensor, W: Tensor, need_dx: bool, need_dW: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
+    _check_backward({"dZ": dZ}, x, W)
     dx, dW, db = _eager_backward_from_preactivation(dZ, x, W, need_dx, need_dW)
     return _or_empty(dx, x), _or_empty(dW, W), db
 
@@ -538,6 +595,7 @@ def _backward_from_preactivation(
 def _backward_from_preactivation_fake(
     dZ: Tensor, x: Tensor, W: Tensor, need_dx: bool, need_dW: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
+    _check_backward({"dZ": dZ}, x, W)
     return _fake_gradients(x, W, need_dx, need_dW)
 
 
