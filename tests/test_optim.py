@@ -414,6 +414,39 @@ def test_parameter_errors():
             SGD(params, lr=0.1)
 
 
+@pytest.mark.parametrize("cls", [SGD, Adam, AdamW])
+def test_a_misspelt_or_foreign_setting_is_refused(rng, cls):
+    """opt.weight_decy = 0.1 was kept and never read (a review): a new attribute whose
+    name is close to a hyperparameter's, an alias (learning_rate), or another optimizer's
+    hyperparameter (Adam's momentum) is an AttributeError naming the settings; nothing
+    changes, and the steps match an optimizer that never saw the attempt. Other new names
+    stay the caller's own."""
+
+    def make():
+        p = Parameter("w", np.ones(3), np.full(3, 0.5))
+        return p, cls([p], lr=0.1)
+
+    p, opt = make()
+    q, twin = make()
+    foreign = "momentum" if cls is not SGD else "betas"
+    for name, message in (
+        ("weight_decy", r"no setting 'weight_decy': did you mean 'weight_decay'\?"),
+        ("learning_rate", r"did you mean 'lr'\?"),
+        (foreign, rf"no setting '{foreign}'\. Its settings are lr, "),
+    ):
+        with pytest.raises(AttributeError, match=message):
+            setattr(opt, name, 0.9)
+        assert name not in vars(opt)
+    opt.my_note = "kept"  # the caller's own attribute
+    opt.weight_decay = 0.25  # the real one
+    twin.weight_decay = 0.25
+    for _ in range(3):
+        opt.step()
+        twin.step()
+    np.testing.assert_array_equal(p.value, q.value)
+    assert opt.my_note == "kept" and opt.steps == 3
+
+
 def test_hyperparameters_as_numpy_values_are_taken_as_torch_takes_them():
     """A 0-d array for a number and a 1-d pair for betas are the values they hold (torch
     takes them; the constructor had refused what load_state_dict took); an int beyond

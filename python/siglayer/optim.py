@@ -23,6 +23,7 @@ turns the state into arrays for ``np.savez`` and :func:`unflatten_state_dict` tu
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Generic, TypeVar, cast, overload
@@ -196,6 +197,24 @@ class Optimizer:
         """
         for g in self._grads:
             g.fill(0)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # A new public attribute whose name is close to a hyperparameter's is a typo
+        # (opt.weight_decy = 0.1 would otherwise be kept and never read: a review found
+        # it silently ignored); other new names are the caller's own, as before.
+        if not name.startswith("_") and name not in self.__dict__ and not hasattr(type(self), name):
+            hypers = type(self)._hyper_names
+            own = f"Its settings are {', '.join(hypers)}"
+            if name in set(SGD._hyper_names) | set(Adam._hyper_names):  # another optimizer's
+                raise AttributeError(f"{type(self).__name__} has no setting {name!r}. {own}")
+            aliases = {"learning_rate": "lr", "weightdecay": "weight_decay"}
+            close = difflib.get_close_matches(name, hypers, n=1, cutoff=0.8)
+            meant = aliases.get(name.lower()) or (close[0] if close else None)
+            if meant is not None:
+                raise AttributeError(
+                    f"{type(self).__name__} has no setting {name!r}: did you mean {meant!r}? {own}"
+                )
+        object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
         hyper = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._hyper_names)
