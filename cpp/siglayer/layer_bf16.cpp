@@ -37,15 +37,26 @@ using bf16 = bfloat16;
 // than once for the team (see forward).
 constexpr index_t kShareWidening = 1 << 18;
 
+// Outputs from which siglayer's own GEMM takes a layer's products (kNarrowOutputs for the
+// BLAS's). Its half tiles, A read in place, dW as (dZ^T . x)^T and dx rounded as stored
+// beat the few-output kernels from 6 outputs: a one-off A/B build (an environment toggle,
+// since removed; Zen 4, 8192 x 256 x n_out, 11 interleaved rounds of min-of-5) gave fwd+bwd
+// GEMM / kernels 1.44 at 2 outputs, 1.09 at 4, 0.93 at 6, 0.68-0.77 at 8-11 on one thread
+// and 1.06, 0.94, 0.88, 0.65-0.81 at 4, 5, 6, 7-11 on two; forward alone 0.85 at 6 and
+// 0.57-0.69 at 8-11 on one thread (3.25 at 1 output).
+constexpr index_t kOwnGemmOutputs = 6;
+
 // Whether the products of a layer with n_out outputs take bfloat16 operands (a bfloat16
-// GEMM) rather than float copies: never below kNarrowOutputs (layer_detail.hpp), where
-// forward, dx and dW take row_dots, row_combos and col_dots (the float GEMM on panels of x
-// widened where x's rows are not contiguous),
-// as a bfloat16 GEMM's tiles (12 x 32 for siglayer's own) stay mostly empty (own GEMM over
-// convert at 8192 x 256 x n_out on Zen 4: n_out 1: forward 3.5x, backward 1.45x; 8: 1.69x
-// and 1.01x; 16: 0.88x and 0.80x).
+// GEMM) rather than float copies: not below kOwnGemmOutputs on siglayer's own GEMM nor
+// below kNarrowOutputs (layer_detail.hpp) on the BLAS's, where forward, dx and dW take
+// row_dots, row_combos and col_dots (the float GEMM on panels of x widened where x's rows
+// are not contiguous), as a bfloat16 GEMM's tiles stay mostly empty (before the half
+// tiles: own GEMM over convert at 8192 x 256 x n_out on Zen 4: n_out 1: forward 3.5x,
+// backward 1.45x; 8: 1.69x and 1.01x; 16: 0.88x and 0.80x).
 bool blas_path(index_t n_out) {
-    return n_out >= kNarrowOutputs && blas::bf16_gemm_path() != blas::Bf16Gemm::convert;
+    const blas::Bf16Gemm path = blas::bf16_gemm_path();
+    const index_t from = path == blas::Bf16Gemm::avx512bf16 ? kOwnGemmOutputs : kNarrowOutputs;
+    return n_out >= from && path != blas::Bf16Gemm::convert;
 }
 
 // Up to this many outputs siglayer's own GEMM computes dW^T = dZ^T . x and transposes it
@@ -254,11 +265,11 @@ void forward<bf16>(OutMatrix<bf16> out, MatrixView<bf16> x, MatrixView<bf16> W,
         for (index_t j = 0; j < n_out; ++j) packed[j] = b.data[j * b.stride];
         bias = packed;
     }
-    if (row_dots_path(x, n_out)) {
+    const bool native = blas_path(n_out);
+    if (!native && row_dots_path(x, n_out)) {
         forward_row_dots(out, x, W, bias);
         return;
     }
-    const bool native = blas_path(n_out);
     const bool own = native && own_gemm();
     // convert: the operand every tile reads in full (W when the tiles are bands of rows, x
     // when they are bands of columns, as Tiling cuts the longer side) is widened once,
