@@ -162,17 +162,22 @@ def _check(x: object, W: object, b: object) -> None:
     assert isinstance(x, Tensor) and isinstance(W, Tensor) and isinstance(b, Tensor)
     _check_dtypes(x.dtype, W.dtype, b.dtype)
     _check_devices({"x": x, "W": W, "b": b})
+    _check_x_and_W_shapes(x, W)
+    if b.dim() != 1 or b.shape[0] != W.shape[1]:
+        raise ValueError(
+            f"b has shape {tuple(b.shape)}, expected ({W.shape[1]},) for W of "
+            f"shape {tuple(W.shape)}"
+        )
+
+
+def _check_x_and_W_shapes(x: Tensor, W: Tensor) -> None:
+    """W (n_in, n_out) and x (..., n_in), or the ValueError naming the one that is not."""
     if W.dim() != 2:
         raise ValueError(f"W must be 2-D (n_in, n_out), got shape {tuple(W.shape)}")
     if x.dim() == 0 or x.shape[-1] != W.shape[0]:
         raise ValueError(
             f"x has shape {tuple(x.shape)}, expected (..., {W.shape[0]}) for W "
             f"of shape {tuple(W.shape)} (n_in, n_out)"
-        )
-    if b.dim() != 1 or b.shape[0] != W.shape[1]:
-        raise ValueError(
-            f"b has shape {tuple(b.shape)}, expected ({W.shape[1]},) for W of "
-            f"shape {tuple(W.shape)}"
         )
 
 
@@ -211,13 +216,7 @@ def _check_backward(per_row: dict[str, object], x: object, W: object) -> None:
     _check_devices(tensors)
     if W.dtype != x.dtype:
         raise TypeError(f"x and W must share one dtype; got x {x.dtype}, W {W.dtype}")
-    if W.dim() != 2:
-        raise ValueError(f"W must be 2-D (n_in, n_out), got shape {tuple(W.shape)}")
-    if x.dim() == 0 or x.shape[-1] != W.shape[0]:
-        raise ValueError(
-            f"x has shape {tuple(x.shape)}, expected (..., {W.shape[0]}) for W "
-            f"of shape {tuple(W.shape)} (n_in, n_out)"
-        )
+    _check_x_and_W_shapes(x, W)
     want = (*x.shape[:-1], W.shape[1])
     for name, t in per_row.items():
         assert isinstance(t, Tensor)
