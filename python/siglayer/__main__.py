@@ -15,6 +15,8 @@ import os
 import sys
 import time
 from importlib import resources
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -116,9 +118,21 @@ def busy_note(load: float, cpus: int) -> str | None:
     )
 
 
+def _docs_folder() -> tuple[Any, str]:
+    """Where the documentation is, and how to name it: the source tree's docs/ when this
+    package runs from a source tree (an editable install, whose installed copies were made
+    at build time and go stale as the pages change), else the copy installed with it."""
+    root = Path(__file__).resolve().parent.parent.parent  # <root>/python/siglayer
+    if (root / "docs").is_dir() and (root / "python" / "siglayer").is_dir():
+        pyproject = root / "pyproject.toml"
+        if pyproject.is_file() and 'name = "siglayer"' in pyproject.read_text(encoding="utf-8"):
+            return root / "docs", "the source tree this package runs from (an editable install)"
+    return resources.files("siglayer") / "docs", "installed with the package"
+
+
 def docs() -> int:
-    """Print the installed documentation files; exit status 1 if they are missing."""
-    folder = resources.files("siglayer") / "docs"  # the installed copy, editable installs too
+    """Print the documentation files; exit status 1 if they are missing."""
+    folder, where = _docs_folder()
     pages = sorted(
         (p for p in folder.iterdir() if p.name.endswith(".md")) if folder.is_dir() else [],
         key=lambda p: p.name,
@@ -126,7 +140,7 @@ def docs() -> int:
     if not pages:
         print(f"no documentation found in {folder} (an incomplete install?)", file=sys.stderr)
         return 1
-    print(f"siglayer's documentation, installed with the package in {folder}:")
+    print(f"siglayer's documentation, {where}, in {folder}:")
     for page in pages:
         print(f"  {page}")
     return 0
