@@ -147,7 +147,14 @@ def test_the_own_gemm_switch_refuses_a_cpu_without_it():
 @pytest.mark.parametrize("layout", ["C", "F"])
 @pytest.mark.parametrize(
     "shape",
-    [(1100, 300, 200), (2048, 96, 700), (1000, 256, 12), (517, 70, 16), (300, 40, 41)],
+    [
+        (1100, 300, 200),
+        (2048, 96, 700),
+        (1000, 256, 12),
+        (517, 70, 16),
+        (300, 40, 41),
+        (24, 6000, 100),
+    ],
     ids=lambda s: "x".join(map(str, s)),
 )
 def test_the_layer_multiplies_as_the_bare_gemm(threads, shape, layout):
@@ -155,7 +162,8 @@ def test_the_layer_multiplies_as_the_bare_gemm(threads, shape, layout):
     tiling: the layer's forward and dx are exactly the bare product's bits rounded once
     (B packed once for all the panels of a tile; dx rounded as the GEMM stores it, up to
     512 outputs), and dW the bare x^T . dZ's bits (computed as dZ^T . x, transposed, up to
-    128 outputs), with x and dZ C- or F-ordered."""
+    128 outputs, in chunks of 2048 or more columns of x: 6000 x 100 takes three), with x and
+    dZ C- or F-ordered."""
     if not _core.config()["bf16_gemm_own"]:
         pytest.skip("the CPU lacks AVX512-BF16")
     n, n_in, n_out = shape

@@ -233,14 +233,13 @@ index_t own_bf16_rounded_max_k() {
 
 void own_bf16_gemm_packed_b(Op op_a, index_t M, index_t N, index_t K, const bfloat16* A,
                             index_t lda, const std::uint16_t* packed, bfloat16* C, index_t ldc) {
-    if (K > gemm_bf16::kKC)
-        throw InvalidArgument("bf16_gemm: the rounded product takes K <= " +
-                              std::to_string(gemm_bf16::kKC) + ", got " + std::to_string(K));
     auto* pack_a =
         Scratch::for_this_thread().get<std::uint16_t>(Scratch::gemm_a, gemm_bf16::kPackA);
-    gemm_bf16::gemm_packed_b_rounded(op_a == Op::T, M, N, K,
-                                     reinterpret_cast<const std::uint16_t*>(A), lda, packed,
-                                     reinterpret_cast<std::uint16_t*>(C), ldc, pack_a);
+    if (!gemm_bf16::gemm_packed_b_rounded(op_a == Op::T, M, N, K,
+                                          reinterpret_cast<const std::uint16_t*>(A), lda, packed,
+                                          reinterpret_cast<std::uint16_t*>(C), ldc, pack_a))
+        throw InvalidArgument("bf16_gemm: the rounded product takes K <= " +
+                              std::to_string(gemm_bf16::kKC) + ", got " + std::to_string(K));
 }
 #else
 index_t own_bf16_rounded_max_k() {

@@ -394,19 +394,21 @@ void gemm_packed_b(bool trans_a, index_t M, index_t N, index_t K, float alpha, c
     });
 }
 
-void gemm_packed_b_rounded(bool trans_a, index_t M, index_t N, index_t K, const u16* A, index_t lda,
+bool gemm_packed_b_rounded(bool trans_a, index_t M, index_t N, index_t K, const u16* A, index_t lda,
                            const u16* packed, u16* C, index_t ldc, u16* buf_a) {
-    if (M <= 0 || N <= 0) return;
+    if (K > kKC) return false;  // partial sums would be rounded: refused, C untouched
+    if (M <= 0 || N <= 0) return true;
     if (K <= 0) {
         for (index_t i = 0; i < M; ++i)
             for (index_t j = 0; j < N; ++j) C[i * ldc + j] = 0;
-        return;
+        return true;
     }
     // K <= kKC: one block of k per block of columns, so each sum is complete when stored.
     for_each_block(K, N, [&](index_t jc, index_t nc, index_t pc, index_t kc) {
         multiply_block(trans_a, M, A, lda, jc, nc, pc, kc, packed, 1.0f, 0.0f, C, ldc, buf_a);
         packed += block_size(nc, kc);
     });
+    return true;
 }
 
 }  // namespace siglayer::gemm_bf16

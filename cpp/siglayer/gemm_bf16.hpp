@@ -52,8 +52,8 @@ void gemm_packed_b(bool trans_a, index_t M, index_t N, index_t K, float alpha,
 // C (bfloat16 bits) = op(A) . op(B) with each float sum rounded once to nearest even, for
 // K <= kKC only (one block of k, so that no partial sum is rounded): dx of a layer with up
 // to kKC outputs, written without a float copy. The bits of gemm_packed_b's C (alpha 1,
-// beta 0) rounded.
-void gemm_packed_b_rounded(bool trans_a, index_t M, index_t N, index_t K, const std::uint16_t* A,
+// beta 0) rounded. Returns false, C untouched, when K > kKC.
+bool gemm_packed_b_rounded(bool trans_a, index_t M, index_t N, index_t K, const std::uint16_t* A,
                            index_t lda, const std::uint16_t* packed, std::uint16_t* C, index_t ldc,
                            std::uint16_t* buf_a);
 

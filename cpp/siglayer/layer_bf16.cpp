@@ -160,19 +160,26 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
                 // dW^T[j0:j1, i0:i1] = dZ[:, j0:j1]^T . x[:, i0:i1] into scratch, then
                 // transposed into dW: x becomes op(B), packed by interleaving its rows in
                 // order, where as op(A) = x^T it would be gathered 12 columns at a time.
-                // The same sums in the same order (the same bits). Measured on Zen 4, one
-                // thread, the bare product 8192 x 256 x n_out: 0.54-0.61x the time at 12-20
-                // outputs, 0.78-0.89 at 32-64; at 256-1024 outputs no gain (0.93-1.04), so
-                // only up to kTransposedDW.
+                // The same sums in the same order: the same bits, except which NaN a sum
+                // carries when x[k, i] and dZ[k, j] are both NaN (vdpbf16ps keeps its first
+                // operand's, now dZ's; dW is NaN either way). Measured on Zen 4, one thread,
+                // the bare product 8192 x 256 x n_out: 0.54-0.61x the time at 12-20 outputs,
+                // 0.78-0.89 at 32-64; at 256-1024 outputs no gain (0.93-1.04), so only up to
+                // kTransposedDW. Chunks of at least 2048 columns of x keep the scratch within
+                // 1 MiB whatever n_in (each repacks dZ^T: a 1/2048 share of the work).
+                const index_t chunk =
+                    std::min(t.rows(), std::max<index_t>(2048, (index_t{1} << 18) / t.cols()));
                 float* dWt =
-                    scratch.get<float>(Scratch::acc, static_cast<std::size_t>(t.rows() * t.cols()));
+                    scratch.get<float>(Scratch::acc, static_cast<std::size_t>(chunk * t.cols()));
                 const BlasOperand<bf16> dZT{g.dZ16.data, flip(g.dZ16.op), g.dZ16.ld};
-                blas::gemm<bf16>(dZT.op, g.x16.op, t.cols(), t.rows(), n, 1.0f,
-                                 row_offset(dZT, t.j0), dZT.ld, col_offset(g.x16, t.i0), g.x16.ld,
-                                 0.0f, dWt, t.rows());
-                for (index_t i = 0; i < t.rows(); ++i)
-                    for (index_t j = 0; j < t.cols(); ++j)
-                        dW_blk[i * n_out + j] = dWt[j * t.rows() + i];
+                for (index_t c0 = 0; c0 < t.rows(); c0 += chunk) {
+                    const index_t c = std::min(chunk, t.rows() - c0);
+                    blas::gemm<bf16>(dZT.op, g.x16.op, t.cols(), c, n, 1.0f, row_offset(dZT, t.j0),
+                                     dZT.ld, col_offset(g.x16, t.i0 + c0), g.x16.ld, 0.0f, dWt, c);
+                    for (index_t i = 0; i < c; ++i)
+                        for (index_t j = 0; j < t.cols(); ++j)
+                            dW_blk[(c0 + i) * n_out + j] = dWt[j * c + i];
+                }
                 return;
             }
             if (native) {
