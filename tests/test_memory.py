@@ -179,6 +179,20 @@ def test_short_lived_threads_leave_nothing_behind() -> None:
     assert rss_growth < 8 << 20 or not CHECK_RSS, f"RSS grew by {rss_growth} bytes over 150 threads"
 
 
+def _run_script(tmp_path, source: str, threads: int) -> str:
+    """Runs source in a fresh interpreter with the thread count as its argument; its
+    stdout, after checking that it exited cleanly (a hang is the timeout)."""
+    import subprocess
+
+    script = tmp_path / "script.py"
+    script.write_text(source)
+    done = subprocess.run(
+        [sys.executable, str(script), str(threads)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
 OUT_OF_MEMORY = """
 import resource, sys, time
 import numpy as np, ml_dtypes, siglayer
@@ -247,15 +261,8 @@ def test_memory_running_out_inside_a_region_is_a_memory_error(threads, tmp_path)
     and the calls after it run and compute right (20 failures, 60 checked calls; a hang
     is the timeout)."""
     pytest.importorskip("ml_dtypes")
-    import subprocess
-
-    script = tmp_path / "out_of_memory.py"
-    script.write_text(OUT_OF_MEMORY)
-    done = subprocess.run(
-        [sys.executable, str(script), str(threads)], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split("\n")[:2] == ["20 MemoryErrors, 0 wrong", "MemoryError"]
+    stdout = _run_script(tmp_path, OUT_OF_MEMORY, threads)
+    assert stdout.split("\n")[:2] == ["20 MemoryErrors, 0 wrong", "MemoryError"]
 
 
 BF16_DW_SCRATCH = """
@@ -301,14 +308,6 @@ def test_bfloat16_dw_scratch_stays_small_whatever_n_in(threads, tmp_path) -> Non
 
     if not _core.config()["bf16_gemm_own"]:
         pytest.skip("the CPU lacks AVX512-BF16: the dW^T path is siglayer's own GEMM's")
-    import subprocess
-
-    script = tmp_path / "bf16_dw_scratch.py"
-    script.write_text(BF16_DW_SCRATCH)
-    done = subprocess.run(
-        [sys.executable, str(script), str(threads)], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    grown, dW_bytes, excess = done.stdout.split()
+    grown, dW_bytes, excess = _run_script(tmp_path, BF16_DW_SCRATCH, threads).split()
     assert int(grown) <= int(dW_bytes) + 16 * 2**20, (grown, dW_bytes)
     assert float(excess) <= 0.0
