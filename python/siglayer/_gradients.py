@@ -13,9 +13,8 @@ copy; scaling or clipping it by numbers (``0.5 * g``, ``np.clip(g, -1, 1)``) or 
 gradients of the same kind keeps the tag, and a plain ndarray the user computed is
 accepted by both backwards as before. Arithmetic with another array (``g * out * (1 -
 out)``: the user's own dL/dZ; ``g *= ...`` too) or a reduction (``g.sum(0)``) makes a
-plain ndarray: the
-user has taken over, and the result is no longer this gradient (a review found a correct
-dZ derived that way refused as dL/dout).
+plain ndarray: the user has taken over, and the result is no longer this gradient (a
+review found a correct dZ derived that way refused as dL/dout).
 """
 
 from __future__ import annotations
