@@ -1565,7 +1565,7 @@ def _module_device(device: torch.device | str | None) -> str:
     if device is None:
         return "meta" if torch.get_default_device().type == "meta" else "cpu"
     try:
-        kind = torch.device(device).type
+        kind: str = torch.device(device).type
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"device must be 'cpu' or 'meta', got {device!r} ({exc})") from None
     if kind not in ("cpu", "meta"):
