@@ -9,9 +9,10 @@ which flush subnormal products to zero (docs/bfloat16.md).
 
 The shapes cross every blocking boundary of the own GEMM (kMR = 12 rows, kNR = 32
 columns, kMC = 144, kKC = 512, kNC = 512 in gemm_bf16.hpp), odd K (a half pair), and all
-four stored layouts of A and B; and both of its narrow-product departures: half tiles
-(a sliver of B with 16 columns or fewer) and A's rows read in place rather than packed
-(at most 128 columns of B in a block, or a block of k of at most 64).
+four stored layouts of A and B; and both of its narrow-product departures: narrow tiles
+(a sliver of B with at most 8, 16 or 24 columns multiplies only those, in zmm and ymm
+registers) and A's rows read in place rather than packed (at most 128 columns of B in a
+block, or a block of k of at most 64).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ SHAPES = [
     (300, 64, 1536),  # three k blocks
     (25, 16, 67),  # half tiles only; A's rows read in place (two slivers, then packed rows)
     (40, 300, 48),  # short k: A's rows in place past four slivers of B, the last a half
+    (30, 8, 70),  # 8-lane (ymm) tiles only
+    (29, 56, 45),  # a whole sliver, then 24 columns: a zmm and a ymm register
 ]
 
 
@@ -104,7 +107,7 @@ def test_exact_products_are_exact(path):
     assert _core.gemm(a[:1, :1], b[:1, :1])[0, 0] == float(a[0, 0]) * float(b[0, 0])
 
 
-@pytest.mark.parametrize("n", [5, 16, 17, 33, 64, 128])
+@pytest.mark.parametrize("n", [5, 8, 9, 16, 17, 24, 33, 40, 57, 64, 128])
 @pytest.mark.parametrize("k", [63, 700])
 def test_narrow_products_give_the_bits_of_wide_ones(path, n, k):
     """Each entry of C is one chain of products in the order of k, whatever tile holds it:

@@ -8,10 +8,11 @@
 // kKC of k, op(B) is packed into slivers of kNR columns; for each block of kMC rows of
 // op(A), op(A) is packed into slivers of kMR rows; the microkernel multiplies a sliver of
 // A (kept in L1) by each sliver of B in turn (streamed from L2) into a kMR x kNR tile of C
-// held in 24 zmm registers. Two departures for narrow products: a sliver of B with 16
-// columns or fewer takes a half tile (12 zmm, the padding not multiplied), and where a
-// sliver of A would meet few slivers of B (or k is short) the microkernel reads A's pairs
-// from its rows in place instead of packing them (multiply_block).
+// held in 24 zmm registers. Two departures for narrow products: a sliver of B with fewer
+// columns multiplies only the next multiple of 8 of them (16 in zmm, a last 8 in ymm: the
+// padding not multiplied; micro), and where a sliver of A would meet few slivers of B (or
+// k is short) the microkernel reads A's pairs from its rows in place instead of packing
+// them (multiply_block).
 //
 // Packed layouts, in pairs of k (vdpbf16ps multiplies pairs: acc[j] += a[2p] b[2p][j] +
 // a[2p+1] b[2p+1][j], each bfloat16 pair a 32-bit lane):
@@ -201,55 +202,83 @@ struct RowsA {
     u32 tail(int r) const { return a[r * lda + kc - 1]; }
 };
 
-// C[0:m, 0:n] (m <= Rows <= kMR, n <= kNR) = alpha * A . pb + (first ? beta * C : C),
-// where A (PackedA or RowsA) and pb are slivers of kp pairs. beta == 0 on the first block
-// never reads C. Half: n <= 16, only the first 16 columns of the sliver are multiplied (the
-// sliver's other 16 are zero padding): a layer with 12 to 16 outputs, or the last sliver of
-// a wider one, no longer pays for a whole 12 x 32 tile. Rows (4, 8 or 12): only the first
+// C[0:m, 0:n] (m <= Rows <= kMR, n <= Lanes <= kNR) = alpha * A . pb + (first ? beta * C :
+// C), where A (PackedA or RowsA) and pb are slivers of kp pairs. beta == 0 on the first
+// block never reads C. Lanes (8, 16, 24 or 32): only the first Lanes columns of the sliver
+// are multiplied (the rest is zero padding), 16 in a zmm register and a last 8 in a ymm one,
+// so that a layer with 12 to 16 outputs (or 17 to 24, or the last sliver of a wider one)
+// does not pay for a whole 12 x 32 tile: where 512-bit instructions run as two 256-bit
+// halves (Zen 4), a ymm vdpbf16ps costs half a zmm one. One-off A/B (an environment
+// toggle, since removed; Zen 4, 8192 x 256 x n_out, 11 interleaved rounds of min-of-5,
+// 536 products and layer calls bitwise equal) of the 8-lane step against 16-lane ones:
+// the bare product 0.75-0.81x the time at 6-8 and 20-24 columns, 0.88-0.98 at 40-56;
+// forward 0.79-0.84 and 0.90-0.94 (1 and 2 threads); backward unchanged (its products
+// are wide: dW^T and dx have n_in columns). Rows (4, 8 or 12): only the first
 // Rows rows of the sliver are multiplied, so that a product with few rows (dW^T = dZ^T . x
-// with 16 outputs: a sliver of 12 and one of 4) does not multiply the padding either.
-static_assert(kNR == 32, "micro: two halves of 16 float lanes");
+// with 16 outputs: a sliver of 12 and one of 4) does not multiply the padding either. Each
+// lane's sum is the same whatever the widths: the same bits.
+static_assert(kNR == 32, "micro: two zmm registers of 16 float lanes");
 
-template <bool Half, int Rows, class ASliver, class Out>
+template <int Lanes, int Rows, class ASliver, class Out>
 void micro(index_t kp, const ASliver& A, const u32* __restrict pb, Out* C, index_t ldc, float alpha,
            float beta, bool first, index_t m, index_t n) {
     static_assert(Rows % 4 == 0 && Rows <= kMR);
-    constexpr int kHalves = Half ? 1 : 2;
-    __m512 c[kHalves][Rows];
+    static_assert(Lanes % 8 == 0 && Lanes >= 8 && Lanes <= kNR);
+    constexpr int kZ = Lanes / 16;        // zmm accumulators per row
+    constexpr bool kY = Lanes % 16 != 0;  // and a ymm one
+    constexpr int kZs = kZ > 0 ? kZ : 1;  // (array sizes)
+    __m512 c[kZs][Rows];
+    __m256 cy[kY ? Rows : 1];
 #pragma GCC unroll 12
-    for (int r = 0; r < Rows; ++r)
-        for (int h = 0; h < kHalves; ++h) c[h][r] = _mm512_setzero_ps();
+    for (int r = 0; r < Rows; ++r) {
+        for (int h = 0; h < kZ; ++h) c[h][r] = _mm512_setzero_ps();
+        if constexpr (kY) cy[r] = _mm256_setzero_ps();
+    }
     const auto step = [&](index_t p, auto pair_of) {
-        __m512bh b[kHalves];
-        for (int h = 0; h < kHalves; ++h)
+        __m512bh b[kZs];
+        for (int h = 0; h < kZ; ++h)
             b[h] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(pb + p * kNR + 16 * h));
+        __m256bh by{};
+        if constexpr (kY)
+            by = reinterpret_cast<__m256bh>(
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pb + p * kNR + 16 * kZ)));
 #pragma GCC unroll 12
         for (int r = 0; r < Rows; ++r) {
-            const __m512bh ar =
-                reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(pair_of(r))));
-            for (int h = 0; h < kHalves; ++h) c[h][r] = _mm512_dpbf16_ps(c[h][r], ar, b[h]);
+            const __m512i a = _mm512_set1_epi32(static_cast<int>(pair_of(r)));
+            for (int h = 0; h < kZ; ++h)
+                c[h][r] = _mm512_dpbf16_ps(c[h][r], reinterpret_cast<__m512bh>(a), b[h]);
+            if constexpr (kY)
+                cy[r] = _mm256_dpbf16_ps(cy[r],
+                                         reinterpret_cast<__m256bh>(_mm512_castsi512_si256(a)), by);
         }
     };
     const index_t full = A.full();
     for (index_t p = 0; p < full; ++p) step(p, [&](int r) { return A.pair(p, r); });
     if (full < kp) step(full, [&](int r) { return A.tail(r); });
-    __mmask16 mask[kHalves];
-    for (int h = 0; h < kHalves; ++h) mask[h] = first_lanes16(n - 16 * h);
+    __mmask16 mask[kZs];
+    for (int h = 0; h < kZ; ++h) mask[h] = first_lanes16(n - 16 * h);
+    const __mmask8 mask_y = static_cast<__mmask8>(first_lanes16(n - 16 * kZ));
     if constexpr (sizeof(Out) == sizeof(u16)) {
         // bfloat16 C (alpha 1, beta 0, one block of k: gemm_packed_b's rounded form): each
-        // sum rounded once, to nearest even. vcvtne2ps2bf16 would flush a subnormal float,
+        // sum rounded once, to nearest even. vcvtne(2)ps2bf16 would flush a subnormal float,
         // but vdpbf16ps never leaves one (it flushes its own subnormal results).
         const __mmask32 mask32 = first_lanes32(n);
 #pragma GCC unroll 12
         for (int r = 0; r < Rows; ++r) {
             if (r >= m) break;
             u16* row = C + r * ldc;
-            if constexpr (Half) {
-                const __m256bh v = _mm512_cvtneps_pbh(c[0][r]);
-                _mm256_mask_storeu_epi16(row, mask[0], reinterpret_cast<__m256i>(v));
-            } else {
+            if constexpr (kZ == 2) {
                 const __m512bh v = _mm512_cvtne2ps_pbh(c[1][r], c[0][r]);  // c[0] low lanes
                 _mm512_mask_storeu_epi16(row, mask32, reinterpret_cast<__m512i>(v));
+            } else {
+                if constexpr (kZ == 1) {
+                    const __m256bh v = _mm512_cvtneps_pbh(c[0][r]);
+                    _mm256_mask_storeu_epi16(row, mask[0], reinterpret_cast<__m256i>(v));
+                }
+                if constexpr (kY) {
+                    const __m128bh v = _mm256_cvtneps_pbh(cy[r]);
+                    _mm_mask_storeu_epi16(row + 16 * kZ, mask_y, reinterpret_cast<__m128i>(v));
+                }
             }
         }
     } else {
@@ -261,34 +290,46 @@ void micro(index_t kp, const ASliver& A, const u32* __restrict pb, Out* C, index
         for (int r = 0; r < Rows; ++r) {
             if (r >= m) break;
             float* row = C + r * ldc;
-            for (int h = 0; h < kHalves; ++h) {
+            for (int h = 0; h < kZ; ++h) {
                 __m512 v = scaled ? _mm512_mul_ps(va, c[h][r]) : c[h][r];
                 if (read_c)
                     v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(mask[h], row + 16 * h), v);
                 _mm512_mask_storeu_ps(row + 16 * h, mask[h], v);
             }
+            if constexpr (kY) {
+                float* tail = row + 16 * kZ;
+                __m256 v = scaled ? _mm256_mul_ps(_mm512_castps512_ps256(va), cy[r]) : cy[r];
+                if (read_c)
+                    v = _mm256_fmadd_ps(_mm512_castps512_ps256(vb),
+                                        _mm256_maskz_loadu_ps(mask_y, tail), v);
+                _mm256_mask_storeu_ps(tail, mask_y, v);
+            }
         }
     }
 }
 
-template <bool Half, class ASliver, class Out>
+template <int Lanes, class ASliver, class Out>
 void micro_rows(index_t kp, const ASliver& A, const u32* pb, Out* C, index_t ldc, float alpha,
                 float beta, bool first, index_t m, index_t n) {
     if (m <= 4)
-        micro<Half, 4>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
+        micro<Lanes, 4>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
     else if (m <= 8)
-        micro<Half, 8>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
+        micro<Lanes, 8>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
     else
-        micro<Half, kMR>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
+        micro<Lanes, kMR>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
 }
 
 template <class ASliver, class Out>
 void micro_any(index_t kp, const ASliver& A, const u32* pb, Out* C, index_t ldc, float alpha,
                float beta, bool first, index_t m, index_t n) {
-    if (n <= kNR / 2)
-        micro_rows<true>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
+    if (n <= 8)
+        micro_rows<8>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
+    else if (n <= 16)
+        micro_rows<16>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
+    else if (n <= 24)
+        micro_rows<24>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
     else
-        micro_rows<false>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
+        micro_rows<32>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
 }
 
 }  // namespace
