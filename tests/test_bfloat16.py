@@ -463,8 +463,9 @@ def _bf16_layouts(a: np.ndarray) -> dict[str, np.ndarray]:
 def test_few_outputs_on_every_instruction_set_and_layout(isa, n_out, layout):
     """Fewer than 12 outputs: forward and dW take row_dots and col_dots (x widened in
     registers) when x's rows are contiguous, the float GEMM on widened panels otherwise,
-    and dx row_combos (layer_detail.hpp), whatever the bfloat16 GEMM path; against the
-    oracle's bounds, and the same bits for one thread and two where the kernels run."""
+    and dx row_combos (layer_detail.hpp), on the blas and convert paths, and for 1 to 4
+    outputs on avx512bf16 (from 5 siglayer's own GEMM, whose sums run over k in fixed
+    blocks); against the oracle's bounds, and the same bits for one thread and two."""
     before = siglayer.get_num_threads()
     try:
         for n, n_in in [(1, 1), (3, 17), (4, 16), (7, 33), (9, 64), (1001, 100), (4100, 260)]:

@@ -157,6 +157,7 @@ def test_the_own_gemm_switch_refuses_a_cpu_without_it():
         (517, 70, 16),
         (300, 40, 41),
         (24, 6000, 100),
+        (600, 70, 5),  # the fewest outputs the own GEMM takes (kOwnGemmOutputs)
     ],
     ids=lambda s: "x".join(map(str, s)),
 )

@@ -38,13 +38,14 @@ using bf16 = bfloat16;
 constexpr index_t kShareWidening = 1 << 18;
 
 // Outputs from which siglayer's own GEMM takes a layer's products (kNarrowOutputs for the
-// BLAS's). Its half tiles, A read in place, dW as (dZ^T . x)^T and dx rounded as stored
-// beat the few-output kernels from 6 outputs: a one-off A/B build (an environment toggle,
-// since removed; Zen 4, 8192 x 256 x n_out, 11 interleaved rounds of min-of-5) gave fwd+bwd
-// GEMM / kernels 1.44 at 2 outputs, 1.09 at 4, 0.93 at 6, 0.68-0.77 at 8-11 on one thread
-// and 1.06, 0.94, 0.88, 0.65-0.81 at 4, 5, 6, 7-11 on two; forward alone 0.85 at 6 and
-// 0.57-0.69 at 8-11 on one thread (3.25 at 1 output).
-constexpr index_t kOwnGemmOutputs = 6;
+// BLAS's). Its narrow tiles (8 lanes at a time), A read in place, dW as (dZ^T . x)^T and
+// dx rounded as stored beat the few-output kernels from 5 outputs: a one-off A/B build (an
+// environment toggle, since removed; Zen 4, 8192 x 256 x n_out, 11 interleaved rounds of
+// min-of-5, backward from dout) gave GEMM / kernels, forward and fwd+bwd, 1.87 and 1.33 at
+// 2 outputs, 1.07 and 0.99 at 4, 0.87 and 0.87 at 5, 0.72 and 0.83 at 6, 0.61 and 0.67 at
+// 8 on one thread; 1.05 and 0.94 at 4, 0.87 and 0.88 at 5 on two. At 4 the forward alone
+// would lose, so the kernels keep it.
+constexpr index_t kOwnGemmOutputs = 5;
 
 // Whether the products of a layer with n_out outputs take bfloat16 operands (a bfloat16
 // GEMM) rather than float copies: not below kOwnGemmOutputs on siglayer's own GEMM nor
