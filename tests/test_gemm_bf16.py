@@ -36,6 +36,7 @@ SHAPES = [
     (40, 300, 48),  # short k: A's rows in place past four slivers of B, the last a half
     (30, 8, 70),  # 8-lane (ymm) tiles only
     (29, 56, 45),  # a whole sliver, then 24 columns: a zmm and a ymm register
+    (20, 88, 600),  # 24 columns left, summed over two blocks of k (C read back)
 ]
 
 
@@ -158,6 +159,7 @@ def test_the_own_gemm_switch_refuses_a_cpu_without_it():
         (300, 40, 41),
         (24, 6000, 100),
         (600, 70, 5),  # the fewest outputs the own GEMM takes (kOwnGemmOutputs)
+        (200, 86, 20),  # out and dx in 24-lane tiles (dx rounded from a ymm register)
     ],
     ids=lambda s: "x".join(map(str, s)),
 )
