@@ -273,15 +273,13 @@ void micro(index_t kp, const ASliver& A, const u32* __restrict pb, Out* C, index
             if constexpr (kZ == 2) {
                 const __m512bh v = _mm512_cvtne2ps_pbh(c[1][r], c[0][r]);  // c[0] low lanes
                 _mm512_mask_storeu_epi16(row, mask32, reinterpret_cast<__m512i>(v));
-            } else {
-                if constexpr (kZ == 1) {
-                    const __m256bh v = _mm512_cvtneps_pbh(c[0][r]);
-                    _mm256_mask_storeu_epi16(row, mask[0], reinterpret_cast<__m256i>(v));
-                }
-                if constexpr (kY) {
-                    const __m128bh v = _mm256_cvtneps_pbh(cy[r]);
-                    _mm_mask_storeu_epi16(row + 16 * kZ, mask_y, reinterpret_cast<__m128i>(v));
-                }
+            } else if constexpr (kZ == 1) {
+                const __m256bh v = _mm512_cvtneps_pbh(c[0][r]);
+                _mm256_mask_storeu_epi16(row, mask[0], reinterpret_cast<__m256i>(v));
+            }
+            if constexpr (kY) {
+                const __m128bh v = _mm256_cvtneps_pbh(cy[r]);
+                _mm_mask_storeu_epi16(row + 16 * kZ, mask_y, reinterpret_cast<__m128i>(v));
             }
         }
     } else {

@@ -61,8 +61,11 @@ bool blas_path(index_t n_out) {
 }
 
 // Up to this many outputs siglayer's own GEMM computes dW^T = dZ^T . x and transposes it
-// (gradient_products).
+// (gradient_products), in chunks of at least kTransposedDWColumns columns of x and at most
+// kTransposedDWFloats floats of scratch beyond that (1 MiB).
 constexpr index_t kTransposedDW = 128;
+constexpr index_t kTransposedDWColumns = 2048;
+constexpr index_t kTransposedDWFloats = index_t{1} << 18;
 
 // siglayer's own GEMM: a tile that multiplies several panels of rows by one B packs B once
 // for all of them (in this thread's scratch) instead of once per panel (3-7 % of the time
@@ -168,8 +171,8 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
                 // 0.78-0.89 at 32-64; at 256-1024 outputs no gain (0.93-1.04), so only up to
                 // kTransposedDW. Chunks of at least 2048 columns of x keep the scratch within
                 // 1 MiB whatever n_in (each repacks dZ^T: a 1/2048 share of the work).
-                const index_t chunk =
-                    std::min(t.rows(), std::max<index_t>(2048, (index_t{1} << 18) / t.cols()));
+                const index_t chunk = std::min(
+                    t.rows(), std::max(kTransposedDWColumns, kTransposedDWFloats / t.cols()));
                 float* dWt =
                     scratch.get<float>(Scratch::acc, static_cast<std::size_t>(chunk * t.cols()));
                 const BlasOperand<bf16> dZT{g.dZ16.data, flip(g.dZ16.op), g.dZ16.ld};
