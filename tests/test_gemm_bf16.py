@@ -125,6 +125,30 @@ def test_narrow_products_give_the_bits_of_wide_ones(path, n, k):
     assert (narrow.view(np.uint32) == wide[:, :n].view(np.uint32)).all()
 
 
+@pytest.mark.parametrize("m", [1, 4, 5, 12, 13, 16, 24, 40, 64])
+@pytest.mark.parametrize("k", [7, 64, 1025])
+@pytest.mark.parametrize("n", [3, 32, 77, 512])
+@pytest.mark.parametrize("trans_a", [False, True], ids=["AN", "AT"])
+def test_b_read_in_place_gives_the_bits_of_b_packed(path, m, k, n, trans_a):
+    """The own GEMM reads B's rows in place (pairing them in the microkernel, in shuffled
+    lanes put back before the store) when A has at most 64 rows and B's rows lie at most
+    512 elements apart, and packs B otherwise: the first m rows of a 100-row product (B
+    packed) are the bits of the m-row product (B read in place), over odd k, two blocks of
+    k, columns past a sliver and a whole 512-column block, A read in place or packed."""
+    if path != "avx512bf16":
+        pytest.skip("siglayer's own GEMM only")
+    rng = np.random.default_rng(m * 1000 + k + n)
+    a = rng.standard_normal((100, k)).astype(np.float32).astype(BF16)
+    b = rng.standard_normal((k, n)).astype(np.float32).astype(BF16)
+    A = stored(a, trans_a, "C")
+    packed = _core.gemm(A, b, trans_a)
+    rows = np.ascontiguousarray(A[:, :m] if trans_a else A[:m])
+    in_place = _core.gemm(rows, b, trans_a)
+    assert (in_place.view(np.uint32) == packed[:m].view(np.uint32)).all()
+    want = a[:m].astype(np.float64) @ b.astype(np.float64)
+    assert (np.abs(in_place - want) <= bound(a[:m], b, k)).all()
+
+
 @pytest.mark.parametrize("trans", [False, True], ids=["N", "T"])
 def test_nan_and_inf_propagate(path, trans):
     # K odd, with infinities in the last k (the half pair that packing pads with zeros:

@@ -8,11 +8,12 @@
 // kKC of k, op(B) is packed into slivers of kNR columns; for each block of kMC rows of
 // op(A), op(A) is packed into slivers of kMR rows; the microkernel multiplies a sliver of
 // A (kept in L1) by each sliver of B in turn (streamed from L2) into a kMR x kNR tile of C
-// held in 24 zmm registers. Two departures for narrow products: a sliver of B with fewer
+// held in 24 zmm registers. Three departures for narrow products: a sliver of B with fewer
 // columns multiplies only the next multiple of 8 of them (16 in zmm, a last 8 in ymm: the
-// padding not multiplied; micro), and where a sliver of A would meet few slivers of B (or
+// padding not multiplied; micro); where a sliver of A would meet few slivers of B (or
 // k is short) the microkernel reads A's pairs from its rows in place instead of packing
-// them (multiply_block).
+// them (multiply_block); and where A has few rows and B's rows lie close together, it
+// reads B's rows in place too, pairing them as it goes (RowsB, gemm).
 //
 // Packed layouts, in pairs of k (vdpbf16ps multiplies pairs: acc[j] += a[2p] b[2p][j] +
 // a[2p+1] b[2p+1][j], each bfloat16 pair a 32-bit lane):
@@ -192,7 +193,7 @@ struct PackedA {
     index_t kp;
     index_t full() const { return kp; }
     u32 pair(index_t p, int r) const { return pa[p * kMR + r]; }
-    u32 tail(int) const { return 0; }  // never called: full() == kp
+    u32 tail(int r) const { return pair(kp - 1, r); }
 };
 struct RowsA {
     const u16* a;  // A(0, 0) of the sliver
@@ -201,6 +202,71 @@ struct RowsA {
     u32 pair(index_t p, int r) const { return load_pair(a + r * lda + 2 * p); }
     u32 tail(int r) const { return a[r * lda + kc - 1]; }
 };
+
+// Where the microkernel reads B's pairs from: a packed sliver (kp x kNR pairs), or, where
+// gemm() reads B in place (few rows of A, for which packing B would be a pass over all of
+// B for a few slivers of A: dW^T = dZ^T . x), up to kNR columns of B's rows as stored
+// (RowsB). load<Lanes>(p, z) puts pair p of columns 0-15 in z[0], of 16-31 in z[1].
+struct PackedB {
+    static constexpr bool kShuffled = false;
+    const u32* pb;
+    index_t kp;
+    index_t full() const { return kp; }
+    template <int Lanes>
+    void load(index_t p, __m512i z[2]) const {  // only the lanes the microkernel reads
+        const u32* row = pb + p * kNR;
+        for (int h = 0; h < Lanes / 16; ++h) z[h] = _mm512_loadu_si512(row + 16 * h);
+        if constexpr (Lanes % 16 != 0)
+            z[Lanes / 16] = _mm512_castsi256_si512(
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 16 * (Lanes / 16))));
+    }
+    template <int Lanes>
+    void tail(__m512i z[2]) const {
+        load<Lanes>(kp - 1, z);
+    }
+};
+// Rows 2p and 2p + 1 of B (32 columns, those past the sliver's n read as zero) interleaved
+// at each step by vpunpck{l,h}wd, which pair them within 128-bit lanes: z[0] holds the
+// pairs of columns 0-3, 8-11, 16-19, 24-27 and z[1] those of 4-7, 12-15, 20-23, 28-31
+// (kShuffled: the microkernel multiplies all 32 lanes and puts its sums back in column
+// order before storing them; unshuffle). The same pairs as pack_b's in other lanes: the
+// same sums, the same bits. Measured on Zen 4 (dW^T = dZ^T . x, K 8192, 256 columns, 8-64
+// rows, one thread), against a build that skipped the interleave (wrong sums, same
+// traffic): the unpacks cost 2-4 % of the time, vpermt2w (pairs in column order) 10-13 %.
+struct RowsB {
+    static constexpr bool kShuffled = true;
+    const u16* b;  // B(0, 0) of the sliver
+    index_t ldb, kc;
+    __mmask32 mask;  // the sliver's columns
+    index_t full() const { return kc / 2; }
+    static void interleave(__m512i r0, __m512i r1, __m512i z[2]) {
+        z[0] = _mm512_unpacklo_epi16(r0, r1);
+        z[1] = _mm512_unpackhi_epi16(r0, r1);
+    }
+    template <int Lanes>
+    void load(index_t p, __m512i z[2]) const {
+        static_assert(Lanes == kNR, "RowsB: all 32 lanes, shuffled");
+        const u16* row0 = b + 2 * p * ldb;
+        interleave(_mm512_maskz_loadu_epi16(mask, row0), _mm512_maskz_loadu_epi16(mask, row0 + ldb),
+                   z);
+    }
+    template <int Lanes>
+    void tail(__m512i z[2]) const {  // the last pair of an odd kc: (B(kc - 1, j), 0)
+        static_assert(Lanes == kNR, "RowsB: all 32 lanes, shuffled");
+        interleave(_mm512_maskz_loadu_epi16(mask, b + (kc - 1) * ldb), _mm512_setzero_si512(), z);
+    }
+};
+
+// The sums of a row of a kShuffled tile (c0: columns 0-3, 8-11, 16-19, 24-27; c1: 4-7,
+// 12-15, 20-23, 28-31) put back in column order, 0-15 in c0 and 16-31 in c1.
+void unshuffle(__m512& c0, __m512& c1) {
+    const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i hi =
+        _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    const __m512 a = _mm512_permutex2var_ps(c0, lo, c1);
+    c1 = _mm512_permutex2var_ps(c0, hi, c1);
+    c0 = a;
+}
 
 // C[0:m, 0:n] (m <= Rows <= kMR, n <= Lanes <= kNR) = alpha * A . pb + (first ? beta * C :
 // C), where A (PackedA or RowsA) and pb are slivers of kp pairs. beta == 0 on the first
@@ -222,8 +288,8 @@ struct RowsA {
 // order (the layers pass alpha 1 and beta 0).
 static_assert(kNR == 32, "micro: two zmm registers of 16 float lanes");
 
-template <int Lanes, int Rows, class ASliver, class Out>
-void micro(index_t kp, const ASliver& A, const u32* __restrict pb, Out* C, index_t ldc, float alpha,
+template <int Lanes, int Rows, class ASliver, class BSliver, class Out>
+void micro(index_t kp, const ASliver& A, const BSliver& B, Out* C, index_t ldc, float alpha,
            float beta, bool first, index_t m, index_t n) {
     static_assert(Rows % 4 == 0 && Rows <= kMR);
     static_assert(Lanes % 8 == 0 && Lanes >= 8 && Lanes <= kNR);
@@ -237,14 +303,11 @@ void micro(index_t kp, const ASliver& A, const u32* __restrict pb, Out* C, index
         for (int h = 0; h < kZ; ++h) c[h][r] = _mm512_setzero_ps();
         if constexpr (kY) cy[r] = _mm256_setzero_ps();
     }
-    const auto step = [&](index_t p, auto pair_of) {
+    const auto step = [&](const __m512i z[2], auto pair_of) {
         __m512bh b[kZs];
-        for (int h = 0; h < kZ; ++h)
-            b[h] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(pb + p * kNR + 16 * h));
+        for (int h = 0; h < kZ; ++h) b[h] = reinterpret_cast<__m512bh>(z[h]);
         __m256bh by{};
-        if constexpr (kY)
-            by = reinterpret_cast<__m256bh>(
-                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pb + p * kNR + 16 * kZ)));
+        if constexpr (kY) by = reinterpret_cast<__m256bh>(_mm512_castsi512_si256(z[kZ]));
 #pragma GCC unroll 12
         for (int r = 0; r < Rows; ++r) {
             const __m512i a = _mm512_set1_epi32(static_cast<int>(pair_of(r)));
@@ -255,9 +318,24 @@ void micro(index_t kp, const ASliver& A, const u32* __restrict pb, Out* C, index
                                          reinterpret_cast<__m256bh>(_mm512_castsi512_si256(a)), by);
         }
     };
-    const index_t full = A.full();
-    for (index_t p = 0; p < full; ++p) step(p, [&](int r) { return A.pair(p, r); });
-    if (full < kp) step(full, [&](int r) { return A.tail(r); });
+    // Both slivers' whole pairs, then the last pair of an odd kc where either is read in
+    // place (a packed sliver's last pair is already (v, 0)).
+    const index_t full = A.full() < B.full() ? A.full() : B.full();
+    for (index_t p = 0; p < full; ++p) {
+        __m512i z[2];
+        B.template load<Lanes>(p, z);
+        step(z, [&](int r) { return A.pair(p, r); });
+    }
+    if (full < kp) {
+        __m512i z[2];
+        B.template tail<Lanes>(z);
+        step(z, [&](int r) { return A.tail(r); });
+    }
+    if constexpr (BSliver::kShuffled) {
+        static_assert(Lanes == kNR);
+#pragma GCC unroll 12
+        for (int r = 0; r < Rows; ++r) unshuffle(c[0][r], c[1][r]);
+    }
     __mmask16 mask[kZs];
     for (int h = 0; h < kZ; ++h) mask[h] = first_lanes16(n - 16 * h);
     const __mmask8 mask_y = static_cast<__mmask8>(first_lanes16(n - 16 * kZ));
@@ -309,28 +387,30 @@ void micro(index_t kp, const ASliver& A, const u32* __restrict pb, Out* C, index
     }
 }
 
-template <int Lanes, class ASliver, class Out>
-void micro_rows(index_t kp, const ASliver& A, const u32* pb, Out* C, index_t ldc, float alpha,
+template <int Lanes, class ASliver, class BSliver, class Out>
+void micro_rows(index_t kp, const ASliver& A, const BSliver& B, Out* C, index_t ldc, float alpha,
                 float beta, bool first, index_t m, index_t n) {
     if (m <= 4)
-        micro<Lanes, 4>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
+        micro<Lanes, 4>(kp, A, B, C, ldc, alpha, beta, first, m, n);
     else if (m <= 8)
-        micro<Lanes, 8>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
+        micro<Lanes, 8>(kp, A, B, C, ldc, alpha, beta, first, m, n);
     else
-        micro<Lanes, kMR>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
+        micro<Lanes, kMR>(kp, A, B, C, ldc, alpha, beta, first, m, n);
 }
 
-template <class ASliver, class Out>
-void micro_any(index_t kp, const ASliver& A, const u32* pb, Out* C, index_t ldc, float alpha,
+template <class ASliver, class BSliver, class Out>
+void micro_any(index_t kp, const ASliver& A, const BSliver& B, Out* C, index_t ldc, float alpha,
                float beta, bool first, index_t m, index_t n) {
-    if (n <= 8)
-        micro_rows<8>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
+    if constexpr (BSliver::kShuffled)  // all 32 lanes (past n: zeros, not stored)
+        micro_rows<kNR>(kp, A, B, C, ldc, alpha, beta, first, m, n);
+    else if (n <= 8)
+        micro_rows<8>(kp, A, B, C, ldc, alpha, beta, first, m, n);
     else if (n <= 16)
-        micro_rows<16>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
+        micro_rows<16>(kp, A, B, C, ldc, alpha, beta, first, m, n);
     else if (n <= 24)
-        micro_rows<24>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
+        micro_rows<24>(kp, A, B, C, ldc, alpha, beta, first, m, n);
     else
-        micro_rows<32>(kp, A, pb, C, ldc, alpha, beta, first, m, n);
+        micro_rows<32>(kp, A, B, C, ldc, alpha, beta, first, m, n);
 }
 
 }  // namespace
@@ -344,9 +424,25 @@ index_t block_size(index_t nc, index_t kc) {
 
 // C[:, jc : jc + nc] (+)= alpha * op(A)[:, pc : pc + kc] . (the packed block pb), the
 // first k block scaling C by beta (nothing read when beta == 0), later ones adding.
-template <class Out>
+// A block of op(B), kc x nc: packed (pack_b's slivers side by side), or B's rows as stored
+// from B(pc, jc) (RowsB). sliver(jr, kp, n): the sliver of columns jr to jr + n.
+struct PackedBlock {
+    const u16* pb;
+    PackedB sliver(index_t jr, index_t kp, index_t) const {
+        return {reinterpret_cast<const u32*>(pb + jr * 2 * kp), kp};
+    }
+};
+struct RowsBlock {
+    const u16* b;  // B(pc, jc)
+    index_t ldb, kc;
+    RowsB sliver(index_t jr, index_t, index_t n) const {
+        return {b + jr, ldb, kc, first_lanes32(n)};
+    }
+};
+
+template <class Out, class BBlock>
 void multiply_block(bool trans_a, index_t M, const u16* A, index_t lda, index_t jc, index_t nc,
-                    index_t pc, index_t kc, const u16* pb_block, float alpha, float beta, Out* C,
+                    index_t pc, index_t kc, const BBlock& b_block, float alpha, float beta, Out* C,
                     index_t ldc, u16* buf_a) {
     const index_t kp = (kc + 1) / 2;
     // A's rows as stored, not packed, where a packed sliver would be used against four
@@ -364,8 +460,8 @@ void multiply_block(bool trans_a, index_t M, const u16* A, index_t lda, index_t 
         for (index_t ir = 0; ir < mc; ir += kMR) {
             const index_t m = min_of(kMR, mc - ir);
             for (index_t jr = 0; jr < nc; jr += kNR) {
-                const u32* pb = reinterpret_cast<const u32*>(pb_block + jr * 2 * kp);
                 const index_t n = min_of(kNR, nc - jr);
+                const auto pb = b_block.sliver(jr, kp, n);
                 Out* c = C + (ic + ir) * ldc + jc + jr;
                 if (ir < packed_from) {
                     const RowsA rows{A + (ic + ir) * lda + pc, lda, kc};
@@ -401,14 +497,40 @@ void for_each_block(index_t K, index_t N, F&& f) {
 
 }  // namespace
 
+namespace {
+
+// gemm() reads op(B) in place (RowsB) rather than packing it when A has at most
+// kInPlaceBRows rows and B's rows, k after k, are at most kInPlaceBStride elements apart.
+// Packing B is a pass over all of it, written to L2 and read back, that a few slivers of A
+// (dW^T = dZ^T . x of a layer with few outputs) do not amortize; reading B's rows in
+// place streams them down the block, which the caches follow while a block of kKC rows
+// spans little memory. Measured on Zen 4, one thread, dW^T = dZ^T . x with K = 8192, in
+// one process (the two ways toggled between 15 interleaved rounds of min-of-5; the same
+// bits): in place / packed 0.56-0.66x the time at M = 8, 0.74-0.82 at 16, 0.75-0.86 at
+// 24, 0.86-0.89 at 32, 0.94-0.96 at 64, for row strides of 256, 384 and 512 elements
+// (0.60-0.92 at 640-768); at 896 and more it lost (1.1-1.5x; 2.1x at 2048). Backward of a
+// bfloat16 layer 8192 x n_in x n_out, same way: 0.82x at 5-8 outputs, 0.88-0.94 at
+// 12-32, 0.98 at 64 (n_in 256); 0.82-0.96 and 1.0 (n_in 512).
+constexpr index_t kInPlaceBRows = 64;
+constexpr index_t kInPlaceBStride = 512;
+
+}  // namespace
+
 void gemm(bool trans_a, bool trans_b, index_t M, index_t N, index_t K, float alpha, const u16* A,
           index_t lda, const u16* B, index_t ldb, float beta, float* C, index_t ldc, u16* buf_a,
           u16* buf_b) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) return scale(M, N, beta, C, ldc);
+    const bool in_place_b = !trans_b && M <= kInPlaceBRows && ldb <= kInPlaceBStride;
     for_each_block(K, N, [&](index_t jc, index_t nc, index_t pc, index_t kc) {
+        if (in_place_b) {
+            multiply_block(trans_a, M, A, lda, jc, nc, pc, kc,
+                           RowsBlock{B + pc * ldb + jc, ldb, kc}, alpha, beta, C, ldc, buf_a);
+            return;
+        }
         pack_b(buf_b, trans_b, B, ldb, pc, kc, jc, nc);
-        multiply_block(trans_a, M, A, lda, jc, nc, pc, kc, buf_b, alpha, beta, C, ldc, buf_a);
+        multiply_block(trans_a, M, A, lda, jc, nc, pc, kc, PackedBlock{buf_b}, alpha, beta, C, ldc,
+                       buf_a);
     });
 }
 
@@ -431,7 +553,8 @@ void gemm_packed_b(bool trans_a, index_t M, index_t N, index_t K, float alpha, c
     if (M <= 0 || N <= 0) return;
     if (K <= 0) return scale(M, N, beta, C, ldc);
     for_each_block(K, N, [&](index_t jc, index_t nc, index_t pc, index_t kc) {
-        multiply_block(trans_a, M, A, lda, jc, nc, pc, kc, packed, alpha, beta, C, ldc, buf_a);
+        multiply_block(trans_a, M, A, lda, jc, nc, pc, kc, PackedBlock{packed}, alpha, beta, C, ldc,
+                       buf_a);
         packed += block_size(nc, kc);
     });
 }
@@ -447,7 +570,8 @@ bool gemm_packed_b_rounded(bool trans_a, index_t M, index_t N, index_t K, const 
     }
     // K <= kKC: one block of k per block of columns, so each sum is complete when stored.
     for_each_block(K, N, [&](index_t jc, index_t nc, index_t pc, index_t kc) {
-        multiply_block(trans_a, M, A, lda, jc, nc, pc, kc, packed, 1.0f, 0.0f, C, ldc, buf_a);
+        multiply_block(trans_a, M, A, lda, jc, nc, pc, kc, PackedBlock{packed}, 1.0f, 0.0f, C, ldc,
+                       buf_a);
         packed += block_size(nc, kc);
     });
     return true;

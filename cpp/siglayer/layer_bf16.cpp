@@ -163,7 +163,9 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
             if (native && own_gemm() && n_out <= kTransposedDW) {
                 // dW^T[j0:j1, i0:i1] = dZ[:, j0:j1]^T . x[:, i0:i1] into scratch, then
                 // transposed into dW: x becomes op(B), packed by interleaving its rows in
-                // order, where as op(A) = x^T it would be gathered 12 columns at a time.
+                // order (or, with up to 64 outputs and n_in up to 512, read in place and
+                // paired in the microkernel: gemm_bf16.cpp, kInPlaceBRows), where as op(A) =
+                // x^T it would be gathered 12 columns at a time.
                 // The same sums in the same order: the same bits, except which NaN a sum
                 // carries when x[k, i] and dZ[k, j] are both NaN (vdpbf16ps keeps its first
                 // operand's, now dZ's; dW is NaN either way). Measured on Zen 4, one thread,
