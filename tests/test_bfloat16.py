@@ -576,6 +576,60 @@ def test_layer_keeps_float32_masters_and_computes_in_bfloat16():
         layer(x32.astype(np.float64))
 
 
+@pytest.mark.parametrize("kind", ["masked", "matrix"])
+def test_layer_refuses_float32_masked_and_matrix_inputs(kind):
+    """A bfloat16 layer rounds a float32 x, dout or dZ in Python before the core sees it:
+    a masked array or np.matrix is refused there as the core refuses it (a review found the
+    mask silently dropped, the masked rows computed)."""
+    wrap = {
+        "masked": lambda a: np.ma.masked_array(a, mask=np.ones(a.shape, bool)),
+        "matrix": lambda a: a.view(np.matrix),
+    }[kind]
+    name = {"masked": r"numpy\.ma\.MaskedArray", "matrix": r"numpy\.matrix"}[kind]
+    layer = siglayer.SigmoidLayer(3, 2, dtype="bfloat16", seed=0)
+    x = np.ones((4, 3), np.float32)
+    with pytest.raises(TypeError, match=rf"^x must be a plain numpy\.ndarray, got {name}"):
+        layer(wrap(x))
+    out = layer(x).copy()
+    W_before, dW_before = layer.W.copy(), layer.dW.copy()
+    for method, arg in (("backward", "dout"), ("backward_from_preactivation", "dZ")):
+        with pytest.raises(TypeError, match=rf"^{arg} must be a plain numpy\.ndarray, got {name}"):
+            getattr(layer, method)(wrap(np.ones((4, 2), np.float32)))
+    assert (layer.W == W_before).all() and (layer.dW == dW_before).all()
+    # The layer still holds the good forward: a backward after the refusals is the oracle's.
+    dx = layer.backward(np.ones((4, 2), np.float32))
+    want = siglayer.backward(bf16(np.ones((4, 2))), bf16(x), layer.W.astype(BF16), out)
+    assert (dx.view(np.uint16) == want[0].view(np.uint16)).all()
+
+
+@pytest.mark.parametrize("failure", ["out-dtype", "own-output"])
+def test_a_failed_forward_leaves_the_last_copy_of_W(failure):
+    """backward uses the bfloat16 copy of W that the last successful forward multiplied: a
+    forward that raises (after the masters changed) must not replace it (a review found the
+    copy made before the call's checks, so later gradients used the new W)."""
+    layer = siglayer.SigmoidLayer(3, 3, dtype="bfloat16", seed=0, reuse_buffers=True)
+    x = bf16(np.random.default_rng(3).standard_normal((4, 3)))
+    out = layer(x)
+    W_used = layer.W.astype(BF16)
+    layer.W -= 0.5  # as an optimizer step would
+    with pytest.raises((TypeError, ValueError)):
+        if failure == "out-dtype":
+            layer(x, out=np.empty((4, 3), np.float32))
+        else:  # the layer's own output buffer as x: refused, it would be overwritten
+            layer(out)
+    dout = bf16(np.random.default_rng(4).standard_normal((4, 3)))
+    dx = layer.backward(dout)
+    want_dx = siglayer.backward(dout, x, W_used, out)[0]
+    assert (dx.view(np.uint16) == want_dx.view(np.uint16)).all()
+    z = layer.preactivation()
+    assert np.allclose(z, x.astype(np.float32) @ W_used.astype(np.float32) + layer.b, atol=1e-6)
+    # The next successful forward takes the new masters.
+    layer(x)
+    dx_new = layer.backward(dout)
+    want_new = siglayer.backward(dout, x, layer.W.astype(BF16), layer(x).copy())[0]
+    assert (dx_new.view(np.uint16) == want_new.view(np.uint16)).all()
+
+
 def test_optimizer_updates_the_float32_masters():
     net = siglayer.Sequential(
         siglayer.SigmoidLayer(10, 6, dtype="bfloat16", seed=1),

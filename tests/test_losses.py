@@ -186,6 +186,42 @@ def test_bad_input(fn, out, y, error, match):
         call(out, y)
 
 
+@pytest.mark.parametrize("kind", ["masked", "matrix"])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        "mse_loss",
+        "mse_grad",
+        "bce_loss",
+        "bce_with_logits_loss",
+        "bce_grad_preactivation",
+        "MSELoss",
+        "BCELoss",
+    ],
+)
+def test_masked_and_matrix_arrays_are_refused(fn, kind):
+    """Losses compute on out and y in Python or convert them before the core: a masked
+    array (whose mask would be ignored, its entries counted in N) or an np.matrix is
+    refused with the core's TypeError, as the layer functions refuse them."""
+    wrap = {
+        "masked": lambda a: np.ma.masked_array(a, mask=[[0, 0], [1, 1]]),
+        "matrix": lambda a: a.view(np.matrix),
+    }
+    out, y = np.array([[0.5, 0.9], [0.2, 0.1]]), np.array([[0.0, 1.0], [1.0, 0.0]])
+    name = {"masked": r"numpy\.ma\.MaskedArray", "matrix": r"numpy\.matrix"}[kind]
+    call = getattr(losses, fn)
+    if fn[0].isupper():
+        call = call()
+    for args, which in (((wrap[kind](out), y), "out|z"), ((out, wrap[kind](y)), "y")):
+        match = rf"^({which}) must be a plain numpy\.ndarray, got {name}"
+        with pytest.raises(TypeError, match=match):
+            call(*args)
+    if fn in ("mse_grad", "bce_grad_preactivation"):
+        buffer = "dout" if fn == "mse_grad" else "dZ"
+        with pytest.raises(TypeError, match=rf"^{buffer} must be a plain numpy\.ndarray"):
+            call(out, y, **{buffer: wrap[kind](np.empty_like(out))})
+
+
 def test_other_errors():
     with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
         losses.BCELoss(reduction="none")  # type: ignore[arg-type]

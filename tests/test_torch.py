@@ -183,6 +183,29 @@ def test_unsupported_inputs(change, error, match):
         sigmoid_linear(args["x"], args["W"], args["b"])
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
+@pytest.mark.parametrize("where", ["x", "W", "b", "layer", "target"])
+def test_nested_tensors_are_refused(where):
+    """A nested tensor of the strided layout passes a layout check but has no one shape (a
+    review found PyTorch's internal error "NestedTensorImpl doesn't support sizes" instead
+    of siglayer's TypeError)."""
+    from siglayer.torch import sigmoid_linear_bce_loss
+
+    x, W, b = tensors(8)
+    nested = torch.nested.nested_tensor(
+        [torch.ones(2, 5, dtype=torch.float64), torch.ones(3, 5, dtype=torch.float64)]
+    )
+    name = "target" if where == "target" else "x" if where == "layer" else where
+    with pytest.raises(TypeError, match=rf"^{name} is a nested tensor"):
+        if where == "layer":
+            SigmoidLinear(5, 4, dtype=torch.float64)(nested)
+        elif where == "target":
+            sigmoid_linear_bce_loss(x, W, b, nested)
+        else:
+            args = {"x": x, "W": W, "b": b, where: nested}
+            sigmoid_linear(args["x"], args["W"], args["b"])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_tensor_is_refused():
     x, W, b = tensors(9)

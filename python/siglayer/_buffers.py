@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 
 from . import _core
 
-__all__ = ["BufferCache", "refuse_overlap"]
+__all__ = ["BufferCache", "refuse_overlap", "refuse_matrix_or_masked"]
 
 # A loop alternates between few shapes (the batch size, the last short batch of an
 # epoch, an evaluation batch); a handful covers them without holding on to many.
@@ -73,3 +73,15 @@ def refuse_overlap(
     for name, a in inputs:
         if np.may_share_memory(buffer, a):
             raise _core.OverlapError(f"{buffer_name} overlaps {name}; pass a separate buffer")
+
+
+def refuse_matrix_or_masked(a: object, name: str) -> None:
+    """The bindings' refusal of np.matrix and masked arrays (their semantics would be
+    ignored: a mask dropped, matrix products), for arrays that Python converts or computes
+    on before the core sees them."""
+    if isinstance(a, (np.matrix, np.ma.MaskedArray)):
+        kind = type(a)
+        raise TypeError(
+            f"{name} must be a plain numpy.ndarray, got {kind.__module__}.{kind.__qualname__}; "
+            f"convert it with np.asarray({name}) (masks are not supported)"
+        )

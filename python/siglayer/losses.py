@@ -48,7 +48,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _core
-from ._buffers import BufferCache, refuse_overlap
+from ._buffers import BufferCache, refuse_matrix_or_masked, refuse_overlap
 from ._dtypes import FLOAT_DTYPES
 from ._gradients import OutputGradient, PreactivationGradient
 
@@ -83,6 +83,7 @@ def _check_pair(pred: object, y: object, pred_name: str) -> None:
     for name, a in ((pred_name, pred), ("y", y)):
         if not isinstance(a, _ndarray):
             raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+        refuse_matrix_or_masked(a, name)
         if a.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name} has dtype {a.dtype}; losses take float32 or float64")
     assert isinstance(pred, _ndarray) and isinstance(y, _ndarray)
@@ -282,6 +283,7 @@ def bce_grad_preactivation(
 def _check_buffer(buf: object, name: str, like: Array) -> None:
     if not isinstance(buf, _ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(buf).__name__}")
+    refuse_matrix_or_masked(buf, name)
     if buf.shape != like.shape:
         raise ValueError(f"{name} has shape {buf.shape}, expected {like.shape}")
     if buf.dtype != like.dtype:

@@ -33,7 +33,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from . import _api, _core
-from ._buffers import BufferCache
+from ._buffers import BufferCache, refuse_matrix_or_masked
 from ._dtypes import FLOAT_DTYPES, bfloat16, is_bfloat16
 from ._gradients import refuse_kind
 from ._typing import Float
@@ -322,8 +322,12 @@ class SigmoidLayer(Generic[Float]):
         W = rng.uniform(-limit, limit, size=(n_in, n_out)).astype(param_dtype)
         self._W = cast("NDArray[Float]", W)
         self._b = cast("NDArray[Float]", np.zeros(n_out, param_dtype))
-        # What the products use: W itself, or its bfloat16 copy of the last forward.
+        # What the products use: W itself, or its bfloat16 copy of the last forward. A
+        # forward rounds W into a spare copy and swaps it in only once the call has
+        # succeeded: a forward that fails (a wrong out=, say) leaves the last one's copy,
+        # which backward and preactivation() use, as it was.
         self._W_compute = np.empty(W.shape, self._dtype) if self._mixed else self._W
+        self._W_spare: NDArray[Any] | None = None
         self._dW = np.zeros_like(self._W)
         self._db = np.zeros_like(self._b)
         self._outputs = BufferCache(self._dtype)
@@ -349,6 +353,7 @@ class SigmoidLayer(Generic[Float]):
         # independent array, no longer showing the copied buffer.
         state = self.__dict__.copy()
         state["_view_of"] = state["_view"] = None
+        state["_W_spare"] = None  # made again by the next forward
         return state
 
     @property
@@ -414,8 +419,11 @@ class SigmoidLayer(Generic[Float]):
         ):
             self._check_input(x)
             x = self._rounded(x)
+        W = self._W_compute
         if self._mixed:
-            _core.to_bfloat16(self._W, out=self._W_compute)
+            if self._W_spare is None:
+                self._W_spare = np.empty(self._W.shape, self._dtype)
+            W = _core.to_bfloat16(self._W, out=self._W_spare)
         given = out is not None
         own = not given and self.reuse_buffers
         if out is None:
@@ -423,7 +431,7 @@ class SigmoidLayer(Generic[Float]):
             fresh = self._outputs.get(shape) if own else np.empty(shape, self._dtype)
             out = cast("NDArray[Float]", fresh)
         try:
-            _api.forward(x, self._W_compute, self._b, out=out)
+            _api.forward(x, W, self._b, out=out)
         except _core.OverlapError:
             if own:
                 raise ValueError(
@@ -432,6 +440,8 @@ class SigmoidLayer(Generic[Float]):
                     "time: pass x.copy()"
                 ) from None
             raise
+        if W is not self._W_compute:  # the bfloat16 copy this forward multiplied
+            self._W_spare, self._W_compute = self._W_compute, W
         self._x = x
         self._out = out
         if not given:
@@ -643,6 +653,7 @@ class SigmoidLayer(Generic[Float]):
     def _check_input(self, x: object) -> None:
         if not isinstance(x, _ndarray):
             raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
+        refuse_matrix_or_masked(x, "x")
         if self._mixed and x.dtype == np.float32:
             pass  # rounded to bfloat16 by the caller
         elif x.dtype != self._dtype:
@@ -660,6 +671,7 @@ class SigmoidLayer(Generic[Float]):
     def _check_gradient(self, grad: object, name: str, expected: tuple[int, ...]) -> None:
         if not isinstance(grad, _ndarray):
             raise TypeError(f"{name} must be a numpy.ndarray, got {type(grad).__name__}")
+        refuse_matrix_or_masked(grad, name)
         if self._mixed and grad.dtype == np.float32:
             pass  # rounded to bfloat16 by the caller
         elif grad.dtype != self._dtype:

@@ -137,6 +137,7 @@ def _check(x: object, W: object, b: object) -> None:
         and x.layout is _STRIDED
         and W.layout is _STRIDED
         and b.layout is _STRIDED
+        and not (x.is_nested or W.is_nested or b.is_nested)
         and x.dtype in _DTYPES
         and x.dtype == W.dtype
         and (b.dtype == x.dtype or (b.dtype == torch.float32 and x.dtype == _BFLOAT16))
@@ -193,6 +194,7 @@ def _check_backward(per_row: dict[str, object], x: object, W: object) -> None:
         and isinstance(W, Tensor)
         and x.dtype == W.dtype
         and x.dtype in _DTYPES
+        and not (x.is_nested or W.is_nested)
         and W.ndim == 2
         and x.ndim >= 1
         and x.shape[-1] == W.shape[0]
@@ -204,6 +206,7 @@ def _check_backward(per_row: dict[str, object], x: object, W: object) -> None:
             and t.dtype == x.dtype
             and t.device == x.device
             and t.layout is _STRIDED
+            and not t.is_nested
             and t.shape == (*x.shape[:-1], W.shape[1])
             for t in per_row.values()
         )
@@ -251,6 +254,11 @@ def _check_tensor(t: object, name: str) -> None:
         )
     if t.layout != torch.strided:
         raise TypeError(f"{name} has layout {t.layout}; pass a dense tensor ({name}.to_dense())")
+    if t.is_nested:  # strided layout, but no one shape
+        raise TypeError(
+            f"{name} is a nested tensor; siglayer takes dense tensors: pad it "
+            f"({name}.to_padded_tensor(0.0)) or pass its components one by one"
+        )
     if t.dtype == torch.float16:
         raise TypeError(
             f"{name} has dtype torch.float16, which is not bfloat16; siglayer takes "
@@ -509,6 +517,7 @@ def _check_bce(x: object, W: object, b: object, target: object, reduction: objec
         isinstance(target, Tensor)
         and target.is_cpu
         and target.layout is _STRIDED
+        and not target.is_nested
         and target.dtype == x.dtype
         and x.dtype != _BFLOAT16
         and type(reduction) is str
