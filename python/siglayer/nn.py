@@ -303,7 +303,7 @@ class SigmoidLayer(Generic[Float]):
                     f"no layer call could run"
                 )
         self._dtype = _float_dtype(dtype)
-        # bfloat16 keeps float32 master weights, and a bfloat16 copy of W per forward.
+        # bfloat16 keeps float32 master weights, and bfloat16 copies of W (below).
         self._mixed = is_bfloat16(self._dtype)
         param_dtype = np.dtype(np.float32) if self._mixed else self._dtype
         if seed is not None and (
