@@ -268,9 +268,10 @@ void unshuffle(__m512& c0, __m512& c1) {
     c0 = a;
 }
 
-// C[0:m, 0:n] (m <= Rows <= kMR, n <= Lanes <= kNR) = alpha * A . pb + (first ? beta * C :
-// C), where A (PackedA or RowsA) and pb are slivers of kp pairs. beta == 0 on the first
-// block never reads C. Lanes (8, 16, 24 or 32): only the first Lanes columns of the sliver
+// C[0:m, 0:n] (m <= Rows <= kMR, n <= Lanes <= kNR) = alpha * A . B + (first ? beta * C :
+// C), where A (PackedA or RowsA) and B (PackedB or RowsB) are slivers of kp pairs. beta ==
+// 0 on the first block never reads C. Lanes (8, 16, 24 or 32; 32 for RowsB, whose lanes
+// are shuffled): only the first Lanes columns of the sliver
 // are multiplied (the rest is zero padding), 16 in a zmm register and a last 8 in a ymm one,
 // so that a layer with 12 to 16 outputs (or 17 to 24, or the last sliver of a wider one)
 // does not pay for a whole 12 x 32 tile: where 512-bit instructions run as two 256-bit
@@ -422,8 +423,6 @@ index_t block_size(index_t nc, index_t kc) {
     return (nc + kNR - 1) / kNR * kNR * 2 * ((kc + 1) / 2);
 }
 
-// C[:, jc : jc + nc] (+)= alpha * op(A)[:, pc : pc + kc] . (the packed block pb), the
-// first k block scaling C by beta (nothing read when beta == 0), later ones adding.
 // A block of op(B), kc x nc: packed (pack_b's slivers side by side), or B's rows as stored
 // from B(pc, jc) (RowsB). sliver(jr, kp, n): the sliver of columns jr to jr + n.
 struct PackedBlock {
@@ -440,6 +439,8 @@ struct RowsBlock {
     }
 };
 
+// C[:, jc : jc + nc] (+)= alpha * op(A)[:, pc : pc + kc] . (the block of op(B) b_block),
+// the first k block scaling C by beta (nothing read when beta == 0), later ones adding.
 template <class Out, class BBlock>
 void multiply_block(bool trans_a, index_t M, const u16* A, index_t lda, index_t jc, index_t nc,
                     index_t pc, index_t kc, const BBlock& b_block, float alpha, float beta, Out* C,
