@@ -225,40 +225,61 @@ struct PackedB {
         load<Lanes>(kp - 1, z);
     }
 };
-// Rows 2p and 2p + 1 of B (32 columns, those past the sliver's n read as zero) interleaved
-// at each step by vpunpck{l,h}wd, which pair them within 128-bit lanes: z[0] holds the
-// pairs of columns 0-3, 8-11, 16-19, 24-27 and z[1] those of 4-7, 12-15, 20-23, 28-31
-// (kShuffled: the microkernel multiplies all 32 lanes and puts its sums back in column
-// order before storing them; unshuffle). The same pairs as pack_b's in other lanes: the
-// same sums, the same bits. Measured on Zen 4 (dW^T = dZ^T . x, K 8192, 256 columns, 8-64
-// rows, one thread), against a build that skipped the interleave (wrong sums, same
-// traffic): the unpacks cost 2-4 % of the time, vpermt2w (pairs in column order) 10-13 %.
+// Rows 2p and 2p + 1 of B (columns past the sliver's n read as zero) interleaved at each
+// step by vpunpck{l,h}wd, which pair them within 128-bit lanes, for as many columns as the
+// microkernel multiplies (Lanes, as for a packed sliver). The pairs land in the order of
+// the unpacks (kShuffled): with 32 lanes z[0] holds the pairs of columns 0-3, 8-11, 16-19,
+// 24-27 and z[1] those of 4-7, 12-15, 20-23, 28-31; with 16 (and the first 16 of 24),
+// z[0] holds 0-3, 8-11, 4-7, 12-15; a last 8 (ymm) are in order. The microkernel puts its
+// sums back in column order before storing them (unshuffle). The same pairs as pack_b's
+// in other lanes: the same sums, the same bits. Measured on Zen 4 (dW^T = dZ^T . x, K
+// 8192, 256 columns, 8-64 rows, one thread), against a build that skipped the interleave
+// (wrong sums, same traffic): the unpacks cost 2-4 % of the time, vpermt2w (pairs in
+// column order) 10-13 %.
 struct RowsB {
     static constexpr bool kShuffled = true;
     const u16* b;  // B(0, 0) of the sliver
     index_t ldb, kc;
     __mmask32 mask;  // the sliver's columns
     index_t full() const { return kc / 2; }
-    static void interleave(__m512i r0, __m512i r1, __m512i z[2]) {
-        z[0] = _mm512_unpacklo_epi16(r0, r1);
-        z[1] = _mm512_unpackhi_epi16(r0, r1);
+    // Pairs of rows r0 and r1 (r1 == nullptr: zeros, the last pair of an odd kc).
+    template <int Lanes>
+    void pairs(const u16* r0, const u16* r1, __m512i z[2]) const {
+        constexpr int kZ = Lanes / 16;
+        if constexpr (kZ == 2) {
+            const __m512i v0 = _mm512_maskz_loadu_epi16(mask, r0);
+            const __m512i v1 = r1 ? _mm512_maskz_loadu_epi16(mask, r1) : _mm512_setzero_si512();
+            z[0] = _mm512_unpacklo_epi16(v0, v1);
+            z[1] = _mm512_unpackhi_epi16(v0, v1);
+        } else if constexpr (kZ == 1) {
+            const auto m = static_cast<__mmask16>(mask);
+            const __m256i v0 = _mm256_maskz_loadu_epi16(m, r0);
+            const __m256i v1 = r1 ? _mm256_maskz_loadu_epi16(m, r1) : _mm256_setzero_si256();
+            z[0] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_unpacklo_epi16(v0, v1)),
+                                      _mm256_unpackhi_epi16(v0, v1), 1);
+        }
+        if constexpr (Lanes % 16 != 0) {  // a last 8 columns, in order
+            const auto m = static_cast<__mmask8>(mask >> (16 * kZ));
+            const __m128i v0 = _mm_maskz_loadu_epi16(m, r0 + 16 * kZ);
+            const __m128i v1 = r1 ? _mm_maskz_loadu_epi16(m, r1 + 16 * kZ) : _mm_setzero_si128();
+            z[kZ] = _mm512_castsi256_si512(
+                _mm256_set_m128i(_mm_unpackhi_epi16(v0, v1), _mm_unpacklo_epi16(v0, v1)));
+        }
     }
     template <int Lanes>
     void load(index_t p, __m512i z[2]) const {
-        static_assert(Lanes == kNR, "RowsB: all 32 lanes, shuffled");
         const u16* row0 = b + 2 * p * ldb;
-        interleave(_mm512_maskz_loadu_epi16(mask, row0), _mm512_maskz_loadu_epi16(mask, row0 + ldb),
-                   z);
+        pairs<Lanes>(row0, row0 + ldb, z);
     }
     template <int Lanes>
     void tail(__m512i z[2]) const {  // the last pair of an odd kc: (B(kc - 1, j), 0)
-        static_assert(Lanes == kNR, "RowsB: all 32 lanes, shuffled");
-        interleave(_mm512_maskz_loadu_epi16(mask, b + (kc - 1) * ldb), _mm512_setzero_si512(), z);
+        pairs<Lanes>(b + (kc - 1) * ldb, nullptr, z);
     }
 };
 
-// The sums of a row of a kShuffled tile (c0: columns 0-3, 8-11, 16-19, 24-27; c1: 4-7,
-// 12-15, 20-23, 28-31) put back in column order, 0-15 in c0 and 16-31 in c1.
+// The sums of a row of a kShuffled tile put back in column order: with two zmm registers
+// (c0: columns 0-3, 8-11, 16-19, 24-27; c1: 4-7, 12-15, 20-23, 28-31), 0-15 in c0 and
+// 16-31 in c1; with one (0-3, 8-11, 4-7, 12-15), 0-15.
 void unshuffle(__m512& c0, __m512& c1) {
     const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
     const __m512i hi =
@@ -267,12 +288,15 @@ void unshuffle(__m512& c0, __m512& c1) {
     c1 = _mm512_permutex2var_ps(c0, hi, c1);
     c0 = a;
 }
+void unshuffle(__m512& c0) {
+    const __m512i order = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
+    c0 = _mm512_permutexvar_ps(order, c0);
+}
 
 // C[0:m, 0:n] (m <= Rows <= kMR, n <= Lanes <= kNR) = alpha * A . B + (first ? beta * C :
 // C), where A (PackedA or RowsA) and B (PackedB or RowsB) are slivers of kp pairs. beta ==
-// 0 on the first block never reads C. Lanes (8, 16, 24 or 32; 32 for RowsB, whose lanes
-// are shuffled): only the first Lanes columns of the sliver
-// are multiplied (the rest is zero padding), 16 in a zmm register and a last 8 in a ymm one,
+// 0 on the first block never reads C. Lanes (8, 16, 24 or 32): only the first Lanes columns of the
+// sliver are multiplied (the rest is zero padding), 16 in a zmm register and a last 8 in a ymm one,
 // so that a layer with 12 to 16 outputs (or 17 to 24, or the last sliver of a wider one)
 // does not pay for a whole 12 x 32 tile: where 512-bit instructions run as two 256-bit
 // halves (Zen 4), a ymm vdpbf16ps costs half a zmm one. One-off A/B (an environment
@@ -332,10 +356,12 @@ void micro(index_t kp, const ASliver& A, const BSliver& B, Out* C, index_t ldc, 
         B.template tail<Lanes>(z);
         step(z, [&](int r) { return A.tail(r); });
     }
-    if constexpr (BSliver::kShuffled) {
-        static_assert(Lanes == kNR);
+    if constexpr (BSliver::kShuffled && kZ == 2) {
 #pragma GCC unroll 12
         for (int r = 0; r < Rows; ++r) unshuffle(c[0][r], c[1][r]);
+    } else if constexpr (BSliver::kShuffled && kZ == 1) {
+#pragma GCC unroll 12
+        for (int r = 0; r < Rows; ++r) unshuffle(c[0][r]);
     }
     __mmask16 mask[kZs];
     for (int h = 0; h < kZ; ++h) mask[h] = first_lanes16(n - 16 * h);
@@ -402,9 +428,7 @@ void micro_rows(index_t kp, const ASliver& A, const BSliver& B, Out* C, index_t 
 template <class ASliver, class BSliver, class Out>
 void micro_any(index_t kp, const ASliver& A, const BSliver& B, Out* C, index_t ldc, float alpha,
                float beta, bool first, index_t m, index_t n) {
-    if constexpr (BSliver::kShuffled)  // all 32 lanes (past n: zeros, not stored)
-        micro_rows<kNR>(kp, A, B, C, ldc, alpha, beta, first, m, n);
-    else if (n <= 8)
+    if (n <= 8)
         micro_rows<8>(kp, A, B, C, ldc, alpha, beta, first, m, n);
     else if (n <= 16)
         micro_rows<16>(kp, A, B, C, ldc, alpha, beta, first, m, n);
@@ -511,7 +535,11 @@ namespace {
 // 24, 0.86-0.89 at 32, 0.94-0.96 at 64, for row strides of 256, 384 and 512 elements
 // (0.60-0.92 at 640-768); at 896 and more it lost (1.1-1.5x; 2.1x at 2048). Backward of a
 // bfloat16 layer 8192 x n_in x n_out, same way: 0.82x at 5-8 outputs, 0.88-0.94 at
-// 12-32, 0.98 at 64 (n_in 256); 0.82-0.96 and 1.0 (n_in 512).
+// 12-32, 0.98 at 64 (n_in 256); 0.82-0.96 and 1.0 (n_in 512). A first version ran all 32
+// lanes of a narrow sliver and lost 1.1-2x where B has few columns or a narrow last
+// sliver (8-24, 40-48, 72, 100 columns); with the narrow tiles of packed B (8, 16, 24
+// lanes) in place too: 0.82-0.85 at M = 16, 0.94-0.97 at M = 64 (K 8192), 0.90-1.00 for
+// forward-like products (M 32-64, K 64-512), 8 to 100 columns.
 constexpr index_t kInPlaceBRows = 64;
 constexpr index_t kInPlaceBStride = 512;
 

@@ -34,7 +34,8 @@ constexpr index_t kPackB = kNC * kKC;
 // trans_a / trans_b. beta == 0 never reads C (BLAS semantics). buf_a and buf_b hold at
 // least kPackA and kPackB elements, 64-byte aligned.
 // B is read in place, not packed into buf_b, when A has few rows and B's rows are close
-// together (kInPlaceBRows, kInPlaceBStride in gemm_bf16.cpp): the same bits either way.
+// together (kInPlaceBRows, kInPlaceBStride in gemm_bf16.cpp): the same bits either way
+// (but for which NaN comes out where alpha or beta is NaN: the compiler's operand order).
 // Like every bfloat16 dot-product instruction (AMX's too), vdpbf16ps treats subnormal
 // bfloat16 inputs as zero and flushes subnormal float results: products below 2^-126 in
 // magnitude are lost (docs/bfloat16.md).
