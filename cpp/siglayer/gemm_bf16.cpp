@@ -539,8 +539,13 @@ namespace {
 // lanes of a narrow sliver and lost 1.1-2x where B has few columns or a narrow last
 // sliver (8-24, 40-48, 72, 100 columns); with the narrow tiles of packed B (8, 16, 24
 // lanes) in place too: 0.82-0.85 at M = 16, 0.94-0.97 at M = 64 (K 8192), 0.90-1.00 for
-// forward-like products (M 32-64, K 64-512), 8 to 100 columns.
-constexpr index_t kInPlaceBRows = 64;
+// forward-like products (M 32-64, K 64-512), 8 to 100 columns. On two threads the layer's
+// tiles of dW^T are 32 columns of x each, a sliver that packed stays in L1 for every
+// sliver of A while rows read in place (512 bytes apart: 8 of L1's 64 sets) do not: the
+// backward (n_in 256 and 512, 21 rounds of min-of-3) gained at 5-12 outputs (0.85-0.93),
+// was level at 16-32 (0.90-1.04) and lost at 40-64 (1.01-1.13). So at most two slivers
+// of A, 24 rows.
+constexpr index_t kInPlaceBRows = 24;
 constexpr index_t kInPlaceBStride = 512;
 
 }  // namespace

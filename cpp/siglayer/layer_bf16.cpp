@@ -163,7 +163,7 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
             if (native && own_gemm() && n_out <= kTransposedDW) {
                 // dW^T[j0:j1, i0:i1] = dZ[:, j0:j1]^T . x[:, i0:i1] into scratch, then
                 // transposed into dW: x becomes op(B), packed by interleaving its rows in
-                // order (or, with up to 64 outputs and n_in up to 512, read in place and
+                // order (or, with up to 24 outputs and n_in up to 512, read in place and
                 // paired in the microkernel: gemm_bf16.cpp, kInPlaceBRows), where as op(A) =
                 // x^T it would be gathered 12 columns at a time.
                 // The same sums in the same order: the same bits, except which NaN a sum
