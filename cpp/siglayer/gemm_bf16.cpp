@@ -543,7 +543,7 @@ namespace {
 // tiles of dW^T are 32 columns of x each, a sliver that packed stays in L1 for every
 // sliver of A while rows read in place (512 bytes apart: 8 of L1's 64 sets) do not: the
 // backward (n_in 256 and 512, 21 rounds of min-of-3) gained at 5-12 outputs (0.85-0.93),
-// was level at 16-32 (0.90-1.04) and lost at 40-64 (1.01-1.13). So at most two slivers
+// was level at 16-32 (0.90-1.05) and lost at 40-64 (1.01-1.13). So at most two slivers
 // of A, 24 rows.
 constexpr index_t kInPlaceBRows = 24;
 constexpr index_t kInPlaceBStride = 512;
