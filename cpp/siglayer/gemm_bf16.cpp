@@ -206,7 +206,8 @@ struct RowsA {
 // Where the microkernel reads B's pairs from: a packed sliver (kp x kNR pairs), or, where
 // gemm() reads B in place (few rows of A, for which packing B would be a pass over all of
 // B for a few slivers of A: dW^T = dZ^T . x), up to kNR columns of B's rows as stored
-// (RowsB). load<Lanes>(p, z) puts pair p of columns 0-15 in z[0], of 16-31 in z[1].
+// (RowsB). load<Lanes>(p, z) puts pair p of columns 0-15 in z[0], of 16-31 in z[1] (in
+// column order for PackedB; RowsB's lanes are shuffled, below).
 struct PackedB {
     static constexpr bool kShuffled = false;
     const u32* pb;
