@@ -14,7 +14,10 @@ calls take siglayer.torch's eager path, a private autograd.Function around the k
 and through the operators torch.ops.siglayer.sigmoid_linear and its backward (what
 torch.compile and torch.export trace), the "operator" figures. ``--no-settle`` runs the
 one-layer contenders back to back, with no pause for thread pools to fall asleep between
-turns (the digits steps always run back to back, as in a training loop).
+turns (the digits steps always run back to back, as in a training loop). ``--compiled``
+adds both layers under ``torch.compile`` (inductor, the default backend): PyTorch's
+``sigmoid(linear(x))``, which inductor may fuse, against ``SigmoidLinear``, whose
+operators the compiled graphs call; each checked against eager first.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_torch.py
 
@@ -50,7 +53,7 @@ SIZES = {
 }
 
 
-def layer_contenders(size: tuple[int, int, int], dtype: torch.dtype):
+def layer_contenders(size: tuple[int, int, int], dtype: torch.dtype, *, compiled: bool = False):
     n, n_in, n_out = size
     g = torch.Generator().manual_seed(0)
     x = torch.rand(n, n_in, generator=g, dtype=dtype)
@@ -89,12 +92,38 @@ def layer_contenders(size: tuple[int, int, int], dtype: torch.dtype):
         _core.gemm(xn, Wn, out=z)
         _core.gemm(xn, dZ, trans_a=True, out=dW)
 
-    return {
+    contenders = {
         "torch": torch_step,
         "siglayer.torch": siglayer_step,
         "operator": through_operator(siglayer_step),
         "floor": floor,
     }
+    if compiled:
+        # A fresh compile per size and dtype (dynamic=False: shapes are fixed here, as in
+        # a training loop), forward compiled, backward through AOTAutograd's graph.
+        torch_fn = torch.compile(lambda x: torch.sigmoid(linear(x)), dynamic=False)
+        ours_fn = torch.compile(lambda x: ours(x), dynamic=False)
+
+        def compiled_step(fn, module):
+            def step() -> torch.Tensor:
+                module.zero_grad(set_to_none=True)
+                out = fn(x)
+                out.backward(dout)
+                return out
+
+            return step
+
+        for name, fn, module, grads in (
+            ("torch(compiled)", torch_fn, linear, lambda: (linear.weight.grad.T, linear.bias.grad)),
+            ("siglayer(compiled)", ours_fn, ours, lambda: (ours.W.grad, ours.b.grad)),
+        ):
+            step = compiled_step(fn, module)
+            torch.testing.assert_close(step(), torch_step(), **tol)
+            W_grad, b_grad = grads()
+            torch.testing.assert_close(W_grad, linear.weight.grad.T, **tol)
+            torch.testing.assert_close(b_grad, linear.bias.grad, **tol)
+            contenders[name] = step
+    return contenders
 
 
 def through_operator(step):
@@ -125,6 +154,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--threads", type=int, help="threads for both (default: their own)")
     parser.add_argument("--digits-threads", type=int, default=1, help="threads, digits part")
+    parser.add_argument(
+        "--compiled", action="store_true", help="add both layers under torch.compile (inductor)"
+    )
+    parser.add_argument("--no-digits", action="store_true", help="skip the digits network")
     args = parser.parse_args(argv)
     settle = 0.0 if args.no_settle else 0.1
     default_threads = (torch.get_num_threads(), siglayer.get_num_threads())
@@ -138,7 +171,13 @@ def main(argv: list[str] | None = None) -> None:
         f"siglayer {siglayer.__version__}, torch {torch.__version__}, numpy {np.__version__}, "
         f"Python {platform.python_version()}, {platform.machine()}"
     )
-    set_threads(args.digits_threads)
+    if not args.no_digits:
+        digits(args)
+    one_layer(args, settle, set_threads)
+
+
+def digits(args: argparse.Namespace) -> None:
+    set_threads_both(args.digits_threads)
     batches = bench_training.digits_batches(32)
     weights = bench_training.initial_weights()
     trainers = {
@@ -175,6 +214,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{1 / seconds['nn.BCELoss']:,.0f}, {seconds['torch'] / seconds['nn.BCELoss']:.2f}x)"
     )
 
+
+def set_threads_both(n: int) -> None:
+    torch.set_num_threads(n)
+    siglayer.set_num_threads(n)
+
+
+def one_layer(args: argparse.Namespace, settle: float, set_threads) -> None:
     set_threads(args.threads)
     print(
         f"\none layer, forward + backward, torch {torch.get_num_threads()} / siglayer "
@@ -183,11 +229,12 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"  {'size':<18} {'dtype':<8} {'torch':>10} {'siglayer.torch':>15} {'speed-up':>9}"
         f" {'operator':>10} {'speed-up':>9} {'GEMM floor':>11} {'torch/floor':>11}"
+        + (f" {'torch cmp':>10} {'sig cmp':>10} {'speed-up':>9}" if args.compiled else "")
     )
     for size_name in args.sizes:
         for dtype_name in args.dtypes:
             dtype = getattr(torch, dtype_name)
-            contenders = layer_contenders(SIZES[size_name], dtype)
+            contenders = layer_contenders(SIZES[size_name], dtype, compiled=args.compiled)
             seconds = interleaved_medians(contenders, rounds=args.rounds, settle_seconds=settle)
             t, s, o = seconds["torch"], seconds["siglayer.torch"], seconds["operator"]
             f = seconds["floor"]
@@ -195,6 +242,14 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"  {label:<18} {dtype_name:<8} {t * 1e6:>8.0f}us {s * 1e6:>13.0f}us {t / s:>8.2f}x"
                 f" {o * 1e6:>8.0f}us {t / o:>8.2f}x {f * 1e6:>9.0f}us {t / f:>10.2f}x"
+                + (
+                    f" {seconds['torch(compiled)'] * 1e6:>8.0f}us"
+                    f" {seconds['siglayer(compiled)'] * 1e6:>8.0f}us"
+                    f" {seconds['torch(compiled)'] / seconds['siglayer(compiled)']:>8.2f}x"
+                    if args.compiled
+                    else ""
+                ),
+                flush=True,
             )
 
 

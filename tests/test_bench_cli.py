@@ -226,6 +226,24 @@ def test_torch_benches_check_agreement_and_print(capsys):
     assert "torch+siglayer" in text and "vs torch" in text
 
 
+@pytest.mark.skipif(TORCH is None, reason="needs torch")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_torch_bench_compiled_layers_agree_before_timing(capsys):
+    """--compiled: both layers under torch.compile give eager PyTorch's output and
+    gradients (asserted inside bench_torch before timing); one round, nothing timed is
+    asserted."""
+    import bench_torch
+
+    bench_torch.main(
+        ["--rounds", "1", "--sizes", "T", "--dtypes", "float64", "--compiled", "--no-digits"]
+    )
+    text = capsys.readouterr().out
+    assert "digits network" not in text
+    row = next(line for line in text.splitlines() if "T (32, 64, 32)" in line)
+    assert "sig cmp" in text and row.count("us") == 6, row
+
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 # The scripts with a command line, and what each needs beyond siglayer's test extra.
 SCRIPTS = {
