@@ -1,8 +1,14 @@
 #include "arrays.hpp"
 
+#include <chrono>
 #include <cstdint>
+#include <thread>
 
 namespace siglayer::bindings {
+
+void ReleaseGil::block_until_exit() {
+    for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+}
 
 namespace {
 

@@ -15,18 +15,32 @@ namespace siglayer::bindings {
 
 namespace py = pybind11;
 
-// py::gil_scoped_release, whose destructor may unwind. A daemon thread that comes back for
-// the GIL while the interpreter finalizes is ended by pthread_exit (Python 3.11-3.13);
-// its forced unwind through pybind11's destructor, noexcept, called std::terminate and
-// aborted the whole process at exit. Nothing inside the released region may touch Python.
+// py::gil_scoped_release for a thread that may come back after the interpreter began to
+// finalize. A daemon thread that asks for the GIL then is ended by pthread_exit (Python
+// 3.11-3.13), whose forced unwind ran through pybind11's noexcept destructor
+// (std::terminate: the whole process aborted at exit) and, once let through, through
+// pybind11's frames above this one, which drop references to Python objects with no
+// interpreter left (Python 3.12 and 3.13 crash in _PyObject_Free: SIGSEGV at exit). So
+// the unwind stops here and the thread blocks until the process exits, as Python 3.14
+// itself blocks such threads. It holds nothing by then: the GIL was dropped before the
+// exit, the core's locks were released when its call returned. catch (...), not
+// abi::__forced_unwind: the forced unwind has no C++ object to bind a reference to
+// (UBSan flags the binding). Nothing inside the released region may touch Python.
 class ReleaseGil {
 public:
     ReleaseGil() : state_(PyEval_SaveThread()) {}
-    ~ReleaseGil() noexcept(false) { PyEval_RestoreThread(state_); }
+    ~ReleaseGil() noexcept(false) {
+        try {
+            PyEval_RestoreThread(state_);
+        } catch (...) {  // only a forced unwind: the C function throws nothing else
+            block_until_exit();
+        }
+    }
     ReleaseGil(const ReleaseGil&) = delete;
     ReleaseGil& operator=(const ReleaseGil&) = delete;
 
 private:
+    [[noreturn]] static void block_until_exit();
     PyThreadState* state_;
 };
 

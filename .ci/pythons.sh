@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The test suite on the oldest and the newest Python the README promises (3.10, 3.13),
+# beside .ci/run's own python3: each in a throwaway virtual environment, the README's
+# `pip install ".[test]"` (no optional extras), then pytest. Python 3.12 and 3.13 crashed
+# at exit where 3.10 and 3.11 did not (tests/test_concurrency.py, daemon threads inside a
+# call), so one Python is not enough. A Python this machine lacks (neither on PATH nor
+# under pyenv) is reported and skipped; a failure in one that is here fails CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$PWD"
+
+find_python() {  # find_python 3.13: the path of a working python3.13, or status 1
+    local candidate
+    if candidate=$(command -v "python$1") && "$candidate" -c "" 2>/dev/null; then
+        echo "$candidate"
+        return
+    fi
+    if command -v pyenv >/dev/null; then
+        for candidate in "$(pyenv root)/versions/$1".*/bin/"python$1"; do
+            [[ -x "$candidate" ]] && { echo "$candidate"; return; }
+        done
+    fi
+    return 1
+}
+
+for version in 3.10 3.13; do
+    if ! python=$(find_python "$version"); then
+        echo "pythons.sh: no Python $version on this machine: skipped"
+        continue
+    fi
+    (
+        work="$(mktemp -d)"
+        trap 'rm -rf "$work"' EXIT
+        "$python" -m venv "$work/venv"
+        # shellcheck disable=SC1091
+        source "$work/venv/bin/activate"
+        python -m pip install -q --upgrade pip
+        echo "pythons.sh: $(python --version)"
+        pip install -q -C build-dir="$work/build" ".[test]"
+        # From outside the source tree, so that `import siglayer` is this installation.
+        cd "$work" && python -m pytest -p no:cacheprovider -q --rootdir="$root" \
+            -c "$root/pyproject.toml" "$root/tests"
+    )
+done
