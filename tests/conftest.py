@@ -148,6 +148,12 @@ SHAPES = [
     ((300, 257), 129),
     ((1031, 67), 3),
     ((3, 70), 600),
+    # Batch below n_out or n_in: on two threads the products split into column tiles
+    # (out and dW by W's columns, dx by x's), whose offsets into W, b and W^T nothing
+    # smaller reaches (three planted offset bugs passed every layer test without these).
+    ((64, 4096), 4),
+    ((64, 256), 128),
+    ((16, 1024), 64),
     ((0, 4), 3),
     ((5, 0), 3),
     ((5, 4), 0),
