@@ -13,6 +13,7 @@ the sequential reference was computed with: results depend on it (docs/reliabili
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -200,9 +201,13 @@ def test_a_regions_floating_point_mode_is_its_callers() -> None:
         np.testing.assert_allclose(got, kept, rtol=1e-5)
 
 
-def _run_fresh(code: str) -> subprocess.CompletedProcess[str]:
+def _run_fresh(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
 
 
@@ -239,6 +244,13 @@ def test_exit_while_daemon_threads_are_inside_calls_is_clean():
     threads now block until the process exits, as Python 3.14 blocks them itself. Four
     daemon threads, each in a different binding (forward, backward, an optimizer step, a
     bfloat16 conversion), all with the GIL released when the interpreter exits."""
+    env = dict(os.environ)
+    if "ASAN_OPTIONS" in env:
+        # .ci/sanitize.sh: the blocked threads' Python objects (frames, arguments, CPython's
+        # bootstate for each thread) are never freed, by design, and LeakSanitizer reports
+        # them at exit (seen: 96-128 bytes in one run of three). ASan and UBSan still watch
+        # this child; siglayer's own allocations are leak-checked by every other test.
+        env["ASAN_OPTIONS"] = env["ASAN_OPTIONS"].replace("detect_leaks=1", "detect_leaks=0")
     done = _run_fresh(
         """
         import threading, time
@@ -262,7 +274,8 @@ def test_exit_while_daemon_threads_are_inside_calls_is_clean():
             threading.Thread(target=spin, args=(call,), daemon=True).start()
         time.sleep(0.3)
         print("exiting")
-        """
+        """,
+        env,
     )
     assert done.returncode == 0, (done.returncode, done.stderr[:800])
     assert "terminate called" not in done.stderr
