@@ -236,7 +236,7 @@ def test_first_calls_from_many_threads_at_once_do_not_deadlock():
 
 
 def test_exit_while_daemon_threads_are_inside_calls_is_clean():
-    """Python 3.11-3.13 end a daemon thread that wants the GIL back during finalization
+    """Pythons before 3.14 end a daemon thread that wants the GIL back during finalization
     with pthread_exit. Its forced unwind through a noexcept destructor aborted the whole
     process ("terminate called without an active exception", exit code 134); let through,
     it ran pybind11's destructors, which drop Python references with no interpreter left:

@@ -16,8 +16,8 @@ namespace siglayer::bindings {
 namespace py = pybind11;
 
 // py::gil_scoped_release for a thread that may come back after the interpreter began to
-// finalize. A daemon thread that asks for the GIL then is ended by pthread_exit (Python
-// 3.11-3.13), whose forced unwind ran through pybind11's noexcept destructor
+// finalize. A daemon thread that asks for the GIL then is ended by pthread_exit (every
+// Python before 3.14), whose forced unwind ran through pybind11's noexcept destructor
 // (std::terminate: the whole process aborted at exit) and, once let through, through
 // pybind11's frames above this one, which drop references to Python objects with no
 // interpreter left (Python 3.12 and 3.13 crash in _PyObject_Free: SIGSEGV at exit). So
