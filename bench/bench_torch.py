@@ -31,6 +31,7 @@ import argparse
 import math
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -172,12 +173,12 @@ def main(argv: list[str] | None = None) -> None:
         f"Python {platform.python_version()}, {platform.machine()}"
     )
     if not args.no_digits:
-        digits(args)
+        digits(args, set_threads)
     one_layer(args, settle, set_threads)
 
 
-def digits(args: argparse.Namespace) -> None:
-    set_threads_both(args.digits_threads)
+def digits(args: argparse.Namespace, set_threads: Callable[[int | None], None]) -> None:
+    set_threads(args.digits_threads)
     batches = bench_training.digits_batches(32)
     weights = bench_training.initial_weights()
     trainers = {
@@ -215,12 +216,9 @@ def digits(args: argparse.Namespace) -> None:
     )
 
 
-def set_threads_both(n: int) -> None:
-    torch.set_num_threads(n)
-    siglayer.set_num_threads(n)
-
-
-def one_layer(args: argparse.Namespace, settle: float, set_threads) -> None:
+def one_layer(
+    args: argparse.Namespace, settle: float, set_threads: Callable[[int | None], None]
+) -> None:
     set_threads(args.threads)
     print(
         f"\none layer, forward + backward, torch {torch.get_num_threads()} / siglayer "
