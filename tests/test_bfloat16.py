@@ -522,8 +522,15 @@ def test_bad_dtype_mixes_are_type_errors_naming_the_argument():
     x, W, b = inputs(8, 6, 4)
     with pytest.raises(TypeError, match=r"x has dtype float16.*float16 is not bfloat16"):
         siglayer.forward(x.astype(np.float16), W, b)
-    with pytest.raises(TypeError, match="share one dtype; got x bfloat16, W float32"):
+    assert b.dtype == np.float32  # a float32 b is allowed beside bfloat16 x and W
+    with pytest.raises(
+        TypeError,
+        match=r"^x and W must share one dtype \(b may be float32 beside bfloat16 x and W\); "
+        r"got x bfloat16, W float32, b float32$",
+    ):
         siglayer.forward(x, W.astype(np.float32), b)
+    with pytest.raises(TypeError, match="share one dtype; got x bfloat16, W float32, b bfloat16"):
+        siglayer.forward(x, W.astype(np.float32), b.astype(BF16))
     with pytest.raises(TypeError, match=r"share one dtype; got x bfloat16, W bfloat16, b float64"):
         siglayer.forward(x, W, b.astype(np.float64))
     with pytest.raises(TypeError, match="out has dtype bfloat16, expected float32"):
@@ -574,6 +581,21 @@ def test_layer_keeps_float32_masters_and_computes_in_bfloat16():
     assert (layer.dW == dW_w).all() and (layer.db == db_w).all()
     with pytest.raises(TypeError, match=r"x has dtype float64.*ml_dtypes.bfloat16"):
         layer(x32.astype(np.float64))
+
+
+def test_layer_refuses_float64_saying_float32_is_rounded_by_design():
+    # A bfloat16 layer rounds float32 by design, float64 never: the message says both.
+    mixed = siglayer.SigmoidLayer(4, 3, seed=0, dtype="bfloat16")
+    with pytest.raises(
+        TypeError,
+        match=r"^x has dtype float64 but this bfloat16 layer takes bfloat16, or float32 "
+        r"\(which it rounds to bfloat16, as documented\); pass x\.astype\(np\.float32\) or "
+        r"x\.astype\(ml_dtypes\.bfloat16\): a float64 is never rounded silently$",
+    ):
+        mixed(np.ones((2, 4)))
+    mixed(np.ones((2, 4), np.float32))
+    with pytest.raises(TypeError, match=r"^dout has dtype float64 but this bfloat16 layer"):
+        mixed.backward(np.ones((2, 3)))
 
 
 @pytest.mark.parametrize("kind", ["masked", "matrix"])

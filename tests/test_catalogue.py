@@ -323,13 +323,14 @@ FUNCTIONAL_CASES: dict[str, Case] = {
         lambda p: fwd(p, x=p["x"].view(np.matrix)),
         TypeError,
         "x",
-        r"x must be a plain numpy\.ndarray, got numpy\.matrix",
+        r"x must be a plain numpy\.ndarray, got numpy\.matrix; convert it with np\.asarray\(x\)$",
     ),
     "W-masked": Case(
         lambda p: fwd(p, W=np.ma.masked_array(p["W"])),
         TypeError,
         "W",
-        r"W must be a plain .*MaskedArray",
+        r"W must be a plain .*MaskedArray; masks are not supported: fill the masked entries "
+        r"first \(W\.filled\(value\)\)$",
     ),
     "b-masked": Case(
         lambda p: fwd(p, b=np.ma.masked_array(p["b"], mask=[True, False])),
@@ -393,13 +394,28 @@ FUNCTIONAL_CASES: dict[str, Case] = {
         lambda p: fwd(p, x=np.ones((2, 5))),
         ValueError,
         "x",
-        r"W has shape \(3, 2\) but x has 5 features \(shape \(2, 5\)\)",
+        r"W has shape \(3, 2\) but x has 5 features \(shape \(2, 5\)\)$",
     ),
     "x-features-batched": Case(
         lambda p: fwd(p, x=np.ones((2, 2, 5))),
         ValueError,
         "x",
-        r"x has 5 features \(shape \(2, 2, 5\)\)",
+        r"x has 5 features \(shape \(2, 2, 5\)\)$",
+    ),
+    # torch.nn.Linear's weight is (n_out, n_in): a W that fits transposed gets the hint.
+    "W-transposed": Case(
+        lambda p: fwd(p, W=p["W"].T.copy()),
+        ValueError,
+        "W",
+        r"^W has shape \(2, 3\) but x has 3 features \(shape \(4, 3\)\); W is \(n_in, "
+        r"n_out\): pass W\.T if it is laid out as torch\.nn\.Linear's weight, \(n_out, n_in\)$",
+    ),
+    "W-transposed-batched": Case(
+        lambda p: fwd(p, x=p["x"][None], W=p["W"].T.copy()),
+        ValueError,
+        "W",
+        r"^W has shape \(2, 3\) but x has 3 features \(shape \(1, 4, 3\)\); W is \(n_in, "
+        r"n_out\): pass W\.T",
     ),
     "bwd-x-0d": Case(
         lambda p: bwd(p, x=np.array(1.0), dout=p["dout"][None]),

@@ -71,6 +71,7 @@ def test_help_names_no_private_module(argv, capsys):
     out = capsys.readouterr().out
     assert "usage: python -m siglayer" in out
     assert not re.search(r"\bsiglayer\._|\b_(core|timing|api|compare)\b", out), out
+    assert "``" not in out  # the docstring's reST literals, printed as plain words
 
 
 def test_timing_says_how_long_before_it_starts(monkeypatch, capsys):
@@ -85,7 +86,7 @@ def test_docs_command_lists_the_installed_documentation(capsys):
     assert cli.main(["docs"]) == 0
     lines = capsys.readouterr().out.splitlines()
     pages = {line.strip().rsplit("/", 1)[-1]: line.strip() for line in lines[1:]}
-    assert {"guide.md", "derivation.md", "reliability.md"} <= set(pages)
+    assert {"README.md", "guide.md", "derivation.md", "reliability.md"} <= set(pages)
     with open(pages["guide.md"], encoding="utf-8") as f:
         listed = f.read()
     assert listed.startswith("# siglayer user guide")

@@ -103,6 +103,37 @@ def test_rejects_nonsense_options(options, message):
     assert result.stdout == "" and "Traceback" not in result.stderr
 
 
+def run_without(
+    modules: list[str], script: Path, *options: str
+) -> subprocess.CompletedProcess[str]:
+    """The script run as __main__ in a process where importing any of ``modules`` fails
+    (None in sys.modules: ImportError), as on a machine without the optional extra."""
+    code = (
+        "import runpy, sys\n"
+        f"for m in {modules!r}: sys.modules[m] = None\n"
+        f"sys.argv = [{str(script)!r}, *{list(options)!r}]\n"
+        f"runpy.run_path({str(script)!r}, run_name='__main__')\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("modules", "options", "package"),
+    [(["sklearn"], [], "scikit-learn"), (["matplotlib"], ["--plot", "c.png"], "matplotlib")],
+    ids=["sklearn", "matplotlib"],
+)
+def test_missing_extra_is_named_before_any_work(modules, options, package):
+    """Without the examples extra the script names the package and the install command
+    (it was a ModuleNotFoundError traceback from deep in the data loading)."""
+    result = run_without(modules, SCRIPT, "--epochs", "1", *options)
+    assert result.returncode == 1, result.stderr
+    assert (
+        result.stderr
+        == f'train_digits.py needs {package}: pip install ".[examples]" from the checkout\n'
+    )
+    assert result.stdout == ""
+
+
 # ---------------------------------------------------------------- train_ddp.py
 
 
@@ -120,6 +151,15 @@ def test_ddp_help_describes_the_example():
         "torch.nn.parallel.DistributedDataParallel (gloo, CPU)." in text
     )
     assert "9.1e-13 in float64, 4.9e-4 in float32" in text
+
+
+def test_ddp_without_torch_names_the_extra():
+    """Without PyTorch the example said ModuleNotFoundError in a traceback."""
+    result = run_without(["torch"], DDP_SCRIPT, "--help")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("train_ddp.py needs PyTorch (")
+    assert result.stderr.endswith('pip install ".[torch]" from the checkout\n')
+    assert "Traceback" not in result.stderr
 
 
 def test_ddp_without_torchrun_says_how_to_start_it():

@@ -515,9 +515,11 @@ def test_the_dispatch_lists_exactly_the_package_dtypes():
 
 def test_an_overlap_is_told_apart_by_its_class(rng):
     x = rng.standard_normal((4, 4))
-    with pytest.raises(_core.OverlapError, match="out overlaps x"):
+    with pytest.raises(siglayer.OverlapError, match="out overlaps x"):
         siglayer.forward(x, np.eye(4), np.zeros(4), out=x)
-    assert issubclass(_core.OverlapError, ValueError)
+    # The public name is the core's class (raised from C++ and from Python alike).
+    assert siglayer.OverlapError is _core.OverlapError
+    assert issubclass(siglayer.OverlapError, ValueError)
 
 
 @pytest.mark.parametrize(

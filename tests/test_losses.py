@@ -334,6 +334,43 @@ def test_bce_refuses_outputs_that_are_not_probabilities(dtype, bad):
         loss_fn.backward()
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("bad", [3.0, -1.0, 1.5, np.inf])
+def test_bce_refuses_targets_outside_the_unit_interval(dtype, bad):
+    """Class indices passed as targets (y = 3 for a digit) gave a finite, negative,
+    meaningless loss (-0.013 in a review); every binary cross-entropy entry point now
+    names y, the element and its value, and writes no gradient. NaN still propagates."""
+    out = np.array([[0.25, 0.5, 0.75]], dtype)
+    y = np.array([[0.0, 1.0, 0.5]], dtype)
+    y[0, 2] = bad
+    message = (
+        rf"^y has a value outside \[0, 1\] \(element 2 of the flattened y is {bad:g}\): binary "
+        r"cross-entropy takes targets in \[0, 1\] \(0/1 labels or probabilities\); one-hot "
+        r"encode class indices first$"
+    )
+    loss_fn = losses.BCELoss(reuse_buffers=True)
+    loss_fn(out, np.zeros_like(out))
+    buffer = loss_fn.backward()
+    kept = buffer.copy()
+    dZ = np.full_like(out, 7.0)
+    for call in (
+        lambda: losses.bce_loss(out, y),
+        lambda: loss_fn(out, y),
+        lambda: losses.bce_with_logits_loss(out, y),
+        lambda: losses.bce_grad_preactivation(out, y, dZ=dZ),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
+    np.testing.assert_array_equal(buffer, kept)
+    assert (dZ == 7.0).all()
+    # the pure-NumPy gradient checks out as the core's loss does
+    with pytest.raises(ValueError, match=r"^out has a value outside \[0, 1\] \(element 0 "):
+        losses.bce_grad_preactivation(out - 1, np.zeros_like(out), dZ=dZ)
+    assert (dZ == 7.0).all()
+    y[0, 2] = np.nan
+    assert math.isnan(losses.bce_loss(out, y)) and math.isnan(losses.bce_with_logits_loss(out, y))
+
+
 def test_non_contiguous_inputs_give_the_same_values(rng):
     out, y = random_case(rng, np.float64, (6, 10))
     want = (losses.bce_loss(out, y), losses.mse_loss(out, y))

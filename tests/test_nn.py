@@ -519,8 +519,11 @@ def test_sequential_parameters_and_errors():
         siglayer.Sequential(inner, inner)
     with pytest.raises(TypeError, match="not a layer"):
         siglayer.Sequential(a, "relu")  # type: ignore[arg-type]
-    with pytest.raises(RuntimeError, match="before any forward"):
+    with pytest.raises(RuntimeError, match=r"before any forward: run forward\(x\) first \(of this"):
         net.backward(np.ones((2, 2), np.float32))
+    with pytest.raises(IndexError, match=r"^layer index 5 is out of range for a Sequential of 2"):
+        net[5]
+    assert net[-1] is net.layers[-1]
 
 
 # ---------------------------------------------------------------- no allocation

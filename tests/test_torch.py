@@ -158,7 +158,13 @@ def test_double_backward_is_refused():
         (
             {"x": torch.zeros(6, 7, dtype=torch.float64)},
             ValueError,
-            r"x has shape \(6, 7\), expected \(..., 5\)",
+            r"x has shape \(6, 7\), expected \(..., 5\) for W of shape \(5, 4\) \(n_in, n_out\)$",
+        ),
+        (
+            {"W": torch.zeros(4, 5, dtype=torch.float64)},
+            ValueError,
+            r"expected \(..., 4\) for W of shape \(4, 5\) \(n_in, n_out\); pass W\.T if it is "
+            r"a torch\.nn\.Linear's weight, \(out_features, in_features\)$",
         ),
         ({"b": torch.zeros(3, dtype=torch.float64)}, ValueError, r"b has shape \(3,\)"),
         ({"W": torch.zeros(5, dtype=torch.float64)}, ValueError, "W must be 2-D"),
@@ -172,6 +178,7 @@ def test_double_backward_is_refused():
         "sparse",
         "numpy",
         "x-shape",
+        "W-linear-layout",
         "b-shape",
         "W-1d",
     ],
@@ -307,6 +314,18 @@ def test_module_takes_linears_arguments_and_state(dtype):
         assert no_bias.double()(x.double()).dtype == torch.float64  # the zero follows .to
     with pytest.raises(RuntimeError, match=r"Unexpected key.*bias"):
         no_bias.load_state_dict(torch.nn.Linear(6, 4, dtype=dtype).state_dict())
+    # A Linear of other sizes: the error names the checkpoint's key and shape, not W's.
+    with pytest.raises(
+        RuntimeError,
+        match=r"size mismatch for 0\.weight: a torch\.nn\.Linear weight of shape \(2, 3\) in "
+        r"the checkpoint, but this layer is SigmoidLinear\(6, 4\), which takes \(4, 6\), "
+        r"\(out_features, in_features\)\n\s*size mismatch for 0\.bias: a "
+        r"torch\.nn\.Linear bias of shape \(2,\) in the checkpoint, but this layer is "
+        r"SigmoidLinear\(6, 4\), which takes \(4,\)$",
+    ):
+        torch.nn.Sequential(SigmoidLinear(6, 4, dtype=dtype)).load_state_dict(
+            torch.nn.Sequential(torch.nn.Linear(3, 2, dtype=dtype)).state_dict()
+        )
     # device: the meta device works as with torch.device("meta"); skip_init needs it
     meta = SigmoidLinear(6, 4, device="meta", dtype=dtype)
     assert meta.W.is_meta and meta.b is not None and meta.b.is_meta

@@ -74,10 +74,16 @@ py::array as_array(py::handle h, const char* name) {
         throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
                              (h.is_none() ? std::string("None") : type_name(h)));
     }
-    if (py::isinstance(h, s.matrix) || py::isinstance(h, s.masked)) {
+    if (py::isinstance(h, s.matrix)) {
         throw py::type_error(std::string(name) + " must be a plain numpy.ndarray, got " +
-                             type_name(h) + "; convert it with np.asarray(" + name +
-                             ") (masks are not supported)");
+                             type_name(h) + "; convert it with np.asarray(" + name + ")");
+    }
+    if (py::isinstance(h, s.masked)) {
+        throw py::type_error(std::string(name) + " must be a plain numpy.ndarray, got " +
+                             type_name(h) +
+                             "; masks are not supported: fill the masked "
+                             "entries first (" +
+                             name + ".filled(value))");
     }
     return py::reinterpret_borrow<py::array>(h);
 }

@@ -47,7 +47,12 @@ void require_forward_dtypes(int type_num, const py::array& x, const py::array& W
         require_same_dtype({{"x", &x}, {"W", &W}, {"b", &b}});
         return;
     }
-    require_same_dtype({{"x", &x}, {"W", &W}});
+    if (W.dtype().num() != type_num) {
+        throw py::type_error(
+            "x and W must share one dtype (b may be float32 beside bfloat16 "
+            "x and W); got x " +
+            dtype_of(x) + ", W " + dtype_of(W) + ", b " + dtype_of(b));
+    }
 }
 
 // b in the compute type C (require_forward_dtypes has run): a bfloat16 b is widened

@@ -109,12 +109,17 @@ void column_sums(C* db, const BlasOperand<T>& dZ, index_t rows, index_t j0, inde
     }
 }
 
-// W must take x's features; then the three sizes must fit the BLAS integer.
+// W must take x's features; then the three sizes must fit the BLAS integer. A W that
+// would fit transposed is likely torch.nn.Linear's weight, (n_out, n_in): the message says.
 template <class T>
 void check_x_and_W(const MatrixView<T>& x, const MatrixView<T>& W) {
-    SIGLAYER_REQUIRE(W.rows == x.cols, "W has shape " + shape_str(W.rows, W.cols) + " but x has " +
-                                           std::to_string(x.cols) + " features (shape " +
-                                           shape_str(x.rows, x.cols) + ")");
+    SIGLAYER_REQUIRE(W.rows == x.cols,
+                     "W has shape " + shape_str(W.rows, W.cols) + " but x has " +
+                         std::to_string(x.cols) + " features (shape " + shape_str(x.rows, x.cols) +
+                         ")" +
+                         (W.cols == x.cols ? "; W is (n_in, n_out): pass W.T if it is laid out "
+                                             "as torch.nn.Linear's weight, (n_out, n_in)"
+                                           : ""));
     require_blas_sizes(x.rows, x.cols, W.cols);
 }
 

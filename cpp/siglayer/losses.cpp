@@ -23,10 +23,14 @@ void check_loss(const char* grad_name, const T* grad, const T* out, const T* y, 
 }
 
 // out must hold probabilities: a value below 0 or above 1 (logits passed by mistake, or an
-// output changed in place) would give a NaN loss silently. Checked before dZ is written;
-// NaN passes (it propagates, as for any input).
+// output changed in place) would give a NaN loss silently; so must the targets y: class
+// indices (0..9) passed as targets would give a finite, negative, meaningless loss. Checked
+// before dZ is written; NaN passes (it propagates, as for any input).
+constexpr const char* kTargets =
+    "targets in [0, 1] (0/1 labels or probabilities); one-hot encode class indices first";
+
 template <class T>
-void check_probabilities(const T* out, index_t count) {
+void check_probabilities(const char* name, const T* out, index_t count, const char* what) {
     // A branch-free sweep first (it vectorizes); the culprit is looked for only on failure.
     int outside = 0;
 #pragma omp simd reduction(| : outside)
@@ -35,10 +39,9 @@ void check_probabilities(const T* out, index_t count) {
     for (index_t i = 0; i < count; ++i) {
         if (out[i] < T(0) || out[i] > T(1)) {
             std::ostringstream message;
-            message << std::setprecision(9) << "out has a value outside [0, 1] (element " << i
-                    << " of the flattened out is " << static_cast<double>(out[i])
-                    << "): binary cross-entropy takes probabilities, such as a sigmoid's "
-                       "output, not logits";
+            message << std::setprecision(9) << name << " has a value outside [0, 1] (element " << i
+                    << " of the flattened " << name << " is " << static_cast<double>(out[i])
+                    << "): binary cross-entropy takes " << what;
             throw InvalidArgument(message.str());
         }
     }
@@ -49,7 +52,8 @@ void check_probabilities(const T* out, index_t count) {
 template <class T>
 double bce_sigmoid(T* dZ, const T* out, const T* y, index_t count, double divisor) {
     check_loss("dZ", dZ, out, y, count, divisor);
-    check_probabilities(out, count);
+    check_probabilities("out", out, count, "probabilities, such as a sigmoid's output, not logits");
+    check_probabilities("y", y, count, kTargets);
     const T n = T(divisor);
     const T clamp = T(kLogClamp);
     double sum = 0;

@@ -26,15 +26,19 @@ jacobian(x, W, b), gradcheck(x, W, b, ...)
     The full Jacobians of out, and ``backward`` against finite differences
     (``GradcheckErrors``): the derivation, checkable.
 
+Bad arguments raise TypeError or ValueError naming the argument; an ``out=`` (``dx=``,
+``dW=``, ...) buffer that overlaps an input or another buffer raises ``OverlapError``, a
+ValueError.
+
 For training loops: ``SigmoidLayer`` and ``Sequential`` (layer objects that own their
 weights, gradients and buffers; ``Parameter``, ``save_parameters``,
 ``load_parameters``), ``siglayer.losses`` and ``siglayer.optim``; for PyTorch,
 ``siglayer.torch`` (imported on its own, only when torch is installed); for JAX and for
 arrays larger than memory, ``siglayer.jax`` and ``siglayer.dask`` (the same).
 
-The user guide (guide.md), the derivation of the gradients (derivation.md) and the
-reliability notes (reliability.md) are installed with the package, in the ``docs``
-folder next to this file: ``python -m siglayer docs`` prints where. ``python -m
+The user guide (guide.md), the derivation of the gradients (derivation.md), the
+reliability notes (reliability.md) and the README are installed with the package, in
+the ``docs`` folder next to this file: ``python -m siglayer docs`` prints where. ``python -m
 siglayer`` checks the installation against the NumPy reference and times both.
 
 Examples
@@ -56,7 +60,7 @@ from . import losses, optim, reference
 from ._api import backward, backward_from_preactivation, forward
 from ._compare import ErrorStats, compare
 from ._config import get_num_threads, set_num_threads, show_config
-from ._core import __version__
+from ._core import OverlapError, __version__
 from ._derivation import GradcheckErrors, gradcheck, jacobian
 from .nn import Parameter, Sequential, SigmoidLayer, load_parameters, save_parameters
 
@@ -81,4 +85,5 @@ __all__ = [
     "jacobian",
     "gradcheck",
     "GradcheckErrors",
+    "OverlapError",
 ]

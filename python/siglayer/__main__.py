@@ -137,6 +137,10 @@ def docs() -> int:
         (p for p in folder.iterdir() if p.name.endswith(".md")) if folder.is_dir() else [],
         key=lambda p: p.name,
     )
+    # The README, which the pages cite: installed beside them, or the source tree's own.
+    readme = Path(str(folder)).parent / "README.md"
+    if pages and not any(p.name == "README.md" for p in pages) and readme.is_file():
+        pages.insert(0, readme)
     if not pages:
         print(f"no documentation found in {folder} (an incomplete install?)", file=sys.stderr)
         return 1
@@ -174,7 +178,7 @@ def _time_pair(size: tuple[int, int, int], dtype: type[Float]) -> dict[str, floa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m siglayer",
-        description=__doc__,
+        description=(__doc__ or "").replace("``", ""),  # reST literals read as plain words
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

@@ -28,6 +28,19 @@ _ndarray = np.ndarray
 _BLAS_MAX = 2 ** (int(_core.config()["blas_int_bits"]) - 1) - 1
 
 
+def w_mismatch(W_shape: tuple[int, ...], x_shape: tuple[int, ...]) -> str:
+    """The message for a W whose rows are not x's features (the core's own words, for
+    the checks made in Python: batched x, jacobian); a W that would fit transposed is
+    likely torch.nn.Linear's weight, (n_out, n_in)."""
+    message = f"W has shape {W_shape} but x has {x_shape[-1]} features (shape {x_shape})"
+    if W_shape[1] == x_shape[-1]:
+        message += (
+            "; W is (n_in, n_out): pass W.T if it is laid out as torch.nn.Linear's "
+            "weight, (n_out, n_in)"
+        )
+    return message
+
+
 def _batch_rows(x_shape: tuple[int, ...]) -> int:
     """The rows of x's batch dimensions flattened, checked against the BLAS integer
     before anything is reshaped (a reshape can copy a broadcast x at full size)."""
@@ -116,7 +129,7 @@ def forward(
         return _core.forward(x, W, b, out)  # raises the TypeError naming x
     n_in = x.shape[-1]
     if isinstance(W, _ndarray) and W.ndim == 2 and W.shape[0] != n_in:
-        raise ValueError(f"W has shape {W.shape} but x has {n_in} features (shape {x.shape})")
+        raise ValueError(w_mismatch(W.shape, x.shape))
     lead: tuple[int, ...] = x.shape[:-1]
     rows = _batch_rows(x.shape)
     x2 = x.reshape(rows, n_in)
@@ -571,9 +584,7 @@ def _flatten_batch(
         raise ValueError(f"W must be 2-D (n_in, n_out), got shape {W.shape}")
     n_in, n_out = W.shape
     if x.shape[-1] != n_in:
-        raise ValueError(
-            f"W has shape {W.shape} but x has {x.shape[-1]} features (shape {x.shape})"
-        )
+        raise ValueError(w_mismatch(W.shape, x.shape))
     lead: tuple[int, ...] = x.shape[:-1]
     for name, a in per_row.items():
         if a.shape != (*lead, n_out):

@@ -81,7 +81,12 @@ def refuse_matrix_or_masked(a: object, name: str) -> None:
     on before the core sees them."""
     if isinstance(a, (np.matrix, np.ma.MaskedArray)):
         kind = type(a)
+        fix = (
+            f"convert it with np.asarray({name})"
+            if isinstance(a, np.matrix)
+            else f"masks are not supported: fill the masked entries first ({name}.filled(value))"
+        )
         raise TypeError(
             f"{name} must be a plain numpy.ndarray, got {kind.__module__}.{kind.__qualname__}; "
-            f"convert it with np.asarray({name}) (masks are not supported)"
+            f"{fix}"
         )

@@ -104,7 +104,7 @@ def jacobian(x: Array, W: Array, b: Array) -> tuple[Array, Array, Array]:
         raise ValueError(f"x must be 2-D (n, n_in) for jacobian, got shape {x.shape}")
     if isinstance(W, np.ndarray) and W.ndim == 2 and W.shape[0] != x.shape[1]:
         # Checked here so that the message shows x's shape, not that of the row below.
-        raise ValueError(f"W has shape {W.shape} but x has {x.shape[1]} features (shape {x.shape})")
+        raise ValueError(_api.w_mismatch(W.shape, x.shape))
     # siglayer's own checks (types, one float32/float64 dtype, shapes), on one row: the
     # rules live in one place, and the size check below can trust W's shape.
     _api.forward(x[:1], W, b)

@@ -96,6 +96,22 @@ def _check_pair(pred: object, y: object, pred_name: str) -> None:
         raise ValueError(f"y has shape {y.shape} but {pred_name} has shape {pred.shape}")
 
 
+_PROBABILITIES = "probabilities, such as a sigmoid's output, not logits"
+_TARGETS = "targets in [0, 1] (0/1 labels or probabilities); one-hot encode class indices first"
+
+
+def _check_unit_interval(a: Array, name: str, what: str) -> None:
+    """The core's check of out and y (cpp/siglayer/losses.cpp, the same words) for the
+    binary cross-entropy functions computed in NumPy here. NaN passes, as there."""
+    outside = (a < 0) | (a > 1)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise ValueError(
+            f"{name} has a value outside [0, 1] (element {i} of the flattened {name} is "
+            f"{float(a.flat[i]):.9g}): binary cross-entropy takes {what}"
+        )
+
+
 def _divisor(size: int, reduction: str) -> int:
     if reduction == "mean":
         if size == 0:
@@ -177,8 +193,10 @@ def bce_loss(out: Array, y: Array, *, reduction: Reduction = "mean") -> float:
 
     -(1/N) sum(y log(out) + (1 - y) log(1 - out)), with log(1 - out) evaluated as
     log1p(-out). Finite for every out in [0, 1], including exactly 0 and 1 (see the
-    module docstring); equals torch.nn.BCELoss. Targets y are usually 0 or 1; other
-    values give the formula's value. One pass in the compiled core, summed in float64.
+    module docstring); equals torch.nn.BCELoss. Targets y are 0/1 labels or
+    probabilities in [0, 1]; a target outside [0, 1] (class indices passed as targets,
+    say) is a ValueError, where torch.nn.BCELoss gives a meaningless number. One pass in
+    the compiled core, summed in float64.
 
     Parameters
     ----------
@@ -193,8 +211,8 @@ def bce_loss(out: Array, y: Array, *, reduction: Reduction = "mean") -> float:
     Raises
     ------
     ValueError
-        An out below 0 or above 1 (logits, say), as torch.nn.BCELoss refuses it; a NaN
-        out gives a NaN loss.
+        An out below 0 or above 1 (logits, say), as torch.nn.BCELoss refuses it, or a y
+        outside [0, 1]; a NaN gives a NaN loss.
 
     Examples
     --------
@@ -227,6 +245,11 @@ def bce_with_logits_loss(z: Array, y: Array, *, reduction: Reduction = "mean") -
     -------
     float
 
+    Raises
+    ------
+    ValueError
+        A y outside [0, 1] (class indices passed as targets, say).
+
     Examples
     --------
     >>> import numpy as np
@@ -236,6 +259,7 @@ def bce_with_logits_loss(z: Array, y: Array, *, reduction: Reduction = "mean") -
     """
     _check_pair(z, y, "z")
     n = _divisor(z.size, reduction)
+    _check_unit_interval(y, "y", _TARGETS)
     terms = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
     return float(terms.sum()) / n
 
@@ -261,6 +285,12 @@ def bce_grad_preactivation(
     -------
     ndarray, out's shape and dtype
 
+    Raises
+    ------
+    ValueError
+        An out or a y outside [0, 1] (logits, or class indices, passed by mistake);
+        nothing is written into dZ then.
+
     Examples
     --------
     >>> import numpy as np
@@ -270,6 +300,8 @@ def bce_grad_preactivation(
     """
     _check_pair(out, y, "out")
     n = _divisor(out.size, reduction)
+    _check_unit_interval(out, "out", _PROBABILITIES)
+    _check_unit_interval(y, "y", _TARGETS)
     if dZ is None:
         dZ = _new(PreactivationGradient, out)
     else:

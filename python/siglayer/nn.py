@@ -27,7 +27,7 @@ import numbers
 import os
 import zipfile
 from collections.abc import Iterator, Sequence
-from typing import Any, Generic, Literal, Protocol, cast, overload, runtime_checkable
+from typing import Any, Generic, Literal, NoReturn, Protocol, cast, overload, runtime_checkable
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
@@ -598,7 +598,10 @@ class SigmoidLayer(Generic[Float]):
 
     def _saved(self, what: str) -> tuple[NDArray[Float], NDArray[Float]]:
         if self._x is None or self._out is None:
-            raise RuntimeError(f"{what} called before any forward: run layer.forward(x) first")
+            raise RuntimeError(
+                f"{what} called before any forward: run forward(x) first (of this layer, or "
+                f"of the Sequential that holds it)"
+            )
         return self._x, self._out
 
     def _dx_buffer(
@@ -637,11 +640,19 @@ class SigmoidLayer(Generic[Float]):
                     f"overwrite: {fix}"
                 ) from None
 
-    def _accepts(self) -> str:
-        return "bfloat16 (float32 inputs are rounded to it)" if self._mixed else str(self._dtype)
-
-    def _dtype_expr(self) -> str:
-        return "ml_dtypes.bfloat16" if self._mixed else f"np.{self._dtype.name}"
+    def _refuse_dtype(self, a: NDArray[Any], name: str) -> NoReturn:
+        """The TypeError for an input whose dtype this layer does not take."""
+        if self._mixed:
+            raise TypeError(
+                f"{name} has dtype {a.dtype} but this bfloat16 layer takes bfloat16, or "
+                f"float32 (which it rounds to bfloat16, as documented); pass "
+                f"{name}.astype(np.float32) or {name}.astype(ml_dtypes.bfloat16): a "
+                f"{a.dtype} is never rounded silently"
+            )
+        raise TypeError(
+            f"{name} has dtype {a.dtype} but this layer computes in {self._dtype}; pass "
+            f"{name}.astype(np.{self._dtype.name}) (nothing is converted silently)"
+        )
 
     def _rounded(self, a: NDArray[Any]) -> NDArray[Any]:
         """A float32 input of a bfloat16 layer, rounded to bfloat16 once (the checks
@@ -657,11 +668,7 @@ class SigmoidLayer(Generic[Float]):
         if self._mixed and x.dtype == np.float32:
             pass  # rounded to bfloat16 by the caller
         elif x.dtype != self._dtype:
-            raise TypeError(
-                f"x has dtype {x.dtype} but this layer computes in {self._accepts()}; "
-                f"pass x.astype({self._dtype_expr()}) (nothing is converted "
-                f"silently)"
-            )
+            self._refuse_dtype(x, "x")
         if x.ndim == 0 or x.shape[-1] != self.n_in:
             raise ValueError(
                 f"x has shape {x.shape}, expected (..., {self.n_in}) for a layer "
@@ -675,10 +682,7 @@ class SigmoidLayer(Generic[Float]):
         if self._mixed and grad.dtype == np.float32:
             pass  # rounded to bfloat16 by the caller
         elif grad.dtype != self._dtype:
-            raise TypeError(
-                f"{name} has dtype {grad.dtype} but this layer computes in {self._accepts()}; "
-                f"pass {name}.astype({self._dtype_expr()}) (nothing is converted silently)"
-            )
+            self._refuse_dtype(grad, name)
         if grad.shape != expected:
             raise ValueError(
                 f"{name} has shape {grad.shape} but the last forward produced "
@@ -770,7 +774,13 @@ class Sequential(Generic[Float]):
         return len(self.layers)
 
     def __getitem__(self, i: int) -> Layer[Float]:
-        return self.layers[i]
+        try:
+            return self.layers[i]
+        except IndexError:
+            raise IndexError(
+                f"layer index {i} is out of range for a Sequential of {len(self.layers)} "
+                f"layers (0 to {len(self.layers) - 1}, or negative from the end)"
+            ) from None
 
     def __iter__(self) -> Iterator[Layer[Float]]:
         return iter(self.layers)

@@ -176,9 +176,14 @@ def _check_x_and_W_shapes(x: Tensor, W: Tensor) -> None:
     if W.dim() != 2:
         raise ValueError(f"W must be 2-D (n_in, n_out), got shape {tuple(W.shape)}")
     if x.dim() == 0 or x.shape[-1] != W.shape[0]:
+        hint = (
+            "; pass W.T if it is a torch.nn.Linear's weight, (out_features, in_features)"
+            if x.dim() > 0 and x.shape[-1] == W.shape[1]
+            else ""
+        )
         raise ValueError(
             f"x has shape {tuple(x.shape)}, expected (..., {W.shape[0]}) for W "
-            f"of shape {tuple(W.shape)} (n_in, n_out)"
+            f"of shape {tuple(W.shape)} (n_in, n_out){hint}"
         )
 
 
@@ -562,7 +567,14 @@ def _sigmoid_linear_bce(
     out = _api.forward(_to_numpy(x), _to_numpy(W), _to_numpy(b))
     dZ = np.empty_like(out)
     divisor = out.size if reduction == "mean" else 1
-    total = _core.bce_sigmoid(out, _to_numpy(target.contiguous()), dZ, divisor)
+    try:
+        total = _core.bce_sigmoid(out, _to_numpy(target.contiguous()), dZ, divisor)
+    except ValueError as exc:  # a target outside [0, 1]: the core calls it y
+        message = str(exc)
+        if not message.startswith("y has a value outside"):
+            raise
+        message = "target" + message[1:].replace("flattened y ", "flattened target ")
+        raise ValueError(message) from None
     # A 0-d tensor over a NumPy scalar array: 1.5 us where torch.tensor takes 2.5-4.6.
     return torch.from_numpy(np.array(total / divisor, out.dtype)), torch.from_numpy(dZ)
 
@@ -1517,15 +1529,35 @@ class SigmoidLinear(torch.nn.Module):
         # A torch.nn.Linear's state (weight (n_out, n_in), bias) loads as W = weight.T and
         # b = bias. torch.nn.Module.load_state_dict passes a copy of the caller's dict.
         weight, bias = prefix + "weight", prefix + "bias"
+        # The Linear's tensors taken, by this layer's key: (the checkpoint's key, its value,
+        # the shape this layer takes under that key).
+        taken: dict[str, tuple[str, Any, str]] = {}
         if weight in state_dict and prefix + "W" not in state_dict:
             value = state_dict.pop(weight)
+            taken[prefix + "W"] = (
+                weight,
+                value,
+                f"({self.n_out}, {self.n_in}), (out_features, in_features)",
+            )
             state_dict[prefix + "W"] = value.T if isinstance(value, Tensor) else value
             # (a bias-free layer leaves "bias" as it is: the error names the caller's key)
             if bias in state_dict and prefix + "b" not in state_dict and self.b is not None:
-                state_dict[prefix + "b"] = state_dict.pop(bias)
+                value = state_dict[prefix + "b"] = state_dict.pop(bias)
+                taken[prefix + "b"] = (bias, value, f"({self.n_out},)")
+        errors_before = len(error_msgs)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        # torch's size-mismatch message would name W (and its transposed shape) or b, which
+        # are not in the caller's checkpoint: name its keys and shapes instead.
+        for i in range(errors_before, len(error_msgs)):
+            for key, (theirs, value, want) in taken.items():
+                if error_msgs[i].startswith(f"size mismatch for {key}:"):
+                    error_msgs[i] = (
+                        f"size mismatch for {theirs}: a torch.nn.Linear {theirs[len(prefix) :]} "
+                        f"of shape {tuple(value.shape)} in the checkpoint, but this layer is "
+                        f"SigmoidLinear({self.n_in}, {self.n_out}), which takes {want}"
+                    )
 
     def _bias(self) -> Tensor:
         """b, or for a layer without one the zero the operator adds in its place (of W's
