@@ -27,11 +27,14 @@ import math
 import os
 import sys
 
-import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
+try:
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
 
-from siglayer.torch import SigmoidLinear
+    from siglayer.torch import SigmoidLinear
+except ImportError as exc:  # torch is an optional extra: say which, not a traceback
+    sys.exit(f'train_ddp.py needs PyTorch ({exc}): pip install ".[torch]" from the checkout')
 
 SIZES = (16, 12, 8, 4)  # n_in of the first layer, ..., n_out of the last
 

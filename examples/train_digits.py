@@ -14,6 +14,7 @@ output. Adam, mini-batches of 32.
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import time
@@ -178,6 +179,16 @@ def main(argv: list[str] | None = None) -> History:
         parser.error(f"--lr must be a finite number > 0, got {args.lr}")
     if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
         parser.error(f"--plot {args.plot}: its folder does not exist (checked before training)")
+    # The examples extra, checked before any work rather than met as a traceback.
+    for module, package in (("sklearn", "scikit-learn"), ("matplotlib", "matplotlib")):
+        if module == "matplotlib" and not args.plot:
+            continue
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            parser.exit(
+                1, f'train_digits.py needs {package}: pip install ".[examples]" from the checkout\n'
+            )
     history = train(
         args.epochs, args.seed, batch_size=args.batch_size, lr=args.lr, dtype=args.dtype
     )
