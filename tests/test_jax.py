@@ -12,6 +12,7 @@ import pytest
 
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
+from jax.extend.core import Jaxpr  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
 
 import bf16_bounds as bb  # noqa: E402
@@ -89,6 +90,17 @@ def test_forward_and_gradients_match_jax(implementation, dtype, shape_x):
         assert_close(g, e, dtype)
 
 
+def equations(jaxpr):
+    """Every equation of a jaxpr and of the jaxprs inside its equations (the calls sit
+    inside custom_jvp_call, which refuses forward mode over them)."""
+    for e in jaxpr.eqns:
+        yield e
+        for value in e.params.values():
+            inner = getattr(value, "jaxpr", value)  # a ClosedJaxpr's jaxpr, or a Jaxpr
+            if isinstance(inner, Jaxpr):
+                yield from equations(inner)
+
+
 @pytest.mark.parametrize("argnums", [(1, 2), (0,), (0, 2), (2,), (1,)], ids=str)
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_only_the_differentiated_inputs_cost_a_product(implementation, argnums):
@@ -100,7 +112,7 @@ def test_only_the_differentiated_inputs_cost_a_product(implementation, argnums):
     g = jax.grad(loss(f), argnums=argnums)
     calls = [
         e
-        for e in jax.make_jaxpr(g)(x, W, b).jaxpr.eqns
+        for e in equations(jax.make_jaxpr(g)(x, W, b).jaxpr)
         if e.primitive.name in ("ffi_call", "pure_callback")
     ]
     (backward,) = [e for e in calls if len(e.outvars) == 3]
@@ -126,6 +138,28 @@ def test_check_grads(implementation):
     x, W, b = inputs((6, 5), 4, np.float64)
     check_grads(layer(implementation), (x, W, b), order=1, modes=["rev"])
     check_grads(jax.jit(loss(layer(implementation))), (x, W, b), order=1, modes=["rev"])
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_second_derivatives_are_refused_in_siglayers_words(implementation, jit):
+    """jax.hessian and jax.jacfwd of jax.grad met JAX's "Pure callbacks do not support
+    JVP" (or the FFI call's "cannot be differentiated"); now siglayer's NotImplementedError
+    names what works and what to use instead. First-order gradients are unchanged."""
+    x, W, b = inputs((6, 5), 4, np.float64)
+    f = loss(layer(implementation))
+    for second in (jax.hessian(f, argnums=1), jax.jacfwd(jax.grad(f, argnums=1), argnums=1)):
+        with pytest.raises(
+            NotImplementedError,
+            match=r"^siglayer\.jax\.sigmoid_linear is differentiable once, in reverse mode "
+            r"\(jax\.grad, jax\.vjp, jax\.jacrev\).*use jax\.nn\.sigmoid\(x @ W \+ b\) there",
+        ):
+            (jax.jit(second) if jit else second)(x, W, b)
+    grad = jax.grad(f, argnums=1)
+    assert_close(grad(x, W, b), jax.grad(loss(reference), argnums=1)(x, W, b), np.float64)
+    # Forward mode of the layer itself is JAX's own refusal of a custom_vjp function.
+    with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
+        jax.jvp(layer(implementation), (x, W, b), (x, W, b))
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)

@@ -30,7 +30,8 @@ cotangent in its primal's dtype, so dW is then rounded to bfloat16 once (XLA's c
 round to nearest even) and db to b's dtype (a float32 b keeps its float32 db).
 
 CPU only. First-order reverse mode only: ``jax.jvp`` and second derivatives are not
-available (use ``jax.nn.sigmoid(x @ W + b)`` for those).
+available (use ``jax.nn.sigmoid(x @ W + b)`` for those); ``jax.hessian`` raises a
+NotImplementedError that says so.
 """
 
 from __future__ import annotations
@@ -201,10 +202,34 @@ def _sequential(
     return outs
 
 
+_SECOND_ORDER = (
+    "siglayer.jax.sigmoid_linear is differentiable once, in reverse mode (jax.grad, "
+    "jax.vjp, jax.jacrev): its passes are calls into siglayer's core, which JAX cannot "
+    "differentiate again, so forward mode over them (jax.jvp, jax.jacfwd) and second "
+    "derivatives (jax.hessian) are not available; use jax.nn.sigmoid(x @ W + b) there"
+)
+
+
+def _no_forward_mode(function: Callable[..., Any], nondiff_argnums: tuple[int, ...] = ()) -> Any:
+    """function, whose forward-mode derivative (what a second derivative takes of the
+    forward and backward passes) is siglayer's own error rather than JAX's about callbacks
+    or FFI calls (a user saw "Pure callbacks do not support JVP"). Traced away under jit;
+    the rule runs only at trace time, when JAX asks for it."""
+    wrapped = _jax.custom_jvp(function, nondiff_argnums=nondiff_argnums)
+
+    def refuse(*args: Any) -> Any:
+        raise NotImplementedError(_SECOND_ORDER)
+
+    wrapped.defjvp(refuse)
+    return wrapped
+
+
 def _make_layer(
     forward: Callable[[Array, Array, Array], Array],
     backward: Callable[[Array, Array, Array, Array, bool, bool], tuple[Array, Array, Array]],
 ) -> Callable[[Array, Array, Array], Array]:
+    backward = _no_forward_mode(backward, nondiff_argnums=(4, 5))
+
     def forward_batchable(x: Array, W: Array, b: Array) -> Array:
         return forward(x, W, b)
 
@@ -220,6 +245,7 @@ def _make_layer(
         return _sequential(batchable, in_batched, (x, W, b)), True
 
     batchable.def_vmap(vmap_rule)
+    batchable = _no_forward_mode(batchable)
 
     def layer(x: Array, W: Array, b: Array) -> Array:
         out: Array = batchable(x, W, b)
