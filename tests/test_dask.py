@@ -214,7 +214,7 @@ def test_distributed_input_larger_than_worker_memory(tmp_path):
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",  # no fixed port: 8787 may be taken
             memory_limit=memory_limit,
             local_directory=str(tmp_path),
         ) as cluster,
