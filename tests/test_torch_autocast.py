@@ -126,3 +126,43 @@ def test_compiled_under_autocast_equals_eager(backend):
     got = torch.compile(f, fullgraph=True, backend=backend)(x)
     assert got.dtype == want.dtype == torch.bfloat16
     assert torch.equal(got, want)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("runner", ["operator", "export", "jit.trace", "jit.script"])
+def test_programs_that_call_the_operator_directly_run_under_autocast(runner):
+    """The operator has autocast kernels of its own: a program that calls it without the
+    Python function (an exported program, TorchScript, torch.ops.siglayer.*) casts as the
+    function does, bit for bit (a review found all four refusing autocast's bfloat16 x
+    beside a float32 W)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), SigmoidLinear(5, 4, seed=0))
+    x = inputs()[0]
+    with torch.autocast("cpu"):
+        want = model(x)
+    assert want.dtype == torch.bfloat16
+    head = model[2]
+    if runner == "operator":
+        program = lambda x: torch.ops.siglayer.sigmoid_linear(model[1](model[0](x)), head.W, head.b)  # noqa: E731
+    elif runner == "export":
+        program = torch.export.export(model, (x,)).module()
+    elif runner == "jit.trace":
+        program = torch.jit.trace(model, (x,))
+    else:
+        program = torch.jit.script(model)
+    with torch.autocast("cpu"):
+        got = program(x)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+    # Outside autocast the same program computes in float32, as before.
+    assert torch.equal(program(x), model(x))
+
+
+def test_fused_loss_operator_runs_in_float32_under_autocast():
+    x, W, b = inputs()
+    y = (torch.arange(32).reshape(8, 4) % 3 == 0).float()
+    with torch.autocast("cpu"):
+        want = sigmoid_linear_bce_loss(x.bfloat16(), W, b, y)
+        loss, dZ = torch.ops.siglayer.sigmoid_linear_bce(x.bfloat16(), W, b, y, "mean")
+    assert loss.dtype == dZ.dtype == torch.float32
+    assert torch.equal(loss, want)
+    assert torch.equal(loss, sigmoid_linear_bce_loss(x.bfloat16().float(), W, b, y))

@@ -677,6 +677,47 @@ _backward_from_preactivation_op = (
     torch.ops.siglayer.sigmoid_linear_backward_from_preactivation.default
 )
 
+# torch.autocast on the CPU for the forward operators themselves, not only in the Python
+# functions: a program that calls an operator directly (torch.export's, TorchScript's, a
+# user's torch.ops.siglayer call) then casts as the functions do (a review found those
+# refusing autocast's bfloat16 x beside a float32 W). The same casts as the functions
+# (_autocast_layer; float32 for the fused loss), then the operator again with the
+# Autocast key excluded, as torch.library.register_autocast does (its casts would round a
+# float32 b too). That key is in the dispatch set only while autocast is on: no cost off it.
+_AUTOCAST_CPU = torch._C.DispatchKey.AutocastCPU
+
+
+def _sigmoid_linear_autocast(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    x, W, b = _autocast_layer(x, W, b)
+    with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_AUTOCAST_CPU)):
+        out: Tensor = _forward_op(x, W, b)
+    return out
+
+
+def _sigmoid_linear_bce_autocast(
+    x: Tensor, W: Tensor, b: Tensor, target: Tensor, reduction: str
+) -> tuple[Tensor, Tensor]:
+    # As PyTorch runs binary_cross_entropy_with_logits under autocast: in float32.
+    x, W, b, target = _autocast_inputs((x, W, b, target), torch.float32, (False,) * 4)
+    with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_AUTOCAST_CPU)):
+        loss, dZ = _bce_op(x, W, b, target, reduction)
+    return loss, dZ
+
+
+for _op, _kernel in (
+    (_forward_op, _sigmoid_linear_autocast),
+    (_bce_op, _sigmoid_linear_bce_autocast),
+):
+    # The Python dispatcher's entry (tracing: torch.export, torch.compile) and the C++
+    # dispatcher's (eager calls of the operator, TorchScript), one kernel for both.
+    _op.py_impl(_AUTOCAST_CPU)(_kernel)
+    _LIBRARY.impl(  # type: ignore[no-untyped-call]
+        _op._schema.name.split("::")[1],
+        lambda _keyset, *args, _kernel=_kernel: _kernel(*args),
+        "AutocastCPU",
+        with_keyset=True,
+    )
+
 
 # The eager path. In plain eager mode the operator's Python machinery (the dispatcher
 # calling back into Python twice, the autograd kernel's Function, the backward
