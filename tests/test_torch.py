@@ -9,7 +9,7 @@ import pytest
 import siglayer
 
 torch = pytest.importorskip("torch")
-from siglayer.torch import SigmoidLinear, sigmoid_linear  # noqa: E402
+from siglayer.torch import SigmoidLinear, sigmoid_linear, sigmoid_linear_bce_loss  # noqa: E402
 
 
 def tensors(seed, shape_x=(6, 5), n_out=4, dtype=torch.float64, requires_grad=True):
@@ -388,3 +388,55 @@ def test_module_follows_torch_defaults():
     old.reset_parameters()
     torch.manual_seed(0)
     assert torch.equal(old.W, SigmoidLinear(3, 2).W)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("frozen", ["W", "x"])
+@pytest.mark.parametrize("fused", [False, True], ids=["layer", "fused-loss"])
+def test_eager_path_saves_only_what_the_gradients_read(dtype, frozen, fused):
+    """As nn.Linear: x is kept only for dW, W only for dx. A frozen W keeps no activation
+    alive, and an x changed in place after the forward (a residual h += layer(h)) is no
+    error when no gradient reads it; one that is read is still caught. A review found the
+    layer saving both always (more memory when fine-tuning, and an error PyTorch does
+    not raise)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, generator=g, dtype=dtype, requires_grad=frozen == "W")
+    W = torch.randn(5, 3, generator=g, dtype=dtype, requires_grad=frozen == "x")
+    b = torch.randn(3, generator=g, dtype=dtype, requires_grad=True)
+    y = torch.rand(6, 3, generator=g, dtype=dtype).round()
+    saved: list[tuple[int, ...]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(tuple(t.shape))
+        return t
+
+    def run(a: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        if fused:
+            return sigmoid_linear_bce_loss(a, W, b, y, reduction="sum")
+        return (sigmoid_linear(a, W, b) * y).sum()
+
+    def oracle(a: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        out = torch.sigmoid(a @ W + b)
+        if fused:
+            return torch.nn.functional.binary_cross_entropy(out, y, reduction="sum")
+        return (out * y).sum()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run(x * 1.0, W)
+    # x (6, 5) is saved only when W is trained; W (5, 3) only when x is.
+    assert ((6, 5) in saved) == (frozen == "x") and ((5, 3) in saved) == (frozen == "W")
+    h = x * 1.0  # (without hooks: those skip autograd's version check)
+    loss = run(h, W)
+    h.add_(1.0)  # in place, after the forward: read by dW only
+    if frozen == "x":  # W trains: dW reads x, changed since
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+        return
+    loss.backward()
+    leaf = x
+    got = [leaf.grad, b.grad]
+    leaf.grad, b.grad = None, None
+    oracle(x * 1.0, W).backward()
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    for a, e in zip(got, [leaf.grad, b.grad], strict=True):
+        torch.testing.assert_close(a, e, **tol)

@@ -435,12 +435,38 @@ def _fake_gradients(
     return dx, dW, W.new_empty(W.shape[1], dtype=compute)
 
 
-def _setup_context(ctx: Any, inputs: Sequence[Any], output: Tensor) -> None:
+def _setup_context(
+    ctx: Any, inputs: Sequence[Any], output: Tensor, *, only_needed: bool = False
+) -> None:
     x, W, b = inputs
     # Saving out lets backward skip recomputing the sigmoid; autograd's version
     # counters reject a backward after out, x or W was changed in place.
-    ctx.save_for_backward(x, W, output)
+    ctx.save_for_backward(*_needed(ctx, x, W, only_needed), output)
+    ctx.n_in = x.shape[-1]
     ctx.b_dtype = b.dtype
+
+
+def _needed(ctx: Any, x: Tensor, W: Tensor, only_needed: bool) -> tuple[Tensor | None, ...]:
+    """(x, W) to save for reverse mode: with ``only_needed`` (the plain eager path, where
+    no forward mode needs them) x only for dW and W only for dx, as nn.Linear saves
+    them: a frozen W keeps no activation alive, and an in-place change of an x that no
+    gradient reads is no error (a review found both stricter than PyTorch)."""
+    if not only_needed:
+        return x, W
+    need_x, need_W = ctx.needs_input_grad[:2]
+    return x if need_W else None, W if need_x else None
+
+
+def _saved_or_stand_ins(
+    ctx: Any, x: Tensor | None, W: Tensor | None, rows: Tensor
+) -> tuple[Tensor, Tensor]:
+    """x and W as saved, or for one not saved (its product is not computed) a stand-in of
+    its shape and dtype that holds one element (stride 0): the kernels read only its shape."""
+    if x is None:
+        x = rows.new_zeros(()).expand(*rows.shape[:-1], ctx.n_in)
+    if W is None:
+        W = rows.new_zeros(()).expand(ctx.n_in, rows.shape[-1])
+    return x, W
 
 
 def _refuse_double_backward(name: str, instead: str) -> None:
@@ -463,6 +489,7 @@ def _gradients(
     if not transformed:
         _refuse_double_backward("sigmoid_linear", "torch.sigmoid(x @ W + b)")
     x, W, out = ctx.saved_tensors
+    x, W = _saved_or_stand_ins(ctx, x, W, out)
     need_x, need_W, need_b = ctx.needs_input_grad
     # db is always computed (a by-product of the dZ sweep); a W that does not require
     # grad (frozen) skips dW's product, an x that does not skips dx's.
@@ -623,6 +650,7 @@ def _bce_setup_context(ctx: Any, inputs: Sequence[Any], output: tuple[Tensor, Te
     x, W = inputs[0], inputs[1]
     dZ = output[1]
     ctx.save_for_backward(x, W, dZ)
+    ctx.n_in = x.shape[-1]
     ctx.mark_non_differentiable(dZ)  # an intermediate the operator hands out, not a result
 
 
@@ -643,6 +671,7 @@ def _bce_gradients(
             "pass target.detach()"
         )
     x, W, dZ = ctx.saved_tensors
+    x, W = _saved_or_stand_ins(ctx, x, W, dZ)
     # loss.backward() passes 1: the eager path skips that multiply (a traced graph cannot
     # read the value, so the operator always multiplies; nor can vmap, see _eager_backward).
     if not eager or _under_vmap(dloss) or float(dloss) != 1.0:
@@ -736,7 +765,7 @@ class _Eager(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, W: Tensor, b: Tensor) -> Tensor:
         out = _sigmoid_linear(x, W, b)
-        _setup_context(ctx, (x, W, b), out)
+        _setup_context(ctx, (x, W, b), out, only_needed=True)
         return out
 
     @staticmethod
@@ -752,7 +781,8 @@ class _EagerBCE(torch.autograd.Function):
         ctx: Any, x: Tensor, W: Tensor, b: Tensor, target: Tensor, reduction: str
     ) -> Tensor:
         loss, dZ = _sigmoid_linear_bce(x, W, b, target, reduction)
-        ctx.save_for_backward(x, W, dZ)
+        ctx.save_for_backward(*_needed(ctx, x, W, True), dZ)
+        ctx.n_in = x.shape[-1]
         return loss
 
     @staticmethod
