@@ -1262,6 +1262,33 @@ def test_the_misalignment_hint_works() -> None:
     )
 
 
+@pytest.mark.parametrize("dtype", [f32, f64])
+def test_empty_arrays_at_odd_addresses_are_accepted(dtype: type) -> None:
+    """An array of no elements has nothing to misalign (NumPy calls it aligned at any
+    address); a distributed Dask worker unpickles empty row chunks at odd offsets, and
+    the core refused them, intermittently failing whole computations (a review's find)."""
+
+    def empty_at_odd_address(shape: tuple[int, ...]) -> np.ndarray:
+        # (an empty slice of misaligned() may be given an aligned address by NumPy)
+        return np.frombuffer(bytearray(64), dtype, count=0, offset=1).reshape(shape)
+
+    W, b = np.full((3, 2), 0.5, dtype), np.zeros(2, dtype)
+    x, rows = empty_at_odd_address((0, 3)), empty_at_odd_address((0, 2))
+    assert x.flags.aligned and x.ctypes.data % np.dtype(dtype).itemsize != 0
+    assert siglayer.forward(x, W, b).shape == (0, 2)
+    dx, dW, db = siglayer.backward(rows, x, W, rows)
+    assert dx.shape == (0, 3) and (dW == 0).all() and (db == 0).all()
+    dx, dW, db = siglayer.backward_from_preactivation(rows, x, W)
+    assert dx.shape == (0, 3) and (dW == 0).all() and (db == 0).all()
+    out = np.frombuffer(bytearray(64), dtype, count=0, offset=1).reshape(0, 2)
+    assert siglayer.forward(x, W, b, out=out) is out
+    assert siglayer.losses.bce_loss(rows, rows, reduction="sum") == 0.0
+    assert siglayer.losses.mse_loss(rows, rows, reduction="sum") == 0.0
+    # One element is enough to be refused.
+    with pytest.raises(ValueError, match="x is not aligned"):
+        siglayer.forward(misaligned((1, 3), dtype), W, b)
+
+
 def test_layer_need_dx_takes_numpy_bools() -> None:
     """As the functional API does: need_dx=np.bool_(False) is False, not a TypeError."""
     layer = siglayer.SigmoidLayer(3, 2, dtype=f64, seed=0)

@@ -159,6 +159,10 @@ def test_errors_are_raised_when_the_graph_is_built():
         sd.forward(xd, np.zeros((5, 3)), b)
     with pytest.raises(ValueError, match="must be 2-D"):
         sd.forward(xd[:, 0], W, b)
+    # A masked dask array: refused here, not from inside a task at compute time.
+    masked = da.ma.masked_array(xd, mask=xd > 1)
+    with pytest.raises(TypeError, match=r"^x is a dask array of masked arrays; masks are not"):
+        sd.forward(masked, W, b)
     out = sd.forward(xd, W, b)
     with pytest.raises(ValueError, match="dout has shape"):
         sd.backward(out[:, :2], xd, W, out)

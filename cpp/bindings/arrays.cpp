@@ -177,6 +177,16 @@ void require_same_dtype(std::initializer_list<std::pair<const char*, const py::a
     throw py::type_error(msg);
 }
 
+// The array's data as a T*: for an array of no elements, which NumPy calls aligned at any
+// address (a distributed worker unpickles empty chunks at odd offsets) and which nothing
+// reads or writes, an aligned stand-in address instead of its own.
+template <class T>
+T* element_data(const py::array& a) {
+    alignas(T) static T none{};
+    if (a.size() == 0) return &none;
+    return static_cast<T*>(const_cast<void*>(a.data()));
+}
+
 template <class T>
 MatrixView<T> matrix_view(const py::array& a, const char* name) {
     const auto item = static_cast<py::ssize_t>(sizeof(T));
@@ -188,14 +198,15 @@ MatrixView<T> matrix_view(const py::array& a, const char* name) {
                                   name + ")");
         }
     }
-    if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) != 0) {
+    const T* data = element_data<T>(a);
+    if (reinterpret_cast<std::uintptr_t>(data) % alignof(T) != 0) {
         throw py::value_error(std::string(name) +
                               " is not aligned to its item size (it starts inside an "
                               "element's bytes); pass " +
                               name + ".copy(), which is aligned");
     }
     MatrixView<T> m;
-    m.data = static_cast<const T*>(a.data());
+    m.data = data;
     if (a.ndim() == 1) {
         m.rows = 1;
         m.cols = a.shape(0);
@@ -239,11 +250,12 @@ T* output_buffer(const py::array& a, const char* name, const std::vector<py::ssi
     if (!a.writeable()) throw py::value_error(std::string(name) + " is read-only");
     // NumPy calls a buffer at an odd address C-contiguous too; the kernels need T-aligned
     // stores (a misaligned T* is undefined behaviour even where the CPU tolerates it).
-    if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) != 0)
+    T* data = element_data<T>(a);
+    if (reinterpret_cast<std::uintptr_t>(data) % alignof(T) != 0)
         throw py::value_error(std::string(name) +
                               " is not aligned to its item size; pass an "
                               "array from np.empty");
-    return static_cast<T*>(const_cast<void*>(a.data()));
+    return data;
 }
 
 #define SIGLAYER_INSTANTIATE(T)                                           \

@@ -67,6 +67,11 @@ def _rows(name: str, value: Any) -> Any:
     """value as a 2-D dask array with one chunk across its columns."""
     if not isinstance(value, _da.Array):
         raise TypeError(f"{name} must be a dask.array.Array, got {type(value).__name__}")
+    if isinstance(value._meta, np.ma.MaskedArray):  # chunks of masked arrays
+        raise TypeError(
+            f"{name} is a dask array of masked arrays; masks are not supported: fill the "
+            f"masked entries first ({name} = da.ma.filled({name}, value))"
+        )
     if value.ndim != 2:
         raise ValueError(
             f"{name} must be 2-D (n, features), chunked by rows; got shape {value.shape}"
