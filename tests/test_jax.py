@@ -434,6 +434,9 @@ def test_ranks_and_implementation_are_checked():
         sj.sigmoid_linear(x[0, 0], W, b)
     with pytest.raises(ValueError, match=r"implementation must be"):
         sj.sigmoid_linear(x, W, b, implementation="cuda")  # type: ignore[arg-type]
+    # Named before the shapes, and not as "unhashable type" for a list.
+    with pytest.raises(ValueError, match=r"^implementation must be .*, got \['ffi'\]$"):
+        sj.sigmoid_linear(x, W.ravel(), b, implementation=["ffi"])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)

@@ -354,6 +354,11 @@ def sigmoid_linear(
     >>> dW.shape
     (3, 4)
     """
+    # The option first: a bad one (a list, say) is named, before any shape is looked at.
+    if not (isinstance(implementation, str) and implementation in ("auto", *_LAYERS)):
+        raise ValueError(
+            f"implementation must be 'auto', 'ffi' or 'callback', got {implementation!r}"
+        )
     for name, value in (("x", x), ("W", W), ("b", b)):
         dtype = getattr(value, "dtype", None)
         if dtype is None:
@@ -418,9 +423,5 @@ def sigmoid_linear(
             "implementation='ffi': this siglayer was built without the XLA FFI handlers "
             "(jax was not importable at build time); rebuild with jax installed, "
             "pip install --no-build-isolation ., or use implementation='callback'"
-        )
-    if implementation not in _LAYERS:
-        raise ValueError(
-            f"implementation must be 'auto', 'ffi' or 'callback', got {implementation!r}"
         )
     return _LAYERS[implementation](x, W, b)
