@@ -746,6 +746,7 @@ for _op, _kernel in (
         "AutocastCPU",
         with_keyset=True,
     )
+del _op, _kernel
 
 
 # The eager path. In plain eager mode the operator's Python machinery (the dispatcher
