@@ -466,6 +466,14 @@ def test_hyperparameters_as_numpy_values_are_taken_as_torch_takes_them():
         opt.nesterov = np.array(1.0)  # type: ignore[assignment]
 
 
+def misaligned(count: int) -> np.ndarray:
+    """float64 ones, C-contiguous and writeable, starting one byte off alignment."""
+    a = np.frombuffer(bytearray(8 * count + 1), np.float64, count=count, offset=1)
+    a[...] = 1.0
+    assert not a.flags.aligned and a.flags.c_contiguous and a.flags.writeable
+    return a
+
+
 @pytest.mark.parametrize(
     ("mutate", "error", "match"),
     [
@@ -501,6 +509,33 @@ def test_hyperparameters_as_numpy_values_are_taken_as_torch_takes_them():
             r"params\[1\] must be C-contiguous",
         ),
         (lambda a: a.update(params=np.zeros(3)), TypeError, "params must be a list"),
+        (
+            # A gradient laid out like its parameter but strided: named as strided (it was
+            # reported as a dtype mismatch, "float64, expected float64").
+            lambda a: a["grads"].__setitem__(1, np.zeros(8)[::2]),
+            ValueError,
+            r"grads\[1\] must be C-contiguous",
+        ),
+        (
+            lambda a: a["params"].__setitem__(1, misaligned(4)),
+            ValueError,
+            r"params\[1\] is not aligned to its item size .* pass params\[1\]\.copy\(\)",
+        ),
+        (
+            lambda a: a["grads"].__setitem__(0, misaligned(3)),
+            ValueError,
+            r"grads\[0\] is not aligned",
+        ),
+        (
+            lambda a: a["velocities"].__setitem__(1, misaligned(4)),
+            ValueError,
+            r"velocities\[1\] is not aligned",
+        ),
+        (
+            lambda a: a["params"].__setitem__(1, np.ones(4, np.float16)),
+            TypeError,
+            r"params\[1\] has dtype float16",
+        ),
     ],
     ids=[
         "length",
@@ -511,6 +546,11 @@ def test_hyperparameters_as_numpy_values_are_taken_as_torch_takes_them():
         "not-array",
         "strided",
         "not-list",
+        "strided-grad",
+        "misaligned-param",
+        "misaligned-grad",
+        "misaligned-state",
+        "float16",
     ],
 )
 def test_core_entry_point_checks_every_array(mutate, error, match):

@@ -68,6 +68,11 @@ py::dtype numpy_dtype();
 // TypeError naming the argument otherwise (float16 included: it is not bfloat16).
 int float_type_num(const py::array& a, const char* name);
 
+// ValueError naming the argument unless a's data is aligned to its item size (NumPy's
+// ALIGNED flag, which an array of no elements has at any address: nothing reads it). For
+// the bindings that read an array's data() directly, not through matrix_view.
+void require_aligned(const py::array& a, const char* name);
+
 // TypeError unless every array has the same dtype as the first.
 void require_same_dtype(std::initializer_list<std::pair<const char*, const py::array*>> arrays);
 

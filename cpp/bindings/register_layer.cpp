@@ -246,6 +246,7 @@ py::array sigmoid(py::handle z_h, py::handle out_h) {
     if (!(z.flags() & py::array::c_style))
         throw py::value_error("z must be C-contiguous, got strides " +
                               std::string(py::str(py::tuple(z.attr("strides")))));
+    require_aligned(z, "z");
     return dispatch_dtype(type_num, "z", [&](auto zero) {
         using T = decltype(zero);
         std::vector<py::ssize_t> shape(z.shape(), z.shape() + z.ndim());
@@ -274,6 +275,7 @@ py::array convert(py::handle a_h, py::handle out_h, const char* to_name) {
     if (!(a.flags() & py::array::c_style))
         throw py::value_error("a must be C-contiguous, got strides " +
                               std::string(py::str(py::tuple(a.attr("strides")))));
+    require_aligned(a, "a");
     std::vector<py::ssize_t> shape(a.shape(), a.shape() + a.ndim());
     To* dst = nullptr;
     py::array result = make_or_check<To>(out_h, "out", shape, dst);

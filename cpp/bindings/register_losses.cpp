@@ -27,6 +27,7 @@ double run(py::handle out_h, py::handle y_h, py::handle grad_h, double divisor,
     for (const auto& [name, a] : {std::pair{"out", &out}, std::pair{"y", &y}}) {
         if (!(a->flags() & py::array::c_style))
             throw py::value_error(std::string(name) + " must be C-contiguous");
+        require_aligned(*a, name);  // read through data() below
     }
     const py::array grad = as_array(grad_h, grad_name);
     const std::vector<py::ssize_t> shape(out.shape(), out.shape() + out.ndim());

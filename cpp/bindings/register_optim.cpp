@@ -4,6 +4,8 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "../siglayer/checks.hpp"
@@ -58,7 +60,7 @@ bool same_shape(const py::array& a, const py::array& b) {
 }
 
 // An array the update reads (a gradient) or writes (a parameter or state): float32 or
-// float64, C-contiguous, writeable unless read-only use, and shaped and typed like its
+// float64, C-contiguous, aligned, writeable unless read-only use, and shaped and typed like its
 // parameter `like` when given. The checks run first; names are built only for an error.
 py::array array_arg(py::handle h, Name name, const py::array* like, bool writeable) {
     // Leaked on purpose: a type object outlives the module, and no destructor runs at exit.
@@ -73,20 +75,26 @@ py::array array_arg(py::handle h, Name name, const py::array* like, bool writeab
     const bool ok =
         is_float_native(a) &&
         (like == nullptr || (same_shape(a, *like) && a.dtype().num() == like->dtype().num())) &&
-        (a.flags() & py::array::c_style) && (!writeable || a.writeable());
+        (a.flags() & py::array::c_style) && (!writeable || a.writeable()) &&
+        (a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_);
     if (ok) return a;
     const std::string n = name.str();
-    float_type_num(a, n.c_str());
+    float_type_num(a, n.c_str());  // TypeError for what siglayer never computes in
+    if (!is_float_native(a))       // bfloat16: a layer's masters are float32
+        throw py::type_error(n + " has dtype " + dtype_of(a) +
+                             "; the optimizers update float32 or float64 arrays");
     if (like != nullptr && !same_shape(a, *like))
         throw py::value_error(n + " has shape " + shape_of(a) + ", expected " + shape_of(*like) +
                               " (the shape of its parameter)");
-    if (like != nullptr)
+    if (like != nullptr && a.dtype().num() != like->dtype().num())
         throw py::type_error(n + " has dtype " + dtype_of(a) + ", expected " + dtype_of(*like) +
                              " (the dtype of its parameter)");
     if (!(a.flags() & py::array::c_style))
         throw py::value_error(n + " must be C-contiguous (strides " +
                               std::string(py::str(py::tuple(a.attr("strides")))) + ")");
-    throw py::value_error(n + " is read-only");
+    if (writeable && !a.writeable()) throw py::value_error(n + " is read-only");
+    require_aligned(a, n.c_str());
+    throw std::logic_error("array_arg: no check failed");  // unreachable: one of them did
 }
 
 // The bytes of a C-contiguous array (checked by array_arg), for the core's overlap test.

@@ -477,6 +477,11 @@ def _check_parameter(p: object, i: int) -> None:
             )
         if not a.flags.c_contiguous:
             raise ValueError(f"{p.name}: {what} must be C-contiguous")
+        if not a.flags.aligned:  # a view starting inside an element (np.frombuffer, offset=1)
+            raise ValueError(
+                f"{p.name}: {what} is not aligned to its item size (it starts inside an "
+                f"element's bytes); use an aligned copy, {what}.copy()"
+            )
     if not v.flags.writeable:
         raise ValueError(f"{p.name}: value is read-only")
     if g.shape != v.shape or g.dtype != v.dtype:
