@@ -339,6 +339,26 @@ def test_module_takes_linears_arguments_and_state(dtype):
         SigmoidLinear(6, 4, "no")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_from_linear_leaves_the_global_generator_alone(dtype, bias):
+    """Converting a Linear draws nothing: the layers created after it get the values they
+    would get beside the Linear (an audit saw a converted network differ from its
+    nn.Linear twin by 0.47, through the next layer's initialisation)."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(32, 16, bias=bias, dtype=dtype)
+    expected = torch.rand(5)
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(32, 16, bias=bias, dtype=dtype)
+    layer = SigmoidLinear.from_linear(linear)
+    assert torch.equal(torch.rand(5), expected)
+    assert layer.W.dtype == dtype and torch.equal(layer.W.detach(), linear.weight.detach().T)
+    assert (layer.b is None) == (not bias)
+    if bias:
+        assert torch.equal(layer.b.detach(), linear.bias.detach())
+    assert layer.W.requires_grad and layer.W.device.type == "cpu"
+
+
 def test_from_linear_names_the_linear_in_its_errors():
     with pytest.raises(TypeError, match=r"linear has dtype torch\.float16.*linear\.float\(\)"):
         SigmoidLinear.from_linear(torch.nn.Linear(3, 2, dtype=torch.float16))

@@ -1558,7 +1558,8 @@ class SigmoidLinear(torch.nn.Module):
         """The SigmoidLinear computing ``torch.sigmoid(linear(x))``: W = weight.T, b = bias,
         copied, each with its ``requires_grad`` (a frozen weight stays frozen, and costs no
         dW product). A Linear without bias gives a layer without b (``bias=False``); a
-        Linear on the meta device a layer on the meta device (nothing to copy)."""
+        Linear on the meta device a layer on the meta device (nothing to copy). Draws no
+        random numbers: torch's global generator is left where it was."""
         if not isinstance(linear, torch.nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
         weight = linear.weight
@@ -1574,8 +1575,13 @@ class SigmoidLinear(torch.nn.Module):
             )
         n_out, n_in = weight.shape
         bias = linear.bias is not None
-        layer = cls(n_in, n_out, bias, device=weight.device, dtype=weight.dtype)
+        # Built on the meta device, then given memory: nothing is drawn only to be
+        # overwritten, so torch's global generator is where it was (the layers created after
+        # a conversion start as they would beside the Linear; an audit saw a converted
+        # network differ from its nn.Linear twin by 0.47 through the next layer's draw).
+        layer = cls(n_in, n_out, bias, device="meta", dtype=weight.dtype)
         if not weight.is_meta:
+            layer = layer.to_empty(device=weight.device)
             with torch.no_grad():
                 layer.W.copy_(weight.T)
                 if layer.b is not None and linear.bias is not None:
