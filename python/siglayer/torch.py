@@ -447,8 +447,9 @@ def _setup_context(
 
 
 def _needed(ctx: Any, x: Tensor, W: Tensor, only_needed: bool) -> tuple[Tensor | None, ...]:
-    """(x, W) to save for reverse mode: with ``only_needed`` (the plain eager path, where
-    no forward mode needs them) x only when dW is computed, as nn.Linear saves it: a
+    """(x, W) to save for reverse mode: with ``only_needed`` (the eager path and the
+    operators' own autograd kernels, whose jvp reads what save_for_forward kept, not
+    these) x only when dW is computed, as nn.Linear saves it: a
     frozen W keeps no activation alive, and an in-place change of an x that no gradient
     reads is no error (a review found both stricter than PyTorch). W, a parameter that
     lives anyway, is always saved: a stand-in for it would cost every first layer (x not
@@ -643,10 +644,12 @@ def _backward_from_preactivation_fake(
     return _fake_gradients(x, W, need_dx, need_dW)
 
 
-def _bce_setup_context(ctx: Any, inputs: Sequence[Any], output: tuple[Tensor, Tensor]) -> None:
+def _bce_setup_context(
+    ctx: Any, inputs: Sequence[Any], output: tuple[Tensor, Tensor], *, only_needed: bool = False
+) -> None:
     x, W = inputs[0], inputs[1]
     dZ = output[1]
-    ctx.save_for_backward(x, W, dZ)
+    ctx.save_for_backward(*_needed(ctx, x, W, only_needed), dZ)
     ctx.n_in = x.shape[-1]
     ctx.mark_non_differentiable(dZ)  # an intermediate the operator hands out, not a result
 
@@ -1078,13 +1081,21 @@ def _tracked(*tensors: Tensor) -> bool:
 
 
 class _OperatorFunction(_Transformed):
-    """_Transformed as the operator's autograd kernel applies it, outside transforms."""
+    """_Transformed as the operator's autograd kernel applies it, outside transforms:
+    compiled and exported graphs, direct calls. It saves for reverse mode what the eager
+    path saves (x only when W trains), so a compiled graph with a frozen W keeps no
+    activation alive either, as nn.Linear's does not; jvp reads save_for_forward's."""
 
     @staticmethod
     def forward(x: Tensor, W: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
         with _below_autograd():
             result: Tensor = _forward_op(x, W, b)
         return result
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Sequence[Any], output: Tensor) -> None:
+        _setup_context(ctx, inputs, output, only_needed=True)
+        ctx.save_for_forward(inputs[0], inputs[1], output)
 
     @staticmethod
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
@@ -1101,6 +1112,11 @@ class _OperatorFunctionBCE(_TransformedBCE):
         with _below_autograd():
             loss, dZ = _bce_op(x, W, b, target, reduction)
         return loss, dZ
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Sequence[Any], output: tuple[Tensor, Tensor]) -> None:
+        _bce_setup_context(ctx, inputs, output, only_needed=True)  # as _OperatorFunction
+        ctx.save_for_forward(*inputs[:4], output[1])
 
     @staticmethod
     def backward(ctx: Any, dloss: Tensor, _ddZ: Tensor | None) -> tuple[Tensor | None, ...]:
