@@ -190,6 +190,23 @@ def test_unsupported_inputs(change, error, match):
         sigmoid_linear(args["x"], args["W"], args["b"])
 
 
+@pytest.mark.parametrize("width", [3, 2], ids=["n_out-wide", "other"])
+@pytest.mark.parametrize("call", ["forward", "bce_loss"])
+def test_layer_names_a_wrong_width_of_x_in_its_own_words(width, call):
+    """From the module W is its own: an x as wide as n_out gets no advice to pass W.T (a
+    review found the function's hint there), but the layer's n_in, as SigmoidLayer says."""
+    layer = SigmoidLinear(5, 3, seed=0)
+    x = torch.zeros(4, width)
+    expected = rf"^x has shape \(4, {width}\), expected \(\.\.\., 5\) for a layer with n_in=5$"
+    with pytest.raises(ValueError, match=expected):
+        if call == "forward":
+            layer(x)
+        else:
+            layer.bce_loss(x, torch.zeros(4, 3))
+    with pytest.raises(ValueError, match=r"target has shape \(4, 2\)"):  # other errors pass
+        layer.bce_loss(torch.zeros(4, 5), torch.zeros(4, 2))
+
+
 @pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
 @pytest.mark.parametrize("where", ["x", "W", "b", "layer", "target"])
 def test_nested_tensors_are_refused(where):

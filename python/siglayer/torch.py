@@ -1664,7 +1664,16 @@ class SigmoidLinear(torch.nn.Module):
             # TorchScript compiles this branch alone: the operator, checks in its kernel.
             out: Tensor = torch.ops.siglayer.sigmoid_linear(x, self.W, b)
             return out
-        return sigmoid_linear(x, self.W, b)
+        return _layer_forward(self, x, b)
+
+    def _check_width(self, x: object) -> None:
+        """The layer's own words for an x of the wrong width, raised where the function's
+        message would have said to pass W.T (which the module's caller never passed)."""
+        if isinstance(x, Tensor) and (x.dim() == 0 or x.shape[-1] != self.n_in):
+            raise ValueError(
+                f"x has shape {tuple(x.shape)}, expected (..., {self.n_in}) for a layer "
+                f"with n_in={self.n_in}"
+            ) from None
 
     def bce_loss(self, x: Tensor, target: Tensor, *, reduction: str = "mean") -> Tensor:
         """Binary cross-entropy of this layer's output against target, fused with the layer
@@ -1683,7 +1692,11 @@ class SigmoidLinear(torch.nn.Module):
         synchronises the gradients of what runs through its forward).
         """
         b = self._bias()
-        return sigmoid_linear_bce_loss(x, self.W, b, target, reduction=reduction)
+        try:
+            return sigmoid_linear_bce_loss(x, self.W, b, target, reduction=reduction)
+        except ValueError:
+            self._check_width(x)
+            raise
 
     def extra_repr(self) -> str:
         bias = "" if self.b is not None else ", bias=False"
@@ -1705,3 +1718,13 @@ def _module_device(device: torch.device | str | None) -> str:
             f"device must be 'cpu' or 'meta', got {device!r}: siglayer computes on the CPU"
         )
     return kind
+
+
+def _layer_forward(layer: SigmoidLinear, x: Tensor, b: Tensor) -> Tensor:
+    """SigmoidLinear.forward outside TorchScript, which compiles forward's whole body and
+    has no try blocks: an x of the wrong width gets the layer's words."""
+    try:
+        return sigmoid_linear(x, layer.W, b)
+    except ValueError:
+        layer._check_width(x)
+        raise
