@@ -427,6 +427,29 @@ def test_module_follows_torch_defaults():
     assert torch.equal(old.W, SigmoidLinear(3, 2).W)
 
 
+def test_frozen_layer_gradients_as_shapes_and_dtypes_change():
+    """The eager path reuses its last stand-in for an unsaved x while (dtype, shape) stay
+    the same: steps that change batch size, leading dimensions or dtype get dx right."""
+    g = torch.Generator().manual_seed(0)
+    for shape, dtype in [
+        ((4, 5), torch.float32),
+        ((4, 5), torch.float32),
+        ((6, 5), torch.float32),
+        ((2, 3, 5), torch.float32),
+        ((6, 5), torch.float64),
+        ((4, 5), torch.float32),
+    ]:
+        W = torch.randn(5, 3, generator=g, dtype=dtype)  # frozen: x is not saved
+        b = torch.randn(3, generator=g, dtype=dtype)
+        x = torch.randn(*shape, generator=g, dtype=dtype, requires_grad=True)
+        weights = torch.randn(*shape[:-1], 3, generator=g, dtype=dtype)
+        (sigmoid_linear(x, W, b) * weights).sum().backward()
+        got, x.grad = x.grad, None
+        (torch.sigmoid(x @ W + b) * weights).sum().backward()
+        tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {}
+        torch.testing.assert_close(got, x.grad, **tol)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("frozen", ["W", "x"])
 @pytest.mark.parametrize("fused", [False, True], ids=["layer", "fused-loss"])
