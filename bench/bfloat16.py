@@ -21,6 +21,10 @@ Contenders, forward and forward + backward (with dx), on the same values:
 kernels (e.g. the integer rounding to bfloat16 against ``vcvtne2ps2bf16`` of the default
 ``avx512bf16`` copy), switched before each call and back after.
 
+After the table come issue 16's bars (set for a CPU with AMX; on fwd+bwd), each ratio
+with its limit and "met" or "MISSED", and where the convert path ran, its own bar
+(within 1.3x of float32).
+
 ``--no-settle`` runs the contenders back to back, with no pause for the thread pools to
 fall asleep between them (the view of a script that mixes them).
 
@@ -209,6 +213,44 @@ def torch_runs(size: str, torch_all: bool) -> bool:
     return torch_all or _core.config()["cpu_bf16"] or size not in SLOW_TORCH_SIZES
 
 
+# Issue 16's bars, set for a CPU with AMX, on fwd+bwd: (numerator, denominator, sizes, the
+# largest ratio that meets the bar). bf16/torch: against PyTorch's bfloat16; bf16/f32:
+# against siglayer's float32 (2.5x faster); bf16/floor: the three bfloat16 products alone.
+AMX_BARS: tuple[tuple[str, str, tuple[str, ...], float], ...] = (
+    ("bf16", "torch", ("L", "N", "XL"), 0.8),
+    ("bf16", "torch", ("M",), 1.0),
+    ("bf16", "f32", ("L", "N", "XL"), 0.4),
+    ("bf16", "floor", ("L", "XL"), 1.2),
+)
+# And for a CPU without bfloat16 instructions (the convert path): bfloat16 within 1.3x of
+# siglayer's float32 at every size.
+CONVERT_BAR = ("bf16", "f32", tuple(harness.SIZES), 1.3)
+
+
+def bar_lines(rows: list[dict[str, Any]], path: str, amx: bool) -> tuple[list[str], int]:
+    """One line per bar and size measured (value, limit, met or MISSED), and the number
+    missed. The AMX bars are printed on every CPU (the Zen 4 table of docs/bfloat16.md
+    reads them too) and say so where the CPU has no AMX; the convert bar where the
+    convert path ran."""
+    bars = list(AMX_BARS) + ([CONVERT_BAR] if path == "convert" else [])
+    lines, missed = [], 0
+    for num, den, sizes, limit in bars:
+        for row in rows:
+            if row["pass"] != "forward_backward" or row["size"] not in sizes:
+                continue
+            if num not in row or den not in row:
+                continue  # not measured (PyTorch left out, say)
+            value = row[num] / row[den]
+            met = value <= limit
+            missed += not met
+            where = "" if amx or (num, den, sizes, limit) == CONVERT_BAR else " (set for AMX)"
+            lines.append(
+                f"{num}/{den} at {row['size']}: {value:.2f}, bar <= {limit}{where}: "
+                + ("met" if met else "MISSED")
+            )
+    return lines, missed
+
+
 def run(
     sizes: list[str],
     rounds: int,
@@ -283,6 +325,20 @@ def run(
                     + (f" {ratio('bf16(isa)', 'bf16'):>8}" if isa else ""),
                     flush=True,
                 )
+    amx = bool(_core.config()["cpu_amx_bf16"])
+    lines, missed = bar_lines(rows, active, amx)
+    if lines:
+        cpu = (
+            "this CPU has AMX-BF16"
+            if amx
+            else "this CPU lacks AMX-BF16: the AMX bars say nothing of AMX here"
+        )
+        print(
+            f"\nIssue 16's bars, fwd+bwd ({cpu}; bfloat16 path {active}): "
+            f"{missed} of {len(lines)} missed"
+        )
+        for line in lines:
+            print("  " + line)
     return rows
 
 

@@ -339,3 +339,38 @@ def test_narrow_sweep_checks_and_prints(capsys, monkeypatch):
     assert narrow.main([*args, "--no-torch", "--float64"]) == 0
     out = capsys.readouterr().out
     assert "f64:k/g" in out and "numpy" in out and "f32" not in out.split("\n", 2)[2]
+
+
+def test_bfloat16_bars_are_judged_on_fwd_bwd():
+    """bench/bfloat16.py prints issue 16's bars from its measured rows: each ratio against
+    its limit, met or missed, the AMX bars marked as such on a CPU without AMX, the
+    convert bar only where the convert path ran."""
+    pytest.importorskip("ml_dtypes")
+    import bfloat16
+
+    rows = [
+        {"size": "L", "pass": "forward", "bf16": 9.0, "torch": 1.0},  # fwd: not judged
+        {"size": "L", "pass": "forward_backward", "bf16": 0.7, "torch": 1.0, "f32": 1.0},
+        {"size": "M", "pass": "forward_backward", "bf16": 1.1, "torch": 1.0, "f32": 1.0},
+        {"size": "XL", "pass": "forward_backward", "bf16": 1.0, "floor": 0.9, "f32": 2.0},
+        {"size": "T", "pass": "forward_backward", "bf16": 1.4, "f32": 1.0},
+    ]
+    lines, missed = bfloat16.bar_lines(rows, "blas", amx=True)
+    assert lines == [
+        "bf16/torch at L: 0.70, bar <= 0.8: met",
+        "bf16/torch at M: 1.10, bar <= 1.0: MISSED",
+        "bf16/f32 at L: 0.70, bar <= 0.4: MISSED",
+        "bf16/f32 at XL: 0.50, bar <= 0.4: MISSED",
+        "bf16/floor at XL: 1.11, bar <= 1.2: met",
+    ]
+    assert missed == 3
+    lines, missed = bfloat16.bar_lines(rows, "convert", amx=False)
+    assert lines[0] == "bf16/torch at L: 0.70, bar <= 0.8 (set for AMX): met"
+    convert = [line for line in lines if "(set for AMX)" not in line]
+    assert convert == [
+        "bf16/f32 at L: 0.70, bar <= 1.3: met",
+        "bf16/f32 at M: 1.10, bar <= 1.3: met",
+        "bf16/f32 at XL: 0.50, bar <= 1.3: met",
+        "bf16/f32 at T: 1.40, bar <= 1.3: MISSED",
+    ]
+    assert missed == 4
