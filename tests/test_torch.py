@@ -207,6 +207,24 @@ def test_layer_names_a_wrong_width_of_x_in_its_own_words(width, call):
         layer.bce_loss(torch.zeros(4, 5), torch.zeros(4, 2))
 
 
+def test_layer_leaves_other_errors_as_they_are():
+    """Only the width error gets the layer's words: an x on another device whose width is
+    also wrong is named by its device, as the function names it (a review's find), and a
+    misaligned target of the fused loss is called target (the core calls it y)."""
+    layer = SigmoidLinear(5, 3, seed=0)
+    with pytest.raises(ValueError, match=r"^x on meta, W on cpu"):
+        layer(torch.randn(4, 6, device="meta"))
+    raw = torch.frombuffer(bytearray(4 * 12 + 1), dtype=torch.float32, offset=1, count=12)
+    target = raw.reshape(4, 3)
+    target.fill_(0.5)
+    with pytest.raises(ValueError, match=r"^target is not aligned .* pass target\.clone\(\)"):
+        layer.bce_loss(torch.rand(4, 5), target)
+    want = layer.bce_loss(
+        torch.rand(4, 5, generator=torch.Generator().manual_seed(0)), target.clone()
+    )
+    assert torch.isfinite(want)
+
+
 @pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
 @pytest.mark.parametrize("where", ["x", "W", "b", "layer", "target"])
 def test_nested_tensors_are_refused(where):
@@ -374,6 +392,39 @@ def test_from_linear_leaves_the_global_generator_alone(dtype, bias):
     if bias:
         assert torch.equal(layer.b.detach(), linear.bias.detach())
     assert layer.W.requires_grad and layer.W.device.type == "cpu"
+
+
+def test_from_linear_keeps_what_a_subclass_sets_up():
+    """A subclass's buffers, parameters and tensor hooks made in __init__ survive the
+    conversion (a first fix, built on the meta device then to_empty, wiped them)."""
+
+    class Scaled(SigmoidLinear):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.register_buffer("scale", torch.full((3,), 2.0))
+            self.calls = 0
+            self.W.register_hook(self._count)
+
+        def _count(self, grad):
+            self.calls += 1
+            return grad
+
+        def forward(self, x):
+            return super().forward(x) * self.scale
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(5, 3)
+    expected = torch.rand(2)
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(5, 3)
+    layer = Scaled.from_linear(linear)
+    assert torch.equal(torch.rand(2), expected)  # the generator untouched
+    assert type(layer) is Scaled and torch.equal(layer.scale, torch.full((3,), 2.0))
+    x = torch.rand(4, 5)
+    out = layer(x)
+    torch.testing.assert_close(out, 2.0 * torch.sigmoid(linear(x)))
+    out.sum().backward()
+    assert layer.calls == 1
 
 
 def test_from_linear_names_the_linear_in_its_errors():

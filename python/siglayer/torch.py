@@ -614,11 +614,17 @@ def _sigmoid_linear_bce(
     divisor = out.size if reduction == "mean" else 1
     try:
         total = _core.bce_sigmoid(out, _to_numpy(target.contiguous()), dZ, divisor)
-    except ValueError as exc:  # a target outside [0, 1]: the core calls it y
+    except ValueError as exc:  # a target outside [0, 1], or misaligned: the core calls it y
         message = str(exc)
-        if not message.startswith("y has a value outside"):
+        if message.startswith("y has a value outside"):
+            message = "target" + message[1:].replace("flattened y ", "flattened target ")
+        elif message.startswith("y is not aligned"):
+            message = (
+                "target is not aligned to its item size (it starts inside an element's "
+                "bytes); pass target.clone(), which is aligned"
+            )
+        else:
             raise
-        message = "target" + message[1:].replace("flattened y ", "flattened target ")
         raise ValueError(message) from None
     # A 0-d tensor over a NumPy scalar array: 1.5 us where torch.tensor takes 2.5-4.6.
     return torch.from_numpy(np.array(total / divisor, out.dtype)), torch.from_numpy(dZ)
@@ -1611,13 +1617,14 @@ class SigmoidLinear(torch.nn.Module):
             )
         n_out, n_in = weight.shape
         bias = linear.bias is not None
-        # Built on the meta device, then given memory: nothing is drawn only to be
-        # overwritten, so torch's global generator is where it was (the layers created after
-        # a conversion start as they would beside the Linear; an audit saw a converted
-        # network differ from its nn.Linear twin by 0.47 through the next layer's draw).
-        layer = cls(n_in, n_out, bias, device="meta", dtype=weight.dtype)
+        # The constructor's draw (overwritten below) is made on a forked generator, so
+        # torch's global one is where it was: the layers created after a conversion start
+        # as they would beside the Linear (an audit saw a converted network differ from its
+        # nn.Linear twin by 0.47 through the next layer's draw). Not the meta device and
+        # to_empty: that would also wipe what a subclass's __init__ sets up (a review).
+        with torch.random.fork_rng(devices=[]):
+            layer = cls(n_in, n_out, bias, device=weight.device, dtype=weight.dtype)
         if not weight.is_meta:
-            layer = layer.to_empty(device=weight.device)
             with torch.no_grad():
                 layer.W.copy_(weight.T)
                 if layer.b is not None and linear.bias is not None:
@@ -1686,13 +1693,18 @@ class SigmoidLinear(torch.nn.Module):
             return out
         return _layer_forward(self, x, b)
 
-    def _check_width(self, x: object) -> None:
-        """The layer's own words for an x of the wrong width, raised where the function's
-        message would have said to pass W.T (which the module's caller never passed)."""
-        if isinstance(x, Tensor) and (x.dim() == 0 or x.shape[-1] != self.n_in):
+    def _check_width(self, x: object, error: ValueError) -> None:
+        """The layer's own words for the function's error about x's width, which would
+        have said to pass W.T (which the module's caller never passed). Any other error
+        (a device, b's shape, a target) is left as it is."""
+        n_in = self.W.shape[0]
+        if (
+            str(error).startswith("x has shape ")
+            and isinstance(x, Tensor)
+            and (x.dim() == 0 or x.shape[-1] != n_in)
+        ):
             raise ValueError(
-                f"x has shape {tuple(x.shape)}, expected (..., {self.n_in}) for a layer "
-                f"with n_in={self.n_in}"
+                f"x has shape {tuple(x.shape)}, expected (..., {n_in}) for a layer with n_in={n_in}"
             ) from None
 
     def bce_loss(self, x: Tensor, target: Tensor, *, reduction: str = "mean") -> Tensor:
@@ -1714,8 +1726,8 @@ class SigmoidLinear(torch.nn.Module):
         b = self._bias()
         try:
             return sigmoid_linear_bce_loss(x, self.W, b, target, reduction=reduction)
-        except ValueError:
-            self._check_width(x)
+        except ValueError as error:
+            self._check_width(x, error)
             raise
 
     def extra_repr(self) -> str:
@@ -1745,6 +1757,6 @@ def _layer_forward(layer: SigmoidLinear, x: Tensor, b: Tensor) -> Tensor:
     has no try blocks: an x of the wrong width gets the layer's words."""
     try:
         return sigmoid_linear(x, layer.W, b)
-    except ValueError:
-        layer._check_width(x)
+    except ValueError as error:
+        layer._check_width(x, error)
         raise
