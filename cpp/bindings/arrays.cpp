@@ -177,12 +177,13 @@ void require_same_dtype(std::initializer_list<std::pair<const char*, const py::a
     throw py::type_error(msg);
 }
 
-void require_aligned(const py::array& a, const char* name) {
+void require_aligned(const py::array& a, const char* name, const char* hint) {
     if (a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) return;
-    throw py::value_error(std::string(name) +
-                          " is not aligned to its item size (it starts inside an element's "
-                          "bytes); pass " +
-                          name + ".copy(), which is aligned");
+    throw py::value_error(
+        std::string(name) +
+        " is not aligned to its item size (it starts inside an element's "
+        "bytes); " +
+        (hint ? std::string(hint) : "pass " + std::string(name) + ".copy(), which is aligned"));
 }
 
 // The array's data as a T*: for an array of no elements, which NumPy calls aligned at any

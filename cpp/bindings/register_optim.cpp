@@ -93,7 +93,8 @@ py::array array_arg(py::handle h, Name name, const py::array* like, bool writeab
         throw py::value_error(n + " must be C-contiguous (strides " +
                               std::string(py::str(py::tuple(a.attr("strides")))) + ")");
     if (writeable && !a.writeable()) throw py::value_error(n + " is read-only");
-    require_aligned(a, n.c_str());
+    require_aligned(a, n.c_str(),
+                    "the update is made in place: pass an aligned array (np.zeros, np.empty)");
     throw std::logic_error("array_arg: no check failed");  // unreachable: one of them did
 }
 

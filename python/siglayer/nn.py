@@ -658,7 +658,9 @@ class SigmoidLayer(Generic[Float]):
         """A float32 input of a bfloat16 layer, rounded to bfloat16 once (the checks
         have passed); anything else as it is."""
         if self._mixed and a.dtype == np.float32:
-            return _core.to_bfloat16(np.ascontiguousarray(a))
+            # C order and aligned (a copy only where a is not): the rounding makes a new
+            # array anyway, so a misaligned input costs a copy, not a refusal.
+            return _core.to_bfloat16(np.require(a, requirements=("C", "A")))
         return a
 
     def _check_input(self, x: object) -> None:

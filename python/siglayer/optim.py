@@ -477,13 +477,15 @@ def _check_parameter(p: object, i: int) -> None:
             )
         if not a.flags.c_contiguous:
             raise ValueError(f"{p.name}: {what} must be C-contiguous")
+    if not v.flags.writeable:
+        raise ValueError(f"{p.name}: value is read-only")
+    for what, a in (("value", v), ("grad", g)):
         if not a.flags.aligned:  # a view starting inside an element (np.frombuffer, offset=1)
             raise ValueError(
                 f"{p.name}: {what} is not aligned to its item size (it starts inside an "
-                f"element's bytes); use an aligned copy, {what}.copy()"
+                f"element's bytes); make the Parameter with aligned arrays (np.zeros, "
+                f"np.empty or .copy() give one), which the optimizer then updates in place"
             )
-    if not v.flags.writeable:
-        raise ValueError(f"{p.name}: value is read-only")
     if g.shape != v.shape or g.dtype != v.dtype:
         # Another shape is a ValueError (checked first, as the binding does); only another
         # dtype, a TypeError, as everywhere in siglayer.
