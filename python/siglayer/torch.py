@@ -1600,8 +1600,8 @@ class SigmoidLinear(torch.nn.Module):
         """The SigmoidLinear computing ``torch.sigmoid(linear(x))``: W = weight.T, b = bias,
         copied, each with its ``requires_grad`` (a frozen weight stays frozen, and costs no
         dW product). A Linear without bias gives a layer without b (``bias=False``); a
-        Linear on the meta device a layer on the meta device (nothing to copy). Draws no
-        random numbers: torch's global generator is left where it was."""
+        Linear on the meta device a layer on the meta device (nothing to copy). torch's
+        global random generator is left where it was."""
         if not isinstance(linear, torch.nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
         weight = linear.weight
