@@ -6,6 +6,7 @@ contractions sum_ij G[i,j] J[i,j,...] that backward claims to compute.
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
@@ -363,6 +364,17 @@ def side_by_side(lines: list[str], left: str, right: str, occurrence: int = 0):
     return parse(r[:column] for r in rows), parse(r[column:] for r in rows)
 
 
+def blocks(lines: list[str], titles: list[str]) -> list[np.ndarray]:
+    """The arrays printed next to each other under these titles, left to right."""
+    header = next(n for n, line in enumerate(lines) if all(t in line for t in titles))
+    columns = [lines[header].index(t) for t in titles] + [None]
+    rows = _array_lines(lines, header + 1)
+    return [
+        np.array([float(v) for r in rows for v in NUMBER.findall(r[start:stop])])
+        for start, stop in itertools.pairwise(columns)
+    ]
+
+
 def test_explain_prints_matching_numbers():
     result = subprocess.run(
         [sys.executable, "-m", "siglayer", "explain"], capture_output=True, text=True, timeout=120
@@ -374,29 +386,33 @@ def test_explain_prints_matching_numbers():
     assert result.stdout.count("  equal") == 7  # batch sum, then dW, db, dx for each G
 
     # The printed inputs are tenths, so they parse back exactly; recompute everything here.
-    x = shown(lines, "x  (n=2, n_in=3)").reshape(2, 3)
+    n = 4  # the batch differs from n_in = 3 and n_out = 2
+    x = shown(lines, f"x  (n={n}, n_in=3)").reshape(n, 3)
     W = shown(lines, "W  (n_in=3, n_out=2)").reshape(3, 2)
     b = shown(lines, "b  (n_out=2,)")
     out = reference.forward(x, W, b)
-    np.testing.assert_allclose(shown(lines, "out = sigmoid").reshape(2, 2), out, atol=1e-8)
+    np.testing.assert_allclose(shown(lines, "out = sigmoid").reshape(n, 2), out, atol=1e-8)
 
     s = out * (1 - out)
-    for i in range(2):
+    for i in range(n):
         J_i0, J_i1 = side_by_side(lines, f"J_W[{i}, 0]", f"J_W[{i}, 1]")
         np.testing.assert_allclose(J_i0.reshape(3, 2), np.outer(x[i], [s[i, 0], 0]), atol=1e-8)
         np.testing.assert_allclose(J_i1.reshape(3, 2), np.outer(x[i], [0, s[i, 1]]), atol=1e-8)
 
-    for occurrence, G in enumerate([np.ones((2, 2)), shown(lines, "G", 1).reshape(2, 2)]):
-        np.testing.assert_array_equal(shown(lines, "G", occurrence).reshape(2, 2), G)
+    for occurrence, G in enumerate([np.ones((n, 2)), shown(lines, "G", 1).reshape(n, 2)]):
+        np.testing.assert_array_equal(shown(lines, "G", occurrence).reshape(n, 2), G)
         _, want, _ = reference.backward(G, x, W, out)
         from_J, from_backward = side_by_side(lines, "dW from J_W", "dW from backward", occurrence)
         np.testing.assert_allclose(from_J.reshape(3, 2), want, atol=1e-8)
         np.testing.assert_allclose(from_backward.reshape(3, 2), want, atol=1e-8)
     assert not np.all(shown(lines, "G", 1) == 1)  # the second G really is another one
 
-    first, second = side_by_side(lines, "outer(x[0], dZ[0])", "outer(x[1], dZ[1])")
-    _, dW_ones, _ = reference.backward(np.ones((2, 2)), x, W, out)
-    np.testing.assert_allclose((first + second).reshape(3, 2), dW_ones, atol=2e-8)
+    outers = blocks(lines, [f"outer(x[{i}], dZ[{i}])" for i in range(n)])
+    dZ_ones = out * (1 - out)
+    for i, printed in enumerate(outers):  # each sample's own outer product
+        np.testing.assert_allclose(printed.reshape(3, 2), np.outer(x[i], dZ_ones[i]), atol=1e-8)
+    _, dW_ones, _ = reference.backward(np.ones((n, 2)), x, W, out)
+    np.testing.assert_allclose(sum(outers).reshape(3, 2), dW_ones, atol=4e-8)
 
 
 @pytest.mark.parametrize("which", ["dW-scaled", "db-mean", "dx-no-sigmoid-derivative"])

@@ -443,8 +443,9 @@ def backward_from_preactivation(
     The same products as :func:`backward` without its first step (dZ = dout * out *
     (1 - out)): dW = x.T @ dZ, db = dZ summed over the rows, dx = dZ @ W.T. Use it when
     the loss gives dZ directly, as binary cross-entropy fused with the sigmoid does:
-    dZ = (out - y) / N, with no division by out * (1 - out), which is 0 where the
-    sigmoid saturates (see :mod:`siglayer.losses`).
+    dZ = (out - y) / N (N = out.size for the mean, every element as in torch.nn.BCELoss,
+    not the batch size; 1 for the sum), with no division by out * (1 - out), which is 0
+    or tiny where the sigmoid saturates (see :mod:`siglayer.losses`).
 
     Parameters
     ----------

@@ -188,10 +188,15 @@ def gradcheck(
 
     (the max absolute error when the finite-difference gradient is all zero). It is
     norm-wise, so entries near zero, where finite differences have no correct digits,
-    do not dominate. Typical values: ~1e-10 in float64, ~1e-7 in float32 (the float32
-    rounding of backward itself); more when a gradient is small through cancellation
-    (db with n_out = 1 and dZ summing to nearly zero), since the error is relative to the
-    gradient's own size. A wrong gradient gives ~1e-2 or more.
+    do not dominate. Typical values: ~1e-10 in float64; ~1e-7 in float32 when the
+    outputs are not close to 1 (backward computes sigma' as out * (1 - out) from the
+    rounded out, whose relative error grows like 2**-24 * exp(z) as out -> 1: 3e-6 at
+    z = 5, 3e-2 at z = 15, and sigma' = 0 beyond z = 17.3). More, too, when a gradient is
+    small through cancellation (db with n_out = 1 and dZ summing to nearly zero), since
+    the error is relative to the gradient's own size. The wrong gradients of
+    tests/test_derivation.py (dW ignoring dout, dW 1 % off, db as a mean, dx without
+    sigma') give 1e-2 or more; an error confined to entries much smaller than the largest
+    is diluted by this norm-wise measure (compare entrywise when it matters).
 
     Parameters
     ----------
@@ -268,13 +273,15 @@ def gradcheck(
 
 
 def _example() -> tuple[Array, Array, Array, Array]:
-    """explain's inputs: x (2, 3), W (3, 2), b (2,) and a random G (2, 2), one decimal each."""
+    """explain's inputs: x (4, 3), W (3, 2), b (2,) and a random G (4, 2), one decimal each:
+    n, n_in and n_out all differ, so that the batch axis and the output axis cannot be
+    told apart by shape alone (with n = n_out the wrong x.T @ dZ.T would have W's shape)."""
     rng = np.random.default_rng(12)
 
     def tenths(*shape: int) -> Array:
         return rng.integers(-20, 21, size=shape) / 10.0
 
-    return tenths(2, 3), tenths(3, 2), tenths(2), tenths(2, 2)
+    return tenths(4, 3), tenths(3, 2), tenths(2), tenths(4, 2)
 
 
 def _show(title: str, a: Array, file: TextIO) -> None:
@@ -299,8 +306,11 @@ def _side_by_side(blocks: dict[str, Array], file: TextIO) -> None:
 def explain(file: TextIO | None = None) -> int:
     """Print a small worked example of the derivation; return 0 if everything agrees.
 
-    For x (2, 3), W (3, 2), b (2,): out, the Jacobian J_W, its contraction with G = ones
-    next to ``backward``'s dW, then the same for a random G, with J_b and J_x too.
+    For x (4, 3), W (3, 2), b (2,): out, the Jacobian J_W, its contraction with G = ones
+    next to ``backward``'s dW, then the same for a random G, and whether the contractions
+    of J_b and J_x agree with db and dx. The Jacobians are built from their closed forms:
+    "equal" means the contraction and ``backward`` agree, not a finite-difference check
+    (that is :func:`gradcheck`).
     The exit status is 1 if a contraction and ``backward`` differ by more than
     ``EXPLAIN_TOLERANCE`` (norm-wise relative).
     """
@@ -308,7 +318,11 @@ def explain(file: TextIO | None = None) -> int:
     x, W, b, G_random = _example()
     n, n_in = x.shape
     n_out = W.shape[1]
-    print("out = sigmoid(x @ W + b), float64: the gradient of W from the Jacobian\n", file=file)
+    print(
+        "out = sigmoid(x @ W + b), float64: the gradient of L with respect to W, from the "
+        "Jacobian\n",
+        file=file,
+    )
     _show(f"x  (n={n}, n_in={n_in})", x, file)
     _show(f"W  (n_in={n_in}, n_out={n_out})", W, file)
     _show(f"b  (n_out={n_out},)", b, file)

@@ -9,12 +9,16 @@ and mean reduction over N elements,
 
 The gradient with respect to out divides by out * (1 - out), which is 0 once the
 sigmoid saturates: inf or NaN, or a vanishing product, in the chain rule. The two sides
-saturate far apart. out rounds to exactly 1 for Z above about 17.3 in float32 and 36.7
-in float64, where 1 - exp(-Z) becomes 1; towards -inf out is about exp(Z), which goes
-down through the subnormal numbers and rounds to exactly 0 only for Z below about -104
-(-103.97) in float32 and -745 (-745.13) in float64; 1 / (out * (1 - out)) overflows
-well before, below about -88.7 and -709.8. The fused dL/dZ is always finite and exact,
-so :class:`BCELoss` gives dZ and the network takes it through
+saturate far apart. out rounds to exactly 1 for Z above about 17.3 in float32 (where
+1 - exp(-Z) rounds to 1) and 36.7 in float64 (where the kernel's 1 + exp(-Z) rounds to
+1; a correctly rounded sigmoid would reach 1 only at 37.4); towards -inf out is about
+exp(Z), which goes down through the subnormal numbers and rounds to exactly 0 only for Z
+below about -104 (-103.97) in float32 and -745 (-745.13) in float64; 1 / (out * (1 -
+out)) overflows well before, below about -88.7 and -709.8. The fused dL/dZ is always
+finite, with an absolute error of about one rounding of out (at most 2**-24 / N in
+float32; where out rounds to 1 and y = 1 it is 0, a true value below that), while the
+unfused pair loses the gradient or shrinks it by orders of magnitude; so
+:class:`BCELoss` gives dZ and the network takes it through
 ``backward_from_preactivation``, skipping the sigmoid's derivative.
 
 >>> import numpy as np, siglayer
@@ -32,7 +36,8 @@ saturation. Two ways to keep it finite:
 
 - From logits (exact): with Z available, y*log(sigmoid(Z)) + (1-y)*log(1-sigmoid(Z)) =
   -(max(Z, 0) - Z*y + log1p(exp(-|Z|))), finite for every finite Z and accurate to a few
-  ulp (:func:`bce_with_logits_loss`; ``BCELoss(..., logits=Z)``;
+  ulp for 0/1 labels (for soft labels near 0 or 1 at large |Z| the term max(Z, 0) - Z*y
+  cancels and loses relative accuracy) (:func:`bce_with_logits_loss`; ``BCELoss(..., logits=Z)``;
   :meth:`siglayer.SigmoidLayer.preactivation` recomputes Z).
 - From probabilities (bounded): each log is clamped to >= -100, the convention of
   torch.nn.BCELoss, so a saturated wrong output costs 100 instead of infinity
@@ -269,7 +274,8 @@ def bce_grad_preactivation(
 ) -> Array:
     """dL/dZ of binary cross-entropy through the sigmoid out = sigmoid(Z): (out - y) / N.
 
-    Finite and exact for every out in [0, 1] (no division by out * (1 - out)). Feed it to
+    Finite for every out in [0, 1] (no division by out * (1 - out)), with an absolute
+    error of about one rounding of out. Feed it to
     ``backward_from_preactivation`` of the layer that produced out. Without ``dZ``, a new
     :class:`PreactivationGradient` (which ``backward`` refuses). ``dZ``, if given, is a
     C-contiguous buffer of out's shape and dtype to write into; it is returned as it is.

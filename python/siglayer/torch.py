@@ -552,7 +552,7 @@ _backward_op = torch.ops.siglayer.sigmoid_linear_backward.default
 # clamped to at least 1e-12, and the layer's multiplies by it again: two passes, and a
 # gradient that shrinks once out * (1 - out) < 1e-12 (|z| beyond about 27.6) and is 0
 # where out rounds to 1 (z beyond about 17 in float32, 37 in float64); the fused dZ is
-# exact there.
+# right there, within about one rounding of out.
 
 _REDUCTIONS = ("mean", "sum")
 
