@@ -1,7 +1,6 @@
 #include "arrays.hpp"
 
 #include <chrono>
-#include <cstdint>
 #include <thread>
 
 namespace siglayer::bindings {
@@ -207,15 +206,9 @@ MatrixView<T> matrix_view(const py::array& a, const char* name) {
                                   name + ")");
         }
     }
-    const T* data = element_data<T>(a);
-    if (reinterpret_cast<std::uintptr_t>(data) % alignof(T) != 0) {
-        throw py::value_error(std::string(name) +
-                              " is not aligned to its item size (it starts inside an "
-                              "element's bytes); pass " +
-                              name + ".copy(), which is aligned");
-    }
+    require_aligned(a, name);
     MatrixView<T> m;
-    m.data = data;
+    m.data = element_data<T>(a);
     if (a.ndim() == 1) {
         m.rows = 1;
         m.cols = a.shape(0);
@@ -259,12 +252,8 @@ T* output_buffer(const py::array& a, const char* name, const std::vector<py::ssi
     if (!a.writeable()) throw py::value_error(std::string(name) + " is read-only");
     // NumPy calls a buffer at an odd address C-contiguous too; the kernels need T-aligned
     // stores (a misaligned T* is undefined behaviour even where the CPU tolerates it).
-    T* data = element_data<T>(a);
-    if (reinterpret_cast<std::uintptr_t>(data) % alignof(T) != 0)
-        throw py::value_error(std::string(name) +
-                              " is not aligned to its item size; pass an "
-                              "array from np.empty");
-    return data;
+    require_aligned(a, name, "pass an array from np.empty");
+    return element_data<T>(a);
 }
 
 #define SIGLAYER_INSTANTIATE(T)                                           \

@@ -70,8 +70,8 @@ int float_type_num(const py::array& a, const char* name);
 
 // ValueError naming the argument unless a's data is aligned to its item size (NumPy's
 // ALIGNED flag, which an array of no elements has at any address: nothing reads it). For
-// the bindings that read an array's data() directly, not through matrix_view. hint ends
-// the message (default: pass NAME.copy(), which is aligned).
+// matrix_view, output_buffer and the bindings that read an array's data() directly. hint
+// ends the message (default: pass NAME.copy(), which is aligned).
 void require_aligned(const py::array& a, const char* name, const char* hint = nullptr);
 
 // TypeError unless every array has the same dtype as the first.
