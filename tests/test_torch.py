@@ -3,6 +3,8 @@ a training run), requires-grad subsets, layouts, and every unsupported input."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -223,6 +225,51 @@ def test_layer_leaves_other_errors_as_they_are():
         torch.rand(4, 5, generator=torch.Generator().manual_seed(0)), target.clone()
     )
     assert torch.isfinite(want)
+
+
+def _misaligned(*shape: int) -> torch.Tensor:
+    """A float32 tensor starting one byte into its buffer (torch.frombuffer at an odd
+    offset): aligned to nothing, filled with 0.25."""
+    count = math.prod(shape)
+    raw = torch.frombuffer(bytearray(4 * count + 1), dtype=torch.float32, offset=1, count=count)
+    assert raw.data_ptr() % 4 != 0
+    return raw.reshape(shape).fill_(0.25)
+
+
+@pytest.mark.parametrize(
+    ("path", "where"),
+    [(p, w) for p in ("function", "operator", "loss") for w in ("x", "W", "b")]
+    + [("operator", "dout")],
+)
+def test_misaligned_tensors_get_torch_advice(where, path):
+    """A misaligned tensor is refused with torch's remedy, .clone() (the core's words are
+    NumPy's, .copy(), which a tensor does not have), naming the argument, in every path;
+    the clone then computes."""
+    args = {
+        "x": torch.full((4, 5), 0.5),
+        "W": torch.full((5, 3), 0.1),
+        "b": torch.zeros(3),
+        "dout": torch.ones(4, 3),
+    }
+    shapes = {"x": (4, 5), "W": (5, 3), "b": (3,), "dout": (4, 3)}
+    args[where] = _misaligned(*shapes[where])
+
+    def run(a):
+        if path == "loss":
+            return sigmoid_linear_bce_loss(a["x"], a["W"], a["b"], torch.full((4, 3), 0.5))
+        if where == "dout":
+            out = torch.ops.siglayer.sigmoid_linear(a["x"], a["W"], a["b"])
+            return torch.ops.siglayer.sigmoid_linear_backward(a["dout"], a["x"], a["W"], out, True)
+        if path == "operator":
+            return torch.ops.siglayer.sigmoid_linear(a["x"], a["W"], a["b"])
+        return sigmoid_linear(a["x"], a["W"], a["b"])
+
+    with pytest.raises(ValueError, match=rf"^{where} is not aligned .* pass {where}\.clone\(\)"):
+        run(args)
+    args[where] = args[where].clone()
+    result = run(args)
+    first = result[0] if isinstance(result, tuple) else result
+    assert torch.isfinite(first).all()
 
 
 @pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")

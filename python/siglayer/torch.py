@@ -348,6 +348,16 @@ def _to_numpy(t: Tensor) -> np.ndarray[Any, Any]:
     return array
 
 
+def _in_torch_words(exc: ValueError) -> ValueError:
+    """The core's advice for a misaligned array (torch.frombuffer at an odd offset), NumPy's
+    ``x.copy()``, as a torch user's ``x.clone()``; other errors unchanged. Called only
+    on the error path (a try costs nothing until it catches)."""
+    message = str(exc)
+    if ".copy(), which is aligned" not in message:
+        return exc
+    return ValueError(message.replace(".copy(), which is aligned", ".clone(), which is aligned"))
+
+
 def _from_numpy(a: np.ndarray[Any, Any]) -> Tensor:
     """A tensor over the array's memory, no copy (bfloat16 through its int16 bits)."""
     if is_bfloat16(a.dtype):
@@ -357,7 +367,10 @@ def _from_numpy(a: np.ndarray[Any, Any]) -> Tensor:
 
 def _sigmoid_linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     # x (..., n_in), W (n_in, n_out), b (n_out,) -> out (..., n_out), x's dtype
-    out = _api.forward(_to_numpy(x), _to_numpy(W), _to_numpy(b))
+    try:
+        out = _api.forward(_to_numpy(x), _to_numpy(W), _to_numpy(b))
+    except ValueError as exc:
+        raise _in_torch_words(exc) from None
     return _from_numpy(out)
 
 
@@ -392,14 +405,17 @@ def _eager_backward(
         # batching rule that NumPy arrays cannot have.
         dx_op, dW_op, db_op = _backward_op(dout, x, W, out, need_dx, need_dW)
         return dx_op if need_dx else None, dW_op if need_dW else None, db_op
-    dx, dW, db = _api.backward(
-        _to_numpy(dout),
-        _to_numpy(x),
-        _to_numpy(W),
-        _to_numpy(out),
-        need_dx=need_dx,
-        need_dW=need_dW,
-    )
+    try:
+        dx, dW, db = _api.backward(
+            _to_numpy(dout),
+            _to_numpy(x),
+            _to_numpy(W),
+            _to_numpy(out),
+            need_dx=need_dx,
+            need_dW=need_dW,
+        )
+    except ValueError as exc:
+        raise _in_torch_words(exc) from None
     return (
         _from_numpy(dx) if dx is not None else None,
         torch.from_numpy(dW) if dW is not None else None,
@@ -609,7 +625,10 @@ def _sigmoid_linear_bce(
 ) -> tuple[Tensor, Tensor]:
     # x (..., n_in), W (n_in, n_out), b (n_out,), target (..., n_out) -> loss (), x's
     # dtype; dZ (..., n_out) = (out - target) / N, contiguous
-    out = _api.forward(_to_numpy(x), _to_numpy(W), _to_numpy(b))
+    try:
+        out = _api.forward(_to_numpy(x), _to_numpy(W), _to_numpy(b))
+    except ValueError as exc:
+        raise _in_torch_words(exc) from None
     dZ = np.empty_like(out)
     divisor = out.size if reduction == "mean" else 1
     try:
@@ -645,9 +664,12 @@ def _eager_backward_from_preactivation(
     if _under_vmap(dZ):  # as _eager_backward
         dx_op, dW_op, db_op = _backward_from_preactivation_op(dZ, x, W, need_dx, need_dW)
         return dx_op if need_dx else None, dW_op if need_dW else None, db_op
-    dx, dW, db = _api.backward_from_preactivation(
-        _to_numpy(dZ), _to_numpy(x), _to_numpy(W), need_dx=need_dx, need_dW=need_dW
-    )
+    try:
+        dx, dW, db = _api.backward_from_preactivation(
+            _to_numpy(dZ), _to_numpy(x), _to_numpy(W), need_dx=need_dx, need_dW=need_dW
+        )
+    except ValueError as exc:
+        raise _in_torch_words(exc) from None
     return (
         torch.from_numpy(dx) if dx is not None else None,
         torch.from_numpy(dW) if dW is not None else None,
