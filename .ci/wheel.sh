@@ -2,7 +2,7 @@
 # The redistributable Linux wheel, reproduced without Docker (docs/wheels.md):
 #   1. python -m build: an sdist, and a wheel built from that sdist;
 #   2. the sdist installed into a fresh virtual environment, and the tests it carries run;
-#   3. auditwheel repair: a manylinux wheel that keeps exactly the one libscipy_openblas.so
+#   3. auditwheel repair: a manylinux wheel that keeps exactly the one libscipy_openblas_siglayer.so
 #      and the one libiomp5.so that ship inside the package, and vendors nothing else
 #      (checked, not assumed);
 #   4. the repaired wheel installed into another fresh virtual environment, then
@@ -40,7 +40,7 @@ wheel="$(ls "$work"/dist/siglayer-*.whl)"
 step "auditwheel show (before repair)"
 auditwheel show "$wheel"
 step "auditwheel repair"
-auditwheel repair --exclude libscipy_openblas.so --exclude libiomp5.so -w "$work/repaired" "$wheel"
+auditwheel repair --exclude libscipy_openblas_siglayer.so --exclude libiomp5.so -w "$work/repaired" "$wheel"
 repaired="$(ls "$work"/repaired/siglayer-*manylinux*.whl)"
 auditwheel show "$repaired"
 
@@ -52,10 +52,10 @@ for name in names:
     print("   ", name)
 blas = [n for n in names if "openblas" in n]
 openmp = [n for n in names if n.rsplit("/", 1)[-1].startswith(("libiomp", "libgomp", "libomp"))]
-assert blas == ["siglayer/libscipy_openblas.so"], f"expected one BLAS next to _core, got {blas}"
+assert blas == ["siglayer/libscipy_openblas_siglayer.so"], f"expected one BLAS next to _core, got {blas}"
 assert openmp == ["siglayer/libiomp5.so"], f"expected one OpenMP runtime next to _core, got {openmp}"
 assert {"siglayer/py.typed", "siglayer/_core.pyi"} <= set(names), "typing files missing"
-print("one BLAS (siglayer/libscipy_openblas.so), one OpenMP runtime (siglayer/libiomp5.so)")
+print("one BLAS (siglayer/libscipy_openblas_siglayer.so), one OpenMP runtime (siglayer/libiomp5.so)")
 EOF
 deactivate
 

@@ -1,0 +1,103 @@
+"""What the installed package carries and how it loads beside other libraries: the
+shipped OpenBLAS under a library name of its own (a packaging audit found the upstream
+name shared with other copies: `import siglayer` failed after another release of it was
+loaded), and no OpenBLAS thread pool started at import."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import siglayer
+
+PACKAGE = Path(siglayer._core.__file__).resolve().parent  # the compiled part (editable installs too)
+CONFIG = siglayer._core.config()
+linux_default_blas = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or CONFIG["blas"] != "scipy-openblas32",
+    reason="the private OpenBLAS copy is the default build's, on Linux",
+)
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+
+
+@pytest.fixture(scope="module")
+def upstream_named_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty shared library under scipy-openblas32's own soname, libscipy_openblas.so:
+    what another package's copy of another release looks like to the loader (it goes by
+    the name, not by the contents)."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("needs a C compiler to build a stand-in library")
+    folder = tmp_path_factory.mktemp("other")
+    source = folder / "empty.c"
+    source.write_text("int other_package_marker(void) { return 7; }\n")
+    library = folder / "libscipy_openblas.so"
+    subprocess.run(
+        [compiler, "-shared", "-fPIC", "-Wl,-soname,libscipy_openblas.so", "-o", library, source],
+        check=True,
+        timeout=120,
+    )
+    return library
+
+
+@linux_default_blas
+def test_shipped_openblas_has_a_name_of_its_own():
+    shipped = sorted(p.name for p in PACKAGE.iterdir() if "openblas" in p.name)
+    assert shipped == ["libscipy_openblas_siglayer.so"]
+    maps = Path("/proc/self/maps").read_text()
+    assert str(PACKAGE / "libscipy_openblas_siglayer.so") in maps
+
+
+@linux_default_blas
+def test_import_after_another_library_of_the_upstream_name(upstream_named_library):
+    """Loaded first, a library named libscipy_openblas.so (another package's OpenBLAS)
+    is not taken for siglayer's: siglayer imports and computes (under the shared name,
+    the import failed with 'undefined symbol')."""
+    result = _run(
+        f"""
+        import ctypes
+        ctypes.CDLL({str(upstream_named_library)!r})
+        import numpy as np, siglayer
+        x = np.ones((3, 4), np.float32)
+        W = np.full((4, 2), 0.5, np.float32)
+        out = siglayer.forward(x, W, np.zeros(2, np.float32))
+        np.testing.assert_allclose(out, 1 / (1 + np.exp(-2.0)), rtol=1e-6)
+        print("ok")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ok"]
+
+
+@linux_default_blas
+def test_a_later_request_for_the_upstream_name_does_not_get_siglayers_copy():
+    """After `import siglayer`, a library asking for libscipy_openblas.so by name gets its
+    own (here: none on the search path, so the load fails), not siglayer's copy held to
+    one thread."""
+    result = _run(
+        """
+        import ctypes, siglayer
+        try:
+            ctypes.CDLL("libscipy_openblas.so")
+        except OSError:
+            print("not found")
+        else:
+            print("found siglayer's copy")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["not", "found"]
