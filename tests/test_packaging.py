@@ -16,7 +16,8 @@ import pytest
 
 import siglayer
 
-PACKAGE = Path(siglayer._core.__file__).resolve().parent  # the compiled part (editable installs too)
+# The compiled part's folder (in an editable install, not the sources' python/siglayer).
+PACKAGE = Path(siglayer._core.__file__).resolve().parent
 CONFIG = siglayer._core.config()
 linux_default_blas = pytest.mark.skipif(
     not sys.platform.startswith("linux") or CONFIG["blas"] != "scipy-openblas32",
@@ -101,3 +102,43 @@ def test_a_later_request_for_the_upstream_name_does_not_get_siglayers_copy():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["not", "found"]
+
+
+@linux_default_blas
+@pytest.mark.parametrize("preset", [None, "3"])
+def test_import_starts_no_blas_threads_and_leaves_the_environment(preset):
+    """OpenBLAS starts a pool of one thread per CPU but one when it is loaded; siglayer's
+    copy runs one thread per call, so the import loads it with OPENBLAS_NUM_THREADS=1
+    and restores the variable (a packaging audit counted one idle thread more after
+    `import siglayer` on two CPUs: 63 on 64). The BLAS's own threads still start when
+    asked for (the benchmarks' floor with threading='blas')."""
+    env = dict(os.environ)
+    env.pop("OPENBLAS_NUM_THREADS", None)
+    if preset is not None:
+        env["OPENBLAS_NUM_THREADS"] = preset
+    code = textwrap.dedent(
+        """
+        import os, numpy as np
+        def tasks():
+            return len(os.listdir("/proc/self/task"))
+        before, environ = tasks(), dict(os.environ)
+        import siglayer
+        after = tasks()
+        assert dict(os.environ) == environ, "the environment changed"
+        assert siglayer._core.blas_num_threads() == 1
+        A = np.ones((512, 512), np.float32)
+        siglayer.set_num_threads(2)
+        C = siglayer._core.gemm(A, A, threading="blas")
+        assert (C == 512).all()
+        print(before, after, tasks(), siglayer._core.blas_num_threads())
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    before, after, asked, blas_threads = map(int, result.stdout.split())
+    assert after == before
+    assert blas_threads == 1  # back to one thread after the call
+    if (os.cpu_count() or 1) > 1:
+        assert asked == before + 1  # OpenBLAS's second thread, started on demand

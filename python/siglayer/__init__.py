@@ -56,6 +56,9 @@ Examples
 
 from __future__ import annotations
 
+from . import _config  # noqa: F401  (first: it loads the compiled core, see _config._load_core)
+
+# isort: split
 from . import losses, optim, reference
 from ._api import backward, backward_from_preactivation, forward
 from ._compare import ErrorStats, compare

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import sys
@@ -9,9 +10,43 @@ import warnings
 from collections.abc import Callable
 from typing import Any, Literal, TextIO, TypedDict, cast, overload
 
-import numpy as np
+import numpy as np  # first: NumPy's own OpenBLAS reads the environment as the user set it
 
-from . import _core
+
+def _load_core() -> None:
+    """Import the compiled core without starting a thread pool it never uses.
+
+    The default build on Linux ships its own OpenBLAS beside _core
+    (libscipy_openblas_siglayer.so, loaded with it), which siglayer calls from its own
+    OpenMP threads, one BLAS thread each. OpenBLAS starts its worker pool when it is
+    loaded, one thread per CPU but one (or as OPENBLAS_NUM_THREADS, GOTO_NUM_THREADS or
+    OMP_NUM_THREADS say), and is set to one thread only afterwards: 63 idle threads in
+    every process on a 64-CPU host (a packaging audit counted one more thread after
+    ``import siglayer`` on two CPUs). Loaded with OPENBLAS_NUM_THREADS=1 it starts none
+    (it starts them when asked for more, as the benchmarks' BLAS-threaded floor does).
+    The variable is set for the load alone and restored right after: os.environ is as
+    the user left it. A system OpenBLAS (``SIGLAYER_BLAS=system``) may serve another
+    package too and keeps the user's setting; MKL does not read the variable.
+    """
+    variable = "OPENBLAS_NUM_THREADS"
+    spec = importlib.util.find_spec(f"{__package__}._core")
+    folder = os.path.dirname(spec.origin) if spec is not None and spec.origin else ""
+    if not os.path.exists(os.path.join(folder, "libscipy_openblas_siglayer.so")):
+        return  # another build, or not Linux: imported below as it is
+    saved = os.environ.get(variable)
+    os.environ[variable] = "1"
+    try:
+        from . import _core  # noqa: F401
+    finally:
+        if saved is None:
+            del os.environ[variable]
+        else:
+            os.environ[variable] = saved
+
+
+_load_core()
+
+from . import _core  # noqa: E402
 
 __all__ = ["Config", "config", "get_num_threads", "set_num_threads", "show_config"]
 
