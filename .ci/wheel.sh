@@ -50,11 +50,18 @@ import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 for name in names:
     print("   ", name)
-blas = [n for n in names if "openblas" in n]
+blas = [n for n in names if "openblas" in n and n.endswith(".so")]
 openmp = [n for n in names if n.rsplit("/", 1)[-1].startswith(("libiomp", "libgomp", "libomp"))]
 assert blas == ["siglayer/libscipy_openblas_siglayer.so"], f"expected one BLAS next to _core, got {blas}"
 assert openmp == ["siglayer/libiomp5.so"], f"expected one OpenMP runtime next to _core, got {openmp}"
 assert {"siglayer/py.typed", "siglayer/_core.pyi"} <= set(names), "typing files missing"
+licenses = {n.split(".dist-info/", 1)[1] for n in names if ".dist-info/licenses/" in n}
+assert licenses == {
+    "licenses/LICENSE",
+    "licenses/THIRD_PARTY_NOTICES.txt",
+    "licenses/third_party/scipy-openblas32-LICENSE.txt",
+    "licenses/third_party/intel-openmp-LICENSE.txt",
+}, f"license files: {sorted(licenses)}"
 print("one BLAS (siglayer/libscipy_openblas_siglayer.so), one OpenMP runtime (siglayer/libiomp5.so)")
 EOF
 deactivate
