@@ -34,7 +34,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
         "siglayer.dask needs Dask, which is not installed: pip install 'dask[array]' (or "
-        "pip install '.[dask]' in siglayer's source folder). The rest of siglayer works "
+        "pip install 'siglayer[dask]'). The rest of siglayer works "
         "without it."
     ) from exc
 

@@ -48,7 +48,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
         "siglayer.jax needs JAX, which is not installed: pip install jax (or pip install "
-        "'.[jax]' in siglayer's source folder). The rest of siglayer works without it."
+        "'siglayer[jax]'). The rest of siglayer works without it."
     ) from exc
 
 from . import _api, _core
