@@ -221,7 +221,8 @@ def test_first_calls_from_many_threads_at_once_do_not_deadlock():
         import sys, threading
         import numpy as np
         import siglayer
-        assert "numpy.ma" not in sys.modules
+        # NumPy 1.x imports numpy.ma itself (no import left to race on there)
+        assert "numpy.ma" not in sys.modules or np.__version__.startswith("1.")
         x, W, b = np.ones((2, 3)), np.ones((3, 4)), np.zeros(4)
         out = []
         ts = [threading.Thread(target=lambda: out.append(siglayer.forward(x, W, b)))
@@ -264,8 +265,12 @@ def test_exit_while_daemon_threads_are_inside_calls_is_clean():
                                                      np.ones(4096, np.float32))], lr=0.1)
         calls = [lambda: siglayer.forward(x, W, b),
                  lambda: siglayer.backward(out, x, W, out),
-                 opt.step,
-                 lambda: _core.to_bfloat16(np.ones(1 << 16, np.float32))]
+                 opt.step]
+        try:
+            import ml_dtypes  # the test extra has it; a bare pytest run may not
+            calls.append(lambda: _core.to_bfloat16(np.ones(1 << 16, np.float32)))
+        except ImportError:
+            pass
         def spin(call):
             while True:
                 call()
