@@ -25,7 +25,6 @@ import itertools
 import math
 import numbers
 import os
-import zipfile
 from collections.abc import Iterator, Sequence
 from typing import Any, Generic, Literal, NoReturn, Protocol, cast, overload, runtime_checkable
 
@@ -979,6 +978,8 @@ def load_parameters(parameters: Sequence[Parameter], path: str | os.PathLike[str
                 f"{os.fspath(path)} is not an .npz file of parameters as save_parameters "
                 f"writes (it begins {head!r}; an .npz file begins b'PK\\x03\\x04')"
             )
+        import zipfile  # here, not at import: 20-50 ms that only loading needs
+
         try:
             loaded = np.load(file, allow_pickle=False)
         except (ValueError, EOFError, zipfile.BadZipFile) as exc:
