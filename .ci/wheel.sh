@@ -55,7 +55,11 @@ openmp = [n for n in names if n.rsplit("/", 1)[-1].startswith(("libiomp", "libgo
 assert blas == ["siglayer/libscipy_openblas_siglayer.so"], f"expected one BLAS next to _core, got {blas}"
 assert openmp == ["siglayer/libiomp5.so"], f"expected one OpenMP runtime next to _core, got {openmp}"
 assert {"siglayer/py.typed", "siglayer/_core.pyi"} <= set(names), "typing files missing"
-licenses = {n.split(".dist-info/", 1)[1] for n in names if ".dist-info/licenses/" in n}
+licenses = {
+    n.split(".dist-info/", 1)[1]
+    for n in names
+    if ".dist-info/licenses/" in n and not n.endswith("/")  # auditwheel lists folders too
+}
 assert licenses == {
     "licenses/LICENSE",
     "licenses/THIRD_PARTY_NOTICES.txt",
