@@ -167,11 +167,19 @@ def _callback_forward(x: Array, W: Array, b: Array) -> Array:
     return out
 
 
+@functools.cache
+def _host_backward_for(need_dx: bool, need_dW: bool) -> Callable[..., Any]:
+    """One callable per flag pair: JAX keys its compile cache on the callback's equality,
+    and a fresh partial each call (equal only to itself) made every eager (unjitted)
+    grad compile and keep a new executable, ~1.5 MB a layer a step (a memory audit)."""
+    return functools.partial(_host_backward, need_dx=need_dx, need_dW=need_dW)
+
+
 def _callback_backward(
     dout: Array, x: Array, W: Array, out: Array, need_dx: bool, need_dW: bool
 ) -> tuple[Array, Array, Array]:
     dx, dW, db = _jax.pure_callback(
-        functools.partial(_host_backward, need_dx=need_dx, need_dW=need_dW),
+        _host_backward_for(bool(need_dx), bool(need_dW)),
         _gradient_types(x, W, need_dx, need_dW),
         dout,
         x,
