@@ -6,7 +6,10 @@
 # call), so one Python is not enough. On 3.10 with the oldest NumPy pyproject.toml admits
 # (numpy>=1.23): the suite had failed there, unseen, on NumPy 1.x's names. A Python this
 # machine lacks (neither on PATH nor under pyenv) is reported and skipped; a failure in
-# one that is here fails CI.
+# one that is here fails CI. The 3.10 leg also builds and tests with the lowest version of
+# every build and test requirement pyproject.toml declares (.ci/floors.txt): floors
+# declared but never installed had drifted (scikit-build-core 0.10 could not read the
+# license field).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -38,9 +41,14 @@ for version in 3.10 3.12 3.13; do
         source "$work/venv/bin/activate"
         python -m pip install -q --upgrade pip
         echo "pythons.sh: $(python --version)"
-        oldest_numpy=()
-        [[ "$version" == 3.10 ]] && oldest_numpy=("numpy==1.23.5")
-        pip install -q -C build-dir="$work/build" ".[test]" "${oldest_numpy[@]}"
+        if [[ "$version" == 3.10 ]]; then
+            floors="$root/.ci/floors.txt"
+            pip install -q -C build-dir="$work/build" -c "$floors" --build-constraint "$floors" ".[test]"
+            echo "pythons.sh: the floors of .ci/floors.txt:"
+            pip list --format=freeze | grep -i -E "^(numpy|ml.dtypes|threadpoolctl|hypothesis|pytest|pytest.benchmark)=="
+        else
+            pip install -q -C build-dir="$work/build" ".[test]"
+        fi
         python -c "import numpy; print('pythons.sh: numpy', numpy.__version__)"
         # From outside the source tree, so that `import siglayer` is this installation.
         cd "$work" && python -m pytest -p no:cacheprovider -q --rootdir="$root" \

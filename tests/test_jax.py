@@ -530,6 +530,8 @@ def _numpy_float64_refused():
 def test_symbolic_dimensions_are_refused_by_name():
     """jax.export's shape polymorphism: both ways in refuse it up front, naming the array
     (the callback path failed with a bare std::bad_cast inside JAX)."""
+    import jax.export  # an attribute of jax only from jax 0.8 on
+
     x_shape = jax.export.symbolic_shape("n, 5")
     W, b = jnp.ones((5, 3), jnp.float32), jnp.zeros(3, jnp.float32)
     for implementation in ("ffi", "callback") if sj.ffi_available() else ("callback",):

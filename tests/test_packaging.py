@@ -19,6 +19,7 @@ import siglayer
 # The compiled part's folder (in an editable install, not the sources' python/siglayer).
 PACKAGE = Path(siglayer._core.__file__).resolve().parent
 CONFIG = siglayer._core.config()
+ROOT = Path(__file__).resolve().parents[1]  # the source checkout
 linux_default_blas = pytest.mark.skipif(
     not sys.platform.startswith("linux") or CONFIG["blas"] != "scipy-openblas32",
     reason="the private OpenBLAS copy is the default build's, on Linux",
@@ -174,3 +175,44 @@ def test_licenses_ship_with_the_package():
     assert expected <= set(files)
     for name in expected:
         assert files[name].locate().stat().st_size > 1000, name
+
+
+def _floors_declared() -> dict[str, str]:
+    """Each `name>=version` of the build requirements, the dependencies and the test extra
+    of pyproject.toml (what a plain `pip install ".[test]"` builds and runs with)."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11's")
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    declared = [
+        *project["build-system"]["requires"],
+        *project["project"]["dependencies"],
+        *project["project"]["optional-dependencies"]["test"],
+    ]
+    floors = {}
+    for text in declared:
+        requirement = Requirement(text)
+        for spec in requirement.specifier:
+            if spec.operator == ">=":
+                floors[canonicalize_name(requirement.name)] = spec.version
+    return floors
+
+
+def test_ci_floors_are_the_declared_floors():
+    """.ci/floors.txt (the constraints .ci/pythons.sh's 3.10 leg builds and tests under)
+    pins each declared floor at exactly its version, and nothing else: a floor raised in
+    pyproject.toml without the CI file (or the reverse) would test a version nobody declared."""
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    declared = _floors_declared()
+    pinned = {}
+    for line in (ROOT / ".ci" / "floors.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pinned[canonicalize_name(name)] = version
+    assert sorted(pinned) == sorted(declared)
+    for name, version in declared.items():
+        assert Version(pinned[name]) == Version(version), (name, pinned[name], version)

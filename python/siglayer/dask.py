@@ -134,8 +134,8 @@ def forward(x: DaskArray, W: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> D
     >>> out = siglayer.dask.forward(x, W, b)
     >>> out.chunks
     ((4, 4, 2), (2,))
-    >>> out.sum().compute()
-    np.float64(10.0)
+    >>> float(out.sum().compute())
+    10.0
     """
     x = _rows("x", x)
     # The core's checks (dtypes, shapes, sizes), run now on zero rows of x.
