@@ -5,6 +5,7 @@ bfloat16 layer within the bounds of bf16_bounds.py."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,9 @@ VMAPS = {
 }
 
 
+_FRESH_ROWS = itertools.count()
+
+
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("argnums", [(0, 1, 2), (1, 2), (0,)], ids=str)
 def test_eager_grad_compiles_once(implementation, argnums, caplog):
@@ -191,7 +195,9 @@ def test_eager_grad_compiles_once(implementation, argnums, caplog):
     kept one executable a step (~1.5 MB a layer a step); this counts JAX's own compile logs."""
     import logging
 
-    x, W, b = inputs((9, 6), 5, np.float32, seed=3)
+    # A batch size no earlier run in this process used, so that the first step compiles
+    # (the test run again in one process, by pytest-repeat say, found the cache warm).
+    x, W, b = inputs((9 + next(_FRESH_ROWS), 6), 5, np.float32, seed=3)
     grad = jax.grad(loss(layer(implementation)), argnums=argnums)
     with jax.log_compiles(), caplog.at_level(logging.DEBUG, logger="jax"):
         expected = grad(x, W, b)

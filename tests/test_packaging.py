@@ -24,6 +24,9 @@ linux_default_blas = pytest.mark.skipif(
     not sys.platform.startswith("linux") or CONFIG["blas"] != "scipy-openblas32",
     reason="the private OpenBLAS copy is the default build's, on Linux",
 )
+needs_proc = pytest.mark.skipif(
+    not os.path.exists("/proc/self/task"), reason="reads /proc/self (no /proc mounted)"
+)
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -65,6 +68,7 @@ def upstream_named_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @linux_default_blas
+@needs_proc
 def test_shipped_openblas_has_a_name_of_its_own():
     shipped = sorted(p.name for p in PACKAGE.iterdir() if "openblas" in p.name)
     assert shipped == ["libscipy_openblas_siglayer.so"]
@@ -94,26 +98,31 @@ def test_import_after_another_library_of_the_upstream_name(upstream_named_librar
 
 
 @linux_default_blas
+@needs_proc
 def test_a_later_request_for_the_upstream_name_does_not_get_siglayers_copy():
     """After `import siglayer`, a library asking for libscipy_openblas.so by name gets its
-    own (here: none on the search path, so the load fails), not siglayer's copy held to
-    one thread."""
+    own (none, where no copy is on the search path: the load fails; or a file of that
+    name, scipy-openblas32's on LD_LIBRARY_PATH, say), not siglayer's copy held to one
+    thread (which would map no file of that name)."""
     result = _run(
         """
         import ctypes, siglayer
         try:
             ctypes.CDLL("libscipy_openblas.so")
         except OSError:
-            print("not found")
+            print("not-found")
         else:
-            print("found siglayer's copy")
+            with open("/proc/self/maps") as maps:
+                own = any(line.rstrip().endswith("/libscipy_openblas.so") for line in maps)
+            print("its-own" if own else "siglayers-copy")
         """
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["not", "found"]
+    assert result.stdout.split() in (["not-found"], ["its-own"])
 
 
 @linux_default_blas
+@needs_proc
 @pytest.mark.parametrize("preset", [None, "3"])
 def test_import_starts_no_blas_threads_and_leaves_the_environment(preset):
     """OpenBLAS starts a pool of one thread per CPU but one when it is loaded; siglayer's
@@ -151,6 +160,31 @@ def test_import_starts_no_blas_threads_and_leaves_the_environment(preset):
     assert blas_threads == 1  # back to one thread after the call
     if (os.cpu_count() or 1) > 1:
         assert asked == before + 1  # OpenBLAS's second thread, started on demand
+
+
+@linux_default_blas
+def test_import_restores_a_variable_os_environ_does_not_know():
+    """A value set with os.putenv (or by C code) is in the C library's environment but
+    not in os.environ: the import's restore must not take os.environ's word that the
+    variable was unset (it deleted the user's value, a review found)."""
+    code = """
+        import ctypes, os
+        libc = ctypes.CDLL(None)
+        libc.getenv.restype = ctypes.c_char_p
+        os.putenv("OPENBLAS_NUM_THREADS", "3")
+        import siglayer
+        print(libc.getenv(b"OPENBLAS_NUM_THREADS").decode(), "OPENBLAS_NUM_THREADS" in os.environ)
+        """
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["3", "False"]
 
 
 def test_licenses_ship_with_the_package():

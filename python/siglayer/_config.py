@@ -24,24 +24,36 @@ def _load_core() -> None:
     every process on a 64-CPU host (a packaging audit counted one more thread after
     ``import siglayer`` on two CPUs). Loaded with OPENBLAS_NUM_THREADS=1 it starts none
     (it starts them when asked for more, as the benchmarks' BLAS-threaded floor does).
-    The variable is set for the load alone and restored right after: os.environ is as
-    the user left it. A system OpenBLAS (``SIGLAYER_BLAS=system``) may serve another
-    package too and keeps the user's setting; MKL does not read the variable.
+    The variable is set for the load alone and restored right after, in the C library's
+    environment, which OpenBLAS reads and child processes inherit: os.environ is never
+    touched, and a value set with os.putenv or by C code (which os.environ does not
+    know) is restored too (a review found os.environ's view deleting it). For the few
+    milliseconds of the load the process environment does say 1: a process that another
+    thread starts in that window inherits it. A system OpenBLAS (``SIGLAYER_BLAS=system``)
+    may serve another package too and keeps the user's setting; MKL does not read the
+    variable.
     """
-    variable = "OPENBLAS_NUM_THREADS"
     spec = importlib.util.find_spec(f"{__package__}._core")
     folder = os.path.dirname(spec.origin) if spec is not None and spec.origin else ""
     if not os.path.exists(os.path.join(folder, "libscipy_openblas_siglayer.so")):
         return  # another build, or not Linux: imported below as it is
-    saved = os.environ.get(variable)
-    os.environ[variable] = "1"
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.getenv.restype = ctypes.c_char_p  # copied into bytes at once
+    libc.getenv.argtypes = [ctypes.c_char_p]
+    libc.setenv.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
+    libc.unsetenv.argtypes = [ctypes.c_char_p]
+    variable = b"OPENBLAS_NUM_THREADS"
+    saved = libc.getenv(variable)
+    libc.setenv(variable, b"1", 1)
     try:
         from . import _core  # noqa: F401
     finally:
         if saved is None:
-            del os.environ[variable]
+            libc.unsetenv(variable)
         else:
-            os.environ[variable] = saved
+            libc.setenv(variable, saved, 1)
 
 
 _load_core()
