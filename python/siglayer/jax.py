@@ -197,17 +197,33 @@ def _sequential(
     function: Callable[..., Array], in_batched: Sequence[bool], args: Sequence[Array]
 ) -> Array:
     """``function`` once per batch element: the batched args sliced, the others shared."""
-
-    def one(batched: tuple[Array, ...]) -> Array:
-        slices = iter(batched)
-        return function(
-            *(next(slices) if flag else a for flag, a in zip(in_batched, args, strict=True))
-        )
-
-    outs: Array = _jax.lax.map(
-        one, tuple(a for flag, a in zip(in_batched, args, strict=True) if flag)
-    )
+    outs: Array = _sequential_runner(function, tuple(bool(f) for f in in_batched))(tuple(args))
     return outs
+
+
+@functools.cache
+def _sequential_runner(
+    function: Callable[..., Array], in_batched: tuple[bool, ...]
+) -> Callable[[tuple[Array, ...]], Array]:
+    """One jitted runner per (layer, batched flags), every operand an argument: a closure
+    made afresh at each call (what lax.map was given before) is a new function to JAX's
+    compile cache, and an eager jax.vmap over W or b compiled and kept a new executable
+    every call, ~1.8 MB each (a review of the JAX frontend)."""
+
+    def run(args: tuple[Array, ...]) -> Array:
+        def one(batched: tuple[Array, ...]) -> Array:
+            slices = iter(batched)
+            return function(
+                *(next(slices) if flag else a for flag, a in zip(in_batched, args, strict=True))
+            )
+
+        outs: Array = _jax.lax.map(
+            one, tuple(a for flag, a in zip(in_batched, args, strict=True) if flag)
+        )
+        return outs
+
+    runner: Callable[[tuple[Array, ...]], Array] = _jax.jit(run)
+    return runner
 
 
 _SECOND_ORDER = (
@@ -294,6 +310,19 @@ _LAYERS: dict[str, Callable[[Array, Array, Array], Array]] = {
     "ffi": _make_layer(_ffi_forward, _ffi_backward),
     "callback": _make_layer(_callback_forward, _callback_backward),
 }
+
+
+def _varying_axes(a: Array) -> frozenset[str]:
+    """The mesh axes a varies over inside jax.shard_map with check_vma (empty outside,
+    and in a JAX without the notion)."""
+    try:
+        aval = _jax.typeof(a)
+    except (AttributeError, TypeError):
+        return frozenset()
+    varying = getattr(getattr(aval, "manual_axis_type", None), "varying", None)
+    if varying is None:
+        varying = getattr(aval, "vma", None)
+    return frozenset(varying or ())
 
 
 def _check_shapes(x: Array, W: Array, b: Array) -> None:
@@ -416,6 +445,16 @@ def sigmoid_linear(
             f"polymorphism) are not supported: {', '.join(symbolic)} (nor can jax.export "
             f"serialize siglayer's calls: README, JAX)"
         )
+    varying = {name: sorted(_varying_axes(a)) for name, a in (("x", x), ("W", W), ("b", b))}
+    if any(varying.values()):
+        raise NotImplementedError(
+            "siglayer.jax.sigmoid_linear inside jax.shard_map with check_vma=True is not "
+            "supported: its calls into the core do not carry the mesh axes their operands "
+            f"vary over ({', '.join(f'{k} {v}' for k, v in varying.items() if v)}), so "
+            "the gradients of replicated operands would miss the sum over devices (wrong "
+            "numbers, a review found). Pass check_vma=False to jax.shard_map, under which "
+            "values and gradients are right, and call it under jax.jit"
+        )
     # What the result's and the gradients' shapes need, then whether the shapes fit.
     if W.ndim != 2:
         raise ValueError(f"W must be 2-D (n_in, n_out), got shape {tuple(W.shape)}")
@@ -432,4 +471,15 @@ def sigmoid_linear(
             "(jax was not importable at build time); rebuild with jax installed, "
             "pip install --no-build-isolation ., or use implementation='callback'"
         )
-    return _LAYERS[implementation](x, W, b)
+    try:
+        return _LAYERS[implementation](x, W, b)
+    except NotImplementedError as error:
+        if "symbolic_zeros" not in str(error):
+            raise
+        # JAX's custom_vjp(symbolic_zeros=True), which spares the products of inputs not
+        # differentiated, is not implemented in an eager (unjitted) jax.shard_map.
+        raise NotImplementedError(
+            "siglayer.jax.sigmoid_linear inside jax.shard_map needs jax.jit around the "
+            "shard_map (JAX does not run its custom_vjp there eagerly: "
+            f"{error})"
+        ) from error
