@@ -252,7 +252,35 @@ def _make_layer(
     forward: Callable[[Array, Array, Array], Array],
     backward: Callable[[Array, Array, Array, Array, bool, bool], tuple[Array, Array, Array]],
 ) -> Callable[[Array, Array, Array], Array]:
-    backward = _no_forward_mode(backward, nondiff_argnums=(4, 5))
+    raw_backward = backward
+
+    @functools.cache
+    def batchable_backward(need_dx: bool, need_dW: bool) -> Callable[..., Any]:
+        # Batched (vmap over W, or per-example gradients), the backward runs once per
+        # element through the cached runner: the calls' own vmap_method="sequential" made
+        # JAX compile a new loop at every eager call (a review counted one a call).
+        def call(dout: Array, x: Array, W: Array, out: Array) -> tuple[Array, Array, Array]:
+            return raw_backward(dout, x, W, out, need_dx, need_dW)
+
+        wrapped = _jax.custom_batching.custom_vmap(call)
+
+        def rule(
+            axis_size: int, in_batched: Sequence[bool], *args: Array
+        ) -> tuple[Any, tuple[bool, bool, bool]]:
+            return _sequential(wrapped, in_batched, args), (True, True, True)
+
+        wrapped.def_vmap(rule)
+        return wrapped
+
+    def backward_call(
+        dout: Array, x: Array, W: Array, out: Array, need_dx: bool, need_dW: bool
+    ) -> tuple[Array, Array, Array]:
+        result: tuple[Array, Array, Array] = batchable_backward(bool(need_dx), bool(need_dW))(
+            dout, x, W, out
+        )
+        return result
+
+    backward = _no_forward_mode(backward_call, nondiff_argnums=(4, 5))
 
     def forward_batchable(x: Array, W: Array, b: Array) -> Array:
         return forward(x, W, b)
