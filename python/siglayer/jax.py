@@ -270,7 +270,8 @@ def _make_layer(
             return _sequential(wrapped, in_batched, args), (True, True, True)
 
         wrapped.def_vmap(rule)
-        return wrapped
+        batchable: Callable[..., Any] = wrapped
+        return batchable
 
     def backward_call(
         dout: Array, x: Array, W: Array, out: Array, need_dx: bool, need_dW: bool
