@@ -301,15 +301,14 @@ def _make_layer(
     batchable = _no_forward_mode(batchable)
 
     def layer(x: Array, W: Array, b: Array) -> Array:
-        out: Array = batchable(x, W, b)
-        return out
+        return _varying_like((x, W, b), batchable(x, W, b))
 
     # symbolic_zeros: the forward rule learns which inputs JAX differentiates
     # (CustomVJPPrimal.perturbed), so that the backward computes only their cotangents
     # (jax.grad in W and b of a first layer: no dx product). Which ones is kept in the
     # residuals' structure, () for needed and None for not, static under jit.
     def layer_forward(x: Any, W: Any, b: Any) -> tuple[Array, tuple[Any, ...]]:
-        out = batchable(x.value, W.value, b.value)
+        out = _varying_like((x.value, W.value, b.value), batchable(x.value, W.value, b.value))
         needs = tuple(() if p.perturbed else None for p in (x, W, b))
         # b only for its dtype (a saved reference, not a copy).
         return out, (x.value, W.value, b.value, out, needs)
@@ -323,10 +322,11 @@ def _make_layer(
         # Cotangents in their primals' dtypes: for bfloat16 the core's float32 dW (and db
         # of a bfloat16 b) rounded once, to nearest even; otherwise no conversion at all.
         # None: a symbolic zero, for an input JAX does not differentiate.
+        operands = (x, W, b)
         return (
-            dx if need_dx else None,
-            dW.astype(W.dtype) if need_dW else None,
-            db.astype(b.dtype) if need_db else None,
+            _cotangent(operands, x, dx) if need_dx else None,
+            _cotangent(operands, W, dW.astype(W.dtype)) if need_dW else None,
+            _cotangent(operands, b, db.astype(b.dtype)) if need_db else None,
         )
 
     differentiable = _jax.custom_vjp(layer)
@@ -352,6 +352,27 @@ def _varying_axes(a: Array) -> frozenset[str]:
     if varying is None:
         varying = getattr(aval, "vma", None)
     return frozenset(varying or ())
+
+
+def _varying_like(operands: Sequence[Array], result: Array) -> Array:
+    """result, computed by a call into the core from operands, typed as varying over every
+    mesh axis any operand varies over (inside jax.shard_map with check_vma; JAX cannot see
+    through the call, which it types as varying over none)."""
+    axes = frozenset().union(*map(_varying_axes, operands))
+    return _jax.lax.pcast(result, tuple(sorted(axes)), to="varying") if axes else result
+
+
+def _cotangent(operands: Sequence[Array], primal: Array, local: Array) -> Array:
+    """The core's cotangent for primal, computed on this device's share, as JAX's
+    transpose would have it: summed over the mesh axes the other operands vary over but
+    primal does not (a replicated W's gradient is the sum over the devices' rows), and
+    typed as varying over primal's own axes."""
+    axes = frozenset().union(*map(_varying_axes, operands))
+    if not axes:
+        return local
+    local = _jax.lax.pcast(local, tuple(sorted(axes)), to="varying")
+    summed = axes - _varying_axes(primal)
+    return _jax.lax.psum(local, tuple(sorted(summed))) if summed else local
 
 
 def _check_shapes(x: Array, W: Array, b: Array) -> None:
@@ -473,16 +494,6 @@ def sigmoid_linear(
             f"siglayer.jax needs concrete shapes; symbolic dimensions (jax.export shape "
             f"polymorphism) are not supported: {', '.join(symbolic)} (nor can jax.export "
             f"serialize siglayer's calls: README, JAX)"
-        )
-    varying = {name: sorted(_varying_axes(a)) for name, a in (("x", x), ("W", W), ("b", b))}
-    if any(varying.values()):
-        raise NotImplementedError(
-            "siglayer.jax.sigmoid_linear inside jax.shard_map with check_vma=True is not "
-            "supported: its calls into the core do not carry the mesh axes their operands "
-            f"vary over ({', '.join(f'{k} {v}' for k, v in varying.items() if v)}), so "
-            "the gradients of replicated operands would miss the sum over devices (wrong "
-            "numbers, a review found). Pass check_vma=False to jax.shard_map, under which "
-            "values and gradients are right, and call it under jax.jit"
         )
     # What the result's and the gradients' shapes need, then whether the shapes fit.
     if W.ndim != 2:
