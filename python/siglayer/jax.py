@@ -359,7 +359,17 @@ def _varying_like(operands: Sequence[Array], result: Array) -> Array:
     mesh axis any operand varies over (inside jax.shard_map with check_vma; JAX cannot see
     through the call, which it types as varying over none)."""
     axes = frozenset().union(*map(_varying_axes, operands))
-    return _jax.lax.pcast(result, tuple(sorted(axes)), to="varying") if axes else result
+    return _to_varying(result, axes) if axes else result
+
+
+def _to_varying(a: Array, axes: frozenset[str]) -> Array:
+    """a typed as varying over axes: jax.lax.pcast(to="varying"), pvary before JAX 0.7."""
+    pcast = getattr(_jax.lax, "pcast", None)
+    if pcast is not None:
+        out: Array = pcast(a, tuple(sorted(axes)), to="varying")
+    else:
+        out = _jax.lax.pvary(a, tuple(sorted(axes)))
+    return out
 
 
 def _cotangent(operands: Sequence[Array], primal: Array, local: Array) -> Array:
@@ -370,7 +380,7 @@ def _cotangent(operands: Sequence[Array], primal: Array, local: Array) -> Array:
     axes = frozenset().union(*map(_varying_axes, operands))
     if not axes:
         return local
-    local = _jax.lax.pcast(local, tuple(sorted(axes)), to="varying")
+    local = _to_varying(local, axes)
     summed = axes - _varying_axes(primal)
     return _jax.lax.psum(local, tuple(sorted(summed))) if summed else local
 
