@@ -322,11 +322,11 @@ def _make_layer(
         # Cotangents in their primals' dtypes: for bfloat16 the core's float32 dW (and db
         # of a bfloat16 b) rounded once, to nearest even; otherwise no conversion at all.
         # None: a symbolic zero, for an input JAX does not differentiate.
-        operands = (x, W, b)
+        axes = _union_of_varying((x, W, b))
         return (
-            _cotangent(operands, x, dx) if need_dx else None,
-            _cotangent(operands, W, dW.astype(W.dtype)) if need_dW else None,
-            _cotangent(operands, b, db.astype(b.dtype)) if need_db else None,
+            _cotangent(axes, x, dx) if need_dx else None,
+            _cotangent(axes, W, dW.astype(W.dtype)) if need_dW else None,
+            _cotangent(axes, b, db.astype(b.dtype)) if need_db else None,
         )
 
     differentiable = _jax.custom_vjp(layer)
@@ -354,11 +354,16 @@ def _varying_axes(a: Array) -> frozenset[str]:
     return frozenset(varying or ())
 
 
+def _union_of_varying(operands: Sequence[Array]) -> frozenset[str]:
+    """The mesh axes any of operands varies over."""
+    return frozenset().union(*map(_varying_axes, operands))
+
+
 def _varying_like(operands: Sequence[Array], result: Array) -> Array:
     """result, computed by a call into the core from operands, typed as varying over every
     mesh axis any operand varies over (inside jax.shard_map with check_vma; JAX cannot see
     through the call, which it types as varying over none)."""
-    axes = frozenset().union(*map(_varying_axes, operands))
+    axes = _union_of_varying(operands)
     return _to_varying(result, axes) if axes else result
 
 
@@ -372,12 +377,11 @@ def _to_varying(a: Array, axes: frozenset[str]) -> Array:
     return out
 
 
-def _cotangent(operands: Sequence[Array], primal: Array, local: Array) -> Array:
+def _cotangent(axes: frozenset[str], primal: Array, local: Array) -> Array:
     """The core's cotangent for primal, computed on this device's share, as JAX's
-    transpose would have it: summed over the mesh axes the other operands vary over but
-    primal does not (a replicated W's gradient is the sum over the devices' rows), and
-    typed as varying over primal's own axes."""
-    axes = frozenset().union(*map(_varying_axes, operands))
+    transpose would have it: summed over the mesh axes (axes: those any operand varies
+    over) the other operands vary over but primal does not (a replicated W's gradient is
+    the sum over the devices' rows), and typed as varying over primal's own axes."""
     if not axes:
         return local
     local = _to_varying(local, axes)
