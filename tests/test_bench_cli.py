@@ -256,6 +256,7 @@ SCRIPTS = {
     "bench_torch.py": "torch",
     "jax_layer.py": "jax",
     "layer_buffers.py": None,
+    "idle_gap.py": None,
     "determinism.py": None,
     "memory_soak.py": None,
     "sigmoid_accuracy.py": None,
@@ -283,6 +284,34 @@ def test_every_bench_script_starts(script):
     assert docstring is not None
     first_paragraph = " ".join(docstring.split("\n\n", 1)[0].split())
     assert first_paragraph in " ".join(done.stdout.split())
+
+
+def test_idle_gap_checks_and_prints():
+    """bench/idle_gap.py checks each library's step against the reference in its child
+    process, then prints one row per library and size (one short round, T; nothing timed
+    is asserted)."""
+    import subprocess
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "idle_gap.py"),
+            "--sizes",
+            "T,S",
+            "--gaps",
+            "0,1",
+            "--rounds",
+            "1",
+            "--no-torch",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("siglayer")]
+    assert [row[1] for row in rows] == ["T", "S"], done.stdout
+    assert all(len(row) == 2 + 2 * 3 + 1 for row in rows), done.stdout  # 2 gaps: m / p90
 
 
 def test_run_help_lists_bfloat16(capsys):
