@@ -26,6 +26,9 @@ Contenders:
                     fused with its loss (SigmoidLinear.bce_loss, the counterpart of
                     BCEWithLogitsLoss; bench/bench_torch.py also times nn.BCELoss on
                     its sigmoid outputs)
+  jax, jax+siglayer (--jax) one jitted JAX step (value_and_grad, Adam in jax.numpy):
+                    jax.nn layers with BCE on logits, or siglayer.jax.sigmoid_linear for
+                    both layers with BCE on their sigmoid outputs
 """
 
 from __future__ import annotations
@@ -204,6 +207,67 @@ class TorchTrainer(Trainer):
         return params
 
 
+class JaxTrainer(Trainer):
+    """The network as one jitted JAX step (value_and_grad, Adam as torch.optim.Adam in
+    jax.numpy), with JAX's own layers (``jax.nn.sigmoid(x @ W + b)``, the last sigmoid
+    inside a binary cross-entropy on logits, the fused form) or with
+    ``siglayer.jax.sigmoid_linear`` for both (binary cross-entropy on its sigmoid
+    outputs, each log clamped at -100 as siglayer's and PyTorch's BCELoss). Each step
+    waits for its result (block_until_ready), as a loop that reads the loss would."""
+
+    def __init__(self, batches, weights, *, siglayer_layers: bool):
+        import jax
+        import jax.numpy as jnp
+
+        super().__init__([(jnp.asarray(x), jnp.asarray(y)) for x, y in batches])
+        params = tuple(jnp.asarray(w) for w in weights)
+        zeros = tuple(jnp.zeros_like(w) for w in params)
+        self.state = (params, zeros, zeros, jnp.zeros((), jnp.int32))
+        if siglayer_layers:
+            from siglayer.jax import sigmoid_linear
+
+            def loss_of(params, x, y):
+                W1, b1, W2, b2 = params
+                out = sigmoid_linear(sigmoid_linear(x, W1, b1), W2, b2)
+                log_p = jnp.maximum(jnp.log(out), -100.0)
+                log_q = jnp.maximum(jnp.log1p(-out), -100.0)
+                return -jnp.mean(y * log_p + (1 - y) * log_q)
+
+        else:
+
+            def loss_of(params, x, y):
+                W1, b1, W2, b2 = params
+                z = jax.nn.sigmoid(x @ W1 + b1) @ W2 + b2
+                # mean of softplus(z) - y z, the stable form of BCE on sigmoid(z)
+                return jnp.mean(jnp.maximum(z, 0) - z * y + jnp.log1p(jnp.exp(-jnp.abs(z))))
+
+        def step(state, x, y, beta1=0.9, beta2=0.999, eps=1e-8):
+            params, m, v, t = state
+            loss, grads = jax.value_and_grad(loss_of)(params, x, y)
+            t = t + 1
+            m = tuple(beta1 * a + (1 - beta1) * g for a, g in zip(m, grads, strict=True))
+            v = tuple(beta2 * a + (1 - beta2) * g * g for a, g in zip(v, grads, strict=True))
+            c1, c2 = 1 - beta1**t, jnp.sqrt(1 - beta2**t)
+            params = tuple(
+                p - LR / c1 * a / (jnp.sqrt(b) / c2 + eps)
+                for p, a, b in zip(params, m, v, strict=True)
+            )
+            return (params, m, v, t), loss
+
+        self.jitted = jax.jit(step)
+
+    def train_on(self, x, y):
+        if isinstance(x, np.ndarray):
+            import jax.numpy as jnp
+
+            x, y = jnp.asarray(x), jnp.asarray(y)
+        self.state, loss = self.jitted(self.state, x, y)
+        return float(loss.block_until_ready())
+
+    def weights(self):
+        return [np.asarray(w) for w in self.state[0]]
+
+
 def check_agreement(trainers: dict[str, Trainer]) -> float:
     """Same loss on the first batch, same weights after the first step, for all."""
     losses = {name: t.first_step() for name, t in trainers.items()}
@@ -223,7 +287,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
     parser.add_argument("--rounds", type=int, default=31)
-    parser.add_argument("--no-torch", action="store_true", help="siglayer and NumPy only")
+    parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    parser.add_argument(
+        "--jax", action="store_true", help="add the network as a jitted JAX step, both ways"
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -267,6 +334,9 @@ def main(argv: list[str] | None = None) -> None:
         if have_torch:
             trainers["torch"] = TorchTrainer(batches, weights, siglayer_layers=False)
             trainers["torch+siglayer"] = TorchTrainer(batches, weights, siglayer_layers=True)
+        if args.jax:
+            trainers["jax"] = JaxTrainer(batches, weights, siglayer_layers=False)
+            trainers["jax+siglayer"] = JaxTrainer(batches, weights, siglayer_layers=True)
         loss = check_agreement(trainers)
         contenders: dict[str, Callable[[], object]] = {n: t.step for n, t in trainers.items()}
         seconds = interleaved_medians(contenders, rounds=args.rounds)

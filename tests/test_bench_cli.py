@@ -210,6 +210,21 @@ def test_bench_mixed_prints_both_views(capsys):
     assert all(float(v) > 0 for r in rows for v in r[2:])
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # sklearn import-time notices
+def test_training_bench_jax_steps_agree(capsys):
+    """bench_training.py --jax: the jitted JAX steps, with JAX's layers and with
+    siglayer.jax's, give siglayer's loss on the first batch and its weights after one Adam
+    step (asserted before timing, within 1e-5); one round, nothing timed is asserted."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("jax")
+    import bench_training
+
+    bench_training.main(["--rounds", "1", "--batch-sizes", "32", "--no-torch", "--jax"])
+    text = capsys.readouterr().out
+    header = next(line for line in text.splitlines() if line.lstrip().startswith("batch"))
+    assert header.split()[3:7] == ["siglayer", "numpy", "jax", "jax+siglayer"], header
+
+
 @pytest.mark.skipif(TORCH is None, reason="needs torch")
 @pytest.mark.filterwarnings("ignore::UserWarning")  # sklearn/torch import-time notices
 def test_torch_benches_check_agreement_and_print(capsys):
