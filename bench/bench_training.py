@@ -7,14 +7,16 @@ PyTorch, measured in one process with interleaved rounds.
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_training.py   # defaults
 
 ``--threads N`` runs every library on N threads (siglayer, PyTorch, NumPy's BLAS through
-threadpoolctl). Layers this small run on one thread in siglayer whatever the setting;
-PyTorch uses its whole pool, whose barriers stall badly when other processes compete for
-the cores, so on a shared machine ``--threads 1`` gives the stable comparison.
+threadpoolctl; not XLA's pool, which --jax's steps run on as JAX sets it up). Layers this
+small run on one thread in siglayer whatever the setting; PyTorch uses its whole pool,
+whose barriers stall badly when other processes compete for the cores, so on a shared
+machine ``--threads 1`` gives the stable comparison.
 
 One step is what a training loop does per mini-batch: forward through both layers, the
 loss value and its gradient, backward, and the optimizer's update. Every contender
 starts from the same weights; before timing, the script asserts that all of them compute
-the same loss on the first batch and the same weights after the first step.
+the same loss on the first batch and the same weights after each of the first three steps
+(within 1e-5), and after timing that no contender's weights went to inf or nan.
 
 Contenders:
   siglayer          siglayer.Sequential + losses.BCELoss (fused) + optim.Adam
@@ -226,11 +228,18 @@ class JaxTrainer(Trainer):
         if siglayer_layers:
             from siglayer.jax import sigmoid_linear
 
+            def clamped_log(p, positive):
+                # log(p) clamped at -100, with a finite gradient where p is 0: the clamp
+                # of the value alone left 0 * inf = nan in the gradient once an output
+                # rounded to 0 or 1 (the weights were nan after ~7,500 steps).
+                safe = jnp.where(positive, p, 1.0)
+                return jnp.where(positive, jnp.maximum(jnp.log(safe), -100.0), -100.0)
+
             def loss_of(params, x, y):
                 W1, b1, W2, b2 = params
                 out = sigmoid_linear(sigmoid_linear(x, W1, b1), W2, b2)
-                log_p = jnp.maximum(jnp.log(out), -100.0)
-                log_q = jnp.maximum(jnp.log1p(-out), -100.0)
+                log_p = clamped_log(out, out > 0)
+                log_q = clamped_log(1 - out, out < 1)
                 return -jnp.mean(y * log_p + (1 - y) * log_q)
 
         else:
@@ -247,7 +256,8 @@ class JaxTrainer(Trainer):
             t = t + 1
             m = tuple(beta1 * a + (1 - beta1) * g for a, g in zip(m, grads, strict=True))
             v = tuple(beta2 * a + (1 - beta2) * g * g for a, g in zip(v, grads, strict=True))
-            c1, c2 = 1 - beta1**t, jnp.sqrt(1 - beta2**t)
+            tf = t.astype(params[0].dtype)  # not float64 under jax_enable_x64
+            c1, c2 = 1 - beta1**tf, jnp.sqrt(1 - beta2**tf)
             params = tuple(
                 p - LR / c1 * a / (jnp.sqrt(b) / c2 + eps)
                 for p, a, b in zip(params, m, v, strict=True)
@@ -268,17 +278,33 @@ class JaxTrainer(Trainer):
         return [np.asarray(w) for w in self.state[0]]
 
 
-def check_agreement(trainers: dict[str, Trainer]) -> float:
-    """Same loss on the first batch, same weights after the first step, for all."""
+def check_agreement(trainers: dict[str, Trainer], steps: int = 3) -> float:
+    """Same loss on the first batch, and the same weights after each of the first
+    ``steps`` steps (batches 0, 1, ...), for all. One Adam step moves each weight by about
+    lr * sign(g) whatever the moments' betas; the later steps see them."""
     losses = {name: t.first_step() for name, t in trainers.items()}
     first = losses["siglayer"]
-    expected = trainers["siglayer"].weights()
-    for name, loss in losses.items():
+    for loss in losses.values():
         # float32 sums of 320 terms in different orders: a few float32 ulps apart.
         assert math.isclose(loss, first, rel_tol=1e-5), f"first-step loss: {losses}"
-        for got, want in zip(trainers[name].weights(), expected, strict=True):
-            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=name)
+    for step in range(1, steps + 1):
+        if step > 1:
+            for t in trainers.values():
+                t.train_on(*t.batches[step - 1])
+        expected = trainers["siglayer"].weights()
+        for name, trainer in trainers.items():
+            for got, want in zip(trainer.weights(), expected, strict=True):
+                np.testing.assert_allclose(
+                    got, want, rtol=0, atol=1e-5, err_msg=f"{name}, after step {step}"
+                )
     return first
+
+
+def check_finite(trainers: dict[str, Trainer]) -> None:
+    """After timing: no contender's weights went to inf or nan (which would have been
+    timed as arithmetic on nan)."""
+    for name, trainer in trainers.items():
+        assert all(np.isfinite(w).all() for w in trainer.weights()), f"{name}: weights not finite"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -298,6 +324,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
+    if args.jax:
+        try:
+            import jax
+        except ImportError:
+            parser.error("--jax needs jax (pip install jax)")
     have_torch = False
     if not args.no_torch:
         try:
@@ -322,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
         f"siglayer {siglayer.__version__} ({siglayer._config.config()['blas']}, "
         f"{siglayer.get_num_threads()} threads), numpy {np.__version__}"
         + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if have_torch else "")
+        + (f", jax {jax.__version__} (XLA's own threads)" if args.jax else "")
         + f", Python {platform.python_version()}"
     )
     rows = []
@@ -340,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
         loss = check_agreement(trainers)
         contenders: dict[str, Callable[[], object]] = {n: t.step for n, t in trainers.items()}
         seconds = interleaved_medians(contenders, rounds=args.rounds)
+        check_finite(trainers)
         rows.append((batch_size, loss, seconds))
 
     names = list(rows[0][2])

@@ -303,22 +303,13 @@ def test_every_bench_script_starts(script):
 
 def test_idle_gap_checks_and_prints():
     """bench/idle_gap.py checks each library's step against the reference in its child
-    process, then prints one row per library and size (one short round, T; nothing timed
-    is asserted)."""
+    process, then prints one row per library and size (one short round of T and S;
+    nothing timed is asserted)."""
     import subprocess
 
+    command = [sys.executable, str(BENCH / "idle_gap.py"), "--sizes", "T,S", "--gaps", "0,1"]
     done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "idle_gap.py"),
-            "--sizes",
-            "T,S",
-            "--gaps",
-            "0,1",
-            "--rounds",
-            "1",
-            "--no-torch",
-        ],
+        [*command, "--rounds", "1", "--no-torch"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -326,7 +317,27 @@ def test_idle_gap_checks_and_prints():
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith("siglayer")]
     assert [row[1] for row in rows] == ["T", "S"], done.stdout
-    assert all(len(row) == 2 + 2 * 3 + 1 for row in rows), done.stdout  # 2 gaps: m / p90
+    # library, size, "median / p90" for each of the 2 gaps, the ratio
+    assert all(len(row) == 2 + 3 * 2 + 1 and row[3] == row[6] == "/" for row in rows), rows
+
+
+def test_idle_gap_refuses_a_wrong_step(monkeypatch):
+    """The check before timing sees a wrong result (db doubled), and --gaps must start
+    at 0."""
+    import idle_gap
+    import siglayer._api
+
+    backward = siglayer._api.backward
+
+    def wrong_backward(*args, **kwargs):
+        dx, dW, db = backward(*args, **kwargs)
+        return dx, dW, 2 * db
+
+    monkeypatch.setattr(siglayer._api, "backward", wrong_backward)
+    with pytest.raises(AssertionError, match="db differs from the reference"):
+        idle_gap.child("siglayer", ["T"], [0.0], 1)
+    with pytest.raises(SystemExit):
+        idle_gap.main(["--gaps", "1,2"])
 
 
 def test_run_help_lists_bfloat16(capsys):
