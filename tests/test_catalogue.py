@@ -28,7 +28,7 @@ import pytest
 from numpy.lib.stride_tricks import as_strided
 
 import siglayer
-from conftest import assert_within, backward_bounds, forward_bound
+from conftest import assert_within, backward_bounds, forward_bound, gradient_bounds
 from siglayer import reference
 
 f32, f64 = np.float32, np.float64
@@ -1232,6 +1232,17 @@ def test_row_stride_beyond_blas_range_is_packed() -> None:
     parent[:2, 22:25] = out
     grads = siglayer.backward(dout, x, W, parent[:2, 22:25])
     _reference_check(x, W, b, dout, out, grads)
+    # backward_from_preactivation reads a dZ of few outputs in rows, and the BLAS reads it
+    # too for dW of an F-ordered x: a row stride truncated to 32 bits gave a wrong dW
+    # with no error (a review's find).
+    dZ = parent[:2, 25:28]
+    for x_order in (x, np.asfortranarray(x)):
+        got = siglayer.backward_from_preactivation(dZ, x_order, W)
+        want = reference.backward_from_preactivation(np.array(dZ), np.array(x_order), W)
+        for name, g, r, bound in zip(
+            ("dx", "dW", "db"), got, want, gradient_bounds(np.array(dZ), x_order, W), strict=True
+        ):
+            assert_within(g, r, bound, name)
 
 
 def test_adjacent_buffers_are_accepted() -> None:

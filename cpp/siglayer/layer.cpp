@@ -194,6 +194,12 @@ void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, co
     if (row_combos_path(n_in, n_out)) {
         index_t ld = 0;
         const T* rows = row_major(dZ, Scratch::dZ, ld);
+        // BLAS may read it too (dW of an F-ordered x): a row stride beyond the BLAS
+        // integer (a small view into a huge array) is packed, as blas_operand would.
+        if (ld > blas::max_int()) {
+            rows = pack(dZ, Scratch::dZ);
+            ld = n_out;
+        }
         dZo = {rows, blas::Op::N, std::max<index_t>(1, ld)};
     } else {
         dZo = blas_operand(dZ, Scratch::dZ);
