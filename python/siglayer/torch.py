@@ -383,13 +383,12 @@ def _sigmoid_linear_backward(
     dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool, need_dW: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
     _check_backward({"dout": dout, "out": out}, x, W)
-    # An operator cannot return None; an empty tensor stands for "not computed".
     dx, dW, db = _eager_backward(dout, x, W, out, need_dx, need_dW)
-    return _or_empty(dx, x), _or_empty(dW, W), db
+    return _gradients_or_empty(dx, dW, db, x, W)
 
 
-def _or_empty(t: Tensor | None, like: Tensor) -> Tensor:
-    return t if t is not None else like.new_empty(0)
+def _or_empty(t: Tensor | None, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    return t if t is not None else like.new_empty(0, dtype=dtype)
 
 
 def _eager_backward(
@@ -445,10 +444,19 @@ def _fake_gradients(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The backward operators' results as empty tensors: dx in x's dtype, dW and db in the
     compute dtype; a gradient not asked for has shape (0,)."""
-    dx = x.new_empty(x.shape if need_dx else (0,))
+    dx = x.new_empty(x.shape) if need_dx else None
     compute = _compute_dtype(W.dtype)
-    dW = W.new_empty(W.shape if need_dW else (0,), dtype=compute)
-    return dx, dW, W.new_empty(W.shape[1], dtype=compute)
+    dW = W.new_empty(W.shape, dtype=compute) if need_dW else None
+    return _gradients_or_empty(dx, dW, W.new_empty(W.shape[1], dtype=compute), x, W)
+
+
+def _gradients_or_empty(
+    dx: Tensor | None, dW: Tensor | None, db: Tensor, x: Tensor, W: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The backward operators' results, real or fake: an operator cannot return None, so
+    a gradient not computed is an empty tensor of its dtype (dx x's, dW the compute dtype:
+    float32 for bfloat16, as when it is computed)."""
+    return _or_empty(dx, x), _or_empty(dW, W, _compute_dtype(W.dtype)), db
 
 
 def _setup_context(
@@ -671,7 +679,7 @@ def _eager_backward_from_preactivation(
     except ValueError as exc:
         raise _in_torch_words(exc) from None
     return (
-        torch.from_numpy(dx) if dx is not None else None,
+        _from_numpy(dx) if dx is not None else None,
         torch.from_numpy(dW) if dW is not None else None,
         torch.from_numpy(db),
     )
@@ -682,7 +690,7 @@ def _backward_from_preactivation(
 ) -> tuple[Tensor, Tensor, Tensor]:
     _check_backward({"dZ": dZ}, x, W)
     dx, dW, db = _eager_backward_from_preactivation(dZ, x, W, need_dx, need_dW)
-    return _or_empty(dx, x), _or_empty(dW, W), db
+    return _gradients_or_empty(dx, dW, db, x, W)
 
 
 def _backward_from_preactivation_fake(
