@@ -281,6 +281,15 @@ def test_conversions_refuse_other_dtypes_and_layouts():
         _core.to_bfloat16(np.zeros((4, 4), np.float32)[:, ::2])
     with pytest.raises(TypeError, match="out has dtype float32, expected bfloat16"):
         _core.to_bfloat16(np.zeros(3, np.float32), out=np.zeros(3, np.float32))
+    # Non-native byte order: the type number alone matches, and the bytes were read as
+    # native ones (1.0 became 9.2e-41, no error; a review's find).
+    with pytest.raises(TypeError, match="a has dtype >f4, expected float32"):
+        _core.to_bfloat16(np.ones(3, ">f4"))
+    swapped = np.ones(3, BF16).view(np.dtype(BF16).newbyteorder(">"))
+    with pytest.raises(TypeError, match="a has dtype .*, expected bfloat16"):
+        _core.to_float32(swapped)
+    with pytest.raises(TypeError, match="out has dtype >f4, expected float32"):
+        _core.to_float32(np.ones(3, BF16), out=np.empty(3, ">f4"))
 
 
 def test_sigmoid_of_every_bfloat16(isa):

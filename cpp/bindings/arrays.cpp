@@ -43,15 +43,15 @@ std::string type_name(py::handle h) {
     return module == "builtins" ? name : module + "." + name;
 }
 
-bool native_byte_order(char order) {
+}  // namespace
+
+bool native_byte_order(const py::dtype& dt) {
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    return order != '>';
+    return dt.byteorder() != '>';
 #else
-    return order != '<';
+    return dt.byteorder() != '<';
 #endif
 }
-
-}  // namespace
 
 std::string shape_of(const py::array& a) {
     std::string s = "(";
@@ -149,7 +149,7 @@ int float_type_num(const py::array& a, const char* name) {
     const int num = dt.num();
     if ((num == py::detail::npy_api::NPY_FLOAT_ || num == py::detail::npy_api::NPY_DOUBLE_ ||
          (num >= 0 && num == bfloat16_type_num())) &&
-        native_byte_order(dt.byteorder())) {
+        native_byte_order(dt)) {
         return num;
     }
     const std::string hint = num == 23 /* NPY_HALF */
@@ -241,7 +241,7 @@ T* output_buffer(const py::array& a, const char* name, const std::vector<py::ssi
         throw py::value_error(std::string(name) + " has shape " + shape_of(a) + ", expected " +
                               expected);
     }
-    if (a.dtype().num() != numpy_dtype<T>().num() || !native_byte_order(a.dtype().byteorder())) {
+    if (!holds<T>(a)) {
         throw py::type_error(std::string(name) + " has dtype " + dtype_of(a) + ", expected " +
                              DType<T>::name);
     }

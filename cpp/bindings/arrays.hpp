@@ -64,6 +64,16 @@ int bfloat16_type_num();
 template <class T>
 py::dtype numpy_dtype();
 
+// Whether a dtype's bytes are in this machine's order ('=', '|' or the native letter).
+bool native_byte_order(const py::dtype& dt);
+
+// Whether a holds storage type T in native byte order (T's type number alone would take a
+// big-endian float32 and read its bytes as native ones).
+template <class T>
+bool holds(const py::array& a) {
+    return a.dtype().num() == numpy_dtype<T>().num() && native_byte_order(a.dtype());
+}
+
 // The type number of a native-byte-order float32, float64 or bfloat16 array;
 // TypeError naming the argument otherwise (float16 included: it is not bfloat16).
 int float_type_num(const py::array& a, const char* name);

@@ -268,7 +268,7 @@ py::array sigmoid(py::handle z_h, py::handle out_h) {
 template <class From, class To>
 py::array convert(py::handle a_h, py::handle out_h, const char* to_name) {
     const py::array a = as_array(a_h, "a");
-    if (a.dtype().num() != numpy_dtype<From>().num())
+    if (!holds<From>(a))  // a big-endian float32 would be read as native bytes
         throw py::type_error(std::string("a has dtype ") + dtype_of(a) + ", expected " +
                              DType<From>::name + " (" + to_name + " converts from " +
                              DType<From>::name + ")");

@@ -43,13 +43,8 @@ std::vector<py::handle> as_list(py::handle seq, const char* name, std::size_t ex
 bool is_float_native(const py::array& a) {
     const py::dtype dt = a.dtype();
     const int num = dt.num();
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    const bool native = dt.byteorder() != '>';
-#else
-    const bool native = dt.byteorder() != '<';
-#endif
     return (num == py::detail::npy_api::NPY_FLOAT_ || num == py::detail::npy_api::NPY_DOUBLE_) &&
-           native;
+           native_byte_order(dt);
 }
 
 bool same_shape(const py::array& a, const py::array& b) {
