@@ -759,3 +759,44 @@ def test_a_layers_sizes_and_arrays_cannot_be_reassigned_or_deleted():
             delattr(layer, name)
     assert (layer.n_in, layer.n_out) == (3, 2) == layer.W.shape
     assert layer(np.ones((4, 3), np.float32)).shape == (4, 2)
+
+
+def _layer_dtypes() -> list[object]:
+    """float32, float64 and, with ml-dtypes, bfloat16 (whose W is a float32 master)."""
+    return [*DTYPES, *(["bfloat16"] if importlib.util.find_spec("ml_dtypes") else [])]
+
+
+@pytest.mark.parametrize(
+    "dtype", _layer_dtypes(), ids=lambda d: d if isinstance(d, str) else np.dtype(d).name
+)
+def test_given_buffers_never_overwrite_the_layers_parameters(dtype):
+    """out= and dx= over the memory of the layer's own W or b are refused, nothing
+    written: also where the core does not see that parameter (b in a backward; a
+    bfloat16 layer's float32 W, of which the core sees the bfloat16 copy). A review found
+    a bfloat16 layer's W overwritten by both."""
+
+    def over(param: np.ndarray, like: np.ndarray) -> np.ndarray:
+        """A C-contiguous array of like's shape and dtype on param's first bytes."""
+        assert like.nbytes <= param.nbytes
+        return param.reshape(-1).view(np.uint8)[: like.nbytes].view(like.dtype).reshape(like.shape)
+
+    data = np.float32 if dtype == "bfloat16" else dtype  # x: rounded by a bfloat16 layer
+    # W (4, 2) holds out (2, 2) and dx (2, 4); b (4,) holds dx (2, 1).
+    for n_in, n_out, param in ((4, 2, "W"), (1, 4, "b")):
+        layer = siglayer.SigmoidLayer(n_in, n_out, dtype=dtype, seed=0)
+        layer.b[...] = np.linspace(-1, 1, n_out)
+        saved = layer.W.copy(), layer.b.copy()
+        x = np.ones((2, n_in), data)
+        out = layer.forward(x)
+        target = layer.W if param == "W" else layer.b
+        if param == "W":
+            with pytest.raises(siglayer.OverlapError, match="out overlaps W"):
+                layer.forward(x, out=over(target, np.empty_like(out)))
+            out = layer.forward(x)
+        dout = np.ones_like(out)
+        dx = over(target, np.empty((2, n_in), out.dtype))
+        for method in (layer.backward, layer.backward_from_preactivation):
+            with pytest.raises(siglayer.OverlapError, match=f"dx overlaps {param}"):
+                method(dout, dx=dx)
+        np.testing.assert_array_equal(layer.W, saved[0])
+        np.testing.assert_array_equal(layer.b, saved[1])

@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from . import _api, _core
-from ._buffers import BufferCache, refuse_matrix_or_masked
+from ._buffers import BufferCache, refuse_matrix_or_masked, refuse_overlap
 from ._dtypes import FLOAT_DTYPES, bfloat16, is_bfloat16
 from ._gradients import refuse_kind
 from ._typing import Float
@@ -424,6 +424,8 @@ class SigmoidLayer(Generic[Float]):
                 self._W_spare = np.empty(self._W.shape, self._dtype)
             W = _core.to_bfloat16(self._W, out=self._W_spare)
         given = out is not None
+        if given and self._mixed:  # the core sees only the bfloat16 copy of W
+            refuse_overlap("out", out, (("W", self._W),))
         own = not given and self.reuse_buffers
         if out is None:
             shape = (*x.shape[:-1], self.n_out)
@@ -606,7 +608,13 @@ class SigmoidLayer(Generic[Float]):
     def _dx_buffer(
         self, x: NDArray[Float], need_dx: object, dx: NDArray[Float] | None
     ) -> tuple[NDArray[Float] | None, bool]:
-        """The dx buffer for a backward, and whether it is the layer's own."""
+        """The dx buffer for a backward, and whether it is the layer's own. A given dx
+        must not overlap the parameters the core does not see in a backward: b, and a
+        bfloat16 layer's float32 W (it sees the bfloat16 copy)."""
+        if dx is not None and _need_dx(need_dx):
+            refuse_overlap(
+                "dx", dx, (("b", self._b), ("W", self._W)) if self._mixed else (("b", self._b),)
+            )
         if not _need_dx(need_dx) or dx is not None:
             return dx, False  # the core refuses a dx with need_dx=False
         if self.reuse_buffers:
