@@ -247,8 +247,10 @@ def gradcheck(
     dx, dW, db = _api.backward(dout, x, W, out)  # the gradients under test; checks dout
     assert dx is not None  # need_dx defaults to True
 
-    # Fresh contiguous float64 copies: perturbed in place through flat views.
-    x64, W64, b64, dout64 = (np.array(a, dtype=np.float64) for a in (x, W, b, dout))
+    # Fresh C-contiguous float64 copies, perturbed in place through flat views (np.array
+    # keeps an F order, and reshape(-1) of that is a copy: the perturbations never reached
+    # forward and every difference was zero, a review's find).
+    x64, W64, b64, dout64 = (np.array(a, dtype=np.float64, order="C") for a in (x, W, b, dout))
 
     def numeric_gradient(param: NDArray[np.float64]) -> NDArray[np.float64]:
         grad = np.empty(param.shape)
