@@ -530,6 +530,9 @@ def test_an_overlap_is_told_apart_by_its_class(rng):
         ({"n": -1}, ValueError, "n must be >= 0, got -1"),
         ({"n_in": 1.5}, TypeError, "n_in must be an int, got float"),
         ({"n_out": True}, TypeError, "n_out must be an int, got bool"),
+        # Shapes that leave nothing to draw from: forward's errors (an IndexError before)
+        ({"x": np.array(1.0)}, ValueError, "x must have shape (..., n_in), got a 0-d array"),
+        ({"W": np.ones(32)}, ValueError, "W must be 2-D (n_in, n_out), got shape (32,)"),
     ],
 )
 def test_compare_names_a_bad_argument(kwargs, error, message):

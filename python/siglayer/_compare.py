@@ -136,17 +136,21 @@ def compare(
     dt = np.dtype(dtype) if x is None else x.dtype
     if x is None:
         x = rng.standard_normal(size=(n, n_in)).astype(dt)
+    # Sizes of what is drawn come from the given arrays where they have them; where one
+    # has not (a 0-d x, a 1-D W), the defaults, and forward names the bad argument (a
+    # review found a bare IndexError).
     if W is None:
-        scale = np.sqrt(max(1, x.shape[-1]))
+        if x.ndim >= 1:
+            n_in = x.shape[-1]
         # n_out from a given b or dout (a review found a given b checked against the
         # default n_out of a W the caller never passed)
         if b is not None and b.ndim >= 1:
             n_out = b.shape[-1]
         elif dout is not None and dout.ndim >= 1:
             n_out = dout.shape[-1]
-        W = (rng.standard_normal(size=(x.shape[-1], n_out)) / scale).astype(dt)
+        W = (rng.standard_normal(size=(n_in, n_out)) / np.sqrt(max(1, n_in))).astype(dt)
     if b is None:
-        b = rng.standard_normal(size=(W.shape[1],)).astype(dt)
+        b = rng.standard_normal(size=(W.shape[1] if W.ndim == 2 else n_out,)).astype(dt)
     out = _api.forward(x, W, b)
     if dout is None:
         dout = rng.standard_normal(size=out.shape).astype(dt)
