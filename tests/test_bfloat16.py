@@ -286,7 +286,7 @@ def test_conversions_refuse_other_dtypes_and_layouts():
     with pytest.raises(TypeError, match="a has dtype >f4, expected float32"):
         _core.to_bfloat16(np.ones(3, ">f4"))
     swapped = np.ones(3, BF16).view(np.dtype(BF16).newbyteorder(">"))
-    with pytest.raises(TypeError, match="a has dtype .*, expected bfloat16"):
+    with pytest.raises(TypeError, match=r"a has dtype .*, expected bfloat16"):
         _core.to_float32(swapped)
     with pytest.raises(TypeError, match="out has dtype >f4, expected float32"):
         _core.to_float32(np.ones(3, BF16), out=np.empty(3, ">f4"))
