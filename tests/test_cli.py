@@ -94,6 +94,11 @@ def test_docs_command_lists_the_installed_documentation(capsys):
     # (its build-time copies went stale as the pages changed), a wheel its own copies.
     source = Path(__file__).resolve().parent.parent / "docs" / "guide.md"
     assert listed == source.read_text(encoding="utf-8")
+    # The README's links to the pages resolve where it is listed (an installed copy in
+    # siglayer/docs/ pointed at siglayer/docs/docs/, a user's find).
+    readme = Path(pages["README.md"])
+    links = re.findall(r"\]\((docs/[^)#]+\.md)", readme.read_text(encoding="utf-8"))
+    assert links and all((readme.parent / link).is_file() for link in links), links
 
 
 def test_main_job_warns_when_the_machine_is_busy():

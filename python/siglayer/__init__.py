@@ -37,8 +37,9 @@ weights, gradients and buffers; ``Parameter``, ``save_parameters``,
 arrays larger than memory, ``siglayer.jax`` and ``siglayer.dask`` (the same).
 
 The user guide (guide.md), the derivation of the gradients (derivation.md), the
-reliability notes (reliability.md) and the README are installed with the package, in
-the ``docs`` folder next to this file: ``python -m siglayer docs`` prints where. ``python -m
+reliability notes (reliability.md) are installed with the package, in the ``docs``
+folder next to this file, and the README beside this file: ``python -m siglayer docs``
+prints where. ``python -m
 siglayer`` checks the installation against the NumPy reference and times both.
 
 Examples

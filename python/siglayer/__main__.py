@@ -137,7 +137,8 @@ def docs() -> int:
         (p for p in folder.iterdir() if p.name.endswith(".md")) if folder.is_dir() else [],
         key=lambda p: p.name,
     )
-    # The README, which the pages cite: installed beside them, or the source tree's own.
+    # The README, which the pages cite: one folder up, installed (siglayer/README.md) or
+    # the source tree's own.
     readme = Path(str(folder)).parent / "README.md"
     if pages and not any(p.name == "README.md" for p in pages) and readme.is_file():
         pages.insert(0, readme)
