@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             importlib.import_module(module)
         except ImportError:
-            parser.error(f"this example needs {module}: pip install 'siglayer[{extra}]'")
+            parser.error(f'this example needs {module}: pip install ".[{extra}]" from the checkout')
     from siglayer.jax import ffi_available
 
     path = "XLA FFI" if ffi_available() else "jax.pure_callback"

@@ -132,7 +132,7 @@ py::dtype numpy_dtype<bfloat16>() {
     if (bfloat16_dtype() == nullptr) {
         const char* need =
             "bfloat16 arrays need ml-dtypes, which cannot be imported: pip install ml-dtypes "
-            "(or siglayer[bfloat16])";
+            "(siglayer's bfloat16 extra)";
         try {
             py::module_::import("ml_dtypes");
         } catch (py::error_already_set& e) {

@@ -342,8 +342,8 @@ void select_bf16_gemm(const std::string& name) {
         if (!bf16_gemm_in_blas())
             throw InvalidArgument(
                 "bf16_gemm: this build's BLAS (" + backend_name() +
-                ") has no bfloat16 GEMM and MKL's is not loaded: pip install 'siglayer[mkl]' "
-                "(or build with SIGLAYER_BLAS=mkl); import siglayer loads it when "
+                ") has no bfloat16 GEMM and MKL's is not loaded: pip install mkl (siglayer's "
+                "mkl extra; or build with SIGLAYER_BLAS=mkl); import siglayer loads it when "
                 "SIGLAYER_BF16_GEMM=blas or the CPU has AMX-BF16, and at run time "
                 "siglayer._core.load_mkl_bf16(path to libmkl_rt) loads it");
         if (cpu_has_amx_bf16()) request_amx_permission();

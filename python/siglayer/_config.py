@@ -82,7 +82,7 @@ if os.environ.get("SIGLAYER_ISA"):
 # avx512bf16 where the CPU has AVX512-BF16 (on Zen 4 MKL's bfloat16 GEMM runs a generic
 # path, slower than convert: docs/bfloat16.md), else convert.
 # "The BLAS's" is the build's own (an MKL build) or, in a build without one (the
-# default), MKL's from the `mkl` package (pip install "siglayer[mkl]"), loaded here only
+# default), MKL's from the `mkl` package (pip install mkl, or the mkl extra), loaded here only
 # when blas could be chosen: see _find_mkl_rt. A misspelt value, blas with neither, or
 # avx512bf16 on a CPU without it, fails the import with a ValueError that names the
 # variable.
@@ -318,7 +318,7 @@ def _bf16_gemm_description(core: _core.CoreConfig) -> str:
     if core["bf16_gemm_in_blas"]:
         blas = "there is one"
     elif core["cpu_amx_bf16"]:
-        blas = "the BLAS has none: pip install 'siglayer[mkl]' for MKL's"
+        blas = "the BLAS has none: pip install mkl for MKL's"
     else:
         blas = "the BLAS has none"
     return f"convert (float32 GEMM on widened operands; {blas}, {cpu})"

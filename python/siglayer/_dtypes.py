@@ -29,7 +29,7 @@ def bfloat16() -> np.dtype[np.generic]:
     except ImportError as exc:
         raise ImportError(
             "bfloat16 needs the ml-dtypes package (NumPy's bfloat16 dtype, the one JAX "
-            'uses): pip install ml-dtypes, or pip install "siglayer[bfloat16]"'
+            "uses): pip install ml-dtypes (siglayer's bfloat16 extra)"
         ) from exc
     dtype: np.dtype[np.generic] = np.dtype(ml_dtypes.bfloat16)
     return dtype

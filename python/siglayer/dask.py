@@ -33,9 +33,9 @@ try:
     import dask.array as da  # type: ignore[import-not-found, unused-ignore]
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        "siglayer.dask needs Dask, which is not installed: pip install 'dask[array]' (or "
-        "pip install 'siglayer[dask]'). The rest of siglayer works "
-        "without it."
+        "siglayer.dask needs Dask, which is not installed: pip install 'dask[array]' "
+        "(siglayer's dask extra also brings the distributed scheduler and diagnostics). "
+        "The rest of siglayer works without it."
     ) from exc
 
 from . import _api

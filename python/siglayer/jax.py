@@ -47,8 +47,8 @@ try:
     import jax  # type: ignore[import-not-found, unused-ignore]
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        "siglayer.jax needs JAX, which is not installed: pip install jax (or pip install "
-        "'siglayer[jax]'). The rest of siglayer works without it."
+        "siglayer.jax needs JAX, which is not installed: pip install jax (siglayer's jax "
+        "extra). The rest of siglayer works without it."
     ) from exc
 
 from . import _api, _core
