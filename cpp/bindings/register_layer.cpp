@@ -44,6 +44,9 @@ void require_forward_dtypes(int type_num, const py::array& x, const py::array& W
                       type_num != py::detail::npy_api::NPY_DOUBLE_ &&
                       type_num == bfloat16_type_num();
     if (!bf16 || b.dtype().num() != py::detail::npy_api::NPY_FLOAT_) {
+        if (bf16 && W.dtype().num() == type_num && b.dtype().num() != type_num)
+            throw py::type_error("b has dtype " + dtype_of(b) +
+                                 "; beside bfloat16 x and W, b is bfloat16 or float32");
         require_same_dtype({{"x", &x}, {"W", &W}, {"b", &b}});
         return;
     }

@@ -55,8 +55,6 @@ Examples
 ((64, 16), (64, 32), (32, 16), (16,), dtype('float32'))
 """
 
-from __future__ import annotations
-
 from . import _config  # noqa: F401  (first: it loads the compiled core, see _config._load_core)
 
 # isort: split

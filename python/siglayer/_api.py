@@ -100,9 +100,9 @@ def forward(
     All arrays share one dtype, float32 or float64, and the result has it too; or x and
     W are bfloat16 (``ml_dtypes.bfloat16``), b bfloat16 or float32, and the result is
     bfloat16: products accumulated in float32, bias and sigmoid in float32, one rounding
-    (docs/bfloat16.md). C- or
-    F-ordered 2-D inputs reach BLAS without a copy; other strided views are copied
-    once into scratch memory. Inputs are never modified. The sigmoid is evaluated
+    (docs/bfloat16.md). 2-D inputs with unit stride along one axis (C- or F-ordered,
+    or rows sliced as in ``x[::2]``) reach BLAS without a copy; other strided views are
+    copied once into scratch memory. Inputs are never modified. The sigmoid is evaluated
     stably: exactly 1 at +inf, 0 at -inf, NaN at NaN, with no overflow warning.
     Large problems run on ``siglayer.get_num_threads()`` threads.
 
