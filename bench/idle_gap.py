@@ -33,7 +33,6 @@ import time
 import numpy as np
 
 import harness
-from harness import SIZES, cpu_model
 
 CHILD_TIMEOUT = 1800  # seconds for one library's whole run
 
@@ -87,16 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=" ".join(__doc__.split("\n\n", 1)[0].split())  # the first paragraph
     )
-    parser.add_argument("--sizes", default="M,N", help="comma-separated, from " + ",".join(SIZES))
+    parser.add_argument(
+        "--sizes", default="M,N", help="comma-separated, from " + ",".join(harness.SIZES)
+    )
     parser.add_argument("--gaps", default="0,2,10,50", help="idle gaps in ms, from 0 up")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of all gaps")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sizes = args.sizes.split(",")
-    unknown = [s for s in sizes if s not in SIZES]
+    unknown = [s for s in sizes if s not in harness.SIZES]
     if unknown:
-        parser.error(f"unknown sizes {unknown}; known: {', '.join(SIZES)}")
+        parser.error(f"unknown sizes {unknown}; known: {', '.join(harness.SIZES)}")
     gaps = parse_gaps(args.gaps, parser)
     if args.child:
         child(args.child, sizes, gaps, args.rounds)
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         libraries.append("torch")
     config = siglayer._config.config()
     print(
-        f"# {cpu_model()}, siglayer {siglayer.__version__} ({siglayer.get_num_threads()} "
+        f"# {harness.cpu_model()}, siglayer {siglayer.__version__} ({siglayer.get_num_threads()} "
         f"threads; {config['openmp_runtime']}; {config['blas_details']}), float32, fwd+bwd"
     )
     header = " ".join(f"{'gap ' + format(g * 1e3, 'g') + ' ms':>19}" for g in gaps)
