@@ -800,3 +800,43 @@ def test_given_buffers_never_overwrite_the_layers_parameters(dtype):
                 method(dout, dx=dx)
         np.testing.assert_array_equal(layer.W, saved[0])
         np.testing.assert_array_equal(layer.b, saved[1])
+
+
+def test_a_network_refuses_its_own_earlier_output_as_input():
+    """net(net(x)) with reuse_buffers=True layers: the inner result is the last layer's
+    buffer, which the outer forward overwrites while the first layer keeps it as x, so the
+    first layer's dW came out silently wrong (7e-3 off; a review's find). Refused as a
+    single layer refuses layer(layer(x)); a copy trains as the reference says, nested
+    networks included."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5, 4))
+
+    def layers() -> list[siglayer.SigmoidLayer]:
+        return [
+            siglayer.SigmoidLayer(4, 3, dtype=np.float64, seed=0, reuse_buffers=True),
+            siglayer.SigmoidLayer(3, 4, dtype=np.float64, seed=1, reuse_buffers=True),
+        ]
+
+    first, second = layers()
+    for net in (
+        siglayer.Sequential(first, second),
+        siglayer.Sequential(*layers()[:1], siglayer.Sequential(*layers()[1:])),
+    ):
+        h = net(x)
+        with pytest.raises(ValueError, match=r"output buffer of layer 1 .* pass x\.copy\(\)"):
+            net(h)
+        h = h.copy()
+        out = net(h)
+        net.backward(np.ones_like(out))
+        W0, b0, W1, b1 = (p.value for p in net.parameters())
+        a0 = reference.forward(h, W0, b0)
+        a1 = reference.forward(a0, W1, b1)
+        _, dW1, _ = reference.backward(np.ones_like(a1), a0, W1, a1)
+        dx1 = reference.backward(np.ones_like(a1), a0, W1, a1)[0]
+        _, dW0, _ = reference.backward(dx1, h, W0, a0)
+        np.testing.assert_allclose(net.parameters()[0].grad, dW0, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(net.parameters()[2].grad, dW1, rtol=1e-12, atol=1e-15)
+    # A buffer of another shape is not written by this forward: accepted.
+    net = siglayer.Sequential(first, second)
+    wide = net(rng.standard_normal((7, 4)))
+    assert net(x).shape == (5, 4) and wide.shape == (7, 4)

@@ -51,6 +51,10 @@ class BufferCache:
             self._arrays[shape] = array
         return array
 
+    def peek(self, shape: tuple[int, ...]) -> NDArray[np.floating] | None:
+        """The array ``get(shape)`` would return now, or None where it would make one."""
+        return self._arrays.get(shape)
+
     def clear(self) -> None:
         self._arrays.clear()
 

@@ -597,6 +597,14 @@ class SigmoidLayer(Generic[Float]):
         """Load W and b in place from an .npz file; see :func:`load_parameters`."""
         load_parameters(self.parameters(), path)
 
+    def _buffers_written(self, lead: tuple[int, ...]) -> Iterator[NDArray[Float]]:
+        """The output buffer a forward of x with leading shape ``lead`` writes over
+        (reuse_buffers=True, once it exists): for a Sequential's check of its input."""
+        if self.reuse_buffers:
+            buffer = self._outputs.peek((*lead, self.n_out))
+            if buffer is not None:
+                yield cast("NDArray[Float]", buffer)
+
     def _saved(self, what: str) -> tuple[NDArray[Float], NDArray[Float]]:
         if self._x is None or self._out is None:
             raise RuntimeError(
@@ -802,9 +810,35 @@ class Sequential(Generic[Float]):
         """The output of the last layer, shape (..., n_out), as that layer returns it: a
         read-only view of a new array (of the layer's buffer if it was built with
         ``reuse_buffers=True``), kept for the backward pass."""
+        if type(x) is _ndarray and not x.flags.writeable:  # as a layer's outputs are
+            self._refuse_a_buffer_it_writes(x)
         for layer in self.layers:
             x = layer.forward(x)
         return x
+
+    def _buffers_written(self, lead: tuple[int, ...]) -> Iterator[NDArray[Float]]:
+        """The output buffers of its layers a forward writes over (SigmoidLayer's)."""
+        for layer in self.layers:
+            written = getattr(layer, "_buffers_written", None)
+            if written is not None:
+                yield from written(lead)
+
+    def _refuse_a_buffer_it_writes(self, x: NDArray[Float]) -> None:
+        """x (an earlier result of this network) must not be the output buffer of a layer
+        after the first: that layer would overwrite it while the first keeps x for the
+        backward, whose dW would be silently wrong (a review's find). The first layer
+        refuses its own buffer itself."""
+        for i, layer in enumerate(self.layers[1:], 1):
+            written = getattr(layer, "_buffers_written", None)
+            if written is None:
+                continue
+            for buffer in written(x.shape[:-1]):
+                if np.may_share_memory(x, buffer):
+                    raise ValueError(
+                        f"x shares memory with the output buffer of layer {i} (an earlier "
+                        f"result of this network, reuse_buffers=True), which this forward "
+                        f"overwrites while layer 0 keeps x for the backward: pass x.copy()"
+                    )
 
     __call__ = forward
 
