@@ -274,9 +274,11 @@ def backward(
     n_in, n_out = W.shape
     dtype = x.dtype
     parts = []
-    for d, xc, o in zip(
-        dout.to_delayed().ravel(), x.to_delayed().ravel(), out.to_delayed().ravel(), strict=True
-    ):
+    # Unoptimized: each array's graph optimized alone fused forward's tasks into dout's
+    # (dout = 2 * out, say) under new keys, and every chunk's forward ran twice (a
+    # review's find); as they are, the three share their tasks.
+    chunks = (a.to_delayed(optimize_graph=False).ravel() for a in (dout, x, out))
+    for d, xc, o in zip(*chunks, strict=True):
         parts.append(
             _dask.delayed(_backward_chunk, nout=3, pure=True)(d, xc, Wd, o, need_dx, need_dW)
         )
