@@ -365,3 +365,39 @@ def test_fork_while_a_threads_first_call_is_in_flight(environment: str, tmp_path
     for attempt in range(6):
         report = run_scenario(f"first_call_{attempt}", FIRST_CALL_IN_FLIGHT, environment, tmp_path)
         assert report["status"] == 0 and report["parent_ok"], (attempt, report)
+
+
+# A thread that has only read the configuration (siglayer._core.config(), which
+# show_config reads): its runtime calls made it a root of libiomp5 without siglayer
+# noting it, and a child forked from the main thread with KMP_INIT_AT_FORK=FALSE crashed
+# in its first call (SIGSEGV, a review's find). Now it counts as any other root: the
+# child computes on one thread, with the one-thread bits.
+ONLY_READ_THE_CONFIG = """
+import threading
+if __name__ == "__main__":
+    _, want = layer()  # a two-thread region: the pool is started
+    siglayer.set_num_threads(1)
+    out1 = siglayer.forward(x, W, b)
+    want1 = [a.tobytes() for a in (out1, *siglayer.backward(dout, x, W, out1))]
+    read, done = threading.Event(), threading.Event()
+    def reader():
+        siglayer._core.config()
+        read.set()
+        done.wait()
+    t = threading.Thread(target=reader)
+    t.start()
+    read.wait()
+    status, (threads, got) = forked(layer)
+    done.set()
+    t.join()
+    print(json.dumps({"status": status, "child_threads": threads,
+                      "child_ok": got == {2: want, 1: want1}.get(threads),
+                      "parent_ok": layer()[1] == want}))
+"""
+
+
+@pytest.mark.parametrize("environment", list(ENVIRONMENTS))
+def test_fork_beside_a_thread_that_only_read_the_config(environment: str, tmp_path: Path) -> None:
+    report = run_scenario("only_read_the_config", ONLY_READ_THE_CONFIG, environment, tmp_path)
+    assert report["status"] == 0, report
+    assert report["child_ok"] and report["parent_ok"], report

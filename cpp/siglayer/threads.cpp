@@ -417,6 +417,10 @@ void set_tiles_per_thread(int n) {
 
 std::string runtime_description() {
 #if defined(SIGLAYER_OPENMP_INTEL)
+    // These runtime calls make the calling thread a root of libiomp5, as any: noted
+    // first (a thread that had only read show_config's _core.config() went unnoted, and a
+    // child forked with KMP_INIT_AT_FORK=FALSE crashed in its first call; a review's find).
+    note_caller();
     set_idle_spin();
     return "intel (libiomp5), idle spin " + std::to_string(kmp_get_blocktime()) + " ms" +
            (user_blocktime_variable ? std::string(" (") + user_blocktime_variable + ")" : "");
