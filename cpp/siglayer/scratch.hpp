@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <new>
 
@@ -32,6 +33,9 @@ public:
     template <class T>
     T* get(Slot slot, std::size_t count) {
         Buffer& buf = buffers_[slot];
+        // A count whose bytes wrap std::size_t (no array can hold it) would get a small
+        // buffer: refused as memory that cannot be had (a review's reading).
+        if (count > (SIZE_MAX - 4096) / sizeof(T)) throw std::bad_alloc();
         const std::size_t bytes = count * sizeof(T) + 64;
         if (buf.bytes < bytes) {
             std::free(buf.data);
