@@ -73,8 +73,11 @@ def check(name: str, got: Result, p: dict[str, np.ndarray]) -> None:
     """Against the float64 reference on the bfloat16 inputs (module docstring)."""
     x, W, b, dout = (p[k].astype(np.float64) for k in ("x", "W", "b", "dout"))
     out = reference.forward(x, W, b)
-    if "z" in got:  # the floor: products only
-        assert np.abs(got["z"] - x @ W).max() <= 2**-5 * np.abs(x @ W).max(), name
+    if "z" in got:  # the floor: products only, each checked (dZ is dout there)
+        for key, want in (("z", x @ W), ("dW", x.T @ dout), ("dx", dout @ W.T)):
+            if key in got:
+                err = np.abs(got[key] - want).max()
+                assert err <= 2**-5 * np.abs(want).max(), f"{name}: product {key} error {err:.3e}"
         return
     assert np.abs(got["out"].astype(np.float64) - out).max() <= 2**-7, f"{name}: out"
     if "dW" not in got:
@@ -157,7 +160,7 @@ def floor_calls(p: dict[str, np.ndarray]) -> dict[str, Callable[[], Result]]:
         _core.gemm(x, W, False, False, z)  # z = x·W
         _core.gemm(x, dZ, True, False, dW)  # dW = xᵀ·dZ
         _core.gemm(dZ, W, False, True, dx)  # dx = dZ·Wᵀ
-        return {"z": z}
+        return {"z": z, "dW": dW, "dx": dx}
 
     return {"forward": forward, "forward_backward": forward_backward}
 

@@ -123,19 +123,16 @@ def make_problem(size: str, dtype: str | type, seed: int = 0) -> Problem:
 
 def reference_results(p: Problem) -> Result:
     """What every contender is checked against, computed once per group with
-    siglayer.reference: out, dx, dW, db, and the pre-activation product z = x·W and
-    dZ = dout ⊙ out ⊙ (1 - out) that the GEMM floor starts from."""
-    out = reference.forward(p.x, p.W, p.b)
-    dx, dW, db = reference.backward(p.dout, p.x, p.W, out)
+    siglayer.reference in float64 and rounded to the problem's dtype (so that the NumPy
+    contender, the same formulas in that dtype, is checked against something else than
+    itself: a review's find): out, dx, dW, db, and the pre-activation product z = x·W
+    and dZ = dout ⊙ out ⊙ (1 - out) that the GEMM floor starts from."""
+    x, W, b, dout = (a.astype(np.float64) for a in (p.x, p.W, p.b, p.dout))
+    out = reference.forward(x, W, b)
+    dx, dW, db = reference.backward(dout, x, W, out)
     assert dx is not None
-    return {
-        "out": out,
-        "dx": dx,
-        "dW": dW,
-        "db": db,
-        "z": p.x @ p.W,
-        "dZ": p.dout * out * (1 - out),
-    }
+    results = {"out": out, "dx": dx, "dW": dW, "db": db, "z": x @ W, "dZ": dout * out * (1 - out)}
+    return {k: v.astype(p.x.dtype) for k, v in results.items()}
 
 
 def check(name: str, got: Result, want: Result) -> None:

@@ -16,8 +16,10 @@ turns (siglayer._timing.interleaved_medians, medians of --rounds rounds):
 - with ``--float64``, instead: ``f64``, ``f64/g``, ``numpy`` (siglayer.reference, the
   plain NumPy layer) and ``torch64``.
 
-Before timing, siglayer's out and dx are checked against the float64 reference on the
-same (rounded) inputs.
+Before timing, every contender's result (out; dx, dW and db) is checked against the
+float64 reference on its own (rounded) inputs: float32 to 1e-5 of the largest magnitude,
+float64 to 1e-12, bfloat16 out to 2^-7 and its gradients to 2^-6 (roundings of out, dZ
+and the result, float32 sums).
 
     python bench/narrow.py                        # n_out 1 2 4 8 11 12 16, 2 threads
     python bench/narrow.py --threads 1 --rounds 15
@@ -64,8 +66,10 @@ def contenders(
         bf = ml_dtypes.bfloat16
         arrays["bf16"] = (x.astype(bf), W.astype(bf), dout.astype(bf))
     calls: dict[str, dict[str, Callable[[], object]]] = {"fwd": {}, "fwd+bwd": {}}
+    # Each contender's inputs as it sees them (rounded to its dtype), for the check.
+    inputs: dict[str, tuple[object, ...]] = {}
     for name, (xs, Ws, ds) in arrays.items():
-        check(name, xs, Ws, b, ds)
+        inputs[name] = inputs[name + "/g"] = (xs, Ws, b, ds)
         calls["fwd"][name] = lambda xs=xs, Ws=Ws: siglayer.forward(xs, Ws, b)
 
         def step(xs=xs, Ws=Ws, ds=ds):
@@ -76,6 +80,7 @@ def contenders(
         for pass_name in ("fwd", "fwd+bwd"):
             calls[pass_name][name + "/g"] = through_gemm(calls[pass_name][name])
     if float64:
+        inputs["numpy"] = (x, W, b, dout)
         calls["fwd"]["numpy"] = lambda: reference.forward(x, W, b)
 
         def nstep():
@@ -90,6 +95,7 @@ def contenders(
             tW = torch.from_numpy(W).to(dtype).requires_grad_()
             tb = torch.from_numpy(b).to(dtype).requires_grad_()
             td = torch.from_numpy(dout).to(dtype)
+            inputs[name] = tuple(t.detach().double().numpy() for t in (tx, tW, tb, td))
             calls["fwd"][name] = lambda tx=tx, tW=tW, tb=tb: torch.sigmoid(
                 torch.addmm(tb.detach(), tx, tW.detach())
             )
@@ -98,9 +104,12 @@ def contenders(
                 tW.grad = tb.grad = None
                 x_ = tx.detach().requires_grad_()
                 torch.sigmoid(torch.addmm(tb, x_, tW)).backward(td)
-                return x_.grad
+                return x_.grad, tW.grad, tb.grad
 
             calls["fwd+bwd"][name] = tstep
+    for pass_name, group in calls.items():
+        for name, call in group.items():
+            check(f"{name} {pass_name}", call(), *inputs[name])
     return calls
 
 
@@ -115,20 +124,28 @@ def through_gemm(call: Callable[[], object]) -> Callable[[], object]:
     return call_through_gemm
 
 
-def check(name: str, x, W, b, dout) -> None:
-    """out and dx against the float64 reference on the same inputs: float32 to 1e-5 and
-    bfloat16 to 2^-7 (one rounding of out and of dx, plus float32 sums) of the largest."""
-    f64 = [np.asarray(a, np.float64) for a in (x, W, b, dout)]
-    out = siglayer.forward(x, W, b)
-    dx = siglayer.backward(dout, x, W, out)[0]
-    o = np.asarray(out, np.float64)
-    want_out = reference.forward(*f64[:3])
-    want_dx = reference.backward_from_preactivation(f64[3] * o * (1 - o), f64[0], f64[1])[0]
-    tol = {"f32": 1e-5, "f64": 1e-12}.get(name, 2.0**-7)
-    for what, got, want in (("out", out, want_out), ("dx", dx, want_dx)):
-        err = np.abs(np.asarray(got, np.float64) - want).max()
-        scale = max(np.abs(want).max(), 1e-30)
-        assert err <= tol * scale, f"{name} {what}: error {err:.3e} over {tol * scale:.3e}"
+def check(name: str, result, x, W, b, dout) -> None:
+    """A contender's result against the float64 reference on its inputs: out for a
+    forward (an array), (dx, dW, db) for a forward + backward (a tuple), as arrays or
+    tensors. Tolerances, of the largest magnitude: float32 1e-5, float64 1e-12, bfloat16
+    out 2^-7 and gradients 2^-6."""
+    x, W, b, dout = (np.asarray(a, np.float64) for a in (x, W, b, dout))
+    out = reference.forward(x, W, b)
+    if isinstance(result, tuple):
+        pairs = zip(("dx", "dW", "db"), result, reference.backward(dout, x, W, out), strict=True)
+        bf16_tol = 2.0**-6
+    else:
+        pairs = iter([("out", result, out)])
+        bf16_tol = 2.0**-7
+    for what, got, want in pairs:
+        got = np.asarray(got.double() if hasattr(got, "double") else got, np.float64)  # tensors
+        dtype = getattr(result[0] if isinstance(result, tuple) else result, "dtype", None)
+        tol = {"float32": 1e-5, "torch.float32": 1e-5, "float64": 1e-12}
+        tol |= {"torch.float64": 1e-12}
+        limit = tol.get(str(dtype), bf16_tol) * max(np.abs(want).max(initial=0.0), 1e-30)
+        err = np.abs(got - want).max(initial=0.0)
+        assert got.shape == want.shape, f"{name} {what}: shape {got.shape}, want {want.shape}"
+        assert err <= limit, f"{name} {what}: error {err:.3e} over {limit:.3e}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,8 @@ def test_mixed(benchmark, case, group, torch: ModuleType | None, step: str, befo
         pytest.skip("PyTorch is not installed (pip install torch==2.13.0)")
     problem, reference = group
     steps = mixed.make_steps(problem, reference, torch)
+    # Before the timing, which pytest-benchmark keeps even when a later check fails.
+    harness.check(f"{step} {size} {dtype}", steps[step](), reference)
     benchmark.group = f"mixed-{size}-{dtype}-{step}"
     benchmark.name = "alone" if before == step else f"after {before}"
 

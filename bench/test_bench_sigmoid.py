@@ -17,6 +17,7 @@ def test_sigmoid(benchmark, dtype: str, contender: str, torch: ModuleType | None
         pytest.skip("PyTorch is not installed (pip install torch==2.13.0)")
     z = harness._sigmoid_input(np.dtype(dtype))
     call = harness.sigmoid_calls(z, torch)[contender]
+    harness.check_sigmoid(call(), z)  # before the timing, which a later failure keeps
     benchmark.group = f"sigmoid-{dtype}-1thread-2^20"
     benchmark.name = contender
     with harness.limit_threads(1, torch):

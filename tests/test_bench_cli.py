@@ -372,8 +372,9 @@ def test_plot_without_matplotlib_fails_before_timing(monkeypatch, capsys):
 
 
 def test_narrow_sweep_checks_and_prints(capsys, monkeypatch):
-    """bench/narrow.py: a row per n_out and pass, siglayer's results checked first (a wrong
-    forward is caught before any timing)."""
+    """bench/narrow.py: a row per n_out and pass, every contender's results checked first
+    (a wrong forward, or a wrong dW, which only out and dx were checked for before: a
+    review's find, is caught before any timing)."""
     args = ["--n", "40", "--n-in", "20", "--outputs", "1,3", "--rounds", "1", "--threads", "1"]
     assert narrow.main([*args, "--no-torch"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line[:5].strip()]
@@ -388,10 +389,20 @@ def test_narrow_sweep_checks_and_prints(capsys, monkeypatch):
     monkeypatch.setattr(
         narrow.siglayer, "forward", lambda x, W, b: real_forward(x, W, b * 0 + 1e-3)
     )
-    with pytest.raises(AssertionError, match="f32 out: error"):
+    with pytest.raises(AssertionError, match="f32 fwd out: error"):
         narrow.main([*args, "--no-torch"])
-    with pytest.raises(AssertionError, match="f64 out: error"):
+    with pytest.raises(AssertionError, match="f64 fwd out: error"):
         narrow.main([*args, "--no-torch", "--float64"])
+    monkeypatch.undo()
+    real_backward = siglayer.backward
+
+    def wrong_dW(*a, **k):
+        dx, dW, db = real_backward(*a, **k)
+        return dx, dW * 1.01, db
+
+    monkeypatch.setattr(narrow.siglayer, "backward", wrong_dW)
+    with pytest.raises(AssertionError, match="f32 fwd[+]bwd dW: error"):
+        narrow.main([*args, "--no-torch"])
     monkeypatch.undo()
     capsys.readouterr()
     assert narrow.main([*args, "--no-torch", "--float64"]) == 0
