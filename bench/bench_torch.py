@@ -5,9 +5,9 @@
    layers with the last one fused with its loss (SigmoidLinear.bce_loss), and against
    SigmoidLinear layers feeding nn.BCELoss;
 2. forward + backward of one layer, ``torch.sigmoid(linear(x))`` with nn.Linear against
-   ``SigmoidLinear``, at the sizes of ``python bench/run.py``, with the floor: the step's
-   two matrix products alone through siglayer's BLAS (torch / floor is the most any
-   speed-up can be where PyTorch's GEMM runs as fast as siglayer's).
+   ``SigmoidLinear``, at run.py's sizes T, S, M and L by default (``--sizes``), with the
+   floor: the step's two matrix products alone through siglayer's BLAS (torch / floor is
+   the most any speed-up can be where PyTorch's GEMM runs as fast as siglayer's).
 
 Each siglayer.torch figure comes twice: as a user's eager script runs it (plain eager
 calls take siglayer.torch's eager path, a private autograd.Function around the kernels)
@@ -21,8 +21,11 @@ operators the compiled graphs call; each checked against eager first.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_torch.py
 
-Both contenders start from the same weights; their outputs and gradients are compared
-before anything is timed.
+Both contenders start from the same weights. Before anything is timed, every one-layer
+contender's output and gradients (the operator and compiled ones included) are checked
+against siglayer.reference in float64 on the same inputs, and the floor's two products
+against float64 products; in the digits part, every contender's loss and weights after
+one step against PyTorch's.
 """
 
 from __future__ import annotations
@@ -39,12 +42,13 @@ import torch
 
 import siglayer
 import siglayer.torch
-from siglayer import _core
+from siglayer import _core, reference
 from siglayer._timing import interleaved_medians
 from siglayer.torch import SigmoidLinear
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_training
+from harness import cpu_model, numpy_blas
 
 SIZES = {
     "T": (32, 64, 32),
@@ -78,10 +82,23 @@ def layer_contenders(size: tuple[int, int, int], dtype: torch.dtype, *, compiled
         out.backward(dout)
         return out
 
-    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
-    torch.testing.assert_close(siglayer_step(), torch_step(), **tol)
-    torch.testing.assert_close(ours.W.grad, linear.weight.grad.T, **tol)
-    torch.testing.assert_close(ours.b.grad, linear.bias.grad, **tol)
+    # The oracle: siglayer.reference in float64 on the same inputs (x does not require
+    # grad: out, dW and db), each result within rtol of its largest magnitude.
+    x64, W64, b64, d64 = (t.detach().double().numpy() for t in (x, ours.W, ours.b, dout))
+    out64 = reference.forward(x64, W64, b64)
+    _, dW64, db64 = reference.backward(d64, x64, W64, out64, need_dx=False)
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+
+    def check(name: str, out: torch.Tensor, W_grad: torch.Tensor, b_grad: torch.Tensor) -> None:
+        for what, got, want in (("out", out, out64), ("dW", W_grad, dW64), ("db", b_grad, db64)):
+            err = np.abs(got.detach().double().numpy() - want).max()
+            limit = rtol * np.abs(want).max()
+            assert err <= limit, f"{name} {size} {dtype}: {what} error {err:.3e} > {limit:.3e}"
+
+    check("torch", torch_step(), linear.weight.grad.T, linear.bias.grad)
+    check("siglayer.torch", siglayer_step(), ours.W.grad, ours.b.grad)
+    operator = through_operator(siglayer_step)
+    check("operator", operator(), ours.W.grad, ours.b.grad)
     # The floor: the two products this step needs (x does not require grad, so no dx),
     # z = x @ W and dW = x.T @ dZ, alone through siglayer's BLAS on siglayer's threads.
     # Neither library can run the step faster than its own GEMMs; where PyTorch's GEMM
@@ -93,10 +110,14 @@ def layer_contenders(size: tuple[int, int, int], dtype: torch.dtype, *, compiled
         _core.gemm(xn, Wn, out=z)
         _core.gemm(xn, dZ, trans_a=True, out=dW)
 
+    floor()
+    for what, got, want in (("z", z, x64 @ W64), ("dW", dW, x64.T @ d64)):
+        err, limit = np.abs(got - want).max(), rtol * np.abs(want).max()
+        assert err <= limit, f"floor {size} {dtype}: {what} error {err:.3e} > {limit:.3e}"
     contenders = {
         "torch": torch_step,
         "siglayer.torch": siglayer_step,
-        "operator": through_operator(siglayer_step),
+        "operator": operator,
         "floor": floor,
     }
     if compiled:
@@ -119,10 +140,7 @@ def layer_contenders(size: tuple[int, int, int], dtype: torch.dtype, *, compiled
             ("siglayer(compiled)", ours_fn, ours, lambda: (ours.W.grad, ours.b.grad)),
         ):
             step = compiled_step(fn, module)
-            torch.testing.assert_close(step(), torch_step(), **tol)
-            W_grad, b_grad = grads()
-            torch.testing.assert_close(W_grad, linear.weight.grad.T, **tol)
-            torch.testing.assert_close(b_grad, linear.bias.grad, **tol)
+            check(name, step(), *grads())
             contenders[name] = step
     return contenders
 
@@ -131,10 +149,10 @@ def through_operator(step):
     """The step with plain eager calls sent through the operator too (as under
     torch.compile's tracing, or before the eager path existed)."""
 
-    def run():
+    def run(*args):
         siglayer.torch._eager_path = False
         try:
-            return step()
+            return step(*args)
         finally:
             siglayer.torch._eager_path = True
 
@@ -168,9 +186,11 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(torch_n)
         siglayer.set_num_threads(siglayer_n)
 
+    c = _core.config()
     print(
-        f"siglayer {siglayer.__version__}, torch {torch.__version__}, numpy {np.__version__}, "
-        f"Python {platform.python_version()}, {platform.machine()}"
+        f"siglayer {siglayer.__version__} (BLAS {c['blas_details']}, SIMD {c['simd']}), torch "
+        f"{torch.__version__}, numpy {np.__version__} ({numpy_blas()}), Python "
+        f"{platform.python_version()}\nCPU: {cpu_model()}"
     )
     if not args.no_digits:
         digits(args, set_threads)
@@ -187,20 +207,25 @@ def digits(args: argparse.Namespace, set_threads: Callable[[int | None], None]) 
         "nn.BCELoss": bench_training.TorchTrainer(
             batches, weights, siglayer_layers=True, fused_loss=False
         ),
+        "operator": bench_training.TorchTrainer(batches, weights, siglayer_layers=True),
     }
+    trainers["operator"].train_on = through_operator(trainers["operator"].train_on)
     losses = {name: trainer.first_step() for name, trainer in trainers.items()}
     for name, trainer in trainers.items():  # same loss, same weights after one step
         assert math.isclose(losses[name], losses["torch"], rel_tol=1e-5), losses
         for got, want in zip(trainer.weights(), trainers["torch"].weights(), strict=True):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=name)
     steps = {n: t.step for n, t in trainers.items()}
-    steps["operator"] = through_operator(trainers["siglayer.torch"].step)
     # Steps back to back, as a training loop runs them (one thread each: no pool to let
     # fall asleep), in rounds of 40 ms (about 100 steps). With a 0.1 s pause and 2 ms
     # rounds (four steps, just woken) the ratio moved between 0.88 and 1.18 from run to
     # run on a shared machine; back to back it stayed within 1.03-1.09.
     seconds = interleaved_medians(
-        steps, rounds=args.rounds, min_round_seconds=0.04, settle_seconds=0.0
+        steps,
+        rounds=args.rounds,
+        min_round_seconds=0.04,
+        settle_seconds=0.0,
+        warmup_seconds=0.0,
     )
     print(
         f"\ndigits network, batch 32, {args.digits_threads} thread(s), steps/s "
@@ -233,7 +258,12 @@ def one_layer(
         for dtype_name in args.dtypes:
             dtype = getattr(torch, dtype_name)
             contenders = layer_contenders(SIZES[size_name], dtype, compiled=args.compiled)
-            seconds = interleaved_medians(contenders, rounds=args.rounds, settle_seconds=settle)
+            seconds = interleaved_medians(
+                contenders,
+                rounds=args.rounds,
+                settle_seconds=settle,
+                warmup_seconds=0.02 if settle else 0.0,
+            )
             t, s, o = seconds["torch"], seconds["siglayer.torch"], seconds["operator"]
             f = seconds["floor"]
             label = f"{size_name} {SIZES[size_name]}"

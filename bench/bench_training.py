@@ -43,6 +43,7 @@ from collections.abc import Callable
 import numpy as np
 
 import siglayer
+from harness import cpu_model, numpy_blas  # bench/harness.py, beside this file
 from siglayer import reference
 from siglayer._timing import interleaved_medians
 from siglayer.losses import BCELoss
@@ -322,6 +323,11 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         help="threads for every library (default: each library's own default)",
     )
+    parser.add_argument(
+        "--no-settle",
+        action="store_true",
+        help="steps back to back, with no pause or warm-up before each turn (a script's view)",
+    )
     args = parser.parse_args(argv)
 
     if args.jax:
@@ -349,12 +355,13 @@ def main(argv: list[str] | None = None) -> None:
         f"digits network {N_IN} -> {N_HIDDEN} -> {N_OUT}, sigmoid, binary cross-entropy, "
         f"Adam (lr {LR}), float32; one step = forward, loss, backward, update"
     )
+    c = siglayer._config.config()
     print(
-        f"siglayer {siglayer.__version__} ({siglayer._config.config()['blas']}, "
-        f"{siglayer.get_num_threads()} threads), numpy {np.__version__}"
+        f"siglayer {siglayer.__version__} (BLAS {c['blas_details']}, SIMD {c['simd']}, "
+        f"{siglayer.get_num_threads()} threads), numpy {np.__version__} ({numpy_blas()})"
         + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if have_torch else "")
         + (f", jax {jax.__version__} (XLA's own threads)" if args.jax else "")
-        + f", Python {platform.python_version()}"
+        + f", Python {platform.python_version()}\nCPU: {cpu_model()}"
     )
     rows = []
     for batch_size in args.batch_sizes:
@@ -371,12 +378,16 @@ def main(argv: list[str] | None = None) -> None:
             trainers["jax+siglayer"] = JaxTrainer(batches, weights, siglayer_layers=True)
         loss = check_agreement(trainers)
         contenders: dict[str, Callable[[], object]] = {n: t.step for n, t in trainers.items()}
-        seconds = interleaved_medians(contenders, rounds=args.rounds)
+        pause = {"settle_seconds": 0.0, "warmup_seconds": 0.0} if args.no_settle else {}
+        seconds = interleaved_medians(contenders, rounds=args.rounds, **pause)
         check_finite(trainers)
         rows.append((batch_size, loss, seconds))
 
     names = list(rows[0][2])
-    print(f"\nsteps per second (median of {args.rounds} interleaved rounds; higher is better)")
+    how = "back to back" if args.no_settle else "a settle pause and warm-up before each turn"
+    print(
+        f"\nsteps per second (median of {args.rounds} interleaved rounds, {how}; higher is better)"
+    )
     header = f"{'batch':>5}  {'first loss':>10}  " + "  ".join(f"{n:>14}" for n in names)
     header += "  " + "  ".join(f"{'vs ' + n:>10}" for n in names[1:])
     print(header)

@@ -5,10 +5,11 @@ backward (out and the vjp's dx, dW, db), at the sizes of ``bench/run.py``.
 
 Contenders: "ffi" (siglayer's XLA FFI handler), "callback" (jax.pure_callback into
 siglayer.forward / backward) and "jax" (jax.nn.sigmoid(x @ W + b), gradients by JAX's
-autodiff, compiled by XLA). Every contender's results are checked against the pure-JAX
-layer before timing. The contenders take turns in interleaved rounds, each call followed by
-block_until_ready; the table shows medians and the ratios ffi/jax and callback/jax
-(< 1: siglayer is faster).
+autodiff, compiled by XLA). Before timing, every contender's results (out; dx, dW and db
+from a random dout) are checked against siglayer.reference in float64 on the same inputs,
+each to 1e-5 (float32) or 1e-12 (float64) of the result's largest magnitude. The
+contenders take turns in interleaved rounds, each call followed by block_until_ready; the
+table shows medians and the ratios ffi/jax and callback/jax (< 1: siglayer is faster).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import numpy as np
 
 import siglayer
 import siglayer.jax as sj
-from harness import SIZES  # bench/harness.py, beside this file
+from harness import SIZES, cpu_model  # bench/harness.py, beside this file
+from siglayer import _core, reference
 
 jax.config.update("jax_enable_x64", True)
 
-RTOL = {np.float32: 1e-4, np.float64: 1e-11}
+RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 
 def layers():
@@ -62,10 +64,12 @@ def measure(size, dtype, passes, budget):
     x = jnp.asarray(rng.standard_normal((n, n_in)).astype(dtype))
     W = jnp.asarray((rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(dtype))
     b = jnp.asarray(rng.standard_normal(n_out).astype(dtype))
-    args = (x, W, b) if passes == "fwd" else (x, W, b, jnp.ones((n, n_out), dtype))
+    dout = jnp.asarray(rng.standard_normal((n, n_out)).astype(dtype))
+    args = (x, W, b) if passes == "fwd" else (x, W, b, dout)
     calls = {name: compiled(f, passes) for name, f in layers().items()}
-    expected = jax.block_until_ready(calls["jax"](*args))
-    expected = expected if isinstance(expected, tuple) else (expected,)
+    x64, W64, b64, d64 = (np.asarray(a, dtype=np.float64) for a in (x, W, b, dout))
+    out64 = reference.forward(x64, W64, b64)
+    expected = (out64,) if passes == "fwd" else (out64, *reference.backward(d64, x64, W64, out64))
     for name, call in calls.items():  # compile, warm up, check
         got = jax.block_until_ready(call(*args))
         check(got if isinstance(got, tuple) else (got,), expected, dtype, f"{size} {name}")
@@ -97,10 +101,12 @@ def main():
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per cell (>= 5 rounds)")
     args = parser.parse_args()
     names = list(layers())
+    c = _core.config()
     print(
         f"jax {jax.__version__}, siglayer {siglayer.__version__} ({siglayer.get_num_threads()} "
-        f"threads), FFI {'built' if sj.ffi_available() else 'not built'}, "
-        f"{jax.devices()[0].platform}"
+        f"threads, BLAS {c['blas_details']}, SIMD {c['simd']}), FFI "
+        f"{'built' if sj.ffi_available() else 'not built'}, {jax.devices()[0].platform}\n"
+        f"CPU: {cpu_model()}"
     )
     others = [n for n in names if n != "jax"]
     header = ["size", "dtype", "pass", *names, *(f"{n}/jax" for n in others)]

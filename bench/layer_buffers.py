@@ -3,12 +3,14 @@ backward) against ``reuse_buffers=True`` (the layer's own buffers, no allocation
 
 One training step of one layer: ``out = layer(x); dx = layer.backward(dout)``, timed
 with both layers taking turns (siglayer._timing.interleaved_medians, the median of 31
-rounds), for each size of the main benchmark and each dtype. Before timing, both layers'
-results are checked to be bitwise equal (the same kernels run; only where the result is
-written differs).
+rounds), for each size of the main benchmark and each dtype. Before timing, the fresh
+layer's out, dx, dW and db are checked against siglayer.reference in float64 (float32 to
+1e-5 of each result's largest magnitude, float64 to 1e-12), and the reusing layer's to be
+bitwise equal to the fresh one's (the same kernels run; only where the result is written
+differs).
 
     python bench/layer_buffers.py                 # T,S,M,L,N, float32 and float64
-    python bench/layer_buffers.py --sizes all     # with XL
+    python bench/layer_buffers.py --sizes all     # with XL and H
     python bench/layer_buffers.py --settle 0      # no pause between turns
 
 Prints one row per size and dtype: the two medians and fresh/reuse (> 1: the fresh
@@ -24,6 +26,7 @@ import numpy as np
 
 import siglayer
 from harness import SIZES, cpu_model
+from siglayer import reference
 from siglayer._timing import interleaved_medians
 
 
@@ -44,11 +47,27 @@ def measure(size: str, dtype: type, settle: float) -> tuple[float, float]:
     fresh = siglayer.SigmoidLayer(n_in, n_out, dtype=dtype, seed=1)
     reuse = siglayer.SigmoidLayer(n_in, n_out, dtype=dtype, seed=1, reuse_buffers=True)
     steps = {"fresh": step_of(fresh, x, dout), "reuse": step_of(reuse, x, dout)}
+    W64, b64 = fresh.W.astype(np.float64), fresh.b.astype(np.float64)
     (out_f, dx_f), (out_r, dx_r) = steps["fresh"](), steps["reuse"]()
+    x64, d64 = x.astype(np.float64), dout.astype(np.float64)
+    out64 = reference.forward(x64, W64, b64)
+    dx64, dW64, db64 = reference.backward(d64, x64, W64, out64)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    for what, got, want in (
+        ("out", out_f, out64),
+        ("dx", dx_f, dx64),
+        ("dW", fresh.dW, dW64),
+        ("db", fresh.db, db64),
+    ):
+        err, limit = np.abs(got - want).max(), rtol * np.abs(want).max()
+        assert err <= limit, f"{size} {np.dtype(dtype)}: {what} error {err:.3e} > {limit:.3e}"
     assert out_f is not out_r and np.array_equal(out_f, out_r), "out differs"
-    assert np.array_equal(dx_f, dx_r) and np.array_equal(fresh.dW, reuse.dW), "gradients differ"
+    assert np.array_equal(dx_f, dx_r), "dx differs"
+    assert np.array_equal(fresh.dW, reuse.dW) and np.array_equal(fresh.db, reuse.db), "dW/db differ"
     assert steps["reuse"]()[0] is out_r, "reuse_buffers=True did not reuse"
-    times = interleaved_medians(steps, settle_seconds=settle)
+    times = interleaved_medians(
+        steps, settle_seconds=settle, warmup_seconds=0.02 if settle else 0.0
+    )
     return times["fresh"], times["reuse"]
 
 

@@ -14,7 +14,8 @@ Then, for every pair (step, before) the two run alternately, ``before`` untimed 
 ``step`` timed, with no pause: first ``block_seconds`` of untimed pairs, so that what ran
 earlier (another pair's spinning pool) no longer counts, then ``per_block`` timed steps.
 "Alone" is the step after itself. The blocks of all pairs are shuffled in every round;
-the figure is the median over the rounds, reported as a ratio to the step alone.
+the figure is the median of all timed steps of a pair (``per_block`` per round, over the
+rounds), reported as a ratio to the step alone.
 """
 
 from __future__ import annotations

@@ -401,7 +401,7 @@ def test_narrow_sweep_checks_and_prints(capsys, monkeypatch):
         return dx, dW * 1.01, db
 
     monkeypatch.setattr(narrow.siglayer, "backward", wrong_dW)
-    with pytest.raises(AssertionError, match="f32 fwd[+]bwd dW: error"):
+    with pytest.raises(AssertionError, match=r"f32 fwd\+bwd dW: error"):
         narrow.main([*args, "--no-torch"])
     monkeypatch.undo()
     capsys.readouterr()

@@ -49,10 +49,11 @@ def interleaved_medians(
     for _ in range(rounds):
         for name, fn in contenders.items():
             time.sleep(settle_seconds)
-            warm_until = time.perf_counter() + warmup_seconds
-            fn()
-            while time.perf_counter() < warm_until:
+            if warmup_seconds > 0:  # at least one untimed call, then up to warmup_seconds
+                warm_until = time.perf_counter() + warmup_seconds
                 fn()
+                while time.perf_counter() < warm_until:
+                    fn()
             t0 = time.perf_counter()
             for _ in range(calls[name]):
                 fn()
