@@ -41,11 +41,14 @@ W = (rng.standard_normal((512, 256)) / 16).astype(np.float32)
 b = rng.standard_normal(256).astype(np.float32)
 dout = rng.standard_normal((1024, 256)).astype(np.float32)
 
-def layer(_=None):
-    siglayer.set_num_threads(2)
+def layer_at(threads):
+    siglayer.set_num_threads(threads)
     out = siglayer.forward(x, W, b)
     dx, dW, db = siglayer.backward(dout, x, W, out)
     return siglayer.get_num_threads(), [a.tobytes() for a in (out, dx, dW, db)]
+
+def layer(_=None):
+    return layer_at(2)
 
 def same(results, want):
     return all(threads == 2 and arrays == want for threads, arrays in results)
@@ -260,12 +263,6 @@ BESIDE_A_THREAD = """
 import threading, time
 from concurrent.futures import ThreadPoolExecutor
 
-def layer_at(threads):
-    siglayer.set_num_threads(threads)
-    out = siglayer.forward(x, W, b)
-    dx, dW, db = siglayer.backward(dout, x, W, out)
-    return siglayer.get_num_threads(), [a.tobytes() for a in (out, dx, dW, db)]
-
 def in_child():
     siglayer.set_num_threads(2)  # a serial child still answers 1
     threads = siglayer.get_num_threads()
@@ -342,9 +339,7 @@ FIRST_CALL_IN_FLIGHT = """
 import threading, time
 if __name__ == "__main__":
     _, want = layer()  # a two-thread region: the pool is started
-    siglayer.set_num_threads(1)
-    out1 = siglayer.forward(x, W, b)
-    want1 = [a.tobytes() for a in (out1, *siglayer.backward(dout, x, W, out1))]
+    _, want1 = layer_at(1)
     xs = np.repeat(rng.standard_normal((8192, 512)).astype(np.float32), 2, axis=1)[:, ::2]
     layer()
     t = threading.Thread(target=siglayer.forward, args=(xs, W, b))
@@ -376,9 +371,7 @@ ONLY_READ_THE_CONFIG = """
 import threading
 if __name__ == "__main__":
     _, want = layer()  # a two-thread region: the pool is started
-    siglayer.set_num_threads(1)
-    out1 = siglayer.forward(x, W, b)
-    want1 = [a.tobytes() for a in (out1, *siglayer.backward(dout, x, W, out1))]
+    _, want1 = layer_at(1)
     read, done = threading.Event(), threading.Event()
     def reader():
         siglayer._core.config()
