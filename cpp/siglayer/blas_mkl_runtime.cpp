@@ -38,6 +38,8 @@ using SetLayer = int (*)(int);
 using VersionString = void (*)(char*, int);
 
 struct Runtime {
+    // Stored last (release), after set_local and description: a thread whose load
+    // (acquire) sees it also sees them.
     std::atomic<GemmBf16> gemm{nullptr};
     SetLocal set_local = nullptr;
     std::string description;  // "MKL 2026.2 (loaded at run time from /path/libmkl_rt.so.3)"
@@ -108,7 +110,7 @@ std::string load_mkl_bf16(const std::string& path) {
 }
 
 bool mkl_bf16_loaded() {
-    return runtime().gemm.load(std::memory_order_relaxed) != nullptr;
+    return runtime().gemm.load(std::memory_order_acquire) != nullptr;
 }
 
 std::string mkl_bf16_description() {
@@ -121,7 +123,7 @@ void mkl_gemm_bf16(Op op_a, Op op_b, index_t M, index_t N, index_t K, float alph
     static_assert(sizeof(bfloat16) == sizeof(std::uint16_t));
     Runtime& r = runtime();
     const int previous = r.set_local(1);
-    r.gemm.load(std::memory_order_relaxed)(
+    r.gemm.load(std::memory_order_acquire)(
         kRowMajor, op_a == Op::N ? kNoTrans : kTrans, op_b == Op::N ? kNoTrans : kTrans,
         static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha,
         reinterpret_cast<const std::uint16_t*>(A), static_cast<int>(lda),
