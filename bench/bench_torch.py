@@ -219,7 +219,8 @@ def digits(args: argparse.Namespace, set_threads: Callable[[int | None], None]) 
     # Steps back to back, as a training loop runs them (one thread each: no pool to let
     # fall asleep), in rounds of 40 ms (about 100 steps). With a 0.1 s pause and 2 ms
     # rounds (four steps, just woken) the ratio moved between 0.88 and 1.18 from run to
-    # run on a shared machine; back to back it stayed within 1.03-1.09.
+    # run on a shared machine; back to back it stayed within 1.03-1.09 (measured with
+    # 20 ms of untimed steps before each turn, which this no longer makes).
     seconds = interleaved_medians(
         steps,
         rounds=args.rounds,

@@ -220,7 +220,8 @@ def test_gradcheck_passes_in_any_memory_layout(layout):
     """x, W and dout F-ordered, with negative row strides or every other row: the
     finite differences perturb copies of them (an F-ordered copy was perturbed through a
     reshape that copied it: every difference 0, errors of 0.16-0.37 for a correct
-    backward, a review's find)."""
+    backward, a review's find). Only F met that bug: gradcheck's np.array already made C
+    copies of the other two, which are here for coverage of the layouts it accepts."""
     x, W, b, G = problem(5, 4, 3, 3)
     make = {
         "F": np.asfortranarray,

@@ -122,13 +122,13 @@ void mkl_gemm_bf16(Op op_a, Op op_b, index_t M, index_t N, index_t K, float alph
                    float* C, index_t ldc) {
     static_assert(sizeof(bfloat16) == sizeof(std::uint16_t));
     Runtime& r = runtime();
+    const GemmBf16 gemm = r.gemm.load(std::memory_order_acquire);  // before set_local
     const int previous = r.set_local(1);
-    r.gemm.load(std::memory_order_acquire)(
-        kRowMajor, op_a == Op::N ? kNoTrans : kTrans, op_b == Op::N ? kNoTrans : kTrans,
-        static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha,
-        reinterpret_cast<const std::uint16_t*>(A), static_cast<int>(lda),
-        reinterpret_cast<const std::uint16_t*>(B), static_cast<int>(ldb), beta, C,
-        static_cast<int>(ldc));
+    gemm(kRowMajor, op_a == Op::N ? kNoTrans : kTrans, op_b == Op::N ? kNoTrans : kTrans,
+         static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha,
+         reinterpret_cast<const std::uint16_t*>(A), static_cast<int>(lda),
+         reinterpret_cast<const std::uint16_t*>(B), static_cast<int>(ldb), beta, C,
+         static_cast<int>(ldc));
     r.set_local(previous);
 }
 

@@ -8,7 +8,9 @@ can stall it for whole scheduler ticks. The pause lets every pool fall asleep, s
 contender is timed as it runs in a program that calls only it. Each turn then starts
 with a warm-up of ``warmup_seconds`` of calls: a pool woken from sleep can land on its
 caller's core and share it until the kernel migrates it (one stall of a few ms), which
-is not the steady state of a loop that calls the contender over and over.
+is not the steady state of a loop that calls the contender over and over. With
+``warmup_seconds=0`` there is no untimed call at all, and with ``settle_seconds=0`` too
+the contenders run back to back, each timed right after the previous one.
 """
 
 from __future__ import annotations
