@@ -239,9 +239,9 @@ def test_torch_benches_check_agreement_and_print(capsys):
     text = capsys.readouterr().out
     assert "digits network, batch 32" in text and "nn.BCELoss instead of fused" in text
     assert "T (32, 64, 32)" in text
-    bench_training.main(["--rounds", "1", "--batch-sizes", "32"])
+    bench_training.main(["--rounds", "1", "--batch-sizes", "32", "--no-settle"])
     text = capsys.readouterr().out
-    assert "torch+siglayer" in text and "vs torch" in text
+    assert "torch+siglayer" in text and "vs torch" in text and "back to back" in text
 
 
 @pytest.mark.skipif(TORCH is None, reason="needs torch")
@@ -347,6 +347,26 @@ def test_run_help_lists_bfloat16(capsys):
         run.main(["--help"])
     assert exit_.value.code == 0
     assert "--bfloat16" in capsys.readouterr().out
+
+
+def test_layer_buffers_checks_against_the_reference(monkeypatch):
+    """bench/layer_buffers.py checks the fresh layer's out, dx, dW and db against the
+    float64 reference before timing (it compared the two layers with each other alone):
+    an oracle whose db is 1 % off stops it."""
+    import layer_buffers
+
+    for dtype in (np.float32, np.float64):
+        fresh, reuse = layer_buffers.measure("T", dtype, 0.0)
+        assert fresh > 0 and reuse > 0
+    backward = layer_buffers.reference.backward
+
+    def off(*args, **kwargs):
+        dx, dW, db = backward(*args, **kwargs)
+        return dx, dW, db * 1.01
+
+    monkeypatch.setattr(layer_buffers.reference, "backward", off)
+    with pytest.raises(AssertionError, match="db error"):
+        layer_buffers.measure("T", np.float32, 0.0)
 
 
 def test_jax_bench_checks_and_prints():
