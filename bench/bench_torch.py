@@ -48,7 +48,7 @@ from siglayer.torch import SigmoidLinear
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_training
-from harness import cpu_model, numpy_blas
+from harness import build_summary, check_close, cpu_model, numpy_blas
 
 SIZES = {
     "T": (32, 64, 32),
@@ -91,9 +91,7 @@ def layer_contenders(size: tuple[int, int, int], dtype: torch.dtype, *, compiled
 
     def check(name: str, out: torch.Tensor, W_grad: torch.Tensor, b_grad: torch.Tensor) -> None:
         for what, got, want in (("out", out, out64), ("dW", W_grad, dW64), ("db", b_grad, db64)):
-            err = np.abs(got.detach().double().numpy() - want).max()
-            limit = rtol * np.abs(want).max()
-            assert err <= limit, f"{name} {size} {dtype}: {what} error {err:.3e} > {limit:.3e}"
+            check_close(f"{name} {size} {dtype}: {what}", got.detach().double(), want, rtol)
 
     check("torch", torch_step(), linear.weight.grad.T, linear.bias.grad)
     check("siglayer.torch", siglayer_step(), ours.W.grad, ours.b.grad)
@@ -112,8 +110,7 @@ def layer_contenders(size: tuple[int, int, int], dtype: torch.dtype, *, compiled
 
     floor()
     for what, got, want in (("z", z, x64 @ W64), ("dW", dW, x64.T @ d64)):
-        err, limit = np.abs(got - want).max(), rtol * np.abs(want).max()
-        assert err <= limit, f"floor {size} {dtype}: {what} error {err:.3e} > {limit:.3e}"
+        check_close(f"floor {size} {dtype}: {what}", got, want, rtol)
     contenders = {
         "torch": torch_step,
         "siglayer.torch": siglayer_step,
@@ -186,9 +183,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(torch_n)
         siglayer.set_num_threads(siglayer_n)
 
-    c = _core.config()
     print(
-        f"siglayer {siglayer.__version__} (BLAS {c['blas_details']}, SIMD {c['simd']}), torch "
+        f"siglayer {siglayer.__version__} ({build_summary()}), torch "
         f"{torch.__version__}, numpy {np.__version__} ({numpy_blas()}), Python "
         f"{platform.python_version()}\nCPU: {cpu_model()}"
     )
@@ -226,7 +222,6 @@ def digits(args: argparse.Namespace, set_threads: Callable[[int | None], None]) 
         rounds=args.rounds,
         min_round_seconds=0.04,
         settle_seconds=0.0,
-        warmup_seconds=0.0,
     )
     print(
         f"\ndigits network, batch 32, {args.digits_threads} thread(s), steps/s "
@@ -259,12 +254,7 @@ def one_layer(
         for dtype_name in args.dtypes:
             dtype = getattr(torch, dtype_name)
             contenders = layer_contenders(SIZES[size_name], dtype, compiled=args.compiled)
-            seconds = interleaved_medians(
-                contenders,
-                rounds=args.rounds,
-                settle_seconds=settle,
-                warmup_seconds=0.02 if settle else 0.0,
-            )
+            seconds = interleaved_medians(contenders, rounds=args.rounds, settle_seconds=settle)
             t, s, o = seconds["torch"], seconds["siglayer.torch"], seconds["operator"]
             f = seconds["floor"]
             label = f"{size_name} {SIZES[size_name]}"

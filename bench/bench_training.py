@@ -43,7 +43,7 @@ from collections.abc import Callable
 import numpy as np
 
 import siglayer
-from harness import cpu_model, numpy_blas  # bench/harness.py, beside this file
+from harness import build_summary, cpu_model, numpy_blas  # bench/harness.py, beside this file
 from siglayer import reference
 from siglayer._timing import interleaved_medians
 from siglayer.losses import BCELoss
@@ -355,9 +355,8 @@ def main(argv: list[str] | None = None) -> None:
         f"digits network {N_IN} -> {N_HIDDEN} -> {N_OUT}, sigmoid, binary cross-entropy, "
         f"Adam (lr {LR}), float32; one step = forward, loss, backward, update"
     )
-    c = siglayer._config.config()
     print(
-        f"siglayer {siglayer.__version__} (BLAS {c['blas_details']}, SIMD {c['simd']}, "
+        f"siglayer {siglayer.__version__} ({build_summary()}, "
         f"{siglayer.get_num_threads()} threads), numpy {np.__version__} ({numpy_blas()})"
         + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if have_torch else "")
         + (f", jax {jax.__version__} (XLA's own threads)" if args.jax else "")
@@ -378,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
             trainers["jax+siglayer"] = JaxTrainer(batches, weights, siglayer_layers=True)
         loss = check_agreement(trainers)
         contenders: dict[str, Callable[[], object]] = {n: t.step for n, t in trainers.items()}
-        pause = {"settle_seconds": 0.0, "warmup_seconds": 0.0} if args.no_settle else {}
+        pause = {"settle_seconds": 0.0} if args.no_settle else {}
         seconds = interleaved_medians(contenders, rounds=args.rounds, **pause)
         check_finite(trainers)
         rows.append((batch_size, loss, seconds))

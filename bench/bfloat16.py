@@ -314,7 +314,7 @@ def run(
                 for pass_, call in passes.items():
                     check(f"{name} {pass_} {size}", call(), p)
                     calls[f"{name}:{pass_}"] = call
-            pause = {} if settle else {"settle_seconds": 0.0, "warmup_seconds": 0.0}
+            pause = {} if settle else {"settle_seconds": 0.0}
             medians = interleaved_medians(calls, rounds=rounds, **pause)
             if others:
                 _core.select_bf16_gemm(active)  # type: ignore[arg-type]

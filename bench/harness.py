@@ -405,6 +405,7 @@ def sigmoid_throughput(torch: ModuleType | None, *, rounds: int = 9) -> dict[str
                 {"in cache": functools.partial(_core.sigmoid, small, y)},
                 rounds=rounds,
                 settle_seconds=0.0,
+                warmup_seconds=0.02,
             )
             rates[dtype_name]["siglayer in cache"] = (
                 SIGMOID_CACHED_VALUES / cached["in cache"] / 1e9
@@ -447,6 +448,24 @@ def _floor_time(times: dict[str, float], floor: str) -> float | None:
     candidates = {"slabs": ["floor"], "blas": ["floor_blas"], "best": ["floor", "floor_blas"]}
     found = [times[k] for k in candidates[floor] if k in times]
     return min(found) if found else None
+
+
+def check_close(label: str, got: Any, want: Array, rtol: float) -> None:
+    """Raise AssertionError unless ``got`` has ``want``'s shape and its largest error is
+    within ``rtol`` of ``want``'s largest magnitude: :func:`check`'s criterion at a
+    tolerance the caller states (the scripts beside run.py check tighter than it)."""
+    got = np.asarray(got)
+    assert got.shape == want.shape, f"{label} has shape {got.shape}, expected {want.shape}"
+    e = _compare._errors(got, want)
+    assert e.max_rel <= rtol, (
+        f"{label} error {e.max_abs:.3e} (relative {e.max_rel:.3e} > {rtol:.0e})"
+    )
+
+
+def build_summary() -> str:
+    """siglayer's BLAS (with its kernel) and instruction set, for a script's header."""
+    c = _config.config()
+    return f"BLAS {c['blas_details']}, SIMD {c['simd']}"
 
 
 def header(
@@ -558,7 +577,7 @@ def run(
                     min_rounds,
                     min(rounds, int(group_seconds / _estimate_round_seconds(seconds, settle))),
                 )
-                pause = {} if settle else {"settle_seconds": 0.0, "warmup_seconds": 0.0}
+                pause = {} if settle else {"settle_seconds": 0.0}
                 medians = interleaved_medians(calls, rounds=group_rounds, **pause)
                 for pass_ in PASSES:
                     times = {

@@ -24,8 +24,8 @@ import numpy as np
 
 import siglayer
 import siglayer.jax as sj
-from harness import SIZES, cpu_model  # bench/harness.py, beside this file
-from siglayer import _core, reference
+from harness import SIZES, build_summary, check_close, cpu_model  # beside this file
+from siglayer import reference
 
 jax.config.update("jax_enable_x64", True)
 
@@ -52,10 +52,9 @@ def compiled(f, passes):
 
 
 def check(results, expected, dtype, label):
-    for got, want in zip(results, expected, strict=True):
-        got, want = np.asarray(got), np.asarray(want)
-        error = np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-300)
-        assert error <= RTOL[dtype], f"{label}: relative error {error:.3g}"
+    assert len(results) == len(expected), f"{label}: {len(results)} results"
+    for what, got, want in zip(("out", "dx", "dW", "db"), results, expected, strict=False):
+        check_close(f"{label}: {what}", got, want, RTOL[dtype])
 
 
 def measure(size, dtype, passes, budget):
@@ -101,10 +100,9 @@ def main():
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per cell (>= 5 rounds)")
     args = parser.parse_args()
     names = list(layers())
-    c = _core.config()
     print(
         f"jax {jax.__version__}, siglayer {siglayer.__version__} ({siglayer.get_num_threads()} "
-        f"threads, BLAS {c['blas_details']}, SIMD {c['simd']}), FFI "
+        f"threads, {build_summary()}), FFI "
         f"{'built' if sj.ffi_available() else 'not built'}, {jax.devices()[0].platform}\n"
         f"CPU: {cpu_model()}"
     )

@@ -25,7 +25,7 @@ import sys
 import numpy as np
 
 import siglayer
-from harness import SIZES, cpu_model
+from harness import SIZES, check_close, cpu_model
 from siglayer import reference
 from siglayer._timing import interleaved_medians
 
@@ -59,15 +59,12 @@ def measure(size: str, dtype: type, settle: float) -> tuple[float, float]:
         ("dW", fresh.dW, dW64),
         ("db", fresh.db, db64),
     ):
-        err, limit = np.abs(got - want).max(), rtol * np.abs(want).max()
-        assert err <= limit, f"{size} {np.dtype(dtype)}: {what} error {err:.3e} > {limit:.3e}"
+        check_close(f"{size} {np.dtype(dtype)}: {what}", got, want, rtol)
     assert out_f is not out_r and np.array_equal(out_f, out_r), "out differs"
     assert np.array_equal(dx_f, dx_r), "dx differs"
     assert np.array_equal(fresh.dW, reuse.dW) and np.array_equal(fresh.db, reuse.db), "dW/db differ"
     assert steps["reuse"]()[0] is out_r, "reuse_buffers=True did not reuse"
-    times = interleaved_medians(
-        steps, settle_seconds=settle, warmup_seconds=0.02 if settle else 0.0
-    )
+    times = interleaved_medians(steps, settle_seconds=settle)
     return times["fresh"], times["reuse"]
 
 

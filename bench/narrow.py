@@ -190,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
             for pass_name, group in calls.items():
                 # No pause by default, but 20 ms of untimed calls before each turn, as
                 # the README's tables of this script were measured.
-                t = interleaved_medians(group, rounds=args.rounds, settle_seconds=args.settle)
+                t = interleaved_medians(
+                    group, rounds=args.rounds, settle_seconds=args.settle, warmup_seconds=0.02
+                )
                 cells = "".join(f"{t[c] * 1e3:>8.3f}ms" if c in t else f"{'-':>10}" for c in names)
 
                 def ratio(a: str, b: str, t=t) -> str:

@@ -213,7 +213,8 @@ siglayer.forward(x, W, b)  # as root: imports what the calls as nobody need (num
 
 
 def right(out):
-    first.append(out) if not first else None
+    if not first:
+        first.append(out)
     return np.abs(out - want).max() <= 1e-4 and np.array_equal(out, first[0])
 
 

@@ -17,18 +17,20 @@ def recorder(log: list[str], name: str):
     return call
 
 
-def test_back_to_back_makes_no_untimed_call():
+@pytest.mark.parametrize("warmup", [0.0, None], ids=["no warm-up", "default"])
+def test_back_to_back_makes_no_untimed_call(warmup):
     """With no pause and no warm-up each turn is its timed calls alone (one each, with a
     round of 0 s): after the calibration (one call, then three timed for the fastest),
     the contenders alternate strictly. Before, every turn began with one untimed call,
-    which let a pool woken by the previous contender settle."""
+    which let a pool woken by the previous contender settle. Without a pause the default
+    warm-up is none."""
     log: list[str] = []
     medians = interleaved_medians(
         {"a": recorder(log, "a"), "b": recorder(log, "b")},
         rounds=5,
         min_round_seconds=0.0,
         settle_seconds=0.0,
-        warmup_seconds=0.0,
+        warmup_seconds=warmup,
     )
     assert log == ["a"] * 4 + ["b"] * 4 + ["a", "b"] * 5
     assert set(medians) == {"a", "b"} and all(t >= 0 for t in medians.values())

@@ -8,9 +8,9 @@ can stall it for whole scheduler ticks. The pause lets every pool fall asleep, s
 contender is timed as it runs in a program that calls only it. Each turn then starts
 with a warm-up of ``warmup_seconds`` of calls: a pool woken from sleep can land on its
 caller's core and share it until the kernel migrates it (one stall of a few ms), which
-is not the steady state of a loop that calls the contender over and over. With
-``warmup_seconds=0`` there is no untimed call at all, and with ``settle_seconds=0`` too
-the contenders run back to back, each timed right after the previous one.
+is not the steady state of a loop that calls the contender over and over. Without a
+pause there is no warm-up either, unless asked for: the contenders then run back to
+back, each timed right after the previous one, with no untimed call between them.
 """
 
 from __future__ import annotations
@@ -29,15 +29,18 @@ def interleaved_medians(
     rounds: int = 31,
     min_round_seconds: float = 2e-3,
     settle_seconds: float = 0.1,
-    warmup_seconds: float = 0.02,
+    warmup_seconds: float | None = None,
 ) -> dict[str, float]:
     """Median seconds per call of each contender.
 
     Each round calls every contender in turn, each as many times as it takes to fill
     ``min_round_seconds`` (calibrated per contender, on its fastest of three calls), after
     a ``settle_seconds`` pause and ``warmup_seconds`` of untimed calls (see the module
-    docstring).
+    docstring). ``warmup_seconds=None`` (the default) is 0.02 after a pause and 0 without
+    one: with ``settle_seconds=0`` the contenders run back to back unless asked.
     """
+    if warmup_seconds is None:
+        warmup_seconds = 0.02 if settle_seconds > 0 else 0.0
     calls: dict[str, int] = {}
     for name, fn in contenders.items():
         fn()
