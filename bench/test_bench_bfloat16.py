@@ -51,7 +51,7 @@ def test_bfloat16(benchmark, torch: ModuleType | None, bf16_case: tuple[str, str
             p, torch, torch.bfloat16 if contender == "torch" else torch.float32
         )
     call = calls[pass_]
-    bfloat16.check(f"{contender} {pass_} {size}", call(), p)
+    bfloat16.check(f"{contender} {pass_} {size}", bfloat16.as_numpy(call()), p)
     benchmark.group = f"bfloat16-{size}-{pass_}"
     benchmark.name = contender
     benchmark.extra_info["shape (n, n_in, n_out)"] = harness.SIZES[size]
