@@ -66,6 +66,11 @@ def bwd(p: Args, watch: list[np.ndarray] | None = None, **change: Any):
     return "backward", args, watch or []
 
 
+def batched(p: Args) -> Args:
+    """The same problem with its 4 rows as a (2, 2) batch."""
+    return {k: v.reshape(2, 2, -1) if v.ndim == 2 and k != "W" else v for k, v in p.items()}
+
+
 def filled(shape: tuple[int, ...], dtype: type = f64) -> np.ndarray:
     """A caller's buffer holding a sentinel, so any write into it shows."""
     return np.full(shape, 7.0, dtype)
@@ -612,6 +617,14 @@ FUNCTIONAL_CASES: dict[str, Case] = {
     ),
     "dx-without-need_dx": Case(
         lambda p: bwd(p, dx=filled((4, 3)), need_dx=False),
+        ValueError,
+        "dx",
+        r"dx was given but need_dx=False",
+    ),
+    # With leading batch dimensions the shape of dx was read first and the message was
+    # about that (a review's find): the refusal is the same as in 2-D now.
+    "dx-without-need_dx-batched": Case(
+        lambda p: bwd(batched(p), dx=filled((5, 5)), need_dx=False),
         ValueError,
         "dx",
         r"dx was given but need_dx=False",

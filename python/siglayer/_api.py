@@ -17,7 +17,7 @@ from numpy.typing import DTypeLike, NDArray
 
 from . import _core
 from ._buffers import refuse_overlap
-from ._dtypes import bfloat16, is_bfloat16
+from ._dtypes import as_dtype, is_bfloat16
 from ._gradients import refuse_kind
 from ._typing import Float
 
@@ -518,9 +518,8 @@ def _rounds_gradients(grad_dtype: DTypeLike, x: object) -> bool:
     """Whether dW and db are to be rounded to bfloat16 (True), or are of grad_dtype as the
     core returns them (False); TypeError naming grad_dtype for anything else."""
     x_dtype = getattr(x, "dtype", None)
-    wanted = bfloat16() if isinstance(grad_dtype, str) and grad_dtype == "bfloat16" else None
     try:
-        wanted = wanted if wanted is not None else np.dtype(grad_dtype)
+        wanted = as_dtype(grad_dtype)
     except TypeError:
         raise TypeError(f"grad_dtype must be a dtype, got {grad_dtype!r}") from None
     if x_dtype is None:
@@ -558,11 +557,19 @@ def _batched_backward(
     if not all(isinstance(a, _ndarray) for a in arrays):
         # The core raises the TypeError naming the argument.
         return core(grad, x, W, *(a for _, a in rest), *needs, dx, dW, db, rounded)
-    x2, flat, dx2 = _flatten_batch(x, W, per_row, dx)
-    if dx is not None or dW is not None or db is not None:
+    # A dx given with need_dx=False goes to the core as it is, which refuses it with the
+    # message of the 2-D path ("dx was given but need_dx=False"), not one about its shape.
+    x2, flat, dx2 = _flatten_batch(x, W, per_row, dx if needs[0] else None)
+    dx_used = dx if needs[0] else None
+    if dx_used is not None or dW is not None or db is not None:
         _refuse_hidden_overlap(
-            ("x", *per_row), (x, *per_row.values()), (x2, *flat), ("dx", "dW", "db"), (dx, dW, db)
+            ("x", *per_row),
+            (x, *per_row.values()),
+            (x2, *flat),
+            ("dx", "dW", "db"),
+            (dx_used, dW, db),
         )
+    dx2 = dx2 if needs[0] else dx
     grad2, *rest2 = flat
     dx_r, dW_r, db_r = core(grad2, x2, W, *rest2, *needs, dx2, dW, db, rounded)
     return _batch_shaped(dx_r, dx, x.shape), dW_r, db_r

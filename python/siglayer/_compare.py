@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from . import _api, reference
-from ._dtypes import FLOAT_DTYPES, is_bfloat16
+from ._dtypes import FLOAT_DTYPES, as_dtype, is_bfloat16
 from ._typing import Float
 
 __all__ = ["TOLERANCE", "ErrorStats", "compare"]
@@ -93,10 +93,10 @@ def compare(
         Upstream gradient for the backward pass; drawn when not given.
     n, n_in, n_out : int
         Sizes of the inputs that are drawn.
-    dtype : float32 or float64, default float64
+    dtype : float32, float64 or bfloat16, default float64
         dtype of the inputs that are drawn; when x is given, its dtype is used. For
-        bfloat16 x (``ml_dtypes.bfloat16``) the reference runs in float64 on the same
-        bfloat16 values.
+        bfloat16 (``"bfloat16"`` or ``ml_dtypes.bfloat16``; needs ml-dtypes) the
+        reference runs in float64 on the same bfloat16 values.
     seed : int
         Seed of the ``numpy.random.default_rng`` generator the inputs are drawn from.
 
@@ -133,7 +133,10 @@ def compare(
         if size < 0:
             raise ValueError(f"{name} must be >= 0, got {size}")
     rng = np.random.default_rng(seed)
-    dt = np.dtype(dtype) if x is None else x.dtype
+    try:
+        dt = as_dtype(dtype) if x is None else x.dtype
+    except TypeError:
+        raise TypeError(f"dtype must be float32, float64 or bfloat16, got {dtype!r}") from None
     if x is None:
         x = rng.standard_normal(size=(n, n_in)).astype(dt)
     # Sizes of what is drawn come from the given arrays where they have them; where one

@@ -12,10 +12,12 @@ layer takes it and computes in float32; optimizers and losses work on float32
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
-__all__ = ["FLOAT_DTYPES", "NAMES", "bfloat16", "is_bfloat16"]
+__all__ = ["FLOAT_DTYPES", "NAMES", "as_dtype", "bfloat16", "is_bfloat16"]
 
 FLOAT_DTYPES: tuple[np.dtype[np.floating], ...] = (np.dtype(np.float32), np.dtype(np.float64))
 NAMES = " or ".join(dt.name for dt in FLOAT_DTYPES)  # "float32 or float64", for messages
@@ -33,6 +35,15 @@ def bfloat16() -> np.dtype[np.generic]:
         ) from exc
     dtype: np.dtype[np.generic] = np.dtype(ml_dtypes.bfloat16)
     return dtype
+
+
+def as_dtype(dtype: DTypeLike) -> np.dtype[Any]:
+    """``numpy.dtype(dtype)``, where the name ``"bfloat16"`` means ml_dtypes' bfloat16 (NumPy
+    does not know it by name): the one reading of a ``dtype=`` / ``grad_dtype=`` argument.
+    NumPy's TypeError for a name it does not know; the caller says which argument."""
+    if isinstance(dtype, str) and dtype == "bfloat16":
+        return bfloat16()
+    return np.dtype(dtype)
 
 
 def is_bfloat16(dtype: object) -> bool:
