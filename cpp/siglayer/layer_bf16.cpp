@@ -388,10 +388,12 @@ void backward<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, float* db, MatrixVi
     }
     float* dZ32 = g.dZ32;
     float* W32 = g.W32;
-    // db's float64 block totals for every column, taken here: in the region they would
-    // be allocated before its barrier (see RegionError).
-    double* totals =
-        Scratch::for_this_thread().get<double>(Scratch::db_total, static_cast<std::size_t>(n_out));
+    // db's float64 block totals and its block sums for every column, taken here: in the
+    // region they would be allocated before its barrier (see RegionError). The block sums
+    // in scratch, not in the caller's db, as layer.cpp's backward says why.
+    Scratch& scratch = Scratch::for_this_thread();
+    double* totals = scratch.get<double>(Scratch::db_total, static_cast<std::size_t>(n_out));
+    float* db_parts = scratch.get<float>(Scratch::db_part, static_cast<std::size_t>(n_out));
     const auto& kernel = kernels::active<bf16>();
     run_parallel(threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1)), [&] {
         blas::SingleThreaded single;
@@ -401,12 +403,14 @@ void backward<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, float* db, MatrixVi
         const Tiling columns(1, n_out, omp_get_num_threads());
         for_each_tile({&columns}, [&](const Tiling&, const Block& c) {
             double* total = totals + c.j0;
+            float* part = db_parts + c.j0;
             if (native)
-                kernel.dz_colsum(dZ16 + c.j0, n_out, db + c.j0, total, dout_rows + c.j0, ld_dout,
+                kernel.dz_colsum(dZ16 + c.j0, n_out, part, total, dout_rows + c.j0, ld_dout,
                                  out_rows + c.j0, ld_out, n, c.cols());
             else
-                kernel.dz_colsum_c(dZ32 + c.j0, n_out, db + c.j0, total, dout_rows + c.j0, ld_dout,
+                kernel.dz_colsum_c(dZ32 + c.j0, n_out, part, total, dout_rows + c.j0, ld_dout,
                                    out_rows + c.j0, ld_out, n, c.cols());
+            std::copy(part, part + c.cols(), db + c.j0);
         });
         if (W32) widen_shared(W32, W);
         // Phase 2: the products need all of dZ (and W).

@@ -26,6 +26,7 @@ public:
         dZ_widened,
         b_packed16,  // B of a bfloat16 product packed once for several panels (layer_bf16.cpp)
         db_total,    // the float64 sums of db's row blocks (views.hpp): a tile's columns, or all
+        db_part,     // the block sums themselves, in the compute type, before they reach db
         slot_count
     };
 
