@@ -164,6 +164,15 @@ void pack_b(u16* dst, bool trans, const u16* B, index_t ldb, index_t k0, index_t
 // How far ahead pack_a fetches the rows of a transposed A, in pairs of rows (below).
 constexpr index_t kPrefetchPairs = 4;
 
+// Asks for the cache lines that hold p[0, count) (each line from its start, so that the
+// last one is fetched however p is aligned).
+void prefetch_lines(const u16* p, index_t count) {
+    const auto first = reinterpret_cast<std::uintptr_t>(p);
+    const std::uintptr_t end = first + static_cast<std::uintptr_t>(count) * sizeof(u16);
+    for (std::uintptr_t line = first & ~std::uintptr_t{63}; line < end; line += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T0);
+}
+
 // op(A)[i0 : i0 + mc, k0 : k0 + kc] into slivers of kMR rows (layout at the top).
 void pack_a(u16* dst, bool trans, const u16* A, index_t lda, index_t i0, index_t mc, index_t k0,
             index_t kc) {
@@ -183,11 +192,9 @@ void pack_a(u16* dst, bool trans, const u16* A, index_t lda, index_t i0, index_t
         for (index_t p = 0; p < kp; ++p) {
             const u16* row0 = A + (k0 + 2 * p) * lda + i0;
             if (2 * (p + kPrefetchPairs) + 1 < kc) {  // the two rows kPrefetchPairs pairs on
-                const char* ahead = reinterpret_cast<const char*>(row0 + 2 * kPrefetchPairs * lda);
-                for (index_t byte = 0; byte < mc * index_t{sizeof(u16)}; byte += 64) {
-                    _mm_prefetch(ahead + byte, _MM_HINT_T0);
-                    _mm_prefetch(ahead + lda * index_t{sizeof(u16)} + byte, _MM_HINT_T0);
-                }
+                const u16* ahead = row0 + 2 * kPrefetchPairs * lda;
+                prefetch_lines(ahead, mc);
+                prefetch_lines(ahead + lda, mc);
             }
             const bool odd_tail = 2 * p + 1 == kc;  // the last pair of an odd kc: (v, 0)
             for (index_t is = 0; is < mc; is += kMR) {
