@@ -820,3 +820,18 @@ def test_compare_uses_the_float64_oracle_for_bfloat16():
         assert errors["out"].max_abs <= U
         for key in ("dx", "dW", "db"):
             assert errors[key].max_rel <= 4 * U, (key, errors[key])
+
+
+def test_compare_takes_the_name_bfloat16_before_ml_dtypes_is_imported():
+    """NumPy knows the name "bfloat16" once ml_dtypes is imported (as in this file), so the
+    name is tried in a process of its own, where only siglayer can import it: compare
+    raised NumPy's 'data type not understood' there."""
+    code = (
+        "import sys, siglayer\n"
+        "assert 'ml_dtypes' not in sys.modules\n"
+        "e = siglayer.compare(dtype='bfloat16', n=16, n_in=8, n_out=4)\n"
+        "assert e['out'].max_abs <= 2.0**-8, e\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

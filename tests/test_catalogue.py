@@ -629,6 +629,12 @@ FUNCTIONAL_CASES: dict[str, Case] = {
         "dx",
         r"dx was given but need_dx=False",
     ),
+    "need_dx-not-bool-batched": Case(
+        lambda p: bwd(batched(p), dx=filled((5, 5)), need_dx="no"),
+        TypeError,
+        "need_dx",
+        r"need_dx must be a bool, got str",
+    ),
     "dW-without-need_dW": Case(
         lambda p: bwd(p, dW=filled((3, 2)), need_dW=False),
         ValueError,

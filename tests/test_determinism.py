@@ -69,8 +69,12 @@ def test_db_independent_of_thread_count_and_layout(rng, dtype, shape_x, n_out):
         siglayer.set_num_threads(before)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, "bfloat16"], ids=str)
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "dtype",
+    [np.float32, np.float64, "bfloat16"],
+    ids=lambda d: np.dtype(d).name if d != "bfloat16" else d,
+)
+@pytest.mark.parametrize("threads", [1, 2], ids=lambda t: f"threads{t}")
 def test_db_into_a_buffer_at_any_alignment(rng, dtype, threads):
     """db given as a buffer that starts anywhere in a cache line (its tiles' block sums
     are kept in scratch and db written once per column: two threads' columns once shared a

@@ -554,8 +554,10 @@ def _batched_backward(
     (name, grad), *rest = per_row.items()
     refuse_kind(grad, name, method)
     arrays = (*per_row.values(), x, W)
-    if not all(isinstance(a, _ndarray) for a in arrays):
-        # The core raises the TypeError naming the argument.
+    bools = all(isinstance(need, (bool, np.bool_)) for need in needs)
+    if not bools or not all(isinstance(a, _ndarray) for a in arrays):
+        # The core raises the TypeError naming the argument (a need_dx or need_dW that is
+        # no bool before any shape is read, as in 2-D).
         return core(grad, x, W, *(a for _, a in rest), *needs, dx, dW, db, rounded)
     # A dx given with need_dx=False goes to the core as it is, which refuses it with the
     # message of the 2-D path ("dx was given but need_dx=False"), not one about its shape.

@@ -65,6 +65,18 @@ def _widened(a: NDArray[Any]) -> NDArray[Any]:
     return np.asarray(a).astype(np.float64)
 
 
+def _drawn_dtype(dtype: DTypeLike) -> np.dtype[Any]:
+    """compare's ``dtype`` for the inputs it draws; TypeError naming it unless float32,
+    float64 or bfloat16 (forward would name x, an array the caller never passed)."""
+    try:
+        dt: np.dtype[Any] | None = as_dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or not (dt in FLOAT_DTYPES or is_bfloat16(dt)):
+        raise TypeError(f"dtype must be float32, float64 or bfloat16, got {dtype!r}")
+    return dt
+
+
 def compare(
     x: NDArray[Float] | None = None,
     W: NDArray[Float] | None = None,
@@ -133,10 +145,7 @@ def compare(
         if size < 0:
             raise ValueError(f"{name} must be >= 0, got {size}")
     rng = np.random.default_rng(seed)
-    try:
-        dt = as_dtype(dtype) if x is None else x.dtype
-    except TypeError:
-        raise TypeError(f"dtype must be float32, float64 or bfloat16, got {dtype!r}") from None
+    dt = _drawn_dtype(dtype) if x is None else x.dtype
     if x is None:
         x = rng.standard_normal(size=(n, n_in)).astype(dt)
     # Sizes of what is drawn come from the given arrays where they have them; where one
