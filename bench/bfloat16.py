@@ -171,8 +171,9 @@ def torch_calls(
     """PyTorch's calls return its tensors as they are: converting a bfloat16 result to a
     float32 NumPy array is work PyTorch's own training step never does, so it happens in
     ``as_numpy`` for the check, outside the timed call. (Until 2026-12-05 it was inside:
-    on Zen 5 it added 13 % (M) to 70 % (L) to PyTorch's bfloat16 fwd+bwd time and
-    flattered siglayer's bf16/torch ratios; docs/bfloat16.md says which tables.)"""
+    in one process on Zen 5 it added 6 % (M) to 37-81 % (L) to PyTorch's bfloat16 fwd+bwd
+    time, varying from run to run, and flattered siglayer's bf16/torch ratios;
+    docs/bfloat16.md says which tables.)"""
 
     def tensor(a: np.ndarray) -> Any:
         return torch.from_numpy(_core.to_float32(a) if a.dtype == BF16 else a).to(dtype)

@@ -472,7 +472,7 @@ def test_bfloat16_bars_are_judged_on_fwd_bwd():
 def test_bfloat16_bench_times_pytorch_without_conversions():
     """PyTorch's timed calls in bench/bfloat16.py return its bfloat16 tensors; the widening
     to float32 NumPy arrays happens in as_numpy, for the check only (inside the timed call
-    it had added 13-70 % to PyTorch's bfloat16 fwd+bwd time). The check still runs on
+    it had added 6-81 % to PyTorch's bfloat16 fwd+bwd time). The check still runs on
     the widened results and stops a wrong one."""
     pytest.importorskip("ml_dtypes")
     torch = pytest.importorskip("torch")
