@@ -559,10 +559,11 @@ def _batched_backward(
         # The core raises the TypeError naming the argument (a need_dx or need_dW that is
         # no bool before any shape is read, as in 2-D).
         return core(grad, x, W, *(a for _, a in rest), *needs, dx, dW, db, rounded)
-    # A dx given with need_dx=False goes to the core as it is, which refuses it with the
-    # message of the 2-D path ("dx was given but need_dx=False"), not one about its shape.
-    x2, flat, dx2 = _flatten_batch(x, W, per_row, dx if needs[0] else None)
+    # A dx given with need_dx=False is neither reshaped nor checked here: the core gets it
+    # as it is and refuses it with the message of the 2-D path ("dx was given but
+    # need_dx=False"), not one about its shape.
     dx_used = dx if needs[0] else None
+    x2, flat, dx2 = _flatten_batch(x, W, per_row, dx_used)
     if dx_used is not None or dW is not None or db is not None:
         _refuse_hidden_overlap(
             ("x", *per_row),
@@ -571,9 +572,8 @@ def _batched_backward(
             ("dx", "dW", "db"),
             (dx_used, dW, db),
         )
-    dx2 = dx2 if needs[0] else dx
     grad2, *rest2 = flat
-    dx_r, dW_r, db_r = core(grad2, x2, W, *rest2, *needs, dx2, dW, db, rounded)
+    dx_r, dW_r, db_r = core(grad2, x2, W, *rest2, *needs, dx2 if needs[0] else dx, dW, db, rounded)
     return _batch_shaped(dx_r, dx, x.shape), dW_r, db_r
 
 
