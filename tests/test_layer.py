@@ -534,7 +534,7 @@ def test_an_overlap_is_told_apart_by_its_class(rng):
         ({"x": np.array(1.0)}, ValueError, "x must have shape (..., n_in), got a 0-d array"),
         ({"W": np.ones(32)}, ValueError, "W must be 2-D (n_in, n_out), got shape (32,)"),
         ({"dtype": "f32"}, TypeError, "dtype must be float32, float64 or bfloat16, got 'f32'"),
-        ({"dtype": "int32"}, TypeError, "dtype must be float32, float64 or bfloat16, got 'int32'"),
+        ({"dtype": "int32"}, TypeError, "dtype must be float32, float64 or bfloat16, got int32"),
     ],
 )
 def test_compare_names_a_bad_argument(kwargs, error, message):

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from . import _api, reference
-from ._dtypes import FLOAT_DTYPES, as_dtype, is_bfloat16
+from ._dtypes import FLOAT_DTYPES, is_bfloat16, layer_dtype
 from ._typing import Float
 
 __all__ = ["TOLERANCE", "ErrorStats", "compare"]
@@ -63,18 +63,6 @@ def _same(a: NDArray[Any]) -> NDArray[Any]:
 
 def _widened(a: NDArray[Any]) -> NDArray[Any]:
     return np.asarray(a).astype(np.float64)
-
-
-def _drawn_dtype(dtype: DTypeLike) -> np.dtype[Any]:
-    """compare's ``dtype`` for the inputs it draws; TypeError naming it unless float32,
-    float64 or bfloat16 (forward would name x, an array the caller never passed)."""
-    try:
-        dt: np.dtype[Any] | None = as_dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt is None or not (dt in FLOAT_DTYPES or is_bfloat16(dt)):
-        raise TypeError(f"dtype must be float32, float64 or bfloat16, got {dtype!r}")
-    return dt
 
 
 def compare(
@@ -145,7 +133,9 @@ def compare(
         if size < 0:
             raise ValueError(f"{name} must be >= 0, got {size}")
     rng = np.random.default_rng(seed)
-    dt = _drawn_dtype(dtype) if x is None else x.dtype
+    # The dtype of drawn inputs is checked as a layer's (forward would name x, an array
+    # the caller never passed).
+    dt = layer_dtype(dtype) if x is None else x.dtype
     if x is None:
         x = rng.standard_normal(size=(n, n_in)).astype(dt)
     # Sizes of what is drawn come from the given arrays where they have them; where one

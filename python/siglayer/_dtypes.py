@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike
 
-__all__ = ["FLOAT_DTYPES", "NAMES", "as_dtype", "bfloat16", "is_bfloat16"]
+__all__ = ["FLOAT_DTYPES", "NAMES", "as_dtype", "bfloat16", "is_bfloat16", "layer_dtype"]
 
 FLOAT_DTYPES: tuple[np.dtype[np.floating], ...] = (np.dtype(np.float32), np.dtype(np.float64))
 NAMES = " or ".join(dt.name for dt in FLOAT_DTYPES)  # "float32 or float64", for messages
@@ -44,6 +44,21 @@ def as_dtype(dtype: DTypeLike) -> np.dtype[Any]:
     if isinstance(dtype, str) and dtype == "bfloat16":
         return bfloat16()
     return np.dtype(dtype)
+
+
+def layer_dtype(dtype: DTypeLike) -> np.dtype[Any]:
+    """A ``dtype=`` argument a layer can take: float32, float64 or bfloat16, in native byte
+    order; TypeError naming ``dtype`` otherwise (float16 is said not to be bfloat16)."""
+    try:
+        dt = as_dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype must be float32, float64 or bfloat16, got {dtype!r}") from exc
+    if is_bfloat16(dt):
+        return dt
+    if dt not in FLOAT_DTYPES or not dt.isnative:
+        hint = " (float16 is not bfloat16)" if dt == np.float16 else ""
+        raise TypeError(f"dtype must be float32, float64 or bfloat16, got {dt}{hint}")
+    return dt
 
 
 def is_bfloat16(dtype: object) -> bool:

@@ -33,7 +33,7 @@ from numpy.typing import DTypeLike, NDArray
 
 from . import _api, _core
 from ._buffers import BufferCache, refuse_matrix_or_masked, refuse_overlap
-from ._dtypes import FLOAT_DTYPES, as_dtype, is_bfloat16
+from ._dtypes import is_bfloat16, layer_dtype
 from ._gradients import refuse_kind
 from ._typing import Float
 
@@ -175,16 +175,7 @@ def _positive_int(value: object, name: str) -> int:
 def _float_dtype(dtype: DTypeLike) -> np.dtype[np.floating]:
     if dtype is None:  # the default, as torch's dtype=None (np.dtype(None) is float64)
         return np.dtype(np.float32)
-    try:
-        dt = as_dtype(dtype)
-    except TypeError as exc:
-        raise TypeError(f"dtype must be float32, float64 or bfloat16, got {dtype!r}") from exc
-    if is_bfloat16(dt):
-        return cast("np.dtype[np.floating]", dt)
-    if dt not in FLOAT_DTYPES or not dt.isnative:
-        hint = " (float16 is not bfloat16)" if dt == np.float16 else ""
-        raise TypeError(f"dtype must be float32, float64 or bfloat16, got {dt}{hint}")
-    return cast("np.dtype[np.floating]", dt)
+    return cast("np.dtype[np.floating]", layer_dtype(dtype))
 
 
 class SigmoidLayer(Generic[Float]):
