@@ -39,6 +39,7 @@ void register_info(py::module_& m) {
         d["simd_available"] = kernels::available_isas();
         d["openmp"] = _OPENMP;
         d["openmp_runtime"] = threads::runtime_description();
+        d["thread_pool"] = threads::pool_description();
         d["compiler"] = __VERSION__;
         return d;
     });
@@ -51,6 +52,17 @@ void register_info(py::module_& m) {
         "set_tiles_per_thread", [](int n) { threads::set_tiles_per_thread(n); }, py::arg("n"),
         "Tiles of each product per thread (1: a fixed split); for benchmarks.");
     m.def("tiles_per_thread", [] { return threads::tiles_per_thread(); });
+    m.def(
+        "select_pool", [](const std::string& pool) { threads::select_pool(pool); }, py::arg("pool"),
+        "Whose OpenMP pool siglayer's regions run on: 'auto' (the default), PyTorch's\n"
+        "libgomp pool for siglayer.torch's calls; 'shared', for every call; 'own', never\n"
+        "(threads.hpp; only on the importing thread, never in a forked child).");
+    m.def("take_last_region", &threads::take_last_region,
+          "For the tests: 'own 2', 'borrowed 2', 'solo 1' (the team of the last parallel\n"
+          "region) or 'none', then forgets it.");
+    m.def("set_torch_caller", &threads::set_torch_caller, py::arg("on"),
+          "Marks this thread's calls as siglayer.torch's (for select_pool's 'auto');\n"
+          "returns the previous mark.");
     m.def(
         "dispatch_probe",
         [](py::handle a_h) {

@@ -1,7 +1,5 @@
 #include "gemm.hpp"
 
-#include <omp.h>
-
 #include <algorithm>
 
 #include "dtypes.hpp"
@@ -28,7 +26,7 @@ void gemm(GemmThreading threading, blas::Op op_a, blas::Op op_b, index_t M, inde
     // The layer's split (partition.hpp): the same thread count, tiles and BLAS calls.
     run_parallel(threads_for_gemm(M, N, K), [&] {
         blas::SingleThreaded single;
-        const Tiling tiles(M, N, omp_get_num_threads());
+        const Tiling tiles(M, N, threads::team_threads());
         for_each_tile({&tiles}, [&](const Tiling&, const Block& blk) {
             blas::gemm<T>(op_a, op_b, blk.rows(), blk.cols(), K, Acc(1), row_offset(a, blk.i0), lda,
                           col_offset(b, blk.j0), ldb, Acc(0), C + blk.i0 * ldc + blk.j0, ldc);

@@ -1,7 +1,5 @@
 #include "layer.hpp"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -38,7 +36,7 @@ void gradient_products(OutMatrix<T> dx, OutMatrix<T> dW, const BlasOperand<T>& x
     if (n_in == 0 || n_out == 0 || n == 0) return;
     const BlasOperand<T> xT{xo.data, flip(xo.op), xo.ld};
     const BlasOperand<T> WT{Wo.data, flip(Wo.op), Wo.ld};
-    const int team = omp_get_num_threads();
+    const int team = threads::team_threads();
     const Tiling dW_tiles = dW.data ? Tiling(n_in, n_out, team) : Tiling();
     const Tiling dx_tiles = dx.data ? Tiling(n, n_in, team) : Tiling();
     // Few outputs, x and dZ row-major: dW by col_dots.
@@ -107,7 +105,7 @@ void forward(OutMatrix<T> out, MatrixView<T> x, MatrixView<T> W, VectorView<comp
     // waits on another until the region ends.
     run_parallel(threads_for_gemm(n, n_out, n_in), [&] {
         blas::SingleThreaded single;
-        const Tiling tiles(n, n_out, omp_get_num_threads());
+        const Tiling tiles(n, n_out, threads::team_threads());
         for_each_tile({&tiles}, [&](const Tiling&, const Block& blk) {
             T* out_blk = out.data + blk.i0 * n_out + blk.j0;
             if (n_in == 0) {
@@ -163,14 +161,14 @@ void backward(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db, Mat
         // Phase 1, tiles of whole columns: dZ and db. Each column of db is summed by one
         // thread in blocks of rows from row 0 (views.hpp), so db is bitwise the same for any
         // thread count.
-        const Tiling columns(1, n_out, omp_get_num_threads());
+        const Tiling columns(1, n_out, threads::team_threads());
         for_each_tile({&columns}, [&](const Tiling&, const Block& c) {
             kernel.dz_colsum(dZ + c.j0, n_out, db_parts + c.j0, totals + c.j0, dout_rows + c.j0,
                              ld_dout, out_rows + c.j0, ld_out, n, c.cols());
             std::copy(db_parts + c.j0, db_parts + c.j1, db + c.j0);
         });
         // Phase 2: the products need all of dZ.
-#pragma omp barrier
+        threads::team_barrier();
         gradient_products(dx, dW, xo, Wo, BlasOperand<T>{dZ, blas::Op::N, n_out}, Wt, n, n_in,
                           n_out);
     });
@@ -221,7 +219,7 @@ void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, co
     run_parallel(threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1)), [&] {
         blas::SingleThreaded single;
         // db by columns (see backward); no barrier: dZ is an input, complete from the start.
-        const Tiling columns(1, n_out, omp_get_num_threads());
+        const Tiling columns(1, n_out, threads::team_threads());
         for_each_tile({&columns},
                       [&](const Tiling&, const Block& c) { column_sums(db, dZo, n, c.j0, c.j1); });
         gradient_products(dx, dW, xo, Wo, dZo, Wt, n, n_in, n_out);

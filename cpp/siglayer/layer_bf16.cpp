@@ -9,7 +9,6 @@
 //            as floats (of bfloat16 values) by the elementwise pass and needs no copy.
 // Either way a product's float result goes to a panel of this thread's scratch, and the
 // elementwise pass that follows (bias + sigma, or the rounding of dx) reads it from cache.
-#include <omp.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -102,7 +101,7 @@ index_t panel_rows(index_t width) {
 // (C-contiguous). The caller puts a barrier before anyone reads dst.
 void widen_shared(float* dst, const MatrixView<bf16>& m) {
     index_t r0 = 0, r1 = 0;
-    split_range(m.rows, omp_get_num_threads(), omp_get_thread_num(), 1, r0, r1);
+    split_range(m.rows, threads::team_threads(), threads::team_rank(), 1, r0, r1);
     widen_block(dst + r0 * m.cols, m, r0, r1 - r0, 0, m.cols);
 }
 
@@ -152,7 +151,7 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
     if (n_in == 0 || n_out == 0 || n == 0) return;
     const bool native = g.native;
     const auto& kernel = kernels::active<bf16>();
-    const int team = omp_get_num_threads();
+    const int team = threads::team_threads();
     const Tiling dW_tiles = dW.data ? Tiling(n_in, n_out, team) : Tiling();
     const Tiling dx_tiles = dx.data ? Tiling(n, n_in, team) : Tiling();
     for_each_tile({&dW_tiles, &dx_tiles}, [&](const Tiling& tiling, const Block& t) {
@@ -307,9 +306,9 @@ void forward<bf16>(OutMatrix<bf16> out, MatrixView<bf16> x, MatrixView<bf16> W,
         blas::SingleThreaded single;
         if (shared32) {
             widen_shared(shared32, row_bands ? W : x);
-#pragma omp barrier
+            threads::team_barrier();
         }
-        const Tiling tiles(n, n_out, omp_get_num_threads());
+        const Tiling tiles(n, n_out, threads::team_threads());
         for_each_tile({&tiles}, [&](const Tiling&, const Block& blk) {
             // A panel of rows at a time: its product lands in acc, in cache, for bias + sigma
             // and the one rounding to bfloat16.
@@ -400,7 +399,7 @@ void backward<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, float* db, MatrixVi
         // Phase 1, tiles of whole columns: dZ (rounded to bfloat16 once) and db (the
         // unrounded dZ summed in blocks of rows, views.hpp: the same for any thread count);
         // W widened.
-        const Tiling columns(1, n_out, omp_get_num_threads());
+        const Tiling columns(1, n_out, threads::team_threads());
         for_each_tile({&columns}, [&](const Tiling&, const Block& c) {
             double* total = totals + c.j0;
             float* part = db_parts + c.j0;
@@ -414,7 +413,7 @@ void backward<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, float* db, MatrixVi
         });
         if (W32) widen_shared(W32, W);
         // Phase 2: the products need all of dZ (and W).
-#pragma omp barrier
+        threads::team_barrier();
         gradient_products(dx, dW, g, n, n_in, n_out);
     });
 }
@@ -439,11 +438,11 @@ void backward_from_preactivation<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, 
         if (!native) {
             widen_shared(dZ32, dZ);
             if (W32) widen_shared(W32, W);
-#pragma omp barrier
+            threads::team_barrier();
         }
         // db by columns, each summed in blocks of rows as in backward (the same values
         // either way: dZ is an input, exact in float).
-        const Tiling columns(1, n_out, omp_get_num_threads());
+        const Tiling columns(1, n_out, threads::team_threads());
         for_each_tile({&columns}, [&](const Tiling&, const Block& c) {
             if (native)
                 column_sums(db, g.dZ16, n, c.j0, c.j1);

@@ -3,8 +3,6 @@
 // split. Internal to the core.
 #pragma once
 
-#include <omp.h>
-
 #include <algorithm>
 #include <initializer_list>
 #include <string>
@@ -157,7 +155,7 @@ void for_each_block(index_t count, const Body& body) {
     const index_t blocks = (count + block - 1) / block;
     run_parallel(threads_for(count), [&] {
         index_t first = 0, last = 0;
-        split_range(blocks, omp_get_num_threads(), omp_get_thread_num(), 1, first, last);
+        split_range(blocks, threads::team_threads(), threads::team_rank(), 1, first, last);
         for (index_t blk = first; blk < last; ++blk) {
             const index_t i0 = blk * block;
             body(i0, std::min(block, count - i0));
@@ -208,7 +206,7 @@ void forward_row_dots(OutMatrix<T> out, const MatrixView<T>& x, const MatrixView
     const C* Wt = transposed(W, Scratch::W_widened);
     const auto& kernel = kernels::active<T>();
     run_parallel(threads_for_gemm(n, n_out, n_in), [&] {
-        const Tiling tiles(n, n_out, omp_get_num_threads());
+        const Tiling tiles(n, n_out, threads::team_threads());
         for_each_tile({&tiles}, [&](const Tiling&, const Block& blk) {
             constexpr index_t kPanel = 256;  // rows
             C acc[kPanel * kNarrowOutputs];

@@ -1,7 +1,5 @@
 #include "optim.hpp"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 
@@ -26,7 +24,7 @@ void for_ranges(index_t count, const Update& update) {
     run_parallel(team, [&] {
         // Ranges start on 16-element boundaries so no two threads share a cache line.
         index_t begin = 0, end = 0;
-        split_range(count, omp_get_num_threads(), omp_get_thread_num(), 16, begin, end);
+        split_range(count, threads::team_threads(), threads::team_rank(), 16, begin, end);
         if (end > begin) update(begin, end);
     });
 }

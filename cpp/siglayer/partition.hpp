@@ -5,13 +5,13 @@
 // benchmarks take as the GEMM floor, so both split the work the same way.
 #pragma once
 
-#include <omp.h>
-
 #include <algorithm>
 #include <atomic>
 #include <exception>
 #include <initializer_list>
 #include <mutex>
+#include <stdexcept>
+#include <string>
 
 #include "blas.hpp"
 #include "threads.hpp"
@@ -32,19 +32,27 @@ inline blas::Op flip(blas::Op op) {
     return op == blas::Op::N ? blas::Op::T : blas::Op::N;
 }
 
-// The first exception thrown in a parallel region (a scratch allocation that failed:
-// std::bad_alloc), kept for run_parallel to rethrow on the calling thread once the region
-// has ended. An exception may leave neither a region (std::terminate: the process
-// aborted) nor an iteration of a worksharing loop, so each thread's body and each tile
-// run through run(); after a failure the team skips the tiles it has not started, but
-// every thread still runs its whole body: a thread that skipped a worksharing loop
-// would leave the runtime's loop bookkeeping out of step, and the team's next region
-// would hang (libiomp5's __kmp_dispatch_init). No exception may be thrown outside a
-// tile before a barrier or a loop: every allocation a region makes outside its tiles
-// comes after its last one, so that a thread that stops early never leaves the others
-// waiting.
+// What the threads of one parallel region share: the first exception thrown in it (a
+// scratch allocation that failed: std::bad_alloc), kept for run_parallel to rethrow on
+// the calling thread once the region has ended, and the counters of its worksharing
+// loops (for_each_tile). An exception may leave neither a region (std::terminate: the
+// process aborted) nor an iteration of a worksharing loop, so each thread's body and
+// each tile run through run(); after a failure the team skips the tiles it has not
+// started, but every thread still runs its whole body: a thread that skipped a
+// worksharing loop would leave the loops' numbering (threads::next_loop) out of step, or
+// a barrier short of a thread. No exception may be thrown outside a tile before a barrier
+// or a loop: every allocation a region makes outside its tiles comes after its last one,
+// so that a thread that stops early never leaves the others waiting.
 class RegionError {
 public:
+    // The next unclaimed iteration of the region's loop number `loop` (threads::next_loop).
+    std::atomic<index_t>& loop_counter(int loop) {
+        if (loop < 0 || loop >= kLoops)
+            throw std::logic_error("siglayer: more worksharing loops in a region than " +
+                                   std::to_string(kLoops));
+        return loops_[loop];
+    }
+
     enum class After { skip, run };  // what run(f) does once the region has failed
     template <class F>
     void run(const F& f, After after_failure = After::skip) noexcept {
@@ -71,6 +79,8 @@ private:
     std::mutex mutex_;
     std::exception_ptr first_;
     std::atomic<bool> failed_{false};
+    static constexpr int kLoops = 4;  // the layer's regions have at most two
+    std::atomic<index_t> loops_[kLoops]{};
 };
 
 // f() inside a region guarded as RegionError says, or plainly outside one.
@@ -82,11 +92,14 @@ void guarded(const F& f) {
         f();
 }
 
-// Runs body() on `threads` OpenMP threads, or directly when one is enough: even a
-// one-thread parallel region costs a noticeable part of a small layer's time. Called from
-// inside a caller's own parallel region (a C++ frontend's), body() runs in a nested
-// region of one thread: its worksharing and barriers must bind to a team of its own,
-// not to the caller's (whose other threads never reach them). Every thread of the team
+// Runs body() on `threads` threads, or directly when one is enough: even a one-thread
+// parallel region costs a noticeable part of a small layer's time. The team is one of
+// siglayer's own OpenMP runtime or, on the home thread of a process that has loaded
+// PyTorch's libgomp, one of that pool (threads.hpp, "borrowed"); body() sees it only
+// through threads::team_rank, team_threads and team_barrier, and for_each_tile. Called
+// from inside a caller's own parallel region (a C++ frontend's, or a team of ours), body()
+// runs on the calling thread as a team of one, whose loops and barriers are its own, not
+// the caller's team's (whose other threads never reach them). Every thread of the team
 // computes in the caller's floating-point mode (threads.hpp). An exception in a region
 // (RegionError) is rethrown here, after it.
 template <class Body>
@@ -96,16 +109,17 @@ void run_parallel(int threads, const Body& body) {
         body();
         return;
     }
-    const bool nested = threads::in_parallel();
+    const bool nested = threads::team_threads() > 1 || threads::in_parallel();
     if (threads <= 1 && !nested) {
         body();
         return;
     }
     RegionError error;
     const unsigned mode = threads::fp_mode();  // the caller's, for every thread of the team
-    const auto team_body = [&] {
+    const auto team_body = [&](threads::TeamKind kind) {
         const unsigned own_mode = threads::fp_mode();  // given back: pool threads are shared
         threads::set_fp_mode(mode);
+        const threads::TeamScope team(kind);
         RegionError*& current = RegionError::current();
         RegionError* const outer = current;
         current = &error;
@@ -114,13 +128,21 @@ void run_parallel(int threads, const Body& body) {
         threads::set_fp_mode(own_mode);
     };
     if (nested) {
-#pragma omp parallel num_threads(1)
-        team_body();
+        team_body(threads::TeamKind::solo);
     } else {
         const bool led = threads::lead([&] {
+            if (threads::borrowing()) {
+                const int size = threads::team_size(threads, true);
+                const auto borrowed_body = [&] { team_body(threads::TeamKind::borrowed); };
+                using BorrowedBody = decltype(borrowed_body);
+                threads::run_borrowed(
+                    size, [](void* f) { (*static_cast<const BorrowedBody*>(f))(); },
+                    const_cast<void*>(static_cast<const void*>(&borrowed_body)));
+                return;
+            }
             const int size = threads::team_size(threads);  // on the thread that leads
 #pragma omp parallel num_threads(size)
-            team_body();
+            team_body(threads::TeamKind::own);
         });
         if (!led) {
             body();  // no leader thread to be had: all of the work on the caller's thread
@@ -200,12 +222,16 @@ void for_each_tile(std::initializer_list<const Tiling*> tilings, const Body& bod
             k -= t->pieces;
         }
     };
-    if (omp_get_num_threads() == 1) {  // run_parallel's direct call: no worksharing needed
+    if (threads::team_threads() == 1) {  // a team of one: no worksharing needed
         for (index_t k = 0; k < total; ++k) guarded([&] { run(k); });
         return;
     }
-#pragma omp for schedule(dynamic, 1) nowait
-    for (index_t k = 0; k < total; ++k) guarded([&] { run(k); });
+    // One tile at a time to whichever thread asks (schedule(dynamic, 1)), counted in the
+    // region's shared state: the same whichever runtime formed the team.
+    std::atomic<index_t>& next = RegionError::current()->loop_counter(threads::next_loop());
+    for (index_t k = next.fetch_add(1, std::memory_order_relaxed); k < total;
+         k = next.fetch_add(1, std::memory_order_relaxed))
+        guarded([&] { run(k); });
 }
 
 // op(A) restricted to rows from i0 on, and op(B) to columns from j0 on.

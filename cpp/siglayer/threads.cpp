@@ -11,6 +11,7 @@
 #include <cctype>
 #include <cerrno>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
@@ -23,6 +24,14 @@
 #if defined(__SSE__)
 #include <xmmintrin.h>
 #endif
+
+#if defined(SIGLAYER_OPENMP_INTEL) && defined(__linux__)
+#define SIGLAYER_BORROW_POOL 1
+#include <dlfcn.h>
+#endif
+
+#include <chrono>
+#include <stdexcept>
 
 #if defined(SIGLAYER_OPENMP_INTEL)
 // libiomp5's extension; declared here because GCC's omp.h is the header we compile with.
@@ -186,7 +195,190 @@ Leaders& leaders() {
     return *leaders_ptr;
 }
 
+// The borrowed pool (threads.hpp): libgomp's entry points, found in a libgomp loaded by
+// someone else. Never freed: the library stays open for the process's life.
+struct ForeignPool {
+    void (*parallel)(void (*)(void*), void*, unsigned, unsigned) = nullptr;  // GOMP_parallel
+    void (*barrier)() = nullptr;                                             // GOMP_barrier
+    int (*thread_num)() = nullptr;                                           // omp_get_thread_num
+    int (*num_threads)() = nullptr;                                          // omp_get_num_threads
+    std::string path;
+};
+std::atomic<const ForeignPool*> foreign{nullptr};
+enum class PoolSetting { own, auto_, shared };
+std::atomic<PoolSetting> pool_setting{PoolSetting::auto_};
+thread_local bool torch_caller = false;
+// A forked child never borrows: a libgomp team its parent used has no threads here.
+std::atomic<bool> forked_child{false};
+std::mutex probe_mutex;
+std::atomic<std::int64_t> next_probe{0};  // steady_clock nanoseconds
+constexpr std::int64_t kProbeInterval = 100'000'000;
+
+#if defined(SIGLAYER_BORROW_POOL)
+template <class F>
+bool symbol(void* library, const char* name, F& f) {
+    f = reinterpret_cast<F>(dlsym(library, name));
+    return f != nullptr;
+}
+
+// The libgomp loaded in the process, if any (by soname: PyTorch's torch/lib/libgomp.so.1),
+// and not an LLVM or Intel runtime that answers to that name too.
+const ForeignPool* find_libgomp() {
+    void* library = dlopen("libgomp.so.1", RTLD_NOW | RTLD_NOLOAD);
+    if (library == nullptr) return nullptr;
+    auto pool = std::make_unique<ForeignPool>();
+    if (dlsym(library, "kmp_set_blocktime") != nullptr ||
+        !symbol(library, "GOMP_parallel", pool->parallel) ||
+        !symbol(library, "GOMP_barrier", pool->barrier) ||
+        !symbol(library, "omp_get_thread_num", pool->thread_num) ||
+        !symbol(library, "omp_get_num_threads", pool->num_threads)) {
+        dlclose(library);
+        return nullptr;
+    }
+    Dl_info info;
+    if (dladdr(reinterpret_cast<void*>(pool->parallel), &info) != 0 && info.dli_fname)
+        pool->path = info.dli_fname;
+    return pool.release();
+}
+#else
+const ForeignPool* find_libgomp() {
+    return nullptr;
+}
+#endif
+
+// The borrowed pool once found; while none is, a new look at most every kProbeInterval.
+const ForeignPool* foreign_pool() {
+    if (const ForeignPool* pool = foreign.load(std::memory_order_acquire)) return pool;
+    const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                 std::chrono::steady_clock::now().time_since_epoch())
+                                 .count();
+    if (now < next_probe.load(std::memory_order_relaxed)) return nullptr;
+    std::lock_guard<std::mutex> lock(probe_mutex);
+    if (const ForeignPool* pool = foreign.load(std::memory_order_acquire)) return pool;
+    const ForeignPool* pool = find_libgomp();
+    if (pool != nullptr)
+        foreign.store(pool, std::memory_order_release);
+    else
+        next_probe.store(now + kProbeInterval, std::memory_order_relaxed);
+    return pool;
+}
+
+// The calling thread's team (TeamScope).
+thread_local int team_rank_now = 0;
+thread_local int team_threads_now = 1;
+thread_local int team_loops = 0;
+thread_local TeamKind team_kind = TeamKind::solo;
+
+// take_last_region's record: -1 for none, else the kind in the low byte, the size above.
+std::atomic<int> last_region{-1};
+
 }  // namespace
+
+bool borrowing() {
+    const PoolSetting setting = pool_setting.load(std::memory_order_relaxed);
+    if (setting == PoolSetting::own || (setting == PoolSetting::auto_ && !torch_caller) ||
+        forked_child.load(std::memory_order_relaxed))
+        return false;
+    if (is_leader || std::this_thread::get_id() != home_thread) return false;
+    return foreign_pool() != nullptr;
+}
+
+void run_borrowed(int size, void (*fn)(void*), void* data) {
+    foreign.load(std::memory_order_acquire)->parallel(fn, data, static_cast<unsigned>(size), 0);
+}
+
+void select_pool(const std::string& pool) {
+    if (pool == "own")
+        pool_setting.store(PoolSetting::own, std::memory_order_relaxed);
+    else if (pool == "auto")
+        pool_setting.store(PoolSetting::auto_, std::memory_order_relaxed);
+    else if (pool == "shared")
+        pool_setting.store(PoolSetting::shared, std::memory_order_relaxed);
+    else
+        throw std::invalid_argument("the pool must be 'auto', 'shared' or 'own', got '" + pool +
+                                    "'");
+}
+
+bool set_torch_caller(bool on) {
+    const bool before = torch_caller;
+    torch_caller = on;
+    return before;
+}
+
+std::string pool_description() {
+    const PoolSetting setting = pool_setting.load(std::memory_order_relaxed);
+    if (setting == PoolSetting::own) return "own";
+    const std::string name = setting == PoolSetting::auto_ ? "auto" : "shared";
+    const std::string calls =
+        setting == PoolSetting::auto_ ? "siglayer.torch's calls" : "every call";
+#if !defined(SIGLAYER_BORROW_POOL)
+    return name + ": own (this build's runtime is not libiomp5 on Linux)";
+#else
+    if (forked_child.load(std::memory_order_relaxed)) return name + ": own (a forked child)";
+    const ForeignPool* pool = foreign_pool();
+    return pool ? name + ": libgomp's pool (" + pool->path + ") for " + calls +
+                      " on the importing thread"
+                : name + ": own (no libgomp loaded)";
+#endif
+}
+
+TeamScope::TeamScope(TeamKind kind)
+    : rank_(team_rank_now), threads_(team_threads_now), loops_(team_loops), kind_(team_kind) {
+    if (kind == TeamKind::borrowed) {
+        const ForeignPool* pool = foreign.load(std::memory_order_acquire);
+        team_rank_now = pool->thread_num();
+        team_threads_now = pool->num_threads();
+    } else if (kind == TeamKind::own) {
+        team_rank_now = omp_get_thread_num();
+        team_threads_now = omp_get_num_threads();
+    } else {
+        team_rank_now = 0;
+        team_threads_now = 1;
+    }
+    team_loops = 0;
+    team_kind = kind;
+    if (team_rank_now == 0)
+        last_region.store(static_cast<int>(kind) | team_threads_now << 8,
+                          std::memory_order_relaxed);
+}
+
+std::string take_last_region() {
+    const int last = last_region.exchange(-1, std::memory_order_relaxed);
+    if (last < 0) return "none";
+    const auto kind = static_cast<TeamKind>(last & 0xff);
+    const char* name = kind == TeamKind::own        ? "own"
+                       : kind == TeamKind::borrowed ? "borrowed"
+                                                    : "solo";
+    return std::string(name) + " " + std::to_string(last >> 8);
+}
+
+TeamScope::~TeamScope() {
+    team_rank_now = rank_;
+    team_threads_now = threads_;
+    team_loops = loops_;
+    team_kind = kind_;
+}
+
+int team_rank() {
+    return team_rank_now;
+}
+
+int team_threads() {
+    return team_threads_now;
+}
+
+void team_barrier() {
+    if (team_threads_now <= 1) return;
+    if (team_kind == TeamKind::borrowed) {
+        foreign.load(std::memory_order_relaxed)->barrier();
+        return;
+    }
+#pragma omp barrier
+}
+
+int next_loop() {
+    return team_loops++;
+}
 
 #if defined(__SSE__)
 unsigned fp_mode() {
@@ -267,6 +459,7 @@ void after_fork_in_child() {
     home_thread = std::this_thread::get_id();
     other_roots.store(false, std::memory_order_relaxed);
     noted = false;
+    forked_child.store(true, std::memory_order_relaxed);
     if (child_serial.exchange(false, std::memory_order_relaxed)) {
         serial_process.store(true, std::memory_order_relaxed);
         pool_started.store(false, std::memory_order_relaxed);
@@ -393,13 +586,15 @@ int startable_threads(int count) noexcept {
 
 }  // namespace
 
-int team_size(int wanted) noexcept {
+int team_size(int wanted, bool borrowed) noexcept {
     // The largest team this thread has led since its workers were last released: they
-    // exist, and only the rest of a larger team would be new threads.
+    // exist, and only the rest of a larger team would be new threads. (The borrowed
+    // pool's workers are never released by us: a fork makes a child that does not borrow.)
     thread_local unsigned generation = ~0u;
-    thread_local int formed = 1;
+    thread_local int formed_own = 1, formed_borrowed = 1;
+    int& formed = borrowed ? formed_borrowed : formed_own;
     const unsigned now = pool_generation.load(std::memory_order_relaxed);
-    if (generation != now) {
+    if (!borrowed && generation != now) {
         generation = now;
         formed = 1;
     }

@@ -74,7 +74,69 @@ bool lead(const std::function<void()>& region);
 // another thread of the process may take the room in between; and it counts the teams
 // it asked for, while a runtime may form a smaller one (OMP_DYNAMIC) or lend a shrunk
 // team's workers to another thread's team (libiomp5), and need new threads later.
-int team_size(int wanted) noexcept;
+// The borrowed pool's teams are counted apart from siglayer's own (borrowed).
+int team_size(int wanted, bool borrowed = false) noexcept;
+
+// Another library's OpenMP pool, borrowed. PyTorch's CPU wheels run their operators on
+// GCC's libgomp, whose idle workers spin for milliseconds after each operator; a siglayer
+// region on its own pool (libiomp5) right after one found a core taken and took up to
+// twice its time (docs/reliability.md, "Threads beside other libraries"). Where a libgomp
+// other than siglayer's own runtime is loaded in the process (PyTorch's, found by its
+// soname, libgomp.so.1), a region started on the home thread can run on that thread's
+// libgomp team instead: the workers PyTorch just used, still awake, and no third thread
+// for two cores. But libgomp's workers spin for milliseconds after our region too, and
+// its barriers do not yield: a NumPy product right after such a region, or a region right
+// after NumPy's (whose OpenBLAS thread spins for 0.1 s), took up to 4.6x and 12x the time
+// they took with siglayer's own pool (M float32, Zen 5). So the setting (SIGLAYER_POOL,
+// select_pool):
+//   "auto" (the default): borrow for the calls siglayer.torch's operators make (the
+//       thread's torch_caller flag), whose neighbours are PyTorch's operators;
+//   "shared": borrow for every region of the home thread;
+//   "own": never borrow.
+// Regions led by other threads, and every region in a forked child (whose libgomp team, if
+// the parent used one, exists only in the parent), keep siglayer's own pool. Builds whose
+// own runtime is libgomp ("compiler") share one with PyTorch already and never borrow.
+// borrowing(): whether the calling thread's next region runs on the borrowed pool
+// (rechecked for a newly loaded libgomp at most every 100 ms while none is found).
+// run_borrowed(size, fn, data): fn(data) on a team of `size` threads of that pool.
+bool borrowing();
+void run_borrowed(int size, void (*fn)(void*), void* data);
+// Anything but "auto", "shared" or "own": std::invalid_argument.
+void select_pool(const std::string& pool);
+// The setting and what it does now, e.g. "auto: libgomp's pool (<path>) for siglayer.torch".
+std::string pool_description();
+// Marks the calling thread's calls as made by siglayer.torch's operators (or no more);
+// returns the mark it had.
+bool set_torch_caller(bool on);
+// For the tests: the kind and size of the team of the last region any thread started
+// ("own 2", "borrowed 2", "solo 1"; "none" if none since the last call), then "none".
+std::string take_last_region();
+
+// The team the calling thread computes in: set on each thread of a region by a
+// TeamScope (run_parallel), from the runtime that formed it; rank 0 of 1 outside one.
+// team_barrier() waits for the whole team (nothing with a team of one).
+// next_loop(): the index of the calling thread's next worksharing loop in this region,
+// the same on every thread for the same loop (for_each_tile's shared counters).
+int team_rank();
+int team_threads();
+void team_barrier();
+int next_loop();
+enum class TeamKind {
+    own,       // a team of siglayer's own runtime
+    borrowed,  // a team of the borrowed pool (run_borrowed)
+    solo,      // the caller alone, in a region nested in someone else's
+};
+class TeamScope {
+public:
+    explicit TeamScope(TeamKind kind);
+    ~TeamScope();
+    TeamScope(const TeamScope&) = delete;
+    TeamScope& operator=(const TeamScope&) = delete;
+
+private:
+    int rank_, threads_, loops_;
+    TeamKind kind_;
+};
 
 // Tiles of each product per thread of the team (partition.hpp); settable for the
 // benchmarks. One (the default): each thread takes one tile, or both when the other

@@ -73,6 +73,18 @@ if os.environ.get("SIGLAYER_ISA"):
     except ValueError as exc:
         raise ValueError(f"SIGLAYER_ISA={os.environ['SIGLAYER_ISA']!r}: {exc}") from None
 
+# SIGLAYER_POOL=own (or shared, auto) picks whose OpenMP pool siglayer's parallel regions
+# run on in a process that has loaded PyTorch: auto, the default, runs the calls that
+# siglayer.torch's operators make on PyTorch's own pool (libgomp), whose workers are
+# awake after the operator before; shared runs every call there; own never does
+# (docs/reliability.md, "Threads beside other libraries"). A misspelt value fails the
+# import with a ValueError that names the variable.
+if os.environ.get("SIGLAYER_POOL"):
+    try:
+        _core.select_pool(cast(Any, os.environ["SIGLAYER_POOL"]))  # the core checks the name
+    except ValueError as exc:
+        raise ValueError(f"SIGLAYER_POOL={os.environ['SIGLAYER_POOL']!r}: {exc}") from None
+
 # SIGLAYER_BF16_GEMM=convert (or blas, auto) picks how bfloat16 products run: convert
 # (operands widened to float32, the float32 GEMM: any BLAS, any CPU) forces the fallback
 # on a machine whose BLAS and CPU have a bfloat16 GEMM; blas forces the BLAS's bfloat16
@@ -189,6 +201,7 @@ class Config(TypedDict):
     bf16_gemm: str
     openmp: int
     openmp_runtime: str
+    thread_pool: str
     compiler: str
     threads: int
     blas_threads: int
@@ -277,6 +290,7 @@ def config() -> Config:
         "bf16_gemm": _bf16_gemm_description(core),
         "openmp": core["openmp"],
         "openmp_runtime": core["openmp_runtime"],
+        "thread_pool": core["thread_pool"],
         "compiler": core["compiler"],
         "threads": get_num_threads(),
         "blas_threads": int(_core.blas_num_threads()),
@@ -343,7 +357,10 @@ def show_config(
     operands widened in siglayer, and why;
     ``SIGLAYER_BF16_GEMM`` overrides), ``openmp`` (the OpenMP version date),
     ``openmp_runtime`` (``intel (libiomp5)`` with how long idle workers spin, or
-    ``compiler``), ``compiler``, ``threads`` (``get_num_threads()``), ``blas_threads``
+    ``compiler``), ``thread_pool`` (whose pool the parallel work runs on: ``own``, or
+    ``auto``/``shared`` and whether PyTorch's libgomp pool is borrowed and for which calls;
+    ``SIGLAYER_POOL`` sets it), ``compiler``, ``threads`` (``get_num_threads()``),
+    ``blas_threads``
     (the BLAS's own pool: 1 for the default backend, whose parallelism is siglayer's
     OpenMP pool), then the versions of NumPy
     and Python and the machine.

@@ -68,10 +68,11 @@ around siglayer's value, second derivatives included (see _sigmoid_linear_autogr
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -333,6 +334,24 @@ torch.library.define(
 # and allocates its results, which torch.from_numpy wraps without a copy.
 
 
+# The kernels' calls into the core run on PyTorch's OpenMP pool (libgomp), whose workers
+# are awake after the operator before, instead of siglayer's own, which would find a core
+# taken by them (docs/reliability.md, "Threads beside other libraries"; SIGLAYER_POOL).
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _on_torch_pool(kernel: _F) -> _F:
+    @functools.wraps(kernel)
+    def call(*args: Any) -> Any:
+        before = _core.set_torch_caller(True)
+        try:
+            return kernel(*args)
+        finally:
+            _core.set_torch_caller(before)
+
+    return cast(_F, call)
+
+
 def _to_numpy(t: Tensor) -> np.ndarray[Any, Any]:
     """The tensor's memory as an ndarray, no copy, strides kept. NumPy has no bfloat16
     of its own: a bfloat16 tensor is read as int16 (same size, so any strides) and
@@ -365,6 +384,7 @@ def _from_numpy(a: np.ndarray[Any, Any]) -> Tensor:
     return torch.from_numpy(a)
 
 
+@_on_torch_pool
 def _sigmoid_linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     # x (..., n_in), W (n_in, n_out), b (n_out,) -> out (..., n_out), x's dtype
     try:
@@ -391,6 +411,7 @@ def _or_empty(t: Tensor | None, like: Tensor, dtype: torch.dtype | None = None) 
     return t if t is not None else like.new_empty(0, dtype=dtype)
 
 
+@_on_torch_pool
 def _eager_backward(
     dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool, need_dW: bool = True
 ) -> tuple[Tensor | None, Tensor | None, Tensor]:
@@ -628,6 +649,7 @@ def _check_bce(x: object, W: object, b: object, target: object, reduction: objec
         )
 
 
+@_on_torch_pool
 def _sigmoid_linear_bce(
     x: Tensor, W: Tensor, b: Tensor, target: Tensor, reduction: str
 ) -> tuple[Tensor, Tensor]:
@@ -664,6 +686,7 @@ def _sigmoid_linear_bce_fake(
     return x.new_empty(()), x.new_empty((*x.shape[:-1], W.shape[1]))
 
 
+@_on_torch_pool
 def _eager_backward_from_preactivation(
     dZ: Tensor, x: Tensor, W: Tensor, need_dx: bool, need_dW: bool = True
 ) -> tuple[Tensor | None, Tensor | None, Tensor]:

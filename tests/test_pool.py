@@ -1,0 +1,291 @@
+"""Whose OpenMP pool siglayer's regions run on beside PyTorch (threads.hpp, "borrowed").
+
+PyTorch's CPU wheels run their operators on libgomp; SIGLAYER_POOL (select_pool) lets
+siglayer's regions run on that pool instead of its own: "auto" (the default) for the calls
+siglayer.torch's operators make, "shared" for every call, "own" never. Only on the thread
+that imported siglayer, and never in a forked child. The oracle here is siglayer's own
+pool: a team of the borrowed pool must give the same bits (the tiles depend on the sizes
+and the team size only), and take_last_region tells which team ran.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import siglayer  # noqa: E402
+import siglayer.torch as st  # noqa: E402
+from siglayer import _core  # noqa: E402
+
+TIME_LIMIT = 120.0
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux")
+    or "libiomp5" not in _core.config()["openmp_runtime"]
+    or "libgomp" not in _core.config()["thread_pool"] + _core.config()["openmp_runtime"],
+    reason="borrowing needs the default build's libiomp5 on Linux and PyTorch's libgomp",
+)
+
+SHAPE = (256, 512, 320)  # above the one-thread threshold; tiles of 16-row blocks
+
+
+@pytest.fixture
+def pool() -> Iterator[None]:
+    """Gives back the setting and the thread count whatever the test set."""
+    before = _core.config()["thread_pool"].split(":")[0]
+    threads = siglayer.get_num_threads()
+    torch_threads = torch.get_num_threads()
+    yield
+    _core.select_pool(before)
+    siglayer.set_num_threads(threads)
+    torch.set_num_threads(torch_threads)
+
+
+def problem(dtype: str) -> tuple[np.ndarray, ...]:
+    n, n_in, n_out = SHAPE
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n, n_in))
+    W = rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)
+    b = rng.standard_normal(n_out)
+    dout = rng.standard_normal((n, n_out))
+    if dtype == "bfloat16":
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        bf = ml_dtypes.bfloat16
+        return x.astype(bf), W.astype(bf), b.astype(np.float32), dout.astype(bf)
+    return tuple(a.astype(dtype) for a in (x, W, b, dout))
+
+
+def step(x: np.ndarray, W: np.ndarray, b: np.ndarray, dout: np.ndarray) -> list[np.ndarray]:
+    """forward, backward (two loops and a barrier in one region), backward_from_preactivation."""
+    out = siglayer.forward(x, W, b)
+    dx, dW, db = siglayer.backward(dout, x, W, out)
+    px, pW, pb = siglayer.backward_from_preactivation(dout, x, W)
+    return [out, dx, dW, db, px, pW, pb]
+
+
+def torch_step(x: np.ndarray, W: np.ndarray, b: np.ndarray, dout: np.ndarray) -> list[np.ndarray]:
+    """The same through siglayer.torch's operator and autograd."""
+    tx = st._from_numpy(x).requires_grad_()
+    tW = st._from_numpy(W).requires_grad_()
+    tb = torch.from_numpy(b).requires_grad_()
+    out = st.sigmoid_linear(tx, tW, tb)
+    out.backward(st._from_numpy(dout))
+    return [st._to_numpy(t.detach()) for t in (out, tx.grad, tW.grad, tb.grad)]
+
+
+def same(got: list[np.ndarray], want: list[np.ndarray]) -> bool:
+    return len(got) == len(want) and all(
+        g.dtype == w.dtype and np.array_equal(g.view(np.uint8), w.view(np.uint8))
+        for g, w in zip(got, want, strict=True)
+    )
+
+
+EXPECTED = {  # (setting, caller) -> the team kind of the last region
+    ("own", "numpy"): "own",
+    ("own", "torch"): "own",
+    ("auto", "numpy"): "own",
+    ("auto", "torch"): "borrowed",
+    ("shared", "numpy"): "borrowed",
+    ("shared", "torch"): "borrowed",
+}
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+@pytest.mark.parametrize("caller", ["numpy", "torch"])
+@pytest.mark.parametrize("setting", ["own", "auto", "shared"])
+def test_each_setting_runs_its_pool_and_gives_the_same_bits(
+    setting: str, caller: str, dtype: str, threads: int, pool: None
+) -> None:
+    args = problem(dtype)
+    run = step if caller == "numpy" else torch_step
+    siglayer.set_num_threads(threads)
+    _core.select_pool("own")
+    want = run(*args)
+    _core.select_pool(setting)
+    _core.take_last_region()
+    got = run(*args)
+    assert _core.take_last_region() == f"{EXPECTED[setting, caller]} {threads}"
+    assert same(got, want), f"{setting}/{caller}: not the bits of siglayer's own pool"
+
+
+def test_a_team_larger_than_pytorchs_own(pool: None) -> None:
+    """PyTorch's pool sized 1, siglayer's 2: libgomp starts the second thread."""
+    torch.set_num_threads(1)
+    siglayer.set_num_threads(2)
+    args = problem("float32")
+    _core.select_pool("own")
+    want = torch_step(*args)
+    _core.select_pool("auto")
+    got = torch_step(*args)
+    assert _core.take_last_region() == "borrowed 2"
+    assert same(got, want)
+
+
+def test_other_threads_keep_siglayers_pool(pool: None) -> None:
+    """Only the importing thread borrows: a call from another thread runs on one of
+    siglayer's leader threads, on its own pool, and gives the same bits."""
+    siglayer.set_num_threads(2)
+    args = problem("float32")
+    _core.select_pool("own")
+    want = torch_step(*args)
+    _core.select_pool("shared")
+    result: dict[str, object] = {}
+
+    def call() -> None:
+        siglayer.set_num_threads(2)
+        _core.take_last_region()
+        result["got"] = torch_step(*args)
+        result["team"] = _core.take_last_region()
+
+    t = threading.Thread(target=call)
+    t.start()
+    t.join(TIME_LIMIT)
+    assert not t.is_alive()
+    assert result["team"] == "own 2"
+    assert same(result["got"], want)  # type: ignore[arg-type]
+
+
+def test_a_misspelt_setting_is_refused(pool: None) -> None:
+    with pytest.raises(ValueError, match="'auto', 'shared' or 'own', got 'torch'"):
+        _core.select_pool("torch")  # type: ignore[arg-type]
+
+
+def run_bounded(source: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """source in a fresh interpreter of its own session, killed whole on timeout."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(source)],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=TIME_LIMIT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"no answer within {TIME_LIMIT:.0f} s (a worker hangs)")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def test_the_setting_from_the_environment() -> None:
+    done = run_bounded(
+        """
+        import siglayer
+        print(siglayer.show_config(mode="dicts")["thread_pool"])
+        import torch
+        print(siglayer.show_config(mode="dicts")["thread_pool"])
+        """,
+        {"SIGLAYER_POOL": "shared"},
+    )
+    assert done.returncode == 0, done.stderr
+    before, after = done.stdout.splitlines()
+    assert before == "shared: own (no libgomp loaded)"
+    assert after.startswith("shared: libgomp's pool (") and "torch" in after
+    assert after.endswith(") for every call on the importing thread")
+    done = run_bounded("import siglayer", {"SIGLAYER_POOL": "torch"})
+    assert done.returncode != 0
+    assert "ValueError: SIGLAYER_POOL='torch': the pool must be 'auto', 'shared' or 'own'" in (
+        done.stderr
+    )
+
+
+def test_a_forked_child_keeps_to_its_own_pool() -> None:
+    """libgomp's team exists only in the parent after a fork: a child that borrowed it
+    would wait for its workers forever. The child runs on siglayer's own pool, with the
+    parent's bits, and the parent goes on borrowing."""
+    done = run_bounded(
+        """
+        import os, sys
+        import numpy as np, torch, siglayer
+        from siglayer import _core
+        siglayer.set_num_threads(2)
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((256, 512), dtype=np.float32)
+        W = rng.standard_normal((512, 320), dtype=np.float32)
+        b = rng.standard_normal(320, dtype=np.float32)
+        want = siglayer.forward(x, W, b)
+        assert _core.take_last_region() == "borrowed 2"
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            out = siglayer.forward(x, W, b)
+            team = _core.take_last_region()
+            ok = np.array_equal(out, want) and team == "own 2"
+            pool = siglayer.show_config(mode="dicts")["thread_pool"]
+            os.write(w, f"{int(ok)} {team} {pool}".encode())
+            os._exit(0)
+        os.close(w)
+        _, status = os.waitpid(pid, 0)
+        print(os.read(r, 1000).decode())
+        again = siglayer.forward(x, W, b)
+        print(_core.take_last_region(), np.array_equal(again, want), status)
+        """,
+        {"SIGLAYER_POOL": "shared"},
+    )
+    assert done.returncode == 0, done.stderr
+    child, parent = done.stdout.splitlines()
+    assert child == "1 own 2 shared: own (a forked child)"
+    assert parent == "borrowed 2 True 0"
+
+
+OUT_OF_MEMORY = """
+import resource
+import numpy as np, ml_dtypes, torch, siglayer
+from siglayer import _core
+siglayer.set_num_threads(2)
+bf16 = ml_dtypes.bfloat16
+rng = np.random.default_rng(0)
+x32 = rng.standard_normal((512, 256)).astype(np.float32)
+W32 = rng.standard_normal((256, 512)).astype(np.float32)
+b32 = rng.standard_normal(512).astype(np.float32)
+want = siglayer.forward(x32, W32, b32)
+assert _core.take_last_region() == "borrowed 2"
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+
+
+def mapped():
+    return int(open("/proc/self/statm").read().split()[0]) * 4096
+
+
+# A bfloat16 forward whose tile's float panel cannot be had: the allocation fails inside
+# a region of the borrowed team, which must come back as a MemoryError and leave the team
+# working (a thread that skipped its loop or barrier would hang the next region).
+n, n_in, n_out = 256, 16, 1 << 16
+x, W = np.zeros((n, n_in), bf16), np.zeros((n_in, n_out), bf16)
+b = np.zeros(n_out, np.float32)
+errors = wrong = 0
+for trial in range(10):
+    resource.setrlimit(resource.RLIMIT_AS, (mapped() + n * n_out * 2 + (16 << 20), hard))
+    try:
+        siglayer.forward(x, W, b)
+    except MemoryError:
+        errors += 1
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    for _ in range(3):
+        out = siglayer.forward(x32, W32, b32)
+        wrong += not np.array_equal(out, want) or _core.take_last_region() != "borrowed 2"
+print(f"{errors} MemoryErrors, {wrong} wrong")
+"""
+
+
+def test_memory_running_out_in_a_borrowed_region_is_a_memory_error() -> None:
+    pytest.importorskip("ml_dtypes")
+    if "asan" in os.environ.get("LD_PRELOAD", ""):
+        pytest.skip("AddressSanitizer reserves terabytes of address space")
+    done = run_bounded(OUT_OF_MEMORY, {"SIGLAYER_POOL": "shared"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "10 MemoryErrors, 0 wrong"
