@@ -62,8 +62,12 @@ operators themselves run (compiled or exported graphs, direct calls) forward mod
 too, and inside a torch.func transform they differentiate as PyTorch's own formula
 around siglayer's value, second derivatives included (see _sigmoid_linear_autograd).
 
-**Threads.** The kernels run on siglayer's own OpenMP pool, sized by
-``siglayer.set_num_threads``; ``torch.set_num_threads`` sizes PyTorch's pool only.
+**Threads.** The kernels' work is shared by ``siglayer.set_num_threads`` threads;
+``torch.set_num_threads`` sizes PyTorch's pool only. Called on the thread that imported
+siglayer, the kernels run their threads on PyTorch's own OpenMP pool (libgomp), whose
+workers are still awake after the operator before, rather than on siglayer's, which
+would find a core taken by them (``SIGLAYER_POOL``; docs/reliability.md, "Threads beside
+other libraries").
 """
 
 from __future__ import annotations
