@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,18 @@ def test_progress_bar():
     assert "100% Completed" in buffer.getvalue()
 
 
+@pytest.fixture
+def environ_kept():
+    """distributed's nanny leaves its workers' environment (OMP_NUM_THREADS=1,
+    OPENBLAS_NUM_THREADS=1, ...) in this process's os.environ, where every later test's
+    subprocess inherited it (a forked child then ran on one thread): put it back."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
+
+
+@pytest.mark.usefixtures("environ_kept")
 def test_distributed_input_larger_than_worker_memory(tmp_path):
     distributed = pytest.importorskip("distributed")
     memory_limit = 300 * 2**20

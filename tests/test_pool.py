@@ -221,6 +221,7 @@ def test_a_forked_child_keeps_to_its_own_pool() -> None:
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
+            siglayer.set_num_threads(2)  # a child's count is the environment's again
             out = siglayer.forward(x, W, b)
             team = _core.take_last_region()
             ok = np.array_equal(out, want) and team == "own 2"
