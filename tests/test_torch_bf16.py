@@ -174,12 +174,18 @@ def test_requires_grad_subsets(needs, b_dtype):
     assert out.requires_grad is False and out.dtype == BF16
 
 
+@pytest.mark.parametrize(
+    ("shape_x", "n_out"),
+    [((40, 24), 10), ((3, 8, 64), 16), ((512, 256), 600), ((2000, 64), 4)],
+    ids=["small", "batched", "wide", "few-outputs"],
+)
 @pytest.mark.parametrize("b_dtype", [BF16, torch.float32], ids=["b_bf16", "b_f32"])
-def test_gradients_are_the_operators_rounded_once(b_dtype):
-    """The backward operator returns the core's float32 dW and db; autograd rounds dW
-    (and db of a bfloat16 b) to nearest even once: bit for bit the core's to_bfloat16.
-    A float32 b's gradient is the operator's db itself."""
-    x, W, b, dout = inputs(5, (40, 24), 10, b_dtype=b_dtype)
+def test_gradients_are_the_operators_rounded_once(b_dtype, shape_x, n_out):
+    """The backward operator returns the core's float32 dW and db; the gradients are
+    those rounded to nearest even once: bit for bit the core's to_bfloat16 (with a
+    bfloat16 b the eager path asks the core to round them as it writes them; with a
+    float32 b autograd rounds dW). A float32 b's gradient is the operator's db itself."""
+    x, W, b, dout = inputs(5, shape_x, n_out, b_dtype=b_dtype)
     out, dx, dW, db = run(sigmoid_linear, x, W, b, dout)
     op_dx, op_dW, op_db = backward_op(dout, x, W, out, True)
     assert (op_dx.dtype, op_dW.dtype, op_db.dtype) == (BF16, torch.float32, torch.float32)

@@ -50,7 +50,8 @@ rounds out once. The backward operator returns what the core computes: dx bfloat
 and db float32 (dZ rounded once to bfloat16 for the products, db summed from the
 unrounded dZ). Autograd needs each gradient in its input's dtype, so the autograd
 formula rounds dW to bfloat16 once (round to nearest even) and db to b's dtype (a
-float32 b keeps a float32 db, unrounded). torch.float16 is refused (it is not bfloat16).
+float32 b keeps a float32 db, unrounded); eager calls with a bfloat16 W and b have the
+core round both as it writes them, the same bits. torch.float16 is refused (it is not bfloat16).
 bfloat16 tensors reach the core as ``ml_dtypes.bfloat16`` NumPy views of the same
 memory, so they need ml_dtypes (``pip install ml-dtypes``), imported on first use.
 
@@ -417,12 +418,19 @@ def _or_empty(t: Tensor | None, like: Tensor, dtype: torch.dtype | None = None) 
 
 @_on_torch_pool
 def _eager_backward(
-    dout: Tensor, x: Tensor, W: Tensor, out: Tensor, need_dx: bool, need_dW: bool = True
+    dout: Tensor,
+    x: Tensor,
+    W: Tensor,
+    out: Tensor,
+    need_dx: bool,
+    need_dW: bool = True,
+    rounded: bool = False,
 ) -> tuple[Tensor | None, Tensor | None, Tensor]:
     # dout, out (..., n_out), x (..., n_in), W (n_in, n_out) -> dx (x's shape, or None
     # without need_dx), dW (n_in, n_out, or None without need_dW), db (n_out,). dx has
     # x's dtype; dW and db the compute dtype (float32 for bfloat16: the core's unrounded
-    # results).
+    # results), or with ``rounded`` (bfloat16 only) bfloat16, each rounded once by the
+    # core (grad_dtype), as _gradients would round them (under vmap it still does).
     if _under_vmap(dout):
         # torch.autograd.grad(..., is_grads_batched=True) and the vectorized
         # torch.autograd.functional.jacobian run this under vmap: the operator has the
@@ -437,13 +445,14 @@ def _eager_backward(
             _to_numpy(out),
             need_dx=need_dx,
             need_dW=need_dW,
+            grad_dtype="bfloat16" if rounded else None,
         )
     except ValueError as exc:
         raise _in_torch_words(exc) from None
     return (
         _from_numpy(dx) if dx is not None else None,
-        torch.from_numpy(dW) if dW is not None else None,
-        torch.from_numpy(db),
+        _from_numpy(dW) if dW is not None else None,
+        _from_numpy(db),
     )
 
 
@@ -560,7 +569,13 @@ def _gradients(
     need_x, need_W, need_b = ctx.needs_input_grad
     # db is always computed (a by-product of the dZ sweep); a W that does not require
     # grad (frozen) skips dW's product, an x that does not skips dx's.
-    dx, dW, db = backward(dout, x, W, out, need_x, need_W)
+    if backward is _eager_backward and W.dtype == _BFLOAT16 and ctx.b_dtype == _BFLOAT16:
+        # A bfloat16 W and b (a module in bfloat16): the core rounds dW and db as it
+        # writes them, the values .to() would give, without two more passes over them,
+        # two float32 arrays and two PyTorch operators (whose pool would spin after them).
+        dx, dW, db = _eager_backward(dout, x, W, out, need_x, need_W, True)
+    else:
+        dx, dW, db = backward(dout, x, W, out, need_x, need_W)
     # Autograd requires each gradient in its input's dtype. For bfloat16 the core's
     # float32 dW (and db, for a bfloat16 b) is rounded here, once, to nearest even; for
     # float32 and float64 (and a float32 b) the dtypes already match (and .to, which
