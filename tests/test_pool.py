@@ -107,20 +107,25 @@ EXPECTED = {  # (setting, caller) -> the team kind of the last region
 def test_each_setting_runs_its_pool_and_gives_the_same_bits(
     setting: str, caller: str, dtype: str, threads: int, pool: None
 ) -> None:
+    """PyTorch's pool has 2 threads: a team of 3 is larger than PyTorch's own and runs on
+    siglayer's pool whatever the setting (no libgomp worker PyTorch would not start)."""
     args = problem(dtype)
     run = step if caller == "numpy" else torch_step
+    torch.set_num_threads(2)
     siglayer.set_num_threads(threads)
     _core.select_pool("own")
     want = run(*args)
     _core.select_pool(setting)
     _core.take_last_region()
     got = run(*args)
-    assert _core.take_last_region() == f"{EXPECTED[setting, caller]} {threads}"
+    kind = EXPECTED[setting, caller] if threads <= 2 else "own"
+    assert _core.take_last_region() == f"{kind} {threads}"
     assert same(got, want), f"{setting}/{caller}: not the bits of siglayer's own pool"
 
 
-def test_a_team_larger_than_pytorchs_own(pool: None) -> None:
-    """PyTorch's pool sized 1, siglayer's 2: libgomp starts the second thread."""
+def test_no_team_larger_than_pytorchs_own(pool: None) -> None:
+    """PyTorch's pool sized 1 (torch.set_num_threads(1)), siglayer's 2: siglayer's own
+    pool runs the call, on 2 threads."""
     torch.set_num_threads(1)
     siglayer.set_num_threads(2)
     args = problem("float32")
@@ -128,7 +133,7 @@ def test_a_team_larger_than_pytorchs_own(pool: None) -> None:
     want = torch_step(*args)
     _core.select_pool("auto")
     got = torch_step(*args)
-    assert _core.take_last_region() == "borrowed 2"
+    assert _core.take_last_region() == "own 2"
     assert same(got, want)
 
 
@@ -240,6 +245,66 @@ def test_a_forked_child_keeps_to_its_own_pool() -> None:
     child, parent = done.stdout.splitlines()
     assert child == "1 own 2 shared: own (a forked child)"
     assert parent == "borrowed 2 True 0"
+
+
+def test_pytorch_in_a_child_forked_after_a_call_with_its_pool_at_one_thread() -> None:
+    """With torch.set_num_threads(1) PyTorch starts no libgomp worker; siglayer must not
+    either (it runs on its own pool then), or a forked child whose PyTorch opens a region
+    would wait forever for the parent's workers (libgomp is not fork-safe)."""
+    done = run_bounded(
+        """
+        import os
+        import torch, siglayer, siglayer.torch as st
+        from siglayer import _core
+        torch.set_num_threads(1)
+        siglayer.set_num_threads(2)
+        x, W, b = torch.randn(256, 512), torch.randn(512, 320), torch.zeros(320)
+        st.sigmoid_linear(x, W, b)
+        team = _core.take_last_region()
+        pid = os.fork()
+        if pid == 0:
+            torch.set_num_threads(2)
+            torch.sigmoid(torch.randn(2_000_000)).sum()  # a region of PyTorch's own
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print(team, status)
+        """,
+        {"SIGLAYER_POOL": "auto"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["own", "2", "0"]
+
+
+def test_a_child_of_a_fork_that_skips_pythons_hooks_keeps_to_its_own_pool() -> None:
+    """A C extension's own fork() runs no os.register_at_fork hook; the child still
+    does not borrow (a pthread_atfork handler marks it)."""
+    done = run_bounded(
+        """
+        import ctypes, os
+        import numpy as np, torch, siglayer
+        from siglayer import _core
+        siglayer.set_num_threads(2)
+        x = np.ones((256, 512), np.float32)
+        W = np.full((512, 320), 0.01, np.float32)
+        b = np.zeros(320, np.float32)
+        want = siglayer.forward(x, W, b)
+        parent = _core.take_last_region()
+        libc = ctypes.CDLL(None, use_errno=True)
+        r, w = os.pipe()
+        pid = libc.fork()
+        if pid == 0:
+            siglayer.set_num_threads(2)
+            ok = np.array_equal(siglayer.forward(x, W, b), want)
+            os.write(w, f"{int(ok)} {_core.take_last_region()}".encode())
+            os._exit(0)
+        os.close(w)
+        _, status = os.waitpid(pid, 0)
+        print(parent, "|", os.read(r, 100).decode(), status)
+        """,
+        {"SIGLAYER_POOL": "shared"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "borrowed 2 | 1 own 2 0"
 
 
 OUT_OF_MEMORY = """

@@ -131,7 +131,7 @@ void run_parallel(int threads, const Body& body) {
         team_body(threads::TeamKind::solo);
     } else {
         const bool led = threads::lead([&] {
-            if (threads::borrowing()) {
+            if (threads::borrowing(threads)) {
                 const int size = threads::team_size(threads, true);
                 const auto borrowed_body = [&] { team_body(threads::TeamKind::borrowed); };
                 using BorrowedBody = decltype(borrowed_body);

@@ -25,7 +25,10 @@
 #include <xmmintrin.h>
 #endif
 
-#if defined(SIGLAYER_OPENMP_INTEL) && defined(__linux__)
+// Not in an MKL build: MKL's per-call thread setting on a libgomp thread would make that
+// thread a root of MKL's OpenMP runtime, which a later fork handles badly (see
+// before_fork). (The MKL loaded at run time for bfloat16 runs its sequential layer.)
+#if defined(SIGLAYER_OPENMP_INTEL) && defined(__linux__) && !defined(SIGLAYER_BLAS_MKL)
 #define SIGLAYER_BORROW_POOL 1
 #include <dlfcn.h>
 #endif
@@ -202,6 +205,7 @@ struct ForeignPool {
     void (*barrier)() = nullptr;                                             // GOMP_barrier
     int (*thread_num)() = nullptr;                                           // omp_get_thread_num
     int (*num_threads)() = nullptr;                                          // omp_get_num_threads
+    int (*max_threads)() = nullptr;                                          // omp_get_max_threads
     std::string path;
 };
 std::atomic<const ForeignPool*> foreign{nullptr};
@@ -231,7 +235,8 @@ const ForeignPool* find_libgomp() {
         !symbol(library, "GOMP_parallel", pool->parallel) ||
         !symbol(library, "GOMP_barrier", pool->barrier) ||
         !symbol(library, "omp_get_thread_num", pool->thread_num) ||
-        !symbol(library, "omp_get_num_threads", pool->num_threads)) {
+        !symbol(library, "omp_get_num_threads", pool->num_threads) ||
+        !symbol(library, "omp_get_max_threads", pool->max_threads)) {
         dlclose(library);
         return nullptr;
     }
@@ -274,13 +279,16 @@ std::atomic<int> last_region{-1};
 
 }  // namespace
 
-bool borrowing() {
+bool borrowing(int size) {
     const PoolSetting setting = pool_setting.load(std::memory_order_relaxed);
     if (setting == PoolSetting::own || (setting == PoolSetting::auto_ && !torch_caller) ||
         forked_child.load(std::memory_order_relaxed))
         return false;
     if (is_leader || std::this_thread::get_id() != home_thread) return false;
-    return foreign_pool() != nullptr;
+    const ForeignPool* pool = foreign_pool();
+    // Never more threads than the pool's owner gives its own teams on this thread
+    // (torch.set_num_threads): no libgomp worker that PyTorch would not have started.
+    return pool != nullptr && pool->max_threads() >= size;
 }
 
 void run_borrowed(int size, void (*fn)(void*), void* data) {
@@ -312,7 +320,9 @@ std::string pool_description() {
     const std::string calls =
         setting == PoolSetting::auto_ ? "siglayer.torch's calls" : "every call";
 #if !defined(SIGLAYER_BORROW_POOL)
-    return name + ": own (this build's runtime is not libiomp5 on Linux)";
+    return name +
+           ": own (this build never borrows: its runtime is not libiomp5 on Linux, or its BLAS is "
+           "MKL)";
 #else
     if (forked_child.load(std::memory_order_relaxed)) return name + ": own (a forked child)";
     const ForeignPool* pool = foreign_pool();
@@ -396,6 +406,10 @@ void set_fp_mode(unsigned) {}
 
 void init() {
     home_thread = std::this_thread::get_id();
+    // Also for a fork that does not pass through Python's os.fork (a C extension's own
+    // fork(), which skips the os.register_at_fork hooks): a child never borrows. Only an
+    // atomic store, as a handler in a child of a multi-threaded process must be.
+    pthread_atfork(nullptr, nullptr, [] { forked_child.store(true, std::memory_order_relaxed); });
 #if defined(SIGLAYER_OPENMP_INTEL)
     // Initializes the runtime now, so that the KMP_INIT_AT_FORK it reads is the one read
     // here; it accepts these spellings of false (and any case).

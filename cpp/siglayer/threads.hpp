@@ -94,12 +94,19 @@ int team_size(int wanted, bool borrowed = false) noexcept;
 //   "shared": borrow for every region of the home thread;
 //   "own": never borrow.
 // Regions led by other threads, and every region in a forked child (whose libgomp team, if
-// the parent used one, exists only in the parent), keep siglayer's own pool. Builds whose
-// own runtime is libgomp ("compiler") share one with PyTorch already and never borrow.
-// borrowing(): whether the calling thread's next region runs on the borrowed pool
-// (rechecked for a newly loaded libgomp at most every 100 ms while none is found).
-// run_borrowed(size, fn, data): fn(data) on a team of `size` threads of that pool.
-bool borrowing();
+// the parent used one, exists only in the parent; any fork, also one that skips Python's
+// hooks), keep siglayer's own pool. Builds whose own runtime is libgomp ("compiler")
+// share one with PyTorch already, and MKL builds (MKL's thread setting on a libgomp
+// thread) never borrow.
+// Only for a team no larger than the one the pool's owner gives itself on this thread
+// (libgomp's omp_get_max_threads: torch.set_num_threads), so that siglayer does not start
+// more libgomp workers than PyTorch would (libgomp is not fork-safe: in a forked child, a
+// region waits forever for its parent's workers); a larger team runs on siglayer's own
+// pool, as many threads as asked.
+// borrowing(size): whether the calling thread's next region, of `size` threads, runs on
+// the borrowed pool (rechecked for a newly loaded libgomp at most every 100 ms while none
+// is found). run_borrowed(size, fn, data): fn(data) on a team of `size` threads of it.
+bool borrowing(int size);
 void run_borrowed(int size, void (*fn)(void*), void* data);
 // Anything but "auto", "shared" or "own": std::invalid_argument.
 void select_pool(const std::string& pool);

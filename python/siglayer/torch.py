@@ -67,8 +67,9 @@ around siglayer's value, second derivatives included (see _sigmoid_linear_autogr
 ``torch.set_num_threads`` sizes PyTorch's pool only. Called on the thread that imported
 siglayer, the kernels run their threads on PyTorch's own OpenMP pool (libgomp), whose
 workers are still awake after the operator before, rather than on siglayer's, which
-would find a core taken by them (``SIGLAYER_POOL``; docs/reliability.md, "Threads beside
-other libraries").
+would find a core taken by them; only where PyTorch's pool has at least as many threads
+(``SIGLAYER_POOL``; docs/reliability.md, "Threads beside other libraries", also on
+forking after such calls).
 """
 
 from __future__ import annotations
