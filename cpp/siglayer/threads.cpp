@@ -472,8 +472,7 @@ void after_fork_in_child() {
     leaders_ptr = new Leaders;
     home_thread = std::this_thread::get_id();
     other_roots.store(false, std::memory_order_relaxed);
-    noted = false;
-    forked_child.store(true, std::memory_order_relaxed);
+    noted = false;  // (forked_child: init's pthread_atfork handler, for every fork)
     if (child_serial.exchange(false, std::memory_order_relaxed)) {
         serial_process.store(true, std::memory_order_relaxed);
         pool_started.store(false, std::memory_order_relaxed);
