@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+import processes
 
 TIME_LIMIT = 20.0  # seconds; each scenario takes one to three seconds
 
@@ -129,21 +129,7 @@ if __name__ == "__main__":
 
 def run_bounded(script: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Runs script in its own session; on timeout kills its whole process group."""
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=TIME_LIMIT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"{script.stem}: no answer within {TIME_LIMIT:.0f} s (a worker hangs)")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    return processes.run_bounded([str(script)], env, TIME_LIMIT, script.stem)
 
 
 # scikit-learn's and joblib's imports put KMP_INIT_AT_FORK=FALSE into os.environ, which

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import siglayer
+from siglayer import _core
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux /proc")
 
@@ -179,15 +180,20 @@ def test_short_lived_threads_leave_nothing_behind() -> None:
     assert rss_growth < 8 << 20 or not CHECK_RSS, f"RSS grew by {rss_growth} bytes over 150 threads"
 
 
-def _run_script(tmp_path, source: str, threads: int) -> str:
-    """Runs source in a fresh interpreter with the thread count as its argument; its
-    stdout, after checking that it exited cleanly (a hang is the timeout)."""
+def _run_script(tmp_path, source: str, threads: int, pool: str = "own") -> str:
+    """Runs source in a fresh interpreter with the thread count and the pool setting
+    (SIGLAYER_POOL) as its arguments; its stdout, after checking that it exited cleanly
+    (a hang is the timeout)."""
     import subprocess
 
     script = tmp_path / "script.py"
     script.write_text(source)
     done = subprocess.run(
-        [sys.executable, str(script), str(threads)], capture_output=True, text=True, timeout=120
+        [sys.executable, str(script), str(threads), pool],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "SIGLAYER_POOL": pool},
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -195,7 +201,10 @@ def _run_script(tmp_path, source: str, threads: int) -> str:
 
 OUT_OF_MEMORY = """
 import resource, sys, time
+if sys.argv[2] == "shared":  # regions on PyTorch's libgomp pool (SIGLAYER_POOL=shared)
+    import torch
 import numpy as np, ml_dtypes, siglayer
+from siglayer import _core
 siglayer.set_num_threads(int(sys.argv[1]))
 bf16 = ml_dtypes.bfloat16
 siglayer.forward(np.ones((512, 64), bf16), np.ones((64, 512), bf16), np.zeros(512, np.float32))
@@ -218,6 +227,7 @@ x32 = rng.standard_normal((512, 256)).astype(np.float32)
 W32 = rng.standard_normal((256, 512)).astype(np.float32)
 b32 = rng.standard_normal(512).astype(np.float32)
 want = siglayer.forward(x32, W32, b32)
+team = _core.take_last_region()
 errors = wrong = 0
 for trial in range(20):
     time.sleep(0.01)
@@ -248,21 +258,27 @@ except MemoryError:
     print("MemoryError")
 finally:
     resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-
+print(team)
 """
 
 
 @pytest.mark.skipif(_asan_loaded(), reason="AddressSanitizer reserves terabytes of address space")
-@pytest.mark.parametrize("threads", [1, 2])
-def test_memory_running_out_inside_a_region_is_a_memory_error(threads, tmp_path) -> None:
+@pytest.mark.parametrize(("threads", "pool"), [(1, "own"), (2, "own"), (2, "shared")])
+def test_memory_running_out_inside_a_region_is_a_memory_error(threads, pool, tmp_path) -> None:
     """A scratch allocation that fails inside a parallel region (here a bfloat16
     forward's panel, under an address-space limit) is a MemoryError in the caller, not
     an exception escaping OpenMP (std::terminate: the process aborted with two threads),
     and the calls after it run and compute right (20 failures, 60 checked calls; a hang
-    is the timeout)."""
+    is the timeout). Also with the regions on PyTorch's libgomp pool (tests/test_pool.py):
+    no exception may cross GOMP_parallel either."""
     pytest.importorskip("ml_dtypes")
-    stdout = _run_script(tmp_path, OUT_OF_MEMORY, threads)
-    assert stdout.split("\n")[:2] == ["20 MemoryErrors, 0 wrong", "MemoryError"]
+    if pool == "shared":
+        pytest.importorskip("torch")
+        if "libiomp5" not in _core.config()["openmp_runtime"]:
+            pytest.skip("borrowing needs the default build's libiomp5")
+    stdout = _run_script(tmp_path, OUT_OF_MEMORY, threads, pool)
+    team = "none" if threads == 1 else ("borrowed 2" if pool == "shared" else "own 2")
+    assert stdout.split("\n")[:3] == ["20 MemoryErrors, 0 wrong", "MemoryError", team]
 
 
 BF16_DW_SCRATCH = """

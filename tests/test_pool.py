@@ -11,7 +11,6 @@ and the team size only), and take_last_region tells which team ran.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+
+import processes
 
 torch = pytest.importorskip("torch")
 
@@ -168,21 +169,8 @@ def test_a_misspelt_setting_is_refused(pool: None) -> None:
 
 def run_bounded(source: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """source in a fresh interpreter of its own session, killed whole on timeout."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(source)],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=TIME_LIMIT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"no answer within {TIME_LIMIT:.0f} s (a worker hangs)")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    code = textwrap.dedent(source)
+    return processes.run_bounded(["-c", code], {**os.environ, **env}, TIME_LIMIT, "script")
 
 
 def test_the_setting_from_the_environment() -> None:
@@ -305,53 +293,3 @@ def test_a_child_of_a_fork_that_skips_pythons_hooks_keeps_to_its_own_pool() -> N
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "borrowed 2 | 1 own 2 0"
-
-
-OUT_OF_MEMORY = """
-import resource
-import numpy as np, ml_dtypes, torch, siglayer
-from siglayer import _core
-siglayer.set_num_threads(2)
-bf16 = ml_dtypes.bfloat16
-rng = np.random.default_rng(0)
-x32 = rng.standard_normal((512, 256)).astype(np.float32)
-W32 = rng.standard_normal((256, 512)).astype(np.float32)
-b32 = rng.standard_normal(512).astype(np.float32)
-want = siglayer.forward(x32, W32, b32)
-assert _core.take_last_region() == "borrowed 2"
-soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-
-
-def mapped():
-    return int(open("/proc/self/statm").read().split()[0]) * 4096
-
-
-# A bfloat16 forward whose tile's float panel cannot be had: the allocation fails inside
-# a region of the borrowed team, which must come back as a MemoryError and leave the team
-# working (a thread that skipped its loop or barrier would hang the next region).
-n, n_in, n_out = 256, 16, 1 << 16
-x, W = np.zeros((n, n_in), bf16), np.zeros((n_in, n_out), bf16)
-b = np.zeros(n_out, np.float32)
-errors = wrong = 0
-for trial in range(10):
-    resource.setrlimit(resource.RLIMIT_AS, (mapped() + n * n_out * 2 + (16 << 20), hard))
-    try:
-        siglayer.forward(x, W, b)
-    except MemoryError:
-        errors += 1
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-    for _ in range(3):
-        out = siglayer.forward(x32, W32, b32)
-        wrong += not np.array_equal(out, want) or _core.take_last_region() != "borrowed 2"
-print(f"{errors} MemoryErrors, {wrong} wrong")
-"""
-
-
-def test_memory_running_out_in_a_borrowed_region_is_a_memory_error() -> None:
-    pytest.importorskip("ml_dtypes")
-    if "asan" in os.environ.get("LD_PRELOAD", ""):
-        pytest.skip("AddressSanitizer reserves terabytes of address space")
-    done = run_bounded(OUT_OF_MEMORY, {"SIGLAYER_POOL": "shared"})
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.splitlines()[-1] == "10 MemoryErrors, 0 wrong"
