@@ -42,12 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
 import mixed
 
-SIZES = {
-    "S": (64, 256, 128),
-    "M": (256, 512, 512),
-    "L": (1024, 1024, 1024),
-    "N": (8192, 256, 64),
-}
+SIZES = {size: harness.SIZES[size] for size in ("S", "M", "L", "N")}
 TOLERANCE = {"float32": 1e-5, "bfloat16": 2e-2}
 
 
