@@ -83,14 +83,20 @@ def make_steps(size: str, dtype: str) -> dict[str, Callable[[], list[torch.Tenso
 
 
 def check(size: str, dtype: str, steps: dict[str, Callable[[], list[torch.Tensor]]]) -> None:
+    """The siglayer step's loss and gradients under each setting against the torch step's;
+    SystemExit on a mismatch. The setting in force before is put back."""
     want = [t.double() for t in steps["torch"]()]
-    for setting in ("own", "auto"):
-        _core.select_pool(setting)
-        got_all = steps["siglayer"]()
-        for name, got, ref in zip(("loss", "dW", "db", "dW1"), got_all, want, strict=True):
-            err = float((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
-            if not err <= TOLERANCE[dtype]:
-                raise SystemExit(f"{size} {dtype} {setting}: {name} off by {err:.2e} relative")
+    before = _core.config()["thread_pool"].split(":")[0]
+    try:
+        for setting in ("own", "auto"):
+            _core.select_pool(setting)
+            got_all = steps["siglayer"]()
+            for name, got, ref in zip(("loss", "dW", "db", "dW1"), got_all, want, strict=True):
+                err = float((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+                if not err <= TOLERANCE[dtype]:
+                    raise SystemExit(f"{size} {dtype} {setting}: {name} off by {err:.2e} relative")
+    finally:
+        _core.select_pool(before)  # type: ignore[arg-type]
 
 
 def step_view(sizes: list[str], dtypes: list[str], rounds: int) -> None:

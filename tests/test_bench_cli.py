@@ -490,3 +490,23 @@ def test_bfloat16_bench_times_pytorch_without_conversions():
     got["dW"] = got["dW"] * 1.1
     with pytest.raises(AssertionError, match="dW error"):
         bfloat16.check("torch", got, p)
+
+
+@pytest.mark.skipif(TORCH is None, reason="needs torch")
+def test_torch_pool_bench_checks_before_timing(capsys):
+    """bench/torch_pool.py checks the training step under both pool settings against
+    PyTorch's before timing it, and stops on a wrong one; one round, nothing timed is
+    asserted."""
+    import torch_pool
+
+    steps = torch_pool.make_steps("S", "float32")
+    torch_pool.check("S", "float32", steps)  # the real step passes
+    right = steps["siglayer"]
+    steps["siglayer"] = lambda: [t * 1.001 for t in right()]
+    with pytest.raises(SystemExit, match="off by"):
+        torch_pool.check("S", "float32", steps)
+    torch_pool.main(["--rounds", "1", "--sizes", "S", "--dtypes", "float32", "--mixed-sizes"])
+    text = capsys.readouterr().out
+    assert "thread_pool: auto" in text
+    row = next(line for line in text.splitlines() if line.startswith("S "))
+    assert len(row.split()) == 8, row
