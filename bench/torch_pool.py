@@ -179,12 +179,13 @@ def main(argv: list[str] | None = None) -> None:
         f"PyTorch {torch.__version__}; Python {platform.python_version()}"
     )
     print(f"thread_pool: {siglayer.show_config(mode='dicts')['thread_pool']}\n")
+    before = _core.config()["thread_pool"].split(":")[0]
     try:
         step_view(args.sizes, args.dtypes, args.rounds)
         if args.mixed_sizes:
             mixed_view(args.mixed_sizes, args.rounds)
     finally:
-        _core.select_pool("auto")
+        _core.select_pool(before)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

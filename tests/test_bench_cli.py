@@ -505,8 +505,10 @@ def test_torch_pool_bench_checks_before_timing(capsys):
     steps["siglayer"] = lambda: [t * 1.001 for t in right()]
     with pytest.raises(SystemExit, match="off by"):
         torch_pool.check("S", "float32", steps)
+    before = _core.config()["thread_pool"]
     torch_pool.main(["--rounds", "1", "--sizes", "S", "--dtypes", "float32", "--mixed-sizes"])
+    assert _core.config()["thread_pool"] == before  # the setting put back
     text = capsys.readouterr().out
-    assert "thread_pool: auto" in text
+    assert f"thread_pool: {before}" in text
     row = next(line for line in text.splitlines() if line.startswith("S "))
     assert len(row.split()) == 8, row
