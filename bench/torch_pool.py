@@ -86,7 +86,7 @@ def check(size: str, dtype: str, steps: dict[str, Callable[[], list[torch.Tensor
     """The siglayer step's loss and gradients under each setting against the torch step's;
     SystemExit on a mismatch. The setting in force before is put back."""
     want = [t.double() for t in steps["torch"]()]
-    before = _core.config()["thread_pool"].split(":")[0]
+    before = _core.select_pool("own")
     try:
         for setting in ("own", "auto"):
             _core.select_pool(setting)
@@ -96,7 +96,7 @@ def check(size: str, dtype: str, steps: dict[str, Callable[[], list[torch.Tensor
                 if not err <= TOLERANCE[dtype]:
                     raise SystemExit(f"{size} {dtype} {setting}: {name} off by {err:.2e} relative")
     finally:
-        _core.select_pool(before)  # type: ignore[arg-type]
+        _core.select_pool(before)
 
 
 def step_view(sizes: list[str], dtypes: list[str], rounds: int) -> None:
@@ -179,13 +179,13 @@ def main(argv: list[str] | None = None) -> None:
         f"PyTorch {torch.__version__}; Python {platform.python_version()}"
     )
     print(f"thread_pool: {siglayer.show_config(mode='dicts')['thread_pool']}\n")
-    before = _core.config()["thread_pool"].split(":")[0]
+    before = _core.select_pool("auto")  # each view selects its settings
     try:
         step_view(args.sizes, args.dtypes, args.rounds)
         if args.mixed_sizes:
             mixed_view(args.mixed_sizes, args.rounds)
     finally:
-        _core.select_pool(before)  # type: ignore[arg-type]
+        _core.select_pool(before)
 
 
 if __name__ == "__main__":

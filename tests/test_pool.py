@@ -43,7 +43,7 @@ SHAPE = (256, 512, 320)  # above the one-thread threshold; tiles of 16-row block
 @pytest.fixture
 def pool() -> Iterator[None]:
     """Gives back the setting and the thread count whatever the test set."""
-    before = _core.config()["thread_pool"].split(":")[0]
+    before = _core.select_pool("auto")  # each test selects its own
     threads = siglayer.get_num_threads()
     torch_threads = torch.get_num_threads()
     yield
@@ -163,8 +163,10 @@ def test_other_threads_keep_siglayers_pool(pool: None) -> None:
 
 
 def test_a_misspelt_setting_is_refused(pool: None) -> None:
+    _core.select_pool("shared")
     with pytest.raises(ValueError, match="'auto', 'shared' or 'own', got 'torch'"):
         _core.select_pool("torch")  # type: ignore[arg-type]
+    assert _core.select_pool("own") == "shared"  # unchanged by the refusal, and returned
 
 
 def run_bounded(source: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

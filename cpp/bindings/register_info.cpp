@@ -52,11 +52,11 @@ void register_info(py::module_& m) {
         "set_tiles_per_thread", [](int n) { threads::set_tiles_per_thread(n); }, py::arg("n"),
         "Tiles of each product per thread (1: a fixed split); for benchmarks.");
     m.def("tiles_per_thread", [] { return threads::tiles_per_thread(); });
-    m.def(
-        "select_pool", [](const std::string& pool) { threads::select_pool(pool); }, py::arg("pool"),
-        "Whose OpenMP pool siglayer's regions run on: 'auto' (the default), PyTorch's\n"
-        "libgomp pool for siglayer.torch's calls; 'shared', for every call; 'own', never\n"
-        "(threads.hpp; only on the importing thread, never in a forked child).");
+    m.def("select_pool", &threads::select_pool, py::arg("pool"),
+          "Whose OpenMP pool siglayer's regions run on: 'auto' (the default), PyTorch's\n"
+          "libgomp pool for siglayer.torch's calls; 'shared', for every call; 'own', never\n"
+          "(threads.hpp; only on the importing thread, never in a forked child). Returns\n"
+          "the setting it replaced.");
     m.def("take_last_region", &threads::take_last_region,
           "For the tests: 'own 2', 'borrowed 2', 'solo 1' (the team of the last parallel\n"
           "region) or 'none', then forgets it.");

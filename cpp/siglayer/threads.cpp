@@ -19,6 +19,7 @@
 #include <shared_mutex>
 #include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #if defined(__SSE__)
@@ -295,16 +296,16 @@ void run_borrowed(int size, void (*fn)(void*), void* data) {
     foreign.load(std::memory_order_acquire)->parallel(fn, data, static_cast<unsigned>(size), 0);
 }
 
-void select_pool(const std::string& pool) {
-    if (pool == "own")
-        pool_setting.store(PoolSetting::own, std::memory_order_relaxed);
-    else if (pool == "auto")
-        pool_setting.store(PoolSetting::auto_, std::memory_order_relaxed);
-    else if (pool == "shared")
-        pool_setting.store(PoolSetting::shared, std::memory_order_relaxed);
-    else
-        throw std::invalid_argument("the pool must be 'auto', 'shared' or 'own', got '" + pool +
-                                    "'");
+std::string select_pool(const std::string& pool) {
+    static constexpr std::pair<PoolSetting, const char*> kNames[] = {
+        {PoolSetting::own, "own"}, {PoolSetting::auto_, "auto"}, {PoolSetting::shared, "shared"}};
+    for (const auto& [setting, name] : kNames) {
+        if (pool != name) continue;
+        const PoolSetting before = pool_setting.exchange(setting, std::memory_order_relaxed);
+        for (const auto& [old, old_name] : kNames)
+            if (old == before) return old_name;
+    }
+    throw std::invalid_argument("the pool must be 'auto', 'shared' or 'own', got '" + pool + "'");
 }
 
 bool set_torch_caller(bool on) {

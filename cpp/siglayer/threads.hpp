@@ -108,8 +108,9 @@ int team_size(int wanted, bool borrowed = false) noexcept;
 // is found). run_borrowed(size, fn, data): fn(data) on a team of `size` threads of it.
 bool borrowing(int size);
 void run_borrowed(int size, void (*fn)(void*), void* data);
-// Anything but "auto", "shared" or "own": std::invalid_argument.
-void select_pool(const std::string& pool);
+// Returns the setting it replaces; anything but "auto", "shared" or "own":
+// std::invalid_argument, the setting unchanged.
+std::string select_pool(const std::string& pool);
 // The setting and what it does now, e.g. "auto: libgomp's pool (<path>) for siglayer.torch".
 std::string pool_description();
 // Marks the calling thread's calls as made by siglayer.torch's operators (or no more);

@@ -67,11 +67,18 @@ __all__ = ["Config", "config", "get_num_threads", "set_num_threads", "show_confi
 # import instead of the best the CPU has: to measure the AVX2 path on an AVX-512 machine,
 # or to rule the vector kernels out. A CPU that cannot run the choice, or a misspelt one,
 # fails the import with a ValueError that names the variable.
-if os.environ.get("SIGLAYER_ISA"):
-    try:
-        _core.select_isa(cast(Any, os.environ["SIGLAYER_ISA"]))  # the core checks the name
-    except ValueError as exc:
-        raise ValueError(f"SIGLAYER_ISA={os.environ['SIGLAYER_ISA']!r}: {exc}") from None
+def _select_from_environment(variable: str, select: Callable[[Any], object]) -> None:
+    """select(value of the variable) where it is set; the core checks the value, and a
+    ValueError names the variable."""
+    value = os.environ.get(variable)
+    if value:
+        try:
+            select(value)
+        except ValueError as exc:
+            raise ValueError(f"{variable}={value!r}: {exc}") from None
+
+
+_select_from_environment("SIGLAYER_ISA", _core.select_isa)
 
 # SIGLAYER_POOL=own (or shared, auto) picks whose OpenMP pool siglayer's parallel regions
 # run on in a process that has loaded PyTorch: auto, the default, runs the calls that
@@ -79,11 +86,7 @@ if os.environ.get("SIGLAYER_ISA"):
 # awake after the operator before; shared runs every call there; own never does
 # (docs/reliability.md, "Threads beside other libraries"). A misspelt value fails the
 # import with a ValueError that names the variable.
-if os.environ.get("SIGLAYER_POOL"):
-    try:
-        _core.select_pool(cast(Any, os.environ["SIGLAYER_POOL"]))  # the core checks the name
-    except ValueError as exc:
-        raise ValueError(f"SIGLAYER_POOL={os.environ['SIGLAYER_POOL']!r}: {exc}") from None
+_select_from_environment("SIGLAYER_POOL", _core.select_pool)
 
 # SIGLAYER_BF16_GEMM=convert (or blas, auto) picks how bfloat16 products run: convert
 # (operands widened to float32, the float32 GEMM: any BLAS, any CPU) forces the fallback
