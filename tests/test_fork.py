@@ -137,12 +137,15 @@ def run_bounded(script: Path, env: dict[str, str]) -> subprocess.CompletedProces
 ENVIRONMENTS = {"default": {}, "KMP_INIT_AT_FORK=FALSE": {"KMP_INIT_AT_FORK": "FALSE"}}
 
 
-def run_scenario(name: str, body: str, environment: str, tmp_path: Path) -> dict[str, object]:
-    """PRELUDE + body as a script under one of ENVIRONMENTS; the JSON of its last line."""
+def run_scenario(
+    name: str, body: str, environment: str, tmp_path: Path, extra: dict[str, str] | None = None
+) -> dict[str, object]:
+    """PRELUDE + body as a script under one of ENVIRONMENTS (and `extra` variables); the
+    JSON of its last line."""
     script = tmp_path / f"{name}.py"
     script.write_text(textwrap.dedent(PRELUDE) + textwrap.dedent(body))
     env = {k: v for k, v in os.environ.items() if k != "KMP_INIT_AT_FORK"}
-    done = run_bounded(script, env | ENVIRONMENTS[environment])
+    done = run_bounded(script, env | ENVIRONMENTS[environment] | (extra or {}))
     assert done.returncode == 0, done.stderr
     report: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
     return report
@@ -195,44 +198,121 @@ def test_idle_spin_is_kept_across_a_fork(environment: str, tmp_path: Path) -> No
 
 # libiomp5 registers each process that starts it in a file named by its pid (/dev/shm,
 # or /tmp) and removes it at exit from a destructor that a multiprocessing worker never
-# runs (os._exit): each worker that used siglayer left its file for good. Workers that end
-# normally (Pool.close and join, ProcessPoolExecutor) remove theirs now.
+# runs (os._exit, or killed by Pool.terminate, which `with Pool()` calls): each worker
+# that used siglayer left its 4 KB file for good (before 2026-12-06, 1-5 files per kind of
+# worker below). Now every worker removes its own once the runtime has written it; each
+# kind of worker here reports its pid and whether its file was there after its calls,
+# and once all have ended none may be left, while the parent, still running, keeps its.
+# With "stale", the scenario first leaves files as dead processes would have, for the
+# next 400 pids, which the workers then take (pid_max is often 32768): a worker must not
+# take one for its own and stop looking (it did, in a first version: the check needs the
+# text). Each looks like a dead sibling's, the parent's text with another flag value.
 REGISTRATION_FILES = """
-import concurrent.futures, os
-def worker_pid(_=None):
-    layer()
-    return os.getpid()
+import concurrent.futures, ctypes
+def registration_path(pid, folder="/dev/shm"):
+    return os.path.join(folder, f"__KMP_REGISTERED_LIB_{pid}_{os.getuid()}")
 def registered(pid):
-    name = f"__KMP_REGISTERED_LIB_{pid}_{os.getuid()}"
-    return [d for d in ("/dev/shm", "/tmp") if os.path.exists(os.path.join(d, name))]
+    return [d for d in ("/dev/shm", "/tmp") if os.path.exists(registration_path(pid, d))]
+def plant_stale_files():
+    with open(registration_path(os.getpid()), "rb") as f:
+        address, value, library = f.read().rstrip(b"\\0").split(b"-", 2)
+    text = b"-".join([address, b"%x" % (int(value, 16) ^ 1), library])
+    planted = []
+    for pid in range(os.getpid() + 1, os.getpid() + 401):
+        try:
+            with open(registration_path(pid), "xb") as f:
+                f.write(text)
+            planted.append(pid)
+        except OSError:
+            pass
+    return text, planted
+def remove_planted(text, planted):
+    for pid in planted:
+        try:
+            with open(registration_path(pid), "rb") as f:
+                if f.read() == text:
+                    os.unlink(registration_path(pid))
+        except OSError:
+            pass
+def worker(_=None):
+    layer()
+    siglayer.get_num_threads()
+    return os.getpid(), registered(os.getpid())
+def pool_workers(method, end):
+    pool = mp.get_context(method).Pool(2)
+    seen = pool.map(worker, range(4))
+    if end == "terminate":
+        pool.terminate()  # what `with Pool() as pool:` does on leaving the block
+    else:
+        pool.close()
+    pool.join()
+    return seen
+def c_fork_worker():  # a fork made from C: none of Python's fork hooks run
+    read_end, write_end = os.pipe()
+    pid = ctypes.CDLL(None).fork()
+    if pid == 0:
+        os.write(write_end, json.dumps(worker()).encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    seen = tuple(json.loads(os.read(read_end, 1000)))
+    os.close(read_end)
+    return [seen]
 if __name__ == "__main__":
     layer()
-    pool = mp.get_context("fork").Pool(2)
-    pids = set(pool.map(worker_pid, range(4)))
-    pool.close(); pool.join()
+    stale = plant_stale_files() if os.environ.get("PLANT_STALE") else None
+    kinds = {
+        "fork pool, closed": lambda: pool_workers("fork", "close"),
+        "fork pool, terminated": lambda: pool_workers("fork", "terminate"),
+        "spawn pool, terminated": lambda: pool_workers("spawn", "terminate"),
+        "forkserver pool, terminated": lambda: pool_workers("forkserver", "terminate"),
+        "os.fork + os._exit": lambda: [forked(worker)[1]],
+        "C fork + os._exit": c_fork_worker,
+    }
     context = mp.get_context("fork")
-    with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as executor:
-        pids |= set(executor.map(worker_pid, range(4)))
+    def executor_workers():
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as executor:
+            return list(executor.map(worker, range(4)))
+    kinds["ProcessPoolExecutor"] = executor_workers
+    report = {"kinds": {}, "during": {}, "left": {}}
+    all_pids = set()
+    for kind, start in kinds.items():
+        seen = start()
+        pids = {pid for pid, _ in seen}
+        all_pids |= pids
+        report["kinds"][kind] = len(pids)
+        report["during"][kind] = sorted({d for _, where in seen for d in where})
+        report["left"][kind] = {p: registered(p) for p in pids if registered(p)}
     layer()  # registers the parent again if a fork's pause shut its runtime down
-    left = {p: registered(p) for p in pids if registered(p)}
-    print(json.dumps({"workers": len(pids), "left": left, "parent": registered(os.getpid())}))
+    report["parent"] = registered(os.getpid())
+    if stale:
+        report["planted"] = len(stale[1])
+        report["reused"] = len(all_pids & set(stale[1]))  # workers that met one
+        remove_planted(*stale)
+    print(json.dumps(report))
 """
 
 
+@pytest.mark.parametrize("stale", [False, True], ids=["clean", "stale"])
 @pytest.mark.parametrize("environment", list(ENVIRONMENTS))
-def test_workers_that_end_normally_leave_no_registration_file(
-    environment: str, tmp_path: Path
-) -> None:
+def test_workers_leave_no_registration_file(environment: str, stale: bool, tmp_path: Path) -> None:
     import siglayer
 
     if "libiomp5" not in siglayer._core.config()["openmp_runtime"]:
         pytest.skip("only libiomp5 registers processes in files")
-    report = run_scenario("registration", REGISTRATION_FILES, environment, tmp_path)
-    assert isinstance(report["workers"], int) and report["workers"] >= 2
+    extra = {"PLANT_STALE": "1"} if stale else {}
+    report = run_scenario("registration", REGISTRATION_FILES, environment, tmp_path, extra)
+    if stale:
+        assert isinstance(report["planted"], int) and report["planted"] >= 300, report
+        assert isinstance(report["reused"], int) and report["reused"] >= 5, report
+    kinds = report["kinds"]
+    assert isinstance(kinds, dict) and len(kinds) == 7, report
+    assert all(count >= 1 for count in kinds.values()), report
     assert report["parent"], (
         "the parent, still running, should be registered (the check sees files)"
     )
-    assert report["left"] == {}, report
+    assert report["during"] == {kind: [] for kind in kinds}, report
+    assert report["left"] == {kind: {} for kind in kinds}, report
 
 
 # A fork beside another thread that has called siglayer (a web server's worker thread, a

@@ -147,6 +147,7 @@ with np.load(io.BytesIO(team.stdout)) as f:
     want2, want2_grads = f["out"], (f["dx"], f["dW"], f["db"])
 # Now as nobody: RLIMIT_NPROC does not bind root. After the calls above, which import
 # what the calls below need (the environment may be in a directory only root can read).
+forget_root_registration()
 os.setgid(65534)
 os.setuid(65534)
 ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, which setuid cleared (LSan needs it)
@@ -218,6 +219,7 @@ def right(out):
     return np.abs(out - want).max() <= 1e-4 and np.array_equal(out, first[0])
 
 
+forget_root_registration()
 os.setgid(65534)
 os.setuid(65534)
 ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)
@@ -248,6 +250,19 @@ print(rounds, len(os.listdir("/proc/self/task")) - start)
 """
 
 
+# libiomp5 names its registration file (/dev/shm/__KMP_REGISTERED_LIB_<pid>_<uid>) by the
+# uid too, and at exit, as nobody, looks for nobody's: the scripts remove root's file
+# before they drop to nobody, or each run left it in /dev/shm.
+FORGET_ROOT_REGISTRATION = """
+import os as _os
+def forget_root_registration():
+    try:
+        _os.unlink(f"/dev/shm/__KMP_REGISTERED_LIB_{_os.getpid()}_{_os.getuid()}")
+    except OSError:
+        pass
+"""
+
+
 def run_as_nobody(script: str) -> str:
     """Runs a script that drops to nobody (whose threads RLIMIT_NPROC counts; root is
     exempt) in a fresh process; its stdout, once it exited cleanly. Under the sanitizers
@@ -258,7 +273,7 @@ def run_as_nobody(script: str) -> str:
     if "ASAN_OPTIONS" in env:
         env["ASAN_OPTIONS"] += ":detect_leaks=0"
     done = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", FORGET_ROOT_REGISTRATION + script],
         capture_output=True,
         text=True,
         timeout=120,

@@ -48,6 +48,8 @@ void register_info(py::module_& m) {
     m.def("before_fork", &threads::before_fork);
     m.def("after_fork_in_parent", &threads::after_fork_in_parent);
     m.def("after_fork_in_child", &threads::after_fork_in_child);
+    m.def("forget_registration", &threads::forget_registration,
+          "Makes this process remove libiomp5's registration file of it (a worker's).");
     m.def(
         "set_tiles_per_thread", [](int n) { threads::set_tiles_per_thread(n); }, py::arg("n"),
         "Tiles of each product per thread (1: a fixed split); for benchmarks.");

@@ -1,5 +1,6 @@
 #include "threads.hpp"
 
+#include <fcntl.h>
 #include <omp.h>
 #include <pthread.h>
 #include <sched.h>
@@ -12,7 +13,9 @@
 #include <cerrno>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -29,9 +32,11 @@
 // Not in an MKL build: MKL's per-call thread setting on a libgomp thread would make that
 // thread a root of MKL's OpenMP runtime, which a later fork handles badly (see
 // before_fork). (The MKL loaded at run time for bfloat16 runs its sequential layer.)
-#if defined(SIGLAYER_OPENMP_INTEL) && defined(__linux__) && !defined(SIGLAYER_BLAS_MKL)
+#if defined(SIGLAYER_OPENMP_INTEL) && defined(__linux__)
+#include <dlfcn.h>  // the borrowed pool, and libiomp5's registration (forget_registration)
+#if !defined(SIGLAYER_BLAS_MKL)
 #define SIGLAYER_BORROW_POOL 1
-#include <dlfcn.h>
+#endif
 #endif
 
 #include <chrono>
@@ -215,6 +220,66 @@ std::atomic<PoolSetting> pool_setting{PoolSetting::auto_};
 thread_local bool torch_caller = false;
 // A forked child never borrows: a libgomp team its parent used has no threads here.
 std::atomic<bool> forked_child{false};
+
+// libiomp5's registration file (threads.hpp, forget_registration): whether this process
+// removes its own; whether it may have one now that it has not yet removed; and whether
+// the runtime writes it at its next call of any kind, not only at its next parallel
+// region. A forked child's runtime, reset by its own fork handler, registers at its first
+// parallel region; one started afresh (at import, or after before_fork released the pool)
+// at its first call. pausing: before_fork released the pool for the fork under way.
+std::atomic<bool> forgetting{false};
+std::atomic<bool> registration_left{false};
+std::atomic<bool> registers_on_call{false};
+std::atomic<bool> pausing{false};
+
+#if defined(SIGLAYER_OPENMP_INTEL) && defined(__linux__)
+// Whether the registration text `text` is this process's runtime's. libiomp5 writes
+// "<address>-<value>-<library>": the address of a flag of its own and the value it gave
+// that flag when it registered. It is ours when that address lies in the libiomp5 loaded
+// here and holds that value, the test libiomp5 itself applies to a file it finds. A file
+// of our pid that fails it is a dead process's, left before pids came round again; and a
+// forked child, until it registers, still holds its parent's value, never a sibling's.
+bool registration_is_ours(const char* text) {
+    void* address = nullptr;
+    unsigned long value = 0;
+    if (std::sscanf(text, "%p-%lx-", &address, &value) != 2 || address == nullptr) return false;
+    Dl_info info;
+    if (dladdr(address, &info) == 0 || info.dli_fname == nullptr ||
+        std::strstr(info.dli_fname, "libiomp5") == nullptr)
+        return false;
+    return *static_cast<const volatile unsigned long*>(address) == value;
+}
+#endif
+
+// Called after each parallel region of our runtime, and after each other call into it
+// while it registers on any call, as long as this process may have a file left: removes
+// any file of our pid, and is done once the one removed was the runtime's registration of
+// this process. (Until then each region looks again: one failed open(). Small calls that
+// open no region cost nothing: a runtime that registers only at a region has not yet.)
+void forget_if_registered(bool after_region) {
+#if defined(SIGLAYER_OPENMP_INTEL) && defined(__linux__)
+    if (!registration_left.load(std::memory_order_relaxed)) return;
+    if (!after_region && !registers_on_call.load(std::memory_order_relaxed)) return;
+    const std::string name =
+        "__KMP_REGISTERED_LIB_" + std::to_string(getpid()) + "_" + std::to_string(getuid());
+    for (const char* folder : {"/dev/shm/", "/tmp/"}) {
+        const std::string path = folder + name;
+        const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        char text[1025] = {};
+        const ssize_t got = read(fd, text, sizeof text - 1);
+        close(fd);
+        const bool ours = got > 0 && registration_is_ours(text);
+        unlink(path.c_str());
+        if (ours) {
+            registration_left.store(false, std::memory_order_relaxed);
+            registers_on_call.store(false, std::memory_order_relaxed);
+        }
+    }
+#else
+    (void)after_region;
+#endif
+}
 std::mutex probe_mutex;
 std::atomic<std::int64_t> next_probe{0};  // steady_clock nanoseconds
 constexpr std::int64_t kProbeInterval = 100'000'000;
@@ -410,7 +475,13 @@ void init() {
     // Also for a fork that does not pass through Python's os.fork (a C extension's own
     // fork(), which skips the os.register_at_fork hooks): a child never borrows. Only an
     // atomic store, as a handler in a child of a multi-threaded process must be.
-    pthread_atfork(nullptr, nullptr, [] { forked_child.store(true, std::memory_order_relaxed); });
+    // It also makes the child remove its libiomp5 registration (forget_registration).
+    pthread_atfork(nullptr, nullptr, [] {
+        forked_child.store(true, std::memory_order_relaxed);
+        forgetting.store(true, std::memory_order_relaxed);
+        registration_left.store(true, std::memory_order_relaxed);
+        registers_on_call.store(pausing.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    });
 #if defined(SIGLAYER_OPENMP_INTEL)
     // Initializes the runtime now, so that the KMP_INIT_AT_FORK it reads is the one read
     // here; it accepts these spellings of false (and any case).
@@ -425,6 +496,7 @@ void init() {
 
 void before_fork() {
     regions().lock();
+    pausing.store(false, std::memory_order_relaxed);
     child_serial.store(false, std::memory_order_relaxed);
     if (runtime_handles_fork || !pool_started.load(std::memory_order_relaxed)) {
         spin_generation.fetch_add(1, std::memory_order_relaxed);  // in parent and child
@@ -454,12 +526,18 @@ void before_fork() {
         leaders().idle.clear();
     }
     pool_started.store(false, std::memory_order_relaxed);
-    omp_pause_resource_all(omp_pause_hard);
+    omp_pause_resource_all(omp_pause_hard);  // also unregisters: the next call registers again
+    pausing.store(true, std::memory_order_relaxed);
+    if (forgetting.load(std::memory_order_relaxed)) {
+        registration_left.store(true, std::memory_order_relaxed);
+        registers_on_call.store(true, std::memory_order_relaxed);
+    }
     pool_generation.fetch_add(1, std::memory_order_relaxed);  // in parent and child
     spin_generation.fetch_add(1, std::memory_order_relaxed);  // in parent and child
 }
 
 void after_fork_in_parent() {
+    pausing.store(false, std::memory_order_relaxed);
     regions().unlock();
 }
 
@@ -468,6 +546,7 @@ void after_fork_in_parent() {
 // threads the child lacks. A child of a fork that could not release the pool becomes
 // serial, and its own children inherit that (the runtime's state they copy is the same).
 void after_fork_in_child() {
+    pausing.store(false, std::memory_order_relaxed);
     regions_mutex.store(new std::shared_mutex, std::memory_order_release);
     pool_generation.fetch_add(1, std::memory_order_relaxed);  // the child has no workers
     leaders_ptr = new Leaders;
@@ -486,17 +565,29 @@ bool serial() {
 
 int max_threads() {
     note_caller();
-    return serial() ? 1 : omp_get_max_threads();
+    const int n = serial() ? 1 : omp_get_max_threads();
+    forget_if_registered(false);
+    return n;
 }
 
 void set_max_threads(int n) {
     note_caller();
     omp_set_num_threads(n);
+    forget_if_registered(false);
 }
 
 bool in_parallel() {
     note_caller();
-    return omp_in_parallel() != 0;
+    const bool inside = omp_in_parallel() != 0;
+    forget_if_registered(false);
+    return inside;
+}
+
+void forget_registration() {
+    forgetting.store(true, std::memory_order_relaxed);
+    registration_left.store(true, std::memory_order_relaxed);
+    registers_on_call.store(true, std::memory_order_relaxed);  // it has: at init()
+    forget_if_registered(false);
 }
 
 bool lead(const std::function<void()>& region) {
@@ -505,6 +596,7 @@ bool lead(const std::function<void()>& region) {
     if (std::this_thread::get_id() == home_thread) {
         keep_idle_spin();
         region();
+        forget_if_registered(true);
         return true;
     }
     Leader* leader = nullptr;
@@ -530,6 +622,7 @@ bool lead(const std::function<void()>& region) {
         }
     }
     leader->run(region);
+    forget_if_registered(true);
     std::lock_guard<std::mutex> lock(leaders().mutex);
     leaders().idle.push_back(leader);
     return true;
@@ -631,8 +724,11 @@ std::string runtime_description() {
     // child forked with KMP_INIT_AT_FORK=FALSE crashed in its first call; a review's find).
     note_caller();
     set_idle_spin();
-    return "intel (libiomp5), idle spin " + std::to_string(kmp_get_blocktime()) + " ms" +
-           (user_blocktime_variable ? std::string(" (") + user_blocktime_variable + ")" : "");
+    std::string description =
+        "intel (libiomp5), idle spin " + std::to_string(kmp_get_blocktime()) + " ms" +
+        (user_blocktime_variable ? std::string(" (") + user_blocktime_variable + ")" : "");
+    forget_if_registered(false);
+    return description;
 #else
     return "compiler";
 #endif

@@ -157,39 +157,26 @@ os.register_at_fork(
 )
 
 
-def _forget_kmp_registration() -> None:
-    """Remove this process's libiomp5 registration file, if there is one."""
-    name = f"__KMP_REGISTERED_LIB_{os.getpid()}_{os.getuid()}"
-    for folder in ("/dev/shm", "/tmp"):
-        try:
-            os.unlink(os.path.join(folder, name))
-        except OSError:
-            pass
+def _started_by_multiprocessing() -> bool:
+    """Whether multiprocessing started this process (spawn, forkserver) and is importing
+    its code now (``_inheriting``: the parent's main module, before the worker runs) or
+    has handed it its task (``parent_process``)."""
+    mp = sys.modules.get("multiprocessing")
+    if mp is None:
+        return False
+    return mp.parent_process() is not None or bool(
+        getattr(mp.current_process(), "_inheriting", False)
+    )
 
 
-# libiomp5 registers every process that starts it in /dev/shm/__KMP_REGISTERED_LIB_<pid>_
-# <uid> (/tmp where /dev/shm is unusable) and removes the file at exit, from a destructor
-# that a forked multiprocessing worker never runs (it ends with os._exit): every such
-# worker that used siglayer left its file behind, for good. A worker that ends normally
-# runs multiprocessing's finalizers first; one of them removes the worker's file there
-# (docs/reliability.md, "Worker processes"). A worker killed (Pool.terminate) still
-# leaves its file: libiomp5 itself removes a dead process's file when its pid is reused.
-# The finalizer is set up in the child, from multiprocessing's own after-fork hooks
-# (they run after it clears the parent's finalizers), and only where multiprocessing
-# forked: siglayer does not import it (19 ms). The registry holds its object weakly and
-# hands it to the hook: here the finalizer itself.
-def _after_worker_fork(forget: Callable[[], None]) -> None:
-    sys.modules["multiprocessing.util"].Finalize(None, forget, exitpriority=-100)
-
-
-def _in_forked_child() -> None:
-    util = sys.modules.get("multiprocessing.util")
-    if util is not None:
-        util.register_after_fork(_forget_kmp_registration, _after_worker_fork)
-
-
-if sys.platform.startswith("linux") and "libiomp5" in _core.config()["openmp_runtime"]:
-    os.register_at_fork(after_in_child=_in_forked_child)
+# libiomp5 registers every process that starts it in a file named by its pid in /dev/shm
+# and removes it at exit, from a destructor that a multiprocessing worker never runs (it
+# ends with os._exit, or is killed by Pool.terminate): every such worker left its 4 KB
+# file for good. A worker removes its own as soon as the runtime has written it: a forked
+# child by itself (the core's fork handler), a spawned one from here (cpp/siglayer/
+# threads.hpp, forget_registration; docs/reliability.md, "Worker processes").
+if _started_by_multiprocessing():
+    _core.forget_registration()
 
 
 class Config(TypedDict):
