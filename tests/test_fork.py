@@ -206,13 +206,24 @@ def test_idle_spin_is_kept_across_a_fork(environment: str, tmp_path: Path) -> No
 # With "stale", the scenario first leaves files as dead processes would have, for the
 # next 400 pids, which the workers then take (pid_max is often 32768): a worker must not
 # take one for its own and stop looking (it did, in a first version: the check needs the
-# text). Each looks like a dead sibling's, the parent's text with another flag value.
+# text), and leaves it alone (not its own: it could be a live process's, where /dev/shm is
+# shared across pid namespaces). Each looks like a dead sibling's, the parent's text with
+# another flag value; the scenario removes the ones left at the end.
 REGISTRATION_FILES = """
 import concurrent.futures, ctypes
 def registration_path(pid, folder="/dev/shm"):
     return os.path.join(folder, f"__KMP_REGISTERED_LIB_{pid}_{os.getuid()}")
+planted_text = None  # a planted file is not a registration (and a worker leaves it alone)
 def registered(pid):
-    return [d for d in ("/dev/shm", "/tmp") if os.path.exists(registration_path(pid, d))]
+    found = []
+    for folder in ("/dev/shm", "/tmp"):
+        try:
+            with open(registration_path(pid, folder), "rb") as f:
+                if f.read() != planted_text:
+                    found.append(folder)
+        except OSError:
+            pass
+    return found
 def plant_stale_files():
     with open(registration_path(os.getpid()), "rb") as f:
         address, value, library = f.read().rstrip(b"\\0").split(b"-", 2)
@@ -238,9 +249,13 @@ def worker(_=None):
     layer()
     siglayer.get_num_threads()
     return os.getpid(), registered(os.getpid())
-def pool_workers(method, end):
-    pool = mp.get_context(method).Pool(2)
-    seen = pool.map(worker, range(4))
+def small_worker(_=None):  # only calls too small for a parallel region
+    siglayer.get_num_threads()
+    siglayer.forward(x[:4, :8], W[:8, :4], b[:4])
+    return os.getpid(), registered(os.getpid())
+def pool_workers(method, end, job=worker, size=2):
+    pool = mp.get_context(method).Pool(size)
+    seen = pool.map(job, range(2 * size), chunksize=1)
     if end == "terminate":
         pool.terminate()  # what `with Pool() as pool:` does on leaving the block
     else:
@@ -261,9 +276,11 @@ def c_fork_worker():  # a fork made from C: none of Python's fork hooks run
 if __name__ == "__main__":
     layer()
     stale = plant_stale_files() if os.environ.get("PLANT_STALE") else None
+    planted_text = stale[0] if stale else None
     kinds = {
         "fork pool, closed": lambda: pool_workers("fork", "close"),
         "fork pool, terminated": lambda: pool_workers("fork", "terminate"),
+        "fork pool of 3, small calls": lambda: pool_workers("fork", "close", small_worker, 3),
         "spawn pool, terminated": lambda: pool_workers("spawn", "terminate"),
         "forkserver pool, terminated": lambda: pool_workers("forkserver", "terminate"),
         "os.fork + os._exit": lambda: [forked(worker)[1]],
@@ -306,13 +323,50 @@ def test_workers_leave_no_registration_file(environment: str, stale: bool, tmp_p
         assert isinstance(report["planted"], int) and report["planted"] >= 300, report
         assert isinstance(report["reused"], int) and report["reused"] >= 5, report
     kinds = report["kinds"]
-    assert isinstance(kinds, dict) and len(kinds) == 7, report
+    assert isinstance(kinds, dict) and len(kinds) == 8, report
     assert all(count >= 1 for count in kinds.values()), report
     assert report["parent"], (
         "the parent, still running, should be registered (the check sees files)"
     )
     assert report["during"] == {kind: [] for kind in kinds}, report
     assert report["left"] == {kind: {} for kind in kinds}, report
+
+
+# A registration file's text names an address that the worker reads when the address lies
+# in its libiomp5: one in the gap between the library's segments (mapped, unreadable),
+# which dladdr accepts too, crashed a first version (a review's find; anyone can write
+# such a file in /dev/shm). The worker must only read the runtime's writable data, and
+# leave a file that is not its own registration where it is.
+UNREADABLE_ADDRESS = """
+import os, sys
+import siglayer
+path = f"/dev/shm/__KMP_REGISTERED_LIB_{os.getpid()}_{os.getuid()}"
+gaps = [line.split()[0] for line in open("/proc/self/maps")
+        if "libiomp5" in line and line.split()[1].startswith("---")]
+if not gaps or not os.path.exists(path):
+    print("skip", bool(gaps), os.path.exists(path))
+    sys.exit(0)
+os.unlink(path)  # this process's registration, replaced by a crafted text
+with open(path, "w") as f:
+    f.write("%#x-cafe1234-libiomp5.so" % int(gaps[0].split("-")[0], 16))
+siglayer._core.forget_registration()
+print("kept" if os.path.exists(path) else "removed")
+os.unlink(path)
+"""
+
+
+def test_a_crafted_registration_text_is_read_safely(tmp_path: Path) -> None:
+    import siglayer
+
+    if "libiomp5" not in siglayer._core.config()["openmp_runtime"]:
+        pytest.skip("only libiomp5 registers processes in files")
+    script = tmp_path / "crafted.py"
+    script.write_text(textwrap.dedent(UNREADABLE_ADDRESS))
+    done = run_bounded(script, dict(os.environ))
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    if done.stdout.startswith("skip"):
+        pytest.skip(f"no gap in libiomp5's mapping, or no registration file: {done.stdout}")
+    assert done.stdout.strip() == "kept", done.stdout
 
 
 # A fork beside another thread that has called siglayer (a web server's worker thread, a

@@ -34,6 +34,7 @@
 // before_fork). (The MKL loaded at run time for bfloat16 runs its sequential layer.)
 #if defined(SIGLAYER_OPENMP_INTEL) && defined(__linux__)
 #include <dlfcn.h>  // the borrowed pool, and libiomp5's registration (forget_registration)
+#include <link.h>
 #if !defined(SIGLAYER_BLAS_MKL)
 #define SIGLAYER_BORROW_POOL 1
 #endif
@@ -221,64 +222,112 @@ thread_local bool torch_caller = false;
 // A forked child never borrows: a libgomp team its parent used has no threads here.
 std::atomic<bool> forked_child{false};
 
-// libiomp5's registration file (threads.hpp, forget_registration): whether this process
-// removes its own; whether it may have one now that it has not yet removed; and whether
-// the runtime writes it at its next call of any kind, not only at its next parallel
-// region. A forked child's runtime, reset by its own fork handler, registers at its first
-// parallel region; one started afresh (at import, or after before_fork released the pool)
-// at its first call. pausing: before_fork released the pool for the fork under way.
+// libiomp5's registration file (threads.hpp, forget_registration). The runtime writes it
+// when it starts: at import; again at the first call after before_fork released the pool
+// (runtime_released, until siglayer's next call into the runtime); and in a forked child,
+// whose runtime its own fork handler resets (KMP_INIT_AT_FORK not false), at some later
+// call, in our measurements the first parallel region (libiomp5 does not say). A child
+// whose runtime is neither reset nor released goes on with its parent's, registered under
+// the parent's pid, and never writes one. While `looking`, this process looks for its file
+// after each region and, at most every kLookInterval, after its other calls into the
+// runtime (a look that finds nothing costs two failed open()s), until it has removed it.
 std::atomic<bool> forgetting{false};
-std::atomic<bool> registration_left{false};
-std::atomic<bool> registers_on_call{false};
-std::atomic<bool> pausing{false};
+std::atomic<bool> runtime_released{false};
+std::atomic<bool> looking{false};
+std::atomic<std::int64_t> next_look{0};  // steady_clock nanoseconds
+constexpr std::int64_t kLookInterval = 10'000'000;
+
+std::int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
 
 #if defined(SIGLAYER_OPENMP_INTEL) && defined(__linux__)
+// Whether `address` lies in a writable segment of the libiomp5 loaded here: memory that can
+// be read, unlike the gaps between its segments, which dladdr would accept too.
+bool in_runtime_data(const void* address) {
+    struct Query {
+        std::uintptr_t address;
+        bool found;
+    } query{reinterpret_cast<std::uintptr_t>(address), false};
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, size_t, void* data) {
+            auto* q = static_cast<Query*>(data);
+            if (info->dlpi_name == nullptr || std::strstr(info->dlpi_name, "libiomp5") == nullptr)
+                return 0;
+            for (int k = 0; k < info->dlpi_phnum; ++k) {
+                const ElfW(Phdr) & segment = info->dlpi_phdr[k];
+                if (segment.p_type != PT_LOAD || (segment.p_flags & PF_W) == 0) continue;
+                const std::uintptr_t begin = info->dlpi_addr + segment.p_vaddr;
+                if (q->address >= begin &&
+                    q->address + sizeof(unsigned long) <= begin + segment.p_memsz)
+                    q->found = true;
+            }
+            return q->found ? 1 : 0;
+        },
+        &query);
+    return query.found;
+}
+
 // Whether the registration text `text` is this process's runtime's. libiomp5 writes
 // "<address>-<value>-<library>": the address of a flag of its own and the value it gave
 // that flag when it registered. It is ours when that address lies in the libiomp5 loaded
 // here and holds that value, the test libiomp5 itself applies to a file it finds. A file
-// of our pid that fails it is a dead process's, left before pids came round again; and a
-// forked child, until it registers, still holds its parent's value, never a sibling's.
+// of our pid that fails it is not ours: a dead process's, left before pids came round
+// again (a forked child, until it registers, holds its parent's value, never a sibling's),
+// or, where /dev/shm is shared across pid namespaces, a live one's; it is left alone.
 bool registration_is_ours(const char* text) {
     void* address = nullptr;
     unsigned long value = 0;
-    if (std::sscanf(text, "%p-%lx-", &address, &value) != 2 || address == nullptr) return false;
-    Dl_info info;
-    if (dladdr(address, &info) == 0 || info.dli_fname == nullptr ||
-        std::strstr(info.dli_fname, "libiomp5") == nullptr)
+    if (std::sscanf(text, "%p-%lx-", &address, &value) != 2 || !in_runtime_data(address))
         return false;
     return *static_cast<const volatile unsigned long*>(address) == value;
 }
-#endif
 
-// Called after each parallel region of our runtime, and after each other call into it
-// while it registers on any call, as long as this process may have a file left: removes
-// any file of our pid, and is done once the one removed was the runtime's registration of
-// this process. (Until then each region looks again: one failed open(). Small calls that
-// open no region cost nothing: a runtime that registers only at a region has not yet.)
-void forget_if_registered(bool after_region) {
-#if defined(SIGLAYER_OPENMP_INTEL) && defined(__linux__)
-    if (!registration_left.load(std::memory_order_relaxed)) return;
-    if (!after_region && !registers_on_call.load(std::memory_order_relaxed)) return;
-    const std::string name =
-        "__KMP_REGISTERED_LIB_" + std::to_string(getpid()) + "_" + std::to_string(getuid());
+// Removes this process's registration file if the runtime has written it; whether it did.
+bool remove_registration() {
+    char name[96];
+    std::snprintf(name, sizeof name, "__KMP_REGISTERED_LIB_%d_%d", static_cast<int>(getpid()),
+                  static_cast<int>(getuid()));
     for (const char* folder : {"/dev/shm/", "/tmp/"}) {
-        const std::string path = folder + name;
-        const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        char path[128];
+        std::snprintf(path, sizeof path, "%s%s", folder, name);
+        const int fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0) continue;
         char text[1025] = {};
         const ssize_t got = read(fd, text, sizeof text - 1);
         close(fd);
-        const bool ours = got > 0 && registration_is_ours(text);
-        unlink(path.c_str());
-        if (ours) {
-            registration_left.store(false, std::memory_order_relaxed);
-            registers_on_call.store(false, std::memory_order_relaxed);
+        if (got > 0 && registration_is_ours(text)) {
+            unlink(path);
+            return true;
         }
     }
+    return false;
+}
+#endif
+
+// Called after each call into the OpenMP runtime (after_region: a parallel region of ours).
+void forget_if_registered(bool after_region) {
+    if (runtime_released.load(std::memory_order_relaxed))
+        runtime_released.store(false, std::memory_order_relaxed);  // it has started again
+#if defined(SIGLAYER_OPENMP_INTEL) && defined(__linux__)
+    if (!looking.load(std::memory_order_relaxed)) return;
+    if (!after_region) {
+        const std::int64_t now = now_ns();
+        if (now < next_look.load(std::memory_order_relaxed)) return;
+        next_look.store(now + kLookInterval, std::memory_order_relaxed);
+    }
+    if (remove_registration()) looking.store(false, std::memory_order_relaxed);
 #else
     (void)after_region;
 #endif
+}
+
+// Starts looking (at the next call, whatever the interval).
+void look_for_registration() {
+    next_look.store(0, std::memory_order_relaxed);
+    looking.store(true, std::memory_order_relaxed);
 }
 std::mutex probe_mutex;
 std::atomic<std::int64_t> next_probe{0};  // steady_clock nanoseconds
@@ -479,8 +528,8 @@ void init() {
     pthread_atfork(nullptr, nullptr, [] {
         forked_child.store(true, std::memory_order_relaxed);
         forgetting.store(true, std::memory_order_relaxed);
-        registration_left.store(true, std::memory_order_relaxed);
-        registers_on_call.store(pausing.load(std::memory_order_relaxed), std::memory_order_relaxed);
+        if (runtime_handles_fork || runtime_released.load(std::memory_order_relaxed))
+            look_for_registration();
     });
 #if defined(SIGLAYER_OPENMP_INTEL)
     // Initializes the runtime now, so that the KMP_INIT_AT_FORK it reads is the one read
@@ -496,7 +545,6 @@ void init() {
 
 void before_fork() {
     regions().lock();
-    pausing.store(false, std::memory_order_relaxed);
     child_serial.store(false, std::memory_order_relaxed);
     if (runtime_handles_fork || !pool_started.load(std::memory_order_relaxed)) {
         spin_generation.fetch_add(1, std::memory_order_relaxed);  // in parent and child
@@ -527,17 +575,13 @@ void before_fork() {
     }
     pool_started.store(false, std::memory_order_relaxed);
     omp_pause_resource_all(omp_pause_hard);  // also unregisters: the next call registers again
-    pausing.store(true, std::memory_order_relaxed);
-    if (forgetting.load(std::memory_order_relaxed)) {
-        registration_left.store(true, std::memory_order_relaxed);
-        registers_on_call.store(true, std::memory_order_relaxed);
-    }
+    runtime_released.store(true, std::memory_order_relaxed);
+    if (forgetting.load(std::memory_order_relaxed)) look_for_registration();
     pool_generation.fetch_add(1, std::memory_order_relaxed);  // in parent and child
     spin_generation.fetch_add(1, std::memory_order_relaxed);  // in parent and child
 }
 
 void after_fork_in_parent() {
-    pausing.store(false, std::memory_order_relaxed);
     regions().unlock();
 }
 
@@ -546,7 +590,6 @@ void after_fork_in_parent() {
 // threads the child lacks. A child of a fork that could not release the pool becomes
 // serial, and its own children inherit that (the runtime's state they copy is the same).
 void after_fork_in_child() {
-    pausing.store(false, std::memory_order_relaxed);
     regions_mutex.store(new std::shared_mutex, std::memory_order_release);
     pool_generation.fetch_add(1, std::memory_order_relaxed);  // the child has no workers
     leaders_ptr = new Leaders;
@@ -585,8 +628,7 @@ bool in_parallel() {
 
 void forget_registration() {
     forgetting.store(true, std::memory_order_relaxed);
-    registration_left.store(true, std::memory_order_relaxed);
-    registers_on_call.store(true, std::memory_order_relaxed);  // it has: at init()
+    look_for_registration();  // the runtime registered at import (init())
     forget_if_registered(false);
 }
 

@@ -38,13 +38,14 @@ void after_fork_in_child();
 // a second OpenMP runtime in the process, and removes the file at exit from a destructor.
 // A worker process that ends with _exit (every multiprocessing worker) or is killed
 // (Pool.terminate, which `with Pool()` calls) runs none, and its file stayed in /dev/shm
-// for good, 4 KB of shared memory each. So a worker removes its own file as soon as the
-// runtime has written it (after each call into the runtime while one may be left; the
-// runtime writes it again after a fork's release of the pool): every forked child (init's
-// pthread_atfork handler, also for a fork made from C), and a process whose package calls
-// forget_registration() (one that multiprocessing started by spawn or forkserver). What
-// such a worker gives up is only the runtime's check for a second OpenMP runtime loaded
-// later in it. The main process keeps its file, removed at its exit.
+// for good, 4 KB of shared memory each. So a worker removes its own file once the runtime
+// has written it: every child forked after import (init's pthread_atfork handler, also for
+// a fork made from C), and a process whose package calls forget_registration() (one that
+// multiprocessing started by spawn or forkserver, or torchrun). It looks after its calls
+// into the runtime until it finds the file (threads.cpp says when), and removes only a
+// file whose text is its runtime's registration, never another process's. What such a
+// worker gives up is only the runtime's check for a second OpenMP runtime loaded later in
+// it. The main process keeps its file, removed at its exit.
 void forget_registration();
 
 // The OpenMP runtime's per-thread queries and setting, on the calling thread

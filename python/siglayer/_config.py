@@ -157,10 +157,13 @@ os.register_at_fork(
 )
 
 
-def _started_by_multiprocessing() -> bool:
-    """Whether multiprocessing started this process (spawn, forkserver) and is importing
-    its code now (``_inheriting``: the parent's main module, before the worker runs) or
-    has handed it its task (``parent_process``)."""
+def _started_as_worker() -> bool:
+    """Whether this process is a worker that its starter may kill or end with os._exit:
+    one torchrun started (TORCHELASTIC_RUN_ID), or one multiprocessing started (spawn,
+    forkserver) that is importing its code now (``_inheriting``: the parent's main module,
+    before the worker runs) or has been handed its task (``parent_process``)."""
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        return True
     mp = sys.modules.get("multiprocessing")
     if mp is None:
         return False
@@ -173,9 +176,9 @@ def _started_by_multiprocessing() -> bool:
 # and removes it at exit, from a destructor that a multiprocessing worker never runs (it
 # ends with os._exit, or is killed by Pool.terminate): every such worker left its 4 KB
 # file for good. A worker removes its own as soon as the runtime has written it: a forked
-# child by itself (the core's fork handler), a spawned one from here (cpp/siglayer/
-# threads.hpp, forget_registration; docs/reliability.md, "Worker processes").
-if _started_by_multiprocessing():
+# child by itself (the core's fork handler), a spawned one or torchrun's from here
+# (cpp/siglayer/threads.hpp, forget_registration; docs/reliability.md, "Worker processes").
+if _started_as_worker():
     _core.forget_registration()
 
 
