@@ -235,6 +235,8 @@ std::atomic<bool> forgetting{false};
 std::atomic<bool> runtime_released{false};
 std::atomic<bool> looking{false};
 std::atomic<std::int64_t> next_look{0};  // steady_clock nanoseconds
+
+#if defined(SIGLAYER_OPENMP_INTEL) && defined(__linux__)
 constexpr std::int64_t kLookInterval = 10'000'000;
 
 std::int64_t now_ns() {
@@ -243,7 +245,6 @@ std::int64_t now_ns() {
         .count();
 }
 
-#if defined(SIGLAYER_OPENMP_INTEL) && defined(__linux__)
 // Whether `address` lies in a writable segment of the libiomp5 loaded here: memory that can
 // be read, unlike the gaps between its segments, which dladdr would accept too.
 bool in_runtime_data(const void* address) {
