@@ -213,8 +213,10 @@ REGISTRATION_FILES = """
 import concurrent.futures, ctypes
 def registration_path(pid, folder="/dev/shm"):
     return os.path.join(folder, f"__KMP_REGISTERED_LIB_{pid}_{os.getuid()}")
-planted_text = None  # a planted file is not a registration (and a worker leaves it alone)
 def registered(pid):
+    # A planted file is not a registration (and a worker leaves it alone); the text is
+    # in the environment, which spawned and forkserver workers inherit too.
+    planted_text = bytes.fromhex(os.environ.get("PLANTED_TEXT", ""))
     found = []
     for folder in ("/dev/shm", "/tmp"):
         try:
@@ -276,7 +278,8 @@ def c_fork_worker():  # a fork made from C: none of Python's fork hooks run
 if __name__ == "__main__":
     layer()
     stale = plant_stale_files() if os.environ.get("PLANT_STALE") else None
-    planted_text = stale[0] if stale else None
+    if stale:
+        os.environ["PLANTED_TEXT"] = stale[0].hex()
     kinds = {
         "fork pool, closed": lambda: pool_workers("fork", "close"),
         "fork pool, terminated": lambda: pool_workers("fork", "terminate"),
