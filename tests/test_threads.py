@@ -147,7 +147,9 @@ with np.load(io.BytesIO(team.stdout)) as f:
     want2, want2_grads = f["out"], (f["dx"], f["dW"], f["db"])
 # Now as nobody: RLIMIT_NPROC does not bind root. After the calls above, which import
 # what the calls below need (the environment may be in a directory only root can read).
-forget_root_registration()
+# libiomp5 names its registration file by uid too, and at exit, as nobody, would look for
+# nobody's: root's is removed now (as a worker's is), or each run left it in /dev/shm.
+siglayer._core.forget_registration()
 os.setgid(65534)
 os.setuid(65534)
 ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, which setuid cleared (LSan needs it)
@@ -219,7 +221,7 @@ def right(out):
     return np.abs(out - want).max() <= 1e-4 and np.array_equal(out, first[0])
 
 
-forget_root_registration()
+siglayer._core.forget_registration()  # root's registration file (see THREAD_LIMIT)
 os.setgid(65534)
 os.setuid(65534)
 ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)
@@ -250,19 +252,6 @@ print(rounds, len(os.listdir("/proc/self/task")) - start)
 """
 
 
-# libiomp5 names its registration file (/dev/shm/__KMP_REGISTERED_LIB_<pid>_<uid>) by the
-# uid too, and at exit, as nobody, looks for nobody's: the scripts remove root's file
-# before they drop to nobody, or each run left it in /dev/shm.
-FORGET_ROOT_REGISTRATION = """
-import os as _os
-def forget_root_registration():
-    try:
-        _os.unlink(f"/dev/shm/__KMP_REGISTERED_LIB_{_os.getpid()}_{_os.getuid()}")
-    except OSError:
-        pass
-"""
-
-
 def run_as_nobody(script: str) -> str:
     """Runs a script that drops to nobody (whose threads RLIMIT_NPROC counts; root is
     exempt) in a fresh process; its stdout, once it exited cleanly. Under the sanitizers
@@ -273,7 +262,7 @@ def run_as_nobody(script: str) -> str:
     if "ASAN_OPTIONS" in env:
         env["ASAN_OPTIONS"] += ":detect_leaks=0"
     done = subprocess.run(
-        [sys.executable, "-c", FORGET_ROOT_REGISTRATION + script],
+        [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         timeout=120,

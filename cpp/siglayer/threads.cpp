@@ -222,6 +222,13 @@ thread_local bool torch_caller = false;
 // A forked child never borrows: a libgomp team its parent used has no threads here.
 std::atomic<bool> forked_child{false};
 
+// steady_clock nanoseconds: the clock of the borrowed pool's probe and the registration's look.
+std::int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
 // libiomp5's registration file (threads.hpp, forget_registration). The runtime writes it
 // when it starts: at import; again at the first call after before_fork released the pool
 // (runtime_released, until siglayer's next call into the runtime); and in a forked child,
@@ -234,16 +241,10 @@ std::atomic<bool> forked_child{false};
 std::atomic<bool> forgetting{false};
 std::atomic<bool> runtime_released{false};
 std::atomic<bool> looking{false};
-std::atomic<std::int64_t> next_look{0};  // steady_clock nanoseconds
+std::atomic<std::int64_t> next_look{0};  // now_ns()
 
 #if defined(SIGLAYER_OPENMP_INTEL) && defined(__linux__)
 constexpr std::int64_t kLookInterval = 10'000'000;
-
-std::int64_t now_ns() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(
-               std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-}
 
 // Whether `address` lies in a writable segment of the libiomp5 loaded here: memory that can
 // be read, unlike the gaps between its segments, which dladdr would accept too.
@@ -308,8 +309,9 @@ bool remove_registration() {
 }
 #endif
 
-// Called after each call into the OpenMP runtime (after_region: a parallel region of ours).
-void forget_if_registered(bool after_region) {
+// Called after each call into the OpenMP runtime (after_region: a parallel region of ours):
+// the runtime has started again if it was released, and a worker looks for its file.
+void after_runtime_call(bool after_region) {
     if (runtime_released.load(std::memory_order_relaxed))
         runtime_released.store(false, std::memory_order_relaxed);  // it has started again
 #if defined(SIGLAYER_OPENMP_INTEL) && defined(__linux__)
@@ -331,7 +333,7 @@ void look_for_registration() {
     looking.store(true, std::memory_order_relaxed);
 }
 std::mutex probe_mutex;
-std::atomic<std::int64_t> next_probe{0};  // steady_clock nanoseconds
+std::atomic<std::int64_t> next_probe{0};  // now_ns()
 constexpr std::int64_t kProbeInterval = 100'000'000;
 
 #if defined(SIGLAYER_BORROW_POOL)
@@ -370,9 +372,7 @@ const ForeignPool* find_libgomp() {
 // The borrowed pool once found; while none is, a new look at most every kProbeInterval.
 const ForeignPool* foreign_pool() {
     if (const ForeignPool* pool = foreign.load(std::memory_order_acquire)) return pool;
-    const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                 std::chrono::steady_clock::now().time_since_epoch())
-                                 .count();
+    const std::int64_t now = now_ns();
     if (now < next_probe.load(std::memory_order_relaxed)) return nullptr;
     std::lock_guard<std::mutex> lock(probe_mutex);
     if (const ForeignPool* pool = foreign.load(std::memory_order_acquire)) return pool;
@@ -610,27 +610,27 @@ bool serial() {
 int max_threads() {
     note_caller();
     const int n = serial() ? 1 : omp_get_max_threads();
-    forget_if_registered(false);
+    after_runtime_call(false);
     return n;
 }
 
 void set_max_threads(int n) {
     note_caller();
     omp_set_num_threads(n);
-    forget_if_registered(false);
+    after_runtime_call(false);
 }
 
 bool in_parallel() {
     note_caller();
     const bool inside = omp_in_parallel() != 0;
-    forget_if_registered(false);
+    after_runtime_call(false);
     return inside;
 }
 
 void forget_registration() {
     forgetting.store(true, std::memory_order_relaxed);
     look_for_registration();  // the runtime registered at import (init())
-    forget_if_registered(false);
+    after_runtime_call(false);
 }
 
 bool lead(const std::function<void()>& region) {
@@ -639,7 +639,7 @@ bool lead(const std::function<void()>& region) {
     if (std::this_thread::get_id() == home_thread) {
         keep_idle_spin();
         region();
-        forget_if_registered(true);
+        after_runtime_call(true);
         return true;
     }
     Leader* leader = nullptr;
@@ -665,7 +665,7 @@ bool lead(const std::function<void()>& region) {
         }
     }
     leader->run(region);
-    forget_if_registered(true);
+    after_runtime_call(true);
     std::lock_guard<std::mutex> lock(leaders().mutex);
     leaders().idle.push_back(leader);
     return true;
@@ -770,7 +770,7 @@ std::string runtime_description() {
     std::string description =
         "intel (libiomp5), idle spin " + std::to_string(kmp_get_blocktime()) + " ms" +
         (user_blocktime_variable ? std::string(" (") + user_blocktime_variable + ")" : "");
-    forget_if_registered(false);
+    after_runtime_call(false);
     return description;
 #else
     return "compiler";
