@@ -757,6 +757,44 @@ def test_gradients_in_bfloat16_on_request():
         siglayer.backward(dout, x, W, out, grad_dtype="bfloat16", dW=np.empty(W.shape, np.float32))
 
 
+# (n, n_in, n_out): each way a tile of dW is summed before it is rounded. 40 x 24 x 16
+# and 300 x 40 x 96: dW^T on siglayer's own GEMM (up to 128 outputs), 300 x 200 x 160 the
+# plain product (on two threads, two tiles of 100 rows), 37 x 19 x 3 the few-output
+# kernels (col_dots), 0 x 8 x 4 an empty batch (zeros), 5 x 0 x 4 no inputs (dW empty).
+ROUNDED_SHAPES = [(40, 24, 16), (300, 40, 96), (300, 200, 160), (37, 19, 3), (0, 8, 4), (5, 0, 4)]
+
+
+@pytest.mark.parametrize("n, n_in, n_out", ROUNDED_SHAPES)
+@pytest.mark.parametrize("method", ["backward", "backward_from_preactivation"])
+def test_rounded_gradients_are_the_float32_ones_rounded_once(
+    gemm_path, threads, method, n, n_in, n_out
+):
+    """grad_dtype='bfloat16' returns dW and db rounded once from their float32 sums. The
+    oracle is the float32 call's result rounded by ml_dtypes: bit for bit, on every GEMM
+    path, way of summing dW and thread count; dx unchanged; the caller's buffers filled."""
+    x, W, b = inputs(n, n_in, n_out, seed=n + n_in + n_out)
+    out = siglayer.forward(x, W, b)
+    dout = bf16(np.random.default_rng(31).standard_normal(out.shape))
+    call = getattr(siglayer, method)
+    args = (dout, x, W, out) if method == "backward" else (dout, x, W)
+    dx, dW, db = call(*args)
+    dx16, dW16, db16 = call(*args, grad_dtype="bfloat16")
+    assert (dW16.dtype, db16.dtype, dW16.shape, db16.shape) == (BF16, BF16, W.shape, (n_out,))
+    assert (dW16.view(np.uint16) == dW.astype(BF16).view(np.uint16)).all()
+    assert (db16.view(np.uint16) == db.astype(BF16).view(np.uint16)).all()
+    assert (dx16.view(np.uint16) == dx.view(np.uint16)).all()
+    if n > 0 and n_in > 0:
+        assert np.abs(f64(dW16)).max() > 0  # a case with something to round
+    # Without dW, db alone is rounded; with the caller's buffers, those are filled.
+    _, none, db_only = call(*args, need_dW=False, grad_dtype="bfloat16")
+    assert none is None and (db_only.view(np.uint16) == db16.view(np.uint16)).all()
+    dW_buf, db_buf = np.full(W.shape, np.nan, BF16), np.full(n_out, np.nan, BF16)
+    _, dW_r, db_r = call(*args, grad_dtype="bfloat16", dW=dW_buf, db=db_buf)
+    assert dW_r is dW_buf and db_r is db_buf
+    assert (dW_buf.view(np.uint16) == dW16.view(np.uint16)).all()
+    assert (db_buf.view(np.uint16) == db16.view(np.uint16)).all()
+
+
 def _bf16_buffers_case(case):
     """(kwargs, inputs and buffers to watch) for one wrong set of bfloat16 gradient
     buffers, all views of one sentinel-filled backing array where they overlap."""
