@@ -759,7 +759,7 @@ def test_gradients_in_bfloat16_on_request():
 
 # (n, n_in, n_out): each way a tile of dW is summed before it is rounded. 40 x 24 x 16
 # and 300 x 40 x 96: dW^T on siglayer's own GEMM (up to 128 outputs), 300 x 200 x 160 the
-# plain product (on two threads, two tiles of 100 rows), 37 x 19 x 3 the few-output
+# plain product (on two threads, two tiles of dW's rows), 37 x 19 x 3 the few-output
 # kernels (col_dots), 0 x 8 x 4 an empty batch (zeros), 5 x 0 x 4 no inputs (dW empty).
 ROUNDED_SHAPES = [(40, 24, 16), (300, 40, 96), (300, 200, 160), (37, 19, 3), (0, 8, 4), (5, 0, 4)]
 
