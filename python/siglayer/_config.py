@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any, Literal, TextIO, TypedDict, cast, overload
@@ -56,9 +58,83 @@ def _load_core() -> None:
             libc.setenv(variable, saved, 1)
 
 
-_load_core()
+def _started_as_worker() -> bool:
+    """Whether this process is a worker that its starter may kill or end with os._exit:
+    one torchrun started (TORCHELASTIC_RUN_ID), or one multiprocessing started (spawn,
+    forkserver) that is importing its code now (``_inheriting``: the parent's main module,
+    before the worker runs) or has been handed its task (``parent_process``)."""
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        return True
+    mp = sys.modules.get("multiprocessing")
+    if mp is None:
+        return False
+    return mp.parent_process() is not None or bool(
+        getattr(mp.current_process(), "_inheriting", False)
+    )
 
-from . import _core  # noqa: E402
+
+# libiomp5 registers every process that starts it in a file named by its pid in /dev/shm
+# and removes it at exit, from a destructor that a multiprocessing worker never runs (it
+# ends with os._exit, or is killed by Pool.terminate): every such worker left its file for
+# good. A worker removes its own as soon as the runtime has written it: a forked child by
+# itself (the core's fork handler), a spawned one or torchrun's right here, as the core is
+# loaded (cpp/siglayer/threads.hpp, forget_registration; docs/reliability.md, "Worker
+# processes"). The runtime writes the file as it loads, with the core, so a SIGTERM
+# between the load and the removal left it (Pool.terminate, when the other worker has done
+# every task while this one is still importing: 9 and 10 of 10 workers in two runs of
+# tests/test_fork.py's scenario, which kills each as soon as its file appears; seen once in
+# a CI run).
+# So a worker holds SIGTERM off for that while: a handler that does nothing, the signal
+# noted by Python's C handler in a pipe (signal.set_wakeup_fd: at once, where the Python
+# handler would run only at the next bytecode, and a SIGTERM caught just before the
+# worker's own disposition is put back would be dropped, leaving a worker that
+# Pool.terminate then waits for); once the file is gone, the disposition is put back and a
+# noted SIGTERM raised again. A handler, not a blocked signal: the signal goes to the
+# process, and NumPy's OpenBLAS threads, already running, would take it. SIGKILL cannot be
+# held off.
+def _hold_termination() -> Callable[[], None] | None:
+    """Holds SIGTERM off until the returned release() is called, which puts the previous
+    disposition back and raises a SIGTERM that arrived meanwhile again; None where Python
+    cannot set a handler (not the main thread, or a disposition Python did not set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    before = signal.getsignal(signal.SIGTERM)
+    if before is None:  # set outside Python: keep it
+        return None
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.set_blocking(write_end, False)
+    wakeup_before = signal.set_wakeup_fd(write_end)
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+
+    def release() -> None:
+        signal.signal(signal.SIGTERM, before)  # from here on a SIGTERM acts as before
+        signal.set_wakeup_fd(wakeup_before)
+        try:
+            noted = os.read(read_end, 4096)  # one byte per signal caught: its number
+        except BlockingIOError:
+            noted = b""
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+        if signal.SIGTERM in noted:
+            signal.raise_signal(signal.SIGTERM)
+
+    return release
+
+
+_IS_WORKER = _started_as_worker()
+_release = _hold_termination() if _IS_WORKER else None
+try:
+    _load_core()
+
+    from . import _core
+
+    if _IS_WORKER:
+        _core.forget_registration()
+finally:
+    if _release is not None:
+        _release()
 
 __all__ = ["Config", "config", "get_num_threads", "set_num_threads", "show_config"]
 
@@ -155,31 +231,6 @@ os.register_at_fork(
     after_in_parent=_core.after_fork_in_parent,
     after_in_child=_core.after_fork_in_child,
 )
-
-
-def _started_as_worker() -> bool:
-    """Whether this process is a worker that its starter may kill or end with os._exit:
-    one torchrun started (TORCHELASTIC_RUN_ID), or one multiprocessing started (spawn,
-    forkserver) that is importing its code now (``_inheriting``: the parent's main module,
-    before the worker runs) or has been handed its task (``parent_process``)."""
-    if os.environ.get("TORCHELASTIC_RUN_ID"):
-        return True
-    mp = sys.modules.get("multiprocessing")
-    if mp is None:
-        return False
-    return mp.parent_process() is not None or bool(
-        getattr(mp.current_process(), "_inheriting", False)
-    )
-
-
-# libiomp5 registers every process that starts it in a file named by its pid in /dev/shm
-# and removes it at exit, from a destructor that a multiprocessing worker never runs (it
-# ends with os._exit, or is killed by Pool.terminate): every such worker left its 4 KB
-# file for good. A worker removes its own as soon as the runtime has written it: a forked
-# child by itself (the core's fork handler), a spawned one or torchrun's from here
-# (cpp/siglayer/threads.hpp, forget_registration; docs/reliability.md, "Worker processes").
-if _started_as_worker():
-    _core.forget_registration()
 
 
 class Config(TypedDict):
