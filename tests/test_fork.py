@@ -389,12 +389,14 @@ def test_a_worker_killed_while_importing_leaves_no_registration_file(tmp_path: P
 # _config's hold on SIGTERM by itself, in a fresh process: a SIGTERM that arrives while it
 # holds is raised again at release (the default disposition: the process dies of it), one
 # that does not leaves the process running, and either way the disposition and the
-# wakeup fd are what they were; a handler of the program's own runs once, after release;
-# off the main thread there is no hold (Python sets handlers on the main thread only).
+# wakeup fd are what they were; a handler of the program's own runs once, after release,
+# and its wakeup fd gets the other signals noted meanwhile; off the main thread there is no
+# hold (Python sets handlers on the main thread only).
 HOLD_CASES = {
     "none arrives": ("", 0, "released, running"),
     "one arrives": ("os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.05)", -15, ""),
     "own handler": ("os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.05)", 0, "handled 1"),
+    "own wakeup fd": ("os.kill(os.getpid(), signal.SIGUSR1); time.sleep(0.05)", 0, "forwarded"),
 }
 HOLD_SCRIPT = """
 import os, signal, sys, threading, time
@@ -403,6 +405,13 @@ _core.forget_registration()  # killed on purpose below: its libiomp5 file goes f
 handled = []
 if sys.argv[1] == "own handler":
     signal.signal(signal.SIGTERM, lambda signum, frame: handled.append(signum))
+wakeup = -1
+if sys.argv[1] == "own wakeup fd":  # as asyncio has: other signals noted meanwhile reach it
+    wakeup_read, wakeup = os.pipe()
+    os.set_blocking(wakeup_read, False)
+    os.set_blocking(wakeup, False)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+    signal.set_wakeup_fd(wakeup)
 before = signal.getsignal(signal.SIGTERM)
 off_main = []
 worker = threading.Thread(target=lambda: off_main.append(_config._hold_termination()))
@@ -415,8 +424,12 @@ exec(sys.argv[2])  # the signal, or nothing
 assert not handled, "the program's handler ran while the hold was on"
 release()
 assert signal.getsignal(signal.SIGTERM) is before
-assert signal.set_wakeup_fd(-1) == -1, "the wakeup fd was not put back"
-print(f"handled {len(handled)}" if handled else "released, running")
+assert signal.set_wakeup_fd(-1) == wakeup, "the wakeup fd was not put back"
+if wakeup != -1:
+    assert os.read(wakeup_read, 100) == bytes([signal.SIGUSR1])
+    print("forwarded")
+else:
+    print(f"handled {len(handled)}" if handled else "released, running")
 """
 
 

@@ -117,6 +117,12 @@ def _hold_termination() -> Callable[[], None] | None:
         finally:
             os.close(read_end)
             os.close(write_end)
+        others = bytes(number for number in noted if number != signal.SIGTERM)
+        if others and wakeup_before != -1:  # the program's own wakeup fd (asyncio's) gets
+            try:  # the other signals noted meanwhile, as it would have
+                os.write(wakeup_before, others)
+            except OSError:
+                pass
         if signal.SIGTERM in noted:
             signal.raise_signal(signal.SIGTERM)
 
