@@ -350,10 +350,15 @@ def registration_path(pid):
     return f"/dev/shm/__KMP_REGISTERED_LIB_{pid}_{os.getuid()}"
 if __name__ == "__main__":
     report = {"killed": 0, "left": [], "exitcodes": []}
-    for _ in range(10):
+    for _ in range(40):  # until 10 were killed in the window (on one CPU few are)
+        if report["killed"] == 10:
+            break
         worker = mp.get_context("spawn").Process(target=job)
         worker.start()
         path = registration_path(worker.pid)
+        if os.path.exists(path):  # another process's for this pid (a suite run beside
+            worker.join()  # this one plants such files): not this worker's to judge
+            continue
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and worker.is_alive():
             if os.path.exists(path):  # the runtime has registered: kill it now
@@ -378,7 +383,7 @@ def test_a_worker_killed_while_importing_leaves_no_registration_file(tmp_path: P
         pytest.skip("no /dev/shm: libiomp5 registers in /tmp here")
     report = run_scenario("killed_while_importing", KILLED_WHILE_IMPORTING, "default", tmp_path)
     killed = report["killed"]
-    assert isinstance(killed, int) and killed >= 5, report  # the window was hit
+    assert isinstance(killed, int) and killed >= 3, report  # the window was hit
     assert report["left"] == [], report
     exitcodes = report["exitcodes"]
     assert isinstance(exitcodes, list)
@@ -388,25 +393,32 @@ def test_a_worker_killed_while_importing_leaves_no_registration_file(tmp_path: P
 
 # _config's hold on SIGTERM by itself, in a fresh process: a SIGTERM that arrives while it
 # holds is raised again at release (the default disposition: the process dies of it), one
-# that does not leaves the process running, and either way the disposition and the
-# wakeup fd are what they were; a handler of the program's own runs once, after release,
-# and its wakeup fd gets the other signals noted meanwhile; off the main thread there is no
-# hold (Python sets handlers on the main thread only).
+# that does not leaves the process running, and either way the disposition and the wakeup
+# fd are what they were, the program's own wakeup fd getting the other signals noted
+# meanwhile. A program with a handler of its own, a Python one or one set from C (which
+# signal.getsignal reports as the default: faulthandler here, PyTorch's DataLoader workers;
+# a review found the first version putting SIG_DFL back over it), is not held at all and
+# keeps its handler; nor is a thread other than the main one (Python sets handlers there
+# only).
 HOLD_CASES = {
     "none arrives": ("", 0, "released, running"),
     "one arrives": ("os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.05)", -15, ""),
-    "own handler": ("os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.05)", 0, "handled 1"),
     "own wakeup fd": ("os.kill(os.getpid(), signal.SIGUSR1); time.sleep(0.05)", 0, "forwarded"),
+    "own handler": ("os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.05)", 0, "handled 1"),
+    "own C handler": ("os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.05)", 0, "C handler"),
 }
 HOLD_SCRIPT = """
-import os, signal, sys, threading, time
+import faulthandler, os, signal, sys, threading, time
 from siglayer import _config, _core
 _core.forget_registration()  # killed on purpose below: its libiomp5 file goes first
+case, action = sys.argv[1:]
 handled = []
-if sys.argv[1] == "own handler":
+if case == "own handler":
     signal.signal(signal.SIGTERM, lambda signum, frame: handled.append(signum))
+if case == "own C handler":  # dumps the stack and returns: the process lives on
+    faulthandler.register(signal.SIGTERM, file=sys.stderr, chain=False)
 wakeup = -1
-if sys.argv[1] == "own wakeup fd":  # as asyncio has: other signals noted meanwhile reach it
+if case == "own wakeup fd":  # as asyncio has: other signals noted meanwhile reach it
     wakeup_read, wakeup = os.pipe()
     os.set_blocking(wakeup_read, False)
     os.set_blocking(wakeup, False)
@@ -419,17 +431,22 @@ worker.start()
 worker.join()
 assert off_main == [None], off_main
 release = _config._hold_termination()
+if case in ("own handler", "own C handler"):
+    assert release is None and signal.getsignal(signal.SIGTERM) is before
+    exec(action)
+    print(f"handled {len(handled)}" if handled else "C handler")
+    sys.exit(0)
 assert release is not None and signal.getsignal(signal.SIGTERM) is not before
-exec(sys.argv[2])  # the signal, or nothing
-assert not handled, "the program's handler ran while the hold was on"
+exec(action)  # the signal, or nothing
 release()
 assert signal.getsignal(signal.SIGTERM) is before
+assert _config._sigterm_is_default(), "SIG_DFL was not put back in the C library"
 assert signal.set_wakeup_fd(-1) == wakeup, "the wakeup fd was not put back"
 if wakeup != -1:
     assert os.read(wakeup_read, 100) == bytes([signal.SIGUSR1])
     print("forwarded")
 else:
-    print(f"handled {len(handled)}" if handled else "released, running")
+    print("released, running")
 """
 
 

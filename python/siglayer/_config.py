@@ -84,37 +84,65 @@ def _started_as_worker() -> bool:
 # every task while this one is still importing: 9 and 10 of 10 workers in two runs of
 # tests/test_fork.py's scenario, which kills each as soon as its file appears; seen once in
 # a CI run).
-# So a worker holds SIGTERM off for that while: a handler that does nothing, the signal
-# noted by Python's C handler in a pipe (signal.set_wakeup_fd: at once, where the Python
-# handler would run only at the next bytecode, and a SIGTERM caught just before the
-# worker's own disposition is put back would be dropped, leaving a worker that
-# Pool.terminate then waits for); once the file is gone, the disposition is put back and a
-# noted SIGTERM raised again. A handler, not a blocked signal: the signal goes to the
-# process, and NumPy's OpenBLAS threads, already running, would take it. SIGKILL cannot be
-# held off.
+# So a worker whose SIGTERM would end it (the default disposition) holds the signal off for
+# that while: a handler that does nothing, the signal noted by Python's C handler in a pipe
+# (signal.set_wakeup_fd: at once, where the Python handler would run only at the next
+# bytecode, and a SIGTERM caught just before the default is put back would be dropped,
+# leaving a worker that Pool.terminate then waits for); once the file is gone, the default
+# is put back and a noted SIGTERM raised again. A handler, not a blocked signal: the signal
+# goes to the process, and NumPy's OpenBLAS threads, already running, would take it. A
+# worker with a handler of its own (a Python one, or one set from C, which
+# signal.getsignal still reports as the default: PyTorch's DataLoader workers,
+# faulthandler.register) is not ended by SIGTERM at once anyway, and is left as it is.
+# SIGKILL cannot be held off.
+def _sigterm_is_default() -> bool:
+    """Whether SIGTERM's disposition is SIG_DFL in the C library too (Linux x86-64 and
+    aarch64, where struct sigaction begins with the handler; elsewhere False)."""
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return False
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64"):
+        return False
+    import ctypes
+
+    action = ctypes.create_string_buffer(256)  # struct sigaction (152 bytes here)
+    if ctypes.CDLL(None).sigaction(int(signal.SIGTERM), None, action) != 0:
+        return False
+    return ctypes.c_void_p.from_buffer(action).value is None  # SIG_DFL is 0
+
+
 def _hold_termination() -> Callable[[], None] | None:
-    """Holds SIGTERM off until the returned release() is called, which puts the previous
-    disposition back and raises a SIGTERM that arrived meanwhile again; None where Python
-    cannot set a handler (not the main thread, or a disposition Python did not set)."""
-    if threading.current_thread() is not threading.main_thread():
+    """Holds a default SIGTERM off until the returned release() is called, which puts the
+    default back and raises a SIGTERM that arrived meanwhile again; None where there is
+    nothing to hold (a handler of the program's) or Python cannot hold it (not the main
+    thread, no pipe to be had, a wakeup fd refused)."""
+    if threading.current_thread() is not threading.main_thread() or not _sigterm_is_default():
         return None
-    before = signal.getsignal(signal.SIGTERM)
-    if before is None:  # set outside Python: keep it
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:
         return None
-    read_end, write_end = os.pipe()
     os.set_blocking(read_end, False)
     os.set_blocking(write_end, False)
-    wakeup_before = signal.set_wakeup_fd(write_end)
+    try:
+        wakeup_before = signal.set_wakeup_fd(write_end)
+    except ValueError:  # not the main interpreter
+        os.close(read_end)
+        os.close(write_end)
+        return None
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
 
     def release() -> None:
-        signal.signal(signal.SIGTERM, before)  # from here on a SIGTERM acts as before
-        signal.set_wakeup_fd(wakeup_before)
+        noted = b""
         try:
-            noted = os.read(read_end, 4096)  # one byte per signal caught: its number
-        except BlockingIOError:
-            noted = b""
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # from here on a SIGTERM ends it
         finally:
+            # (its warn_on_full_buffer cannot be read back: a program that turned it off
+            # gets the default, True)
+            signal.set_wakeup_fd(wakeup_before)
+            try:
+                noted = os.read(read_end, 4096)  # one byte per signal caught: its number
+            except BlockingIOError:
+                pass
             os.close(read_end)
             os.close(write_end)
         others = bytes(number for number in noted if number != signal.SIGTERM)
