@@ -209,10 +209,13 @@ def test_idle_spin_is_kept_across_a_fork(environment: str, tmp_path: Path) -> No
 # text), and leaves it alone (not its own: it could be a live process's, where /dev/shm is
 # shared across pid namespaces). Each looks like a dead sibling's, the parent's text with
 # another flag value; the scenario removes the ones left at the end.
-REGISTRATION_FILES = """
-import concurrent.futures, ctypes
+# Where libiomp5 registers process `pid`: put before the two scenarios below.
+REGISTRATION_PATH = """
 def registration_path(pid, folder="/dev/shm"):
     return os.path.join(folder, f"__KMP_REGISTERED_LIB_{pid}_{os.getuid()}")
+"""
+REGISTRATION_FILES = """
+import concurrent.futures, ctypes
 def registered(pid):
     # A planted file is not a registration (and a worker leaves it alone); the text is
     # in the environment, which spawned and forkserver workers inherit too.
@@ -321,7 +324,8 @@ def test_workers_leave_no_registration_file(environment: str, stale: bool, tmp_p
     if "libiomp5" not in siglayer._core.config()["openmp_runtime"]:
         pytest.skip("only libiomp5 registers processes in files")
     extra = {"PLANT_STALE": "1"} if stale else {}
-    report = run_scenario("registration", REGISTRATION_FILES, environment, tmp_path, extra)
+    body = REGISTRATION_PATH + REGISTRATION_FILES
+    report = run_scenario("registration", body, environment, tmp_path, extra)
     if stale:
         assert isinstance(report["planted"], int) and report["planted"] >= 300, report
         assert isinstance(report["reused"], int) and report["reused"] >= 5, report
@@ -340,14 +344,12 @@ def test_workers_leave_no_registration_file(environment: str, stale: bool, tmp_p
 # SIGTERM when the other worker has done every task). Killed between the runtime's load
 # and its file's removal, it kept the file (9 and 10 of 10 workers that this scenario
 # killed as soon as their file appeared, in two runs before 2026-12-06; a leftover seen
-# once in a CI run). A
-# worker now holds SIGTERM off until the file is gone, and then dies of it.
+# once in a CI run). A worker now holds SIGTERM off until the file is gone, and then dies
+# of it.
 KILLED_WHILE_IMPORTING = """
 import signal, time
 def job():
     pass
-def registration_path(pid):
-    return f"/dev/shm/__KMP_REGISTERED_LIB_{pid}_{os.getuid()}"
 if __name__ == "__main__":
     report = {"killed": 0, "left": [], "exitcodes": []}
     for _ in range(40):  # until 10 were killed in the window (on one CPU few are)
@@ -381,7 +383,8 @@ def test_a_worker_killed_while_importing_leaves_no_registration_file(tmp_path: P
         pytest.skip("only libiomp5 registers processes in files")
     if not Path("/dev/shm").is_dir():
         pytest.skip("no /dev/shm: libiomp5 registers in /tmp here")
-    report = run_scenario("killed_while_importing", KILLED_WHILE_IMPORTING, "default", tmp_path)
+    body = REGISTRATION_PATH + KILLED_WHILE_IMPORTING
+    report = run_scenario("killed_while_importing", body, "default", tmp_path)
     killed = report["killed"]
     assert isinstance(killed, int) and killed >= 3, report  # the window was hit
     assert report["left"] == [], report

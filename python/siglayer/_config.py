@@ -169,6 +169,7 @@ try:
 finally:
     if _release is not None:
         _release()
+del _release
 
 __all__ = ["Config", "config", "get_num_threads", "set_num_threads", "show_config"]
 
