@@ -246,7 +246,6 @@ def test_torch_benches_check_agreement_and_print(capsys):
 
 @pytest.mark.skipif(TORCH is None, reason="needs torch")
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_torch_bench_compiled_layers_agree_before_timing(capsys):
     """--compiled: both layers under torch.compile give eager PyTorch's output and
     gradients (asserted inside bench_torch before timing); one round, nothing timed is

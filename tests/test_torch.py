@@ -479,7 +479,6 @@ def test_from_linear_names_the_linear_in_its_errors():
         SigmoidLinear.from_linear(torch.nn.Linear(3, 2, dtype=torch.float16))
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
 def test_a_bias_free_module_scripts_and_compiles():
     layer = SigmoidLinear(6, 4, bias=False, seed=0)
     x = torch.rand(3, 6)

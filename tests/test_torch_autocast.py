@@ -14,10 +14,6 @@ pytest.importorskip("ml_dtypes")  # bfloat16 tensors reach the core as ml_dtypes
 
 from siglayer.torch import SigmoidLinear, sigmoid_linear, sigmoid_linear_bce_loss  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
-)
-
 
 def inputs(seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -128,7 +124,6 @@ def test_compiled_under_autocast_equals_eager(backend):
     assert torch.equal(got, want)
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("runner", ["operator", "export", "jit.trace", "jit.script"])
 def test_programs_that_call_the_operator_directly_run_under_autocast(runner):
     """The operator has autocast kernels of its own: a program that calls it without the

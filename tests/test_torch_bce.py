@@ -14,8 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 from siglayer.torch import SigmoidLinear, sigmoid_linear, sigmoid_linear_bce_loss  # noqa: E402
 
-# The dtypes, requires_grad subsets, warning filter and helpers of the operator tests.
-from test_torch_ops import DTYPES, SUBSETS, PassThrough, aot_graphs, pytestmark  # noqa: E402, F401
+# The dtypes, requires_grad subsets and helpers of the operator tests.
+from test_torch_ops import DTYPES, SUBSETS, PassThrough, aot_graphs  # noqa: E402
 
 bce_op = torch.ops.siglayer.sigmoid_linear_bce.default
 from_z_op = torch.ops.siglayer.sigmoid_linear_backward_from_preactivation.default

@@ -23,12 +23,6 @@ forward_op = torch.ops.siglayer.sigmoid_linear.default
 backward_op = torch.ops.siglayer.sigmoid_linear_backward.default
 BF16 = torch.bfloat16
 
-# Inductor imports torch.utils.mkldnn on its first compile, which warns about its own use
-# of torch.jit (PyTorch 2.13); the suite turns warnings into errors.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
-)
-
 # (shape of x, n_out): T, batched, a larger one (n = 512 rows to reduce over for dW).
 SHAPES = {"T": ((32, 64), 32), "batched": ((4, 8, 64), 16), "L": ((512, 512), 256)}
 SUBSETS = ["none", "x", "W", "b", "xW", "xb", "Wb", "xWb"]

@@ -14,12 +14,6 @@ from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vjp,
 from siglayer.torch import SigmoidLinear, sigmoid_linear, sigmoid_linear_bce_loss  # noqa: E402
 from test_torch_ops import DTYPES  # noqa: E402  (float32, float64)
 
-# Forward mode loads PyTorch's jvp decompositions on first use, which script helpers with
-# torch.jit, which warns about itself (2.13); the suite turns warnings into errors.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
-)
-
 F = torch.nn.functional
 TOL = {torch.float32: {"rtol": 2e-5, "atol": 1e-6}, torch.float64: {"rtol": 1e-12, "atol": 1e-14}}
 

@@ -17,15 +17,6 @@ from torch.func import grad, hessian, jacfwd, jacrev, jvp, vmap  # noqa: E402
 
 from siglayer.torch import SigmoidLinear, sigmoid_linear, sigmoid_linear_bce_loss  # noqa: E402
 
-# PyTorch 2.13 warns about its own torch.jit use (jvp decompositions, inductor) and, in
-# inductor's lowering of aten.diagonal (jacfwd's basis), about its own deprecated
-# torch._prims_common.check; the suite turns warnings into errors.
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:`torch._prims_common.check` is deprecated:FutureWarning"),
-]
-
 F = torch.nn.functional
 D = torch.float64
 TOL = {"rtol": 1e-10, "atol": 1e-12}

@@ -13,12 +13,6 @@ from siglayer.torch import SigmoidLinear, sigmoid_linear, sigmoid_linear_bce_los
 forward_op = torch.ops.siglayer.sigmoid_linear.default
 backward_op = torch.ops.siglayer.sigmoid_linear_backward.default
 
-# Inductor imports torch.utils.mkldnn on its first compile, which warns about its own use
-# of torch.jit (PyTorch 2.13); the suite turns warnings into errors.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
-)
-
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 SUBSETS = ["none", "x", "W", "b", "xW", "xb", "Wb", "xWb"]
 
@@ -207,7 +201,6 @@ def test_export_runs_and_matches():
         torch.testing.assert_close(module(x), model(x), rtol=0, atol=0)
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.trace.*` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("grad_mode", ["no_grad", "grad"])
 def test_jit_trace_records_the_operator(grad_mode):
     """torch.jit.trace (and the TorchScript ONNX exporter behind it) records the operator,
@@ -221,7 +214,6 @@ def test_jit_trace_records_the_operator(grad_mode):
     torch.testing.assert_close(traced(x_new), model(x_new), rtol=0, atol=0)
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
 def test_jit_script_of_the_module_runs_the_operator(tmp_path):
     """torch.jit.script of SigmoidLinear (alone and in a Sequential) compiles its forward
     to the operator: the eager results and gradients bitwise, after a save and load too,
