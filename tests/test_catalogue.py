@@ -144,6 +144,36 @@ def copied_dout_under_dW(p: Args):
     return bwd(p, dout=dout, x=x, out=out, dW=backing[2:8].reshape(3, 2), watch=[backing])
 
 
+def broadcast_batch(source: np.ndarray, rows: int = 8192) -> np.ndarray:
+    """source (64, 1, k) seen as (64, rows, k): a batch whose flattening to rows must copy
+    it (12 MB for k = 3 in float64), where the 1 MiB bound of test_bad_call shows a copy
+    made before the check."""
+    return np.broadcast_to(source, (source.shape[0], rows, source.shape[2]))
+
+
+def copied_batch(func: str, bad: str) -> Builder:
+    """A batched call of `func` on broadcast views, float64 but `bad`: int64 (x) or
+    float32 (dout, dZ). Its dtype error must come before the views are flattened, which
+    copied them at full size first (a review found 489 MiB for a 256 KB int64 view)."""
+
+    def build(p: Args):
+        sources = {
+            name: np.full((64, 1, k), 0.25, np.int64 if bad == name == "x" else f64)
+            for name, k in {"x": 3, "dout": 2, "out": 2}.items()
+        }
+        if bad != "x":
+            sources["dout"] = sources["dout"].astype(f32)
+        views = {name: broadcast_batch(a) for name, a in sources.items()}
+        watch = list(sources.values())
+        if func == "forward":
+            return fwd(p, watch=watch, x=views["x"])
+        if func == "backward":
+            return bwd(p, watch=watch, dout=views["dout"], x=views["x"], out=views["out"])
+        return bfp(p, watch=watch, dZ=views["dout"], x=views["x"])
+
+    return build
+
+
 def zero_stride_out(p: Args):
     source = filled((1,))
     return fwd(p, out=as_strided(source, (4, 2), (0, 0)), watch=[source])
@@ -316,6 +346,12 @@ FUNCTIONAL_CASES: dict[str, Case] = {
         TypeError,
         "out",
         r"out float32",
+    ),
+    "x-int64-batched-copied": Case(
+        copied_batch("forward", "x"), TypeError, "x", r"x has dtype int64"
+    ),
+    "dout-float32-batched-copied": Case(
+        copied_batch("backward", "dout"), TypeError, "dout", r"dout float32, x float64"
     ),
     "mixed-batched-x-float32": Case(
         lambda p: fwd(p, x=p["x"][None].astype(f32)),
@@ -849,6 +885,12 @@ PREACTIVATION_CASES: dict[str, Case] = dict(
             TypeError,
             "dZ",
             r"dZ has dtype int64",
+        ),
+        "bfp-dZ-float32-batched-copied": Case(
+            copied_batch("backward_from_preactivation", "dZ"),
+            TypeError,
+            "dZ",
+            r"dZ float32, x float64",
         ),
         "bfp-mixed-x-float32": Case(
             lambda p: bfp(p, x=p["x"].astype(f32)),

@@ -53,6 +53,16 @@ def _batch_rows(x_shape: tuple[int, ...]) -> int:
     return rows
 
 
+def _no_rows(a: NDArray[Float], n_cols: int) -> NDArray[Float]:
+    """A zero-row stand-in for a batched argument, of its dtype: the core's dtype checks
+    (whose messages show no shapes) run on it before the argument is flattened, since a
+    reshape copies a batch that is no view of rows (broadcast along an inner batch
+    dimension, transposed) at full size: a review found 489 MiB copied for a 256 KB
+    int64 view before its TypeError, and a MemoryError in its place under a memory
+    limit."""
+    return np.empty((0, n_cols), a.dtype)
+
+
 def forward(
     x: NDArray[Float], W: NDArray[Float], b: NDArray[Float], *, out: NDArray[Float] | None = None
 ) -> NDArray[Float]:
@@ -132,6 +142,8 @@ def forward(
         raise ValueError(w_mismatch(W.shape, x.shape))
     lead: tuple[int, ...] = x.shape[:-1]
     rows = _batch_rows(x.shape)
+    if not x.flags.c_contiguous:
+        _core.forward(_no_rows(x, n_in), W, b, None)
     x2 = x.reshape(rows, n_in)
     if out is None:
         result = _core.forward(x2, W, b, None)
@@ -563,7 +575,14 @@ def _batched_backward(
     # as it is and refuses it with the message of the 2-D path ("dx was given but
     # need_dx=False"), not one about its shape.
     dx_used = dx if needs[0] else None
-    x2, flat, dx2 = _flatten_batch(x, W, per_row, dx_used)
+    rows = _check_batch_shapes(x, W, per_row)
+    n_in, n_out = W.shape
+    if not all(a.flags.c_contiguous for a in (x, *per_row.values())):
+        grad0, *rest0 = (_no_rows(a, n_out) for a in per_row.values())
+        core(grad0, _no_rows(x, n_in), W, *rest0, False, False, None, None, None, rounded)
+    dx2 = _as_2d_buffer(dx_used, "dx", x.shape) if dx_used is not None else None
+    x2 = x.reshape(rows, n_in)
+    flat = [a.reshape(rows, n_out) for a in per_row.values()]
     if dx_used is not None or dW is not None or db is not None:
         _refuse_hidden_overlap(
             ("x", *per_row),
@@ -577,16 +596,12 @@ def _batched_backward(
     return _batch_shaped(dx_r, dx, x.shape), dW_r, db_r
 
 
-def _flatten_batch(
-    x: NDArray[Float],
-    W: NDArray[Float],
-    per_row: dict[str, NDArray[Float]],
-    dx: NDArray[Float] | None,
-) -> tuple[NDArray[Float], list[NDArray[Float]], NDArray[Float] | None]:
-    """x (..., n_in) and the (..., n_out) arrays of a backward call as 2-D rows.
-
-    The shapes are checked here, on what the caller passed, so that the messages show
-    them; the core checks dtypes and everything else on the flattened arrays.
+def _check_batch_shapes(
+    x: NDArray[Float], W: NDArray[Float], per_row: dict[str, NDArray[Float]]
+) -> int:
+    """The rows of a backward call's x (..., n_in) and (..., n_out) arrays, their batch
+    dimensions flattened. The shapes are checked here, on what the caller passed, so
+    that the messages show them; the core checks dtypes and everything else.
     """
     if x.ndim == 0:
         raise ValueError("x must have shape (..., n_in), got a 0-d array")
@@ -602,10 +617,7 @@ def _flatten_batch(
                 f"{name} has shape {a.shape}, expected {(*lead, n_out)} "
                 f"from x {x.shape} and W {W.shape}"
             )
-    rows = _batch_rows(x.shape)
-    dx2 = _as_2d_buffer(dx, "dx", x.shape) if dx is not None else None
-    flat = [a.reshape(rows, n_out) for a in per_row.values()]
-    return x.reshape(rows, n_in), flat, dx2
+    return _batch_rows(x.shape)
 
 
 def _refuse_hidden_overlap(
