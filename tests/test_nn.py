@@ -603,6 +603,24 @@ def test_save_load_exact_round_trip(tmp_path, rng):
         assert sorted(data.files) == ["0.W", "0.b", "1.W", "1.b", "2.W", "2.b"]
 
 
+def test_any_parameter_name_is_saved_and_loaded(tmp_path):
+    """Names that are np.savez's own keyword arguments ("file", "allow_pickle") are saved
+    like any other: they were taken for savez's arguments (a review found "allow_pickle"
+    left out of the file with no error, and "file" a TypeError that named no parameter)."""
+    names = ["file", "allow_pickle", "args", "kwds", "0.W", "couche cachée"]
+    rng = np.random.default_rng(3)
+    saved = [
+        siglayer.Parameter(name, rng.standard_normal((2, 3)), np.zeros((2, 3))) for name in names
+    ]
+    siglayer.save_parameters(saved, tmp_path / "names.npz")
+    with np.load(tmp_path / "names.npz", allow_pickle=False) as data:
+        assert sorted(data.files) == sorted(names)
+    fresh = [siglayer.Parameter(name, np.zeros((2, 3)), np.zeros((2, 3))) for name in names]
+    siglayer.load_parameters(fresh, tmp_path / "names.npz")
+    for got, want in zip(fresh, saved, strict=True):
+        assert got.value.tobytes() == want.value.tobytes(), got.name
+
+
 def test_load_errors_change_nothing(tmp_path):
     net = make_net(np.float32)
     before = [p.value.copy() for p in net.parameters()]

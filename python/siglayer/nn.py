@@ -25,6 +25,7 @@ import itertools
 import math
 import numbers
 import os
+import zipfile
 from collections.abc import Iterator, Sequence
 from typing import Any, Generic, Literal, NoReturn, Protocol, cast, overload, runtime_checkable
 
@@ -939,8 +940,14 @@ def save_parameters(parameters: Sequence[Parameter], path: str | os.PathLike[str
     except OSError as exc:  # name the user's file, not the temporary one beside it
         raise type(exc)(exc.errno, exc.strerror, target) from exc
     try:
-        with handle as f:
-            np.savez(f, **{p.name: p.value for p in parameters})  # type: ignore[arg-type]
+        # The .npz layout (a zip of one NAME.npy per array, stored), written entry by entry
+        # rather than through np.savez's keyword arguments: a parameter named "file" or
+        # "allow_pickle" was taken for savez's own argument (a review found the second
+        # left out of the file, with no error).
+        with handle as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
+            for p in parameters:
+                with archive.open(f"{p.name}.npy", "w", force_zip64=True) as entry:
+                    np.lib.format.write_array(entry, p.value, allow_pickle=False)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
