@@ -665,6 +665,28 @@ def test_a_failed_forward_leaves_the_last_copy_of_W(failure):
     assert (dx_new.view(np.uint16) == want_new.view(np.uint16)).all()
 
 
+@pytest.mark.parametrize("reuse", [True, False], ids=["reuse", "fresh"])
+def test_a_failed_forward_leaves_the_last_rounded_x(reuse):
+    """A float32 x is rounded into a buffer of the layer's with reuse_buffers=True (two per
+    shape, taken in turn): a forward that raises after rounding a new x of the same shape
+    must leave the x of the last successful forward, which backward reads, as it was."""
+    layer = siglayer.SigmoidLayer(3, 2, dtype="bfloat16", seed=0, reuse_buffers=reuse)
+    rng = np.random.default_rng(5)
+    x1, x2, x3 = (rng.standard_normal((4, 3)).astype(np.float32) for _ in range(3))
+    out = layer(x1).copy()
+    with pytest.raises(TypeError, match="out"):
+        layer(x2, out=np.empty((4, 2), np.float32))
+    dout = rng.standard_normal((4, 2)).astype(np.float32)
+    _, dW, db = siglayer.backward(bf16(dout), bf16(x1), layer.W.astype(BF16), out)
+    layer.backward(dout, need_dx=False)
+    assert (layer.dW == dW).all() and (layer.db == db).all()
+    for x in (x2, x3, x1):  # buffers taken in turn: each forward's own x is read
+        out = layer(x).copy()
+        _, dW, _ = siglayer.backward(bf16(dout), bf16(x), layer.W.astype(BF16), out)
+        layer.backward(dout, need_dx=False)
+        assert (layer.dW == dW).all()
+
+
 def test_optimizer_updates_the_float32_masters():
     net = siglayer.Sequential(
         siglayer.SigmoidLayer(10, 6, dtype="bfloat16", seed=1),
