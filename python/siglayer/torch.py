@@ -622,6 +622,21 @@ _backward_op = torch.ops.siglayer.sigmoid_linear_backward.default
 _REDUCTIONS = ("mean", "sum")
 
 
+def _known_empty(numel: int | torch.SymInt) -> bool:
+    """Whether a size is known to be 0. One known only when the program runs (an unbacked
+    size: x[mask] in an exported or fullgraph-compiled program) is not: the check lets it
+    through, and the kernel refuses an empty mean when it runs (guarding on it failed
+    export and fullgraph compile; found by review helper-77)."""
+    empty = numel == 0
+    # Dynamo sees a symbolic size as an int: asked too, or it guards on the comparison.
+    if isinstance(empty, bool) and not torch.compiler.is_compiling():
+        return empty
+    # Imported here: 0.2 s at the first import of siglayer.torch otherwise.
+    from torch.fx.experimental.symbolic_shapes import guard_or_false
+
+    return bool(guard_or_false(empty))
+
+
 def _check_bce(x: object, W: object, b: object, target: object, reduction: object) -> None:
     """The errors of ``sigmoid_linear_bce_loss``: those of sigmoid_linear, then target's
     and reduction's. Runs in front of the operator and in its fake kernel."""
@@ -636,7 +651,7 @@ def _check_bce(x: object, W: object, b: object, target: object, reduction: objec
         and target.dtype == x.dtype
         and x.dtype != _BFLOAT16
         and type(reduction) is str
-        and (reduction == "sum" or (reduction == "mean" and target.numel() > 0))
+        and (reduction == "sum" or (reduction == "mean" and not _known_empty(target.numel())))
         and target.shape == (*x.shape[:-1], W.shape[1])
     ):
         return
@@ -662,7 +677,7 @@ def _check_bce(x: object, W: object, b: object, target: object, reduction: objec
             f"target has shape {tuple(target.shape)}, expected {shape}, the shape of the "
             f"layer's output for x of shape {tuple(x.shape)} and W of shape {tuple(W.shape)}"
         )
-    if reduction == "mean" and math.prod(shape) == 0:
+    if reduction == "mean" and _known_empty(math.prod(shape)):
         raise ValueError(
             f"the mean loss of an empty output (shape {shape}) is undefined; use "
             f"reduction='sum' or skip the batch"
