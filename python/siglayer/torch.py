@@ -628,7 +628,8 @@ def _known_empty(numel: int | torch.SymInt) -> bool:
     through, and the kernel refuses an empty mean when it runs (guarding on it failed
     export and fullgraph compile; found by review helper-77)."""
     empty = numel == 0
-    # Dynamo sees a symbolic size as an int: asked too, or it guards on the comparison.
+    # Under Dynamo a symbolic size looks like an int and the comparison like a bool:
+    # is_compiling() tells them apart, or the plain test would guard on it.
     if isinstance(empty, bool) and not torch.compiler.is_compiling():
         return empty
     # Imported here: 0.2 s at the first import of siglayer.torch otherwise.
