@@ -428,6 +428,25 @@ def test_eager_path_resolves_lazy_negation():
     assert torch.allclose(W.grad, (-x0).T @ dZ, rtol=0, atol=1e-14)
 
 
+def test_eager_path_resolves_lazy_negation_in_bfloat16():
+    """The same for bfloat16 tensors, which reach NumPy through an int16 view that a
+    lazily negated tensor cannot take (a review found the eager path raising where the
+    operator computed): the results are those of the negation made first, bit for bit."""
+    pytest.importorskip("ml_dtypes")
+    gen = torch.Generator().manual_seed(9)
+    x0 = torch.randn(5, 4, generator=gen).bfloat16()
+    W0 = torch.randn(4, 3, generator=gen).bfloat16()
+    b = torch.randn(3, generator=gen)
+    x, W = torch._neg_view(x0), torch._neg_view(W0).requires_grad_(True)
+    assert x.is_neg() and W.is_neg()
+    W_plain = (-W0).requires_grad_(True)
+    out, want = sigmoid_linear(x, W, b), sigmoid_linear(-x0, W_plain, b)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, want)
+    out.backward(torch.ones_like(out))
+    want.backward(torch.ones_like(want))
+    assert torch.equal(W.grad, W_plain.grad)
+
+
 def test_eager_path_takes_tensors_left_over_from_a_functorch_transform():
     """A tensor that escaped torch.func.grad (a "dead" functorch wrapper) goes through
     autograd.Function.apply, which unwraps it, rather than the direct C++ apply: same

@@ -363,7 +363,10 @@ def _to_numpy(t: Tensor) -> np.ndarray[Any, Any]:
     of its own: a bfloat16 tensor is read as int16 (same size, so any strides) and
     that array viewed as ml_dtypes.bfloat16, the same bits."""
     if t.dtype == _BFLOAT16:
-        bits: np.ndarray[Any, Any] = t.view(torch.int16).numpy(force=True)
+        try:
+            bits: np.ndarray[Any, Any] = t.view(torch.int16).numpy(force=True)
+        except RuntimeError:  # a lazy negation, which no view may carry: resolved (a copy)
+            bits = t.resolve_neg().view(torch.int16).numpy(force=True)
         return bits.view(bfloat16())  # ImportError naming ml-dtypes if it is missing
     try:
         # 0.7-1.1 us where numpy(force=True) takes 1.6 (T size: seven of these a step).
