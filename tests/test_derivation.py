@@ -84,6 +84,25 @@ def test_contraction_with_ones_is_the_textbook_formula():
     assert _errors(J_W.sum(axis=(0, 1)), textbook).max_rel <= CONTRACTION_TOL
 
 
+def test_torch_linear_weight_grad_is_the_transposed_layout():
+    """docs/derivation.md and the README: torch.nn.Linear stores W transposed, (n_out,
+    n_in), so its weight.grad is dZᵀ·x, the transpose of siglayer's dW = xᵀ·dZ."""
+    torch = pytest.importorskip("torch")
+    x, W, b, dout = problem(4, 6, 5, 3)
+    linear = torch.nn.Linear(5, 3, dtype=torch.float64)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(W.T))
+        linear.bias.copy_(torch.from_numpy(b))
+    out_t = torch.sigmoid(linear(torch.from_numpy(x)))
+    out_t.backward(torch.from_numpy(dout))
+    out = reference.forward(x, W, b)
+    dZ = dout * out * (1 - out)
+    weight_grad = linear.weight.grad.numpy()
+    assert weight_grad.shape == (3, 5)
+    np.testing.assert_allclose(weight_grad, dZ.T @ x, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(weight_grad.T, siglayer.backward(dout, x, W, out)[1], rtol=1e-12)
+
+
 def test_jacobian_entries_match_finite_differences():
     # Every entry of all three Jacobians, from central differences of forward: no formula
     # (and no delta) assumed.
