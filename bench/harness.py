@@ -4,12 +4,10 @@ Contenders, each for the forward pass alone and for forward + backward (with dx)
 
 - ``siglayer``: the public calls, ``forward`` then ``backward``, fresh outputs;
   ``siglayer_buffers`` the same with preallocated ``out=``, ``dx=``, ``dW=``, ``db=``.
-- ``numpy``: NumPy as its users write the layer: ``1 / (1 + np.exp(-(x @ W + b)))``,
-  then ``dZ = dout * out * (1 - out)``, ``x.T @ dZ``, ``dZ.sum(axis=0)``, ``dZ @ W.T``.
-  Not ``siglayer.reference``, the oracle every contender is checked against, whose stable
-  sigmoid (both branches, then a select) and float64 sum for db cost 1.2-1.6x this
-  (fwd+bwd, M to N; 1.5-3x the forward alone): up to commit fe211fa this contender was
-  the oracle, which flattered every sig/numpy figure (found by review helper-80).
+- ``numpy``: NumPy as its users write the layer, ``siglayer._timing.numpy_layer``
+  (``1 / (1 + np.exp(-(x @ W + b)))``, ``dZ.sum(axis=0)``); up to commit fe211fa it was
+  ``siglayer.reference``, the oracle every contender is checked against, whose stable
+  sigmoid and float64 db sum flattered every sig/numpy figure (review helper-80).
 - ``floor``: the matrix products alone (x·W; then xᵀ·dZ and dZ·Wᵀ) through siglayer's
   own BLAS, split between the OpenMP threads exactly as the layer splits its products
   (``_core.gemm``), into preallocated outputs: what the layer would cost if bias,
@@ -43,7 +41,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from siglayer import _api, _compare, _config, _core, reference
-from siglayer._timing import interleaved_medians
+from siglayer._timing import interleaved_medians, numpy_layer
 
 __all__ = [
     "CONTENDERS",
@@ -196,17 +194,14 @@ def _siglayer(p: Problem, *, buffers: bool) -> dict[str, Call]:
 
 
 def _numpy(p: Problem) -> dict[str, Call]:
-    # The layer as NumPy users write it (the benchmark's inputs keep |z| far from exp's
-    # overflow); in the inputs' dtype throughout (Python scalars do not widen float32).
     x, W, b, dout = p.x, p.W, p.b, p.dout
 
     def forward() -> Result:
-        return {"out": 1 / (1 + np.exp(-(x @ W + b)))}
+        return {"out": numpy_layer(x, W, b)[0]}
 
     def forward_backward() -> Result:
-        out = 1 / (1 + np.exp(-(x @ W + b)))
-        dZ = dout * out * (1 - out)
-        return {"out": out, "dx": dZ @ W.T, "dW": x.T @ dZ, "db": dZ.sum(axis=0)}
+        out, dx, dW, db = numpy_layer(x, W, b, dout)
+        return {"out": out, "dx": dx, "dW": dW, "db": db}
 
     return {"forward": forward, "forward_backward": forward_backward}
 
