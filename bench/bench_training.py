@@ -20,8 +20,10 @@ the same loss on the first batch and the same weights after each of the first th
 
 Contenders:
   siglayer          siglayer.Sequential + losses.BCELoss (fused) + optim.Adam
-  numpy             the same math in plain NumPy (siglayer.reference's layer and Adam
-                    formulas: x @ W + b, a stable sigmoid, x.T @ dZ, ...)
+  numpy             the same network in NumPy as its users write it: 1 / (1 + np.exp(-z)),
+                    np.log for the loss, x.T @ dZ, dZ.sum(axis=0), Adam's textbook lines
+                    (until 2026-12-06 this contender used siglayer.reference's oracle
+                    layer and Adam, whose stable sigmoid and float64 db sums are slower)
   torch             nn.Linear -> nn.Sigmoid -> nn.Linear, nn.BCEWithLogitsLoss (the usual
                     fused form), torch.optim.Adam, autograd
   torch+siglayer    the torch loop with siglayer.torch.SigmoidLinear layers, the last one
@@ -44,7 +46,6 @@ import numpy as np
 
 import siglayer
 from harness import build_summary, cpu_model, numpy_blas  # bench/harness.py, beside this file
-from siglayer import reference
 from siglayer._timing import interleaved_medians
 from siglayer.losses import BCELoss
 
@@ -129,28 +130,35 @@ class SiglayerTrainer(Trainer):
 
 
 class NumpyTrainer(Trainer):
+    """The network in NumPy as its users write it (not siglayer.reference, the oracle)."""
+
     def __init__(self, batches, weights):
         super().__init__(batches)
         self.params = [w.copy() for w in weights]
-        self.moments = [(np.zeros_like(w), np.zeros_like(w)) for w in weights]
+        self.m = [np.zeros_like(w) for w in weights]
+        self.v = [np.zeros_like(w) for w in weights]
         self.t = 0
 
     def train_on(self, x, y):
         W1, b1, W2, b2 = self.params
-        h = reference.forward(x, W1, b1)
-        out = reference.forward(h, W2, b2)
-        n = out.size
-        # Binary cross-entropy with each log clamped at -100, and its fused gradient.
-        with np.errstate(divide="ignore"):  # log(0) = -inf where out saturates; clamped
-            log_p = np.maximum(np.log(out), -100)
-            log_q = np.maximum(np.log1p(-out), -100)
-        loss = -float(np.sum(y * log_p + (1 - y) * log_q)) / n
-        dZ2 = (out - y) / out.dtype.type(n)
-        dh, dW2, db2 = reference.backward_from_preactivation(dZ2, h, W2)
-        _, dW1, db1 = reference.backward(dh, x, W1, h, need_dx=False)
+        h = 1 / (1 + np.exp(-(x @ W1 + b1)))
+        out = 1 / (1 + np.exp(-(h @ W2 + b2)))
+        with np.errstate(divide="ignore"):  # log(0) where out saturates: the loss is inf
+            loss = -float(np.mean(y * np.log(out) + (1 - y) * np.log(1 - out)))
+        dZ2 = (out - y) / out.size  # the loss's gradient through the last sigmoid
+        dh = dZ2 @ W2.T
+        dZ1 = dh * h * (1 - h)
+        grads = (x.T @ dZ1, dZ1.sum(axis=0), h.T @ dZ2, dZ2.sum(axis=0))
         self.t += 1
-        for p, g, (m, v) in zip(self.params, (dW1, db1, dW2, db2), self.moments, strict=True):
-            reference.adam_step(p, g, m, v, step=self.t, lr=LR)
+        beta1, beta2, eps = 0.9, 0.999, 1e-8
+        for p, g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
+            m *= beta1
+            m += (1 - beta1) * g
+            v *= beta2
+            v += (1 - beta2) * g * g
+            m_hat = m / (1 - beta1**self.t)
+            v_hat = v / (1 - beta2**self.t)
+            p -= LR * m_hat / (np.sqrt(v_hat) + eps)
         return loss
 
     def weights(self):

@@ -13,8 +13,9 @@ turns (siglayer._timing.interleaved_medians, medians of --rounds rounds):
   the kernels replaced;
 - ``torch``, ``torch16``: ``sigmoid(addmm(b, x, W))`` with autograd, float32 and bfloat16
   parameters (when PyTorch is installed);
-- with ``--float64``, instead: ``f64``, ``f64/g``, ``numpy`` (siglayer.reference, the
-  plain NumPy layer) and ``torch64``.
+- with ``--float64``, instead: ``f64``, ``f64/g``, ``numpy`` (the layer as NumPy users
+  write it, siglayer._timing.numpy_layer; siglayer.reference, the oracle, until
+  2026-12-06) and ``torch64``.
 
 Before timing, every contender's result (out; dx, dW and db) is checked against the
 float64 reference on its own (rounded) inputs: float32 to 1e-5 of the largest magnitude,
@@ -44,7 +45,7 @@ import numpy as np
 import siglayer
 from harness import cpu_model, import_torch, limit_threads
 from siglayer import _core, reference
-from siglayer._timing import interleaved_medians
+from siglayer._timing import interleaved_medians, numpy_layer
 
 try:
     import ml_dtypes
@@ -81,10 +82,10 @@ def contenders(
             calls[pass_name][name + "/g"] = through_gemm(calls[pass_name][name])
     if float64:
         inputs["numpy"] = (x, W, b, dout)
-        calls["fwd"]["numpy"] = lambda: reference.forward(x, W, b)
+        calls["fwd"]["numpy"] = lambda: numpy_layer(x, W, b)[0]
 
         def nstep():
-            return reference.backward(dout, x, W, reference.forward(x, W, b))
+            return numpy_layer(x, W, b, dout)[1:]  # dx, dW, db
 
         calls["fwd+bwd"]["numpy"] = nstep
     if torch is not None:
