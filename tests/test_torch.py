@@ -344,6 +344,17 @@ def test_module():
         SigmoidLinear(True, 2)
     with pytest.raises(ValueError, match="n_out must be >= 1, got 0"):
         SigmoidLinear(3, 0)
+    # torch.nn.Linear's keywords: named in the errors as given, one name for each size
+    with pytest.raises(ValueError, match="out_features must be >= 1, got 0"):
+        SigmoidLinear(in_features=3, out_features=0)
+    with pytest.raises(TypeError, match="in_features must be an int, got float"):
+        SigmoidLinear(in_features=3.0, out_features=2)
+    with pytest.raises(TypeError, match=r"both n_in=3 and in_features=4 \(torch\.nn\.Line"):
+        SigmoidLinear(3, 2, in_features=4)
+    with pytest.raises(TypeError, match=r"needs n_out \(or out_features, torch\.nn\.Line"):
+        SigmoidLinear(in_features=3)
+    with pytest.raises(TypeError, match=r"needs n_in \(or in_features"):
+        SigmoidLinear()
     # After .half() every parameter is float16: the error names them all and the
     # module's fix (it named x alone, whose .float() then failed on W).
     half = SigmoidLinear(3, 2, seed=0).half()
@@ -392,6 +403,11 @@ def test_module_takes_linears_arguments_and_state(dtype):
             torch.testing.assert_close(layer.bce_loss(x, torch.ones(5, 4, dtype=dtype)), want)
     no_bias = SigmoidLinear(6, 4, bias=False, dtype=dtype)
     torch.testing.assert_close(no_bias(x), torch.sigmoid(x @ no_bias.W), **tol)
+    # nn.Linear's keywords, as a swapped-in constructor call writes them
+    named = SigmoidLinear(in_features=6, out_features=4, bias=False, dtype=dtype, seed=1)
+    assert (named.n_in, named.n_out, named.b) == (6, 4, None)
+    assert torch.equal(named.W, SigmoidLinear(6, 4, False, dtype=dtype, seed=1).W)
+    assert SigmoidLinear(6, out_features=4, dtype=dtype).W.shape == (6, 4)
     if dtype != torch.bfloat16:
         assert no_bias.double()(x.double()).dtype == torch.float64  # the zero follows .to
     with pytest.raises(RuntimeError, match=r"Unexpected key.*bias"):

@@ -1563,6 +1563,20 @@ _PUBLIC: dict[str, Callable[..., Any]] = {
 }
 
 
+def _size_argument(value: int | None, name: str, alias: int | None, alias_name: str) -> int:
+    """SigmoidLinear's n_in or n_out, given under siglayer's name or torch.nn.Linear's."""
+    if value is not None and alias is not None:
+        raise TypeError(
+            f"SigmoidLinear got both {name}={value!r} and {alias_name}={alias!r} "
+            f"(torch.nn.Linear's name for {name}): pass one"
+        )
+    if alias is not None:
+        return _positive_int(alias, alias_name)
+    if value is None:
+        raise TypeError(f"SigmoidLinear needs {name} (or {alias_name}, torch.nn.Linear's name)")
+    return _positive_int(value, name)
+
+
 class SigmoidLinear(torch.nn.Module):
     """A dense layer followed by a sigmoid, ``sigmoid(x @ W + b)``, run by siglayer.
 
@@ -1581,6 +1595,8 @@ class SigmoidLinear(torch.nn.Module):
     Parameters
     ----------
     n_in, n_out : int
+        Or as keywords ``in_features=``, ``out_features=``, torch.nn.Linear's names (one
+        of the two names for each).
     bias : bool
         False: no b (``self.b`` is None, as torch.nn.Linear's ``bias``): the layer adds
         zero and has no bias gradient.
@@ -1622,17 +1638,20 @@ class SigmoidLinear(torch.nn.Module):
 
     def __init__(
         self,
-        n_in: int,
-        n_out: int,
+        n_in: int | None = None,
+        n_out: int | None = None,
         bias: bool = True,
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         seed: int | None = None,
+        in_features: int | None = None,
+        out_features: int | None = None,
     ) -> None:
         super().__init__()
         # numbers.Integral as SigmoidLayer takes (a NumPy integer, say), kept as int
-        n_in, n_out = _positive_int(n_in, "n_in"), _positive_int(n_out, "n_out")
+        n_in = _size_argument(n_in, "n_in", in_features, "in_features")
+        n_out = _size_argument(n_out, "n_out", out_features, "out_features")
         if not isinstance(bias, (bool, np.bool_)):
             raise TypeError(f"bias must be True or False, got {type(bias).__name__}")
         if dtype is None:
