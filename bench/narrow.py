@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             calls = contenders(args.n, args.n_in, n_out, torch, args.float64)
             for pass_name, group in calls.items():
                 # No pause by default, but 20 ms of untimed calls before each turn, as
-                # the README's tables of this script were measured.
+                # the tables of this script (docs/benchmarks.md) were measured.
                 t = interleaved_medians(
                     group, rounds=args.rounds, settle_seconds=args.settle, warmup_seconds=0.02
                 )
