@@ -719,7 +719,7 @@ def test_bf16_gemm_switch_from_the_environment():
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("convert convert (float32 GEMM on widened operands")
     # Where the own GEMM runs, convert is only ever forced, and the line says so.
-    assert ("the CPU runs avx512bf16" in done.stdout) == _core.config()["bf16_gemm_own"]
+    assert ("the CPU has AVX512-BF16)" in done.stdout) == _core.config()["bf16_gemm_own"]
     env["SIGLAYER_BF16_GEMM"] = "fastest"
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120

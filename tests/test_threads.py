@@ -344,19 +344,26 @@ def test_siglayer_isa_switch_picks_the_kernels_at_import(isa):
     or a misspelt name fails the import with an error that names the variable."""
     code = (
         "import siglayer; c = siglayer._config.config(); "
-        "print(c['simd'], c['bf16_gemm'].split()[0])"
+        "print(c['simd'], c['bf16_gemm'].split()[0]); print(c['bf16_gemm'])"
     )
     env = dict(os.environ, SIGLAYER_ISA=isa)
     env.pop("SIGLAYER_BF16_GEMM", None)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if isa in siglayer._config.config()["simd_available"].split(","):
         assert done.returncode == 0, done.stderr
-        simd, bf16_gemm = done.stdout.split()
+        first, line = done.stdout.splitlines()
+        simd, bf16_gemm = first.split()
         assert simd == isa
         # Below avx512bf16 the bfloat16 products run as on a CPU without it (they kept
-        # siglayer's vdpbf16ps GEMM before, so the switch did not give an AVX2 machine's path).
+        # siglayer's vdpbf16ps GEMM before, so the switch did not give an AVX2 machine's path),
+        # and show_config's line says what the CPU has (it said "the CPU runs avx512bf16").
         if isa != "avx512bf16":
             assert bf16_gemm == "convert"
+            if "avx512bf16" in siglayer._config.config()["simd_available"].split(","):
+                assert line.endswith(
+                    f"the kernels run {isa}, as on a CPU without AVX512-BF16; "
+                    "the CPU has AVX512-BF16)"
+                ), line
     else:
         assert done.returncode != 0
         assert "SIGLAYER_ISA='" + isa + "'" in done.stderr and "cannot run" in done.stderr

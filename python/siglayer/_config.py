@@ -401,12 +401,12 @@ def _bf16_gemm_description(core: _core.CoreConfig) -> str:
         # auto after SIGLAYER_ISA / select_isa forced the kernels below avx512bf16
         return (
             f"convert (float32 GEMM on widened operands: the kernels run {core['simd']}, "
-            f"as on a CPU without AVX512-BF16; the CPU runs avx512bf16)"
+            f"as on a CPU without AVX512-BF16; the CPU has AVX512-BF16)"
         )
     if core["bf16_gemm_own"]:  # only when forced: auto takes avx512bf16 or blas here
         return (
             "convert (float32 GEMM on widened operands, as SIGLAYER_BF16_GEMM or "
-            "select_bf16_gemm asked; the CPU runs avx512bf16)"
+            "select_bf16_gemm asked; the CPU has AVX512-BF16)"
         )
     if core["bf16_gemm_in_blas"]:
         blas = "there is one"
