@@ -21,7 +21,8 @@ the same loss on the first batch and the same weights after each of the first th
 Contenders:
   siglayer          siglayer.Sequential + losses.BCELoss (fused) + optim.Adam
   numpy             the same network in NumPy as its users write it: 1 / (1 + np.exp(-z)),
-                    np.log for the loss, x.T @ dZ, dZ.sum(axis=0), Adam's textbook lines
+                    np.log of np.clip(out, 1e-7, 1 - 1e-7) for the loss, x.T @ dZ,
+                    dZ.sum(axis=0), Adam's textbook lines
                     (until 2026-12-06 this contender used siglayer.reference's oracle
                     layer and Adam, whose stable sigmoid and float64 db sums are slower)
   torch             nn.Linear -> nn.Sigmoid -> nn.Linear, nn.BCEWithLogitsLoss (the usual
@@ -40,6 +41,7 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -140,11 +142,13 @@ class NumpyTrainer(Trainer):
         self.t = 0
 
     def train_on(self, x, y):
+        # np.exp overflows to inf (sigmoid 0, as wanted) once a z passes -88; main()
+        # silences that warning once rather than pay for np.errstate every step.
         W1, b1, W2, b2 = self.params
         h = 1 / (1 + np.exp(-(x @ W1 + b1)))
         out = 1 / (1 + np.exp(-(h @ W2 + b2)))
-        with np.errstate(divide="ignore"):  # log(0) where out saturates: the loss is inf
-            loss = -float(np.mean(y * np.log(out) + (1 - y) * np.log(1 - out)))
+        q = np.clip(out, 1e-7, 1 - 1e-7)  # out saturates at 0 or 1 as training goes on
+        loss = -float(np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
         dZ2 = (out - y) / out.size  # the loss's gradient through the last sigmoid
         dh = dZ2 @ W2.T
         dZ1 = dh * h * (1 - h)
@@ -359,6 +363,7 @@ def main(argv: list[str] | None = None) -> None:
             torch.set_num_threads(args.threads)
         threadpool_limits(args.threads, user_api="blas")
     weights = initial_weights()
+    warnings.filterwarnings("ignore", "overflow encountered in exp", RuntimeWarning)
     print(
         f"digits network {N_IN} -> {N_HIDDEN} -> {N_OUT}, sigmoid, binary cross-entropy, "
         f"Adam (lr {LR}), float32; one step = forward, loss, backward, update"
