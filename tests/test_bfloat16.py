@@ -506,6 +506,53 @@ def test_few_outputs_on_every_instruction_set_and_layout(isa, n_out, layout):
         siglayer.set_num_threads(before)
 
 
+@pytest.mark.parametrize("n_out", [3, 19], ids=["few-outputs", "gemm"])
+def test_backward_with_dout_and_out_in_different_layouts(gemm_path, n_out):
+    """dout and out each in its own layout, x and W contiguous: dZ is the same elementwise
+    whatever the layouts, so the gradients are the contiguous call's bits. A mutation
+    review (helper-81) read out with dout's row step and got NaN on both GEMM paths, which
+    no test saw: every layout test gave all arguments one layout."""
+    x, W, b = inputs(57, 40, n_out, seed=n_out)
+    dout = bf16(np.random.default_rng(1).standard_normal((57, n_out)))
+    out = siglayer.forward(x, W, b)
+    want = siglayer.backward(dout, x, W, out)
+    o = f64(out)
+    dx_ref, dW_ref, db_ref = reference.backward_from_preactivation(
+        f64(dout) * o * (1 - o), f64(x), f64(W)
+    )
+    bounds = gradient_bounds(x, W, f64(dout) * o * (1 - o), dx_ref)
+    for name, g, r, bd in zip(
+        ("dx", "dW", "db"), want, (dx_ref, dW_ref, db_ref), bounds, strict=True
+    ):
+        assert_bounded(g, r, bd, name)
+    layouts = {
+        "C": lambda a: a,
+        "F": np.asfortranarray,
+        "rows-apart": lambda a: _bf16_layouts(a)["rows-apart"],
+        "strided": lambda a: _bf16_layouts(a)["strided"],
+        "negative": lambda a: np.ascontiguousarray(a[::-1, ::-1])[::-1, ::-1],
+    }
+    for ld, lay_d in layouts.items():
+        for lo, lay_o in layouts.items():
+            got = siglayer.backward(lay_d(dout), x, W, lay_o(out))
+            for name, g, w in zip(("dx", "dW", "db"), got, want, strict=True):
+                assert g.tobytes() == w.tobytes(), f"{name}: dout {ld}, out {lo}"
+
+
+@pytest.mark.parametrize("n_out", [3, 19], ids=["few-outputs", "gemm"])
+def test_strided_bias(gemm_path, n_out):
+    """A float32 or bfloat16 b with a step or a negative stride gives the contiguous b's
+    bits (a mutation that read a bfloat16 b as contiguous went unseen: helper-81)."""
+    x, W, b32 = inputs(33, 21, n_out, seed=3)
+    for b in (b32, bf16(b32)):
+        want = siglayer.forward(x, W, b)
+        for given in (np.repeat(b, 2)[::2], np.ascontiguousarray(b[::-1])[::-1]):
+            assert given.strides != b.strides
+            got = siglayer.forward(x, W, given)
+            assert got.tobytes() == want.tobytes(), (b.dtype, given.strides)
+            np.testing.assert_array_equal(given, b)  # the input is left as it was
+
+
 def test_the_gemm_paths_agree_where_they_exist():
     paths = [path for path in GEMM_PATHS if gemm_path_missing(path) is None]
     if len(paths) < 2:

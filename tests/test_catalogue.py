@@ -695,6 +695,21 @@ FUNCTIONAL_CASES: dict[str, Case] = {
         "dx",
         r"dx must be C-contiguous",
     ),
+    # Batched: out and dx are reshaped to 2-D views, which an F-order buffer is not (the
+    # result went into a copy and the caller's buffer kept its sentinel; a mutation that
+    # removed the check went unseen: helper-81).
+    "out-F-order-batched": Case(
+        lambda p: fwd(batched(p), out=np.asfortranarray(filled((2, 2, 2)))),
+        ValueError,
+        "out",
+        r"out must be C-contiguous",
+    ),
+    "dx-F-order-batched": Case(
+        lambda p: bwd(batched(p), dx=filled((3, 2, 2)).transpose(2, 1, 0)),
+        ValueError,
+        "dx",
+        r"dx must be C-contiguous",
+    ),
     "db-strided": Case(
         lambda p: bwd(p, db=filled((4,))[::2]),
         ValueError,

@@ -46,12 +46,13 @@ def test_matches_reference(rng, threads, dtype, shape_x, n_out):
 
 
 def _layouts(a: np.ndarray) -> dict[str, np.ndarray]:
-    """The same 2-D values in C order, F order, as a strided view, transposed view and
-    a view with negative strides."""
+    """The same 2-D values in C order, F order, as contiguous rows further apart than their
+    length, a strided view, a transposed view and a view with negative strides."""
     big = np.zeros((a.shape[0] * 2, a.shape[1] * 3), a.dtype)
     big[::2, ::3] = a
     return {
         "C": np.ascontiguousarray(a),
+        "rows-apart": np.concatenate([a, a], axis=1)[:, : a.shape[1]],
         "F": np.asfortranarray(a),
         "strided": big[::2, ::3],
         "Tview": np.ascontiguousarray(a.T).T,
@@ -60,7 +61,7 @@ def _layouts(a: np.ndarray) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("layout", ["C", "F", "strided", "Tview", "negative"])
+@pytest.mark.parametrize("layout", ["C", "F", "rows-apart", "strided", "Tview", "negative"])
 def test_memory_layouts(rng, threads, dtype, layout):
     x, W, b, dout = make_problem(rng, (37, 23), 19, dtype)
     out_ref = siglayer.forward(x, W, b)
@@ -76,6 +77,31 @@ def test_memory_layouts(rng, threads, dtype, layout):
         assert_within(
             g, r, product_bound(np.ones((1, 1)), np.ones((1, 1)), 64, dtype)[0, 0] * 10, "layout"
         )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n_out", [3, 19], ids=["few-outputs", "gemm"])
+def test_every_mix_of_memory_layouts(rng, dtype, n_out):
+    """Each argument in its own layout: all 6**4 layouts of x, W, dout and out. A mutation
+    review (helper-81) gave the forward GEMM x's transpose flag for W, and backward out's
+    row step from dout: no test but a lucky one saw it, since every layout test gave all
+    arguments the same layout. Oracle: the reference, within the bounds of
+    test_matches_reference."""
+    x, W, b, dout = make_problem(rng, (37, 23), n_out, dtype)
+    out_c = siglayer.forward(x, W, b)
+    L = {name: _layouts(a) for name, a in {"x": x, "W": W, "dout": dout, "out": out_c}.items()}
+    want_out = reference.forward(x, W, b)
+    bound = forward_bound(x, W, b, out_c)
+    for lx, x_l in L["x"].items():
+        for lW, W_l in L["W"].items():
+            assert_within(siglayer.forward(x_l, W_l, b), want_out, bound, f"out x {lx} W {lW}")
+            for ld, dout_l in L["dout"].items():
+                for lo, out_l in L["out"].items():
+                    got = siglayer.backward(dout_l, x_l, W_l, out_l)
+                    try:
+                        check_backward(dout, x, W, out_c, got)
+                    except AssertionError as e:
+                        raise AssertionError(f"x {lx}, W {lW}, dout {ld}, out {lo}: {e}") from e
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)

@@ -139,6 +139,21 @@ def rounding(mode: str):
         libm.fesetround(0)  # FE_TONEAREST
 
 
+def assert_sse_rounds(mode: str) -> None:
+    """NumPy's float64 arithmetic (SSE, rounded as MXCSR says) rounds as ``mode`` asks:
+    1 +- 2**-60 by hand. fegetround reads the x87 control word on x86-64 glibc, not
+    MXCSR, so it cannot see a kernel that leaves MXCSR changed (a mutation that dropped
+    the restore of MXCSR went unseen: helper-81)."""
+    one, tiny = np.ones(1), 2.0**-60
+    up, down = (one + tiny)[0], (one - tiny)[0]
+    want = {
+        "upward": (np.nextafter(1.0, 2.0), 1.0),
+        "downward": (1.0, np.nextafter(1.0, 0.0)),
+        "towardzero": (1.0, np.nextafter(1.0, 0.0)),
+    }[mode]
+    assert (up, down) == want, f"after the call NumPy rounds {mode} as {(up, down)}"
+
+
 @on_x86_glibc
 @pytest.mark.parametrize("mode", FE_MODES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
@@ -151,8 +166,10 @@ def test_sigma_is_the_same_in_every_rounding_mode(isa, dtype, mode):
     ).astype(dtype)
     want = _core.sigmoid(z)
     with rounding(mode) as libm:
+        assert_sse_rounds(mode)
         got = _core.sigmoid(z)
         mode_after = libm.fegetround()
+        assert_sse_rounds(mode)
     assert mode_after == FE_MODES[mode]
     np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
 
@@ -185,6 +202,9 @@ def test_a_layer_under_a_directed_rounding_mode_stays_in_the_unit_interval(
     b = np.linspace(-3000, 3000, 96).astype(dtype)  # columns far past saturation at both ends
     with rounding(mode):
         out = siglayer.forward(x, W, b)
+        assert_sse_rounds(mode)
+        siglayer.backward(np.ones_like(out), x, W, out)
+        assert_sse_rounds(mode)
     assert ((out >= 0) & (out <= 1)).all()
     np.testing.assert_array_equal(out[:, 0], 0)
     np.testing.assert_array_equal(out[:, -1], 1)

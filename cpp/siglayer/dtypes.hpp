@@ -45,14 +45,8 @@ inline float to_float(bfloat16 v) {
     return __builtin_bit_cast(float, static_cast<std::uint32_t>(v.bits) << 16);
 }
 
-// Round to nearest, ties to even (the rounding of vcvtneps2bf16 and of torch/ml_dtypes).
-// NaN stays NaN (made quiet, sign kept), +-inf stays +-inf, values past the largest
-// bfloat16 round to +-inf, subnormals round like any other value (no flush to zero).
-inline bfloat16 to_bfloat16(float f) {
-    const std::uint32_t u = __builtin_bit_cast(std::uint32_t, f);
-    if (f != f) return {static_cast<std::uint16_t>((u >> 16) | 0x0040u)};
-    return {static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
-}
+// The rounding float -> bfloat16 lives with the kernels (kernels_impl.hpp,
+// float_to_bf16_bits; layer.hpp's to_bfloat16 for arrays): one rounding, vectorized.
 
 // A stored value in its compute type (exact).
 inline float to_compute(bfloat16 v) {

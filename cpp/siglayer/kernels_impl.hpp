@@ -205,10 +205,11 @@ inline void dz_colsum(T* __restrict dZ, index_t ld_dZ, T* __restrict db, double*
     for (index_t j = 0; j < cols; ++j) db[j] = static_cast<T>(total[j]);
 }
 
-// bfloat16 <-> float, as bits so that the loops vectorize. The same rounding as
-// siglayer::to_bfloat16 (dtypes.hpp), copied into this instruction set's namespace (see the
-// top of this file). widen is exact; narrow rounds to nearest even, keeps NaN a (quiet) NaN
-// and +-inf, and rounds values past the largest bfloat16 to +-inf.
+// bfloat16 <-> float, as bits so that the loops vectorize, in this instruction set's
+// namespace (see the top of this file). widen is exact; narrow rounds to nearest, ties to
+// even (the rounding of vcvtneps2bf16 and of torch/ml_dtypes), keeps NaN a NaN (made quiet,
+// sign kept) and +-inf, rounds values past the largest bfloat16 to +-inf, and rounds
+// subnormals like any other value (no flush to zero).
 inline float bf16_bits_to_float(std::uint16_t h) {
     return __builtin_bit_cast(float, static_cast<std::uint32_t>(h) << 16);
 }
