@@ -72,6 +72,18 @@ def test_gradient_recipe_equals_siglayer_backward(dtype):
     none, dW2, _ = sd.backward(dout, xd, W, out, need_dx=False)
     assert none is None
     assert_close(dW2.compute(scheduler="threads"), expected[1], dtype)
+    # x and dout chunked across their columns too: backward joins them into whole rows
+    # (a mutation that dropped the join went unseen, every x having one column chunk:
+    # helper-83); the same figures as the plain arrays'.
+    x_cols = da.from_array(x, chunks=(128, 7))
+    dout_np = 2 * (out_np - y) / out_np.size
+    out_cols = sd.forward(x_cols, W, b)
+    got = dask.compute(
+        *sd.backward(da.from_array(dout_np, chunks=(128, 2)), x_cols, W, out_cols),
+        scheduler="threads",
+    )
+    for g, want in zip(got, expected, strict=True):
+        assert_close(g, want, dtype)
     dx3, none, db3 = sd.backward(dout, xd, W, out, need_dW=False)  # a frozen W
     assert none is None
     dx3, db3 = dask.compute(dx3, db3, scheduler="threads")

@@ -302,6 +302,14 @@ def test_bce_with_logits_and_fused_gradient_match_torch(rng, dtype):
     # torch's gradient is (sigmoid(z) - y) / N with its own sigmoid: equal up to the
     # rounding of the two sigmoids (an ulp of values <= 1) and of the division.
     np.testing.assert_allclose(fn.backward(), zt.grad.numpy(), rtol=0, atol=4 * eps / z.size)
+    # The value with logits= follows the loss's own reduction (a mutation that returned the
+    # mean under reduction="sum" went unseen: helper-83); the gradient is then out - y.
+    zs = torch.from_numpy(z.copy()).requires_grad_()
+    sum_t = torch.nn.BCEWithLogitsLoss(reduction="sum")(zs, torch.from_numpy(y))
+    sum_t.backward()
+    fn_sum = losses.BCELoss(reduction="sum")
+    assert fn_sum(out, y, logits=z) == pytest.approx(sum_t.item(), rel=16 * eps)
+    np.testing.assert_allclose(fn_sum.backward(), zs.grad.numpy(), rtol=0, atol=4 * eps)
 
 
 def test_nan_output_gives_nan_loss():

@@ -334,6 +334,17 @@ def test_module():
     torch.testing.assert_close(from_linear(x7), torch.sigmoid(x7 @ from_linear.W))
     linear.weight.requires_grad_(False)
     assert not SigmoidLinear.from_linear(linear).W.requires_grad
+    # A frozen bias stays frozen too, and gets no gradient, as in the Linear (a mutation
+    # that made every converted b trainable went unseen: helper-83).
+    with_bias = torch.nn.Linear(4, 3)
+    with_bias.bias.requires_grad_(False)
+    converted = SigmoidLinear.from_linear(with_bias)
+    assert converted.W.requires_grad and not converted.b.requires_grad
+    x4 = torch.rand(5, 4)
+    torch.sigmoid(with_bias(x4)).sum().backward()
+    converted(x4).sum().backward()
+    assert with_bias.bias.grad is None and converted.b.grad is None
+    torch.testing.assert_close(converted.W.grad, with_bias.weight.grad.T)
     with pytest.raises(
         TypeError, match=r"dtype must be torch\.float32, torch\.float64 or torch\.bfloat16"
     ):
