@@ -548,6 +548,85 @@ def test_an_overlap_is_told_apart_by_its_class(rng):
     assert issubclass(siglayer.OverlapError, ValueError)
 
 
+class _FrameStandIn:
+    """An object whose type says it comes from pandas (not a test dependency)."""
+
+
+_FrameStandIn.__module__ = "pandas.core.frame"
+
+
+def _not_an_array(kind: str) -> tuple[object, str, str]:
+    """(object, its type's full name, the advice after it, with NAME for the argument)."""
+    if kind == "torch":
+        torch = pytest.importorskip("torch")
+        use = "; for PyTorch tensors use siglayer.torch (sigmoid_linear, SigmoidLinear)"
+        return torch.ones(4, 2), "torch.Tensor", use
+    if kind == "torch parameter":
+        torch = pytest.importorskip("torch")
+        use = "; for PyTorch tensors use siglayer.torch (sigmoid_linear, SigmoidLinear)"
+        return torch.nn.Parameter(torch.ones(4, 2)), "torch.nn.parameter.Parameter", use
+    if kind == "jax":
+        jnp = pytest.importorskip("jax.numpy")
+        x = jnp.ones((4, 2))
+        name = f"{type(x).__module__}.{type(x).__qualname__}"  # jaxlib's, which moves
+        return x, name, "; for JAX arrays use siglayer.jax.sigmoid_linear"
+    if kind == "dask":
+        da = pytest.importorskip("dask.array")
+        use = "; for Dask arrays use siglayer.dask (forward, backward)"
+        return da.ones((4, 2)), "dask.array.core.Array", use
+    if kind == "pandas":
+        return (
+            _FrameStandIn(),
+            "pandas.core.frame._FrameStandIn",
+            "; pass NAME.to_numpy(np.float32) (or np.float64)",
+        )
+    if kind == "list":
+        return [[1.0, 2.0]] * 4, "list", "; pass np.asarray(NAME, np.float32) (or np.float64)"
+    if kind == "tuple":
+        return ((1.0, 2.0),) * 4, "tuple", "; pass np.asarray(NAME, np.float32) (or np.float64)"
+    assert kind == "number"
+    return 1.0, "float", ""  # nothing known to advise
+
+
+def _entry_points() -> dict[str, tuple[str, object]]:
+    """Each place that checks for an ndarray, in C++ or Python: (argument, call(obj))."""
+    from siglayer.losses import BCELoss, mse_grad
+
+    x, W, b = np.ones((4, 2)), np.ones((2, 3)), np.zeros(3)
+    out = siglayer.forward(x, W, b)
+    layer = siglayer.SigmoidLayer(2, 3, dtype=np.float64, seed=0)
+    layer(x)
+    loss = BCELoss()
+    loss(out, np.zeros_like(out))
+    return {
+        "forward (bindings)": ("x", lambda a: siglayer.forward(a, W, b)),
+        "backward dx= (Python)": ("dx", lambda a: siglayer.backward(out, x, W, out, dx=a)),
+        "SigmoidLayer x": ("x", lambda a: layer(a)),
+        "SigmoidLayer.backward dout": ("dout", lambda a: layer.backward(a)),
+        "BCELoss out": ("out", lambda a: loss(a, np.zeros_like(out))),
+        "mse_grad dout=": ("dout", lambda a: mse_grad(out, np.zeros_like(out), dout=a)),
+        "jacobian x": ("x", lambda a: siglayer.jacobian(a, W, b)),
+        "compare x": ("x", lambda a: siglayer.compare(x=a)),
+    }
+
+
+@pytest.mark.parametrize("where", list(_entry_points()))
+@pytest.mark.parametrize(
+    "kind", ["torch", "torch parameter", "jax", "dask", "pandas", "list", "tuple", "number"]
+)
+def test_a_framework_array_or_a_list_is_refused_with_what_to_pass_instead(kind, where):
+    """Each check for an ndarray, in the bindings and in Python alike, names the type in
+    full and says what to pass instead where that is known: a user who hands a PyTorch
+    tensor or a JAX array to the NumPy API is pointed to the frontend for it."""
+    given, type_name, advice = _not_an_array(kind)
+    name, call = _entry_points()[where]
+    what = "a numpy.ndarray or None" if where == "compare x" else "a numpy.ndarray"
+    want = f"{name} must be {what}, got {type_name}{advice.replace('NAME', name)}"
+    with pytest.raises(TypeError) as info:
+        call(given)
+    assert str(info.value) == want
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [

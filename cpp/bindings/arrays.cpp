@@ -43,6 +43,23 @@ std::string type_name(py::handle h) {
     return module == "builtins" ? name : module + "." + name;
 }
 
+// What to pass instead of `h`, which is no ndarray, where that is known: the frontend that
+// takes a framework's arrays as they are, a conversion for pandas objects and Python
+// sequences; else nothing. python/siglayer/_buffers.py's not_an_ndarray says the same
+// words (tests/test_layer.py compares the two).
+std::string instead(py::handle h, const std::string& name) {
+    const std::string module = py::str(py::type::handle_of(h).attr("__module__"));
+    const std::string top = module.substr(0, module.find('.'));
+    if (top == "torch")
+        return "; for PyTorch tensors use siglayer.torch (sigmoid_linear, SigmoidLinear)";
+    if (top == "jax" || top == "jaxlib") return "; for JAX arrays use siglayer.jax.sigmoid_linear";
+    if (top == "dask") return "; for Dask arrays use siglayer.dask (forward, backward)";
+    if (top == "pandas") return "; pass " + name + ".to_numpy(np.float32) (or np.float64)";
+    if (PyList_Check(h.ptr()) || PyTuple_Check(h.ptr()))
+        return "; pass np.asarray(" + name + ", np.float32) (or np.float64)";
+    return "";
+}
+
 }  // namespace
 
 bool native_byte_order(const py::dtype& dt) {
@@ -71,7 +88,7 @@ py::array as_array(py::handle h, const char* name) {
     if (py::type::handle_of(h).is(s.ndarray)) return py::reinterpret_borrow<py::array>(h);
     if (!py::isinstance(h, s.ndarray)) {
         throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
-                             (h.is_none() ? std::string("None") : type_name(h)));
+                             (h.is_none() ? std::string("None") : type_name(h)) + instead(h, name));
     }
     if (py::isinstance(h, s.matrix)) {
         throw py::type_error(std::string(name) + " must be a plain numpy.ndarray, got " +

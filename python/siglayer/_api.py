@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from . import _core
-from ._buffers import refuse_overlap
+from ._buffers import not_an_ndarray, refuse_overlap
 from ._dtypes import as_dtype, is_bfloat16
 from ._gradients import refuse_kind
 from ._typing import Float
@@ -650,7 +650,7 @@ def _batch_shaped(
 def _as_2d_buffer(buf: NDArray[Float], name: str, shape: tuple[int, ...]) -> NDArray[Float]:
     """A caller's output buffer of the given N-d shape as a 2-D view (never a copy)."""
     if not isinstance(buf, _ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(buf).__name__}")
+        raise not_an_ndarray(buf, name)
     if buf.shape != shape:
         raise ValueError(f"{name} has shape {buf.shape}, expected {shape}")
     if not buf.flags.c_contiguous:

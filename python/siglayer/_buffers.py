@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 
 from . import _core
 
-__all__ = ["BufferCache", "refuse_overlap", "refuse_matrix_or_masked"]
+__all__ = ["BufferCache", "not_an_ndarray", "refuse_overlap", "refuse_matrix_or_masked"]
 
 # A loop alternates between few shapes (the batch size, the last short batch of an
 # epoch, an evaluation batch); a handful covers them without holding on to many.
@@ -94,3 +94,32 @@ def refuse_matrix_or_masked(a: object, name: str) -> None:
             f"{name} must be a plain numpy.ndarray, got {kind.__module__}.{kind.__qualname__}; "
             f"{fix}"
         )
+
+
+def not_an_ndarray(given: object, name: str, *, or_none: bool = False) -> TypeError:
+    """The TypeError for argument ``name``, ``given``, which is no ndarray, in the bindings'
+    words (cpp/bindings/arrays.cpp, ``as_array`` and ``instead``): the type's full name,
+    and what to pass instead where that is known (the frontend that takes a framework's
+    arrays as they are, a conversion for pandas objects and Python sequences)."""
+    kind = type(given)
+    module = kind.__module__
+    got = (
+        "None"
+        if given is None
+        else (kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}")
+    )
+    top = module.partition(".")[0]
+    if top == "torch":
+        hint = "; for PyTorch tensors use siglayer.torch (sigmoid_linear, SigmoidLinear)"
+    elif top in ("jax", "jaxlib"):
+        hint = "; for JAX arrays use siglayer.jax.sigmoid_linear"
+    elif top == "dask":
+        hint = "; for Dask arrays use siglayer.dask (forward, backward)"
+    elif top == "pandas":
+        hint = f"; pass {name}.to_numpy(np.float32) (or np.float64)"
+    elif isinstance(given, (list, tuple)):
+        hint = f"; pass np.asarray({name}, np.float32) (or np.float64)"
+    else:
+        hint = ""
+    what = "a numpy.ndarray or None" if or_none else "a numpy.ndarray"
+    return TypeError(f"{name} must be {what}, got {got}{hint}")

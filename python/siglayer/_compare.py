@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from . import _api, reference
+from ._buffers import not_an_ndarray
 from ._dtypes import FLOAT_DTYPES, is_bfloat16, layer_dtype
 from ._typing import Float
 
@@ -126,7 +127,7 @@ def compare(
     """
     for name, given in (("x", x), ("W", W), ("b", b), ("dout", dout)):
         if given is not None and not isinstance(given, np.ndarray):
-            raise TypeError(f"{name} must be a numpy.ndarray or None, got {type(given).__name__}")
+            raise not_an_ndarray(given, name, or_none=True)
     for name, size in (("n", n), ("n_in", n_in), ("n_out", n_out)):
         if isinstance(size, bool) or not isinstance(size, numbers.Integral):
             raise TypeError(f"{name} must be an int, got {type(size).__name__}")

@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _api, _compare, reference
+from ._buffers import not_an_ndarray
 from ._dtypes import is_bfloat16
 
 __all__ = ["MAX_JACOBIAN_ELEMENTS", "GradcheckErrors", "explain", "gradcheck", "jacobian"]
@@ -97,9 +98,7 @@ def jacobian(x: Array, W: Array, b: Array) -> tuple[Array, Array, Array]:
     array([0.25, 0.25, 0.25])
     """
     if not isinstance(x, np.ndarray):
-        raise TypeError(
-            f"x must be a numpy.ndarray, got {'None' if x is None else type(x).__name__}"
-        )
+        raise not_an_ndarray(x, "x")
     if x.ndim != 2:
         raise ValueError(f"x must be 2-D (n, n_in) for jacobian, got shape {x.shape}")
     if isinstance(W, np.ndarray) and W.ndim == 2 and W.shape[0] != x.shape[1]:

@@ -53,7 +53,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _core
-from ._buffers import BufferCache, refuse_matrix_or_masked, refuse_overlap
+from ._buffers import BufferCache, not_an_ndarray, refuse_matrix_or_masked, refuse_overlap
 from ._dtypes import FLOAT_DTYPES
 from ._gradients import OutputGradient, PreactivationGradient
 
@@ -87,7 +87,7 @@ def _check_pair(pred: object, y: object, pred_name: str) -> None:
     """Both float32/float64 ndarrays of one dtype and one shape, or a clear error."""
     for name, a in ((pred_name, pred), ("y", y)):
         if not isinstance(a, _ndarray):
-            raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+            raise not_an_ndarray(a, name)
         refuse_matrix_or_masked(a, name)
         if a.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name} has dtype {a.dtype}; losses take float32 or float64")
@@ -320,7 +320,7 @@ def bce_grad_preactivation(
 
 def _check_buffer(buf: object, name: str, like: Array) -> None:
     if not isinstance(buf, _ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(buf).__name__}")
+        raise not_an_ndarray(buf, name)
     refuse_matrix_or_masked(buf, name)
     if buf.shape != like.shape:
         raise ValueError(f"{name} has shape {buf.shape}, expected {like.shape}")

@@ -33,7 +33,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from . import _api, _core
-from ._buffers import BufferCache, refuse_matrix_or_masked, refuse_overlap
+from ._buffers import BufferCache, not_an_ndarray, refuse_matrix_or_masked, refuse_overlap
 from ._dtypes import is_bfloat16, layer_dtype
 from ._gradients import refuse_kind
 from ._typing import Float
@@ -682,7 +682,7 @@ class SigmoidLayer(Generic[Float]):
 
     def _check_input(self, x: object) -> None:
         if not isinstance(x, _ndarray):
-            raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
+            raise not_an_ndarray(x, "x")
         refuse_matrix_or_masked(x, "x")
         if self._mixed and x.dtype == np.float32:
             pass  # rounded to bfloat16 by the caller
@@ -696,7 +696,7 @@ class SigmoidLayer(Generic[Float]):
 
     def _check_gradient(self, grad: object, name: str, expected: tuple[int, ...]) -> None:
         if not isinstance(grad, _ndarray):
-            raise TypeError(f"{name} must be a numpy.ndarray, got {type(grad).__name__}")
+            raise not_an_ndarray(grad, name)
         refuse_matrix_or_masked(grad, name)
         if self._mixed and grad.dtype == np.float32:
             pass  # rounded to bfloat16 by the caller
