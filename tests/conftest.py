@@ -154,6 +154,9 @@ SHAPES = [
     ((64, 4096), 4),
     ((64, 256), 128),
     ((16, 1024), 64),
+    # Four blocks of 128 rows, the last short: on two threads backward cuts dZ's rows
+    # between them, each computing dx for its own (layer.cpp, rows_for_threads).
+    ((461, 130), 40),
     ((0, 4), 3),
     ((5, 0), 3),
     ((5, 4), 0),

@@ -456,13 +456,15 @@ def test_db_stays_accurate_over_a_large_batch(rng, threads, via):
     assert_within(db, exact.astype(np.float32), bound, "db")
 
 
+@pytest.mark.parametrize("blocks", [3, 4])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_db_same_bits_for_any_thread_count_and_layout(rng, restore_threads, dtype):
-    """3 blocks of rows (the last short) by 600 columns, cut between 1 to 4 threads: db
-    from backward and from backward_from_preactivation with dZ C- or F-ordered is the
-    same bits as one thread's. (n * n_out * n_in is past the 2^20 below which one thread
-    runs.)"""
-    x, W, out, dout, dZ = _db_problem(rng, 2 * SUM_ROWS + 77, 600, dtype, n_in=16)
+def test_db_same_bits_for_any_thread_count_and_layout(rng, restore_threads, dtype, blocks):
+    """3 or 4 blocks of rows (the last short) by 600 columns, cut between 1 to 4 threads:
+    db from backward and from backward_from_preactivation with dZ C- or F-ordered is the
+    same bits as one thread's. backward's threads split dZ's columns, or its rows where
+    the blocks go evenly to them (4 blocks on 2 and 4 threads, 3 on 3: layer.cpp,
+    rows_for_threads). (n * n_out * n_in is past the 2^20 below which one thread runs.)"""
+    x, W, out, dout, dZ = _db_problem(rng, (blocks - 1) * SUM_ROWS + 77, 600, dtype, n_in=16)
     siglayer.set_num_threads(1)
     want = siglayer.backward(dout, x, W, out, need_dx=False)[2]
     for threads in (1, 2, 3, 4):

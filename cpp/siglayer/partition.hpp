@@ -188,6 +188,8 @@ struct Block {
 // only, never on which thread runs which.
 struct Tiling {
     index_t m = 0, n = 0, pieces = 0;
+    index_t align = 16;    // tiles start at multiples of this many rows (or columns)
+    bool by_rows = false;  // cut the rows whatever the shape (rows_of)
 
     Tiling() = default;
     Tiling(index_t m_, index_t n_, int threads) : m(m_), n(n_) {
@@ -199,12 +201,26 @@ struct Tiling {
         else
             pieces = std::min<index_t>(blocks, index_t(threads) * threads::tiles_per_thread());
     }
+    // The m rows (n columns each, never cut) in tiles of whole blocks of `align` rows,
+    // threads::tiles_per_thread() per thread where there are blocks enough.
+    static Tiling rows_of(index_t m, index_t n, int threads, index_t align) {
+        Tiling t;
+        t.m = m;
+        t.n = n;
+        t.align = align;
+        t.by_rows = true;
+        const index_t blocks = (m + align - 1) / align;
+        t.pieces = m == 0 || n == 0 ? 0
+                                    : std::min<index_t>(blocks, index_t(std::max(threads, 1)) *
+                                                                    threads::tiles_per_thread());
+        return t;
+    }
     Block tile(index_t t) const {
         Block blk{0, m, 0, n};
-        if (m >= n)
-            split_range(m, int(pieces), int(t), 16, blk.i0, blk.i1);
+        if (by_rows || m >= n)
+            split_range(m, int(pieces), int(t), align, blk.i0, blk.i1);
         else
-            split_range(n, int(pieces), int(t), 16, blk.j0, blk.j1);
+            split_range(n, int(pieces), int(t), align, blk.j0, blk.j1);
         return blk;
     }
 };

@@ -27,6 +27,7 @@ public:
         b_packed16,  // B of a bfloat16 product packed once for several panels (layer_bf16.cpp)
         db_total,    // the float64 sums of db's row blocks (views.hpp): a tile's columns, or all
         db_part,     // the block sums themselves, in the compute type, before they reach db
+        db_blocks,   // every row block's sums (blocks x n_out), when threads split dZ's rows
         slot_count
     };
 
