@@ -507,6 +507,39 @@ def test_few_outputs_on_every_instruction_set_and_layout(isa, n_out, layout):
         siglayer.set_num_threads(before)
 
 
+@pytest.mark.parametrize("n_out", [3, 600], ids=["few-outputs", "gemm"])
+def test_db_and_dx_same_bits_for_any_thread_count(gemm_path, n_out):
+    """4 blocks of rows (the last short), cut between 1 to 4 threads: backward's threads
+    split dZ's rows on 2 and 4 threads, each computing dx for its rows, and its columns on
+    3 (layer.cpp, rows_for_threads); db is one thread's bits either way, and so is dx on
+    siglayer's own GEMM and the few-output kernels (sums over k in a fixed order), against
+    the oracle's bounds too."""
+    from conftest import SUM_ROWS
+
+    n, n_in = 3 * SUM_ROWS + 77, 16 if n_out > 12 else 800
+    x, W, b = inputs(n, n_in, n_out, seed=n_out)
+    dout = bf16(np.random.default_rng(2).standard_normal((n, n_out)))
+    before = siglayer.get_num_threads()
+    try:
+        siglayer.set_num_threads(1)
+        out = siglayer.forward(x, W, b)
+        want_dx, _, want_db = siglayer.backward(dout, x, W, out)
+        o = f64(out)
+        dZ_ref = f64(dout) * o * (1 - o)
+        dx_ref, _, db_ref = reference.backward_from_preactivation(dZ_ref, f64(x), f64(W))
+        b_dx, _, b_db = gradient_bounds(x, W, dZ_ref, dx_ref)
+        for threads in (2, 3, 4):
+            siglayer.set_num_threads(threads)
+            dx, _, db = siglayer.backward(dout, x, W, out)
+            assert db.tobytes() == want_db.tobytes(), f"db, {threads} threads"
+            if gemm_path != "blas" or n_out <= 12:
+                assert dx.tobytes() == want_dx.tobytes(), f"dx, {threads} threads"
+            assert_bounded(dx, dx_ref, b_dx, f"dx, {threads} threads")
+            assert_bounded(db, db_ref, b_db, f"db, {threads} threads")
+    finally:
+        siglayer.set_num_threads(before)
+
+
 @pytest.mark.parametrize("n_out", [3, 19], ids=["few-outputs", "gemm"])
 def test_backward_with_dout_and_out_in_different_layouts(gemm_path, n_out):
     """dout and out each in its own layout, x and W contiguous: dZ is the same elementwise

@@ -22,56 +22,18 @@ using namespace layer_detail;
 
 namespace {
 
-// Whether backward's phase 1 cuts dZ's rows (in whole blocks of kSumRows, views.hpp)
-// between the team's threads, each computing dx for its rows right after their dZ, or
-// its columns (every thread's dx then read dZ rows half written by another core): rows
-// where the blocks go evenly to the threads, or so many that one block more is little.
-// A/B on Zen 5, 2 threads, float32 backward (interleaved medians, the same bits): 0.90-0.95
-// of the column split's time at 8192 x 256 x 64, 0.95-1.02 at 256 x 512 x 512, 0.99-1.00
-// at 1024^3 and 4096 x 2048^2; float64 0.88-0.98 at 8192 x 256 x 64.
-inline bool rows_for_threads(index_t blocks, int team) {
-    return team > 1 && blocks >= team && (blocks % team == 0 || blocks >= 16 * index_t(team));
-}
-
-// db (cols) = the sum of the blocks' sums (blocks x ld, a block's row of sums in the
-// compute type) for the columns [j0, j1), added in block order into doubles: the bits of
-// dz_colsum over all the rows at once.
-template <class C>
-void add_block_sums(C* db, const C* block_sums, index_t blocks, index_t ld, index_t j0,
-                    index_t j1) {
-    double* total = Scratch::for_this_thread().get<double>(Scratch::db_total,
-                                                           static_cast<std::size_t>(j1 - j0));
-    std::fill(total, total + (j1 - j0), 0.0);
-    for (index_t k = 0; k < blocks; ++k) {
-        const C* row = block_sums + k * ld + j0;
-#pragma omp simd
-        for (index_t j = 0; j < j1 - j0; ++j) total[j] += static_cast<double>(row[j]);
-    }
-    for (index_t j = 0; j < j1 - j0; ++j) db[j0 + j] = static_cast<C>(total[j]);
-}
-
-struct NoExtra {
-    void operator()(const Block&) const {}
-};
-
 // Inside a parallel region: dW = x^T . dZ when dW.data is set and dx = dZ . W^T when
 // dx.data is set, both cut into tiles that the team takes one at a time (partition.hpp).
 // dZ is (n, n_out) and complete; x is (n, n_in), W is (n_in, n_out). The batch index i is
 // what dW sums over: dW[k, l] = sum_i x[i, k] dZ[i, l], which is why x^T stands on the left.
 // With Wt (W^T, n_out x n_in, for a layer with few outputs and a row-major dZ) dx is
 // row_combos' instead of the BLAS's; with few outputs and x and dZ row-major, dW is
-// col_dots'. Tiles of extra_tiles, if given, run extra(tile) in the same worksharing loop.
-template <class T, class Extra = NoExtra>
+// col_dots'.
+template <class T>
 void gradient_products(OutMatrix<T> dx, OutMatrix<T> dW, const BlasOperand<T>& xo,
                        const BlasOperand<T>& Wo, const BlasOperand<T>& dZo, const T* Wt, index_t n,
-                       index_t n_in, index_t n_out, const Tiling* extra_tiles = nullptr,
-                       const Extra& extra = Extra{}) {
-    const Tiling none;
-    if (extra_tiles == nullptr) extra_tiles = &none;
-    if (n_in == 0 || n_out == 0 || n == 0) {
-        for_each_tile({extra_tiles}, [&](const Tiling&, const Block& t) { extra(t); });
-        return;
-    }
+                       index_t n_in, index_t n_out) {
+    if (n_in == 0 || n_out == 0 || n == 0) return;
     const BlasOperand<T> xT{xo.data, flip(xo.op), xo.ld};
     const BlasOperand<T> WT{Wo.data, flip(Wo.op), Wo.ld};
     const int team = threads::team_threads();
@@ -80,10 +42,8 @@ void gradient_products(OutMatrix<T> dx, OutMatrix<T> dW, const BlasOperand<T>& x
     // Few outputs, x and dZ row-major: dW by col_dots.
     const bool dW_col_dots =
         row_combos_path(n_in, n_out) && xo.op == blas::Op::N && dZo.op == blas::Op::N;
-    for_each_tile({&dW_tiles, &dx_tiles, extra_tiles}, [&](const Tiling& tiling, const Block& t) {
-        if (&tiling == extra_tiles)
-            extra(t);
-        else if (&tiling == &dW_tiles && dW_col_dots)
+    for_each_tile({&dW_tiles, &dx_tiles}, [&](const Tiling& tiling, const Block& t) {
+        if (&tiling == &dW_tiles && dW_col_dots)
             kernels::active<T>().col_dots(dW.data + t.i0 * n_out + t.j0, n_out, xo.data + t.i0,
                                           xo.ld, dZo.data + t.j0, dZo.ld, n, t.rows(), t.cols());
         else if (&tiling == &dW_tiles)
@@ -227,13 +187,14 @@ void backward(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db, Mat
                     blas::gemm<T>(blas::Op::N, flip(Wo.op), r.rows(), n_in, n_out, T(1),
                                   dZ + r.i0 * n_out, n_out, Wo.data, Wo.ld, T(0), dx_rows, n_in);
             });
-            // Phase 2: dW needs all of dZ; db adds the block sums up, in tiles of columns.
+            // Phase 2: db adds the block sums up, in tiles of columns; dW needs all of dZ.
             threads::team_barrier();
             const Tiling columns(1, n_out, team);
-            gradient_products(
-                OutMatrix<T>{}, dW, xo, Wo, BlasOperand<T>{dZ, blas::Op::N, n_out},
-                static_cast<const T*>(nullptr), n, n_in, n_out, &columns,
-                [&](const Block& c) { add_block_sums(db, block_sums, blocks, n_out, c.j0, c.j1); });
+            for_each_tile({&columns}, [&](const Tiling&, const Block& c) {
+                add_block_sums(db, block_sums, blocks, n_out, c.j0, c.j1);
+            });
+            gradient_products(OutMatrix<T>{}, dW, xo, Wo, BlasOperand<T>{dZ, blas::Op::N, n_out},
+                              Wt, n, n_in, n_out);
             return;
         }
         // Phase 1, tiles of whole columns: dZ and db. Each column of db is summed by one

@@ -143,6 +143,56 @@ GradientOperands gradient_operands(const MatrixView<bf16>& x, const MatrixView<b
     return g;
 }
 
+// dx[r0:r1, j0:j1] = dZ[r0:r1, :] . W[j0:j1, :]^T for the tile t = rows [r0, r1) x columns
+// [j0, j1) of dx (n x n_in), rounded once; the rows of dZ it reads are ready.
+void dx_tile(OutMatrix<bf16> dx, const GradientOperands& g, const Block& t, index_t n_in,
+             index_t n_out) {
+    const bool native = g.native;
+    const auto& kernel = kernels::active<bf16>();
+    Scratch& scratch = Scratch::for_this_thread();
+    if (g.Wt) {  // few outputs: summed and rounded chunk by chunk, in L1
+        kernel.row_combos(dx.data + t.i0 * n_in + t.j0, n_in, g.dZ32 + t.i0 * n_out, n_out,
+                          g.Wt + t.j0, n_in, t.rows(), n_out, t.cols());
+        return;
+    }
+    const BlasOperand<bf16> WT{g.W16.data, flip(g.W16.op), g.W16.ld};
+    if (native && own_gemm() && n_out <= blas::own_bf16_rounded_max_k()) {
+        // siglayer's own GEMM rounds each sum as it stores it: dx written once, no float
+        // panel to round in a second pass (the same bits). With dW^T above, measured on
+        // Zen 4 (8192 x 256 x n_out, backward_from_preactivation, one thread): 0.61x the
+        // time at 12 outputs, 0.73-0.90 at 16-48, 0.97-1.02 at 64-128.
+        const std::uint16_t* packed = packed_b(WT.op, n_out, t.cols(), col_offset(WT, t.j0), WT.ld);
+        blas::own_bf16_gemm_packed_b(g.dZ16.op, t.rows(), t.cols(), n_out, row_offset(g.dZ16, t.i0),
+                                     g.dZ16.ld, packed, dx.data + t.i0 * n_in + t.j0, n_in);
+        return;
+    }
+    // A panel of rows at a time.
+    const index_t ph = std::min(t.rows(), panel_rows(std::max(n_out, t.cols())));
+    float* acc = scratch.get<float>(Scratch::acc, static_cast<std::size_t>(ph * t.cols()));
+    const std::uint16_t* WT_packed = native ? packed_once(own_gemm(), t.rows(), ph, WT.op, n_out,
+                                                          t.cols(), col_offset(WT, t.j0), WT.ld)
+                                            : nullptr;
+    for (index_t r0 = t.i0; r0 < t.i1; r0 += ph) {
+        const index_t m = std::min(ph, t.i1 - r0);
+        if (WT_packed) {
+            blas::own_bf16_gemm_packed_b(g.dZ16.op, m, t.cols(), n_out, row_offset(g.dZ16, r0),
+                                         g.dZ16.ld, WT_packed, acc, t.cols());
+        } else if (native) {
+            blas::gemm<bf16>(g.dZ16.op, WT.op, m, t.cols(), n_out, 1.0f, row_offset(g.dZ16, r0),
+                             g.dZ16.ld, col_offset(WT, t.j0), WT.ld, 0.0f, acc, t.cols());
+        } else {
+            blas::gemm<float>(blas::Op::N, blas::Op::T, m, t.cols(), n_out, 1.0f,
+                              g.dZ32 + r0 * n_out, n_out, g.W32 + t.j0 * n_out, n_out, 0.0f, acc,
+                              t.cols());
+        }
+        if (t.cols() == n_in)  // whole rows of dx: one contiguous run
+            kernel.narrow(dx.data + r0 * n_in, acc, m * n_in);
+        else
+            for (index_t i = 0; i < m; ++i)
+                kernel.narrow(dx.data + (r0 + i) * n_in + t.j0, acc + i * t.cols(), t.cols());
+    }
+}
+
 // Inside a parallel region, all of dZ ready: when dW.data is set, dW (float, written
 // directly) and, when dx.data is set, dx (rounded once, panel by panel), tiled as the float
 // layer tiles them. x is (n, n_in), W is (n_in, n_out).
@@ -212,51 +262,7 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
             }
             return;
         }
-        // dx[r0:r1, j0:j1] = dZ[r0:r1, :] . W[j0:j1, :]^T.
-        if (g.Wt) {  // few outputs: summed and rounded chunk by chunk, in L1
-            kernel.row_combos(dx.data + t.i0 * n_in + t.j0, n_in, g.dZ32 + t.i0 * n_out, n_out,
-                              g.Wt + t.j0, n_in, t.rows(), n_out, t.cols());
-            return;
-        }
-        const BlasOperand<bf16> WT{g.W16.data, flip(g.W16.op), g.W16.ld};
-        if (native && own_gemm() && n_out <= blas::own_bf16_rounded_max_k()) {
-            // siglayer's own GEMM rounds each sum as it stores it: dx written once, no float
-            // panel to round in a second pass (the same bits). With dW^T above, measured on
-            // Zen 4 (8192 x 256 x n_out, backward_from_preactivation, one thread): 0.61x the
-            // time at 12 outputs, 0.73-0.90 at 16-48, 0.97-1.02 at 64-128.
-            const std::uint16_t* packed =
-                packed_b(WT.op, n_out, t.cols(), col_offset(WT, t.j0), WT.ld);
-            blas::own_bf16_gemm_packed_b(g.dZ16.op, t.rows(), t.cols(), n_out,
-                                         row_offset(g.dZ16, t.i0), g.dZ16.ld, packed,
-                                         dx.data + t.i0 * n_in + t.j0, n_in);
-            return;
-        }
-        // A panel of rows at a time.
-        const index_t ph = std::min(t.rows(), panel_rows(std::max(n_out, t.cols())));
-        float* acc = scratch.get<float>(Scratch::acc, static_cast<std::size_t>(ph * t.cols()));
-        const std::uint16_t* WT_packed = native
-                                             ? packed_once(own_gemm(), t.rows(), ph, WT.op, n_out,
-                                                           t.cols(), col_offset(WT, t.j0), WT.ld)
-                                             : nullptr;
-        for (index_t r0 = t.i0; r0 < t.i1; r0 += ph) {
-            const index_t m = std::min(ph, t.i1 - r0);
-            if (WT_packed) {
-                blas::own_bf16_gemm_packed_b(g.dZ16.op, m, t.cols(), n_out, row_offset(g.dZ16, r0),
-                                             g.dZ16.ld, WT_packed, acc, t.cols());
-            } else if (native) {
-                blas::gemm<bf16>(g.dZ16.op, WT.op, m, t.cols(), n_out, 1.0f, row_offset(g.dZ16, r0),
-                                 g.dZ16.ld, col_offset(WT, t.j0), WT.ld, 0.0f, acc, t.cols());
-            } else {
-                blas::gemm<float>(blas::Op::N, blas::Op::T, m, t.cols(), n_out, 1.0f,
-                                  g.dZ32 + r0 * n_out, n_out, g.W32 + t.j0 * n_out, n_out, 0.0f,
-                                  acc, t.cols());
-            }
-            if (t.cols() == n_in)  // whole rows of dx: one contiguous run
-                kernel.narrow(dx.data + r0 * n_in, acc, m * n_in);
-            else
-                for (index_t i = 0; i < m; ++i)
-                    kernel.narrow(dx.data + (r0 + i) * n_in + t.j0, acc + i * t.cols(), t.cols());
-        }
+        dx_tile(dx, g, t, n_in, n_out);
     });
 }
 
@@ -394,8 +400,47 @@ void backward<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, float* db, MatrixVi
     double* totals = scratch.get<double>(Scratch::db_total, static_cast<std::size_t>(n_out));
     float* db_parts = scratch.get<float>(Scratch::db_part, static_cast<std::size_t>(n_out));
     const auto& kernel = kernels::active<bf16>();
-    run_parallel(threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1)), [&] {
+    const int threads = threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1));
+    // Rows cut between the threads as layer.cpp's backward cuts them (rows_for_threads),
+    // but where dx needs W widened for the team first (convert without few outputs).
+    const index_t blocks = (n + kSumRows - 1) / kSumRows;
+    float* block_sums =
+        W32 == nullptr && rows_for_threads(blocks, threads)
+            ? scratch.get<float>(Scratch::db_blocks, static_cast<std::size_t>(blocks * n_out))
+            : nullptr;
+    run_parallel(threads, [&] {
         blas::SingleThreaded single;
+        const int team = threads::team_threads();
+        if (block_sums && rows_for_threads(blocks, team)) {
+            // Phase 1, tiles of whole blocks of rows: dZ, each block's column sums (of the
+            // unrounded dZ), and dx for the same rows while their dZ is in this core's cache.
+            const Tiling rows = Tiling::rows_of(n, n_out, team, kSumRows);
+            for_each_tile({&rows}, [&](const Tiling&, const Block& r) {
+                double* total = Scratch::for_this_thread().get<double>(
+                    Scratch::db_total, static_cast<std::size_t>(n_out));
+                for (index_t i0 = r.i0; i0 < r.i1; i0 += kSumRows) {
+                    const index_t rows_here = std::min(r.i1, i0 + kSumRows) - i0;
+                    float* sums = block_sums + i0 / kSumRows * n_out;
+                    if (native)
+                        kernel.dz_colsum(dZ16 + i0 * n_out, n_out, sums, total,
+                                         dout_rows + i0 * ld_dout, ld_dout, out_rows + i0 * ld_out,
+                                         ld_out, rows_here, n_out);
+                    else
+                        kernel.dz_colsum_c(dZ32 + i0 * n_out, n_out, sums, total,
+                                           dout_rows + i0 * ld_dout, ld_dout,
+                                           out_rows + i0 * ld_out, ld_out, rows_here, n_out);
+                }
+                if (dx.data && n_in > 0) dx_tile(dx, g, Block{r.i0, r.i1, 0, n_in}, n_in, n_out);
+            });
+            // Phase 2: db adds the block sums up, in tiles of columns; dW needs all of dZ.
+            threads::team_barrier();
+            const Tiling columns(1, n_out, team);
+            for_each_tile({&columns}, [&](const Tiling&, const Block& c) {
+                add_block_sums(db, block_sums, blocks, n_out, c.j0, c.j1);
+            });
+            gradient_products(OutMatrix<bf16>{}, dW, g, n, n_in, n_out);
+            return;
+        }
         // Phase 1, tiles of whole columns: dZ (rounded to bfloat16 once) and db (the
         // unrounded dZ summed in blocks of rows, views.hpp: the same for any thread count);
         // W widened.

@@ -79,7 +79,7 @@ private:
     std::mutex mutex_;
     std::exception_ptr first_;
     std::atomic<bool> failed_{false};
-    static constexpr int kLoops = 4;  // the layer's regions have at most two
+    static constexpr int kLoops = 4;  // the layer's regions have at most three
     std::atomic<index_t> loops_[kLoops]{};
 };
 
