@@ -71,9 +71,12 @@ bool check_gradient_outputs(OutMatrix<T> dx, OutMatrix<C> dW, C* db, index_t n, 
 // between the team's threads, each computing dx for its rows right after their dZ, or
 // its columns (every thread's dx then read dZ rows half written by another core): rows
 // where the blocks go evenly to the threads, or so many that one block more is little.
-// A/B on Zen 5, 2 threads, float32 backward (interleaved medians, the same bits): 0.90-0.95
-// of the column split's time at 8192 x 256 x 64, 0.95-1.02 at 256 x 512 x 512, 0.99-1.00
-// at 1024^3 and 4096 x 2048^2; float64 0.88-0.98 at 8192 x 256 x 64.
+// A/B builds on Zen 5, 2 threads, backward alone (interleaved medians of 15-31 rounds, the
+// same bits both ways), row split over column split: float32 0.90-0.95 at 8192 x 256 x 64,
+// 0.88-1.01 at 8192 x 256 x 8, 0.95-1.02 at 256 x 512 x 512, 0.99-1.00 at 1024^3 and
+// 4096 x 2048^2; float64 0.98 at 8192 x 256 x 64, 0.92-0.99 at 256 x 512 x 512, 1.03 at
+// 8192 x 256 x 8 (one run); bfloat16 0.98-0.99 at 8192 x 256 x 64, 0.83-0.84 at
+// 8192 x 256 x 8, 0.99-1.02 at 256 x 512 x 512, 1024^3 and 4096 x 2048^2.
 inline bool rows_for_threads(index_t blocks, int team) {
     return team > 1 && blocks >= team && (blocks % team == 0 || blocks >= 16 * index_t(team));
 }
