@@ -26,10 +26,12 @@ from siglayer import _core, reference
 from siglayer._dtypes import FLOAT_DTYPES
 
 
-def check_backward(dout, x, W, out, got) -> None:
-    """Feed siglayer's own out to the reference, so dZ agrees exactly (see backward_bounds)."""
-    want = reference.backward(dout, x, W, out)
-    dx_bound, dW_bound, db_bound = backward_bounds(dout, x, W, out)
+def check_backward(dout, x, W, out, got, *, want=None, bounds=None) -> None:
+    """Feed siglayer's own out to the reference, so dZ agrees exactly (see backward_bounds);
+    want and bounds, the reference's results and backward_bounds', may be given, computed
+    once for many calls."""
+    want = reference.backward(dout, x, W, out) if want is None else want
+    dx_bound, dW_bound, db_bound = backward_bounds(dout, x, W, out) if bounds is None else bounds
     assert_within(got[1], want[1], dW_bound, "dW")
     assert_within(got[2], want[2], db_bound, "db")
     assert_within(got[0], want[0], dx_bound, "dx")
@@ -79,19 +81,34 @@ def test_memory_layouts(rng, threads, dtype, layout):
         )
 
 
+@pytest.mark.parametrize("split", ["one-thread", "row-split"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("n_out", [3, 19], ids=["few-outputs", "gemm"])
-def test_every_mix_of_memory_layouts(rng, dtype, n_out):
-    """Each argument in its own layout: all 6**4 layouts of x, W, dout and out. A mutation
+def test_every_mix_of_memory_layouts(rng, restore_threads, dtype, n_out, split):
+    """Each argument in its own layout: all 6**4 layouts of x, W, dout and out (x in C and F
+    order only for "row-split", below). A mutation
     review (helper-81) gave the forward GEMM x's transpose flag for W, and backward out's
     row step from dout: no test but a lucky one saw it, since every layout test gave all
-    arguments the same layout. Oracle: the reference, within the bounds of
+    arguments the same layout. "row-split": 4 blocks of 128 rows on two threads, so that
+    backward splits dZ's rows (layer.cpp); a review (helper-84) read dout with out's row
+    length and W with the wrong transpose flag or leading dimension there, unseen, as
+    every layout test ran on one thread. Oracle: the reference, within the bounds of
     test_matches_reference."""
-    x, W, b, dout = make_problem(rng, (37, 23), n_out, dtype)
+    if split == "one-thread":
+        x, W, b, dout = make_problem(rng, (37, 23), n_out, dtype)
+    else:  # past the 2**20 multiply-adds below which one thread runs
+        siglayer.set_num_threads(2)
+        x, W, b, dout = make_problem(
+            rng, (3 * SUM_ROWS + 77, 800 if n_out < 12 else 130), n_out, dtype
+        )
     out_c = siglayer.forward(x, W, b)
     L = {name: _layouts(a) for name, a in {"x": x, "W": W, "dout": dout, "out": out_c}.items()}
+    if split == "row-split":  # x is read by dW's products only, which the split leaves alone
+        L["x"] = {"C": x, "F": L["x"]["F"]}
     want_out = reference.forward(x, W, b)
     bound = forward_bound(x, W, b, out_c)
+    want = reference.backward(dout, x, W, out_c)
+    bounds = backward_bounds(dout, x, W, out_c)
     for lx, x_l in L["x"].items():
         for lW, W_l in L["W"].items():
             assert_within(siglayer.forward(x_l, W_l, b), want_out, bound, f"out x {lx} W {lW}")
@@ -99,7 +116,7 @@ def test_every_mix_of_memory_layouts(rng, dtype, n_out):
                 for lo, out_l in L["out"].items():
                     got = siglayer.backward(dout_l, x_l, W_l, out_l)
                     try:
-                        check_backward(dout, x, W, out_c, got)
+                        check_backward(dout, x, W, out_c, got, want=want, bounds=bounds)
                     except AssertionError as e:
                         raise AssertionError(f"x {lx}, W {lW}, dout {ld}, out {lo}: {e}") from e
 

@@ -402,10 +402,15 @@ void backward<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, float* db, MatrixVi
     const auto& kernel = kernels::active<bf16>();
     const int threads = threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1));
     // Rows cut between the threads as layer.cpp's backward cuts them (rows_for_threads),
-    // but where dx needs W widened for the team first (convert without few outputs).
+    // but where dx needs W widened for the team first (convert without few outputs), and
+    // where x is wider than the batch: dx's tiles would be whole rows where the column split
+    // cuts their columns, and each thread's scratch for them (W packed, the float panel)
+    // twice the size (a review, helper-84: 254 MiB kept against 133 with MKL at 512 x
+    // 100000 x 64 on two threads). Not at 256 x 512 x 512 then, where the A/B found the
+    // row split level (rows_for_threads).
     const index_t blocks = (n + kSumRows - 1) / kSumRows;
     float* block_sums =
-        W32 == nullptr && rows_for_threads(blocks, threads)
+        W32 == nullptr && n >= n_in && rows_for_threads(blocks, threads)
             ? scratch.get<float>(Scratch::db_blocks, static_cast<std::size_t>(blocks * n_out))
             : nullptr;
     run_parallel(threads, [&] {
