@@ -166,35 +166,27 @@ void backward(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db, Mat
         blas::SingleThreaded single;
         const int team = threads::team_threads();
         if (block_sums && rows_for_threads(blocks, team)) {
-            // Phase 1, tiles of whole blocks of rows: dZ, each block's column sums, and dx
-            // = dZ . W^T for the same rows while their dZ is in this core's cache.
-            const Tiling rows = Tiling::rows_of(n, n_out, team, kSumRows);
-            for_each_tile({&rows}, [&](const Tiling&, const Block& r) {
-                double* total = Scratch::for_this_thread().get<double>(
-                    Scratch::db_total, static_cast<std::size_t>(n_out));
-                for (index_t i0 = r.i0; i0 < r.i1; i0 += kSumRows) {
-                    const index_t i1 = std::min(r.i1, i0 + kSumRows);
-                    kernel.dz_colsum(dZ + i0 * n_out, n_out, block_sums + i0 / kSumRows * n_out,
-                                     total, dout_rows + i0 * ld_dout, ld_dout,
-                                     out_rows + i0 * ld_out, ld_out, i1 - i0, n_out);
-                }
-                if (!dx.data || n_in == 0) return;
-                T* dx_rows = dx.data + r.i0 * n_in;
-                if (Wt)
-                    kernel.row_combos(dx_rows, n_in, dZ + r.i0 * n_out, n_out, Wt, n_in, r.rows(),
-                                      n_out, n_in);
-                else
-                    blas::gemm<T>(blas::Op::N, flip(Wo.op), r.rows(), n_in, n_out, T(1),
-                                  dZ + r.i0 * n_out, n_out, Wo.data, Wo.ld, T(0), dx_rows, n_in);
-            });
-            // Phase 2: db adds the block sums up, in tiles of columns; dW needs all of dZ.
-            threads::team_barrier();
-            const Tiling columns(1, n_out, team);
-            for_each_tile({&columns}, [&](const Tiling&, const Block& c) {
-                add_block_sums(db, block_sums, blocks, n_out, c.j0, c.j1);
-            });
-            gradient_products(OutMatrix<T>{}, dW, xo, Wo, BlasOperand<T>{dZ, blas::Op::N, n_out},
-                              Wt, n, n_in, n_out);
+            backward_by_rows(
+                db, block_sums, n, n_out, team,
+                [&](index_t i0, index_t i1, T* sums, double* total) {
+                    kernel.dz_colsum(dZ + i0 * n_out, n_out, sums, total, dout_rows + i0 * ld_dout,
+                                     ld_dout, out_rows + i0 * ld_out, ld_out, i1 - i0, n_out);
+                },
+                [&](const Block& r) {  // dx = dZ . W^T for these rows
+                    if (!dx.data || n_in == 0) return;
+                    T* dx_rows = dx.data + r.i0 * n_in;
+                    if (Wt)
+                        kernel.row_combos(dx_rows, n_in, dZ + r.i0 * n_out, n_out, Wt, n_in,
+                                          r.rows(), n_out, n_in);
+                    else
+                        blas::gemm<T>(blas::Op::N, flip(Wo.op), r.rows(), n_in, n_out, T(1),
+                                      dZ + r.i0 * n_out, n_out, Wo.data, Wo.ld, T(0), dx_rows,
+                                      n_in);
+                },
+                [&] {
+                    gradient_products(OutMatrix<T>{}, dW, xo, Wo,
+                                      BlasOperand<T>{dZ, blas::Op::N, n_out}, Wt, n, n_in, n_out);
+                });
             return;
         }
         // Phase 1, tiles of whole columns: dZ and db. Each column of db is summed by one

@@ -417,33 +417,23 @@ void backward<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, float* db, MatrixVi
         blas::SingleThreaded single;
         const int team = threads::team_threads();
         if (block_sums && rows_for_threads(blocks, team)) {
-            // Phase 1, tiles of whole blocks of rows: dZ, each block's column sums (of the
-            // unrounded dZ), and dx for the same rows while their dZ is in this core's cache.
-            const Tiling rows = Tiling::rows_of(n, n_out, team, kSumRows);
-            for_each_tile({&rows}, [&](const Tiling&, const Block& r) {
-                double* total = Scratch::for_this_thread().get<double>(
-                    Scratch::db_total, static_cast<std::size_t>(n_out));
-                for (index_t i0 = r.i0; i0 < r.i1; i0 += kSumRows) {
-                    const index_t rows_here = std::min(r.i1, i0 + kSumRows) - i0;
-                    float* sums = block_sums + i0 / kSumRows * n_out;
+            backward_by_rows(  // the column sums of the unrounded dZ
+                db, block_sums, n, n_out, team,
+                [&](index_t i0, index_t i1, float* sums, double* total) {
                     if (native)
                         kernel.dz_colsum(dZ16 + i0 * n_out, n_out, sums, total,
                                          dout_rows + i0 * ld_dout, ld_dout, out_rows + i0 * ld_out,
-                                         ld_out, rows_here, n_out);
+                                         ld_out, i1 - i0, n_out);
                     else
                         kernel.dz_colsum_c(dZ32 + i0 * n_out, n_out, sums, total,
                                            dout_rows + i0 * ld_dout, ld_dout,
-                                           out_rows + i0 * ld_out, ld_out, rows_here, n_out);
-                }
-                if (dx.data && n_in > 0) dx_tile(dx, g, Block{r.i0, r.i1, 0, n_in}, n_in, n_out);
-            });
-            // Phase 2: db adds the block sums up, in tiles of columns; dW needs all of dZ.
-            threads::team_barrier();
-            const Tiling columns(1, n_out, team);
-            for_each_tile({&columns}, [&](const Tiling&, const Block& c) {
-                add_block_sums(db, block_sums, blocks, n_out, c.j0, c.j1);
-            });
-            gradient_products(OutMatrix<bf16>{}, dW, g, n, n_in, n_out);
+                                           out_rows + i0 * ld_out, ld_out, i1 - i0, n_out);
+                },
+                [&](const Block& r) {
+                    if (dx.data && n_in > 0)
+                        dx_tile(dx, g, Block{r.i0, r.i1, 0, n_in}, n_in, n_out);
+                },
+                [&] { gradient_products(OutMatrix<bf16>{}, dW, g, n, n_in, n_out); });
             return;
         }
         // Phase 1, tiles of whole columns: dZ (rounded to bfloat16 once) and db (the

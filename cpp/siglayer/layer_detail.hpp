@@ -98,6 +98,32 @@ void add_block_sums(C* db, const C* block_sums, index_t blocks, index_t ld, inde
     for (index_t j = 0; j < j1 - j0; ++j) db[j0 + j] = static_cast<C>(total[j]);
 }
 
+// Inside a parallel region of `team` threads, backward with dZ's rows split between them
+// (rows_for_threads holds). Tiles of whole blocks of kSumRows rows, each running
+// dz_block(i0, i1, sums, total) for each of its blocks (dZ's rows [i0, i1) and their
+// column sums into sums, that block's row of block_sums, blocks x n_out; total: n_out
+// doubles of this thread's scratch) and then dx_rows(tile) (dx for the same rows, while
+// their dZ is in this core's cache); one barrier; db (n_out) = the block sums added in
+// order, in tiles of columns; then products(), which need all of dZ.
+template <class C, class DzBlock, class DxRows, class Products>
+void backward_by_rows(C* db, C* block_sums, index_t n, index_t n_out, int team,
+                      const DzBlock& dz_block, const DxRows& dx_rows, const Products& products) {
+    const Tiling rows = Tiling::rows_of(n, n_out, team, kSumRows);
+    for_each_tile({&rows}, [&](const Tiling&, const Block& r) {
+        double* total = Scratch::for_this_thread().get<double>(Scratch::db_total,
+                                                               static_cast<std::size_t>(n_out));
+        for (index_t i0 = r.i0; i0 < r.i1; i0 += kSumRows)
+            dz_block(i0, std::min(r.i1, i0 + kSumRows), block_sums + i0 / kSumRows * n_out, total);
+        dx_rows(r);
+    });
+    threads::team_barrier();
+    const Tiling columns(1, n_out, team);
+    for_each_tile({&columns}, [&](const Tiling&, const Block& c) {
+        add_block_sums(db, block_sums, (n + kSumRows - 1) / kSumRows, n_out, c.j0, c.j1);
+    });
+    products();
+}
+
 // db[j] = sum over rows i of dZ[i, j] for the columns [j0, j1), in blocks of kSumRows rows
 // each summed in the compute type C and added into a double (views.hpp): the same bits as
 // the kernels' dz_colsum, for either layout and any split of the columns between threads.
