@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 
 import siglayer
+from conftest import SUM_ROWS
 from siglayer import _core, reference
 
 ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml-dtypes")
@@ -515,8 +516,6 @@ def test_db_and_dx_same_bits_for_any_thread_count(gemm_path, n_out):
     db is one thread's bits either way, with dx or without (where a missing barrier shows
     most: helper-84), and so is dx on siglayer's own GEMM and the few-output kernels (sums
     over k in a fixed order), against the oracle's bounds too."""
-    from conftest import SUM_ROWS
-
     # past the 2**20 multiply-adds below which one thread runs, with n >= n_in
     n, n_in = (3 * SUM_ROWS + 77, 16) if n_out > 12 else (7 * SUM_ROWS + 77, 400)
     x, W, b = inputs(n, n_in, n_out, seed=n_out)
@@ -554,8 +553,6 @@ def test_backward_with_dout_and_out_in_different_layouts(gemm_path, restore_thre
     no test saw: every layout test gave all arguments one layout. "row-split": 4 or 8
     blocks of 128 rows on two threads, where backward splits dZ's rows (a review,
     helper-84, read dout with out's row length there unseen)."""
-    from conftest import SUM_ROWS
-
     if split == "one-thread":
         n, n_in = 57, 40
     else:  # past the 2**20 multiply-adds below which one thread runs, with n >= n_in
