@@ -47,6 +47,8 @@ SHAPES = [
     (32, 64, 32),
     (256, 512, 512),
     (257, 129, 65),
+    (600, 70, 40),  # dW^T transposed into dW (from 512 rows, up to 64 outputs)
+    (700, 1024, 64),  # the same with a 4 KB row of dW^T (n_in 1024)
     (300, 1000, 1100),  # column bands with x widened once for the team
     (1024, 1024, 1024),  # row bands with W widened once for the team
     (4096, 2048, 2048),  # XL of the benchmarks

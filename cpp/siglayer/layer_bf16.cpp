@@ -59,10 +59,19 @@ bool blas_path(index_t n_out) {
     return n_out >= from && path != blas::Bf16Gemm::convert;
 }
 
-// Up to this many outputs siglayer's own GEMM computes dW^T = dZ^T . x and transposes it
-// (gradient_products), in chunks of at least kTransposedDWColumns columns of x and at most
-// kTransposedDWFloats floats of scratch beyond that (1 MiB).
-constexpr index_t kTransposedDW = 128;
+// Up to kTransposedDW outputs, and from a batch of kTransposedDWBatch rows, siglayer's own
+// GEMM computes dW^T = dZ^T . x and transposes it (gradient_products), in chunks of at least
+// kTransposedDWColumns columns of x and at most kTransposedDWFloats floats of scratch beyond
+// that (1 MiB). The transposition costs n_in x n_out moves whatever the batch, the product
+// it speeds up n x n_in x n_out multiply-adds: an A/B build (an environment toggle, since
+// removed; Zen 4, backward without dx, n_in 256 and 1024, n_out 16-128, batch 32-4096,
+// medians of 5 x 30+ calls, same bits both ways), transposed over direct: on one thread
+// 1.1-3.5 (n_in 256) and 1.4-8.9 (1024) below 512 rows, where this path had run up to 128
+// outputs (a backward at 64 x 256 x 128 took 1.64x its two bare products); from 512 rows
+// 0.57-0.62 at 16 outputs, 0.84-0.94 at 32-48, 0.89-0.97 at 64 (n_in 1024: 0.80-0.92,
+// 0.89-0.99, 0.97-1.06), but 0.99-1.07 at 128 (n_in 1024: 1.06-1.12). Two threads alike.
+constexpr index_t kTransposedDW = 64;
+constexpr index_t kTransposedDWBatch = 512;
 constexpr index_t kTransposedDWColumns = 2048;
 constexpr index_t kTransposedDWFloats = index_t{1} << 18;
 
@@ -193,6 +202,25 @@ void dx_tile(OutMatrix<bf16> dx, const GradientOperands& g, const Block& t, inde
     }
 }
 
+// dst[i * ld_dst + j] = src[j * ld_src + i] for i < rows, j < cols: src (cols x rows) transposed
+// into dst (rows x cols), in 8 x 8 blocks, so that each block reads 8 lines of src and writes
+// 8 of dst. Element by element down src's columns, a line of src per element, with
+// ld_src * 4 bytes a multiple of 4 KB (n_in = 1024) every line fell into the same L1 set:
+// in the A/B above, transposed over direct at 1024 x 1024 x 64 on one thread went from 1.15
+// to 0.97, at 32 rows (then still transposed) from 8.2 to 2.7.
+void transpose_into(float* dst, index_t ld_dst, const float* src, index_t ld_src, index_t cols,
+                    index_t rows) {
+    constexpr index_t kB = 8;
+    for (index_t i0 = 0; i0 < rows; i0 += kB) {
+        const index_t i1 = std::min(rows, i0 + kB);
+        for (index_t j0 = 0; j0 < cols; j0 += kB) {
+            const index_t j1 = std::min(cols, j0 + kB);
+            for (index_t i = i0; i < i1; ++i)
+                for (index_t j = j0; j < j1; ++j) dst[i * ld_dst + j] = src[j * ld_src + i];
+        }
+    }
+}
+
 // Inside a parallel region, all of dZ ready: when dW.data is set, dW (float, written
 // directly) and, when dx.data is set, dx (rounded once, panel by panel), tiled as the float
 // layer tiles them. x is (n, n_in), W is (n_in, n_out).
@@ -209,7 +237,7 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
         if (&tiling == &dW_tiles) {
             // dW[i0:i1, j0:j1] = x[:, i0:i1]^T . dZ[:, j0:j1], summed over the batch.
             float* dW_blk = dW.data + t.i0 * n_out + t.j0;
-            if (native && own_gemm() && n_out <= kTransposedDW) {
+            if (native && own_gemm() && n_out <= kTransposedDW && n >= kTransposedDWBatch) {
                 // dW^T[j0:j1, i0:i1] = dZ[:, j0:j1]^T . x[:, i0:i1] into scratch, then
                 // transposed into dW: x becomes op(B), packed by interleaving its rows in
                 // order (or, with up to 24 outputs and n_in up to 512, read in place and
@@ -219,9 +247,10 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
                 // carries when x[k, i] and dZ[k, j] are both NaN (vdpbf16ps keeps its first
                 // operand's, now dZ's; dW is NaN either way). Measured on Zen 4, one thread,
                 // the bare product 8192 x 256 x n_out: 0.54-0.61x the time at 12-20 outputs,
-                // 0.78-0.89 at 32-64; at 256-1024 outputs no gain (0.93-1.04), so only up to
-                // kTransposedDW. Chunks of at least 2048 columns of x keep the scratch within
-                // 1 MiB whatever n_in (each repacks dZ^T: a 1/2048 share of the work).
+                // 0.78-0.89 at 32-64; at 256-1024 outputs no gain (0.93-1.04); so only where
+                // kTransposedDW and kTransposedDWBatch say (above). Chunks of at least 2048 columns
+                // of x keep the scratch within 1 MiB whatever n_in (each repacks dZ^T: a 1/2048
+                // share of the work).
                 const index_t chunk = std::min(
                     t.rows(), std::max(kTransposedDWColumns, kTransposedDWFloats / t.cols()));
                 float* dWt =
@@ -231,9 +260,7 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
                     const index_t c = std::min(chunk, t.rows() - c0);
                     blas::gemm<bf16>(dZT.op, g.x16.op, t.cols(), c, n, 1.0f, row_offset(dZT, t.j0),
                                      dZT.ld, col_offset(g.x16, t.i0 + c0), g.x16.ld, 0.0f, dWt, c);
-                    for (index_t i = 0; i < c; ++i)
-                        for (index_t j = 0; j < t.cols(); ++j)
-                            dW_blk[(c0 + i) * n_out + j] = dWt[j * c + i];
+                    transpose_into(dW_blk + c0 * n_out, n_out, dWt, c, t.cols(), c);
                 }
                 return;
             }
