@@ -559,7 +559,6 @@ def test_backward_with_dout_and_out_in_different_layouts(gemm_path, restore_thre
         n, n_in = 57, 40
     else:  # past the 2**20 multiply-adds below which one thread runs, with n >= n_in
         n, n_in = (3 * SUM_ROWS + 77, 130) if n_out > 12 else (7 * SUM_ROWS + 77, 400)
-    if split == "row-split":
         siglayer.set_num_threads(2)
     x, W, b = inputs(n, n_in, n_out, seed=n_out)
     dout = bf16(np.random.default_rng(1).standard_normal((n, n_out)))

@@ -90,10 +90,10 @@ def test_every_mix_of_memory_layouts(rng, restore_threads, dtype, n_out, split):
     review (helper-81) gave the forward GEMM x's transpose flag for W, and backward out's
     row step from dout: no test but a lucky one saw it, since every layout test gave all
     arguments the same layout. "row-split": 4 blocks of 128 rows on two threads, so that
-    backward splits dZ's rows (layer.cpp); a review (helper-84) read dout with out's row
-    length and W with the wrong transpose flag or leading dimension there, unseen, as
-    every layout test ran on one thread. Oracle: the reference, within the bounds of
-    test_matches_reference."""
+    backward splits dZ's rows (layer_detail.hpp, backward_by_rows); a review (helper-84)
+    read dout with out's row length and W with the wrong transpose flag or leading
+    dimension there, unseen, as every layout test ran on one thread. Oracle: the
+    reference, within the bounds of test_matches_reference."""
     if split == "one-thread":
         x, W, b, dout = make_problem(rng, (37, 23), n_out, dtype)
     else:  # past the 2**20 multiply-adds below which one thread runs
