@@ -481,7 +481,17 @@ def test_few_outputs_on_every_instruction_set_and_layout(isa, n_out, layout):
     blocks); against the oracle's bounds, and the same bits for one thread and two."""
     before = siglayer.get_num_threads()
     try:
-        for n, n_in in [(1, 1), (3, 17), (4, 16), (7, 33), (9, 64), (1001, 100), (4100, 260)]:
+        # (1030, 2100): rows of 4 KB, whose dW AVX2 sums along the rows (col_dots_rows)
+        for n, n_in in [
+            (1, 1),
+            (3, 17),
+            (4, 16),
+            (7, 33),
+            (9, 64),
+            (1001, 100),
+            (4100, 260),
+            (1030, 2100),
+        ]:
             x, W, b = inputs(n, n_in, n_out, seed=n + n_in)
             x, W = _bf16_layouts(x)[layout], _bf16_layouts(W)[layout]
             dout = bf16(np.random.default_rng(n).standard_normal((n, n_out)))

@@ -207,9 +207,20 @@ def test_narrow_outputs_on_every_instruction_set(rng, threads, dtype, isa, n_out
 
 
 # (n, n_in): remainders of the four-row groups and of the vector widths (8, 16, 32) of the
-# few-outputs kernels; the last crosses a 256-column chunk of dx and is past 2**20
-# multiply-adds even with one output, so that two threads really run.
-FEW_OUTPUT_SHAPES = [(1, 1), (3, 17), (4, 16), (7, 33), (9, 64), (1001, 100), (4100, 260)]
+# few-outputs kernels; (4100, 260) crosses a 256-column chunk of dx and is past 2**20
+# multiply-adds even with one output, so that two threads really run; (1030, 1100) has rows
+# of 4 KB and more, whose dW AVX2 sums along the rows (col_dots_rows, kernels_simd.hpp:
+# 512-column chunks, a partial vector, two 512-row blocks and a remainder of row groups).
+FEW_OUTPUT_SHAPES = [
+    (1, 1),
+    (3, 17),
+    (4, 16),
+    (7, 33),
+    (9, 64),
+    (1001, 100),
+    (4100, 260),
+    (1030, 1100),
+]
 
 
 @pytest.mark.parametrize("layout", ["C", "strided", "Tview", "negative"])

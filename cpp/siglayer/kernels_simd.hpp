@@ -805,6 +805,73 @@ inline void col_dots_block(C* dW, index_t ld_dW, const S* x, index_t ld_x, const
                                    first);
 }
 
+// The same sums with x read along its rows (AVX2, rows of 4 KB or more, wider than a strip):
+// a strip reads only V * L values of a row before it moves to the next row, a new page
+// each time when a row spans one, which the prefetchers do not follow. Here the J x
+// kRowsChunk sums of a chunk of columns stay on the stack (L1), loaded and stored once per G
+// rows, and G rows' chunks are read in order: per entry the same operations in the same
+// order as col_dots_strip (from +0, one fused multiply-add per row in row order, then added
+// into dW), so the same bits. A/B on Zen 3 (backward without dx, one and two threads, 512
+// and 4096 rows, 1-11 outputs, medians of 7 interleaved rounds): float32 0.36-1.07 of the
+// strips' time at n_in 1024-4096, float64 0.33-0.91 at 512-1024, bfloat16 0.40-1.08 at
+// 2048-4096; with shorter rows the strips were as fast or faster (0.9-1.3 by rows).
+constexpr index_t kRowsChunk = 512;  // columns per chunk: J x 2 KB (float) on the stack
+
+// G rows of x per pass over a chunk's sums, so that each sum is loaded and stored once
+// per G rows.
+template <int J, int G, bool Partial, class C, class S>
+inline void rows_pass(C (*acc)[kRowsChunk], const S* const* xr, const typename DotOps<C>::V (*d)[J],
+                      index_t c, index_t count) {
+    using D = DotOps<C>;
+    typename D::V a[J];
+    for (int j = 0; j < J; ++j) a[j] = D::load(acc[j] + c);
+    for (int g = 0; g < G; ++g) {
+        const auto xv = Partial ? D::load(xr[g] + c, count) : D::load(xr[g] + c);
+        for (int j = 0; j < J; ++j) a[j] = D::fmadd(xv, d[g][j], a[j]);
+    }
+    for (int j = 0; j < J; ++j) D::store(acc[j] + c, a[j]);
+}
+
+template <int J, int G, class C, class S>
+inline void rows_group(C (*acc)[kRowsChunk], const S* x, index_t ld_x, const C* dZ,
+                       index_t ld_dZ, index_t width) {
+    using D = DotOps<C>;
+    constexpr index_t L = D::lanes;
+    typename D::V d[G][J];
+    const S* xr[G];
+    for (int g = 0; g < G; ++g) {
+        xr[g] = x + g * ld_x;
+        for (int j = 0; j < J; ++j) d[g][j] = D::set1(dZ[g * ld_dZ + j]);
+    }
+    index_t c = 0;
+    for (; c + L <= width; c += L) rows_pass<J, G, false>(acc, xr, d, c, L);
+    if (c < width) rows_pass<J, G, true>(acc, xr, d, c, width - c);
+}
+
+template <int J, class C, class S>
+inline void col_dots_rows(C* dW, index_t ld_dW, const S* x, index_t ld_x, const C* dZ,
+                          index_t ld_dZ, index_t rows, index_t k, bool first) {
+    using D = DotOps<C>;
+    constexpr index_t L = D::lanes;
+    constexpr int G = J == 1 ? 4 : 2;
+    alignas(64) C acc[J][kRowsChunk];
+    for (index_t c0 = 0; c0 < k; c0 += kRowsChunk) {
+        const index_t width = k - c0 < kRowsChunk ? k - c0 : kRowsChunk;
+        for (int j = 0; j < J; ++j)
+            for (index_t c = 0; c < width; c += L) D::store(acc[j] + c, D::zero());
+        index_t r = 0;
+        for (; r + G <= rows; r += G)
+            rows_group<J, G>(acc, x + r * ld_x + c0, ld_x, dZ + r * ld_dZ, ld_dZ, width);
+        for (; r < rows; ++r)
+            rows_group<J, 1>(acc, x + r * ld_x + c0, ld_x, dZ + r * ld_dZ, ld_dZ, width);
+        for (index_t c = 0; c < width; ++c)
+            for (int j = 0; j < J; ++j) {
+                C& out = dW[(c0 + c) * ld_dW + j];
+                out = first ? acc[j][c] : out + acc[j][c];
+            }
+    }
+}
+
 template <class C, class S>
 inline void col_dots_f(C* __restrict dW, index_t ld_dW, const S* __restrict x, index_t ld_x,
                        const C* __restrict dZ, index_t ld_dZ, index_t rows, index_t k,
@@ -812,6 +879,8 @@ inline void col_dots_f(C* __restrict dW, index_t ld_dW, const S* __restrict x, i
     // Sums in registers: 16 of AVX-512's 32, 8 of AVX2's 16 (beside the chunks of x and
     // the broadcast columns of dZ).
     constexpr int A = sizeof(typename DotOps<C>::V) == 64 ? 16 : 8;
+    // AVX2: rows of a page or more go by rows (col_dots_rows) where a strip is narrower.
+    const bool by_rows = A == 8 && ld_x * index_t(sizeof(S)) >= 4096;
     for (index_t r0 = 0; r0 < rows; r0 += kColDotsRows) {
         const index_t m = rows - r0 < kColDotsRows ? rows - r0 : kColDotsRows;
         const S* xb = x + r0 * ld_x;
@@ -820,7 +889,18 @@ inline void col_dots_f(C* __restrict dW, index_t ld_dW, const S* __restrict x, i
         for (index_t j = 0; j < cols; j += 4) {
             C* w = dW + j;
             const C* d = db + j;
-            switch (cols - j < 4 ? cols - j : 4) {
+            const index_t J = cols - j < 4 ? cols - j : 4;
+            const index_t strip = (J == 1 ? 8 : J == 2 ? A / 2 : A / 4) * DotOps<C>::lanes;
+            if (by_rows && k > strip) {
+                switch (J) {
+                    case 1: col_dots_rows<1>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
+                    case 2: col_dots_rows<2>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
+                    case 3: col_dots_rows<3>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
+                    default: col_dots_rows<4>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first);
+                }
+                continue;
+            }
+            switch (J) {
                 case 1: col_dots_block<8, 1>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
                 case 2: col_dots_block<A / 2, 2>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
                 case 3: col_dots_block<A / 4, 3>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
