@@ -471,6 +471,38 @@ def _bf16_layouts(a: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_out", [1, 2, 4])
+def test_few_outputs_dw_along_the_rows_same_bits_as_the_strips(isa, n_out, threads):
+    """On AVX2 dW of a layer with few outputs goes along x's rows where a row spans 4 KB
+    or more (col_dots_rows) and in strips of columns otherwise: the same operations in the
+    same order for every entry, so the same bits. x as rows 4.2 KB apart (a view into a
+    wider array) against its contiguous copy (1.2 KB rows); 1031 rows, n_in 602 (a partial
+    vector). On other instruction sets both take the strips. (From 5 outputs siglayer's
+    own GEMM, where it runs, takes dW.)"""
+    x, W, b = inputs(1031, 602, n_out, seed=n_out)
+    dout = bf16(np.random.default_rng(n_out).standard_normal((1031, n_out)))
+    wide = np.zeros((1031, 2100), BF16)
+    wide[:, :602] = x
+    apart = wide[:, :602]
+    assert apart.strides[0] >= 4096 > x.strides[0]
+    before = siglayer.get_num_threads()
+    siglayer.set_num_threads(threads)
+    try:
+        out = siglayer.forward(x, W, b)
+        _, dW, db = siglayer.backward(dout, x, W, out)
+        _, dW_apart, db_apart = siglayer.backward(dout, apart, W, out)
+    finally:
+        siglayer.set_num_threads(before)
+    np.testing.assert_array_equal(dW_apart, dW)
+    np.testing.assert_array_equal(db_apart, db)
+    o = f64(out)
+    dZ_ref = f64(dout) * o * (1 - o)
+    _, dW_ref, _ = reference.backward_from_preactivation(dZ_ref, f64(x), f64(W))
+    _, b_dW, _ = gradient_bounds(x, W, dZ_ref, dZ_ref @ f64(W).T)
+    assert_bounded(dW, dW_ref, b_dW, "dW")
+
+
 @pytest.mark.parametrize("layout", ["C", "rows-apart", "strided", "Tview"])
 @pytest.mark.parametrize("n_out", [1, 2, 5, 11])
 def test_few_outputs_on_every_instruction_set_and_layout(isa, n_out, layout):
@@ -481,7 +513,7 @@ def test_few_outputs_on_every_instruction_set_and_layout(isa, n_out, layout):
     blocks); against the oracle's bounds, and the same bits for one thread and two."""
     before = siglayer.get_num_threads()
     try:
-        # (1030, 2100): rows of 4 KB, whose dW AVX2 sums along the rows (col_dots_rows)
+        # (1031, 2102): rows of 4 KB, whose dW AVX2 sums along the rows (col_dots_rows)
         for n, n_in in [
             (1, 1),
             (3, 17),
@@ -490,7 +522,7 @@ def test_few_outputs_on_every_instruction_set_and_layout(isa, n_out, layout):
             (9, 64),
             (1001, 100),
             (4100, 260),
-            (1030, 2100),
+            (1031, 2102),
         ]:
             x, W, b = inputs(n, n_in, n_out, seed=n + n_in)
             x, W = _bf16_layouts(x)[layout], _bf16_layouts(W)[layout]

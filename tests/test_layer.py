@@ -208,9 +208,10 @@ def test_narrow_outputs_on_every_instruction_set(rng, threads, dtype, isa, n_out
 
 # (n, n_in): remainders of the four-row groups and of the vector widths (8, 16, 32) of the
 # few-outputs kernels; (4100, 260) crosses a 256-column chunk of dx and is past 2**20
-# multiply-adds even with one output, so that two threads really run; (1030, 1100) has rows
-# of 4 KB and more, whose dW AVX2 sums along the rows (col_dots_rows, kernels_simd.hpp:
-# 512-column chunks, a partial vector, two 512-row blocks and a remainder of row groups).
+# multiply-adds even with one output, so that two threads really run; (1031, 1102) has
+# rows of 4 KB and more, whose dW AVX2 sums along the rows (col_dots_rows,
+# kernels_simd.hpp): 512-column chunks with a partial vector after them (float32 and
+# float64), two 512-row blocks and 7 rows after them (remainders of the groups of 4 and 2).
 FEW_OUTPUT_SHAPES = [
     (1, 1),
     (3, 17),
@@ -219,7 +220,7 @@ FEW_OUTPUT_SHAPES = [
     (9, 64),
     (1001, 100),
     (4100, 260),
-    (1030, 1100),
+    (1031, 1102),
 ]
 
 
@@ -258,6 +259,41 @@ def test_few_outputs_on_every_instruction_set_and_layout(
         for name, one, two in zip(("out", "dx", "dW", "db"), runs[0], runs[1], strict=True):
             if same.get(name, False):
                 np.testing.assert_array_equal(one, two, err_msg=f"{name}, {n}x{n_in}")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_out", [1, 2, 5, 11])
+@pytest.mark.parametrize("isa", _core.config()["simd_available"].split(","))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_few_outputs_dw_along_the_rows_same_bits_as_the_strips(
+    restore_threads, dtype, isa, n_out, threads
+):
+    """On AVX2 dW = x^T . dZ of a layer with few outputs goes along x's rows where a row
+    spans 4 KB or more (col_dots_rows) and in strips of columns down the rows otherwise
+    (col_dots_strip): the same operations in the same order for every entry, so the same
+    bits. x as rows 4.4-8.8 KB apart (a view into a wider array: along the rows) against
+    its contiguous copy (rows of 1.2-2.4 KB: strips); 1031 rows (7 after two 512-row
+    blocks) and n_in leaving a partial vector. On other instruction sets both take the
+    strips."""
+    rng = np.random.default_rng(n_out)
+    n_in = 602 if dtype == np.float32 else 302
+    x, W, b, dout = make_problem(rng, (1031, n_in), n_out, dtype)
+    wide = np.zeros((1031, 1100), dtype)
+    wide[:, :n_in] = x
+    apart = wide[:, :n_in]
+    assert apart.strides[0] >= 4096 > x.strides[0]
+    best = _core.config()["simd_available"].split(",")[0]
+    _core.select_isa(isa)
+    siglayer.set_num_threads(threads)
+    try:
+        out = siglayer.forward(x, W, b)
+        grads = siglayer.backward(dout, x, W, out)
+        _, dW_apart, db_apart = siglayer.backward(dout, apart, W, out)
+    finally:
+        _core.select_isa(best)
+    np.testing.assert_array_equal(dW_apart, grads[1])
+    np.testing.assert_array_equal(db_apart, grads[2])
+    check_backward(dout, x, W, out, grads)
 
 
 @pytest.mark.parametrize("n_out", [1, 2, 3, 5, 11])

@@ -810,11 +810,13 @@ inline void col_dots_block(C* dW, index_t ld_dW, const S* x, index_t ld_x, const
 // each time when a row spans one, which the prefetchers do not follow. Here the J x
 // kRowsChunk sums of a chunk of columns stay on the stack (L1), loaded and stored once per G
 // rows, and G rows' chunks are read in order: per entry the same operations in the same
-// order as col_dots_strip (from +0, one fused multiply-add per row in row order, then added
-// into dW), so the same bits. A/B on Zen 3 (backward without dx, one and two threads, 512
-// and 4096 rows, 1-11 outputs, medians of 7 interleaved rounds): float32 0.36-1.07 of the
-// strips' time at n_in 1024-4096, float64 0.33-0.91 at 512-1024, bfloat16 0.40-1.08 at
-// 2048-4096; with shorter rows the strips were as fast or faster (0.9-1.3 by rows).
+// order as col_dots_strip (from +0, one fused multiply-add per row in row order, then
+// stored into dW for the first block of rows and added to it for the others), so the same
+// bits (tests/test_layer.py, test_few_outputs_dw_along_the_rows_same_bits_as_the_strips).
+// A/B on Zen 3 (backward without dx, one and two threads, 512 and 4096 rows, 1-11
+// outputs, medians of 7 interleaved rounds): float32 0.36-1.07 of the strips' time at n_in
+// 1024-4096, float64 0.33-0.91 at 512-1024, bfloat16 0.40-1.08 at 2048-4096; with shorter
+// rows the strips were as fast or faster (0.9-1.3 by rows).
 constexpr index_t kRowsChunk = 512;  // columns per chunk: J x 2 KB (float) on the stack
 
 // G rows of x per pass over a chunk's sums, so that each sum is loaded and stored once
