@@ -34,6 +34,15 @@ DTYPES = [dt.type for dt in FLOAT_DTYPES]
 EPS = {dt: float(np.finfo(dt).eps) for dt in FLOAT_DTYPES}
 
 
+# (n, n_in) of the layers with few outputs (n_out < 12) in test_layer.py and
+# test_bfloat16.py: remainders of the four-row groups and of the vector widths (8, 16, 32)
+# of the few-outputs kernels; (4100, 260) crosses a 256-column chunk of dx and is past 2**20
+# multiply-adds even with one output, so that two threads really run. Each file adds a
+# shape whose rows span 4 KB in its dtypes, whose dW AVX2 sums along the rows
+# (col_dots_rows, kernels_simd.hpp).
+FEW_OUTPUT_BASE = [(1, 1), (3, 17), (4, 16), (7, 33), (9, 64), (1001, 100), (4100, 260)]
+
+
 # db adds blocks of SUM_ROWS rows in the dtype and the block sums in float64 (the core's
 # kSumRows, views.hpp), and the reference sums in float64: for float32, db's error grows
 # with the block, not with the batch.

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 import siglayer
-from conftest import SUM_ROWS
+from conftest import FEW_OUTPUT_BASE, SUM_ROWS
 from siglayer import _core, reference
 
 ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml-dtypes")
@@ -513,17 +513,8 @@ def test_few_outputs_on_every_instruction_set_and_layout(isa, n_out, layout):
     blocks); against the oracle's bounds, and the same bits for one thread and two."""
     before = siglayer.get_num_threads()
     try:
-        # (1031, 2102): rows of 4 KB, whose dW AVX2 sums along the rows (col_dots_rows)
-        for n, n_in in [
-            (1, 1),
-            (3, 17),
-            (4, 16),
-            (7, 33),
-            (9, 64),
-            (1001, 100),
-            (4100, 260),
-            (1031, 2102),
-        ]:
+        # conftest's shapes and rows of 4 KB, whose dW AVX2 sums along the rows
+        for n, n_in in [*FEW_OUTPUT_BASE, (1031, 2102)]:
             x, W, b = inputs(n, n_in, n_out, seed=n + n_in)
             x, W = _bf16_layouts(x)[layout], _bf16_layouts(W)[layout]
             dout = bf16(np.random.default_rng(n).standard_normal((n, n_out)))

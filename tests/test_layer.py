@@ -12,6 +12,7 @@ import siglayer
 from conftest import (
     DTYPES,
     EPS,
+    FEW_OUTPUT_BASE,
     SHAPE_IDS,
     SHAPES,
     SUM_ROWS,
@@ -206,22 +207,10 @@ def test_narrow_outputs_on_every_instruction_set(rng, threads, dtype, isa, n_out
     np.testing.assert_array_equal(given, out)
 
 
-# (n, n_in): remainders of the four-row groups and of the vector widths (8, 16, 32) of the
-# few-outputs kernels; (4100, 260) crosses a 256-column chunk of dx and is past 2**20
-# multiply-adds even with one output, so that two threads really run; (1031, 1102) has
-# rows of 4 KB and more, whose dW AVX2 sums along the rows (col_dots_rows,
-# kernels_simd.hpp): 512-column chunks with a partial vector after them (float32 and
-# float64), two 512-row blocks and 7 rows after them (remainders of the groups of 4 and 2).
-FEW_OUTPUT_SHAPES = [
-    (1, 1),
-    (3, 17),
-    (4, 16),
-    (7, 33),
-    (9, 64),
-    (1001, 100),
-    (4100, 260),
-    (1031, 1102),
-]
+# conftest's shapes and (1031, 1102), rows of 4 KB and more in float32 and float64:
+# 512-column chunks with a partial vector after them, two 512-row blocks and 7 rows after
+# them (remainders of col_dots_rows' groups of 4 and 2 rows).
+FEW_OUTPUT_SHAPES = [*FEW_OUTPUT_BASE, (1031, 1102)]
 
 
 @pytest.mark.parametrize("layout", ["C", "strided", "Tview", "negative"])
