@@ -680,9 +680,9 @@ constexpr index_t kComboChunk = 256;  // columns of dst per pass: R x 1 KB on th
 // them: L, or fewer when Partial). K > 0 is k known at compile time (one or two outputs):
 // with a run-time trip count and one row, GCC kept a pointer of the loop over vectors on
 // the stack and added to it there every vector, a store-to-load chain that held dx with
-// one output to about half OpenBLAS's store rate (Zen 3, AVX2: backward without dW, one
-// output, 0.73-0.85 of its time on one thread and 0.41-0.54 on two since; float32 and
-// float64; two outputs 0.68-0.93).
+// one output to about half OpenBLAS's store rate. With K (A/B on Zen 3, AVX2, backward
+// without dW, float32 and float64): one output 0.73-0.85 of the former time on one thread,
+// 0.41-0.54 on two; two outputs 0.68-0.93.
 template <int R, bool Partial, int K, class C>
 inline void combo(C* out, index_t ld_out, const C* dZ, index_t ld_dZ, const C* w, index_t ld_Wt,
                   index_t k_runtime, index_t width) {
