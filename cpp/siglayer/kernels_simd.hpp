@@ -882,7 +882,7 @@ inline void col_dots_f(C* __restrict dW, index_t ld_dW, const S* __restrict x, i
     // the broadcast columns of dZ).
     constexpr int A = sizeof(typename DotOps<C>::V) == 64 ? 16 : 8;
     // AVX2: rows of a page or more go by rows (col_dots_rows) where a strip is narrower.
-    const bool by_rows = A == 8 && ld_x * index_t(sizeof(S)) >= 4096;
+    const bool by_rows = ld_x * index_t(sizeof(S)) >= 4096;
     for (index_t r0 = 0; r0 < rows; r0 += kColDotsRows) {
         const index_t m = rows - r0 < kColDotsRows ? rows - r0 : kColDotsRows;
         const S* xb = x + r0 * ld_x;
@@ -892,15 +892,18 @@ inline void col_dots_f(C* __restrict dW, index_t ld_dW, const S* __restrict x, i
             C* w = dW + j;
             const C* d = db + j;
             const index_t J = cols - j < 4 ? cols - j : 4;
-            const index_t strip = (J == 1 ? 8 : J == 2 ? A / 2 : A / 4) * DotOps<C>::lanes;
-            if (by_rows && k > strip) {
-                switch (J) {
-                    case 1: col_dots_rows<1>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
-                    case 2: col_dots_rows<2>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
-                    case 3: col_dots_rows<3>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
-                    default: col_dots_rows<4>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first);
+            if constexpr (A == 8) {  // the AVX-512 copy keeps its strips (not instantiated)
+                // A strip's width: V vectors (V as in the switch below) of L columns.
+                const index_t strip = (J == 1 ? 8 : J == 2 ? A / 2 : A / 4) * DotOps<C>::lanes;
+                if (by_rows && k > strip) {
+                    switch (J) {
+                        case 1: col_dots_rows<1>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
+                        case 2: col_dots_rows<2>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
+                        case 3: col_dots_rows<3>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
+                        default: col_dots_rows<4>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first);
+                    }
+                    continue;
                 }
-                continue;
             }
             switch (J) {
                 case 1: col_dots_block<8, 1>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
