@@ -474,12 +474,12 @@ def _bf16_layouts(a: np.ndarray) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("n_out", [1, 2, 4])
 def test_few_outputs_dw_along_the_rows_same_bits_as_the_strips(isa, n_out, threads):
-    """On AVX2 dW of a layer with few outputs goes along x's rows where a row spans 4 KB
-    or more (col_dots_rows) and in strips of columns otherwise: the same operations in the
-    same order for every entry, so the same bits. x as rows 4.2 KB apart (a view into a
-    wider array) against its contiguous copy (1.2 KB rows); 1031 rows, n_in 602 (a partial
-    vector). On other instruction sets both take the strips. (From 5 outputs siglayer's
-    own GEMM, where it runs, takes dW.)"""
+    """dW of a layer with few outputs goes along x's rows where a row spans 4 KB or more
+    (col_dots_rows: on AVX2, and on AVX-512 with one output) and in strips of columns
+    otherwise: the same operations in the same order for every entry, so the same bits.
+    x as rows 4.2 KB apart (a view into a wider array) against its contiguous copy (1.2 KB
+    rows); 1031 rows, n_in 602 (a partial vector and a partial chunk). Elsewhere both take
+    the strips. (From 5 outputs siglayer's own GEMM, where it runs, takes dW.)"""
     x, W, b = inputs(1031, 602, n_out, seed=n_out)
     dout = bf16(np.random.default_rng(n_out).standard_normal((1031, n_out)))
     wide = np.zeros((1031, 2100), BF16)

@@ -257,13 +257,14 @@ def test_few_outputs_on_every_instruction_set_and_layout(
 def test_few_outputs_dw_along_the_rows_same_bits_as_the_strips(
     restore_threads, dtype, isa, n_out, threads
 ):
-    """On AVX2 dW = x^T . dZ of a layer with few outputs goes along x's rows where a row
-    spans 4 KB or more (col_dots_rows) and in strips of columns down the rows otherwise
-    (col_dots_strip): the same operations in the same order for every entry, so the same
-    bits. x as rows 4.4-8.8 KB apart (a view into a wider array: along the rows) against
-    its contiguous copy (rows of 1.2-2.4 KB: strips); 1031 rows (7 after two 512-row
-    blocks) and n_in leaving a partial vector. On other instruction sets both take the
-    strips."""
+    """dW = x^T . dZ of a layer with few outputs goes along x's rows where a row spans 4
+    KB or more (col_dots_rows: on AVX2, and on AVX-512 with one output) and in strips of
+    columns down the rows otherwise (col_dots_strip), chunks of columns outside the groups
+    of up to 4 outputs either way: the same operations in the same order for every entry,
+    so the same bits. x as rows 4.4-8.8 KB apart (a view into a wider array: along the
+    rows) against its contiguous copy (rows of 1.2-2.4 KB: strips); 1031 rows (7 after two
+    512-row blocks) and n_in leaving a partial vector and a partial chunk. Elsewhere both
+    take the strips."""
     rng = np.random.default_rng(n_out)
     n_in = 602 if dtype == np.float32 else 302
     x, W, b, dout = make_problem(rng, (1031, n_in), n_out, dtype)

@@ -805,7 +805,8 @@ inline void col_dots_block(C* dW, index_t ld_dW, const S* x, index_t ld_x, const
                                    first);
 }
 
-// The same sums with x read along its rows (AVX2, rows of 4 KB or more, wider than a strip):
+// The same sums with x read along its rows (rows of 4 KB or more, wider than a strip; on
+// AVX-512 one output only, col_dots_f):
 // a strip reads only V * L values of a row before it moves to the next row, a new page
 // each time when a row spans one, which the prefetchers do not follow. Here the J x
 // kRowsChunk sums of a chunk of columns stay on the stack (L1), loaded and stored once per G
@@ -874,6 +875,14 @@ inline void col_dots_rows(C* dW, index_t ld_dW, const S* x, index_t ld_x, const 
     }
 }
 
+// dW = x^T . dZ for few outputs: per block of kColDotsRows rows, x's columns in chunks,
+// and within a chunk the groups of up to 4 outputs, so that a chunk read from memory for
+// the first group is read from L2 by the others (512 bytes of each row along the strips:
+// 256 KB of a 512-row block; kRowsChunk columns along the rows). Each entry's sum is the
+// same however the columns are chunked and grouped, so the same bits. A/B on Zen 4
+// (backward without dx, 512 and 4096 rows, n_in 256-4096, 3-11 outputs, medians of 9-15
+// interleaved rounds), chunked over the whole block per group: AVX-512 0.64-1.03, AVX2
+// (forced) 0.67-1.11, the gains at 4096 rows with rows of 4 KB or more (x beyond L2).
 template <class C, class S>
 inline void col_dots_f(C* __restrict dW, index_t ld_dW, const S* __restrict x, index_t ld_x,
                        const C* __restrict dZ, index_t ld_dZ, index_t rows, index_t k,
@@ -881,35 +890,44 @@ inline void col_dots_f(C* __restrict dW, index_t ld_dW, const S* __restrict x, i
     // Sums in registers: 16 of AVX-512's 32, 8 of AVX2's 16 (beside the chunks of x and
     // the broadcast columns of dZ).
     constexpr int A = sizeof(typename DotOps<C>::V) == 64 ? 16 : 8;
-    // AVX2: rows of a page or more go by rows (col_dots_rows) where a strip is narrower.
-    const bool by_rows = ld_x * index_t(sizeof(S)) >= 4096;
+    // Rows of a page or more go along the rows (col_dots_rows) where a strip is narrower
+    // than the chunk: on AVX2 whatever the outputs, on AVX-512 with one output. A/B on Zen
+    // 4, AVX-512, by rows over the strips: one output 0.53-1.08 (float32, float64 and
+    // bfloat16; 0.53-0.84 at 4096 rows of 8-32 KB), but 2-11 outputs 0.68-1.56 (1.3-1.56 at
+    // n_in 1024), where the strips, twice as wide as AVX2's, keep up.
+    const bool by_rows = ld_x * index_t(sizeof(S)) >= 4096 && (A == 8 || cols == 1);
+    const index_t chunk = by_rows ? kRowsChunk : 512 / index_t(sizeof(S));
     for (index_t r0 = 0; r0 < rows; r0 += kColDotsRows) {
         const index_t m = rows - r0 < kColDotsRows ? rows - r0 : kColDotsRows;
-        const S* xb = x + r0 * ld_x;
-        const C* db = dZ + r0 * ld_dZ;
         const bool first = r0 == 0;
-        for (index_t j = 0; j < cols; j += 4) {
-            C* w = dW + j;
-            const C* d = db + j;
-            const index_t J = cols - j < 4 ? cols - j : 4;
-            if constexpr (A == 8) {  // the AVX-512 copy keeps its strips (not instantiated)
+        for (index_t c0 = 0; c0 < k; c0 += chunk) {
+            const index_t kc = k - c0 < chunk ? k - c0 : chunk;
+            const S* xc = x + r0 * ld_x + c0;
+            for (index_t j = 0; j < cols; j += 4) {
+                C* w = dW + c0 * ld_dW + j;
+                const C* d = dZ + r0 * ld_dZ + j;
+                const index_t J = cols - j < 4 ? cols - j : 4;
                 // A strip's width: V vectors (V as in the switch below) of L columns.
                 const index_t strip = (J == 1 ? 8 : J == 2 ? A / 2 : A / 4) * DotOps<C>::lanes;
-                if (by_rows && k > strip) {
-                    switch (J) {
-                        case 1: col_dots_rows<1>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
-                        case 2: col_dots_rows<2>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
-                        case 3: col_dots_rows<3>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
-                        default: col_dots_rows<4>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first);
+                if (by_rows && kc > strip) {
+                    if constexpr (A == 8) {
+                        switch (J) {
+                            case 1: col_dots_rows<1>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first); break;
+                            case 2: col_dots_rows<2>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first); break;
+                            case 3: col_dots_rows<3>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first); break;
+                            default: col_dots_rows<4>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first);
+                        }
+                    } else {  // one output
+                        col_dots_rows<1>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first);
                     }
                     continue;
                 }
-            }
-            switch (J) {
-                case 1: col_dots_block<8, 1>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
-                case 2: col_dots_block<A / 2, 2>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
-                case 3: col_dots_block<A / 4, 3>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first); break;
-                default: col_dots_block<A / 4, 4>(w, ld_dW, xb, ld_x, d, ld_dZ, m, k, first);
+                switch (J) {
+                    case 1: col_dots_block<8, 1>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first); break;
+                    case 2: col_dots_block<A / 2, 2>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first); break;
+                    case 3: col_dots_block<A / 4, 3>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first); break;
+                    default: col_dots_block<A / 4, 4>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first);
+                }
             }
         }
     }
