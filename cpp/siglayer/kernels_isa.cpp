@@ -71,7 +71,16 @@ static void bias_sigmoid_grouped(T* out, index_t ld, C* acc, index_t ld_acc, con
     }
     const index_t group = kGroupSpan / cols;  // rows per long row
     C bias[kGroupSpan];
-    for (index_t i = 0; i < group * cols; ++i) bias[i] = b[i % cols];
+    // A counter, not i % cols: a division per entry took a tenth of the forward's cycles at
+    // 2048 x 64 x 4 (perf, Zen 4; the tile is built per panel of rows), and a loop over the
+    // rows with one over b inside became a memcpy call per row (float64, one output: 1.2-1.3x
+    // the division's time). A/B on Zen 4, forward, n_in 64-128, 1-10 outputs, one and two
+    // threads, medians of 15 interleaved rounds, bits equal: 0.79-0.99 of the time with the
+    // division (0.79-0.91 with 1-2 outputs).
+    for (index_t i = 0, j = 0; i < group * cols; ++i) {
+        bias[i] = b[j];
+        if (++j == cols) j = 0;
+    }
     for (index_t r = 0; r < rows; r += group) {
         const index_t span = (rows - r < group ? rows - r : group) * cols;
         sweep(out + r * cols, span, acc + r * cols, span, bias, 1, span);
