@@ -137,6 +137,20 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(20261127)
 
 
+def rows_apart(a: np.ndarray, extra: int = 5) -> np.ndarray:
+    """a's values in a view whose rows lie `extra` elements beyond their ends apart: the
+    same matrix, not end to end."""
+    wide = np.zeros((a.shape[0], a.shape[1] + extra), a.dtype)
+    wide[:, : a.shape[1]] = a
+    return wide[:, : a.shape[1]]
+
+
+# Outputs whose dZ and db run end to end in kernels_impl.hpp (fewer than 32 outputs), with
+# 1031 rows: eight of db's blocks of 128 and 7 rows left, and runs of 512 values that do not
+# end on a block's end.
+NARROW_DZ_OUTPUTS = [1, 3, 8, 11, 16, 24, 31]
+
+
 @pytest.fixture
 def restore_threads():
     """Leaves siglayer's thread count as it found it."""

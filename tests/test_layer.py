@@ -13,6 +13,7 @@ from conftest import (
     DTYPES,
     EPS,
     FEW_OUTPUT_BASE,
+    NARROW_DZ_OUTPUTS,
     SHAPE_IDS,
     SHAPES,
     SUM_ROWS,
@@ -22,6 +23,7 @@ from conftest import (
     gradient_bounds,
     make_problem,
     product_bound,
+    rows_apart,
 )
 from siglayer import _core, reference
 from siglayer._dtypes import FLOAT_DTYPES
@@ -283,6 +285,32 @@ def test_few_outputs_dw_along_the_rows_same_bits_as_the_strips(
         _core.select_isa(best)
     np.testing.assert_array_equal(dW_apart, grads[1])
     np.testing.assert_array_equal(db_apart, grads[2])
+    check_backward(dout, x, W, out, grads)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_out", NARROW_DZ_OUTPUTS)
+@pytest.mark.parametrize("isa", _core.config()["simd_available"].split(","))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_dz_of_narrow_rows_end_to_end_same_bits_as_row_by_row(
+    restore_threads, dtype, isa, n_out, threads
+):
+    """dZ and db of rows of fewer than 32 values lying end to end run through one loop over
+    many rows (kernels_impl.hpp, end_to_end); rows apart go one at a time. The same
+    operations in the same order, so dx, dW and db are the same bits either way."""
+    rng = np.random.default_rng(n_out)
+    x, W, b, dout = make_problem(rng, (1031, 19), n_out, dtype)
+    best = _core.config()["simd_available"].split(",")[0]
+    _core.select_isa(isa)
+    siglayer.set_num_threads(threads)
+    try:
+        out = siglayer.forward(x, W, b)
+        grads = siglayer.backward(dout, x, W, out)
+        apart = siglayer.backward(rows_apart(dout), x, W, rows_apart(out))
+    finally:
+        _core.select_isa(best)
+    for name, one, two in zip(("dx", "dW", "db"), grads, apart, strict=True):
+        np.testing.assert_array_equal(one, two, err_msg=name)
     check_backward(dout, x, W, out, grads)
 
 

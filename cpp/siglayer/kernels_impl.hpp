@@ -171,6 +171,58 @@ inline void bias_sigmoid_rows(T* out, index_t ld, const T* acc, index_t ld_acc, 
     }
 }
 
+// Rows of fewer than kNarrowDz values lying end to end in dZ, dout and out (a layer with
+// few outputs) go kDzChunk values at a time through one elementwise loop, which vectorizes,
+// where a loop over one row of a few values ran scalar (the bfloat16 rounding too); db's
+// sums then add the chunk's values row by row, in the order of the row-by-row loop, so the
+// same bits (tests: ..._dz_of_narrow_rows_end_to_end_same_bits_as_row_by_row). A/B on Zen
+// 4 (AVX-512; backward, batch 256-8192, n_in 64-1024, 1-24 outputs, one and two threads,
+// medians of 15 interleaved rounds, bits equal): bfloat16 0.61-0.97 of the time (but 1.06-1.08
+// at 16 outputs on one thread, a whole vector a row), float32 0.73-1.02, float64 0.81-1.02.
+constexpr index_t kNarrowDz = 32, kDzChunk = 512;
+
+inline bool end_to_end(index_t cols, index_t ld_dZ, index_t ld_dout, index_t ld_out) {
+    return cols > 0 && cols < kNarrowDz && ld_dZ == cols && ld_dout == cols && ld_out == cols;
+}
+
+// db[j] += dz[t + j] for the rows t = 0, cols, ... < count, in that order; up to 8 columns
+// with the sums in registers (through db in memory, each row's add waited for the last
+// one's store).
+template <int C, class T>
+inline void add_rows_of(T* __restrict db, const T* __restrict dz, index_t count) {
+    T s[C];
+    for (int j = 0; j < C; ++j) s[j] = db[j];
+    for (index_t t = 0; t < count; t += C)
+        for (int j = 0; j < C; ++j) s[j] += dz[t + j];
+    for (int j = 0; j < C; ++j) db[j] = s[j];
+}
+
+template <class T>
+inline void add_rows(T* __restrict db, const T* __restrict dz, index_t count, index_t cols) {
+    switch (cols) {
+        case 1:
+            return add_rows_of<1>(db, dz, count);
+        case 2:
+            return add_rows_of<2>(db, dz, count);
+        case 3:
+            return add_rows_of<3>(db, dz, count);
+        case 4:
+            return add_rows_of<4>(db, dz, count);
+        case 5:
+            return add_rows_of<5>(db, dz, count);
+        case 6:
+            return add_rows_of<6>(db, dz, count);
+        case 7:
+            return add_rows_of<7>(db, dz, count);
+        case 8:
+            return add_rows_of<8>(db, dz, count);
+        default:
+            for (index_t t = 0; t < count; t += cols)
+#pragma omp simd
+                for (index_t j = 0; j < cols; ++j) db[j] += dz[t + j];
+    }
+}
+
 // dout, out and dZ are rows x cols with row strides ld_dout, ld_out, ld_dZ; db (cols, T)
 // and total (cols, double, scratch).
 // dZ[i, j] = dout[i, j] * out[i, j] * (1 - out[i, j]);  db[j] = sum over i of dZ[i, j] in
@@ -180,22 +232,36 @@ template <class T>
 inline void dz_colsum(T* __restrict dZ, index_t ld_dZ, T* __restrict db, double* __restrict total,
                       const T* __restrict dout, index_t ld_dout, const T* __restrict out,
                       index_t ld_out, index_t rows, index_t cols) {
+    const bool runs = end_to_end(cols, ld_dZ, ld_dout, ld_out);
 #pragma omp simd
     for (index_t j = 0; j < cols; ++j) total[j] = 0.0;
     for (index_t i0 = 0; i0 < rows; i0 += kSumRows) {
         const index_t i1 = rows - i0 < kSumRows ? rows : i0 + kSumRows;
 #pragma omp simd
         for (index_t j = 0; j < cols; ++j) db[j] = T(0);
-        for (index_t i = i0; i < i1; ++i) {
-            const T* dout_row = dout + i * ld_dout;
-            const T* out_row = out + i * ld_out;
-            T* dZ_row = dZ + i * ld_dZ;
+        if (runs) {
+            const index_t per = kDzChunk / cols;  // rows per pass
+            for (index_t r = i0; r < i1; r += per) {
+                const index_t count = (i1 - r < per ? i1 - r : per) * cols;
+                const T* d = dout + r * cols;
+                const T* o = out + r * cols;
+                T* z = dZ + r * cols;
 #pragma omp simd
-            for (index_t j = 0; j < cols; ++j) {
-                const T o = out_row[j];
-                const T dz = (dout_row[j] * o) * (T(1) - o);
-                dZ_row[j] = dz;
-                db[j] += dz;
+                for (index_t t = 0; t < count; ++t) z[t] = (d[t] * o[t]) * (T(1) - o[t]);
+                add_rows(db, z, count, cols);
+            }
+        } else {
+            for (index_t i = i0; i < i1; ++i) {
+                const T* dout_row = dout + i * ld_dout;
+                const T* out_row = out + i * ld_out;
+                T* dZ_row = dZ + i * ld_dZ;
+#pragma omp simd
+                for (index_t j = 0; j < cols; ++j) {
+                    const T o = out_row[j];
+                    const T dz = (dout_row[j] * o) * (T(1) - o);
+                    dZ_row[j] = dz;
+                    db[j] += dz;
+                }
             }
         }
 #pragma omp simd
@@ -430,25 +496,48 @@ inline void dz_colsum_bf16(D* __restrict dZ, index_t ld_dZ, float* __restrict db
                            double* __restrict total, const std::uint16_t* __restrict dout,
                            index_t ld_dout, const std::uint16_t* __restrict out, index_t ld_out,
                            index_t rows, index_t cols) {
+    const bool runs = end_to_end(cols, ld_dZ, ld_dout, ld_out);
 #pragma omp simd
     for (index_t j = 0; j < cols; ++j) total[j] = 0.0;
     for (index_t i0 = 0; i0 < rows; i0 += kSumRows) {
         const index_t i1 = rows - i0 < kSumRows ? rows : i0 + kSumRows;
 #pragma omp simd
         for (index_t j = 0; j < cols; ++j) db[j] = 0.0f;
-        for (index_t i = i0; i < i1; ++i) {
-            const std::uint16_t* dout_row = dout + i * ld_dout;
-            const std::uint16_t* out_row = out + i * ld_out;
-            D* dZ_row = dZ + i * ld_dZ;
+        if (runs) {
+            const index_t per = kDzChunk / cols;  // rows per pass
+            alignas(64) float buf[kDzChunk];      // the unrounded dz, for db
+            for (index_t r = i0; r < i1; r += per) {
+                const index_t count = (i1 - r < per ? i1 - r : per) * cols;
+                const std::uint16_t* d = dout + r * cols;
+                const std::uint16_t* o = out + r * cols;
+                D* z = dZ + r * cols;
 #pragma omp simd
-            for (index_t j = 0; j < cols; ++j) {
-                const float o = bf16_bits_to_float(out_row[j]);
-                const float dz = (bf16_bits_to_float(dout_row[j]) * o) * (1.0f - o);
-                if constexpr (std::is_same_v<D, float>)
-                    dZ_row[j] = bf16_bits_to_float(float_to_bf16_bits(dz));
-                else
-                    dZ_row[j] = float_to_bf16_bits(dz);
-                db[j] += dz;
+                for (index_t t = 0; t < count; ++t) {
+                    const float ov = bf16_bits_to_float(o[t]);
+                    const float dz = (bf16_bits_to_float(d[t]) * ov) * (1.0f - ov);
+                    if constexpr (std::is_same_v<D, float>)
+                        z[t] = bf16_bits_to_float(float_to_bf16_bits(dz));
+                    else
+                        z[t] = float_to_bf16_bits(dz);
+                    buf[t] = dz;
+                }
+                add_rows(db, buf, count, cols);
+            }
+        } else {
+            for (index_t i = i0; i < i1; ++i) {
+                const std::uint16_t* dout_row = dout + i * ld_dout;
+                const std::uint16_t* out_row = out + i * ld_out;
+                D* dZ_row = dZ + i * ld_dZ;
+#pragma omp simd
+                for (index_t j = 0; j < cols; ++j) {
+                    const float o = bf16_bits_to_float(out_row[j]);
+                    const float dz = (bf16_bits_to_float(dout_row[j]) * o) * (1.0f - o);
+                    if constexpr (std::is_same_v<D, float>)
+                        dZ_row[j] = bf16_bits_to_float(float_to_bf16_bits(dz));
+                    else
+                        dZ_row[j] = float_to_bf16_bits(dz);
+                    db[j] += dz;
+                }
             }
         }
 #pragma omp simd
