@@ -9,8 +9,10 @@ with the reduction length and cannot be met by a wrong result of any size.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -143,6 +145,23 @@ def rows_apart(a: np.ndarray, extra: int = 5) -> np.ndarray:
     wide = np.zeros((a.shape[0], a.shape[1] + extra), a.dtype)
     wide[:, : a.shape[1]] = a
     return wide[:, : a.shape[1]]
+
+
+@contextlib.contextmanager
+def selected_isa(isa: str) -> Iterator[None]:
+    """The kernels of instruction set `isa` inside the block, the best one after it."""
+    best = _core.config()["simd_available"].split(",")[0]
+    _core.select_isa(isa)
+    try:
+        yield
+    finally:
+        _core.select_isa(best)
+
+
+def assert_same_bits(got, want, names=("dx", "dW", "db")) -> None:
+    """Each result of `got` bit for bit the one of `want` at its place."""
+    for name, one, two in zip(names, got, want, strict=True):
+        np.testing.assert_array_equal(one, two, err_msg=name)
 
 
 # Outputs whose dZ and db run end to end in kernels_impl.hpp (fewer than 32 outputs), with

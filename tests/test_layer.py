@@ -17,6 +17,7 @@ from conftest import (
     SHAPE_IDS,
     SHAPES,
     SUM_ROWS,
+    assert_same_bits,
     assert_within,
     backward_bounds,
     forward_bound,
@@ -24,6 +25,7 @@ from conftest import (
     make_problem,
     product_bound,
     rows_apart,
+    selected_isa,
 )
 from siglayer import _core, reference
 from siglayer._dtypes import FLOAT_DTYPES
@@ -198,13 +200,9 @@ def test_narrow_outputs_on_every_instruction_set(rng, threads, dtype, isa, n_out
     """Fewer than 16 output columns: bias + sigma sweeps groups of rows as one long row
     (kernels_isa.cpp), on every instruction set; 1000 rows leave a partial group."""
     x, W, b, _ = make_problem(rng, (1000, 37), n_out, dtype)
-    best = _core.config()["simd_available"].split(",")[0]
-    _core.select_isa(isa)
-    try:
+    with selected_isa(isa):
         out = siglayer.forward(x, W, b)
         given = siglayer.forward(x, W, b, out=np.full((1000, n_out), np.nan, dtype))
-    finally:
-        _core.select_isa(best)
     assert_within(out, reference.forward(x, W, b), forward_bound(x, W, b, out), "out")
     np.testing.assert_array_equal(given, out)
 
@@ -270,21 +268,14 @@ def test_few_outputs_dw_along_the_rows_same_bits_as_the_strips(
     rng = np.random.default_rng(n_out)
     n_in = 602 if dtype == np.float32 else 302
     x, W, b, dout = make_problem(rng, (1031, n_in), n_out, dtype)
-    wide = np.zeros((1031, 1100), dtype)
-    wide[:, :n_in] = x
-    apart = wide[:, :n_in]
+    apart = rows_apart(x, 1100 - n_in)
     assert apart.strides[0] >= 4096 > x.strides[0]
-    best = _core.config()["simd_available"].split(",")[0]
-    _core.select_isa(isa)
     siglayer.set_num_threads(threads)
-    try:
+    with selected_isa(isa):
         out = siglayer.forward(x, W, b)
         grads = siglayer.backward(dout, x, W, out)
-        _, dW_apart, db_apart = siglayer.backward(dout, apart, W, out)
-    finally:
-        _core.select_isa(best)
-    np.testing.assert_array_equal(dW_apart, grads[1])
-    np.testing.assert_array_equal(db_apart, grads[2])
+        grads_apart = siglayer.backward(dout, apart, W, out)
+    assert_same_bits(grads_apart[1:], grads[1:], ("dW", "db"))
     check_backward(dout, x, W, out, grads)
 
 
@@ -298,19 +289,12 @@ def test_dz_of_narrow_rows_end_to_end_same_bits_as_row_by_row(
     """dZ and db of rows of fewer than 32 values lying end to end run through one loop over
     many rows (kernels_impl.hpp, end_to_end); rows apart go one at a time. The same
     operations in the same order, so dx, dW and db are the same bits either way."""
-    rng = np.random.default_rng(n_out)
-    x, W, b, dout = make_problem(rng, (1031, 19), n_out, dtype)
-    best = _core.config()["simd_available"].split(",")[0]
-    _core.select_isa(isa)
+    x, W, b, dout = make_problem(np.random.default_rng(n_out), (1031, 19), n_out, dtype)
     siglayer.set_num_threads(threads)
-    try:
+    with selected_isa(isa):
         out = siglayer.forward(x, W, b)
         grads = siglayer.backward(dout, x, W, out)
-        apart = siglayer.backward(rows_apart(dout), x, W, rows_apart(out))
-    finally:
-        _core.select_isa(best)
-    for name, one, two in zip(("dx", "dW", "db"), grads, apart, strict=True):
-        np.testing.assert_array_equal(one, two, err_msg=name)
+        assert_same_bits(siglayer.backward(rows_apart(dout), x, W, rows_apart(out)), grads)
     check_backward(dout, x, W, out, grads)
 
 
@@ -324,9 +308,7 @@ def test_few_outputs_a_rows_out_and_dx_do_not_depend_on_its_batch(dtype, isa, n_
     another order: 18 of 64 rows differed alone)."""
     rng = np.random.default_rng(n_out)
     x, W, b, dZ = make_problem(rng, (29, 77), n_out, dtype)
-    best = _core.config()["simd_available"].split(",")[0]
-    _core.select_isa(isa)
-    try:
+    with selected_isa(isa):
         out = siglayer.forward(x, W, b)
         dx = siglayer.backward_from_preactivation(dZ, x, W)[0]
         for i in range(x.shape[0]):
@@ -336,8 +318,6 @@ def test_few_outputs_a_rows_out_and_dx_do_not_depend_on_its_batch(dtype, isa, n_
                 np.testing.assert_array_equal(got, out[part], err_msg=f"out rows {lo}:{hi}")
                 got = siglayer.backward_from_preactivation(dZ[part], x[part], W)[0]
                 np.testing.assert_array_equal(got, dx[part], err_msg=f"dx rows {lo}:{hi}")
-    finally:
-        _core.select_isa(best)
 
 
 @pytest.mark.parametrize("layout", ["F", "strided", "negative"])

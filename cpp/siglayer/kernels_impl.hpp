@@ -487,6 +487,21 @@ inline void col_dots_f(double* __restrict dW, index_t ld_dW, const double* __res
     col_dots(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows, k, cols, [](double v) { return v; });
 }
 
+// One dZ value in float from bfloat16 dout and out, and what dZ stores of it: bfloat16 bits
+// (D = uint16_t) or the float of that bfloat16 (D = float).
+inline float dz_bf16(std::uint16_t dout, std::uint16_t out) {
+    const float o = bf16_bits_to_float(out);
+    return (bf16_bits_to_float(dout) * o) * (1.0f - o);
+}
+
+template <class D>
+inline D stored_dz(float dz) {
+    if constexpr (std::is_same_v<D, float>)
+        return bf16_bits_to_float(float_to_bf16_bits(dz));
+    else
+        return float_to_bf16_bits(dz);
+}
+
 // dz_colsum for bfloat16 dout and out (rows x cols, row strides ld_dout, ld_out): dZ in
 // float, stored rounded to bfloat16 (row stride ld_dZ): as bfloat16 bits (D = uint16_t)
 // or as the float of that bfloat16 (D = float, for a float GEMM); db[j] = the sum of the
@@ -513,12 +528,8 @@ inline void dz_colsum_bf16(D* __restrict dZ, index_t ld_dZ, float* __restrict db
                 D* z = dZ + r * cols;
 #pragma omp simd
                 for (index_t t = 0; t < count; ++t) {
-                    const float ov = bf16_bits_to_float(o[t]);
-                    const float dz = (bf16_bits_to_float(d[t]) * ov) * (1.0f - ov);
-                    if constexpr (std::is_same_v<D, float>)
-                        z[t] = bf16_bits_to_float(float_to_bf16_bits(dz));
-                    else
-                        z[t] = float_to_bf16_bits(dz);
+                    const float dz = dz_bf16(d[t], o[t]);
+                    z[t] = stored_dz<D>(dz);
                     buf[t] = dz;
                 }
                 add_rows(db, buf, count, cols);
@@ -530,12 +541,8 @@ inline void dz_colsum_bf16(D* __restrict dZ, index_t ld_dZ, float* __restrict db
                 D* dZ_row = dZ + i * ld_dZ;
 #pragma omp simd
                 for (index_t j = 0; j < cols; ++j) {
-                    const float o = bf16_bits_to_float(out_row[j]);
-                    const float dz = (bf16_bits_to_float(dout_row[j]) * o) * (1.0f - o);
-                    if constexpr (std::is_same_v<D, float>)
-                        dZ_row[j] = bf16_bits_to_float(float_to_bf16_bits(dz));
-                    else
-                        dZ_row[j] = float_to_bf16_bits(dz);
+                    const float dz = dz_bf16(dout_row[j], out_row[j]);
+                    dZ_row[j] = stored_dz<D>(dz);
                     db[j] += dz;
                 }
             }
