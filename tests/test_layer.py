@@ -14,6 +14,7 @@ from conftest import (
     EPS,
     FEW_OUTPUT_BASE,
     NARROW_DZ_OUTPUTS,
+    NARROW_DZ_SHAPE,
     SHAPE_IDS,
     SHAPES,
     SUM_ROWS,
@@ -193,12 +194,13 @@ def test_need_dx_false(rng):
     np.testing.assert_array_equal(db, db_full)
 
 
-@pytest.mark.parametrize("n_out", [1, 2, 3, 15, 16])
+@pytest.mark.parametrize("n_out", [1, 2, 3, 15, 16, 24, 100, 128, 129])
 @pytest.mark.parametrize("isa", _core.config()["simd_available"].split(","))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_narrow_outputs_on_every_instruction_set(rng, threads, dtype, isa, n_out):
-    """Fewer than 16 output columns: bias + sigma sweeps groups of rows as one long row
-    (kernels_isa.cpp), on every instruction set; 1000 rows leave a partial group."""
+    """Up to 128 output columns: bias + sigma sweeps groups of rows as one long row
+    (kernels_isa.cpp, bias_sigmoid_grouped), on every instruction set; 1000 rows leave a
+    partial group; 129 columns go a row at a time."""
     x, W, b, _ = make_problem(rng, (1000, 37), n_out, dtype)
     with selected_isa(isa):
         out = siglayer.forward(x, W, b)
@@ -289,7 +291,7 @@ def test_dz_of_narrow_rows_end_to_end_same_bits_as_row_by_row(
     """dZ and db of rows of fewer than 32 values lying end to end run through one loop over
     many rows (kernels_impl.hpp, end_to_end); rows apart go one at a time. The same
     operations in the same order, so dx, dW and db are the same bits either way."""
-    x, W, b, dout = make_problem(np.random.default_rng(n_out), (1031, 19), n_out, dtype)
+    x, W, b, dout = make_problem(np.random.default_rng(n_out), NARROW_DZ_SHAPE, n_out, dtype)
     siglayer.set_num_threads(threads)
     with selected_isa(isa):
         out = siglayer.forward(x, W, b)
