@@ -40,8 +40,8 @@ EPS = {dt: float(np.finfo(dt).eps) for dt in FLOAT_DTYPES}
 # test_bfloat16.py: remainders of the four-row groups and of the vector widths (8, 16, 32)
 # of the few-outputs kernels; (4100, 260) crosses a 256-column chunk of dx and is past 2**20
 # multiply-adds even with one output, so that two threads really run. Each file adds a
-# shape whose rows span 4 KB in its dtypes, whose dW AVX2 sums along the rows
-# (col_dots_rows, kernels_simd.hpp).
+# shape whose rows span 4 KB in its dtypes, whose dW goes along the rows (col_dots_rows,
+# kernels_simd.hpp: on AVX2, and on AVX-512 with one output).
 FEW_OUTPUT_BASE = [(1, 1), (3, 17), (4, 16), (7, 33), (9, 64), (1001, 100), (4100, 260)]
 
 
@@ -164,10 +164,13 @@ def assert_same_bits(got, want, names=("dx", "dW", "db")) -> None:
         np.testing.assert_array_equal(one, two, err_msg=name)
 
 
-# Outputs whose dZ and db run end to end in kernels_impl.hpp (fewer than 32 outputs), with
-# 1031 rows: eight of db's blocks of 128 and 7 rows left, and runs of 512 values that do not
-# end on a block's end.
-NARROW_DZ_OUTPUTS = [1, 3, 8, 11, 16, 24, 31]
+# Outputs whose dZ and db run end to end in kernels_impl.hpp (fewer than 32 outputs): db's
+# sums in registers (1 to 8) and through memory (11 to 31), runs of whole blocks of 128 rows
+# (up to 4 outputs) and runs that end inside a block (11 and 24). With NARROW_DZ_SHAPE, 32
+# of db's blocks and 7 rows left, past 2**20 multiply-adds with one output: two threads
+# really run, each taking whole blocks (layer_detail.hpp, backward_by_rows).
+NARROW_DZ_OUTPUTS = [1, 2, 3, 5, 8, 11, 16, 24, 31]
+NARROW_DZ_SHAPE = (4103, 256)
 
 
 @pytest.fixture

@@ -31,7 +31,14 @@ import numpy as np
 import pytest
 
 import siglayer
-from conftest import FEW_OUTPUT_BASE, NARROW_DZ_OUTPUTS, SUM_ROWS, assert_same_bits, rows_apart
+from conftest import (
+    FEW_OUTPUT_BASE,
+    NARROW_DZ_OUTPUTS,
+    NARROW_DZ_SHAPE,
+    SUM_ROWS,
+    assert_same_bits,
+    rows_apart,
+)
 from siglayer import _core, reference
 
 ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml-dtypes")
@@ -477,15 +484,16 @@ def test_dz_of_narrow_rows_end_to_end_same_bits_as_row_by_row(restore_threads, i
     """As in test_layer.py: dZ (rounded to bfloat16 once, the unrounded values summed into
     db) of rows of fewer than 32 values end to end, in one loop over many rows, against the
     same rows apart, one at a time: the same bits."""
-    x, W, b = inputs(1031, 19, n_out, seed=n_out)
-    dout = bf16(np.random.default_rng(n_out).standard_normal((1031, n_out)))
+    n = NARROW_DZ_SHAPE[0]
+    x, W, b = inputs(*NARROW_DZ_SHAPE, n_out, seed=n_out)
+    dout = bf16(np.random.default_rng(n_out).standard_normal((n, n_out)))
     siglayer.set_num_threads(threads)
     out = siglayer.forward(x, W, b)
     grads = siglayer.backward(dout, x, W, out)
     assert_same_bits(siglayer.backward(rows_apart(dout), x, W, rows_apart(out)), grads)
     o = f64(out)
     dZ_ref = f64(dout) * o * (1 - o)
-    b_db = 2 * (1031 + 4) * 2.0**-24 * np.abs(dZ_ref).sum(axis=0)
+    b_db = 2 * (n + 4) * 2.0**-24 * np.abs(dZ_ref).sum(axis=0)
     assert_bounded(grads[2], dZ_ref.sum(axis=0), b_db, "db")
 
 

@@ -172,13 +172,16 @@ inline void bias_sigmoid_rows(T* out, index_t ld, const T* acc, index_t ld_acc, 
 }
 
 // Rows of fewer than kNarrowDz values lying end to end in dZ, dout and out (a layer with
-// few outputs) go kDzChunk values at a time through one elementwise loop, which vectorizes,
-// where a loop over one row of a few values ran scalar (the bfloat16 rounding too); db's
-// sums then add the chunk's values row by row, in the order of the row-by-row loop, so the
-// same bits (tests: ..._dz_of_narrow_rows_end_to_end_same_bits_as_row_by_row). A/B on Zen
-// 4 (AVX-512; backward, batch 256-8192, n_in 64-1024, 1-24 outputs, one and two threads,
-// medians of 15 interleaved rounds, bits equal): bfloat16 0.61-0.97 of the time (but 1.06-1.08
-// at 16 outputs on one thread, a whole vector a row), float32 0.73-1.02, float64 0.81-1.02.
+// few outputs) go up to kDzChunk values at a time (whole rows, within one block of
+// kSumRows) through one elementwise loop, which vectorizes, where a loop over one row of a
+// few values ran scalar (the bfloat16 rounding too); db's sums then add the run's values
+// row by row, in the order of the row-by-row loop, so the same bits (tests:
+// ..._dz_of_narrow_rows_end_to_end_same_bits_as_row_by_row), NaN payloads aside: where two
+// NaNs of other signs meet in one column's sum, the two loops' adds may take their operands
+// in other orders, and x86 keeps the first one's NaN. A/B on Zen 4 (AVX-512; backward,
+// batch 256-8192, n_in 64-1024, 1-24 outputs, one and two threads, medians of 15
+// interleaved rounds, bits equal): bfloat16 0.61-0.97 of the time (but 1.06-1.08 at 16
+// outputs on one thread, a whole vector a row), float32 0.73-1.02, float64 0.81-1.02.
 constexpr index_t kNarrowDz = 32, kDzChunk = 512;
 
 inline bool end_to_end(index_t cols, index_t ld_dZ, index_t ld_dout, index_t ld_out) {
