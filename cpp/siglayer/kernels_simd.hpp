@@ -875,14 +875,41 @@ inline void col_dots_rows(C* dW, index_t ld_dW, const S* x, index_t ld_x, const 
     }
 }
 
+// One group of J (1 to 4) outputs over a chunk of kc columns of m rows: along the rows
+// (AVX-512: one output only, col_dots_f) or in strips.
+template <int A, class C, class S>
+inline void col_dots_group(bool along_rows, index_t J, C* w, index_t ld_dW, const S* xc,
+                           index_t ld_x, const C* d, index_t ld_dZ, index_t m, index_t kc,
+                           bool first) {
+    if (along_rows) {
+        if constexpr (A == 8) {
+            switch (J) {
+                case 1: return col_dots_rows<1>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first);
+                case 2: return col_dots_rows<2>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first);
+                case 3: return col_dots_rows<3>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first);
+                default: return col_dots_rows<4>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first);
+            }
+        } else {
+            return col_dots_rows<1>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first);
+        }
+    }
+    switch (J) {
+        case 1: return col_dots_block<8, 1>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first);
+        case 2: return col_dots_block<A / 2, 2>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first);
+        case 3: return col_dots_block<A / 4, 3>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first);
+        default: return col_dots_block<A / 4, 4>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first);
+    }
+}
+
 // dW = x^T . dZ for few outputs: per block of kColDotsRows rows, x's columns in chunks,
 // and within a chunk the groups of up to 4 outputs, so that a chunk read from memory for
 // the first group is read from L2 by the others (512 bytes of each row along the strips:
 // 256 KB of a 512-row block; kRowsChunk columns along the rows). Each entry's sum is the
 // same however the columns are chunked and grouped, so the same bits. A/B on Zen 4
 // (backward without dx, 512 and 4096 rows, n_in 256-4096, 3-11 outputs, medians of 9-15
-// interleaved rounds), chunked over the whole block per group: AVX-512 0.64-1.03, AVX2
-// (forced) 0.67-1.11, the gains at 4096 rows with rows of 4 KB or more (x beyond L2).
+// interleaved rounds), chunked over the whole block per group: AVX-512 0.64-1.03 (a first
+// run of 7 rounds: 1.09 and 1.14 at 4096 x 512 on one thread, 1.00-1.03 in the second),
+// AVX2 (forced) 0.67-1.11, the gains at 4096 rows with rows of 4 KB or more (x beyond L2).
 template <class C, class S>
 inline void col_dots_f(C* __restrict dW, index_t ld_dW, const S* __restrict x, index_t ld_x,
                        const C* __restrict dZ, index_t ld_dZ, index_t rows, index_t k,
@@ -907,27 +934,10 @@ inline void col_dots_f(C* __restrict dW, index_t ld_dW, const S* __restrict x, i
                 C* w = dW + c0 * ld_dW + j;
                 const C* d = dZ + r0 * ld_dZ + j;
                 const index_t J = cols - j < 4 ? cols - j : 4;
-                // A strip's width: V vectors (V as in the switch below) of L columns.
+                // A strip's width: V vectors (V as in col_dots_group) of L columns.
                 const index_t strip = (J == 1 ? 8 : J == 2 ? A / 2 : A / 4) * DotOps<C>::lanes;
-                if (by_rows && kc > strip) {
-                    if constexpr (A == 8) {
-                        switch (J) {
-                            case 1: col_dots_rows<1>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first); break;
-                            case 2: col_dots_rows<2>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first); break;
-                            case 3: col_dots_rows<3>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first); break;
-                            default: col_dots_rows<4>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first);
-                        }
-                    } else {  // one output
-                        col_dots_rows<1>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first);
-                    }
-                    continue;
-                }
-                switch (J) {
-                    case 1: col_dots_block<8, 1>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first); break;
-                    case 2: col_dots_block<A / 2, 2>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first); break;
-                    case 3: col_dots_block<A / 4, 3>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first); break;
-                    default: col_dots_block<A / 4, 4>(w, ld_dW, xc, ld_x, d, ld_dZ, m, kc, first);
-                }
+                col_dots_group<A>(by_rows && kc > strip, J, w, ld_dW, xc, ld_x, d, ld_dZ, m, kc,
+                                  first);
             }
         }
     }
