@@ -226,43 +226,58 @@ inline void add_rows(T* __restrict db, const T* __restrict dz, index_t count, in
     }
 }
 
-// dout, out and dZ are rows x cols with row strides ld_dout, ld_out, ld_dZ; db (cols, T)
-// and total (cols, double, scratch).
-// dZ[i, j] = dout[i, j] * out[i, j] * (1 - out[i, j]);  db[j] = sum over i of dZ[i, j] in
-// blocks of kSumRows rows, each block summed in T (in db) and added into total (views.hpp).
-// Whole rows at a time, so dout, out and dZ stream in order.
-template <class T>
-inline void dz_colsum(T* __restrict dZ, index_t ld_dZ, T* __restrict db, double* __restrict total,
-                      const T* __restrict dout, index_t ld_dout, const T* __restrict out,
-                      index_t ld_out, index_t rows, index_t cols) {
+// The loop of dz_colsum and dz_colsum_bf16. dout and out (storage type S) are rows x cols
+// with row strides ld_dout and ld_out; dZ (D) has row stride ld_dZ; db (cols, C) and total
+// (cols doubles, scratch).
+// dz = dz_of(dout[i, j], out[i, j]), in C;  dZ[i, j] = store(dz);  db[j] = the sum over i
+// of dz, in blocks of kSumRows rows, each block summed in C (in db) and added into total
+// (views.hpp). Whole rows at a time, so dout, out and dZ stream in order. Exact says that
+// store(dz) is dz itself (D is C): rows lying end to end then sum dZ as stored, where a
+// rounding store sums a copy of the unrounded values.
+template <bool Exact, class D, class C, class S, class DzOf, class Store>
+inline void dz_colsum_with(D* __restrict dZ, index_t ld_dZ, C* __restrict db,
+                           double* __restrict total, const S* __restrict dout, index_t ld_dout,
+                           const S* __restrict out, index_t ld_out, index_t rows, index_t cols,
+                           DzOf dz_of, Store store) {
+    static_assert(!Exact || std::is_same_v<D, C>, "an exact store keeps dz's type");
     const bool runs = end_to_end(cols, ld_dZ, ld_dout, ld_out);
 #pragma omp simd
     for (index_t j = 0; j < cols; ++j) total[j] = 0.0;
     for (index_t i0 = 0; i0 < rows; i0 += kSumRows) {
         const index_t i1 = rows - i0 < kSumRows ? rows : i0 + kSumRows;
 #pragma omp simd
-        for (index_t j = 0; j < cols; ++j) db[j] = T(0);
+        for (index_t j = 0; j < cols; ++j) db[j] = C(0);
         if (runs) {
             const index_t per = kDzChunk / cols;  // rows per pass
             for (index_t r = i0; r < i1; r += per) {
                 const index_t count = (i1 - r < per ? i1 - r : per) * cols;
-                const T* d = dout + r * cols;
-                const T* o = out + r * cols;
-                T* z = dZ + r * cols;
+                const S* d = dout + r * cols;
+                const S* o = out + r * cols;
+                D* z = dZ + r * cols;
+                if constexpr (Exact) {
 #pragma omp simd
-                for (index_t t = 0; t < count; ++t) z[t] = (d[t] * o[t]) * (T(1) - o[t]);
-                add_rows(db, z, count, cols);
+                    for (index_t t = 0; t < count; ++t) z[t] = dz_of(d[t], o[t]);
+                    add_rows(db, z, count, cols);
+                } else {
+                    alignas(64) C buf[kDzChunk];  // the unrounded dz, for db
+#pragma omp simd
+                    for (index_t t = 0; t < count; ++t) {
+                        const C dz = dz_of(d[t], o[t]);
+                        z[t] = store(dz);
+                        buf[t] = dz;
+                    }
+                    add_rows(db, buf, count, cols);
+                }
             }
         } else {
             for (index_t i = i0; i < i1; ++i) {
-                const T* dout_row = dout + i * ld_dout;
-                const T* out_row = out + i * ld_out;
-                T* dZ_row = dZ + i * ld_dZ;
+                const S* dout_row = dout + i * ld_dout;
+                const S* out_row = out + i * ld_out;
+                D* dZ_row = dZ + i * ld_dZ;
 #pragma omp simd
                 for (index_t j = 0; j < cols; ++j) {
-                    const T o = out_row[j];
-                    const T dz = (dout_row[j] * o) * (T(1) - o);
-                    dZ_row[j] = dz;
+                    const C dz = dz_of(dout_row[j], out_row[j]);
+                    dZ_row[j] = store(dz);
                     db[j] += dz;
                 }
             }
@@ -271,7 +286,20 @@ inline void dz_colsum(T* __restrict dZ, index_t ld_dZ, T* __restrict db, double*
         for (index_t j = 0; j < cols; ++j) total[j] += static_cast<double>(db[j]);
     }
 #pragma omp simd
-    for (index_t j = 0; j < cols; ++j) db[j] = static_cast<T>(total[j]);
+    for (index_t j = 0; j < cols; ++j) db[j] = static_cast<C>(total[j]);
+}
+
+// dout, out and dZ are rows x cols with row strides ld_dout, ld_out, ld_dZ; db (cols, T)
+// and total (cols, double, scratch).
+// dZ[i, j] = dout[i, j] * out[i, j] * (1 - out[i, j]);  db[j] = sum over i of dZ[i, j] in
+// blocks of kSumRows rows (dz_colsum_with).
+template <class T>
+inline void dz_colsum(T* __restrict dZ, index_t ld_dZ, T* __restrict db, double* __restrict total,
+                      const T* __restrict dout, index_t ld_dout, const T* __restrict out,
+                      index_t ld_out, index_t rows, index_t cols) {
+    dz_colsum_with<true>(
+        dZ, ld_dZ, db, total, dout, ld_dout, out, ld_out, rows, cols,
+        [](T d, T o) { return (d * o) * (T(1) - o); }, [](T dz) { return dz; });
 }
 
 // bfloat16 <-> float, as bits so that the loops vectorize, in this instruction set's
@@ -514,47 +542,10 @@ inline void dz_colsum_bf16(D* __restrict dZ, index_t ld_dZ, float* __restrict db
                            double* __restrict total, const std::uint16_t* __restrict dout,
                            index_t ld_dout, const std::uint16_t* __restrict out, index_t ld_out,
                            index_t rows, index_t cols) {
-    const bool runs = end_to_end(cols, ld_dZ, ld_dout, ld_out);
-#pragma omp simd
-    for (index_t j = 0; j < cols; ++j) total[j] = 0.0;
-    for (index_t i0 = 0; i0 < rows; i0 += kSumRows) {
-        const index_t i1 = rows - i0 < kSumRows ? rows : i0 + kSumRows;
-#pragma omp simd
-        for (index_t j = 0; j < cols; ++j) db[j] = 0.0f;
-        if (runs) {
-            const index_t per = kDzChunk / cols;  // rows per pass
-            alignas(64) float buf[kDzChunk];      // the unrounded dz, for db
-            for (index_t r = i0; r < i1; r += per) {
-                const index_t count = (i1 - r < per ? i1 - r : per) * cols;
-                const std::uint16_t* d = dout + r * cols;
-                const std::uint16_t* o = out + r * cols;
-                D* z = dZ + r * cols;
-#pragma omp simd
-                for (index_t t = 0; t < count; ++t) {
-                    const float dz = dz_bf16(d[t], o[t]);
-                    z[t] = stored_dz<D>(dz);
-                    buf[t] = dz;
-                }
-                add_rows(db, buf, count, cols);
-            }
-        } else {
-            for (index_t i = i0; i < i1; ++i) {
-                const std::uint16_t* dout_row = dout + i * ld_dout;
-                const std::uint16_t* out_row = out + i * ld_out;
-                D* dZ_row = dZ + i * ld_dZ;
-#pragma omp simd
-                for (index_t j = 0; j < cols; ++j) {
-                    const float dz = dz_bf16(dout_row[j], out_row[j]);
-                    dZ_row[j] = stored_dz<D>(dz);
-                    db[j] += dz;
-                }
-            }
-        }
-#pragma omp simd
-        for (index_t j = 0; j < cols; ++j) total[j] += static_cast<double>(db[j]);
-    }
-#pragma omp simd
-    for (index_t j = 0; j < cols; ++j) db[j] = static_cast<float>(total[j]);
+    dz_colsum_with<false>(
+        dZ, ld_dZ, db, total, dout, ld_dout, out, ld_out, rows, cols,
+        [](std::uint16_t d, std::uint16_t o) { return dz_bf16(d, o); },
+        [](float dz) { return stored_dz<D>(dz); });
 }
 
 }  // namespace siglayer::kernels_detail::SIGLAYER_ISA
