@@ -367,6 +367,35 @@ def test_few_output_kernels_and_the_gemm_path_both_match_the_reference(rng, thre
         _core.select_few_outputs("blas")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("layout", ["C", "rows-apart", "F"])
+@pytest.mark.parametrize("bound", [0.0, 40_000.0, 100_000.0, 1e6])
+@pytest.mark.parametrize(("n", "n_in", "n_out"), [(1031, 33, 17), (4099, 64, 16), (2050, 20, 40)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+def test_forward_in_row_panels_matches_the_reference(
+    rng, threads, dtype, n, n_in, n_out, bound, layout
+):
+    """The forward's tiles run as panels of rows where the BLAS has small-matrix kernels
+    (layer_detail.hpp, gemm_panel_rows; OpenBLAS's SkylakeX cores), forced here on any BLAS
+    through _core.set_small_gemm: panels of 64 rows (1031 x 33 x 17 at 40 000, a last one
+    of 7 rows), 96 (4099 x 64 x 16 at 100 000, two threads' tiles), 112 (2050 x 20 x 40 at
+    100 000), none where a panel would be under 48 rows (4099 x 64 x 16 at 40 000) or where
+    x is not row-major (F), and whole tiles at 0. Every row within the forward's bound of
+    the NumPy reference, and bias + sigma applied once to each (a panel skipped or done
+    twice is far outside it)."""
+    x, W, b, _ = make_problem(rng, (n, n_in), n_out, dtype)
+    x = {"C": x, "rows-apart": rows_apart(x), "F": np.asfortranarray(x)}[layout]
+    before = _core.set_small_gemm(bound)
+    try:
+        assert _core.config()["small_gemm"] == bound
+        out = siglayer.forward(x, W, b)
+    finally:
+        _core.set_small_gemm(before)
+    assert_within(out, reference.forward(x, W, b), forward_bound(x, W, b, out), "out")
+    assert _core.set_small_gemm(-1.0) == before  # -1: this BLAS's own bound, as before
+    with pytest.raises(ValueError, match="bound must be a number"):
+        _core.set_small_gemm(float("nan"))
+
+
 @pytest.mark.parametrize("n_out", [1, 2, 5])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_few_outputs_keep_the_sign_of_zero_on_every_path(dtype, n_out):

@@ -2,6 +2,8 @@
 #include <omp.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
+
 #include "../siglayer/blas.hpp"
 #include "../siglayer/kernels.hpp"
 #include "../siglayer/layer.hpp"
@@ -28,6 +30,7 @@ void register_info(py::module_& m) {
         d["blas_int_bits"] = blas::max_int() > 2147483647LL ? 64 : 32;
         d["bf16_gemm"] = blas::bf16_gemm_name(blas::bf16_gemm_path());
         d["few_outputs"] = few_output_kernels() ? "kernels" : "gemm";
+        d["small_gemm"] = blas::small_gemm_multiply_adds();
         d["bf16_gemm_in_blas"] = blas::bf16_gemm_in_blas();
         d["cpu_bf16"] = blas::cpu_has_bf16();
         d["cpu_amx_bf16"] = blas::cpu_has_amx_bf16();
@@ -104,6 +107,18 @@ void register_info(py::module_& m) {
         "Layers with fewer than 12 outputs (every dtype): their own kernels ('kernels', "
         "the default) or the GEMM path of every other layer ('gemm'); for tests and "
         "benchmarks.");
+    m.def(
+        "set_small_gemm",
+        [](double bound) {
+            if (std::isnan(bound))
+                throw py::value_error("set_small_gemm: bound must be a number, got nan");
+            return blas::set_small_gemm_multiply_adds(bound);
+        },
+        py::arg("bound"),
+        "The most multiply-adds per BLAS call that the forward's row panels aim at (the\n"
+        "BLAS's small-matrix kernels; layer_detail.hpp, gemm_panel_rows): 0 turns the\n"
+        "panels off, a negative value restores this BLAS's own bound (1e6 on OpenBLAS's\n"
+        "SkylakeX cores, else 0). Returns the previous bound; for tests and benchmarks.");
     m.def(
         "select_isa", [](const std::string& name) { kernels::select_isa(name); }, py::arg("name"),
         "Force 'avx512bf16', 'avx512', 'avx2' or 'baseline' kernels (tests, benchmarks).");

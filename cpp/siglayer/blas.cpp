@@ -460,6 +460,36 @@ std::string backend_details() {
 #endif
 }
 
+namespace {
+
+double small_gemm_auto() {
+#if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
+    const std::string core = scipy_openblas_get_corename();
+    return core == "SkylakeX" || core == "Cooperlake" || core == "SapphireRapids" ? 1e6 : 0.0;
+#else
+    return 0.0;
+#endif
+}
+
+std::atomic<double> small_gemm_bound{-1.0};  // -1: not decided yet
+
+}  // namespace
+
+double small_gemm_multiply_adds() {
+    double bound = small_gemm_bound.load(std::memory_order_relaxed);
+    if (bound < 0.0) {
+        bound = small_gemm_auto();
+        small_gemm_bound.store(bound, std::memory_order_relaxed);
+    }
+    return bound;
+}
+
+double set_small_gemm_multiply_adds(double bound) {
+    const double previous = small_gemm_multiply_adds();
+    small_gemm_bound.store(bound < 0.0 ? small_gemm_auto() : bound, std::memory_order_relaxed);
+    return previous;
+}
+
 void init() {
 #if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
     scipy_openblas_set_num_threads(1);

@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "blas.hpp"
 #include "checks.hpp"
 #include "dtypes.hpp"
 #include "kernels.hpp"
@@ -29,6 +30,26 @@ inline void require_blas_sizes(index_t n, index_t n_in, index_t n_out) {
     for (auto [name, value] :
          {std::pair{"n", n}, std::pair{"n_in", n_in}, std::pair{"n_out", n_out}})
         require_blas_size(name, value);
+}
+
+// Rows per BLAS call for forward's product, rows x k by k x n with x row-major, cut into
+// panels of rows (bias + sigma follow each panel): all of them, unless the whole is past
+// blas::small_gemm_multiply_adds() and panels of at least kSmallGemmRows rows fit under it;
+// those run on OpenBLAS's small-matrix kernels (no packing) instead of its packed ones.
+// A/B on Zen 4 (OpenBLAS 0.3.34's SkylakeX kernels, an environment toggle since removed,
+// medians of 11 interleaved rounds): forward at 2048-8192 x 32-256 x 16-128, one and two
+// threads, 0.68-0.92 of the time in float32 and float64 (panels of 48-1952 rows), 0.99-1.00
+// where the rule leaves the tile whole (one sample 1.08); panels just past the bound ran at
+// 0.96-1.06, and with OPENBLAS_CORETYPE=Haswell (no small kernels, the rule is off) panels
+// at 0.97-1.03. dx in panels (its small kernel for B transposed) gained nothing: 0.97-1.07.
+constexpr index_t kSmallGemmRows = 48;
+
+inline index_t gemm_panel_rows(index_t rows, index_t n, index_t k) {
+    const double bound = blas::small_gemm_multiply_adds();
+    const double per_row = double(n) * double(k);
+    if (bound == 0.0 || per_row == 0.0 || double(rows) * per_row <= bound) return rows;
+    const index_t panel = static_cast<index_t>(bound / per_row) / 16 * 16;
+    return panel >= kSmallGemmRows ? panel : rows;
 }
 
 inline int threads_for(index_t elements) {
