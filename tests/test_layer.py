@@ -367,33 +367,61 @@ def test_few_output_kernels_and_the_gemm_path_both_match_the_reference(rng, thre
         _core.select_few_outputs("blas")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("layout", ["C", "rows-apart", "F"])
-@pytest.mark.parametrize("bound", [0.0, 40_000.0, 100_000.0, 1e6])
-@pytest.mark.parametrize(("n", "n_in", "n_out"), [(1031, 33, 17), (4099, 64, 16), (2050, 20, 40)])
+@pytest.mark.parametrize("layout", ["C", "rows-apart", "F", "W-F"])
+@pytest.mark.parametrize("bound", [0.0, 5_000.0, 40_000.0, 100_000.0, 1e6])
+@pytest.mark.parametrize(
+    ("n", "n_in", "n_out"),
+    [(1031, 33, 17), (1025, 33, 17), (4099, 64, 16), (2050, 20, 40), (200, 16, 512)],
+)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
 def test_forward_in_row_panels_matches_the_reference(
     rng, threads, dtype, n, n_in, n_out, bound, layout
 ):
     """The forward's tiles run as panels of rows where the BLAS has small-matrix kernels
     (layer_detail.hpp, gemm_panel_rows; OpenBLAS's SkylakeX cores), forced here on any BLAS
-    through _core.set_small_gemm: panels of 64 rows (1031 x 33 x 17 at 40 000, a last one
-    of 7 rows), 96 (4099 x 64 x 16 at 100 000, two threads' tiles), 112 (2050 x 20 x 40 at
-    100 000), none where a panel would be under 48 rows (4099 x 64 x 16 at 40 000) or where
-    x is not row-major (F), and whole tiles at 0. Every row within the forward's bound of
-    the NumPy reference, and bias + sigma applied once to each (a panel skipped or done
-    twice is far outside it)."""
+    through _core.set_small_gemm. Panels hold bound / (n_in * tile's columns) rows rounded
+    down to a multiple of 8: 1031 x 33 x 17 in panels of 8, 64 and 176 rows (the last of 7,
+    7 and 151; 1025 x 33 x 17 a last panel of one row, 1, 1 and 145), 4099 x 64 x 16 in 32,
+    96 and 976 (two threads' tiles), 2050 x 20 x 40 in 48, 120 and 1248, 200 x 16 x 512 on
+    two threads in tiles of 256 columns, panels of 24 rows at 100 000 (one thread: 8 rows at
+    100 000); none where a panel would be under 8 rows, where the whole is under the bound
+    (1031 x 33 x 17 at 10^6), where x or W is not row-major (F, W-F), and at 0. out starts
+    as NaN: every row within the forward's bound of the NumPy reference, so each panel was
+    written, with bias + sigma applied once."""
     x, W, b, _ = make_problem(rng, (n, n_in), n_out, dtype)
-    x = {"C": x, "rows-apart": rows_apart(x), "F": np.asfortranarray(x)}[layout]
+    if layout == "rows-apart":
+        x = rows_apart(x)
+    elif layout == "F":
+        x = np.asfortranarray(x)
+    elif layout == "W-F":
+        W = np.asfortranarray(W)
+    out = np.full((n, n_out), np.nan, dtype)
     before = _core.set_small_gemm(bound)
     try:
         assert _core.config()["small_gemm"] == bound
-        out = siglayer.forward(x, W, b)
+        siglayer.forward(x, W, b, out=out)
     finally:
         _core.set_small_gemm(before)
     assert_within(out, reference.forward(x, W, b), forward_bound(x, W, b, out), "out")
-    assert _core.set_small_gemm(-1.0) == before  # -1: this BLAS's own bound, as before
-    with pytest.raises(ValueError, match="bound must be a number"):
-        _core.set_small_gemm(float("nan"))
+
+
+def test_set_small_gemm_bounds():
+    """_core.set_small_gemm returns the bound it replaces; a negative one restores this
+    BLAS's own (1e6 on OpenBLAS's SkylakeX cores, else 0), NaN is refused by the core,
+    and +inf (panels never needed) is a bound like any other."""
+    own = _core.set_small_gemm(-1.0)
+    assert own in (0.0, 1e6)
+    try:
+        assert _core.set_small_gemm(0.0) == own
+        assert _core.set_small_gemm(math.inf) == 0.0
+        assert _core.config()["small_gemm"] == math.inf
+        assert _core.set_small_gemm(-5.0) == math.inf
+        assert _core.config()["small_gemm"] == own
+        with pytest.raises(ValueError, match="bound must be a number"):
+            _core.set_small_gemm(math.nan)
+        assert _core.config()["small_gemm"] == own
+    finally:
+        _core.set_small_gemm(-1.0)
 
 
 @pytest.mark.parametrize("n_out", [1, 2, 5])

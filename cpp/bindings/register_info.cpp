@@ -2,8 +2,6 @@
 #include <omp.h>
 #include <pybind11/pybind11.h>
 
-#include <cmath>
-
 #include "../siglayer/blas.hpp"
 #include "../siglayer/kernels.hpp"
 #include "../siglayer/layer.hpp"
@@ -108,12 +106,7 @@ void register_info(py::module_& m) {
         "the default) or the GEMM path of every other layer ('gemm'); for tests and "
         "benchmarks.");
     m.def(
-        "set_small_gemm",
-        [](double bound) {
-            if (std::isnan(bound))
-                throw py::value_error("set_small_gemm: bound must be a number, got nan");
-            return blas::set_small_gemm_multiply_adds(bound);
-        },
+        "set_small_gemm", [](double bound) { return blas::set_small_gemm_multiply_adds(bound); },
         py::arg("bound"),
         "The most multiply-adds per BLAS call that the forward's row panels aim at (the\n"
         "BLAS's small-matrix kernels; layer_detail.hpp, gemm_panel_rows): 0 turns the\n"

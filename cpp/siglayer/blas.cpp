@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cerrno>
 #include <climits>
+#include <cmath>
 #include <cstddef>
 #include <cstring>
 #include <mutex>
@@ -477,14 +478,17 @@ std::atomic<double> small_gemm_bound{-1.0};  // -1: not decided yet
 
 double small_gemm_multiply_adds() {
     double bound = small_gemm_bound.load(std::memory_order_relaxed);
-    if (bound < 0.0) {
-        bound = small_gemm_auto();
-        small_gemm_bound.store(bound, std::memory_order_relaxed);
+    if (bound < 0.0) {  // first use: this BLAS's own, unless a set got in first
+        const double own = small_gemm_auto();
+        return small_gemm_bound.compare_exchange_strong(bound, own, std::memory_order_relaxed)
+                   ? own
+                   : bound;
     }
     return bound;
 }
 
 double set_small_gemm_multiply_adds(double bound) {
+    if (std::isnan(bound)) throw InvalidArgument("small_gemm: bound must be a number, got nan");
     const double previous = small_gemm_multiply_adds();
     small_gemm_bound.store(bound < 0.0 ? small_gemm_auto() : bound, std::memory_order_relaxed);
     return previous;

@@ -137,7 +137,8 @@ std::string backend_details();
 // sgemm_small_kernel_permit_skylakex.c, for A not transposed; layer_detail.hpp's
 // gemm_panel_rows uses it).
 double small_gemm_multiply_adds();
-// Sets that bound (0: none; negative: this BLAS's own, as above); returns the previous one.
+// Sets that bound (0: none; negative: this BLAS's own, as above; NaN: InvalidArgument);
+// returns the previous one.
 // For tests and benchmarks, which force the panels on any BLAS.
 double set_small_gemm_multiply_adds(double bound);
 

@@ -101,8 +101,9 @@ void forward(OutMatrix<T> out, MatrixView<T> x, MatrixView<T> W, VectorView<comp
         Wo = blas_operand(W, Scratch::W_packed);
     }
     const auto& kernel = kernels::active<T>();
-    // Each tile of out = x . W gets bias + sigma while it is still in cache; no thread
-    // waits on another until the region ends.
+    const double small_gemm = blas::small_gemm_multiply_adds();  // once: one rule per call
+    // Each tile (or panel of it, gemm_panel_rows) of out = x . W gets bias + sigma while it
+    // is still in cache; no thread waits on another until the region ends.
     run_parallel(threads_for_gemm(n, n_out, n_in), [&] {
         blas::SingleThreaded single;
         const Tiling tiles(n, n_out, threads::team_threads());
@@ -115,8 +116,9 @@ void forward(OutMatrix<T> out, MatrixView<T> x, MatrixView<T> W, VectorView<comp
                                          blk.cols());
                 return;
             }
-            const index_t panel =
-                xo.op == blas::Op::N ? gemm_panel_rows(blk.rows(), blk.cols(), n_in) : blk.rows();
+            const index_t panel = xo.op == blas::Op::N && Wo.op == blas::Op::N
+                                      ? gemm_panel_rows(small_gemm, blk.rows(), blk.cols(), n_in)
+                                      : blk.rows();
             for (index_t r0 = 0; r0 < blk.rows(); r0 += panel) {
                 const index_t m = std::min(panel, blk.rows() - r0);
                 T* out_panel = out_blk + r0 * n_out;

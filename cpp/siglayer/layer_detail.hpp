@@ -32,23 +32,28 @@ inline void require_blas_sizes(index_t n, index_t n_in, index_t n_out) {
         require_blas_size(name, value);
 }
 
-// Rows per BLAS call for forward's product, rows x k by k x n with x row-major, cut into
+// Rows per BLAS call for forward's product, rows x k by k x n with x and W row-major (the
+// small kernels' NN case; for a transposed W OpenBLAS asks more of the shape), cut into
 // panels of rows (bias + sigma follow each panel): all of them, unless the whole is past
-// blas::small_gemm_multiply_adds() and panels of at least kSmallGemmRows rows fit under it;
-// those run on OpenBLAS's small-matrix kernels (no packing) instead of its packed ones.
-// A/B on Zen 4 (OpenBLAS 0.3.34's SkylakeX kernels, an environment toggle since removed,
-// medians of 11 interleaved rounds): forward at 2048-8192 x 32-256 x 16-128, one and two
-// threads, 0.68-0.92 of the time in float32 and float64 (panels of 48-1952 rows), 0.99-1.00
-// where the rule leaves the tile whole (one sample 1.08); panels just past the bound ran at
-// 0.96-1.06, and with OPENBLAS_CORETYPE=Haswell (no small kernels, the rule is off) panels
-// at 0.97-1.03. dx in panels (its small kernel for B transposed) gained nothing: 0.97-1.07.
-constexpr index_t kSmallGemmRows = 48;
+// bound (blas::small_gemm_multiply_adds(), read once per call by the caller) and panels of
+// at least kSmallGemmRows rows fit under it; those run on OpenBLAS's small-matrix kernels,
+// which pack nothing, where its packed kernels copy all of x first (about as much work as
+// the multiply-adds with few outputs). Panels are a multiple of 8 rows, the small kernels'
+// smallest full step in float64, and at least 8: the smallest measured, still a gain.
+// Zen 4 (OpenBLAS 0.3.34's SkylakeX kernels), forward, float32 and float64, medians of 9-11
+// interleaved rounds (an environment toggle, then _core.set_small_gemm): one thread, batch
+// 1024-16384, n_in 16-4096, 12-64 outputs, 0.38-0.92 of the time where panels run (the most
+// at n_in 512-4096 and 12-16 outputs: 0.38-0.63; panels of 8 rows 0.54-0.81), two threads
+// 0.39-0.87, 0.98-1.01 where the tile stays whole. Panels just past the bound ran at
+// 0.96-1.06, and with OPENBLAS_CORETYPE=Haswell (no small kernels, the rule is off) at
+// 0.97-1.03. dx in panels (its small kernel for B transposed) gained nothing: 0.97-1.07.
+// docs/benchmarks.md has the table.
+constexpr index_t kSmallGemmRows = 8;
 
-inline index_t gemm_panel_rows(index_t rows, index_t n, index_t k) {
-    const double bound = blas::small_gemm_multiply_adds();
+inline index_t gemm_panel_rows(double bound, index_t rows, index_t n, index_t k) {
     const double per_row = double(n) * double(k);
-    if (bound == 0.0 || per_row == 0.0 || double(rows) * per_row <= bound) return rows;
-    const index_t panel = static_cast<index_t>(bound / per_row) / 16 * 16;
+    if (!(bound > 0.0) || per_row == 0.0 || double(rows) * per_row <= bound) return rows;
+    const index_t panel = static_cast<index_t>(bound / per_row) / 8 * 8;
     return panel >= kSmallGemmRows ? panel : rows;
 }
 
