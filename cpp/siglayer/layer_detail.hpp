@@ -38,8 +38,9 @@ inline void require_blas_sizes(index_t n, index_t n_in, index_t n_out) {
 // bound (blas::small_gemm_multiply_adds(), read once per call by the caller) and panels of
 // at least kSmallGemmRows rows fit under it; those run on OpenBLAS's small-matrix kernels,
 // which pack nothing, where its packed kernels copy all of x first (about as much work as
-// the multiply-adds with few outputs). Panels are a multiple of 8 rows, the small kernels'
-// smallest full step in float64, and at least 8: the smallest measured, still a gain.
+// the multiply-adds with few outputs). Panels are a multiple of 8 rows (multiples of 16,
+// tried first, gave the same where both apply) and at least 8: the smallest measured,
+// still a gain.
 // Zen 4 (OpenBLAS 0.3.34's SkylakeX kernels), forward, float32 and float64, medians of 9-11
 // interleaved rounds (an environment toggle, then _core.set_small_gemm): one thread, batch
 // 1024-16384, n_in 16-4096, 12-64 outputs, 0.38-0.92 of the time where panels run (the most
