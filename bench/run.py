@@ -7,7 +7,8 @@
 
 Time siglayer's forward and forward + backward against NumPy (siglayer.reference), the
 matrix products alone through siglayer's BLAS (the floor: one BLAS call per tile, which
-forward can beat where it cuts tiles into panels for OpenBLAS's small-matrix kernels) and
+the layer can beat where it cuts forward's tiles and dW's batch into panels for
+OpenBLAS's small-matrix kernels) and
 PyTorch (if installed), at sizes T to XL. Every result is checked against the NumPy
 reference before it is timed; the contenders take turns, and the table shows medians and
 ratios from one run. Rows are printed as they are measured: about 2 minutes for the

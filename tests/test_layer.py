@@ -405,6 +405,50 @@ def test_forward_in_row_panels_matches_the_reference(
     assert_within(out, reference.forward(x, W, b), forward_bound(x, W, b, out), "out")
 
 
+@pytest.mark.parametrize("layout", ["C", "x-F", "preactivation", "preactivation-dZ-F"])
+@pytest.mark.parametrize("bound", [0.0, 5_000.0, 40_000.0, 1e6])
+@pytest.mark.parametrize(
+    ("n", "n_in", "n_out"), [(1031, 33, 17), (4099, 64, 16), (2050, 20, 40), (700, 9, 100)]
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+def test_dw_in_batch_panels_matches_the_reference(
+    rng, threads, dtype, n, n_in, n_out, bound, layout
+):
+    """dW = x^T . dZ sums the batch in panels of rows added one after the other into dW
+    where the BLAS has small-matrix kernels (layer.cpp, gradient_products; x and dZ
+    row-major, up to 64 outputs), forced here through _core.set_small_gemm: 1031 x 33 x 17
+    in panels of 8 and 64 rows (the last of 7), 4099 x 64 x 16 in 32 and 976 (the last of 3
+    and 195), 2050 x 20 x 40 in 48 and 1248; none at 700 x 9 x 100 (100 outputs), for an
+    F-ordered x or dZ, where a panel would be under 8 rows, or at 0. dW starts as NaN: each
+    panel added, the first one written over it, within the reference's bounds; dx and db
+    too."""
+    x, W, b, dout = make_problem(rng, (n, n_in), n_out, dtype)
+    if layout == "x-F":
+        x = np.asfortranarray(x)
+    out = siglayer.forward(x, W, b)
+    dW = np.full((n_in, n_out), np.nan, dtype)
+    before = _core.set_small_gemm(bound)
+    try:
+        if layout.startswith("preactivation"):
+            dZ = dout * out * (1 - out)
+            if layout.endswith("F"):
+                dZ = np.asfortranarray(dZ)
+            got = siglayer.backward_from_preactivation(dZ, x, W, dW=dW)
+        else:
+            got = siglayer.backward(dout, x, W, out, dW=dW)
+    finally:
+        _core.set_small_gemm(before)
+    assert got[1] is dW
+    if layout.startswith("preactivation"):
+        oracle = reference.backward_from_preactivation(dZ, x, W)
+        for name, g, w, bd in zip(
+            ("dx", "dW", "db"), got, oracle, gradient_bounds(dZ, x, W), strict=True
+        ):
+            assert_within(g, w, bd, name)
+    else:
+        check_backward(dout, x, W, out, got)
+
+
 def test_set_small_gemm_bounds():
     """_core.set_small_gemm returns the bound it replaces; a negative one restores this
     BLAS's own (1e6 on OpenBLAS's SkylakeX cores, else 0), NaN is refused by the core,

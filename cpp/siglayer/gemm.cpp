@@ -24,7 +24,8 @@ void gemm(GemmThreading threading, blas::Op op_a, blas::Op op_b, index_t M, inde
     }
     const BlasOperand<T> a{A, op_a, lda}, b{B, op_b, ldb};
     // The layer's split (partition.hpp): the same thread count and tiles, one BLAS call
-    // each (forward may cut a tile into panels of rows: layer_detail.hpp, gemm_panel_rows).
+    // each (the layer may cut forward's tiles and dW's batch into panels of rows:
+    // layer_detail.hpp, gemm_panel_rows).
     run_parallel(threads_for_gemm(M, N, K), [&] {
         blas::SingleThreaded single;
         const Tiling tiles(M, N, threads::team_threads());

@@ -47,9 +47,12 @@ inline void require_blas_sizes(index_t n, index_t n_in, index_t n_out) {
 // at n_in 512-4096 and 12-16 outputs: 0.38-0.63; panels of 8 rows 0.54-0.81), two threads
 // 0.39-0.87, 0.98-1.01 where the tile stays whole. Panels just past the bound ran at
 // 0.96-1.06, and with OPENBLAS_CORETYPE=Haswell (no small kernels, the rule is off) at
-// 0.97-1.03. dx in panels (its small kernel for B transposed) gained nothing: 0.97-1.07.
-// docs/benchmarks.md has the table.
+// 0.97-1.03. dx in panels gained nothing (0.97-1.07): for OpenBLAS it is A transposed,
+// whose small kernels also ask M * N <= 1200. dW's batch goes in panels too (layer.cpp,
+// gradient_products). docs/benchmarks.md has the tables.
 constexpr index_t kSmallGemmRows = 8;
+// dW's batch goes in such panels only up to this many outputs (layer.cpp says why).
+constexpr index_t kSmallGemmOutputs = 64;
 
 inline index_t gemm_panel_rows(double bound, index_t rows, index_t n, index_t k) {
     const double per_row = double(n) * double(k);
