@@ -108,9 +108,9 @@ void register_info(py::module_& m) {
     m.def(
         "set_small_gemm", [](double bound) { return blas::set_small_gemm_multiply_adds(bound); },
         py::arg("bound"),
-        "The most multiply-adds per BLAS call that the forward's row panels aim at (the\n"
-        "BLAS's small-matrix kernels; layer_detail.hpp, gemm_panel_rows): 0 turns the\n"
-        "panels off, a negative value restores this BLAS's own bound (1e6 on OpenBLAS's\n"
+        "The most multiply-adds per BLAS call that forward's and dW's panels of rows aim\n"
+        "at (the BLAS's small-matrix kernels; layer_detail.hpp, gemm_panel_rows): 0 turns\n"
+        "the panels off, a negative value restores this BLAS's own bound (1e6 on OpenBLAS's\n"
         "SkylakeX cores, else 0). Returns the previous bound; for tests and benchmarks.");
     m.def(
         "select_isa", [](const std::string& name) { kernels::select_isa(name); }, py::arg("name"),

@@ -134,8 +134,8 @@ std::string backend_details();
 // The most multiply-adds (M * N * K) for which this BLAS runs a float or double product
 // with small-matrix kernels of its own, no packing; 0 where it has none. OpenBLAS on its
 // SkylakeX, Cooperlake and SapphireRapids cores: 10^6 (kernel/x86_64/
-// sgemm_small_kernel_permit_skylakex.c, neither operand transposed; with one, it asks more
-// of the shape; layer_detail.hpp's gemm_panel_rows uses it).
+// sgemm_small_kernel_permit_skylakex.c, neither operand transposed, or B alone; with A
+// transposed it asks more of the shape; layer_detail.hpp's gemm_panel_rows uses it).
 double small_gemm_multiply_adds();
 // Sets that bound (0: none; negative: this BLAS's own, as above; NaN: InvalidArgument);
 // returns the previous one. For tests and benchmarks, which force the panels on any BLAS.
