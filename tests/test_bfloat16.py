@@ -652,6 +652,65 @@ def test_strided_bias(gemm_path, n_out):
             np.testing.assert_array_equal(given, b)  # the input is left as it was
 
 
+@pytest.mark.parametrize("layout", ["C", "x-F", "preactivation"])
+@pytest.mark.parametrize("bound", [0.0, 5_000.0, 40_000.0, 100_000.0, 1e6])
+@pytest.mark.parametrize(
+    ("n", "n_in", "n_out"),
+    [(1031, 33, 17), (1025, 33, 17), (4099, 64, 16), (2050, 20, 40), (700, 9, 100), (200, 16, 512)],
+)
+def test_convert_products_in_small_gemm_panels(threads, n, n_in, n_out, bound, layout):
+    """On the convert path the float products run in panels for OpenBLAS's small-matrix
+    kernels as the float layer's do (layer_bf16.cpp, gemm_panel_rows), forced here on any
+    BLAS through _core.set_small_gemm. Forward's tiles in panels of bound / (n_in x the
+    tile's columns) rows, a multiple of 8 and at least 8 (1031 x 33 x 17: 8, 64 and 176 at
+    5 000, 40 000 and 100 000; 1025 x 33 x 17 a last panel of one row; 200 x 16 x 512 on two
+    threads in tiles of 256 columns, panels of 24 at 100 000), x widened panel by panel
+    (x-F: from columns); dW's batch, up to 64 outputs, in panels of bound / (n_in x n_out)
+    rows added into dW (none at 100 or 512 outputs); none at 0, nor where the whole is
+    under the bound. out and dW start as NaN: every value within the float64 oracle's
+    bounds on the rounded inputs, so each panel was written, and the first dW panel over
+    the NaN."""
+    x, W, b = inputs(n, n_in, n_out, seed=n_out)
+    if layout == "x-F":
+        x = np.asfortranarray(x)
+    out = np.full((n, n_out), np.nan, np.float32).astype(BF16)
+    dW = np.full((n_in, n_out), np.nan, np.float32)
+    rng = np.random.default_rng(2)
+    dout = bf16(rng.standard_normal((n, n_out)))
+    dZ = bf16(rng.standard_normal((n, n_out)) / 8)
+    path = _core.config()["bf16_gemm"]
+    before = _core.set_small_gemm(bound)
+    try:
+        _core.select_bf16_gemm("convert")
+        assert _core.config()["small_gemm"] == bound
+        siglayer.forward(x, W, b, out=out)
+        if layout == "preactivation":
+            got = siglayer.backward_from_preactivation(dZ, x, W, dW=dW)
+        else:
+            got = siglayer.backward(dout, x, W, out, dW=dW)
+    finally:
+        _core.set_small_gemm(before)
+        _core.select_bf16_gemm(path)
+    assert got[1] is dW
+    out_ref = reference.forward(f64(x), f64(W), f64(b))
+    assert_bounded(out, out_ref, forward_bound(x, W, out_ref), "out")
+    if layout == "preactivation":
+        dx_ref, dW_ref, db_ref = reference.backward_from_preactivation(f64(dZ), f64(x), f64(W))
+        adZ = np.abs(f64(dZ))  # an input: no rounding of its own
+        b_dW = 2 * (n + 4) * E * (np.abs(f64(x)).T @ adZ) + 1e-30
+        b_db = 2 * (n + 4) * E * adZ.sum(axis=0) + 1e-30
+        b_dx = U * np.abs(dx_ref) + (1 + U) * 2 * (n_out + 4) * E * (adZ @ np.abs(f64(W)).T)
+        b_dx += 1e-30
+    else:
+        o = f64(out)
+        dZ_ref = f64(dout) * o * (1 - o)
+        dx_ref, dW_ref, db_ref = reference.backward_from_preactivation(dZ_ref, f64(x), f64(W))
+        b_dx, b_dW, b_db = gradient_bounds(x, W, dZ_ref, dx_ref)
+    assert_bounded(got[1], dW_ref, b_dW, "dW")
+    assert_bounded(got[2], db_ref, b_db, "db")
+    assert_bounded(got[0], dx_ref, b_dx, "dx")
+
+
 def test_the_gemm_paths_agree_where_they_exist():
     paths = [path for path in GEMM_PATHS if gemm_path_missing(path) is None]
     if len(paths) < 2:

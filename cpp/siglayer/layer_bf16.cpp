@@ -127,6 +127,8 @@ struct GradientOperands {
     float* dZ32 = nullptr;
     // convert with few outputs: W^T widened (n_out x n_in), for row_combos, in place of W32.
     const float* Wt = nullptr;
+    // convert: blas::small_gemm_multiply_adds(), read once per call (dW's float panels).
+    double small_gemm = 0.0;
 };
 
 // The operands of one backward call, the memory of the float copies taken from the calling
@@ -144,6 +146,7 @@ GradientOperands gradient_operands(const MatrixView<bf16>& x, const MatrixView<b
     }
     Scratch& scratch = Scratch::for_this_thread();
     g.x = x;
+    g.small_gemm = blas::small_gemm_multiply_adds();
     g.dZ32 = scratch.get<float>(Scratch::dZ_widened, static_cast<std::size_t>(n * n_out));
     if (need_dx && row_combos_path(n_in, n_out))
         g.Wt = transposed(W, Scratch::W_widened);
@@ -276,8 +279,13 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
                                 n_out, n, t.rows(), t.cols());
                 return;
             }
-            // The batch in panels: x[k0:k1, i0:i1] widened, then accumulated into dW.
-            const index_t kp = std::min(n, panel_rows(t.rows()));
+            // The batch in panels: x[k0:k1, i0:i1] widened, then accumulated into dW. With
+            // up to kSmallGemmOutputs outputs, panels for OpenBLAS's small-matrix kernels
+            // where they run (gemm_panel_rows; the float layer's rule, layer.cpp), whose
+            // height follows n_in x n_out, not the tile.
+            const index_t small =
+                n_out <= kSmallGemmOutputs ? gemm_panel_rows(g.small_gemm, n, n_in, n_out) : n;
+            const index_t kp = small < n ? small : std::min(n, panel_rows(t.rows()));
             float* xw =
                 scratch.get<float>(Scratch::x_widened, static_cast<std::size_t>(kp * t.rows()));
             for (index_t k0 = 0; k0 < n; k0 += kp) {
@@ -334,6 +342,9 @@ void forward<bf16>(OutMatrix<bf16> out, MatrixView<bf16> x, MatrixView<bf16> W,
                 ? scratch.get<float>(Scratch::W_widened, static_cast<std::size_t>(n_in * n_out))
                 : scratch.get<float>(Scratch::x_widened, static_cast<std::size_t>(n * n_in));
     }
+    // convert: the float products in panels for OpenBLAS's small-matrix kernels where they
+    // run (gemm_panel_rows, as the float layer's forward), read once per call.
+    const double small_gemm = native ? 0.0 : blas::small_gemm_multiply_adds();
     const auto& kernel = kernels::active<bf16>();
     run_parallel(threads_for_gemm(n, n_out, n_in), [&] {
         blas::SingleThreaded single;
@@ -347,7 +358,8 @@ void forward<bf16>(OutMatrix<bf16> out, MatrixView<bf16> x, MatrixView<bf16> W,
             // and the one rounding to bfloat16.
             Scratch& mine = Scratch::for_this_thread();
             const index_t cols = blk.cols();
-            const index_t ph = std::min(blk.rows(), panel_rows(std::max(n_in, cols)));
+            const index_t ph = std::min({blk.rows(), panel_rows(std::max(n_in, cols)),
+                                         gemm_panel_rows(small_gemm, blk.rows(), cols, n_in)});
             float* acc = mine.get<float>(Scratch::acc, static_cast<std::size_t>(ph * cols));
             const std::uint16_t* W_packed = native && n_in > 0
                                                 ? packed_once(own, blk.rows(), ph, Wo.op, n_in,
