@@ -463,34 +463,32 @@ std::string backend_details() {
 
 namespace {
 
+// This BLAS's own bound, decided once (the core OpenBLAS picked does not change).
 double small_gemm_auto() {
+    static const double own = [] {
 #if defined(SIGLAYER_BLAS_SCIPY_OPENBLAS)
-    const std::string core = scipy_openblas_get_corename();
-    return core == "SkylakeX" || core == "Cooperlake" || core == "SapphireRapids" ? 1e6 : 0.0;
+        const std::string core = scipy_openblas_get_corename();
+        return core == "SkylakeX" || core == "Cooperlake" || core == "SapphireRapids" ? 1e6 : 0.0;
 #else
-    return 0.0;
+        return 0.0;
 #endif
+    }();
+    return own;
 }
 
-std::atomic<double> small_gemm_bound{-1.0};  // -1: not decided yet
+std::atomic<double> small_gemm_set{-1.0};  // negative: not set, this BLAS's own
 
 }  // namespace
 
 double small_gemm_multiply_adds() {
-    double bound = small_gemm_bound.load(std::memory_order_relaxed);
-    if (bound < 0.0) {  // first use: this BLAS's own, unless a set got in first
-        const double own = small_gemm_auto();
-        return small_gemm_bound.compare_exchange_strong(bound, own, std::memory_order_relaxed)
-                   ? own
-                   : bound;
-    }
-    return bound;
+    const double set = small_gemm_set.load(std::memory_order_relaxed);
+    return set < 0.0 ? small_gemm_auto() : set;
 }
 
 double set_small_gemm_multiply_adds(double bound) {
     if (std::isnan(bound)) throw InvalidArgument("small_gemm: bound must be a number, got nan");
     const double previous = small_gemm_multiply_adds();
-    small_gemm_bound.store(bound < 0.0 ? small_gemm_auto() : bound, std::memory_order_relaxed);
+    small_gemm_set.store(bound < 0.0 ? -1.0 : bound, std::memory_order_relaxed);
     return previous;
 }
 

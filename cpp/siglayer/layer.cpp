@@ -124,21 +124,19 @@ void forward(OutMatrix<T> out, MatrixView<T> x, MatrixView<T> W, VectorView<comp
         const Tiling tiles(n, n_out, threads::team_threads());
         for_each_tile({&tiles}, [&](const Tiling&, const Block& blk) {
             T* out_blk = out.data + blk.i0 * n_out + blk.j0;
-            if (n_in == 0) {
-                for (index_t i = 0; i < blk.rows(); ++i)
-                    std::fill(out_blk + i * n_out, out_blk + i * n_out + blk.cols(), T(0));
-                kernel.bias_sigmoid_rows(out_blk, n_out, out_blk, n_out, bias + blk.j0, blk.rows(),
-                                         blk.cols());
-                return;
-            }
-            const index_t panel = xo.op == blas::Op::N && Wo.op == blas::Op::N
+            const index_t panel = n_in > 0 && xo.op == blas::Op::N && Wo.op == blas::Op::N
                                       ? gemm_panel_rows(small_gemm, blk.rows(), blk.cols(), n_in)
                                       : blk.rows();
             for (index_t r0 = 0; r0 < blk.rows(); r0 += panel) {
                 const index_t m = std::min(panel, blk.rows() - r0);
                 T* out_panel = out_blk + r0 * n_out;
-                blas::gemm<T>(xo.op, Wo.op, m, blk.cols(), n_in, T(1), row_offset(xo, blk.i0 + r0),
-                              xo.ld, col_offset(Wo, blk.j0), Wo.ld, T(0), out_panel, n_out);
+                if (n_in == 0)  // no product: sigma(b) in every row
+                    for (index_t i = 0; i < m; ++i)
+                        std::fill(out_panel + i * n_out, out_panel + i * n_out + blk.cols(), T(0));
+                else
+                    blas::gemm<T>(xo.op, Wo.op, m, blk.cols(), n_in, T(1),
+                                  row_offset(xo, blk.i0 + r0), xo.ld, col_offset(Wo, blk.j0), Wo.ld,
+                                  T(0), out_panel, n_out);
                 kernel.bias_sigmoid_rows(out_panel, n_out, out_panel, n_out, bias + blk.j0, m,
                                          blk.cols());
             }
