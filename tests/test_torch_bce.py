@@ -435,19 +435,21 @@ def test_bad_input_is_refused_with_a_clear_error():
     with pytest.raises(ValueError, match="b has shape"):  # the layer's checks come first
         sigmoid_linear_bce_loss(x, W, b[:3], y)
     # Class indices as targets: refused by value, naming target (the core's y), in the
-    # eager path and in the operator alike (torch.nn.BCELoss would give a number).
-    labels = y.clone()
-    labels[1, 2] = 3.0
-    for call in (
-        lambda: sigmoid_linear_bce_loss(x, W, b, labels),
-        lambda: torch.ops.siglayer.sigmoid_linear_bce(x, W, b, labels, "mean"),
-    ):
-        with pytest.raises(
-            ValueError,
-            match=r"^target has a value outside \[0, 1\] \(element 6 of the flattened target "
-            r"is 3\): binary cross-entropy takes targets in \[0, 1\]",
+    # eager path and in the operator alike (torch.nn.BCELoss would give a number); so is
+    # a NaN label (as torch.nn.BCELoss refuses it; a review, helper-88, saw a NaN loss).
+    for bad, shown in ((3.0, "3"), (float("nan"), "nan")):
+        labels = y.clone()
+        labels[1, 2] = bad
+        for call in (
+            lambda: sigmoid_linear_bce_loss(x, W, b, labels),
+            lambda: torch.ops.siglayer.sigmoid_linear_bce(x, W, b, labels, "mean"),
         ):
-            call()
+            with pytest.raises(
+                ValueError,
+                match=r"^target has a value outside \[0, 1\] \(element 6 of the flattened "
+                rf"target is {shown}\): binary cross-entropy takes targets in \[0, 1\]",
+            ):
+                call()
     with pytest.raises(TypeError, match=r"got torch\.bfloat16"):
         sigmoid_linear_bce_loss(x.bfloat16(), W.bfloat16(), b.bfloat16(), y.bfloat16())
     empty_x, empty_y = x[:0], y[:0]

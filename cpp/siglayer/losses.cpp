@@ -25,22 +25,28 @@ void check_loss(const char* grad_name, const T* grad, const T* out, const T* y, 
 // out must hold probabilities: a value below 0 or above 1 (logits passed by mistake, or an
 // output changed in place) would give a NaN loss silently; so must the targets y: class
 // indices (0..9) passed as targets would give a finite, negative, meaningless loss. Checked
-// before dZ is written; NaN passes (it propagates, as for any input).
+// before dZ is written. A NaN in out passes (it propagates, as for any computed value); a
+// NaN in y, a label that is data, not a result, is refused too (nan_refused), as
+// torch.nn.BCELoss refuses it: one would turn every weight to NaN at the next step.
 constexpr const char* kTargets =
     "targets in [0, 1] (0/1 labels or probabilities); one-hot encode class indices first";
 
 template <class T>
-void check_probabilities(const char* name, const T* out, index_t count, const char* what) {
+void check_probabilities(const char* name, const T* a, index_t count, const char* what,
+                         bool nan_refused) {
     // A branch-free sweep first (it vectorizes); the culprit is looked for only on failure.
+    auto bad = [nan_refused](T v) {
+        return nan_refused ? !(v >= T(0) && v <= T(1)) : (v < T(0) || v > T(1));
+    };
     int outside = 0;
 #pragma omp simd reduction(| : outside)
-    for (index_t i = 0; i < count; ++i) outside |= int(out[i] < T(0)) | int(out[i] > T(1));
+    for (index_t i = 0; i < count; ++i) outside |= int(bad(a[i]));
     if (outside == 0) return;
     for (index_t i = 0; i < count; ++i) {
-        if (out[i] < T(0) || out[i] > T(1)) {
+        if (bad(a[i])) {
             std::ostringstream message;
             message << std::setprecision(9) << name << " has a value outside [0, 1] (element " << i
-                    << " of the flattened " << name << " is " << static_cast<double>(out[i])
+                    << " of the flattened " << name << " is " << static_cast<double>(a[i])
                     << "): binary cross-entropy takes " << what;
             throw InvalidArgument(message.str());
         }
@@ -52,8 +58,9 @@ void check_probabilities(const char* name, const T* out, index_t count, const ch
 template <class T>
 double bce_sigmoid(T* dZ, const T* out, const T* y, index_t count, double divisor) {
     check_loss("dZ", dZ, out, y, count, divisor);
-    check_probabilities("out", out, count, "probabilities, such as a sigmoid's output, not logits");
-    check_probabilities("y", y, count, kTargets);
+    check_probabilities("out", out, count, "probabilities, such as a sigmoid's output, not logits",
+                        false);
+    check_probabilities("y", y, count, kTargets, true);
     const T n = T(divisor);
     const T clamp = T(kLogClamp);
     double sum = 0;

@@ -14,8 +14,8 @@ constexpr double kLogClamp = -100.0;
 //   dZ = (out - y) / divisor                         (the gradient w.r.t. the pre-activation)
 //   returns -sum(y * log(out) + (1 - y) * log1p(-out)), each log clamped to >= kLogClamp,
 //   summed in double in index order (so independent of threads and vector width).
-// An out below 0 or above 1 throws InvalidArgument (naming the element) before dZ is
-// written; NaN passes and gives NaN.
+// An out below 0 or above 1, or a y outside [0, 1] or NaN, throws InvalidArgument (naming
+// the element) before dZ is written; a NaN out passes and gives NaN.
 template <class T>
 double bce_sigmoid(T* dZ, const T* out, const T* y, index_t count, double divisor);
 

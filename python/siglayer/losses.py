@@ -107,8 +107,9 @@ _TARGETS = "targets in [0, 1] (0/1 labels or probabilities); one-hot encode clas
 
 def _check_unit_interval(a: Array, name: str, what: str) -> None:
     """The core's check of out and y (cpp/siglayer/losses.cpp, the same words) for the
-    binary cross-entropy functions computed in NumPy here. NaN passes, as there."""
-    outside = (a < 0) | (a > 1)
+    binary cross-entropy functions computed in NumPy here: a NaN out passes, as there, and
+    a NaN target (y) is refused, as there."""
+    outside = ~((a >= 0) & (a <= 1)) if name == "y" else (a < 0) | (a > 1)
     if outside.any():
         i = int(np.flatnonzero(outside)[0])
         raise ValueError(
@@ -217,7 +218,8 @@ def bce_loss(out: Array, y: Array, *, reduction: Reduction = "mean") -> float:
     ------
     ValueError
         An out below 0 or above 1 (logits, say), as torch.nn.BCELoss refuses it, or a y
-        outside [0, 1]; a NaN gives a NaN loss.
+        outside [0, 1] or NaN (a NaN label would turn the weights to NaN); a NaN out
+        gives a NaN loss.
 
     Examples
     --------
@@ -253,7 +255,7 @@ def bce_with_logits_loss(z: Array, y: Array, *, reduction: Reduction = "mean") -
     Raises
     ------
     ValueError
-        A y outside [0, 1] (class indices passed as targets, say).
+        A y outside [0, 1] (class indices passed as targets, say) or NaN.
 
     Examples
     --------
@@ -294,8 +296,8 @@ def bce_grad_preactivation(
     Raises
     ------
     ValueError
-        An out or a y outside [0, 1] (logits, or class indices, passed by mistake);
-        nothing is written into dZ then.
+        An out or a y outside [0, 1] (logits, or class indices, passed by mistake), or
+        a NaN y; nothing is written into dZ then.
 
     Examples
     --------

@@ -1504,7 +1504,9 @@ def sigmoid_linear_bce_loss(
     TypeError, ValueError
         As sigmoid_linear for x, W and b; for a target of another dtype or shape, or on
         another device; for a reduction other than 'mean' and 'sum'; for the mean over
-        an empty output. ValueError for a target that requires grad.
+        an empty output. ValueError for a target that requires grad, and for a target
+        value outside [0, 1] or NaN (class indices, a missing label), named with its
+        element.
 
     Examples
     --------
