@@ -417,8 +417,10 @@ def test_parameter_errors():
 @pytest.mark.parametrize("cls", [SGD, Adam, AdamW])
 def test_a_misspelt_or_foreign_setting_is_refused(rng, cls):
     """opt.weight_decy = 0.1 was kept and never read (a review): a new attribute whose
-    name is close to a hyperparameter's, an alias (learning_rate), or another optimizer's
-    hyperparameter (Adam's momentum) is an AttributeError naming the settings; nothing
+    name is close to a hyperparameter's (in any case: LR), an alias (learning_rate,
+    epsilon, wd, beta1), another optimizer's hyperparameter (Adam's momentum), or one of
+    torch.optim's options that siglayer lacks (amsgrad, maximize: a review, helper-88,
+    found them kept and never read) is an AttributeError naming the settings; nothing
     changes, and the steps match an optimizer that never saw the attempt. Other new names
     stay the caller's own."""
 
@@ -433,6 +435,15 @@ def test_a_misspelt_or_foreign_setting_is_refused(rng, cls):
         ("weight_decy", r"no setting 'weight_decy': did you mean 'weight_decay'\?"),
         ("learning_rate", r"did you mean 'lr'\?"),
         (foreign, rf"no setting '{foreign}'\. Its settings are lr, "),
+        ("LR", r"no setting 'LR': did you mean 'lr'\?"),
+        ("wd", r"no setting 'wd': did you mean 'weight_decay'\?"),
+        ("amsgrad", r"no setting 'amsgrad': an option of torch\.optim's that siglayer\.optim "),
+        ("maximize", r"no setting 'maximize': an option of torch\.optim's"),
+        *(
+            (("epsilon", r"did you mean 'eps'\?"), ("beta1", r"did you mean 'betas'\?"))
+            if cls is not SGD
+            else (("epsilon", r"no setting 'epsilon'\. Its"), ("beta2", r"no setting 'beta2'\."))
+        ),
     ):
         with pytest.raises(AttributeError, match=message):
             setattr(opt, name, 0.9)

@@ -441,8 +441,8 @@ def test_bad_input_is_refused_with_a_clear_error():
         labels = y.clone()
         labels[1, 2] = bad
         for call in (
-            lambda: sigmoid_linear_bce_loss(x, W, b, labels),
-            lambda: torch.ops.siglayer.sigmoid_linear_bce(x, W, b, labels, "mean"),
+            lambda labels=labels: sigmoid_linear_bce_loss(x, W, b, labels),
+            lambda labels=labels: torch.ops.siglayer.sigmoid_linear_bce(x, W, b, labels, "mean"),
         ):
             with pytest.raises(
                 ValueError,

@@ -119,6 +119,21 @@ def _check_steps(steps: object, name: str = "steps") -> None:
         raise ValueError(f"{name} must be an int in [0, 2**62), got {steps!r}")
 
 
+# torch.optim's options that siglayer.optim does not have: set on an optimizer, they would
+# be kept and never read.
+_TORCH_ONLY = frozenset({"maximize", "amsgrad", "foreach", "fused", "capturable", "differentiable"})
+# Other spellings of a setting (lower case): the setting meant, where this optimizer has it.
+_ALIASES = {
+    "learning_rate": "lr",
+    "weightdecay": "weight_decay",
+    "wd": "weight_decay",
+    "epsilon": "eps",
+    "beta1": "betas",
+    "beta2": "betas",
+    "beta": "betas",
+}
+
+
 class Optimizer:
     """Base class: holds the parameters and the learning rate; ``step()`` updates.
 
@@ -201,19 +216,26 @@ class Optimizer:
     def __setattr__(self, name: str, value: object) -> None:
         # A new public attribute whose name is close to a hyperparameter's is a typo
         # (opt.weight_decy = 0.1 would otherwise be kept and never read: a review found
-        # it silently ignored); other new names are the caller's own, as before.
+        # it silently ignored), and so is one of torch.optim's options that siglayer does
+        # not have (opt.amsgrad = True, a review, helper-88) or another spelling of a
+        # setting (LR, epsilon, wd, beta1); other new names are the caller's own.
         if not name.startswith("_") and name not in self.__dict__ and not hasattr(type(self), name):
+            cls = type(self).__name__
             hypers = type(self)._hyper_names
             own = f"Its settings are {', '.join(hypers)}"
-            if name in set(SGD._hyper_names) | set(Adam._hyper_names):  # another optimizer's
-                raise AttributeError(f"{type(self).__name__} has no setting {name!r}. {own}")
-            aliases = {"learning_rate": "lr", "weightdecay": "weight_decay"}
-            close = difflib.get_close_matches(name, hypers, n=1, cutoff=0.8)
-            meant = aliases.get(name.lower()) or (close[0] if close else None)
-            if meant is not None:
+            if name in _TORCH_ONLY:
                 raise AttributeError(
-                    f"{type(self).__name__} has no setting {name!r}: did you mean {meant!r}? {own}"
+                    f"{cls} has no setting {name!r}: an option of torch.optim's that "
+                    f"siglayer.optim does not have (docs/guide.md, siglayer.optim). {own}"
                 )
+            close = difflib.get_close_matches(name.lower(), hypers, n=1, cutoff=0.8)
+            meant = _ALIASES.get(name.lower()) or (close[0] if close else None)
+            if meant in hypers:
+                raise AttributeError(
+                    f"{cls} has no setting {name!r}: did you mean {meant!r}? {own}"
+                )
+            if meant is not None or name in set(SGD._hyper_names) | set(Adam._hyper_names):
+                raise AttributeError(f"{cls} has no setting {name!r}. {own}")  # another's
         object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
