@@ -95,6 +95,11 @@ assert_type(layer32.backward(out32, need_dx=False), None)
 assert_type(layer32.backward(out32, need_dx=need), NDArray[np.float32] | None)
 assert_type(layer32.backward_from_preactivation(out32, need_dx=False), None)
 net = siglayer.Sequential(layer32)
+# The README's idioms on a network's layers (its items are the layers as given).
+net[0].W -= 0.1 * net[0].dW
+z32 = net[-1].preactivation()
+for item in net:
+    item.b -= 0.1 * item.db
 assert_type(net.backward(out32), None)
 assert_type(net.backward(out32, need_dx=True), NDArray[np.float32])
 # In-place updates type-check; the setters take arrays only.

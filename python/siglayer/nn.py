@@ -792,7 +792,11 @@ class Sequential(Generic[Float]):
     def __len__(self) -> int:
         return len(self.layers)
 
-    def __getitem__(self, i: int) -> Layer[Float]:
+    # Any, not Layer[Float]: the layer as given, whose own attributes (a SigmoidLayer's W,
+    # dW, preactivation: the README's net[-1].preactivation()) must type-check too; the
+    # Layer protocol names only what Sequential needs (a review, helper-88, found the
+    # README's idiom refused by mypy --strict). As torch.nn.Sequential's items are Modules.
+    def __getitem__(self, i: int) -> Any:
         try:
             return self.layers[i]
         except IndexError:
@@ -801,7 +805,7 @@ class Sequential(Generic[Float]):
                 f"layers (0 to {len(self.layers) - 1}, or negative from the end)"
             ) from None
 
-    def __iter__(self) -> Iterator[Layer[Float]]:
+    def __iter__(self) -> Iterator[Any]:  # as __getitem__
         return iter(self.layers)
 
     def __repr__(self) -> str:
