@@ -980,8 +980,33 @@ def test_gradients_in_bfloat16_on_request():
     # An x that is no array is x's error, not grad_dtype's (which named "None inputs").
     with pytest.raises(TypeError, match=r"x must be a numpy\.ndarray, got list"):
         siglayer.backward(dout, f64(x).tolist(), W, out, grad_dtype=np.float32)
-    with pytest.raises(TypeError, match=r"dW has dtype float32, expected bfloat16"):
-        siglayer.backward(dout, x, W, out, grad_dtype="bfloat16", dW=np.empty(W.shape, np.float32))
+    # A buffer of the other grad_dtype's dtype: the error says which grad_dtype it fits
+    # (a review, helper-88, found no hint); in backward_from_preactivation too.
+    fits_float32 = r"grad_dtype='bfloat16' rounds dW and db into bfloat16 buffers; drop it"
+    fits_bfloat16 = r"a bfloat16 call returns dW and db in float32; pass grad_dtype='bfloat16'"
+    dZ = bf16(np.ones(out.shape))
+    for call in (
+        lambda kw: siglayer.backward(dout, x, W, out, **kw),
+        lambda kw: siglayer.backward_from_preactivation(dZ, x, W, **kw),
+    ):
+        with pytest.raises(
+            TypeError, match=rf"^dW has dtype float32, expected bfloat16: {fits_float32}"
+        ):
+            call({"grad_dtype": "bfloat16", "dW": np.empty(W.shape, np.float32)})
+        with pytest.raises(
+            TypeError, match=rf"^db has dtype float32, expected bfloat16: {fits_float32}"
+        ):
+            call({"grad_dtype": "bfloat16", "db": np.empty(W.shape[1], np.float32)})
+        with pytest.raises(
+            TypeError, match=rf"^dW has dtype bfloat16, expected float32: {fits_bfloat16}"
+        ):
+            call({"dW": np.empty(W.shape, BF16)})
+        with pytest.raises(
+            TypeError, match=rf"^db has dtype bfloat16, expected float32: {fits_bfloat16}"
+        ):
+            call({"db": np.empty(W.shape[1], BF16)})
+        with pytest.raises(TypeError, match=r"^dW has dtype float64, expected float32$"):
+            call({"dW": np.empty(W.shape, np.float64)})  # fits neither: no hint
 
 
 # (n, n_in, n_out): each way a tile of dW is summed before it is rounded. 40 x 24 x 16

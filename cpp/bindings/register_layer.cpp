@@ -81,6 +81,33 @@ py::array make_or_check(py::handle given, const char* name, std::vector<py::ssiz
     return a;
 }
 
+// make_or_check for dW or db (G: the dtype they are returned in) of a call on storage type
+// T. In a bfloat16 call their dtype follows grad_dtype, so a buffer of the other one's
+// dtype gets the TypeError with the grad_dtype it would fit (a review, helper-88: "dW has
+// dtype bfloat16, expected float32" gave no hint).
+template <class T, class G>
+py::array gradient_or_check(py::handle given, const char* name, std::vector<py::ssize_t> shape,
+                            G*& data) {
+    try {
+        return make_or_check<G>(given, name, std::move(shape), data);
+    } catch (const py::type_error& e) {
+        if constexpr (!std::is_same_v<T, compute_t<T>>) {
+            if (py::isinstance<py::array>(given)) {
+                const auto a = py::reinterpret_borrow<py::array>(given);
+                const bool rounded = std::is_same_v<G, T>;
+                if (rounded ? holds<compute_t<T>>(a) : holds<T>(a))
+                    throw py::type_error(
+                        std::string(e.what()) +
+                        (rounded ? ": grad_dtype='bfloat16' rounds dW and db into bfloat16 "
+                                   "buffers; drop it for float32 ones"
+                                 : ": a bfloat16 call returns dW and db in float32; pass "
+                                   "grad_dtype='bfloat16' for bfloat16 ones"));
+            }
+        }
+        throw;
+    }
+}
+
 // x is (n, n_in), W is (n_in, n_out), b is (n_out,) or (1, n_out); returns out (n, n_out).
 py::array forward(py::handle x_h, py::handle W_h, py::handle b_h, py::handle out_h) {
     const py::array x = as_array(x_h, "x"), W = as_array(W_h, "W"), b = as_array(b_h, "b");
@@ -138,8 +165,8 @@ struct GradientBuffers {
         if (need_dx) dx = make_or_check<T>(dx_h, "dx", {n, n_in}, dx_data);
         if constexpr (!std::is_same_v<T, C>) {
             if (round_grads) {
-                if (need_dW) dW = make_or_check<T>(dW_h, "dW", {n_in, n_out}, dW_rounded);
-                db = make_or_check<T>(db_h, "db", {n_out}, db_rounded);
+                if (need_dW) dW = gradient_or_check<T>(dW_h, "dW", {n_in, n_out}, dW_rounded);
+                db = gradient_or_check<T>(db_h, "db", {n_out}, db_rounded);
                 // The core sees the scratch, not these: their overlaps are checked here.
                 require_disjoint({{"dx", need_dx ? extent(dx_out()) : Extent{}},
                                   {"dW", need_dW ? extent(dW_rounded, n_in * n_out) : Extent{}},
@@ -156,8 +183,8 @@ struct GradientBuffers {
             throw py::type_error(std::string("grad_dtype='bfloat16' rounds the gradients of "
                                              "bfloat16 inputs; these are ") +
                                  DType<T>::name);
-        if (need_dW) dW = make_or_check<C>(dW_h, "dW", {n_in, n_out}, dW_data);
-        db = make_or_check<C>(db_h, "db", {n_out}, db_data);
+        if (need_dW) dW = gradient_or_check<T>(dW_h, "dW", {n_in, n_out}, dW_data);
+        db = gradient_or_check<T>(db_h, "db", {n_out}, db_data);
     }
     OutMatrix<T> dx_out() const { return {dx_data, n, n_in}; }
     OutMatrix<C> dW_out() const { return {dW_data, n_in, n_out}; }

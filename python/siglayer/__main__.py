@@ -146,7 +146,12 @@ def docs() -> int:
     if not pages:
         print(f"no documentation found in {folder} (an incomplete install?)", file=sys.stderr)
         return 1
-    print(f"siglayer's documentation, {where}, in {folder}:")
+    # The README sits one folder up: the heading names both folders (a review, helper-88,
+    # read it as claimed to be inside docs/).
+    places = (
+        f"{folder}" if pages[0].parent == Path(str(folder)) else f"{readme.parent} and {folder}"
+    )
+    print(f"siglayer's documentation, {where}, in {places}:")
     for page in pages:
         print(f"  {page}")
     return 0

@@ -94,10 +94,12 @@ def forward(
         masked arrays), a dtype other than float32/float64/bfloat16 (native byte
         order; float16 is refused, never taken for bfloat16), or arrays of mixed dtypes
         (but a float32 b with bfloat16 x and W). Nothing is converted silently: call
-        ``.astype`` first.
+        ``.astype`` first. Likewise an ``out`` that is not an ndarray or not of the
+        result's dtype.
     ValueError
         Shapes that do not fit together, strides that are not a whole number of
-        elements, or an unusable ``out`` (wrong shape, not C-contiguous, read-only,
+        elements, an array that starts inside an element's bytes (not aligned: pass a
+        ``.copy()``), or an unusable ``out`` (wrong shape, not C-contiguous, read-only,
         overlapping an input). A failed call writes nothing into ``out``.
 
     See Also
