@@ -8,6 +8,7 @@ per 10^5 calls.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -254,8 +255,9 @@ resource.setrlimit(resource.RLIMIT_AS, (mapped() + n * n_out * 2 + (300 << 20), 
 try:
     siglayer.forward(x, W, b)
     print("no error")
-except MemoryError:
+except MemoryError as error:
     print("MemoryError")
+    print(error)
 finally:
     resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 print(team)
@@ -278,7 +280,16 @@ def test_memory_running_out_inside_a_region_is_a_memory_error(threads, pool, tmp
             pytest.skip("borrowing needs the default build's libiomp5")
     stdout = _run_script(tmp_path, OUT_OF_MEMORY, threads, pool)
     team = "none" if threads == 1 else ("borrowed 2" if pool == "shared" else "own 2")
-    assert stdout.split("\n")[:3] == ["20 MemoryErrors, 0 wrong", "MemoryError", team]
+    lines = stdout.split("\n")
+    assert lines[:2] == ["20 MemoryErrors, 0 wrong", "MemoryError"]
+    assert lines[3] == team
+    # The error says how much (a review, helper-88, saw "std::bad_alloc" alone): the tile's
+    # float panel, 256 rows of its 2**20 / threads columns, 4 bytes each, rounded up.
+    wanted = 256 * (1 << 20) // threads * 4 / 1e9
+    assert re.fullmatch(
+        r"siglayer could not allocate [0-9.]+ GB of scratch memory for this call", lines[2]
+    ), lines[2]
+    assert abs(float(lines[2].split()[4]) - wanted) <= 0.01 * wanted, lines[2]
 
 
 BF16_DW_SCRATCH = """

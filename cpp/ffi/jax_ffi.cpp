@@ -141,8 +141,9 @@ ffi::Error dispatch(std::initializer_list<Buffer> buffers, Body&& body) {
         }
     } catch (const std::invalid_argument& error) {
         return ffi::Error::InvalidArgument(error.what());
-    } catch (const std::bad_alloc&) {
-        return ffi::Error(ffi::ErrorCode::kResourceExhausted, "siglayer: out of memory");
+    } catch (const std::bad_alloc& error) {  // ScratchAllocError says how much
+        return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                          std::string("siglayer: out of memory: ") + error.what());
     } catch (const std::exception& error) {
         return ffi::Error::Internal(error.what());
     }

@@ -4,10 +4,27 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <new>
 
 namespace siglayer {
+
+// A std::bad_alloc that says how much memory was wanted: the bindings turn any
+// std::bad_alloc into Python's MemoryError with its what(), which was "std::bad_alloc"
+// alone (a review, helper-88). The message is built in place: no allocation.
+class ScratchAllocError : public std::bad_alloc {
+public:
+    explicit ScratchAllocError(std::size_t bytes) {
+        std::snprintf(message_, sizeof message_,
+                      "siglayer could not allocate %.3g GB of scratch memory for this call",
+                      static_cast<double>(bytes) / 1e9);
+    }
+    const char* what() const noexcept override { return message_; }
+
+private:
+    char message_[96] = {};
+};
 
 class Scratch {
 public:
@@ -37,14 +54,15 @@ public:
         Buffer& buf = buffers_[slot];
         // A count whose bytes wrap std::size_t (no array can hold it) would get a small
         // buffer: refused as memory that cannot be had (a review's reading).
-        if (count > (SIZE_MAX - 4096) / sizeof(T)) throw std::bad_alloc();
+        if (count > (SIZE_MAX - 4096) / sizeof(T))
+            throw ScratchAllocError(static_cast<std::size_t>(-1));
         const std::size_t bytes = count * sizeof(T) + 64;
         if (buf.bytes < bytes) {
             std::free(buf.data);
             buf.data = nullptr;
             buf.bytes = 0;
             buf.data = std::aligned_alloc(64, round_up(bytes));
-            if (buf.data == nullptr) throw std::bad_alloc();
+            if (buf.data == nullptr) throw ScratchAllocError(round_up(bytes));
             buf.bytes = round_up(bytes);
         }
         return static_cast<T*>(buf.data);
