@@ -344,14 +344,15 @@ def test_bce_refuses_outputs_that_are_not_probabilities(dtype, bad):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("bad", [3.0, -1.0, 1.5, np.inf, np.nan])
+@pytest.mark.parametrize("bad", [3.0, -1.0, 1.5, np.inf, np.nan, -np.nan])
 def test_bce_refuses_targets_outside_the_unit_interval(dtype, bad):
     """Class indices passed as targets (y = 3 for a digit) gave a finite, negative,
     meaningless loss (-0.013 in a review); every binary cross-entropy entry point now
     names y, the element and its value, and writes no gradient. So for a NaN target,
     which gave a NaN loss and NaN gradients (a review, helper-88: one NaN label turns
     every weight to NaN at the next step; torch.nn.BCELoss refuses it too); a NaN out
-    still gives a NaN loss (test_nan_output_gives_nan_loss)."""
+    still gives a NaN loss (test_nan_output_gives_nan_loss). A NaN with its sign bit set
+    (0/0 gives one) is "nan" in the core's words too, as in NumPy's (helper-89 saw -nan)."""
     out = np.array([[0.25, 0.5, 0.75]], dtype)
     y = np.array([[0.0, 1.0, 0.5]], dtype)
     y[0, 2] = bad

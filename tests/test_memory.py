@@ -250,7 +250,7 @@ n, n_in, n_out = 256, 16, 1 << 20
 x, W = np.zeros((n, n_in), bf16), np.zeros((n_in, n_out), bf16)
 b = np.zeros(n_out, np.float32)
 # Room for out (512 MiB) and 300 MiB more, not for a tile's float panel (256 rows of
-# its columns: 512 MiB on one thread, 256 MiB each on two, allocated in the region).
+# its columns: 1 GiB on one thread, 512 MiB each on two, allocated in the region).
 resource.setrlimit(resource.RLIMIT_AS, (mapped() + n * n_out * 2 + (300 << 20), hard))
 try:
     siglayer.forward(x, W, b)

@@ -435,8 +435,9 @@ def test_bad_input_is_refused_with_a_clear_error():
     with pytest.raises(ValueError, match="b has shape"):  # the layer's checks come first
         sigmoid_linear_bce_loss(x, W, b[:3], y)
     # Class indices as targets: refused by value, naming target (the core's y), in the
-    # eager path and in the operator alike (torch.nn.BCELoss would give a number); so is
-    # a NaN label (as torch.nn.BCELoss refuses it; a review, helper-88, saw a NaN loss).
+    # eager path and in the operator alike (as torch.nn.BCELoss refuses them;
+    # BCEWithLogitsLoss would give a number); so is a NaN label (a review, helper-88, saw
+    # a NaN loss).
     for bad, shown in ((3.0, "3"), (float("nan"), "nan")):
         labels = y.clone()
         labels[1, 2] = bad

@@ -46,8 +46,12 @@ void check_probabilities(const char* name, const T* a, index_t count, const char
         if (bad(a[i])) {
             std::ostringstream message;
             message << std::setprecision(9) << name << " has a value outside [0, 1] (element " << i
-                    << " of the flattened " << name << " is " << static_cast<double>(a[i])
-                    << "): binary cross-entropy takes " << what;
+                    << " of the flattened " << name << " is ";
+            if (std::isnan(a[i]))
+                message << "nan";  // whatever its sign bit (0/0 sets it): Python's words
+            else
+                message << static_cast<double>(a[i]);
+            message << "): binary cross-entropy takes " << what;
             throw InvalidArgument(message.str());
         }
     }

@@ -201,7 +201,8 @@ def bce_loss(out: Array, y: Array, *, reduction: Reduction = "mean") -> float:
     log1p(-out). Finite for every out in [0, 1], including exactly 0 and 1 (see the
     module docstring); equals torch.nn.BCELoss. Targets y are 0/1 labels or
     probabilities in [0, 1]; a target outside [0, 1] (class indices passed as targets,
-    say) is a ValueError, where torch.nn.BCELoss gives a meaningless number. One pass in
+    say) is a ValueError, as torch.nn.BCELoss refuses it (torch.nn.BCEWithLogitsLoss
+    gives a meaningless number), and so is a NaN target. One pass in
     the compiled core, summed in float64.
 
     Parameters
