@@ -285,11 +285,14 @@ def test_memory_running_out_inside_a_region_is_a_memory_error(threads, pool, tmp
     assert lines[3] == team
     # The error says how much (a review, helper-88, saw "std::bad_alloc" alone): the tile's
     # float panel, 256 rows of its 2**20 / threads columns, 4 bytes each, rounded up.
-    wanted = 256 * (1 << 20) // threads * 4 / 1e9
-    assert re.fullmatch(
-        r"siglayer could not allocate [0-9.]+ GB of scratch memory for this call", lines[2]
-    ), lines[2]
-    assert abs(float(lines[2].split()[4]) - wanted) <= 0.01 * wanted, lines[2]
+    # In GB from 1e9 bytes (one thread: 1.074 GB), in MB below (two: 536.9 MB).
+    wanted = 256 * (1 << 20) // threads * 4
+    said = re.fullmatch(
+        r"siglayer could not allocate ([0-9.]+) (GB|MB) of scratch memory for this call", lines[2]
+    )
+    assert said is not None and said[2] == ("GB" if wanted >= 1e9 else "MB"), lines[2]
+    got = float(said[1]) * (1e9 if said[2] == "GB" else 1e6)
+    assert abs(got - wanted) <= 0.01 * wanted, lines[2]
 
 
 BF16_DW_SCRATCH = """

@@ -16,9 +16,15 @@ namespace siglayer {
 class ScratchAllocError : public std::bad_alloc {
 public:
     explicit ScratchAllocError(std::size_t bytes) {
-        std::snprintf(message_, sizeof message_,
-                      "siglayer could not allocate %.3g GB of scratch memory for this call",
-                      static_cast<double>(bytes) / 1e9);
+        const double b = static_cast<double>(bytes);
+        if (bytes == SIZE_MAX)  // a count whose bytes would not fit in std::size_t
+            std::snprintf(message_, sizeof message_,
+                          "siglayer's scratch memory for this call would exceed the address "
+                          "space");
+        else
+            std::snprintf(message_, sizeof message_,
+                          "siglayer could not allocate %.*f %s of scratch memory for this call",
+                          b >= 1e9 ? 3 : 1, b >= 1e9 ? b / 1e9 : b / 1e6, b >= 1e9 ? "GB" : "MB");
     }
     const char* what() const noexcept override { return message_; }
 
@@ -54,8 +60,7 @@ public:
         Buffer& buf = buffers_[slot];
         // A count whose bytes wrap std::size_t (no array can hold it) would get a small
         // buffer: refused as memory that cannot be had (a review's reading).
-        if (count > (SIZE_MAX - 4096) / sizeof(T))
-            throw ScratchAllocError(static_cast<std::size_t>(-1));
+        if (count > (SIZE_MAX - 4096) / sizeof(T)) throw ScratchAllocError(SIZE_MAX);
         const std::size_t bytes = count * sizeof(T) + 64;
         if (buf.bytes < bytes) {
             std::free(buf.data);
