@@ -51,10 +51,9 @@ void gradient_products(OutMatrix<T> dx, OutMatrix<T> dW, const BlasOperand<T>& x
     // to 64 outputs (2048-16384 x 32-4096 x 12-64), but 0.84-1.70 with 128-1024 (above 1 in 8
     // of 14 samples; panels of 8-24 rows, each reading and writing all of dW), where the
     // packed kernels run well.
-    const index_t dW_panel =
-        xo.op == blas::Op::N && dZo.op == blas::Op::N && n_out <= kSmallGemmOutputs
-            ? gemm_panel_rows(small_gemm, n, n_in, n_out)
-            : n;
+    const index_t dW_panel = xo.op == blas::Op::N && dZo.op == blas::Op::N
+                                 ? dw_panel_rows(small_gemm, n, n_in, n_out)
+                                 : n;
     for_each_tile({&dW_tiles, &dx_tiles}, [&](const Tiling& tiling, const Block& t) {
         if (&tiling == &dW_tiles && dW_col_dots)
             kernels::active<T>().col_dots(dW.data + t.i0 * n_out + t.j0, n_out, xo.data + t.i0,

@@ -279,14 +279,12 @@ void gradient_products(OutMatrix<bf16> dx, OutMatrix<float> dW, const GradientOp
                                 n_out, n, t.rows(), t.cols());
                 return;
             }
-            // The batch in panels: x[k0:k1, i0:i1] widened, then accumulated into dW. With
-            // up to kSmallGemmOutputs outputs, panels for OpenBLAS's small-matrix kernels
-            // where they run (gemm_panel_rows; the float layer's rule, layer.cpp), whose
-            // height follows n_in x n_out, not the tile, and at most panel_rows(n_in), so
-            // that the widened panel stays cache-sized (a review, helper-89: 4 MB with few
-            // outputs of an F-ordered x, where the rule alone sets the height).
-            const index_t small =
-                n_out <= kSmallGemmOutputs ? gemm_panel_rows(g.small_gemm, n, n_in, n_out) : n;
+            // The batch in panels: x[k0:k1, i0:i1] widened, then accumulated into dW. Panels
+            // for OpenBLAS's small-matrix kernels where they run (dw_panel_rows, the float
+            // layer's rule), at most panel_rows(n_in), so that the widened panel stays
+            // cache-sized (a review, helper-89: 4 MB with few outputs of an F-ordered x,
+            // where the rule alone sets the height).
+            const index_t small = dw_panel_rows(g.small_gemm, n, n_in, n_out);
             const index_t kp =
                 small < n ? std::min(small, panel_rows(n_in)) : std::min(n, panel_rows(t.rows()));
             float* xw =

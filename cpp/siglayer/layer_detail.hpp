@@ -61,6 +61,15 @@ inline index_t gemm_panel_rows(double bound, index_t rows, index_t n, index_t k)
     return panel >= kSmallGemmRows ? panel : rows;
 }
 
+// Rows of the batch per BLAS call for dW = x^T . dZ (n x n_in and n x n_out, both
+// row-major), the panels added one after the other into dW: gemm_panel_rows over
+// n_in x n_out, not the tile, so that the sums are grouped alike for any thread count,
+// and only up to kSmallGemmOutputs outputs; n (one call) otherwise. The float layer's
+// gradient_products (layer.cpp) and bfloat16's convert path (layer_bf16.cpp) use it.
+inline index_t dw_panel_rows(double bound, index_t n, index_t n_in, index_t n_out) {
+    return n_out <= kSmallGemmOutputs ? gemm_panel_rows(bound, n, n_in, n_out) : n;
+}
+
 inline int threads_for(index_t elements) {
     return elements >= kParallelElements ? threads::max_threads() : 1;
 }

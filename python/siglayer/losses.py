@@ -105,11 +105,11 @@ _PROBABILITIES = "probabilities, such as a sigmoid's output, not logits"
 _TARGETS = "targets in [0, 1] (0/1 labels or probabilities); one-hot encode class indices first"
 
 
-def _check_unit_interval(a: Array, name: str, what: str) -> None:
+def _check_unit_interval(a: Array, name: str, what: str, *, nan_refused: bool) -> None:
     """The core's check of out and y (cpp/siglayer/losses.cpp, the same words) for the
-    binary cross-entropy functions computed in NumPy here: a NaN out passes, as there, and
-    a NaN target (y) is refused, as there."""
-    outside = ~((a >= 0) & (a <= 1)) if name == "y" else (a < 0) | (a > 1)
+    binary cross-entropy functions computed in NumPy here: NaN passes unless nan_refused
+    (as there: refused in y, a target, and passed in out, a computed value)."""
+    outside = ~((a >= 0) & (a <= 1)) if nan_refused else (a < 0) | (a > 1)
     if outside.any():
         i = int(np.flatnonzero(outside)[0])
         raise ValueError(
@@ -267,7 +267,7 @@ def bce_with_logits_loss(z: Array, y: Array, *, reduction: Reduction = "mean") -
     """
     _check_pair(z, y, "z")
     n = _divisor(z.size, reduction)
-    _check_unit_interval(y, "y", _TARGETS)
+    _check_unit_interval(y, "y", _TARGETS, nan_refused=True)
     terms = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
     return float(terms.sum()) / n
 
@@ -309,8 +309,8 @@ def bce_grad_preactivation(
     """
     _check_pair(out, y, "out")
     n = _divisor(out.size, reduction)
-    _check_unit_interval(out, "out", _PROBABILITIES)
-    _check_unit_interval(y, "y", _TARGETS)
+    _check_unit_interval(out, "out", _PROBABILITIES, nan_refused=False)
+    _check_unit_interval(y, "y", _TARGETS, nan_refused=True)
     if dZ is None:
         dZ = _new(PreactivationGradient, out)
     else:
