@@ -823,7 +823,8 @@ inline void col_dots_strip(C* dW, index_t ld_dW, const S* x, index_t ld_x, const
         for (int j = 0; j < J; ++j) d[j] = D::set1(dZ[r * ld_dZ + j]);
         const S* xr = x + r * ld_x;
         for (int v = 0; v < V; ++v) {
-            const auto xv = Partial && v == V - 1 ? D::load(xr + v * L, last) : D::load(xr + v * L);
+            auto xv = Partial && v == V - 1 ? D::load(xr + v * L, last) : D::load(xr + v * L);
+            keep_in_register(xv);
             for (int j = 0; j < J; ++j) s[v][j] = D::fmadd(xv, d[j], s[v][j]);
         }
     }
@@ -838,7 +839,25 @@ inline void col_dots_strip(C* dW, index_t ld_dW, const S* x, index_t ld_x, const
         }
 }
 
-// Strips of V vectors, then the columns left one vector at a time (the last one partial).
+// The whole vectors left after the whole strips (q of them, 0 < q < V) as one strip of Q
+// = q vectors: Q * J sums in flight. One vector at a time had left J chains of FMAs over
+// all the rows, bound by their latency (1 or 2 outputs: 1 or 2 chains).
+template <int Q, int J, class C, class S>
+inline void col_dots_rest(C* dW, index_t ld_dW, const S* x, index_t ld_x, const C* dZ,
+                          index_t ld_dZ, index_t rows, index_t q, bool first) {
+    if constexpr (Q > 1) {
+        if (q < Q) return col_dots_rest<Q - 1, J>(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows, q, first);
+    }
+    col_dots_strip<Q, J, false>(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows, Q * DotOps<C>::lanes, first);
+}
+
+// Strips of V vectors, the whole vectors left as one narrower strip, then a last partial
+// vector alone (a partial vector inside a wider strip was slower: 1.25-1.75x at 1024 x 100
+// with 2 outputs). One-off A/B (Zen 4, dW alone, one thread, batch 1024-8192, n_in 64-300,
+// 1-11 outputs), against the vectors left one at a time and with x's chunks folded into
+// the FMAs (keep_in_register in col_dots_strip and rows_pass, the same change as in dots):
+// docs/benchmarks.md. A column's sum is the same in any strip (from +0, one FMA per row
+// in row order): the same bits.
 template <int V, int J, class C, class S>
 inline void col_dots_block(C* dW, index_t ld_dW, const S* x, index_t ld_x, const C* dZ,
                            index_t ld_dZ, index_t rows, index_t k, bool first) {
@@ -847,9 +866,10 @@ inline void col_dots_block(C* dW, index_t ld_dW, const S* x, index_t ld_x, const
     for (; i0 + strip <= k; i0 += strip)
         col_dots_strip<V, J, false>(dW + i0 * ld_dW, ld_dW, x + i0, ld_x, dZ, ld_dZ, rows, strip,
                                     first);
-    for (; i0 + L <= k; i0 += L)
-        col_dots_strip<1, J, false>(dW + i0 * ld_dW, ld_dW, x + i0, ld_x, dZ, ld_dZ, rows, L,
-                                    first);
+    if (const index_t q = (k - i0) / L; q > 0) {
+        col_dots_rest<V, J>(dW + i0 * ld_dW, ld_dW, x + i0, ld_x, dZ, ld_dZ, rows, q, first);
+        i0 += q * L;
+    }
     if (i0 < k)
         col_dots_strip<1, J, true>(dW + i0 * ld_dW, ld_dW, x + i0, ld_x, dZ, ld_dZ, rows, k - i0,
                                    first);
@@ -879,7 +899,8 @@ inline void rows_pass(C (*acc)[kRowsChunk], const S* const* xr, const typename D
     typename D::V a[J];
     for (int j = 0; j < J; ++j) a[j] = D::load(acc[j] + c);
     for (int g = 0; g < G; ++g) {
-        const auto xv = Partial ? D::load(xr[g] + c, count) : D::load(xr[g] + c);
+        auto xv = Partial ? D::load(xr[g] + c, count) : D::load(xr[g] + c);
+        keep_in_register(xv);
         for (int j = 0; j < J; ++j) a[j] = D::fmadd(xv, d[g][j], a[j]);
     }
     for (int j = 0; j < J; ++j) D::store(acc[j] + c, a[j]);
