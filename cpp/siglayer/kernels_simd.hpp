@@ -808,13 +808,17 @@ inline void row_combos_f(T* __restrict dst, index_t ld_dst, const C* __restrict 
 // of dZ, V * J sums in registers over a block of rows, each row's chunk of x loaded (and
 // widened) once for the J columns and each broadcast of dZ used for V vectors; block by
 // block into dW.
-template <int V, int J, bool Partial, class C, class S>
+template <int V, int J, bool Partial, class C, class S, bool Shifted = false>
 inline void col_dots_strip(C* dW, index_t ld_dW, const S* x, index_t ld_x, const C* dZ,
                            index_t ld_dZ, index_t rows, index_t width, bool first) {
     using D = DotOps<C>;
     constexpr index_t L = D::lanes;
-    // Partial: the strip's last vector holds `last` (1 to L) columns, the others L.
+    // Partial: the strip's last vector holds `last` (1 to L) columns, the others L. Shifted
+    // (Partial too): that vector is loaded whole, ending at column `width` (x has L
+    // columns before it), so it overlaps the one before; its first L - last sums, the same
+    // bits as those of the columns it overlaps, are not stored.
     const index_t last = Partial ? width - (V - 1) * L : L;
+    const index_t shift = Shifted ? L - last : 0;
     typename D::V s[V][J];
     for (int v = 0; v < V; ++v)
         for (int j = 0; j < J; ++j) s[v][j] = D::zero();
@@ -823,7 +827,9 @@ inline void col_dots_strip(C* dW, index_t ld_dW, const S* x, index_t ld_x, const
         for (int j = 0; j < J; ++j) d[j] = D::set1(dZ[r * ld_dZ + j]);
         const S* xr = x + r * ld_x;
         for (int v = 0; v < V; ++v) {
-            auto xv = Partial && v == V - 1 ? D::load(xr + v * L, last) : D::load(xr + v * L);
+            auto xv = !Partial || v < V - 1 ? D::load(xr + v * L)
+                      : Shifted             ? D::load(xr + v * L - shift)
+                                            : D::load(xr + v * L, last);
             keep_in_register(xv);
             for (int j = 0; j < J; ++j) s[v][j] = D::fmadd(xv, d[j], s[v][j]);
         }
@@ -832,32 +838,37 @@ inline void col_dots_strip(C* dW, index_t ld_dW, const S* x, index_t ld_x, const
     for (int v = 0; v < V; ++v)
         for (int j = 0; j < J; ++j) {
             D::store(lanes, s[v][j]);
-            for (index_t l = 0; l < (v == V - 1 ? last : L); ++l) {
-                C& out = dW[(v * L + l) * ld_dW + j];
+            const index_t from = v == V - 1 ? shift : 0, to = v == V - 1 ? shift + last : L;
+            for (index_t l = from; l < to; ++l) {
+                C& out = dW[(v * L + l - from) * ld_dW + j];
                 out = first ? lanes[l] : out + lanes[l];
             }
         }
 }
 
-// The whole vectors left after the whole strips (q of them, 0 < q < V) as one strip of Q
-// = q vectors: Q * J sums in flight. One vector at a time had left J chains of FMAs over
-// all the rows, bound by their latency (1 or 2 outputs: 1 or 2 chains).
-template <int Q, int J, class C, class S>
+// The columns left after the whole strips (fewer than V vectors' worth) as one strip of
+// Q = q vectors: Q * J sums in flight. One vector at a time had left J chains of FMAs over
+// all the rows, bound by their latency (1 or 2 outputs: 1 or 2 chains). A last partial
+// vector goes in the strip shifted back to end at the last column where x has a whole
+// vector of columns before it (Tail = Shifted), masked where it has not (k < L).
+template <int Q, int J, bool Partial, bool Shifted, class C, class S>
 inline void col_dots_rest(C* dW, index_t ld_dW, const S* x, index_t ld_x, const C* dZ,
-                          index_t ld_dZ, index_t rows, index_t q, bool first) {
+                          index_t ld_dZ, index_t rows, index_t width, index_t q, bool first) {
     if constexpr (Q > 1) {
-        if (q < Q) return col_dots_rest<Q - 1, J>(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows, q, first);
+        if (q < Q)
+            return col_dots_rest<Q - 1, J, Partial, Shifted>(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows,
+                                                             width, q, first);
     }
-    col_dots_strip<Q, J, false>(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows, Q * DotOps<C>::lanes, first);
+    col_dots_strip<Q, J, Partial, C, S, Shifted>(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows, width,
+                                                 first);
 }
 
-// Strips of V vectors, the whole vectors left as one narrower strip, then a last partial
-// vector alone (a partial vector inside a wider strip was slower: 1.25-1.75x at 1024 x 100
-// with 2 outputs). One-off A/B (Zen 4, dW alone, one thread, batch 1024-8192, n_in 64-300,
-// 1-11 outputs), against the vectors left one at a time and with x's chunks folded into
-// the FMAs (keep_in_register in col_dots_strip and rows_pass, the same change as in dots):
-// docs/benchmarks.md. A column's sum is the same in any strip (from +0, one FMA per row
-// in row order): the same bits.
+// Strips of V vectors, then the columns left as one narrower strip. One-off A/B (Zen 4,
+// dW alone, one thread, batch 1024-8192, n_in 64-300, 1-11 outputs), against the vectors
+// left one at a time and with x's chunks folded into the FMAs (keep_in_register in
+// col_dots_strip and rows_pass, the same change as in dots): docs/benchmarks.md. A
+// column's sum is the same in any strip (from +0, one FMA per row in row order): the
+// same bits.
 template <int V, int J, class C, class S>
 inline void col_dots_block(C* dW, index_t ld_dW, const S* x, index_t ld_x, const C* dZ,
                            index_t ld_dZ, index_t rows, index_t k, bool first) {
@@ -866,13 +877,17 @@ inline void col_dots_block(C* dW, index_t ld_dW, const S* x, index_t ld_x, const
     for (; i0 + strip <= k; i0 += strip)
         col_dots_strip<V, J, false>(dW + i0 * ld_dW, ld_dW, x + i0, ld_x, dZ, ld_dZ, rows, strip,
                                     first);
-    if (const index_t q = (k - i0) / L; q > 0) {
-        col_dots_rest<V, J>(dW + i0 * ld_dW, ld_dW, x + i0, ld_x, dZ, ld_dZ, rows, q, first);
-        i0 += q * L;
-    }
-    if (i0 < k)
-        col_dots_strip<1, J, true>(dW + i0 * ld_dW, ld_dW, x + i0, ld_x, dZ, ld_dZ, rows, k - i0,
-                                   first);
+    const index_t rest = k - i0, q = (rest + L - 1) / L;
+    C* w = dW + i0 * ld_dW;
+    const S* xs = x + i0;
+    if (rest == 0)
+        return;
+    else if (rest % L == 0)
+        col_dots_rest<V, J, false, false>(w, ld_dW, xs, ld_x, dZ, ld_dZ, rows, rest, q, first);
+    else if (k >= L)
+        col_dots_rest<V, J, true, true>(w, ld_dW, xs, ld_x, dZ, ld_dZ, rows, rest, q, first);
+    else
+        col_dots_rest<V, J, true, false>(w, ld_dW, xs, ld_x, dZ, ld_dZ, rows, rest, q, first);
 }
 
 // The same sums with x read along its rows (rows of 4 KB or more, wider than a strip; on
