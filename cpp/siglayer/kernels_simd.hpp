@@ -621,7 +621,10 @@ inline void dots(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w, i
         typename D::V xv[R];
         for (int r = 0; r < R; ++r) {
             xv[r] = D::load(x + r * ld_x + p);
-            keep_in_register(xv[r]);
+            // (With one output each chunk of x is read once: left to the compiler, which
+            // folds it into the FMA. Pinned, the 8 rows' chunks beside 8 sums and w
+            // spilled a sum to the stack on AVX2's 16 registers.)
+            if constexpr (J > 1) keep_in_register(xv[r]);
         }
         for (int j = 0; j < J; ++j) {
             auto wv = D::load(w + j * k + p);
