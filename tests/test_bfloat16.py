@@ -427,20 +427,39 @@ def test_batch_dimensions_strides_and_a_float32_bias():
     assert dx.shape == (2, 3, 4, 40) and dW.shape == (40, 12)
 
 
-@pytest.mark.parametrize("n_out", [1, 3, 11])
-def test_few_outputs_a_rows_out_and_dx_do_not_depend_on_its_batch(isa, n_out):
+@pytest.mark.parametrize("long_rows", [False, True], ids=["short", "4KB"])
+@pytest.mark.parametrize("n_out", [1, 3, 4, 11])
+def test_few_outputs_a_rows_out_and_dx_do_not_depend_on_its_batch(isa, n_out, long_rows):
     """As tests/test_layer.py's twin: a row alone gets the bits it gets in any batch (out
-    from row_dots, x widened in registers; dx from row_combos and its one rounding)."""
-    x, W, b = inputs(29, 77, n_out, seed=n_out)
-    dZ = bf16(np.random.default_rng(1).standard_normal((29, n_out)))
+    from row_dots, x widened in registers; dx from row_combos and its one rounding). Rows
+    of 4120 bytes take row_dots' groups of four rows with 3 and 4 outputs (AVX-512)."""
+    n, n_in = (70, 2060) if long_rows else (29, 77)
+    x, W, b = inputs(n, n_in, n_out, seed=n_out)
+    dZ = bf16(np.random.default_rng(1).standard_normal((n, n_out)))
     out = siglayer.forward(x, W, b).view(np.uint16)
     dx = siglayer.backward_from_preactivation(dZ, x, W)[0].view(np.uint16)
-    for i in range(29):
-        for lo, hi in ((i, i + 1), (max(0, i - 2), i + 1), (i, min(29, i + 6))):
+    for i in range(n):
+        for lo, hi in ((i, i + 1), (max(0, i - 2), i + 1), (i, min(n, i + 6))):
             got = siglayer.forward(x[lo:hi], W, b).view(np.uint16)
             assert (got == out[lo:hi]).all(), f"out rows {lo}:{hi}"
             got = siglayer.backward_from_preactivation(dZ[lo:hi], x[lo:hi], W)[0]
             assert (got.view(np.uint16) == dx[lo:hi]).all(), f"dx rows {lo}:{hi}"
+
+
+@pytest.mark.parametrize("n_out", [1, 2, 3, 4])
+def test_few_outputs_dw_of_leading_columns_same_bits(isa, n_out):
+    """As tests/test_layer.py's twin (x widened in col_dots' registers, dW in float32): dW
+    of x's first m columns is bitwise the first m rows of the whole dW, m = 1 to 256."""
+    x, W, _ = inputs(9, 256, n_out, seed=n_out)
+    dZ = bf16(np.random.default_rng(2).standard_normal((9, n_out)))
+    full = siglayer.backward_from_preactivation(dZ, x, W, need_dx=False)[1]
+    assert full.dtype == np.float32
+    for m in range(1, 257):
+        got = siglayer.backward_from_preactivation(dZ, x[:, :m], W[:m], need_dx=False)[1]
+        assert (got.view(np.uint32) == full[:m].view(np.uint32)).all(), f"first {m} columns"
+    want = f64(x).T @ f64(dZ)
+    bound = 2 * 9 * 2.0**-24 * (np.abs(f64(x)).T @ np.abs(f64(dZ))) + 1e-30
+    assert (np.abs(full - want) <= bound).all()
 
 
 @pytest.mark.parametrize("layout", ["F", "strided", "negative"])

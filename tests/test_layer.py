@@ -216,7 +216,7 @@ FEW_OUTPUT_SHAPES = [*FEW_OUTPUT_BASE, (1031, 1102)]
 
 
 @pytest.mark.parametrize("layout", ["C", "strided", "Tview", "negative"])
-@pytest.mark.parametrize("n_out", [1, 2, 5, 11, 12])
+@pytest.mark.parametrize("n_out", [1, 2, 4, 5, 11, 12])
 @pytest.mark.parametrize("isa", _core.config()["simd_available"].split(","))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_few_outputs_on_every_instruction_set_and_layout(
@@ -300,26 +300,50 @@ def test_dz_of_narrow_rows_end_to_end_same_bits_as_row_by_row(
     check_backward(dout, x, W, out, grads)
 
 
-@pytest.mark.parametrize("n_out", [1, 2, 3, 5, 11])
+@pytest.mark.parametrize("long_rows", [False, True], ids=["short", "4KB"])
+@pytest.mark.parametrize("n_out", [1, 2, 3, 4, 5, 7, 11])
 @pytest.mark.parametrize("isa", _core.config()["simd_available"].split(","))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_few_outputs_a_rows_out_and_dx_do_not_depend_on_its_batch(dtype, isa, n_out):
+def test_few_outputs_a_rows_out_and_dx_do_not_depend_on_its_batch(dtype, isa, n_out, long_rows):
     """With few outputs each row's out (row_dots) and dx (row_combos) is summed in an order
     fixed by n_in, n_out and the instruction set: a row alone gives the bits it gets inside
     any batch (a review found rows left over from row_dots' groups of four reduced in
-    another order: 18 of 64 rows differed alone)."""
+    another order: 18 of 64 rows differed alone). Rows of 4120 bytes take row_dots' groups
+    of four rows (3-4 outputs per group, AVX-512) and, past 4 outputs, its blocks of about
+    256 KB (56 rows: 70 rows cross a block's end)."""
     rng = np.random.default_rng(n_out)
-    x, W, b, dZ = make_problem(rng, (29, 77), n_out, dtype)
+    n, n_in = (70, 4120 // np.dtype(dtype).itemsize) if long_rows else (29, 77)
+    x, W, b, dZ = make_problem(rng, (n, n_in), n_out, dtype)
     with selected_isa(isa):
         out = siglayer.forward(x, W, b)
         dx = siglayer.backward_from_preactivation(dZ, x, W)[0]
         for i in range(x.shape[0]):
-            for lo, hi in ((i, i + 1), (max(0, i - 2), i + 1), (i, min(29, i + 6))):
+            for lo, hi in ((i, i + 1), (max(0, i - 2), i + 1), (i, min(n, i + 6))):
                 part = slice(lo, hi)
                 got = siglayer.forward(x[part], W, b)
                 np.testing.assert_array_equal(got, out[part], err_msg=f"out rows {lo}:{hi}")
                 got = siglayer.backward_from_preactivation(dZ[part], x[part], W)[0]
                 np.testing.assert_array_equal(got, dx[part], err_msg=f"dx rows {lo}:{hi}")
+
+
+@pytest.mark.parametrize("n_out", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("isa", _core.config()["simd_available"].split(","))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_few_outputs_dw_of_leading_columns_same_bits(dtype, isa, n_out):
+    """dW's row c (column c of x) is summed from +0, one FMA per row of x in row order,
+    whichever strip of col_dots takes it: dW of x's first m columns is bitwise the first m
+    rows of the whole dW, for every m up to 256. That runs every split into whole strips,
+    one narrower strip of the vectors left (col_dots_rest) and a last partial vector,
+    masked (m under a vector) or shifted back over the columns before it."""
+    rng = np.random.default_rng(n_out)
+    x, W, _, dZ = make_problem(rng, (9, 256), n_out, dtype)
+    with selected_isa(isa):
+        full = siglayer.backward_from_preactivation(dZ, x, W, need_dx=False)[1]
+        for m in range(1, 257):
+            got = siglayer.backward_from_preactivation(dZ, x[:, :m], W[:m], need_dx=False)[1]
+            np.testing.assert_array_equal(got, full[:m], err_msg=f"first {m} columns")
+    bound = 2 * 9 * np.finfo(dtype).eps * (np.abs(x).T @ np.abs(dZ)) + np.finfo(dtype).tiny
+    assert (np.abs(full - x.astype(np.float64).T @ dZ.astype(np.float64)) <= bound).all()
 
 
 @pytest.mark.parametrize("layout", ["F", "strided", "negative"])

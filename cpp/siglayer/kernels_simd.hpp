@@ -663,7 +663,8 @@ inline void dots(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w, i
 }
 
 // Rows in groups of R, outputs in groups of J (R * J = 8 chains, 4 outputs at most so that
-// the sums, R chunks of x and a chunk of w fit AVX2's 16 registers), then the rows left.
+// the sums, R chunks of x and a chunk of w fit AVX2's 16 registers; with one output, 8
+// rows, x's chunks are not kept in registers, see dots), then the rows left.
 template <int R, int J, class C, class S>
 inline void dots_in_groups(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w,
                            index_t rows, index_t k) {
@@ -672,8 +673,8 @@ inline void dots_in_groups(C* acc, index_t ld_acc, const S* x, index_t ld_x, con
     for (; i < rows; ++i) dots<1, J>(acc + i * ld_acc, ld_acc, x + i * ld_x, ld_x, w, k);
 }
 
-// With 3 or 4 outputs, rows of x of 4 KB or more and AVX-512's 32 registers, four rows per
-// group (16 chains): four streams of x in flight where x comes from memory (one-off A/B,
+// With 3 or 4 outputs in a group, rows of x of 4 KB or more and AVX-512's 32 registers, four
+// rows per group (12 or 16 chains): four streams of x in flight where x comes from memory (one-off A/B,
 // Zen 4, one thread, 8192 x 1024: float32 0.76-0.87 of the time of two rows per group at 3
 // and 4 outputs, float64 0.76-0.79 at 3-11; at n_in 64 the same change took 1.1x). A sum's
 // order does not depend on R: the same bits.
@@ -695,7 +696,8 @@ inline void dots_of(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w
 
 // Rows of 4 KB and more with more than 4 outputs (two or three passes over x, a group of
 // outputs each) go in blocks of about 256 KB, so that the second pass reads the block
-// from L2: a panel of 256 such rows (1-2 MB) came back from L3 or memory. One-off A/B,
+// from L2: a panel of 256 such rows (1-2 MB) came back from L3 or memory. Blocks are whole
+// groups of 8 rows (dots_of's groups), so that no block ends in rows taken one at a time. One-off A/B,
 // Zen 4, one thread, 8192 x 1024, 5, 8 and 11 outputs: float32 0.83-0.88 of the time
 // without blocks, float64 0.88-0.92; with rows of 2 KB (n_in 256, float64) blocks of
 // 128 rows were level or slower (1.01-1.06), so shorter rows go unblocked. The same bits.
@@ -706,7 +708,7 @@ inline void row_dots_f(C* __restrict acc, index_t ld_acc, const S* __restrict x,
                        const C* __restrict Wt, index_t rows, index_t k, index_t cols) {
     const index_t row_bytes = k * static_cast<index_t>(sizeof(S));
     const index_t block = cols > 4 && row_bytes >= kFourRowsBytes
-                              ? std::max<index_t>(8, kPassBlockBytes / row_bytes)
+                              ? std::max<index_t>(8, kPassBlockBytes / row_bytes / 8 * 8)
                               : rows;
     for (index_t i0 = 0; i0 < rows; i0 += block) {
         const index_t m = std::min(block, rows - i0);
