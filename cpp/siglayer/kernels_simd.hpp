@@ -673,11 +673,11 @@ inline void dots_in_groups(C* acc, index_t ld_acc, const S* x, index_t ld_x, con
     for (; i < rows; ++i) dots<1, J>(acc + i * ld_acc, ld_acc, x + i * ld_x, ld_x, w, k);
 }
 
-// With 3 or 4 outputs in a group, rows of x of 4 KB or more and AVX-512's 32 registers, four
-// rows per group (12 or 16 chains): four streams of x in flight where x comes from memory (one-off A/B,
-// Zen 4, one thread, 8192 x 1024: float32 0.76-0.87 of the time of two rows per group at 3
-// and 4 outputs, float64 0.76-0.79 at 3-11; at n_in 64 the same change took 1.1x). A sum's
-// order does not depend on R: the same bits.
+// With 3 or 4 outputs in a group, rows of x of 4 KB or more and AVX-512's 32 registers,
+// four rows per group (12 or 16 chains): four streams of x in flight where x comes from
+// memory (one-off A/B, Zen 4, one thread, 8192 x 1024: float32 0.76-0.87 of the time of
+// two rows per group at 3 and 4 outputs, float64 0.76-0.79 at 3-11; at n_in 64 the same
+// change took 1.1x). A sum's order does not depend on R: the same bits.
 constexpr index_t kFourRowsBytes = 4096;
 
 template <int J, class C, class S>
@@ -697,10 +697,11 @@ inline void dots_of(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w
 // Rows of 4 KB and more with more than 4 outputs (two or three passes over x, a group of
 // outputs each) go in blocks of about 256 KB, so that the second pass reads the block
 // from L2: a panel of 256 such rows (1-2 MB) came back from L3 or memory. Blocks are whole
-// groups of 8 rows (dots_of's groups), so that no block ends in rows taken one at a time. One-off A/B,
-// Zen 4, one thread, 8192 x 1024, 5, 8 and 11 outputs: float32 0.83-0.88 of the time
-// without blocks, float64 0.88-0.92; with rows of 2 KB (n_in 256, float64) blocks of
-// 128 rows were level or slower (1.01-1.06), so shorter rows go unblocked. The same bits.
+// groups of 8 rows (dots_of's largest group), so that no block ends in rows taken one at
+// a time. One-off A/B, Zen 4, one thread, 8192 x 1024, 5, 8 and 11 outputs: float32
+// 0.83-0.88 of the time without blocks, float64 0.88-0.92; with rows of 2 KB (n_in 256,
+// float64) blocks of 128 rows were level or slower (1.01-1.06), so shorter rows go
+// unblocked. The same bits.
 constexpr index_t kPassBlockBytes = 256 * 1024;
 
 template <class C, class S>
@@ -855,7 +856,7 @@ inline void col_dots_strip(C* dW, index_t ld_dW, const S* x, index_t ld_x, const
 // Q = q vectors: Q * J sums in flight. One vector at a time had left J chains of FMAs over
 // all the rows, bound by their latency (1 or 2 outputs: 1 or 2 chains). A last partial
 // vector goes in the strip shifted back to end at the last column where x has a whole
-// vector of columns before it (Tail = Shifted), masked where it has not (k < L).
+// vector of columns before it (Shifted), masked where it has not (k < L).
 template <int Q, int J, bool Partial, bool Shifted, class C, class S>
 inline void col_dots_rest(C* dW, index_t ld_dW, const S* x, index_t ld_x, const C* dZ,
                           index_t ld_dZ, index_t rows, index_t width, index_t q, bool first) {
