@@ -688,10 +688,10 @@ inline void dots_of(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w
         dots_in_groups<8, 1>(acc, ld_acc, x, ld_x, w, rows, k);
     else if constexpr (J == 2)
         dots_in_groups<4, 2>(acc, ld_acc, x, ld_x, w, rows, k);
-    else if (wide && k * static_cast<index_t>(sizeof(S)) >= kFourRowsBytes)
-        dots_in_groups<wide ? 4 : 2, J>(acc, ld_acc, x, ld_x, w, rows, k);
-    else
+    else if (!wide || k * static_cast<index_t>(sizeof(S)) < kFourRowsBytes)
         dots_in_groups<2, J>(acc, ld_acc, x, ld_x, w, rows, k);
+    else if constexpr (wide)  // (no four-row groups compiled for AVX2's 16 registers)
+        dots_in_groups<4, J>(acc, ld_acc, x, ld_x, w, rows, k);
 }
 
 // Rows of 4 KB and more with more than 4 outputs (two or three passes over x, a group of
@@ -814,17 +814,20 @@ inline void row_combos_f(T* __restrict dst, index_t ld_dst, const C* __restrict 
 // of dZ, V * J sums in registers over a block of rows, each row's chunk of x loaded (and
 // widened) once for the J columns and each broadcast of dZ used for V vectors; block by
 // block into dW.
-template <int V, int J, bool Partial, class C, class S, bool Shifted = false>
+// How a strip's last vector is read: whole (all V vectors hold L columns); masked (it holds
+// `last` = 1 to L columns, the lanes past them read as zero); or shifted (the same `last`
+// columns, the vector loaded whole so as to end at column `width`, x having L columns
+// before that end: it overlaps the one before, and its first L - last sums, the same bits
+// as those of the columns it overlaps, are not stored).
+enum class Tail { whole, masked, shifted };
+
+template <int V, int J, Tail T, class C, class S>
 inline void col_dots_strip(C* dW, index_t ld_dW, const S* x, index_t ld_x, const C* dZ,
                            index_t ld_dZ, index_t rows, index_t width, bool first) {
     using D = DotOps<C>;
     constexpr index_t L = D::lanes;
-    // Partial: the strip's last vector holds `last` (1 to L) columns, the others L. Shifted
-    // (Partial too): that vector is loaded whole, ending at column `width` (x has L
-    // columns before it), so it overlaps the one before; its first L - last sums, the same
-    // bits as those of the columns it overlaps, are not stored.
-    const index_t last = Partial ? width - (V - 1) * L : L;
-    const index_t shift = Shifted ? L - last : 0;
+    const index_t last = T == Tail::whole ? L : width - (V - 1) * L;
+    const index_t shift = T == Tail::shifted ? L - last : 0;
     typename D::V s[V][J];
     for (int v = 0; v < V; ++v)
         for (int j = 0; j < J; ++j) s[v][j] = D::zero();
@@ -833,9 +836,9 @@ inline void col_dots_strip(C* dW, index_t ld_dW, const S* x, index_t ld_x, const
         for (int j = 0; j < J; ++j) d[j] = D::set1(dZ[r * ld_dZ + j]);
         const S* xr = x + r * ld_x;
         for (int v = 0; v < V; ++v) {
-            auto xv = !Partial || v < V - 1 ? D::load(xr + v * L)
-                      : Shifted             ? D::load(xr + v * L - shift)
-                                            : D::load(xr + v * L, last);
+            auto xv = T == Tail::whole || v < V - 1 ? D::load(xr + v * L)
+                      : T == Tail::shifted          ? D::load(xr + v * L - shift)
+                                                    : D::load(xr + v * L, last);
             keep_in_register(xv);
             for (int j = 0; j < J; ++j) s[v][j] = D::fmadd(xv, d[j], s[v][j]);
         }
@@ -856,17 +859,16 @@ inline void col_dots_strip(C* dW, index_t ld_dW, const S* x, index_t ld_x, const
 // Q = q vectors: Q * J sums in flight. One vector at a time had left J chains of FMAs over
 // all the rows, bound by their latency (1 or 2 outputs: 1 or 2 chains). A last partial
 // vector goes in the strip shifted back to end at the last column where x has a whole
-// vector of columns before it (Shifted), masked where it has not (k < L).
-template <int Q, int J, bool Partial, bool Shifted, class C, class S>
+// vector of columns before it (Tail::shifted), masked where it has not (k < L).
+template <int Q, int J, Tail T, class C, class S>
 inline void col_dots_rest(C* dW, index_t ld_dW, const S* x, index_t ld_x, const C* dZ,
                           index_t ld_dZ, index_t rows, index_t width, index_t q, bool first) {
     if constexpr (Q > 1) {
         if (q < Q)
-            return col_dots_rest<Q - 1, J, Partial, Shifted>(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows,
-                                                             width, q, first);
+            return col_dots_rest<Q - 1, J, T>(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows, width, q,
+                                              first);
     }
-    col_dots_strip<Q, J, Partial, C, S, Shifted>(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows, width,
-                                                 first);
+    col_dots_strip<Q, J, T>(dW, ld_dW, x, ld_x, dZ, ld_dZ, rows, width, first);
 }
 
 // Strips of V vectors, then the columns left as one narrower strip. One-off A/B (Zen 4,
@@ -881,19 +883,19 @@ inline void col_dots_block(C* dW, index_t ld_dW, const S* x, index_t ld_x, const
     constexpr index_t L = DotOps<C>::lanes, strip = V * L;
     index_t i0 = 0;
     for (; i0 + strip <= k; i0 += strip)
-        col_dots_strip<V, J, false>(dW + i0 * ld_dW, ld_dW, x + i0, ld_x, dZ, ld_dZ, rows, strip,
-                                    first);
+        col_dots_strip<V, J, Tail::whole>(dW + i0 * ld_dW, ld_dW, x + i0, ld_x, dZ, ld_dZ, rows,
+                                          strip, first);
     const index_t rest = k - i0, q = (rest + L - 1) / L;
     C* w = dW + i0 * ld_dW;
     const S* xs = x + i0;
     if (rest == 0)
         return;
     else if (rest % L == 0)
-        col_dots_rest<V, J, false, false>(w, ld_dW, xs, ld_x, dZ, ld_dZ, rows, rest, q, first);
+        col_dots_rest<V, J, Tail::whole>(w, ld_dW, xs, ld_x, dZ, ld_dZ, rows, rest, q, first);
     else if (k >= L)
-        col_dots_rest<V, J, true, true>(w, ld_dW, xs, ld_x, dZ, ld_dZ, rows, rest, q, first);
+        col_dots_rest<V, J, Tail::shifted>(w, ld_dW, xs, ld_x, dZ, ld_dZ, rows, rest, q, first);
     else
-        col_dots_rest<V, J, true, false>(w, ld_dW, xs, ld_x, dZ, ld_dZ, rows, rest, q, first);
+        col_dots_rest<V, J, Tail::masked>(w, ld_dW, xs, ld_x, dZ, ld_dZ, rows, rest, q, first);
 }
 
 // The same sums with x read along its rows (rows of 4 KB or more, wider than a strip; on
