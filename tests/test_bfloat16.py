@@ -446,6 +446,29 @@ def test_few_outputs_a_rows_out_and_dx_do_not_depend_on_its_batch(isa, n_out, lo
             assert (got.view(np.uint16) == dx[lo:hi]).all(), f"dx rows {lo}:{hi}"
 
 
+@pytest.mark.parametrize("n_out", [5, 11])
+def test_few_outputs_streamed_x_same_bits_as_its_rows_alone(isa, n_out):
+    """As tests/test_layer.py's twin: a batch of 24 MiB and more of bfloat16 x, where row_dots
+    goes over x in one pass with W^T in chunks (AVX-512): each row's out is still its bits
+    alone. On the convert path, as siglayer's own GEMM takes 5 and more outputs."""
+    before = _core.config()["bf16_gemm"]
+    _core.select_bf16_gemm("convert")
+    try:
+        streamed_rows_alone(n_out)
+    finally:
+        _core.select_bf16_gemm(before)
+
+
+def streamed_rows_alone(n_out: int) -> None:
+    n_in = 1001
+    n = ((24 << 20) // (n_in * 2) + 7) | 1
+    x, W, b = inputs(n, n_in, n_out, seed=n_out)
+    out = siglayer.forward(x, W, b).view(np.uint16)
+    for lo, hi in ((0, 1), (0, 40), (255, 258), (n - 40, n), (n - 1, n)):
+        got = siglayer.forward(x[lo:hi], W, b).view(np.uint16)
+        assert (got == out[lo:hi]).all(), f"out rows {lo}:{hi}"
+
+
 @pytest.mark.parametrize("n_out", [1, 2, 3, 4])
 def test_few_outputs_dw_of_leading_columns_same_bits(isa, n_out):
     """As tests/test_layer.py's twin (x widened in col_dots' registers, dW in float32): dW

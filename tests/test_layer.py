@@ -326,6 +326,41 @@ def test_few_outputs_a_rows_out_and_dx_do_not_depend_on_its_batch(dtype, isa, n_
                 np.testing.assert_array_equal(got, dx[part], err_msg=f"dx rows {lo}:{hi}")
 
 
+# Rows of x in a batch of 24 MiB or more (layer_detail.hpp's kStreamedBytes): row_dots
+# takes 5-8 and 10-11 outputs in one pass over x on AVX-512 (dots_chunked). n_in 1001 runs
+# W^T in two or three chunks, the last ending in a partial vector; the odd batch ends in a
+# block of rows of fewer than 32 and a lone row.
+STREAMED_N_IN = 1001
+
+
+def streamed_rows(itemsize: int) -> int:
+    return ((24 << 20) // (STREAMED_N_IN * itemsize) + 7) | 1
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_out", [5, 8, 9, 11])
+@pytest.mark.parametrize("isa", _core.config()["simd_available"].split(","))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_few_outputs_streamed_x_same_bits_as_its_rows_alone(
+    restore_threads, dtype, isa, n_out, threads
+):
+    """A batch too large for the caches takes row_dots' one pass over x (AVX-512, 5-8 and
+    10-11 outputs: W^T in chunks along n_in, the sums kept between chunks): each row's out
+    is still the bits it gets alone or in a small batch (row_dots' passes), and within the
+    reference's bound. 9 outputs (not taken) and AVX2 check the same promise."""
+    rng = np.random.default_rng(n_out)
+    n = streamed_rows(np.dtype(dtype).itemsize)
+    x, W, b, _ = make_problem(rng, (n, STREAMED_N_IN), n_out, dtype)
+    assert x.nbytes >= 24 << 20 and n % 2 == 1
+    siglayer.set_num_threads(threads)
+    with selected_isa(isa):
+        out = siglayer.forward(x, W, b)
+        for lo, hi in ((0, 1), (0, 40), (31, 33), (255, 258), (n - 40, n), (n - 1, n)):
+            got = siglayer.forward(x[lo:hi], W, b)
+            np.testing.assert_array_equal(got, out[lo:hi], err_msg=f"out rows {lo}:{hi}")
+    assert_within(out, reference.forward(x, W, b), forward_bound(x, W, b, out), "out")
+
+
 @pytest.mark.parametrize("n_out", [1, 2, 3, 4, 7])
 @pytest.mark.parametrize("isa", _core.config()["simd_available"].split(","))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)

@@ -36,8 +36,10 @@ struct Table {
     // acc (rows x cols, row stride ld_acc) = x . Wt^T for a layer with few outputs: x is
     // rows x k with row stride ld_x and contiguous rows, Wt is cols x k, C-contiguous, in C.
     // Sums in C, in an order that does not depend on rows (nor on the thread count).
+    // streamed: the caller's whole x is too large for the caches (a loop order for memory,
+    // the same bits either way).
     void (*row_dots)(C* acc, index_t ld_acc, const T* x, index_t ld_x, const C* Wt, index_t rows,
-                     index_t k, index_t cols);
+                     index_t k, index_t cols, bool streamed);
     // dst (rows x cols, row stride ld_dst) = dZ . Wt rounded once to T, the product dx of a
     // layer with few outputs: dZ is rows x k (row stride ld_dZ, in C), Wt is k x cols (row
     // stride ld_Wt, in C). Sums over k in order, in C.

@@ -427,23 +427,24 @@ inline void row_dots(C* __restrict acc, index_t ld_acc, const T* __restrict x, i
 }
 
 // row_dots with float results, x float or bfloat16 bits, or double throughout (the
-// hand-vectorized copy in kernels_simd.hpp has the same signatures).
+// hand-vectorized copy in kernels_simd.hpp has the same signatures; streamed picks its loop
+// order there, and nothing here).
 inline void row_dots_f(float* __restrict acc, index_t ld_acc, const std::uint16_t* __restrict x,
                        index_t ld_x, const float* __restrict Wt, index_t rows, index_t k,
-                       index_t cols) {
+                       index_t cols, bool /*streamed*/) {
     row_dots(acc, ld_acc, x, ld_x, Wt, rows, k, cols,
              [](std::uint16_t h) { return bf16_bits_to_float(h); });
 }
 
 inline void row_dots_f(float* __restrict acc, index_t ld_acc, const float* __restrict x,
                        index_t ld_x, const float* __restrict Wt, index_t rows, index_t k,
-                       index_t cols) {
+                       index_t cols, bool /*streamed*/) {
     row_dots(acc, ld_acc, x, ld_x, Wt, rows, k, cols, [](float v) { return v; });
 }
 
 inline void row_dots_f(double* __restrict acc, index_t ld_acc, const double* __restrict x,
                        index_t ld_x, const double* __restrict Wt, index_t rows, index_t k,
-                       index_t cols) {
+                       index_t cols, bool /*streamed*/) {
     row_dots(acc, ld_acc, x, ld_x, Wt, rows, k, cols, [](double v) { return v; });
 }
 

@@ -182,13 +182,13 @@ static void dz_colsum_bf16_as_float(float* dZ, index_t ld_dZ, float* db, double*
 // The products of a layer with few outputs, x read as stored (bfloat16 widened in
 // registers).
 static void row_dots_f32(float* acc, index_t ld_acc, const float* x, index_t ld_x, const float* Wt,
-                         index_t rows, index_t k, index_t cols) {
-    SIGLAYER_SIGMOID_KERNELS::row_dots_f(acc, ld_acc, x, ld_x, Wt, rows, k, cols);
+                         index_t rows, index_t k, index_t cols, bool streamed) {
+    SIGLAYER_SIGMOID_KERNELS::row_dots_f(acc, ld_acc, x, ld_x, Wt, rows, k, cols, streamed);
 }
 
 static void row_dots_bf16(float* acc, index_t ld_acc, const bfloat16* x, index_t ld_x,
-                          const float* Wt, index_t rows, index_t k, index_t cols) {
-    SIGLAYER_SIGMOID_KERNELS::row_dots_f(acc, ld_acc, bits(x), ld_x, Wt, rows, k, cols);
+                          const float* Wt, index_t rows, index_t k, index_t cols, bool streamed) {
+    SIGLAYER_SIGMOID_KERNELS::row_dots_f(acc, ld_acc, bits(x), ld_x, Wt, rows, k, cols, streamed);
 }
 
 static void row_combos_f32(float* dst, index_t ld_dst, const float* dZ, index_t ld_dZ,
@@ -209,8 +209,8 @@ static void col_dots_f32(float* dW, index_t ld_dW, const float* x, index_t ld_x,
 }
 
 static void row_dots_f64(double* acc, index_t ld_acc, const double* x, index_t ld_x,
-                         const double* Wt, index_t rows, index_t k, index_t cols) {
-    SIGLAYER_SIGMOID_KERNELS::row_dots_f(acc, ld_acc, x, ld_x, Wt, rows, k, cols);
+                         const double* Wt, index_t rows, index_t k, index_t cols, bool streamed) {
+    SIGLAYER_SIGMOID_KERNELS::row_dots_f(acc, ld_acc, x, ld_x, Wt, rows, k, cols, streamed);
 }
 
 static void row_combos_f64(double* dst, index_t ld_dst, const double* dZ, index_t ld_dZ,

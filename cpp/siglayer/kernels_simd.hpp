@@ -605,19 +605,24 @@ inline void keep_in_register(V& v) {
     __asm__("" : "+v"(v));
 }
 
-// acc[r, j] (row stride ld_acc) = the dot product of row r of x (R rows, row stride ld_x;
-// float, double or bfloat16 bits) with row j of w (J rows of k values of C, row stride k):
-// one vector sum per (r, j), R * J chains of FMAs in flight, each chunk of x loaded (and
+template <class C>
+using DotVec = typename DotOps<C>::V;
+
+// s[r][j] += the products of row r of x (R rows, row stride ld_x; float, double or
+// bfloat16 bits) and row j of w (J rows of k values of C) over p in [p0, p1): whole
+// vectors, then (p1 = k only, a multiple of the lanes otherwise) the last partial one.
+// Lane by lane in order of p, so [0, k) in one call or in several gives the same sums.
+// Row j of w at p is w[j * w_row + (p - p0) * w_step]: w_row = k and w_step = 1 for W^T's
+// rows as stored, w_row = lanes and w_step = J for dots_chunked's packing. With PF > 0
+// each chunk of x is also fetched into L2 PF rows on. Each chunk of x is loaded (and
 // widened) once for all J rows of w, each chunk of w once for all R rows of x.
-template <int R, int J, class C, class S>
-inline void dots(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w, index_t k) {
+template <int R, int J, int PF = 0, class C, class S>
+inline void dots_span(DotVec<C> (&s)[R][J], const S* x, index_t ld_x, const C* w,
+                      index_t w_row, index_t w_step, index_t p0, index_t p1) {
     using D = DotOps<C>;
     constexpr index_t L = D::lanes;
-    typename D::V s[R][J];
-    for (int r = 0; r < R; ++r)
-        for (int j = 0; j < J; ++j) s[r][j] = D::zero();
-    index_t p = 0;
-    for (; p + L <= k; p += L) {
+    index_t p = p0;
+    for (; p + L <= p1; p += L) {
         typename D::V xv[R];
         for (int r = 0; r < R; ++r) {
             xv[r] = D::load(x + r * ld_x + p);
@@ -625,30 +630,37 @@ inline void dots(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w, i
             // folds it into the FMA. Pinned, the 8 rows' chunks beside 8 sums and w
             // spilled a sum to the stack on AVX2's 16 registers.)
             if constexpr (J > 1) keep_in_register(xv[r]);
+            if constexpr (PF > 0)  // the same columns PF rows on, into L2 (dots_chunked)
+                _mm_prefetch(reinterpret_cast<const char*>(x + (r + PF) * ld_x + p), _MM_HINT_T1);
         }
         for (int j = 0; j < J; ++j) {
-            auto wv = D::load(w + j * k + p);
+            auto wv = D::load(w + j * w_row + (p - p0) * w_step);
             keep_in_register(wv);
             for (int r = 0; r < R; ++r) s[r][j] = D::fmadd(xv[r], wv, s[r][j]);
         }
     }
-    if (p < k) {
+    if (p < p1) {
         typename D::V xv[R];
-        for (int r = 0; r < R; ++r) xv[r] = D::load(x + r * ld_x + p, k - p);
+        for (int r = 0; r < R; ++r) xv[r] = D::load(x + r * ld_x + p, p1 - p);
         for (int j = 0; j < J; ++j) {
-            const auto wv = D::load(w + j * k + p, k - p);
+            const auto wv = D::load(w + j * w_row + (p - p0) * w_step, p1 - p);
             for (int r = 0; r < R; ++r) s[r][j] = D::fmadd(xv[r], wv, s[r][j]);
         }
     }
-    // The R * J sums four to a tree, in (r, j) order, the last tree filled up with the last
-    // sum. Each sum is added in its own fixed order whichever three share its tree (sum4),
-    // so a row's result never depends on its batch or on how rows are grouped (a review had
-    // found rows left over from groups of four summed in another order). Trees of one
-    // output's rows only had left R = 2 (J = 3 or 4: n_out 3 to 11) a whole tree per sum:
-    // one-off A/B (a toggle, since removed; Zen 4, forward, one thread, medians of 5 x 20-60
-    // calls, bits equal), new over old: float32 0.85-0.95 at n_in 64 and 2 to 11 outputs,
-    // bfloat16 0.79-0.85 at 3-4 outputs (5 and up take the bfloat16 GEMM), 0.97-1.00 at
-    // n_in 256 and 1024, float64 level.
+}
+
+// acc[r, j] (row stride ld_acc) = the lanes of s[r][j] summed.
+// The R * J sums four to a tree, in (r, j) order, the last tree filled up with the last
+// sum. Each sum is added in its own fixed order whichever three share its tree (sum4),
+// so a row's result never depends on its batch or on how rows are grouped (a review had
+// found rows left over from groups of four summed in another order). Trees of one
+// output's rows only had left R = 2 (J = 3 or 4: n_out 3 to 11) a whole tree per sum:
+// one-off A/B (a toggle, since removed; Zen 4, forward, one thread, medians of 5 x 20-60
+// calls, bits equal), new over old: float32 0.85-0.95 at n_in 64 and 2 to 11 outputs,
+// bfloat16 0.79-0.85 at 3-4 outputs (5 and up take the bfloat16 GEMM), 0.97-1.00 at
+// n_in 256 and 1024, float64 level.
+template <int R, int J, class C>
+inline void dots_reduce(C* acc, index_t ld_acc, const DotVec<C> (&s)[R][J]) {
     constexpr int N = R * J;
     for (int q = 0; q < N; q += 4) {
         const auto sum_at = [&](int t) {
@@ -656,10 +668,22 @@ inline void dots(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w, i
             return s[i / J][i % J];
         };
         C four[4];
-        D::sum4(four, sum_at(0), sum_at(1), sum_at(2), sum_at(3));
+        DotOps<C>::sum4(four, sum_at(0), sum_at(1), sum_at(2), sum_at(3));
         for (int t = 0; t < 4 && q + t < N; ++t)
             acc[((q + t) / J) * ld_acc + (q + t) % J] = four[t];
     }
+}
+
+// acc[r, j] (row stride ld_acc) = the dot product of row r of x (R rows) with row j of w
+// (J rows of k values): one vector sum per (r, j), R * J chains of FMAs in flight, reduced
+// by a tree of shuffles at the end. The order depends on k and the vector width only.
+template <int R, int J, class C, class S>
+inline void dots(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w, index_t k) {
+    DotVec<C> s[R][J];
+    for (int r = 0; r < R; ++r)
+        for (int j = 0; j < J; ++j) s[r][j] = DotOps<C>::zero();
+    dots_span<R, J>(s, x, ld_x, w, k, 1, 0, k);
+    dots_reduce<R, J>(acc, ld_acc, s);
 }
 
 // Rows in groups of R, outputs in groups of J (R * J = 8 chains, 4 outputs at most so that
@@ -694,6 +718,112 @@ inline void dots_of(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w
         dots_in_groups<4, J>(acc, ld_acc, x, ld_x, w, rows, k);
 }
 
+// Where x streams from memory (the caller says so: its whole x is larger than the caches
+// hold) and there are more outputs than one group of dots_of takes (4), the groups below
+// would read x from memory once and again from L2 per further group (from memory again
+// where rows are short and go unblocked). On AVX-512, 5-8 outputs and 10-16 (two groups of
+// 5-8) instead go in one pass over x: each pair of rows takes every group of outputs (up to
+// 16 sums) while its chunk of x is in L1. W^T goes in chunks of kChunkBytes along k,
+// packed group by group so that a step's vectors of w lie side by side (W^T's rows as
+// stored are k apart: with k a multiple of 512 doubles, 4 KB, a step's eight loads of w
+// and two of x fell in one set of L1's 8 ways), and x's rows in blocks of kChunkRows,
+// whose vector sums wait in `stash` between chunks. The next block's rows are fetched into
+// L2 meanwhile: the hardware's prefetcher did not follow rows read a chunk at a time.
+// Lane by lane the same FMAs in the same order as dots<R, J> over a whole row: the same
+// bits. Not taken: 9 outputs (groups of 4 and 5) and AVX2 (groups of at most 4): GCC 12
+// kept a group of 4's sums and x's chunks in memory here, stored every step (1.40-1.91x
+// the GEMM path's time, where 5-8 took 0.48-1.25).
+// One-off tuning (Zen 4, one thread, float64, 8192 x 1024 and 8192 x 1000, 8 outputs, over
+// the GEMM path): without the packing 1.43-1.77, without the prefetch 1.47-1.93, fetched 4
+// rows ahead into L1 1.24-1.49, 16-48 rows ahead into L2 1.02-1.20; chunks of 8 KB
+// 1.10-1.16, 16 KB 0.94-1.15, 32 KB 1.52-1.80; three rows per group 1.10-1.14.
+constexpr index_t kChunkBytes = 16 * 1024;
+constexpr index_t kChunkRows = 32;
+constexpr index_t kChunkMaxCols = 16;
+
+// Whether dots_chunked takes these outputs (see above).
+template <class C>
+constexpr bool chunked_outputs(index_t cols) {
+    return DotOps<C>::lanes * sizeof(C) == 64 && cols >= 5 && cols <= kChunkMaxCols && cols != 9;
+}
+
+template <int R, int J, class C, class S>
+inline void dots_chunk(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* wpack,
+                       index_t k, index_t p0, index_t p1, DotVec<C>* stash, index_t ld_stash) {
+    DotVec<C> s[R][J];
+    for (int r = 0; r < R; ++r)
+        for (int j = 0; j < J; ++j)
+            s[r][j] = p0 == 0 ? DotOps<C>::zero() : stash[r * ld_stash + j];
+    dots_span<R, J, kChunkRows>(s, x, ld_x, wpack, DotOps<C>::lanes, J, p0, p1);
+    if (p1 == k) {
+        dots_reduce<R, J>(acc, ld_acc, s);
+    } else {
+        for (int r = 0; r < R; ++r)
+            for (int j = 0; j < J; ++j) stash[r * ld_stash + j] = s[r][j];
+    }
+}
+
+// R rows (1 or 2) of a block, J outputs of a group (5-8).
+template <int R, class C, class S>
+inline void dots_chunk_group(index_t J, C* acc, index_t ld_acc, const S* x, index_t ld_x,
+                             const C* wpack, index_t k, index_t p0, index_t p1,
+                             DotVec<C>* stash, index_t ld_stash) {
+    const auto run = [&](auto j_const) {
+        constexpr int Jc = decltype(j_const)::value;
+        dots_chunk<R, Jc>(acc, ld_acc, x, ld_x, wpack, k, p0, p1, stash, ld_stash);
+    };
+    switch (J) {
+        case 5: return run(std::integral_constant<int, 5>{});
+        case 6: return run(std::integral_constant<int, 6>{});
+        case 7: return run(std::integral_constant<int, 7>{});
+        default: return run(std::integral_constant<int, 8>{});
+    }
+}
+
+template <class C, class S>
+inline void dots_chunked(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* Wt,
+                         index_t rows, index_t k, index_t cols) {
+    using D = DotOps<C>;
+    constexpr index_t L = D::lanes;
+    static_assert(kChunkMaxCols * L * sizeof(C) <= kChunkBytes);
+    // Groups of at most 8 outputs, as even as they go (11: 5 and 6).
+    const index_t groups = (cols + 7) / 8;
+    const auto group_start = [&](index_t g) { return g * cols / groups; };
+    const index_t chunk =
+        std::max<index_t>(L, kChunkBytes / (cols * static_cast<index_t>(sizeof(C))) / L * L);
+    alignas(64) DotVec<C> stash[kChunkRows * kChunkMaxCols];
+    alignas(64) C wpack[kChunkBytes / sizeof(C)];
+    for (index_t i0 = 0; i0 < rows; i0 += kChunkRows) {
+        const index_t m = std::min(kChunkRows, rows - i0);
+        for (index_t p0 = 0; p0 < k; p0 += chunk) {
+            const index_t p1 = std::min(k, p0 + chunk);
+            // Group g's chunk of W^T at wpack + j0 * chunk: step q's J vectors side by side.
+            for (index_t g = 0; g < groups; ++g) {
+                const index_t j0 = group_start(g), J = group_start(g + 1) - j0;
+                for (index_t p = p0; p < p1; p += L)
+                    for (index_t j = 0; j < J; ++j) {
+                        const C* src = Wt + (j0 + j) * k + p;
+                        D::store(wpack + j0 * chunk + (p - p0) * J + j * L,
+                                 p + L <= p1 ? D::load(src) : D::load(src, p1 - p));
+                    }
+            }
+            for (index_t i = 0; i < m; i += 2) {
+                const S* xi = x + (i0 + i) * ld_x;
+                C* ai = acc + (i0 + i) * ld_acc;
+                for (index_t g = 0; g < groups; ++g) {
+                    const index_t j0 = group_start(g), J = group_start(g + 1) - j0;
+                    DotVec<C>* st = stash + i * cols + j0;
+                    const C* wg = wpack + j0 * chunk;
+                    if (i + 2 <= m)
+                        dots_chunk_group<2>(J, ai + j0, ld_acc, xi, ld_x, wg, k, p0, p1, st, cols);
+                    else
+                        dots_chunk_group<1>(J, ai + j0, ld_acc, xi, ld_x, wg, k, p0, p1, st, cols);
+                }
+            }
+        }
+    }
+}
+
 // Rows of 4 KB and more with more than 4 outputs (two or three passes over x, a group of
 // outputs each) go in blocks of about 256 KB, so that the second pass reads the block
 // from L2: a panel of 256 such rows (1-2 MB) came back from L3 or memory. Blocks are whole
@@ -706,7 +836,12 @@ constexpr index_t kPassBlockBytes = 256 * 1024;
 
 template <class C, class S>
 inline void row_dots_f(C* __restrict acc, index_t ld_acc, const S* __restrict x, index_t ld_x,
-                       const C* __restrict Wt, index_t rows, index_t k, index_t cols) {
+                       const C* __restrict Wt, index_t rows, index_t k, index_t cols,
+                       bool streamed) {
+    if constexpr (DotOps<C>::lanes * sizeof(C) == 64) {  // (AVX2 never compiles it)
+        if (streamed && chunked_outputs<C>(cols))
+            return dots_chunked(acc, ld_acc, x, ld_x, Wt, rows, k, cols);
+    }
     const index_t row_bytes = k * static_cast<index_t>(sizeof(S));
     const index_t block = cols > 4 && row_bytes >= kFourRowsBytes
                               ? std::max<index_t>(8, kPassBlockBytes / row_bytes / 8 * 8)

@@ -292,6 +292,13 @@ C* transposed(const MatrixView<T>& W, Scratch::Slot slot) {
     return Wt;
 }
 
+// An x of this many bytes or more streams from memory: row_dots then takes all its outputs
+// in one pass over x (dots_chunked, kernels_simd.hpp; AVX-512, 5-8 and 10-11 outputs). The
+// same bits either way. In-process A/B on Zen 4 (32 MB L3), forward, one pass over the
+// passes' time, 5, 8 and 11 outputs, one and two threads: 24 MB (float64 12288 x 256)
+// 0.48-0.79; 16 MB (8192 x 256) 0.75-1.10, mixed; 8 MB (1024 x 1024) and 2 MB 0.91-1.29.
+constexpr index_t kStreamedBytes = index_t(24) << 20;
+
 // forward on row_dots (row_dots_path holds; n > 0, n_out > 0): out (n, n_out) = sigma(x . W +
 // bias), a panel of rows at a time, each panel's sums in L1 for bias + sigma (and the one
 // rounding of a bfloat16 out). Rows are independent: any split gives the same bits.
@@ -301,6 +308,7 @@ void forward_row_dots(OutMatrix<T> out, const MatrixView<T>& x, const MatrixView
     const index_t n = x.rows, n_in = x.cols, n_out = W.cols;
     const C* Wt = transposed(W, Scratch::W_widened);
     const auto& kernel = kernels::active<T>();
+    const bool streamed = n * n_in * static_cast<index_t>(sizeof(T)) >= kStreamedBytes;
     run_parallel(threads_for_gemm(n, n_out, n_in), [&] {
         const Tiling tiles(n, n_out, threads::team_threads());
         for_each_tile({&tiles}, [&](const Tiling&, const Block& blk) {
@@ -310,7 +318,7 @@ void forward_row_dots(OutMatrix<T> out, const MatrixView<T>& x, const MatrixView
             for (index_t r0 = blk.i0; r0 < blk.i1; r0 += kPanel) {
                 const index_t m = std::min(kPanel, blk.i1 - r0);
                 kernel.row_dots(acc, cols, x.data + r0 * x.row_stride, x.row_stride,
-                                Wt + blk.j0 * n_in, m, n_in, cols);
+                                Wt + blk.j0 * n_in, m, n_in, cols, streamed);
                 kernel.bias_sigmoid_rows(out.data + r0 * n_out + blk.j0, n_out, acc, cols,
                                          bias + blk.j0, m, cols);
             }
