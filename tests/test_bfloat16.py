@@ -449,7 +449,7 @@ def test_few_outputs_a_rows_out_and_dx_do_not_depend_on_its_batch(isa, n_out, lo
 @pytest.mark.parametrize("n_out", [5, 11])
 def test_few_outputs_streamed_x_same_bits_as_its_rows_alone(isa, n_out):
     """As tests/test_layer.py's twin: a batch of 24 MiB and more of bfloat16 x, where row_dots
-    goes over x in one pass with W^T in chunks (AVX-512): each row's out is still its bits
+    goes over x in one pass with W^T in chunks: each row's out is still its bits
     alone. On the convert path, as siglayer's own GEMM takes 5 and more outputs."""
     before = _core.config()["bf16_gemm"]
     _core.select_bf16_gemm("convert")

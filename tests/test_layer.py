@@ -327,7 +327,7 @@ def test_few_outputs_a_rows_out_and_dx_do_not_depend_on_its_batch(dtype, isa, n_
 
 
 # Rows of x in a batch of 24 MiB or more (layer_detail.hpp's kStreamedBytes): row_dots
-# takes 5-8 and 10-11 outputs in one pass over x on AVX-512 (dots_chunked). n_in 1001 runs
+# takes 5 to 11 outputs in one pass over x (dots_chunked, AVX-512 and AVX2). n_in 1001 runs
 # W^T in two or three chunks, the last ending in a partial vector; the odd batch ends in a
 # block of rows of fewer than 32 and a lone row.
 STREAMED_N_IN = 1001
@@ -344,10 +344,10 @@ def streamed_rows(itemsize: int) -> int:
 def test_few_outputs_streamed_x_same_bits_as_its_rows_alone(
     restore_threads, dtype, isa, n_out, threads
 ):
-    """A batch too large for the caches takes row_dots' one pass over x (AVX-512, 5-8 and
-    10-11 outputs: W^T in chunks along n_in, the sums kept between chunks): each row's out
-    is still the bits it gets alone or in a small batch (row_dots' passes), and within the
-    reference's bound. 9 outputs (not taken) and AVX2 check the same promise."""
+    """A batch too large for the caches takes row_dots' one pass over x (W^T in chunks
+    along n_in, the sums kept between chunks; groups of 4 and 5 outputs at 9): each row's
+    out is still the bits it gets alone or in a small batch (row_dots' group by group), and
+    within the reference's bound."""
     rng = np.random.default_rng(n_out)
     n = streamed_rows(np.dtype(dtype).itemsize)
     x, W, b, _ = make_problem(rng, (n, STREAMED_N_IN), n_out, dtype)

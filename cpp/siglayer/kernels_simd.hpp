@@ -721,18 +721,15 @@ inline void dots_of(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w
 // Where x streams from memory (the caller says so: its whole x is larger than the caches
 // hold) and there are more outputs than one group of dots_of takes (4), the groups below
 // would read x from memory once and again from L2 per further group (from memory again
-// where rows are short and go unblocked). On AVX-512, 5-8 outputs and 10-16 (two groups of
-// 5-8) instead go in one pass over x: each pair of rows takes every group of outputs (up to
-// 16 sums) while its chunk of x is in L1. W^T goes in chunks of kChunkBytes along k,
-// packed group by group so that a step's vectors of w lie side by side (W^T's rows as
-// stored are k apart: with k a multiple of 512 doubles, 4 KB, a step's eight loads of w
-// and two of x fell in one set of L1's 8 ways), and x's rows in blocks of kChunkRows,
-// whose vector sums wait in `stash` between chunks. The next block's rows are fetched into
-// L2 meanwhile: the hardware's prefetcher did not follow rows read a chunk at a time.
-// Lane by lane the same FMAs in the same order as dots<R, J> over a whole row: the same
-// bits. Not taken: 9 outputs (groups of 4 and 5) and AVX2 (groups of at most 4): GCC 12
-// kept a group of 4's sums and x's chunks in memory here, stored every step (1.40-1.91x
-// the GEMM path's time, where 5-8 took 0.48-1.25).
+// where rows are short and go unblocked). Here all outputs go in one pass over x instead:
+// each pair of rows takes every group of outputs (up to 8 on AVX-512, 16 sums; 4 on AVX2)
+// while its chunk of x is in L1. W^T goes in chunks of kChunkBytes along k, packed group
+// by group so that a step's vectors of w lie side by side (W^T's rows as stored are k
+// apart: with k a multiple of 512 doubles, 4 KB, a step's eight loads of w and two of x
+// fell in one set of L1's 8 ways), and x's rows in blocks of kChunkRows, whose vector sums
+// wait in `stash` between chunks. The next block's rows are fetched into L2 meanwhile: the
+// hardware's prefetcher did not follow rows read a chunk at a time. Lane by lane the same
+// FMAs in the same order as dots<R, J> over a whole row: the same bits.
 // One-off tuning (Zen 4, one thread, float64, 8192 x 1024 and 8192 x 1000, 8 outputs, over
 // the GEMM path): without the packing 1.43-1.77, without the prefetch 1.47-1.93, fetched 4
 // rows ahead into L1 1.24-1.49, 16-48 rows ahead into L2 1.02-1.20; chunks of 8 KB
@@ -742,14 +739,15 @@ constexpr index_t kChunkRows = 32;
 constexpr index_t kChunkMaxCols = 16;
 
 // Whether dots_chunked takes these outputs (see above).
-template <class C>
-constexpr bool chunked_outputs(index_t cols) {
-    return DotOps<C>::lanes * sizeof(C) == 64 && cols >= 5 && cols <= kChunkMaxCols && cols != 9;
-}
+constexpr bool chunked_outputs(index_t cols) { return cols >= 5 && cols <= kChunkMaxCols; }
 
+// Not inlined: inlined into dots_chunked beside the other groups' copies, GCC 12 kept a
+// group of 4's sums and x's chunks in memory and stored them every step (9 outputs, 4 + 5:
+// 1.40-1.91x the GEMM path's time where 8 took 0.48-1.25; 0.58-1.08 as a function of its own).
 template <int R, int J, class C, class S>
-inline void dots_chunk(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* wpack,
-                       index_t k, index_t p0, index_t p1, DotVec<C>* stash, index_t ld_stash) {
+[[gnu::noinline]] void dots_chunk(C* acc, index_t ld_acc, const S* x, index_t ld_x,
+                                  const C* wpack, index_t k, index_t p0, index_t p1,
+                                  DotVec<C>* stash, index_t ld_stash) {
     DotVec<C> s[R][J];
     for (int r = 0; r < R; ++r)
         for (int j = 0; j < J; ++j)
@@ -763,7 +761,7 @@ inline void dots_chunk(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C
     }
 }
 
-// R rows (1 or 2) of a block, J outputs of a group (5-8).
+// R rows (1 or 2) of a block, J outputs of a group (1-8 on AVX-512, 1-4 on AVX2).
 template <int R, class C, class S>
 inline void dots_chunk_group(index_t J, C* acc, index_t ld_acc, const S* x, index_t ld_x,
                              const C* wpack, index_t k, index_t p0, index_t p1,
@@ -773,11 +771,21 @@ inline void dots_chunk_group(index_t J, C* acc, index_t ld_acc, const S* x, inde
         dots_chunk<R, Jc>(acc, ld_acc, x, ld_x, wpack, k, p0, p1, stash, ld_stash);
     };
     switch (J) {
-        case 5: return run(std::integral_constant<int, 5>{});
-        case 6: return run(std::integral_constant<int, 6>{});
-        case 7: return run(std::integral_constant<int, 7>{});
-        default: return run(std::integral_constant<int, 8>{});
+        case 1: return run(std::integral_constant<int, 1>{});
+        case 2: return run(std::integral_constant<int, 2>{});
+        case 3: return run(std::integral_constant<int, 3>{});
+        default: break;
     }
+    if constexpr (DotOps<C>::lanes * sizeof(C) == 64) {  // (AVX2's 16 registers: 4 at most)
+        switch (J) {
+            case 5: return run(std::integral_constant<int, 5>{});
+            case 6: return run(std::integral_constant<int, 6>{});
+            case 7: return run(std::integral_constant<int, 7>{});
+            case 8: return run(std::integral_constant<int, 8>{});
+            default: break;
+        }
+    }
+    run(std::integral_constant<int, 4>{});
 }
 
 template <class C, class S>
@@ -786,8 +794,9 @@ inline void dots_chunked(C* acc, index_t ld_acc, const S* x, index_t ld_x, const
     using D = DotOps<C>;
     constexpr index_t L = D::lanes;
     static_assert(kChunkMaxCols * L * sizeof(C) <= kChunkBytes);
-    // Groups of at most 8 outputs, as even as they go (11: 5 and 6).
-    const index_t groups = (cols + 7) / 8;
+    // Groups of at most 8 outputs (AVX2: 4), as even as they go (11: 5 and 6; AVX2 3, 4, 4).
+    constexpr index_t most = L * sizeof(C) == 64 ? 8 : 4;
+    const index_t groups = (cols + most - 1) / most;
     const auto group_start = [&](index_t g) { return g * cols / groups; };
     const index_t chunk =
         std::max<index_t>(L, kChunkBytes / (cols * static_cast<index_t>(sizeof(C))) / L * L);
@@ -838,10 +847,8 @@ template <class C, class S>
 inline void row_dots_f(C* __restrict acc, index_t ld_acc, const S* __restrict x, index_t ld_x,
                        const C* __restrict Wt, index_t rows, index_t k, index_t cols,
                        bool streamed) {
-    if constexpr (DotOps<C>::lanes * sizeof(C) == 64) {  // (AVX2 never compiles it)
-        if (streamed && chunked_outputs<C>(cols))
-            return dots_chunked(acc, ld_acc, x, ld_x, Wt, rows, k, cols);
-    }
+    if (streamed && chunked_outputs(cols))
+        return dots_chunked(acc, ld_acc, x, ld_x, Wt, rows, k, cols);
     const index_t row_bytes = k * static_cast<index_t>(sizeof(S));
     const index_t block = cols > 4 && row_bytes >= kFourRowsBytes
                               ? std::max<index_t>(8, kPassBlockBytes / row_bytes / 8 * 8)
