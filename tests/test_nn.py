@@ -88,11 +88,20 @@ def test_dtype_none_is_the_default_float32():
     np.testing.assert_array_equal(layer.W, siglayer.SigmoidLayer(3, 2, seed=0).W)
 
 
-def test_a_failed_save_names_the_users_file(tmp_path):
+@pytest.mark.parametrize("where", ["missing folder", "a folder"])
+def test_a_failed_save_names_the_users_file(tmp_path, where):
     """save writes a temporary file beside the target, then renames it: an error names
-    the target the user gave, not the temporary name (a review saw '...npz.tmp-<pid>')."""
-    target = tmp_path / "missing" / "net.npz"
-    with pytest.raises(FileNotFoundError) as caught:
+    the target the user gave, not the temporary name (a review saw '...npz.tmp-<pid>'),
+    whether opening the temporary file fails or renaming it over a folder does (a later
+    review saw 'Is a directory: '<dir>.tmp-<pid>' -> '<dir>'')."""
+    if where == "a folder":
+        target = tmp_path / "net.npz"
+        target.mkdir()
+        error: type[OSError] = IsADirectoryError
+    else:
+        target = tmp_path / "missing" / "net.npz"
+        error = FileNotFoundError
+    with pytest.raises(error) as caught:
         siglayer.SigmoidLayer(3, 2, seed=0).save(target)
     assert caught.value.filename == str(target)
     assert "tmp-" not in str(caught.value)

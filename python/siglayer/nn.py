@@ -964,7 +964,10 @@ def save_parameters(parameters: Sequence[Parameter], path: str | os.PathLike[str
             for p in parameters:
                 with archive.open(f"{p.name}.npy", "w", force_zip64=True) as entry:
                     np.lib.format.write_array(entry, p.value, allow_pickle=False)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:  # a folder at path, say: named as above, no temporary name
+            raise type(exc)(exc.errno, exc.strerror, target) from exc
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
