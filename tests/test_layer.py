@@ -326,31 +326,45 @@ def test_few_outputs_a_rows_out_and_dx_do_not_depend_on_its_batch(dtype, isa, n_
                 np.testing.assert_array_equal(got, dx[part], err_msg=f"dx rows {lo}:{hi}")
 
 
-# Rows of x in a batch of 24 MiB or more (layer_detail.hpp's kStreamedBytes): row_dots
-# takes 5 to 11 outputs in one pass over x (dots_chunked, AVX-512 and AVX2). n_in 1001 runs
-# W^T in two or three chunks, the last ending in a partial vector; the odd batch ends in a
-# block of rows of fewer than 32 and a lone row.
-STREAMED_N_IN = 1001
+# A batch of 24 MiB or more (layer_detail.hpp's kStreamedBytes) with rows of 512 bytes and
+# more: row_dots takes 5 to 11 outputs in one pass over x (dots_chunked; AVX-512 in groups of
+# 4-8 outputs, AVX2 of 2-4). (n_in, n_out, rows apart, threads): n_in 1001 runs W^T in
+# several chunks (2-3 in float32, 3-6 in float64), the last ending in a partial vector; 200
+# is one chunk; 1024 at 8 outputs whole chunks only; rows apart make x's row stride differ
+# from n_in. The odd batch ends in a block of fewer than 32 rows and a lone row.
+STREAMED_CASES = [
+    (1001, 5, False, 1),
+    (1001, 6, False, 2),
+    (1001, 7, False, 1),
+    (1001, 8, False, 2),
+    (1001, 9, False, 1),
+    (1001, 9, False, 2),
+    (1001, 10, False, 2),
+    (1001, 11, False, 1),
+    (200, 9, False, 1),
+    (1024, 8, False, 2),
+    (1001, 5, True, 1),
+    (1001, 10, True, 2),
+]
 
 
-def streamed_rows(itemsize: int) -> int:
-    return ((24 << 20) // (STREAMED_N_IN * itemsize) + 7) | 1
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("n_out", [5, 8, 9, 11])
+@pytest.mark.parametrize(
+    "n_in, n_out, apart, threads", STREAMED_CASES, ids=lambda v: str(v).replace("True", "apart")
+)
 @pytest.mark.parametrize("isa", _core.config()["simd_available"].split(","))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_few_outputs_streamed_x_same_bits_as_its_rows_alone(
-    restore_threads, dtype, isa, n_out, threads
+    restore_threads, dtype, isa, n_in, n_out, apart, threads
 ):
     """A batch too large for the caches takes row_dots' one pass over x (W^T in chunks
-    along n_in, the sums kept between chunks; groups of 4 and 5 outputs at 9): each row's
-    out is still the bits it gets alone or in a small batch (row_dots' group by group), and
-    within the reference's bound."""
+    along n_in, the sums kept between chunks): each row's out is still the bits it gets
+    alone or in a small batch (row_dots group by group), and within the reference's
+    bound."""
     rng = np.random.default_rng(n_out)
-    n = streamed_rows(np.dtype(dtype).itemsize)
-    x, W, b, _ = make_problem(rng, (n, STREAMED_N_IN), n_out, dtype)
+    n = ((24 << 20) // (n_in * np.dtype(dtype).itemsize) + 7) | 1
+    x, W, b, _ = make_problem(rng, (n, n_in), n_out, dtype)
+    if apart:
+        x = rows_apart(x, 39)
     assert x.nbytes >= 24 << 20 and n % 2 == 1
     siglayer.set_num_threads(threads)
     with selected_isa(isa):

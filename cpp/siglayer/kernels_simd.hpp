@@ -630,8 +630,13 @@ inline void dots_span(DotVec<C> (&s)[R][J], const S* x, index_t ld_x, const C* w
             // folds it into the FMA. Pinned, the 8 rows' chunks beside 8 sums and w
             // spilled a sum to the stack on AVX2's 16 registers.)
             if constexpr (J > 1) keep_in_register(xv[r]);
-            if constexpr (PF > 0)  // the same columns PF rows on, into L2 (dots_chunked)
-                _mm_prefetch(reinterpret_cast<const char*>(x + (r + PF) * ld_x + p), _MM_HINT_T1);
+            if constexpr (PF > 0) {  // the same columns PF rows on, into L2 (dots_chunked)
+                // (An address, not a pointer into x: it may lie past x's end, where a prefetch
+                // does not fault but pointer arithmetic would be undefined.)
+                const std::uintptr_t ahead = reinterpret_cast<std::uintptr_t>(x + r * ld_x + p) +
+                                             static_cast<std::uintptr_t>(PF * ld_x) * sizeof(S);
+                _mm_prefetch(reinterpret_cast<const char*>(ahead), _MM_HINT_T1);
+            }
         }
         for (int j = 0; j < J; ++j) {
             auto wv = D::load(w + j * w_row + (p - p0) * w_step);
@@ -700,8 +705,9 @@ inline void dots_in_groups(C* acc, index_t ld_acc, const S* x, index_t ld_x, con
 // With 3 or 4 outputs in a group, rows of x of 4 KB or more and AVX-512's 32 registers,
 // four rows per group (12 or 16 chains): four streams of x in flight where x comes from
 // memory (one-off A/B, Zen 4, one thread, 8192 x 1024: float32 0.76-0.87 of the time of
-// two rows per group at 3 and 4 outputs, float64 0.76-0.79 at 3-11; at n_in 64 the same
-// change took 1.1x). A sum's order does not depend on R: the same bits.
+// two rows per group at 3 and 4 outputs, float64 0.76-0.79 at 3-11, measured before 5-11
+// outputs of an x that large went to dots_chunked; at n_in 64 the same change took 1.1x).
+// A sum's order does not depend on R: the same bits.
 constexpr index_t kFourRowsBytes = 4096;
 
 template <int J, class C, class S>
@@ -736,10 +742,20 @@ inline void dots_of(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w
 // 1.10-1.16, 16 KB 0.94-1.15, 32 KB 1.52-1.80; three rows per group 1.10-1.14.
 constexpr index_t kChunkBytes = 16 * 1024;
 constexpr index_t kChunkRows = 32;
-constexpr index_t kChunkMaxCols = 16;
+constexpr index_t kChunkMaxCols = 11;  // (layer_detail.hpp's kNarrowOutputs - 1)
+// Rows of x shorter than this go group by group even so: a pair of rows' work between calls
+// is short beside the calls and the reductions. In-process A/B (Zen 4, one thread, 5-11
+// outputs, over the GEMM path, group by group -> one pass): rows of 512 bytes (float32
+// n_in 128, float64 64) 0.73-1.17 -> 0.36-0.68 on AVX-512 and AVX2; of 256 bytes 0.92-1.27
+// -> 0.40-1.58; of 64-128 bytes 1.27-2.13 -> 1.36-2.82.
+constexpr index_t kChunkMinRowBytes = 512;
 
-// Whether dots_chunked takes these outputs (see above).
-constexpr bool chunked_outputs(index_t cols) { return cols >= 5 && cols <= kChunkMaxCols; }
+// Whether dots_chunked takes these outputs and rows of k values of S (see above).
+template <class S>
+constexpr bool chunked_pass(index_t cols, index_t k) {
+    return cols >= 5 && cols <= kChunkMaxCols &&
+           k * static_cast<index_t>(sizeof(S)) >= kChunkMinRowBytes;
+}
 
 // Not inlined: inlined into dots_chunked beside the other groups' copies, GCC 12 kept a
 // group of 4's sums and x's chunks in memory and stored them every step (9 outputs, 4 + 5:
@@ -761,7 +777,8 @@ template <int R, int J, class C, class S>
     }
 }
 
-// R rows (1 or 2) of a block, J outputs of a group (1-8 on AVX-512, 1-4 on AVX2).
+// R rows (1 or 2) of a block, J outputs of a group: 5-11 outputs make groups of 4-8 on
+// AVX-512 (9: 4 and 5) and 2-4 on AVX2 (AVX2's 16 registers: 4 at most).
 template <int R, class C, class S>
 inline void dots_chunk_group(index_t J, C* acc, index_t ld_acc, const S* x, index_t ld_x,
                              const C* wpack, index_t k, index_t p0, index_t p1,
@@ -770,22 +787,24 @@ inline void dots_chunk_group(index_t J, C* acc, index_t ld_acc, const S* x, inde
         constexpr int Jc = decltype(j_const)::value;
         dots_chunk<R, Jc>(acc, ld_acc, x, ld_x, wpack, k, p0, p1, stash, ld_stash);
     };
-    switch (J) {
-        case 1: return run(std::integral_constant<int, 1>{});
-        case 2: return run(std::integral_constant<int, 2>{});
-        case 3: return run(std::integral_constant<int, 3>{});
-        default: break;
-    }
-    if constexpr (DotOps<C>::lanes * sizeof(C) == 64) {  // (AVX2's 16 registers: 4 at most)
+    if constexpr (DotOps<C>::lanes * sizeof(C) == 64) {
         switch (J) {
+            case 4: return run(std::integral_constant<int, 4>{});
             case 5: return run(std::integral_constant<int, 5>{});
             case 6: return run(std::integral_constant<int, 6>{});
             case 7: return run(std::integral_constant<int, 7>{});
             case 8: return run(std::integral_constant<int, 8>{});
             default: break;
         }
+    } else {
+        switch (J) {
+            case 2: return run(std::integral_constant<int, 2>{});
+            case 3: return run(std::integral_constant<int, 3>{});
+            case 4: return run(std::integral_constant<int, 4>{});
+            default: break;
+        }
     }
-    run(std::integral_constant<int, 4>{});
+    __builtin_unreachable();  // (dots_chunked's groups, for chunked_pass)
 }
 
 template <class C, class S>
@@ -793,21 +812,21 @@ inline void dots_chunked(C* acc, index_t ld_acc, const S* x, index_t ld_x, const
                          index_t rows, index_t k, index_t cols) {
     using D = DotOps<C>;
     constexpr index_t L = D::lanes;
-    static_assert(kChunkMaxCols * L * sizeof(C) <= kChunkBytes);
+    static_assert(kChunkBytes / (kChunkMaxCols * sizeof(C)) >= L);  // a chunk of a vector or more
     // Groups of at most 8 outputs (AVX2: 4), as even as they go (11: 5 and 6; AVX2 3, 4, 4).
     constexpr index_t most = L * sizeof(C) == 64 ? 8 : 4;
     const index_t groups = (cols + most - 1) / most;
     const auto group_start = [&](index_t g) { return g * cols / groups; };
-    const index_t chunk =
-        std::max<index_t>(L, kChunkBytes / (cols * static_cast<index_t>(sizeof(C))) / L * L);
+    const index_t chunk = kChunkBytes / (cols * static_cast<index_t>(sizeof(C))) / L * L;
     alignas(64) DotVec<C> stash[kChunkRows * kChunkMaxCols];
     alignas(64) C wpack[kChunkBytes / sizeof(C)];
     for (index_t i0 = 0; i0 < rows; i0 += kChunkRows) {
         const index_t m = std::min(kChunkRows, rows - i0);
         for (index_t p0 = 0; p0 < k; p0 += chunk) {
             const index_t p1 = std::min(k, p0 + chunk);
-            // Group g's chunk of W^T at wpack + j0 * chunk: step q's J vectors side by side.
-            for (index_t g = 0; g < groups; ++g) {
+            // Group g's chunk of W^T at wpack + j0 * chunk: step q's J vectors side by side
+            // (once, where all of k is one chunk).
+            for (index_t g = 0; g < groups && (i0 == 0 || k > chunk); ++g) {
                 const index_t j0 = group_start(g), J = group_start(g + 1) - j0;
                 for (index_t p = p0; p < p1; p += L)
                     for (index_t j = 0; j < J; ++j) {
@@ -834,20 +853,20 @@ inline void dots_chunked(C* acc, index_t ld_acc, const S* x, index_t ld_x, const
 }
 
 // Rows of 4 KB and more with more than 4 outputs (two or three passes over x, a group of
-// outputs each) go in blocks of about 256 KB, so that the second pass reads the block
-// from L2: a panel of 256 such rows (1-2 MB) came back from L3 or memory. Blocks are whole
-// groups of 8 rows (dots_of's largest group), so that no block ends in rows taken one at
-// a time. One-off A/B, Zen 4, one thread, 8192 x 1024, 5, 8 and 11 outputs: float32
-// 0.83-0.88 of the time without blocks, float64 0.88-0.92; with rows of 2 KB (n_in 256,
-// float64) blocks of 128 rows were level or slower (1.01-1.06), so shorter rows go
-// unblocked. The same bits.
+// outputs each), where x is not streamed (dots_chunked takes those), go in blocks of about
+// 256 KB, so that the second pass reads the block from L2: a panel of 256 such rows (1-2
+// MB) came back from L3 or memory. Blocks are whole groups of 8 rows (dots_of's largest
+// group), so that no block ends in rows taken one at a time. One-off A/B, Zen 4, one
+// thread, 8192 x 1024 (streamed since), 5, 8 and 11 outputs: float32 0.83-0.88 of the
+// time without blocks, float64 0.88-0.92; with rows of 2 KB (n_in 256, float64) blocks of
+// 128 rows were level or slower (1.01-1.06), so shorter rows go unblocked. The same bits.
 constexpr index_t kPassBlockBytes = 256 * 1024;
 
 template <class C, class S>
 inline void row_dots_f(C* __restrict acc, index_t ld_acc, const S* __restrict x, index_t ld_x,
                        const C* __restrict Wt, index_t rows, index_t k, index_t cols,
                        bool streamed) {
-    if (streamed && chunked_outputs(cols))
+    if (streamed && chunked_pass<S>(cols, k))
         return dots_chunked(acc, ld_acc, x, ld_x, Wt, rows, k, cols);
     const index_t row_bytes = k * static_cast<index_t>(sizeof(S));
     const index_t block = cols > 4 && row_bytes >= kFourRowsBytes
