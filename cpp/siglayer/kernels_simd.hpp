@@ -746,8 +746,8 @@ constexpr index_t kChunkMaxCols = 11;  // (layer_detail.hpp's kNarrowOutputs - 1
 // Rows of x shorter than this go group by group even so: a pair of rows' work between calls
 // is short beside the calls and the reductions. In-process A/B (Zen 4, one thread, 5-11
 // outputs, over the GEMM path, group by group -> one pass): rows of 512 bytes (float32
-// n_in 128, float64 64) 0.73-1.17 -> 0.36-0.68 on AVX-512 and AVX2; of 256 bytes 0.92-1.27
-// -> 0.40-1.58; of 64-128 bytes 1.27-2.13 -> 1.36-2.82.
+// n_in 128, float64 64) 0.73-1.05 -> 0.37-0.68 on AVX-512 and AVX2; of 256 bytes 0.75-1.27
+// -> 0.75-1.39; of 64-128 bytes 0.81-2.13 -> 1.19-2.82.
 constexpr index_t kChunkMinRowBytes = 512;
 
 // Whether dots_chunked takes these outputs and rows of k values of S (see above).
