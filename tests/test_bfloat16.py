@@ -447,11 +447,12 @@ def test_few_outputs_a_rows_out_and_dx_do_not_depend_on_its_batch(isa, n_out, lo
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("n_out", [5, 8, 9, 11])
+@pytest.mark.parametrize("n_out", [3, 5, 8, 9, 11])
 def test_few_outputs_streamed_x_same_bits_as_its_rows_alone(restore_threads, isa, n_out, threads):
     """As tests/test_layer.py's twin: a batch of 24 MiB and more of bfloat16 x, where row_dots
-    goes over x in one pass with W^T in chunks: each row's out is still its bits
-    alone. On the convert path, as siglayer's own GEMM takes 5 and more outputs."""
+    goes over x once, fetching rows ahead (5 and more outputs in one pass with W^T in
+    chunks): each row's out is still its bits alone. On the convert path, as siglayer's own
+    GEMM takes 5 and more outputs."""
     before = _core.config()["bf16_gemm"]
     _core.select_bf16_gemm("convert")
     siglayer.set_num_threads(threads)

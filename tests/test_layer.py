@@ -327,12 +327,17 @@ def test_few_outputs_a_rows_out_and_dx_do_not_depend_on_its_batch(dtype, isa, n_
 
 
 # A batch of 24 MiB or more (layer_detail.hpp's kStreamedBytes) with rows of 512 bytes and
-# more: row_dots takes 5 to 11 outputs in one pass over x (dots_chunked; AVX-512 in groups of
-# 4-8 outputs, AVX2 of 2-4). (n_in, n_out, rows apart, threads): n_in 1001 runs W^T in
+# more: row_dots fetches rows ahead, and takes 5 to 11 outputs in one pass over x
+# (dots_chunked; AVX-512 in groups of 4-8 outputs, AVX2 of 2-4), 1 to 4 as dots_of does.
+# (n_in, n_out, rows apart, threads): n_in 1001 runs W^T in
 # several chunks (2-3 in float32, 3-6 in float64), the last ending in a partial vector; 200
 # is one chunk; 1024 at 8 outputs whole chunks only; rows apart make x's row stride differ
 # from n_in. The odd batch ends in a block of fewer than 32 rows and a lone row.
 STREAMED_CASES = [
+    (1001, 1, False, 2),
+    (1001, 2, False, 1),
+    (1024, 4, False, 2),
+    (1001, 3, True, 1),
     (1001, 5, False, 1),
     (1001, 6, False, 2),
     (1001, 7, False, 1),

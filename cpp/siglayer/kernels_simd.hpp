@@ -682,24 +682,25 @@ inline void dots_reduce(C* acc, index_t ld_acc, const DotVec<C> (&s)[R][J]) {
 // acc[r, j] (row stride ld_acc) = the dot product of row r of x (R rows) with row j of w
 // (J rows of k values): one vector sum per (r, j), R * J chains of FMAs in flight, reduced
 // by a tree of shuffles at the end. The order depends on k and the vector width only.
-template <int R, int J, class C, class S>
+template <int R, int J, int PF = 0, class C, class S>
 inline void dots(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w, index_t k) {
     DotVec<C> s[R][J];
     for (int r = 0; r < R; ++r)
         for (int j = 0; j < J; ++j) s[r][j] = DotOps<C>::zero();
-    dots_span<R, J>(s, x, ld_x, w, k, 1, 0, k);
+    dots_span<R, J, PF>(s, x, ld_x, w, k, 1, 0, k);
     dots_reduce<R, J>(acc, ld_acc, s);
 }
 
 // Rows in groups of R, outputs in groups of J (R * J = 8 chains, 4 outputs at most so that
 // the sums, R chunks of x and a chunk of w fit AVX2's 16 registers; with one output, 8
 // rows, x's chunks are not kept in registers, see dots), then the rows left.
-template <int R, int J, class C, class S>
+template <int R, int J, int PF = 0, class C, class S>
 inline void dots_in_groups(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w,
                            index_t rows, index_t k) {
     index_t i = 0;
-    for (; i + R <= rows; i += R) dots<R, J>(acc + i * ld_acc, ld_acc, x + i * ld_x, ld_x, w, k);
-    for (; i < rows; ++i) dots<1, J>(acc + i * ld_acc, ld_acc, x + i * ld_x, ld_x, w, k);
+    for (; i + R <= rows; i += R)
+        dots<R, J, PF>(acc + i * ld_acc, ld_acc, x + i * ld_x, ld_x, w, k);
+    for (; i < rows; ++i) dots<1, J, PF>(acc + i * ld_acc, ld_acc, x + i * ld_x, ld_x, w, k);
 }
 
 // With 3 or 4 outputs in a group, rows of x of 4 KB or more and AVX-512's 32 registers,
@@ -710,52 +711,51 @@ inline void dots_in_groups(C* acc, index_t ld_acc, const S* x, index_t ld_x, con
 // A sum's order does not depend on R: the same bits.
 constexpr index_t kFourRowsBytes = 4096;
 
-template <int J, class C, class S>
+template <int J, int PF = 0, class C, class S>
 inline void dots_of(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w, index_t rows,
                     index_t k) {
     constexpr bool wide = DotOps<C>::lanes * sizeof(C) == 64;
     if constexpr (J == 1)
-        dots_in_groups<8, 1>(acc, ld_acc, x, ld_x, w, rows, k);
+        dots_in_groups<8, 1, PF>(acc, ld_acc, x, ld_x, w, rows, k);
     else if constexpr (J == 2)
-        dots_in_groups<4, 2>(acc, ld_acc, x, ld_x, w, rows, k);
+        dots_in_groups<4, 2, PF>(acc, ld_acc, x, ld_x, w, rows, k);
     else if (!wide || k * static_cast<index_t>(sizeof(S)) < kFourRowsBytes)
-        dots_in_groups<2, J>(acc, ld_acc, x, ld_x, w, rows, k);
+        dots_in_groups<2, J, PF>(acc, ld_acc, x, ld_x, w, rows, k);
     else if constexpr (wide)  // (no four-row groups compiled for AVX2's 16 registers)
-        dots_in_groups<4, J>(acc, ld_acc, x, ld_x, w, rows, k);
+        dots_in_groups<4, J, PF>(acc, ld_acc, x, ld_x, w, rows, k);
 }
 
 // Where x streams from memory (the caller says so: its whole x is larger than the caches
-// hold) and there are more outputs than one group of dots_of takes (4), the groups below
-// would read x from memory once and again from L2 per further group (from memory again
-// where rows are short and go unblocked). Here all outputs go in one pass over x instead:
-// each pair of rows takes every group of outputs (up to 8 on AVX-512, 16 sums; 4 on AVX2)
-// while its chunk of x is in L1. W^T goes in chunks of kChunkBytes along k, packed group
-// by group so that a step's vectors of w lie side by side (W^T's rows as stored are k
-// apart: with k a multiple of 512 doubles, 4 KB, a step's eight loads of w and two of x
-// fell in one set of L1's 8 ways), and x's rows in blocks of kChunkRows, whose vector sums
-// wait in `stash` between chunks. The next block's rows are fetched into L2 meanwhile: the
-// hardware's prefetcher did not follow rows read a chunk at a time. Lane by lane the same
-// FMAs in the same order as dots<R, J> over a whole row: the same bits.
+// hold) and its rows are kStreamedRowBytes or more, row_dots goes over x once, and fetches
+// the rows kAheadRows on into L2 as it goes (dots_span's PF): the hardware's prefetcher
+// alone left one core reading x at 12-15 GB/s where OpenBLAS's GEMM (8 outputs) read 20.
+// Up to 4 outputs that is dots_of as ever, plus the fetch. More outputs went a group of 4
+// at a time, x read from memory once and again from L2 per further group (from memory
+// again where rows are short and go unblocked); dots_chunked takes them all in one pass
+// instead: each pair of rows takes every group of outputs (up to 8 on AVX-512, 16 sums; 4
+// on AVX2) while its chunk of x is in L1. W^T goes in chunks of kChunkBytes along k,
+// packed group by group so that a step's vectors of w lie side by side (W^T's rows as
+// stored are k apart: with k a multiple of 512 doubles, 4 KB, a step's eight loads of w
+// and two of x fell in one set of L1's 8 ways), and x's rows in blocks of kChunkRows,
+// whose vector sums wait in `stash` between chunks; the fetch ahead brings the next block.
+// Lane by lane the same FMAs in the same order as dots<R, J> over a whole row: the same
+// bits.
 // One-off tuning (Zen 4, one thread, float64, 8192 x 1024 and 8192 x 1000, 8 outputs, over
-// the GEMM path): without the packing 1.43-1.77, without the prefetch 1.47-1.93, fetched 4
+// the GEMM path): without the packing 1.43-1.77, without the fetch 1.47-1.93, fetched 4
 // rows ahead into L1 1.24-1.49, 16-48 rows ahead into L2 1.02-1.20; chunks of 8 KB
-// 1.10-1.16, 16 KB 0.94-1.15, 32 KB 1.52-1.80; three rows per group 1.10-1.14.
+// 1.10-1.16, 16 KB 0.94-1.15, 32 KB 1.52-1.80; three rows per group 1.10-1.14. Shorter
+// rows than kStreamedRowBytes stay as they were: a pair of rows' work is short beside the
+// calls and the reductions (in-process A/B, Zen 4, one thread, 5-11 outputs, group by
+// group -> one pass: rows of 512 bytes, float32 n_in 128 or float64 64, 0.73-1.05 ->
+// 0.37-0.68 on AVX-512 and AVX2; of 256 bytes 0.75-1.27 -> 0.75-1.39; of 64-128 bytes
+// 0.81-2.13 -> 1.19-2.82). With 1-4 outputs the fetch alone (32768 x 256, 8192 x 1024,
+// 200000 x 128, one and two threads): AVX-512 0.70-1.79 -> 0.27-1.14, AVX2 0.40-0.94 ->
+// 0.24-0.74.
+constexpr index_t kAheadRows = 32;
+constexpr index_t kStreamedRowBytes = 512;
 constexpr index_t kChunkBytes = 16 * 1024;
-constexpr index_t kChunkRows = 32;
+constexpr index_t kChunkRows = kAheadRows;
 constexpr index_t kChunkMaxCols = 11;  // (layer_detail.hpp's kNarrowOutputs - 1)
-// Rows of x shorter than this go group by group even so: a pair of rows' work between calls
-// is short beside the calls and the reductions. In-process A/B (Zen 4, one thread, 5-11
-// outputs, over the GEMM path, group by group -> one pass): rows of 512 bytes (float32
-// n_in 128, float64 64) 0.73-1.05 -> 0.37-0.68 on AVX-512 and AVX2; of 256 bytes 0.75-1.27
-// -> 0.75-1.39; of 64-128 bytes 0.81-2.13 -> 1.19-2.82.
-constexpr index_t kChunkMinRowBytes = 512;
-
-// Whether dots_chunked takes these outputs and rows of k values of S (see above).
-template <class S>
-constexpr bool chunked_pass(index_t cols, index_t k) {
-    return cols >= 5 && cols <= kChunkMaxCols &&
-           k * static_cast<index_t>(sizeof(S)) >= kChunkMinRowBytes;
-}
 
 // Not inlined: inlined into dots_chunked beside the other groups' copies, GCC 12 kept a
 // group of 4's sums and x's chunks in memory and stored them every step (9 outputs, 4 + 5:
@@ -768,7 +768,7 @@ template <int R, int J, class C, class S>
     for (int r = 0; r < R; ++r)
         for (int j = 0; j < J; ++j)
             s[r][j] = p0 == 0 ? DotOps<C>::zero() : stash[r * ld_stash + j];
-    dots_span<R, J, kChunkRows>(s, x, ld_x, wpack, DotOps<C>::lanes, J, p0, p1);
+    dots_span<R, J, kAheadRows>(s, x, ld_x, wpack, DotOps<C>::lanes, J, p0, p1);
     if (p1 == k) {
         dots_reduce<R, J>(acc, ld_acc, s);
     } else {
@@ -804,7 +804,7 @@ inline void dots_chunk_group(index_t J, C* acc, index_t ld_acc, const S* x, inde
             default: break;
         }
     }
-    __builtin_unreachable();  // (dots_chunked's groups, for chunked_pass)
+    __builtin_unreachable();  // (dots_chunked's groups of 5 to 11 outputs)
 }
 
 template <class C, class S>
@@ -866,9 +866,16 @@ template <class C, class S>
 inline void row_dots_f(C* __restrict acc, index_t ld_acc, const S* __restrict x, index_t ld_x,
                        const C* __restrict Wt, index_t rows, index_t k, index_t cols,
                        bool streamed) {
-    if (streamed && chunked_pass<S>(cols, k))
-        return dots_chunked(acc, ld_acc, x, ld_x, Wt, rows, k, cols);
     const index_t row_bytes = k * static_cast<index_t>(sizeof(S));
+    if (streamed && row_bytes >= kStreamedRowBytes) {  // one pass, rows fetched ahead
+        switch (cols) {
+            case 1: return dots_of<1, kAheadRows>(acc, ld_acc, x, ld_x, Wt, rows, k);
+            case 2: return dots_of<2, kAheadRows>(acc, ld_acc, x, ld_x, Wt, rows, k);
+            case 3: return dots_of<3, kAheadRows>(acc, ld_acc, x, ld_x, Wt, rows, k);
+            case 4: return dots_of<4, kAheadRows>(acc, ld_acc, x, ld_x, Wt, rows, k);
+            default: return dots_chunked(acc, ld_acc, x, ld_x, Wt, rows, k, cols);
+        }
+    }
     const index_t block = cols > 4 && row_bytes >= kFourRowsBytes
                               ? std::max<index_t>(8, kPassBlockBytes / row_bytes / 8 * 8)
                               : rows;
