@@ -630,7 +630,7 @@ inline void dots_span(DotVec<C> (&s)[R][J], const S* x, index_t ld_x, const C* w
             // folds it into the FMA. Pinned, the 8 rows' chunks beside 8 sums and w
             // spilled a sum to the stack on AVX2's 16 registers.)
             if constexpr (J > 1) keep_in_register(xv[r]);
-            if constexpr (PF > 0) {  // the same columns PF rows on, into L2 (dots_chunked)
+            if constexpr (PF > 0) {  // the same columns PF rows on, into L2 (x streamed)
                 // (An address, not a pointer into x: it may lie past x's end, where a prefetch
                 // does not fault but pointer arithmetic would be undefined.)
                 const std::uintptr_t ahead = reinterpret_cast<std::uintptr_t>(x + r * ld_x + p) +
@@ -873,7 +873,9 @@ inline void row_dots_f(C* __restrict acc, index_t ld_acc, const S* __restrict x,
             case 2: return dots_of<2, kAheadRows>(acc, ld_acc, x, ld_x, Wt, rows, k);
             case 3: return dots_of<3, kAheadRows>(acc, ld_acc, x, ld_x, Wt, rows, k);
             case 4: return dots_of<4, kAheadRows>(acc, ld_acc, x, ld_x, Wt, rows, k);
-            default: return dots_chunked(acc, ld_acc, x, ld_x, Wt, rows, k, cols);
+            default:  // (the caller's cols are under 12; more would overrun the stash)
+                if (cols <= kChunkMaxCols)
+                    return dots_chunked(acc, ld_acc, x, ld_x, Wt, rows, k, cols);
         }
     }
     const index_t block = cols > 4 && row_bytes >= kFourRowsBytes
