@@ -725,6 +725,18 @@ inline void dots_of(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w
         dots_in_groups<4, J, PF>(acc, ld_acc, x, ld_x, w, rows, k);
 }
 
+// dots_of for cols = 1 to 4 outputs (4 for more).
+template <int PF = 0, class C, class S>
+inline void dots_of_cols(index_t cols, C* acc, index_t ld_acc, const S* x, index_t ld_x,
+                         const C* w, index_t rows, index_t k) {
+    switch (cols) {
+        case 1: return dots_of<1, PF>(acc, ld_acc, x, ld_x, w, rows, k);
+        case 2: return dots_of<2, PF>(acc, ld_acc, x, ld_x, w, rows, k);
+        case 3: return dots_of<3, PF>(acc, ld_acc, x, ld_x, w, rows, k);
+        default: return dots_of<4, PF>(acc, ld_acc, x, ld_x, w, rows, k);
+    }
+}
+
 // Where x streams from memory (the caller says so: its whole x is larger than the caches
 // hold) and its rows are kStreamedRowBytes or more, row_dots goes over x once, and fetches
 // the rows kAheadRows on into L2 as it goes (dots_span's PF): the hardware's prefetcher
@@ -736,7 +748,7 @@ inline void dots_of(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w
 // on AVX2) while its chunk of x is in L1. W^T goes in chunks of kChunkBytes along k,
 // packed group by group so that a step's vectors of w lie side by side (W^T's rows as
 // stored are k apart: with k a multiple of 512 doubles, 4 KB, a step's eight loads of w
-// and two of x fell in one set of L1's 8 ways), and x's rows in blocks of kChunkRows,
+// and two of x fell in one set of L1's 8 ways), and x's rows in blocks of kAheadRows,
 // whose vector sums wait in `stash` between chunks; the fetch ahead brings the next block.
 // Lane by lane the same FMAs in the same order as dots<R, J> over a whole row: the same
 // bits.
@@ -754,7 +766,6 @@ inline void dots_of(C* acc, index_t ld_acc, const S* x, index_t ld_x, const C* w
 constexpr index_t kAheadRows = 32;
 constexpr index_t kStreamedRowBytes = 512;
 constexpr index_t kChunkBytes = 16 * 1024;
-constexpr index_t kChunkRows = kAheadRows;
 constexpr index_t kChunkMaxCols = 11;  // (layer_detail.hpp's kNarrowOutputs - 1)
 
 // Not inlined: inlined into dots_chunked beside the other groups' copies, GCC 12 kept a
@@ -818,10 +829,10 @@ inline void dots_chunked(C* acc, index_t ld_acc, const S* x, index_t ld_x, const
     const index_t groups = (cols + most - 1) / most;
     const auto group_start = [&](index_t g) { return g * cols / groups; };
     const index_t chunk = kChunkBytes / (cols * static_cast<index_t>(sizeof(C))) / L * L;
-    alignas(64) DotVec<C> stash[kChunkRows * kChunkMaxCols];
+    alignas(64) DotVec<C> stash[kAheadRows * kChunkMaxCols];
     alignas(64) C wpack[kChunkBytes / sizeof(C)];
-    for (index_t i0 = 0; i0 < rows; i0 += kChunkRows) {
-        const index_t m = std::min(kChunkRows, rows - i0);
+    for (index_t i0 = 0; i0 < rows; i0 += kAheadRows) {
+        const index_t m = std::min(kAheadRows, rows - i0);
         for (index_t p0 = 0; p0 < k; p0 += chunk) {
             const index_t p1 = std::min(k, p0 + chunk);
             // Group g's chunk of W^T at wpack + j0 * chunk: step q's J vectors side by side
@@ -868,15 +879,9 @@ inline void row_dots_f(C* __restrict acc, index_t ld_acc, const S* __restrict x,
                        bool streamed) {
     const index_t row_bytes = k * static_cast<index_t>(sizeof(S));
     if (streamed && row_bytes >= kStreamedRowBytes) {  // one pass, rows fetched ahead
-        switch (cols) {
-            case 1: return dots_of<1, kAheadRows>(acc, ld_acc, x, ld_x, Wt, rows, k);
-            case 2: return dots_of<2, kAheadRows>(acc, ld_acc, x, ld_x, Wt, rows, k);
-            case 3: return dots_of<3, kAheadRows>(acc, ld_acc, x, ld_x, Wt, rows, k);
-            case 4: return dots_of<4, kAheadRows>(acc, ld_acc, x, ld_x, Wt, rows, k);
-            default:  // (the caller's cols are under 12; more would overrun the stash)
-                if (cols <= kChunkMaxCols)
-                    return dots_chunked(acc, ld_acc, x, ld_x, Wt, rows, k, cols);
-        }
+        if (cols <= 4) return dots_of_cols<kAheadRows>(cols, acc, ld_acc, x, ld_x, Wt, rows, k);
+        // (The caller's cols are under 12; more would overrun the stash.)
+        if (cols <= kChunkMaxCols) return dots_chunked(acc, ld_acc, x, ld_x, Wt, rows, k, cols);
     }
     const index_t block = cols > 4 && row_bytes >= kFourRowsBytes
                               ? std::max<index_t>(8, kPassBlockBytes / row_bytes / 8 * 8)
@@ -884,16 +889,8 @@ inline void row_dots_f(C* __restrict acc, index_t ld_acc, const S* __restrict x,
     for (index_t i0 = 0; i0 < rows; i0 += block) {
         const index_t m = std::min(block, rows - i0);
         const S* xb = x + i0 * ld_x;
-        for (index_t j = 0; j < cols; j += 4) {
-            C* a = acc + i0 * ld_acc + j;
-            const C* w = Wt + j * k;
-            switch (cols - j < 4 ? cols - j : 4) {
-                case 1: dots_of<1>(a, ld_acc, xb, ld_x, w, m, k); break;
-                case 2: dots_of<2>(a, ld_acc, xb, ld_x, w, m, k); break;
-                case 3: dots_of<3>(a, ld_acc, xb, ld_x, w, m, k); break;
-                default: dots_of<4>(a, ld_acc, xb, ld_x, w, m, k); break;
-            }
-        }
+        for (index_t j = 0; j < cols; j += 4)
+            dots_of_cols(cols - j, acc + i0 * ld_acc + j, ld_acc, xb, ld_x, Wt + j * k, m, k);
     }
 }
 

@@ -295,12 +295,13 @@ C* transposed(const MatrixView<T>& W, Scratch::Slot slot) {
 // An x of this many bytes or more streams from memory: row_dots then goes over x once,
 // fetching rows ahead, 5 to 11 outputs in one pass (dots_chunked) instead of one per group
 // of 4 (kernels_simd.hpp's AVX-512 and AVX2 copies; rows of 512 bytes and more), the same
-// bits either way. The threshold was set on 5-11 outputs, in-process A/B on Zen 4 (32 MB L3), forward, over the GEMM path, passes -> one pass, 5-11
-// outputs: 32 MB (float32 8192 x 1024, 32768 x 256; float64 4096 x 1024) 0.82-1.55 ->
-// 0.36-1.36 on one and two threads; 24 MB (float64 12288 x 256) 0.98-1.34 -> 0.58-1.27 on
-// two; 16 MB and less mixed or slower (float32 4096 x 1024 on two threads 0.73-1.09 ->
-// 0.84-1.20; float64 1024 x 1024 0.88-1.34 -> 0.89-1.38). With AVX2 forced (OpenBLAS on
-// Haswell kernels) 32 MB 0.54-0.97 -> 0.32-0.68, but 1024 x 64 0.51-1.02 -> 0.79-1.22.
+// bits either way. The threshold was set on 5-11 outputs (in-process A/B on Zen 4, 32 MB
+// L3, forward over the GEMM path, group by group -> one pass): 32 MB (float32 8192 x 1024,
+// 32768 x 256; float64 4096 x 1024) 0.82-1.55 -> 0.36-1.36 on one and two threads; 24 MB
+// (float64 12288 x 256) 0.98-1.34 -> 0.58-1.27 on two; 16 MB and less mixed or slower
+// (float32 4096 x 1024 on two threads 0.73-1.09 -> 0.84-1.20; float64 1024 x 1024
+// 0.88-1.34 -> 0.89-1.38). With AVX2 forced (OpenBLAS on Haswell kernels) 32 MB 0.54-0.97
+// -> 0.32-0.68, but 1024 x 64 0.51-1.02 -> 0.79-1.22.
 constexpr index_t kStreamedBytes = index_t(24) << 20;
 
 // forward on row_dots (row_dots_path holds; n > 0, n_out > 0): out (n, n_out) = sigma(x . W +

@@ -952,22 +952,21 @@ def save_parameters(parameters: Sequence[Parameter], path: str | os.PathLike[str
     target = os.fspath(path)
     tmp = f"{target}.tmp-{os.getpid()}"
     try:
-        handle = open(tmp, "wb")
-    except OSError as exc:  # name the user's file, not the temporary one beside it
-        raise type(exc)(exc.errno, exc.strerror, target) from exc
-    try:
         # The .npz layout (a zip of one NAME.npy per array, stored), written entry by entry
         # rather than through np.savez's keyword arguments: a parameter named "file" or
         # "allow_pickle" was taken for savez's own argument (a review found the second
         # left out of the file, with no error).
-        with handle as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
+        with open(tmp, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
             for p in parameters:
                 with archive.open(f"{p.name}.npy", "w", force_zip64=True) as entry:
                     np.lib.format.write_array(entry, p.value, allow_pickle=False)
-        try:
-            os.replace(tmp, target)
-        except OSError as exc:  # a folder at path, say: named as above, no temporary name
-            raise type(exc)(exc.errno, exc.strerror, target) from exc
+        os.replace(tmp, target)
+    except OSError as exc:
+        if exc.filename != tmp:
+            raise
+        # Opening or renaming the temporary file failed (no folder, a folder at path):
+        # the error names the user's file, not the temporary one beside it.
+        raise type(exc)(exc.errno, exc.strerror, target) from exc
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
