@@ -56,28 +56,14 @@ run_suite() {
 # three full runs), and at the exit of a Python process a test started, which fails that
 # test with the tracer's message (once on 2026-12-03; on 2026-12-04 twice in a row in
 # test_first_calls_from_many_threads_at_once_do_not_deadlock, whose child has 8 threads).
-# tracer_crashed_ids: the ids of the failed tests whose failure carries the tracer's
-# message. pytest's short summary gives each failure a "FAILED <id> - <message>" line whose
-# message may go on over further lines (a child's usage text first, the tracer's line
-# after it), so a failure's text runs up to the next FAILED/ERROR line or the final count.
-# Ids may hold spaces ("test_x[--epochs 0]"): an id ends at the first " - ".
-# The summary shows only the line of the child's stderr that the test's assertion quoted: the
-# tracer's own line, or (2026-12-07, test_mkl_runtime, which quotes the child's last line)
-# one of the two HINT lines LeakSanitizer prints after it. All three mark the crash; a leak
-# report reads "ERROR: LeakSanitizer: detected memory leaks" instead, and fails at once.
-tracer_crash="Tracer caught signal|LeakSanitizer has encountered a fatal error|HINT: LeakSanitizer does not work under ptrace"
-tracer_crashed_ids() {
-    awk 'function flush() { if (id != "" && hit) print id; id = ""; hit = 0 }
-         /^(FAILED|ERROR) / { flush(); s = substr($0, index($0, " ") + 1); i = index(s, " - ")
-                              id = (i ? substr(s, 1, i - 1) : s); hit = ($0 ~ crash); next }
-         /^[0-9]+ (failed|passed)|^=+ / { flush(); next }
-         id != "" && $0 ~ crash { hit = 1 }
-         END { flush() }' crash="$tracer_crash" "$log"
-}
+# tracer_crash and tracer_crashed_ids LOG (which failed tests show that crash) are in
+# .ci/tracer_crash.sh.
+# shellcheck source=.ci/tracer_crash.sh
+source "$root/.ci/tracer_crash.sh"
 tracer_crash_only() {
     local failures tracer_failures
     failures=$(grep -cE "^(FAILED|ERROR) " "$log" || true)
-    tracer_failures=$(tracer_crashed_ids | wc -l)
+    tracer_failures=$(tracer_crashed_ids "$log" | wc -l)
     [[ $status -ne 0 ]] && grep -qE "$tracer_crash" "$log" \
         && grep -qE "[0-9]+ (passed|failed)" "$log" && [[ $failures -eq $tracer_failures ]] \
         && ! grep -qE "ERROR: (Address|Leak)Sanitizer|runtime error:|SUMMARY: " "$log"
@@ -87,7 +73,7 @@ run_suite "$root/tests"
 # the whole suite once more where pytest's own exit crashed. Anything else fails at once.
 for attempt in 1 2 3; do
     tracer_crash_only || break
-    mapfile -t crashed < <(tracer_crashed_ids)
+    mapfile -t crashed < <(tracer_crashed_ids "$log")
     if [[ ${#crashed[@]} -eq 0 ]]; then
         [[ $attempt -eq 1 ]] || break
         echo "sanitize.sh: LeakSanitizer's tracer crashed at pytest's exit, no report; the suite once more" >&2
