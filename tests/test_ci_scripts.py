@@ -6,6 +6,7 @@ tracer's HINT line, which the script did not know)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,12 +29,20 @@ FATAL = "==10033==LeakSanitizer has encountered a fatal error."
 def crashed_ids(log: str, tmp_path: Path) -> list[str]:
     path = tmp_path / "pytest.log"
     path.write_text(log)
+    # bash and awk without the sanitizer runtime .ci/sanitize.sh preloads into every child
+    # (their own allocations are not ours to leak-check).
+    plain = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "LSAN_OPTIONS")
+    }
     done = subprocess.run(
         ["bash", "-c", 'source "$1" && tracer_crashed_ids "$2"', "-", str(SCRIPT), str(path)],
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
+        env=plain,
     )
     return done.stdout.splitlines()
 
