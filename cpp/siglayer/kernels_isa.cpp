@@ -1,5 +1,7 @@
 // Compiled once per instruction set; SIGLAYER_ISA names the copy (see CMakeLists.txt).
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #if defined(__SSE__)
 #include <xmmintrin.h>
@@ -77,16 +79,18 @@ static void bias_sigmoid_grouped(T* out, index_t ld, C* acc, index_t ld_acc, con
     }
     const index_t group = kGroupSpan / cols;  // rows per long row
     C bias[kGroupSpan];
-    // A counter, not i % cols: a division per entry took a tenth of the forward's cycles at
-    // 2048 x 64 x 4 (perf, Zen 4; the tile is built per panel of rows), and a loop over the
-    // rows with one over b inside became a memcpy call per row (float64, one output: 1.2-1.3x
-    // the division's time). A/B on Zen 4, forward, n_in 64-128, 1-10 outputs, one and two
-    // threads, medians of 15 interleaved rounds, bits equal: 0.79-0.99 of the time with the
-    // division (0.79-0.91 with 1-2 outputs).
-    for (index_t i = 0, j = 0; i < group * cols; ++i) {
-        bias[i] = b[j];
-        if (++j == cols) j = 0;
-    }
+    // b once, then the pattern doubled by copies (log2(group) memcpy calls); the tile is
+    // built per panel of rows. A division per entry (i % cols) had taken a tenth of the
+    // forward's cycles at 2048 x 64 x 4 (perf, Zen 4), a memcpy call per row 1.2-1.3x that
+    // (float64, one output), and a counter entry by entry (256 scalar steps a panel with one
+    // output) a quarter of them at 8192 x 16 x 1. Doubled over counted (Zen 4, forward, two
+    // builds in alternate processes, three each, medians of 15 rounds, bits equal): one
+    // output at n_in 16-64 0.72-0.95 of the time (float32, float64, bfloat16; one and two
+    // threads), two outputs 0.65-0.99, four and more 0.94-1.01.
+    std::memcpy(bias, b, static_cast<std::size_t>(cols) * sizeof(C));
+    for (index_t filled = cols; filled < group * cols; filled *= 2)
+        std::memcpy(bias + filled, bias,
+                    static_cast<std::size_t>(std::min(filled, group * cols - filled)) * sizeof(C));
     for (index_t r = 0; r < rows; r += group) {
         const index_t span = (rows - r < group ? rows - r : group) * cols;
         sweep(out + r * cols, span, acc + r * cols, span, bias, 1, span);
