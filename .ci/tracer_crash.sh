@@ -8,10 +8,12 @@
 # FAILED/ERROR line or the final count. Ids may hold spaces ("test_x[--epochs 0]"): an id
 # ends at the first " - ". The summary shows only the line of the child's stderr that the
 # test's assertion quoted: the tracer's own line, or (2026-12-07, test_mkl_runtime, which
-# quotes the child's last line) one of the two HINT lines LeakSanitizer prints after it.
-# All three mark the crash (tracer_crash); a leak report reads "ERROR: LeakSanitizer:
-# detected memory leaks" instead, and sanitize.sh fails on it at once.
+# quoted the child's last line) one of the three LeakSanitizer prints after it (its fatal
+# error, then two HINT lines). Any of the four marks the crash (tracer_crash); a leak
+# report reads "ERROR: LeakSanitizer: detected memory leaks" instead, and sanitize.sh
+# fails on it at once.
 tracer_crash="Tracer caught signal|LeakSanitizer has encountered a fatal error"
+tracer_crash+="|HINT: For debugging, try setting environment variable LSAN_OPTIONS"
 tracer_crash+="|HINT: LeakSanitizer does not work under ptrace"
 tracer_crashed_ids() {
     awk 'function flush() { if (id != "" && hit) print id; id = ""; hit = 0 }

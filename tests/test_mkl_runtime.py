@@ -164,7 +164,7 @@ def test_a_library_that_cannot_serve_is_a_clear_error(library: str, message: str
     done = run("import siglayer", SIGLAYER_BF16_GEMM="blas", SIGLAYER_MKL_RT=library)
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("ValueError: SIGLAYER_BF16_GEMM='blas': " + message), last
+    assert last.startswith("ValueError: SIGLAYER_BF16_GEMM='blas': " + message), done.stderr
     # auto on a CPU without bfloat16 instructions never opens it: the import works.
     if not _core.config()["cpu_bf16"]:
         done = run("import siglayer", SIGLAYER_MKL_RT=library)

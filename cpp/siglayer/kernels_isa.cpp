@@ -79,14 +79,15 @@ static void bias_sigmoid_grouped(T* out, index_t ld, C* acc, index_t ld_acc, con
     }
     const index_t group = kGroupSpan / cols;  // rows per long row
     C bias[kGroupSpan];
-    // b once, then the pattern doubled by copies (log2(group) memcpy calls); the tile is
+    // b once, then the pattern doubled by copies (about log2(group) memcpy calls); the tile is
     // built per panel of rows. A division per entry (i % cols) had taken a tenth of the
     // forward's cycles at 2048 x 64 x 4 (perf, Zen 4), a memcpy call per row 1.2-1.3x that
     // (float64, one output), and a counter entry by entry (256 scalar steps a panel with one
     // output) a quarter of them at 8192 x 16 x 1. Doubled over counted (Zen 4, forward, two
     // builds in alternate processes, three each, medians of 15 rounds, bits equal): one
     // output at n_in 16-64 0.72-0.95 of the time (float32, float64, bfloat16; one and two
-    // threads), two outputs 0.65-0.99, four and more 0.94-1.01.
+    // threads), two outputs 0.89-0.99, four and more 0.94-1.01 (float32 on two threads
+    // aside: its times jumped between two levels in both builds).
     std::memcpy(bias, b, static_cast<std::size_t>(cols) * sizeof(C));
     for (index_t filled = cols; filled < group * cols; filled *= 2)
         std::memcpy(bias + filled, bias,
