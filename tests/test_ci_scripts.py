@@ -6,12 +6,13 @@ tracer's HINT line, which the script did not know)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+import processes
 
 ROOT = Path(__file__).resolve().parents[1]  # the source checkout
 SCRIPT = ROOT / ".ci" / "tracer_crash.sh"
@@ -37,20 +38,13 @@ LEAK_REPORT = "==7==" + "ERROR: " + "LeakSanitizer: detected memory leaks"
 def crashed_ids(log: str, tmp_path: Path) -> list[str]:
     path = tmp_path / "pytest.log"
     path.write_text(log)
-    # bash and awk without the sanitizer runtime .ci/sanitize.sh preloads into every child
-    # (their own allocations are not ours to leak-check).
-    plain = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "LSAN_OPTIONS")
-    }
     done = subprocess.run(
         ["bash", "-c", 'source "$1" && tracer_crashed_ids "$2"', "-", str(SCRIPT), str(path)],
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
-        env=plain,
+        env=processes.without_sanitizers(),
     )
     return done.stdout.splitlines()
 

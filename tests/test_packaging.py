@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import processes
 import siglayer
 
 # The compiled part's folder (in an editable install, not the sources' python/siglayer).
@@ -51,18 +52,11 @@ def upstream_named_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = folder / "empty.c"
     source.write_text("int other_package_marker(void) { return 7; }\n")
     library = folder / "libscipy_openblas.so"
-    # The compiler without the sanitizer runtime .ci/sanitize.sh preloads into every child
-    # (gcc's own allocations are not ours to leak-check: LeakSanitizer aborted it there).
-    plain = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "LSAN_OPTIONS")
-    }
     subprocess.run(
         [compiler, "-shared", "-fPIC", "-Wl,-soname,libscipy_openblas.so", "-o", library, source],
         check=True,
         timeout=120,
-        env=plain,
+        env=processes.without_sanitizers(),
     )
     return library
 
