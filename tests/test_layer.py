@@ -216,7 +216,7 @@ FEW_OUTPUT_SHAPES = [*FEW_OUTPUT_BASE, (1031, 1102)]
 
 
 @pytest.mark.parametrize("layout", ["C", "strided", "Tview", "negative"])
-@pytest.mark.parametrize("n_out", [1, 2, 4, 5, 11, 12])
+@pytest.mark.parametrize("n_out", [1, 2, 4, 5, 11, 12, 64, 65])
 @pytest.mark.parametrize("isa", _core.config()["simd_available"].split(","))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_few_outputs_on_every_instruction_set_and_layout(
@@ -224,9 +224,10 @@ def test_few_outputs_on_every_instruction_set_and_layout(
 ):
     """Fewer than 12 outputs: forward and dW take row_dots and col_dots when x's rows are
     contiguous (the BLAS otherwise) and dx row_combos (layer_detail.hpp), in float32 and
-    float64; 12 outputs take the BLAS. Every way against the reference; and where the
-    kernels run, the same bits for one thread and two (each sum made by one thread, in an
-    order fixed by the sizes; docs/reliability.md, Determinism)."""
+    float64; 12 outputs take the BLAS but for dx, which row_combos makes up to 64 outputs;
+    65 take the BLAS. Every way against the reference; and where the kernels run, the same
+    bits for one thread and two (each sum made by one thread, in an order fixed by the
+    sizes; docs/reliability.md, Determinism)."""
     best = _core.config()["simd_available"].split(",")[0]
     for n, n_in in FEW_OUTPUT_SHAPES:
         x, W, b, dout = make_problem(rng, (n, n_in), n_out, dtype)
@@ -246,7 +247,12 @@ def test_few_outputs_on_every_instruction_set_and_layout(
         assert_within(out, reference.forward(x, W, b), forward_bound(x, W, b, out), "out")
         check_backward(dout, x, W, out, runs[0][1:])
         few = n_out < 12
-        same = {"db": True, "dx": few, "out": few and layout == "C", "dW": few and layout == "C"}
+        same = {
+            "db": True,
+            "dx": n_out <= 64,
+            "out": few and layout == "C",
+            "dW": few and layout == "C",
+        }
         for name, one, two in zip(("out", "dx", "dW", "db"), runs[0], runs[1], strict=True):
             if same.get(name, False):
                 np.testing.assert_array_equal(one, two, err_msg=f"{name}, {n}x{n_in}")
@@ -324,6 +330,59 @@ def test_few_outputs_a_rows_out_and_dx_do_not_depend_on_its_batch(dtype, isa, n_
                 np.testing.assert_array_equal(got, out[part], err_msg=f"out rows {lo}:{hi}")
                 got = siglayer.backward_from_preactivation(dZ[part], x[part], W)[0]
                 np.testing.assert_array_equal(got, dx[part], err_msg=f"dx rows {lo}:{hi}")
+
+
+# dx by row_combos up to 64 outputs (layer_detail.hpp, kComboOutputs), W^T's rows an odd
+# number of cache lines apart where n_in's would crowd a few L1 sets (row_combos_ld): 4 KB
+# apart (float32 1024, float64 512) past 6 outputs, 2 KB past 12, 1 KB past 24; (n, n_in,
+# n_out) with and without that padding, the last rows of each a partial group of four.
+COMBO_CASES = [
+    (70, 1024, 7),
+    (70, 1024, 11),
+    (69, 512, 12),
+    (67, 256, 24),
+    (67, 256, 25),
+    (70, 1000, 33),
+    (66, 2048, 64),
+    (70, 77, 64),
+]
+
+
+@pytest.mark.parametrize("n, n_in, n_out", COMBO_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("isa", _core.config()["simd_available"].split(","))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_dx_by_row_combos_rows_do_not_depend_on_batch_or_threads(
+    restore_threads, dtype, isa, n, n_in, n_out
+):
+    """dx with up to 64 outputs (row_combos, W^T padded where its rows would share L1
+    sets): within the float64 reference's bounds, from backward and from
+    backward_from_preactivation alike (the same dZ gives the same bits), for one thread and
+    two, and a row's dx the same bits alone or in any batch (docs/reliability.md,
+    Determinism); equal to the GEMM path's within the same bounds."""
+    rng = np.random.default_rng(n_in * 100 + n_out)
+    x, W, b, dout = make_problem(rng, (n, n_in), n_out, dtype)
+    with selected_isa(isa):
+        out = siglayer.forward(x, W, b)
+        dZ = (dout * out * (1 - out)).astype(dtype)  # as the core computes it, in the dtype
+        runs = []
+        for t in (1, 2):
+            siglayer.set_num_threads(t)
+            runs.append(siglayer.backward(dout, x, W, out)[0])
+            runs.append(siglayer.backward_from_preactivation(dZ, x, W)[0])
+        for got in runs[1:]:
+            np.testing.assert_array_equal(got, runs[0])
+        dx = runs[0]
+        for lo, hi in ((0, 1), (n - 1, n), (3, 9), (n - 6, n)):
+            alone = siglayer.backward_from_preactivation(dZ[lo:hi], x[lo:hi], W)[0]
+            np.testing.assert_array_equal(alone, dx[lo:hi], err_msg=f"rows {lo}:{hi}")
+        try:
+            _core.select_few_outputs("gemm")
+            by_gemm = siglayer.backward_from_preactivation(dZ, x, W)[0]
+        finally:
+            _core.select_few_outputs("kernels")
+    bound = gradient_bounds(dZ, x, W)[0]
+    assert_within(dx, reference.backward_from_preactivation(dZ, x, W)[0], bound, "dx")
+    assert_within(by_gemm, reference.backward_from_preactivation(dZ, x, W)[0], bound, "dx, gemm")
 
 
 # A batch of 24 MiB or more (layer_detail.hpp's kStreamedBytes) with rows of 512 bytes and

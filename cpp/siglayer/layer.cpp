@@ -26,13 +26,14 @@ namespace {
 // dx.data is set, both cut into tiles that the team takes one at a time (partition.hpp).
 // dZ is (n, n_out) and complete; x is (n, n_in), W is (n_in, n_out). The batch index i is
 // what dW sums over: dW[k, l] = sum_i x[i, k] dZ[i, l], which is why x^T stands on the left.
-// With Wt (W^T, n_out x n_in, for a layer with few outputs and a row-major dZ) dx is
-// row_combos' instead of the BLAS's; with few outputs and x and dZ row-major, dW is
-// col_dots'. small_gemm: blas::small_gemm_multiply_adds(), read once by the caller.
+// With Wt (W^T, n_out x n_in, row stride ld_Wt, for a layer with up to kComboOutputs
+// outputs and a row-major dZ) dx is row_combos' instead of the BLAS's; with few outputs and
+// x and dZ row-major, dW is col_dots'. small_gemm: blas::small_gemm_multiply_adds(), read
+// once by the caller.
 template <class T>
 void gradient_products(OutMatrix<T> dx, OutMatrix<T> dW, const BlasOperand<T>& xo,
                        const BlasOperand<T>& Wo, const BlasOperand<T>& dZo, const T* Wt, index_t n,
-                       index_t n_in, index_t n_out, double small_gemm) {
+                       index_t n_in, index_t n_out, double small_gemm, index_t ld_Wt) {
     if (n_in == 0 || n_out == 0 || n == 0) return;
     const BlasOperand<T> xT{xo.data, flip(xo.op), xo.ld};
     const BlasOperand<T> WT{Wo.data, flip(Wo.op), Wo.ld};
@@ -41,7 +42,7 @@ void gradient_products(OutMatrix<T> dx, OutMatrix<T> dW, const BlasOperand<T>& x
     const Tiling dx_tiles = dx.data ? Tiling(n, n_in, team) : Tiling();
     // Few outputs, x and dZ row-major: dW by col_dots.
     const bool dW_col_dots =
-        row_combos_path(n_in, n_out) && xo.op == blas::Op::N && dZo.op == blas::Op::N;
+        few_outputs_path(n_in, n_out) && xo.op == blas::Op::N && dZo.op == blas::Op::N;
     // dW's sum over the batch in panels of rows (gemm_panel_rows), added panel by panel,
     // when x and dZ are both row-major (for OpenBLAS, column-major, that is dZ^T . x with
     // B transposed, whose small-matrix kernels take up to the bound with no further
@@ -66,7 +67,7 @@ void gradient_products(OutMatrix<T> dx, OutMatrix<T> dW, const BlasOperand<T>& x
                               dW.data + t.i0 * n_out + t.j0, n_out);
         else if (Wt)
             kernels::active<T>().row_combos(dx.data + t.i0 * n_in + t.j0, n_in,
-                                            dZo.data + t.i0 * dZo.ld, dZo.ld, Wt + t.j0, n_in,
+                                            dZo.data + t.i0 * dZo.ld, dZo.ld, Wt + t.j0, ld_Wt,
                                             t.rows(), n_out, t.cols());
         else
             blas::gemm<T>(dZo.op, WT.op, t.rows(), t.cols(), n_out, T(1), row_offset(dZo, t.i0),
@@ -171,8 +172,9 @@ void backward(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db, Mat
     BlasOperand<T> xo{}, Wo{};
     if (n_in > 0 && dW.data) xo = blas_operand(x, Scratch::x_packed);
     const T* Wt = nullptr;
+    const index_t ld_Wt = row_combos_ld<T>(n_in, n_out);
     if (dx.data && row_combos_path(n_in, n_out))
-        Wt = transposed(W, Scratch::W_widened);
+        Wt = transposed(W, Scratch::W_widened, ld_Wt);
     else if (n_in > 0 && dx.data)
         Wo = blas_operand(W, Scratch::W_packed);
     const auto& kernel = kernels::active<T>();
@@ -198,7 +200,7 @@ void backward(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db, Mat
                     if (!dx.data || n_in == 0) return;
                     T* dx_rows = dx.data + r.i0 * n_in;
                     if (Wt)
-                        kernel.row_combos(dx_rows, n_in, dZ + r.i0 * n_out, n_out, Wt, n_in,
+                        kernel.row_combos(dx_rows, n_in, dZ + r.i0 * n_out, n_out, Wt, ld_Wt,
                                           r.rows(), n_out, n_in);
                     else
                         blas::gemm<T>(blas::Op::N, flip(Wo.op), r.rows(), n_in, n_out, T(1),
@@ -208,7 +210,7 @@ void backward(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db, Mat
                 [&] {
                     gradient_products(OutMatrix<T>{}, dW, xo, Wo,
                                       BlasOperand<T>{dZ, blas::Op::N, n_out}, Wt, n, n_in, n_out,
-                                      small_gemm);
+                                      small_gemm, ld_Wt);
                 });
             return;
         }
@@ -224,7 +226,7 @@ void backward(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db, Mat
         // Phase 2: the products need all of dZ.
         threads::team_barrier();
         gradient_products(dx, dW, xo, Wo, BlasOperand<T>{dZ, blas::Op::N, n_out}, Wt, n, n_in,
-                          n_out, small_gemm);
+                          n_out, small_gemm, ld_Wt);
     });
 }
 
@@ -244,13 +246,14 @@ void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, co
         return;
 
     // C- or F-ordered dZ goes to BLAS and to the column sums as it is; other layouts are
-    // packed once (the dZ slot is free: no sweep writes a dZ here). With few outputs dZ is
-    // made row-major (packed from any other layout: n x n_out values, a fraction of x),
-    // which row_combos and col_dots read, so that dx and dW are the same bits for any
-    // thread count whatever dZ's layout (a review found an F-ordered dZ sent dW to the
-    // BLAS, whose tiles follow the thread count).
+    // packed once (the dZ slot is free: no sweep writes a dZ here). With few outputs, or
+    // dx by row_combos, dZ is made row-major (packed from any other layout: n x n_out
+    // values, a fraction of x), which row_combos and col_dots read, so that dx (and with
+    // few outputs dW) are the same bits for any thread count whatever dZ's layout (a review
+    // found an F-ordered dZ sent dW to the BLAS, whose tiles follow the thread count).
+    const bool combos = dx.data && row_combos_path(n_in, n_out);
     BlasOperand<T> dZo{};
-    if (row_combos_path(n_in, n_out)) {
+    if (few_outputs_path(n_in, n_out) || combos) {
         index_t ld = 0;
         const T* rows = row_major(dZ, Scratch::dZ, ld);
         // BLAS may read it too (dW of an F-ordered x): a row stride beyond the BLAS
@@ -266,8 +269,9 @@ void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, co
     BlasOperand<T> xo{}, Wo{};
     if (n_in > 0 && dW.data) xo = blas_operand(x, Scratch::x_packed);
     const T* Wt = nullptr;
-    if (dx.data && dZo.op == blas::Op::N && row_combos_path(n_in, n_out))
-        Wt = transposed(W, Scratch::W_widened);
+    const index_t ld_Wt = row_combos_ld<T>(n_in, n_out);
+    if (combos)  // dZo is row-major (above)
+        Wt = transposed(W, Scratch::W_widened, ld_Wt);
     else if (n_in > 0 && dx.data)
         Wo = blas_operand(W, Scratch::W_packed);
     const double small_gemm = blas::small_gemm_multiply_adds();  // once: one rule per call
@@ -277,7 +281,7 @@ void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, co
         const Tiling columns(1, n_out, threads::team_threads());
         for_each_tile({&columns},
                       [&](const Tiling&, const Block& c) { column_sums(db, dZo, n, c.j0, c.j1); });
-        gradient_products(dx, dW, xo, Wo, dZo, Wt, n, n_in, n_out, small_gemm);
+        gradient_products(dx, dW, xo, Wo, dZo, Wt, n, n_in, n_out, small_gemm, ld_Wt);
     });
 }
 

@@ -275,20 +275,61 @@ bool row_dots_path(const MatrixView<T>& x, index_t n_out) {
            few_output_kernels();
 }
 
-// Whether dx takes row_combos (dZ and W^T in the compute type, dx written row by row).
-inline bool row_combos_path(index_t n_in, index_t n_out) {
+// Whether dW takes col_dots and, in bfloat16, dx row_combos: few outputs.
+inline bool few_outputs_path(index_t n_in, index_t n_out) {
     return n_out < kNarrowOutputs && n_in > 0 && few_output_kernels();
 }
 
-// W^T (n_out x n_in) in the compute type, C-contiguous, in this thread's scratch slot: the
-// operand of row_dots and row_combos (a few times n_in values).
+// float and double dx = dZ . W^T by row_combos (dZ and W^T in the compute type, dx written
+// row by row, each sum over the outputs in order) up to this many outputs, past the few
+// outputs of the other products: with a few dozen terms per sum OpenBLAS's packed kernels
+// copy dZ and W^T for about as many multiply-adds (for it, column-major, dx is A
+// transposed, which its small-matrix kernels take only with M * N <= 1200). A/B on Zen 4
+// (OpenBLAS 0.3.34 on its SkylakeX kernels, _core.select_few_outputs in one process,
+// backward, medians of 9 interleaved rounds; W^T's stride by row_combos_ld): 12-64
+// outputs, 64-8192 rows, n_in 64-2048, 0.69-1.02 of the GEMM path's time on one and two
+// threads (N = 8192 x 256 x 64: float32 1.00, float64 0.79-0.87; 2048 x 1024 x 16
+// float32 0.69-0.77), the same bits as OpenBLAS's there; at 96-128 outputs still 0.88-1.00
+// with n_in 256-1024, but 64 x 256 x 128 1.08-1.15 (W^T's copy) and 256 x 512 x 512, 1024^3
+// 1.10-1.23. bfloat16 keeps its own GEMM from 12 outputs (layer_bf16.cpp).
+constexpr index_t kComboOutputs = 64;
+
+inline bool row_combos_path(index_t n_in, index_t n_out) {
+    return n_out <= kComboOutputs && n_in > 0 && few_output_kernels();
+}
+
+// The row stride of row_combos' W^T (n_out x n_in): n_in, or more where rows n_in apart
+// would fall into so few sets of L1 (64 sets of 64-byte lines, 8 ways on Zen 3 and 4,
+// 12 on Sapphire Rapids) that one vector's n_out loads, one per row, evict each other:
+// with rows a multiple of 4 KB apart all of them share one set; 2 KB, two; 1 KB, four.
+// Then rows go an odd number of cache lines apart (all sets). Measured (in-process A/B,
+// Zen 4, backward without dW, 25 rounds): float32 1024 x 1024 x 11 0.44-0.45 of the time
+// with rows 4 KB apart, float64 4096 x 1024 x 8 and 8192 x 512 x 11 0.69-0.98; at 64
+// outputs, over the GEMM path, 1024 x 1024 x 64 and 4096 x 512 x 64 went from 1.31-1.44 to
+// 0.83-1.02. Only past 6 rows per set (3/4 of Zen's ways): padded always, 8192 x 512 x 11
+// float32 (rows 2 KB apart, two sets) took 1.10-1.14.
+template <class C>
+index_t row_combos_ld(index_t n_in, index_t n_out) {
+    const index_t bytes = n_in * static_cast<index_t>(sizeof(C));
+    const index_t low = bytes & -bytes;  // the largest power of two that divides it
+    const index_t sets = low >= 4096 ? 1 : 4096 / std::max<index_t>(low, 1);
+    if (low < 64 || n_out <= 6 * sets) return n_in;
+    constexpr index_t line = 64 / static_cast<index_t>(sizeof(C));
+    const index_t lines = (n_in + line - 1) / line;
+    return (lines % 2 == 0 ? lines + 1 : lines) * line;
+}
+
+// W^T (n_out x n_in, row stride ld >= n_in; n_in when 0) in the compute type, in this
+// thread's scratch slot: the operand of row_dots (C-contiguous) and row_combos (a few
+// times n_in values).
 template <class T, class C = compute_t<T>>
-C* transposed(const MatrixView<T>& W, Scratch::Slot slot) {
+C* transposed(const MatrixView<T>& W, Scratch::Slot slot, index_t ld = 0) {
     const index_t n_in = W.rows, n_out = W.cols;
-    C* Wt = Scratch::for_this_thread().get<C>(slot, static_cast<std::size_t>(n_in * n_out));
+    ld = std::max(ld, n_in);
+    C* Wt = Scratch::for_this_thread().get<C>(slot, static_cast<std::size_t>(ld * n_out));
     for (index_t j = 0; j < n_out; ++j)
         for (index_t p = 0; p < n_in; ++p)
-            Wt[j * n_in + p] = to_compute(W.data[p * W.row_stride + j * W.col_stride]);
+            Wt[j * ld + p] = to_compute(W.data[p * W.row_stride + j * W.col_stride]);
     return Wt;
 }
 
