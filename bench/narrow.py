@@ -3,9 +3,10 @@
 
 A layer with fewer than 12 outputs (a logistic-regression or multi-label head) takes
 row_dots for forward, col_dots for dW and row_combos for dx (cpp/siglayer/layer_detail.hpp)
-in every dtype, the BLAS from 12 on. This sweeps n_out across that cut at n x n_in (8192 x 256
-by default), forward and forward + backward (with dx), one process, contenders taking
-turns (siglayer._timing.interleaved_medians, medians of --rounds rounds):
+in every dtype, the BLAS from 12 on, but for float32 and float64 dx, which row_combos makes
+up to 64 outputs. This sweeps n_out across those cuts at n x n_in (8192 x 256 by default),
+forward and forward + backward (with dx), one process, contenders taking turns
+(siglayer._timing.interleaved_medians, medians of --rounds rounds):
 
 - ``f32``, ``bf16``: siglayer on float32, and on bfloat16 x, W and dout (float32 b);
 - ``f32/g``, ``bf16/g``: the same through the GEMM path every other layer takes
@@ -27,6 +28,7 @@ and the result, float32 sums).
     python bench/narrow.py --isa avx2             # another instruction set's kernels
     python bench/narrow.py --n 65536 --n-in 256   # x far past the caches
     python bench/narrow.py --float64              # float64 against NumPy and PyTorch
+    python bench/narrow.py --outputs 12,16,32,64,65 --n-in 1024   # dx's row_combos
 
 Prints one row per n_out and pass: the medians and the ratios of the kernels over the
 GEMM path, of bfloat16 over float32, and of siglayer over PyTorch (< 1: the first is
