@@ -614,6 +614,39 @@ def test_few_outputs_on_every_instruction_set_and_layout(isa, n_out, layout):
         siglayer.set_num_threads(before)
 
 
+@pytest.mark.parametrize("n_in, n_out", [(1024, 12), (512, 24), (77, 33), (2048, 64)])
+def test_convert_dx_by_row_combos_up_to_64_outputs(restore_threads, isa, n_in, n_out):
+    """On the convert path dx takes row_combos up to 64 outputs, as the float layer's
+    (W^T widened, its rows padded where they would crowd a few L1 sets: n_in 1024 and
+    2048), rounded once: within the oracle's bounds, the same bits for one thread and two,
+    and a row's bits alone or in a batch (backward and backward_from_preactivation from
+    the same dZ alike)."""
+    before = _core.config()["bf16_gemm"]
+    _core.select_bf16_gemm("convert")
+    try:
+        n = 70
+        x, W, b = inputs(n, n_in, n_out, seed=n_in + n_out)
+        dout = bf16(np.random.default_rng(n_out).standard_normal((n, n_out)))
+        out = siglayer.forward(x, W, b)
+        runs = []
+        for t in (1, 2):
+            siglayer.set_num_threads(t)
+            runs.append(siglayer.backward(dout, x, W, out)[0].view(np.uint16))
+        assert (runs[0] == runs[1]).all()
+        o = f64(out)
+        dZ_ref = f64(dout) * o * (1 - o)
+        dx_ref = reference.backward_from_preactivation(dZ_ref, f64(x), f64(W))[0]
+        b_dx = gradient_bounds(x, W, dZ_ref, dx_ref)[0]
+        assert_bounded(runs[0].view(BF16), dx_ref, b_dx, "dx")
+        dZ = np.asarray(dZ_ref, np.float32)
+        whole = siglayer.backward_from_preactivation(dZ.astype(BF16), x, W)[0].view(np.uint16)
+        for lo, hi in ((0, 1), (n - 1, n), (3, 9), (n - 6, n)):
+            got = siglayer.backward_from_preactivation(dZ[lo:hi].astype(BF16), x[lo:hi], W)[0]
+            assert (got.view(np.uint16) == whole[lo:hi]).all(), f"rows {lo}:{hi}"
+    finally:
+        _core.select_bf16_gemm(before)
+
+
 @pytest.mark.parametrize("n_out", [3, 600], ids=["few-outputs", "gemm"])
 def test_db_and_dx_same_bits_for_any_thread_count(gemm_path, n_out):
     """4 or 8 blocks of rows (the last short), cut between 1 to 4 threads: backward's

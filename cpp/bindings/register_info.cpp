@@ -102,9 +102,9 @@ void register_info(py::module_& m) {
             set_few_output_kernels(name == "kernels");
         },
         py::arg("name"),
-        "Layers with fewer than 12 outputs (every dtype), and float32/float64 dx with up "
-        "to 64 outputs: their own kernels ('kernels', the default) or the GEMM path of "
-        "every other layer ('gemm'); for tests and benchmarks.");
+        "Layers with fewer than 12 outputs (every dtype), and dx with up to 64 outputs "
+        "(bfloat16's on its convert path): their own kernels ('kernels', the default) or "
+        "the GEMM path of every other layer ('gemm'); for tests and benchmarks.");
     m.def(
         "set_small_gemm", [](double bound) { return blas::set_small_gemm_multiply_adds(bound); },
         py::arg("bound"),

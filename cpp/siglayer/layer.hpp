@@ -76,8 +76,8 @@ void sigmoid(T* y, const T* z, index_t count);
 // Whether layers with fewer than 12 outputs (every dtype) take their own kernels
 // (row_dots, row_combos, col_dots: layer_detail.hpp), the default, or the products every
 // other layer takes (the BLAS's GEMM, or for bfloat16 the float32 GEMM on widened copies),
-// and float and double dx with up to 64 outputs row_combos or the BLAS: a switch for the
-// tests and benchmarks, which compare the two in one process.
+// and dx with up to 64 outputs (bfloat16's on its convert path) row_combos or the BLAS: a
+// switch for the tests and benchmarks, which compare the two in one process.
 bool few_output_kernels();
 void set_few_output_kernels(bool on);
 

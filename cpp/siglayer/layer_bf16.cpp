@@ -125,8 +125,8 @@ struct GradientOperands {
     MatrixView<bf16> x{};
     float* W32 = nullptr;
     float* dZ32 = nullptr;
-    // convert with few outputs: W^T widened (n_out x n_in, row stride ld_Wt), for
-    // row_combos, in place of W32.
+    // convert with up to kComboOutputs outputs (layer_detail.hpp): W^T widened (n_out x
+    // n_in, row stride ld_Wt), for row_combos, in place of W32.
     const float* Wt = nullptr;
     index_t ld_Wt = 0;
     // convert: blas::small_gemm_multiply_adds(), read once per call (dW's float panels).
@@ -150,7 +150,7 @@ GradientOperands gradient_operands(const MatrixView<bf16>& x, const MatrixView<b
     g.x = x;
     g.small_gemm = blas::small_gemm_multiply_adds();
     g.dZ32 = scratch.get<float>(Scratch::dZ_widened, static_cast<std::size_t>(n * n_out));
-    if (need_dx && few_outputs_path(n_in, n_out)) {
+    if (need_dx && row_combos_path(n_in, n_out)) {
         g.ld_Wt = row_combos_ld<float>(n_in, n_out);
         g.Wt = transposed(W, Scratch::W_widened, g.ld_Wt);
     } else if (n_in > 0 && need_dx) {
@@ -166,7 +166,7 @@ void dx_tile(OutMatrix<bf16> dx, const GradientOperands& g, const Block& t, inde
     const bool native = g.native;
     const auto& kernel = kernels::active<bf16>();
     Scratch& scratch = Scratch::for_this_thread();
-    if (g.Wt) {  // few outputs: summed and rounded chunk by chunk, in L1
+    if (g.Wt) {  // up to 64 outputs: summed and rounded chunk by chunk, in L1
         kernel.row_combos(dx.data + t.i0 * n_in + t.j0, n_in, g.dZ32 + t.i0 * n_out, n_out,
                           g.Wt + t.j0, g.ld_Wt, t.rows(), n_out, t.cols());
         return;

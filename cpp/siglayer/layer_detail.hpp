@@ -280,7 +280,7 @@ inline bool few_outputs_path(index_t n_in, index_t n_out) {
     return n_out < kNarrowOutputs && n_in > 0 && few_output_kernels();
 }
 
-// float and double dx = dZ . W^T by row_combos (dZ and W^T in the compute type, dx written
+// dx = dZ . W^T by row_combos (dZ and W^T in the compute type, dx written
 // row by row, each sum over the outputs in order) up to this many outputs, past the few
 // outputs of the other products: with a few dozen terms per sum OpenBLAS's packed kernels
 // copy dZ and W^T for about as many multiply-adds (for it, column-major, dx is A
@@ -289,9 +289,13 @@ inline bool few_outputs_path(index_t n_in, index_t n_out) {
 // backward, medians of 9 interleaved rounds; W^T's stride by row_combos_ld): 12-64
 // outputs, 64-8192 rows, n_in 64-2048, 0.69-1.02 of the GEMM path's time on one and two
 // threads (N = 8192 x 256 x 64: float32 1.00, float64 0.79-0.87; 2048 x 1024 x 16
-// float32 0.69-0.77), the same bits as OpenBLAS's there; at 96-128 outputs still 0.88-1.00
+// float32 0.69-0.77), the same bits as OpenBLAS's there; AVX2 (forced, OpenBLAS on its
+// Haswell kernels) 0.74-1.06 (kernels_simd.hpp, combo2); at 96-128 outputs still 0.88-1.00
 // with n_in 256-1024, but 64 x 256 x 128 1.08-1.15 (W^T's copy) and 256 x 512 x 512, 1024^3
-// 1.10-1.23. bfloat16 keeps its own GEMM from 12 outputs (layer_bf16.cpp).
+// 1.10-1.23. bfloat16's convert path takes it too (the float GEMM on W widened, then a
+// rounding pass, before: 0.73-0.99 of that backward's time on AVX-512 and 0.91-1.05 on
+// AVX2 at 12-64 outputs, one thread); its bfloat16 GEMMs keep dx from 12 outputs, or 5
+// on siglayer's own (layer_bf16.cpp).
 constexpr index_t kComboOutputs = 64;
 
 inline bool row_combos_path(index_t n_in, index_t n_out) {
