@@ -51,6 +51,10 @@ struct Table {
     // for any split of dW's rows.
     void (*col_dots)(C* dW, index_t ld_dW, const T* x, index_t ld_x, const C* dZ, index_t ld_dZ,
                      index_t rows, index_t k, index_t cols);
+    // The most outputs for which dx takes row_combos rather than a GEMM (layer_detail.hpp,
+    // row_combos_path): 64 for the hand-vectorized copies, 11 for the portable loop, row by
+    // row, which lost to OpenBLAS from 12 (1.0-1.5x the backward's time).
+    index_t combo_outputs;
 };
 
 // The table in use (chosen once, at first use, from the CPU's features).

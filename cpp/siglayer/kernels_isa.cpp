@@ -234,9 +234,18 @@ static void col_dots_bf16(float* dW, index_t ld_dW, const bfloat16* x, index_t l
     SIGLAYER_SIGMOID_KERNELS::col_dots_f(dW, ld_dW, bits(x), ld_x, dZ, ld_dZ, rows, k, cols);
 }
 
+// Table::combo_outputs: row_combos' dx up to 64 outputs by hand, the portable loop's up
+// to 11 (layer_detail.hpp, row_combos_path).
+#if defined(__AVX2__) && defined(__FMA__)
+constexpr index_t kComboOutputs = 64;
+#else
+constexpr index_t kComboOutputs = 11;
+#endif
+
 // Constant-initialized: the loader fills in the addresses, no code of this instruction set
 // runs to build a table (building one in code let the compiler use AVX-512 stores in the
 // AVX-512 copy, on every CPU).
+
 template <class T>
 constexpr Table<T> make_table() {
     if constexpr (std::is_same_v<T, bfloat16>)
@@ -244,15 +253,15 @@ constexpr Table<T> make_table() {
                         &dz_colsum_bf16, &dz_colsum_bf16_as_float,
                         &widen_bf16,     &narrow_bf16,
                         &row_dots_bf16,  &row_combos_bf16,
-                        &col_dots_bf16};
+                        &col_dots_bf16,  kComboOutputs};
     else if constexpr (std::is_same_v<T, float>)
         return Table<T>{
             &sigmoid<T>, &bias_sigmoid_rows<T>, &dz_colsum<T>,   &dz_colsum<T>, &copy<T>,
-            &copy<T>,    &row_dots_f32,         &row_combos_f32, &col_dots_f32};
+            &copy<T>,    &row_dots_f32,         &row_combos_f32, &col_dots_f32, kComboOutputs};
     else
         return Table<T>{
             &sigmoid<T>, &bias_sigmoid_rows<T>, &dz_colsum<T>,   &dz_colsum<T>, &copy<T>,
-            &copy<T>,    &row_dots_f64,         &row_combos_f64, &col_dots_f64};
+            &copy<T>,    &row_dots_f64,         &row_combos_f64, &col_dots_f64, kComboOutputs};
 }
 
 template <class T>

@@ -933,13 +933,13 @@ inline void combo(C* out, index_t ld_out, const C* dZ, index_t ld_dZ, const C* w
 // one vector takes 1 and R per R). The same sums in the same order: the same bits. For
 // 32-byte vectors (AVX2), so that a step takes a cache line of each row of Wt, as one
 // AVX-512 vector does. A/B of two builds (alternate processes, three each, dx alone, one
-// thread, 3-64 outputs, 1024-8192 rows, n_in 256-1024): AVX2 (OpenBLAS on its Haswell
-// kernels) 0.63-0.90 of the time with one vector; AVX-512 (Zen 4, whose 512-bit
+// thread, 3-64 outputs, 1024-8192 rows, n_in 256-1024; Zen 4, AVX2 forced): AVX2 (OpenBLAS
+// on its Haswell kernels) 0.62-0.82 of the time with one vector; AVX-512 (Zen 4, whose 512-bit
 // instructions run as two 256-bit halves) 1.00-1.07, and 1.07-2.0 where GCC did not
 // inline this function (its sums went through the stack at every call).
 template <int R, int K, class C>
-[[gnu::always_inline]] inline void combo2(C* out, index_t ld_out, const C* dZ, index_t ld_dZ, const C* w,
-                   index_t ld_Wt, index_t k_runtime) {
+[[gnu::always_inline]] inline void combo2(C* out, index_t ld_out, const C* dZ, index_t ld_dZ,
+                                          const C* w, index_t ld_Wt, index_t k_runtime) {
     using D = DotOps<C>;
     constexpr index_t L = D::lanes;
     const index_t k = K > 0 ? K : k_runtime;

@@ -26,10 +26,10 @@ namespace {
 // dx.data is set, both cut into tiles that the team takes one at a time (partition.hpp).
 // dZ is (n, n_out) and complete; x is (n, n_in), W is (n_in, n_out). The batch index i is
 // what dW sums over: dW[k, l] = sum_i x[i, k] dZ[i, l], which is why x^T stands on the left.
-// With Wt (W^T, n_out x n_in, row stride ld_Wt, for a layer with up to kComboOutputs
-// outputs and a row-major dZ) dx is row_combos' instead of the BLAS's; with few outputs and
-// x and dZ row-major, dW is col_dots'. small_gemm: blas::small_gemm_multiply_adds(), read
-// once by the caller.
+// With Wt (W^T, n_out x n_in, row stride ld_Wt, for a layer with up to 64 outputs,
+// row_combos_path, and a row-major dZ) dx is row_combos' instead of the BLAS's; with few
+// outputs and x and dZ row-major, dW is col_dots'. small_gemm:
+// blas::small_gemm_multiply_adds(), read once by the caller.
 template <class T>
 void gradient_products(OutMatrix<T> dx, OutMatrix<T> dW, const BlasOperand<T>& xo,
                        const BlasOperand<T>& Wo, const BlasOperand<T>& dZo, const T* Wt, index_t n,
@@ -173,7 +173,7 @@ void backward(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db, Mat
     if (n_in > 0 && dW.data) xo = blas_operand(x, Scratch::x_packed);
     const T* Wt = nullptr;
     const index_t ld_Wt = row_combos_ld<T>(n_in, n_out);
-    if (dx.data && row_combos_path(n_in, n_out))
+    if (dx.data && row_combos_path<T>(n_in, n_out))
         Wt = transposed(W, Scratch::W_widened, ld_Wt);
     else if (n_in > 0 && dx.data)
         Wo = blas_operand(W, Scratch::W_packed);
@@ -251,7 +251,7 @@ void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, co
     // values, a fraction of x), which row_combos and col_dots read, so that dx (and with
     // few outputs dW) are the same bits for any thread count whatever dZ's layout (a review
     // found an F-ordered dZ sent dW to the BLAS, whose tiles follow the thread count).
-    const bool combos = dx.data && row_combos_path(n_in, n_out);
+    const bool combos = dx.data && row_combos_path<T>(n_in, n_out);
     BlasOperand<T> dZo{};
     if (few_outputs_path(n_in, n_out) || combos) {
         index_t ld = 0;

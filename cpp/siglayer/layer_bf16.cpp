@@ -125,8 +125,8 @@ struct GradientOperands {
     MatrixView<bf16> x{};
     float* W32 = nullptr;
     float* dZ32 = nullptr;
-    // convert with up to kComboOutputs outputs (layer_detail.hpp): W^T widened (n_out x
-    // n_in, row stride ld_Wt), for row_combos, in place of W32.
+    // convert with up to 64 outputs (row_combos_path, layer_detail.hpp): W^T widened
+    // (n_out x n_in, row stride ld_Wt), for row_combos, in place of W32.
     const float* Wt = nullptr;
     index_t ld_Wt = 0;
     // convert: blas::small_gemm_multiply_adds(), read once per call (dW's float panels).
@@ -150,7 +150,7 @@ GradientOperands gradient_operands(const MatrixView<bf16>& x, const MatrixView<b
     g.x = x;
     g.small_gemm = blas::small_gemm_multiply_adds();
     g.dZ32 = scratch.get<float>(Scratch::dZ_widened, static_cast<std::size_t>(n * n_out));
-    if (need_dx && row_combos_path(n_in, n_out)) {
+    if (need_dx && row_combos_path<bf16>(n_in, n_out)) {
         g.ld_Wt = row_combos_ld<float>(n_in, n_out);
         g.Wt = transposed(W, Scratch::W_widened, g.ld_Wt);
     } else if (n_in > 0 && need_dx) {
@@ -446,7 +446,7 @@ void backward<bf16>(OutMatrix<bf16> dx, OutMatrix<float> dW, float* db, MatrixVi
     const auto& kernel = kernels::active<bf16>();
     const int threads = threads_for_gemm(n, n_out, std::max<index_t>(n_in, 1));
     // Rows cut between the threads as layer.cpp's backward cuts them (rows_for_threads),
-    // but where dx needs W widened for the team first (convert without few outputs), and
+    // but where dx needs W widened for the team first (convert past 64 outputs), and
     // where x is wider than the batch: dx's tiles would be whole rows where the column split
     // cuts their columns, and each thread's scratch for them (W packed, the float panel)
     // twice the size (a review, helper-84: 254 MiB kept against 133 with MKL at 512 x

@@ -280,11 +280,12 @@ inline bool few_outputs_path(index_t n_in, index_t n_out) {
     return n_out < kNarrowOutputs && n_in > 0 && few_output_kernels();
 }
 
-// dx = dZ . W^T by row_combos (dZ and W^T in the compute type, dx written
-// row by row, each sum over the outputs in order) up to this many outputs, past the few
-// outputs of the other products: with a few dozen terms per sum OpenBLAS's packed kernels
-// copy dZ and W^T for about as many multiply-adds (for it, column-major, dx is A
-// transposed, which its small-matrix kernels take only with M * N <= 1200). A/B on Zen 4
+// dx = dZ . W^T by row_combos (dZ and W^T in the compute type, dx written row by row, each
+// sum over the outputs in order) up to 64 outputs (kernels::Table::combo_outputs, for the
+// AVX2 and AVX-512 copies), past the few outputs of the other products: with a few dozen
+// terms per sum OpenBLAS's packed kernels copy dZ and W^T for about as many multiply-adds
+// (for it, column-major, dx is A transposed, which its small-matrix kernels take only with
+// M * N <= 1200). A/B on Zen 4
 // (OpenBLAS 0.3.34 on its SkylakeX kernels, _core.select_few_outputs in one process,
 // backward, medians of 9 interleaved rounds; W^T's stride by row_combos_ld): 12-64
 // outputs, 64-8192 rows, n_in 64-2048, 0.69-1.02 of the GEMM path's time on one and two
@@ -294,12 +295,14 @@ inline bool few_outputs_path(index_t n_in, index_t n_out) {
 // with n_in 256-1024, but 64 x 256 x 128 1.08-1.15 (W^T's copy) and 256 x 512 x 512, 1024^3
 // 1.10-1.23. bfloat16's convert path takes it too (the float GEMM on W widened, then a
 // rounding pass, before: 0.73-0.99 of that backward's time on AVX-512 and 0.91-1.05 on
-// AVX2 at 12-64 outputs, one thread); its bfloat16 GEMMs keep dx from 12 outputs, or 5
-// on siglayer's own (layer_bf16.cpp).
-constexpr index_t kComboOutputs = 64;
-
-inline bool row_combos_path(index_t n_in, index_t n_out) {
-    return n_out <= kComboOutputs && n_in > 0 && few_output_kernels();
+// AVX2 at 12-64 outputs on one thread, 0.63-0.93 and 0.87-1.01 on two); its bfloat16
+// GEMMs keep dx from 12 outputs, or 5
+// on siglayer's own (layer_bf16.cpp). The portable loop (no AVX2) leaves dx from 12
+// outputs to the BLAS (forced on Zen 4, with OpenBLAS on its Nehalem kernels, it took
+// 0.99-1.48x the GEMM path's backward at 12-64 outputs).
+template <class T>
+bool row_combos_path(index_t n_in, index_t n_out) {
+    return n_out <= kernels::active<T>().combo_outputs && n_in > 0 && few_output_kernels();
 }
 
 // The row stride of row_combos' W^T (n_out x n_in): n_in, or more where rows n_in apart
