@@ -619,12 +619,13 @@ def test_few_outputs_on_every_instruction_set_and_layout(isa, n_out, layout):
     [(70, 1024, 12), (70, 512, 24), (70, 77, 33), (70, 2048, 64), (1100, 1024, 32)],
 )
 def test_convert_dx_by_row_combos_up_to_64_outputs(restore_threads, isa, n, n_in, n_out):
-    """On the convert path dx takes row_combos up to 64 outputs, as the float layer's
-    (W^T widened, its rows padded where they would crowd a few L1 sets: n_in 1024 and
-    2048), rounded once: within the oracle's bounds, the same bits for one thread and two,
-    and a row's bits alone or in a batch (backward and backward_from_preactivation from
-    the same dZ alike). 1100 x 1024 x 32 splits dZ's rows between two threads; the
-    others below 2**20 multiply-adds run on one thread whatever the setting."""
+    """On the convert path dx takes row_combos up to 64 outputs from 16 rows, as the float
+    layer's (W^T widened, its rows padded where they would crowd a few L1 sets: n_in 1024
+    and 2048), rounded once: within the oracle's bounds, the same bits for one thread and
+    two, and a row's bits in any batch of 16 rows or more (backward and
+    backward_from_preactivation from the same dZ alike). 1100 x 1024 x 32 splits dZ's rows
+    between two threads; the others, below 2**20 multiply-adds, run on one thread whatever
+    the setting."""
     if isa == "baseline":
         pytest.skip("the portable loop leaves dx from 12 outputs to the float GEMM")
     before = _core.config()["bf16_gemm"]
@@ -645,7 +646,7 @@ def test_convert_dx_by_row_combos_up_to_64_outputs(restore_threads, isa, n, n_in
         assert_bounded(runs[0].view(BF16), dx_ref, b_dx, "dx")
         dZ = np.asarray(dZ_ref, np.float32)
         whole = siglayer.backward_from_preactivation(dZ.astype(BF16), x, W)[0].view(np.uint16)
-        for lo, hi in ((0, 1), (n - 1, n), (3, 9), (n - 6, n)):
+        for lo, hi in ((0, 16), (n - 16, n), (5, 22), (1, n - 2)):
             got = siglayer.backward_from_preactivation(dZ[lo:hi].astype(BF16), x[lo:hi], W)[0]
             assert (got.view(np.uint16) == whole[lo:hi]).all(), f"rows {lo}:{hi}"
     finally:

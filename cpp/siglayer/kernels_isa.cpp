@@ -245,7 +245,6 @@ constexpr index_t kComboOutputs = 11;
 // Constant-initialized: the loader fills in the addresses, no code of this instruction set
 // runs to build a table (building one in code let the compiler use AVX-512 stores in the
 // AVX-512 copy, on every CPU).
-
 template <class T>
 constexpr Table<T> make_table() {
     if constexpr (std::is_same_v<T, bfloat16>)

@@ -173,8 +173,8 @@ void backward(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db, Mat
     if (n_in > 0 && dW.data) xo = blas_operand(x, Scratch::x_packed);
     const T* Wt = nullptr;
     const index_t ld_Wt = row_combos_ld<T>(n_in, n_out);
-    if (dx.data && row_combos_path<T>(n_in, n_out))
-        Wt = transposed(W, Scratch::W_widened, ld_Wt);
+    if (dx.data && row_combos_path<T>(n, n_in, n_out))
+        Wt = transposed_for_combos(W, Scratch::W_widened);
     else if (n_in > 0 && dx.data)
         Wo = blas_operand(W, Scratch::W_packed);
     const auto& kernel = kernels::active<T>();
@@ -251,7 +251,7 @@ void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, co
     // values, a fraction of x), which row_combos and col_dots read, so that dx (and with
     // few outputs dW) are the same bits for any thread count whatever dZ's layout (a review
     // found an F-ordered dZ sent dW to the BLAS, whose tiles follow the thread count).
-    const bool combos = dx.data && row_combos_path<T>(n_in, n_out);
+    const bool combos = dx.data && row_combos_path<T>(n, n_in, n_out);
     BlasOperand<T> dZo{};
     if (few_outputs_path(n_in, n_out) || combos) {
         index_t ld = 0;
@@ -271,7 +271,7 @@ void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, co
     const T* Wt = nullptr;
     const index_t ld_Wt = row_combos_ld<T>(n_in, n_out);
     if (combos)  // dZo is row-major (above)
-        Wt = transposed(W, Scratch::W_widened, ld_Wt);
+        Wt = transposed_for_combos(W, Scratch::W_widened);
     else if (n_in > 0 && dx.data)
         Wo = blas_operand(W, Scratch::W_packed);
     const double small_gemm = blas::small_gemm_multiply_adds();  // once: one rule per call

@@ -150,9 +150,9 @@ GradientOperands gradient_operands(const MatrixView<bf16>& x, const MatrixView<b
     g.x = x;
     g.small_gemm = blas::small_gemm_multiply_adds();
     g.dZ32 = scratch.get<float>(Scratch::dZ_widened, static_cast<std::size_t>(n * n_out));
-    if (need_dx && row_combos_path<bf16>(n_in, n_out)) {
+    if (need_dx && row_combos_path<bf16>(x.rows, n_in, n_out)) {
         g.ld_Wt = row_combos_ld<float>(n_in, n_out);
-        g.Wt = transposed(W, Scratch::W_widened, g.ld_Wt);
+        g.Wt = transposed_for_combos(W, Scratch::W_widened);
     } else if (n_in > 0 && need_dx) {
         g.W32 = scratch.get<float>(Scratch::W_widened, static_cast<std::size_t>(n_in * n_out));
     }

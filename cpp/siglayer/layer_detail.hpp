@@ -285,9 +285,10 @@ inline bool few_outputs_path(index_t n_in, index_t n_out) {
 // AVX2 and AVX-512 copies), past the few outputs of the other products: with a few dozen
 // terms per sum OpenBLAS's packed kernels copy dZ and W^T for about as many multiply-adds
 // (for it, column-major, dx is A transposed, which its small-matrix kernels take only with
-// M * N <= 1200). A/B on Zen 4
-// (OpenBLAS 0.3.34 on its SkylakeX kernels, _core.select_few_outputs in one process,
-// backward, medians of 9 interleaved rounds; W^T's stride by row_combos_ld): 12-64
+// M * N <= 1200), from kComboRows rows (below that W^T's copy, n_in x n_out moves,
+// outweighs what it saves). A/B on Zen 4 (OpenBLAS 0.3.34 on its SkylakeX kernels,
+// _core.select_few_outputs in one process, backward, medians of 9 interleaved rounds;
+// W^T's stride by row_combos_ld): 12-64
 // outputs, 64-8192 rows, n_in 64-2048, 0.69-1.02 of the GEMM path's time on one and two
 // threads (N = 8192 x 256 x 64: float32 1.00, float64 0.79-0.87; 2048 x 1024 x 16
 // float32 0.69-0.77), the same bits as OpenBLAS's there; AVX2 (forced, OpenBLAS on its
@@ -296,13 +297,18 @@ inline bool few_outputs_path(index_t n_in, index_t n_out) {
 // 1.10-1.23. bfloat16's convert path takes it too (the float GEMM on W widened, then a
 // rounding pass, before: 0.73-0.99 of that backward's time on AVX-512 and 0.91-1.05 on
 // AVX2 at 12-64 outputs on one thread, 0.63-0.93 and 0.87-1.01 on two); its bfloat16
-// GEMMs keep dx from 12 outputs, or 5
-// on siglayer's own (layer_bf16.cpp). The portable loop (no AVX2) leaves dx from 12
-// outputs to the BLAS (forced on Zen 4, with OpenBLAS on its Nehalem kernels, it took
-// 0.99-1.48x the GEMM path's backward at 12-64 outputs).
+// GEMMs keep dx from 12 outputs, or 5 on siglayer's own (layer_bf16.cpp). The portable
+// loop (no AVX2) leaves dx from 12 outputs to the BLAS (forced on Zen 4, with OpenBLAS on
+// its Nehalem kernels, it took 0.99-1.48x the GEMM path's backward at 12-64 outputs).
+// Batches of fewer rows (n_in 512-4096, 24-64 outputs, the copy W's rows in order): 1 row
+// 2.3-3.0x the GEMM path's backward, 4-8 rows 1.03-1.14, 16 0.93-0.95, 32-128 0.80-1.03.
+constexpr index_t kComboRows = 16;
+
 template <class T>
-bool row_combos_path(index_t n_in, index_t n_out) {
-    return n_out <= kernels::active<T>().combo_outputs && n_in > 0 && few_output_kernels();
+bool row_combos_path(index_t n, index_t n_in, index_t n_out) {
+    const bool few = n_out < kNarrowOutputs;  // row_combos at any batch
+    return n_out <= kernels::active<T>().combo_outputs && (few || n >= kComboRows) && n_in > 0 &&
+           few_output_kernels();
 }
 
 // The row stride of row_combos' W^T (n_out x n_in): n_in, or more where rows n_in apart
@@ -326,17 +332,37 @@ index_t row_combos_ld(index_t n_in, index_t n_out) {
     return (lines % 2 == 0 ? lines + 1 : lines) * line;
 }
 
-// W^T (n_out x n_in, row stride ld >= n_in; n_in when 0) in the compute type, in this
-// thread's scratch slot: the operand of row_dots (C-contiguous) and row_combos (a few
-// times n_in values).
+// W^T (n_out x n_in) in the compute type, C-contiguous, in this thread's scratch slot: the
+// operand of row_dots (a few times n_in values).
 template <class T, class C = compute_t<T>>
-C* transposed(const MatrixView<T>& W, Scratch::Slot slot, index_t ld = 0) {
+C* transposed(const MatrixView<T>& W, Scratch::Slot slot) {
     const index_t n_in = W.rows, n_out = W.cols;
-    ld = std::max(ld, n_in);
-    C* Wt = Scratch::for_this_thread().get<C>(slot, static_cast<std::size_t>(ld * n_out));
+    C* Wt = Scratch::for_this_thread().get<C>(slot, static_cast<std::size_t>(n_in * n_out));
     for (index_t j = 0; j < n_out; ++j)
         for (index_t p = 0; p < n_in; ++p)
-            Wt[j * ld + p] = to_compute(W.data[p * W.row_stride + j * W.col_stride]);
+            Wt[j * n_in + p] = to_compute(W.data[p * W.row_stride + j * W.col_stride]);
+    return Wt;
+}
+
+// W^T (n_out x n_in, row stride row_combos_ld(n_in, n_out)) in the compute type, in this
+// thread's scratch slot: the operand of row_combos. A row-major W is read in order, each
+// value written to its row of Wt (n_out lines filled at once, which that stride keeps in
+// distinct sets of L1): row by row of Wt it was read a line per value, and with 12-64
+// outputs the copy outweighed row_combos' gain up to 64-128 rows (a backward at 32 x 4096
+// x 64 took 1.24x the GEMM path's, then 1.01; at 1 x 4096 x 64 4.6x, then 3.0x: kComboRows).
+template <class T, class C = compute_t<T>>
+C* transposed_for_combos(const MatrixView<T>& W, Scratch::Slot slot) {
+    const index_t n_in = W.rows, n_out = W.cols, ld = row_combos_ld<C>(n_in, n_out);
+    C* Wt = Scratch::for_this_thread().get<C>(slot, static_cast<std::size_t>(ld * n_out));
+    if (W.col_stride <= W.row_stride) {
+        for (index_t p = 0; p < n_in; ++p)
+            for (index_t j = 0; j < n_out; ++j)
+                Wt[j * ld + p] = to_compute(W.data[p * W.row_stride + j * W.col_stride]);
+    } else {  // W's columns read in order
+        for (index_t j = 0; j < n_out; ++j)
+            for (index_t p = 0; p < n_in; ++p)
+                Wt[j * ld + p] = to_compute(W.data[p * W.row_stride + j * W.col_stride]);
+    }
     return Wt;
 }
 
