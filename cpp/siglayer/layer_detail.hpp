@@ -275,7 +275,7 @@ bool row_dots_path(const MatrixView<T>& x, index_t n_out) {
            few_output_kernels();
 }
 
-// Whether dW takes col_dots and, in bfloat16, dx row_combos: few outputs.
+// Whether dW takes col_dots (and dZ goes row-major for it): few outputs.
 inline bool few_outputs_path(index_t n_in, index_t n_out) {
     return n_out < kNarrowOutputs && n_in > 0 && few_output_kernels();
 }
@@ -288,8 +288,8 @@ inline bool few_outputs_path(index_t n_in, index_t n_out) {
 // M * N <= 1200), from kComboRows rows (below that W^T's copy, n_in x n_out moves,
 // outweighs what it saves). A/B on Zen 4 (OpenBLAS 0.3.34 on its SkylakeX kernels,
 // _core.select_few_outputs in one process, backward, medians of 9 interleaved rounds;
-// W^T's stride by row_combos_ld): 12-64
-// outputs, 64-8192 rows, n_in 64-2048, 0.69-1.02 of the GEMM path's time on one and two
+// W^T's stride by row_combos_ld): 12-64 outputs, 64-8192 rows, n_in 64-2048, 0.69-1.02
+// of the GEMM path's time on one and two
 // threads (N = 8192 x 256 x 64: float32 1.00, float64 0.79-0.87; 2048 x 1024 x 16
 // float32 0.69-0.77), the same bits as OpenBLAS's there; AVX2 (forced, OpenBLAS on its
 // Haswell kernels) 0.74-1.06 (kernels_simd.hpp, combo2); at 96-128 outputs still 0.88-1.00
