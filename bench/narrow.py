@@ -3,10 +3,11 @@
 
 A layer with fewer than 12 outputs (a logistic-regression or multi-label head) takes
 row_dots for forward, col_dots for dW and row_combos for dx (cpp/siglayer/layer_detail.hpp)
-in every dtype, the BLAS from 12 on, but for float32 and float64 dx, which row_combos makes
-up to 64 outputs. This sweeps n_out across those cuts at n x n_in (8192 x 256 by default),
-forward and forward + backward (with dx), one process, contenders taking turns
-(siglayer._timing.interleaved_medians, medians of --rounds rounds):
+in every dtype, the BLAS from 12 on, but for dx, which row_combos makes up to 64 outputs
+from 16 rows (bfloat16's on its convert path). This sweeps n_out across those cuts at
+n x n_in (8192 x 256 by default), forward and forward + backward (with dx), one process,
+contenders taking turns (siglayer._timing.interleaved_medians, medians of --rounds
+rounds):
 
 - ``f32``, ``bf16``: siglayer on float32, and on bfloat16 x, W and dout (float32 b);
 - ``f32/g``, ``bf16/g``: the same through the GEMM path every other layer takes

@@ -333,7 +333,7 @@ def test_few_outputs_a_rows_out_and_dx_do_not_depend_on_its_batch(dtype, isa, n_
                 np.testing.assert_array_equal(got, dx[part], err_msg=f"dx rows {lo}:{hi}")
 
 
-# dx by row_combos up to 64 outputs (layer_detail.hpp, kComboOutputs), W^T's rows an odd
+# dx by row_combos up to 64 outputs (layer_detail.hpp, row_combos_path), W^T's rows an odd
 # number of cache lines apart where n_in's would crowd a few L1 sets (row_combos_ld): 4 KB
 # apart (float32 1024, float64 512) past 6 outputs, 2 KB past 12, 1 KB past 24; (n, n_in,
 # n_out) with and without that padding, the last rows of each a partial group of four;
