@@ -649,6 +649,12 @@ def test_convert_dx_by_row_combos_up_to_64_outputs(restore_threads, isa, n, n_in
         for lo, hi in ((0, 16), (n - 16, n), (5, 22), (1, n - 2)):
             got = siglayer.backward_from_preactivation(dZ[lo:hi].astype(BF16), x[lo:hi], W)[0]
             assert (got.view(np.uint16) == whole[lo:hi]).all(), f"rows {lo}:{hi}"
+        for lo, hi in ((0, 1), (3, 9), (n - 15, n)):  # the float GEMM below 16 rows
+            part = dZ[lo:hi].astype(BF16)
+            got = siglayer.backward_from_preactivation(part, x[lo:hi], W)[0]
+            want = reference.backward_from_preactivation(f64(part), f64(x[lo:hi]), f64(W))[0]
+            bound = gradient_bounds(x[lo:hi], W, f64(part), want)[0]
+            assert_bounded(got, want, bound, f"dx rows {lo}:{hi}")
     finally:
         _core.select_bf16_gemm(before)
 

@@ -174,7 +174,7 @@ void backward(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, compute_t<T>* db, Mat
     const T* Wt = nullptr;
     const index_t ld_Wt = row_combos_ld<T>(n_in, n_out);
     if (dx.data && row_combos_path<T>(n, n_in, n_out))
-        Wt = transposed_for_combos(W, Scratch::W_widened);
+        Wt = transposed_for_combos(W, Scratch::W_widened, ld_Wt);
     else if (n_in > 0 && dx.data)
         Wo = blas_operand(W, Scratch::W_packed);
     const auto& kernel = kernels::active<T>();
@@ -271,7 +271,7 @@ void backward_from_preactivation(OutMatrix<T> dx, OutMatrix<compute_t<T>> dW, co
     const T* Wt = nullptr;
     const index_t ld_Wt = row_combos_ld<T>(n_in, n_out);
     if (combos)  // dZo is row-major (above)
-        Wt = transposed_for_combos(W, Scratch::W_widened);
+        Wt = transposed_for_combos(W, Scratch::W_widened, ld_Wt);
     else if (n_in > 0 && dx.data)
         Wo = blas_operand(W, Scratch::W_packed);
     const double small_gemm = blas::small_gemm_multiply_adds();  // once: one rule per call

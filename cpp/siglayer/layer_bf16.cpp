@@ -152,7 +152,7 @@ GradientOperands gradient_operands(const MatrixView<bf16>& x, const MatrixView<b
     g.dZ32 = scratch.get<float>(Scratch::dZ_widened, static_cast<std::size_t>(n * n_out));
     if (need_dx && row_combos_path<bf16>(x.rows, n_in, n_out)) {
         g.ld_Wt = row_combos_ld<float>(n_in, n_out);
-        g.Wt = transposed_for_combos(W, Scratch::W_widened);
+        g.Wt = transposed_for_combos(W, Scratch::W_widened, g.ld_Wt);
     } else if (n_in > 0 && need_dx) {
         g.W32 = scratch.get<float>(Scratch::W_widened, static_cast<std::size_t>(n_in * n_out));
     }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdlib>
 #include <initializer_list>
 #include <string>
 #include <type_traits>
@@ -300,8 +301,11 @@ inline bool few_outputs_path(index_t n_in, index_t n_out) {
 // GEMMs keep dx from 12 outputs, or 5 on siglayer's own (layer_bf16.cpp). The portable
 // loop (no AVX2) leaves dx from 12 outputs to the BLAS (forced on Zen 4, with OpenBLAS on
 // its Nehalem kernels, it took 0.99-1.48x the GEMM path's backward at 12-64 outputs).
-// Batches of fewer rows (n_in 512-4096, 24-64 outputs, the copy W's rows in order): 1 row
-// 2.3-3.0x the GEMM path's backward, 4-8 rows 1.03-1.14, 16 0.93-0.95, 32-128 0.80-1.03.
+// Fewer rows (Zen 4, AVX-512, SkylakeX kernels, one thread, float32 and float64, the
+// copy reading W's rows in order; backward over the GEMM path's): 1 row 2.3-3.0x, 4-8 rows
+// 1.03-1.14 (n_in 512-4096, 24-64 outputs). From 16 rows: with a W of 4096 x 64 1.01-1.14
+// up to 64 rows, 16 x 2048 x 32 0.93-1.02, 32 x 1024 x 16 0.84-0.90, 128 x 2048 x 64
+// 0.92-0.98. bfloat16's convert path follows the same rule (not measured at such batches).
 constexpr index_t kComboRows = 16;
 
 template <class T>
@@ -344,17 +348,19 @@ C* transposed(const MatrixView<T>& W, Scratch::Slot slot) {
     return Wt;
 }
 
-// W^T (n_out x n_in, row stride row_combos_ld(n_in, n_out)) in the compute type, in this
-// thread's scratch slot: the operand of row_combos. A row-major W is read in order, each
+// W^T (n_out x n_in, row stride ld: row_combos_ld(n_in, n_out), which the caller passes
+// to row_combos too) in the compute type, in this thread's scratch slot: the operand of
+// row_combos. A W with rows of unit stride is read in order, each
 // value written to its row of Wt (n_out lines filled at once, which that stride keeps in
 // distinct sets of L1): row by row of Wt it was read a line per value, and with 12-64
 // outputs the copy outweighed row_combos' gain up to 64-128 rows (a backward at 32 x 4096
 // x 64 took 1.24x the GEMM path's, then 1.01; at 1 x 4096 x 64 4.6x, then 3.0x: kComboRows).
 template <class T, class C = compute_t<T>>
-C* transposed_for_combos(const MatrixView<T>& W, Scratch::Slot slot) {
-    const index_t n_in = W.rows, n_out = W.cols, ld = row_combos_ld<C>(n_in, n_out);
+C* transposed_for_combos(const MatrixView<T>& W, Scratch::Slot slot, index_t ld) {
+    const index_t n_in = W.rows, n_out = W.cols;
+    ld = std::max(ld, n_in);
     C* Wt = Scratch::for_this_thread().get<C>(slot, static_cast<std::size_t>(ld * n_out));
-    if (W.col_stride <= W.row_stride) {
+    if (std::abs(W.col_stride) <= std::abs(W.row_stride)) {  // W[::-1] and -1 strides too
         for (index_t p = 0; p < n_in; ++p)
             for (index_t j = 0; j < n_out; ++j)
                 Wt[j * ld + p] = to_compute(W.data[p * W.row_stride + j * W.col_stride]);

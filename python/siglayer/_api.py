@@ -482,9 +482,10 @@ def backward_from_preactivation(
 
     All arrays share one dtype, float32 or float64 (or bfloat16, with float32 dW and db:
     docs/bfloat16.md). C- and F-ordered dZ is used as it is; other layouts (and, for a
-    layer with fewer than 12 outputs, or up to 64 from 16 rows when dx is asked for, a
-    dZ whose rows are not contiguous) are copied once into scratch memory. Gradients are
-    overwritten, never accumulated; db is bitwise the same for any thread count.
+    layer with fewer than 12 outputs, or up to 64 from 16 rows when dx is asked for and
+    the CPU has AVX2, a dZ whose rows are not contiguous) are copied once into scratch
+    memory. Gradients are overwritten, never accumulated; db is bitwise the same for any
+    thread count.
 
     Returns
     -------
